@@ -1,0 +1,66 @@
+#pragma once
+// The hyper-parameters of a Llama-family decoder, filled from a Hugging Face
+// config.json or from GGUF metadata, and the generation defaults that ship with it.
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace nibble {
+
+struct RopeScaling {
+  enum class Kind { None, Linear, Llama3 };
+  Kind kind = Kind::None;
+  double factor = 1.0;
+  double low_freq_factor = 1.0;   // llama3
+  double high_freq_factor = 4.0;  // llama3
+  std::int64_t original_max_position_embeddings = 8192;  // llama3
+};
+
+struct ModelConfig {
+  std::string architecture;  // "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"
+  std::string model_type;    // "llama", "mistral", "qwen2"
+  std::int64_t vocab_size = 0;
+  std::int64_t hidden_size = 0;
+  std::int64_t intermediate_size = 0;
+  std::int64_t num_layers = 0;
+  std::int64_t num_heads = 0;
+  std::int64_t num_kv_heads = 0;
+  std::int64_t head_dim = 0;
+  std::int64_t max_position_embeddings = 2048;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // q/k/v projections carry a bias (Qwen2)
+  std::optional<std::int64_t> sliding_window;
+  std::optional<std::int32_t> bos_token_id;
+  std::vector<std::int32_t> eos_token_ids;
+  std::string torch_dtype;
+
+  std::int64_t q_dim() const { return num_heads * head_dim; }
+  std::int64_t kv_dim() const { return num_kv_heads * head_dim; }
+  // Checks internal consistency (positive sizes, heads divide evenly, ...).
+  void validate() const;
+};
+
+// Throws nibble::Error for unsupported architectures and missing or mistyped fields.
+ModelConfig parse_hf_config(const nlohmann::json& config);
+nlohmann::json to_hf_config(const ModelConfig& config);
+
+// Defaults for sampling from generation_config.json (absent fields stay unset).
+struct GenerationDefaults {
+  std::optional<double> temperature;
+  std::optional<double> top_p;
+  std::optional<std::int64_t> top_k;
+  std::optional<double> repetition_penalty;
+  std::optional<std::int64_t> max_new_tokens;
+  std::optional<bool> do_sample;
+  std::vector<std::int32_t> eos_token_ids;
+};
+GenerationDefaults parse_generation_config(const nlohmann::json& config);
+
+}  // namespace nibble
