@@ -47,8 +47,8 @@ class SafetensorsWeights final : public WeightSource {
   std::map<std::string, const TensorView*> by_name_;
 };
 
-// Writes tensors (plain dtypes) as one safetensors file, keys sorted like the
-// reference implementation, data 8-byte aligned.
+// Writes tensors (plain dtypes) as one safetensors file: data section 8-byte
+// aligned, tensors ordered widest dtype first so each is aligned to its element.
 void write_safetensors(const std::filesystem::path& path, const std::vector<TensorView>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 

@@ -1,0 +1,11 @@
+#pragma once
+// Each nibble subcommand registers its options and its action on the CLI11 app.
+#include <CLI/CLI.hpp>
+
+namespace nibble::cli {
+
+void add_generate_command(CLI::App& app);
+void add_inspect_command(CLI::App& app);
+void add_convert_command(CLI::App& app);
+
+}  // namespace nibble::cli

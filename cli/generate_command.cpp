@@ -1,0 +1,177 @@
+// `nibble generate`: one prompt in, text out, streamed as it is produced.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/process_stats.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "engine/generator.h"
+#include "engine/llama_model.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "loader/model_source.h"
+#include "tokenizer/tokenizer.h"
+
+namespace nibble::cli {
+namespace {
+
+struct GenerateOptions {
+  std::string model;
+  std::string prompt;
+  std::string prompt_file;
+  std::vector<std::int32_t> prompt_ids;
+  bool no_special = false;
+  std::int64_t max_tokens = 128;
+  std::optional<double> temperature;
+  std::optional<std::int64_t> top_k;
+  std::optional<double> top_p;
+  double min_p = 0;
+  std::optional<double> repetition_penalty;
+  double presence_penalty = 0;
+  double frequency_penalty = 0;
+  std::uint64_t seed = 0;
+  int threads = 0;
+  std::int64_t prefill_chunk = 512;
+  bool ignore_eos = false;
+  bool json = false;
+};
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read prompt file {}", path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+const char* finish_name(engine::FinishReason reason) {
+  switch (reason) {
+    case engine::FinishReason::Stop:
+      return "stop";
+    case engine::FinishReason::Length:
+      return "length";
+    case engine::FinishReason::Cancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+void run_generate(const GenerateOptions& options) {
+  const auto load_start = std::chrono::steady_clock::now();
+  ModelSource source = open_model(options.model);
+  const auto tokenizer = load_tokenizer(source.path);
+  kernels::CpuBackend backend(options.threads);
+  engine::LlamaModel model(source, backend);
+  const double load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+  spdlog::info("model_loaded path={} arch={} layers={} weight_bytes={} backend=\"{}\" seconds={:.3f}",
+               source.path.string(), source.config.architecture, source.config.num_layers, model.weight_bytes(),
+               backend.name(), load_seconds);
+
+  engine::GenerationRequest request;
+  if (!options.prompt_ids.empty()) {
+    request.prompt = options.prompt_ids;
+  } else {
+    const std::string text = options.prompt_file.empty() ? options.prompt : read_text_file(options.prompt_file);
+    request.prompt = tokenizer->encode(text, !options.no_special);
+  }
+  if (request.prompt.empty()) fail("the prompt is empty (give --prompt, --prompt-file or --prompt-ids)");
+  request.max_new_tokens = options.max_tokens;
+  request.prefill_chunk = options.prefill_chunk;
+  const auto& defaults = source.generation;
+  const bool sample_by_default = defaults.do_sample.value_or(false);
+  request.sampling.temperature = options.temperature.value_or(sample_by_default ? defaults.temperature.value_or(1.0) : 0.0);
+  request.sampling.top_k = options.top_k.value_or(sample_by_default ? defaults.top_k.value_or(0) : 0);
+  request.sampling.top_p = options.top_p.value_or(sample_by_default ? defaults.top_p.value_or(1.0) : 1.0);
+  request.sampling.min_p = options.min_p;
+  request.sampling.repetition_penalty = options.repetition_penalty.value_or(defaults.repetition_penalty.value_or(1.0));
+  request.sampling.presence_penalty = options.presence_penalty;
+  request.sampling.frequency_penalty = options.frequency_penalty;
+  request.sampling.seed = options.seed;
+  if (!options.ignore_eos) {
+    request.stop_tokens = defaults.eos_token_ids;
+    for (const auto id : tokenizer->eos_ids()) request.stop_tokens.push_back(id);
+  }
+
+  IncrementalDecoder decoder(*tokenizer);
+  std::string text;
+  const auto on_token = [&](engine::TokenId id) {
+    std::string piece = decoder.push(id);
+    if (!options.json) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
+    text += piece;
+    return true;
+  };
+  const engine::GenerationResult result = engine::generate(model, request, on_token);
+  const std::string rest = decoder.flush();
+  text += rest;
+
+  const auto generated = static_cast<double>(result.tokens.size());
+  // The first token comes out of the prefill; decode time covers the others.
+  const double decode_rate = result.tokens.size() > 1 && result.decode_seconds > 0
+                                 ? (generated - 1) / result.decode_seconds
+                                 : 0.0;
+  const double prefill_rate =
+      result.prefill_seconds > 0 ? static_cast<double>(request.prompt.size()) / result.prefill_seconds : 0.0;
+  if (options.json) {
+    const nlohmann::json out = {
+        {"model", source.path.string()},
+        {"backend", backend.name()},
+        {"prompt_tokens", request.prompt.size()},
+        {"prompt_ids", request.prompt},
+        {"tokens", result.tokens},
+        {"text", text},
+        {"finish_reason", finish_name(result.finish)},
+        {"load_seconds", load_seconds},
+        {"prefill_seconds", result.prefill_seconds},
+        {"decode_seconds", result.decode_seconds},
+        {"prefill_tokens_per_second", prefill_rate},
+        {"decode_tokens_per_second", decode_rate},
+        {"peak_rss_bytes", peak_rss_bytes()},
+    };
+    std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
+    std::printf("\n");
+  }
+  spdlog::info("generation_done prompt_tokens={} tokens={} finish={} prefill_tok_s={:.1f} decode_tok_s={:.1f}",
+               request.prompt.size(), result.tokens.size(), finish_name(result.finish), prefill_rate, decode_rate);
+}
+
+}  // namespace
+
+void add_generate_command(CLI::App& app) {
+  auto options = std::make_shared<GenerateOptions>();
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text from a prompt on the CPU");
+  cmd->add_option("-m,--model", options->model, "Model folder (Hugging Face) or .gguf file")->required();
+  auto* prompt = cmd->add_option("-p,--prompt", options->prompt, "Prompt text");
+  auto* prompt_file = cmd->add_option("--prompt-file", options->prompt_file, "Read the prompt from a file");
+  auto* prompt_ids = cmd->add_option("--prompt-ids", options->prompt_ids, "Prompt as token ids (comma separated)")
+                         ->delimiter(',');
+  prompt->excludes(prompt_file)->excludes(prompt_ids);
+  prompt_file->excludes(prompt_ids);
+  cmd->add_flag("--no-special", options->no_special, "Do not add BOS/EOS tokens to the prompt");
+  cmd->add_option("-n,--max-tokens", options->max_tokens, "Tokens to generate at most")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--temperature", options->temperature, "0 = greedy (default: model's generation_config, else 0)");
+  cmd->add_option("--top-k", options->top_k, "Keep the k most likely tokens (0 = off)");
+  cmd->add_option("--top-p", options->top_p, "Nucleus sampling mass (1 = off)");
+  cmd->add_option("--min-p", options->min_p, "Drop tokens below min_p x the top probability")->capture_default_str();
+  cmd->add_option("--repetition-penalty", options->repetition_penalty, "HF-style repetition penalty (1 = off)");
+  cmd->add_option("--presence-penalty", options->presence_penalty, "OpenAI-style presence penalty");
+  cmd->add_option("--frequency-penalty", options->frequency_penalty, "OpenAI-style frequency penalty");
+  cmd->add_option("--seed", options->seed, "Random seed; same seed, same output")->capture_default_str();
+  cmd->add_option("-t,--threads", options->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  cmd->add_option("--prefill-chunk", options->prefill_chunk, "Prompt tokens per forward pass")->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_flag("--ignore-eos", options->ignore_eos, "Keep generating past end-of-sequence tokens");
+  cmd->add_flag("--json", options->json, "Print one JSON object with ids, text and timings instead of streaming");
+  cmd->callback([options] { run_generate(*options); });
+}
+
+}  // namespace nibble::cli

@@ -1,0 +1,87 @@
+// `nibble inspect`: what a model is and what it costs, without running it.
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "engine/model_stats.h"
+#include "loader/model_source.h"
+
+namespace nibble::cli {
+namespace {
+
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int unit = 0;
+  while (bytes >= 1024 && unit < 4) {
+    bytes /= 1024;
+    ++unit;
+  }
+  return fmt::format("{:.2f} {}", bytes, units[unit]);
+}
+
+void run_inspect(const std::string& model_path, bool as_json) {
+  const ModelSource source = open_model(model_path);
+  const ModelConfig& c = source.config;
+  const engine::ModelStats stats = engine::compute_model_stats(source);
+  const char* format = source.format == ModelFormat::Gguf ? "gguf" : "safetensors";
+  if (as_json) {
+    const nlohmann::json out = {
+        {"path", source.path.string()},
+        {"format", format},
+        {"architecture", c.architecture},
+        {"config", to_hf_config(c)},
+        {"parameters", stats.parameters},
+        {"parameters_by_type", stats.parameters_by_type},
+        {"bytes_by_type", stats.bytes_by_type},
+        {"stored_bytes", stats.stored_bytes},
+        {"file_bytes", stats.file_bytes},
+        {"compression_vs_fp16", stats.compression_vs_fp16},
+        {"matmul_flops_per_token", stats.matmul_flops_per_token},
+        {"attention_flops_per_context_token", stats.attention_flops_per_context_token},
+        {"kv_bytes_per_token_f32", stats.kv_bytes_per_token_f32},
+        {"kv_bytes_per_token_f16", stats.kv_bytes_per_token_f16},
+        {"has_chat_template", source.chat_template.has_value()},
+    };
+    std::printf("%s\n", out.dump(2).c_str());
+    return;
+  }
+  std::printf("model          %s (%s)\n", source.path.string().c_str(), format);
+  std::printf("architecture   %s (%s)\n", c.architecture.c_str(), c.model_type.c_str());
+  std::printf("shape          %lld layers, hidden %lld, mlp %lld, heads %lld (kv %lld) x %lld, vocab %lld\n",
+              static_cast<long long>(c.num_layers), static_cast<long long>(c.hidden_size),
+              static_cast<long long>(c.intermediate_size), static_cast<long long>(c.num_heads),
+              static_cast<long long>(c.num_kv_heads), static_cast<long long>(c.head_dim),
+              static_cast<long long>(c.vocab_size));
+  std::printf("context        %lld positions, rope theta %g%s%s\n", static_cast<long long>(c.max_position_embeddings),
+              c.rope_theta, c.rope_scaling.kind == RopeScaling::Kind::Llama3 ? ", llama3 scaling" : "",
+              c.tie_word_embeddings ? ", tied embeddings" : "");
+  std::printf("parameters     %lld (%.1f M)\n", static_cast<long long>(stats.parameters),
+              static_cast<double>(stats.parameters) / 1e6);
+  for (const auto& [type, bytes] : stats.bytes_by_type) {
+    std::printf("  %-12s %lld params, %s\n", type.c_str(), static_cast<long long>(stats.parameters_by_type.at(type)),
+                human_bytes(static_cast<double>(bytes)).c_str());
+  }
+  std::printf("size on disk   %s (tensors %s)\n", human_bytes(static_cast<double>(stats.file_bytes)).c_str(),
+              human_bytes(static_cast<double>(stats.stored_bytes)).c_str());
+  std::printf("compression    %.2fx against fp16 (%.2f bits per parameter)\n", stats.compression_vs_fp16,
+              16.0 / stats.compression_vs_fp16);
+  std::printf("compute        %.3f GFLOP per token + %.1f kFLOP per token of context\n",
+              stats.matmul_flops_per_token / 1e9, stats.attention_flops_per_context_token / 1e3);
+  std::printf("kv cache       %s per token in fp32, %s in fp16\n",
+              human_bytes(static_cast<double>(stats.kv_bytes_per_token_f32)).c_str(),
+              human_bytes(static_cast<double>(stats.kv_bytes_per_token_f16)).c_str());
+}
+
+}  // namespace
+
+void add_inspect_command(CLI::App& app) {
+  auto model = std::make_shared<std::string>();
+  auto as_json = std::make_shared<bool>(false);
+  CLI::App* cmd = app.add_subcommand("inspect", "Describe a model: architecture, size, compression, cost per token");
+  cmd->add_option("-m,--model", *model, "Model folder (Hugging Face) or .gguf file")->required();
+  cmd->add_flag("--json", *as_json, "Print JSON");
+  cmd->callback([model, as_json] { run_inspect(*model, *as_json); });
+}
+
+}  // namespace nibble::cli

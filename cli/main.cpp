@@ -1,0 +1,34 @@
+// nibble: serve compressed LLMs. Subcommands live in their own files; this file
+// only wires them up and turns errors into one clear message and exit code.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <exception>
+
+#include "cli/commands.h"
+#include "common/error.h"
+#include "common/log.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"nibble: an inference server for compressed (quantized and pruned) LLMs"};
+  app.set_version_flag("--version", "nibble " NIBBLE_VERSION);
+  app.require_subcommand(1);
+  std::string log_level = "warn";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
+  app.parse_complete_callback([&log_level] { nibble::log::init(log_level); });
+  nibble::cli::add_generate_command(app);
+  nibble::cli::add_inspect_command(app);
+  nibble::cli::add_convert_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const nibble::Error& e) {
+    std::fprintf(stderr, "nibble: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "nibble: internal error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

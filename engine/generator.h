@@ -1,0 +1,37 @@
+#pragma once
+// One request, generated to the end: chunked prefill of the prompt, then decode
+// steps until a stop token, the token budget, or the caller says stop. The
+// batching scheduler later drives the same model over many sequences at once.
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "engine/llama_model.h"
+#include "engine/sampler.h"
+
+namespace nibble::engine {
+
+enum class FinishReason { Stop, Length, Cancelled };
+
+struct GenerationRequest {
+  std::vector<TokenId> prompt;
+  SamplingParams sampling;
+  std::int64_t max_new_tokens = 128;
+  std::vector<TokenId> stop_tokens;  // end-of-sequence ids; generation ends after emitting one
+  std::int64_t prefill_chunk = 512;  // prompt tokens per forward pass
+};
+
+struct GenerationResult {
+  std::vector<TokenId> tokens;
+  FinishReason finish = FinishReason::Length;
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+};
+
+// on_token sees every generated token as soon as it is sampled; returning false
+// cancels. Throws nibble::Error when the prompt does not fit the context.
+GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
+                          const std::function<bool(TokenId)>& on_token = {});
+
+}  // namespace nibble::engine

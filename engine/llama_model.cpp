@@ -1,0 +1,157 @@
+#include "engine/llama_model.h"
+
+#include <fmt/format.h>
+
+#include "common/error.h"
+#include "common/half.h"
+#include "engine/rope.h"
+
+namespace nibble::engine {
+namespace {
+
+std::string layer_name(std::int64_t layer, const char* suffix) { return fmt::format("model.layers.{}.{}", layer, suffix); }
+
+void check_shape(const TensorView& tensor, std::vector<std::int64_t> expected) {
+  if (tensor.shape != expected) {
+    TensorView want;
+    want.shape = std::move(expected);
+    fail("tensor '{}' has shape {} but the config implies {}", tensor.name, tensor.shape_string(), want.shape_string());
+  }
+}
+
+// Widens a small tensor (norm weights, biases) to float32; large matrices never
+// take this path.
+TensorView to_f32(const TensorView& tensor) {
+  if (tensor.dtype == DType::F32) return tensor;
+  std::vector<float> values(static_cast<std::size_t>(tensor.numel()));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    switch (tensor.dtype) {
+      case DType::F16:
+        values[i] = f16_to_f32(tensor.as<std::uint16_t>()[i]);
+        break;
+      case DType::BF16:
+        values[i] = bf16_to_f32(tensor.as<std::uint16_t>()[i]);
+        break;
+      default:
+        fail("tensor '{}': dtype {} is not supported here", tensor.name, dtype_name(tensor.dtype));
+    }
+  }
+  return make_owned_f32(tensor.name, tensor.shape, std::move(values));
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend)
+    : config_(source.config), backend_(backend) {
+  const WeightSource& weights = *source.weights;
+  const auto d = config_.hidden_size;
+  embedding_ = matrix(weights, "model.embed_tokens.weight", config_.vocab_size, d);
+  final_norm_ = vector(weights, "model.norm.weight", d);
+  if (config_.tie_word_embeddings && !weights.contains("lm_head.weight")) {
+    lm_head_ = embedding_;
+  } else {
+    lm_head_ = matrix(weights, "lm_head.weight", config_.vocab_size, d);
+  }
+  layers_.reserve(static_cast<std::size_t>(config_.num_layers));
+  for (std::int64_t i = 0; i < config_.num_layers; ++i) {
+    Layer layer{};
+    layer.attn_norm = vector(weights, layer_name(i, "input_layernorm.weight"), d);
+    layer.ffn_norm = vector(weights, layer_name(i, "post_attention_layernorm.weight"), d);
+    layer.q = matrix(weights, layer_name(i, "self_attn.q_proj.weight"), config_.q_dim(), d);
+    layer.k = matrix(weights, layer_name(i, "self_attn.k_proj.weight"), config_.kv_dim(), d);
+    layer.v = matrix(weights, layer_name(i, "self_attn.v_proj.weight"), config_.kv_dim(), d);
+    layer.o = matrix(weights, layer_name(i, "self_attn.o_proj.weight"), d, config_.q_dim());
+    layer.gate = matrix(weights, layer_name(i, "mlp.gate_proj.weight"), config_.intermediate_size, d);
+    layer.up = matrix(weights, layer_name(i, "mlp.up_proj.weight"), config_.intermediate_size, d);
+    layer.down = matrix(weights, layer_name(i, "mlp.down_proj.weight"), d, config_.intermediate_size);
+    if (config_.attention_bias) {
+      layer.q_bias = vector(weights, layer_name(i, "self_attn.q_proj.bias"), config_.q_dim());
+      layer.k_bias = vector(weights, layer_name(i, "self_attn.k_proj.bias"), config_.kv_dim());
+      layer.v_bias = vector(weights, layer_name(i, "self_attn.v_proj.bias"), config_.kv_dim());
+    }
+    layers_.push_back(layer);
+  }
+  inv_freq_ = rope_inv_freq(config_.head_dim, config_.rope_theta, config_.rope_scaling);
+}
+
+kernels::Matrix LlamaModel::matrix(const WeightSource& weights, const std::string& name, std::int64_t rows,
+                                   std::int64_t cols) {
+  TensorView tensor = weights.load(name);
+  check_shape(tensor, {rows, cols});
+  if (tensor.dtype != DType::F32 && tensor.dtype != DType::F16 && tensor.dtype != DType::BF16) {
+    fail("tensor '{}': dtype {} is not supported for matrices (F32, F16, BF16)", name, dtype_name(tensor.dtype));
+  }
+  weight_bytes_ += tensor.bytes.size();
+  const kernels::Matrix m{tensor.dtype, rows, cols, tensor.bytes.data()};
+  held_.push_back(std::move(tensor));
+  return m;
+}
+
+const float* LlamaModel::vector(const WeightSource& weights, const std::string& name, std::int64_t size) {
+  TensorView tensor = to_f32(weights.load(name));
+  check_shape(tensor, {size});
+  weight_bytes_ += tensor.bytes.size();
+  const auto* data = tensor.as<float>().data();
+  held_.push_back(std::move(tensor));
+  return data;
+}
+
+void LlamaModel::ensure_scratch(std::int64_t rows) {
+  if (rows <= scratch_rows_) return;
+  const auto size = [rows](std::int64_t width) { return static_cast<std::size_t>(rows * width); };
+  x_.resize(size(config_.hidden_size));
+  h_.resize(size(config_.hidden_size));
+  q_.resize(size(config_.q_dim()));
+  k_.resize(size(config_.kv_dim()));
+  v_.resize(size(config_.kv_dim()));
+  attn_.resize(size(config_.q_dim()));
+  gate_.resize(size(config_.intermediate_size));
+  up_.resize(size(config_.intermediate_size));
+  scratch_rows_ = rows;
+}
+
+void LlamaModel::forward(std::span<const TokenId> tokens, std::int64_t start, KvCache& cache, Logits mode,
+                         std::span<float> logits) {
+  const auto rows = static_cast<std::int64_t>(tokens.size());
+  if (rows == 0) fail("forward: no tokens");
+  if (start + rows > cache.capacity()) {
+    fail("sequence of {} tokens exceeds the KV cache capacity of {}", start + rows, cache.capacity());
+  }
+  const std::int64_t out_rows = mode == Logits::AllRows ? rows : 1;
+  if (static_cast<std::int64_t>(logits.size()) < out_rows * config_.vocab_size) fail("forward: logits buffer too small");
+  ensure_scratch(rows);
+  positions_.resize(static_cast<std::size_t>(rows));
+  for (std::int64_t i = 0; i < rows; ++i) positions_[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(start + i);
+
+  const auto d = config_.hidden_size;
+  const auto eps = static_cast<float>(config_.rms_norm_eps);
+  const kernels::AttentionShape attention_shape{config_.num_heads, config_.num_kv_heads, config_.head_dim,
+                                                config_.sliding_window};
+  backend_.embedding(embedding_, tokens, x_.data());
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& layer = layers_[i];
+    const auto layer_index = static_cast<std::int64_t>(i);
+    backend_.rms_norm(x_.data(), rows, d, layer.attn_norm, eps, h_.data());
+    backend_.linear(h_.data(), rows, layer.q, layer.q_bias, q_.data());
+    backend_.linear(h_.data(), rows, layer.k, layer.k_bias, k_.data());
+    backend_.linear(h_.data(), rows, layer.v, layer.v_bias, v_.data());
+    backend_.rope(q_.data(), rows, config_.num_heads, config_.head_dim, positions_, inv_freq_);
+    backend_.rope(k_.data(), rows, config_.num_kv_heads, config_.head_dim, positions_, inv_freq_);
+    cache.store(layer_index, start, rows, k_.data(), v_.data());
+    backend_.attention(q_.data(), rows, positions_, cache.layer(layer_index), attention_shape, attn_.data());
+    backend_.linear(attn_.data(), rows, layer.o, nullptr, h_.data());
+    backend_.add(h_.data(), rows * d, x_.data());
+
+    backend_.rms_norm(x_.data(), rows, d, layer.ffn_norm, eps, h_.data());
+    backend_.linear(h_.data(), rows, layer.gate, nullptr, gate_.data());
+    backend_.linear(h_.data(), rows, layer.up, nullptr, up_.data());
+    backend_.swiglu(gate_.data(), up_.data(), rows * config_.intermediate_size, gate_.data());
+    backend_.linear(gate_.data(), rows, layer.down, nullptr, h_.data());
+    backend_.add(h_.data(), rows * d, x_.data());
+  }
+  const float* final_rows = x_.data() + (rows - out_rows) * d;
+  backend_.rms_norm(final_rows, out_rows, d, final_norm_, eps, h_.data());
+  backend_.linear(h_.data(), out_rows, lm_head_, nullptr, logits.data());
+}
+
+}  // namespace nibble::engine

@@ -1,0 +1,65 @@
+#pragma once
+// The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2): token embedding,
+// N x [RMSNorm -> GQA attention with RoPE -> residual, RMSNorm -> SwiGLU MLP ->
+// residual], final RMSNorm, lm_head (tied to the embedding or separate).
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "engine/kv_cache.h"
+#include "kernels/backend.h"
+#include "loader/model_source.h"
+#include "loader/tensor.h"
+
+namespace nibble::engine {
+
+using TokenId = std::int32_t;
+
+enum class Logits { LastRow, AllRows };
+
+class LlamaModel {
+ public:
+  // Binds the weights of `source` (mapped, not copied, where the dtype allows).
+  // Throws nibble::Error naming any missing or mis-shaped tensor.
+  LlamaModel(const ModelSource& source, kernels::Backend& backend);
+
+  const ModelConfig& config() const { return config_; }
+  std::int64_t vocab_size() const { return config_.vocab_size; }
+  // Bytes of weights the model holds (as stored, plus any converted copies).
+  std::uint64_t weight_bytes() const { return weight_bytes_; }
+
+  // Runs `tokens` at positions [start, start + n) of one sequence, appending their
+  // keys and values to `cache`. Writes n (AllRows) or 1 (LastRow) rows of logits.
+  void forward(std::span<const TokenId> tokens, std::int64_t start, KvCache& cache, Logits mode,
+               std::span<float> logits);
+
+ private:
+  struct Layer {
+    const float* attn_norm;
+    const float* ffn_norm;
+    kernels::Matrix q, k, v, o, gate, up, down;
+    const float* q_bias = nullptr;
+    const float* k_bias = nullptr;
+    const float* v_bias = nullptr;
+  };
+
+  kernels::Matrix matrix(const WeightSource& weights, const std::string& name, std::int64_t rows, std::int64_t cols);
+  const float* vector(const WeightSource& weights, const std::string& name, std::int64_t size);
+  void ensure_scratch(std::int64_t rows);
+
+  ModelConfig config_;
+  kernels::Backend& backend_;
+  std::vector<TensorView> held_;  // keeps mapped or converted weights alive
+  std::uint64_t weight_bytes_ = 0;
+  kernels::Matrix embedding_;
+  kernels::Matrix lm_head_;
+  const float* final_norm_ = nullptr;
+  std::vector<Layer> layers_;
+  std::vector<float> inv_freq_;
+
+  std::int64_t scratch_rows_ = 0;
+  std::vector<float> x_, h_, q_, k_, v_, attn_, gate_, up_;
+  std::vector<std::int32_t> positions_;
+};
+
+}  // namespace nibble::engine

@@ -1,0 +1,66 @@
+#pragma once
+// The compute interface the engine is written against. A backend owns how the
+// numbers are crunched (CPU SIMD now; CUDA later); the engine owns what is
+// computed. Activations are float32, row-major, one row per token; pointers are
+// the backend's own memory (host memory for the CPU backend).
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "common/dtype.h"
+
+namespace nibble::kernels {
+
+// A weight matrix stored [rows = output features, cols = input features], the
+// PyTorch nn.Linear layout. Low-precision dtypes are widened inside the kernel,
+// never expanded in memory.
+struct Matrix {
+  DType dtype = DType::F32;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  const void* data = nullptr;
+};
+
+// Keys and values of one layer for one sequence, positions 0..length-1, each
+// position holding kv_heads x head_dim floats at `stride` floats apart.
+struct KvLayerView {
+  const float* keys = nullptr;
+  const float* values = nullptr;
+  std::int64_t stride = 0;
+};
+
+struct AttentionShape {
+  std::int64_t heads = 0;
+  std::int64_t kv_heads = 0;
+  std::int64_t head_dim = 0;
+  std::optional<std::int64_t> sliding_window;  // attend to at most this many latest positions
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // y[m, n] = sum_k x[m, k] * w[n, k] + bias[n] (bias may be null). x: [rows, w.cols].
+  virtual void linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) = 0;
+  // y = x / rms(x) * weight, row by row; x and y may alias.
+  virtual void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
+                        float* y) = 0;
+  // Rotates each head of x [rows, heads * head_dim] in place by its position
+  // (rotate-half convention); inv_freq has head_dim / 2 entries.
+  virtual void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
+                    std::span<const std::int32_t> positions, std::span<const float> inv_freq) = 0;
+  // Causal attention for the rows of q [rows, heads * head_dim] at `positions`:
+  // row i attends to cached positions 0..positions[i]. Writes out [rows, heads * head_dim].
+  virtual void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,
+                         const KvLayerView& kv, const AttentionShape& shape, float* out) = 0;
+  // out = silu(gate) * up, elementwise over n values.
+  virtual void swiglu(const float* gate, const float* up, std::int64_t n, float* out) = 0;
+  // y += x, elementwise.
+  virtual void add(const float* x, std::int64_t n, float* y) = 0;
+  // Copies rows `ids` of table [*, table.cols] into out as float32.
+  virtual void embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) = 0;
+};
+
+}  // namespace nibble::kernels

@@ -1,0 +1,157 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+#include <vector>
+
+#include "common/error.h"
+#include "common/half.h"
+#include "kernels/cpu/linear_kernels.h"
+
+namespace nibble::kernels {
+namespace {
+
+// Output columns per work item: big enough to amortize scheduling, small enough
+// that two cores get balanced work on narrow layers.
+constexpr std::int64_t kColumnsPerTask = 16;
+
+float element(const Matrix& m, std::int64_t index) {
+  switch (m.dtype) {
+    case DType::F32:
+      return static_cast<const float*>(m.data)[index];
+    case DType::F16:
+      return f16_to_f32(static_cast<const std::uint16_t*>(m.data)[index]);
+    case DType::BF16:
+      return bf16_to_f32(static_cast<const std::uint16_t*>(m.data)[index]);
+    default:
+      fail("no CPU support for {} tensors", dtype_name(m.dtype));
+  }
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(int threads)
+    : threads_(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))) {}
+
+std::string CpuBackend::name() const {
+  return fmt::format("cpu({}, {} threads)", cpu::isa_name(cpu::active_isa()), threads_);
+}
+
+void CpuBackend::linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) {
+  const cpu::LinearKernel kernel = cpu::linear_kernel(w.dtype, cpu::active_isa());
+  const std::int64_t tasks = (w.rows + kColumnsPerTask - 1) / kColumnsPerTask;
+#pragma omp parallel for num_threads(threads_) schedule(static)
+  for (std::int64_t task = 0; task < tasks; ++task) {
+    const std::int64_t begin = task * kColumnsPerTask;
+    const std::int64_t end = std::min(w.rows, begin + kColumnsPerTask);
+    kernel(x, rows, w.cols, w.data, begin, end, bias, y, w.rows);
+  }
+}
+
+void CpuBackend::rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
+                          float* y) {
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * dim;
+    float* yr = y + r * dim;
+    float sum_squares = 0.0f;
+    for (std::int64_t i = 0; i < dim; ++i) sum_squares += xr[i] * xr[i];
+    const float scale = 1.0f / std::sqrt(sum_squares / static_cast<float>(dim) + eps);
+    for (std::int64_t i = 0; i < dim; ++i) yr[i] = weight[i] * (xr[i] * scale);
+  }
+}
+
+void CpuBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
+                      std::span<const std::int32_t> positions, std::span<const float> inv_freq) {
+  const std::int64_t half = head_dim / 2;
+  std::vector<float> cos_table(static_cast<std::size_t>(half));
+  std::vector<float> sin_table(static_cast<std::size_t>(half));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t i = 0; i < half; ++i) {
+      // float32 angle like the reference; cos/sin of it evaluated accurately.
+      const float angle = static_cast<float>(positions[static_cast<std::size_t>(r)]) * inv_freq[static_cast<std::size_t>(i)];
+      cos_table[static_cast<std::size_t>(i)] = static_cast<float>(std::cos(static_cast<double>(angle)));
+      sin_table[static_cast<std::size_t>(i)] = static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+    for (std::int64_t h = 0; h < heads; ++h) {
+      float* v = x + (r * heads + h) * head_dim;
+      for (std::int64_t i = 0; i < half; ++i) {
+        const float a = v[i];
+        const float b = v[i + half];
+        const float c = cos_table[static_cast<std::size_t>(i)];
+        const float s = sin_table[static_cast<std::size_t>(i)];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+      }
+    }
+  }
+}
+
+void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,
+                           const KvLayerView& kv, const AttentionShape& shape, float* out) {
+  const std::int64_t group = shape.heads / shape.kv_heads;
+  const std::int64_t head_dim = shape.head_dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const std::int64_t max_len = positions.empty() ? 0 : *std::max_element(positions.begin(), positions.end()) + 1;
+#pragma omp parallel num_threads(threads_)
+  {
+    std::vector<float> scores(static_cast<std::size_t>(max_len));
+#pragma omp for collapse(2) schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      for (std::int64_t h = 0; h < shape.heads; ++h) {
+        const std::int64_t last = positions[static_cast<std::size_t>(r)];
+        const std::int64_t first =
+            shape.sliding_window ? std::max<std::int64_t>(0, last - *shape.sliding_window + 1) : 0;
+        const float* qh = q + (r * shape.heads + h) * head_dim;
+        const std::int64_t kv_offset = (h / group) * head_dim;
+        float max_score = -INFINITY;
+        for (std::int64_t t = first; t <= last; ++t) {
+          const float* kt = kv.keys + t * kv.stride + kv_offset;
+          float dot = 0.0f;
+          for (std::int64_t i = 0; i < head_dim; ++i) dot += qh[i] * kt[i];
+          const float s = dot * scale;
+          scores[static_cast<std::size_t>(t)] = s;
+          max_score = std::max(max_score, s);
+        }
+        float total = 0.0f;
+        for (std::int64_t t = first; t <= last; ++t) {
+          const float e = std::exp(scores[static_cast<std::size_t>(t)] - max_score);
+          scores[static_cast<std::size_t>(t)] = e;
+          total += e;
+        }
+        float* oh = out + (r * shape.heads + h) * head_dim;
+        std::fill(oh, oh + head_dim, 0.0f);
+        const float norm = 1.0f / total;
+        for (std::int64_t t = first; t <= last; ++t) {
+          const float p = scores[static_cast<std::size_t>(t)] * norm;
+          const float* vt = kv.values + t * kv.stride + kv_offset;
+          for (std::int64_t i = 0; i < head_dim; ++i) oh[i] += p * vt[i];
+        }
+      }
+    }
+  }
+}
+
+void CpuBackend::swiglu(const float* gate, const float* up, std::int64_t n, float* out) {
+#pragma omp parallel for num_threads(threads_) schedule(static) if (n > 65536)
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void CpuBackend::add(const float* x, std::int64_t n, float* y) {
+  for (std::int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+void CpuBackend::embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) {
+  for (std::size_t r = 0; r < ids.size(); ++r) {
+    const std::int64_t id = ids[r];
+    if (id < 0 || id >= table.rows) fail("token id {} is outside the vocabulary of {} tokens", id, table.rows);
+    for (std::int64_t i = 0; i < table.cols; ++i) out[static_cast<std::int64_t>(r) * table.cols + i] = element(table, id * table.cols + i);
+  }
+}
+
+}  // namespace nibble::kernels

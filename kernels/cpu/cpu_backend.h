@@ -1,0 +1,30 @@
+#pragma once
+// The CPU backend: OpenMP threads split every op, SIMD kernels chosen by CPUID.
+#include "kernels/backend.h"
+
+namespace nibble::kernels {
+
+class CpuBackend final : public Backend {
+ public:
+  // threads <= 0 means one per available core.
+  explicit CpuBackend(int threads = 0);
+
+  std::string name() const override;
+  int threads() const { return threads_; }
+
+  void linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) override;
+  void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
+                float* y) override;
+  void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
+            std::span<const std::int32_t> positions, std::span<const float> inv_freq) override;
+  void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions, const KvLayerView& kv,
+                 const AttentionShape& shape, float* out) override;
+  void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override;
+  void add(const float* x, std::int64_t n, float* y) override;
+  void embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) override;
+
+ private:
+  int threads_;
+};
+
+}  // namespace nibble::kernels

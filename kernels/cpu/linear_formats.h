@@ -1,0 +1,24 @@
+#pragma once
+// Weight element formats the dense linear kernels read, with their scalar widening.
+// Included into each per-ISA unit's anonymous namespace use (see linear_impl.h).
+#include <cstdint>
+
+#include "common/half.h"
+
+namespace {
+
+struct F32Weights {
+  using Element = float;
+};
+struct F16Weights {
+  using Element = std::uint16_t;
+};
+struct BF16Weights {
+  using Element = std::uint16_t;
+};
+
+inline float widen(float w, F32Weights) { return w; }
+inline float widen(std::uint16_t w, F16Weights) { return nibble::f16_to_f32(w); }
+inline float widen(std::uint16_t w, BF16Weights) { return nibble::bf16_to_f32(w); }
+
+}  // namespace

@@ -1,0 +1,112 @@
+#include "kernels/reference.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/error.h"
+#include "common/half.h"
+
+namespace nibble::kernels::reference {
+
+double matrix_element(const Matrix& m, std::int64_t index) {
+  switch (m.dtype) {
+    case DType::F32:
+      return static_cast<const float*>(m.data)[index];
+    case DType::F16:
+      return f16_to_f32(static_cast<const std::uint16_t*>(m.data)[index]);
+    case DType::BF16:
+      return bf16_to_f32(static_cast<const std::uint16_t*>(m.data)[index]);
+    default:
+      fail("reference: unsupported dtype {}", dtype_name(m.dtype));
+  }
+}
+
+std::vector<float> linear(std::span<const float> x, std::int64_t rows, const Matrix& w, const float* bias) {
+  std::vector<float> y(static_cast<std::size_t>(rows * w.rows));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t n = 0; n < w.rows; ++n) {
+      double total = bias != nullptr ? bias[n] : 0.0;
+      for (std::int64_t k = 0; k < w.cols; ++k) {
+        total += static_cast<double>(x[static_cast<std::size_t>(r * w.cols + k)]) * matrix_element(w, n * w.cols + k);
+      }
+      y[static_cast<std::size_t>(r * w.rows + n)] = static_cast<float>(total);
+    }
+  }
+  return y;
+}
+
+std::vector<float> rms_norm(std::span<const float> x, std::int64_t rows, std::int64_t dim, std::span<const float> weight,
+                            float eps) {
+  std::vector<float> y(x.size());
+  for (std::int64_t r = 0; r < rows; ++r) {
+    double sum_squares = 0;
+    for (std::int64_t i = 0; i < dim; ++i) sum_squares += std::pow(static_cast<double>(x[static_cast<std::size_t>(r * dim + i)]), 2);
+    const double scale = 1.0 / std::sqrt(sum_squares / static_cast<double>(dim) + eps);
+    for (std::int64_t i = 0; i < dim; ++i) {
+      const auto at = static_cast<std::size_t>(r * dim + i);
+      y[at] = static_cast<float>(weight[static_cast<std::size_t>(i)] * x[at] * scale);
+    }
+  }
+  return y;
+}
+
+void rope(std::span<float> x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
+          std::span<const std::int32_t> positions, std::span<const float> inv_freq) {
+  const std::int64_t half = head_dim / 2;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t h = 0; h < heads; ++h) {
+      float* v = x.data() + (r * heads + h) * head_dim;
+      for (std::int64_t i = 0; i < half; ++i) {
+        // The angle is formed in float32, the convention of the models' own reference
+        // (transformers); everything after it is exact.
+        const double angle = static_cast<float>(positions[static_cast<std::size_t>(r)]) * inv_freq[static_cast<std::size_t>(i)];
+        const double a = v[i];
+        const double b = v[i + half];
+        v[i] = static_cast<float>(a * std::cos(angle) - b * std::sin(angle));
+        v[i + half] = static_cast<float>(b * std::cos(angle) + a * std::sin(angle));
+      }
+    }
+  }
+}
+
+std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::span<const std::int32_t> positions,
+                             const KvLayerView& kv, const AttentionShape& shape) {
+  std::vector<float> out(static_cast<std::size_t>(rows * shape.heads * shape.head_dim));
+  const std::int64_t group = shape.heads / shape.kv_heads;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t h = 0; h < shape.heads; ++h) {
+      const std::int64_t last = positions[static_cast<std::size_t>(r)];
+      const std::int64_t first = shape.sliding_window ? std::max<std::int64_t>(0, last - *shape.sliding_window + 1) : 0;
+      const float* qh = q.data() + (r * shape.heads + h) * shape.head_dim;
+      const std::int64_t kv_offset = (h / group) * shape.head_dim;
+      std::vector<double> scores;
+      for (std::int64_t t = first; t <= last; ++t) {
+        double dot = 0;
+        for (std::int64_t i = 0; i < shape.head_dim; ++i) dot += static_cast<double>(qh[i]) * kv.keys[t * kv.stride + kv_offset + i];
+        scores.push_back(dot / std::sqrt(static_cast<double>(shape.head_dim)));
+      }
+      const double max_score = *std::max_element(scores.begin(), scores.end());
+      double total = 0;
+      for (auto& s : scores) total += (s = std::exp(s - max_score));
+      for (std::int64_t i = 0; i < shape.head_dim; ++i) {
+        double value = 0;
+        for (std::int64_t t = first; t <= last; ++t) {
+          value += scores[static_cast<std::size_t>(t - first)] / total * kv.values[t * kv.stride + kv_offset + i];
+        }
+        out[static_cast<std::size_t>((r * shape.heads + h) * shape.head_dim + i)] = static_cast<float>(value);
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<float> swiglu(std::span<const float> gate, std::span<const float> up) {
+  std::vector<float> out(gate.size());
+  for (std::size_t i = 0; i < gate.size(); ++i) {
+    const double g = gate[i];
+    out[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * up[i]);
+  }
+  return out;
+}
+
+}  // namespace nibble::kernels::reference

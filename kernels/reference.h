@@ -1,0 +1,24 @@
+#pragma once
+// Plain, obviously-correct implementations of the backend ops with float64
+// accumulation. Tests check every backend against these; never used for serving.
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "kernels/backend.h"
+
+namespace nibble::kernels::reference {
+
+std::vector<float> linear(std::span<const float> x, std::int64_t rows, const Matrix& w, const float* bias);
+std::vector<float> rms_norm(std::span<const float> x, std::int64_t rows, std::int64_t dim, std::span<const float> weight,
+                            float eps);
+void rope(std::span<float> x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
+          std::span<const std::int32_t> positions, std::span<const float> inv_freq);
+std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::span<const std::int32_t> positions,
+                             const KvLayerView& kv, const AttentionShape& shape);
+std::vector<float> swiglu(std::span<const float> gate, std::span<const float> up);
+
+// Widens element `index` of a matrix of any supported dtype.
+double matrix_element(const Matrix& m, std::int64_t index);
+
+}  // namespace nibble::kernels::reference

@@ -1,0 +1,224 @@
+#include "loader/model_config.h"
+
+#include <array>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace nibble {
+namespace {
+
+using json = nlohmann::json;
+
+struct ArchitectureInfo {
+  std::string_view architecture;
+  std::string_view model_type;
+  bool attention_bias;  // default when config.json does not say
+};
+
+constexpr std::array kArchitectures{
+    ArchitectureInfo{"LlamaForCausalLM", "llama", false},
+    ArchitectureInfo{"MistralForCausalLM", "mistral", false},
+    ArchitectureInfo{"Qwen2ForCausalLM", "qwen2", true},
+};
+
+template <typename T>
+T required(const json& config, const char* key) {
+  if (!config.contains(key) || config[key].is_null()) fail("config.json: missing required field '{}'", key);
+  try {
+    return config[key].get<T>();
+  } catch (const json::exception&) {
+    fail("config.json: field '{}' has the wrong type ({})", key, config[key].dump());
+  }
+}
+
+template <typename T>
+T optional_or(const json& config, const char* key, T fallback) {
+  if (!config.contains(key) || config[key].is_null()) return fallback;
+  try {
+    return config[key].get<T>();
+  } catch (const json::exception&) {
+    fail("config.json: field '{}' has the wrong type ({})", key, config[key].dump());
+  }
+}
+
+std::vector<std::int32_t> token_id_list(const json& value, const char* key) {
+  std::vector<std::int32_t> ids;
+  if (value.is_null()) return ids;
+  if (value.is_number_integer()) {
+    ids.push_back(value.get<std::int32_t>());
+  } else if (value.is_array()) {
+    for (const auto& id : value) {
+      if (!id.is_number_integer()) fail("'{}' holds a non-integer token id", key);
+      ids.push_back(id.get<std::int32_t>());
+    }
+  } else {
+    fail("'{}' must be a token id or a list of them", key);
+  }
+  return ids;
+}
+
+RopeScaling parse_rope_scaling(const json& value) {
+  RopeScaling scaling;
+  if (value.is_null()) return scaling;
+  if (!value.is_object()) fail("config.json: rope_scaling must be an object");
+  const auto type = value.contains("rope_type") ? value["rope_type"] : value.value("type", json());
+  if (!type.is_string()) fail("config.json: rope_scaling needs a rope_type");
+  const auto name = type.get<std::string>();
+  scaling.factor = optional_or<double>(value, "factor", 1.0);
+  if (name == "default") {
+    scaling.kind = RopeScaling::Kind::None;
+  } else if (name == "linear") {
+    scaling.kind = RopeScaling::Kind::Linear;
+  } else if (name == "llama3") {
+    scaling.kind = RopeScaling::Kind::Llama3;
+    scaling.low_freq_factor = required<double>(value, "low_freq_factor");
+    scaling.high_freq_factor = required<double>(value, "high_freq_factor");
+    scaling.original_max_position_embeddings = required<std::int64_t>(value, "original_max_position_embeddings");
+  } else {
+    fail("config.json: rope_scaling type '{}' is not supported (supported: default, linear, llama3)", name);
+  }
+  if (scaling.factor <= 0) fail("config.json: rope_scaling factor must be positive");
+  return scaling;
+}
+
+}  // namespace
+
+void ModelConfig::validate() const {
+  const auto positive = [](std::int64_t value, const char* name) {
+    if (value <= 0) fail("model config: {} must be positive (got {})", name, value);
+  };
+  positive(vocab_size, "vocab_size");
+  positive(hidden_size, "hidden_size");
+  positive(intermediate_size, "intermediate_size");
+  positive(num_layers, "num_hidden_layers");
+  positive(num_heads, "num_attention_heads");
+  positive(num_kv_heads, "num_key_value_heads");
+  positive(head_dim, "head_dim");
+  positive(max_position_embeddings, "max_position_embeddings");
+  if (num_heads % num_kv_heads != 0) {
+    fail("model config: num_attention_heads {} is not a multiple of num_key_value_heads {}", num_heads, num_kv_heads);
+  }
+  if (head_dim % 2 != 0) fail("model config: head_dim {} must be even for RoPE", head_dim);
+  if (!(rms_norm_eps > 0)) fail("model config: rms_norm_eps must be positive");
+  if (!(rope_theta > 0)) fail("model config: rope_theta must be positive");
+}
+
+ModelConfig parse_hf_config(const json& config) {
+  if (!config.is_object()) fail("config.json: not a JSON object");
+  ModelConfig out;
+  const auto architectures = optional_or<std::vector<std::string>>(config, "architectures", {});
+  const ArchitectureInfo* arch = nullptr;
+  for (const auto& name : architectures) {
+    for (const auto& known : kArchitectures) {
+      if (known.architecture == name) arch = &known;
+    }
+  }
+  if (arch == nullptr) {
+    const auto model_type = optional_or<std::string>(config, "model_type", "");
+    for (const auto& known : kArchitectures) {
+      if (architectures.empty() && known.model_type == model_type) arch = &known;
+    }
+  }
+  if (arch == nullptr) {
+    std::string listed;
+    for (const auto& name : architectures) listed += (listed.empty() ? "" : ", ") + name;
+    fail("config.json: unsupported architecture '{}' (supported: LlamaForCausalLM, MistralForCausalLM, "
+         "Qwen2ForCausalLM)",
+         listed.empty() ? optional_or<std::string>(config, "model_type", "<none>") : listed);
+  }
+  out.architecture = std::string(arch->architecture);
+  out.model_type = std::string(arch->model_type);
+  out.vocab_size = required<std::int64_t>(config, "vocab_size");
+  out.hidden_size = required<std::int64_t>(config, "hidden_size");
+  out.intermediate_size = required<std::int64_t>(config, "intermediate_size");
+  out.num_layers = required<std::int64_t>(config, "num_hidden_layers");
+  out.num_heads = required<std::int64_t>(config, "num_attention_heads");
+  out.num_kv_heads = optional_or<std::int64_t>(config, "num_key_value_heads", out.num_heads);
+  out.head_dim = optional_or<std::int64_t>(config, "head_dim", out.num_heads > 0 ? out.hidden_size / out.num_heads : 0);
+  out.max_position_embeddings = optional_or<std::int64_t>(config, "max_position_embeddings", 2048);
+  out.rms_norm_eps = optional_or<double>(config, "rms_norm_eps", 1e-6);
+  out.rope_theta = optional_or<double>(config, "rope_theta", 10000.0);
+  out.rope_scaling = parse_rope_scaling(config.value("rope_scaling", json()));
+  out.tie_word_embeddings = optional_or<bool>(config, "tie_word_embeddings", false);
+  out.attention_bias = optional_or<bool>(config, "attention_bias", arch->attention_bias);
+  if (config.contains("sliding_window") && !config["sliding_window"].is_null()) {
+    const bool enabled = out.model_type != "qwen2" || optional_or<bool>(config, "use_sliding_window", false);
+    if (enabled) out.sliding_window = required<std::int64_t>(config, "sliding_window");
+  }
+  if (config.contains("bos_token_id") && config["bos_token_id"].is_number_integer()) {
+    out.bos_token_id = config["bos_token_id"].get<std::int32_t>();
+  }
+  out.eos_token_ids = token_id_list(config.value("eos_token_id", json()), "eos_token_id");
+  out.torch_dtype = optional_or<std::string>(config, "torch_dtype", "float32");
+  if (optional_or<bool>(config, "mlp_bias", false)) fail("config.json: mlp_bias is not supported");
+  out.validate();
+  return out;
+}
+
+json to_hf_config(const ModelConfig& config) {
+  json out = {
+      {"architectures", {config.architecture}},
+      {"model_type", config.model_type},
+      {"vocab_size", config.vocab_size},
+      {"hidden_size", config.hidden_size},
+      {"intermediate_size", config.intermediate_size},
+      {"num_hidden_layers", config.num_layers},
+      {"num_attention_heads", config.num_heads},
+      {"num_key_value_heads", config.num_kv_heads},
+      {"head_dim", config.head_dim},
+      {"max_position_embeddings", config.max_position_embeddings},
+      {"rms_norm_eps", config.rms_norm_eps},
+      {"rope_theta", config.rope_theta},
+      {"tie_word_embeddings", config.tie_word_embeddings},
+      {"attention_bias", config.attention_bias},
+      {"hidden_act", "silu"},
+      {"torch_dtype", config.torch_dtype.empty() ? "float32" : config.torch_dtype},
+  };
+  if (config.bos_token_id) out["bos_token_id"] = *config.bos_token_id;
+  if (config.eos_token_ids.size() == 1) out["eos_token_id"] = config.eos_token_ids.front();
+  if (config.eos_token_ids.size() > 1) out["eos_token_id"] = config.eos_token_ids;
+  if (config.sliding_window) out["sliding_window"] = *config.sliding_window;
+  switch (config.rope_scaling.kind) {
+    case RopeScaling::Kind::None:
+      break;
+    case RopeScaling::Kind::Linear:
+      out["rope_scaling"] = {{"rope_type", "linear"}, {"factor", config.rope_scaling.factor}};
+      break;
+    case RopeScaling::Kind::Llama3:
+      out["rope_scaling"] = {{"rope_type", "llama3"},
+                             {"factor", config.rope_scaling.factor},
+                             {"low_freq_factor", config.rope_scaling.low_freq_factor},
+                             {"high_freq_factor", config.rope_scaling.high_freq_factor},
+                             {"original_max_position_embeddings", config.rope_scaling.original_max_position_embeddings}};
+      break;
+  }
+  return out;
+}
+
+GenerationDefaults parse_generation_config(const json& config) {
+  GenerationDefaults out;
+  if (!config.is_object()) fail("generation_config.json: not a JSON object");
+  const auto number = [&](const char* key) -> std::optional<double> {
+    if (!config.contains(key) || config[key].is_null()) return std::nullopt;
+    if (!config[key].is_number()) fail("generation_config.json: '{}' must be a number", key);
+    return config[key].get<double>();
+  };
+  const auto integer = [&](const char* key) -> std::optional<std::int64_t> {
+    if (!config.contains(key) || config[key].is_null()) return std::nullopt;
+    if (!config[key].is_number_integer()) fail("generation_config.json: '{}' must be an integer", key);
+    return config[key].get<std::int64_t>();
+  };
+  out.temperature = number("temperature");
+  out.top_p = number("top_p");
+  out.top_k = integer("top_k");
+  out.repetition_penalty = number("repetition_penalty");
+  out.max_new_tokens = integer("max_new_tokens");
+  if (config.contains("do_sample") && config["do_sample"].is_boolean()) out.do_sample = config["do_sample"].get<bool>();
+  out.eos_token_ids = token_id_list(config.value("eos_token_id", json()), "eos_token_id");
+  return out;
+}
+
+}  // namespace nibble

@@ -1,0 +1,91 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "common/dtype.h"
+#include "common/error.h"
+#include "common/half.h"
+#include "common/mapped_file.h"
+
+namespace nibble {
+namespace {
+
+TEST(Half, EveryF16ValueRoundTripsThroughFloat) {
+  for (std::uint32_t bits = 0; bits < 0x10000; ++bits) {
+    const auto h = static_cast<std::uint16_t>(bits);
+    const float f = f16_to_f32(h);
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(f))));
+      continue;
+    }
+    ASSERT_EQ(f32_to_f16(f), h) << "bits " << bits;
+  }
+}
+
+TEST(Half, F16RoundsToNearestEven) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> magnitude(-20.0f, 16.0f);
+  for (int i = 0; i < 100000; ++i) {
+    const float x = std::ldexp(1.0f + static_cast<float>(rng() % 1000) / 1000.0f, static_cast<int>(magnitude(rng))) *
+                    (rng() % 2 ? 1.0f : -1.0f);
+    const std::uint16_t h = f32_to_f16(x);
+    const float rounded = f16_to_f32(h);
+    // No other f16 value is strictly closer.
+    for (const int step : {-1, 1}) {
+      const auto neighbour = static_cast<std::uint16_t>(h + step);
+      const float other = f16_to_f32(neighbour);
+      if (std::isnan(other) || std::isinf(other) || (neighbour & 0x7fff) == 0x7fff) continue;
+      if ((h & 0x8000) != (neighbour & 0x8000)) continue;
+      ASSERT_LE(std::abs(rounded - x), std::abs(other - x)) << x;
+    }
+  }
+  EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);
+  EXPECT_EQ(f32_to_f16(70000.0f), 0x7c00);
+  EXPECT_EQ(f32_to_f16(-0.0f), 0x8000);
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -24)), 0x0001);
+  EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -26)), 0x0000);
+}
+
+TEST(Half, Bf16RoundTripAndRounding) {
+  for (std::uint32_t bits = 0; bits < 0x10000; ++bits) {
+    const auto h = static_cast<std::uint16_t>(bits);
+    const float f = bf16_to_f32(h);
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(f32_to_bf16(f), h);
+  }
+  EXPECT_EQ(f32_to_bf16(1.00390625f), 0x3f80);  // exactly halfway: ties to even
+  EXPECT_EQ(f32_to_bf16(1.01171875f), 0x3f82);  // halfway above an odd mantissa: rounds up
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+}
+
+TEST(DType, ParsesSafetensorsNames) {
+  EXPECT_EQ(parse_dtype("BF16"), DType::BF16);
+  EXPECT_EQ(dtype_size(*parse_dtype("F32")), 4u);
+  EXPECT_EQ(dtype_name(DType::U8), "U8");
+  EXPECT_FALSE(parse_dtype("F4").has_value());
+  EXPECT_FALSE(parse_dtype("f32").has_value());
+}
+
+TEST(MappedFile, MapsBytesAndReportsMissingFiles) {
+  const auto path = std::filesystem::temp_directory_path() / "nibble_mapped_file_test.bin";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << "hello";
+  }
+  const MappedFile file(path);
+  ASSERT_EQ(file.size(), 5u);
+  EXPECT_EQ(static_cast<char>(file.data()[4]), 'o');
+  std::filesystem::remove(path);
+  try {
+    MappedFile missing("/nonexistent/nibble/file.bin");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/nibble/file.bin"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace nibble

@@ -1,0 +1,167 @@
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "common/error.h"
+#include "common/half.h"
+#include "kernel_test_util.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/reference.h"
+
+namespace nibble::kernels {
+namespace {
+
+using testing::random_floats;
+using testing::relative_error;
+
+std::vector<cpu::Isa> supported_isas() {
+  std::vector<cpu::Isa> isas;
+  for (const auto isa : {cpu::Isa::Scalar, cpu::Isa::Avx2, cpu::Isa::Avx512}) {
+    if (cpu::isa_supported(isa)) isas.push_back(isa);
+  }
+  return isas;
+}
+
+// Restores the process-wide ISA choice after each test.
+class IsaGuard {
+ public:
+  IsaGuard() : saved_(cpu::active_isa()) {}
+  ~IsaGuard() { cpu::set_active_isa(saved_); }
+
+ private:
+  cpu::Isa saved_;
+};
+
+struct StoredMatrix {
+  std::vector<float> f32;
+  std::vector<std::uint16_t> half;
+  Matrix view;
+};
+
+StoredMatrix make_matrix(std::mt19937& rng, DType dtype, std::int64_t rows, std::int64_t cols) {
+  StoredMatrix m;
+  m.f32 = random_floats(rng, static_cast<std::size_t>(rows * cols));
+  if (dtype == DType::F32) {
+    m.view = {dtype, rows, cols, m.f32.data()};
+    return m;
+  }
+  for (const float v : m.f32) m.half.push_back(dtype == DType::F16 ? f32_to_f16(v) : f32_to_bf16(v));
+  m.view = {dtype, rows, cols, m.half.data()};
+  return m;
+}
+
+TEST(CpuLinear, EveryIsaAndDtypeMatchesTheFloat64Reference) {
+  IsaGuard guard;
+  std::mt19937 rng(std::random_device{}());
+  CpuBackend backend(2);
+  const std::vector<std::array<std::int64_t, 2>> shapes{{1, 1}, {7, 3}, {33, 17}, {64, 64}, {100, 257}, {48, 576}};
+  for (const auto isa : supported_isas()) {
+    cpu::set_active_isa(isa);
+    for (const auto dtype : {DType::F32, DType::F16, DType::BF16}) {
+      for (const auto& [n, k] : shapes) {
+        for (const std::int64_t rows : {1, 2, 3, 4, 5, 9, 16}) {
+          const StoredMatrix w = make_matrix(rng, dtype, n, k);
+          const auto x = random_floats(rng, static_cast<std::size_t>(rows * k));
+          const auto bias = random_floats(rng, static_cast<std::size_t>(n));
+          const bool with_bias = rows % 2 == 1;
+          std::vector<float> y(static_cast<std::size_t>(rows * n), NAN);
+          backend.linear(x.data(), rows, w.view, with_bias ? bias.data() : nullptr, y.data());
+          const auto expected = reference::linear(x, rows, w.view, with_bias ? bias.data() : nullptr);
+          ASSERT_LT(relative_error(y, expected), 2e-6 * std::sqrt(static_cast<double>(k)) + 1e-6)
+              << cpu::isa_name(isa) << " " << dtype_name(dtype) << " n=" << n << " k=" << k << " rows=" << rows;
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuLinear, NanInTheInputIsNotHidden) {
+  std::mt19937 rng(1);
+  CpuBackend backend(1);
+  const StoredMatrix w = make_matrix(rng, DType::F32, 8, 16);
+  auto x = random_floats(rng, 16);
+  x[3] = NAN;
+  std::vector<float> y(8);
+  backend.linear(x.data(), 1, w.view, nullptr, y.data());
+  EXPECT_EQ(relative_error(y, reference::linear(random_floats(rng, 16), 1, w.view, nullptr)), INFINITY);
+}
+
+TEST(CpuOps, RmsNormSwigluAndEmbeddingMatchTheReference) {
+  std::mt19937 rng(std::random_device{}());
+  CpuBackend backend(2);
+  const std::int64_t rows = 5, dim = 96;
+  const auto x = random_floats(rng, rows * dim, 3.0f);
+  const auto weight = random_floats(rng, dim);
+  std::vector<float> y(x.size());
+  backend.rms_norm(x.data(), rows, dim, weight.data(), 1e-5f, y.data());
+  EXPECT_LT(relative_error(y, reference::rms_norm(x, rows, dim, weight, 1e-5f)), 1e-6);
+
+  const auto gate = random_floats(rng, 1000, 4.0f);
+  const auto up = random_floats(rng, 1000);
+  std::vector<float> act(1000);
+  backend.swiglu(gate.data(), up.data(), 1000, act.data());
+  EXPECT_LT(relative_error(act, reference::swiglu(gate, up)), 1e-6);
+
+  for (const auto dtype : {DType::F32, DType::F16, DType::BF16}) {
+    const StoredMatrix table = make_matrix(rng, dtype, 50, 12);
+    const std::vector<std::int32_t> ids{3, 0, 49, 3};
+    std::vector<float> out(ids.size() * 12);
+    backend.embedding(table.view, ids, out.data());
+    for (std::size_t r = 0; r < ids.size(); ++r) {
+      for (std::int64_t i = 0; i < 12; ++i) {
+        ASSERT_EQ(out[r * 12 + static_cast<std::size_t>(i)],
+                  static_cast<float>(reference::matrix_element(table.view, ids[r] * 12 + i)));
+      }
+    }
+    const std::vector<std::int32_t> bad{50};
+    EXPECT_THROW(backend.embedding(table.view, bad, out.data()), Error);
+  }
+}
+
+TEST(CpuOps, RopeMatchesTheReference) {
+  std::mt19937 rng(std::random_device{}());
+  CpuBackend backend(1);
+  const std::int64_t rows = 4, heads = 3, head_dim = 64;
+  std::vector<float> inv_freq(head_dim / 2);
+  for (std::size_t i = 0; i < inv_freq.size(); ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * static_cast<float>(i) / head_dim);
+  const std::vector<std::int32_t> positions{0, 1, 17, 4000};
+  auto x = random_floats(rng, rows * heads * head_dim);
+  auto expected = x;
+  backend.rope(x.data(), rows, heads, head_dim, positions, inv_freq);
+  reference::rope(expected, rows, heads, head_dim, positions, inv_freq);
+  EXPECT_LT(relative_error(x, expected), 1e-5);
+}
+
+TEST(CpuOps, CausalGqaAttentionMatchesTheReference) {
+  std::mt19937 rng(std::random_device{}());
+  CpuBackend backend(2);
+  for (const auto window : {std::optional<std::int64_t>{}, std::optional<std::int64_t>{5}}) {
+    const AttentionShape shape{8, 2, 16, window};
+    const std::int64_t length = 23, kv_dim = shape.kv_heads * shape.head_dim;
+    const auto keys = random_floats(rng, length * kv_dim);
+    const auto values = random_floats(rng, length * kv_dim);
+    const KvLayerView kv{keys.data(), values.data(), kv_dim};
+    // A prefill chunk of the last 6 positions plus a lone decode row.
+    const std::vector<std::int32_t> positions{17, 18, 19, 20, 21, 22};
+    const auto rows = static_cast<std::int64_t>(positions.size());
+    const auto q = random_floats(rng, rows * shape.heads * shape.head_dim, 2.0f);
+    std::vector<float> out(q.size());
+    backend.attention(q.data(), rows, positions, kv, shape, out.data());
+    EXPECT_LT(relative_error(out, reference::attention(q, rows, positions, kv, shape)), 1e-5);
+
+    const std::vector<std::int32_t> first{0};
+    std::vector<float> one(static_cast<std::size_t>(shape.heads * shape.head_dim));
+    backend.attention(q.data(), 1, first, kv, shape, one.data());
+    // Attending to a single position returns its value vector for each head.
+    for (std::int64_t h = 0; h < shape.heads; ++h) {
+      for (std::int64_t i = 0; i < shape.head_dim; ++i) {
+        ASSERT_FLOAT_EQ(one[static_cast<std::size_t>(h * shape.head_dim + i)],
+                        values[static_cast<std::size_t>((h / 4) * shape.head_dim + i)]);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace nibble::kernels

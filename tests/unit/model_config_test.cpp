@@ -1,0 +1,118 @@
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "loader/model_config.h"
+#include "loader/model_source.h"
+#include "test_util.h"
+
+namespace nibble {
+namespace {
+
+using json = nlohmann::json;
+using testing::expect_error;
+
+json llama_config() {
+  return json::parse(R"({
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256,
+    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "tie_word_embeddings": false,
+    "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "torch_dtype": "bfloat16",
+    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"}})");
+}
+
+TEST(ModelConfig, ParsesLlama31WithLlama3RopeScalingAndGqa) {
+  const ModelConfig c = parse_hf_config(llama_config());
+  EXPECT_EQ(c.architecture, "LlamaForCausalLM");
+  EXPECT_EQ(c.head_dim, 128);
+  EXPECT_EQ(c.num_kv_heads, 8);
+  EXPECT_EQ(c.kv_dim(), 1024);
+  EXPECT_EQ(c.rope_scaling.kind, RopeScaling::Kind::Llama3);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.factor, 8.0);
+  EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 8192);
+  EXPECT_EQ(c.eos_token_ids, (std::vector<std::int32_t>{128001, 128008, 128009}));
+  EXPECT_EQ(c.bos_token_id, 128000);
+  EXPECT_FALSE(c.attention_bias);
+  EXPECT_FALSE(c.tie_word_embeddings);
+  // Round trip through the writer used by converters.
+  const ModelConfig again = parse_hf_config(to_hf_config(c));
+  EXPECT_EQ(again.rope_scaling.kind, RopeScaling::Kind::Llama3);
+  EXPECT_EQ(again.eos_token_ids, c.eos_token_ids);
+  EXPECT_EQ(again.head_dim, c.head_dim);
+}
+
+TEST(ModelConfig, Qwen2HasQkvBiasAndOptionalSlidingWindow) {
+  json config = llama_config();
+  config["architectures"] = {"Qwen2ForCausalLM"};
+  config["model_type"] = "qwen2";
+  config.erase("rope_scaling");
+  config["sliding_window"] = 4096;
+  config["use_sliding_window"] = false;
+  config["tie_word_embeddings"] = true;
+  const ModelConfig c = parse_hf_config(config);
+  EXPECT_TRUE(c.attention_bias);
+  EXPECT_FALSE(c.sliding_window.has_value());
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_EQ(c.rope_scaling.kind, RopeScaling::Kind::None);
+}
+
+TEST(ModelConfig, MistralUsesItsSlidingWindow) {
+  json config = llama_config();
+  config["architectures"] = {"MistralForCausalLM"};
+  config.erase("rope_scaling");
+  config["sliding_window"] = 4096;
+  const ModelConfig c = parse_hf_config(config);
+  EXPECT_EQ(c.model_type, "mistral");
+  EXPECT_EQ(c.sliding_window, 4096);
+}
+
+TEST(ModelConfig, RejectsUnknownArchitecturesAndBadFields) {
+  json config = llama_config();
+  config["architectures"] = {"GPTNeoXForCausalLM"};
+  expect_error([&] { parse_hf_config(config); }, {"unsupported architecture", "GPTNeoXForCausalLM"});
+
+  config = llama_config();
+  config.erase("hidden_size");
+  expect_error([&] { parse_hf_config(config); }, {"hidden_size"});
+
+  config = llama_config();
+  config["num_hidden_layers"] = "thirty-two";
+  expect_error([&] { parse_hf_config(config); }, {"num_hidden_layers", "wrong type"});
+
+  config = llama_config();
+  config["num_key_value_heads"] = 5;
+  expect_error([&] { parse_hf_config(config); }, {"multiple"});
+
+  config = llama_config();
+  config["rope_scaling"]["rope_type"] = "yarn";
+  expect_error([&] { parse_hf_config(config); }, {"yarn"});
+}
+
+TEST(ModelConfig, GenerationConfigDefaults) {
+  const auto defaults = parse_generation_config(
+      json::parse(R"({"do_sample": true, "temperature": 0.6, "top_p": 0.9, "eos_token_id": [1, 2]})"));
+  EXPECT_EQ(defaults.do_sample, true);
+  EXPECT_DOUBLE_EQ(*defaults.temperature, 0.6);
+  EXPECT_FALSE(defaults.top_k.has_value());
+  EXPECT_EQ(defaults.eos_token_ids, (std::vector<std::int32_t>{1, 2}));
+  expect_error([] { parse_generation_config(json::parse(R"({"top_k": 0.5})")); }, {"top_k"});
+}
+
+TEST(ModelSource, MalformedFoldersGiveClearErrors) {
+  testing::TempDir dir;
+  expect_error([&] { open_model(dir / "nope"); }, {"does not exist"});
+  expect_error([&] { open_model(dir.path()); }, {"no config.json"});
+  testing::write_file(dir / "config.json", "{\"architectures\": [\"Llama");
+  expect_error([&] { open_model(dir.path()); }, {"config.json", "JSON"});
+  json config = llama_config();
+  config["architectures"] = {"FalconForCausalLM"};
+  testing::write_file(dir / "config.json", config.dump());
+  expect_error([&] { open_model(dir.path()); }, {"FalconForCausalLM"});
+  testing::write_file(dir / "config.json", llama_config().dump());
+  expect_error([&] { open_model(dir.path()); }, {"no model.safetensors"});
+}
+
+}  // namespace
+}  // namespace nibble
