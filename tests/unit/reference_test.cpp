@@ -1,0 +1,85 @@
+// nibble against an independent implementation: Hugging Face transformers' logits
+// and greedy tokens for the bundled SmolLM2-135M-Instruct GGUF, recorded by
+// tests/reference/make_smollm2_reference.py.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/generator.h"
+#include "engine/llama_model.h"
+#include "kernel_test_util.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "loader/model_source.h"
+#include "test_util.h"
+
+namespace nibble::engine {
+namespace {
+
+const std::filesystem::path kReferenceDir = std::filesystem::path(NIBBLE_SOURCE_DIR) / "tests/reference";
+const std::filesystem::path kModel = std::filesystem::path(NIBBLE_MODEL_CACHE) / "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+class SmolLM2Reference : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    ASSERT_TRUE(std::filesystem::exists(kModel)) << kModel << " is missing: run scripts/get-model";
+    reference_ = nlohmann::json::parse(testing::read_file(kReferenceDir / "smollm2_reference.json"));
+    const std::string raw = testing::read_file(kReferenceDir / "smollm2_last_logits.f32");
+    logits_.resize(raw.size() / sizeof(float));
+    std::memcpy(logits_.data(), raw.data(), logits_.size() * sizeof(float));
+    source_ = new ModelSource(open_model(kModel));
+    backend_ = new kernels::CpuBackend(0);
+    model_ = new LlamaModel(*source_, *backend_);
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    delete backend_;
+    delete source_;
+  }
+
+  static nlohmann::json reference_;
+  static std::vector<float> logits_;
+  static ModelSource* source_;
+  static kernels::CpuBackend* backend_;
+  static LlamaModel* model_;
+};
+nlohmann::json SmolLM2Reference::reference_;
+std::vector<float> SmolLM2Reference::logits_;
+ModelSource* SmolLM2Reference::source_ = nullptr;
+kernels::CpuBackend* SmolLM2Reference::backend_ = nullptr;
+LlamaModel* SmolLM2Reference::model_ = nullptr;
+
+TEST_F(SmolLM2Reference, LastPositionLogitsMatchTransformers) {
+  const auto vocab = static_cast<std::size_t>(model_->vocab_size());
+  ASSERT_EQ(reference_["vocab_size"].get<std::size_t>(), vocab);
+  const auto& cases = reference_["cases"];
+  ASSERT_GE(cases.size(), 5u);
+  ASSERT_EQ(logits_.size(), cases.size() * vocab);
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const auto ids = cases[i]["prompt_ids"].get<std::vector<TokenId>>();
+    KvCache cache(model_->config(), static_cast<std::int64_t>(ids.size()));
+    std::vector<float> logits(vocab);
+    model_->forward(ids, 0, cache, Logits::LastRow, logits);
+    const std::span<const float> expected(logits_.data() + i * vocab, vocab);
+    const double error = testing::relative_error(logits, expected);
+    EXPECT_LE(error, 1e-4) << "prompt " << i << ": " << cases[i]["prompt"];
+    RecordProperty("relative_error_" + std::to_string(i), std::to_string(error));
+  }
+}
+
+TEST_F(SmolLM2Reference, SixtyFourGreedyTokensMatchTransformers) {
+  for (const auto& reference_case : reference_["cases"]) {
+    GenerationRequest request;
+    request.prompt = reference_case["prompt_ids"].get<std::vector<TokenId>>();
+    request.sampling.temperature = 0;
+    request.max_new_tokens = 64;
+    const auto expected = reference_case["greedy_ids"].get<std::vector<TokenId>>();
+    ASSERT_EQ(expected.size(), 64u);
+    EXPECT_EQ(generate(*model_, request).tokens, expected) << "prompt: " << reference_case["prompt"];
+  }
+}
+
+}  // namespace
+}  // namespace nibble::engine
