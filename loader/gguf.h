@@ -46,6 +46,8 @@ class GgufFile {
   std::uint64_t size() const { return file_->size(); }
   const std::map<std::string, GgufValue>& metadata() const { return metadata_; }
   const std::vector<GgufTensor>& tensors() const { return tensors_; }
+  // File offset where the (aligned) tensor data section starts; tensor offsets are relative to it.
+  std::uint64_t data_offset() const { return data_offset_; }
   const GgufTensor* find_tensor(const std::string& name) const;
 
   bool has(const std::string& key) const { return metadata_.contains(key); }
@@ -67,6 +69,7 @@ class GgufFile {
   std::map<std::string, GgufValue> metadata_;
   std::vector<GgufTensor> tensors_;
   std::map<std::string, std::size_t> index_;
+  std::uint64_t data_offset_ = 0;
 };
 
 // Decodes any supported tensor type into float32, row-major. `out` has numel() floats.

@@ -17,7 +17,7 @@ struct TensorView {
   DType dtype = DType::F32;
   std::vector<std::int64_t> shape;  // row-major, outermost first (PyTorch order)
   std::span<const std::byte> bytes;
-  std::shared_ptr<const void> owner;  // keeps converted data alive; null for mapped views
+  std::shared_ptr<const void> owner;  // keeps the bytes alive: the mapped file or a converted buffer
 
   std::int64_t numel() const {
     std::int64_t n = 1;

@@ -1,0 +1,327 @@
+#include "loader/gguf_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numbers>
+#include <utility>
+
+#include "common/error.h"
+
+namespace nibble {
+namespace {
+
+struct ArchInfo {
+  std::string_view gguf_name;
+  std::string_view hf_architecture;
+  std::string_view model_type;
+  bool attention_bias;
+  bool rope_rows_interleaved;  // llama.cpp's converter permuted q/k rows for this arch
+};
+
+constexpr ArchInfo kArchitectures[] = {
+    {"llama", "LlamaForCausalLM", "llama", false, true},
+    {"qwen2", "Qwen2ForCausalLM", "qwen2", true, false},
+};
+
+const ArchInfo& arch_info(const GgufFile& gguf) {
+  const std::string arch = gguf.get_string("general.architecture");
+  for (const auto& info : kArchitectures) {
+    if (info.gguf_name == arch) return info;
+  }
+  fail("{}: GGUF architecture '{}' is not supported (supported: llama, qwen2)", gguf.path().string(), arch);
+}
+
+std::int64_t head_dim_of(const GgufFile& gguf, const std::string& prefix, std::int64_t hidden, std::int64_t heads) {
+  const auto key_length = gguf.find_int(prefix + "attention.key_length");
+  const auto rope_dims = gguf.find_int(prefix + "rope.dimension_count");
+  const std::int64_t head_dim = key_length ? *key_length : rope_dims ? *rope_dims : hidden / heads;
+  if (rope_dims && *rope_dims != head_dim) {
+    fail("{}: partial rotary embeddings (rope.dimension_count {} != head_dim {}) are not supported",
+         gguf.path().string(), *rope_dims, head_dim);
+  }
+  if (const auto value_length = gguf.find_int(prefix + "attention.value_length"); value_length && *value_length != head_dim) {
+    fail("{}: attention.value_length {} differs from key_length {}; not supported", gguf.path().string(), *value_length,
+         head_dim);
+  }
+  return head_dim;
+}
+
+// llama.cpp bakes Llama 3 rope scaling into a per-frequency `rope_freqs` tensor
+// instead of metadata; recover the HF parameters by regenerating the tensor from
+// the published defaults and accepting them only when they reproduce it.
+RopeScaling llama3_scaling_from_freqs(const GgufFile& gguf, const GgufTensor& freqs, const ModelConfig& config) {
+  std::vector<float> stored(static_cast<std::size_t>(freqs.numel()));
+  dequantize_to_f32(freqs, stored);
+  if (static_cast<std::int64_t>(stored.size()) * 2 != config.head_dim) {
+    fail("{}: rope_freqs.weight has {} entries, expected head_dim/2 = {}", gguf.path().string(), stored.size(),
+         config.head_dim / 2);
+  }
+  RopeScaling scaling;
+  scaling.kind = RopeScaling::Kind::Llama3;
+  scaling.factor = *std::max_element(stored.begin(), stored.end());
+  const double low_wavelen = static_cast<double>(scaling.original_max_position_embeddings) / scaling.low_freq_factor;
+  const double high_wavelen = static_cast<double>(scaling.original_max_position_embeddings) / scaling.high_freq_factor;
+  for (std::size_t i = 0; i < stored.size(); ++i) {
+    const double exponent = static_cast<double>(2 * i) / static_cast<double>(config.head_dim);
+    const double wavelen = 2 * std::numbers::pi * std::pow(config.rope_theta, exponent);
+    double expected = scaling.factor;
+    if (wavelen < high_wavelen) {
+      expected = 1.0;
+    } else if (wavelen <= low_wavelen) {
+      const double smooth = (static_cast<double>(scaling.original_max_position_embeddings) / wavelen -
+                             scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor);
+      expected = 1.0 / ((1 - smooth) / scaling.factor + smooth);
+    }
+    if (std::abs(expected - stored[i]) > 1e-3 * expected) {
+      fail("{}: rope_freqs.weight does not match Llama 3 rope scaling with factor {} (entry {}: {} vs {})",
+           gguf.path().string(), scaling.factor, i, stored[i], expected);
+    }
+  }
+  return scaling;
+}
+
+RopeScaling rope_scaling_of(const GgufFile& gguf, const std::string& prefix, const ModelConfig& config) {
+  const std::string type = gguf.find_string(prefix + "rope.scaling.type").value_or("none");
+  if (type == "linear") {
+    RopeScaling scaling;
+    scaling.kind = RopeScaling::Kind::Linear;
+    scaling.factor = gguf.get_float(prefix + "rope.scaling.factor");
+    if (scaling.factor <= 0) fail("{}: rope.scaling.factor must be positive", gguf.path().string());
+    return scaling;
+  }
+  if (type != "none") {
+    fail("{}: rope scaling type '{}' is not supported (supported: none, linear, llama3)", gguf.path().string(), type);
+  }
+  if (const auto* freqs = gguf.find_tensor("rope_freqs.weight")) return llama3_scaling_from_freqs(gguf, *freqs, config);
+  return {};
+}
+
+std::optional<std::int32_t> token_id(const GgufFile& gguf, const std::string& key) {
+  const auto value = gguf.find_int(key);
+  if (!value) return std::nullopt;
+  if (*value < 0 || *value > std::numeric_limits<std::int32_t>::max()) {
+    fail("{}: {} = {} is not a valid token id", gguf.path().string(), key, *value);
+  }
+  return static_cast<std::int32_t>(*value);
+}
+
+std::int64_t vocab_size_of(const GgufFile& gguf, const std::string& prefix) {
+  const GgufTensor* embedding = gguf.find_tensor("token_embd.weight");
+  std::optional<std::int64_t> from_tokens;
+  if (gguf.has("tokenizer.ggml.tokens")) {
+    const auto* array = std::get_if<std::shared_ptr<GgufArray>>(&gguf.metadata().at("tokenizer.ggml.tokens"));
+    if (array == nullptr) fail("{}: tokenizer.ggml.tokens is not an array", gguf.path().string());
+    from_tokens = static_cast<std::int64_t>((*array)->values.size());
+  }
+  if (embedding != nullptr && embedding->shape.size() == 2) {
+    if (from_tokens && *from_tokens != embedding->shape[0]) {
+      fail("{}: tokenizer.ggml.tokens has {} tokens but token_embd.weight has {} rows", gguf.path().string(),
+           *from_tokens, embedding->shape[0]);
+    }
+    return embedding->shape[0];
+  }
+  if (from_tokens) return *from_tokens;
+  return gguf.get_int(prefix + "vocab_size");
+}
+
+std::string torch_dtype_of(const GgufFile& gguf) {
+  // general.file_type is llama_ftype: 0 all F32, 1 mostly F16, 32 mostly BF16.
+  // Quantized files load as F32 since load() dequantizes them.
+  switch (gguf.find_int("general.file_type").value_or(0)) {
+    case 1: return "float16";
+    case 32: return "bfloat16";
+    default: return "float32";
+  }
+}
+
+// ---- Tensor names.
+
+struct HfName {
+  std::string name;
+  bool rope_rows = false;  // a q (false: k) projection whose rows may need reordering
+  bool is_query = false;
+};
+
+std::optional<HfName> hf_name_of(const std::string& gguf_name) {
+  static const std::pair<std::string_view, std::string_view> kGlobal[] = {
+      {"token_embd.weight", "model.embed_tokens.weight"},
+      {"output_norm.weight", "model.norm.weight"},
+      {"output.weight", "lm_head.weight"},
+  };
+  for (const auto& [from, to] : kGlobal) {
+    if (gguf_name == from) return HfName{std::string(to)};
+  }
+  static const std::pair<std::string_view, std::string_view> kLayer[] = {
+      {"attn_norm", "input_layernorm"},       {"attn_q", "self_attn.q_proj"},  {"attn_k", "self_attn.k_proj"},
+      {"attn_v", "self_attn.v_proj"},         {"attn_output", "self_attn.o_proj"},
+      {"ffn_norm", "post_attention_layernorm"}, {"ffn_gate", "mlp.gate_proj"}, {"ffn_up", "mlp.up_proj"},
+      {"ffn_down", "mlp.down_proj"},
+  };
+  if (!gguf_name.starts_with("blk.")) return std::nullopt;
+  const auto layer_end = gguf_name.find('.', 4);
+  if (layer_end == std::string::npos || layer_end == 4) return std::nullopt;
+  const std::string layer = gguf_name.substr(4, layer_end - 4);
+  if (!std::all_of(layer.begin(), layer.end(), [](char c) { return c >= '0' && c <= '9'; })) return std::nullopt;
+  const std::string rest = gguf_name.substr(layer_end + 1);
+  const auto part_end = rest.rfind('.');
+  if (part_end == std::string::npos) return std::nullopt;
+  const std::string part = rest.substr(0, part_end);
+  const std::string suffix = rest.substr(part_end + 1);
+  if (suffix != "weight" && suffix != "bias") return std::nullopt;
+  for (const auto& [from, to] : kLayer) {
+    if (part == from) {
+      return HfName{fmt::format("model.layers.{}.{}.{}", layer, to, suffix), part == "attn_q" || part == "attn_k",
+                    part == "attn_q"};
+    }
+  }
+  return std::nullopt;
+}
+
+std::optional<DType> plain_dtype(GgmlType type) {
+  switch (type) {
+    case GgmlType::F32: return DType::F32;
+    case GgmlType::F16: return DType::F16;
+    case GgmlType::BF16: return DType::BF16;
+    default: return std::nullopt;
+  }
+}
+
+class GgufWeights final : public WeightSource {
+ public:
+  GgufWeights(std::shared_ptr<const GgufFile> gguf, const ModelConfig& config) : gguf_(std::move(gguf)) {
+    const bool interleaved = arch_info(*gguf_).rope_rows_interleaved;
+    for (const auto& tensor : gguf_->tensors()) {
+      const auto hf = hf_name_of(tensor.name);
+      Entry entry{&tensor, 0};
+      // Unknown tensors (rope_freqs, ...) stay visible under their GGUF names.
+      std::string name = hf ? hf->name : tensor.name;
+      if (hf && hf->rope_rows && interleaved) entry.rope_heads = hf->is_query ? config.num_heads : config.num_kv_heads;
+      if (entry.rope_heads > 0) check_rope_rows(tensor, entry.rope_heads);
+      if (!entries_.emplace(name, entry).second) {
+        fail("{}: tensors '{}' map to the same name '{}'", gguf_->path().string(), tensor.name, name);
+      }
+    }
+  }
+
+  std::vector<StoredTensorInfo> list() const override {
+    std::vector<StoredTensorInfo> out;
+    out.reserve(entries_.size());
+    for (const auto& [name, entry] : entries_) {
+      out.push_back({name, std::string(ggml_type_name(entry.tensor->type)), entry.tensor->shape,
+                     static_cast<std::uint64_t>(entry.tensor->data.size())});
+    }
+    return out;
+  }
+
+  bool contains(const std::string& name) const override { return entries_.contains(name); }
+
+  TensorView load(const std::string& name) const override {
+    const auto it = entries_.find(name);
+    if (it == entries_.end()) fail("{}: the GGUF file has no tensor for '{}'", gguf_->path().string(), name);
+    const Entry& entry = it->second;
+    if (entry.rope_heads == 0) return convert(name, *entry.tensor, gguf_);
+    auto reordered = std::make_shared<std::vector<std::byte>>(entry.tensor->data.size());
+    interleaved_rope_rows_to_halves(entry.tensor->data, *reordered, entry.tensor->shape[0], entry.rope_heads);
+    GgufTensor tensor = *entry.tensor;
+    tensor.data = *reordered;
+    return convert(name, tensor, reordered);
+  }
+
+  std::uint64_t file_bytes() const override { return gguf_->size(); }
+
+ private:
+  struct Entry {
+    const GgufTensor* tensor;
+    std::int64_t rope_heads;  // > 0: rows to reorder from interleaved to halves, per this many heads
+  };
+
+  void check_rope_rows(const GgufTensor& tensor, std::int64_t heads) const {
+    if (heads <= 0 || tensor.shape[0] % (2 * heads) != 0) {
+      fail("{}: tensor '{}' has {} rows, which do not split into {} heads of even size", gguf_->path().string(),
+           tensor.name, tensor.shape[0], heads);
+    }
+  }
+
+  // `storage` keeps tensor.data alive: the mapped file itself or a reordered copy.
+  static TensorView convert(const std::string& name, const GgufTensor& tensor, std::shared_ptr<const void> storage) {
+    if (const auto dtype = plain_dtype(tensor.type)) {
+      TensorView view;
+      view.name = name;
+      view.dtype = *dtype;
+      view.shape = tensor.shape;
+      view.bytes = tensor.data;
+      view.owner = std::move(storage);
+      return view;
+    }
+    std::vector<float> values(static_cast<std::size_t>(tensor.numel()));
+    dequantize_to_f32(tensor, values);
+    return make_owned_f32(name, tensor.shape, std::move(values));
+  }
+
+  std::shared_ptr<const GgufFile> gguf_;
+  std::map<std::string, Entry> entries_;
+};
+
+}  // namespace
+
+ModelConfig config_from_gguf(const GgufFile& gguf) {
+  const ArchInfo& arch = arch_info(gguf);
+  const std::string prefix = std::string(arch.gguf_name) + ".";
+  ModelConfig config;
+  config.architecture = arch.hf_architecture;
+  config.model_type = arch.model_type;
+  config.hidden_size = gguf.get_int(prefix + "embedding_length");
+  config.intermediate_size = gguf.get_int(prefix + "feed_forward_length");
+  config.num_layers = gguf.get_int(prefix + "block_count");
+  config.num_heads = gguf.get_int(prefix + "attention.head_count");
+  // llama.cpp treats a missing head_count_kv as plain multi-head attention.
+  config.num_kv_heads = gguf.find_int(prefix + "attention.head_count_kv").value_or(config.num_heads);
+  if (config.num_heads <= 0) fail("{}: {}attention.head_count must be positive", gguf.path().string(), prefix);
+  config.head_dim = head_dim_of(gguf, prefix, config.hidden_size, config.num_heads);
+  config.max_position_embeddings = gguf.get_int(prefix + "context_length");
+  config.rms_norm_eps = gguf.get_float(prefix + "attention.layer_norm_rms_epsilon");
+  config.rope_theta = gguf.find_float(prefix + "rope.freq_base").value_or(10000.0);
+  config.rope_scaling = rope_scaling_of(gguf, prefix, config);
+  config.vocab_size = vocab_size_of(gguf, prefix);
+  config.tie_word_embeddings = gguf.find_tensor("output.weight") == nullptr;
+  config.attention_bias = arch.attention_bias;
+  config.bos_token_id = token_id(gguf, "tokenizer.ggml.bos_token_id");
+  // Chat models end turns with EOT/EOM tokens; HF lists those as extra eos ids.
+  for (const char* key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"}) {
+    const auto id = token_id(gguf, key);
+    if (id && std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(), *id) == config.eos_token_ids.end()) {
+      config.eos_token_ids.push_back(*id);
+    }
+  }
+  config.torch_dtype = torch_dtype_of(gguf);
+  config.validate();
+  return config;
+}
+
+std::unique_ptr<WeightSource> make_gguf_weights(std::shared_ptr<const GgufFile> gguf, const ModelConfig& config) {
+  return std::make_unique<GgufWeights>(std::move(gguf), config);
+}
+
+void interleaved_rope_rows_to_halves(std::span<const std::byte> in, std::span<std::byte> out, std::int64_t rows,
+                                     std::int64_t n_heads) {
+  if (rows <= 0 || n_heads <= 0 || rows % (2 * n_heads) != 0 || in.size() != out.size() ||
+      in.size() % static_cast<std::size_t>(rows) != 0) {
+    fail("cannot reorder {} rows of {} bytes into {} rotary heads", rows, in.size(), n_heads);
+  }
+  const auto row_bytes = in.size() / static_cast<std::size_t>(rows);
+  const std::int64_t head_rows = rows / n_heads;
+  const std::int64_t half = head_rows / 2;
+  for (std::int64_t head = 0; head < n_heads; ++head) {
+    const std::int64_t base = head * head_rows;
+    for (std::int64_t i = 0; i < half; ++i) {
+      for (std::int64_t j = 0; j < 2; ++j) {
+        const auto from = static_cast<std::size_t>(base + 2 * i + j) * row_bytes;
+        const auto to = static_cast<std::size_t>(base + j * half + i) * row_bytes;
+        std::memcpy(out.data() + to, in.data() + from, row_bytes);
+      }
+    }
+  }
+}
+
+}  // namespace nibble
