@@ -1,4 +1,6 @@
 // `nibble inspect`: what a model is and what it costs, without running it.
+#include <fmt/format.h>
+
 #include <cstdio>
 
 #include <nlohmann/json.hpp>

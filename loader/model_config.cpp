@@ -64,7 +64,7 @@ RopeScaling parse_rope_scaling(const json& value) {
   RopeScaling scaling;
   if (value.is_null()) return scaling;
   if (!value.is_object()) fail("config.json: rope_scaling must be an object");
-  const auto type = value.contains("rope_type") ? value["rope_type"] : value.value("type", json());
+  const auto type = value.contains("rope_type") ? value["rope_type"] : value.value("type", json("default"));
   if (!type.is_string()) fail("config.json: rope_scaling needs a rope_type");
   const auto name = type.get<std::string>();
   scaling.factor = optional_or<double>(value, "factor", 1.0);
@@ -140,19 +140,36 @@ ModelConfig parse_hf_config(const json& config) {
   out.head_dim = optional_or<std::int64_t>(config, "head_dim", out.num_heads > 0 ? out.hidden_size / out.num_heads : 0);
   out.max_position_embeddings = optional_or<std::int64_t>(config, "max_position_embeddings", 2048);
   out.rms_norm_eps = optional_or<double>(config, "rms_norm_eps", 1e-6);
-  out.rope_theta = optional_or<double>(config, "rope_theta", 10000.0);
-  out.rope_scaling = parse_rope_scaling(config.value("rope_scaling", json()));
+  // transformers 5 writes rope settings (theta included) under rope_parameters;
+  // earlier versions use top-level rope_theta and rope_scaling.
+  const json rope_parameters = config.value("rope_parameters", json());
+  if (!rope_parameters.is_null() && !rope_parameters.is_object()) fail("config.json: rope_parameters must be an object");
+  out.rope_theta = rope_parameters.contains("rope_theta") ? required<double>(rope_parameters, "rope_theta")
+                                                          : optional_or<double>(config, "rope_theta", 10000.0);
+  out.rope_scaling = parse_rope_scaling(config.contains("rope_scaling") && !config["rope_scaling"].is_null()
+                                            ? config["rope_scaling"]
+                                            : rope_parameters);
   out.tie_word_embeddings = optional_or<bool>(config, "tie_word_embeddings", false);
   out.attention_bias = optional_or<bool>(config, "attention_bias", arch->attention_bias);
   if (config.contains("sliding_window") && !config["sliding_window"].is_null()) {
     const bool enabled = out.model_type != "qwen2" || optional_or<bool>(config, "use_sliding_window", false);
     if (enabled) out.sliding_window = required<std::int64_t>(config, "sliding_window");
   }
+  // Per-layer attention kinds (transformers 5): one kind for all layers is fine,
+  // a mix (Qwen2's max_window_layers) needs per-layer windows we do not have yet.
+  const auto layer_types = optional_or<std::vector<std::string>>(config, "layer_types", {});
+  for (const auto& kind : layer_types) {
+    const bool sliding = kind == "sliding_attention";
+    if (kind != "full_attention" && !sliding) fail("config.json: layer type '{}' is not supported", kind);
+    if (sliding != out.sliding_window.has_value()) {
+      fail("config.json: layers mixing full and sliding-window attention are not supported yet");
+    }
+  }
   if (config.contains("bos_token_id") && config["bos_token_id"].is_number_integer()) {
     out.bos_token_id = config["bos_token_id"].get<std::int32_t>();
   }
   out.eos_token_ids = token_id_list(config.value("eos_token_id", json()), "eos_token_id");
-  out.torch_dtype = optional_or<std::string>(config, "torch_dtype", "float32");
+  out.torch_dtype = optional_or<std::string>(config, "torch_dtype", optional_or<std::string>(config, "dtype", "float32"));
   if (optional_or<bool>(config, "mlp_bias", false)) fail("config.json: mlp_bias is not supported");
   out.validate();
   return out;

@@ -1,0 +1,72 @@
+// Each architecture variant against transformers: tiny random models saved by
+// transformers itself (tests/reference/make_tiny_models.py) must give its logits
+// at every position.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/generator.h"
+#include "engine/llama_model.h"
+#include "kernel_test_util.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "loader/model_source.h"
+#include "test_util.h"
+
+namespace nibble::engine {
+namespace {
+
+const std::filesystem::path kTiny = std::filesystem::path(NIBBLE_SOURCE_DIR) / "tests/fixtures/tiny";
+
+class TinyModel : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(TinyModel, AllPositionLogitsMatchTransformers) {
+  const auto folder = kTiny / GetParam();
+  const auto tokens =
+      nlohmann::json::parse(testing::read_file(folder / "tokens.json"))["tokens"].get<std::vector<TokenId>>();
+  const std::string raw = testing::read_file(folder / "logits.f32");
+  std::vector<float> expected(raw.size() / sizeof(float));
+  std::memcpy(expected.data(), raw.data(), raw.size());
+
+  const ModelSource source = open_model(folder);
+  kernels::CpuBackend backend(2);
+  LlamaModel model(source, backend);
+  const auto vocab = static_cast<std::size_t>(model.vocab_size());
+  ASSERT_EQ(expected.size(), tokens.size() * vocab);
+
+  // All positions in one pass, and again as a prefill chunk followed by decode steps.
+  KvCache cache(model.config(), static_cast<std::int64_t>(tokens.size()));
+  std::vector<float> logits(expected.size());
+  model.forward(tokens, 0, cache, Logits::AllRows, logits);
+  EXPECT_LE(testing::relative_error(logits, expected), 1e-5);
+
+  KvCache stepped(model.config(), static_cast<std::int64_t>(tokens.size()));
+  const std::size_t chunk = 13;
+  std::vector<float> last(vocab);
+  model.forward(std::span(tokens).first(chunk), 0, stepped, Logits::LastRow, last);
+  for (std::size_t i = chunk; i < tokens.size(); ++i) {
+    model.forward(std::span(tokens).subspan(i, 1), static_cast<std::int64_t>(i), stepped, Logits::LastRow, last);
+    ASSERT_LE(testing::relative_error(last, std::span<const float>(expected).subspan(i * vocab, vocab)), 1e-5)
+        << "position " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, TinyModel,
+                         ::testing::Values("llama_llama3_rope", "qwen2_bias_tied_bf16", "mistral_sliding_window_f16",
+                                           "llama_linear_rope_sharded"));
+
+TEST(TinyModelConfigs, TransformersFiveRopeParametersAreRead) {
+  const ModelSource llama3 = open_model(kTiny / "llama_llama3_rope");
+  EXPECT_EQ(llama3.config.rope_scaling.kind, RopeScaling::Kind::Llama3);
+  EXPECT_EQ(llama3.config.rope_scaling.original_max_position_embeddings, 16);
+  const ModelSource qwen2 = open_model(kTiny / "qwen2_bias_tied_bf16");
+  EXPECT_DOUBLE_EQ(qwen2.config.rope_theta, 1000000.0);
+  EXPECT_TRUE(qwen2.config.attention_bias);
+  EXPECT_TRUE(qwen2.config.tie_word_embeddings);
+  const ModelSource mistral = open_model(kTiny / "mistral_sliding_window_f16");
+  EXPECT_EQ(mistral.config.sliding_window, 8);
+}
+
+}  // namespace
+}  // namespace nibble::engine
