@@ -22,6 +22,10 @@ struct Matrix {
   const void* data = nullptr;
 };
 
+// Element `index` (row-major) of a matrix of any supported dtype, as float32.
+// For small host-side uses (embedding rows, references), not for hot loops.
+float matrix_element(const Matrix& m, std::int64_t index);
+
 // Keys and values of one layer for one sequence, positions 0..length-1, each
 // position holding kv_heads x head_dim floats at `stride` floats apart.
 struct KvLayerView {

@@ -3,23 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "common/error.h"
-#include "common/half.h"
 
 namespace nibble::kernels::reference {
-
-double matrix_element(const Matrix& m, std::int64_t index) {
-  switch (m.dtype) {
-    case DType::F32:
-      return static_cast<const float*>(m.data)[index];
-    case DType::F16:
-      return f16_to_f32(static_cast<const std::uint16_t*>(m.data)[index]);
-    case DType::BF16:
-      return bf16_to_f32(static_cast<const std::uint16_t*>(m.data)[index]);
-    default:
-      fail("reference: unsupported dtype {}", dtype_name(m.dtype));
-  }
-}
 
 std::vector<float> linear(std::span<const float> x, std::int64_t rows, const Matrix& w, const float* bias) {
   std::vector<float> y(static_cast<std::size_t>(rows * w.rows));
@@ -27,7 +12,7 @@ std::vector<float> linear(std::span<const float> x, std::int64_t rows, const Mat
     for (std::int64_t n = 0; n < w.rows; ++n) {
       double total = bias != nullptr ? bias[n] : 0.0;
       for (std::int64_t k = 0; k < w.cols; ++k) {
-        total += static_cast<double>(x[static_cast<std::size_t>(r * w.cols + k)]) * matrix_element(w, n * w.cols + k);
+        total += static_cast<double>(x[static_cast<std::size_t>(r * w.cols + k)]) * kernels::matrix_element(w, n * w.cols + k);
       }
       y[static_cast<std::size_t>(r * w.rows + n)] = static_cast<float>(total);
     }

@@ -18,7 +18,4 @@ std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::s
                              const KvLayerView& kv, const AttentionShape& shape);
 std::vector<float> swiglu(std::span<const float> gate, std::span<const float> up);
 
-// Widens element `index` of a matrix of any supported dtype.
-double matrix_element(const Matrix& m, std::int64_t index);
-
 }  // namespace nibble::kernels::reference

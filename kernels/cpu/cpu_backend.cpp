@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "common/error.h"
-#include "common/half.h"
 #include "kernels/cpu/linear_kernels.h"
 
 namespace nibble::kernels {
@@ -17,19 +16,6 @@ namespace {
 // Output columns per work item: big enough to amortize scheduling, small enough
 // that two cores get balanced work on narrow layers.
 constexpr std::int64_t kColumnsPerTask = 16;
-
-float element(const Matrix& m, std::int64_t index) {
-  switch (m.dtype) {
-    case DType::F32:
-      return static_cast<const float*>(m.data)[index];
-    case DType::F16:
-      return f16_to_f32(static_cast<const std::uint16_t*>(m.data)[index]);
-    case DType::BF16:
-      return bf16_to_f32(static_cast<const std::uint16_t*>(m.data)[index]);
-    default:
-      fail("no CPU support for {} tensors", dtype_name(m.dtype));
-  }
-}
 
 }  // namespace
 
@@ -150,7 +136,7 @@ void CpuBackend::embedding(const Matrix& table, std::span<const std::int32_t> id
   for (std::size_t r = 0; r < ids.size(); ++r) {
     const std::int64_t id = ids[r];
     if (id < 0 || id >= table.rows) fail("token id {} is outside the vocabulary of {} tokens", id, table.rows);
-    for (std::int64_t i = 0; i < table.cols; ++i) out[static_cast<std::int64_t>(r) * table.cols + i] = element(table, id * table.cols + i);
+    for (std::int64_t i = 0; i < table.cols; ++i) out[static_cast<std::int64_t>(r) * table.cols + i] = matrix_element(table, id * table.cols + i);
   }
 }
 
