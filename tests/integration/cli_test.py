@@ -1,0 +1,112 @@
+"""End-to-end checks of the `nibble` binary as a user runs it (stdlib only).
+
+Run by ctest with NIBBLE_BIN, NIBBLE_SHARED_DIR and NIBBLE_MODEL_CACHE set.
+"""
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+
+BIN = os.environ["NIBBLE_BIN"]
+SHARED = os.environ["NIBBLE_SHARED_DIR"]
+SMOLLM2 = os.path.join(os.environ["NIBBLE_MODEL_CACHE"], "SmolLM2-135M-Instruct.Q4_1.gguf")
+STORIES = os.path.join(SHARED, "models", "stories260K")
+
+
+def nibble(*args, check=True):
+    result = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"nibble {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+class Stories260K(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.model = os.path.join(cls.tmp.name, "stories260K")
+        nibble("convert", "--from", "llama2c", os.path.join(STORIES, "stories260K.bin"),
+               "--tokenizer", os.path.join(STORIES, "tok512.bin"), "--out", cls.model)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_convert_writes_a_hugging_face_folder(self):
+        for name in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]:
+            self.assertTrue(os.path.exists(os.path.join(self.model, name)), name)
+        config = json.load(open(os.path.join(self.model, "config.json")))
+        self.assertEqual(config["architectures"], ["LlamaForCausalLM"])
+        self.assertEqual(config["num_key_value_heads"], 4)
+
+    def test_greedy_generation_from_bos_matches_the_reference_ids_and_text(self):
+        with open(os.path.join(STORIES, "greedy_bos_128.txt")) as f:
+            expected_ids = json.loads(f.readline())
+            expected_text = f.readline().rstrip("\n")
+        out = json.loads(nibble("generate", "-m", self.model, "--prompt", "", "-n", "128",
+                                "--temperature", "0", "--ignore-eos", "--json", "-t", "2").stdout)
+        self.assertEqual(out["prompt_ids"], [1])
+        self.assertEqual(out["tokens"], expected_ids)
+        # The reference file writes the newline token as its piece, <0x0A>.
+        self.assertEqual(out["text"].replace("\n", "<0x0A>").strip(), expected_text.strip())
+
+    def test_streamed_text_equals_the_json_text(self):
+        streamed = nibble("generate", "-m", self.model, "--prompt", "Once upon a time", "-n", "40",
+                          "--temperature", "0.8", "--seed", "5", "--ignore-eos").stdout
+        out = json.loads(nibble("generate", "-m", self.model, "--prompt", "Once upon a time", "-n", "40",
+                                "--temperature", "0.8", "--seed", "5", "--ignore-eos", "--json").stdout)
+        self.assertEqual(streamed, out["text"] + "\n")
+
+    def test_inspect_reports_parameters_and_kv_bytes(self):
+        out = json.loads(nibble("inspect", "-m", self.model, "--json").stdout)
+        # 512*64 embedding + 5 layers * (4*64*64... with GQA) + norms: count from the shapes.
+        dim, hidden, layers, kv_dim = 64, 172, 5, 32
+        per_layer = dim * dim * 2 + dim * kv_dim * 2 + dim * hidden * 3 + 2 * dim
+        self.assertEqual(out["parameters"], 512 * dim + layers * per_layer + dim)
+        self.assertEqual(out["kv_bytes_per_token_f32"], 2 * layers * kv_dim * 4)
+        self.assertAlmostEqual(out["compression_vs_fp16"], 0.5)
+
+
+class Errors(unittest.TestCase):
+    def test_bad_models_fail_with_one_clear_line(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = nibble("generate", "-m", tmp, "--prompt", "x", check=False)
+            self.assertEqual(result.returncode, 1)
+            self.assertIn("not a model folder", result.stderr)
+            with open(os.path.join(tmp, "config.json"), "w") as f:
+                json.dump({"architectures": ["BloomForCausalLM"]}, f)
+            result = nibble("inspect", "-m", tmp, check=False)
+            self.assertEqual(result.returncode, 1)
+            self.assertIn("BloomForCausalLM", result.stderr)
+            truncated = os.path.join(tmp, "cut.gguf")
+            with open(SMOLLM2, "rb") as src, open(truncated, "wb") as dst:
+                dst.write(src.read(1 << 20))
+            result = nibble("inspect", "-m", truncated, check=False)
+            self.assertEqual(result.returncode, 1)
+            self.assertIn("cut.gguf", result.stderr)
+            self.assertNotIn("internal error", result.stderr)
+
+    def test_unknown_flags_are_rejected(self):
+        result = nibble("generate", "--no-such-flag", check=False)
+        self.assertNotEqual(result.returncode, 0)
+
+
+class SmolLM2(unittest.TestCase):
+    def test_generates_coherent_text_from_the_bundled_gguf(self):
+        out = json.loads(nibble("generate", "-m", SMOLLM2, "--prompt", "The capital of France is", "-n", "8",
+                                "--temperature", "0", "--json").stdout)
+        self.assertIn("Paris", out["text"])
+        self.assertGreater(out["decode_tokens_per_second"], 0)
+
+    def test_inspect_describes_the_q4_1_model(self):
+        out = json.loads(nibble("inspect", "-m", SMOLLM2, "--json").stdout)
+        self.assertEqual(out["architecture"], "LlamaForCausalLM")
+        self.assertEqual(out["config"]["num_hidden_layers"], 30)
+        self.assertIn("Q4_1", out["bytes_by_type"])
+        self.assertGreater(out["compression_vs_fp16"], 2.5)
+        self.assertTrue(out["has_chat_template"])
+
+
+if __name__ == "__main__":
+    unittest.main()
