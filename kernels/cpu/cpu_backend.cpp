@@ -1,7 +1,5 @@
 #include "kernels/cpu/cpu_backend.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <thread>
@@ -13,28 +11,35 @@
 namespace nibble::kernels {
 namespace {
 
-// Output columns per work item: big enough to amortize scheduling, small enough
-// that two cores get balanced work on narrow layers.
-constexpr std::int64_t kColumnsPerTask = 16;
+// Each thread gets a few long runs of output columns: long runs keep the weight
+// reads sequential for the prefetcher, and a few per thread let a thread that
+// lost its core be covered by the others.
+constexpr std::int64_t kTasksPerThread = 4;
+constexpr std::int64_t kColumnAlignment = 16;
 
 }  // namespace
 
 CpuBackend::CpuBackend(int threads)
-    : threads_(threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))) {}
+    : pool_(std::make_unique<cpu::ThreadPool>(
+          threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))),
+      attention_scores_(static_cast<std::size_t>(pool_->size())) {}
 
 std::string CpuBackend::name() const {
-  return fmt::format("cpu({}, {} threads)", cpu::isa_name(cpu::active_isa()), threads_);
+  return fmt::format("cpu({}, {} threads)", cpu::isa_name(cpu::active_isa()), pool_->size());
 }
 
 void CpuBackend::linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) {
   const cpu::LinearKernel kernel = cpu::linear_kernel(w.dtype, cpu::active_isa());
-  const std::int64_t tasks = (w.rows + kColumnsPerTask - 1) / kColumnsPerTask;
-#pragma omp parallel for num_threads(threads_) schedule(static)
-  for (std::int64_t task = 0; task < tasks; ++task) {
-    const std::int64_t begin = task * kColumnsPerTask;
-    const std::int64_t end = std::min(w.rows, begin + kColumnsPerTask);
+  const std::int64_t wanted = kTasksPerThread * pool_->size();
+  const std::int64_t per_task =
+      std::max<std::int64_t>(kColumnAlignment, ((w.rows + wanted - 1) / wanted + kColumnAlignment - 1) /
+                                                   kColumnAlignment * kColumnAlignment);
+  const std::int64_t tasks = (w.rows + per_task - 1) / per_task;
+  pool_->parallel_for(tasks, [&](std::int64_t task, int) {
+    const std::int64_t begin = task * per_task;
+    const std::int64_t end = std::min(w.rows, begin + per_task);
     kernel(x, rows, w.cols, w.data, begin, end, bias, y, w.rows);
-  }
+  });
 }
 
 void CpuBackend::rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
@@ -81,51 +86,48 @@ void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const st
   const std::int64_t head_dim = shape.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const std::int64_t max_len = positions.empty() ? 0 : *std::max_element(positions.begin(), positions.end()) + 1;
-#pragma omp parallel num_threads(threads_)
-  {
-    std::vector<float> scores(static_cast<std::size_t>(max_len));
-#pragma omp for collapse(2) schedule(static)
-    for (std::int64_t r = 0; r < rows; ++r) {
-      for (std::int64_t h = 0; h < shape.heads; ++h) {
-        const std::int64_t last = positions[static_cast<std::size_t>(r)];
-        const std::int64_t first =
-            shape.sliding_window ? std::max<std::int64_t>(0, last - *shape.sliding_window + 1) : 0;
-        const float* qh = q + (r * shape.heads + h) * head_dim;
-        const std::int64_t kv_offset = (h / group) * head_dim;
-        float max_score = -INFINITY;
-        for (std::int64_t t = first; t <= last; ++t) {
-          const float* kt = kv.keys + t * kv.stride + kv_offset;
-          float dot = 0.0f;
-          for (std::int64_t i = 0; i < head_dim; ++i) dot += qh[i] * kt[i];
-          const float s = dot * scale;
-          scores[static_cast<std::size_t>(t)] = s;
-          max_score = std::max(max_score, s);
-        }
-        float total = 0.0f;
-        for (std::int64_t t = first; t <= last; ++t) {
-          const float e = std::exp(scores[static_cast<std::size_t>(t)] - max_score);
-          scores[static_cast<std::size_t>(t)] = e;
-          total += e;
-        }
-        float* oh = out + (r * shape.heads + h) * head_dim;
-        std::fill(oh, oh + head_dim, 0.0f);
-        const float norm = 1.0f / total;
-        for (std::int64_t t = first; t <= last; ++t) {
-          const float p = scores[static_cast<std::size_t>(t)] * norm;
-          const float* vt = kv.values + t * kv.stride + kv_offset;
-          for (std::int64_t i = 0; i < head_dim; ++i) oh[i] += p * vt[i];
-        }
-      }
+  for (auto& scores : attention_scores_) scores.resize(static_cast<std::size_t>(max_len));
+  pool_->parallel_for(rows * shape.heads, [&](std::int64_t task, int worker) {
+    const std::int64_t r = task / shape.heads;
+    const std::int64_t h = task % shape.heads;
+    float* scores = attention_scores_[static_cast<std::size_t>(worker)].data();
+    const std::int64_t last = positions[static_cast<std::size_t>(r)];
+    const std::int64_t first = shape.sliding_window ? std::max<std::int64_t>(0, last - *shape.sliding_window + 1) : 0;
+    const float* qh = q + (r * shape.heads + h) * head_dim;
+    const std::int64_t kv_offset = (h / group) * head_dim;
+    float max_score = -INFINITY;
+    for (std::int64_t t = first; t <= last; ++t) {
+      const float* kt = kv.keys + t * kv.stride + kv_offset;
+      float dot = 0.0f;
+      for (std::int64_t i = 0; i < head_dim; ++i) dot += qh[i] * kt[i];
+      scores[t] = dot * scale;
+      max_score = std::max(max_score, scores[t]);
     }
-  }
+    float total = 0.0f;
+    for (std::int64_t t = first; t <= last; ++t) {
+      scores[t] = std::exp(scores[t] - max_score);
+      total += scores[t];
+    }
+    float* oh = out + (r * shape.heads + h) * head_dim;
+    std::fill(oh, oh + head_dim, 0.0f);
+    const float norm = 1.0f / total;
+    for (std::int64_t t = first; t <= last; ++t) {
+      const float p = scores[t] * norm;
+      const float* vt = kv.values + t * kv.stride + kv_offset;
+      for (std::int64_t i = 0; i < head_dim; ++i) oh[i] += p * vt[i];
+    }
+  });
 }
 
 void CpuBackend::swiglu(const float* gate, const float* up, std::int64_t n, float* out) {
-#pragma omp parallel for num_threads(threads_) schedule(static) if (n > 65536)
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];
-  }
+  constexpr std::int64_t kChunk = 16384;
+  pool_->parallel_for((n + kChunk - 1) / kChunk, [&](std::int64_t task, int) {
+    const std::int64_t end = std::min(n, (task + 1) * kChunk);
+    for (std::int64_t i = task * kChunk; i < end; ++i) {
+      const float g = gate[i];
+      out[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+  });
 }
 
 void CpuBackend::add(const float* x, std::int64_t n, float* y) {

@@ -1,6 +1,11 @@
 #pragma once
-// The CPU backend: OpenMP threads split every op, SIMD kernels chosen by CPUID.
+// The CPU backend: a task-claiming thread pool splits every op, SIMD kernels
+// chosen by CPUID.
+#include <memory>
+#include <vector>
+
 #include "kernels/backend.h"
+#include "kernels/cpu/thread_pool.h"
 
 namespace nibble::kernels {
 
@@ -10,7 +15,7 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(int threads = 0);
 
   std::string name() const override;
-  int threads() const { return threads_; }
+  int threads() const { return pool_->size(); }
 
   void linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) override;
   void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
@@ -24,7 +29,8 @@ class CpuBackend final : public Backend {
   void embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) override;
 
  private:
-  int threads_;
+  std::unique_ptr<cpu::ThreadPool> pool_;
+  std::vector<std::vector<float>> attention_scores_;  // per pool thread
 };
 
 }  // namespace nibble::kernels
