@@ -7,6 +7,7 @@
 #include <limits>
 #include <utility>
 
+#include "common/byte_reader.h"
 #include "common/error.h"
 #include "common/half.h"
 
@@ -74,52 +75,20 @@ std::string_view other_ggml_type_name(std::uint32_t raw) {
   return raw < names.size() ? names[raw] : std::string_view("unknown");
 }
 
-// Bounds-checked little-endian reads from the mapped file; every failure names the
-// file and what was being read.
-class Reader {
- public:
-  Reader(std::span<const std::byte> bytes, std::string file) : bytes_(bytes), file_(std::move(file)) {}
-
-  std::uint64_t offset() const { return offset_; }
-  std::uint64_t remaining() const { return bytes_.size() - offset_; }
-  const std::string& file() const { return file_; }
-
-  template <typename T>
-  T read(std::string_view what) {
-    require(sizeof(T), what);
-    T value;
-    std::memcpy(&value, bytes_.data() + offset_, sizeof(T));
-    offset_ += sizeof(T);
-    return value;
+// GGUF strings: a uint64 length, then that many bytes (no terminator).
+std::string read_string(ByteReader& reader, std::string_view what) {
+  const auto length = reader.read<std::uint64_t>(what);
+  if (length > reader.remaining()) {
+    fail("{}: truncated or corrupt GGUF: {} claims a string of {} bytes at offset {}, but only {} bytes remain",
+         reader.file(), what, length, reader.offset() - 8, reader.remaining());
   }
+  const auto bytes = reader.take(length, what);
+  return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+}
 
-  std::string read_string(std::string_view what) {
-    const auto length = read<std::uint64_t>(what);
-    if (length > remaining()) {
-      fail("{}: truncated or corrupt GGUF: {} claims a string of {} bytes at offset {}, but only {} bytes remain", file_, what,
-           length, offset_ - 8, remaining());
-    }
-    std::string value(reinterpret_cast<const char*>(bytes_.data() + offset_), length);
-    offset_ += length;
-    return value;
-  }
+GgufValue read_value(ByteReader& reader, ValueType type, const std::string& key, int depth);
 
-  void require(std::uint64_t count, std::string_view what) const {
-    if (count > remaining()) {
-      fail("{}: truncated GGUF: {} needs {} bytes at offset {}, but only {} remain", file_, what, count, offset_,
-           remaining());
-    }
-  }
-
- private:
-  std::span<const std::byte> bytes_;
-  std::string file_;
-  std::uint64_t offset_ = 0;
-};
-
-GgufValue read_value(Reader& reader, ValueType type, const std::string& key, int depth);
-
-GgufValue read_array(Reader& reader, const std::string& key, int depth) {
+GgufValue read_array(ByteReader& reader, const std::string& key, int depth) {
   if (depth >= kMaxArrayDepth) fail("{}: corrupt GGUF: key '{}' nests arrays deeper than {}", reader.file(), key, kMaxArrayDepth);
   const auto raw_type = reader.read<std::uint32_t>(fmt::format("the element type of key '{}'", key));
   if (!is_known_value_type(raw_type)) {
@@ -138,7 +107,7 @@ GgufValue read_array(Reader& reader, const std::string& key, int depth) {
   return array;
 }
 
-GgufValue read_value(Reader& reader, ValueType type, const std::string& key, int depth) {
+GgufValue read_value(ByteReader& reader, ValueType type, const std::string& key, int depth) {
   const auto what = [&] { return fmt::format("the value of key '{}'", key); };
   switch (type) {
     case ValueType::U8: return reader.read<std::uint8_t>(what());
@@ -156,13 +125,13 @@ GgufValue read_value(Reader& reader, ValueType type, const std::string& key, int
       if (raw > 1) fail("{}: corrupt GGUF: key '{}' holds bool byte {}", reader.file(), key, raw);
       return raw == 1;
     }
-    case ValueType::String: return reader.read_string(what());
+    case ValueType::String: return read_string(reader, what());
     case ValueType::Array: return read_array(reader, key, depth);
   }
   fail("{}: corrupt GGUF: key '{}' has unknown value type {}", reader.file(), key, static_cast<std::uint32_t>(type));
 }
 
-void read_header(Reader& reader, std::uint64_t& tensor_count, std::uint64_t& kv_count) {
+void read_header(ByteReader& reader, std::uint64_t& tensor_count, std::uint64_t& kv_count) {
   if (reader.remaining() < 4) fail("{}: not a GGUF file: only {} bytes long", reader.file(), reader.remaining());
   const auto magic = reader.read<std::uint32_t>("the magic");
   if (magic != kGgufMagic) fail("{}: not a GGUF file: bad magic 0x{:08x} (expected \"GGUF\")", reader.file(), magic);
@@ -199,9 +168,9 @@ struct RawTensorInfo {
   std::uint64_t bytes = 0;
 };
 
-RawTensorInfo read_tensor_info(Reader& reader, std::uint64_t index) {
+RawTensorInfo read_tensor_info(ByteReader& reader, std::uint64_t index) {
   RawTensorInfo info;
-  info.tensor.name = reader.read_string(fmt::format("the name of tensor #{}", index));
+  info.tensor.name = read_string(reader, fmt::format("the name of tensor #{}", index));
   const std::string& name = info.tensor.name;
   const auto n_dims = reader.read<std::uint32_t>(fmt::format("the rank of tensor '{}'", name));
   if (n_dims == 0 || n_dims > kMaxDims) {
@@ -366,13 +335,13 @@ std::int64_t GgufTensor::numel() const {
 
 GgufFile::GgufFile(const std::filesystem::path& path) : file_(std::make_shared<MappedFile>(path)) {
   const std::string name = path.string();
-  Reader reader(file_->bytes(), name);
+  ByteReader reader(file_->bytes(), name);
   std::uint64_t tensor_count = 0;
   std::uint64_t kv_count = 0;
   read_header(reader, tensor_count, kv_count);
 
   for (std::uint64_t i = 0; i < kv_count; ++i) {
-    std::string key = reader.read_string(fmt::format("metadata key #{}", i));
+    std::string key = read_string(reader, fmt::format("metadata key #{}", i));
     const auto raw_type = reader.read<std::uint32_t>(fmt::format("the value type of key '{}'", key));
     if (!is_known_value_type(raw_type)) fail("{}: corrupt GGUF: key '{}' has unknown value type {}", name, key, raw_type);
     GgufValue value = read_value(reader, static_cast<ValueType>(raw_type), key, 0);

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/byte_reader.h"
 #include "common/error.h"
 #include "common/mapped_file.h"
 #include "loader/gguf_model.h"
@@ -43,40 +44,6 @@ struct Header {
 
   std::int64_t head_size() const { return dim / heads; }
   std::int64_t kv_dim() const { return dim / heads * kv_heads; }
-};
-
-class ByteReader {
- public:
-  ByteReader(std::span<const std::byte> bytes, std::string file) : bytes_(bytes), file_(std::move(file)) {}
-  std::uint64_t offset() const { return offset_; }
-  std::uint64_t remaining() const { return bytes_.size() - offset_; }
-  const std::string& file() const { return file_; }
-
-  template <typename T>
-  T read(std::string_view what) {
-    if (sizeof(T) > remaining()) {
-      fail("{}: truncated: {} needs {} bytes at offset {}, but the file ends there", file_, what, sizeof(T), offset_);
-    }
-    T value;
-    std::memcpy(&value, bytes_.data() + offset_, sizeof(T));
-    offset_ += sizeof(T);
-    return value;
-  }
-  std::span<const std::byte> take(std::uint64_t count, std::string_view what) {
-    if (count > remaining()) {
-      fail("{}: truncated: {} needs {} bytes at offset {}, but only {} remain", file_, what, count, offset_,
-           remaining());
-    }
-    const auto out = bytes_.subspan(offset_, count);
-    offset_ += count;
-    return out;
-  }
-  void seek(std::uint64_t offset) { offset_ = std::min<std::uint64_t>(offset, bytes_.size()); }
-
- private:
-  std::span<const std::byte> bytes_;
-  std::string file_;
-  std::uint64_t offset_ = 0;
 };
 
 void check_header(const Header& h, const std::string& file) {
