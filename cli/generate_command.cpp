@@ -1,4 +1,6 @@
 // `nibble generate`: one prompt in, text out, streamed as it is produced.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -59,12 +61,26 @@ const char* finish_name(engine::FinishReason reason) {
   return "unknown";
 }
 
+// Loading a large model (dequantizing, paging weights in) takes a while: show a
+// progress line on an interactive terminal, and log it for everyone else.
+engine::LlamaModel::LoadProgress load_progress_reporter() {
+  const bool interactive = ::isatty(STDERR_FILENO) != 0;
+  return [interactive, start = std::chrono::steady_clock::now()](std::int64_t done, std::int64_t total) {
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    spdlog::debug("load_progress layers={}/{} seconds={:.2f}", done, total, seconds);
+    if (interactive && seconds > 1.0) {
+      std::fprintf(stderr, "\rloading layers %lld/%lld", static_cast<long long>(done), static_cast<long long>(total));
+      if (done == total) std::fprintf(stderr, "\n");
+    }
+  };
+}
+
 void run_generate(const GenerateOptions& options) {
   const auto load_start = std::chrono::steady_clock::now();
   ModelSource source = open_model(options.model);
   const auto tokenizer = load_tokenizer(source.path);
   kernels::CpuBackend backend(options.threads);
-  engine::LlamaModel model(source, backend);
+  engine::LlamaModel model(source, backend, load_progress_reporter());
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   spdlog::info("model_loaded path={} arch={} layers={} weight_bytes={} backend=\"{}\" seconds={:.3f}",

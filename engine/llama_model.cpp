@@ -41,7 +41,7 @@ TensorView to_f32(const TensorView& tensor) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend)
+LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend, const LoadProgress& progress)
     : config_(source.config), backend_(backend) {
   const WeightSource& weights = *source.weights;
   const auto d = config_.hidden_size;
@@ -70,6 +70,7 @@ LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend)
       layer.v_bias = vector(weights, layer_name(i, "self_attn.v_proj.bias"), config_.kv_dim());
     }
     layers_.push_back(layer);
+    if (progress) progress(i + 1, config_.num_layers);
   }
   inv_freq_ = rope_inv_freq(config_.head_dim, config_.rope_theta, config_.rope_scaling);
 }

@@ -3,6 +3,7 @@
 // N x [RMSNorm -> GQA attention with RoPE -> residual, RMSNorm -> SwiGLU MLP ->
 // residual], final RMSNorm, lm_head (tied to the embedding or separate).
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -19,9 +20,12 @@ enum class Logits { LastRow, AllRows };
 
 class LlamaModel {
  public:
+  // Called after each layer's weights are bound: (layers done, layers in all).
+  using LoadProgress = std::function<void(std::int64_t, std::int64_t)>;
+
   // Binds the weights of `source` (mapped, not copied, where the dtype allows).
   // Throws nibble::Error naming any missing or mis-shaped tensor.
-  LlamaModel(const ModelSource& source, kernels::Backend& backend);
+  LlamaModel(const ModelSource& source, kernels::Backend& backend, const LoadProgress& progress = {});
 
   const ModelConfig& config() const { return config_; }
   std::int64_t vocab_size() const { return config_.vocab_size; }
