@@ -378,23 +378,20 @@ std::string GgufFile::get_string(const std::string& key) const {
   return *get_typed<std::string>(metadata_, key, path().string(), "a string");
 }
 
-std::int64_t GgufFile::get_int(const std::string& key) const {
-  const auto value = find_int(key);
+// The value a find_* lookup gave, or an error saying whether the key is absent or
+// of another type.
+template <typename T>
+T GgufFile::required(const std::string& key, const std::optional<T>& value, const char* kind) const {
   if (!value) {
     if (!has(key)) fail("{}: GGUF metadata key '{}' is missing", path().string(), key);
-    fail("{}: GGUF metadata key '{}' is not an integer", path().string(), key);
+    fail("{}: GGUF metadata key '{}' is not {}", path().string(), key, kind);
   }
   return *value;
 }
 
-double GgufFile::get_float(const std::string& key) const {
-  const auto value = find_float(key);
-  if (!value) {
-    if (!has(key)) fail("{}: GGUF metadata key '{}' is missing", path().string(), key);
-    fail("{}: GGUF metadata key '{}' is not a number", path().string(), key);
-  }
-  return *value;
-}
+std::int64_t GgufFile::get_int(const std::string& key) const { return required(key, find_int(key), "an integer"); }
+
+double GgufFile::get_float(const std::string& key) const { return required(key, find_float(key), "a number"); }
 
 bool GgufFile::get_bool(const std::string& key) const {
   return *get_typed<bool>(metadata_, key, path().string(), "a bool");

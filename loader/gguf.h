@@ -65,6 +65,9 @@ class GgufFile {
   std::optional<std::string> find_string(const std::string& key) const;
 
  private:
+  template <typename T>
+  T required(const std::string& key, const std::optional<T>& value, const char* kind) const;
+
   std::shared_ptr<MappedFile> file_;
   std::map<std::string, GgufValue> metadata_;
   std::vector<GgufTensor> tensors_;
