@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
-#include "common/half.h"
 #include "engine/rope.h"
 
 namespace nibble::engine {
@@ -23,19 +22,12 @@ void check_shape(const TensorView& tensor, std::vector<std::int64_t> expected) {
 // take this path.
 TensorView to_f32(const TensorView& tensor) {
   if (tensor.dtype == DType::F32) return tensor;
-  std::vector<float> values(static_cast<std::size_t>(tensor.numel()));
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    switch (tensor.dtype) {
-      case DType::F16:
-        values[i] = f16_to_f32(tensor.as<std::uint16_t>()[i]);
-        break;
-      case DType::BF16:
-        values[i] = bf16_to_f32(tensor.as<std::uint16_t>()[i]);
-        break;
-      default:
-        fail("tensor '{}': dtype {} is not supported here", tensor.name, dtype_name(tensor.dtype));
-    }
+  if (tensor.dtype != DType::F16 && tensor.dtype != DType::BF16) {
+    fail("tensor '{}': dtype {} is not supported here", tensor.name, dtype_name(tensor.dtype));
   }
+  const kernels::Matrix stored{tensor.dtype, 1, tensor.numel(), tensor.bytes.data()};
+  std::vector<float> values(static_cast<std::size_t>(tensor.numel()));
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = kernels::matrix_element(stored, static_cast<std::int64_t>(i));
   return make_owned_f32(tensor.name, tensor.shape, std::move(values));
 }
 

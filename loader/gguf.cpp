@@ -259,15 +259,20 @@ const GgufArray& get_array(const std::map<std::string, GgufValue>& metadata, con
   return **get_typed<std::shared_ptr<GgufArray>>(metadata, key, file, "an array");
 }
 
+// An fp16 scale stored unaligned inside a block.
+float read_f16(const std::byte* at) {
+  std::uint16_t bits;
+  std::memcpy(&bits, at, 2);
+  return f16_to_f32(bits);
+}
+
 // ---- Block decoders. Arithmetic mirrors ggml's dequantize_row_* (and gguf-py's
 // quants.py) operation for operation so results are bit-identical.
 
 struct BlockQ4_0 {
   static constexpr std::size_t kBytes = 18;
   static void decode(const std::byte* block, float* out) {
-    std::uint16_t d_bits;
-    std::memcpy(&d_bits, block, 2);
-    const float d = f16_to_f32(d_bits);
+    const float d = read_f16(block);
     const auto* qs = reinterpret_cast<const std::uint8_t*>(block + 2);
     for (int j = 0; j < 16; ++j) {
       const int low = (qs[j] & 0x0f) - 8;
@@ -283,12 +288,8 @@ struct BlockQ4_1 {
   // gguf-py rounds q*d before adding m; a fused multiply-add (which GCC emits for
   // -march=native even in ISO mode) would round once and differ in the last bit.
   __attribute__((optimize("fp-contract=off"))) static void decode(const std::byte* block, float* out) {
-    std::uint16_t d_bits;
-    std::uint16_t m_bits;
-    std::memcpy(&d_bits, block, 2);
-    std::memcpy(&m_bits, block + 2, 2);
-    const float d = f16_to_f32(d_bits);
-    const float m = f16_to_f32(m_bits);
+    const float d = read_f16(block);
+    const float m = read_f16(block + 2);
     const auto* qs = reinterpret_cast<const std::uint8_t*>(block + 4);
     for (int j = 0; j < 16; ++j) {
       out[j] = static_cast<float>(qs[j] & 0x0f) * d + m;
@@ -300,9 +301,7 @@ struct BlockQ4_1 {
 struct BlockQ8_0 {
   static constexpr std::size_t kBytes = 34;
   static void decode(const std::byte* block, float* out) {
-    std::uint16_t d_bits;
-    std::memcpy(&d_bits, block, 2);
-    const float d = f16_to_f32(d_bits);
+    const float d = read_f16(block);
     const auto* qs = reinterpret_cast<const std::int8_t*>(block + 2);
     for (int j = 0; j < 32; ++j) out[j] = static_cast<float>(qs[j]) * d;
   }

@@ -3,7 +3,6 @@
 // tests/reference/make_smollm2_reference.py.
 #include <gtest/gtest.h>
 
-#include <cstring>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -26,9 +25,7 @@ class SmolLM2Reference : public ::testing::Test {
   static void SetUpTestSuite() {
     ASSERT_TRUE(std::filesystem::exists(kModel)) << kModel << " is missing: run scripts/get-model";
     reference_ = nlohmann::json::parse(testing::read_file(kReferenceDir / "smollm2_reference.json"));
-    const std::string raw = testing::read_file(kReferenceDir / "smollm2_last_logits.f32");
-    logits_.resize(raw.size() / sizeof(float));
-    std::memcpy(logits_.data(), raw.data(), logits_.size() * sizeof(float));
+    logits_ = testing::read_f32_file(kReferenceDir / "smollm2_last_logits.f32");
     source_ = new ModelSource(open_model(kModel));
     backend_ = new kernels::CpuBackend(0);
     model_ = new LlamaModel(*source_, *backend_);

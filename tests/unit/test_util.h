@@ -2,11 +2,13 @@
 // Small helpers shared by the unit tests: temporary folders and error matching.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
 
@@ -41,6 +43,14 @@ inline void write_file(const std::filesystem::path& path, const std::string& byt
 inline std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A raw little-endian float32 fixture file.
+inline std::vector<float> read_f32_file(const std::filesystem::path& path) {
+  const std::string raw = read_file(path);
+  std::vector<float> values(raw.size() / sizeof(float));
+  std::memcpy(values.data(), raw.data(), values.size() * sizeof(float));
+  return values;
 }
 
 // Runs `action`, which must throw nibble::Error whose message contains every one

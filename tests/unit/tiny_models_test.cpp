@@ -3,8 +3,6 @@
 // at every position.
 #include <gtest/gtest.h>
 
-#include <cstring>
-
 #include <nlohmann/json.hpp>
 
 #include "engine/generator.h"
@@ -25,9 +23,7 @@ TEST_P(TinyModel, AllPositionLogitsMatchTransformers) {
   const auto folder = kTiny / GetParam();
   const auto tokens =
       nlohmann::json::parse(testing::read_file(folder / "tokens.json"))["tokens"].get<std::vector<TokenId>>();
-  const std::string raw = testing::read_file(folder / "logits.f32");
-  std::vector<float> expected(raw.size() / sizeof(float));
-  std::memcpy(expected.data(), raw.data(), raw.size());
+  const std::vector<float> expected = testing::read_f32_file(folder / "logits.f32");
 
   const ModelSource source = open_model(folder);
   kernels::CpuBackend backend(2);
