@@ -26,11 +26,12 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::run(std::int64_t tasks, Trampoline trampoline, void* context) {
-  tasks_.store(tasks, std::memory_order_relaxed);
-  trampoline_.store(trampoline, std::memory_order_relaxed);
-  context_.store(context, std::memory_order_relaxed);
-  done_.store(0, std::memory_order_relaxed);
   const std::uint32_t generation = generation_of(state_.load(std::memory_order_relaxed)) + 1;
+  Job& job = jobs_[generation & 1];
+  job.trampoline.store(trampoline, std::memory_order_release);
+  job.context.store(context, std::memory_order_release);
+  job.tasks.store(tasks, std::memory_order_release);
+  done_.store(0, std::memory_order_relaxed);
   // Sequentially consistent store and load pair with the sleepers' increment and
   // re-check in worker_loop: either we see the sleeper or it sees the new job.
   state_.store(static_cast<std::uint64_t>(generation) << 32);
@@ -43,16 +44,17 @@ void ThreadPool::run(std::int64_t tasks, Trampoline trampoline, void* context) {
 }
 
 void ThreadPool::work(std::uint32_t generation, int worker) {
+  const Job& job = jobs_[generation & 1];
   std::uint64_t state = state_.load(std::memory_order_acquire);
   while (true) {
     if (generation_of(state) != generation) return;  // the job is over
     const std::uint64_t index = state & kIndexMask;
-    if (static_cast<std::int64_t>(index) >= tasks_.load(std::memory_order_relaxed)) return;
+    if (static_cast<std::int64_t>(index) >= job.tasks.load(std::memory_order_acquire)) return;
     if (!state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
-    // The claim succeeded while the generation was still ours, so the job fields
-    // belong to this job and stay put until done_ reaches tasks_.
-    trampoline_.load(std::memory_order_relaxed)(context_.load(std::memory_order_relaxed),
-                                                static_cast<std::int64_t>(index), worker);
+    // The claim succeeded while the generation was still ours, so the slot holds
+    // this job and stays put until done_ reaches its task count.
+    job.trampoline.load(std::memory_order_acquire)(job.context.load(std::memory_order_acquire),
+                                                   static_cast<std::int64_t>(index), worker);
     done_.fetch_add(1, std::memory_order_acq_rel);
     state = state_.load(std::memory_order_acquire);
   }

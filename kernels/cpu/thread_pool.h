@@ -52,12 +52,18 @@ class ThreadPool {
   alignas(64) std::atomic<std::int64_t> done_{0};
   alignas(64) std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
-  // The job; written before its generation is published (release on state_), so
-  // relaxed accesses suffice. Atomic only because a late thread may read them
-  // while the next job is being set up (its claim then fails).
-  std::atomic<std::int64_t> tasks_{0};
-  std::atomic<Trampoline> trampoline_{nullptr};
-  std::atomic<void*> context_{nullptr};
+  // Jobs alternate between two slots by generation parity. A thread holding a
+  // stale claim on generation g can only read slot g & 1, which is rewritten for
+  // g + 2 only after g + 1 was published, so its claim CAS fails; the release
+  // stores here and acquire loads in work() make that hold for the job fields
+  // too. (One shared slot let a stale thread read the next job's task count and
+  // claim an index of the old generation before the new one was published.)
+  struct Job {
+    std::atomic<std::int64_t> tasks{0};
+    std::atomic<Trampoline> trampoline{nullptr};
+    std::atomic<void*> context{nullptr};
+  };
+  Job jobs_[2];
   std::vector<std::thread> workers_;
 };
 
