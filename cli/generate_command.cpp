@@ -83,9 +83,14 @@ void run_generate(const GenerateOptions& options) {
   engine::LlamaModel model(source, backend, load_progress_reporter());
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
-  spdlog::info("model_loaded path={} arch={} layers={} weight_bytes={} backend=\"{}\" seconds={:.3f}",
-               source.path.string(), source.config.architecture, source.config.num_layers, model.weight_bytes(),
-               backend.name(), load_seconds);
+  const auto& memory = model.weight_memory();
+  spdlog::info(
+      "model_loaded path={} arch={} layers={} weight_bytes={} quantized_layers={} quantized_file_bytes={} "
+      "quantized_resident_bytes={} sparse_layers={} backend=\"{}\" seconds={:.3f}",
+      source.path.string(), source.config.architecture, source.config.num_layers, model.weight_bytes(),
+      memory.quantized_layers, memory.quantized_file, memory.quantized_resident, memory.sparse_layers, backend.name(),
+      load_seconds);
+  for (const auto& [kind, count] : model.linear_kinds()) spdlog::debug("linear_weights kind=\"{}\" count={}", kind, count);
 
   engine::GenerationRequest request;
   if (!options.prompt_ids.empty()) {
@@ -149,6 +154,13 @@ void run_generate(const GenerateOptions& options) {
         {"prefill_tokens_per_second", prefill_rate},
         {"decode_tokens_per_second", decode_rate},
         {"peak_rss_bytes", peak_rss_bytes()},
+        {"weights",
+         {{"bytes", memory.total},
+          {"quantized_layers", memory.quantized_layers},
+          {"quantized_file_bytes", memory.quantized_file},
+          {"quantized_resident_bytes", memory.quantized_resident},
+          {"sparse_layers", memory.sparse_layers},
+          {"kinds", model.linear_kinds()}}},
     };
     std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {

@@ -28,4 +28,10 @@ class MappedFile {
   std::size_t size_ = 0;
 };
 
+// Drops the whole pages inside `bytes` (a range of some MappedFile) from this
+// process's resident set. Used after a tensor was repacked into another layout:
+// the file pages would otherwise stay resident next to their packed copy. Reading
+// the range again later still works; the pages fault back in from the file.
+void release_mapped_pages(std::span<const std::byte> bytes);
+
 }  // namespace nibble

@@ -34,28 +34,33 @@ TensorView to_f32(const TensorView& tensor) {
 }  // namespace
 
 LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend, const LoadProgress& progress)
-    : config_(source.config), backend_(backend) {
+    : LlamaModel(source, backend, Options{}, progress) {}
+
+LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend, const Options& options,
+                       const LoadProgress& progress)
+    : config_(source.config), backend_(backend), options_(options) {
   const WeightSource& weights = *source.weights;
   const auto d = config_.hidden_size;
-  embedding_ = matrix(weights, "model.embed_tokens.weight", config_.vocab_size, d);
+  embedding_ = linear(weights, "model.embed_tokens", config_.vocab_size, d);
   final_norm_ = vector(weights, "model.norm.weight", d);
-  if (config_.tie_word_embeddings && !weights.contains("lm_head.weight")) {
+  const bool separate_head = weights.contains("lm_head.weight") || weights.has_quantized("lm_head");
+  if (config_.tie_word_embeddings && !separate_head) {
     lm_head_ = embedding_;
   } else {
-    lm_head_ = matrix(weights, "lm_head.weight", config_.vocab_size, d);
+    lm_head_ = linear(weights, "lm_head", config_.vocab_size, d);
   }
   layers_.reserve(static_cast<std::size_t>(config_.num_layers));
   for (std::int64_t i = 0; i < config_.num_layers; ++i) {
     Layer layer{};
     layer.attn_norm = vector(weights, layer_name(i, "input_layernorm.weight"), d);
     layer.ffn_norm = vector(weights, layer_name(i, "post_attention_layernorm.weight"), d);
-    layer.q = matrix(weights, layer_name(i, "self_attn.q_proj.weight"), config_.q_dim(), d);
-    layer.k = matrix(weights, layer_name(i, "self_attn.k_proj.weight"), config_.kv_dim(), d);
-    layer.v = matrix(weights, layer_name(i, "self_attn.v_proj.weight"), config_.kv_dim(), d);
-    layer.o = matrix(weights, layer_name(i, "self_attn.o_proj.weight"), d, config_.q_dim());
-    layer.gate = matrix(weights, layer_name(i, "mlp.gate_proj.weight"), config_.intermediate_size, d);
-    layer.up = matrix(weights, layer_name(i, "mlp.up_proj.weight"), config_.intermediate_size, d);
-    layer.down = matrix(weights, layer_name(i, "mlp.down_proj.weight"), d, config_.intermediate_size);
+    layer.q = linear(weights, layer_name(i, "self_attn.q_proj"), config_.q_dim(), d);
+    layer.k = linear(weights, layer_name(i, "self_attn.k_proj"), config_.kv_dim(), d);
+    layer.v = linear(weights, layer_name(i, "self_attn.v_proj"), config_.kv_dim(), d);
+    layer.o = linear(weights, layer_name(i, "self_attn.o_proj"), d, config_.q_dim());
+    layer.gate = linear(weights, layer_name(i, "mlp.gate_proj"), config_.intermediate_size, d);
+    layer.up = linear(weights, layer_name(i, "mlp.up_proj"), config_.intermediate_size, d);
+    layer.down = linear(weights, layer_name(i, "mlp.down_proj"), d, config_.intermediate_size);
     if (config_.attention_bias) {
       layer.q_bias = vector(weights, layer_name(i, "self_attn.q_proj.bias"), config_.q_dim());
       layer.k_bias = vector(weights, layer_name(i, "self_attn.k_proj.bias"), config_.kv_dim());
@@ -67,23 +72,45 @@ LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend, con
   inv_freq_ = rope_inv_freq(config_.head_dim, config_.rope_theta, config_.rope_scaling);
 }
 
-kernels::Matrix LlamaModel::matrix(const WeightSource& weights, const std::string& name, std::int64_t rows,
-                                   std::int64_t cols) {
-  TensorView tensor = weights.load(name);
-  check_shape(tensor, {rows, cols});
-  if (tensor.dtype != DType::F32 && tensor.dtype != DType::F16 && tensor.dtype != DType::BF16) {
-    fail("tensor '{}': dtype {} is not supported for matrices (F32, F16, BF16)", name, dtype_name(tensor.dtype));
+LlamaModel::Linear LlamaModel::linear(const WeightSource& weights, const std::string& module, std::int64_t rows,
+                                      std::int64_t cols) {
+  Linear prepared;
+  if (auto quantized = weights.load_quantized(module)) {
+    if (quantized->rows != rows || quantized->cols != cols) {
+      fail("quantized weight '{}' is [{}, {}] but the config implies [{}, {}]", module, quantized->rows, quantized->cols,
+           rows, cols);
+    }
+    prepared = backend_.prepare_linear(*quantized);
+    memory_.quantized_file += quantized->stored_bytes;
+    memory_.quantized_resident += prepared->resident_bytes();
+    ++memory_.quantized_layers;
+  } else {
+    const std::string name = module + ".weight";
+    TensorView tensor = weights.load(name);
+    check_shape(tensor, {rows, cols});
+    if (tensor.dtype != DType::F32 && tensor.dtype != DType::F16 && tensor.dtype != DType::BF16) {
+      fail("tensor '{}': dtype {} is not supported for matrices (F32, F16, BF16)", name, dtype_name(tensor.dtype));
+    }
+    const kernels::Matrix m{tensor.dtype, rows, cols, tensor.bytes.data()};
+    // The token table is only ever looked up by row, never multiplied sparsely.
+    const bool lookup_only = module == "model.embed_tokens" && !config_.tie_word_embeddings;
+    prepared = backend_.prepare_linear(m, lookup_only ? kernels::SparseChoice::Dense : options_.sparse);
+    if (prepared->views_source()) {
+      memory_.total += tensor.bytes.size();
+      held_.push_back(std::move(tensor));
+    } else {
+      ++memory_.sparse_layers;
+    }
   }
-  weight_bytes_ += tensor.bytes.size();
-  const kernels::Matrix m{tensor.dtype, rows, cols, tensor.bytes.data()};
-  held_.push_back(std::move(tensor));
-  return m;
+  memory_.total += prepared->resident_bytes();
+  ++linear_kinds_[prepared->describe()];
+  return prepared;
 }
 
 const float* LlamaModel::vector(const WeightSource& weights, const std::string& name, std::int64_t size) {
   TensorView tensor = to_f32(weights.load(name));
   check_shape(tensor, {size});
-  weight_bytes_ += tensor.bytes.size();
+  memory_.total += tensor.bytes.size();
   const auto* data = tensor.as<float>().data();
   held_.push_back(std::move(tensor));
   return data;
@@ -120,31 +147,31 @@ void LlamaModel::forward(std::span<const TokenId> tokens, std::int64_t start, Kv
   const auto eps = static_cast<float>(config_.rms_norm_eps);
   const kernels::AttentionShape attention_shape{config_.num_heads, config_.num_kv_heads, config_.head_dim,
                                                 config_.sliding_window};
-  backend_.embedding(embedding_, tokens, x_.data());
+  backend_.embedding(*embedding_, tokens, x_.data());
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const Layer& layer = layers_[i];
     const auto layer_index = static_cast<std::int64_t>(i);
     backend_.rms_norm(x_.data(), rows, d, layer.attn_norm, eps, h_.data());
-    backend_.linear(h_.data(), rows, layer.q, layer.q_bias, q_.data());
-    backend_.linear(h_.data(), rows, layer.k, layer.k_bias, k_.data());
-    backend_.linear(h_.data(), rows, layer.v, layer.v_bias, v_.data());
+    backend_.linear(h_.data(), rows, *layer.q, layer.q_bias, q_.data());
+    backend_.linear(h_.data(), rows, *layer.k, layer.k_bias, k_.data());
+    backend_.linear(h_.data(), rows, *layer.v, layer.v_bias, v_.data());
     backend_.rope(q_.data(), rows, config_.num_heads, config_.head_dim, positions_, inv_freq_);
     backend_.rope(k_.data(), rows, config_.num_kv_heads, config_.head_dim, positions_, inv_freq_);
     cache.store(layer_index, start, rows, k_.data(), v_.data());
     backend_.attention(q_.data(), rows, positions_, cache.layer(layer_index), attention_shape, attn_.data());
-    backend_.linear(attn_.data(), rows, layer.o, nullptr, h_.data());
+    backend_.linear(attn_.data(), rows, *layer.o, nullptr, h_.data());
     backend_.add(h_.data(), rows * d, x_.data());
 
     backend_.rms_norm(x_.data(), rows, d, layer.ffn_norm, eps, h_.data());
-    backend_.linear(h_.data(), rows, layer.gate, nullptr, gate_.data());
-    backend_.linear(h_.data(), rows, layer.up, nullptr, up_.data());
+    backend_.linear(h_.data(), rows, *layer.gate, nullptr, gate_.data());
+    backend_.linear(h_.data(), rows, *layer.up, nullptr, up_.data());
     backend_.swiglu(gate_.data(), up_.data(), rows * config_.intermediate_size, gate_.data());
-    backend_.linear(gate_.data(), rows, layer.down, nullptr, h_.data());
+    backend_.linear(gate_.data(), rows, *layer.down, nullptr, h_.data());
     backend_.add(h_.data(), rows * d, x_.data());
   }
   const float* final_rows = x_.data() + (rows - out_rows) * d;
   backend_.rms_norm(final_rows, out_rows, d, final_norm_, eps, h_.data());
-  backend_.linear(h_.data(), out_rows, lm_head_, nullptr, logits.data());
+  backend_.linear(h_.data(), out_rows, *lm_head_, nullptr, logits.data());
 }
 
 }  // namespace nibble::engine

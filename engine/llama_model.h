@@ -4,6 +4,8 @@
 // residual], final RMSNorm, lm_head (tied to the embedding or separate).
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -23,14 +25,34 @@ class LlamaModel {
   // Called after each layer's weights are bound: (layers done, layers in all).
   using LoadProgress = std::function<void(std::int64_t, std::int64_t)>;
 
-  // Binds the weights of `source` (mapped, not copied, where the dtype allows).
+  struct Options {
+    // Dense weights that are mostly zeros may run on a sparse kernel.
+    kernels::SparseChoice sparse = kernels::SparseChoice::Auto;
+  };
+
+  // What the linear layers cost in memory.
+  struct WeightMemory {
+    std::uint64_t total = 0;             // every weight the model reads (mapped views and packed copies)
+    std::uint64_t quantized_file = 0;    // quantized linear layers as stored in the file
+    std::uint64_t quantized_resident = 0;  // the same layers packed for the backend
+    std::int64_t quantized_layers = 0;
+    std::int64_t sparse_layers = 0;      // dense weights running on a sparse kernel
+  };
+
+  // Binds the weights of `source`: dense weights are mapped, not copied;
+  // quantized ones are packed into the backend's layout, never expanded.
   // Throws nibble::Error naming any missing or mis-shaped tensor.
   LlamaModel(const ModelSource& source, kernels::Backend& backend, const LoadProgress& progress = {});
+  LlamaModel(const ModelSource& source, kernels::Backend& backend, const Options& options,
+             const LoadProgress& progress = {});
 
   const ModelConfig& config() const { return config_; }
   std::int64_t vocab_size() const { return config_.vocab_size; }
   // Bytes of weights the model holds (as stored, plus any converted copies).
-  std::uint64_t weight_bytes() const { return weight_bytes_; }
+  std::uint64_t weight_bytes() const { return memory_.total; }
+  const WeightMemory& weight_memory() const { return memory_; }
+  // How each kind of linear weight runs ("int4 32 groups ..." -> count), for logs.
+  const std::map<std::string, int>& linear_kinds() const { return linear_kinds_; }
 
   // Runs `tokens` at positions [start, start + n) of one sequence, appending their
   // keys and values to `cache`. Writes n (AllRows) or 1 (LastRow) rows of logits.
@@ -38,25 +60,29 @@ class LlamaModel {
                std::span<float> logits);
 
  private:
+  using Linear = std::shared_ptr<const kernels::LinearWeights>;
   struct Layer {
     const float* attn_norm;
     const float* ffn_norm;
-    kernels::Matrix q, k, v, o, gate, up, down;
+    Linear q, k, v, o, gate, up, down;
     const float* q_bias = nullptr;
     const float* k_bias = nullptr;
     const float* v_bias = nullptr;
   };
 
-  kernels::Matrix matrix(const WeightSource& weights, const std::string& name, std::int64_t rows, std::int64_t cols);
+  // The weight of linear module `module` (quantized or `module`.weight), prepared for the backend.
+  Linear linear(const WeightSource& weights, const std::string& module, std::int64_t rows, std::int64_t cols);
   const float* vector(const WeightSource& weights, const std::string& name, std::int64_t size);
   void ensure_scratch(std::int64_t rows);
 
   ModelConfig config_;
   kernels::Backend& backend_;
+  Options options_;
   std::vector<TensorView> held_;  // keeps mapped or converted weights alive
-  std::uint64_t weight_bytes_ = 0;
-  kernels::Matrix embedding_;
-  kernels::Matrix lm_head_;
+  WeightMemory memory_;
+  std::map<std::string, int> linear_kinds_;
+  Linear embedding_;
+  Linear lm_head_;
   const float* final_norm_ = nullptr;
   std::vector<Layer> layers_;
   std::vector<float> inv_freq_;

@@ -4,11 +4,13 @@
 // computed. Activations are float32, row-major, one row per token; pointers are
 // the backend's own memory (host memory for the CPU backend).
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
 
 #include "common/dtype.h"
+#include "common/quantized_matrix.h"
 
 namespace nibble::kernels {
 
@@ -25,6 +27,32 @@ struct Matrix {
 // Element `index` (row-major) of a matrix of any supported dtype, as float32.
 // For small host-side uses (embedding rows, references), not for hot loops.
 float matrix_element(const Matrix& m, std::int64_t index);
+
+// A weight matrix a backend has prepared for its linear kernels: packed into the
+// backend's own layout (quantized, sparse) or a view of dense weights the caller
+// keeps alive. Opaque above the backend.
+class LinearWeights {
+ public:
+  virtual ~LinearWeights() = default;
+  virtual std::int64_t rows() const = 0;  // output features
+  virtual std::int64_t cols() const = 0;  // input features
+  // Memory the backend holds for these weights (0 for a view of the caller's data).
+  virtual std::uint64_t resident_bytes() const = 0;
+  // True when the weights still read the caller's dense data, which must outlive them.
+  virtual bool views_source() const = 0;
+  // What the kernels run on, for logs and `nibble inspect`: "int4 g128 zero-point", "csr f16 density 0.21"...
+  virtual std::string describe() const = 0;
+  // Row `row` dequantized to float32 (cols() values): embedding lookups from a
+  // quantized table, tests. Not for hot loops.
+  virtual void dequantize_row(std::int64_t row, float* out) const = 0;
+};
+
+// How prepare_linear treats dense weights that contain many zeros.
+enum class SparseChoice : std::uint8_t {
+  Auto,    // a sparse layout when the backend measured it to be faster at this density
+  Dense,   // always the dense kernel
+  Sparse,  // always the sparse kernel (tests, benchmarks)
+};
 
 // Keys and values of one layer for one sequence, positions 0..length-1, each
 // position holding kv_heads x head_dim floats at `stride` floats apart.
@@ -46,7 +74,15 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
 
+  // Prepares weights for linear(). Dense weights are viewed in place unless a
+  // sparse layout is chosen; quantized weights are packed into the backend's
+  // layout, never expanded to floating point.
+  virtual std::unique_ptr<LinearWeights> prepare_linear(const Matrix& dense, SparseChoice sparse = SparseChoice::Auto) = 0;
+  virtual std::unique_ptr<LinearWeights> prepare_linear(const QuantizedMatrix& quantized) = 0;
+
   // y[m, n] = sum_k x[m, k] * w[n, k] + bias[n] (bias may be null). x: [rows, w.cols].
+  virtual void linear(const float* x, std::int64_t rows, const LinearWeights& w, const float* bias, float* y) = 0;
+  // The same for a dense matrix viewed in place (no preparation).
   virtual void linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) = 0;
   // y = x / rms(x) * weight, row by row; x and y may alias.
   virtual void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
@@ -65,6 +101,7 @@ class Backend {
   virtual void add(const float* x, std::int64_t n, float* y) = 0;
   // Copies rows `ids` of table [*, table.cols] into out as float32.
   virtual void embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) = 0;
+  virtual void embedding(const LinearWeights& table, std::span<const std::int32_t> ids, float* out) = 0;
 };
 
 }  // namespace nibble::kernels

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/quantized_matrix.h"
 #include "loader/tensor.h"
 
 namespace nibble {
@@ -28,6 +29,19 @@ class WeightSource {
   // dtype in the canonical layout, otherwise converted (e.g. GGUF blocks -> F32).
   // Throws nibble::Error naming the tensor and file when it is missing or corrupt.
   virtual TensorView load(const std::string& name) const = 0;
+  // The weight of linear module `module` ("model.layers.0.mlp.up_proj") when the
+  // file stores it quantized (GPTQ, AWQ, compressed-tensors, GGUF blocks),
+  // unpacked into the format-neutral form; nullopt when it is stored as a plain
+  // tensor `module + ".weight"` for load(). Throws for corrupt or inconsistent data.
+  virtual std::optional<QuantizedMatrix> load_quantized(const std::string& module) const {
+    (void)module;
+    return std::nullopt;
+  }
+  // Whether load_quantized(module) would return a matrix, without unpacking it.
+  virtual bool has_quantized(const std::string& module) const {
+    (void)module;
+    return false;
+  }
   // Total bytes of all tensor files (what the model costs on disk).
   virtual std::uint64_t file_bytes() const = 0;
 };

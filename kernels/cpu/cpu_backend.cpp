@@ -6,40 +6,53 @@
 #include <vector>
 
 #include "common/error.h"
-#include "kernels/cpu/linear_kernels.h"
+#include "kernels/cpu/prepared_weights.h"
 
 namespace nibble::kernels {
 namespace {
 
-// Each thread gets a few long runs of output columns: long runs keep the weight
-// reads sequential for the prefetcher, and a few per thread let a thread that
-// lost its core be covered by the others.
-constexpr std::int64_t kTasksPerThread = 4;
-constexpr std::int64_t kColumnAlignment = 16;
+const cpu::CpuLinearWeights& cpu_weights(const LinearWeights& w) {
+  const auto* mine = dynamic_cast<const cpu::CpuLinearWeights*>(&w);
+  if (mine == nullptr) fail("linear weights were prepared by another backend");
+  return *mine;
+}
 
 }  // namespace
 
 CpuBackend::CpuBackend(int threads)
     : pool_(std::make_unique<cpu::ThreadPool>(
           threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))),
-      attention_scores_(static_cast<std::size_t>(pool_->size())) {}
+      attention_scores_(static_cast<std::size_t>(pool_->size())),
+      linear_scratch_(static_cast<std::size_t>(pool_->size())) {}
 
 std::string CpuBackend::name() const {
   return fmt::format("cpu({}, {} threads)", cpu::isa_name(cpu::active_isa()), pool_->size());
 }
 
+std::unique_ptr<LinearWeights> CpuBackend::prepare_linear(const Matrix& dense, SparseChoice sparse) {
+  const bool csr_possible = dense.cols <= 65536;
+  bool use_csr = sparse == SparseChoice::Sparse;
+  if (sparse == SparseChoice::Sparse && !csr_possible) {
+    fail("sparse kernel needs at most 65536 input features, got {}", dense.cols);
+  }
+  if (sparse == SparseChoice::Auto && csr_possible) {
+    use_csr = cpu::matrix_density(dense) <= cpu::csr_density_threshold(dense.dtype);
+  }
+  if (use_csr) return cpu::make_csr_weights(dense);
+  return cpu::make_dense_weights(dense);
+}
+
+std::unique_ptr<LinearWeights> CpuBackend::prepare_linear(const QuantizedMatrix& quantized) {
+  return cpu::make_quantized_weights(quantized);
+}
+
+void CpuBackend::linear(const float* x, std::int64_t rows, const LinearWeights& w, const float* bias, float* y) {
+  cpu::LinearRunContext context{*pool_, cpu::active_isa(), packed_input_, group_sums_, linear_scratch_};
+  cpu_weights(w).run(context, x, rows, bias, y);
+}
+
 void CpuBackend::linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) {
-  const cpu::LinearKernel kernel = cpu::linear_kernel(w.dtype, cpu::active_isa());
-  const std::int64_t wanted = kTasksPerThread * pool_->size();
-  const std::int64_t per_task =
-      std::max<std::int64_t>(kColumnAlignment, ((w.rows + wanted - 1) / wanted + kColumnAlignment - 1) /
-                                                   kColumnAlignment * kColumnAlignment);
-  const std::int64_t tasks = (w.rows + per_task - 1) / per_task;
-  pool_->parallel_for(tasks, [&](std::int64_t task, int) {
-    const std::int64_t begin = task * per_task;
-    const std::int64_t end = std::min(w.rows, begin + per_task);
-    kernel(x, rows, w.cols, w.data, begin, end, bias, y, w.rows);
-  });
+  linear(x, rows, *cpu::make_dense_weights(w), bias, y);
 }
 
 void CpuBackend::rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
@@ -139,6 +152,14 @@ void CpuBackend::embedding(const Matrix& table, std::span<const std::int32_t> id
     const std::int64_t id = ids[r];
     if (id < 0 || id >= table.rows) fail("token id {} is outside the vocabulary of {} tokens", id, table.rows);
     for (std::int64_t i = 0; i < table.cols; ++i) out[static_cast<std::int64_t>(r) * table.cols + i] = matrix_element(table, id * table.cols + i);
+  }
+}
+
+void CpuBackend::embedding(const LinearWeights& table, std::span<const std::int32_t> ids, float* out) {
+  for (std::size_t r = 0; r < ids.size(); ++r) {
+    const std::int64_t id = ids[r];
+    if (id < 0 || id >= table.rows()) fail("token id {} is outside the vocabulary of {} tokens", id, table.rows());
+    table.dequantize_row(id, out + static_cast<std::int64_t>(r) * table.cols());
   }
 }
 

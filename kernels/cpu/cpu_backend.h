@@ -17,6 +17,9 @@ class CpuBackend final : public Backend {
   std::string name() const override;
   int threads() const { return pool_->size(); }
 
+  std::unique_ptr<LinearWeights> prepare_linear(const Matrix& dense, SparseChoice sparse = SparseChoice::Auto) override;
+  std::unique_ptr<LinearWeights> prepare_linear(const QuantizedMatrix& quantized) override;
+  void linear(const float* x, std::int64_t rows, const LinearWeights& w, const float* bias, float* y) override;
   void linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) override;
   void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                 float* y) override;
@@ -27,10 +30,14 @@ class CpuBackend final : public Backend {
   void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override;
   void add(const float* x, std::int64_t n, float* y) override;
   void embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) override;
+  void embedding(const LinearWeights& table, std::span<const std::int32_t> ids, float* out) override;
 
  private:
   std::unique_ptr<cpu::ThreadPool> pool_;
   std::vector<std::vector<float>> attention_scores_;  // per pool thread
+  std::vector<std::vector<float>> linear_scratch_;    // per pool thread
+  std::vector<float> packed_input_;
+  std::vector<float> group_sums_;
 };
 
 }  // namespace nibble::kernels

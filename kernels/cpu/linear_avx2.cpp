@@ -8,7 +8,10 @@ namespace {
 
 struct V {
   static constexpr std::int64_t kWidth = 8;
+  // Four tile registers per row already take half of the 16 ymm registers.
+  static constexpr std::int64_t kRowBlock = 2;
   using reg = __m256;
+  using ireg = __m256i;
   static reg zero() { return _mm256_setzero_ps(); }
   static reg load(const float* p) { return _mm256_loadu_ps(p); }
   static reg load(const float* p, F32Weights) { return _mm256_loadu_ps(p); }
@@ -25,11 +28,37 @@ struct V {
     const __m128 pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
     return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)));
   }
+
+  static ireg load_u32(const std::uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static ireg load_u16(const std::uint16_t* p) {
+    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static ireg srli(ireg w, int n) { return _mm256_srli_epi32(w, n); }
+  static ireg slli(ireg w, int n) { return _mm256_slli_epi32(w, n); }
+  static ireg and_(ireg w, std::uint32_t mask) { return _mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(mask))); }
+  static ireg or_(ireg a, ireg b) { return _mm256_or_si256(a, b); }
+  static ireg add_i(ireg w, std::uint32_t c) { return _mm256_add_epi32(w, _mm256_set1_epi32(static_cast<int>(c))); }
+  static reg to_float(ireg w) { return _mm256_cvtepi32_ps(w); }
+  static reg load_u8(const std::uint8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static reg set1(float v) { return _mm256_set1_ps(v); }
+  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static reg lookup16(const float* table, ireg index) {
+    const reg low = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), index);
+    const reg high = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), index);
+    return _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_cmpgt_epi32(index, _mm256_set1_epi32(7))));
+  }
+  static reg gather(const float* base, ireg index) { return _mm256_i32gather_ps(base, index, 4); }
 };
 
 }  // namespace
 
 #include "kernels/cpu/linear_impl.h"
+#include "kernels/cpu/packed_impl.h"
+#include "kernels/cpu/table_impl.h"
 
 namespace nibble::kernels::cpu {
 const LinearKernelTable& linear_kernels_avx2() { return kTable; }

@@ -68,6 +68,4 @@ void linear(const float* x, std::int64_t rows, std::int64_t k, const void* weigh
   }
 }
 
-const nibble::kernels::cpu::LinearKernelTable kTable{linear<F32Weights>, linear<F16Weights>, linear<BF16Weights>};
-
 }  // namespace

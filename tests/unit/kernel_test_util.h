@@ -8,6 +8,8 @@
 #include <span>
 #include <vector>
 
+#include "kernels/cpu/isa.h"
+
 namespace nibble::testing {
 
 // max |actual - expected| / max |expected|; infinity when anything is not finite.
@@ -28,5 +30,25 @@ inline std::vector<float> random_floats(std::mt19937& rng, std::size_t n, float 
   for (auto& v : values) v = normal(rng);
   return values;
 }
+
+inline std::vector<kernels::cpu::Isa> supported_isas() {
+  std::vector<kernels::cpu::Isa> isas;
+  for (const auto isa : {kernels::cpu::Isa::Scalar, kernels::cpu::Isa::Avx2, kernels::cpu::Isa::Avx512}) {
+    if (kernels::cpu::isa_supported(isa)) isas.push_back(isa);
+  }
+  return isas;
+}
+
+// Restores the process-wide ISA choice when a test ends.
+class IsaGuard {
+ public:
+  IsaGuard() : saved_(kernels::cpu::active_isa()) {}
+  ~IsaGuard() { kernels::cpu::set_active_isa(saved_); }
+  IsaGuard(const IsaGuard&) = delete;
+  IsaGuard& operator=(const IsaGuard&) = delete;
+
+ private:
+  kernels::cpu::Isa saved_;
+};
 
 }  // namespace nibble::testing

@@ -12,26 +12,10 @@
 namespace nibble::kernels {
 namespace {
 
+using testing::IsaGuard;
 using testing::random_floats;
+using testing::supported_isas;
 using testing::relative_error;
-
-std::vector<cpu::Isa> supported_isas() {
-  std::vector<cpu::Isa> isas;
-  for (const auto isa : {cpu::Isa::Scalar, cpu::Isa::Avx2, cpu::Isa::Avx512}) {
-    if (cpu::isa_supported(isa)) isas.push_back(isa);
-  }
-  return isas;
-}
-
-// Restores the process-wide ISA choice after each test.
-class IsaGuard {
- public:
-  IsaGuard() : saved_(cpu::active_isa()) {}
-  ~IsaGuard() { cpu::set_active_isa(saved_); }
-
- private:
-  cpu::Isa saved_;
-};
 
 struct StoredMatrix {
   std::vector<float> f32;

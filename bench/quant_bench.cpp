@@ -1,0 +1,203 @@
+// Quantized and sparse linear kernels against the engine's own float32 dense
+// kernel, measured in the same run on the same shape and thread count.
+//
+// Counters:
+//   x_f32        speed as a multiple of the f32 dense kernel (same shape, rows, threads)
+//   weight_GBps  bytes of (packed) weights streamed per second
+//   x_stream     weight_GBps as a fraction of a STREAM-like copy's bandwidth
+//                (read + write bytes), measured at the start of this run
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "common/half.h"
+#include "common/quantized_matrix.h"
+#include "kernels/cpu/cpu_backend.h"
+
+namespace {
+
+using nibble::DType;
+using nibble::QuantizedMatrix;
+using nibble::kernels::CpuBackend;
+using nibble::kernels::LinearWeights;
+using nibble::kernels::Matrix;
+using nibble::kernels::SparseChoice;
+
+constexpr int kThreads = 2;
+
+template <typename F>
+double seconds_per_call(F&& call) {
+  call();  // warm caches and page tables
+  int calls = 0;
+  const auto start = std::chrono::steady_clock::now();
+  double elapsed = 0;
+  do {
+    call();
+    ++calls;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  } while (elapsed < 0.3 || calls < 3);
+  return elapsed / calls;
+}
+
+// Copy bandwidth with kThreads threads over buffers far larger than the caches.
+double stream_copy_gbps() {
+  static const double gbps = [] {
+    const std::size_t bytes = std::size_t{256} << 20;
+    std::vector<char> a(bytes, 1), b(bytes, 0);
+    const auto copy = [&] {
+      std::vector<std::thread> threads;
+      const std::size_t part = bytes / kThreads;
+      for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] { std::memcpy(b.data() + t * part, a.data() + t * part, part); });
+      }
+      for (auto& thread : threads) thread.join();
+    };
+    return 2.0 * static_cast<double>(bytes) / seconds_per_call(copy) / 1e9;
+  }();
+  return gbps;
+}
+
+QuantizedMatrix random_quantized(std::int64_t n, std::int64_t k, int bits, std::int64_t group_size, bool sparse_2_4) {
+  std::mt19937 rng(1);
+  QuantizedMatrix m;
+  m.name = "bench";
+  m.rows = n;
+  m.cols = k;
+  m.bits = bits;
+  m.groups = k / group_size;
+  m.group_of_col = nibble::contiguous_groups(k, group_size);
+  m.codes.resize(static_cast<std::size_t>(n * k));
+  std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
+  for (auto& q : m.codes) q = static_cast<std::uint8_t>(code(rng));
+  m.scales.assign(static_cast<std::size_t>(n * m.groups), 0.01f);
+  m.zeros.assign(static_cast<std::size_t>(n * m.groups), static_cast<std::uint8_t>(1 << (bits - 1)));
+  if (sparse_2_4) {
+    m.sparse_2_4 = true;
+    for (std::size_t i = 0; i < m.codes.size(); i += 4) m.codes[i + 1] = m.codes[i + 3] = m.zeros[0];
+  }
+  return m;
+}
+
+struct Inputs {
+  std::vector<float> x, y;
+  Inputs(std::int64_t rows, std::int64_t n, std::int64_t k)
+      : x(static_cast<std::size_t>(rows * k)), y(static_cast<std::size_t>(rows * n)) {
+    std::mt19937 rng(2);
+    std::normal_distribution<float> normal;
+    for (auto& v : x) v = normal(rng);
+  }
+};
+
+// Seconds per call of the f32 dense kernel, once per (n, k, rows) in this run.
+double f32_baseline(CpuBackend& backend, std::int64_t n, std::int64_t k, std::int64_t rows) {
+  static std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t>, double> seconds;
+  const auto key = std::make_tuple(n, k, rows);
+  if (!seconds.contains(key)) {
+    std::vector<float> w(static_cast<std::size_t>(n * k), 0.01f);
+    Inputs io(rows, n, k);
+    const Matrix dense{DType::F32, n, k, w.data()};
+    seconds[key] = seconds_per_call([&] { backend.linear(io.x.data(), rows, dense, nullptr, io.y.data()); });
+  }
+  return seconds[key];
+}
+
+void report(benchmark::State& state, double weight_bytes, double seconds, double baseline_seconds) {
+  state.counters["x_f32"] = baseline_seconds / seconds;
+  state.counters["weight_GBps"] = weight_bytes / seconds / 1e9;
+  state.counters["x_stream"] = weight_bytes / seconds / 1e9 / stream_copy_gbps();
+}
+
+// args: input features k, output features n, rows m, bits, 2:4 sparse
+void BM_QuantLinear(benchmark::State& state) {
+  const std::int64_t k = state.range(0), n = state.range(1), rows = state.range(2);
+  const int bits = static_cast<int>(state.range(3));
+  const bool sparse = state.range(4) != 0;
+  CpuBackend backend(kThreads);
+  const auto weights = backend.prepare_linear(random_quantized(n, k, bits, 128, sparse));
+  Inputs io(rows, n, k);
+  const auto call = [&] { backend.linear(io.x.data(), rows, *weights, nullptr, io.y.data()); };
+  for (auto _ : state) {
+    call();
+    benchmark::DoNotOptimize(io.y.data());
+  }
+  report(state, static_cast<double>(weights->resident_bytes()), seconds_per_call(call), f32_baseline(backend, n, k, rows));
+  state.SetLabel(weights->describe());
+}
+
+// The f32 dense kernel itself, for its own GB/s next to the quantized ones.
+void BM_F32Linear(benchmark::State& state) {
+  const std::int64_t k = state.range(0), n = state.range(1), rows = state.range(2);
+  CpuBackend backend(kThreads);
+  std::vector<float> w(static_cast<std::size_t>(n * k), 0.01f);
+  const Matrix dense{DType::F32, n, k, w.data()};
+  Inputs io(rows, n, k);
+  const auto call = [&] { backend.linear(io.x.data(), rows, dense, nullptr, io.y.data()); };
+  for (auto _ : state) {
+    call();
+    benchmark::DoNotOptimize(io.y.data());
+  }
+  report(state, static_cast<double>(n * k * 4), seconds_per_call(call), f32_baseline(backend, n, k, rows));
+}
+
+// CSR against the dense f16 kernel at a given density (percent), to place the
+// backend's automatic switch (csr_density_threshold).
+void BM_CsrVsDenseF16(benchmark::State& state) {
+  const std::int64_t k = 4096, n = 4096, rows = state.range(1);
+  const double density = static_cast<double>(state.range(0)) / 100.0;
+  CpuBackend backend(kThreads);
+  std::mt19937 rng(3);
+  std::bernoulli_distribution keep(density);
+  std::vector<std::uint16_t> w(static_cast<std::size_t>(n * k));
+  for (auto& v : w) v = keep(rng) ? nibble::f32_to_f16(0.01f) : 0;
+  const Matrix dense{DType::F16, n, k, w.data()};
+  const auto csr = backend.prepare_linear(dense, SparseChoice::Sparse);
+  Inputs io(rows, n, k);
+  const auto call = [&] { backend.linear(io.x.data(), rows, *csr, nullptr, io.y.data()); };
+  const double dense_seconds = seconds_per_call([&] { backend.linear(io.x.data(), rows, dense, nullptr, io.y.data()); });
+  for (auto _ : state) {
+    call();
+    benchmark::DoNotOptimize(io.y.data());
+  }
+  const double seconds = seconds_per_call(call);
+  state.counters["x_dense_f16"] = dense_seconds / seconds;
+  state.counters["weight_GBps"] = static_cast<double>(csr->resident_bytes()) / seconds / 1e9;
+}
+
+void Shapes(benchmark::internal::Benchmark* b, bool quant) {
+  for (const auto& [k, n] : {std::pair<int, int>{4096, 4096}, {4096, 11008}, {11008, 4096}}) {
+    for (const int rows : {1, 4, 16}) {
+      if (quant) {
+        b->Args({k, n, rows, 4, 0});
+      } else {
+        b->Args({k, n, rows});
+      }
+    }
+  }
+}
+
+BENCHMARK(BM_F32Linear)->Apply([](auto* b) { Shapes(b, false); })->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_QuantLinear)->Apply([](auto* b) { Shapes(b, true); })->Unit(benchmark::kMillisecond)->UseRealTime();
+// 8-bit and 2:4-sparse 4-bit at the square shape.
+BENCHMARK(BM_QuantLinear)
+    ->Args({4096, 4096, 1, 8, 0})
+    ->Args({4096, 4096, 16, 8, 0})
+    ->Args({4096, 4096, 1, 4, 1})
+    ->Args({4096, 4096, 16, 4, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_CsrVsDenseF16)
+    ->ArgsProduct({{5, 10, 20, 30, 50}, {1, 4}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,69 @@
+#include "common/quantized_matrix.h"
+
+#include <cmath>
+
+#include "common/error.h"
+
+namespace nibble {
+
+float QuantizedMatrix::value(std::int64_t n, std::int64_t k) const {
+  const auto index = [this](std::int64_t row, std::int64_t g) { return static_cast<std::size_t>(row * groups + g); };
+  const std::int64_t g = group(k);
+  const float q = codes[static_cast<std::size_t>(n * cols + k)];
+  if (offset == Offset::Min) return scales[index(n, g)] * q + mins[index(n, g)];
+  return scales[index(n, g)] * (q - static_cast<float>(zeros[index(n, g)]));
+}
+
+void QuantizedMatrix::validate() const {
+  if (bits != 2 && bits != 3 && bits != 4 && bits != 8) fail("{}: {}-bit weights are not supported (2, 3, 4, 8)", name, bits);
+  if (rows <= 0 || cols <= 0) fail("{}: empty matrix [{}, {}]", name, rows, cols);
+  if (groups <= 0 || groups > cols) fail("{}: {} groups for {} input columns", name, groups, cols);
+  const auto cells = static_cast<std::size_t>(rows * cols);
+  const auto group_cells = static_cast<std::size_t>(rows * groups);
+  if (codes.size() != cells) fail("{}: {} codes for a [{}, {}] matrix", name, codes.size(), rows, cols);
+  if (group_of_col.size() != static_cast<std::size_t>(cols)) {
+    fail("{}: group index has {} entries, expected {}", name, group_of_col.size(), cols);
+  }
+  for (const auto g : group_of_col) {
+    if (g < 0 || g >= groups) fail("{}: group index {} outside [0, {})", name, g, groups);
+  }
+  if (scales.size() != group_cells) fail("{}: {} scales, expected {}", name, scales.size(), group_cells);
+  for (const float s : scales) {
+    if (!std::isfinite(s)) fail("{}: non-finite scale", name);
+  }
+  if (offset == Offset::ZeroPoint && zeros.size() != group_cells) {
+    fail("{}: {} zero points, expected {}", name, zeros.size(), group_cells);
+  }
+  if (offset == Offset::Min) {
+    if (mins.size() != group_cells) fail("{}: {} group minimums, expected {}", name, mins.size(), group_cells);
+    if (sparse_2_4) fail("{}: 2:4 sparsity needs zero-point quantization", name);
+  }
+  const unsigned limit = 1u << bits;
+  for (const auto q : codes) {
+    if (q >= limit) fail("{}: code {} does not fit in {} bits", name, q, bits);
+  }
+  if (sparse_2_4) {
+    if (cols % 4 != 0) fail("{}: 2:4 sparsity needs a multiple of 4 input columns, got {}", name, cols);
+    for (std::int64_t n = 0; n < rows; ++n) {
+      for (std::int64_t k = 0; k < cols; k += 4) {
+        int nonzero = 0;
+        for (std::int64_t j = 0; j < 4; ++j) {
+          const auto cell = static_cast<std::size_t>(n * cols + k + j);
+          const auto zero = zeros[static_cast<std::size_t>(n * groups + group(k + j))];
+          nonzero += codes[cell] != zero ? 1 : 0;
+        }
+        if (nonzero > 2) fail("{}: row {} columns {}..{} break the 2:4 pattern ({} nonzero)", name, n, k, k + 3, nonzero);
+      }
+    }
+  }
+}
+
+std::vector<std::int32_t> contiguous_groups(std::int64_t cols, std::int64_t group_size) {
+  std::vector<std::int32_t> groups(static_cast<std::size_t>(cols));
+  for (std::int64_t k = 0; k < cols; ++k) {
+    groups[static_cast<std::size_t>(k)] = group_size <= 0 ? 0 : static_cast<std::int32_t>(k / group_size);
+  }
+  return groups;
+}
+
+}  // namespace nibble

@@ -1,0 +1,55 @@
+#pragma once
+// A quantized (and possibly 2:4-pruned) weight matrix in one format-neutral,
+// unpacked form. Every checkpoint reader (GPTQ, AWQ, compressed-tensors, GGUF
+// blocks) produces it and every backend packs it into its own kernel layout, so
+// no reader knows a kernel layout and no kernel knows a file format. It lives only
+// while one layer is being loaded, so it favours plain indexing over size.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/dtype.h"
+
+namespace nibble {
+
+struct QuantizedMatrix {
+  // Dequantized value of code q in row n, group g:
+  //   ZeroPoint: scales[n][g] * (q - zeros[n][g])   (GPTQ, AWQ, compressed-tensors, GGUF Q4_0/Q8_0)
+  //   Min:       scales[n][g] * q + mins[n][g]      (GGUF Q4_1)
+  enum class Offset : std::uint8_t { ZeroPoint, Min };
+
+  std::string name;         // module name, for messages ("model.layers.0.mlp.up_proj")
+  std::int64_t rows = 0;    // output features (N)
+  std::int64_t cols = 0;    // input features (K)
+  int bits = 4;             // 2, 3, 4 or 8; codes are unsigned, in [0, 2^bits)
+  std::int64_t groups = 1;  // quantization groups along the input dimension
+  // group_of_col[k]: the group input column k belongs to. Monotone for plain
+  // grouping (k / group_size); any order for GPTQ act-order (g_idx).
+  std::vector<std::int32_t> group_of_col;
+  std::vector<std::uint8_t> codes;  // [rows][cols]
+  Offset offset = Offset::ZeroPoint;
+  std::vector<float> scales;        // [rows][groups]
+  std::vector<std::uint8_t> zeros;  // [rows][groups], ZeroPoint only (may exceed 2^bits - 1: GPTQ v1 stores zero - 1)
+  std::vector<float> mins;          // [rows][groups], Min only
+  // The precision the file stored scales (and mins) in. The floats above are
+  // exact copies, so a backend may store them back at this precision losslessly.
+  DType scale_dtype = DType::F16;
+  // Every aligned run of 4 input columns holds at most 2 nonzero weights in each
+  // row (2:4 structured sparsity), as the checkpoint declared and the reader checked.
+  bool sparse_2_4 = false;
+  // Bytes the source tensors took in the file, for the resident-memory budget.
+  std::uint64_t stored_bytes = 0;
+
+  std::int64_t group(std::int64_t col) const { return group_of_col[static_cast<std::size_t>(col)]; }
+  // The dequantized weight (row n, input column k), for references and tests.
+  float value(std::int64_t n, std::int64_t k) const;
+  // Throws nibble::Error naming the matrix when sizes, codes, groups or the 2:4
+  // pattern are inconsistent. Readers call it before handing the matrix on.
+  void validate() const;
+};
+
+// group_of_col for plain grouping: column k is in group k / group_size
+// (group_size <= 0 means one group for the whole row).
+std::vector<std::int32_t> contiguous_groups(std::int64_t cols, std::int64_t group_size);
+
+}  // namespace nibble

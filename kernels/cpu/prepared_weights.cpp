@@ -1,0 +1,253 @@
+#include "kernels/cpu/prepared_weights.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/error.h"
+#include "kernels/cpu/linear_kernels.h"
+#include "kernels/cpu/quant_layout.h"
+
+namespace nibble::kernels::cpu {
+namespace {
+
+// Each thread gets a few long runs of output columns: long runs keep the weight
+// reads sequential for the prefetcher, and a few per thread let a thread that
+// lost its core be covered by the others.
+constexpr std::int64_t kTasksPerThread = 4;
+constexpr std::int64_t kColumnAlignment = 16;
+
+// Runs body(begin, end, worker) over [0, count) cut into runs of `align`-multiples.
+template <typename Body>
+void split(ThreadPool& pool, std::int64_t count, std::int64_t align, Body&& body) {
+  const std::int64_t wanted = kTasksPerThread * pool.size();
+  const std::int64_t per_task = std::max<std::int64_t>(align, ((count + wanted - 1) / wanted + align - 1) / align * align);
+  const std::int64_t tasks = (count + per_task - 1) / per_task;
+  pool.parallel_for(tasks, [&](std::int64_t task, int worker) {
+    const std::int64_t begin = task * per_task;
+    body(begin, std::min(count, begin + per_task), worker);
+  });
+}
+
+std::vector<float>& worker_buffer(LinearRunContext& context, int worker, std::int64_t floats) {
+  auto& buffer = context.worker_scratch[static_cast<std::size_t>(worker)];
+  if (static_cast<std::int64_t>(buffer.size()) < floats) buffer.resize(static_cast<std::size_t>(floats));
+  return buffer;
+}
+
+class DenseWeights final : public CpuLinearWeights {
+ public:
+  explicit DenseWeights(const Matrix& m) : m_(m) {}
+  std::int64_t rows() const override { return m_.rows; }
+  std::int64_t cols() const override { return m_.cols; }
+  std::uint64_t resident_bytes() const override { return 0; }
+  bool views_source() const override { return true; }
+  std::string describe() const override { return fmt::format("dense {}", dtype_name(m_.dtype)); }
+  void dequantize_row(std::int64_t row, float* out) const override {
+    if (row < 0 || row >= m_.rows) fail("row {} outside a matrix of {} rows", row, m_.rows);
+    for (std::int64_t k = 0; k < m_.cols; ++k) out[k] = matrix_element(m_, row * m_.cols + k);
+  }
+  void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
+    const LinearKernel kernel = linear_kernel(m_.dtype, context.isa);
+    split(context.pool, m_.rows, kColumnAlignment, [&](std::int64_t begin, std::int64_t end, int) {
+      kernel(x, rows, m_.cols, m_.data, begin, end, bias, y, m_.rows);
+    });
+  }
+
+ private:
+  Matrix m_;
+};
+
+class CsrWeights final : public CpuLinearWeights {
+ public:
+  explicit CsrWeights(CsrMatrix m) : m_(std::move(m)) {}
+  std::int64_t rows() const override { return m_.rows; }
+  std::int64_t cols() const override { return m_.cols; }
+  std::uint64_t resident_bytes() const override {
+    return m_.values.size() + m_.columns.size() * sizeof(std::uint16_t) + m_.row_begin.size() * sizeof(std::int64_t);
+  }
+  bool views_source() const override { return false; }
+  std::string describe() const override {
+    return fmt::format("csr {} density {:.3f}", dtype_name(m_.dtype),
+                       static_cast<double>(m_.columns.size()) / static_cast<double>(m_.rows * m_.cols));
+  }
+  void dequantize_row(std::int64_t row, float* out) const override {
+    if (row < 0 || row >= m_.rows) fail("row {} outside a matrix of {} rows", row, m_.rows);
+    std::fill(out, out + m_.cols, 0.0f);
+    const Matrix values{m_.dtype, 1, static_cast<std::int64_t>(m_.columns.size()), m_.values.data()};
+    for (std::int64_t j = m_.row_begin[static_cast<std::size_t>(row)]; j < m_.row_begin[static_cast<std::size_t>(row) + 1]; ++j) {
+      out[m_.columns[static_cast<std::size_t>(j)]] = matrix_element(values, j);
+    }
+  }
+  void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
+    const CsrKernel kernel = csr_kernel(m_, context.isa);
+    split(context.pool, m_.rows, kColumnAlignment, [&](std::int64_t begin, std::int64_t end, int) {
+      kernel(m_, x, rows, begin, end, bias, y, m_.rows);
+    });
+  }
+
+ private:
+  CsrMatrix m_;
+};
+
+// Reorders x into a layout's packed order (only when the layout has a gather) and
+// sums it per quantization group, once per call for all threads.
+const float* prepare_packed_input(LinearRunContext& context, const QuantLayout& w, const float* x, std::int64_t rows) {
+  const std::int64_t packed = w.packed_cols();
+  const float* xp = x;
+  if (!w.gather.empty()) {
+    context.packed_input.resize(static_cast<std::size_t>(rows * packed));
+    for (std::int64_t r = 0; r < rows; ++r) {
+      float* out = context.packed_input.data() + r * packed;
+      const float* in = x + r * w.cols;
+      for (std::int64_t p = 0; p < packed; ++p) {
+        const std::int32_t col = w.gather[static_cast<std::size_t>(p)];
+        out[p] = col < 0 ? 0.0f : in[col];
+      }
+    }
+    xp = context.packed_input.data();
+  }
+  context.group_sums.resize(static_cast<std::size_t>(rows * w.groups));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t g = 0; g < w.groups; ++g) {
+      const float* begin = xp + r * packed + w.group_unit_begin[static_cast<std::size_t>(g)] * w.codes_per_unit;
+      const float* end = xp + r * packed + w.group_unit_begin[static_cast<std::size_t>(g) + 1] * w.codes_per_unit;
+      float sum = 0.0f;
+      for (const float* v = begin; v != end; ++v) sum += *v;
+      context.group_sums[static_cast<std::size_t>(r * w.groups + g)] = sum;
+    }
+  }
+  return xp;
+}
+
+std::string offset_name(QuantizedMatrix::Offset offset) {
+  return offset == QuantizedMatrix::Offset::Min ? "min" : "zero-point";
+}
+
+class QuantWeights final : public CpuLinearWeights {
+ public:
+  explicit QuantWeights(QuantLayout w) : w_(std::move(w)) {}
+  std::int64_t rows() const override { return w_.rows; }
+  std::int64_t cols() const override { return w_.cols; }
+  std::uint64_t resident_bytes() const override { return w_.resident_bytes(); }
+  bool views_source() const override { return false; }
+  std::string describe() const override {
+    return fmt::format("int{} {} groups {}{} scales {}", w_.bits, w_.groups, offset_name(w_.offset),
+                       w_.gather.empty() ? "" : " reordered", dtype_name(w_.scale_dtype));
+  }
+  void dequantize_row(std::int64_t row, float* out) const override { w_.dequantize_row(row, out); }
+  void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
+    const QuantKernel kernel = quant_kernel(w_, context.isa);
+    PackedKernelArgs args;
+    args.x = prepare_packed_input(context, w_, x, rows);
+    args.ldx = w_.packed_cols();
+    args.group_sums = context.group_sums.data();
+    args.rows = rows;
+    args.bias = bias;
+    args.y = y;
+    args.ldy = w_.rows;
+    split(context.pool, w_.tiles, 1, [&](std::int64_t begin, std::int64_t end, int worker) {
+      PackedKernelArgs mine = args;
+      mine.scratch = worker_buffer(context, worker, packed_scratch_floats(rows)).data();
+      kernel(w_, mine, begin, end);
+    });
+  }
+
+ private:
+  QuantLayout w_;
+};
+
+class Sparse24Weights final : public CpuLinearWeights {
+ public:
+  explicit Sparse24Weights(Sparse24Layout w) : w_(std::move(w)) {}
+  std::int64_t rows() const override { return w_.rows; }
+  std::int64_t cols() const override { return w_.cols; }
+  std::uint64_t resident_bytes() const override { return w_.resident_bytes(); }
+  bool views_source() const override { return false; }
+  std::string describe() const override {
+    return fmt::format("int4 2:4-sparse {} groups zero-point scales {}", w_.groups, dtype_name(w_.scale_dtype));
+  }
+  void dequantize_row(std::int64_t row, float* out) const override { w_.dequantize_row(row, out); }
+  void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
+    const Sparse24Kernel kernel = sparse24_kernel(w_, context.isa);
+    PackedKernelArgs args;
+    args.x = x;
+    args.ldx = w_.cols;
+    args.rows = rows;
+    args.bias = bias;
+    args.y = y;
+    args.ldy = w_.rows;
+    split(context.pool, w_.tiles, 1, [&](std::int64_t begin, std::int64_t end, int) { kernel(w_, args, begin, end); });
+  }
+
+ private:
+  Sparse24Layout w_;
+};
+
+}  // namespace
+
+std::unique_ptr<CpuLinearWeights> make_dense_weights(const Matrix& dense) {
+  (void)linear_kernel(dense.dtype, Isa::Scalar);  // rejects dtypes without a kernel now, not at the first call
+  return std::make_unique<DenseWeights>(dense);
+}
+
+std::unique_ptr<CpuLinearWeights> make_csr_weights(const Matrix& dense) {
+  if (dense.cols > 65536) fail("CSR weights need at most 65536 input features, got {}", dense.cols);
+  (void)linear_kernel(dense.dtype, Isa::Scalar);
+  CsrMatrix csr;
+  csr.rows = dense.rows;
+  csr.cols = dense.cols;
+  csr.dtype = dense.dtype;
+  const std::size_t element = dtype_size(dense.dtype);
+  const auto* bytes = static_cast<const std::byte*>(dense.data);
+  const auto is_zero = [&](std::int64_t index) {
+    // -0.0 is a zero too; compare values, not bits.
+    return matrix_element(dense, index) == 0.0f;
+  };
+  csr.row_begin.reserve(static_cast<std::size_t>(dense.rows) + 1);
+  csr.row_begin.push_back(0);
+  std::int64_t nonzero = 0;
+  for (std::int64_t i = 0; i < dense.rows * dense.cols; ++i) nonzero += is_zero(i) ? 0 : 1;
+  csr.columns.reserve(static_cast<std::size_t>(nonzero));
+  csr.values = AlignedBytes(static_cast<std::size_t>(nonzero) * element);
+  std::byte* out = csr.values.data();
+  for (std::int64_t n = 0; n < dense.rows; ++n) {
+    for (std::int64_t k = 0; k < dense.cols; ++k) {
+      const std::int64_t index = n * dense.cols + k;
+      if (is_zero(index)) continue;
+      std::memcpy(out, bytes + static_cast<std::size_t>(index) * element, element);
+      out += element;
+      csr.columns.push_back(static_cast<std::uint16_t>(k));
+    }
+    csr.row_begin.push_back(static_cast<std::int64_t>(csr.columns.size()));
+  }
+  return std::make_unique<CsrWeights>(std::move(csr));
+}
+
+std::unique_ptr<CpuLinearWeights> make_quantized_weights(const QuantizedMatrix& quantized) {
+  quantized.validate();
+  if (fits_sparse24(quantized)) return std::make_unique<Sparse24Weights>(pack_sparse24(quantized));
+  return std::make_unique<QuantWeights>(pack_quantized(quantized));
+}
+
+double matrix_density(const Matrix& dense) {
+  const std::int64_t total = dense.rows * dense.cols;
+  if (total == 0) return 1.0;
+  // A strided sample of about a million elements decides the kernel without
+  // reading every page of a large dense model; CSR building counts exactly.
+  constexpr std::int64_t kSample = 1 << 20;
+  const std::int64_t stride = std::max<std::int64_t>(1, total / kSample) | 1;
+  std::int64_t nonzero = 0;
+  std::int64_t seen = 0;
+  for (std::int64_t i = 0; i < total; i += stride, ++seen) nonzero += matrix_element(dense, i) != 0.0f ? 1 : 0;
+  return static_cast<double>(nonzero) / static_cast<double>(seen);
+}
+
+double csr_density_threshold(DType dtype) {
+  // A nonzero costs its value plus a 2-byte column index, and a gathered input:
+  // CSR wins only well below the byte break-even point.
+  return dtype == DType::F32 ? 0.30 : 0.20;
+}
+
+}  // namespace nibble::kernels::cpu
