@@ -41,6 +41,7 @@ struct GenerateOptions {
   std::int64_t prefill_chunk = 512;
   bool ignore_eos = false;
   bool json = false;
+  bool expand_quantized = false;
 };
 
 std::string read_text_file(const std::string& path) {
@@ -80,7 +81,9 @@ void run_generate(const GenerateOptions& options) {
   ModelSource source = open_model(options.model);
   const auto tokenizer = load_tokenizer(source.path);
   kernels::CpuBackend backend(options.threads);
-  engine::LlamaModel model(source, backend, load_progress_reporter());
+  engine::LlamaModel::Options model_options;
+  model_options.expand_quantized = options.expand_quantized;
+  engine::LlamaModel model(source, backend, model_options, load_progress_reporter());
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   const auto& memory = model.weight_memory();
@@ -199,6 +202,8 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--ignore-eos", options->ignore_eos, "Keep generating past end-of-sequence tokens");
   cmd->add_flag("--json", options->json, "Print one JSON object with ids, text and timings instead of streaming");
+  cmd->add_flag("--expand-quantized", options->expand_quantized,
+                "Expand quantized weights to float32 at load (a benchmark baseline; ~8x the weight memory)");
   cmd->callback([options] { run_generate(*options); });
 }
 

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <optional>
+
 #include "common/error.h"
 #include "engine/rope.h"
 
@@ -75,7 +77,19 @@ LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend, con
 LlamaModel::Linear LlamaModel::linear(const WeightSource& weights, const std::string& module, std::int64_t rows,
                                       std::int64_t cols) {
   Linear prepared;
-  if (auto quantized = weights.load_quantized(module)) {
+  std::optional<QuantizedMatrix> quantized = weights.load_quantized(module);
+  if (quantized && options_.expand_quantized) {
+    std::vector<float> values(static_cast<std::size_t>(quantized->rows * quantized->cols));
+    for (std::int64_t n = 0; n < quantized->rows; ++n) {
+      for (std::int64_t k = 0; k < quantized->cols; ++k) values[static_cast<std::size_t>(n * quantized->cols + k)] = quantized->value(n, k);
+    }
+    TensorView tensor = make_owned_f32(module + ".weight", {quantized->rows, quantized->cols}, std::move(values));
+    quantized.reset();
+    check_shape(tensor, {rows, cols});
+    prepared = backend_.prepare_linear(kernels::Matrix{DType::F32, rows, cols, tensor.bytes.data()}, kernels::SparseChoice::Dense);
+    memory_.total += tensor.bytes.size();
+    held_.push_back(std::move(tensor));
+  } else if (quantized) {
     if (quantized->rows != rows || quantized->cols != cols) {
       fail("quantized weight '{}' is [{}, {}] but the config implies [{}, {}]", module, quantized->rows, quantized->cols,
            rows, cols);

@@ -28,6 +28,9 @@ class LlamaModel {
   struct Options {
     // Dense weights that are mostly zeros may run on a sparse kernel.
     kernels::SparseChoice sparse = kernels::SparseChoice::Auto;
+    // Expand quantized weights to float32 at load and run the dense kernels: the
+    // baseline benchmarks compare the packed kernels against, on the same weights.
+    bool expand_quantized = false;
   };
 
   // What the linear layers cost in memory.
