@@ -44,6 +44,7 @@ void run_inspect(const std::string& model_path, bool as_json) {
         {"kv_bytes_per_token_f32", stats.kv_bytes_per_token_f32},
         {"kv_bytes_per_token_f16", stats.kv_bytes_per_token_f16},
         {"has_chat_template", source.chat_template.has_value()},
+        {"quantization", source.quantization ? source.quantization->to_json() : nlohmann::json()},
     };
     std::printf("%s\n", out.dump(2).c_str());
     return;
@@ -58,6 +59,7 @@ void run_inspect(const std::string& model_path, bool as_json) {
   std::printf("context        %lld positions, rope theta %g%s%s\n", static_cast<long long>(c.max_position_embeddings),
               c.rope_theta, c.rope_scaling.kind == RopeScaling::Kind::Llama3 ? ", llama3 scaling" : "",
               c.tie_word_embeddings ? ", tied embeddings" : "");
+  if (source.quantization) std::printf("quantization   %s\n", source.quantization->describe().c_str());
   std::printf("parameters     %lld (%.1f M)\n", static_cast<long long>(stats.parameters),
               static_cast<double>(stats.parameters) / 1e6);
   for (const auto& [type, bytes] : stats.bytes_by_type) {

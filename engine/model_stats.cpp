@@ -1,11 +1,37 @@
 #include "engine/model_stats.h"
 
+#include <fmt/format.h>
+
+#include <set>
+
 namespace nibble::engine {
 
 ModelStats compute_model_stats(const ModelSource& source) {
   const ModelConfig& config = source.config;
   ModelStats stats;
+  std::set<std::string> counted_modules;
   for (const auto& tensor : source.weights->list()) {
+    // A GPTQ/AWQ/compressed-tensors module is several packed tensors (qweight,
+    // scales, ...): its parameters are the logical matrix, counted once, and all
+    // its tensors' bytes go to one "<bits>-bit <method>" entry.
+    const auto dot = tensor.name.rfind('.');
+    const std::string module = dot == std::string::npos ? tensor.name : tensor.name.substr(0, dot);
+    const bool packed_part = tensor.name.ends_with(".weight") == false && source.quantization.has_value() &&
+                             source.weights->has_quantized(module);
+    if (packed_part) {
+      const auto scheme = source.quantization->module(module);
+      const std::string label = fmt::format("{}-bit {}", scheme ? scheme->bits : 0,
+                                            quant_method_name(source.quantization->method));
+      stats.bytes_by_type[label] += tensor.stored_bytes;
+      stats.stored_bytes += tensor.stored_bytes;
+      const auto shape = linear_module_shape(config, module);
+      if (shape && counted_modules.insert(module).second) {
+        const std::int64_t numel = (*shape)[0] * (*shape)[1];
+        stats.parameters += numel;
+        stats.parameters_by_type[label] += numel;
+      }
+      continue;
+    }
     std::int64_t numel = 1;
     for (const auto d : tensor.shape) numel *= d;
     stats.parameters += numel;

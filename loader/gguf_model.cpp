@@ -7,6 +7,8 @@
 #include <utility>
 
 #include "common/error.h"
+#include "common/half.h"
+#include "common/mapped_file.h"
 
 namespace nibble {
 namespace {
@@ -187,6 +189,60 @@ std::optional<DType> plain_dtype(GgmlType type) {
   }
 }
 
+bool is_block_type(GgmlType type) { return type == GgmlType::Q4_0 || type == GgmlType::Q4_1 || type == GgmlType::Q8_0; }
+
+float block_f16(const std::byte* at) {
+  std::uint16_t bits;
+  std::memcpy(&bits, at, 2);
+  return f16_to_f32(bits);
+}
+
+// Q4_0 / Q4_1 / Q8_0 rows (32 weights per block, blocks along the row) as a
+// QuantizedMatrix with one group per block. `data` holds the rows in HF order.
+QuantizedMatrix unpack_blocks(const std::string& module, GgmlType type, std::span<const std::byte> data,
+                              std::int64_t rows, std::int64_t cols) {
+  constexpr std::int64_t kBlock = 32;
+  QuantizedMatrix m;
+  m.name = module;
+  m.rows = rows;
+  m.cols = cols;
+  m.groups = cols / kBlock;
+  m.group_of_col = contiguous_groups(cols, kBlock);
+  m.scale_dtype = DType::F16;
+  m.bits = type == GgmlType::Q8_0 ? 8 : 4;
+  m.offset = type == GgmlType::Q4_1 ? QuantizedMatrix::Offset::Min : QuantizedMatrix::Offset::ZeroPoint;
+  m.codes.resize(static_cast<std::size_t>(rows * cols));
+  m.scales.resize(static_cast<std::size_t>(rows * m.groups));
+  if (m.offset == QuantizedMatrix::Offset::Min) {
+    m.mins.resize(m.scales.size());
+  } else {
+    // Q4_0 stores q in [0, 16) for the value q - 8; Q8_0 stores signed q, kept as q + 128.
+    m.zeros.assign(m.scales.size(), type == GgmlType::Q8_0 ? 128 : 8);
+  }
+  const std::size_t block_bytes = type == GgmlType::Q4_0 ? 18 : type == GgmlType::Q4_1 ? 20 : 34;
+  for (std::int64_t b = 0; b < rows * m.groups; ++b) {
+    const std::byte* block = data.data() + static_cast<std::size_t>(b) * block_bytes;
+    // Blocks tile the rows exactly, so block b holds codes [32b, 32b + 32).
+    std::uint8_t* codes = m.codes.data() + b * kBlock;
+    m.scales[static_cast<std::size_t>(b)] = block_f16(block);
+    if (type == GgmlType::Q8_0) {
+      for (int j = 0; j < 32; ++j) codes[j] = static_cast<std::uint8_t>(static_cast<std::int8_t>(block[2 + j]) + 128);
+      continue;
+    }
+    if (type == GgmlType::Q4_1) m.mins[static_cast<std::size_t>(b)] = block_f16(block + 2);
+    const std::byte* qs = block + (type == GgmlType::Q4_1 ? 4 : 2);
+    // Element j < 16 is the low nibble of byte j, element j + 16 its high nibble.
+    for (int j = 0; j < 16; ++j) {
+      const auto byte = static_cast<std::uint8_t>(qs[j]);
+      codes[j] = byte & 0x0f;
+      codes[j + 16] = byte >> 4;
+    }
+  }
+  m.stored_bytes = data.size();
+  m.validate();
+  return m;
+}
+
 class GgufWeights final : public WeightSource {
  public:
   GgufWeights(std::shared_ptr<const GgufFile> gguf, const ModelConfig& config) : gguf_(std::move(gguf)) {
@@ -226,6 +282,33 @@ class GgufWeights final : public WeightSource {
     GgufTensor tensor = *entry.tensor;
     tensor.data = *reordered;
     return convert(name, tensor, reordered);
+  }
+
+  // Q4_0 / Q4_1 / Q8_0 weights unpacked without dequantizing (rows reordered
+  // exactly as load() does); nullopt for plain F32/F16/BF16 tensors.
+  std::optional<QuantizedMatrix> load_quantized(const std::string& module) const override {
+    if (!has_quantized(module)) return std::nullopt;
+    const Entry& entry = entries_.at(module + ".weight");
+    const GgufTensor& tensor = *entry.tensor;
+    if (tensor.shape.size() != 2) {
+      fail("{}: tensor '{}' has shape of rank {}, expected a matrix", gguf_->path().string(), tensor.name,
+           tensor.shape.size());
+    }
+    std::span<const std::byte> data = tensor.data;
+    std::vector<std::byte> reordered;
+    if (entry.rope_heads > 0) {
+      reordered.resize(data.size());
+      interleaved_rope_rows_to_halves(data, reordered, tensor.shape[0], entry.rope_heads);
+      data = reordered;
+    }
+    QuantizedMatrix m = unpack_blocks(module, tensor.type, data, tensor.shape[0], tensor.shape[1]);
+    release_mapped_pages(tensor.data);
+    return m;
+  }
+
+  bool has_quantized(const std::string& module) const override {
+    const auto it = entries_.find(module + ".weight");
+    return it != entries_.end() && is_block_type(it->second.tensor->type);
   }
 
   std::uint64_t file_bytes() const override { return gguf_->size(); }

@@ -106,6 +106,22 @@ void ModelConfig::validate() const {
   if (!(rope_theta > 0)) fail("model config: rope_theta must be positive");
 }
 
+std::optional<std::array<std::int64_t, 2>> linear_module_shape(const ModelConfig& config, const std::string& module) {
+  using Shape = std::array<std::int64_t, 2>;
+  if (module == "lm_head" || module == "model.embed_tokens") return Shape{config.vocab_size, config.hidden_size};
+  if (!module.starts_with("model.layers.")) return std::nullopt;
+  const auto dot = module.find('.', 13);
+  if (dot == std::string::npos) return std::nullopt;
+  const std::string part = module.substr(dot + 1);
+  const std::int64_t d = config.hidden_size;
+  if (part == "self_attn.q_proj") return Shape{config.q_dim(), d};
+  if (part == "self_attn.k_proj" || part == "self_attn.v_proj") return Shape{config.kv_dim(), d};
+  if (part == "self_attn.o_proj") return Shape{d, config.q_dim()};
+  if (part == "mlp.gate_proj" || part == "mlp.up_proj") return Shape{config.intermediate_size, d};
+  if (part == "mlp.down_proj") return Shape{d, config.intermediate_size};
+  return std::nullopt;
+}
+
 ModelConfig parse_hf_config(const json& config) {
   if (!config.is_object()) fail("config.json: not a JSON object");
   ModelConfig out;

@@ -1,6 +1,7 @@
 #pragma once
 // The hyper-parameters of a Llama-family decoder, filled from a Hugging Face
 // config.json or from GGUF metadata, and the generation defaults that ship with it.
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -46,6 +47,12 @@ struct ModelConfig {
   // Checks internal consistency (positive sizes, heads divide evenly, ...).
   void validate() const;
 };
+
+// [rows (output features), cols (input features)] of the weight of module `module`
+// ("model.layers.3.mlp.up_proj", "lm_head", "model.embed_tokens") as the config
+// implies it; nullopt for names it does not know. Quantized readers check stored
+// shapes against it so a mis-shaped tensor is reported by name, not mis-read.
+std::optional<std::array<std::int64_t, 2>> linear_module_shape(const ModelConfig& config, const std::string& module);
 
 // Throws nibble::Error for unsupported architectures and missing or mistyped fields.
 ModelConfig parse_hf_config(const nlohmann::json& config);

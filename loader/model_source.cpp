@@ -5,8 +5,10 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "loader/compressed_tensors.h"
 #include "loader/gguf.h"
 #include "loader/gguf_model.h"
+#include "loader/gptq.h"
 #include "loader/safetensors.h"
 
 namespace nibble {
@@ -53,11 +55,13 @@ ModelSource open_hf_folder(const std::filesystem::path& folder) {
   ModelSource source;
   source.path = folder;
   source.format = ModelFormat::HuggingFace;
+  const json config = read_json_file(folder / "config.json");
   try {
-    source.config = parse_hf_config(read_json_file(folder / "config.json"));
+    source.config = parse_hf_config(config);
   } catch (const Error& e) {
     fail("{}: {}", folder.string(), e.what());
   }
+  source.quantization = read_quantization_config(folder);
   if (std::filesystem::exists(folder / "generation_config.json")) {
     source.generation = parse_generation_config(read_json_file(folder / "generation_config.json"));
   }
@@ -65,7 +69,14 @@ ModelSource open_hf_folder(const std::filesystem::path& folder) {
   if (std::filesystem::exists(folder / "tokenizer_config.json")) {
     source.chat_template = chat_template_from(read_json_file(folder / "tokenizer_config.json"));
   }
-  source.weights = SafetensorsWeights::open_folder(folder);
+  auto weights = SafetensorsWeights::open_folder(folder);
+  if (!source.quantization) {
+    source.weights = std::move(weights);
+  } else if (source.quantization->method == QuantMethod::CompressedTensors) {
+    source.weights = make_compressed_tensors_weights(std::move(weights), *source.quantization, source.config);
+  } else {
+    source.weights = make_gptq_weights(std::move(weights), *source.quantization, source.config);
+  }
   return source;
 }
 

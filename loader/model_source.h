@@ -7,6 +7,7 @@
 #include <string>
 
 #include "loader/model_config.h"
+#include "loader/quantization_config.h"
 #include "loader/weight_source.h"
 
 namespace nibble {
@@ -18,6 +19,10 @@ struct ModelSource {
   ModelFormat format = ModelFormat::HuggingFace;
   ModelConfig config;
   GenerationDefaults generation;
+  // What a Hugging Face folder's quantization config declares (GPTQ, AWQ,
+  // compressed-tensors); `weights` then unpacks those modules. Empty for plain
+  // checkpoints and for GGUF, whose block types are per tensor (see list()).
+  std::optional<QuantizationConfig> quantization;
   std::unique_ptr<WeightSource> weights;
   std::optional<std::string> chat_template;
 };

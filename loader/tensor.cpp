@@ -18,4 +18,15 @@ TensorView make_owned_f32(std::string name, std::vector<std::int64_t> shape, std
   return view;
 }
 
+TensorView make_owned_tensor(std::string name, DType dtype, std::vector<std::int64_t> shape, std::vector<std::byte> bytes) {
+  auto storage = std::make_shared<std::vector<std::byte>>(std::move(bytes));
+  TensorView view;
+  view.name = std::move(name);
+  view.dtype = dtype;
+  view.shape = std::move(shape);
+  view.bytes = std::span<const std::byte>(*storage);
+  view.owner = storage;
+  return view;
+}
+
 }  // namespace nibble

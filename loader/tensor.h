@@ -33,5 +33,8 @@ struct TensorView {
 
 // A tensor that owns float32 data, for weights converted or dequantized at load.
 TensorView make_owned_f32(std::string name, std::vector<std::int64_t> shape, std::vector<float> values);
+// A tensor of any plain dtype that owns its bytes (numel x dtype size), for
+// weights rebuilt at load in the file's own precision (e.g. sparse -> dense).
+TensorView make_owned_tensor(std::string name, DType dtype, std::vector<std::int64_t> shape, std::vector<std::byte> bytes);
 
 }  // namespace nibble

@@ -66,6 +66,18 @@ TEST_F(SmolLM2Reference, LastPositionLogitsMatchTransformers) {
   }
 }
 
+// The GGUF's Q4_1 layers and Q8_0 embedding/lm_head run packed, never expanded,
+// and stay within 1.15x of their size in the file.
+TEST_F(SmolLM2Reference, QuantizedLayersStayPackedWithinTheMemoryBudget) {
+  const auto& memory = model_->weight_memory();
+  EXPECT_EQ(memory.quantized_layers, 30 * 7 + 1);  // seven linears per layer and the tied embedding/lm_head
+  EXPECT_GT(memory.quantized_file, 90u << 20);
+  EXPECT_LE(static_cast<double>(memory.quantized_resident), 1.15 * static_cast<double>(memory.quantized_file));
+  for (const auto& [kind, count] : model_->linear_kinds()) {
+    EXPECT_EQ(kind.find("dense"), std::string::npos) << kind << " x" << count;
+  }
+}
+
 TEST_F(SmolLM2Reference, SixtyFourGreedyTokensMatchTransformers) {
   for (const auto& reference_case : reference_["cases"]) {
     GenerationRequest request;
