@@ -1,6 +1,8 @@
 #include "common/quantized_matrix.h"
 
 #include <cmath>
+#include <optional>
+#include <utility>
 
 #include "common/error.h"
 
@@ -13,6 +15,26 @@ float QuantizedMatrix::value(std::int64_t n, std::int64_t k) const {
   if (offset == Offset::Min) return scales[index(n, g)] * q + mins[index(n, g)];
   return scales[index(n, g)] * (q - static_cast<float>(zeros[index(n, g)]));
 }
+
+namespace {
+
+// (row, first column) of the first run of 4 columns with more than 2 codes off their zero point.
+std::optional<std::pair<std::int64_t, std::int64_t>> first_2_4_violation(const QuantizedMatrix& m) {
+  for (std::int64_t n = 0; n < m.rows; ++n) {
+    for (std::int64_t k = 0; k + 4 <= m.cols; k += 4) {
+      int nonzero = 0;
+      for (std::int64_t j = 0; j < 4; ++j) {
+        const auto cell = static_cast<std::size_t>(n * m.cols + k + j);
+        const auto zero = m.zeros[static_cast<std::size_t>(n * m.groups + m.group(k + j))];
+        nonzero += m.codes[cell] != zero ? 1 : 0;
+      }
+      if (nonzero > 2) return std::pair{n, k};
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
 
 void QuantizedMatrix::validate() const {
   if (bits != 2 && bits != 3 && bits != 4 && bits != 8) fail("{}: {}-bit weights are not supported (2, 3, 4, 8)", name, bits);
@@ -44,18 +66,15 @@ void QuantizedMatrix::validate() const {
   }
   if (sparse_2_4) {
     if (cols % 4 != 0) fail("{}: 2:4 sparsity needs a multiple of 4 input columns, got {}", name, cols);
-    for (std::int64_t n = 0; n < rows; ++n) {
-      for (std::int64_t k = 0; k < cols; k += 4) {
-        int nonzero = 0;
-        for (std::int64_t j = 0; j < 4; ++j) {
-          const auto cell = static_cast<std::size_t>(n * cols + k + j);
-          const auto zero = zeros[static_cast<std::size_t>(n * groups + group(k + j))];
-          nonzero += codes[cell] != zero ? 1 : 0;
-        }
-        if (nonzero > 2) fail("{}: row {} columns {}..{} break the 2:4 pattern ({} nonzero)", name, n, k, k + 3, nonzero);
-      }
+    if (const auto bad = first_2_4_violation(*this)) {
+      fail("{}: row {} columns {}..{} break the 2:4 pattern (more than 2 nonzero)", name, bad->first, bad->second,
+           bad->second + 3);
     }
   }
+}
+
+bool QuantizedMatrix::follows_2_4() const {
+  return offset == Offset::ZeroPoint && cols % 4 == 0 && !first_2_4_violation(*this);
 }
 
 std::vector<std::int32_t> contiguous_groups(std::int64_t cols, std::int64_t group_size) {

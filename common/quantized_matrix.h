@@ -41,6 +41,9 @@ struct QuantizedMatrix {
   std::uint64_t stored_bytes = 0;
 
   std::int64_t group(std::int64_t col) const { return group_of_col[static_cast<std::size_t>(col)]; }
+  // Whether every aligned run of 4 columns of every row has at most 2 codes that differ
+  // from their zero point (ZeroPoint offset, cols a multiple of 4).
+  bool follows_2_4() const;
   // The dequantized weight (row n, input column k), for references and tests.
   float value(std::int64_t n, std::int64_t k) const;
   // Throws nibble::Error naming the matrix when sizes, codes, groups or the 2:4

@@ -293,7 +293,9 @@ class CompressedTensorsWeights final : public WeightSource {
   // `used`: every file tensor the matrix was read from (all mapped views).
   static QuantizedMatrix finish(QuantizedMatrix m, const ModuleQuantization& q, bool stored_2_4,
                                 const std::vector<TensorView>& used) {
-    m.sparse_2_4 = q.sparse_2_4 || stored_2_4;
+    // A 2:4 structure declared over dense storage is a claim about the data; keep the
+    // flag (and so the sparse kernel) only where the codes bear it out.
+    m.sparse_2_4 = q.sparse_2_4 || stored_2_4 || (q.sparse_2_4_unchecked && m.follows_2_4());
     m.stored_bytes = quant::stored_bytes(used);
     m.validate();
     quant::release(used);

@@ -471,6 +471,8 @@ std::optional<ModuleQuantization> QuantizationConfig::module(const std::string& 
       if (best == nullptr || !best->weights || best->weights->format == "dense") return std::nullopt;
       ModuleQuantization out = *best->weights;
       out.sparse_2_4 = sparsity && sparsity->format == "sparse-24-bitmask" && sparse_target(name);
+      out.sparse_2_4_unchecked = sparsity && sparsity->format == "dense" && sparsity->structure == "2:4" &&
+                                 match_rank(name, sparsity->targets) > 0 && match_rank(name, sparsity->ignore) == 0;
       return out;
     }
   }

@@ -26,7 +26,12 @@ struct ModuleQuantization {
   bool act_order = false;  // groups follow a stored per-column index (GPTQ desc_act g_idx, CT actorder "group")
   // Storage layout: "gptq" (v1 zeros), "gptq_v2", "gemm" (AWQ), "pack-quantized", "int-quantized".
   std::string format;
-  bool sparse_2_4 = false;  // compressed-tensors sparsity_config declares 2:4 for this module
+  // compressed-tensors sparsity_config covers this module with sparsity_structure "2:4".
+  // sparse-24-bitmask: the codes must follow the pattern (an error otherwise).
+  bool sparse_2_4 = false;
+  // Format "dense": the tool pruned 2:4 but stored the codes plainly; the reader uses
+  // the pattern only where the codes bear it out.
+  bool sparse_2_4_unchecked = false;
 };
 
 // GPTQModel's per-module `dynamic` rule: the first pattern that matches the module
