@@ -6,14 +6,24 @@
 //   weight_GBps  bytes of (packed) weights streamed per second
 //   x_stream     weight_GBps as a fraction of a STREAM-like copy's bandwidth
 //                (read + write bytes), measured at the start of this run
+//   copies       copies of the weight the calls rotate through
+//
+// Weights are cold, as in decode: a model's layers together far exceed the caches,
+// so each call streams its weight from memory. Every benchmark rotates through
+// enough copies of its weight to fill twice the machine's caches; without that, a
+// server with a few hundred MB of L3 serves a single 4096x11008 weight (even in
+// float32) from cache and the ratios mean nothing.
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <random>
+#include <string>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -31,7 +41,35 @@ using nibble::kernels::LinearWeights;
 using nibble::kernels::Matrix;
 using nibble::kernels::SparseChoice;
 
-constexpr int kThreads = 2;
+// Threads for every kernel and for the copy: NIBBLE_BENCH_THREADS, else every core.
+int bench_threads() {
+  static const int threads = [] {
+    const char* text = std::getenv("NIBBLE_BENCH_THREADS");
+    const int from_env = text != nullptr ? std::atoi(text) : 0;
+    return from_env > 0 ? from_env : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }();
+  return threads;
+}
+
+// Bytes of data cache on this machine, all levels and instances together.
+double cache_bytes() {
+  static const double bytes = [] {
+    const auto& info = benchmark::CPUInfo::Get();
+    double total = 0;
+    for (const auto& cache : info.caches) {
+      if (cache.type == "Instruction") continue;
+      const int instances = cache.num_sharing > 0 ? std::max(1, info.num_cpus / cache.num_sharing) : 1;
+      total += static_cast<double>(cache.size) * instances;
+    }
+    return total;
+  }();
+  return bytes;
+}
+
+// How many copies of a weight of `bytes` together fill the caches twice over.
+std::size_t cold_copies(double bytes) {
+  return static_cast<std::size_t>(std::clamp(std::ceil(2 * cache_bytes() / bytes), 1.0, 256.0));
+}
 
 template <typename F>
 double seconds_per_call(F&& call) {
@@ -47,15 +85,15 @@ double seconds_per_call(F&& call) {
   return elapsed / calls;
 }
 
-// Copy bandwidth with kThreads threads over buffers far larger than the caches.
+// Copy bandwidth with bench_threads() threads over buffers far larger than the caches.
 double stream_copy_gbps() {
   static const double gbps = [] {
     const std::size_t bytes = std::size_t{256} << 20;
     std::vector<char> a(bytes, 1), b(bytes, 0);
     const auto copy = [&] {
       std::vector<std::thread> threads;
-      const std::size_t part = bytes / kThreads;
-      for (int t = 0; t < kThreads; ++t) {
+      const std::size_t part = bytes / bench_threads();
+      for (int t = 0; t < bench_threads(); ++t) {
         threads.emplace_back([&, t] { std::memcpy(b.data() + t * part, a.data() + t * part, part); });
       }
       for (auto& thread : threads) thread.join();
@@ -96,20 +134,37 @@ struct Inputs {
   }
 };
 
+// Cold copies of an f32 [n, k] weight.
+struct F32Weights {
+  std::vector<std::vector<float>> copies;
+  std::vector<Matrix> matrices;
+  F32Weights(std::int64_t n, std::int64_t k) {
+    const auto count = cold_copies(static_cast<double>(n * k) * sizeof(float));
+    for (std::size_t i = 0; i < count; ++i) {
+      copies.emplace_back(static_cast<std::size_t>(n * k), 0.01f);
+      matrices.push_back(Matrix{DType::F32, n, k, copies.back().data()});
+    }
+  }
+};
+
 // Seconds per call of the f32 dense kernel, once per (n, k, rows) in this run.
 double f32_baseline(CpuBackend& backend, std::int64_t n, std::int64_t k, std::int64_t rows) {
   static std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t>, double> seconds;
   const auto key = std::make_tuple(n, k, rows);
   if (!seconds.contains(key)) {
-    std::vector<float> w(static_cast<std::size_t>(n * k), 0.01f);
+    const F32Weights w(n, k);
     Inputs io(rows, n, k);
-    const Matrix dense{DType::F32, n, k, w.data()};
-    seconds[key] = seconds_per_call([&] { backend.linear(io.x.data(), rows, dense, nullptr, io.y.data()); });
+    std::size_t next = 0;
+    seconds[key] = seconds_per_call([&] {
+      backend.linear(io.x.data(), rows, w.matrices[next++ % w.matrices.size()], nullptr, io.y.data());
+    });
   }
   return seconds[key];
 }
 
-void report(benchmark::State& state, double weight_bytes, double seconds, double baseline_seconds) {
+void report(benchmark::State& state, double weight_bytes, double seconds, double baseline_seconds,
+            std::size_t copies) {
+  state.counters["copies"] = static_cast<double>(copies);
   state.counters["x_f32"] = baseline_seconds / seconds;
   state.counters["weight_GBps"] = weight_bytes / seconds / 1e9;
   state.counters["x_stream"] = weight_bytes / seconds / 1e9 / stream_copy_gbps();
@@ -120,31 +175,38 @@ void BM_QuantLinear(benchmark::State& state) {
   const std::int64_t k = state.range(0), n = state.range(1), rows = state.range(2);
   const int bits = static_cast<int>(state.range(3));
   const bool sparse = state.range(4) != 0;
-  CpuBackend backend(kThreads);
-  const auto weights = backend.prepare_linear(random_quantized(n, k, bits, 128, sparse));
+  CpuBackend backend(bench_threads());
+  const QuantizedMatrix matrix = random_quantized(n, k, bits, 128, sparse);
+  std::vector<std::shared_ptr<const LinearWeights>> copies{backend.prepare_linear(matrix)};
+  const double bytes = static_cast<double>(copies[0]->resident_bytes());
+  while (copies.size() < cold_copies(bytes)) copies.push_back(backend.prepare_linear(matrix));
   Inputs io(rows, n, k);
-  const auto call = [&] { backend.linear(io.x.data(), rows, *weights, nullptr, io.y.data()); };
+  std::size_t next = 0;
+  const auto call = [&] { backend.linear(io.x.data(), rows, *copies[next++ % copies.size()], nullptr, io.y.data()); };
   for (auto _ : state) {
     call();
     benchmark::DoNotOptimize(io.y.data());
   }
-  report(state, static_cast<double>(weights->resident_bytes()), seconds_per_call(call), f32_baseline(backend, n, k, rows));
-  state.SetLabel(weights->describe());
+  report(state, bytes, seconds_per_call(call), f32_baseline(backend, n, k, rows), copies.size());
+  state.SetLabel(copies[0]->describe());
 }
 
 // The f32 dense kernel itself, for its own GB/s next to the quantized ones.
 void BM_F32Linear(benchmark::State& state) {
   const std::int64_t k = state.range(0), n = state.range(1), rows = state.range(2);
-  CpuBackend backend(kThreads);
-  std::vector<float> w(static_cast<std::size_t>(n * k), 0.01f);
-  const Matrix dense{DType::F32, n, k, w.data()};
+  CpuBackend backend(bench_threads());
+  const F32Weights w(n, k);
   Inputs io(rows, n, k);
-  const auto call = [&] { backend.linear(io.x.data(), rows, dense, nullptr, io.y.data()); };
+  std::size_t next = 0;
+  const auto call = [&] {
+    backend.linear(io.x.data(), rows, w.matrices[next++ % w.matrices.size()], nullptr, io.y.data());
+  };
   for (auto _ : state) {
     call();
     benchmark::DoNotOptimize(io.y.data());
   }
-  report(state, static_cast<double>(n * k * 4), seconds_per_call(call), f32_baseline(backend, n, k, rows));
+  report(state, static_cast<double>(n * k * 4), seconds_per_call(call), f32_baseline(backend, n, k, rows),
+         w.matrices.size());
 }
 
 // CSR against the dense f16 kernel at a given density (percent), to place the
@@ -152,23 +214,32 @@ void BM_F32Linear(benchmark::State& state) {
 void BM_CsrVsDenseF16(benchmark::State& state) {
   const std::int64_t k = 4096, n = 4096, rows = state.range(1);
   const double density = static_cast<double>(state.range(0)) / 100.0;
-  CpuBackend backend(kThreads);
+  CpuBackend backend(bench_threads());
   std::mt19937 rng(3);
   std::bernoulli_distribution keep(density);
-  std::vector<std::uint16_t> w(static_cast<std::size_t>(n * k));
-  for (auto& v : w) v = keep(rng) ? nibble::f32_to_f16(0.01f) : 0;
-  const Matrix dense{DType::F16, n, k, w.data()};
-  const auto csr = backend.prepare_linear(dense, SparseChoice::Sparse);
+  const auto count = cold_copies(static_cast<double>(n * k) * sizeof(std::uint16_t));
+  std::vector<std::uint16_t> pattern(static_cast<std::size_t>(n * k));
+  for (auto& v : pattern) v = keep(rng) ? nibble::f32_to_f16(0.01f) : 0;
+  std::vector<std::vector<std::uint16_t>> w(count, pattern);
+  std::vector<Matrix> dense;
+  std::vector<std::shared_ptr<const LinearWeights>> csr;
+  for (auto& copy : w) {
+    dense.push_back(Matrix{DType::F16, n, k, copy.data()});
+    csr.push_back(backend.prepare_linear(dense.back(), SparseChoice::Sparse));
+  }
   Inputs io(rows, n, k);
-  const auto call = [&] { backend.linear(io.x.data(), rows, *csr, nullptr, io.y.data()); };
-  const double dense_seconds = seconds_per_call([&] { backend.linear(io.x.data(), rows, dense, nullptr, io.y.data()); });
+  std::size_t next = 0;
+  const auto call = [&] { backend.linear(io.x.data(), rows, *csr[next++ % count], nullptr, io.y.data()); };
+  const double dense_seconds = seconds_per_call(
+      [&] { backend.linear(io.x.data(), rows, dense[next++ % count], nullptr, io.y.data()); });
   for (auto _ : state) {
     call();
     benchmark::DoNotOptimize(io.y.data());
   }
   const double seconds = seconds_per_call(call);
   state.counters["x_dense_f16"] = dense_seconds / seconds;
-  state.counters["weight_GBps"] = static_cast<double>(csr->resident_bytes()) / seconds / 1e9;
+  state.counters["weight_GBps"] = static_cast<double>(csr[0]->resident_bytes()) / seconds / 1e9;
+  state.counters["copies"] = static_cast<double>(count);
 }
 
 void Shapes(benchmark::internal::Benchmark* b, bool quant) {
@@ -200,4 +271,12 @@ BENCHMARK(BM_CsrVsDenseF16)
 
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("threads", std::to_string(bench_threads()));
+  benchmark::AddCustomContext("stream_copy_GBps", std::to_string(stream_copy_gbps()));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

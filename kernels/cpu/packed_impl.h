@@ -80,6 +80,16 @@ inline void store_tile(const PackedKernelArgs& a, std::int64_t layout_rows, std:
 }
 
 // Few rows (decode): each unpacked weight register feeds all Rows FMAs at once.
+// The weights stream from memory once per call (decode reads every layer in turn, far
+// more than the caches hold). The hardware prefetcher alone leaves the unpacking
+// waiting on memory; asking for the cache lines a few KB ahead overlaps the two.
+constexpr std::size_t kPrefetchDistance = 2048;
+
+inline void prefetch_ahead(const void* at, std::size_t bytes) {
+  const char* ahead = static_cast<const char*>(at) + kPrefetchDistance;
+  for (std::size_t line = 0; line < bytes; line += 64) __builtin_prefetch(ahead + line, 0, 0);
+}
+
 template <int Bits, typename ScaleFormat, bool kMin, int Rows>
 void quant_tile_direct(const QuantLayout& w, const PackedKernelArgs& a, std::int64_t tile, std::int64_t r0) {
   using Shape = UnitShape<Bits>;
@@ -98,6 +108,7 @@ void quant_tile_direct(const QuantLayout& w, const PackedKernelArgs& a, std::int
     for (std::int64_t u = w.group_unit_begin[static_cast<std::size_t>(g)]; u < unit_end; ++u) {
       const std::uint32_t* unit = tile_words + u * Shape::kWords * kLanes;
       const float* xu = x + u * Shape::kCodes;
+      prefetch_ahead(unit, Shape::kWords * kLanes * sizeof(std::uint32_t));
       for (int v = 0; v < kRegsPerTile; ++v) {
         typename V::ireg words[Shape::kWords];
         for (int plane = 0; plane < Shape::kWords; ++plane) words[plane] = V::load_u32(unit + plane * kLanes + v * V::kWidth);
@@ -160,6 +171,7 @@ void quant_tile_batched(const QuantLayout& w, const PackedKernelArgs& a, std::in
       for (std::int64_t u = u0; u < u1; ++u) {
         const std::uint32_t* unit = tile_words + u * Shape::kWords * kLanes;
         float* out = unpacked + (u - u0) * Shape::kCodes * kLanes;
+        prefetch_ahead(unit, Shape::kWords * kLanes * sizeof(std::uint32_t));
         for (int v = 0; v < kRegsPerTile; ++v) {
           typename V::ireg words[Shape::kWords];
           for (int plane = 0; plane < Shape::kWords; ++plane) words[plane] = V::load_u32(unit + plane * kLanes + v * V::kWidth);
@@ -249,6 +261,8 @@ void sparse24_tile(const Sparse24Layout& w, const PackedKernelArgs& a, std::int6
     const std::int64_t unit_end = (g + 1) * w.units_per_group;
     for (std::int64_t u = g * w.units_per_group; u < unit_end; ++u) {
       const float* xu = a.x + r0 * a.ldx + u * kUnitInputs;
+      prefetch_ahead(tile_codes + u * kLanes, kLanes * sizeof(std::uint32_t));
+      prefetch_ahead(tile_positions + u * kLanes, kLanes * sizeof(std::uint16_t));
       for (int v = 0; v < kRegsPerTile; ++v) {
         const auto codes = V::load_u32(tile_codes + u * kLanes + v * V::kWidth);
         const auto positions = V::load_u16(tile_positions + u * kLanes + v * V::kWidth);
