@@ -1,7 +1,5 @@
 #include "loader/model_source.h"
 
-#include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -9,22 +7,13 @@
 #include "loader/gguf.h"
 #include "loader/gguf_model.h"
 #include "loader/gptq.h"
+#include "loader/json_file.h"
 #include "loader/safetensors.h"
 
 namespace nibble {
 namespace {
 
 using json = nlohmann::json;
-
-json read_json_file(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) fail("cannot read {}", path.string());
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    fail("{}: not valid JSON: {}", path.string(), e.what());
-  }
-}
 
 std::optional<std::string> chat_template_from(const json& tokenizer_config) {
   if (!tokenizer_config.contains("chat_template")) return std::nullopt;

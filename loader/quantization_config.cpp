@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <fstream>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -10,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "loader/json_file.h"
 
 namespace nibble {
 namespace {
@@ -394,16 +394,6 @@ nlohmann::json scheme_json(const ModuleQuantization& m) {
       {"bits", m.bits}, {"group_size", m.group_size}, {"sym", m.sym}, {"act_order", m.act_order}, {"format", m.format}};
 }
 
-json read_json(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) fail("cannot read {}", path.string());
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    fail("{}: not valid JSON: {}", path.string(), e.what());
-  }
-}
-
 }  // namespace
 
 std::string_view quant_method_name(QuantMethod method) {
@@ -564,7 +554,7 @@ QuantizationConfig parse_quantization_config(const json& description) {
 }
 
 std::optional<QuantizationConfig> read_quantization_config(const std::filesystem::path& folder) {
-  const json config = read_json(folder / "config.json");
+  const json config = read_json_file(folder / "config.json");
   for (const char* key : {"quantization_config", "compression_config"}) {
     if (!config.is_object() || !present(config, key)) continue;
     json description = config[key];
@@ -581,7 +571,7 @@ std::optional<QuantizationConfig> read_quantization_config(const std::filesystem
   for (const char* name : {"quantize_config.json", "quant_config.json"}) {
     const auto path = folder / name;
     if (!std::filesystem::exists(path)) continue;
-    const json description = read_json(path);
+    const json description = read_json_file(path);
     try {
       return parse_quantization_config(description);
     } catch (const Error& e) {

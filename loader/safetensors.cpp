@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "loader/json_file.h"
 
 namespace nibble {
 namespace {
@@ -138,13 +139,7 @@ std::unique_ptr<SafetensorsWeights> SafetensorsWeights::open_folder(const std::f
   std::vector<std::string> shard_names;
   std::map<std::string, std::string> expected_shard;  // tensor -> shard, from the index
   if (std::filesystem::exists(index_path)) {
-    std::ifstream in(index_path);
-    json index;
-    try {
-      index = json::parse(in);
-    } catch (const json::exception& e) {
-      fail("{}: not valid JSON: {}", index_path.string(), e.what());
-    }
+    const json index = read_json_file(index_path);
     if (!index.contains("weight_map") || !index["weight_map"].is_object()) {
       fail("{}: missing the weight_map object", index_path.string());
     }
