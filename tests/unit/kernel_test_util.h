@@ -24,6 +24,19 @@ inline double relative_error(std::span<const float> actual, std::span<const floa
   return max_ref == 0 ? max_diff : max_diff / max_ref;
 }
 
+// max |actual - expected| / scale; infinity when anything is not finite. For sums whose
+// terms may cancel, `scale` is the sum of the terms' magnitudes, the size a rounding
+// error is proportional to (max |expected| can be arbitrarily small).
+inline double error_relative_to(std::span<const float> actual, std::span<const float> expected, double scale) {
+  if (actual.size() != expected.size()) return INFINITY;
+  double max_diff = 0;
+  for (std::size_t i = 0; i < actual.size(); ++i) {
+    if (!std::isfinite(actual[i]) || !std::isfinite(expected[i])) return INFINITY;
+    max_diff = std::max(max_diff, std::abs(static_cast<double>(actual[i]) - expected[i]));
+  }
+  return max_diff / scale;
+}
+
 inline std::vector<float> random_floats(std::mt19937& rng, std::size_t n, float scale = 1.0f) {
   std::normal_distribution<float> normal(0.0f, scale);
   std::vector<float> values(n);
