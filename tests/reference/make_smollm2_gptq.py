@@ -16,19 +16,22 @@ Stages (each is idempotent; `all` runs them in order):
              quantized linear is dequantized to float32 by GPTQModel's own unpacker (scales
              widened first) into a float32 LlamaForCausalLM, which produces, for the five
              prompts of make_smollm2_reference.py, 32 greedy tokens with the top-1/top-2 logit
-             gap at every step -> tests/reference/smollm2_gptq_reference.json (with the sha256
-             of every checkpoint file, so a test knows it is looking at the same checkpoint).
+             gap at every step -> models/smollm2-135m-gptq-g128.reference.json (with the sha256
+             of every checkpoint file, so a test knows it is looking at the same checkpoint);
+             with --record also tests/reference/smollm2_gptq_reference.json, the committed
+             record of the run the docs quote.
 
   sparse24   (benchmark only, in the llm-compressor 0.10 venv) SparseGPT 2:4 then W4A16 g64 by
              llm-compressor on the same calibration ids -> models/smollm2-135m-2of4-w4a16, for
              bench/compressed_generate_bench.py. No fine-tuning follows the pruning, so its text is
              worse; it measures speed and memory, not quality.
 
-The checkpoint (~110 MB) is too big to commit and needs torch + GPTQModel to make (several GB
-of wheels), so CI does not make it; tests/unit/gptq_reference_test.cpp runs where it exists.
-Regenerate, in the GPTQModel venv of tests/quant/README.md:
-    scripts/get-model
-    /work/venvs/quant/bin/python tests/reference/make_smollm2_gptq.py all
+The checkpoint (~110 MB) is too big to commit: scripts/make-gptq-model makes it (and its
+reference) in a venv with tests/reference/requirements-gptq.txt, in CI before the tests;
+tests/unit/gptq_reference_test.cpp runs wherever it exists. By hand:
+    scripts/make-gptq-model [--record]
+    # or, in an environment that has those packages:
+    python tests/reference/make_smollm2_gptq.py all [--record]
     /work/venvs/llmc010/bin/python tests/reference/make_smollm2_gptq.py sparse24
 """
 import argparse
@@ -48,7 +51,8 @@ BASE = os.path.join(MODELS, "quant_work", "smollm2_base")
 OUT = os.path.join(MODELS, "smollm2-135m-gptq-g128")
 SPARSE_OUT = os.path.join(MODELS, "smollm2-135m-2of4-w4a16")
 CALIB_IDS = os.path.join(MODELS, "quant_work", "smollm2_calibration_ids.json")
-REFERENCE = os.path.join(HERE, "smollm2_gptq_reference.json")
+REFERENCE = OUT + ".reference.json"  # beside the checkpoint it describes
+RECORD = os.path.join(HERE, "smollm2_gptq_reference.json")  # the committed copy (--record)
 GREEDY_TOKENS = 32
 CALIB_SAMPLES, CALIB_LEN = 64, 256
 CALIB_MODULES = [
@@ -151,7 +155,7 @@ def stage_quantize(tools):
     print(f"quantize: {OUT} in {seconds:.0f} s")
 
 
-def stage_reference(tools):
+def stage_reference(tools, record):
     torch = tools.set_cpu_env()
     import gptqmodel
     import transformers
@@ -217,6 +221,9 @@ def stage_reference(tools):
             "cases": cases,
         }, f, indent=1, ensure_ascii=False)
     print(f"reference: wrote {REFERENCE}")
+    if record:
+        shutil.copyfile(REFERENCE, RECORD)
+        print(f"reference: recorded in {RECORD}")
 
 
 def stage_sparse24(tools):
@@ -264,6 +271,7 @@ def stage_sparse24(tools):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["all", "base", "quantize", "reference", "sparse24"])
+    ap.add_argument("--record", action="store_true", help="also copy the reference to " + os.path.relpath(RECORD, REPO))
     args = ap.parse_args()
     if not os.path.exists(GGUF):
         sys.exit(f"{GGUF} is missing: run scripts/get-model")
@@ -273,7 +281,7 @@ def main():
     if args.stage in ("all", "quantize"):
         stage_quantize(tools)
     if args.stage in ("all", "reference"):
-        stage_reference(tools)
+        stage_reference(tools, args.record)
     if args.stage == "sparse24":
         stage_sparse24(tools)
 

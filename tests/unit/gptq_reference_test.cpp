@@ -1,7 +1,8 @@
 // SmolLM2-135M-Instruct quantized by GPTQModel (4-bit, group 128) against transformers
-// running the same checkpoint, as recorded by tests/reference/make_smollm2_gptq.py.
-// The checkpoint is made locally (it needs torch + GPTQModel); CMake registers this
-// test only where it exists, after checking its hash against the reference.
+// running the same checkpoint, as recorded beside it by tests/reference/
+// make_smollm2_gptq.py (scripts/make-gptq-model; CI runs it before the tests). CMake
+// registers this test only where the checkpoint exists, after checking that its hash
+// is the one the reference was made from.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -15,8 +16,7 @@
 namespace nibble::engine {
 namespace {
 
-const std::filesystem::path kReference =
-    std::filesystem::path(NIBBLE_SOURCE_DIR) / "tests/reference/smollm2_gptq_reference.json";
+const std::filesystem::path kReference = NIBBLE_GPTQ_REFERENCE;
 
 // A greedy run may leave the reference only where the reference itself nearly tied:
 // nibble's float32 sums differ from PyTorch's in the last bits (~1e-5 relative on
