@@ -1,0 +1,366 @@
+#include "server/openai_request.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+#include <set>
+#include <utility>
+
+#include "common/error.h"
+
+namespace nibble::server {
+namespace {
+
+using json = nlohmann::json;
+
+std::string type_name(const json& value) {
+  if (value.is_null()) return "null";
+  if (value.is_boolean()) return "a boolean";
+  if (value.is_number_integer() || value.is_number_unsigned()) return "an integer";
+  if (value.is_number()) return "a number";
+  if (value.is_string()) return "a string";
+  if (value.is_array()) return "an array";
+  return "an object";
+}
+
+ApiError wrong_type(const std::string& param, const json& value, std::string_view wanted) {
+  return ApiError::invalid(param, fmt::format("'{}' must be {}, got {}", param, wanted, type_name(value)),
+                           "invalid_type");
+}
+
+// The fields of one request object, read by type. Which fields are read is
+// recorded, so anything left over is reported as unrecognized; fields the API
+// defines but this server does not serve are rejected by name.
+class Fields {
+ public:
+  Fields(const json& object, std::set<std::string> unsupported)
+      : object_(object), unsupported_(std::move(unsupported)) {}
+
+  const json* find(const std::string& key) {
+    read_.insert(key);
+    const auto it = object_.find(key);
+    // An explicit null means "default", as the OpenAI clients send it.
+    return it == object_.end() || it->is_null() ? nullptr : &*it;
+  }
+
+  std::optional<bool> boolean(const std::string& key) {
+    const json* v = find(key);
+    if (v == nullptr) return std::nullopt;
+    if (!v->is_boolean()) throw wrong_type(key, *v, "a boolean");
+    return v->get<bool>();
+  }
+
+  std::optional<std::int64_t> integer(const std::string& key, std::int64_t low, std::int64_t high) {
+    const json* v = find(key);
+    if (v == nullptr) return std::nullopt;
+    if (!v->is_number_integer() && !v->is_number_unsigned()) throw wrong_type(key, *v, "an integer");
+    if (v->is_number_unsigned() && v->get<std::uint64_t>() > static_cast<std::uint64_t>(high)) {
+      throw out_of_range(key, low, high);
+    }
+    const auto value = v->get<std::int64_t>();
+    if (value < low || value > high) throw out_of_range(key, low, high);
+    return value;
+  }
+
+  std::optional<double> number(const std::string& key, double low, double high) {
+    const json* v = find(key);
+    if (v == nullptr) return std::nullopt;
+    if (!v->is_number()) throw wrong_type(key, *v, "a number");
+    const auto value = v->get<double>();
+    if (!std::isfinite(value) || value < low || value > high) throw out_of_range(key, low, high);
+    return value;
+  }
+
+  std::optional<std::string> string(const std::string& key) {
+    const json* v = find(key);
+    if (v == nullptr) return std::nullopt;
+    if (!v->is_string()) throw wrong_type(key, *v, "a string");
+    return v->get<std::string>();
+  }
+
+  // After every known field was read: the first unsupported or unknown one is an error.
+  void reject_the_rest() const {
+    for (const auto& [key, value] : object_.items()) {
+      if (read_.contains(key)) continue;
+      if (unsupported_.contains(key)) {
+        if (value.is_null()) continue;
+        throw ApiError::invalid(key, fmt::format("'{}' is not supported by this server", key), "unsupported_parameter");
+      }
+      throw ApiError::invalid(key, fmt::format("Unrecognized request argument supplied: {}", key),
+                              "unrecognized_argument");
+    }
+  }
+
+ private:
+  template <typename T>
+  static ApiError out_of_range(const std::string& key, T low, T high) {
+    return ApiError::invalid(key, fmt::format("'{}' must be between {} and {}", key, low, high), "out_of_range");
+  }
+
+  const json& object_;
+  std::set<std::string> unsupported_;
+  std::set<std::string> read_;
+};
+
+std::string required_model(Fields& fields) {
+  const auto model = fields.string("model");
+  if (!model) throw ApiError::invalid("model", "'model' is required", "missing_required_parameter");
+  return *model;
+}
+
+TokenId token_id(const json& value, const std::string& param, const RequestLimits& limits) {
+  if (!value.is_number_integer() && !value.is_number_unsigned()) throw wrong_type(param, value, "a token id");
+  const auto id = value.get<std::int64_t>();
+  if (value.is_number_unsigned() && value.get<std::uint64_t>() > static_cast<std::uint64_t>(limits.vocab_size)) {
+    throw ApiError::invalid(param, fmt::format("token id {} is outside the vocabulary (size {})",
+                                               value.get<std::uint64_t>(), limits.vocab_size));
+  }
+  if (id < 0 || id >= limits.vocab_size) {
+    throw ApiError::invalid(param, fmt::format("token id {} is outside the vocabulary (size {})", id, limits.vocab_size));
+  }
+  return static_cast<TokenId>(id);
+}
+
+std::vector<TokenId> token_ids(const json& array, const std::string& param, const RequestLimits& limits) {
+  std::vector<TokenId> ids;
+  ids.reserve(array.size());
+  for (const auto& value : array) ids.push_back(token_id(value, param, limits));
+  return ids;
+}
+
+// string | [string] | [int] | [[int]]
+std::vector<Prompt> parse_prompts(Fields& fields, const RequestLimits& limits) {
+  const json* v = fields.find("prompt");
+  if (v == nullptr) throw ApiError::invalid("prompt", "'prompt' is required", "missing_required_parameter");
+  if (v->is_string()) return {Prompt{v->get<std::string>(), {}}};
+  if (!v->is_array()) throw wrong_type("prompt", *v, "a string, an array of strings or an array of token ids");
+  if (v->empty()) throw ApiError::invalid("prompt", "'prompt' must not be empty");
+  const json& first = v->front();
+  std::vector<Prompt> prompts;
+  if (first.is_number()) {
+    prompts.push_back(Prompt{std::nullopt, token_ids(*v, "prompt", limits)});
+    return prompts;
+  }
+  for (const auto& item : *v) {
+    if (item.is_string()) {
+      prompts.push_back(Prompt{item.get<std::string>(), {}});
+    } else if (item.is_array() && !item.empty()) {
+      prompts.push_back(Prompt{std::nullopt, token_ids(item, "prompt", limits)});
+    } else {
+      throw wrong_type("prompt", item, "a string or a non-empty array of token ids in each element");
+    }
+  }
+  return prompts;
+}
+
+std::vector<std::string> parse_stop(Fields& fields, const RequestLimits& limits) {
+  const json* v = fields.find("stop");
+  if (v == nullptr) return {};
+  std::vector<std::string> stop;
+  if (v->is_string()) {
+    stop.push_back(v->get<std::string>());
+  } else if (v->is_array()) {
+    for (const auto& item : *v) {
+      if (!item.is_string()) throw wrong_type("stop", item, "a string in each element");
+      stop.push_back(item.get<std::string>());
+    }
+  } else {
+    throw wrong_type("stop", *v, "a string or an array of strings");
+  }
+  if (static_cast<int>(stop.size()) > limits.max_stop) {
+    throw ApiError::invalid("stop", fmt::format("'stop' takes at most {} strings", limits.max_stop));
+  }
+  for (const auto& s : stop) {
+    if (s.empty()) throw ApiError::invalid("stop", "'stop' strings must not be empty");
+  }
+  return stop;
+}
+
+std::map<TokenId, float> parse_logit_bias(Fields& fields, const RequestLimits& limits) {
+  const json* v = fields.find("logit_bias");
+  if (v == nullptr) return {};
+  if (!v->is_object()) throw wrong_type("logit_bias", *v, "an object of token id -> bias");
+  std::map<TokenId, float> bias;
+  for (const auto& [key, value] : v->items()) {
+    std::int64_t id = -1;
+    try {
+      std::size_t used = 0;
+      id = std::stoll(key, &used);
+      if (used != key.size()) id = -1;
+    } catch (const std::exception&) {
+      id = -1;
+    }
+    if (id < 0 || id >= limits.vocab_size) {
+      throw ApiError::invalid("logit_bias", fmt::format("'{}' is not a token id of this model", key));
+    }
+    if (!value.is_number()) throw wrong_type("logit_bias", value, "a number for each token");
+    const double b = value.get<double>();
+    if (!std::isfinite(b) || b < -100 || b > 100) {
+      throw ApiError::invalid("logit_bias", "'logit_bias' values must be between -100 and 100", "out_of_range");
+    }
+    bias[static_cast<TokenId>(id)] = static_cast<float>(b);
+  }
+  return bias;
+}
+
+// The sampling and output fields both endpoints take.
+GenerationOptions parse_options(Fields& fields, const RequestLimits& limits) {
+  GenerationOptions o;
+  auto& s = o.sampling;
+  s.temperature = fields.number("temperature", 0, 2).value_or(1.0);
+  s.top_p = fields.number("top_p", 0, 1).value_or(1.0);
+  if (s.top_p == 0) throw ApiError::invalid("top_p", "'top_p' must be greater than 0", "out_of_range");
+  s.top_k = fields.integer("top_k", -1, std::numeric_limits<std::int32_t>::max()).value_or(0);
+  if (s.top_k < 0) s.top_k = 0;  // -1 is vLLM's spelling of "off"
+  s.min_p = fields.number("min_p", 0, 1).value_or(0.0);
+  s.presence_penalty = fields.number("presence_penalty", -2, 2).value_or(0.0);
+  s.frequency_penalty = fields.number("frequency_penalty", -2, 2).value_or(0.0);
+  s.repetition_penalty = fields.number("repetition_penalty", 0, 2).value_or(1.0);
+  if (s.repetition_penalty == 0) {
+    throw ApiError::invalid("repetition_penalty", "'repetition_penalty' must be greater than 0", "out_of_range");
+  }
+  if (const auto seed = fields.integer("seed", std::numeric_limits<std::int64_t>::min(),
+                                       std::numeric_limits<std::int64_t>::max())) {
+    s.seed = static_cast<std::uint64_t>(*seed);
+    o.seeded = true;
+  }
+  o.n = static_cast<int>(fields.integer("n", 1, limits.max_n).value_or(1));
+  o.stop = parse_stop(fields, limits);
+  o.logit_bias = parse_logit_bias(fields, limits);
+  o.stream = fields.boolean("stream").value_or(false);
+  if (const json* options = fields.find("stream_options")) {
+    if (!o.stream) throw ApiError::invalid("stream_options", "'stream_options' is only allowed when 'stream' is true");
+    if (!options->is_object()) throw wrong_type("stream_options", *options, "an object");
+    Fields inner(*options, {});
+    o.include_usage = inner.boolean("include_usage").value_or(false);
+    inner.reject_the_rest();
+  }
+  o.user = fields.string("user").value_or("");
+  try {
+    s.validate();
+  } catch (const Error& e) {
+    throw ApiError(400, "invalid_request_error", e.what());
+  }
+  return o;
+}
+
+std::string message_content(const json& message, std::size_t index) {
+  const std::string param = fmt::format("messages[{}].content", index);
+  const auto it = message.find("content");
+  if (it == message.end() || it->is_null()) return "";
+  if (it->is_string()) return it->get<std::string>();
+  if (!it->is_array()) throw wrong_type(param, *it, "a string or an array of content parts");
+  // Text parts are joined with newlines (as vLLM does); other kinds need a model that reads them.
+  std::string text;
+  for (const auto& part : *it) {
+    if (!part.is_object() || !part.contains("type") || !part["type"].is_string()) {
+      throw wrong_type(param, part, "an object with a 'type' in each element");
+    }
+    const auto type = part["type"].get<std::string>();
+    if (type != "text") {
+      throw ApiError::invalid(param, fmt::format("content parts of type '{}' are not supported by this model", type),
+                              "unsupported_content");
+    }
+    if (!part.contains("text") || !part["text"].is_string()) {
+      throw wrong_type(param + ".text", part.value("text", json()), "a string");
+    }
+    if (!text.empty()) text += '\n';
+    text += part["text"].get<std::string>();
+  }
+  return text;
+}
+
+std::vector<ChatMessage> parse_messages(Fields& fields) {
+  const json* v = fields.find("messages");
+  if (v == nullptr) throw ApiError::invalid("messages", "'messages' is required", "missing_required_parameter");
+  if (!v->is_array()) throw wrong_type("messages", *v, "an array");
+  if (v->empty()) throw ApiError::invalid("messages", "'messages' must not be empty");
+  std::vector<ChatMessage> messages;
+  for (std::size_t i = 0; i < v->size(); ++i) {
+    const json& m = (*v)[i];
+    const std::string where = fmt::format("messages[{}]", i);
+    if (!m.is_object()) throw wrong_type(where, m, "an object");
+    Fields message(m, {"tool_calls", "tool_call_id", "function_call", "audio", "refusal"});
+    ChatMessage out;
+    const auto role = message.string("role");
+    if (!role) throw ApiError::invalid(where + ".role", "'role' is required", "missing_required_parameter");
+    if (*role != "system" && *role != "developer" && *role != "user" && *role != "assistant") {
+      throw ApiError::invalid(where + ".role",
+                              fmt::format("role '{}' is not supported (system, developer, user, assistant)", *role));
+    }
+    out.role = *role;
+    message.find("content");
+    out.content = message_content(m, i);
+    if (out.role != "assistant" && (!m.contains("content") || m["content"].is_null())) {
+      throw ApiError::invalid(where + ".content", "'content' is required", "missing_required_parameter");
+    }
+    out.name = message.string("name");
+    try {
+      message.reject_the_rest();
+    } catch (const ApiError& e) {
+      throw ApiError::invalid(where + "." + e.param().value_or(""), e.what(), e.code());
+    }
+    messages.push_back(std::move(out));
+  }
+  return messages;
+}
+
+}  // namespace
+
+json parse_request_body(std::string_view body) {
+  json parsed;
+  try {
+    parsed = json::parse(body);
+  } catch (const json::parse_error& e) {
+    throw ApiError(400, "invalid_request_error", fmt::format("The request body is not valid JSON: {}", e.what()),
+                   std::nullopt, "invalid_json");
+  }
+  if (!parsed.is_object()) {
+    throw ApiError(400, "invalid_request_error", "The request body must be a JSON object", std::nullopt, "invalid_json");
+  }
+  return parsed;
+}
+
+CompletionRequest parse_completion_request(const json& body, const RequestLimits& limits) {
+  Fields fields(body, {"suffix"});
+  CompletionRequest r;
+  r.model = required_model(fields);
+  r.prompts = parse_prompts(fields, limits);
+  r.options = parse_options(fields, limits);
+  r.options.max_tokens = fields.integer("max_tokens", 0, limits.max_tokens).value_or(16);
+  r.echo = fields.boolean("echo").value_or(false);
+  if (*r.options.max_tokens == 0 && !r.echo) {
+    throw ApiError::invalid("max_tokens", "'max_tokens' must be at least 1 (0 only with 'echo')", "out_of_range");
+  }
+  if (const auto logprobs = fields.integer("logprobs", 0, limits.max_logprobs)) r.logprobs = static_cast<int>(*logprobs);
+  r.best_of = static_cast<int>(fields.integer("best_of", 1, limits.max_n).value_or(r.options.n));
+  if (r.best_of < r.options.n) throw ApiError::invalid("best_of", "'best_of' must be at least 'n'");
+  if (r.options.stream && r.best_of > r.options.n) {
+    throw ApiError::invalid("best_of", "'best_of' greater than 'n' cannot be streamed");
+  }
+  fields.reject_the_rest();
+  return r;
+}
+
+ChatRequest parse_chat_request(const json& body, const RequestLimits& limits) {
+  Fields fields(body, {"tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "response_format",
+                       "audio", "modalities", "prediction", "reasoning_effort", "web_search_options"});
+  ChatRequest r;
+  r.model = required_model(fields);
+  r.messages = parse_messages(fields);
+  r.options = parse_options(fields, limits);
+  // max_completion_tokens is the newer name; a request may carry either.
+  auto max_tokens = fields.integer("max_completion_tokens", 1, limits.max_tokens);
+  if (!max_tokens) max_tokens = fields.integer("max_tokens", 1, limits.max_tokens);
+  r.options.max_tokens = max_tokens;
+  r.logprobs = fields.boolean("logprobs").value_or(false);
+  if (const auto top = fields.integer("top_logprobs", 0, limits.max_logprobs)) {
+    if (!r.logprobs) throw ApiError::invalid("top_logprobs", "'top_logprobs' needs 'logprobs' set to true");
+    r.top_logprobs = static_cast<int>(*top);
+  }
+  fields.reject_the_rest();
+  return r;
+}
+
+}  // namespace nibble::server

@@ -1,0 +1,80 @@
+#pragma once
+// The bodies of POST /v1/completions and /v1/chat/completions, parsed and checked
+// field by field before any work starts. Every rejection is an ApiError (400 with
+// the field in `param`) worded like OpenAI's, so clients see familiar errors:
+// unknown fields, fields we do not serve (suffix, tools, ...), wrong JSON types and
+// out-of-range values are all named.
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/sampler.h"
+#include "server/api_error.h"
+
+namespace nibble::server {
+
+using TokenId = std::int32_t;
+
+// What the server allows, from its flags and the loaded model.
+struct RequestLimits {
+  std::int64_t vocab_size = 0;         // token ids (prompts, logit_bias) must be below it
+  std::int64_t max_tokens = 1 << 20;   // per request (--max-tokens)
+  int max_n = 128;                     // completions per request (n, best_of)
+  int max_logprobs = 20;               // top-N alternatives per token
+  int max_stop = 4;                    // stop strings, as OpenAI
+};
+
+// Options both endpoints share. Sampling defaults are OpenAI's (temperature 1, top_p 1).
+struct GenerationOptions {
+  std::optional<std::int64_t> max_tokens;  // none: until the context is full
+  engine::SamplingParams sampling;
+  bool seeded = false;                     // `seed` given: the same request gives the same text
+  int n = 1;
+  std::vector<std::string> stop;
+  std::map<TokenId, float> logit_bias;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  std::string user;
+};
+
+// One prompt of /v1/completions: text to tokenize, or the token ids as sent.
+struct Prompt {
+  std::optional<std::string> text;
+  std::vector<TokenId> ids;
+};
+
+struct CompletionRequest {
+  std::string model;
+  std::vector<Prompt> prompts;  // one completion set (n of them) per prompt
+  GenerationOptions options;
+  int best_of = 1;              // candidates generated per prompt; the n most likely are returned
+  std::optional<int> logprobs;  // top-N alternatives per token
+  bool echo = false;            // return the prompt before the completion
+};
+
+struct ChatMessage {
+  std::string role;  // system, developer, user, assistant
+  std::string content;
+  std::optional<std::string> name;
+};
+
+struct ChatRequest {
+  std::string model;
+  std::vector<ChatMessage> messages;
+  GenerationOptions options;
+  bool logprobs = false;
+  int top_logprobs = 0;
+};
+
+// A request body as JSON; malformed JSON or a non-object is a 400.
+nlohmann::json parse_request_body(std::string_view body);
+
+CompletionRequest parse_completion_request(const nlohmann::json& body, const RequestLimits& limits);
+ChatRequest parse_chat_request(const nlohmann::json& body, const RequestLimits& limits);
+
+}  // namespace nibble::server

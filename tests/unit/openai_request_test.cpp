@@ -1,0 +1,271 @@
+// The OpenAI request bodies: every accepted form parses to the right request, and
+// every bad field is a 400 whose error object names it.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "server/openai_request.h"
+
+namespace nibble::server {
+namespace {
+
+using nlohmann::json;
+
+RequestLimits limits() {
+  RequestLimits l;
+  l.vocab_size = 512;
+  l.max_tokens = 4096;
+  return l;
+}
+
+// Runs `parse` and returns the ApiError it must throw.
+template <typename F>
+ApiError rejection(F&& parse) {
+  try {
+    parse();
+  } catch (const ApiError& e) {
+    return e;
+  }
+  ADD_FAILURE() << "expected an ApiError";
+  return ApiError(0, "", "");
+}
+
+ApiError completion_error(const json& body) {
+  return rejection([&] { parse_completion_request(body, limits()); });
+}
+
+ApiError chat_error(const json& body) {
+  return rejection([&] { parse_chat_request(body, limits()); });
+}
+
+json completion(json extra = json::object()) {
+  json body = {{"model", "m"}, {"prompt", "Once upon a time"}};
+  body.update(extra);
+  return body;
+}
+
+json chat(json extra = json::object()) {
+  json body = {{"model", "m"}, {"messages", {{{"role", "user"}, {"content", "Hi"}}}}};
+  body.update(extra);
+  return body;
+}
+
+TEST(OpenAiRequest, CompletionDefaultsAreOpenAis) {
+  const auto r = parse_completion_request(completion(), limits());
+  EXPECT_EQ(r.model, "m");
+  ASSERT_EQ(r.prompts.size(), 1u);
+  EXPECT_EQ(r.prompts[0].text, "Once upon a time");
+  EXPECT_EQ(r.options.max_tokens, 16);
+  EXPECT_EQ(r.options.sampling.temperature, 1.0);
+  EXPECT_EQ(r.options.sampling.top_p, 1.0);
+  EXPECT_EQ(r.options.n, 1);
+  EXPECT_EQ(r.best_of, 1);
+  EXPECT_FALSE(r.options.stream);
+  EXPECT_FALSE(r.options.seeded);
+  EXPECT_FALSE(r.logprobs.has_value());
+}
+
+TEST(OpenAiRequest, EveryPromptFormParses) {
+  auto r = parse_completion_request(completion({{"prompt", {"a", "b"}}}), limits());
+  ASSERT_EQ(r.prompts.size(), 2u);
+  EXPECT_EQ(r.prompts[1].text, "b");
+  r = parse_completion_request(completion({{"prompt", {1, 2, 3}}}), limits());
+  ASSERT_EQ(r.prompts.size(), 1u);
+  EXPECT_FALSE(r.prompts[0].text.has_value());
+  EXPECT_EQ(r.prompts[0].ids, (std::vector<TokenId>{1, 2, 3}));
+  r = parse_completion_request(completion({{"prompt", {{1, 2}, {511}}}}), limits());
+  ASSERT_EQ(r.prompts.size(), 2u);
+  EXPECT_EQ(r.prompts[1].ids, (std::vector<TokenId>{511}));
+}
+
+TEST(OpenAiRequest, CompletionFieldsReachTheRequest) {
+  const auto r = parse_completion_request(
+      completion({{"max_tokens", 40},
+                  {"temperature", 0},
+                  {"top_p", 0.9},
+                  {"top_k", 20},
+                  {"min_p", 0.05},
+                  {"n", 2},
+                  {"best_of", 3},
+                  {"stop", "\n"},
+                  {"seed", 7},
+                  {"logprobs", 5},
+                  {"echo", true},
+                  {"presence_penalty", 0.5},
+                  {"frequency_penalty", -0.5},
+                  {"repetition_penalty", 1.1},
+                  {"logit_bias", {{"42", -100}, {"7", 2.5}}},
+                  {"user", "u1"}}),
+      limits());
+  EXPECT_EQ(r.options.max_tokens, 40);
+  EXPECT_EQ(r.options.sampling.temperature, 0.0);
+  EXPECT_EQ(r.options.sampling.top_k, 20);
+  EXPECT_DOUBLE_EQ(r.options.sampling.min_p, 0.05);
+  EXPECT_EQ(r.options.n, 2);
+  EXPECT_EQ(r.best_of, 3);
+  EXPECT_EQ(r.options.stop, (std::vector<std::string>{"\n"}));
+  EXPECT_TRUE(r.options.seeded);
+  EXPECT_EQ(r.options.sampling.seed, 7u);
+  EXPECT_EQ(r.logprobs, 5);
+  EXPECT_TRUE(r.echo);
+  EXPECT_DOUBLE_EQ(r.options.sampling.presence_penalty, 0.5);
+  EXPECT_DOUBLE_EQ(r.options.sampling.frequency_penalty, -0.5);
+  EXPECT_DOUBLE_EQ(r.options.sampling.repetition_penalty, 1.1);
+  EXPECT_EQ(r.options.logit_bias.at(42), -100.0f);
+  EXPECT_EQ(r.options.logit_bias.at(7), 2.5f);
+  EXPECT_EQ(r.options.user, "u1");
+}
+
+TEST(OpenAiRequest, ExplicitNullMeansDefault) {
+  const auto r = parse_completion_request(completion({{"temperature", nullptr}, {"stop", nullptr}, {"suffix", nullptr}}),
+                                          limits());
+  EXPECT_EQ(r.options.sampling.temperature, 1.0);
+  EXPECT_TRUE(r.options.stop.empty());
+}
+
+TEST(OpenAiRequest, StreamOptionsNeedStream) {
+  const auto r = parse_completion_request(
+      completion({{"stream", true}, {"stream_options", {{"include_usage", true}}}}), limits());
+  EXPECT_TRUE(r.options.stream);
+  EXPECT_TRUE(r.options.include_usage);
+  EXPECT_EQ(completion_error(completion({{"stream_options", {{"include_usage", true}}}})).param(), "stream_options");
+  EXPECT_EQ(completion_error(completion({{"stream", true}, {"stream_options", {{"include_usag", true}}}})).param(),
+            "include_usag");
+}
+
+TEST(OpenAiRequest, BadFieldsAreNamed) {
+  struct Case {
+    json extra;
+    std::string param;
+  };
+  const std::vector<Case> cases{
+      {{{"temperature", "0.5"}}, "temperature"},
+      {{{"temperature", 2.5}}, "temperature"},
+      {{{"top_p", 0}}, "top_p"},
+      {{{"top_p", 1.5}}, "top_p"},
+      {{{"n", 0}}, "n"},
+      {{{"n", 1.5}}, "n"},
+      {{{"n", 129}}, "n"},
+      {{{"max_tokens", -1}}, "max_tokens"},
+      {{{"max_tokens", 0}}, "max_tokens"},
+      {{{"max_tokens", 5000}}, "max_tokens"},
+      {{{"max_tokens", "16"}}, "max_tokens"},
+      {{{"logprobs", 21}}, "logprobs"},
+      {{{"logprobs", true}}, "logprobs"},
+      {{{"best_of", 1}, {"n", 2}}, "best_of"},
+      {{{"best_of", 3}, {"stream", true}}, "best_of"},
+      {{{"stop", {"a", "b", "c", "d", "e"}}}, "stop"},
+      {{{"stop", {"a", 1}}}, "stop"},
+      {{{"stop", ""}}, "stop"},
+      {{{"stream", "yes"}}, "stream"},
+      {{{"echo", 1}}, "echo"},
+      {{{"presence_penalty", 3}}, "presence_penalty"},
+      {{{"repetition_penalty", 0}}, "repetition_penalty"},
+      {{{"logit_bias", {{"x", 1}}}}, "logit_bias"},
+      {{{"logit_bias", {{"512", 1}}}}, "logit_bias"},
+      {{{"logit_bias", {{"5", 101}}}}, "logit_bias"},
+      {{{"logit_bias", {{"5", "1"}}}}, "logit_bias"},
+      {{{"prompt", json::array()}}, "prompt"},
+      {{{"prompt", 5}}, "prompt"},
+      {{{"prompt", {1, 512}}}, "prompt"},
+      {{{"prompt", {1, -1}}}, "prompt"},
+      {{{"prompt", {"a", 3}}}, "prompt"},
+      {{{"prompt", {{1}, json::array()}}}, "prompt"},
+      {{{"model", 3}}, "model"},
+      {{{"seed", 1.5}}, "seed"},
+      {{{"user", 5}}, "user"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.extra.dump());
+    const ApiError e = completion_error(completion(c.extra));
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_EQ(e.type(), "invalid_request_error");
+    EXPECT_EQ(e.param(), c.param) << e.what();
+    const json body = e.body();
+    EXPECT_EQ(body["error"]["param"], c.param);
+    EXPECT_FALSE(body["error"]["message"].get<std::string>().empty());
+  }
+}
+
+TEST(OpenAiRequest, MissingRequiredFieldsAreNamed) {
+  EXPECT_EQ(completion_error({{"prompt", "x"}}).param(), "model");
+  EXPECT_EQ(completion_error({{"model", "m"}}).param(), "prompt");
+  EXPECT_EQ(chat_error({{"model", "m"}}).param(), "messages");
+  EXPECT_EQ(completion_error({{"model", "m"}}).code(), "missing_required_parameter");
+}
+
+TEST(OpenAiRequest, UnsupportedAndUnknownFieldsAreRejectedByName) {
+  ApiError e = completion_error(completion({{"suffix", "end"}}));
+  EXPECT_EQ(e.param(), "suffix");
+  EXPECT_EQ(e.code(), "unsupported_parameter");
+  e = completion_error(completion({{"frobnicate", 1}}));
+  EXPECT_EQ(e.param(), "frobnicate");
+  EXPECT_EQ(e.code(), "unrecognized_argument");
+  EXPECT_NE(std::string(e.what()).find("frobnicate"), std::string::npos);
+  e = chat_error(chat({{"tools", json::array({{{"type", "function"}}})}}));
+  EXPECT_EQ(e.param(), "tools");
+  EXPECT_EQ(e.code(), "unsupported_parameter");
+}
+
+TEST(OpenAiRequest, ChatMessagesParse) {
+  const auto r = parse_chat_request(
+      chat({{"messages",
+             {{{"role", "system"}, {"content", "Be brief."}},
+              {{"role", "user"}, {"content", {{{"type", "text"}, {"text", "a"}}, {{"type", "text"}, {"text", "b"}}}}},
+              {{"role", "assistant"}, {"content", nullptr}},
+              {{"role", "user"}, {"content", "again"}, {"name", "bob"}}}},
+            {"max_completion_tokens", 12},
+            {"logprobs", true},
+            {"top_logprobs", 3}}),
+      limits());
+  ASSERT_EQ(r.messages.size(), 4u);
+  EXPECT_EQ(r.messages[0].role, "system");
+  EXPECT_EQ(r.messages[1].content, "a\nb");
+  EXPECT_EQ(r.messages[2].content, "");
+  EXPECT_EQ(r.messages[3].name, "bob");
+  EXPECT_EQ(r.options.max_tokens, 12);
+  EXPECT_TRUE(r.logprobs);
+  EXPECT_EQ(r.top_logprobs, 3);
+  // Without a limit, chat runs to the end of the context (OpenAI's default).
+  EXPECT_FALSE(parse_chat_request(chat(), limits()).options.max_tokens.has_value());
+  EXPECT_EQ(parse_chat_request(chat({{"max_tokens", 9}}), limits()).options.max_tokens, 9);
+}
+
+TEST(OpenAiRequest, BadChatMessagesAreNamed) {
+  struct Case {
+    json messages;
+    std::string param;
+  };
+  const std::vector<Case> cases{
+      {json::array(), "messages"},
+      {"hi", "messages"},
+      {{"hi"}, "messages[0]"},
+      {{{{"content", "x"}}}, "messages[0].role"},
+      {{{{"role", "tool"}, {"content", "x"}}}, "messages[0].role"},
+      {{{{"role", "user"}}}, "messages[0].content"},
+      {{{{"role", "user"}, {"content", 5}}}, "messages[0].content"},
+      {{{{"role", "user"}, {"content", {{{"type", "image_url"}, {"image_url", "x"}}}}}}, "messages[0].content"},
+      {{{{"role", "user"}, {"content", "ok"}}, {{"role", "user"}, {"content", "x"}, {"colour", "red"}}},
+       "messages[1].colour"},
+      {{{{"role", "assistant"}, {"content", "x"}, {"tool_calls", json::array({1})}}}, "messages[0].tool_calls"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.messages.dump());
+    EXPECT_EQ(chat_error(chat({{"messages", c.messages}})).param(), c.param);
+  }
+  EXPECT_EQ(chat_error(chat({{"top_logprobs", 2}})).param(), "top_logprobs");
+  EXPECT_EQ(chat_error(chat({{"max_completion_tokens", 0}})).param(), "max_completion_tokens");
+}
+
+TEST(OpenAiRequest, BodiesThatAreNotJsonObjectsAre400) {
+  for (const std::string body : {"", "{", "{\"model\": }", "[1, 2]", "\"text\"", "{\"a\": 1} trailing"}) {
+    SCOPED_TRACE(body);
+    const ApiError e = rejection([&] { parse_request_body(body); });
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_EQ(e.code(), "invalid_json");
+  }
+  EXPECT_EQ(parse_request_body("{\"model\": \"m\"}")["model"], "m");
+}
+
+}  // namespace
+}  // namespace nibble::server
