@@ -122,8 +122,8 @@ void run_generate(const GenerateOptions& options) {
 
   IncrementalDecoder decoder(*tokenizer);
   std::string text;
-  const auto on_token = [&](engine::TokenId id) {
-    std::string piece = decoder.push(id);
+  const auto on_token = [&](const engine::TokenStep& step) {
+    std::string piece = decoder.push(step.token);
     if (!options.json) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);

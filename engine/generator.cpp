@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "common/error.h"
 
@@ -12,10 +13,31 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// log-softmax of `logits` at `token`, and the `top` most likely tokens with theirs.
+void fill_logprobs(std::span<const float> logits, int top, TokenStep& step) {
+  const float max_logit = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (const float l : logits) sum += std::exp(static_cast<double>(l - max_logit));
+  const auto log_prob = [&](TokenId id) {
+    return static_cast<float>(static_cast<double>(logits[static_cast<std::size_t>(id)] - max_logit) - std::log(sum));
+  };
+  step.logprob = log_prob(step.token);
+  step.top.clear();
+  if (top <= 0) return;
+  std::vector<TokenId> ids(logits.size());
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<TokenId>(i);
+  const auto count = std::min<std::size_t>(static_cast<std::size_t>(top), ids.size());
+  std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(count), ids.end(), [&](TokenId a, TokenId b) {
+    const float la = logits[static_cast<std::size_t>(a)], lb = logits[static_cast<std::size_t>(b)];
+    return la != lb ? la > lb : a < b;
+  });
+  for (std::size_t i = 0; i < count; ++i) step.top.emplace_back(ids[i], log_prob(ids[i]));
+}
+
 }  // namespace
 
 GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
-                          const std::function<bool(TokenId)>& on_token) {
+                          const std::function<bool(const TokenStep&)>& on_token) {
   const auto& config = model.config();
   const auto prompt_length = static_cast<std::int64_t>(request.prompt.size());
   if (prompt_length == 0) fail("the prompt is empty");
@@ -24,6 +46,10 @@ GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
   }
   if (request.max_new_tokens < 0) fail("max_new_tokens must be >= 0");
   if (request.prefill_chunk <= 0) fail("prefill_chunk must be positive");
+  for (const auto& [id, bias] : request.logit_bias) {
+    if (id < 0 || id >= model.vocab_size()) fail("logit_bias names token {}, outside the vocabulary", id);
+    if (!std::isfinite(bias)) fail("logit_bias for token {} is not finite", id);
+  }
   const std::int64_t budget = std::min(request.max_new_tokens, config.max_position_embeddings - prompt_length);
 
   GenerationResult result;
@@ -42,10 +68,16 @@ GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
 
   const auto decode_start = std::chrono::steady_clock::now();
   std::int64_t position = prompt_length;
+  std::vector<float> model_logits;  // before bias and sampling, for log-probabilities
+  TokenStep step;
   while (true) {
+    if (request.top_logprobs >= 0) model_logits = logits;
+    for (const auto& [id, bias] : request.logit_bias) logits[static_cast<std::size_t>(id)] += bias;
     const TokenId token = sampler.sample(logits);
     result.tokens.push_back(token);
-    if (on_token && !on_token(token)) {
+    step.token = token;
+    if (request.top_logprobs >= 0) fill_logprobs(model_logits, request.top_logprobs, step);
+    if (on_token && !on_token(step)) {
       result.finish = FinishReason::Cancelled;
       break;
     }

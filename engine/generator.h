@@ -4,7 +4,9 @@
 // batching scheduler later drives the same model over many sequences at once.
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "engine/llama_model.h"
@@ -20,6 +22,17 @@ struct GenerationRequest {
   std::int64_t max_new_tokens = 128;
   std::vector<TokenId> stop_tokens;  // end-of-sequence ids; generation ends after emitting one
   std::int64_t prefill_chunk = 512;  // prompt tokens per forward pass
+  std::map<TokenId, float> logit_bias;  // added to the logits before sampling (OpenAI logit_bias)
+  int top_logprobs = -1;  // -1: no log-probabilities; N >= 0: the token's and the N most likely
+};
+
+// One generated token as on_token sees it. Log-probabilities are the model's own
+// (log-softmax of its logits, before bias, penalties and temperature), as OpenAI
+// and vLLM report them.
+struct TokenStep {
+  TokenId token = 0;
+  float logprob = 0;                          // when top_logprobs >= 0
+  std::vector<std::pair<TokenId, float>> top;  // the top_logprobs most likely, best first
 };
 
 struct GenerationResult {
@@ -32,6 +45,6 @@ struct GenerationResult {
 // on_token sees every generated token as soon as it is sampled; returning false
 // cancels. Throws nibble::Error when the prompt does not fit the context.
 GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
-                          const std::function<bool(TokenId)>& on_token = {});
+                          const std::function<bool(const TokenStep&)>& on_token = {});
 
 }  // namespace nibble::engine

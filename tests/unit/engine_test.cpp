@@ -96,6 +96,56 @@ TEST_F(Stories260K, SeededSamplingIsReproducible) {
   EXPECT_NE(generate(model, request).tokens, first);
 }
 
+TEST_F(Stories260K, LogprobsAreTheModelsAndLogitBiasSteersSampling) {
+  const ModelSource source = open_model(dir_->path());
+  kernels::CpuBackend backend(1);
+  LlamaModel model(source, backend);
+  const auto expected = reference_greedy_ids();
+  GenerationRequest request;
+  request.prompt = {1};
+  request.sampling.temperature = 0;
+  request.max_new_tokens = 8;
+  request.top_logprobs = static_cast<int>(model.vocab_size());  // the whole distribution
+
+  std::vector<TokenStep> steps;
+  const auto record = [&](const TokenStep& step) {
+    steps.push_back(step);
+    return true;
+  };
+  generate(model, request, record);
+  ASSERT_EQ(steps.size(), 8u);
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    const auto& step = steps[i];
+    EXPECT_EQ(step.token, expected[i]);
+    ASSERT_EQ(step.top.size(), static_cast<std::size_t>(model.vocab_size()));
+    EXPECT_EQ(step.top[0].first, step.token);  // greedy picks the most likely
+    EXPECT_FLOAT_EQ(step.top[0].second, step.logprob);
+    double total = 0;
+    for (std::size_t j = 0; j < step.top.size(); ++j) {
+      total += std::exp(static_cast<double>(step.top[j].second));
+      if (j > 0) {
+        EXPECT_LE(step.top[j].second, step.top[j - 1].second);
+      }
+    }
+    EXPECT_NEAR(total, 1.0, 1e-4);
+  }
+
+  // A +100 bias forces a token the model finds unlikely; its reported
+  // log-probability stays the model's own, below the best one.
+  const TokenId forced = steps[0].top.back().first;
+  request.logit_bias = {{forced, 100.0f}};
+  request.top_logprobs = 2;
+  steps.clear();
+  generate(model, request, record);
+  ASSERT_FALSE(steps.empty());
+  EXPECT_EQ(steps[0].token, forced);
+  EXPECT_LT(steps[0].logprob, steps[0].top[0].second);
+  EXPECT_EQ(steps[0].top.size(), 2u);
+
+  request.logit_bias = {{static_cast<TokenId>(model.vocab_size()), 1.0f}};
+  testing::expect_error([&] { generate(model, request); }, {"logit_bias", "outside the vocabulary"});
+}
+
 TEST_F(Stories260K, StopTokensAndCancellationEndGeneration) {
   const ModelSource source = open_model(dir_->path());
   kernels::CpuBackend backend(1);
@@ -112,7 +162,7 @@ TEST_F(Stories260K, StopTokensAndCancellationEndGeneration) {
 
   request.stop_tokens.clear();
   int seen = 0;
-  const auto cancelled = generate(model, request, [&](TokenId) { return ++seen < 3; });
+  const auto cancelled = generate(model, request, [&](const TokenStep&) { return ++seen < 3; });
   EXPECT_EQ(cancelled.finish, FinishReason::Cancelled);
   EXPECT_EQ(cancelled.tokens.size(), 3u);
 
