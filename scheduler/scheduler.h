@@ -1,0 +1,98 @@
+#pragma once
+// The boundary between the API server and the model: sequence requests in, events
+// out (see README.md). The serial worker below and the continuous-batching
+// scheduler implement the same interface, so the server does not change when
+// batching arrives.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/generator.h"
+#include "engine/sampler.h"
+
+namespace nibble::scheduler {
+
+using engine::TokenId;
+using Clock = std::chrono::steady_clock;
+
+struct SequenceRequest {
+  std::vector<TokenId> prompt;
+  engine::SamplingParams sampling;
+  std::int64_t max_tokens = 16;  // also capped by the model's context
+  std::vector<TokenId> stop_tokens;
+  std::map<TokenId, float> logit_bias;
+  int top_logprobs = -1;  // -1: none; N >= 0: the token's log-probability and N alternatives
+  std::optional<Clock::time_point> deadline;  // past it, the sequence ends as Timeout
+};
+
+enum class FinishReason { Stop, Length, Cancelled, Timeout, Error };
+const char* finish_reason_name(FinishReason reason);
+
+struct SequenceStart {
+  double queue_seconds = 0;
+  std::int64_t prompt_tokens = 0;
+};
+
+struct SequenceEnd {
+  FinishReason reason = FinishReason::Length;
+  std::string error;  // FinishReason::Error: why (prompt longer than the context, ...)
+  std::int64_t prompt_tokens = 0;
+  std::int64_t generated_tokens = 0;
+  double queue_seconds = 0;
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+};
+
+// Receives one sequence's events on the scheduler's thread: on_started once unless
+// the sequence ends while queued, on_token per token, then exactly one on_finished.
+// Implementations hand the events on (to an Asio strand, a queue) and return quickly.
+class SequenceSink {
+ public:
+  virtual ~SequenceSink() = default;
+  virtual void on_started(const SequenceStart& start) = 0;
+  virtual void on_token(const engine::TokenStep& step) = 0;
+  virtual void on_finished(const SequenceEnd& end) = 0;
+};
+
+// The submitter's hold on a sequence. cancel() is safe from any thread; the
+// scheduler checks it between decode steps, so cancelling frees the sequence's
+// KV cache within one step.
+class Ticket {
+ public:
+  void cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+  bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+// submit() refuses at once when the queue is full or the scheduler is stopping;
+// the server answers 429 / 503 with Retry-After.
+class Overloaded : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct SchedulerLoad {
+  std::int64_t running = 0;
+  std::int64_t waiting = 0;
+};
+
+class Scheduler {
+ public:
+  virtual ~Scheduler() = default;
+  // Queues the sequence; its events go to `sink`. Throws Overloaded.
+  virtual std::shared_ptr<Ticket> submit(SequenceRequest request, std::shared_ptr<SequenceSink> sink) = 0;
+  virtual SchedulerLoad load() const = 0;
+  // Stops accepting; sequences already submitted run to their end (drain) until
+  // `drain_timeout`, after which the rest are cancelled. Returns when all ended.
+  virtual void stop(std::chrono::milliseconds drain_timeout) = 0;
+};
+
+}  // namespace nibble::scheduler
