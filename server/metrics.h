@@ -1,0 +1,75 @@
+#pragma once
+// The Prometheus series nibble serves on /metrics (names and meaning documented in
+// the README), every one labelled with the served model. Only the server records
+// into them; what the scheduler knows (running and waiting requests, KV-cache use)
+// is copied in at scrape time, so the scheduler does not depend on prometheus-cpp.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+namespace prometheus {
+class Registry;
+class Counter;
+class Gauge;
+class Histogram;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
+namespace nibble::server {
+
+class ServerMetrics {
+ public:
+  explicit ServerMetrics(const std::string& model);
+  ~ServerMetrics();
+  ServerMetrics(const ServerMetrics&) = delete;
+  ServerMetrics& operator=(const ServerMetrics&) = delete;
+
+  // Once, after loading: seconds it took and the weight bytes by storage format.
+  void set_model(double load_seconds, const std::map<std::string, std::uint64_t>& weight_bytes_by_format);
+  // At each scrape, from the scheduler.
+  void set_load(std::int64_t running, std::int64_t waiting, double kv_cache_usage);
+
+  // Per request (one completion of n), as its events arrive.
+  void observe_queue_time(double seconds);
+  void observe_first_token(double seconds_since_arrival);
+  void observe_inter_token(double seconds);
+  struct Finished {
+    std::string finish_reason;  // stop, length, ...
+    std::int64_t prompt_tokens = 0;
+    std::int64_t generation_tokens = 0;
+    double e2e_seconds = 0;
+    double prefill_seconds = 0;
+    double decode_seconds = 0;
+  };
+  void observe_finished(const Finished& request);
+  // A request answered with an error status (400, 401, 413, 429, 503, ...).
+  void count_error(int status);
+
+  // The text exposition format (version 0.0.4) of every series.
+  std::string exposition() const;
+
+ private:
+  std::string model_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  prometheus::Gauge* running_;
+  prometheus::Gauge* waiting_;
+  prometheus::Gauge* kv_cache_usage_;
+  prometheus::Gauge* load_seconds_;
+  prometheus::Family<prometheus::Gauge>* weight_bytes_;
+  prometheus::Counter* prompt_tokens_total_;
+  prometheus::Counter* generation_tokens_total_;
+  prometheus::Family<prometheus::Counter>* success_;
+  prometheus::Family<prometheus::Counter>* errors_;
+  prometheus::Histogram* time_to_first_token_;
+  prometheus::Histogram* inter_token_latency_;
+  prometheus::Histogram* e2e_latency_;
+  prometheus::Histogram* queue_time_;
+  prometheus::Histogram* prefill_time_;
+  prometheus::Histogram* decode_time_;
+  prometheus::Histogram* prompt_tokens_;
+  prometheus::Histogram* generation_tokens_;
+};
+
+}  // namespace nibble::server

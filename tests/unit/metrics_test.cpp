@@ -1,0 +1,83 @@
+// The /metrics exposition: every series the README documents, labelled with the
+// model, with the values recorded and the LLM latency buckets.
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "server/metrics.h"
+
+namespace nibble::server {
+namespace {
+
+// The value of the sample line that starts with `series` (name plus labels), or -1.
+double sample(const std::string& text, const std::string& series) {
+  std::istringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return -1;
+}
+
+TEST(ServerMetrics, RecordedValuesAppearInTheExposition) {
+  ServerMetrics metrics("smollm2");
+  metrics.set_model(0.42, {{"int4", 1000}, {"f16", 500}});
+  metrics.set_load(2, 3, 0.25);
+  metrics.observe_queue_time(0.2);
+  metrics.observe_first_token(0.03);
+  metrics.observe_first_token(3.0);
+  metrics.observe_inter_token(0.004);
+  metrics.observe_finished({"stop", 12, 30, 1.5, 0.1, 1.2});
+  metrics.observe_finished({"length", 5, 16, 0.8, 0.05, 0.6});
+  metrics.count_error(400);
+  metrics.count_error(400);
+  metrics.count_error(503);
+  const std::string text = metrics.exposition();
+
+  EXPECT_EQ(sample(text, "nibble_requests_running{model=\"smollm2\"}"), 2);
+  EXPECT_EQ(sample(text, "nibble_requests_waiting{model=\"smollm2\"}"), 3);
+  EXPECT_EQ(sample(text, "nibble_kv_cache_usage_ratio{model=\"smollm2\"}"), 0.25);
+  EXPECT_EQ(sample(text, "nibble_model_load_seconds{model=\"smollm2\"}"), 0.42);
+  EXPECT_EQ(sample(text, "nibble_model_weight_bytes{model=\"smollm2\",format=\"int4\"}"), 1000);
+  EXPECT_EQ(sample(text, "nibble_prompt_tokens_total{model=\"smollm2\"}"), 17);
+  EXPECT_EQ(sample(text, "nibble_generation_tokens_total{model=\"smollm2\"}"), 46);
+  EXPECT_EQ(sample(text, "nibble_request_success_total{model=\"smollm2\",finish_reason=\"stop\"}"), 1);
+  EXPECT_EQ(sample(text, "nibble_request_success_total{model=\"smollm2\",finish_reason=\"length\"}"), 1);
+  EXPECT_EQ(sample(text, "nibble_request_errors_total{model=\"smollm2\",code=\"400\"}"), 2);
+  EXPECT_EQ(sample(text, "nibble_request_errors_total{model=\"smollm2\",code=\"503\"}"), 1);
+  // Cumulative buckets: 0.03 s falls in le=0.04, 3 s only from le=5.
+  EXPECT_EQ(sample(text, "nibble_time_to_first_token_seconds_bucket{model=\"smollm2\",le=\"0.04\"}"), 1);
+  EXPECT_EQ(sample(text, "nibble_time_to_first_token_seconds_bucket{model=\"smollm2\",le=\"5\"}"), 2);
+  EXPECT_EQ(sample(text, "nibble_time_to_first_token_seconds_count{model=\"smollm2\"}"), 2);
+  EXPECT_DOUBLE_EQ(sample(text, "nibble_time_to_first_token_seconds_sum{model=\"smollm2\"}"), 3.03);
+  EXPECT_EQ(sample(text, "nibble_inter_token_latency_seconds_count{model=\"smollm2\"}"), 1);
+  EXPECT_EQ(sample(text, "nibble_e2e_request_latency_seconds_count{model=\"smollm2\"}"), 2);
+  EXPECT_EQ(sample(text, "nibble_request_queue_time_seconds_count{model=\"smollm2\"}"), 1);
+  EXPECT_EQ(sample(text, "nibble_request_prefill_time_seconds_count{model=\"smollm2\"}"), 2);
+  EXPECT_EQ(sample(text, "nibble_request_decode_time_seconds_count{model=\"smollm2\"}"), 2);
+  EXPECT_EQ(sample(text, "nibble_request_prompt_tokens_bucket{model=\"smollm2\",le=\"5\"}"), 1);
+  EXPECT_EQ(sample(text, "nibble_request_generation_tokens_bucket{model=\"smollm2\",le=\"20\"}"), 1);
+}
+
+TEST(ServerMetrics, EverySeriesCarriesTheModelLabelAndHelp) {
+  ServerMetrics metrics("m");
+  metrics.set_model(1.0, {{"f32", 4}});
+  metrics.count_error(429);
+  metrics.observe_finished({"stop", 1, 1, 0.1, 0.01, 0.05});
+  const std::string text = metrics.exposition();
+  std::istringstream lines(text);
+  std::string line;
+  int samples = 0, helps = 0;
+  while (std::getline(lines, line)) {
+    if (line.rfind("# HELP nibble_", 0) == 0) ++helps;
+    if (line.empty() || line[0] == '#') continue;
+    ++samples;
+    EXPECT_EQ(line.rfind("nibble_", 0), 0u) << line;
+    EXPECT_NE(line.find("model=\"m\""), std::string::npos) << line;
+  }
+  EXPECT_EQ(helps, 17);  // every family the README lists
+  EXPECT_GT(samples, 17);
+}
+
+}  // namespace
+}  // namespace nibble::server
