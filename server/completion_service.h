@@ -1,0 +1,62 @@
+#pragma once
+// /v1/completions without HTTP: tokenizes the prompts, submits one scheduler
+// sequence per (prompt, choice), turns their token events into text (stop
+// strings, echo, log-probabilities) and hands the caller either stream chunks as
+// they come or the whole response at the end. The HTTP layer only moves bytes.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "scheduler/scheduler.h"
+#include "server/api_error.h"
+#include "server/metrics.h"
+#include "server/openai_request.h"
+#include "tokenizer/tokenizer.h"
+
+namespace nibble::server {
+
+struct ServedModel {
+  std::string name;                 // the id clients send as "model"
+  std::int64_t context_length = 0;  // prompt + completion tokens
+  std::vector<TokenId> stop_tokens;  // end-of-sequence ids
+  std::string system_fingerprint;
+};
+
+// Where a request's output goes. Called from the scheduler's thread; an
+// implementation hands the text to its connection and returns.
+class ResponseOutput {
+ public:
+  virtual ~ResponseOutput() = default;
+  virtual void stream_event(std::string sse_text) = 0;  // streaming: one event ("data: ...\n\n")
+  virtual void finish(std::string json_text) = 0;        // not streaming: the whole body, 200
+  virtual void fail(const ApiError& error) = 0;          // before any output: the error instead
+  virtual void stream_end() = 0;                          // streaming: after the last event
+};
+
+// A running request; cancel() (client gone) stops all its sequences at their next step.
+class RunningRequest {
+ public:
+  virtual ~RunningRequest() = default;
+  virtual void cancel() = 0;
+};
+
+class CompletionService {
+ public:
+  CompletionService(const Tokenizer& tokenizer, scheduler::Scheduler& scheduler, ServerMetrics& metrics,
+                    ServedModel model);
+
+  // Validates what needs the model (prompt length, model name), submits, and
+  // returns at once. Throws ApiError (400/404 for the request, 429 when the
+  // scheduler is full); afterwards everything arrives through `output`.
+  std::shared_ptr<RunningRequest> start(const CompletionRequest& request, std::shared_ptr<ResponseOutput> output);
+
+ private:
+  const Tokenizer& tokenizer_;
+  scheduler::Scheduler& scheduler_;
+  ServerMetrics& metrics_;
+  ServedModel model_;
+};
+
+}  // namespace nibble::server

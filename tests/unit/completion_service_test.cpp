@@ -1,0 +1,237 @@
+// /v1/completions logic on the real stories260K model behind a serial scheduler:
+// text equal to the reference greedy tokens, stop strings, streaming that adds up
+// to the same text, n choices with seeds, logprobs, usage, errors and cancelling.
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <fstream>
+#include <mutex>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "loader/llama2c.h"
+#include "loader/model_source.h"
+#include "scheduler/serial_scheduler.h"
+#include "server/completion_service.h"
+#include "test_util.h"
+
+namespace nibble::server {
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+const std::filesystem::path kStories = std::filesystem::path(NIBBLE_SHARED_DIR) / "models/stories260K";
+
+std::vector<TokenId> reference_greedy_ids() {
+  std::ifstream in(kStories / "greedy_bos_128.txt");
+  std::string line;
+  std::getline(in, line);
+  return json::parse(line).get<std::vector<TokenId>>();
+}
+
+// Collects what the service sends; waits for the end.
+class CollectingOutput : public ResponseOutput {
+ public:
+  void stream_event(std::string sse_text) override {
+    const std::lock_guard lock(mutex_);
+    events.push_back(std::move(sse_text));
+    changed_.notify_all();
+  }
+  void finish(std::string json_text) override { end(json::parse(json_text)); }
+  void fail(const ApiError& error) override { end(error.body()); }
+  void stream_end() override { end(json()); }
+
+  json wait() {
+    std::unique_lock lock(mutex_);
+    EXPECT_TRUE(changed_.wait_for(lock, 60s, [&] { return done_; }));
+    return body;
+  }
+  void wait_for_events(std::size_t n) {
+    std::unique_lock lock(mutex_);
+    EXPECT_TRUE(changed_.wait_for(lock, 60s, [&] { return events.size() >= n || done_; }));
+  }
+  // The JSON of each "data:" event except [DONE].
+  std::vector<json> chunks() {
+    std::vector<json> out;
+    for (const auto& e : events) {
+      EXPECT_EQ(e.rfind("data: ", 0), 0u);
+      EXPECT_EQ(e.substr(e.size() - 2), "\n\n");
+      if (e != "data: [DONE]\n\n") out.push_back(json::parse(e.substr(6)));
+    }
+    return out;
+  }
+
+  std::vector<std::string> events;
+  json body;
+
+ private:
+  void end(json value) {
+    const std::lock_guard lock(mutex_);
+    body = std::move(value);
+    done_ = true;
+    changed_.notify_all();
+  }
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool done_ = false;
+};
+
+class CompletionServiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    convert_llama2c(kStories / "stories260K.bin", kStories / "tok512.bin", dir_->path());
+    source_ = new ModelSource(open_model(dir_->path()));
+    tokenizer_ = load_tokenizer(dir_->path()).release();
+    backend_ = new kernels::CpuBackend(1);
+    model_ = new engine::LlamaModel(*source_, *backend_);
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    delete backend_;
+    delete tokenizer_;
+    delete source_;
+    delete dir_;
+  }
+  void SetUp() override {
+    scheduler_ = std::make_unique<scheduler::SerialScheduler>(*model_, 16);
+    metrics_ = std::make_unique<ServerMetrics>("stories");
+    service_ = std::make_unique<CompletionService>(
+        *tokenizer_, *scheduler_, *metrics_, ServedModel{"stories", model_->config().max_position_embeddings, {2}, "fp"});
+  }
+
+  static CompletionRequest request(json extra) {
+    json body = {{"model", "stories"}, {"prompt", {1}}, {"temperature", 0}, {"max_tokens", 20}};
+    if (!extra.is_null()) body.update(extra);
+    RequestLimits limits;
+    limits.vocab_size = 512;
+    return parse_completion_request(body, limits);
+  }
+
+  json run(json extra) {
+    auto output = std::make_shared<CollectingOutput>();
+    service_->start(request(std::move(extra)), output);
+    return output->wait();
+  }
+
+  static testing::TempDir* dir_;
+  static ModelSource* source_;
+  static Tokenizer* tokenizer_;
+  static kernels::CpuBackend* backend_;
+  static engine::LlamaModel* model_;
+  std::unique_ptr<scheduler::SerialScheduler> scheduler_;
+  std::unique_ptr<ServerMetrics> metrics_;
+  std::unique_ptr<CompletionService> service_;
+};
+testing::TempDir* CompletionServiceTest::dir_ = nullptr;
+ModelSource* CompletionServiceTest::source_ = nullptr;
+Tokenizer* CompletionServiceTest::tokenizer_ = nullptr;
+kernels::CpuBackend* CompletionServiceTest::backend_ = nullptr;
+engine::LlamaModel* CompletionServiceTest::model_ = nullptr;
+
+TEST_F(CompletionServiceTest, GreedyTextIsTheReferenceTokensDecoded) {
+  const auto ids = reference_greedy_ids();
+  const json body = run(json::object());
+  ASSERT_EQ(body["object"], "text_completion") << body.dump();
+  EXPECT_EQ(body["choices"][0]["text"], tokenizer_->decode(std::vector<TokenId>(ids.begin(), ids.begin() + 20), true));
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(body["usage"], json({{"prompt_tokens", 1}, {"completion_tokens", 20}, {"total_tokens", 21}}));
+  EXPECT_EQ(body["model"], "stories");
+  EXPECT_EQ(body["id"].get<std::string>().rfind("cmpl-", 0), 0u);
+}
+
+TEST_F(CompletionServiceTest, AStopStringEndsTheTextBeforeIt) {
+  const std::string full = run(json::object())["choices"][0]["text"];
+  const auto space = full.find(' ', 8);
+  ASSERT_NE(space, std::string::npos) << full;
+  const std::string stop = full.substr(space, 3);
+  const json body = run({{"stop", stop}});
+  EXPECT_EQ(body["choices"][0]["text"], full.substr(0, full.find(stop)));
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
+  EXPECT_LT(body["usage"]["completion_tokens"].get<int>(), 20);
+}
+
+TEST_F(CompletionServiceTest, StreamedDeltasAddUpToTheSameText) {
+  const std::string full = run(json::object())["choices"][0]["text"];
+  auto output = std::make_shared<CollectingOutput>();
+  service_->start(request({{"stream", true}, {"stream_options", {{"include_usage", true}}}}), output);
+  output->wait();
+  ASSERT_EQ(output->events.back(), "data: [DONE]\n\n");
+  std::string text;
+  const auto chunks = output->chunks();
+  for (std::size_t i = 0; i + 1 < chunks.size(); ++i) {
+    ASSERT_EQ(chunks[i]["choices"].size(), 1u);
+    text += chunks[i]["choices"][0]["text"].get<std::string>();
+  }
+  EXPECT_EQ(text, full);
+  EXPECT_EQ(chunks[chunks.size() - 2]["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(chunks.back()["choices"], json::array());
+  EXPECT_EQ(chunks.back()["usage"]["completion_tokens"], 20);
+}
+
+TEST_F(CompletionServiceTest, SeededChoicesAreReproducibleAndDistinct) {
+  const json extra = {{"temperature", 1.0}, {"n", 2}, {"seed", 11}, {"prompt", {{1}, {1, 365}}}};
+  const json first = run(extra);
+  ASSERT_EQ(first["choices"].size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(first["choices"][i]["index"], i);
+  EXPECT_EQ(run(extra)["choices"], first["choices"]);
+  EXPECT_NE(first["choices"][0]["text"], first["choices"][1]["text"]);
+  EXPECT_EQ(first["usage"]["prompt_tokens"], 3);
+  EXPECT_EQ(first["usage"]["completion_tokens"], 80);
+}
+
+TEST_F(CompletionServiceTest, LogprobsCoverEveryToken) {
+  const json body = run({{"logprobs", 3}, {"max_tokens", 10}});
+  const json& lp = body["choices"][0]["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), 10u);
+  ASSERT_EQ(lp["token_logprobs"].size(), 10u);
+  ASSERT_EQ(lp["top_logprobs"].size(), 10u);
+  ASSERT_EQ(lp["text_offset"].size(), 10u);
+  // Offsets point into the returned text, in order (the decoder drops the first
+  // token's leading space, so they are not sums of the token strings).
+  const std::string text = body["choices"][0]["text"];
+  EXPECT_EQ(lp["text_offset"][0], 0);
+  for (std::size_t i = 0; i < 10; ++i) {
+    EXPECT_LE(lp["token_logprobs"][i].get<double>(), 0.0);
+    EXPECT_EQ(lp["top_logprobs"][i].size(), 3u);
+    EXPECT_LE(lp["text_offset"][i].get<std::size_t>(), text.size());
+    if (i > 0) {
+      EXPECT_GE(lp["text_offset"][i].get<std::size_t>(), lp["text_offset"][i - 1].get<std::size_t>());
+    }
+  }
+}
+
+TEST_F(CompletionServiceTest, ModelAndContextErrorsComeBeforeAnyWork) {
+  try {
+    service_->start(request({{"model", "other"}}), std::make_shared<CollectingOutput>());
+    FAIL() << "expected a 404";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 404);
+    EXPECT_EQ(e.param(), "model");
+  }
+  try {
+    service_->start(request({{"max_tokens", 600}}), std::make_shared<CollectingOutput>());
+    FAIL() << "expected a 400";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_EQ(e.code(), "context_length_exceeded");
+  }
+  EXPECT_EQ(scheduler_->load().waiting, 0);
+}
+
+TEST_F(CompletionServiceTest, CancellingEndsTheStream) {
+  auto output = std::make_shared<CollectingOutput>();
+  const auto running = service_->start(request({{"stream", true}, {"max_tokens", 400}}), output);
+  output->wait_for_events(2);
+  running->cancel();
+  output->wait();
+  EXPECT_EQ(output->events.back(), "data: [DONE]\n\n");
+  EXPECT_LT(output->events.size(), 400u);
+  const auto load = scheduler_->load();
+  EXPECT_EQ(load.running + load.waiting, 0);
+}
+
+}  // namespace
+}  // namespace nibble::server
