@@ -8,12 +8,14 @@
 #include <random>
 #include <utility>
 
+#include "common/error.h"
 #include "server/openai_response.h"
 #include "server/stop_strings.h"
 
 namespace nibble::server {
 namespace {
 
+using json = nlohmann::json;
 using scheduler::Clock;
 
 std::string random_id(const char* prefix) {
@@ -27,32 +29,134 @@ std::int64_t unix_seconds() {
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// One request in flight: its choices, their text so far, and where output goes.
-class CompletionCall final : public RunningRequest {
- public:
-  struct Choice {
-    int index = 0;
-    std::size_t prompt = 0;  // which prompt of the request
-    std::string text;        // echo + generated text, stop strings removed
-    std::vector<TokenLogprob> logprobs;
-    std::vector<std::int64_t> text_offset;
-    std::int64_t generated = 0;
-    std::optional<std::string> finish_reason;
-    std::unique_ptr<IncrementalDecoder> decoder;
-    std::unique_ptr<StopStringFilter> stop;
-    std::shared_ptr<scheduler::Ticket> ticket;
-    std::optional<Clock::time_point> last_token;
-  };
+// One choice of a request: the text so far and how it ended.
+struct Choice {
+  int index = 0;
+  std::size_t prompt = 0;  // which prompt of the request
+  std::string text;        // echo + generated text, stop strings removed
+  std::vector<TokenLogprob> logprobs;
+  std::vector<std::int64_t> text_offset;
+  std::int64_t generated = 0;
+  std::optional<std::string> finish_reason;
+  bool opened = false;  // streaming: its first chunk went out
+  std::unique_ptr<IncrementalDecoder> decoder;
+  std::unique_ptr<StopStringFilter> stop;
+  std::shared_ptr<scheduler::Ticket> ticket;
+  std::optional<Clock::time_point> last_token;
+};
+using Choices = std::vector<std::unique_ptr<Choice>>;
 
-  CompletionCall(const CompletionRequest& request, const Tokenizer& tokenizer, ServerMetrics& metrics,
-                 ResponseHeader header, std::shared_ptr<ResponseOutput> output, std::int64_t prompt_tokens)
-      : tokenizer_(tokenizer),
+// The two endpoints differ only in the JSON their choices become.
+class ResponseShape {
+ public:
+  virtual ~ResponseShape() = default;
+  virtual bool chat() const = 0;
+  // Streaming: what opens a choice before its first text (chat names the role).
+  virtual std::optional<json> opening_chunk(const ResponseHeader& header, const Choice& choice) const = 0;
+  // Streaming: new text, with the token's log-probabilities when asked for.
+  virtual json delta_chunk(const ResponseHeader& header, const Choice& choice, const std::string& text,
+                           const TokenLogprob* entry) const = 0;
+  virtual json closing_chunk(const ResponseHeader& header, const Choice& choice) const = 0;
+  virtual json response(const ResponseHeader& header, const Choices& choices, bool with_logprobs,
+                        const Usage& usage) const = 0;
+};
+
+class CompletionShape final : public ResponseShape {
+ public:
+  bool chat() const override { return false; }
+  std::optional<json> opening_chunk(const ResponseHeader&, const Choice&) const override { return std::nullopt; }
+  json delta_chunk(const ResponseHeader& header, const Choice& choice, const std::string& text,
+                   const TokenLogprob* entry) const override {
+    CompletionChoice delta;
+    delta.index = choice.index;
+    delta.text = text;
+    if (entry != nullptr) {
+      delta.logprobs = std::vector<TokenLogprob>{*entry};
+      delta.text_offset = {choice.text_offset.back()};
+    }
+    return completion_chunk(header, {delta});
+  }
+  json closing_chunk(const ResponseHeader& header, const Choice& choice) const override {
+    CompletionChoice last;
+    last.index = choice.index;
+    last.finish_reason = choice.finish_reason;
+    return completion_chunk(header, {last});
+  }
+  json response(const ResponseHeader& header, const Choices& choices, bool with_logprobs,
+                const Usage& usage) const override {
+    std::vector<CompletionChoice> out;
+    for (const auto& c : choices) {
+      CompletionChoice choice;
+      choice.index = c->index;
+      choice.text = c->text;
+      if (with_logprobs) {
+        choice.logprobs = c->logprobs;
+        choice.text_offset = c->text_offset;
+      }
+      choice.finish_reason = c->finish_reason;
+      out.push_back(std::move(choice));
+    }
+    return completion_response(header, out, usage);
+  }
+};
+
+class ChatShape final : public ResponseShape {
+ public:
+  bool chat() const override { return true; }
+  std::optional<json> opening_chunk(const ResponseHeader& header, const Choice& choice) const override {
+    ChatChoice first;
+    first.index = choice.index;
+    first.role = "assistant";
+    return chat_chunk(header, {first});
+  }
+  json delta_chunk(const ResponseHeader& header, const Choice& choice, const std::string& text,
+                   const TokenLogprob* entry) const override {
+    ChatChoice delta;
+    delta.index = choice.index;
+    delta.content = text;
+    if (entry != nullptr) delta.logprobs = std::vector<TokenLogprob>{*entry};
+    return chat_chunk(header, {delta});
+  }
+  json closing_chunk(const ResponseHeader& header, const Choice& choice) const override {
+    ChatChoice last;
+    last.index = choice.index;
+    last.finish_reason = choice.finish_reason;
+    return chat_chunk(header, {last});
+  }
+  json response(const ResponseHeader& header, const Choices& choices, bool with_logprobs,
+                const Usage& usage) const override {
+    std::vector<ChatChoice> out;
+    for (const auto& c : choices) {
+      ChatChoice choice;
+      choice.index = c->index;
+      choice.content = c->text;
+      if (with_logprobs) choice.logprobs = c->logprobs;
+      choice.finish_reason = c->finish_reason;
+      out.push_back(std::move(choice));
+    }
+    return chat_response(header, out, usage);
+  }
+};
+
+// What a call needs to know of its request, whichever endpoint it came from.
+struct CallOptions {
+  bool stream = false;
+  bool include_usage = false;
+  bool want_logprobs = false;
+};
+
+// One request in flight: its choices, their text so far, and where output goes.
+class GenerationCall final : public RunningRequest {
+ public:
+  GenerationCall(const ResponseShape& shape, const CallOptions& options, const Tokenizer& tokenizer,
+                 ServerMetrics& metrics, ResponseHeader header, std::shared_ptr<ResponseOutput> output,
+                 std::int64_t prompt_tokens)
+      : shape_(shape),
+        tokenizer_(tokenizer),
         metrics_(metrics),
         header_(std::move(header)),
         output_(std::move(output)),
-        stream_(request.options.stream),
-        include_usage_(request.options.include_usage),
-        want_logprobs_(request.logprobs.has_value()),
+        options_(options),
         arrival_(Clock::now()),
         prompt_tokens_(prompt_tokens) {}
 
@@ -72,7 +176,7 @@ class CompletionCall final : public RunningRequest {
     }
   }
 
-  std::vector<std::unique_ptr<Choice>>& choices() { return choices_; }
+  Choices& choices() { return choices_; }
   void set_remaining(std::size_t n) { remaining_ = n; }
 
   // Submits under the call's lock, so the choice's first event finds its ticket.
@@ -94,9 +198,10 @@ class CompletionCall final : public RunningRequest {
     choice.last_token = now;
     ++choice.generated;
     if (choice.finish_reason) return;  // already stopped by a stop string
+    open(choice);
     const auto out = choice.stop->push(choice.decoder->push(step.token));
     std::optional<TokenLogprob> entry;
-    if (want_logprobs_) {
+    if (options_.want_logprobs) {
       entry = TokenLogprob{tokenizer_.token_bytes(step.token), step.logprob, {}};
       for (const auto& [id, logprob] : step.top) entry->top.emplace_back(tokenizer_.token_bytes(id), logprob);
       choice.text_offset.push_back(static_cast<std::int64_t>(choice.text.size()));
@@ -107,68 +212,62 @@ class CompletionCall final : public RunningRequest {
       choice.finish_reason = "stop";
       choice.ticket->cancel();
     }
-    if (stream_ && (!out.text.empty() || entry)) {
-      CompletionChoice delta;
-      delta.index = choice.index;
-      delta.text = out.text;
-      if (entry) {
-        delta.logprobs = std::vector<TokenLogprob>{*entry};
-        delta.text_offset = {choice.text_offset.back()};
-      }
-      output_->stream_event(sse_event(completion_chunk(header_, {delta})));
+    if (options_.stream && (!out.text.empty() || entry)) {
+      output_->stream_event(sse_event(shape_.delta_chunk(header_, choice, out.text, entry ? &*entry : nullptr)));
     }
   }
 
   void on_finished(Choice& choice, const scheduler::SequenceEnd& end) {
     const std::lock_guard lock(mutex_);
     if (abandoned_) return;
+    open(choice);
     if (!choice.finish_reason) {
       const auto out = choice.stop->push(choice.decoder->flush());
-      choice.text += out.text + choice.stop->flush();
-      switch (end.reason) {
-        case scheduler::FinishReason::Stop:
-          choice.finish_reason = "stop";
-          break;
-        case scheduler::FinishReason::Length:
-        case scheduler::FinishReason::Timeout:
-          choice.finish_reason = "length";
-          break;
-        case scheduler::FinishReason::Cancelled:
-          choice.finish_reason = "cancelled";
-          break;
-        case scheduler::FinishReason::Error:
-          error_ = end.error;
-          choice.finish_reason = "error";
-          break;
-      }
-      if (stream_ && !out.text.empty()) {
-        CompletionChoice rest;
-        rest.index = choice.index;
-        rest.text = out.text;
-        output_->stream_event(sse_event(completion_chunk(header_, {rest})));
+      const auto rest = out.text + choice.stop->flush();
+      choice.text += rest;
+      choice.finish_reason = finish_reason_text(end);
+      if (end.reason == scheduler::FinishReason::Error) error_ = end.error;
+      if (options_.stream && !rest.empty()) {
+        output_->stream_event(sse_event(shape_.delta_chunk(header_, choice, rest, nullptr)));
       }
     }
     completion_tokens_ += choice.generated;
     metrics_.observe_queue_time(end.queue_seconds);
     metrics_.observe_finished({*choice.finish_reason, end.prompt_tokens, choice.generated,
                                seconds(Clock::now() - arrival_), end.prefill_seconds, end.decode_seconds});
-    if (stream_) {
-      CompletionChoice last;
-      last.index = choice.index;
-      last.finish_reason = choice.finish_reason;
-      output_->stream_event(sse_event(completion_chunk(header_, {last})));
-    }
+    if (options_.stream) output_->stream_event(sse_event(shape_.closing_chunk(header_, choice)));
     if (--remaining_ == 0) finish_request();
   }
 
  private:
+  static std::string finish_reason_text(const scheduler::SequenceEnd& end) {
+    switch (end.reason) {
+      case scheduler::FinishReason::Stop:
+        return "stop";
+      case scheduler::FinishReason::Length:
+      case scheduler::FinishReason::Timeout:
+        return "length";
+      case scheduler::FinishReason::Cancelled:
+        return "cancelled";
+      case scheduler::FinishReason::Error:
+        return "error";
+    }
+    return "error";
+  }
+
+  void open(Choice& choice) {
+    if (!options_.stream || choice.opened) return;
+    choice.opened = true;
+    if (auto chunk = shape_.opening_chunk(header_, choice)) output_->stream_event(sse_event(*chunk));
+  }
+
   void finish_request() {
     const Usage usage{prompt_tokens_, completion_tokens_};
-    if (stream_) {
+    if (options_.stream) {
       if (error_) {
         output_->stream_event(sse_event(ApiError(500, "server_error", *error_).body()));
-      } else if (include_usage_) {
-        output_->stream_event(sse_event(usage_chunk(header_, false, usage)));
+      } else if (options_.include_usage) {
+        output_->stream_event(sse_event(usage_chunk(header_, shape_.chat(), usage)));
       }
       output_->stream_event(sse_done());
       output_->stream_end();
@@ -179,32 +278,19 @@ class CompletionCall final : public RunningRequest {
       output_->fail(ApiError(500, "server_error", *error_));
       return;
     }
-    std::vector<CompletionChoice> choices;
-    for (const auto& c : choices_) {
-      CompletionChoice out;
-      out.index = c->index;
-      out.text = c->text;
-      if (want_logprobs_) {
-        out.logprobs = c->logprobs;
-        out.text_offset = c->text_offset;
-      }
-      out.finish_reason = c->finish_reason;
-      choices.push_back(std::move(out));
-    }
-    output_->finish(to_json_text(completion_response(header_, choices, usage)));
+    output_->finish(to_json_text(shape_.response(header_, choices_, options_.want_logprobs, usage)));
   }
 
+  const ResponseShape& shape_;
   const Tokenizer& tokenizer_;
   ServerMetrics& metrics_;
   const ResponseHeader header_;
   const std::shared_ptr<ResponseOutput> output_;
-  const bool stream_;
-  const bool include_usage_;
-  const bool want_logprobs_;
+  const CallOptions options_;
   const Clock::time_point arrival_;
   const std::int64_t prompt_tokens_;
   std::mutex mutex_;
-  std::vector<std::unique_ptr<Choice>> choices_;
+  Choices choices_;
   std::size_t remaining_ = 0;
   std::int64_t completion_tokens_ = 0;
   std::optional<std::string> error_;
@@ -214,16 +300,69 @@ class CompletionCall final : public RunningRequest {
 // Forwards one sequence's events to its choice of the call.
 class ChoiceSink final : public scheduler::SequenceSink {
  public:
-  ChoiceSink(std::shared_ptr<CompletionCall> call, CompletionCall::Choice& choice)
-      : call_(std::move(call)), choice_(choice) {}
+  ChoiceSink(std::shared_ptr<GenerationCall> call, Choice& choice) : call_(std::move(call)), choice_(choice) {}
   void on_started(const scheduler::SequenceStart&) override {}
   void on_token(const engine::TokenStep& step) override { call_->on_token(choice_, step); }
   void on_finished(const scheduler::SequenceEnd& end) override { call_->on_finished(choice_, end); }
 
  private:
-  std::shared_ptr<CompletionCall> call_;
-  CompletionCall::Choice& choice_;
+  std::shared_ptr<GenerationCall> call_;
+  Choice& choice_;
 };
+
+
+const CompletionShape kCompletionShape;
+const ChatShape kChatShape;
+
+ResponseHeader new_header(const char* id_prefix, const ServedModel& model) {
+  return {random_id(id_prefix), unix_seconds(), model.name, model.system_fingerprint};
+}
+
+// One choice per (prompt, n); `echo` starts each text with its prompt.
+void add_choices(GenerationCall& call, const Tokenizer& tokenizer, const std::vector<std::vector<TokenId>>& prompts,
+                 const GenerationOptions& options, bool echo) {
+  for (std::size_t p = 0; p < prompts.size(); ++p) {
+    for (int j = 0; j < options.n; ++j) {
+      auto choice = std::make_unique<Choice>();
+      choice->index = static_cast<int>(p) * options.n + j;
+      choice->prompt = p;
+      choice->decoder = std::make_unique<IncrementalDecoder>(tokenizer);
+      choice->stop = std::make_unique<StopStringFilter>(options.stop);
+      if (echo) choice->text = tokenizer.decode(prompts[p], true);
+      call.choices().push_back(std::move(choice));
+    }
+  }
+  call.set_remaining(call.choices().size());
+}
+
+// Queues every choice of `call`; a full scheduler abandons what was queued and is a 429.
+void submit_choices(scheduler::Scheduler& scheduler, const std::shared_ptr<GenerationCall>& call,
+                    const std::vector<std::vector<TokenId>>& prompts, const GenerationOptions& options,
+                    int top_logprobs, const ServedModel& model) {
+  std::random_device entropy;
+  for (auto& choice : call->choices()) {
+    scheduler::SequenceRequest sequence;
+    sequence.prompt = prompts[choice->prompt];
+    sequence.sampling = options.sampling;
+    // The same seed gives the same text; choices of one request still differ.
+    sequence.sampling.seed = options.seeded ? options.sampling.seed + static_cast<std::uint64_t>(choice->index)
+                                            : (static_cast<std::uint64_t>(entropy()) << 32) ^ entropy();
+    sequence.max_tokens =
+        options.max_tokens.value_or(model.context_length - static_cast<std::int64_t>(sequence.prompt.size()));
+    sequence.stop_tokens = model.stop_tokens;
+    sequence.logit_bias = options.logit_bias;
+    sequence.top_logprobs = top_logprobs;
+    try {
+      call->attach(*choice, [&] {
+        return scheduler.submit(std::move(sequence), std::make_shared<ChoiceSink>(call, *choice));
+      });
+    } catch (const scheduler::Overloaded& e) {
+      call->abandon();
+      throw ApiError(429, "rate_limit_exceeded", fmt::format("The server is busy ({}); retry later", e.what()),
+                     std::nullopt, "overloaded");
+    }
+  }
+}
 
 }  // namespace
 
@@ -231,12 +370,30 @@ CompletionService::CompletionService(const Tokenizer& tokenizer, scheduler::Sche
                                      ServerMetrics& metrics, ServedModel model)
     : tokenizer_(tokenizer), scheduler_(scheduler), metrics_(metrics), model_(std::move(model)) {}
 
-std::shared_ptr<RunningRequest> CompletionService::start(const CompletionRequest& request,
-                                                         std::shared_ptr<ResponseOutput> output) {
-  if (request.model != model_.name) {
-    throw ApiError(404, "invalid_request_error", fmt::format("The model '{}' does not exist", request.model), "model",
+void CompletionService::check_model(const std::string& requested) const {
+  if (requested != model_.name) {
+    throw ApiError(404, "invalid_request_error", fmt::format("The model '{}' does not exist", requested), "model",
                    "model_not_found");
   }
+}
+
+void CompletionService::check_length(std::int64_t prompt_tokens, const GenerationOptions& options,
+                                     const char* prompt_param) const {
+  if (prompt_tokens == 0) throw ApiError::invalid(prompt_param, "the prompt has no tokens");
+  const std::int64_t wanted = prompt_tokens + options.max_tokens.value_or(0);
+  if (wanted > model_.context_length) {
+    throw ApiError::invalid(
+        options.max_tokens ? "max_tokens" : prompt_param,
+        fmt::format("This model's maximum context length is {} tokens. However, you requested {} tokens ({} in the "
+                    "prompt, {} for the completion). Please reduce the prompt or the completion length.",
+                    model_.context_length, wanted, prompt_tokens, options.max_tokens.value_or(0)),
+        "context_length_exceeded");
+  }
+}
+
+std::shared_ptr<RunningRequest> CompletionService::start(const CompletionRequest& request,
+                                                         std::shared_ptr<ResponseOutput> output) {
+  check_model(request.model);
   if (request.best_of != request.options.n) {
     throw ApiError::invalid("best_of", "'best_of' different from 'n' is not supported yet", "unsupported_parameter");
   }
@@ -248,59 +405,51 @@ std::shared_ptr<RunningRequest> CompletionService::start(const CompletionRequest
   std::int64_t prompt_tokens = 0;
   for (const auto& prompt : request.prompts) {
     prompts.push_back(prompt.text ? tokenizer_.encode(*prompt.text, true) : prompt.ids);
-    const auto length = static_cast<std::int64_t>(prompts.back().size());
-    if (length == 0) throw ApiError::invalid("prompt", "the prompt has no tokens");
-    const std::int64_t wanted = length + request.options.max_tokens.value_or(0);
-    if (wanted > model_.context_length) {
-      throw ApiError::invalid(
-          request.options.max_tokens ? "max_tokens" : "prompt",
-          fmt::format("This model's maximum context length is {} tokens. However, you requested {} tokens ({} in the "
-                      "prompt, {} for the completion). Please reduce the prompt or the completion length.",
-                      model_.context_length, wanted, length, request.options.max_tokens.value_or(0)),
-          "context_length_exceeded");
-    }
-    prompt_tokens += length;
+    check_length(static_cast<std::int64_t>(prompts.back().size()), request.options, "prompt");
+    prompt_tokens += static_cast<std::int64_t>(prompts.back().size());
   }
+  const CallOptions options{request.options.stream, request.options.include_usage, request.logprobs.has_value()};
+  auto call = std::make_shared<GenerationCall>(kCompletionShape, options, tokenizer_, metrics_,
+                                               new_header("cmpl-", model_), output, prompt_tokens);
+  add_choices(*call, tokenizer_, prompts, request.options, request.echo);
+  submit_choices(scheduler_, call, prompts, request.options, request.logprobs.value_or(-1), model_);
+  return call;
+}
 
-  const ResponseHeader header{random_id("cmpl-"), unix_seconds(), model_.name, model_.system_fingerprint};
-  auto call = std::make_shared<CompletionCall>(request, tokenizer_, metrics_, header, output, prompt_tokens);
-  const int n = request.options.n;
-  for (std::size_t p = 0; p < prompts.size(); ++p) {
-    for (int j = 0; j < n; ++j) {
-      auto choice = std::make_unique<CompletionCall::Choice>();
-      choice->index = static_cast<int>(p) * n + j;
-      choice->prompt = p;
-      choice->decoder = std::make_unique<IncrementalDecoder>(tokenizer_);
-      choice->stop = std::make_unique<StopStringFilter>(request.options.stop);
-      if (request.echo) choice->text = tokenizer_.decode(prompts[p], true);
-      call->choices().push_back(std::move(choice));
-    }
+std::shared_ptr<RunningRequest> CompletionService::start(const ChatRequest& request,
+                                                         std::shared_ptr<ResponseOutput> output) {
+  check_model(request.model);
+  if (!model_.chat_template) {
+    throw ApiError::invalid("messages",
+                            fmt::format("The model '{}' has no chat template; use /v1/completions, or start the "
+                                        "server with --chat-template",
+                                        model_.name),
+                            "chat_template_missing");
   }
-  call->set_remaining(call->choices().size());
+  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+  for (const auto& m : request.messages) {
+    // Templates know "system"; "developer" is OpenAI's newer name for it.
+    nlohmann::ordered_json message = {{"role", m.role == "developer" ? "system" : m.role}, {"content", m.content}};
+    if (m.name) message["name"] = *m.name;
+    messages.push_back(std::move(message));
+  }
+  std::string rendered;
+  try {
+    rendered = model_.chat_template->render(messages, true);
+  } catch (const Error& e) {
+    throw ApiError::invalid("messages", fmt::format("The model's chat template refused the conversation: {}", e.what()),
+                            "chat_template_error");
+  }
+  // The template writes BOS and the other special tokens itself, as transformers assumes.
+  const std::vector<std::vector<TokenId>> prompts{tokenizer_.encode(rendered, false)};
+  const auto prompt_tokens = static_cast<std::int64_t>(prompts[0].size());
+  check_length(prompt_tokens, request.options, "messages");
 
-  std::random_device entropy;
-  for (auto& choice : call->choices()) {
-    scheduler::SequenceRequest sequence;
-    sequence.prompt = prompts[choice->prompt];
-    sequence.sampling = request.options.sampling;
-    // The same seed gives the same text; choices of one request still differ.
-    sequence.sampling.seed = request.options.seeded ? request.options.sampling.seed + static_cast<std::uint64_t>(choice->index)
-                                                    : (static_cast<std::uint64_t>(entropy()) << 32) ^ entropy();
-    sequence.max_tokens = request.options.max_tokens.value_or(model_.context_length -
-                                                              static_cast<std::int64_t>(sequence.prompt.size()));
-    sequence.stop_tokens = model_.stop_tokens;
-    sequence.logit_bias = request.options.logit_bias;
-    sequence.top_logprobs = request.logprobs ? *request.logprobs : -1;
-    try {
-      call->attach(*choice, [&] {
-        return scheduler_.submit(std::move(sequence), std::make_shared<ChoiceSink>(call, *choice));
-      });
-    } catch (const scheduler::Overloaded& e) {
-      call->abandon();
-      throw ApiError(429, "rate_limit_exceeded", fmt::format("The server is busy ({}); retry later", e.what()),
-                     std::nullopt, "overloaded");
-    }
-  }
+  const CallOptions options{request.options.stream, request.options.include_usage, request.logprobs};
+  auto call = std::make_shared<GenerationCall>(kChatShape, options, tokenizer_, metrics_,
+                                               new_header("chatcmpl-", model_), output, prompt_tokens);
+  add_choices(*call, tokenizer_, prompts, request.options, false);
+  submit_choices(scheduler_, call, prompts, request.options, request.logprobs ? request.top_logprobs : -1, model_);
   return call;
 }
 

@@ -1,14 +1,17 @@
 #pragma once
-// /v1/completions without HTTP: tokenizes the prompts, submits one scheduler
-// sequence per (prompt, choice), turns their token events into text (stop
-// strings, echo, log-probabilities) and hands the caller either stream chunks as
-// they come or the whole response at the end. The HTTP layer only moves bytes.
+// /v1/completions and /v1/chat/completions without HTTP: turns the prompts (or
+// the messages, through the model's chat template) into tokens, submits one
+// scheduler sequence per (prompt, choice), turns their token events into text
+// (stop strings, echo, log-probabilities) and hands the caller either stream
+// chunks as they come or the whole response at the end. The HTTP layer only
+// moves bytes.
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "chat/chat_template.h"
 #include "scheduler/scheduler.h"
 #include "server/api_error.h"
 #include "server/metrics.h"
@@ -22,6 +25,8 @@ struct ServedModel {
   std::int64_t context_length = 0;  // prompt + completion tokens
   std::vector<TokenId> stop_tokens;  // end-of-sequence ids
   std::string system_fingerprint;
+  // The model's chat template (or --chat-template); none: chat requests are refused.
+  std::shared_ptr<const ChatTemplate> chat_template;
 };
 
 // Where a request's output goes. Called from the scheduler's thread; an
@@ -51,12 +56,19 @@ class CompletionService {
   // returns at once. Throws ApiError (400/404 for the request, 429 when the
   // scheduler is full); afterwards everything arrives through `output`.
   std::shared_ptr<RunningRequest> start(const CompletionRequest& request, std::shared_ptr<ResponseOutput> output);
+  // The same for chat: a template that refuses the conversation is a 400.
+  std::shared_ptr<RunningRequest> start(const ChatRequest& request, std::shared_ptr<ResponseOutput> output);
+
+  const ServedModel& model() const { return model_; }
 
  private:
   const Tokenizer& tokenizer_;
   scheduler::Scheduler& scheduler_;
   ServerMetrics& metrics_;
   ServedModel model_;
+
+  void check_model(const std::string& requested) const;
+  void check_length(std::int64_t prompt_tokens, const GenerationOptions& options, const char* prompt_param) const;
 };
 
 }  // namespace nibble::server

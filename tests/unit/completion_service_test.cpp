@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <fstream>
+#include <map>
 #include <mutex>
 
 #include <nlohmann/json.hpp>
@@ -98,8 +99,11 @@ class CompletionServiceTest : public ::testing::Test {
   void SetUp() override {
     scheduler_ = std::make_unique<scheduler::SerialScheduler>(*model_, 16);
     metrics_ = std::make_unique<ServerMetrics>("stories");
-    service_ = std::make_unique<CompletionService>(
-        *tokenizer_, *scheduler_, *metrics_, ServedModel{"stories", model_->config().max_position_embeddings, {2}, "fp"});
+    service_ = std::make_unique<CompletionService>(*tokenizer_, *scheduler_, *metrics_, served(nullptr));
+  }
+
+  static ServedModel served(std::shared_ptr<const ChatTemplate> chat_template) {
+    return {"stories", model_->config().max_position_embeddings, {2}, "fp", std::move(chat_template)};
   }
 
   static CompletionRequest request(json extra) {
@@ -231,6 +235,125 @@ TEST_F(CompletionServiceTest, CancellingEndsTheStream) {
   EXPECT_LT(output->events.size(), 400u);
   const auto load = scheduler_->load();
   EXPECT_EQ(load.running + load.waiting, 0);
+}
+
+// A template in the style of Llama-2's: BOS, roles as words, and a refusal of roles
+// it does not know, as real templates raise.
+constexpr const char* kChatTemplate =
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] not in ['system', 'user', 'assistant'] %}{{ raise_exception('bad role ' + m['role']) }}{% endif %}"
+    "{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+
+class ChatServiceTest : public CompletionServiceTest {
+ protected:
+  void SetUp() override {
+    CompletionServiceTest::SetUp();
+    chat_ = std::make_unique<CompletionService>(
+        *tokenizer_, *scheduler_, *metrics_,
+        served(std::make_shared<ChatTemplate>(kChatTemplate, tokenizer_->token_bytes(1), tokenizer_->token_bytes(2))));
+  }
+  static json chat_body(json extra) {
+    json body = {{"model", "stories"},
+                 {"messages", {{{"role", "system"}, {"content", "Tell a story."}},
+                               {{"role", "user"}, {"content", "Once upon a time"}}}},
+                 {"temperature", 0},
+                 {"max_tokens", 24}};
+    if (!extra.is_null()) body.update(extra);
+    return body;
+  }
+  json run_chat(json extra, const std::shared_ptr<CollectingOutput>& output = std::make_shared<CollectingOutput>()) {
+    RequestLimits limits;
+    limits.vocab_size = 512;
+    chat_->start(parse_chat_request(chat_body(std::move(extra)), limits), output);
+    return output->wait();
+  }
+  std::unique_ptr<CompletionService> chat_;
+};
+
+TEST_F(ChatServiceTest, TheReplyIsTheCompletionOfTheRenderedConversation) {
+  const auto prompt_ids = tokenizer_->encode("<s>system: Tell a story.\nuser: Once upon a time\nassistant:", false);
+  ASSERT_EQ(prompt_ids.front(), 1) << "the template's BOS text must become the BOS token";
+  const auto completion = run({{"prompt", prompt_ids}, {"max_tokens", 24}});
+  const auto chat = run_chat(nullptr);
+  EXPECT_EQ(chat["object"], "chat.completion");
+  EXPECT_EQ(chat["id"].get<std::string>().rfind("chatcmpl-", 0), 0u);
+  EXPECT_EQ(chat["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(chat["choices"][0]["message"]["content"], completion["choices"][0]["text"]);
+  EXPECT_EQ(chat["choices"][0]["finish_reason"], completion["choices"][0]["finish_reason"]);
+  EXPECT_EQ(chat["usage"]["prompt_tokens"], prompt_ids.size());
+  EXPECT_EQ(chat["usage"], completion["usage"]);
+}
+
+TEST_F(ChatServiceTest, AStreamOpensEachChoiceWithTheRoleAndAddsUpToTheReply) {
+  const auto whole = run_chat({{"n", 2}, {"seed", 7}, {"temperature", 0.8}});
+  auto output = std::make_shared<CollectingOutput>();
+  run_chat({{"n", 2}, {"seed", 7}, {"temperature", 0.8}, {"stream", true}, {"stream_options", {{"include_usage", true}}}},
+           output);
+  const auto chunks = output->chunks();
+  ASSERT_GE(chunks.size(), 5u);
+  EXPECT_EQ(output->events.back(), "data: [DONE]\n\n");
+  std::map<int, std::string> content;
+  std::map<int, int> events_per_choice;
+  for (std::size_t i = 0; i + 1 < chunks.size(); ++i) {
+    const auto& chunk = chunks[i];
+    EXPECT_EQ(chunk["object"], "chat.completion.chunk");
+    ASSERT_EQ(chunk["choices"].size(), 1u);
+    const auto& choice = chunk["choices"][0];
+    const int index = choice["index"];
+    if (events_per_choice[index]++ == 0) {
+      EXPECT_EQ(choice["delta"], json({{"role", "assistant"}, {"content", ""}})) << "choice " << index;
+    }
+    if (choice["delta"].contains("content")) content[index] += choice["delta"]["content"].get<std::string>();
+  }
+  ASSERT_EQ(content.size(), 2u);
+  for (int index = 0; index < 2; ++index) {
+    EXPECT_EQ(content[index], whole["choices"][index]["message"]["content"]) << "choice " << index;
+  }
+  EXPECT_TRUE(chunks.back()["choices"].empty());
+  EXPECT_EQ(chunks.back()["usage"], whole["usage"]);
+}
+
+TEST_F(ChatServiceTest, LogprobsListEveryTokenWithItsAlternatives) {
+  const auto body = run_chat({{"logprobs", true}, {"top_logprobs", 3}});
+  const auto& content = body["choices"][0]["logprobs"]["content"];
+  EXPECT_EQ(content.size(), body["usage"]["completion_tokens"].get<std::size_t>());
+  for (const auto& entry : content) {
+    EXPECT_LE(entry["logprob"].get<double>(), 0.0);
+    EXPECT_EQ(entry["top_logprobs"].size(), 3u);
+    EXPECT_EQ(entry["token"], entry["top_logprobs"][0]["token"]) << "greedy picks the most likely token";
+  }
+}
+
+TEST_F(ChatServiceTest, ATemplateThatRefusesTheConversationIsA400) {
+  try {
+    // "developer" reaches the template as "system", which it accepts.
+    run_chat({{"messages", {{{"role", "developer"}, {"content", "x"}}, {{"role", "user"}, {"content", "hi"}}}}});
+    run_chat({{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 600}});
+    FAIL() << "expected context_length_exceeded";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_EQ(e.code(), "context_length_exceeded");
+  }
+  auto refusing = std::make_shared<ChatTemplate>("{{ raise_exception('Conversation roles must alternate') }}", "", "");
+  CompletionService service(*tokenizer_, *scheduler_, *metrics_, served(refusing));
+  RequestLimits limits;
+  limits.vocab_size = 512;
+  try {
+    service.start(parse_chat_request(chat_body(nullptr), limits), std::make_shared<CollectingOutput>());
+    FAIL() << "expected a 400";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_EQ(e.param(), "messages");
+    EXPECT_NE(std::string(e.what()).find("Conversation roles must alternate"), std::string::npos) << e.what();
+  }
+  try {
+    service_->start(parse_chat_request(chat_body(nullptr), limits), std::make_shared<CollectingOutput>());
+    FAIL() << "a model without a chat template must refuse chat";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_EQ(e.code(), "chat_template_missing");
+  }
+  EXPECT_EQ(scheduler_->load().waiting, 0);
 }
 
 }  // namespace
