@@ -7,5 +7,6 @@ namespace nibble::cli {
 void add_generate_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 
 }  // namespace nibble::cli

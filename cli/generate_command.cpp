@@ -1,5 +1,4 @@
 // `nibble generate`: one prompt in, text out, streamed as it is produced.
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -10,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/load_progress.h"
 #include "cli/process_stats.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -60,20 +60,6 @@ const char* finish_name(engine::FinishReason reason) {
       return "cancelled";
   }
   return "unknown";
-}
-
-// Loading a large model (dequantizing, paging weights in) takes a while: show a
-// progress line on an interactive terminal, and log it for everyone else.
-engine::LlamaModel::LoadProgress load_progress_reporter() {
-  const bool interactive = ::isatty(STDERR_FILENO) != 0;
-  return [interactive, start = std::chrono::steady_clock::now()](std::int64_t done, std::int64_t total) {
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    spdlog::debug("load_progress layers={}/{} seconds={:.2f}", done, total, seconds);
-    if (interactive && seconds > 1.0) {
-      std::fprintf(stderr, "\rloading layers %lld/%lld", static_cast<long long>(done), static_cast<long long>(total));
-      if (done == total) std::fprintf(stderr, "\n");
-    }
-  };
 }
 
 void run_generate(const GenerateOptions& options) {

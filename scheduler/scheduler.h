@@ -82,6 +82,7 @@ class Overloaded : public std::runtime_error {
 struct SchedulerLoad {
   std::int64_t running = 0;
   std::int64_t waiting = 0;
+  double kv_cache_usage = 0;  // fraction of the KV-cache capacity holding tokens
 };
 
 class Scheduler {

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <exception>
 #include <utility>
 
@@ -55,7 +56,10 @@ std::shared_ptr<Ticket> SerialScheduler::submit(SequenceRequest request, std::sh
 
 SchedulerLoad SerialScheduler::load() const {
   const std::lock_guard lock(mutex_);
-  return {running_ ? 1 : 0, static_cast<std::int64_t>(waiting_.size())};
+  // One sequence's cache, sized for the whole context.
+  const double capacity = static_cast<double>(std::max<std::int64_t>(1, model_.config().max_position_embeddings));
+  return {running_ ? 1 : 0, static_cast<std::int64_t>(waiting_.size()),
+          running_ ? static_cast<double>(cached_tokens_.load()) / capacity : 0.0};
 }
 
 void SerialScheduler::stop(std::chrono::milliseconds drain_timeout) {
@@ -104,6 +108,7 @@ SequenceEnd SerialScheduler::run(Entry& entry) {
   }
   try {
     entry.sink->on_started(SequenceStart{end.queue_seconds, end.prompt_tokens});
+    cached_tokens_ = end.prompt_tokens;
 
     engine::GenerationRequest generation;
     generation.prompt = request.prompt;
@@ -121,6 +126,7 @@ SequenceEnd SerialScheduler::run(Entry& entry) {
       }
       entry.sink->on_token(step);
       ++end.generated_tokens;
+      cached_tokens_ = end.prompt_tokens + end.generated_tokens;
       return true;
     };
     const engine::GenerationResult result = engine::generate(model_, generation, on_token);

@@ -2,6 +2,7 @@
 // One sequence at a time on one worker thread, in arrival order: the scheduler
 // the server starts with, until continuous batching (issue 5) replaces it behind
 // the same Scheduler interface.
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -41,6 +42,7 @@ class SerialScheduler final : public Scheduler {
   std::condition_variable changed_;
   std::deque<Entry> waiting_;
   std::shared_ptr<Ticket> running_;  // the sequence on the worker, if any
+  std::atomic<std::int64_t> cached_tokens_{0};  // in the running sequence's KV cache
   bool accepting_ = true;
   bool quit_ = false;
   std::thread worker_;

@@ -263,6 +263,7 @@ class GenerationCall final : public RunningRequest {
 
   void finish_request() {
     const Usage usage{prompt_tokens_, completion_tokens_};
+    output_->summary(header_.id, usage);
     if (options_.stream) {
       if (error_) {
         output_->stream_event(sse_event(ApiError(500, "server_error", *error_).body()));
@@ -274,7 +275,6 @@ class GenerationCall final : public RunningRequest {
       return;
     }
     if (error_) {
-      metrics_.count_error(500);
       output_->fail(ApiError(500, "server_error", *error_));
       return;
     }
@@ -338,7 +338,9 @@ void add_choices(GenerationCall& call, const Tokenizer& tokenizer, const std::ve
 // Queues every choice of `call`; a full scheduler abandons what was queued and is a 429.
 void submit_choices(scheduler::Scheduler& scheduler, const std::shared_ptr<GenerationCall>& call,
                     const std::vector<std::vector<TokenId>>& prompts, const GenerationOptions& options,
-                    int top_logprobs, const ServedModel& model) {
+                    int top_logprobs, const ServedModel& model,
+                    std::optional<std::chrono::milliseconds> request_timeout) {
+  const auto deadline = request_timeout ? std::optional(Clock::now() + *request_timeout) : std::nullopt;
   std::random_device entropy;
   for (auto& choice : call->choices()) {
     scheduler::SequenceRequest sequence;
@@ -352,6 +354,7 @@ void submit_choices(scheduler::Scheduler& scheduler, const std::shared_ptr<Gener
     sequence.stop_tokens = model.stop_tokens;
     sequence.logit_bias = options.logit_bias;
     sequence.top_logprobs = top_logprobs;
+    sequence.deadline = deadline;
     try {
       call->attach(*choice, [&] {
         return scheduler.submit(std::move(sequence), std::make_shared<ChoiceSink>(call, *choice));
@@ -367,8 +370,13 @@ void submit_choices(scheduler::Scheduler& scheduler, const std::shared_ptr<Gener
 }  // namespace
 
 CompletionService::CompletionService(const Tokenizer& tokenizer, scheduler::Scheduler& scheduler,
-                                     ServerMetrics& metrics, ServedModel model)
-    : tokenizer_(tokenizer), scheduler_(scheduler), metrics_(metrics), model_(std::move(model)) {}
+                                     ServerMetrics& metrics, ServedModel model,
+                                     std::optional<std::chrono::milliseconds> request_timeout)
+    : tokenizer_(tokenizer),
+      scheduler_(scheduler),
+      metrics_(metrics),
+      model_(std::move(model)),
+      request_timeout_(request_timeout) {}
 
 void CompletionService::check_model(const std::string& requested) const {
   if (requested != model_.name) {
@@ -412,7 +420,8 @@ std::shared_ptr<RunningRequest> CompletionService::start(const CompletionRequest
   auto call = std::make_shared<GenerationCall>(kCompletionShape, options, tokenizer_, metrics_,
                                                new_header("cmpl-", model_), output, prompt_tokens);
   add_choices(*call, tokenizer_, prompts, request.options, request.echo);
-  submit_choices(scheduler_, call, prompts, request.options, request.logprobs.value_or(-1), model_);
+  submit_choices(scheduler_, call, prompts, request.options, request.logprobs.value_or(-1), model_,
+                 request_timeout_);
   return call;
 }
 
@@ -449,7 +458,8 @@ std::shared_ptr<RunningRequest> CompletionService::start(const ChatRequest& requ
   auto call = std::make_shared<GenerationCall>(kChatShape, options, tokenizer_, metrics_,
                                                new_header("chatcmpl-", model_), output, prompt_tokens);
   add_choices(*call, tokenizer_, prompts, request.options, false);
-  submit_choices(scheduler_, call, prompts, request.options, request.logprobs ? request.top_logprobs : -1, model_);
+  submit_choices(scheduler_, call, prompts, request.options, request.logprobs ? request.top_logprobs : -1, model_,
+                 request_timeout_);
   return call;
 }
 

@@ -5,7 +5,9 @@
 // (stop strings, echo, log-probabilities) and hands the caller either stream
 // chunks as they come or the whole response at the end. The HTTP layer only
 // moves bytes.
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <functional>
 #include <memory>
 #include <string>
@@ -16,6 +18,7 @@
 #include "server/api_error.h"
 #include "server/metrics.h"
 #include "server/openai_request.h"
+#include "server/openai_response.h"
 #include "tokenizer/tokenizer.h"
 
 namespace nibble::server {
@@ -38,6 +41,8 @@ class ResponseOutput {
   virtual void finish(std::string json_text) = 0;        // not streaming: the whole body, 200
   virtual void fail(const ApiError& error) = 0;          // before any output: the error instead
   virtual void stream_end() = 0;                          // streaming: after the last event
+  // Before finish() / stream_end(): the response id and token counts, for logs.
+  virtual void summary(const std::string& /*response_id*/, const Usage& /*usage*/) {}
 };
 
 // A running request; cancel() (client gone) stops all its sequences at their next step.
@@ -49,8 +54,10 @@ class RunningRequest {
 
 class CompletionService {
  public:
+  // A request still generating `request_timeout` after it arrived ends as if
+  // its max_tokens were reached (finish_reason "length").
   CompletionService(const Tokenizer& tokenizer, scheduler::Scheduler& scheduler, ServerMetrics& metrics,
-                    ServedModel model);
+                    ServedModel model, std::optional<std::chrono::milliseconds> request_timeout = std::nullopt);
 
   // Validates what needs the model (prompt length, model name), submits, and
   // returns at once. Throws ApiError (400/404 for the request, 429 when the
@@ -66,6 +73,7 @@ class CompletionService {
   scheduler::Scheduler& scheduler_;
   ServerMetrics& metrics_;
   ServedModel model_;
+  std::optional<std::chrono::milliseconds> request_timeout_;
 
   void check_model(const std::string& requested) const;
   void check_length(std::int64_t prompt_tokens, const GenerationOptions& options, const char* prompt_param) const;

@@ -1,0 +1,259 @@
+// `nibble serve`: the OpenAI-compatible HTTP server. Listens at once (/health
+// says 503 while the model loads), serves until SIGTERM/SIGINT, then stops
+// accepting, lets in-flight requests finish up to the drain timeout and exits 0.
+#include <pthread.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <mutex>
+#include <thread>
+
+#include "chat/chat_template.h"
+#include "cli/commands.h"
+#include "cli/load_progress.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "engine/llama_model.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "loader/model_source.h"
+#include "scheduler/serial_scheduler.h"
+#include "server/completion_service.h"
+#include "server/http_server.h"
+#include "server/metrics.h"
+#include "server/openai_api.h"
+#include "tokenizer/tokenizer.h"
+
+namespace nibble::cli {
+namespace {
+
+using namespace std::chrono;
+
+struct ServeOptions {
+  std::string model;
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 8000;
+  std::string served_model_name;
+  int threads = 0;
+  int io_threads = 2;
+  std::string chat_template_file;
+  std::string api_key;
+  bool public_probes = true;
+  std::int64_t max_model_len = 0;
+  std::int64_t max_tokens = 0;
+  std::int64_t max_queued = 64;
+  std::size_t max_body_bytes = std::size_t{1} << 20;
+  std::size_t max_connections = 1024;
+  double header_timeout = 10;
+  double read_timeout = 30;
+  double request_timeout = 600;
+  double drain_timeout = 30;
+};
+
+milliseconds to_ms(double seconds) { return milliseconds(static_cast<std::int64_t>(seconds * 1000.0)); }
+
+// The name clients send as "model": the folder's name, or the file's without .gguf.
+std::string default_model_name(const std::filesystem::path& path) {
+  auto clean = path.lexically_normal();
+  if (!clean.has_filename()) clean = clean.parent_path();
+  return clean.extension() == ".gguf" ? clean.stem().string() : clean.filename().string();
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read chat template {}", path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// SIGTERM and SIGINT, received by one thread with sigwait so no other thread
+// (I/O, kernels, the scheduler) is interrupted. The first asks for a graceful
+// stop; a second while draining, or one while the model is still loading (there
+// is nothing to drain), ends the process at once.
+class ShutdownSignal {
+ public:
+  ShutdownSignal() {
+    sigemptyset(&signals_);
+    sigaddset(&signals_, SIGTERM);
+    sigaddset(&signals_, SIGINT);
+    // Blocked before any other thread starts, so every thread inherits the mask.
+    pthread_sigmask(SIG_BLOCK, &signals_, nullptr);
+    waiter_ = std::thread([this] { wait_loop(); });
+  }
+  ~ShutdownSignal() { waiter_.detach(); }
+
+  void serving() {
+    const std::lock_guard lock(mutex_);
+    serving_ = true;
+  }
+  int wait() {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return received_ != 0; });
+    return received_;
+  }
+
+ private:
+  void wait_loop() {
+    while (true) {
+      int signal = 0;
+      if (sigwait(&signals_, &signal) != 0) continue;
+      std::unique_lock lock(mutex_);
+      if (!serving_ || received_ != 0) {
+        spdlog::warn("shutdown_now signal={} reason={}", signal, serving_ ? "second_signal" : "still_loading");
+        spdlog::default_logger()->flush();
+        std::_Exit(serving_ ? 1 : 0);
+      }
+      received_ = signal;
+      changed_.notify_all();
+    }
+  }
+
+  sigset_t signals_{};
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool serving_ = false;
+  int received_ = 0;
+  std::thread waiter_;
+};
+
+void run_serve(const ServeOptions& options) {
+  ShutdownSignal shutdown;
+  const std::string name =
+      options.served_model_name.empty() ? default_model_name(options.model) : options.served_model_name;
+  std::optional<std::string> api_key;
+  if (!options.api_key.empty()) {
+    api_key = options.api_key;
+  } else if (const char* env = std::getenv("NIBBLE_API_KEY"); env != nullptr && *env != '\0') {
+    api_key = env;
+  }
+
+  server::ServerMetrics metrics(name);
+  server::OpenAiApi api({api_key, options.public_probes, NIBBLE_VERSION, 1}, metrics);
+  server::HttpLimits limits;
+  limits.max_body_bytes = options.max_body_bytes;
+  limits.header_timeout = to_ms(options.header_timeout);
+  limits.read_timeout = to_ms(options.read_timeout);
+  limits.max_connections = options.max_connections;
+  server::HttpServer http(options.host, options.port, limits, api, options.io_threads);
+  spdlog::info("server_listening url=http://{}:{} model={} auth={}", options.host, http.port(), name,
+               api_key ? "api_key" : "none");
+
+  const auto load_start = steady_clock::now();
+  ModelSource source = open_model(options.model);
+  const auto tokenizer = load_tokenizer(source.path);
+  kernels::CpuBackend backend(options.threads);
+  engine::LlamaModel model(source, backend, load_progress_reporter());
+  const double load_seconds = duration<double>(steady_clock::now() - load_start).count();
+  const auto& memory = model.weight_memory();
+  metrics.set_model(load_seconds, {{"quantized", memory.quantized_resident},
+                                   {"dense", memory.total - memory.quantized_resident}});
+
+  std::shared_ptr<const ChatTemplate> chat_template;
+  const auto template_text =
+      options.chat_template_file.empty() ? source.chat_template : std::optional(read_file(options.chat_template_file));
+  if (template_text) {
+    const auto bos = tokenizer->bos_id();
+    const auto eos = tokenizer->eos_ids();
+    try {
+      chat_template = std::make_shared<ChatTemplate>(*template_text, bos ? tokenizer->token_bytes(*bos) : "",
+                                                     eos.empty() ? "" : tokenizer->token_bytes(eos.front()));
+    } catch (const Error& e) {
+      // A broken template in a model file should not keep /v1/completions from serving.
+      if (!options.chat_template_file.empty()) fail("chat template {}: {}", options.chat_template_file, e.what());
+      spdlog::warn("chat_template_unusable model={} error=\"{}\" (chat requests will be refused)", name, e.what());
+    }
+  }
+
+  server::ServedModel served;
+  served.name = name;
+  served.context_length = source.config.max_position_embeddings;
+  if (options.max_model_len > 0) served.context_length = std::min(served.context_length, options.max_model_len);
+  served.stop_tokens = source.generation.eos_token_ids;
+  for (const auto id : tokenizer->eos_ids()) {
+    if (std::find(served.stop_tokens.begin(), served.stop_tokens.end(), id) == served.stop_tokens.end()) {
+      served.stop_tokens.push_back(id);
+    }
+  }
+  // Changes when what decides the numbers changes (version, kernels, threads, weights).
+  served.system_fingerprint = fmt::format(
+      "fp_{:012x}", std::hash<std::string>{}(fmt::format("{}|{}|{}", NIBBLE_VERSION, backend.name(), source.path.string())) & 0xffffffffffffULL);
+  served.chat_template = chat_template;
+
+  scheduler::SerialScheduler scheduler(model, options.max_queued);
+  const auto request_timeout =
+      options.request_timeout > 0 ? std::optional(to_ms(options.request_timeout)) : std::nullopt;
+  server::CompletionService service(*tokenizer, scheduler, metrics, served, request_timeout);
+  server::RequestLimits request_limits;
+  request_limits.vocab_size = source.config.vocab_size;
+  request_limits.max_tokens = options.max_tokens > 0 ? options.max_tokens : served.context_length;
+  api.set_ready(service, scheduler, request_limits);
+  shutdown.serving();
+  spdlog::info("model_ready model={} path={} context={} weight_bytes={} chat_template={} load_seconds={:.2f}", name,
+               source.path.string(), served.context_length, memory.total, chat_template ? "yes" : "no", load_seconds);
+
+  const int signal = shutdown.wait();
+  const auto drain_start = steady_clock::now();
+  spdlog::info("shutdown_started signal={} drain_timeout_seconds={}", signal, options.drain_timeout);
+  api.set_draining();
+  http.stop_accepting();
+  scheduler.stop(to_ms(options.drain_timeout));  // in-flight sequences finish (or are cancelled past the timeout)
+  // Their last events are on their way to the connections: let them be written.
+  const bool flushed = http.wait_until_idle(to_ms(std::max(1.0, options.read_timeout)));
+  http.stop();
+  spdlog::info("shutdown_done seconds={:.2f} all_answered={}",
+               duration<double>(steady_clock::now() - drain_start).count(), flushed);
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app) {
+  auto options = std::make_shared<ServeOptions>();
+  CLI::App* cmd = app.add_subcommand("serve", "Serve a model over an OpenAI-compatible HTTP API");
+  cmd->add_option("-m,--model", options->model, "Model folder (Hugging Face) or .gguf file")->required();
+  cmd->add_option("--host", options->host, "Address to listen on")->capture_default_str();
+  cmd->add_option("--port", options->port, "TCP port (0: any free port)")->capture_default_str();
+  cmd->add_option("--served-model-name", options->served_model_name,
+                  "Model id clients send (default: folder name, or file name without .gguf)");
+  cmd->add_option("-t,--threads", options->threads, "CPU threads for the model (0 = all cores)")->capture_default_str();
+  cmd->add_option("--io-threads", options->io_threads, "Threads for HTTP I/O")->capture_default_str()->check(
+      CLI::Range(1, 64));
+  cmd->add_option("--chat-template", options->chat_template_file,
+                  "Jinja chat template file (default: the model's own)");
+  cmd->add_option("--api-key", options->api_key, "Require 'Authorization: Bearer KEY' (or set NIBBLE_API_KEY)");
+  cmd->add_flag("!--no-public-probes", options->public_probes,
+                "Require the API key for /health, /metrics, /version and /openapi.json too");
+  cmd->add_option("--max-model-len", options->max_model_len, "Context length cap, prompt + completion (0 = model's)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-tokens", options->max_tokens, "Largest max_tokens a request may ask (0 = context length)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-queued", options->max_queued, "Sequences that may wait for the model; beyond: 429")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-body-bytes", options->max_body_bytes, "Largest request body; beyond: 413")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-connections", options->max_connections, "Open connections at most")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--header-timeout", options->header_timeout,
+                  "Seconds to receive a request's headers (idle keep-alive included)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--read-timeout", options->read_timeout,
+                  "Seconds to receive a body, and for a client to take each write")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--request-timeout", options->request_timeout,
+                  "Seconds a request may generate before it ends with finish_reason length (0 = none)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--drain-timeout", options->drain_timeout,
+                  "On SIGTERM/SIGINT, seconds in-flight requests may take to finish")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->callback([options, &app] {
+    // A server's one line per request is its info log: on unless asked otherwise.
+    if (app.get_option("--log-level")->count() == 0) log::init("info");
+    run_serve(*options);
+  });
+}
+
+}  // namespace nibble::cli

@@ -1,0 +1,556 @@
+#include "server/http_server.h"
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <atomic>
+#include <cctype>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include "common/error.h"
+
+namespace nibble::server {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+
+bool same_letters(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
+  }
+  return true;
+}
+
+std::string serialize(const HttpResponse& response, unsigned version, bool keep_alive) {
+  http::response<http::string_body> message{static_cast<http::status>(response.status), version};
+  message.set(http::field::server, "nibble");
+  message.set(http::field::content_type, response.content_type);
+  for (const auto& [name, value] : response.headers) message.set(name, value);
+  message.keep_alive(keep_alive);
+  message.body() = response.body;
+  message.prepare_payload();
+  std::ostringstream out;
+  out << message;
+  return out.str();
+}
+
+// The head of a streamed answer: chunked on HTTP/1.1; HTTP/1.0 gets the body
+// until the connection closes.
+std::string stream_head(int status, const std::string& content_type, const HttpHeaders& headers, unsigned version,
+                        bool keep_alive) {
+  http::response<http::empty_body> message{static_cast<http::status>(status), version};
+  message.set(http::field::server, "nibble");
+  message.set(http::field::content_type, content_type);
+  for (const auto& [name, value] : headers) message.set(name, value);
+  message.keep_alive(keep_alive);
+  if (version >= 11) message.chunked(true);
+  std::ostringstream out;
+  out << message.base();
+  return out.str();
+}
+
+std::string chunk(const std::string& data, bool chunked) {
+  return chunked ? fmt::format("{:x}\r\n{}\r\n", data.size(), data) : data;
+}
+
+}  // namespace
+
+std::string_view HttpRequest::header(std::string_view name) const {
+  for (const auto& [key, value] : headers) {
+    if (same_letters(key, name)) return value;
+  }
+  return {};
+}
+
+class Session;
+
+class HttpServer::Impl {
+ public:
+  Impl(HttpLimits limits, HttpHandler& handler) : limits_(limits), handler_(handler), acceptor_(asio::make_strand(io_)) {}
+
+  void open(const std::string& host, std::uint16_t port);
+  void run(int io_threads);
+  void accept();
+  void stop_accepting();
+  bool wait_until_idle(std::chrono::milliseconds timeout);
+  void stop();
+
+  // Sessions count the answers in progress, for draining.
+  void busy_begin() {
+    const std::lock_guard lock(mutex_);
+    ++busy_;
+  }
+  void busy_end() {
+    const std::lock_guard lock(mutex_);
+    --busy_;
+    idle_.notify_all();
+  }
+  void add(const std::shared_ptr<Session>& session);
+  void remove(Session* session) {
+    const std::lock_guard lock(mutex_);
+    sessions_.erase(session);
+  }
+
+  const HttpLimits limits_;
+  HttpHandler& handler_;
+  std::atomic<std::uint64_t> next_request_id_{1};
+  std::atomic<bool> draining_{false};
+  std::uint16_t port_ = 0;
+
+ private:
+  // Declared before io_: sessions destroyed with io_'s pending handlers unregister here.
+  std::mutex mutex_;
+  std::condition_variable idle_;
+  std::map<Session*, std::weak_ptr<Session>> sessions_;
+  int busy_ = 0;
+
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::vector<std::thread> threads_;
+};
+
+class Exchange;
+
+// One connection: reads requests one after another, hands each to the handler
+// and writes its answer. Everything runs on the connection's strand.
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, HttpServer::Impl& server) : stream_(std::move(socket)), server_(server) {
+    boost::system::error_code ec;
+    const auto peer = stream_.socket().remote_endpoint(ec);
+    if (!ec) remote_ = fmt::format("{}:{}", peer.address().to_string(), peer.port());
+  }
+  ~Session() { server_.remove(this); }
+
+  auto executor() { return stream_.get_executor(); }
+  void start() {
+    asio::dispatch(executor(), [self = shared_from_this()] { self->read_header(); });
+  }
+  // Draining: a connection waiting for its next request closes now.
+  void close_if_idle() {
+    asio::dispatch(executor(), [self = shared_from_this()] {
+      if (!self->exchange_) self->close();
+    });
+  }
+
+  // Used by Exchange, on the strand.
+  void send(std::string bytes) {
+    if (closed_) return;
+    outbox_.push_back(std::move(bytes));
+    if (!writing_) write_next();
+  }
+  void answer_complete() {
+    answered_ = true;
+    if (!writing_) after_answer();
+  }
+  void client_gone();
+  unsigned version() const { return version_; }
+  bool keep_alive() const { return keep_alive_ && !server_.draining_; }
+  void no_keep_alive() { keep_alive_ = false; }
+  bool closed() const { return closed_; }
+  const std::string& remote() const { return remote_; }
+
+ private:
+  void read_header() {
+    parser_.emplace();
+    parser_->header_limit(static_cast<std::uint32_t>(server_.limits_.max_header_bytes));
+    parser_->body_limit(server_.limits_.max_body_bytes);
+    stream_.expires_after(server_.limits_.header_timeout);
+    http::async_read_header(stream_, buffer_, *parser_,
+                            [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
+  }
+
+  void on_header(beast::error_code ec) {
+    if (ec) return on_read_error(ec);
+    const auto expect = parser_->get()[http::field::expect];
+    if (same_letters(std::string_view(expect.data(), expect.size()), "100-continue")) {
+      // curl and others wait for this before sending a large body.
+      continue_ = "HTTP/1.1 100 Continue\r\n\r\n";
+      asio::async_write(stream_, asio::buffer(continue_), [self = shared_from_this()](beast::error_code e, std::size_t) {
+        if (e) return self->close();
+        self->read_body();
+      });
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
+    stream_.expires_after(server_.limits_.read_timeout);
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_body(ec); });
+  }
+
+  void on_body(beast::error_code ec) {
+    if (ec) return on_read_error(ec);
+    dispatch_request();
+  }
+
+  void on_read_error(beast::error_code ec) {
+    if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
+        ec == asio::error::operation_aborted || ec == beast::error::timeout || ec == http::error::partial_message) {
+      if (ec == beast::error::timeout) spdlog::debug("http_timeout remote={}", remote_);
+      return close();
+    }
+    // A request we cannot read is answered once, then the connection closes
+    // (what follows on it cannot be trusted to start at a request boundary).
+    int status = 400;
+    std::string message = fmt::format("Malformed HTTP request: {}", ec.message());
+    if (ec == http::error::body_limit) {
+      status = 413;
+      message = fmt::format("The request body is larger than the server's limit of {} bytes",
+                            server_.limits_.max_body_bytes);
+    } else if (ec == http::error::header_limit) {
+      status = 431;
+      message = fmt::format("The request headers are larger than the server's limit of {} bytes",
+                            server_.limits_.max_header_bytes);
+    }
+    spdlog::info("http_request_rejected remote={} status={} reason=\"{}\"", remote_, status, ec.message());
+    keep_alive_ = false;
+    server_.busy_begin();
+    answered_ = false;
+    busy_ = true;
+    send(serialize({status, "application/json", server_.handler_.error_body(status, message), {}}, 11, false));
+    answer_complete();
+  }
+
+  void dispatch_request();
+
+  void write_next() {
+    writing_ = true;
+    stream_.expires_after(server_.limits_.read_timeout);
+    asio::async_write(stream_, asio::buffer(outbox_.front()),
+                      [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_written(ec); });
+  }
+
+  void on_written(beast::error_code ec) {
+    writing_ = false;
+    if (ec) {
+      // The client stopped reading (timeout) or went away.
+      outbox_.clear();
+      client_gone();
+      return;
+    }
+    outbox_.pop_front();
+    if (!outbox_.empty()) return write_next();
+    stream_.expires_never();
+    if (answered_) after_answer();
+  }
+
+  void after_answer() {
+    if (closed_) return end_exchange();
+    if (keep_alive()) {
+      end_exchange();
+      return read_header();
+    }
+    // Send our FIN and let the client read the answer before the socket goes:
+    // closing with unread request bytes would reset the connection and could
+    // destroy the answer (a 413 to a client still sending its body).
+    end_exchange();
+    boost::system::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.expires_after(std::chrono::seconds(2));
+    discard_until_closed();
+  }
+
+  void discard_until_closed() {
+    stream_.async_read_some(asio::buffer(discard_), [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      if (ec) return self->close();
+      self->discard_until_closed();
+    });
+  }
+
+  void end_exchange();
+
+  // Watches for the client going away while its answer is produced: readable
+  // with nothing to read means the peer closed. Data there is a pipelined
+  // request, left for the next read.
+  void watch_for_disconnect(std::uint64_t request) {
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), request](beast::error_code ec) {
+      if (ec || self->current_request_ != request || self->closed_) return;
+      boost::system::error_code available_ec;
+      const auto available = self->stream_.socket().available(available_ec);
+      if (available_ec || available == 0) self->client_gone();
+    });
+  }
+
+  void close() {
+    if (closed_) return;
+    closed_ = true;
+    boost::system::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.socket().close(ignored);
+    if (busy_) end_exchange();
+  }
+
+  beast::tcp_stream stream_;
+  HttpServer::Impl& server_;
+  std::string remote_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::string continue_;
+  std::array<char, 4096> discard_{};
+  std::deque<std::string> outbox_;
+  bool writing_ = false;
+  bool answered_ = false;
+  bool busy_ = false;  // counted in the server's answers in progress
+  bool closed_ = false;
+  bool keep_alive_ = true;
+  unsigned version_ = 11;
+  std::uint64_t current_request_ = 0;
+  std::shared_ptr<Exchange> exchange_;
+};
+
+// The handler's hold on one request. Calls hop onto the connection's strand.
+class Exchange final : public HttpExchange, public std::enable_shared_from_this<Exchange> {
+ public:
+  Exchange(std::shared_ptr<Session> session, const HttpRequest& request)
+      : session_(std::move(session)), id_(request.id), method_(request.method), path_(request.path) {}
+
+  void respond(HttpResponse response) override {
+    on_strand([response = std::move(response)](Exchange& self) mutable {
+      if (self.done() || self.streaming_) return;
+      self.status_ = response.status;
+      self.session_->send(serialize(response, self.session_->version(), self.session_->keep_alive()));
+      self.finish();
+    });
+  }
+
+  void start_stream(int status, std::string content_type, HttpHeaders headers) override {
+    on_strand([status, content_type = std::move(content_type), headers = std::move(headers)](Exchange& self) {
+      if (self.done() || self.streaming_) return;
+      self.streaming_ = true;
+      self.status_ = status;
+      self.chunked_ = self.session_->version() >= 11;
+      if (!self.chunked_) self.session_->no_keep_alive();  // the end of the body is the end of the connection
+      self.session_->send(
+          stream_head(status, content_type, headers, self.session_->version(), self.session_->keep_alive()));
+    });
+  }
+
+  void stream(std::string data) override {
+    if (data.empty()) return;  // an empty chunk would end the stream
+    on_strand([data = std::move(data)](Exchange& self) {
+      if (self.done() || !self.streaming_) return;
+      self.session_->send(chunk(data, self.chunked_));
+    });
+  }
+
+  void end_stream() override {
+    on_strand([](Exchange& self) {
+      if (self.done() || !self.streaming_) return;
+      if (self.chunked_) self.session_->send("0\r\n\r\n");
+      self.finish();
+    });
+  }
+
+  void on_disconnect(std::function<void()> callback) override {
+    on_strand([callback = std::move(callback)](Exchange& self) mutable {
+      if (self.gone_) return callback();
+      if (!self.done_) self.on_gone_ = std::move(callback);
+    });
+  }
+
+  void annotate(std::string key_values) override {
+    on_strand([key_values = std::move(key_values)](Exchange& self) {
+      if (!self.notes_.empty()) self.notes_ += ' ';
+      self.notes_ += key_values;
+    });
+  }
+
+  // On the strand, from the session.
+  // The log line waits for the handler to let go (its counts come last).
+  ~Exchange() override {
+    if (gone_) log();
+  }
+
+  void client_gone() {
+    if (done_ || gone_) return;
+    gone_ = true;
+    status_ = 499;  // nginx's "client closed request", for the log
+    if (on_gone_) std::exchange(on_gone_, nullptr)();
+  }
+  bool done() const { return done_ || gone_; }
+
+ private:
+  template <typename F>
+  void on_strand(F&& f) {
+    asio::dispatch(session_->executor(), [self = shared_from_this(), f = std::forward<F>(f)]() mutable { f(*self); });
+  }
+
+  void finish() {
+    done_ = true;
+    on_gone_ = nullptr;
+    log();
+    session_->answer_complete();
+  }
+
+  void log() const {
+    spdlog::info("http_request id={} method={} path={} status={} seconds={:.3f} remote={}{}{}", id_, method_, path_,
+                 status_, std::chrono::duration<double>(Clock::now() - start_).count(), session_->remote(),
+                 notes_.empty() ? "" : " ", notes_);
+  }
+
+  std::shared_ptr<Session> session_;
+  const std::uint64_t id_;
+  const std::string method_, path_;
+  const Clock::time_point start_ = Clock::now();
+  int status_ = 0;
+  bool streaming_ = false, chunked_ = true, done_ = false, gone_ = false;
+  std::function<void()> on_gone_;
+  std::string notes_;
+};
+
+void Session::dispatch_request() {
+  auto& message = parser_->get();
+  HttpRequest request;
+  request.id = server_.next_request_id_++;
+  request.method = std::string(message.method_string());
+  const std::string_view target(message.target().data(), message.target().size());
+  request.path = std::string(target.substr(0, target.find('?')));
+  request.body = std::move(message.body());
+  for (const auto& field : message) {
+    request.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+  }
+  request.remote = remote_;
+  keep_alive_ = message.keep_alive();
+  version_ = message.version();
+  parser_.reset();
+
+  stream_.expires_never();
+  server_.busy_begin();
+  busy_ = true;
+  answered_ = false;
+  current_request_ = request.id;
+  exchange_ = std::make_shared<Exchange>(shared_from_this(), request);
+  watch_for_disconnect(request.id);
+  try {
+    server_.handler_.handle(request, exchange_);
+  } catch (const std::exception& e) {
+    spdlog::error("http_handler_failed id={} path={} error=\"{}\"", request.id, request.path, e.what());
+    exchange_->respond({500, "application/json", server_.handler_.error_body(500, "Internal server error"), {}});
+  }
+}
+
+void Session::client_gone() {
+  if (exchange_) exchange_->client_gone();
+  close();
+}
+
+void Session::end_exchange() {
+  exchange_.reset();
+  current_request_ = 0;
+  if (busy_) {
+    busy_ = false;
+    server_.busy_end();
+  }
+}
+
+void HttpServer::Impl::add(const std::shared_ptr<Session>& session) {
+  const std::lock_guard lock(mutex_);
+  sessions_[session.get()] = session;
+}
+
+void HttpServer::Impl::open(const std::string& host, std::uint16_t port) {
+  boost::system::error_code ec;
+  const auto address = asio::ip::make_address(host, ec);
+  if (ec) throw Error(fmt::format("cannot listen on '{}': not an IP address", host));
+  const tcp::endpoint endpoint(address, port);
+  acceptor_.open(endpoint.protocol(), ec);
+  if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(endpoint, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) throw Error(fmt::format("cannot listen on {}:{}: {}", host, port, ec.message()));
+  port_ = acceptor_.local_endpoint().port();
+}
+
+void HttpServer::Impl::run(int io_threads) {
+  work_.emplace(io_.get_executor());
+  accept();
+  for (int i = 0; i < std::max(1, io_threads); ++i) threads_.emplace_back([this] { io_.run(); });
+}
+
+void HttpServer::Impl::accept() {
+  acceptor_.async_accept(asio::make_strand(io_), [this](beast::error_code ec, tcp::socket socket) {
+    if (!acceptor_.is_open()) return;
+    if (!ec) {
+      std::size_t open_sessions = 0;
+      {
+        const std::lock_guard lock(mutex_);
+        open_sessions = sessions_.size();
+      }
+      if (open_sessions >= limits_.max_connections) {
+        spdlog::warn("http_connection_refused reason=max_connections limit={}", limits_.max_connections);
+        boost::system::error_code ignored;
+        socket.close(ignored);
+      } else {
+        auto session = std::make_shared<Session>(std::move(socket), *this);
+        add(session);
+        session->start();
+      }
+    }
+    accept();
+  });
+}
+
+void HttpServer::Impl::stop_accepting() {
+  draining_ = true;
+  asio::dispatch(acceptor_.get_executor(), [this] {
+    boost::system::error_code ignored;
+    acceptor_.close(ignored);
+  });
+  std::vector<std::shared_ptr<Session>> open;
+  {
+    const std::lock_guard lock(mutex_);
+    for (const auto& [raw, weak] : sessions_) {
+      if (auto session = weak.lock()) open.push_back(std::move(session));
+    }
+  }
+  for (const auto& session : open) session->close_if_idle();
+}
+
+bool HttpServer::Impl::wait_until_idle(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  return idle_.wait_for(lock, timeout, [&] { return busy_ == 0; });
+}
+
+void HttpServer::Impl::stop() {
+  if (threads_.empty()) return;
+  stop_accepting();
+  work_.reset();
+  io_.stop();
+  for (auto& thread : threads_) thread.join();
+  threads_.clear();
+}
+
+HttpServer::HttpServer(const std::string& host, std::uint16_t port, HttpLimits limits, HttpHandler& handler,
+                       int io_threads)
+    : impl_(std::make_unique<Impl>(limits, handler)) {
+  impl_->open(host, port);
+  impl_->run(io_threads);
+}
+
+HttpServer::~HttpServer() { impl_->stop(); }
+
+std::uint16_t HttpServer::port() const { return impl_->port_; }
+void HttpServer::stop_accepting() { impl_->stop_accepting(); }
+bool HttpServer::wait_until_idle(std::chrono::milliseconds timeout) { return impl_->wait_until_idle(timeout); }
+void HttpServer::stop() { impl_->stop(); }
+
+}  // namespace nibble::server
