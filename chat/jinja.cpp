@@ -197,7 +197,8 @@ class Renderer {
         if (i < args.positional.size()) {
           scope[param] = args.positional[i];
         } else {
-          scope[param] = default_value ? eval(*default_value) : Value::undefined(param);
+          scope[param] = default_value ? eval(*default_value)
+                                       : Value::undefined_because(fmt::format("parameter '{}' was not provided", param));
         }
       }
       for (auto& [key, value] : args.keyword) scope[key] = value;
@@ -245,7 +246,7 @@ class Renderer {
       case Expr::Kind::Call: {
         const Value callee = eval(*e.args[0]);
         if (callee.kind != Value::Kind::Callable) {
-          if (callee.is_undefined()) fail("line {}: '{}' is undefined", e.line, callee.name);
+          if (callee.is_undefined()) undefined_error(callee, e.line);
           fail("line {}: '{}' is not callable", e.line, to_str(callee));
         }
         CallArgs args = eval_arguments(e);
@@ -280,7 +281,9 @@ class Renderer {
       }
       case Expr::Kind::Conditional:
         if (truthy(eval(*e.args[1]))) return eval(*e.args[0]);
-        return e.args[2] ? eval(*e.args[2]) : Value::undefined("");
+        if (e.args[2]) return eval(*e.args[2]);
+        return Value::undefined_because(fmt::format(
+            "the inline if-expression on line {} evaluated to false and no else section was defined.", e.line));
     }
     return Value();
   }

@@ -7,6 +7,12 @@
 #include "common/error.h"
 
 namespace nibble::jinja {
+
+void undefined_error(const Value& v, int line) {
+  if (v.message.empty()) fail("line {}: undefined value used", line);
+  fail("line {}: {}", line, v.message);
+}
+
 namespace {
 
 const char* type_name(const Value& v) {
@@ -26,9 +32,22 @@ const char* type_name(const Value& v) {
   return "dict";
 }
 
-[[noreturn]] void undefined_error(const Value& v, int line) {
-  if (v.name.empty()) fail("line {}: undefined value used", line);
-  fail("line {}: '{}' is undefined", line, v.name);
+// jinja2's object_type_repr: how its errors name the type of a value.
+std::string object_type_repr(const Value& v) {
+  if (v.is_none()) return "None";
+  if (v.kind == Value::Kind::Namespace) return "jinja2.utils.Namespace object";
+  return std::string(type_name(v)) + " object";
+}
+
+// The Undefined jinja2 returns for `object.name` (and `object['name']`) when there is none.
+Value missing_attribute(const Value& object, const std::string& name) {
+  return Value::undefined_because(fmt::format("'{}' has no attribute {}", object_type_repr(object), python_repr(Json(name))));
+}
+
+// ... and for `object[key]` with a key that is not a string.
+Value missing_element(const Value& object, const Value& key) {
+  return Value::undefined_because(
+      fmt::format("{} has no element {}", object_type_repr(object), key.is_data() ? python_repr(key.data) : to_str(key)));
 }
 
 const std::string& str(const Value& v) { return v.data.get_ref<const std::string&>(); }
@@ -239,7 +258,7 @@ Value string_method(const std::string& s, const std::string& name, int line) {
                                count ? require_int(*count, "replace() count", line) : -1, std::string::npos / 2, line));
     });
   }
-  return Value::undefined("str." + name);
+  return Value();  // not a method: the caller says what is missing
 }
 
 Value dict_method(const Json& dict, const std::string& name, int line) {
@@ -449,41 +468,37 @@ Value get_attribute(const Value& object, const std::string& name, int line) {
   if (object.is_undefined()) undefined_error(object, line);
   if (object.kind == Value::Kind::Namespace) {
     auto found = object.attributes->find(name);
-    return found == object.attributes->end() ? Value::undefined(name) : found->second;
-  }
-  if (object.is_dict()) {
+    if (found != object.attributes->end()) return found->second;
+  } else if (object.is_dict()) {
     Value method = dict_method(object.data, name, line);
     if (!method.is_undefined()) return method;
     auto found = object.data.find(name);
-    return found == object.data.end() ? Value::undefined(name) : Value::of(*found);
+    if (found != object.data.end()) return Value::of(*found);
+  } else if (object.is_string()) {
+    Value method = string_method(str(object), name, line);
+    if (!method.is_undefined()) return method;
   }
-  if (object.is_string()) return string_method(str(object), name, line);
-  return Value::undefined(name);
+  return missing_attribute(object, name);
 }
 
+// jinja2's getitem: the item, else (for a string key) the attribute of that name.
 Value get_item(const Value& object, const Value& key, int line) {
   if (object.is_undefined()) undefined_error(object, line);
-  if (object.is_dict()) {
-    if (key.is_string()) {
-      auto found = object.data.find(str(key));
-      if (found != object.data.end()) return Value::of(*found);
-      return dict_method(object.data, str(key), line).is_undefined() ? Value::undefined(str(key))
-                                                                     : dict_method(object.data, str(key), line);
-    }
-    return Value::undefined(to_str(key));
-  }
-  if ((object.is_list() || object.is_string()) && is_int(key)) {
+  if (object.is_dict() && key.is_string()) {
+    auto found = object.data.find(str(key));
+    if (found != object.data.end()) return Value::of(*found);
+  } else if ((object.is_list() || object.is_string()) && is_int(key)) {
     int64_t index = as_int(key);
     if (object.is_list()) {
-      return normalize_index(index, object.data.size()) ? Value::of(object.data[static_cast<size_t>(index)])
-                                                        : Value::undefined(to_str(key));
+      if (normalize_index(index, object.data.size())) return Value::of(object.data[static_cast<size_t>(index)]);
+    } else {
+      const std::vector<std::string> points = code_points(str(object));
+      if (normalize_index(index, points.size())) return Value::of(points[static_cast<size_t>(index)]);
     }
-    const std::vector<std::string> points = code_points(str(object));
-    return normalize_index(index, points.size()) ? Value::of(points[static_cast<size_t>(index)])
-                                                 : Value::undefined(to_str(key));
+    return missing_element(object, key);
   }
   if (key.is_string()) return get_attribute(object, str(key), line);
-  return Value::undefined(to_str(key));
+  return missing_element(object, key);
 }
 
 Value get_slice(const Value& object, const Value& start, const Value& stop, const Value& step, int line) {
@@ -567,7 +582,7 @@ Value apply_filter(const std::string& name, const Value& input, CallArgs& args, 
   }
   if (name == "first" || name == "last") {
     const std::vector<Value> items = iterate(input, line);
-    if (items.empty()) return Value::undefined(name);
+    if (items.empty()) return Value::undefined_because(fmt::format("No {} item, sequence was empty.", name));
     return name == "first" ? items.front() : items.back();
   }
   if (name == "join") {

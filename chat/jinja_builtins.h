@@ -30,6 +30,9 @@ Value apply_filter(const std::string& name, const Value& input, CallArgs& args, 
 // `value is name(args)`.
 bool apply_test(const std::string& name, const Value& input, const std::vector<Value>& args, int line);
 
+// Using an Undefined where a value is needed: jinja2's UndefinedError, in its words.
+[[noreturn]] void undefined_error(const Value& v, int line);
+
 // A Value as JSON data for storing in lists and namespaces (Undefined becomes None).
 Json to_json(const Value& v);
 

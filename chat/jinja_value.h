@@ -8,6 +8,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -34,11 +35,18 @@ struct Value {
   // jinja2 keeps an Undefined assigned to an attribute as Undefined.
   std::shared_ptr<std::map<std::string, Value>> attributes;
   std::shared_ptr<const Function> call; // Kind::Callable
-  std::string name;                     // Undefined: what was looked up, for error messages
+  std::string message;                  // Undefined: what jinja2's UndefinedError says about it
 
-  static Value undefined(std::string what) {
+  // A name no scope holds: "'name' is undefined".
+  static Value undefined(std::string_view name) {
+    std::string message = "'";
+    message.append(name).append("' is undefined");
+    return undefined_because(std::move(message));
+  }
+  // An Undefined whose error says MESSAGE, in jinja2's words ("'list object' has no attribute 'x'").
+  static Value undefined_because(std::string message) {
     Value v;
-    v.name = std::move(what);
+    v.message = std::move(message);
     return v;
   }
   static Value of(Json j) {

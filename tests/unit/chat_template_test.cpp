@@ -152,6 +152,34 @@ TEST(Jinja, UndefinedValues) {
   EXPECT_NE(error_of("{{ missing + 1 }}").find("undefined"), std::string::npos);
 }
 
+// Using an Undefined fails with jinja2's message for how it came about (the reference
+// fixtures require it, e.g. Llama-2's `content.strip()` on a list of text parts).
+TEST(Jinja, UndefinedErrorsUseJinja2sWords) {
+  const Json vars = {{"xs", {1}}, {"d", Json::object()}, {"s", "ab"}};
+  EXPECT_EQ(render("[{{ xs.strip }}]{{ xs.strip is defined }}", vars), "[]False");
+  const std::pair<const char*, const char*> cases[] = {  // template, jinja2's message
+      {"{{ xs.strip() }}", "'list object' has no attribute 'strip'"},
+      {"{{ s.nope() }}", "'str object' has no attribute 'nope'"},
+      {"{{ d.k + 1 }}", "'dict object' has no attribute 'k'"},
+      {"{{ d['it\\'s'] + 1 }}", "'dict object' has no attribute \"it's\""},
+      {"{{ d.k.strip() }}", "'dict object' has no attribute 'k'"},
+      {"{{ xs['k'] + 1 }}", "'list object' has no attribute 'k'"},
+      {"{{ none.x + 1 }}", "'None' has no attribute 'x'"},
+      {"{{ true.x + 1 }}", "'bool object' has no attribute 'x'"},
+      {"{% set ns = namespace() %}{{ ns.x + 1 }}", "'jinja2.utils.Namespace object' has no attribute 'x'"},
+      {"{{ xs[5] + 1 }}", "list object has no element 5"},
+      {"{{ xs[none] + 1 }}", "list object has no element None"},
+      {"{{ s[9] + 1 }}", "str object has no element 9"},
+      {"{{ missing() }}", "'missing' is undefined"},
+      {"{{ (1 if false) + 1 }}",
+       "the inline if-expression on line 1 evaluated to false and no else section was defined."},
+      {"{% macro m(a) %}{{ a + 1 }}{% endmacro %}{{ m() }}", "parameter 'a' was not provided"},
+      {"{{ ([] | first) + 1 }}", "No first item, sequence was empty."},
+      {"{{ ([] | last) + 1 }}", "No last item, sequence was empty."},
+  };
+  for (const auto& [source, message] : cases) EXPECT_EQ(error_of(source, vars), std::string("line 1: ") + message) << source;
+}
+
 TEST(Jinja, Tests) {
   EXPECT_EQ(render("{{ none is none }}{{ 's' is string }}{{ {} is mapping }}{{ [] is iterable }}{{ [] is sequence }}"
                    "{{ 1.5 is number }}{{ true is true }}{{ 0 is false }}{{ 3 is odd }}{{ 4 is divisibleby 2 }}"
