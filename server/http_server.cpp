@@ -6,7 +6,10 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/socket.h>
+
 #include <array>
+#include <cerrno>
 #include <atomic>
 #include <cctype>
 #include <condition_variable>
@@ -278,15 +281,20 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void end_exchange();
 
-  // Watches for the client going away while its answer is produced: readable
-  // with nothing to read means the peer closed. Data there is a pipelined
-  // request, left for the next read.
+  // Watches for the client going away while its answer is produced. Readiness
+  // alone proves nothing (epoll may report it for bytes already read), so a
+  // non-blocking peek decides: end of stream or an error means gone; data is a
+  // pipelined request, left for the next read; nothing yet means watch again.
   void watch_for_disconnect(std::uint64_t request) {
     stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this(), request](beast::error_code ec) {
       if (ec || self->current_request_ != request || self->closed_) return;
-      boost::system::error_code available_ec;
-      const auto available = self->stream_.socket().available(available_ec);
-      if (available_ec || available == 0) self->client_gone();
+      char byte = 0;
+      const auto peeked = ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (peeked > 0) return;
+      if (peeked < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        return self->watch_for_disconnect(request);
+      }
+      self->client_gone();
     });
   }
 

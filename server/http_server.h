@@ -48,7 +48,8 @@ struct HttpResponse {
 };
 
 // One request's answer. Every method may be called from any thread; calls after
-// the answer is complete, or after the client went away, are ignored.
+// the answer is complete, or after the client went away, are ignored. Holders
+// must let go of it before the HttpServer is destroyed (it keeps the connection).
 class HttpExchange {
  public:
   virtual ~HttpExchange() = default;
