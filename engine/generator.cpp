@@ -37,7 +37,8 @@ void fill_logprobs(std::span<const float> logits, int top, TokenStep& step) {
 }  // namespace
 
 GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
-                          const std::function<bool(const TokenStep&)>& on_token) {
+                          const std::function<bool(const TokenStep&)>& on_token,
+                          const std::function<void(const std::vector<TokenStep>&)>& on_prompt) {
   const auto& config = model.config();
   const auto prompt_length = static_cast<std::int64_t>(request.prompt.size());
   if (prompt_length == 0) fail("the prompt is empty");
@@ -53,18 +54,46 @@ GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
   const std::int64_t budget = std::min(request.max_new_tokens, config.max_position_embeddings - prompt_length);
 
   GenerationResult result;
-  if (budget == 0) return result;
+  if (budget == 0 && request.prompt_logprobs < 0) return result;
   KvCache cache(config, prompt_length + budget);
   Sampler sampler(request.sampling, request.prompt);
   std::vector<float> logits(static_cast<std::size_t>(model.vocab_size()));
 
   const auto prefill_start = std::chrono::steady_clock::now();
-  for (std::int64_t start = 0; start < prompt_length; start += request.prefill_chunk) {
-    const std::int64_t rows = std::min(request.prefill_chunk, prompt_length - start);
-    model.forward(std::span(request.prompt).subspan(static_cast<std::size_t>(start), static_cast<std::size_t>(rows)),
-                  start, cache, Logits::LastRow, logits);
+  if (request.prompt_logprobs < 0) {
+    for (std::int64_t start = 0; start < prompt_length; start += request.prefill_chunk) {
+      const std::int64_t rows = std::min(request.prefill_chunk, prompt_length - start);
+      model.forward(std::span(request.prompt).subspan(static_cast<std::size_t>(start), static_cast<std::size_t>(rows)),
+                    start, cache, Logits::LastRow, logits);
+    }
+  } else {
+    // Every row's logits are needed; smaller chunks bound the buffer (rows x vocab).
+    const std::int64_t chunk = std::min<std::int64_t>(request.prefill_chunk, 64);
+    const auto vocab = static_cast<std::size_t>(model.vocab_size());
+    std::vector<float> rows_logits(static_cast<std::size_t>(chunk) * vocab);
+    std::vector<TokenStep> prompt_steps;
+    for (std::int64_t start = 0; start < prompt_length; start += chunk) {
+      const std::int64_t rows = std::min(chunk, prompt_length - start);
+      const auto out = std::span(rows_logits).first(static_cast<std::size_t>(rows) * vocab);
+      model.forward(std::span(request.prompt).subspan(static_cast<std::size_t>(start), static_cast<std::size_t>(rows)),
+                    start, cache, Logits::AllRows, out);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const auto row = out.subspan(static_cast<std::size_t>(r) * vocab, vocab);
+        const std::int64_t next = start + r + 1;
+        if (next < prompt_length) {
+          TokenStep step;
+          step.token = request.prompt[static_cast<std::size_t>(next)];
+          fill_logprobs(row, request.prompt_logprobs, step);
+          prompt_steps.push_back(std::move(step));
+        } else {
+          std::copy(row.begin(), row.end(), logits.begin());
+        }
+      }
+    }
+    if (on_prompt) on_prompt(prompt_steps);
   }
   result.prefill_seconds = seconds_since(prefill_start);
+  if (budget == 0) return result;  // only the prompt was asked about
 
   const auto decode_start = std::chrono::steady_clock::now();
   std::int64_t position = prompt_length;

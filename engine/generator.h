@@ -24,6 +24,9 @@ struct GenerationRequest {
   std::int64_t prefill_chunk = 512;  // prompt tokens per forward pass
   std::map<TokenId, float> logit_bias;  // added to the logits before sampling (OpenAI logit_bias)
   int top_logprobs = -1;  // -1: no log-probabilities; N >= 0: the token's and the N most likely
+  // The same for the prompt's tokens (OpenAI's echo with logprobs): each token
+  // after the first, scored by the logits of the position before it.
+  int prompt_logprobs = -1;
 };
 
 // One generated token as on_token sees it. Log-probabilities are the model's own
@@ -43,8 +46,11 @@ struct GenerationResult {
 };
 
 // on_token sees every generated token as soon as it is sampled; returning false
-// cancels. Throws nibble::Error when the prompt does not fit the context.
+// cancels. With prompt_logprobs >= 0 (even with max_new_tokens 0), on_prompt receives the prompt's tokens
+// 1..n-1 with theirs after the prefill, before the first token. Throws
+// nibble::Error when the prompt does not fit the context.
 GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
-                          const std::function<bool(const TokenStep&)>& on_token = {});
+                          const std::function<bool(const TokenStep&)>& on_token = {},
+                          const std::function<void(const std::vector<TokenStep>&)>& on_prompt = {});
 
 }  // namespace nibble::engine

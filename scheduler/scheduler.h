@@ -28,6 +28,7 @@ struct SequenceRequest {
   std::vector<TokenId> stop_tokens;
   std::map<TokenId, float> logit_bias;
   int top_logprobs = -1;  // -1: none; N >= 0: the token's log-probability and N alternatives
+  int prompt_logprobs = -1;  // the same for the prompt's tokens (echo with logprobs)
   std::optional<Clock::time_point> deadline;  // past it, the sequence ends as Timeout
 };
 
@@ -56,6 +57,8 @@ class SequenceSink {
  public:
   virtual ~SequenceSink() = default;
   virtual void on_started(const SequenceStart& start) = 0;
+  // With prompt_logprobs >= 0: the prompt's tokens 1..n-1, once, before on_token.
+  virtual void on_prompt_logprobs(const std::vector<engine::TokenStep>& /*steps*/) {}
   virtual void on_token(const engine::TokenStep& step) = 0;
   virtual void on_finished(const SequenceEnd& end) = 0;
 };

@@ -117,6 +117,7 @@ SequenceEnd SerialScheduler::run(Entry& entry) {
     generation.stop_tokens = request.stop_tokens;
     generation.logit_bias = request.logit_bias;
     generation.top_logprobs = request.top_logprobs;
+    generation.prompt_logprobs = request.prompt_logprobs;
     bool timed_out = false;
     const auto on_token = [&](const engine::TokenStep& step) {
       if (entry.ticket->cancelled()) return false;
@@ -129,7 +130,8 @@ SequenceEnd SerialScheduler::run(Entry& entry) {
       cached_tokens_ = end.prompt_tokens + end.generated_tokens;
       return true;
     };
-    const engine::GenerationResult result = engine::generate(model_, generation, on_token);
+    const auto on_prompt = [&](const std::vector<engine::TokenStep>& steps) { entry.sink->on_prompt_logprobs(steps); };
+    const engine::GenerationResult result = engine::generate(model_, generation, on_token, on_prompt);
     end.prefill_seconds = result.prefill_seconds;
     end.decode_seconds = result.decode_seconds;
     switch (result.finish) {

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <mutex>
 #include <random>
+#include <span>
 #include <utility>
 
 #include "common/error.h"
@@ -34,10 +35,14 @@ struct Choice {
   int index = 0;
   std::size_t prompt = 0;  // which prompt of the request
   std::string text;        // echo + generated text, stop strings removed
+  std::string echo;        // the prompt's text when echoed
+  std::vector<TokenId> echo_ids;  // the prompt's tokens when echoed with logprobs
   std::vector<TokenLogprob> logprobs;
   std::vector<std::int64_t> text_offset;
   std::int64_t generated = 0;
   std::optional<std::string> finish_reason;
+  double logprob_sum = 0;  // of the tokens in `text`, to rank best_of candidates
+  std::int64_t text_tokens = 0;
   bool opened = false;  // streaming: its first chunk went out
   std::unique_ptr<IncrementalDecoder> decoder;
   std::unique_ptr<StopStringFilter> stop;
@@ -53,11 +58,13 @@ class ResponseShape {
   virtual bool chat() const = 0;
   // Streaming: what opens a choice before its first text (chat names the role).
   virtual std::optional<json> opening_chunk(const ResponseHeader& header, const Choice& choice) const = 0;
-  // Streaming: new text, with the token's log-probabilities when asked for.
+  // Streaming: new text, with its tokens' log-probabilities (and offsets into
+  // the choice's text) when asked for.
   virtual json delta_chunk(const ResponseHeader& header, const Choice& choice, const std::string& text,
-                           const TokenLogprob* entry) const = 0;
+                           std::span<const TokenLogprob> entries, std::span<const std::int64_t> offsets) const = 0;
   virtual json closing_chunk(const ResponseHeader& header, const Choice& choice) const = 0;
-  virtual json response(const ResponseHeader& header, const Choices& choices, bool with_logprobs,
+  // `choices` in the order returned; their position is their index.
+  virtual json response(const ResponseHeader& header, const std::vector<const Choice*>& choices, bool with_logprobs,
                         const Usage& usage) const = 0;
 };
 
@@ -66,13 +73,13 @@ class CompletionShape final : public ResponseShape {
   bool chat() const override { return false; }
   std::optional<json> opening_chunk(const ResponseHeader&, const Choice&) const override { return std::nullopt; }
   json delta_chunk(const ResponseHeader& header, const Choice& choice, const std::string& text,
-                   const TokenLogprob* entry) const override {
+                   std::span<const TokenLogprob> entries, std::span<const std::int64_t> offsets) const override {
     CompletionChoice delta;
     delta.index = choice.index;
     delta.text = text;
-    if (entry != nullptr) {
-      delta.logprobs = std::vector<TokenLogprob>{*entry};
-      delta.text_offset = {choice.text_offset.back()};
+    if (!entries.empty()) {
+      delta.logprobs = std::vector<TokenLogprob>(entries.begin(), entries.end());
+      delta.text_offset.assign(offsets.begin(), offsets.end());
     }
     return completion_chunk(header, {delta});
   }
@@ -82,12 +89,12 @@ class CompletionShape final : public ResponseShape {
     last.finish_reason = choice.finish_reason;
     return completion_chunk(header, {last});
   }
-  json response(const ResponseHeader& header, const Choices& choices, bool with_logprobs,
+  json response(const ResponseHeader& header, const std::vector<const Choice*>& choices, bool with_logprobs,
                 const Usage& usage) const override {
     std::vector<CompletionChoice> out;
     for (const auto& c : choices) {
       CompletionChoice choice;
-      choice.index = c->index;
+      choice.index = static_cast<int>(out.size());
       choice.text = c->text;
       if (with_logprobs) {
         choice.logprobs = c->logprobs;
@@ -110,11 +117,11 @@ class ChatShape final : public ResponseShape {
     return chat_chunk(header, {first});
   }
   json delta_chunk(const ResponseHeader& header, const Choice& choice, const std::string& text,
-                   const TokenLogprob* entry) const override {
+                   std::span<const TokenLogprob> entries, std::span<const std::int64_t>) const override {
     ChatChoice delta;
     delta.index = choice.index;
     delta.content = text;
-    if (entry != nullptr) delta.logprobs = std::vector<TokenLogprob>{*entry};
+    if (!entries.empty()) delta.logprobs = std::vector<TokenLogprob>(entries.begin(), entries.end());
     return chat_chunk(header, {delta});
   }
   json closing_chunk(const ResponseHeader& header, const Choice& choice) const override {
@@ -123,12 +130,12 @@ class ChatShape final : public ResponseShape {
     last.finish_reason = choice.finish_reason;
     return chat_chunk(header, {last});
   }
-  json response(const ResponseHeader& header, const Choices& choices, bool with_logprobs,
+  json response(const ResponseHeader& header, const std::vector<const Choice*>& choices, bool with_logprobs,
                 const Usage& usage) const override {
     std::vector<ChatChoice> out;
     for (const auto& c : choices) {
       ChatChoice choice;
-      choice.index = c->index;
+      choice.index = static_cast<int>(out.size());
       choice.content = c->text;
       if (with_logprobs) choice.logprobs = c->logprobs;
       choice.finish_reason = c->finish_reason;
@@ -143,6 +150,8 @@ struct CallOptions {
   bool stream = false;
   bool include_usage = false;
   bool want_logprobs = false;
+  int n = 1;        // choices returned per prompt
+  int best_of = 1;  // candidates generated per prompt (not streamed when above n)
 };
 
 // One request in flight: its choices, their text so far, and where output goes.
@@ -199,6 +208,8 @@ class GenerationCall final : public RunningRequest {
     ++choice.generated;
     if (choice.finish_reason) return;  // already stopped by a stop string
     open(choice);
+    choice.logprob_sum += step.logprob;
+    ++choice.text_tokens;
     const auto out = choice.stop->push(choice.decoder->push(step.token));
     std::optional<TokenLogprob> entry;
     if (options_.want_logprobs) {
@@ -213,7 +224,31 @@ class GenerationCall final : public RunningRequest {
       choice.ticket->cancel();
     }
     if (options_.stream && (!out.text.empty() || entry)) {
-      output_->stream_event(sse_event(shape_.delta_chunk(header_, choice, out.text, entry ? &*entry : nullptr)));
+      const auto entries = entry ? std::span(choice.logprobs).last(1) : std::span<const TokenLogprob>();
+      const auto offsets = entry ? std::span(choice.text_offset).last(1) : std::span<const std::int64_t>();
+      output_->stream_event(sse_event(shape_.delta_chunk(header_, choice, out.text, entries, offsets)));
+    }
+  }
+
+  // Echo with logprobs: the prompt's tokens open the choice's logprobs, the first
+  // without a value (nothing before it predicts it), as OpenAI reports them.
+  void on_prompt_logprobs(Choice& choice, const std::vector<engine::TokenStep>& steps) {
+    const std::lock_guard lock(mutex_);
+    if (abandoned_ || choice.echo_ids.empty()) return;
+    IncrementalDecoder decoder(tokenizer_);
+    std::int64_t offset = 0;
+    for (std::size_t i = 0; i < choice.echo_ids.size(); ++i) {
+      const TokenId id = choice.echo_ids[i];
+      TokenLogprob entry{tokenizer_.token_bytes(id), std::nullopt, {}};
+      if (i > 0 && i - 1 < steps.size()) {
+        entry.logprob = steps[i - 1].logprob;
+        for (const auto& [alternative, logprob] : steps[i - 1].top) {
+          entry.top.emplace_back(tokenizer_.token_bytes(alternative), logprob);
+        }
+      }
+      choice.logprobs.push_back(std::move(entry));
+      choice.text_offset.push_back(offset);
+      offset += static_cast<std::int64_t>(decoder.push(id).size());
     }
   }
 
@@ -228,7 +263,7 @@ class GenerationCall final : public RunningRequest {
       choice.finish_reason = finish_reason_text(end);
       if (end.reason == scheduler::FinishReason::Error) error_ = end.error;
       if (options_.stream && !rest.empty()) {
-        output_->stream_event(sse_event(shape_.delta_chunk(header_, choice, rest, nullptr)));
+        output_->stream_event(sse_event(shape_.delta_chunk(header_, choice, rest, {}, {})));
       }
     }
     completion_tokens_ += choice.generated;
@@ -259,6 +294,11 @@ class GenerationCall final : public RunningRequest {
     if (!options_.stream || choice.opened) return;
     choice.opened = true;
     if (auto chunk = shape_.opening_chunk(header_, choice)) output_->stream_event(sse_event(*chunk));
+    // The echoed prompt (and its tokens' logprobs, which are all there by now) comes first.
+    if (!choice.echo.empty() || !choice.logprobs.empty()) {
+      output_->stream_event(
+          sse_event(shape_.delta_chunk(header_, choice, choice.echo, choice.logprobs, choice.text_offset)));
+    }
   }
 
   void finish_request() {
@@ -278,7 +318,28 @@ class GenerationCall final : public RunningRequest {
       output_->fail(ApiError(500, "server_error", *error_));
       return;
     }
-    output_->finish(to_json_text(shape_.response(header_, choices_, options_.want_logprobs, usage)));
+    output_->finish(to_json_text(shape_.response(header_, returned_choices(), options_.want_logprobs, usage)));
+  }
+
+  // All choices in index order; with best_of, the n of each prompt's candidates
+  // with the highest log-probability per token (OpenAI's "best"), best first.
+  std::vector<const Choice*> returned_choices() const {
+    std::vector<const Choice*> out;
+    const auto group = static_cast<std::size_t>(options_.best_of);
+    for (std::size_t first = 0; first < choices_.size(); first += group) {
+      std::vector<const Choice*> candidates;
+      for (std::size_t i = first; i < first + group; ++i) candidates.push_back(choices_[i].get());
+      if (options_.best_of > options_.n) {
+        const auto per_token = [](const Choice* c) {
+          return c->text_tokens > 0 ? c->logprob_sum / static_cast<double>(c->text_tokens) : 0.0;
+        };
+        std::stable_sort(candidates.begin(), candidates.end(),
+                         [&](const Choice* a, const Choice* b) { return per_token(a) > per_token(b); });
+        candidates.resize(static_cast<std::size_t>(options_.n));
+      }
+      out.insert(out.end(), candidates.begin(), candidates.end());
+    }
+    return out;
   }
 
   const ResponseShape& shape_;
@@ -302,6 +363,9 @@ class ChoiceSink final : public scheduler::SequenceSink {
  public:
   ChoiceSink(std::shared_ptr<GenerationCall> call, Choice& choice) : call_(std::move(call)), choice_(choice) {}
   void on_started(const scheduler::SequenceStart&) override {}
+  void on_prompt_logprobs(const std::vector<engine::TokenStep>& steps) override {
+    call_->on_prompt_logprobs(choice_, steps);
+  }
   void on_token(const engine::TokenStep& step) override { call_->on_token(choice_, step); }
   void on_finished(const scheduler::SequenceEnd& end) override { call_->on_finished(choice_, end); }
 
@@ -320,15 +384,19 @@ ResponseHeader new_header(const char* id_prefix, const ServedModel& model) {
 
 // One choice per (prompt, n); `echo` starts each text with its prompt.
 void add_choices(GenerationCall& call, const Tokenizer& tokenizer, const std::vector<std::vector<TokenId>>& prompts,
-                 const GenerationOptions& options, bool echo) {
+                 const GenerationOptions& options, int candidates_per_prompt, bool echo, bool echo_logprobs) {
   for (std::size_t p = 0; p < prompts.size(); ++p) {
-    for (int j = 0; j < options.n; ++j) {
+    for (int j = 0; j < candidates_per_prompt; ++j) {
       auto choice = std::make_unique<Choice>();
-      choice->index = static_cast<int>(p) * options.n + j;
+      choice->index = static_cast<int>(p) * candidates_per_prompt + j;
       choice->prompt = p;
       choice->decoder = std::make_unique<IncrementalDecoder>(tokenizer);
       choice->stop = std::make_unique<StopStringFilter>(options.stop);
-      if (echo) choice->text = tokenizer.decode(prompts[p], true);
+      if (echo) {
+        choice->echo = tokenizer.decode(prompts[p], true);
+        choice->text = choice->echo;
+        if (echo_logprobs) choice->echo_ids = prompts[p];
+      }
       call.choices().push_back(std::move(choice));
     }
   }
@@ -338,7 +406,7 @@ void add_choices(GenerationCall& call, const Tokenizer& tokenizer, const std::ve
 // Queues every choice of `call`; a full scheduler abandons what was queued and is a 429.
 void submit_choices(scheduler::Scheduler& scheduler, const std::shared_ptr<GenerationCall>& call,
                     const std::vector<std::vector<TokenId>>& prompts, const GenerationOptions& options,
-                    int top_logprobs, const ServedModel& model,
+                    int top_logprobs, int prompt_logprobs, const ServedModel& model,
                     std::optional<std::chrono::milliseconds> request_timeout) {
   const auto deadline = request_timeout ? std::optional(Clock::now() + *request_timeout) : std::nullopt;
   std::random_device entropy;
@@ -354,6 +422,7 @@ void submit_choices(scheduler::Scheduler& scheduler, const std::shared_ptr<Gener
     sequence.stop_tokens = model.stop_tokens;
     sequence.logit_bias = options.logit_bias;
     sequence.top_logprobs = top_logprobs;
+    sequence.prompt_logprobs = prompt_logprobs;
     sequence.deadline = deadline;
     try {
       call->attach(*choice, [&] {
@@ -402,12 +471,6 @@ void CompletionService::check_length(std::int64_t prompt_tokens, const Generatio
 std::shared_ptr<RunningRequest> CompletionService::start(const CompletionRequest& request,
                                                          std::shared_ptr<ResponseOutput> output) {
   check_model(request.model);
-  if (request.best_of != request.options.n) {
-    throw ApiError::invalid("best_of", "'best_of' different from 'n' is not supported yet", "unsupported_parameter");
-  }
-  if (request.echo && request.logprobs) {
-    throw ApiError::invalid("echo", "'echo' together with 'logprobs' is not supported yet", "unsupported_parameter");
-  }
   // Tokenize and check every prompt before anything is submitted.
   std::vector<std::vector<TokenId>> prompts;
   std::int64_t prompt_tokens = 0;
@@ -416,11 +479,16 @@ std::shared_ptr<RunningRequest> CompletionService::start(const CompletionRequest
     check_length(static_cast<std::int64_t>(prompts.back().size()), request.options, "prompt");
     prompt_tokens += static_cast<std::int64_t>(prompts.back().size());
   }
-  const CallOptions options{request.options.stream, request.options.include_usage, request.logprobs.has_value()};
+  const CallOptions options{request.options.stream, request.options.include_usage, request.logprobs.has_value(),
+                            request.options.n, request.best_of};
   auto call = std::make_shared<GenerationCall>(kCompletionShape, options, tokenizer_, metrics_,
                                                new_header("cmpl-", model_), output, prompt_tokens);
-  add_choices(*call, tokenizer_, prompts, request.options, request.echo);
-  submit_choices(scheduler_, call, prompts, request.options, request.logprobs.value_or(-1), model_,
+  const bool echo_logprobs = request.echo && request.logprobs.has_value();
+  add_choices(*call, tokenizer_, prompts, request.options, request.best_of, request.echo, echo_logprobs);
+  // Ranking best_of candidates needs each token's log-probability.
+  const int top_logprobs = request.logprobs.value_or(request.best_of > request.options.n ? 0 : -1);
+  submit_choices(scheduler_, call, prompts, request.options, top_logprobs,
+                 echo_logprobs ? *request.logprobs : -1, model_,
                  request_timeout_);
   return call;
 }
@@ -454,11 +522,12 @@ std::shared_ptr<RunningRequest> CompletionService::start(const ChatRequest& requ
   const auto prompt_tokens = static_cast<std::int64_t>(prompts[0].size());
   check_length(prompt_tokens, request.options, "messages");
 
-  const CallOptions options{request.options.stream, request.options.include_usage, request.logprobs};
+  const CallOptions options{request.options.stream, request.options.include_usage, request.logprobs,
+                            request.options.n, request.options.n};
   auto call = std::make_shared<GenerationCall>(kChatShape, options, tokenizer_, metrics_,
                                                new_header("chatcmpl-", model_), output, prompt_tokens);
-  add_choices(*call, tokenizer_, prompts, request.options, false);
-  submit_choices(scheduler_, call, prompts, request.options, request.logprobs ? request.top_logprobs : -1, model_,
+  add_choices(*call, tokenizer_, prompts, request.options, request.options.n, false, false);
+  submit_choices(scheduler_, call, prompts, request.options, request.logprobs ? request.top_logprobs : -1, -1, model_,
                  request_timeout_);
   return call;
 }

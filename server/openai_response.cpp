@@ -28,7 +28,12 @@ json completion_logprobs(const CompletionChoice& choice) {
   json tokens = json::array(), token_logprobs = json::array(), top = json::array();
   for (const auto& t : *choice.logprobs) {
     tokens.push_back(t.text);
-    token_logprobs.push_back(t.logprob);
+    if (!t.logprob) {
+      token_logprobs.push_back(nullptr);
+      top.push_back(nullptr);
+      continue;
+    }
+    token_logprobs.push_back(*t.logprob);
     json alternatives = json::object();
     for (const auto& [text, logprob] : t.top) alternatives[text] = logprob;
     top.push_back(std::move(alternatives));
@@ -51,7 +56,10 @@ json chat_logprobs(const std::optional<std::vector<TokenLogprob>>& logprobs) {
     for (const auto& [text, logprob] : t.top) {
       top.push_back({{"token", text}, {"logprob", logprob}, {"bytes", bytes_of(text)}});
     }
-    content.push_back({{"token", t.text}, {"logprob", t.logprob}, {"bytes", bytes_of(t.text)}, {"top_logprobs", top}});
+    content.push_back({{"token", t.text},
+                       {"logprob", t.logprob ? json(*t.logprob) : json(nullptr)},
+                       {"bytes", bytes_of(t.text)},
+                       {"top_logprobs", top}});
   }
   return {{"content", content}, {"refusal", nullptr}};
 }

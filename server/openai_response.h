@@ -30,7 +30,7 @@ struct Usage {
 // U+FFFD while chat's `bytes` keeps the exact bytes.
 struct TokenLogprob {
   std::string text;
-  float logprob = 0;
+  std::optional<float> logprob;  // none for a prompt's first token (nothing before it to predict it)
   std::vector<std::pair<std::string, float>> top;
 };
 

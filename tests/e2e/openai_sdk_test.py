@@ -136,10 +136,33 @@ class OpenAIClientChecks:
         self.assertEqual(echoed.choices[0].text, PROMPT + plain.choices[0].text)
         self.assertEqual(echoed.usage.completion_tokens, plain.usage.completion_tokens)
 
-    def test_echo_with_logprobs_is_rejected(self):
-        with self.assertRaises(openai.BadRequestError) as raised:
-            self.complete(echo=True, logprobs=1)
-        self.assertEqual(raised.exception.type, "invalid_request_error")
+    def test_echo_with_logprobs_scores_the_prompt_too(self):
+        plain = self.complete(logprobs=2)
+        echoed = self.complete(echo=True, logprobs=2)
+        lp, usage = echoed.choices[0].logprobs, echoed.usage
+        self.assertEqual(len(lp.tokens), usage.prompt_tokens + usage.completion_tokens)
+        self.assertIsNone(lp.token_logprobs[0], "nothing predicts the first prompt token")
+        self.assertIsNone(lp.top_logprobs[0])
+        prompt_part = lp.token_logprobs[1:usage.prompt_tokens]
+        self.assertTrue(all(v is not None and v <= 0 for v in prompt_part), prompt_part)
+        # The completion's part is what the request without echo reported.
+        self.assertEqual(lp.tokens[usage.prompt_tokens:], plain.choices[0].logprobs.tokens)
+        for got, want in zip(lp.token_logprobs[usage.prompt_tokens:], plain.choices[0].logprobs.token_logprobs):
+            self.assertAlmostEqual(got, want, places=4)
+        self.assertEqual(lp.text_offset[usage.prompt_tokens], len(PROMPT), "offsets count the echoed prompt")
+        self.assertEqual(lp.text_offset, sorted(lp.text_offset))
+        # Only the prompt: max_tokens 0.
+        only = self.complete(echo=True, logprobs=1, max_tokens=0)
+        self.assertEqual(only.choices[0].text, PROMPT)
+        self.assertEqual(len(only.choices[0].logprobs.tokens), only.usage.prompt_tokens)
+        self.assertEqual(only.usage.completion_tokens, 0)
+
+    def test_best_of_returns_n_of_its_candidates_and_bills_them_all(self):
+        out = self.complete(n=2, best_of=4, temperature=1.0, seed=5, max_tokens=8)
+        self.assertEqual([c.index for c in out.choices], [0, 1])
+        candidates = self.complete(n=4, temperature=1.0, seed=5, max_tokens=8)
+        self.assertEqual(out.usage.completion_tokens, candidates.usage.completion_tokens)
+        self.assertTrue({c.text for c in out.choices} <= {c.text for c in candidates.choices})
 
     def test_stop_string_cuts_the_text_before_it(self):
         text = self.complete(max_tokens=16).choices[0].text

@@ -5,6 +5,7 @@
 
 #include <condition_variable>
 #include <fstream>
+#include <algorithm>
 #include <map>
 #include <mutex>
 
@@ -205,6 +206,76 @@ TEST_F(CompletionServiceTest, LogprobsCoverEveryToken) {
       EXPECT_GE(lp["text_offset"][i].get<std::size_t>(), lp["text_offset"][i - 1].get<std::size_t>());
     }
   }
+}
+
+TEST_F(CompletionServiceTest, EchoWithLogprobsStreamsThePromptFirstAndScoresIt) {
+  // The prompt is BOS + the first reference tokens: each is the model's greedy
+  // choice, so its logprob is the best alternative's.
+  const auto ids = reference_greedy_ids();
+  json prompt = {1};
+  for (int i = 0; i < 10; ++i) prompt.push_back(ids[static_cast<std::size_t>(i)]);
+  const json fields = {{"prompt", prompt}, {"echo", true}, {"logprobs", 1}, {"max_tokens", 5}};
+  const auto whole = run(fields);
+  const auto& lp = whole["choices"][0]["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), 11u + 5u);
+  EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  for (std::size_t i = 1; i < 11; ++i) {
+    const auto& top = lp["top_logprobs"][i];
+    ASSERT_EQ(top.size(), 1u);
+    EXPECT_EQ(top.begin().key(), lp["tokens"][i]) << "prompt token " << i << " is the greedy one";
+    EXPECT_NEAR(top.begin().value().get<double>(), lp["token_logprobs"][i].get<double>(), 1e-6);
+  }
+  const std::string text = whole["choices"][0]["text"];
+  for (std::size_t i = 0; i < lp["text_offset"].size(); ++i) {
+    EXPECT_LE(lp["text_offset"][i].get<std::size_t>(), text.size());
+  }
+
+  auto output = std::make_shared<CollectingOutput>();
+  json streamed_fields = fields;
+  streamed_fields["stream"] = true;
+  service_->start(request(streamed_fields), output);
+  output->wait();
+  std::string streamed;
+  json tokens = json::array();
+  for (const auto& chunk : output->chunks()) {
+    for (const auto& choice : chunk["choices"]) {
+      streamed += choice["text"].get<std::string>();
+      if (!choice["logprobs"].is_null()) {
+        for (const auto& t : choice["logprobs"]["tokens"]) tokens.push_back(t);
+      }
+    }
+  }
+  EXPECT_EQ(streamed, text) << "the echoed prompt is streamed first";
+  EXPECT_EQ(tokens, lp["tokens"]);
+}
+
+TEST_F(CompletionServiceTest, BestOfReturnsTheCandidatesWithTheHighestLogprobPerToken) {
+  // The same seeds as n=4 give the same four candidates; their logprobs say which two are best.
+  const json sampling = {{"temperature", 1.0}, {"seed", 11}, {"max_tokens", 12}, {"prompt", {1, 403}}};
+  json all_request = sampling;
+  all_request.update({{"n", 4}, {"logprobs", 0}});
+  const auto all = run(all_request);
+  ASSERT_EQ(all["choices"].size(), 4u);
+  std::vector<std::pair<double, std::string>> ranked;
+  for (const auto& choice : all["choices"]) {
+    double sum = 0;
+    for (const auto& lp : choice["logprobs"]["token_logprobs"]) sum += lp.get<double>();
+    ranked.emplace_back(sum / static_cast<double>(choice["logprobs"]["tokens"].size()), choice["text"]);
+  }
+  std::stable_sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  EXPECT_NE(ranked.front().second, ranked.back().second) << "the candidates should differ";
+
+  json best_request = sampling;
+  best_request.update({{"n", 2}, {"best_of", 4}});
+  const auto best = run(best_request);
+  ASSERT_EQ(best["choices"].size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(best["choices"][i]["index"], i);
+    EXPECT_EQ(best["choices"][i]["text"], ranked[static_cast<std::size_t>(i)].second) << "rank " << i;
+    EXPECT_TRUE(best["choices"][i]["logprobs"].is_null()) << "logprobs were not asked for";
+  }
+  EXPECT_EQ(best["usage"]["completion_tokens"], all["usage"]["completion_tokens"]) << "every candidate counts";
 }
 
 TEST_F(CompletionServiceTest, ModelAndContextErrorsComeBeforeAnyWork) {

@@ -146,6 +146,41 @@ TEST_F(Stories260K, LogprobsAreTheModelsAndLogitBiasSteersSampling) {
   testing::expect_error([&] { generate(model, request); }, {"logit_bias", "outside the vocabulary"});
 }
 
+TEST_F(Stories260K, PromptLogprobsEqualThoseOfTheSameTokensGenerated) {
+  // Feeding back the greedy tokens as a prompt (prefilled 64 rows at a time)
+  // must score each exactly as when it was generated one step at a time.
+  const ModelSource source = open_model(dir_->path());
+  kernels::CpuBackend backend(1);
+  LlamaModel model(source, backend);
+  GenerationRequest request;
+  request.prompt = {1};
+  request.sampling.temperature = 0;
+  request.max_new_tokens = 100;
+  request.top_logprobs = 3;
+  std::vector<TokenStep> generated;
+  generate(model, request, [&](const TokenStep& step) {
+    generated.push_back(step);
+    return true;
+  });
+  ASSERT_EQ(generated.size(), 100u);
+
+  GenerationRequest replay;
+  replay.prompt = {1};
+  for (const auto& step : generated) replay.prompt.push_back(step.token);
+  replay.max_new_tokens = 1;
+  replay.prompt_logprobs = 3;
+  std::vector<TokenStep> scored;
+  const auto result = generate(model, replay, {}, [&](const std::vector<TokenStep>& steps) { scored = steps; });
+  ASSERT_EQ(scored.size(), generated.size()) << "every prompt token but the first";
+  for (std::size_t i = 0; i < scored.size(); ++i) {
+    EXPECT_EQ(scored[i].token, generated[i].token);
+    EXPECT_NEAR(scored[i].logprob, generated[i].logprob, 1e-4) << "token " << i;
+    ASSERT_EQ(scored[i].top.size(), 3u);
+    EXPECT_EQ(scored[i].top[0].first, generated[i].top[0].first);
+  }
+  EXPECT_EQ(result.tokens.size(), 1u) << "generation goes on after the prompt";
+}
+
 TEST_F(Stories260K, StopTokensAndCancellationEndGeneration) {
   const ModelSource source = open_model(dir_->path());
   kernels::CpuBackend backend(1);
