@@ -236,6 +236,30 @@ class StreamLifecycle(ErrorChecks, SmolLM2Server, ServerTestCase):
         self.server.wait_for_metric("nibble_requests_running", lambda v: v == 0, timeout=8, **labels)
         self.assert_serves()
 
+    def test_a_full_queue_answers_429_with_retry_after(self):
+        server = NibbleServer(SMOLLM2, "--max-queued", "1", api_key=API_KEY).start()
+        try:
+            labels = {"model": self.model_name}
+            running, running_response = server.open_stream("/v1/completions", self.stream_request(4000))
+            next(sse_events(running_response))  # on the model now
+            queued = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+            queued.request("POST", "/v1/completions",
+                           headers=dict(server.auth_headers(), **{"Content-Type": "application/json"}),
+                           body=json.dumps({"model": self.model_name, "prompt": COUNTING, "max_tokens": 4}))
+            server.wait_for_metric("nibble_requests_waiting", lambda v: v == 1, timeout=20, **labels)
+            refused = server.post("/v1/completions", {"model": self.model_name, "prompt": COUNTING, "max_tokens": 4})
+            self.assert_error(refused, 429)
+            self.assertGreaterEqual(int(refused.headers["Retry-After"]), 1)
+            running.sock.shutdown(socket.SHUT_RDWR)
+            running.close()
+            answer = queued.getresponse()
+            self.assertEqual(answer.status, 200, "the queued request runs once the running one is gone")
+            self.assertEqual(json.loads(answer.read())["usage"]["completion_tokens"], 4)
+            queued.close()
+            self.assertEqual(metric(server.metrics(), "nibble_request_errors_total", code="429", **labels), 1)
+        finally:
+            server.close()
+
     def test_sigterm_mid_stream_finishes_the_request_and_exits_zero(self):
         # The key from the environment this time.
         server = NibbleServer(SMOLLM2, "--no-public-probes", "--drain-timeout", "120", api_key=API_KEY,
