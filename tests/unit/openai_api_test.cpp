@@ -1,0 +1,150 @@
+// The routes without a socket or a model: readiness, draining, routing errors,
+// the API key, and the documents the server describes itself with.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <functional>
+
+#include "server/openai_api.h"
+
+namespace nibble::server {
+namespace {
+
+using nlohmann::json;
+
+// Keeps what the API answered.
+class RecordingExchange : public HttpExchange {
+ public:
+  void respond(HttpResponse r) override { response = std::move(r); }
+  void start_stream(int, std::string, HttpHeaders) override { ADD_FAILURE() << "no stream expected"; }
+  void stream(std::string) override {}
+  void end_stream() override {}
+  void on_disconnect(std::function<void()>) override {}
+  void annotate(std::string) override {}
+
+  std::string header(const std::string& name) const {
+    for (const auto& [key, value] : response.headers) {
+      if (key == name) return value;
+    }
+    return "";
+  }
+  json body() const { return json::parse(response.body); }
+  HttpResponse response{0, "", "", {}};
+};
+
+class OpenAiApiTest : public ::testing::Test {
+ protected:
+  HttpResponse call(OpenAiApi& api, const std::string& method, const std::string& path,
+                    const std::string& authorization = "", std::string* retry_after = nullptr) {
+    HttpRequest request;
+    request.method = method;
+    request.path = path;
+    if (!authorization.empty()) request.headers.emplace_back("Authorization", authorization);
+    auto exchange = std::make_shared<RecordingExchange>();
+    api.handle(request, exchange);
+    if (retry_after != nullptr) *retry_after = exchange->header("Retry-After");
+    return exchange->response;
+  }
+  static json error_of(const HttpResponse& r) {
+    const json body = json::parse(r.body);
+    EXPECT_EQ(body.size(), 1u);
+    EXPECT_TRUE(body["error"].contains("message") && body["error"].contains("type") &&
+                body["error"].contains("param") && body["error"].contains("code"))
+        << body;
+    return body["error"];
+  }
+
+  ServerMetrics metrics_{"m"};
+};
+
+TEST_F(OpenAiApiTest, WhileLoadingHealthAndTheApiSay503WithRetryAfter) {
+  OpenAiApi api({std::nullopt, true, "1.2.3", 2}, metrics_);
+  const auto health = call(api, "GET", "/health");
+  EXPECT_EQ(health.status, 503);
+  EXPECT_EQ(json::parse(health.body), json({{"status", "loading"}}));
+  std::string retry_after;
+  const auto completion = call(api, "POST", "/v1/completions", "", &retry_after);
+  EXPECT_EQ(completion.status, 503);
+  EXPECT_EQ(error_of(completion)["code"], "loading");
+  EXPECT_EQ(retry_after, "2");
+  EXPECT_EQ(call(api, "GET", "/v1/models").status, 503);
+  // What does not need the model answers at once.
+  EXPECT_EQ(call(api, "GET", "/metrics").status, 200);
+  EXPECT_EQ(json::parse(call(api, "GET", "/version").body), json({{"version", "1.2.3"}}));
+
+  api.set_draining();
+  const auto draining = call(api, "GET", "/health");
+  EXPECT_EQ(draining.status, 503);
+  EXPECT_EQ(json::parse(draining.body)["status"], "draining");
+  EXPECT_EQ(error_of(call(api, "POST", "/v1/chat/completions"))["code"], "shutting_down");
+}
+
+TEST_F(OpenAiApiTest, UnknownRoutesAre404AndWrongMethods405NamingTheRightOne) {
+  OpenAiApi api({std::nullopt, true, "1", 1}, metrics_);
+  const auto missing = call(api, "POST", "/v1/embeddings");
+  EXPECT_EQ(missing.status, 404);
+  EXPECT_NE(error_of(missing)["message"].get<std::string>().find("/v1/embeddings"), std::string::npos);
+  EXPECT_EQ(call(api, "GET", "/v1/completionsX").status, 404);
+  auto exchange = std::make_shared<RecordingExchange>();
+  HttpRequest request;
+  request.method = "GET";
+  request.path = "/v1/chat/completions";
+  api.handle(request, exchange);
+  EXPECT_EQ(exchange->response.status, 405);
+  EXPECT_EQ(exchange->header("Allow"), "POST");
+  EXPECT_EQ(call(api, "DELETE", "/health").status, 405);
+  EXPECT_NE(metrics_.exposition().find("nibble_request_errors_total{model=\"m\",code=\"404\"} 2"), std::string::npos)
+      << metrics_.exposition();
+}
+
+TEST_F(OpenAiApiTest, TheKeyGuardsTheApiAndOptionallyTheProbes) {
+  OpenAiApi open_probes({std::string("s3cret"), true, "1", 1}, metrics_);
+  EXPECT_EQ(call(open_probes, "GET", "/v1/models").status, 401);
+  EXPECT_EQ(error_of(call(open_probes, "GET", "/v1/models", "Bearer s3cre"))["code"], "invalid_api_key");
+  EXPECT_EQ(call(open_probes, "GET", "/v1/models", "Bearer s3cret!").status, 401);
+  EXPECT_EQ(call(open_probes, "GET", "/v1/models", "Basic s3cret").status, 401);
+  EXPECT_EQ(call(open_probes, "GET", "/v1/models", "Bearer s3cret").status, 503) << "past the key: still loading";
+  EXPECT_EQ(call(open_probes, "GET", "/health").status, 503);
+  EXPECT_EQ(call(open_probes, "GET", "/metrics").status, 200);
+
+  OpenAiApi closed_probes({std::string("s3cret"), false, "1", 1}, metrics_);
+  for (const char* path : {"/health", "/metrics", "/version", "/openapi.json"}) {
+    EXPECT_EQ(call(closed_probes, "GET", path).status, 401) << path;
+  }
+  EXPECT_EQ(call(closed_probes, "GET", "/metrics", "Bearer s3cret").status, 200);
+}
+
+TEST_F(OpenAiApiTest, TheOpenApiDocumentDescribesEveryRoute) {
+  OpenAiApi api({std::nullopt, true, "9.9", 1}, metrics_);
+  const auto response = call(api, "GET", "/openapi.json");
+  ASSERT_EQ(response.status, 200);
+  const json doc = json::parse(response.body);
+  EXPECT_EQ(doc["openapi"].get<std::string>().substr(0, 2), "3.");
+  EXPECT_EQ(doc["info"]["version"], "9.9");
+  for (const char* path : {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/version"}) {
+    EXPECT_TRUE(doc["paths"].contains(path)) << path;
+  }
+  // Every $ref points at a schema that exists.
+  std::function<void(const json&)> check_refs = [&](const json& node) {
+    if (node.is_object()) {
+      if (node.contains("$ref")) {
+        const std::string ref = node["$ref"];
+        const std::string prefix = "#/components/schemas/";
+        ASSERT_EQ(ref.rfind(prefix, 0), 0u) << ref;
+        EXPECT_TRUE(doc["components"]["schemas"].contains(ref.substr(prefix.size()))) << ref;
+      }
+      for (const auto& [key, value] : node.items()) check_refs(value);
+    } else if (node.is_array()) {
+      for (const auto& value : node) check_refs(value);
+    }
+  };
+  check_refs(doc);
+  const auto& completion = doc["components"]["schemas"]["CompletionRequest"]["properties"];
+  for (const char* field : {"prompt", "max_tokens", "logprobs", "echo", "best_of", "stream_options", "logit_bias"}) {
+    EXPECT_TRUE(completion.contains(field)) << field;
+  }
+}
+
+}  // namespace
+}  // namespace nibble::server
