@@ -4,18 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <condition_variable>
-#include <fstream>
 #include <algorithm>
 #include <map>
 #include <mutex>
 
 #include <nlohmann/json.hpp>
 
-#include "kernels/cpu/cpu_backend.h"
-#include "loader/llama2c.h"
-#include "loader/model_source.h"
 #include "scheduler/serial_scheduler.h"
 #include "server/completion_service.h"
+#include "stories_model.h"
 #include "test_util.h"
 
 namespace nibble::server {
@@ -24,14 +21,7 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-const std::filesystem::path kStories = std::filesystem::path(NIBBLE_SHARED_DIR) / "models/stories260K";
-
-std::vector<TokenId> reference_greedy_ids() {
-  std::ifstream in(kStories / "greedy_bos_128.txt");
-  std::string line;
-  std::getline(in, line);
-  return json::parse(line).get<std::vector<TokenId>>();
-}
+using testing::reference_greedy_ids;
 
 // Collects what the service sends; waits for the end.
 class CollectingOutput : public ResponseOutput {
@@ -83,20 +73,11 @@ class CollectingOutput : public ResponseOutput {
 class CompletionServiceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new testing::TempDir();
-    convert_llama2c(kStories / "stories260K.bin", kStories / "tok512.bin", dir_->path());
-    source_ = new ModelSource(open_model(dir_->path()));
-    tokenizer_ = load_tokenizer(dir_->path()).release();
-    backend_ = new kernels::CpuBackend(1);
-    model_ = new engine::LlamaModel(*source_, *backend_);
+    stories_ = new testing::StoriesModel();
+    model_ = &stories_->model;
+    tokenizer_ = stories_->tokenizer.get();
   }
-  static void TearDownTestSuite() {
-    delete model_;
-    delete backend_;
-    delete tokenizer_;
-    delete source_;
-    delete dir_;
-  }
+  static void TearDownTestSuite() { delete stories_; }
   void SetUp() override {
     scheduler_ = std::make_unique<scheduler::SerialScheduler>(*model_, 16);
     metrics_ = std::make_unique<ServerMetrics>("stories");
@@ -121,19 +102,15 @@ class CompletionServiceTest : public ::testing::Test {
     return output->wait();
   }
 
-  static testing::TempDir* dir_;
-  static ModelSource* source_;
+  static testing::StoriesModel* stories_;
   static Tokenizer* tokenizer_;
-  static kernels::CpuBackend* backend_;
   static engine::LlamaModel* model_;
   std::unique_ptr<scheduler::SerialScheduler> scheduler_;
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<CompletionService> service_;
 };
-testing::TempDir* CompletionServiceTest::dir_ = nullptr;
-ModelSource* CompletionServiceTest::source_ = nullptr;
+testing::StoriesModel* CompletionServiceTest::stories_ = nullptr;
 Tokenizer* CompletionServiceTest::tokenizer_ = nullptr;
-kernels::CpuBackend* CompletionServiceTest::backend_ = nullptr;
 engine::LlamaModel* CompletionServiceTest::model_ = nullptr;
 
 TEST_F(CompletionServiceTest, GreedyTextIsTheReferenceTokensDecoded) {

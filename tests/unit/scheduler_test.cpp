@@ -4,16 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <condition_variable>
-#include <fstream>
 #include <future>
 #include <mutex>
 
 #include <nlohmann/json.hpp>
 
-#include "kernels/cpu/cpu_backend.h"
-#include "loader/llama2c.h"
-#include "loader/model_source.h"
 #include "scheduler/serial_scheduler.h"
+#include "stories_model.h"
 #include "test_util.h"
 
 namespace nibble::scheduler {
@@ -21,14 +18,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-const std::filesystem::path kStories = std::filesystem::path(NIBBLE_SHARED_DIR) / "models/stories260K";
-
-std::vector<TokenId> reference_greedy_ids() {
-  std::ifstream in(kStories / "greedy_bos_128.txt");
-  std::string line;
-  std::getline(in, line);
-  return nlohmann::json::parse(line).get<std::vector<TokenId>>();
-}
+using testing::reference_greedy_ids;
 
 // Records every event; on_token can be held until the test lets it go.
 class RecordingSink : public SequenceSink {
@@ -91,18 +81,10 @@ class RecordingSink : public SequenceSink {
 class SerialSchedulerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new testing::TempDir();
-    convert_llama2c(kStories / "stories260K.bin", kStories / "tok512.bin", dir_->path());
-    source_ = new ModelSource(open_model(dir_->path()));
-    backend_ = new kernels::CpuBackend(1);
-    model_ = new engine::LlamaModel(*source_, *backend_);
+    stories_ = new testing::StoriesModel();
+    model_ = &stories_->model;
   }
-  static void TearDownTestSuite() {
-    delete model_;
-    delete backend_;
-    delete source_;
-    delete dir_;
-  }
+  static void TearDownTestSuite() { delete stories_; }
 
   static SequenceRequest greedy(std::int64_t max_tokens) {
     SequenceRequest request;
@@ -112,14 +94,10 @@ class SerialSchedulerTest : public ::testing::Test {
     return request;
   }
 
-  static testing::TempDir* dir_;
-  static ModelSource* source_;
-  static kernels::CpuBackend* backend_;
+  static testing::StoriesModel* stories_;
   static engine::LlamaModel* model_;
 };
-testing::TempDir* SerialSchedulerTest::dir_ = nullptr;
-ModelSource* SerialSchedulerTest::source_ = nullptr;
-kernels::CpuBackend* SerialSchedulerTest::backend_ = nullptr;
+testing::StoriesModel* SerialSchedulerTest::stories_ = nullptr;
 engine::LlamaModel* SerialSchedulerTest::model_ = nullptr;
 
 TEST_F(SerialSchedulerTest, SequencesRunInOrderAndMatchTheReference) {
