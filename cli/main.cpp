@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   CLI::App app{"nibble: an inference server for compressed (quantized and pruned) LLMs"};
   app.set_version_flag("--version", "nibble " NIBBLE_VERSION);
   app.require_subcommand(1);
+  app.fallthrough();  // global flags (--log-level) may also follow the subcommand
   std::string log_level = "warn";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
   app.parse_complete_callback([&log_level] { nibble::log::init(log_level); });
