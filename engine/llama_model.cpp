@@ -151,16 +151,56 @@ void LlamaModel::forward(std::span<const TokenId> tokens, std::int64_t start, Kv
   if (start + rows > cache.capacity()) {
     fail("sequence of {} tokens exceeds the KV cache capacity of {}", start + rows, cache.capacity());
   }
-  const std::int64_t out_rows = mode == Logits::AllRows ? rows : 1;
+  const Segment segment{0, rows, start, mode};
+  forward_segments(
+      tokens, std::span(&segment, 1),
+      [&](std::int64_t layer, std::size_t, const float* keys, const float* values) {
+        cache.store(layer, start, rows, keys, values);
+      },
+      [&](std::int64_t layer, std::size_t) { return cache.layer(layer); }, logits);
+}
+
+void LlamaModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits) {
+  if (batch.empty()) fail("forward_batch: an empty batch");
+  std::vector<TokenId> tokens;
+  std::vector<Segment> segments;
+  for (const auto& entry : batch) {
+    const auto rows = static_cast<std::int64_t>(entry.tokens.size());
+    if (rows == 0) fail("forward_batch: an entry without tokens");
+    if (entry.start + rows > static_cast<std::int64_t>(entry.block_table.size()) * cache.block_size()) {
+      fail("forward_batch: positions up to {} exceed the entry's {} blocks", entry.start + rows,
+           entry.block_table.size());
+    }
+    segments.push_back({static_cast<std::int64_t>(tokens.size()), rows, entry.start, entry.logits});
+    tokens.insert(tokens.end(), entry.tokens.begin(), entry.tokens.end());
+  }
+  forward_segments(
+      tokens, segments,
+      [&](std::int64_t layer, std::size_t s, const float* keys, const float* values) {
+        cache.store(layer, batch[s].block_table, batch[s].start, segments[s].rows, keys, values);
+      },
+      [&](std::int64_t layer, std::size_t s) { return cache.layer(layer, batch[s].block_table); }, logits);
+}
+
+void LlamaModel::forward_segments(std::span<const TokenId> tokens, std::span<const Segment> segments,
+                                  const StoreKv& store, const ViewKv& view, std::span<float> logits) {
+  const auto rows = static_cast<std::int64_t>(tokens.size());
+  std::int64_t out_rows = 0;
+  for (const auto& segment : segments) out_rows += segment.logits == Logits::AllRows ? segment.rows : 1;
   if (static_cast<std::int64_t>(logits.size()) < out_rows * config_.vocab_size) fail("forward: logits buffer too small");
   ensure_scratch(rows);
   positions_.resize(static_cast<std::size_t>(rows));
-  for (std::int64_t i = 0; i < rows; ++i) positions_[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(start + i);
+  for (const auto& segment : segments) {
+    for (std::int64_t i = 0; i < segment.rows; ++i) {
+      positions_[static_cast<std::size_t>(segment.first_row + i)] = static_cast<std::int32_t>(segment.start + i);
+    }
+  }
 
   const auto d = config_.hidden_size;
   const auto eps = static_cast<float>(config_.rms_norm_eps);
   const kernels::AttentionShape attention_shape{config_.num_heads, config_.num_kv_heads, config_.head_dim,
                                                 config_.sliding_window};
+  const auto q_dim = config_.q_dim(), kv_dim = config_.kv_dim();
   backend_.embedding(*embedding_, tokens, x_.data());
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const Layer& layer = layers_[i];
@@ -171,8 +211,15 @@ void LlamaModel::forward(std::span<const TokenId> tokens, std::int64_t start, Kv
     backend_.linear(h_.data(), rows, *layer.v, layer.v_bias, v_.data());
     backend_.rope(q_.data(), rows, config_.num_heads, config_.head_dim, positions_, inv_freq_);
     backend_.rope(k_.data(), rows, config_.num_kv_heads, config_.head_dim, positions_, inv_freq_);
-    cache.store(layer_index, start, rows, k_.data(), v_.data());
-    backend_.attention(q_.data(), rows, positions_, cache.layer(layer_index), attention_shape, attn_.data());
+    // Each sequence stores its keys and values, then attends over its own.
+    for (std::size_t s = 0; s < segments.size(); ++s) {
+      const auto& segment = segments[s];
+      store(layer_index, s, k_.data() + segment.first_row * kv_dim, v_.data() + segment.first_row * kv_dim);
+      backend_.attention(q_.data() + segment.first_row * q_dim, segment.rows,
+                         std::span(positions_).subspan(static_cast<std::size_t>(segment.first_row),
+                                                       static_cast<std::size_t>(segment.rows)),
+                         view(layer_index, s), attention_shape, attn_.data() + segment.first_row * q_dim);
+    }
     backend_.linear(attn_.data(), rows, *layer.o, nullptr, h_.data());
     backend_.add(h_.data(), rows * d, x_.data());
 
@@ -183,8 +230,14 @@ void LlamaModel::forward(std::span<const TokenId> tokens, std::int64_t start, Kv
     backend_.linear(gate_.data(), rows, *layer.down, nullptr, h_.data());
     backend_.add(h_.data(), rows * d, x_.data());
   }
-  const float* final_rows = x_.data() + (rows - out_rows) * d;
-  backend_.rms_norm(final_rows, out_rows, d, final_norm_, eps, h_.data());
+  // The rows whose logits are wanted, gathered so lm_head runs once over them.
+  std::int64_t out = 0;
+  for (const auto& segment : segments) {
+    const std::int64_t first = segment.logits == Logits::AllRows ? segment.first_row : segment.first_row + segment.rows - 1;
+    const std::int64_t count = segment.logits == Logits::AllRows ? segment.rows : 1;
+    backend_.rms_norm(x_.data() + first * d, count, d, final_norm_, eps, h_.data() + out * d);
+    out += count;
+  }
   backend_.linear(h_.data(), out_rows, *lm_head_, nullptr, logits.data());
 }
 

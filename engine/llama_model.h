@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/kv_cache.h"
+#include "engine/paged_kv_cache.h"
 #include "kernels/backend.h"
 #include "loader/model_source.h"
 #include "loader/tensor.h"
@@ -19,6 +20,16 @@ namespace nibble::engine {
 using TokenId = std::int32_t;
 
 enum class Logits { LastRow, AllRows };
+
+// One sequence's part of a batched step: its new tokens at positions
+// [start, start + tokens.size()), stored in and attending over its blocks of the
+// paged cache.
+struct BatchEntry {
+  std::span<const TokenId> tokens;
+  std::int64_t start = 0;
+  std::span<const std::int32_t> block_table;
+  Logits logits = Logits::LastRow;
+};
 
 class LlamaModel {
  public:
@@ -61,8 +72,24 @@ class LlamaModel {
   // keys and values to `cache`. Writes n (AllRows) or 1 (LastRow) rows of logits.
   void forward(std::span<const TokenId> tokens, std::int64_t start, KvCache& cache, Logits mode,
                std::span<float> logits);
+  // One step of several sequences: every linear layer runs once over all their
+  // tokens (M = tokens in the step); attention reads each sequence's own blocks.
+  // Logits rows come out in batch order, one or all per entry as it asks.
+  void forward_batch(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits);
 
  private:
+  // A batch entry's rows in the step's activations.
+  struct Segment {
+    std::int64_t first_row;
+    std::int64_t rows;
+    std::int64_t start;
+    Logits logits;
+  };
+  using StoreKv = std::function<void(std::int64_t layer, std::size_t segment, const float* keys, const float* values)>;
+  using ViewKv = std::function<kernels::KvLayerView(std::int64_t layer, std::size_t segment)>;
+  void forward_segments(std::span<const TokenId> tokens, std::span<const Segment> segments, const StoreKv& store,
+                        const ViewKv& view, std::span<float> logits);
+
   using Linear = std::shared_ptr<const kernels::LinearWeights>;
   struct Layer {
     const float* attn_norm;

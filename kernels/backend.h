@@ -56,10 +56,23 @@ enum class SparseChoice : std::uint8_t {
 
 // Keys and values of one layer for one sequence, positions 0..length-1, each
 // position holding kv_heads x head_dim floats at `stride` floats apart.
+// One layer's keys and values as attention reads them: position t is row row(t),
+// at keys + row(t) * stride. Contiguous (a sequence's own cache) or paged: the
+// position's block from the sequence's block table, then its slot in the block.
 struct KvLayerView {
   const float* keys = nullptr;
   const float* values = nullptr;
   std::int64_t stride = 0;
+  std::span<const std::int32_t> block_table;  // empty: contiguous
+  std::int64_t block_size = 0;
+
+  std::int64_t row(std::int64_t position) const {
+    if (block_table.empty()) return position;
+    return std::int64_t{block_table[static_cast<std::size_t>(position / block_size)]} * block_size +
+           position % block_size;
+  }
+  const float* key(std::int64_t position) const { return keys + row(position) * stride; }
+  const float* value(std::int64_t position) const { return values + row(position) * stride; }
 };
 
 struct AttentionShape {

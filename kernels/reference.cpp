@@ -67,7 +67,7 @@ std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::s
       std::vector<double> scores;
       for (std::int64_t t = first; t <= last; ++t) {
         double dot = 0;
-        for (std::int64_t i = 0; i < shape.head_dim; ++i) dot += static_cast<double>(qh[i]) * kv.keys[t * kv.stride + kv_offset + i];
+        for (std::int64_t i = 0; i < shape.head_dim; ++i) dot += static_cast<double>(qh[i]) * kv.key(t)[kv_offset + i];
         scores.push_back(dot / std::sqrt(static_cast<double>(shape.head_dim)));
       }
       const double max_score = *std::max_element(scores.begin(), scores.end());
@@ -76,7 +76,7 @@ std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::s
       for (std::int64_t i = 0; i < shape.head_dim; ++i) {
         double value = 0;
         for (std::int64_t t = first; t <= last; ++t) {
-          value += scores[static_cast<std::size_t>(t - first)] / total * kv.values[t * kv.stride + kv_offset + i];
+          value += scores[static_cast<std::size_t>(t - first)] / total * kv.value(t)[kv_offset + i];
         }
         out[static_cast<std::size_t>((r * shape.heads + h) * shape.head_dim + i)] = static_cast<float>(value);
       }

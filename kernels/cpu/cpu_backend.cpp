@@ -110,7 +110,7 @@ void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const st
     const std::int64_t kv_offset = (h / group) * head_dim;
     float max_score = -INFINITY;
     for (std::int64_t t = first; t <= last; ++t) {
-      const float* kt = kv.keys + t * kv.stride + kv_offset;
+      const float* kt = kv.key(t) + kv_offset;
       float dot = 0.0f;
       for (std::int64_t i = 0; i < head_dim; ++i) dot += qh[i] * kt[i];
       scores[t] = dot * scale;
@@ -126,7 +126,7 @@ void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const st
     const float norm = 1.0f / total;
     for (std::int64_t t = first; t <= last; ++t) {
       const float p = scores[t] * norm;
-      const float* vt = kv.values + t * kv.stride + kv_offset;
+      const float* vt = kv.value(t) + kv_offset;
       for (std::int64_t i = 0; i < head_dim; ++i) oh[i] += p * vt[i];
     }
   });

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <numeric>
 #include <random>
 
 #include "common/error.h"
@@ -134,6 +135,38 @@ TEST(CpuOps, RopeMatchesTheReference) {
   EXPECT_LT(relative_error(x, expected), 1e-5);
 }
 
+TEST(CpuOps, PagedAttentionReadsTheSequencesBlocksWhereverTheyAre) {
+  // The same 23 positions stored contiguously and scattered over shuffled 4-token
+  // blocks of a larger pool must attend identically.
+  std::mt19937 rng(std::random_device{}());
+  CpuBackend backend(2);
+  const AttentionShape shape{4, 2, 8, std::nullopt};
+  const std::int64_t length = 23, block_size = 4, kv_dim = shape.kv_heads * shape.head_dim;
+  const auto keys = random_floats(rng, length * kv_dim);
+  const auto values = random_floats(rng, length * kv_dim);
+  std::vector<std::int32_t> blocks(16);
+  std::iota(blocks.begin(), blocks.end(), 0);
+  std::shuffle(blocks.begin(), blocks.end(), rng);
+  blocks.resize(static_cast<std::size_t>((length + block_size - 1) / block_size));
+  std::vector<float> pool_keys(static_cast<std::size_t>(16 * block_size * kv_dim), NAN);
+  std::vector<float> pool_values(pool_keys.size(), NAN);  // unwritten slots poison any wrong read
+  for (std::int64_t t = 0; t < length; ++t) {
+    const auto slot = static_cast<std::size_t>((blocks[static_cast<std::size_t>(t / block_size)] * block_size + t % block_size) * kv_dim);
+    std::copy_n(keys.begin() + t * kv_dim, kv_dim, pool_keys.begin() + static_cast<std::ptrdiff_t>(slot));
+    std::copy_n(values.begin() + t * kv_dim, kv_dim, pool_values.begin() + static_cast<std::ptrdiff_t>(slot));
+  }
+  const KvLayerView contiguous{keys.data(), values.data(), kv_dim, {}, 0};
+  const KvLayerView paged{pool_keys.data(), pool_values.data(), kv_dim, blocks, block_size};
+  const std::vector<std::int32_t> positions{3, 4, 21, 22};
+  const auto rows = static_cast<std::int64_t>(positions.size());
+  const auto q = random_floats(rng, rows * shape.heads * shape.head_dim, 2.0f);
+  std::vector<float> from_blocks(q.size()), from_contiguous(q.size());
+  backend.attention(q.data(), rows, positions, paged, shape, from_blocks.data());
+  backend.attention(q.data(), rows, positions, contiguous, shape, from_contiguous.data());
+  EXPECT_EQ(from_blocks, from_contiguous);
+  EXPECT_LT(relative_error(from_blocks, reference::attention(q, rows, positions, paged, shape)), 1e-5);
+}
+
 TEST(CpuOps, CausalGqaAttentionMatchesTheReference) {
   std::mt19937 rng(std::random_device{}());
   CpuBackend backend(2);
@@ -142,7 +175,7 @@ TEST(CpuOps, CausalGqaAttentionMatchesTheReference) {
     const std::int64_t length = 23, kv_dim = shape.kv_heads * shape.head_dim;
     const auto keys = random_floats(rng, length * kv_dim);
     const auto values = random_floats(rng, length * kv_dim);
-    const KvLayerView kv{keys.data(), values.data(), kv_dim};
+    const KvLayerView kv{keys.data(), values.data(), kv_dim, {}, 0};
     // A prefill chunk of the last 6 positions plus a lone decode row.
     const std::vector<std::int32_t> positions{17, 18, 19, 20, 21, 22};
     const auto rows = static_cast<std::int64_t>(positions.size());

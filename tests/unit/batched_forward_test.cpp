@@ -1,0 +1,133 @@
+// Batched steps over the paged KV cache against each sequence run alone: a
+// request's greedy tokens must not depend on what it is batched with. Sequences
+// join at different steps, prefill in chunks while others decode, and keep their
+// keys and values in scattered blocks of one pool.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <numeric>
+#include <random>
+
+#include "engine/generator.h"
+#include "engine/llama_model.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "loader/model_source.h"
+#include "stories_model.h"
+
+namespace nibble::engine {
+namespace {
+
+constexpr std::int32_t kBlockSize = 4;
+
+struct Sequence {
+  std::vector<TokenId> prompt;
+  std::int64_t join_step = 0;
+  std::vector<std::int32_t> blocks;
+  std::int64_t position = 0;  // tokens stored so far
+  std::vector<TokenId> out;
+};
+
+std::vector<TokenId> greedy_alone(LlamaModel& model, const std::vector<TokenId>& prompt, std::int64_t n) {
+  GenerationRequest request;
+  request.prompt = prompt;
+  request.sampling.temperature = 0;
+  request.max_new_tokens = n;
+  return generate(model, request).tokens;
+}
+
+TokenId argmax(std::span<const float> row) {
+  return static_cast<TokenId>(std::max_element(row.begin(), row.end()) - row.begin());
+}
+
+// Runs every sequence to `n` greedy tokens in shared steps: a sequence joins at
+// its step, prefills `chunk` prompt tokens per step, then decodes one per step.
+void run_batched(LlamaModel& model, std::vector<Sequence>& sequences, std::int64_t n, std::int64_t chunk) {
+  std::int64_t needed_blocks = 0;
+  for (const auto& s : sequences) {
+    needed_blocks += (static_cast<std::int64_t>(s.prompt.size()) + n + kBlockSize - 1) / kBlockSize;
+  }
+  // Blocks handed out in a shuffled order, so no sequence's blocks are contiguous.
+  std::vector<std::int32_t> free(static_cast<std::size_t>(needed_blocks + 3));
+  std::iota(free.begin(), free.end(), 0);
+  std::shuffle(free.begin(), free.end(), std::mt19937(7));
+  PagedKvCache cache(model.config(), static_cast<std::int32_t>(free.size()), kBlockSize);
+  std::vector<float> logits;
+  for (std::int64_t step = 0;; ++step) {
+    std::vector<BatchEntry> batch;
+    std::vector<Sequence*> members;
+    std::vector<std::vector<TokenId>> step_tokens(sequences.size());
+    for (std::size_t i = 0; i < sequences.size(); ++i) {
+      auto& s = sequences[i];
+      const auto prompt_length = static_cast<std::int64_t>(s.prompt.size());
+      if (step < s.join_step || static_cast<std::int64_t>(s.out.size()) >= n) continue;
+      auto& tokens = step_tokens[i];
+      if (s.position < prompt_length) {
+        const auto take = std::min(chunk, prompt_length - s.position);
+        tokens.assign(s.prompt.begin() + s.position, s.prompt.begin() + s.position + take);
+      } else {
+        tokens = {s.out.back()};
+      }
+      while (static_cast<std::int64_t>(s.blocks.size()) * kBlockSize < s.position + static_cast<std::int64_t>(tokens.size())) {
+        s.blocks.push_back(free.back());
+        free.pop_back();
+      }
+      batch.push_back({tokens, s.position, s.blocks, Logits::LastRow});
+      members.push_back(&s);
+    }
+    if (batch.empty()) return;
+    logits.resize(batch.size() * static_cast<std::size_t>(model.vocab_size()));
+    model.forward_batch(batch, cache, logits);
+    for (std::size_t b = 0; b < batch.size(); ++b) {
+      auto& s = *members[b];
+      s.position += static_cast<std::int64_t>(batch[b].tokens.size());
+      // A prompt chunk before the last predicts nothing yet.
+      if (s.position < static_cast<std::int64_t>(s.prompt.size())) continue;
+      s.out.push_back(argmax(std::span(logits).subspan(b * static_cast<std::size_t>(model.vocab_size()),
+                                                       static_cast<std::size_t>(model.vocab_size()))));
+    }
+  }
+}
+
+void expect_batched_equals_alone(LlamaModel& model, std::vector<Sequence> sequences, std::int64_t n) {
+  std::vector<std::vector<TokenId>> alone;
+  for (const auto& s : sequences) alone.push_back(greedy_alone(model, s.prompt, n));
+  for (const std::int64_t chunk : {3, 64}) {
+    auto batched = sequences;
+    run_batched(model, batched, n, chunk);
+    for (std::size_t i = 0; i < sequences.size(); ++i) {
+      EXPECT_EQ(batched[i].out, alone[i]) << "sequence " << i << ", prefill chunk " << chunk;
+    }
+  }
+}
+
+TEST(BatchedForward, Stories260KGreedyTokensDoNotDependOnTheBatch) {
+  testing::StoriesModel stories;
+  std::vector<Sequence> sequences{
+      {{1, 403, 407, 261, 505}, 0, {}, 0, {}},
+      {{1}, 0, {}, 0, {}},
+      {{1, 60, 270, 305, 8, 9, 334, 265, 271, 280, 30, 31}, 2, {}, 0, {}},
+      {{1, 403}, 5, {}, 0, {}},
+  };
+  expect_batched_equals_alone(stories.model, sequences, 40);
+}
+
+TEST(BatchedForward, SmolLM2Int4GreedyTokensDoNotDependOnTheBatch) {
+  const auto path = std::filesystem::path(NIBBLE_MODEL_CACHE) / "SmolLM2-135M-Instruct.Q4_1.gguf";
+  ASSERT_TRUE(std::filesystem::exists(path)) << path << " is missing: scripts/get-model fetches it";
+  const ModelSource source = open_model(path);
+  const auto tokenizer = load_tokenizer(source.path);
+  kernels::CpuBackend backend(2);
+  LlamaModel model(source, backend);
+  std::vector<Sequence> sequences;
+  std::int64_t join = 0;
+  for (const char* text : {"The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village",
+                           "1, 2, 3, 4,"}) {
+    sequences.push_back({tokenizer->encode(text, true), join, {}, 0, {}});
+    join += 2;
+  }
+  expect_batched_equals_alone(model, sequences, 16);
+}
+
+}  // namespace
+}  // namespace nibble::engine
