@@ -13,8 +13,11 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// log-softmax of `logits` at `token`, and the `top` most likely tokens with theirs.
-void fill_logprobs(std::span<const float> logits, int top, TokenStep& step) {
+}  // namespace
+
+TokenStep score_token(std::span<const float> logits, TokenId token, int top) {
+  TokenStep step;
+  step.token = token;
   const float max_logit = *std::max_element(logits.begin(), logits.end());
   double sum = 0;
   for (const float l : logits) sum += std::exp(static_cast<double>(l - max_logit));
@@ -22,8 +25,7 @@ void fill_logprobs(std::span<const float> logits, int top, TokenStep& step) {
     return static_cast<float>(static_cast<double>(logits[static_cast<std::size_t>(id)] - max_logit) - std::log(sum));
   };
   step.logprob = log_prob(step.token);
-  step.top.clear();
-  if (top <= 0) return;
+  if (top <= 0) return step;
   std::vector<TokenId> ids(logits.size());
   for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<TokenId>(i);
   const auto count = std::min<std::size_t>(static_cast<std::size_t>(top), ids.size());
@@ -32,9 +34,23 @@ void fill_logprobs(std::span<const float> logits, int top, TokenStep& step) {
     return la != lb ? la > lb : a < b;
   });
   for (std::size_t i = 0; i < count; ++i) step.top.emplace_back(ids[i], log_prob(ids[i]));
+  return step;
 }
 
-}  // namespace
+TokenPicker::TokenPicker(const GenerationRequest& request, std::span<const TokenId> prompt)
+    : sampler_(request.sampling, prompt), logit_bias_(request.logit_bias), top_logprobs_(request.top_logprobs) {}
+
+TokenStep TokenPicker::pick(std::span<float> logits) {
+  if (top_logprobs_ >= 0) model_logits_.assign(logits.begin(), logits.end());  // before bias and sampling
+  for (const auto& [id, bias] : logit_bias_) logits[static_cast<std::size_t>(id)] += bias;
+  const TokenId token = sampler_.sample(logits);
+  if (top_logprobs_ < 0) {
+    TokenStep step;
+    step.token = token;
+    return step;
+  }
+  return score_token(model_logits_, token, top_logprobs_);
+}
 
 GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
                           const std::function<bool(const TokenStep&)>& on_token,
@@ -56,7 +72,7 @@ GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
   GenerationResult result;
   if (budget == 0 && request.prompt_logprobs < 0) return result;
   KvCache cache(config, prompt_length + budget);
-  Sampler sampler(request.sampling, request.prompt);
+  TokenPicker picker(request, request.prompt);
   std::vector<float> logits(static_cast<std::size_t>(model.vocab_size()));
 
   const auto prefill_start = std::chrono::steady_clock::now();
@@ -81,10 +97,7 @@ GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
         const auto row = out.subspan(static_cast<std::size_t>(r) * vocab, vocab);
         const std::int64_t next = start + r + 1;
         if (next < prompt_length) {
-          TokenStep step;
-          step.token = request.prompt[static_cast<std::size_t>(next)];
-          fill_logprobs(row, request.prompt_logprobs, step);
-          prompt_steps.push_back(std::move(step));
+          prompt_steps.push_back(score_token(row, request.prompt[static_cast<std::size_t>(next)], request.prompt_logprobs));
         } else {
           std::copy(row.begin(), row.end(), logits.begin());
         }
@@ -97,15 +110,10 @@ GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
 
   const auto decode_start = std::chrono::steady_clock::now();
   std::int64_t position = prompt_length;
-  std::vector<float> model_logits;  // before bias and sampling, for log-probabilities
-  TokenStep step;
   while (true) {
-    if (request.top_logprobs >= 0) model_logits = logits;
-    for (const auto& [id, bias] : request.logit_bias) logits[static_cast<std::size_t>(id)] += bias;
-    const TokenId token = sampler.sample(logits);
+    const TokenStep step = picker.pick(logits);
+    const TokenId token = step.token;
     result.tokens.push_back(token);
-    step.token = token;
-    if (request.top_logprobs >= 0) fill_logprobs(model_logits, request.top_logprobs, step);
     if (on_token && !on_token(step)) {
       result.finish = FinishReason::Cancelled;
       break;

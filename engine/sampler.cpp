@@ -50,54 +50,79 @@ void Sampler::apply_penalties(std::span<float> logits) const {
 }
 
 TokenId Sampler::draw(std::span<const float> logits) {
-  // Candidates sorted by logit, cut by top-k, then softmax over the survivors,
-  // then top-p and min-p cuts on the probabilities, then one draw.
+  // softmax(logits / temperature), cut by top-k, top-p and min-p, then one draw.
+  // Sorting the whole vocabulary (~50k entries) per token would cost milliseconds
+  // on the scheduler's thread for every sampled sequence, so only the head of the
+  // distribution that the cuts keep is ordered.
+  const float inv_temperature = static_cast<float>(1.0 / params_.temperature);
+  const float max_logit = *std::max_element(logits.begin(), logits.end());
+  const auto weight = [&](float logit) { return std::exp(static_cast<double>((logit - max_logit) * inv_temperature)); };
+  const bool cuts = params_.top_k > 0 || params_.top_p < 1.0 || params_.min_p > 0;
+  if (!cuts) {
+    // Every token stays: draw by cumulative weight in vocabulary order.
+    double total = 0;
+    for (const float l : logits) total += weight(l);
+    std::uniform_real_distribution<double> uniform(0.0, total);
+    const double target = uniform(rng_);
+    double cumulative = 0;
+    for (std::size_t i = 0; i < logits.size(); ++i) {
+      cumulative += weight(logits[i]);
+      if (target < cumulative) return static_cast<TokenId>(i);
+    }
+    return static_cast<TokenId>(logits.size() - 1);
+  }
+
   candidates_.clear();
   candidates_.reserve(logits.size());
   for (std::size_t i = 0; i < logits.size(); ++i) candidates_.emplace_back(logits[i], static_cast<TokenId>(i));
   const auto by_logit = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
-  std::size_t keep = candidates_.size();
-  if (params_.top_k > 0 && static_cast<std::size_t>(params_.top_k) < keep) {
-    keep = static_cast<std::size_t>(params_.top_k);
-    std::partial_sort(candidates_.begin(), candidates_.begin() + static_cast<std::ptrdiff_t>(keep), candidates_.end(), by_logit);
-  } else {
-    std::sort(candidates_.begin(), candidates_.end(), by_logit);
+  std::size_t pool = candidates_.size();
+  if (params_.top_k > 0) pool = std::min(pool, static_cast<std::size_t>(params_.top_k));
+  // The softmax denominator over the pool: all tokens, or the top-k (found by nth_element, unordered).
+  if (pool < candidates_.size()) {
+    std::nth_element(candidates_.begin(), candidates_.begin() + static_cast<std::ptrdiff_t>(pool - 1), candidates_.end(),
+                     by_logit);
+    candidates_.resize(pool);
   }
-  candidates_.resize(keep);
-
-  const float inv_temperature = static_cast<float>(1.0 / params_.temperature);
-  const float max_logit = candidates_.front().first;
   double total = 0;
-  std::vector<double> probs(keep);
-  for (std::size_t i = 0; i < keep; ++i) {
-    probs[i] = std::exp(static_cast<double>((candidates_[i].first - max_logit) * inv_temperature));
-    total += probs[i];
-  }
-  for (auto& p : probs) p /= total;
+  for (const auto& candidate : candidates_) total += weight(candidate.first);
 
-  if (params_.top_p < 1.0) {
-    double cumulative = 0;
-    std::size_t cut = 0;
-    while (cut < keep) {
-      cumulative += probs[cut++];
-      if (cumulative >= params_.top_p) break;
+  // Order a growing head until the cuts are decided inside it.
+  std::size_t sorted = 0;
+  std::size_t keep = pool;
+  double cumulative = 0;
+  std::size_t scanned = 0;
+  for (std::size_t head = std::min<std::size_t>(64, pool);; head = std::min(pool, head * 8)) {
+    std::partial_sort(candidates_.begin() + static_cast<std::ptrdiff_t>(sorted),
+                      candidates_.begin() + static_cast<std::ptrdiff_t>(head), candidates_.end(), by_logit);
+    sorted = head;
+    const double top = weight(candidates_.front().first) / total;
+    bool decided = false;
+    for (; scanned < sorted; ++scanned) {
+      const double p = weight(candidates_[scanned].first) / total;
+      if (params_.min_p > 0 && scanned > 0 && p < params_.min_p * top) {
+        keep = scanned;
+        decided = true;
+        break;
+      }
+      cumulative += p;
+      if (params_.top_p < 1.0 && cumulative >= params_.top_p) {
+        keep = scanned + 1;
+        decided = true;
+        break;
+      }
     }
-    keep = std::max<std::size_t>(cut, 1);
+    if (decided || sorted == pool) break;
   }
-  if (params_.min_p > 0) {
-    const double threshold = params_.min_p * probs.front();
-    std::size_t cut = 1;
-    while (cut < keep && probs[cut] >= threshold) ++cut;
-    keep = cut;
-  }
+  keep = std::max<std::size_t>(std::min(keep, pool), 1);
   double kept_mass = 0;
-  for (std::size_t i = 0; i < keep; ++i) kept_mass += probs[i];
+  for (std::size_t i = 0; i < keep; ++i) kept_mass += weight(candidates_[i].first);
   std::uniform_real_distribution<double> uniform(0.0, kept_mass);
   const double target = uniform(rng_);
-  double cumulative = 0;
+  double running = 0;
   for (std::size_t i = 0; i < keep; ++i) {
-    cumulative += probs[i];
-    if (target < cumulative) return candidates_[i].second;
+    running += weight(candidates_[i].first);
+    if (target < running) return candidates_[i].second;
   }
   return candidates_[keep - 1].second;
 }
