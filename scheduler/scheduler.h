@@ -86,6 +86,12 @@ struct SchedulerLoad {
   std::int64_t running = 0;
   std::int64_t waiting = 0;
   double kv_cache_usage = 0;  // fraction of the KV-cache capacity holding tokens
+  // Totals since the start, for throughput metrics (zero where a scheduler has no such thing).
+  std::int64_t steps = 0;        // forward passes
+  std::int64_t step_tokens = 0;  // tokens over all steps: per step = step_tokens / steps
+  std::int64_t preemptions = 0;
+  std::int64_t prefix_cache_queried_tokens = 0;
+  std::int64_t prefix_cache_hit_tokens = 0;
 };
 
 class Scheduler {

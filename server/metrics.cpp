@@ -50,6 +50,16 @@ ServerMetrics::ServerMetrics(const std::string& model)
   running_ = &gauge("nibble_requests_running", "Sequences on the model now.");
   waiting_ = &gauge("nibble_requests_waiting", "Sequences queued for the model.");
   kv_cache_usage_ = &gauge("nibble_kv_cache_usage_ratio", "Fraction of the KV cache in use (0 to 1).");
+  prefix_cache_hit_ratio_ = &gauge("nibble_prefix_cache_hit_ratio",
+                                   "Prompt tokens found in the prefix cache over prompt tokens looked up, since start.");
+  steps_total_ = &counter("nibble_scheduler_steps_total", "Forward passes (batched steps) run.");
+  step_tokens_total_ = &counter("nibble_scheduler_step_tokens_total",
+                                "Tokens computed over all steps (per step: rate of this over rate of steps).");
+  preemptions_total_ = &counter("nibble_preemptions_total",
+                                "Sequences preempted (KV blocks freed, recomputed later) when the cache ran out.");
+  prefix_cache_queried_total_ = &counter("nibble_prefix_cache_queried_tokens_total",
+                                         "Prompt tokens looked up in the prefix cache.");
+  prefix_cache_hits_total_ = &counter("nibble_prefix_cache_hit_tokens_total", "Prompt tokens found in the prefix cache.");
   load_seconds_ = &gauge("nibble_model_load_seconds", "Seconds it took to load the model.");
   weight_bytes_ = &family(prometheus::BuildGauge(), "nibble_model_weight_bytes",
                           "Bytes of model weights held, by storage format.", model, r);
@@ -81,10 +91,24 @@ void ServerMetrics::set_model(double load_seconds, const std::map<std::string, s
   }
 }
 
-void ServerMetrics::set_load(std::int64_t running, std::int64_t waiting, double kv_cache_usage) {
-  running_->Set(static_cast<double>(running));
-  waiting_->Set(static_cast<double>(waiting));
-  kv_cache_usage_->Set(kv_cache_usage);
+void ServerMetrics::set_load(const scheduler::SchedulerLoad& load) {
+  const std::lock_guard lock(load_mutex_);
+  running_->Set(static_cast<double>(load.running));
+  waiting_->Set(static_cast<double>(load.waiting));
+  kv_cache_usage_->Set(load.kv_cache_usage);
+  const auto advance = [](prometheus::Counter* counter, std::int64_t now, std::int64_t before) {
+    if (now > before) counter->Increment(static_cast<double>(now - before));
+  };
+  advance(steps_total_, load.steps, last_load_.steps);
+  advance(step_tokens_total_, load.step_tokens, last_load_.step_tokens);
+  advance(preemptions_total_, load.preemptions, last_load_.preemptions);
+  advance(prefix_cache_queried_total_, load.prefix_cache_queried_tokens, last_load_.prefix_cache_queried_tokens);
+  advance(prefix_cache_hits_total_, load.prefix_cache_hit_tokens, last_load_.prefix_cache_hit_tokens);
+  prefix_cache_hit_ratio_->Set(load.prefix_cache_queried_tokens > 0
+                                   ? static_cast<double>(load.prefix_cache_hit_tokens) /
+                                         static_cast<double>(load.prefix_cache_queried_tokens)
+                                   : 0.0);
+  last_load_ = load;
 }
 
 void ServerMetrics::observe_queue_time(double seconds) { queue_time_->Observe(seconds); }

@@ -6,7 +6,10 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+
+#include "scheduler/scheduler.h"
 
 namespace prometheus {
 class Registry;
@@ -29,7 +32,7 @@ class ServerMetrics {
   // Once, after loading: seconds it took and the weight bytes by storage format.
   void set_model(double load_seconds, const std::map<std::string, std::uint64_t>& weight_bytes_by_format);
   // At each scrape, from the scheduler.
-  void set_load(std::int64_t running, std::int64_t waiting, double kv_cache_usage);
+  void set_load(const scheduler::SchedulerLoad& load);
 
   // Per request (one completion of n), as its events arrive.
   void observe_queue_time(double seconds);
@@ -56,6 +59,14 @@ class ServerMetrics {
   prometheus::Gauge* running_;
   prometheus::Gauge* waiting_;
   prometheus::Gauge* kv_cache_usage_;
+  prometheus::Gauge* prefix_cache_hit_ratio_;
+  prometheus::Counter* steps_total_;
+  prometheus::Counter* step_tokens_total_;
+  prometheus::Counter* preemptions_total_;
+  prometheus::Counter* prefix_cache_queried_total_;
+  prometheus::Counter* prefix_cache_hits_total_;
+  std::mutex load_mutex_;              // scrapes may overlap
+  scheduler::SchedulerLoad last_load_;  // counters advance by the difference
   prometheus::Gauge* load_seconds_;
   prometheus::Family<prometheus::Gauge>* weight_bytes_;
   prometheus::Counter* prompt_tokens_total_;

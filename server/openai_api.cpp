@@ -194,7 +194,7 @@ void OpenAiApi::metrics(HttpExchange& exchange) const {
   }
   if (ready) {
     const auto load = ready->scheduler->load();
-    metrics_.set_load(load.running, load.waiting, load.kv_cache_usage);
+    metrics_.set_load(load);
   }
   exchange.respond({200, "text/plain; version=0.0.4; charset=utf-8", metrics_.exposition(), {}});
 }

@@ -22,7 +22,8 @@ double sample(const std::string& text, const std::string& series) {
 TEST(ServerMetrics, RecordedValuesAppearInTheExposition) {
   ServerMetrics metrics("smollm2");
   metrics.set_model(0.42, {{"int4", 1000}, {"f16", 500}});
-  metrics.set_load(2, 3, 0.25);
+  metrics.set_load({2, 3, 0.25, 10, 40, 1, 100, 75});
+  metrics.set_load({2, 3, 0.25, 12, 44, 1, 100, 75});  // counters advance by the difference
   metrics.observe_queue_time(0.2);
   metrics.observe_first_token(0.03);
   metrics.observe_first_token(3.0);
@@ -37,6 +38,11 @@ TEST(ServerMetrics, RecordedValuesAppearInTheExposition) {
   EXPECT_EQ(sample(text, "nibble_requests_running{model=\"smollm2\"}"), 2);
   EXPECT_EQ(sample(text, "nibble_requests_waiting{model=\"smollm2\"}"), 3);
   EXPECT_EQ(sample(text, "nibble_kv_cache_usage_ratio{model=\"smollm2\"}"), 0.25);
+  EXPECT_EQ(sample(text, "nibble_scheduler_steps_total{model=\"smollm2\"}"), 12);
+  EXPECT_EQ(sample(text, "nibble_scheduler_step_tokens_total{model=\"smollm2\"}"), 44);
+  EXPECT_EQ(sample(text, "nibble_preemptions_total{model=\"smollm2\"}"), 1);
+  EXPECT_EQ(sample(text, "nibble_prefix_cache_hit_tokens_total{model=\"smollm2\"}"), 75);
+  EXPECT_EQ(sample(text, "nibble_prefix_cache_hit_ratio{model=\"smollm2\"}"), 0.75);
   EXPECT_EQ(sample(text, "nibble_model_load_seconds{model=\"smollm2\"}"), 0.42);
   EXPECT_EQ(sample(text, "nibble_model_weight_bytes{model=\"smollm2\",format=\"int4\"}"), 1000);
   EXPECT_EQ(sample(text, "nibble_prompt_tokens_total{model=\"smollm2\"}"), 17);
@@ -75,8 +81,8 @@ TEST(ServerMetrics, EverySeriesCarriesTheModelLabelAndHelp) {
     EXPECT_EQ(line.rfind("nibble_", 0), 0u) << line;
     EXPECT_NE(line.find("model=\"m\""), std::string::npos) << line;
   }
-  EXPECT_EQ(helps, 17);  // every family the README lists
-  EXPECT_GT(samples, 17);
+  EXPECT_EQ(helps, 23);  // every family the README lists
+  EXPECT_GT(samples, 23);
 }
 
 }  // namespace

@@ -1,14 +1,19 @@
-// The serial scheduler on the real stories260K model: events in order and equal
-// to a direct generate(), cancellation within one step, a full queue refused at
-// once, bad requests ending alone, and stop() draining what was submitted.
+// Both schedulers on the real stories260K model. The contract they share: events
+// in order and equal to a direct generate(), cancellation within one step, a full
+// queue refused at once, bad requests ending alone, stop() draining what was
+// submitted. Then what only continuous batching does: many sequences in shared
+// steps with chunked prefill, preemption when KV blocks run out, prefix caching.
 #include <gtest/gtest.h>
 
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
+#include "engine/generator.h"
+#include "scheduler/batch_scheduler.h"
 #include "scheduler/serial_scheduler.h"
 #include "stories_model.h"
 #include "test_util.h"
@@ -78,7 +83,7 @@ class RecordingSink : public SequenceSink {
   bool done_ = false;
 };
 
-class SerialSchedulerTest : public ::testing::Test {
+class SchedulerContract : public ::testing::TestWithParam<std::string> {
  protected:
   static void SetUpTestSuite() {
     stories_ = new testing::StoriesModel();
@@ -94,14 +99,23 @@ class SerialSchedulerTest : public ::testing::Test {
     return request;
   }
 
+  std::unique_ptr<Scheduler> make(std::int64_t max_waiting) const {
+    if (GetParam() == "serial") return std::make_unique<SerialScheduler>(*model_, max_waiting);
+    BatchSchedulerOptions options;
+    options.max_waiting = max_waiting;
+    options.num_blocks = 64;
+    return std::make_unique<BatchScheduler>(*model_, options);
+  }
+
   static testing::StoriesModel* stories_;
   static engine::LlamaModel* model_;
 };
-testing::StoriesModel* SerialSchedulerTest::stories_ = nullptr;
-engine::LlamaModel* SerialSchedulerTest::model_ = nullptr;
+testing::StoriesModel* SchedulerContract::stories_ = nullptr;
+engine::LlamaModel* SchedulerContract::model_ = nullptr;
 
-TEST_F(SerialSchedulerTest, SequencesRunInOrderAndMatchTheReference) {
-  SerialScheduler scheduler(*model_, 8);
+TEST_P(SchedulerContract, SequencesRunInOrderAndMatchTheReference) {
+  auto scheduler_owner = make(8);
+  Scheduler& scheduler = *scheduler_owner;
   const auto expected = reference_greedy_ids();
   std::vector<std::shared_ptr<RecordingSink>> sinks;
   for (int i = 0; i < 3; ++i) {
@@ -124,8 +138,9 @@ TEST_F(SerialSchedulerTest, SequencesRunInOrderAndMatchTheReference) {
   EXPECT_EQ(load.waiting, 0);
 }
 
-TEST_F(SerialSchedulerTest, CancellingStopsTheSequenceAtTheNextStep) {
-  SerialScheduler scheduler(*model_, 8);
+TEST_P(SchedulerContract, CancellingStopsTheSequenceAtTheNextStep) {
+  auto scheduler_owner = make(8);
+  Scheduler& scheduler = *scheduler_owner;
   auto sink = std::make_shared<RecordingSink>();
   sink->cancel_after = 3;
   sink->ticket_promise.set_value(scheduler.submit(greedy(100), sink));
@@ -135,8 +150,9 @@ TEST_F(SerialSchedulerTest, CancellingStopsTheSequenceAtTheNextStep) {
   EXPECT_EQ(end.generated_tokens, 3);
 }
 
-TEST_F(SerialSchedulerTest, AFullQueueIsRefusedAtOnceAndCancelledWaitersNeverStart) {
-  SerialScheduler scheduler(*model_, 1);
+TEST_P(SchedulerContract, AFullQueueIsRefusedAtOnceAndCancelledWaitersNeverStart) {
+  auto scheduler_owner = make(1);
+  Scheduler& scheduler = *scheduler_owner;
   auto running = std::make_shared<RecordingSink>();
   running->hold();
   const auto running_ticket = scheduler.submit(greedy(50), running);
@@ -157,8 +173,9 @@ TEST_F(SerialSchedulerTest, AFullQueueIsRefusedAtOnceAndCancelledWaitersNeverSta
   EXPECT_TRUE(waiting->tokens.empty());
 }
 
-TEST_F(SerialSchedulerTest, ABadRequestEndsAloneAndDeadlinesTimeOut) {
-  SerialScheduler scheduler(*model_, 8);
+TEST_P(SchedulerContract, ABadRequestEndsAloneAndDeadlinesTimeOut) {
+  auto scheduler_owner = make(8);
+  Scheduler& scheduler = *scheduler_owner;
   auto too_long = std::make_shared<RecordingSink>();
   SequenceRequest request = greedy(5);
   request.prompt.assign(600, 1);  // the model's context is 512
@@ -180,8 +197,8 @@ TEST_F(SerialSchedulerTest, ABadRequestEndsAloneAndDeadlinesTimeOut) {
   EXPECT_EQ(fine->tokens.size(), 4u);
 }
 
-TEST_F(SerialSchedulerTest, StopDrainsWhatWasSubmittedAndRefusesTheRest) {
-  auto scheduler = std::make_unique<SerialScheduler>(*model_, 8);
+TEST_P(SchedulerContract, StopDrainsWhatWasSubmittedAndRefusesTheRest) {
+  auto scheduler = make(8);
   auto first = std::make_shared<RecordingSink>();
   auto second = std::make_shared<RecordingSink>();
   scheduler->submit(greedy(10), first);
@@ -192,7 +209,7 @@ TEST_F(SerialSchedulerTest, StopDrainsWhatWasSubmittedAndRefusesTheRest) {
   EXPECT_THROW(scheduler->submit(greedy(1), std::make_shared<RecordingSink>()), Overloaded);
 
   // Past the drain time, what is left is cancelled.
-  scheduler = std::make_unique<SerialScheduler>(*model_, 8);
+  scheduler = make(8);
   auto held = std::make_shared<RecordingSink>();
   held->hold();
   scheduler->submit(greedy(50), held);
@@ -206,6 +223,128 @@ TEST_F(SerialSchedulerTest, StopDrainsWhatWasSubmittedAndRefusesTheRest) {
   EXPECT_EQ(held->wait_end().reason, FinishReason::Cancelled);
   EXPECT_LT(held->tokens.size(), 50u);
 }
+
+class BatchSchedulerTest : public SchedulerContract {
+ protected:
+  // A prompt of stories260K token ids, different for each seed.
+  static std::vector<TokenId> prompt(std::uint32_t seed, std::size_t length) {
+    std::mt19937 rng(seed);
+    std::vector<TokenId> ids{1};
+    while (ids.size() < length) ids.push_back(static_cast<TokenId>(3 + rng() % 500));
+    return ids;
+  }
+  static SequenceRequest request_for(std::vector<TokenId> ids, std::int64_t max_tokens, std::uint64_t seed) {
+    SequenceRequest request;
+    request.prompt = std::move(ids);
+    request.max_tokens = max_tokens;
+    request.sampling.temperature = seed % 2 == 0 ? 0.0 : 0.8;  // half greedy, half seeded sampling
+    request.sampling.seed = seed;
+    return request;
+  }
+  // What the request gives when it runs alone through engine::generate.
+  static std::vector<TokenId> alone(const SequenceRequest& request) {
+    engine::GenerationRequest generation;
+    generation.prompt = request.prompt;
+    generation.sampling = request.sampling;
+    generation.max_new_tokens = request.max_tokens;
+    return engine::generate(*model_, generation).tokens;
+  }
+  // Submits all, waits for all; each must produce exactly what it does alone.
+  static void expect_each_as_alone(BatchScheduler& scheduler, const std::vector<SequenceRequest>& requests) {
+    std::vector<std::shared_ptr<RecordingSink>> sinks;
+    for (const auto& request : requests) {
+      sinks.push_back(std::make_shared<RecordingSink>());
+      scheduler.submit(request, sinks.back());
+    }
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      const SequenceEnd end = sinks[i]->wait_end();
+      EXPECT_EQ(end.reason, FinishReason::Length) << "sequence " << i << ": " << end.error;
+    }
+    // Only now: the model is not to be used by two threads at once.
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      EXPECT_EQ(sinks[i]->tokens, alone(requests[i])) << "sequence " << i;
+    }
+    const auto load = scheduler.load();
+    EXPECT_EQ(load.running + load.waiting, 0);
+    EXPECT_EQ(load.kv_cache_usage, 0.0) << "every block back (cached ones are not in use)";
+  }
+};
+
+TEST_P(BatchSchedulerTest, SequencesShareStepsWithChunkedPrefillAndEachGetsWhatItWouldAlone) {
+  BatchSchedulerOptions options;
+  options.max_num_seqs = 4;
+  options.max_num_batched_tokens = 8;  // prompts of up to 30 tokens prefill over several steps
+  options.num_blocks = 64;
+  BatchScheduler scheduler(*model_, options);
+  std::vector<SequenceRequest> requests;
+  for (std::uint32_t i = 0; i < 10; ++i) requests.push_back(request_for(prompt(i, 3 + 3 * i), 24, i));
+  expect_each_as_alone(scheduler, requests);
+  const auto stats = scheduler.stats();
+  EXPECT_GT(static_cast<double>(stats.step_tokens) / static_cast<double>(stats.steps), 2.0) << "steps were shared";
+  EXPECT_EQ(stats.preemptions, 0);
+}
+
+TEST_P(BatchSchedulerTest, RunningOutOfBlocksPreemptsTheNewestAndEveryoneStillFinishesCorrectly) {
+  BatchSchedulerOptions options;
+  options.num_blocks = 12;  // 48 positions; each sequence needs up to 9 + 30 = 39
+  options.block_size = 4;
+  options.max_num_batched_tokens = 16;
+  BatchScheduler scheduler(*model_, options);
+  std::vector<SequenceRequest> requests;
+  for (std::uint32_t i = 0; i < 6; ++i) requests.push_back(request_for(prompt(100 + i, 4 + i), 30, i));
+  expect_each_as_alone(scheduler, requests);
+  EXPECT_GT(scheduler.stats().preemptions, 0);
+}
+
+TEST_P(BatchSchedulerTest, ASharedPrefixIsComputedOnce) {
+  BatchSchedulerOptions options;
+  options.block_size = 4;
+  options.num_blocks = 64;
+  BatchScheduler scheduler(*model_, options);
+  const auto system = prompt(7, 41);
+  expect_each_as_alone(scheduler, {request_for(system, 4, 0)});
+  auto follow_up = system;
+  follow_up.push_back(300);
+  follow_up.push_back(301);
+  const auto before = scheduler.stats();
+  expect_each_as_alone(scheduler, {request_for(follow_up, 4, 2)});
+  const auto after = scheduler.stats();
+  EXPECT_EQ(after.prefix_hit_tokens - before.prefix_hit_tokens, 40) << "the 10 full blocks of the shared prefix";
+}
+
+TEST_P(BatchSchedulerTest, PromptLogprobsSurviveChunkedPrefill) {
+  BatchSchedulerOptions options;
+  options.max_num_batched_tokens = 5;
+  BatchScheduler scheduler(*model_, options);
+  auto request = request_for(prompt(3, 17), 2, 0);
+  request.prompt_logprobs = 2;
+  struct PromptSink : RecordingSink {
+    void on_prompt_logprobs(const std::vector<engine::TokenStep>& steps) override { scored = steps; }
+    std::vector<engine::TokenStep> scored;
+  };
+  auto sink = std::make_shared<PromptSink>();
+  scheduler.submit(request, sink);
+  sink->wait_end();
+  std::vector<engine::TokenStep> expected;
+  engine::GenerationRequest generation;
+  generation.prompt = request.prompt;
+  generation.sampling = request.sampling;
+  generation.max_new_tokens = 2;
+  generation.prompt_logprobs = 2;
+  engine::generate(*model_, generation, {}, [&](const std::vector<engine::TokenStep>& steps) { expected = steps; });
+  ASSERT_EQ(sink->scored.size(), 16u);
+  ASSERT_EQ(expected.size(), 16u);
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(sink->scored[i].token, expected[i].token);
+    EXPECT_NEAR(sink->scored[i].logprob, expected[i].logprob, 1e-4);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Batch, BatchSchedulerTest, ::testing::Values("batch"),
+                         [](const ::testing::TestParamInfo<std::string>& param) { return param.param; });
+
+INSTANTIATE_TEST_SUITE_P(Schedulers, SchedulerContract, ::testing::Values("serial", "batch"),
+                         [](const ::testing::TestParamInfo<std::string>& param) { return param.param; });
 
 }  // namespace
 }  // namespace nibble::scheduler

@@ -1,0 +1,101 @@
+#pragma once
+// Continuous (iteration-level) batching over a paged KV cache: every step runs the
+// decode token of each running sequence plus prefill chunks of waiting ones, so
+// all of them share one pass over the weights. Blocks come from the
+// BlockManager (prefix caching, copy-on-write); when they run out the newest
+// sequences are preempted (their blocks freed, recomputed later), never dropped.
+// Same Scheduler interface as the serial worker: the server does not change.
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/llama_model.h"
+#include "engine/paged_kv_cache.h"
+#include "scheduler/block_manager.h"
+#include "scheduler/scheduler.h"
+
+namespace nibble::scheduler {
+
+struct BatchSchedulerOptions {
+  std::int64_t max_num_seqs = 64;             // sequences in one step at most
+  std::int64_t max_num_batched_tokens = 512;  // tokens in one step at most (decodes + prefill chunks)
+  std::int32_t num_blocks = 1024;             // KV-cache blocks in the pool
+  std::int32_t block_size = 16;               // positions per block
+  std::int64_t max_waiting = 256;             // queued sequences before submit() refuses
+};
+
+// What the scheduler has done, for metrics.
+struct BatchStats {
+  std::int64_t steps = 0;
+  std::int64_t step_tokens = 0;  // summed over steps: tokens per step = step_tokens / steps
+  std::int64_t preemptions = 0;
+  std::int64_t prefix_queried_tokens = 0;
+  std::int64_t prefix_hit_tokens = 0;
+};
+
+class BatchScheduler final : public Scheduler {
+ public:
+  // `model` must outlive the scheduler. Throws nibble::Error for options that
+  // cannot work (no blocks, a budget below one token).
+  BatchScheduler(engine::LlamaModel& model, const BatchSchedulerOptions& options);
+  ~BatchScheduler() override;
+
+  std::shared_ptr<Ticket> submit(SequenceRequest request, std::shared_ptr<SequenceSink> sink) override;
+  SchedulerLoad load() const override;
+  void stop(std::chrono::milliseconds drain_timeout) override;
+  BatchStats stats() const;
+
+ private:
+  struct Sequence;
+
+  void work();
+  void step();
+  void schedule_running();   // running sequences first, oldest first, preempting the newest when blocks run out
+  void schedule_waiting();   // then the queue, first come first served, while budget and blocks last
+  void plan(Sequence& sequence, std::int64_t count);
+  void advance(Sequence& sequence, std::span<float> logits);
+  void preempt_newest();
+  void finish(Sequence& sequence, FinishReason reason, std::string error = {}, bool written = true);
+  void drop_ended();
+  void collect_ended();
+  void publish_and_notify_ended();
+
+  engine::LlamaModel& model_;
+  const BatchSchedulerOptions options_;
+  BlockManager blocks_;
+  engine::PagedKvCache cache_;
+
+  // Shared with submit(), load() and stop().
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<std::unique_ptr<Sequence>> incoming_;
+  std::int64_t waiting_count_ = 0;  // incoming_ + waiting_
+  std::int64_t running_count_ = 0;
+  double kv_usage_ = 0;
+  BatchStats stats_;
+  bool accepting_ = true;
+  bool cancel_all_ = false;  // the drain timed out
+  bool quit_ = false;
+
+  // The worker's own.
+  std::deque<std::unique_ptr<Sequence>> waiting_;   // FCFS; preempted ones go back to the front
+  std::vector<std::unique_ptr<Sequence>> running_;  // admitted, oldest first
+  struct Planned {
+    Sequence* sequence;
+    std::int64_t tokens;  // to compute this step, from sequence->computed on
+  };
+  std::vector<Planned> plan_;
+  std::int64_t budget_ = 0;
+  std::vector<float> logits_;
+  std::vector<std::unique_ptr<Sequence>> ended_;  // their on_finished goes out at the end of the step
+
+  std::thread worker_;
+};
+
+}  // namespace nibble::scheduler
