@@ -23,6 +23,10 @@
 #include "engine/llama_model.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
+#include "scheduler/batch_scheduler.h"
+#include "scheduler/byte_size.h"
+#include "scheduler/memory_plan.h"
+#include "loader/model_shape.h"
 #include "scheduler/serial_scheduler.h"
 #include "server/completion_service.h"
 #include "server/http_server.h"
@@ -54,7 +58,71 @@ struct ServeOptions {
   double read_timeout = 30;
   double request_timeout = 600;
   double drain_timeout = 30;
+  std::string scheduler = "batch";
+  std::int64_t max_num_seqs = 32;
+  std::int64_t max_num_batched_tokens = 512;
+  std::int32_t block_size = 16;
+  std::string kv_cache_memory = "auto";
+  std::string memory_budget;  // the whole process: weights + KV + workspace
 };
+
+// The KV cache's share of memory: given, or by default as much as the weights
+// (runtime memory ≈ 2 × model size, inside the 1.2–2 × rule), at least 256 MiB,
+// and never more than every sequence filling the context would use.
+std::int32_t kv_blocks(const ServeOptions& options, const engine::LlamaModel& model, std::int64_t context) {
+  const engine::PagedKvCache one_block(model.config(), 1, options.block_size);
+  const std::uint64_t per_block = one_block.bytes();
+  std::uint64_t budget = 0;
+  if (!options.memory_budget.empty()) {
+    // The planner's rule: runtime memory ≈ model size × 1.2–2. Below 1.2 × the
+    // weights, or without room for one full-context sequence, refuse with the
+    // numbers and what would fit; otherwise the KV cache gets what is left.
+    scheduler::PlanInputs inputs;
+    inputs.measured_weight_bytes = model.weight_bytes();
+    inputs.kv_bytes = sizeof(float);  // the CPU engine caches float32
+    inputs.context = context;
+    inputs.concurrency = 1;
+    inputs.max_batched_tokens = options.max_num_batched_tokens;
+    inputs.memory = scheduler::CpuMemory{scheduler::parse_byte_size(options.memory_budget)};
+    const auto plan = scheduler::plan_memory(model_shape_from_config(model.config()), inputs);
+    scheduler::check_fits(plan);
+    budget = static_cast<std::uint64_t>(plan.kv_token_capacity) * plan.kv_bytes_per_token;
+    spdlog::info("memory_plan budget={} weights={} workspace={} kv={} ratio={:.2f}",
+                 scheduler::format_bytes(static_cast<double>(plan.budget_bytes)),
+                 scheduler::format_bytes(static_cast<double>(plan.weight_bytes)),
+                 scheduler::format_bytes(static_cast<double>(plan.workspace_bytes)),
+                 scheduler::format_bytes(static_cast<double>(budget)), plan.budget_to_weights);
+  } else if (options.kv_cache_memory == "auto") {
+    const std::uint64_t wanted = per_block * static_cast<std::uint64_t>(
+        options.max_num_seqs * ((context + options.block_size - 1) / options.block_size));
+    budget = std::min(wanted, std::max<std::uint64_t>(std::uint64_t{256} << 20, model.weight_bytes()));
+  } else {
+    budget = scheduler::parse_byte_size(options.kv_cache_memory);
+  }
+  const std::uint64_t blocks = budget / per_block;
+  if (blocks < 2) {
+    fail("--kv-cache-memory {} holds no more than one block of {} positions ({} per block)",
+         scheduler::format_bytes(static_cast<double>(budget)), options.block_size,
+         scheduler::format_bytes(static_cast<double>(per_block)));
+  }
+  return static_cast<std::int32_t>(std::min<std::uint64_t>(blocks, 1U << 30));
+}
+
+std::unique_ptr<scheduler::Scheduler> make_scheduler(const ServeOptions& options, engine::LlamaModel& model,
+                                                     std::int64_t context) {
+  if (options.scheduler == "serial") return std::make_unique<scheduler::SerialScheduler>(model, options.max_queued);
+  scheduler::BatchSchedulerOptions batch;
+  batch.max_num_seqs = options.max_num_seqs;
+  batch.max_num_batched_tokens = options.max_num_batched_tokens;
+  batch.block_size = options.block_size;
+  batch.num_blocks = kv_blocks(options, model, context);
+  batch.max_waiting = options.max_queued;
+  spdlog::info("kv_cache blocks={} block_size={} bytes={} max_num_seqs={} max_num_batched_tokens={}", batch.num_blocks,
+               batch.block_size,
+               engine::PagedKvCache(model.config(), 1, batch.block_size).bytes() * static_cast<std::uint64_t>(batch.num_blocks),
+               batch.max_num_seqs, batch.max_num_batched_tokens);
+  return std::make_unique<scheduler::BatchScheduler>(model, batch);
+}
 
 milliseconds to_ms(double seconds) { return milliseconds(static_cast<std::int64_t>(seconds * 1000.0)); }
 
@@ -184,7 +252,8 @@ void run_serve(const ServeOptions& options) {
       "fp_{:012x}", std::hash<std::string>{}(fmt::format("{}|{}|{}", NIBBLE_VERSION, backend.name(), source.path.string())) & 0xffffffffffffULL);
   served.chat_template = chat_template;
 
-  scheduler::SerialScheduler scheduler(model, options.max_queued);
+  const auto scheduler_owner = make_scheduler(options, model, served.context_length);
+  scheduler::Scheduler& scheduler = *scheduler_owner;
   const auto request_timeout =
       options.request_timeout > 0 ? std::optional(to_ms(options.request_timeout)) : std::nullopt;
   server::CompletionService service(*tokenizer, scheduler, metrics, served, request_timeout);
@@ -231,6 +300,23 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-tokens", options->max_tokens, "Largest max_tokens a request may ask (0 = context length)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--scheduler", options->scheduler,
+                  "batch: continuous batching over a paged KV cache; serial: one sequence at a time")
+      ->capture_default_str()->check(CLI::IsMember({"batch", "serial"}));
+  cmd->add_option("--max-num-seqs", options->max_num_seqs, "Sequences sharing one step at most")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-num-batched-tokens", options->max_num_batched_tokens,
+                  "Tokens in one step at most (decodes + prefill chunks)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--block-size", options->block_size, "KV-cache block size in positions")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
+  auto* kv_memory = cmd->add_option("--kv-cache-memory", options->kv_cache_memory,
+                                    "KV-cache size, e.g. 2GiB (auto: as much as the weights, at least 256 MiB)")
+                        ->capture_default_str();
+  cmd->add_option("--memory-budget", options->memory_budget,
+                  "Memory for the whole model (weights + KV cache + workspace), e.g. 4GiB; refused below "
+                  "1.2 x the weights; the KV cache gets the rest")
+      ->excludes(kv_memory);
   cmd->add_option("--max-queued", options->max_queued, "Sequences that may wait for the model; beyond: 429")
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--max-body-bytes", options->max_body_bytes, "Largest request body; beyond: 413")

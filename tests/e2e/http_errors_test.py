@@ -237,7 +237,8 @@ class StreamLifecycle(ErrorChecks, SmolLM2Server, ServerTestCase):
         self.assert_serves()
 
     def test_a_full_queue_answers_429_with_retry_after(self):
-        server = NibbleServer(SMOLLM2, "--max-queued", "1", api_key=API_KEY).start()
+        # One sequence on the model at a time and one waiting: the third is refused.
+        server = NibbleServer(SMOLLM2, "--max-num-seqs", "1", "--max-queued", "1", api_key=API_KEY).start()
         try:
             labels = {"model": self.model_name}
             running, running_response = server.open_stream("/v1/completions", self.stream_request(4000))
