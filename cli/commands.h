@@ -8,6 +8,7 @@ void add_generate_command(CLI::App& app);
 void add_inspect_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 void add_plan_command(CLI::App& app);
 
 }  // namespace nibble::cli

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   nibble::cli::add_inspect_command(app);
   nibble::cli::add_convert_command(app);
   nibble::cli::add_serve_command(app);
+  nibble::cli::add_bench_command(app);
   nibble::cli::add_plan_command(app);
   try {
     app.parse(argc, argv);

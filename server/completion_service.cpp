@@ -419,7 +419,7 @@ void submit_choices(scheduler::Scheduler& scheduler, const std::shared_ptr<Gener
                                             : (static_cast<std::uint64_t>(entropy()) << 32) ^ entropy();
     sequence.max_tokens =
         options.max_tokens.value_or(model.context_length - static_cast<std::int64_t>(sequence.prompt.size()));
-    sequence.stop_tokens = model.stop_tokens;
+    if (!options.ignore_eos) sequence.stop_tokens = model.stop_tokens;
     sequence.logit_bias = options.logit_bias;
     sequence.top_logprobs = top_logprobs;
     sequence.prompt_logprobs = prompt_logprobs;

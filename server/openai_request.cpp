@@ -237,6 +237,8 @@ GenerationOptions parse_options(Fields& fields, const RequestLimits& limits) {
     inner.reject_the_rest();
   }
   o.user = fields.string("user").value_or("");
+  // vLLM's extension, which benchmarks use to get exactly max_tokens tokens.
+  o.ignore_eos = fields.boolean("ignore_eos").value_or(false);
   try {
     s.validate();
   } catch (const Error& e) {

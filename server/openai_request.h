@@ -40,6 +40,7 @@ struct GenerationOptions {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   std::string user;
+  bool ignore_eos = false;  // vLLM's extension: do not stop at end-of-sequence tokens
 };
 
 // One prompt of /v1/completions: text to tokenize, or the token ids as sent.

@@ -61,6 +61,7 @@ json sampling_properties() {
           {"repetition_penalty", number},
           {"logit_bias", {{"type", "object"}, {"additionalProperties", number}}},
           {"user", {{"type", "string"}}},
+          {"ignore_eos", {{"type", "boolean"}, {"description", "vLLM's extension: do not stop at end-of-sequence"}}},
           {"stream", {{"type", "boolean"}}},
           {"stream_options", {{"type", "object"}, {"properties", {{"include_usage", {{"type", "boolean"}}}}}}}};
 }

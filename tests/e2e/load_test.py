@@ -1,4 +1,5 @@
-"""Load on `nibble serve` with continuous batching: 240 streaming requests from 32
+"""Load on `nibble serve` with continuous batching (and `nibble bench serve`, the
+benchmark client, checked against what the server did): 240 streaming requests from 32
 concurrent clients, mixed prompt and output lengths, 10 % of clients hanging up
 mid-stream. Nothing may fail on the server's side (no 5xx, every kept request
 finishes with a finish_reason and the usage it streamed), and afterwards nothing
@@ -7,8 +8,10 @@ may be left: no request running or waiting, KV-cache usage back to 0.
 import concurrent.futures
 import http.client
 import json
+import os
 import random
 import subprocess
+import tempfile
 import unittest
 
 from nibble_server import BIN, SMOLLM2, ServerTestCase, Stories260KServer, metric, sse_events
@@ -75,6 +78,33 @@ class LoadTest(Stories260KServer, ServerTestCase):
         steps = metric(samples, "nibble_scheduler_steps_total", **labels)
         tokens = metric(samples, "nibble_scheduler_step_tokens_total", **labels)
         self.assertGreater(tokens / steps, 2, "steps were shared by several sequences")
+
+
+class BenchServe(Stories260KServer, ServerTestCase):
+    def test_nibble_bench_serve_counts_what_the_server_did(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            dataset = os.path.join(tmp, "requests.jsonl")
+            lengths = [5 + 7 * i for i in range(12)]
+            with open(dataset, "w") as f:
+                for i, n in enumerate(lengths):
+                    f.write(json.dumps({"prompt": f"Once upon a time {i}", "max_tokens": n}) + "\n")
+            out = os.path.join(tmp, "result.json")
+            result = subprocess.run([BIN, "bench", "serve", "--base-url", f"{self.server.base_url}/v1",
+                                     "--model", self.model_name, "--dataset", dataset, "--max-concurrency", "4",
+                                     "--ignore-eos", "--result-json", out], capture_output=True, text=True, timeout=300)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("output tokens/s", result.stdout)
+            report = json.load(open(out))
+        self.assertEqual(report["completed"], len(lengths))
+        self.assertEqual(report["failed"], 0)
+        self.assertEqual(report["output_tokens"], sum(lengths), "ignore_eos: exactly max_tokens each")
+        self.assertGreater(report["prompt_tokens"], 0)
+        for name in ("ttft", "tpot", "itl", "e2e"):
+            # (chunks that arrive in one read have no gap between them: ITL may be 0)
+            self.assertGreaterEqual(report[name]["p50_ms"], 0 if name == "itl" else 1e-6, name)
+            self.assertGreaterEqual(report[name]["p99_ms"], report[name]["p50_ms"], name)
+        self.assertGreaterEqual(report["e2e"]["p50_ms"], report["ttft"]["p50_ms"])
+        self.assertGreater(report["output_throughput"], 0)
 
 
 class MemoryBudget(unittest.TestCase):

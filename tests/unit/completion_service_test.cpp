@@ -255,6 +255,25 @@ TEST_F(CompletionServiceTest, BestOfReturnsTheCandidatesWithTheHighestLogprobPer
   EXPECT_EQ(best["usage"]["completion_tokens"], all["usage"]["completion_tokens"]) << "every candidate counts";
 }
 
+TEST_F(CompletionServiceTest, IgnoreEosGeneratesPastTheEndOfSequenceToken) {
+  // A model whose end-of-sequence token is the 6th greedy token stops there...
+  ServedModel model = served(nullptr);
+  model.stop_tokens = {reference_greedy_ids()[5]};
+  CompletionService service(*tokenizer_, *scheduler_, *metrics_, model);
+  const auto run_on = [&](json extra) {
+    auto output = std::make_shared<CollectingOutput>();
+    service.start(request(std::move(extra)), output);
+    return output->wait();
+  };
+  const auto stopped = run_on({{"max_tokens", 20}});
+  EXPECT_EQ(stopped["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(stopped["usage"]["completion_tokens"], 6);
+  // ...unless the request says ignore_eos (vLLM's extension).
+  const auto going_on = run_on({{"max_tokens", 20}, {"ignore_eos", true}});
+  EXPECT_EQ(going_on["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(going_on["usage"]["completion_tokens"], 20);
+}
+
 TEST_F(CompletionServiceTest, ModelAndContextErrorsComeBeforeAnyWork) {
   try {
     service_->start(request({{"model", "other"}}), std::make_shared<CollectingOutput>());
