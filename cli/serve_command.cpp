@@ -63,14 +63,19 @@ struct ServeOptions {
   std::int64_t max_num_batched_tokens = 512;
   std::int32_t block_size = 16;
   std::string kv_cache_memory = "auto";
+  std::string kv_cache_dtype = "float32";
   std::string memory_budget;  // the whole process: weights + KV + workspace
 };
 
 // The KV cache's share of memory: given, or by default as much as the weights
 // (runtime memory ≈ 2 × model size, inside the 1.2–2 × rule), at least 256 MiB,
 // and never more than every sequence filling the context would use.
+engine::KvDtype kv_dtype(const ServeOptions& options) {
+  return options.kv_cache_dtype == "int8" ? engine::KvDtype::Int8 : engine::KvDtype::Float32;
+}
+
 std::int32_t kv_blocks(const ServeOptions& options, const engine::LlamaModel& model, std::int64_t context) {
-  const engine::PagedKvCache one_block(model.config(), 1, options.block_size);
+  const engine::PagedKvCache one_block(model.config(), 1, options.block_size, kv_dtype(options));
   const std::uint64_t per_block = one_block.bytes();
   std::uint64_t budget = 0;
   if (!options.memory_budget.empty()) {
@@ -79,7 +84,7 @@ std::int32_t kv_blocks(const ServeOptions& options, const engine::LlamaModel& mo
     // numbers and what would fit; otherwise the KV cache gets what is left.
     scheduler::PlanInputs inputs;
     inputs.measured_weight_bytes = model.weight_bytes();
-    inputs.kv_bytes = sizeof(float);  // the CPU engine caches float32
+    inputs.kv_bytes = kv_dtype(options) == engine::KvDtype::Int8 ? 1 : 4;  // bytes per cached element
     inputs.context = context;
     inputs.concurrency = 1;
     inputs.max_batched_tokens = options.max_num_batched_tokens;
@@ -116,10 +121,12 @@ std::unique_ptr<scheduler::Scheduler> make_scheduler(const ServeOptions& options
   batch.max_num_batched_tokens = options.max_num_batched_tokens;
   batch.block_size = options.block_size;
   batch.num_blocks = kv_blocks(options, model, context);
+  batch.kv_dtype = kv_dtype(options);
   batch.max_waiting = options.max_queued;
-  spdlog::info("kv_cache blocks={} block_size={} bytes={} max_num_seqs={} max_num_batched_tokens={}", batch.num_blocks,
-               batch.block_size,
-               engine::PagedKvCache(model.config(), 1, batch.block_size).bytes() * static_cast<std::uint64_t>(batch.num_blocks),
+  spdlog::info("kv_cache blocks={} block_size={} dtype={} bytes={} max_num_seqs={} max_num_batched_tokens={}",
+               batch.num_blocks, batch.block_size, options.kv_cache_dtype,
+               engine::PagedKvCache(model.config(), 1, batch.block_size, batch.kv_dtype).bytes() *
+                   static_cast<std::uint64_t>(batch.num_blocks),
                batch.max_num_seqs, batch.max_num_batched_tokens);
   return std::make_unique<scheduler::BatchScheduler>(model, batch);
 }
@@ -313,6 +320,9 @@ void add_serve_command(CLI::App& app) {
   auto* kv_memory = cmd->add_option("--kv-cache-memory", options->kv_cache_memory,
                                     "KV-cache size, e.g. 2GiB (auto: as much as the weights, at least 256 MiB)")
                         ->capture_default_str();
+  cmd->add_option("--kv-cache-dtype", options->kv_cache_dtype,
+                  "float32, or int8 (one scale per position and head: ~4x the tokens in the same memory)")
+      ->capture_default_str()->check(CLI::IsMember({"float32", "int8"}));
   cmd->add_option("--memory-budget", options->memory_budget,
                   "Memory for the whole model (weights + KV cache + workspace), e.g. 4GiB; refused below "
                   "1.2 x the weights; the KV cache gets the rest")

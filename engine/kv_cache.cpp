@@ -27,7 +27,7 @@ void KvCache::store(std::int64_t layer, std::int64_t start, std::int64_t rows, c
 
 kernels::KvLayerView KvCache::layer(std::int64_t layer) const {
   const std::size_t offset = static_cast<std::size_t>(layer * capacity_ * kv_dim_);
-  return {keys_.data() + offset, values_.data() + offset, kv_dim_, {}, 0};
+  return kernels::KvLayerView::floats(keys_.data() + offset, values_.data() + offset, kv_dim_);
 }
 
 }  // namespace nibble::engine

@@ -1,22 +1,57 @@
 #include "engine/paged_kv_cache.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "common/error.h"
 
 namespace nibble::engine {
 
-PagedKvCache::PagedKvCache(const ModelConfig& config, std::int32_t num_blocks, std::int32_t block_size)
-    : layers_(config.num_layers), kv_dim_(config.kv_dim()), num_blocks_(num_blocks), block_size_(block_size) {
+PagedKvCache::PagedKvCache(const ModelConfig& config, std::int32_t num_blocks, std::int32_t block_size, KvDtype dtype)
+    : layers_(config.num_layers),
+      kv_dim_(config.kv_dim()),
+      kv_heads_(config.num_kv_heads),
+      head_dim_(config.head_dim),
+      num_blocks_(num_blocks),
+      block_size_(block_size),
+      dtype_(dtype) {
   if (num_blocks <= 0 || block_size <= 0) {
     fail("a paged KV cache needs blocks (got {} blocks of {} positions)", num_blocks, block_size);
   }
-  keys_.resize(static_cast<std::size_t>(layers_ * num_blocks_ * block_size_ * kv_dim_));
-  values_.resize(keys_.size());
+  const auto rows = static_cast<std::size_t>(layers_ * num_blocks_ * block_size_);
+  if (dtype_ == KvDtype::Float32) {
+    keys_.resize(rows * static_cast<std::size_t>(kv_dim_));
+    values_.resize(keys_.size());
+  } else {
+    key_codes_.resize(rows * static_cast<std::size_t>(kv_dim_));
+    value_codes_.resize(key_codes_.size());
+    key_scales_.resize(rows * static_cast<std::size_t>(kv_heads_));
+    value_scales_.resize(key_scales_.size());
+  }
 }
 
 std::uint64_t PagedKvCache::bytes_per_token() const {
-  return static_cast<std::uint64_t>(2 * layers_ * kv_dim_) * sizeof(float);
+  const auto elements = static_cast<std::uint64_t>(2 * layers_ * kv_dim_);
+  if (dtype_ == KvDtype::Float32) return elements * sizeof(float);
+  return elements + static_cast<std::uint64_t>(2 * layers_ * kv_heads_) * sizeof(float);
+}
+
+std::uint64_t PagedKvCache::bytes() const {
+  return bytes_per_token() * static_cast<std::uint64_t>(num_blocks_) * static_cast<std::uint64_t>(block_size_);
+}
+
+// Symmetric per head: the largest magnitude maps to 127.
+void PagedKvCache::quantize_row(const float* row, std::int8_t* codes, float* scales) const {
+  for (std::int64_t h = 0; h < kv_heads_; ++h) {
+    const float* x = row + h * head_dim_;
+    float max_abs = 0.0f;
+    for (std::int64_t i = 0; i < head_dim_; ++i) max_abs = std::max(max_abs, std::abs(x[i]));
+    const float scale = max_abs > 0.0f ? max_abs / 127.0f : 1.0f;
+    scales[h] = scale;
+    for (std::int64_t i = 0; i < head_dim_; ++i) {
+      codes[h * head_dim_ + i] = static_cast<std::int8_t>(std::lrint(std::clamp(x[i] / scale, -127.0f, 127.0f)));
+    }
+  }
 }
 
 void PagedKvCache::check_block(std::int32_t block) const {
@@ -35,26 +70,46 @@ void PagedKvCache::store(std::int64_t layer_index, std::span<const std::int32_t>
     const std::int64_t row = view.row(start + r);
     check_block(static_cast<std::int32_t>(row / block_size_));
     const auto at = static_cast<std::ptrdiff_t>(offset(layer_index, row));
-    std::copy_n(keys + r * kv_dim_, count, keys_.begin() + at);
-    std::copy_n(values + r * kv_dim_, count, values_.begin() + at);
+    if (dtype_ == KvDtype::Float32) {
+      std::copy_n(keys + r * kv_dim_, count, keys_.begin() + at);
+      std::copy_n(values + r * kv_dim_, count, values_.begin() + at);
+    } else {
+      const auto scales_at = scale_offset(layer_index, row);
+      quantize_row(keys + r * kv_dim_, key_codes_.data() + at, key_scales_.data() + scales_at);
+      quantize_row(values + r * kv_dim_, value_codes_.data() + at, value_scales_.data() + scales_at);
+    }
   }
 }
 
 kernels::KvLayerView PagedKvCache::layer(std::int64_t layer_index, std::span<const std::int32_t> block_table) const {
-  return {keys_.data() + offset(layer_index, 0), values_.data() + offset(layer_index, 0), kv_dim_, block_table,
-          block_size_};
+  if (dtype_ == KvDtype::Float32) {
+    return kernels::KvLayerView::floats(keys_.data() + offset(layer_index, 0), values_.data() + offset(layer_index, 0),
+                                        kv_dim_, block_table, block_size_);
+  }
+  return kernels::KvLayerView::int8(key_codes_.data() + offset(layer_index, 0), value_codes_.data() + offset(layer_index, 0),
+                                    key_scales_.data() + scale_offset(layer_index, 0),
+                                    value_scales_.data() + scale_offset(layer_index, 0), kv_dim_, block_table,
+                                    block_size_);
 }
 
 void PagedKvCache::copy_block(std::int32_t from, std::int32_t to, std::int32_t tokens) {
   check_block(from);
   check_block(to);
   if (tokens < 0 || tokens > block_size_) fail("copy of {} positions into a block of {}", tokens, block_size_);
-  const auto count = static_cast<std::ptrdiff_t>(tokens * kv_dim_);
+  const auto copy = [](auto& data, std::size_t src, std::size_t dst, std::int64_t count) {
+    std::copy_n(data.begin() + static_cast<std::ptrdiff_t>(src), count, data.begin() + static_cast<std::ptrdiff_t>(dst));
+  };
   for (std::int64_t l = 0; l < layers_; ++l) {
-    const auto src = static_cast<std::ptrdiff_t>(offset(l, std::int64_t{from} * block_size_));
-    const auto dst = static_cast<std::ptrdiff_t>(offset(l, std::int64_t{to} * block_size_));
-    std::copy_n(keys_.begin() + src, count, keys_.begin() + dst);
-    std::copy_n(values_.begin() + src, count, values_.begin() + dst);
+    const std::int64_t src_row = std::int64_t{from} * block_size_, dst_row = std::int64_t{to} * block_size_;
+    if (dtype_ == KvDtype::Float32) {
+      copy(keys_, offset(l, src_row), offset(l, dst_row), tokens * kv_dim_);
+      copy(values_, offset(l, src_row), offset(l, dst_row), tokens * kv_dim_);
+    } else {
+      copy(key_codes_, offset(l, src_row), offset(l, dst_row), tokens * kv_dim_);
+      copy(value_codes_, offset(l, src_row), offset(l, dst_row), tokens * kv_dim_);
+      copy(key_scales_, scale_offset(l, src_row), scale_offset(l, dst_row), tokens * kv_heads_);
+      copy(value_scales_, scale_offset(l, src_row), scale_offset(l, dst_row), tokens * kv_heads_);
+    }
   }
 }
 

@@ -12,14 +12,20 @@
 
 namespace nibble::engine {
 
+// float32, or int8 codes with one float scale per (position, kv head): 4x less
+// memory (for head_dim 64, 3.8x with the scales) at a small cost in accuracy.
+enum class KvDtype { Float32, Int8 };
+
 class PagedKvCache {
  public:
-  // `num_blocks` blocks of `block_size` positions for every layer, float32.
-  PagedKvCache(const ModelConfig& config, std::int32_t num_blocks, std::int32_t block_size);
+  // `num_blocks` blocks of `block_size` positions for every layer.
+  PagedKvCache(const ModelConfig& config, std::int32_t num_blocks, std::int32_t block_size,
+               KvDtype dtype = KvDtype::Float32);
 
   std::int32_t num_blocks() const { return num_blocks_; }
   std::int32_t block_size() const { return block_size_; }
-  std::uint64_t bytes() const { return (keys_.size() + values_.size()) * sizeof(float); }
+  KvDtype dtype() const { return dtype_; }
+  std::uint64_t bytes() const;
   // Bytes one position takes over all layers (keys and values).
   std::uint64_t bytes_per_token() const;
 
@@ -32,17 +38,26 @@ class PagedKvCache {
   void copy_block(std::int32_t from, std::int32_t to, std::int32_t tokens);
 
  private:
+  // Element offset of a row (layer, pool row); scale offsets are the same times kv_heads / kv_dim.
   std::size_t offset(std::int64_t layer_index, std::int64_t row) const {
     return static_cast<std::size_t>((layer_index * num_blocks_ * block_size_ + row) * kv_dim_);
   }
+  std::size_t scale_offset(std::int64_t layer_index, std::int64_t row) const {
+    return static_cast<std::size_t>((layer_index * num_blocks_ * block_size_ + row) * kv_heads_);
+  }
   void check_block(std::int32_t block) const;
+  void quantize_row(const float* row, std::int8_t* codes, float* scales) const;
 
   std::int64_t layers_;
   std::int64_t kv_dim_;
+  std::int64_t kv_heads_;
+  std::int64_t head_dim_;
   std::int32_t num_blocks_;
   std::int32_t block_size_;
-  std::vector<float> keys_;
-  std::vector<float> values_;
+  KvDtype dtype_;
+  std::vector<float> keys_, values_;                  // Float32
+  std::vector<std::int8_t> key_codes_, value_codes_;  // Int8
+  std::vector<float> key_scales_, value_scales_;
 };
 
 }  // namespace nibble::engine

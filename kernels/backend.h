@@ -56,21 +56,50 @@ enum class SparseChoice : std::uint8_t {
 
 // Keys and values of one layer for one sequence, positions 0..length-1, each
 // position holding kv_heads x head_dim floats at `stride` floats apart.
-// One layer's keys and values as attention reads them: position t is row row(t),
-// at keys + row(t) * stride. Contiguous (a sequence's own cache) or paged: the
-// position's block from the sequence's block table, then its slot in the block.
+// One layer's keys and values as attention reads them: position t is row row(t).
+// Contiguous (a sequence's own cache) or paged: the position's block from the
+// sequence's block table, then its slot in the block. Rows are float32 at
+// keys/values + row * stride, or, in an 8-bit cache, int8 codes at
+// key_codes/value_codes + row * stride with one float scale per (row, kv head)
+// at key_scales/value_scales + row * kv_heads + head.
 struct KvLayerView {
   const float* keys = nullptr;
   const float* values = nullptr;
   std::int64_t stride = 0;
   std::span<const std::int32_t> block_table;  // empty: contiguous
   std::int64_t block_size = 0;
+  const std::int8_t* key_codes = nullptr;  // set: the 8-bit layout
+  const std::int8_t* value_codes = nullptr;
+  const float* key_scales = nullptr;
+  const float* value_scales = nullptr;
 
   std::int64_t row(std::int64_t position) const {
     if (block_table.empty()) return position;
     return std::int64_t{block_table[static_cast<std::size_t>(position / block_size)]} * block_size +
            position % block_size;
   }
+  static KvLayerView floats(const float* keys, const float* values, std::int64_t stride,
+                            std::span<const std::int32_t> block_table = {}, std::int64_t block_size = 0) {
+    KvLayerView view;
+    view.keys = keys;
+    view.values = values;
+    view.stride = stride;
+    view.block_table = block_table;
+    view.block_size = block_size;
+    return view;
+  }
+  static KvLayerView int8(const std::int8_t* key_codes, const std::int8_t* value_codes, const float* key_scales,
+                          const float* value_scales, std::int64_t stride,
+                          std::span<const std::int32_t> block_table = {}, std::int64_t block_size = 0) {
+    KvLayerView view = floats(nullptr, nullptr, stride, block_table, block_size);
+    view.key_codes = key_codes;
+    view.value_codes = value_codes;
+    view.key_scales = key_scales;
+    view.value_scales = value_scales;
+    return view;
+  }
+
+  bool quantized() const { return key_codes != nullptr; }
   const float* key(std::int64_t position) const { return keys + row(position) * stride; }
   const float* value(std::int64_t position) const { return values + row(position) * stride; }
 };

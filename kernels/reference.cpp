@@ -56,6 +56,13 @@ void rope(std::span<float> x, std::int64_t rows, std::int64_t heads, std::int64_
 
 std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::span<const std::int32_t> positions,
                              const KvLayerView& kv, const AttentionShape& shape) {
+  // Element i of head g's key / value at position t, in float64, whatever the cache's layout.
+  const auto element = [&](bool key, std::int64_t t, std::int64_t g, std::int64_t i) {
+    const std::int64_t r = kv.row(t);
+    if (!kv.quantized()) return static_cast<double>((key ? kv.keys : kv.values)[r * kv.stride + g * shape.head_dim + i]);
+    const std::int8_t code = (key ? kv.key_codes : kv.value_codes)[r * kv.stride + g * shape.head_dim + i];
+    return static_cast<double>(code) * (key ? kv.key_scales : kv.value_scales)[r * shape.kv_heads + g];
+  };
   std::vector<float> out(static_cast<std::size_t>(rows * shape.heads * shape.head_dim));
   const std::int64_t group = shape.heads / shape.kv_heads;
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -63,11 +70,11 @@ std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::s
       const std::int64_t last = positions[static_cast<std::size_t>(r)];
       const std::int64_t first = shape.sliding_window ? std::max<std::int64_t>(0, last - *shape.sliding_window + 1) : 0;
       const float* qh = q.data() + (r * shape.heads + h) * shape.head_dim;
-      const std::int64_t kv_offset = (h / group) * shape.head_dim;
+      const std::int64_t g = h / group;
       std::vector<double> scores;
       for (std::int64_t t = first; t <= last; ++t) {
         double dot = 0;
-        for (std::int64_t i = 0; i < shape.head_dim; ++i) dot += static_cast<double>(qh[i]) * kv.key(t)[kv_offset + i];
+        for (std::int64_t i = 0; i < shape.head_dim; ++i) dot += static_cast<double>(qh[i]) * element(true, t, g, i);
         scores.push_back(dot / std::sqrt(static_cast<double>(shape.head_dim)));
       }
       const double max_score = *std::max_element(scores.begin(), scores.end());
@@ -76,7 +83,7 @@ std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::s
       for (std::int64_t i = 0; i < shape.head_dim; ++i) {
         double value = 0;
         for (std::int64_t t = first; t <= last; ++t) {
-          value += scores[static_cast<std::size_t>(t - first)] / total * kv.value(t)[kv_offset + i];
+          value += scores[static_cast<std::size_t>(t - first)] / total * element(false, t, g, i);
         }
         out[static_cast<std::size_t>((r * shape.heads + h) * shape.head_dim + i)] = static_cast<float>(value);
       }

@@ -27,6 +27,7 @@ struct BatchSchedulerOptions {
   std::int64_t max_num_batched_tokens = 512;  // tokens in one step at most (decodes + prefill chunks)
   std::int32_t num_blocks = 1024;             // KV-cache blocks in the pool
   std::int32_t block_size = 16;               // positions per block
+  engine::KvDtype kv_dtype = engine::KvDtype::Float32;
   std::int64_t max_waiting = 256;             // queued sequences before submit() refuses
 };
 

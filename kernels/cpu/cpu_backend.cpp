@@ -93,8 +93,58 @@ void CpuBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int6
   }
 }
 
+namespace {
+
+// How attention reads one head's key and value rows: float32, or int8 codes times
+// the row's scale for that head. The kernel is written once over these.
+struct FloatRows {
+  const KvLayerView& kv;
+  std::int64_t head_dim;
+  float dot(std::int64_t t, std::int64_t kv_head, const float* q) const {
+    const float* k = kv.key(t) + kv_head * head_dim;
+    float sum = 0.0f;
+    for (std::int64_t i = 0; i < head_dim; ++i) sum += q[i] * k[i];
+    return sum;
+  }
+  void accumulate(std::int64_t t, std::int64_t kv_head, float p, float* out) const {
+    const float* v = kv.value(t) + kv_head * head_dim;
+    for (std::int64_t i = 0; i < head_dim; ++i) out[i] += p * v[i];
+  }
+};
+
+struct Int8Rows {
+  const KvLayerView& kv;
+  std::int64_t head_dim;
+  std::int64_t kv_heads;
+  float dot(std::int64_t t, std::int64_t kv_head, const float* q) const {
+    const std::int64_t r = kv.row(t);
+    const std::int8_t* k = kv.key_codes + r * kv.stride + kv_head * head_dim;
+    float sum = 0.0f;
+    for (std::int64_t i = 0; i < head_dim; ++i) sum += q[i] * static_cast<float>(k[i]);
+    return sum * kv.key_scales[r * kv_heads + kv_head];
+  }
+  void accumulate(std::int64_t t, std::int64_t kv_head, float p, float* out) const {
+    const std::int64_t r = kv.row(t);
+    const std::int8_t* v = kv.value_codes + r * kv.stride + kv_head * head_dim;
+    const float scaled = p * kv.value_scales[r * kv_heads + kv_head];
+    for (std::int64_t i = 0; i < head_dim; ++i) out[i] += scaled * static_cast<float>(v[i]);
+  }
+};
+
+}  // namespace
+
 void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,
                            const KvLayerView& kv, const AttentionShape& shape, float* out) {
+  if (kv.quantized()) {
+    attend(q, rows, positions, Int8Rows{kv, shape.head_dim, shape.kv_heads}, shape, out);
+  } else {
+    attend(q, rows, positions, FloatRows{kv, shape.head_dim}, shape, out);
+  }
+}
+
+template <typename Rows>
+void CpuBackend::attend(const float* q, std::int64_t rows, std::span<const std::int32_t> positions, const Rows& kv,
+                        const AttentionShape& shape, float* out) {
   const std::int64_t group = shape.heads / shape.kv_heads;
   const std::int64_t head_dim = shape.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -107,13 +157,10 @@ void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const st
     const std::int64_t last = positions[static_cast<std::size_t>(r)];
     const std::int64_t first = shape.sliding_window ? std::max<std::int64_t>(0, last - *shape.sliding_window + 1) : 0;
     const float* qh = q + (r * shape.heads + h) * head_dim;
-    const std::int64_t kv_offset = (h / group) * head_dim;
+    const std::int64_t kv_head = h / group;
     float max_score = -INFINITY;
     for (std::int64_t t = first; t <= last; ++t) {
-      const float* kt = kv.key(t) + kv_offset;
-      float dot = 0.0f;
-      for (std::int64_t i = 0; i < head_dim; ++i) dot += qh[i] * kt[i];
-      scores[t] = dot * scale;
+      scores[t] = kv.dot(t, kv_head, qh) * scale;
       max_score = std::max(max_score, scores[t]);
     }
     float total = 0.0f;
@@ -124,11 +171,7 @@ void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const st
     float* oh = out + (r * shape.heads + h) * head_dim;
     std::fill(oh, oh + head_dim, 0.0f);
     const float norm = 1.0f / total;
-    for (std::int64_t t = first; t <= last; ++t) {
-      const float p = scores[t] * norm;
-      const float* vt = kv.value(t) + kv_offset;
-      for (std::int64_t i = 0; i < head_dim; ++i) oh[i] += p * vt[i];
-    }
+    for (std::int64_t t = first; t <= last; ++t) kv.accumulate(t, kv_head, scores[t] * norm, oh);
   });
 }
 

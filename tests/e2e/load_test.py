@@ -22,9 +22,9 @@ ABORT_EVERY = 10  # one client in ten leaves after its first chunk
 
 
 class LoadTest(Stories260KServer, ServerTestCase):
-    # A small pool and step budget, so the run also preempts and prefills in chunks.
+    # A small 8-bit pool and step budget, so the run also preempts and prefills in chunks.
     server_args = ("--max-num-seqs", "16", "--max-num-batched-tokens", "64", "--block-size", "8",
-                   "--kv-cache-memory", "1MiB", "--max-queued", "512")
+                   "--kv-cache-memory", "256KiB", "--kv-cache-dtype", "int8", "--max-queued", "512")
 
     def one_request(self, i):
         rng = random.Random(i)

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <numeric>
 #include <random>
@@ -13,6 +15,7 @@
 #include "engine/llama_model.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
+#include "kernel_test_util.h"
 #include "stories_model.h"
 
 namespace nibble::engine {
@@ -127,6 +130,56 @@ TEST(BatchedForward, SmolLM2Int4GreedyTokensDoNotDependOnTheBatch) {
     join += 2;
   }
   expect_batched_equals_alone(model, sequences, 16);
+}
+
+// Logits after each token of `tokens` (prompt prefilled, then one at a time), with
+// the keys and values in a paged cache of `dtype`.
+std::vector<std::vector<float>> logits_along(LlamaModel& model, const std::vector<TokenId>& tokens,
+                                             std::int64_t prompt_length, KvDtype dtype) {
+  const auto blocks = static_cast<std::int32_t>((tokens.size() + kBlockSize - 1) / kBlockSize);
+  PagedKvCache cache(model.config(), blocks, kBlockSize, dtype);
+  std::vector<std::int32_t> table(static_cast<std::size_t>(blocks));
+  std::iota(table.begin(), table.end(), 0);
+  std::vector<std::vector<float>> out;
+  std::int64_t position = 0;
+  while (position < static_cast<std::int64_t>(tokens.size())) {
+    const std::int64_t count = position == 0 ? prompt_length : 1;
+    const BatchEntry entry{std::span(tokens).subspan(static_cast<std::size_t>(position), static_cast<std::size_t>(count)),
+                           position, table, Logits::LastRow};
+    std::vector<float> logits(static_cast<std::size_t>(model.vocab_size()));
+    model.forward_batch(std::span(&entry, 1), cache, logits);
+    out.push_back(std::move(logits));
+    position += count;
+  }
+  return out;
+}
+
+TEST(BatchedForward, AnInt8KvCacheStaysCloseToFloat32OnSmolLM2) {
+  const auto path = std::filesystem::path(NIBBLE_MODEL_CACHE) / "SmolLM2-135M-Instruct.Q4_1.gguf";
+  ASSERT_TRUE(std::filesystem::exists(path)) << path << " is missing: scripts/get-model fetches it";
+  const ModelSource source = open_model(path);
+  const auto tokenizer = load_tokenizer(source.path);
+  kernels::CpuBackend backend(2);
+  LlamaModel model(source, backend);
+  const auto prompt = tokenizer->encode("The history of the Roman Empire begins with", true);
+  auto tokens = prompt;
+  const auto continuation = greedy_alone(model, prompt, 48);
+  tokens.insert(tokens.end(), continuation.begin(), continuation.end());
+  const auto prompt_length = static_cast<std::int64_t>(prompt.size());
+  const auto exact = logits_along(model, tokens, prompt_length, KvDtype::Float32);
+  const auto int8 = logits_along(model, tokens, prompt_length, KvDtype::Int8);
+  ASSERT_EQ(exact.size(), int8.size());
+  int same_top = 0;
+  double worst = 0;
+  for (std::size_t i = 0; i < exact.size(); ++i) {
+    ASSERT_TRUE(std::all_of(int8[i].begin(), int8[i].end(), [](float x) { return std::isfinite(x); }));
+    worst = std::max(worst, testing::relative_error(int8[i], exact[i]));
+    same_top += argmax(int8[i]) == argmax(exact[i]) ? 1 : 0;
+  }
+  std::printf("int8 KV: worst relative logit error %.4f, same greedy choice %d of %zu\n", worst, same_top, exact.size());
+  EXPECT_LT(worst, 0.05) << "largest relative logit error over " << exact.size() << " steps";
+  EXPECT_GE(same_top, static_cast<int>(exact.size()) - 2) << "greedy choices agree";
+  EXPECT_EQ(exact.back(), logits_along(model, tokens, prompt_length, KvDtype::Float32).back()) << "deterministic";
 }
 
 }  // namespace

@@ -155,8 +155,8 @@ TEST(CpuOps, PagedAttentionReadsTheSequencesBlocksWhereverTheyAre) {
     std::copy_n(keys.begin() + t * kv_dim, kv_dim, pool_keys.begin() + static_cast<std::ptrdiff_t>(slot));
     std::copy_n(values.begin() + t * kv_dim, kv_dim, pool_values.begin() + static_cast<std::ptrdiff_t>(slot));
   }
-  const KvLayerView contiguous{keys.data(), values.data(), kv_dim, {}, 0};
-  const KvLayerView paged{pool_keys.data(), pool_values.data(), kv_dim, blocks, block_size};
+  const auto contiguous = KvLayerView::floats(keys.data(), values.data(), kv_dim);
+  const auto paged = KvLayerView::floats(pool_keys.data(), pool_values.data(), kv_dim, blocks, block_size);
   const std::vector<std::int32_t> positions{3, 4, 21, 22};
   const auto rows = static_cast<std::int64_t>(positions.size());
   const auto q = random_floats(rng, rows * shape.heads * shape.head_dim, 2.0f);
@@ -167,6 +167,28 @@ TEST(CpuOps, PagedAttentionReadsTheSequencesBlocksWhereverTheyAre) {
   EXPECT_LT(relative_error(from_blocks, reference::attention(q, rows, positions, paged, shape)), 1e-5);
 }
 
+TEST(CpuOps, Int8KvAttentionMatchesTheReferenceOnTheSameCodes) {
+  // Random codes and scales: the kernel must attend over codes x scale exactly as the
+  // float64 reference does (how close int8 rows stay to float is the engine test's job).
+  std::mt19937 rng(std::random_device{}());
+  CpuBackend backend(2);
+  const AttentionShape shape{6, 2, 16, std::nullopt};
+  const std::int64_t length = 19, kv_dim = shape.kv_heads * shape.head_dim;
+  std::uniform_int_distribution<int> code(-127, 127);
+  std::vector<std::int8_t> key_codes(static_cast<std::size_t>(length * kv_dim)), value_codes(key_codes.size());
+  for (auto& c : key_codes) c = static_cast<std::int8_t>(code(rng));
+  for (auto& c : value_codes) c = static_cast<std::int8_t>(code(rng));
+  const auto key_scales = random_floats(rng, length * shape.kv_heads, 0.02f);
+  const auto value_scales = random_floats(rng, length * shape.kv_heads, 0.02f);
+  const auto kv = KvLayerView::int8(key_codes.data(), value_codes.data(), key_scales.data(), value_scales.data(), kv_dim);
+  const std::vector<std::int32_t> positions{0, 7, 17, 18};
+  const auto rows = static_cast<std::int64_t>(positions.size());
+  const auto q = random_floats(rng, rows * shape.heads * shape.head_dim, 2.0f);
+  std::vector<float> out(q.size());
+  backend.attention(q.data(), rows, positions, kv, shape, out.data());
+  EXPECT_LT(relative_error(out, reference::attention(q, rows, positions, kv, shape)), 1e-5);
+}
+
 TEST(CpuOps, CausalGqaAttentionMatchesTheReference) {
   std::mt19937 rng(std::random_device{}());
   CpuBackend backend(2);
@@ -175,7 +197,7 @@ TEST(CpuOps, CausalGqaAttentionMatchesTheReference) {
     const std::int64_t length = 23, kv_dim = shape.kv_heads * shape.head_dim;
     const auto keys = random_floats(rng, length * kv_dim);
     const auto values = random_floats(rng, length * kv_dim);
-    const KvLayerView kv{keys.data(), values.data(), kv_dim, {}, 0};
+    const auto kv = KvLayerView::floats(keys.data(), values.data(), kv_dim);
     // A prefill chunk of the last 6 positions plus a lone decode row.
     const std::vector<std::int32_t> positions{17, 18, 19, 20, 21, 22};
     const auto rows = static_cast<std::int64_t>(positions.size());
