@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <numeric>
 #include <random>
@@ -115,13 +114,22 @@ TEST(BatchedForward, Stories260KGreedyTokensDoNotDependOnTheBatch) {
   expect_batched_equals_alone(stories.model, sequences, 40);
 }
 
+// The bundled SmolLM2 (GGUF Q4_1: INT4 kernels), loaded on two threads.
+struct SmolLM2 {
+  SmolLM2() : source(open_model(path())), tokenizer(load_tokenizer(source.path)), backend(2), model(source, backend) {}
+  static std::filesystem::path path() {
+    return std::filesystem::path(NIBBLE_MODEL_CACHE) / "SmolLM2-135M-Instruct.Q4_1.gguf";  // scripts/get-model
+  }
+  ModelSource source;
+  std::unique_ptr<Tokenizer> tokenizer;
+  kernels::CpuBackend backend;
+  LlamaModel model;
+};
+
 TEST(BatchedForward, SmolLM2Int4GreedyTokensDoNotDependOnTheBatch) {
-  const auto path = std::filesystem::path(NIBBLE_MODEL_CACHE) / "SmolLM2-135M-Instruct.Q4_1.gguf";
-  ASSERT_TRUE(std::filesystem::exists(path)) << path << " is missing: scripts/get-model fetches it";
-  const ModelSource source = open_model(path);
-  const auto tokenizer = load_tokenizer(source.path);
-  kernels::CpuBackend backend(2);
-  LlamaModel model(source, backend);
+  SmolLM2 smollm2;
+  auto& model = smollm2.model;
+  const auto& tokenizer = smollm2.tokenizer;
   std::vector<Sequence> sequences;
   std::int64_t join = 0;
   for (const char* text : {"The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village",
@@ -155,12 +163,9 @@ std::vector<std::vector<float>> logits_along(LlamaModel& model, const std::vecto
 }
 
 TEST(BatchedForward, AnInt8KvCacheStaysCloseToFloat32OnSmolLM2) {
-  const auto path = std::filesystem::path(NIBBLE_MODEL_CACHE) / "SmolLM2-135M-Instruct.Q4_1.gguf";
-  ASSERT_TRUE(std::filesystem::exists(path)) << path << " is missing: scripts/get-model fetches it";
-  const ModelSource source = open_model(path);
-  const auto tokenizer = load_tokenizer(source.path);
-  kernels::CpuBackend backend(2);
-  LlamaModel model(source, backend);
+  SmolLM2 smollm2;
+  auto& model = smollm2.model;
+  const auto& tokenizer = smollm2.tokenizer;
   const auto prompt = tokenizer->encode("The history of the Roman Empire begins with", true);
   auto tokens = prompt;
   const auto continuation = greedy_alone(model, prompt, 48);
@@ -176,7 +181,6 @@ TEST(BatchedForward, AnInt8KvCacheStaysCloseToFloat32OnSmolLM2) {
     worst = std::max(worst, testing::relative_error(int8[i], exact[i]));
     same_top += argmax(int8[i]) == argmax(exact[i]) ? 1 : 0;
   }
-  std::printf("int8 KV: worst relative logit error %.4f, same greedy choice %d of %zu\n", worst, same_top, exact.size());
   EXPECT_LT(worst, 0.05) << "largest relative logit error over " << exact.size() << " steps";
   EXPECT_GE(same_top, static_cast<int>(exact.size()) - 2) << "greedy choices agree";
   EXPECT_EQ(exact.back(), logits_along(model, tokens, prompt_length, KvDtype::Float32).back()) << "deterministic";
