@@ -10,5 +10,8 @@ void add_convert_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_plan_command(CLI::App& app);
+void add_quantize_command(CLI::App& app);
+void add_prune_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
 
 }  // namespace nibble::cli

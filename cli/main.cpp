@@ -23,6 +23,9 @@ int main(int argc, char** argv) {
   nibble::cli::add_serve_command(app);
   nibble::cli::add_bench_command(app);
   nibble::cli::add_plan_command(app);
+  nibble::cli::add_quantize_command(app);
+  nibble::cli::add_prune_command(app);
+  nibble::cli::add_eval_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

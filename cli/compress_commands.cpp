@@ -1,0 +1,221 @@
+// `nibble quantize` and `nibble prune`: the offline compressor. Both read an
+// unquantized Hugging Face folder, run quant::compress_model layer by layer and
+// write a folder other tools load (GPTQ / compressed-tensors).
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/process_stats.h"
+#include "cli/progress_bar.h"
+#include "common/error.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "loader/model_source.h"
+#include "quant/calibration.h"
+#include "quant/compressor.h"
+#include "tokenizer/tokenizer.h"
+
+namespace nibble::cli {
+namespace {
+
+struct CompressFlags {
+  std::string model;
+  std::string out;
+  std::string method;
+  std::string sparsity;
+  std::string then_quantize;  // prune only: "gptq" or "rtn"
+  std::string format;         // quantize only: "gptq" or "compressed-tensors"
+  int bits = 4;
+  std::int64_t group_size = 128;
+  bool asym = false;
+  bool sym_flag = false;  // --sym: the default, accepted for clarity
+  bool act_order = false;
+  bool static_groups = false;
+  bool natural_order = false;
+  std::string calib;
+  std::int64_t calib_samples = 128;
+  std::int64_t seq_len = 512;
+  double damp = 0.01;
+  int threads = 0;
+  bool json = false;
+};
+
+void add_quantization_flags(CLI::App* cmd, CompressFlags& flags) {
+  cmd->add_option("--bits", flags.bits, "Bits per weight")->check(CLI::IsMember({2, 3, 4, 8}))->capture_default_str();
+  cmd->add_option("--group-size", flags.group_size, "Input columns per quantization group (-1: per output channel)")
+      ->check([](const std::string& text) -> std::string {
+        const auto value = std::stoll(text);
+        return value == -1 || value > 0 ? "" : "must be -1 or positive";
+      })
+      ->capture_default_str();
+  auto* sym = cmd->add_flag("--sym", flags.sym_flag, "Symmetric quantization (the default)");
+  cmd->add_flag("--asym", flags.asym, "Asymmetric quantization (a zero point per group)")->excludes(sym);
+  cmd->add_flag("--act-order", flags.act_order, "GPTQ: quantize columns by decreasing activation energy (desc_act)");
+  cmd->add_flag("--static-groups", flags.static_groups, "GPTQ with --act-order: fix group scales before the sweep");
+  cmd->add_flag("--natural-order", flags.natural_order,
+                "GPTQ without --act-order: sweep columns in plain order instead of group-aware order (GAR)");
+  cmd->add_option("--damp", flags.damp, "GPTQ/SparseGPT: diagonal damping, as a share of the mean diagonal")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+}
+
+void add_common_flags(CLI::App* cmd, CompressFlags& flags) {
+  cmd->add_option("--model", flags.model, "Unquantized Hugging Face model folder (F32/F16/BF16)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("-o,--out", flags.out, "Output folder (must not exist or be empty)")->required();
+  cmd->add_option("--calib", flags.calib, "Calibration text file, or .json arrays of token ids")
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--calib-samples", flags.calib_samples, "Calibration runs")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--seq-len", flags.seq_len, "Tokens per calibration run")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--threads", flags.threads, "Worker threads (0: one per core)")->capture_default_str();
+  cmd->add_flag("--json", flags.json, "Print the report as JSON");
+}
+
+quant::SparsitySpec parse_sparsity(const std::string& text) {
+  if (text == "2:4") return quant::SparsitySpec::n_of_m(2, 4);
+  if (text.find(':') != std::string::npos) fail("--sparsity {}: only the 2:4 pattern is supported", text);
+  double fraction = 0;
+  try {
+    std::size_t used = 0;
+    fraction = std::stod(text, &used);
+    if (used != text.size()) throw std::invalid_argument(text);
+  } catch (const std::exception&) {
+    fail("--sparsity {}: expected a fraction such as 0.5 or the pattern 2:4", text);
+  }
+  if (!(fraction > 0.0 && fraction < 1.0)) fail("--sparsity {}: the fraction must be between 0 and 1", text);
+  return quant::SparsitySpec::unstructured(fraction);
+}
+
+std::uint64_t folder_bytes(const std::filesystem::path& folder) {
+  std::uint64_t bytes = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(folder)) {
+    if (entry.is_regular_file() && entry.path().extension() == ".safetensors") bytes += entry.file_size();
+  }
+  return bytes;
+}
+
+void run_compression(const CompressFlags& flags, const quant::CompressionOptions& options,
+                     quant::CheckpointSettings settings) {
+  const auto start = std::chrono::steady_clock::now();
+  ModelSource source = open_model(flags.model);
+  quant::CalibrationRuns calibration;
+  if (options.needs_calibration()) {
+    if (flags.calib.empty()) fail("--method {} needs calibration data: pass --calib FILE", flags.method);
+    const auto tokenizer = load_tokenizer(source.path);
+    calibration = quant::read_calibration_runs(flags.calib, *tokenizer, flags.calib_samples, flags.seq_len);
+  }
+  settings.tool_version = NIBBLE_VERSION;
+  kernels::CpuBackend backend(flags.threads);
+  quant::CheckpointWriter writer(source, flags.out, settings);
+  const auto report = quant::compress_model(source, options, calibration, backend, writer, progress_bar());
+  writer.finish();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto in_bytes = source.weights->file_bytes();
+  const auto out_bytes = folder_bytes(flags.out);
+  nlohmann::json json{{"out", flags.out},
+                      {"modules", report.modules},
+                      {"calibration_runs", calibration.size()},
+                      {"calibration_tokens", report.calibration_tokens},
+                      {"seconds", seconds},
+                      {"compress_seconds", report.seconds},
+                      {"peak_rss_bytes", peak_rss_bytes()},
+                      {"input_bytes", in_bytes},
+                      {"output_bytes", out_bytes},
+                      {"proxy_loss", report.proxy_loss}};
+  if (flags.json) {
+    std::printf("%s\n", json.dump(2).c_str());
+  } else {
+    std::printf("wrote %s: %lld modules in %.1f s, peak memory %.0f MiB, weights %.1f MiB -> %.1f MiB\n",
+                flags.out.c_str(), static_cast<long long>(report.modules), seconds,
+                static_cast<double>(peak_rss_bytes()) / (1 << 20), static_cast<double>(in_bytes) / (1 << 20),
+                static_cast<double>(out_bytes) / (1 << 20));
+  }
+}
+
+void fill_quantization(const CompressFlags& flags, quant::CompressionOptions& options,
+                       quant::CheckpointSettings& settings) {
+  options.spec.bits = flags.bits;
+  options.spec.group_size = flags.group_size;
+  options.spec.sym = !flags.asym;
+  options.act_order = flags.act_order;
+  options.static_groups = flags.static_groups;
+  options.damp = flags.damp;
+  // Group-aware order improves GPTQ at no cost to the layout, so it is the default
+  // wherever it applies (as in GPTQModel): plain groups, no act-order, no pruning.
+  options.group_aware_order = !flags.natural_order && !flags.act_order && !flags.static_groups &&
+                              flags.group_size > 0 && flags.method == "gptq";
+  settings.bits = flags.bits;
+  settings.group_size = flags.group_size;
+  settings.sym = !flags.asym;
+  settings.desc_act = flags.act_order;
+  settings.static_groups = flags.static_groups;
+  settings.group_aware_order = options.group_aware_order;
+  settings.damp = flags.damp;
+}
+
+}  // namespace
+
+void add_quantize_command(CLI::App& app) {
+  auto flags = std::make_shared<CompressFlags>();
+  flags->method = "gptq";
+  flags->format = "gptq";
+  CLI::App* cmd = app.add_subcommand("quantize", "Quantize a model's linear layers (GPTQ or round-to-nearest)");
+  add_common_flags(cmd, *flags);
+  cmd->add_option("--method", flags->method, "gptq or rtn")->check(CLI::IsMember({"gptq", "rtn"}))->capture_default_str();
+  add_quantization_flags(cmd, *flags);
+  cmd->add_option("--format", flags->format, "Checkpoint layout: gptq (AutoGPTQ/GPTQModel) or compressed-tensors")
+      ->check(CLI::IsMember({"gptq", "compressed-tensors"}))
+      ->capture_default_str();
+  cmd->callback([flags] {
+    quant::CompressionOptions options;
+    quant::CheckpointSettings settings;
+    options.quantize = flags->method == "gptq" ? quant::QuantMethod::Gptq : quant::QuantMethod::Rtn;
+    fill_quantization(*flags, options, settings);
+    if (flags->act_order && flags->method == "rtn") fail("--act-order only applies to --method gptq");
+    settings.method = flags->method;
+    settings.format =
+        flags->format == "gptq" ? quant::CheckpointFormat::Gptq : quant::CheckpointFormat::CompressedTensors;
+    if (settings.format == quant::CheckpointFormat::Gptq) options.spec.min_zero = 1;  // v1 stores zero - 1
+    run_compression(*flags, options, settings);
+  });
+}
+
+void add_prune_command(CLI::App& app) {
+  auto flags = std::make_shared<CompressFlags>();
+  CLI::App* cmd = app.add_subcommand("prune", "Prune a model's linear layers (magnitude, Wanda, SparseGPT), optionally then quantize");
+  add_common_flags(cmd, *flags);
+  cmd->add_option("--method", flags->method, "magnitude, wanda or sparsegpt")
+      ->required()
+      ->check(CLI::IsMember({"magnitude", "wanda", "sparsegpt"}));
+  cmd->add_option("--sparsity", flags->sparsity, "Share of weights removed (0.5, 0.7) or the pattern 2:4")->required();
+  cmd->add_option("--then-quantize", flags->then_quantize, "Quantize the pruned weights: gptq or rtn")
+      ->check(CLI::IsMember({"gptq", "rtn"}));
+  add_quantization_flags(cmd, *flags);
+  cmd->callback([flags] {
+    quant::CompressionOptions options;
+    quant::CheckpointSettings settings;
+    options.prune = flags->method == "magnitude" ? quant::PruneMethod::Magnitude
+                    : flags->method == "wanda"   ? quant::PruneMethod::Wanda
+                                                 : quant::PruneMethod::SparseGpt;
+    options.sparsity = parse_sparsity(flags->sparsity);
+    const bool two_four = options.sparsity.kind == quant::SparsitySpec::Kind::NofM;
+    if (!flags->then_quantize.empty()) {
+      options.quantize = flags->then_quantize == "gptq" ? quant::QuantMethod::Gptq : quant::QuantMethod::Rtn;
+      fill_quantization(*flags, options, settings);
+      if (flags->act_order) fail("--act-order cannot be combined with pruning");
+      settings.method = flags->then_quantize;
+    }
+    settings.format = quant::CheckpointFormat::CompressedTensors;
+    settings.sparsity_structure = two_four ? "2:4" : "unstructured";
+    settings.pruning_method = flags->method;
+    settings.sparsity = two_four ? 0.5 : options.sparsity.fraction;
+    settings.damp = flags->damp;
+    run_compression(*flags, options, settings);
+  });
+}
+
+}  // namespace nibble::cli

@@ -1,0 +1,60 @@
+#pragma once
+// The layer-wise compressor behind `nibble quantize` and `nibble prune`. It walks
+// the decoder layers in order, holding one layer's float32 weights and the
+// calibration activations entering it:
+//   inputs of q/k/v -> compress q, k, v -> inputs of o (through the compressed
+//   q, k, v) -> compress o -> inputs of gate/up -> compress them -> inputs of
+//   down -> compress down -> the next layer's inputs, through the compressed layer
+// ("true sequential", as GPTQ's reference does), so every layer is calibrated on
+// what the already-compressed layers before it produce. Each module's Hessian is
+// accumulated from those inputs; the algorithms are in obs_sweep.h.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "loader/model_source.h"
+#include "quant/checkpoint_writer.h"
+#include "quant/obs_sweep.h"
+#include "quant/progress.h"
+
+namespace nibble::quant {
+
+enum class QuantMethod : std::uint8_t { None, Rtn, Gptq };
+enum class PruneMethod : std::uint8_t { None, Magnitude, Wanda, SparseGpt };
+
+struct CompressionOptions {
+  QuantMethod quantize = QuantMethod::None;
+  QuantSpec spec;  // bits, group size, sym (when quantizing)
+  bool act_order = false;
+  bool static_groups = false;
+  bool group_aware_order = false;  // GPTQ only: SweepOptions::group_aware_order
+  double damp = 0.01;
+  std::int64_t block_size = 128;
+  PruneMethod prune = PruneMethod::None;
+  SparsitySpec sparsity;
+
+  // Whether the method needs activations (GPTQ, Wanda, SparseGPT) or only weights.
+  bool needs_calibration() const;
+};
+
+// The calibration runs: token ids, each run a separate sequence starting at position 0.
+using CalibrationRuns = std::vector<std::vector<std::int32_t>>;
+
+struct CompressionReport {
+  std::int64_t modules = 0;
+  std::int64_t calibration_tokens = 0;
+  double seconds = 0;
+  double proxy_loss = 0;  // sum over modules of the sweep's loss (0 for RTN/magnitude/Wanda)
+};
+
+// Compresses every linear module of every decoder layer of `source` (lm_head and
+// embeddings stay as they are) and adds it to `writer`; the caller finish()es it.
+// Throws nibble::Error for unsupported models (not Llama-family), missing
+// calibration when the method needs it, or bad options.
+CompressionReport compress_model(const ModelSource& source, const CompressionOptions& options,
+                                 const CalibrationRuns& calibration, kernels::Backend& backend,
+                                 CheckpointWriter& writer, const Progress& progress = {});
+
+}  // namespace nibble::quant

@@ -1,0 +1,61 @@
+#pragma once
+// Uniform integer quantization of one group of weights, as GPTQ/AutoGPTQ define
+// it, so checkpoints we write dequantize the same way in every reader:
+//   min-max over the group with 0 always representable;
+//   asymmetric: scale = (max - min) / maxq, zero = round(-min / scale);
+//   symmetric:  scale = 2 * max(|min|, |max|) / maxq, zero = (maxq + 1) / 2;
+//   code = clamp(round(w / scale) + zero, 0, maxq), value = scale * (code - zero).
+// (round: to nearest, ties to even, as torch.round.) An all-zero group gets GPTQ's
+// range [-1, 1]. The scale is rounded to the checkpoint's fp16 before any code (or
+// the asymmetric zero point) is chosen, so the codes are the best ones for the scale
+// readers will actually see; a scale that would underflow fp16 becomes its smallest
+// subnormal, one that overflows it is an error.
+#include <cstdint>
+#include <span>
+
+namespace nibble::quant {
+
+struct QuantSpec {
+  int bits = 4;                   // 2, 3, 4 or 8
+  std::int64_t group_size = 128;  // input columns per group; -1: one group per row
+  bool sym = true;
+  // The smallest asymmetric zero point the checkpoint can store. GPTQ's v1 layout
+  // (what AutoGPTQ writes and vLLM reads) stores zero - 1 in an unsigned field, so
+  // it needs 1: a group whose minimum is 0 then gets its range [-scale, (maxq - 1) * scale]
+  // instead of a zero point of 0 that would wrap around.
+  int min_zero = 0;
+  int maxq() const { return (1 << bits) - 1; }
+  // Groups along `cols` input columns. As in GPTQ/AutoGPTQ the last group may be
+  // shorter: SmolLM2's 576 columns in groups of 128 are 4 groups of 128 and one of 64.
+  std::int64_t groups(std::int64_t cols) const { return group_size > 0 ? (cols + group_size - 1) / group_size : 1; }
+  // Throws nibble::Error for unsupported bits or a group size that is neither
+  // positive nor -1.
+  void validate() const;
+};
+
+struct GroupParams {
+  float scale = 1.0f;  // already representable in fp16
+  int zero = 0;        // in [0, maxq]
+};
+
+// Fits scale and zero point to `values` (all weights of one row's group). Throws
+// nibble::Error for NaN/Inf values or an invalid spec.
+GroupParams fit_group(std::span<const float> values, const QuantSpec& spec);
+
+inline int quantize_code(float w, const GroupParams& p, int maxq);
+inline float dequantize_code(int code, const GroupParams& p) {
+  return p.scale * static_cast<float>(code - p.zero);
+}
+
+}  // namespace nibble::quant
+
+#include <cmath>
+
+namespace nibble::quant {
+inline int quantize_code(float w, const GroupParams& p, int maxq) {
+  // Clamped while still a float, so a weight far outside the group's range cannot
+  // overflow the int conversion.
+  const float code = std::nearbyint(w / p.scale) + static_cast<float>(p.zero);
+  return static_cast<int>(code < 0.0f ? 0.0f : (code > static_cast<float>(maxq) ? static_cast<float>(maxq) : code));
+}
+}  // namespace nibble::quant
