@@ -1,0 +1,206 @@
+// See elementwise.h.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/elementwise.h"
+
+namespace nibble::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxGridX = 65535 * 16;  // grid-stride loops cover the rest
+
+unsigned grid_for(std::int64_t n) {
+  const std::int64_t blocks = (n + kThreads - 1) / kThreads;
+  return static_cast<unsigned>(blocks < kMaxGridX ? (blocks > 0 ? blocks : 1) : kMaxGridX);
+}
+
+void check_rows(std::int64_t rows, const char* what) {
+  if (rows > 2147483647) throw_cuda_error(cudaErrorInvalidValue, what, __FILE__, __LINE__);
+}
+
+// Sum over the block of one value per thread (kThreads threads).
+__device__ float block_sum(float value, float* scratch) {
+  for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  if (lane == 0) scratch[warp] = value;
+  __syncthreads();
+  float total = 0.0f;
+  if (warp == 0) {
+    total = lane < kThreads / 32 ? scratch[lane] : 0.0f;
+    for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
+    if (lane == 0) scratch[kThreads / 32] = total;
+  }
+  __syncthreads();
+  return scratch[kThreads / 32];
+}
+
+__global__ void __launch_bounds__(kThreads)
+    rms_norm_kernel(const float* x, float* residual, std::int64_t dim, const float* weight, float eps, float* y) {
+  __shared__ float scratch[kThreads / 32 + 1];
+  const std::int64_t row = blockIdx.x;
+  const float* xr = x + row * dim;
+  float* rr = residual != nullptr ? residual + row * dim : nullptr;
+  float* yr = y + row * dim;
+  float sum_squares = 0.0f;
+  for (std::int64_t i = threadIdx.x; i < dim; i += kThreads) {
+    float v = xr[i];
+    if (rr != nullptr) {
+      v += rr[i];
+      rr[i] = v;
+    }
+    sum_squares += v * v;
+  }
+  const float total = block_sum(sum_squares, scratch);
+  const float scale = 1.0f / sqrtf(total / static_cast<float>(dim) + eps);
+  const float* source = rr != nullptr ? rr : xr;
+  for (std::int64_t i = threadIdx.x; i < dim; i += kThreads) yr[i] = weight[i] * (source[i] * scale);
+}
+
+__global__ void __launch_bounds__(kThreads) rope_kernel(float* x, std::int64_t rows, std::int64_t heads,
+                                                        std::int64_t head_dim, const std::int32_t* positions,
+                                                        const float* inv_freq) {
+  const std::int64_t half = head_dim / 2;
+  const std::int64_t total = rows * heads * half;
+  for (std::int64_t index = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; index < total;
+       index += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    const std::int64_t i = index % half;
+    const std::int64_t head = (index / half) % heads;
+    const std::int64_t row = index / (half * heads);
+    const float angle = static_cast<float>(positions[row]) * inv_freq[i];
+    double s = 0.0;
+    double c = 0.0;
+    sincos(static_cast<double>(angle), &s, &c);
+    float* v = x + (row * heads + head) * head_dim;
+    const float a = v[i];
+    const float b = v[i + half];
+    v[i] = a * static_cast<float>(c) - b * static_cast<float>(s);
+    v[i + half] = b * static_cast<float>(c) + a * static_cast<float>(s);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) swiglu_kernel(const float* gate, const float* up, std::int64_t n, float* out) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) add_kernel(const float* x, std::int64_t n, float* y) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    y[i] += x[i];
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    add_bias_kernel(float* y, std::int64_t rows, std::int64_t n, std::int64_t ldy, const float* bias) {
+  const std::int64_t total = rows * n;
+  for (std::int64_t index = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; index < total;
+       index += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    const std::int64_t row = index / n;
+    const std::int64_t i = index % n;
+    y[row * ldy + i] += bias[i];
+  }
+}
+
+__device__ __forceinline__ float element(const void* table, int kind, std::int64_t index) {
+  if (kind == 0) return static_cast<const float*>(table)[index];
+  const unsigned short bits = static_cast<const unsigned short*>(table)[index];
+  if (kind == 1) return __half2float(__ushort_as_half(bits));
+  return __uint_as_float(static_cast<unsigned>(bits) << 16);  // bf16
+}
+
+__global__ void __launch_bounds__(kThreads) embedding_kernel(const void* table, int kind, std::int64_t cols,
+                                                             const std::int32_t* ids, std::int64_t count, float* out) {
+  const std::int64_t total = count * cols;
+  for (std::int64_t index = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; index < total;
+       index += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    const std::int64_t r = index / cols;
+    const std::int64_t c = index % cols;
+    out[index] = element(table, kind, static_cast<std::int64_t>(ids[r]) * cols + c);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) convert_kernel(const float* x, std::int64_t n, std::uint16_t* out, int bf16) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    float v = x[i];
+    if (bf16) {
+      out[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    } else {
+      v = isnan(v) ? v : fminf(fmaxf(v, -65504.0f), 65504.0f);
+      out[i] = __half_as_ushort(__float2half_rn(v));
+    }
+  }
+}
+
+}  // namespace
+
+void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps, float* y,
+              cudaStream_t stream) {
+  if (rows <= 0 || dim <= 0) return;
+  check_rows(rows, "rms_norm: too many rows");
+  rms_norm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, nullptr, dim, weight, eps, y);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "rms_norm_kernel");
+}
+
+void add_rms_norm(const float* x, float* residual, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
+                  float* y, cudaStream_t stream) {
+  if (rows <= 0 || dim <= 0) return;
+  check_rows(rows, "add_rms_norm: too many rows");
+  rms_norm_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, residual, dim, weight, eps, y);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "rms_norm_kernel (fused add)");
+}
+
+void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim, const std::int32_t* positions,
+          const float* inv_freq, cudaStream_t stream) {
+  const std::int64_t total = rows * heads * (head_dim / 2);
+  if (total <= 0) return;
+  rope_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, rows, heads, head_dim, positions, inv_freq);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "rope_kernel");
+}
+
+void swiglu(const float* gate, const float* up, std::int64_t n, float* out, cudaStream_t stream) {
+  if (n <= 0) return;
+  swiglu_kernel<<<grid_for(n), kThreads, 0, stream>>>(gate, up, n, out);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "swiglu_kernel");
+}
+
+void add(const float* x, std::int64_t n, float* y, cudaStream_t stream) {
+  if (n <= 0) return;
+  add_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, y);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "add_kernel");
+}
+
+void add_bias(float* y, std::int64_t rows, std::int64_t n, std::int64_t ldy, const float* bias, cudaStream_t stream) {
+  if (rows <= 0 || n <= 0 || bias == nullptr) return;
+  add_bias_kernel<<<grid_for(rows * n), kThreads, 0, stream>>>(y, rows, n, ldy, bias);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "add_bias_kernel");
+}
+
+void embedding(const void* table, DType dtype, std::int64_t cols, const std::int32_t* ids, std::int64_t count,
+               float* out, cudaStream_t stream) {
+  if (count <= 0 || cols <= 0) return;
+  int kind = 0;
+  if (dtype == DType::F16) {
+    kind = 1;
+  } else if (dtype == DType::BF16) {
+    kind = 2;
+  } else if (dtype != DType::F32) {
+    throw_cuda_error(cudaErrorInvalidValue, "embedding: table dtype must be F32, F16 or BF16", __FILE__, __LINE__);
+  }
+  embedding_kernel<<<grid_for(count * cols), kThreads, 0, stream>>>(table, kind, cols, ids, count, out);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "embedding_kernel");
+}
+
+void convert_to_half(const float* x, std::int64_t n, std::uint16_t* out, bool bf16, cudaStream_t stream) {
+  if (n <= 0) return;
+  convert_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, out, bf16 ? 1 : 0);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "convert_kernel");
+}
+
+}  // namespace nibble::kernels::cuda
