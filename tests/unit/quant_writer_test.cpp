@@ -223,6 +223,20 @@ QuantizedMatrix random_matrix(const std::string& module, const QuantOptions& o) 
   return m;
 }
 
+// Adds a fresh random matrix for every decoder module not in `skip` (each from the
+// next seed of `q`) and returns what was added, by module.
+std::map<std::string, QuantizedMatrix> add_random_modules(CheckpointWriter& writer, QuantOptions& q,
+                                                          const std::vector<std::string>& skip = {}) {
+  std::map<std::string, QuantizedMatrix> added;
+  for (const auto& module : decoder_modules()) {
+    if (std::find(skip.begin(), skip.end(), module) != skip.end()) continue;
+    q.seed += 1;
+    added[module] = random_matrix(module, q);
+    writer.add_quantized(module, added[module]);
+  }
+  return added;
+}
+
 void expect_same_matrix(const QuantizedMatrix& got, const QuantizedMatrix& want) {
   SCOPED_TRACE(want.name);
   ASSERT_EQ(got.rows, want.rows);
@@ -356,12 +370,7 @@ TEST_P(GptqRoundTrip, LoaderReadsBackExactlyWhatWasWritten) {
   make_source({c.dtype, false, false, 7});
   QuantOptions q{c.bits, c.group_size, c.sym, c.act_order, 1, (1 << c.bits) - 1, false, 1};
   CheckpointWriter writer(source(), out(), gptq_settings(q));
-  std::map<std::string, QuantizedMatrix> added;
-  for (const auto& module : decoder_modules()) {
-    q.seed += 1;
-    added[module] = random_matrix(module, q);
-    writer.add_quantized(module, added[module]);
-  }
+  std::map<std::string, QuantizedMatrix> added = add_random_modules(writer, q);
   writer.finish();
   const ModelSource w = written();
 
@@ -442,12 +451,7 @@ TEST_P(CompressedTensorsRoundTrip, LoaderReadsBackExactlyWhatWasWritten) {
   make_source({c.dtype, false, false, 7});
   QuantOptions q{c.bits, c.group_size, c.sym, c.act_order, 0, (1 << c.bits) - 1, false, 1};
   CheckpointWriter writer(source(), out(), ct_settings(q));
-  std::map<std::string, QuantizedMatrix> added;
-  for (const auto& module : decoder_modules()) {
-    q.seed += 1;
-    added[module] = random_matrix(module, q);
-    writer.add_quantized(module, added[module]);
-  }
+  std::map<std::string, QuantizedMatrix> added = add_random_modules(writer, q);
   writer.finish();
   const ModelSource w = written();
 
@@ -657,12 +661,7 @@ TEST_F(WriterTest, Sparse24W4A16DeclaresTheStructureAndRunsOnTheSparseKernel) {
   settings.pruning_method = "sparsegpt";
   settings.sparsity = 0.5;
   CheckpointWriter writer(source(), out(), settings);
-  std::map<std::string, QuantizedMatrix> added;
-  for (const auto& module : decoder_modules()) {
-    q.seed += 1;
-    added[module] = random_matrix(module, q);
-    writer.add_quantized(module, added[module]);
-  }
+  std::map<std::string, QuantizedMatrix> added = add_random_modules(writer, q);
   writer.finish();
   const ModelSource w = written();
 
@@ -701,13 +700,7 @@ TEST_F(WriterTest, PrunedOnlyModulesBesideQuantizedOnesAreStoredDense) {
   const std::string plain = "model.layers.1.mlp.down_proj";
   const std::vector<float> pruned = prune_2_4(source(), plain);
   writer.add_pruned(plain, pruned, kHidden, kMlp);
-  std::map<std::string, QuantizedMatrix> added;
-  for (const auto& module : decoder_modules()) {
-    if (module == plain) continue;
-    q.seed += 1;
-    added[module] = random_matrix(module, q);
-    writer.add_quantized(module, added[module]);
-  }
+  std::map<std::string, QuantizedMatrix> added = add_random_modules(writer, q, {plain});
   writer.finish();
   const ModelSource w = written();
 
@@ -735,13 +728,7 @@ TEST_F(WriterTest, GptqRecordsLmHeadAndModulesLeftPlain) {
   QuantOptions q{4, 32, false, true, 1, 15, false, 40};
   CheckpointWriter writer(source(), out(), gptq_settings(q));
   const std::string plain = "model.layers.0.mlp.gate_proj";
-  std::map<std::string, QuantizedMatrix> added;
-  for (const auto& module : decoder_modules()) {
-    if (module == plain) continue;
-    q.seed += 1;
-    added[module] = random_matrix(module, q);
-    writer.add_quantized(module, added[module]);
-  }
+  std::map<std::string, QuantizedMatrix> added = add_random_modules(writer, q, {plain});
   added["lm_head"] = random_matrix("lm_head", q);
   writer.add_quantized("lm_head", added["lm_head"]);
   writer.finish();
@@ -775,13 +762,7 @@ TEST_F(WriterTest, CompressedTensorsIgnoresModulesLeftPlain) {
   QuantOptions q{8, 64, true, false, 0, 255, false, 60};
   CheckpointWriter writer(source(), out(), ct_settings(q));
   const std::vector<std::string> plain = {"model.layers.1.self_attn.v_proj", "model.layers.0.mlp.down_proj"};
-  std::map<std::string, QuantizedMatrix> added;
-  for (const auto& module : decoder_modules()) {
-    if (std::find(plain.begin(), plain.end(), module) != plain.end()) continue;
-    q.seed += 1;
-    added[module] = random_matrix(module, q);
-    writer.add_quantized(module, added[module]);
-  }
+  std::map<std::string, QuantizedMatrix> added = add_random_modules(writer, q, plain);
   added["lm_head"] = random_matrix("lm_head", q);
   writer.add_quantized("lm_head", added["lm_head"]);
   writer.finish();
@@ -842,12 +823,7 @@ TEST_P(RunsLikeDequantized, PackedLogitsMatchTheDequantizedSource) {
   const bool gptq = GetParam() == CheckpointFormat::Gptq;
   QuantOptions q{gptq ? 4 : 3, 32, false, gptq, 1, (1 << (gptq ? 4 : 3)) - 1, false, 70};
   CheckpointWriter writer(source(), out(), gptq ? gptq_settings(q) : ct_settings(q));
-  std::map<std::string, QuantizedMatrix> added;
-  for (const auto& module : decoder_modules()) {
-    q.seed += 1;
-    added[module] = random_matrix(module, q);
-    writer.add_quantized(module, added[module]);
-  }
+  std::map<std::string, QuantizedMatrix> added = add_random_modules(writer, q);
   writer.finish();
   const ModelSource w = written();
   write_dequantized(source(), dir_ / "reference", added);
