@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/backend_options.h"
 #include "cli/commands.h"
 #include "cli/load_progress.h"
 #include "cli/progress_bar.h"
@@ -33,6 +34,7 @@ struct EvalFlags {
   std::int64_t max_tokens = 0;
   std::int64_t stride = 0;
   int threads = 0;
+  bool int8_activations = false;
   bool json = false;
   std::string dump_logits;  // prefix: .ids.json and .logits.f32 of the first window
 };
@@ -73,7 +75,7 @@ void run_eval(EvalFlags flags) {
   ModelSource source = open_model(flags.model);
   const auto tokenizer = load_tokenizer(source.path);
   const auto tokens = quant::read_token_stream(flags.text, *tokenizer);
-  kernels::CpuBackend backend(flags.threads);
+  kernels::CpuBackend backend(cpu_backend_options(flags.threads, flags.int8_activations));
   engine::LlamaModel model(source, backend, load_progress_reporter());
   std::optional<ModelSource> base_source;
   std::optional<engine::LlamaModel> base;
@@ -133,6 +135,7 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--stride", flags->stride, "New tokens scored per window (default: half the window)");
   cmd->add_option("--max-tokens", flags->max_tokens, "Evaluate only the first N tokens of the text");
   cmd->add_option("--threads", flags->threads, "Worker threads (0: one per core)")->capture_default_str();
+  add_int8_activations_flag(cmd, flags->int8_activations);
   cmd->add_flag("--json", flags->json, "Print the report as JSON");
   cmd->add_option("--dump-logits", flags->dump_logits,
                   "Also write the first window's ids (PREFIX.ids.json) and logits (PREFIX.logits.f32, float32 [tokens, vocab])");

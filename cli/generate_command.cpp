@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/backend_options.h"
 #include "cli/commands.h"
 #include "cli/load_progress.h"
 #include "cli/process_stats.h"
@@ -38,6 +39,7 @@ struct GenerateOptions {
   double frequency_penalty = 0;
   std::uint64_t seed = 0;
   int threads = 0;
+  bool int8_activations = false;
   std::int64_t prefill_chunk = 512;
   bool ignore_eos = false;
   bool json = false;
@@ -66,7 +68,7 @@ void run_generate(const GenerateOptions& options) {
   const auto load_start = std::chrono::steady_clock::now();
   ModelSource source = open_model(options.model);
   const auto tokenizer = load_tokenizer(source.path);
-  kernels::CpuBackend backend(options.threads);
+  kernels::CpuBackend backend(cpu_backend_options(options.threads, options.int8_activations));
   engine::LlamaModel::Options model_options;
   model_options.expand_quantized = options.expand_quantized;
   engine::LlamaModel model(source, backend, model_options, load_progress_reporter());
@@ -184,6 +186,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--frequency-penalty", options->frequency_penalty, "OpenAI-style frequency penalty");
   cmd->add_option("--seed", options->seed, "Random seed; same seed, same output")->capture_default_str();
   cmd->add_option("-t,--threads", options->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  add_int8_activations_flag(cmd, options->int8_activations);
   cmd->add_option("--prefill-chunk", options->prefill_chunk, "Prompt tokens per forward pass")->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--ignore-eos", options->ignore_eos, "Keep generating past end-of-sequence tokens");

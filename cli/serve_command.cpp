@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "chat/chat_template.h"
+#include "cli/backend_options.h"
 #include "cli/commands.h"
 #include "cli/load_progress.h"
 #include "common/error.h"
@@ -45,6 +46,7 @@ struct ServeOptions {
   std::uint16_t port = 8000;
   std::string served_model_name;
   int threads = 0;
+  bool int8_activations = false;
   int io_threads = 2;
   std::string chat_template_file;
   std::string api_key;
@@ -221,7 +223,7 @@ void run_serve(const ServeOptions& options) {
   const auto load_start = steady_clock::now();
   ModelSource source = open_model(options.model);
   const auto tokenizer = load_tokenizer(source.path);
-  kernels::CpuBackend backend(options.threads);
+  kernels::CpuBackend backend(cpu_backend_options(options.threads, options.int8_activations));
   engine::LlamaModel model(source, backend, load_progress_reporter());
   const double load_seconds = duration<double>(steady_clock::now() - load_start).count();
   const auto& memory = model.weight_memory();
@@ -296,6 +298,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--served-model-name", options->served_model_name,
                   "Model id clients send (default: folder name, or file name without .gguf)");
   cmd->add_option("-t,--threads", options->threads, "CPU threads for the model (0 = all cores)")->capture_default_str();
+  add_int8_activations_flag(cmd, options->int8_activations);
   cmd->add_option("--io-threads", options->io_threads, "Threads for HTTP I/O")->capture_default_str()->check(
       CLI::Range(1, 64));
   cmd->add_option("--chat-template", options->chat_template_file,

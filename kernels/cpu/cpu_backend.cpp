@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "kernels/cpu/int8_activations.h"
 #include "kernels/cpu/prepared_weights.h"
 
 namespace nibble::kernels {
@@ -19,16 +20,22 @@ const cpu::CpuLinearWeights& cpu_weights(const LinearWeights& w) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(int threads)
+CpuBackend::CpuBackend(int threads) : CpuBackend(CpuBackendOptions{threads, false}) {}
+
+CpuBackend::CpuBackend(const CpuBackendOptions& options)
     : pool_(std::make_unique<cpu::ThreadPool>(
-          threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))),
+          options.threads > 0 ? options.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))),
+      int8_activations_(options.int8_activations && int8_activations_supported()),
       attention_scores_(static_cast<std::size_t>(pool_->size())),
       attention_rows_(static_cast<std::size_t>(pool_->size())),
       linear_scratch_(static_cast<std::size_t>(pool_->size())) {}
 
 std::string CpuBackend::name() const {
-  return fmt::format("cpu({}, {} threads)", cpu::isa_name(cpu::active_isa()), pool_->size());
+  return fmt::format("cpu({}, {} threads{})", cpu::isa_name(cpu::active_isa()), pool_->size(),
+                     int8_activations_ ? ", int8 activations" : "");
 }
+
+bool CpuBackend::int8_activations_supported() { return cpu::int8_kernel_table(cpu::active_isa()) != nullptr; }
 
 std::unique_ptr<LinearWeights> CpuBackend::prepare_linear(const Matrix& dense, SparseChoice sparse) {
   const bool csr_possible = dense.cols <= 65536;
@@ -48,7 +55,8 @@ std::unique_ptr<LinearWeights> CpuBackend::prepare_linear(const QuantizedMatrix&
 }
 
 void CpuBackend::linear(const float* x, std::int64_t rows, const LinearWeights& w, const float* bias, float* y) {
-  cpu::LinearRunContext context{*pool_, cpu::active_isa(), packed_input_, group_sums_, linear_scratch_};
+  cpu::LinearRunContext context{*pool_,          cpu::active_isa(),  int8_activations_,  packed_input_,
+                                group_sums_,     activation_codes_,  activation_scales_, linear_scratch_};
   cpu_weights(w).run(context, x, rows, bias, y);
 }
 

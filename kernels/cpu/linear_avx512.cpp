@@ -1,53 +1,7 @@
 // Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mf16c; only
 // reached after CPUID says AVX-512 is there.
-#include <immintrin.h>
-
-#include "kernels/cpu/linear_formats.h"
+#include "kernels/cpu/avx512_traits.h"
 #include "kernels/cpu/linear_kernels.h"
-
-namespace {
-
-struct V {
-  static constexpr std::int64_t kWidth = 16;
-  static constexpr std::int64_t kRowBlock = 4;
-  using reg = __m512;
-  using ireg = __m512i;
-  static reg zero() { return _mm512_setzero_ps(); }
-  static reg load(const float* p) { return _mm512_loadu_ps(p); }
-  static reg load(const float* p, F32Weights) { return _mm512_loadu_ps(p); }
-  static reg load(const std::uint16_t* p, F16Weights) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  }
-  static reg load(const std::uint16_t* p, BF16Weights) {
-    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-  }
-  static reg fma(reg a, reg b, reg acc) { return _mm512_fmadd_ps(a, b, acc); }
-  static float sum(reg v) { return _mm512_reduce_add_ps(v); }
-
-  static ireg load_u32(const std::uint32_t* p) { return _mm512_loadu_si512(p); }
-  static ireg load_u16(const std::uint16_t* p) {
-    return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  }
-  static ireg srli(ireg w, unsigned n) { return _mm512_srli_epi32(w, n); }
-  static ireg slli(ireg w, unsigned n) { return _mm512_slli_epi32(w, n); }
-  static ireg and_(ireg w, std::uint32_t mask) { return _mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(mask))); }
-  static ireg or_(ireg a, ireg b) { return _mm512_or_si512(a, b); }
-  static ireg add_i(ireg w, std::uint32_t c) { return _mm512_add_epi32(w, _mm512_set1_epi32(static_cast<int>(c))); }
-  static reg to_float(ireg w) { return _mm512_cvtepi32_ps(w); }
-  static reg load_u8(const std::uint8_t* p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-  }
-  static reg set1(float v) { return _mm512_set1_ps(v); }
-  static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
-  static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
-  static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
-  static reg lookup16(const float* table, ireg index) { return _mm512_permutexvar_ps(index, _mm512_loadu_ps(table)); }
-  static reg gather(const float* base, ireg index) { return _mm512_i32gather_ps(index, base, 4); }
-};
-
-}  // namespace
-
 #include "kernels/cpu/linear_impl.h"
 #include "kernels/cpu/packed_impl.h"
 #include "kernels/cpu/table_impl.h"

@@ -5,19 +5,6 @@
 namespace nibble::kernels::cpu {
 namespace {
 
-int scale_slot(DType dtype) {
-  switch (dtype) {
-    case DType::F32:
-      return kScaleF32;
-    case DType::F16:
-      return kScaleF16;
-    case DType::BF16:
-      return kScaleBF16;
-    default:
-      fail("no CPU kernel for {} scales or values", dtype_name(dtype));
-  }
-}
-
 int bits_slot(int bits) {
   switch (bits) {
     case 2:
@@ -34,6 +21,19 @@ int bits_slot(int bits) {
 }
 
 }  // namespace
+
+int scale_slot(DType dtype) {
+  switch (dtype) {
+    case DType::F32:
+      return kScaleF32;
+    case DType::F16:
+      return kScaleF16;
+    case DType::BF16:
+      return kScaleBF16;
+    default:
+      fail("no CPU kernel for {} scales or values", dtype_name(dtype));
+  }
+}
 
 const LinearKernelTable& linear_kernel_table(Isa isa) {
   return isa == Isa::Avx512 ? linear_kernels_avx512() : isa == Isa::Avx2 ? linear_kernels_avx2() : linear_kernels_scalar();

@@ -26,6 +26,11 @@ struct PackedKernelArgs {
   float* y = nullptr;
   std::int64_t ldy = 0;
   float* scratch = nullptr;           // this thread's, packed_scratch_floats(rows) floats
+  // The int8 kernels read these instead of x (see int8_activations.h); group_sums
+  // then sums the int8-rounded inputs.
+  const std::int8_t* x_codes = nullptr;  // [rows][ldx]
+  const float* x_scales = nullptr;       // [rows][x_blocks]
+  std::int64_t x_blocks = 0;
 };
 
 // Rows of x processed together so each unpacked weight register is reused across
@@ -54,6 +59,7 @@ using CsrKernel = void (*)(const CsrMatrix& w, const float* x, std::int64_t rows
 
 // Index of a scale/value dtype in the tables below.
 enum ScaleSlot { kScaleF32 = 0, kScaleF16 = 1, kScaleBF16 = 2 };
+int scale_slot(DType dtype);  // throws for dtypes without kernels
 
 struct LinearKernelTable {
   LinearKernel f32;

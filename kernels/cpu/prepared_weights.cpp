@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "kernels/cpu/int8_activations.h"
 #include "kernels/cpu/linear_kernels.h"
 #include "kernels/cpu/quant_layout.h"
 
@@ -91,23 +92,25 @@ class CsrWeights final : public CpuLinearWeights {
   CsrMatrix m_;
 };
 
-// Reorders x into a layout's packed order (only when the layout has a gather) and
-// sums it per quantization group, once per call for all threads.
-const float* prepare_packed_input(LinearRunContext& context, const QuantLayout& w, const float* x, std::int64_t rows) {
+// x in a layout's packed order: reordered only when the layout has a gather.
+const float* packed_input(LinearRunContext& context, const QuantLayout& w, const float* x, std::int64_t rows) {
+  if (w.gather.empty()) return x;
   const std::int64_t packed = w.packed_cols();
-  const float* xp = x;
-  if (!w.gather.empty()) {
-    context.packed_input.resize(static_cast<std::size_t>(rows * packed));
-    for (std::int64_t r = 0; r < rows; ++r) {
-      float* out = context.packed_input.data() + r * packed;
-      const float* in = x + r * w.cols;
-      for (std::int64_t p = 0; p < packed; ++p) {
-        const std::int32_t col = w.gather[static_cast<std::size_t>(p)];
-        out[p] = col < 0 ? 0.0f : in[col];
-      }
+  context.packed_input.resize(static_cast<std::size_t>(rows * packed));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    float* out = context.packed_input.data() + r * packed;
+    const float* in = x + r * w.cols;
+    for (std::int64_t p = 0; p < packed; ++p) {
+      const std::int32_t col = w.gather[static_cast<std::size_t>(p)];
+      out[p] = col < 0 ? 0.0f : in[col];
     }
-    xp = context.packed_input.data();
   }
+  return context.packed_input.data();
+}
+
+// The sum of packed x over each quantization group, once per call for all threads.
+void sum_groups(LinearRunContext& context, const QuantLayout& w, const float* xp, std::int64_t rows) {
+  const std::int64_t packed = w.packed_cols();
   context.group_sums.resize(static_cast<std::size_t>(rows * w.groups));
   for (std::int64_t r = 0; r < rows; ++r) {
     for (std::int64_t g = 0; g < w.groups; ++g) {
@@ -118,7 +121,29 @@ const float* prepare_packed_input(LinearRunContext& context, const QuantLayout& 
       context.group_sums[static_cast<std::size_t>(r * w.groups + g)] = sum;
     }
   }
-  return xp;
+}
+
+// Rounds packed x to int8 (codes, block scales, group sums), rows split across the pool.
+void quantize_input(LinearRunContext& context, const Int8KernelTable& table, const QuantLayout& w,
+                    std::int64_t blocks, const float* xp, std::int64_t rows) {
+  const std::int64_t packed = w.packed_cols();
+  context.activation_codes.resize(static_cast<std::size_t>(rows * packed));
+  context.activation_scales.resize(static_cast<std::size_t>(rows * blocks));
+  context.group_sums.resize(static_cast<std::size_t>(rows * w.groups));
+  const ActivationQuantizer quantize = table.quantize[int8_bits_slot(w.bits)];
+  const auto run = [&](std::int64_t begin, std::int64_t end) {
+    quantize(w, xp + begin * packed, end - begin, context.activation_codes.data() + begin * packed,
+             context.activation_scales.data() + begin * blocks, context.group_sums.data() + begin * w.groups);
+  };
+  // A decode step's few rows are not worth waking the pool for.
+  constexpr std::int64_t kRowsPerTask = 16;
+  if (rows <= kRowsPerTask) {
+    run(0, rows);
+    return;
+  }
+  context.pool.parallel_for((rows + kRowsPerTask - 1) / kRowsPerTask, [&](std::int64_t task, int) {
+    run(task * kRowsPerTask, std::min(rows, (task + 1) * kRowsPerTask));
+  });
 }
 
 std::string offset_name(QuantizedMatrix::Offset offset) {
@@ -127,7 +152,7 @@ std::string offset_name(QuantizedMatrix::Offset offset) {
 
 class QuantWeights final : public CpuLinearWeights {
  public:
-  explicit QuantWeights(QuantLayout w) : w_(std::move(w)) {}
+  explicit QuantWeights(QuantLayout w) : w_(std::move(w)), activation_blocks_(activation_blocks(w_)) {}
   std::int64_t rows() const override { return w_.rows; }
   std::int64_t cols() const override { return w_.cols; }
   std::uint64_t resident_bytes() const override { return w_.resident_bytes(); }
@@ -138,9 +163,22 @@ class QuantWeights final : public CpuLinearWeights {
   }
   void dequantize_row(std::int64_t row, float* out) const override { w_.dequantize_row(row, out); }
   void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
-    const QuantKernel kernel = quant_kernel(w_, context.isa);
+    const Int8KernelTable* int8 =
+        context.int8_activations && int8_layout_supported(w_) ? int8_kernel_table(context.isa) : nullptr;
+    const float* xp = packed_input(context, w_, x, rows);
     PackedKernelArgs args;
-    args.x = prepare_packed_input(context, w_, x, rows);
+    QuantKernel kernel = nullptr;
+    if (int8 != nullptr) {
+      quantize_input(context, *int8, w_, activation_blocks_, xp, rows);
+      args.x_codes = context.activation_codes.data();
+      args.x_scales = context.activation_scales.data();
+      args.x_blocks = activation_blocks_;
+      kernel = int8_quant_kernel(*int8, w_);
+    } else {
+      sum_groups(context, w_, xp, rows);
+      args.x = xp;
+      kernel = quant_kernel(w_, context.isa);
+    }
     args.ldx = w_.packed_cols();
     args.group_sums = context.group_sums.data();
     args.rows = rows;
@@ -156,6 +194,7 @@ class QuantWeights final : public CpuLinearWeights {
 
  private:
   QuantLayout w_;
+  std::int64_t activation_blocks_;
 };
 
 class Sparse24Weights final : public CpuLinearWeights {

@@ -17,8 +17,13 @@ namespace nibble::kernels::cpu {
 struct LinearRunContext {
   ThreadPool& pool;
   Isa isa;
+  // Quantized layers round activations to int8 and use integer dot products
+  // where the CPU has them (int8_activations.h).
+  bool int8_activations;
   std::vector<float>& packed_input;                 // x reordered to a layout's packed order
   std::vector<float>& group_sums;                   // per row and quantization group
+  std::vector<std::int8_t>& activation_codes;       // int8 path: x rounded, per row
+  std::vector<float>& activation_scales;            // int8 path: per row and activation block
   std::vector<std::vector<float>>& worker_scratch;  // one per pool thread
 };
 

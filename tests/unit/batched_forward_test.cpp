@@ -116,7 +116,11 @@ TEST(BatchedForward, Stories260KGreedyTokensDoNotDependOnTheBatch) {
 
 // The bundled SmolLM2 (GGUF Q4_1: INT4 kernels), loaded on two threads.
 struct SmolLM2 {
-  SmolLM2() : source(open_model(path())), tokenizer(load_tokenizer(source.path)), backend(2), model(source, backend) {}
+  explicit SmolLM2(bool int8_activations = false)
+      : source(open_model(path())),
+        tokenizer(load_tokenizer(source.path)),
+        backend(kernels::CpuBackendOptions{2, int8_activations}),
+        model(source, backend) {}
   static std::filesystem::path path() {
     return std::filesystem::path(NIBBLE_MODEL_CACHE) / "SmolLM2-135M-Instruct.Q4_1.gguf";  // scripts/get-model
   }
@@ -126,8 +130,7 @@ struct SmolLM2 {
   LlamaModel model;
 };
 
-TEST(BatchedForward, SmolLM2Int4GreedyTokensDoNotDependOnTheBatch) {
-  SmolLM2 smollm2;
+void expect_smollm2_batched_equals_alone(SmolLM2& smollm2) {
   auto& model = smollm2.model;
   const auto& tokenizer = smollm2.tokenizer;
   std::vector<Sequence> sequences;
@@ -138,6 +141,17 @@ TEST(BatchedForward, SmolLM2Int4GreedyTokensDoNotDependOnTheBatch) {
     join += 2;
   }
   expect_batched_equals_alone(model, sequences, 16);
+}
+
+TEST(BatchedForward, SmolLM2Int4GreedyTokensDoNotDependOnTheBatch) {
+  SmolLM2 smollm2;
+  expect_smollm2_batched_equals_alone(smollm2);
+}
+
+// Activations rounded to int8 per row: a row's rounding must not see its neighbours.
+TEST(BatchedForward, SmolLM2Int8ActivationsGreedyTokensDoNotDependOnTheBatch) {
+  SmolLM2 smollm2(true);
+  expect_smollm2_batched_equals_alone(smollm2);
 }
 
 // Logits after each token of `tokens` (prompt prefilled, then one at a time), with
@@ -184,6 +198,37 @@ TEST(BatchedForward, AnInt8KvCacheStaysCloseToFloat32OnSmolLM2) {
   EXPECT_LT(worst, 0.05) << "largest relative logit error over " << exact.size() << " steps";
   EXPECT_GE(same_top, static_cast<int>(exact.size()) - 2) << "greedy choices agree";
   EXPECT_EQ(exact.back(), logits_along(model, tokens, prompt_length, KvDtype::Float32).back()) << "deterministic";
+}
+
+// Rounding activations to int8 (where the CPU has VNNI) stays close to float32 on
+// a real model; without VNNI the option must change nothing.
+TEST(BatchedForward, Int8ActivationsStayCloseToFloat32OnSmolLM2) {
+  SmolLM2 floats;
+  SmolLM2 int8(true);
+  const auto prompt = floats.tokenizer->encode("The history of the Roman Empire begins with", true);
+  auto tokens = prompt;
+  const auto continuation = greedy_alone(floats.model, prompt, 48);
+  tokens.insert(tokens.end(), continuation.begin(), continuation.end());
+  const auto prompt_length = static_cast<std::int64_t>(prompt.size());
+  const auto exact = logits_along(floats.model, tokens, prompt_length, KvDtype::Float32);
+  const auto rounded = logits_along(int8.model, tokens, prompt_length, KvDtype::Float32);
+  ASSERT_EQ(exact.size(), rounded.size());
+  if (!int8.backend.int8_activations()) {
+    EXPECT_EQ(exact, rounded);
+    return;
+  }
+  int same_top = 0;
+  double worst = 0;
+  for (std::size_t i = 0; i < exact.size(); ++i) {
+    ASSERT_TRUE(std::all_of(rounded[i].begin(), rounded[i].end(), [](float x) { return std::isfinite(x); }));
+    worst = std::max(worst, testing::relative_error(rounded[i], exact[i]));
+    same_top += argmax(rounded[i]) == argmax(exact[i]) ? 1 : 0;
+  }
+  EXPECT_GT(worst, 0.0) << "the int8 path gave the float logits: was it taken?";
+  EXPECT_LT(worst, 0.1) << "largest relative logit error over " << exact.size() << " steps";
+  EXPECT_GE(same_top, static_cast<int>(exact.size()) - 3) << "greedy choices agree";
+  std::printf("int8 activations: worst relative logit error %.4f, %d/%zu greedy choices agree\n", worst, same_top,
+              exact.size());
 }
 
 }  // namespace

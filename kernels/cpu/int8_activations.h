@@ -1,0 +1,54 @@
+#pragma once
+// Quantized weights times int8-rounded activations, on integer dot products
+// (AVX-512 VNNI). One vpdpbusd multiplies four weight codes by four activation
+// codes in each of 16 lanes: four times the multiply-adds of a float32 FMA per
+// instruction. Batched decode and prefill are compute-bound on a few cores, so
+// this is what makes a step of 16 sequences cost far less than 16 steps of one.
+//
+// The trade: each activation row is rounded to int8 in blocks of at most
+// kActivationBlock packed positions (never crossing a quantization group), one
+// float scale per block, the way llama.cpp's CPU backend pairs Q4/Q8 weights with
+// Q8 activations. The result is the exact dot product of the dequantized weights
+// with those rounded activations. Every row is rounded on its own and summed in
+// the same order whatever the batch, so a row's output does not depend on the
+// rows beside it (greedy decoding alone and batched stays identical).
+//
+// Activation codes are kept in the layout's packed order, with each unit's codes
+// reordered by bit plane: a weight word shifted right by Bits*j and masked holds,
+// in byte i of each lane, code i*(8/Bits)+j, so plane j's four activation codes
+// sit together and one 32-bit broadcast feeds one vpdpbusd.
+#include <cstdint>
+
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/linear_kernels.h"
+#include "kernels/cpu/quant_layout.h"
+
+namespace nibble::kernels::cpu {
+
+constexpr std::int64_t kActivationBlock = 32;
+
+// Activation blocks in one row for layout `w`.
+std::int64_t activation_blocks(const QuantLayout& w);
+
+// x: [rows][w.packed_cols()] in packed order. Writes codes [rows][packed_cols],
+// scales [rows][activation_blocks(w)] and the per-group sums of the rounded
+// values, [rows][w.groups]. A block holding NaN or infinity gets a NaN scale, so
+// the output is NaN as the float path's would be, never a silent finite number.
+using ActivationQuantizer = void (*)(const QuantLayout& w, const float* x, std::int64_t rows, std::int8_t* codes,
+                                     float* scales, float* group_sums);
+
+struct Int8KernelTable {
+  ActivationQuantizer quantize[3];  // [bits 2, 4, 8]
+  QuantKernel quant[3][3][2];       // [bits 2, 4, 8][ScaleSlot][zero point, min]
+};
+
+// The int8 kernels for `isa`, or null where the CPU has no AVX-512 VNNI.
+const Int8KernelTable* int8_kernel_table(Isa isa);
+// Whether `w` can run on them (2-, 4- and 8-bit layouts; 3-bit codes straddle bytes).
+bool int8_layout_supported(const QuantLayout& w);
+int int8_bits_slot(int bits);
+QuantKernel int8_quant_kernel(const Int8KernelTable& table, const QuantLayout& w);
+
+const Int8KernelTable& int8_kernels_avx512_vnni();
+
+}  // namespace nibble::kernels::cpu

@@ -1,0 +1,208 @@
+// Compiled with the AVX-512 flags plus -mavx512vnni; only reached after CPUID says
+// AVX-512 VNNI is there (int8_kernel_table). See int8_activations.h.
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "kernels/cpu/avx512_traits.h"
+#include "kernels/cpu/int8_activations.h"
+#include "kernels/cpu/linear_kernels.h"
+#include "kernels/cpu/packed_impl.h"
+
+namespace {
+
+using nibble::kernels::cpu::activation_blocks;
+using nibble::kernels::cpu::Int8KernelTable;
+using nibble::kernels::cpu::kActivationBlock;
+
+// A unit of Bits-bit codes: one u32 per lane, kPlanes byte planes of 4 codes.
+template <int Bits>
+struct ByteUnit {
+  static constexpr int kPlanes = 8 / Bits;
+  static constexpr int kCodes = 4 * kPlanes;
+  static constexpr std::uint32_t kMask = Bits == 8 ? 0xFFFFFFFFu : 0x01010101u * ((1u << Bits) - 1u);
+  static constexpr std::int64_t kUnitsPerBlock = kActivationBlock / kCodes;
+  static_assert(kActivationBlock % kCodes == 0 && kCodes <= 16);
+};
+
+// Byte order within each unit of 16 bytes: position i*kPlanes + j goes to 4*j + i.
+template <int Bits>
+__m128i plane_order() {
+  alignas(16) std::int8_t order[16];
+  using Unit = ByteUnit<Bits>;
+  for (int base = 0; base < 16; base += Unit::kCodes)
+    for (int j = 0; j < Unit::kPlanes; ++j)
+      for (int i = 0; i < 4; ++i) order[base + 4 * j + i] = static_cast<std::int8_t>(base + i * Unit::kPlanes + j);
+  return _mm_load_si128(reinterpret_cast<const __m128i*>(order));
+}
+
+template <int Bits>
+void quantize_activations(const nibble::kernels::cpu::QuantLayout& w, const float* x, std::int64_t rows,
+                          std::int8_t* codes, float* scales, float* group_sums) {
+  const std::int64_t ldx = w.packed_cols();
+  const std::int64_t blocks = activation_blocks(w);
+  const __m128i order = plane_order<Bits>();
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * ldx;
+    std::int8_t* cr = codes + r * ldx;
+    float* sr = scales + r * blocks;
+    std::int64_t block = 0;
+    for (std::int64_t g = 0; g < w.groups; ++g) {
+      const std::int64_t end = w.group_unit_begin[static_cast<std::size_t>(g) + 1] * w.codes_per_unit;
+      float group_sum = 0.0f;
+      for (std::int64_t p = w.group_unit_begin[static_cast<std::size_t>(g)] * w.codes_per_unit; p < end;
+           p += kActivationBlock, ++block) {
+        const std::int64_t n = std::min<std::int64_t>(kActivationBlock, end - p);
+        const auto lo = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u);
+        const auto hi = static_cast<__mmask16>(n >= 32 ? 0xFFFF : n > 16 ? (1u << (n - 16)) - 1u : 0u);
+        const __m512 a = _mm512_maskz_loadu_ps(lo, xr + p);
+        const __m512 b = _mm512_maskz_loadu_ps(hi, xr + p + 16);
+        const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(a, a), _mm512_setzero_ps(), _CMP_EQ_OQ) &
+                                 _mm512_cmp_ps_mask(_mm512_sub_ps(b, b), _mm512_setzero_ps(), _CMP_EQ_OQ);
+        if (finite != 0xFFFF) {
+          // inf - inf and NaN - NaN are NaN: this block poisons its row's output.
+          sr[block] = std::numeric_limits<float>::quiet_NaN();
+          group_sum = std::numeric_limits<float>::quiet_NaN();
+          std::memset(cr + p, 0, static_cast<std::size_t>(n));
+          continue;
+        }
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, a), _mm512_andnot_ps(sign, b)));
+        const float scale = amax / 127.0f;
+        const __m512 inverse = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+        // Round to nearest even (the default MXCSR mode), as std::nearbyint does.
+        const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inverse));
+        const __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inverse));
+        group_sum += scale * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
+        _mm_mask_storeu_epi8(cr + p, lo, _mm_shuffle_epi8(_mm512_cvtsepi32_epi8(qa), order));
+        _mm_mask_storeu_epi8(cr + p + 16, hi, _mm_shuffle_epi8(_mm512_cvtsepi32_epi8(qb), order));
+        sr[block] = scale;
+      }
+      group_sums[r * w.groups + g] = group_sum;
+    }
+  }
+}
+
+inline __m512i broadcast4(const std::int8_t* p) {
+  std::int32_t four;
+  std::memcpy(&four, p, sizeof four);
+  return _mm512_set1_epi32(four);
+}
+
+// Rows r0..r0+Rows of one tile into totals [rows][kLanes]. Integer sums stay
+// exact within a block; each block's sum is scaled into a float per group.
+template <int Bits, typename ScaleFormat, bool kMin, int Rows>
+void int8_tile_rows(const QuantLayout& w, const PackedKernelArgs& a, std::int64_t tile, std::int64_t r0,
+                    float* totals) {
+  using Unit = ByteUnit<Bits>;
+  const std::uint32_t* tile_words = w.words.as<std::uint32_t>() + tile * w.units * kLanes;
+  const std::int8_t* xq = a.x_codes + r0 * a.ldx;
+  const float* xs = a.x_scales + r0 * a.x_blocks;
+  const __m512i mask = _mm512_set1_epi32(static_cast<int>(Unit::kMask));
+  std::int64_t block = 0;
+  for (std::int64_t g = 0; g < w.groups; ++g) {
+    __m512 group_acc[Rows][kRegsPerTile];
+    for (auto& row : group_acc)
+      for (auto& reg : row) reg = _mm512_setzero_ps();
+    const std::int64_t unit_end = w.group_unit_begin[static_cast<std::size_t>(g) + 1];
+    for (std::int64_t u0 = w.group_unit_begin[static_cast<std::size_t>(g)]; u0 < unit_end;
+         u0 += Unit::kUnitsPerBlock, ++block) {
+      const std::int64_t u1 = std::min(unit_end, u0 + Unit::kUnitsPerBlock);
+      __m512i acc[Rows][kRegsPerTile];
+      for (auto& row : acc)
+        for (auto& reg : row) reg = _mm512_setzero_si512();
+      for (std::int64_t u = u0; u < u1; ++u) {
+        const std::uint32_t* unit = tile_words + u * kLanes;
+        const std::int8_t* xu = xq + u * Unit::kCodes;
+        prefetch_ahead(unit, kLanes * sizeof(std::uint32_t));
+        for (int v = 0; v < kRegsPerTile; ++v) {
+          const __m512i words = _mm512_loadu_si512(unit + v * V::kWidth);
+          unrolled<Unit::kPlanes>([&](auto j) {
+            constexpr int kPlane = decltype(j)::value;
+            const __m512i codes =
+                Bits == 8 ? words : _mm512_and_si512(_mm512_srli_epi32(words, Bits * kPlane), mask);
+            for (int r = 0; r < Rows; ++r) {
+              acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], codes, broadcast4(xu + r * a.ldx + 4 * kPlane));
+            }
+          });
+        }
+      }
+      for (int r = 0; r < Rows; ++r) {
+        const __m512 scale = _mm512_set1_ps(xs[r * a.x_blocks + block]);
+        for (int v = 0; v < kRegsPerTile; ++v) group_acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][v]), scale, group_acc[r][v]);
+      }
+    }
+    for (int v = 0; v < kRegsPerTile; ++v) {
+      const auto scale = V::load(group_row<ScaleFormat>(w.scales, tile, g, w.groups) + v * V::kWidth, ScaleFormat{});
+      const auto offset = group_offset<ScaleFormat, kMin>(w.offsets, tile, g, w.groups, v, scale);
+      for (int r = 0; r < Rows; ++r) {
+        float* total = totals + (r0 + r) * kLanes + v * V::kWidth;
+        const auto x_sum = V::set1(a.group_sums[(r0 + r) * w.groups + g]);
+        V::store(total, V::fma(scale, group_acc[r][v], V::fma(offset, x_sum, V::load(total))));
+      }
+    }
+  }
+}
+
+// Rows at a time: 4 x Rows accumulators (int and float, two registers per tile)
+// plus the weight codes must fit the 32 vector registers.
+constexpr int kInt8RowBlock = 6;
+
+template <int Bits, typename ScaleFormat, bool kMin>
+void int8_quant_linear(const QuantLayout& w, const PackedKernelArgs& a, std::int64_t tile_begin,
+                       std::int64_t tile_end) {
+  float* totals = a.scratch;
+  for (std::int64_t tile = tile_begin; tile < tile_end; ++tile) {
+    std::fill(totals, totals + a.rows * kLanes, 0.0f);
+    for (std::int64_t r0 = 0; r0 < a.rows; r0 += kInt8RowBlock) {
+      switch (std::min<std::int64_t>(kInt8RowBlock, a.rows - r0)) {
+        case 6:
+          int8_tile_rows<Bits, ScaleFormat, kMin, 6>(w, a, tile, r0, totals);
+          break;
+        case 5:
+          int8_tile_rows<Bits, ScaleFormat, kMin, 5>(w, a, tile, r0, totals);
+          break;
+        case 4:
+          int8_tile_rows<Bits, ScaleFormat, kMin, 4>(w, a, tile, r0, totals);
+          break;
+        case 3:
+          int8_tile_rows<Bits, ScaleFormat, kMin, 3>(w, a, tile, r0, totals);
+          break;
+        case 2:
+          int8_tile_rows<Bits, ScaleFormat, kMin, 2>(w, a, tile, r0, totals);
+          break;
+        default:
+          int8_tile_rows<Bits, ScaleFormat, kMin, 1>(w, a, tile, r0, totals);
+          break;
+      }
+    }
+    store_tile(a, w.rows, tile, 0, a.rows, totals);
+  }
+}
+
+template <int Bits>
+void fill_int8(Int8KernelTable& table) {
+  using namespace nibble::kernels::cpu;
+  const int slot = int8_bits_slot(Bits);
+  table.quantize[slot] = quantize_activations<Bits>;
+  table.quant[slot][kScaleF32][0] = int8_quant_linear<Bits, F32Weights, false>;
+  table.quant[slot][kScaleF32][1] = int8_quant_linear<Bits, F32Weights, true>;
+  table.quant[slot][kScaleF16][0] = int8_quant_linear<Bits, F16Weights, false>;
+  table.quant[slot][kScaleF16][1] = int8_quant_linear<Bits, F16Weights, true>;
+  table.quant[slot][kScaleBF16][0] = int8_quant_linear<Bits, BF16Weights, false>;
+  table.quant[slot][kScaleBF16][1] = int8_quant_linear<Bits, BF16Weights, true>;
+}
+
+const Int8KernelTable kInt8Table = [] {
+  Int8KernelTable table{};
+  fill_int8<2>(table);
+  fill_int8<4>(table);
+  fill_int8<8>(table);
+  return table;
+}();
+
+}  // namespace
+
+namespace nibble::kernels::cpu {
+const Int8KernelTable& int8_kernels_avx512_vnni() { return kInt8Table; }
+}  // namespace nibble::kernels::cpu
