@@ -7,6 +7,8 @@
 //   x_stream     weight_GBps as a fraction of a STREAM-like copy's bandwidth
 //                (read + write bytes), measured at the start of this run
 //   copies       copies of the weight the calls rotate through
+//   x_float_act  int8-activation runs: speed as a multiple of the same weights with
+//                float activations (same shape, rows, threads, this run)
 //
 // Weights are cold, as in decode: a model's layers together far exceed the caches,
 // so each call streams its weight from memory. Every benchmark rotates through
@@ -170,12 +172,17 @@ void report(benchmark::State& state, double weight_bytes, double seconds, double
   state.counters["x_stream"] = weight_bytes / seconds / 1e9 / stream_copy_gbps();
 }
 
-// args: input features k, output features n, rows m, bits, 2:4 sparse
+// args: input features k, output features n, rows m, bits, 2:4 sparse, int8 activations
 void BM_QuantLinear(benchmark::State& state) {
   const std::int64_t k = state.range(0), n = state.range(1), rows = state.range(2);
   const int bits = static_cast<int>(state.range(3));
   const bool sparse = state.range(4) != 0;
-  CpuBackend backend(bench_threads());
+  const bool int8_activations = state.range(5) != 0;
+  CpuBackend backend(nibble::kernels::CpuBackendOptions{bench_threads(), int8_activations});
+  if (int8_activations && !backend.int8_activations()) {
+    state.SkipWithError("no AVX-512 VNNI on this CPU");
+    return;
+  }
   const QuantizedMatrix matrix = random_quantized(n, k, bits, 128, sparse);
   std::vector<std::shared_ptr<const LinearWeights>> copies{backend.prepare_linear(matrix)};
   const double bytes = static_cast<double>(copies[0]->resident_bytes());
@@ -187,8 +194,16 @@ void BM_QuantLinear(benchmark::State& state) {
     call();
     benchmark::DoNotOptimize(io.y.data());
   }
-  report(state, bytes, seconds_per_call(call), f32_baseline(backend, n, k, rows), copies.size());
-  state.SetLabel(copies[0]->describe());
+  const double seconds = seconds_per_call(call);
+  report(state, bytes, seconds, f32_baseline(backend, n, k, rows), copies.size());
+  if (int8_activations) {
+    // The same weights with float activations, in this run: what the integer path buys.
+    CpuBackend floats(bench_threads());
+    const double float_seconds = seconds_per_call(
+        [&] { floats.linear(io.x.data(), rows, *copies[next++ % copies.size()], nullptr, io.y.data()); });
+    state.counters["x_float_act"] = float_seconds / seconds;
+  }
+  state.SetLabel(copies[0]->describe() + (int8_activations ? " int8 activations" : ""));
 }
 
 // The f32 dense kernel itself, for its own GB/s next to the quantized ones.
@@ -246,7 +261,7 @@ void Shapes(benchmark::internal::Benchmark* b, bool quant) {
   for (const auto& [k, n] : {std::pair<int, int>{4096, 4096}, {4096, 11008}, {11008, 4096}}) {
     for (const int rows : {1, 4, 16}) {
       if (quant) {
-        b->Args({k, n, rows, 4, 0});
+        b->Args({k, n, rows, 4, 0, 0});
       } else {
         b->Args({k, n, rows});
       }
@@ -258,10 +273,17 @@ BENCHMARK(BM_F32Linear)->Apply([](auto* b) { Shapes(b, false); })->Unit(benchmar
 BENCHMARK(BM_QuantLinear)->Apply([](auto* b) { Shapes(b, true); })->Unit(benchmark::kMillisecond)->UseRealTime();
 // 8-bit and 2:4-sparse 4-bit at the square shape.
 BENCHMARK(BM_QuantLinear)
-    ->Args({4096, 4096, 1, 8, 0})
-    ->Args({4096, 4096, 16, 8, 0})
-    ->Args({4096, 4096, 1, 4, 1})
-    ->Args({4096, 4096, 16, 4, 1})
+    ->Args({4096, 4096, 1, 8, 0, 0})
+    ->Args({4096, 4096, 16, 8, 0, 0})
+    ->Args({4096, 4096, 1, 4, 1, 0})
+    ->Args({4096, 4096, 16, 4, 1, 0})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+// Int8 activations on integer dot products (AVX-512 VNNI), 4- and 8-bit.
+BENCHMARK(BM_QuantLinear)
+    ->ArgsProduct({{4096}, {4096}, {1, 4, 16, 64}, {4, 8}, {0}, {1}})
+    ->Args({4096, 11008, 16, 4, 0, 1})
+    ->Args({11008, 4096, 16, 4, 0, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_CsrVsDenseF16)
