@@ -218,8 +218,9 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--max-batched-tokens", options->max_batched_tokens,
                   "Tokens one step processes (activation workspace)")
       ->capture_default_str();
-  cmd->add_option("--kv-bits", options->kv_bits, "KV-cache bits: 16 or 8")
-      ->check(CLI::IsMember({16, 8}))
+  cmd->add_option("--kv-bits", options->kv_bits,
+                  "KV-cache bits: 16 or 8 (nibble serve's CPU cache: 32 float32, 16 float16, 8 int8)")
+      ->check(CLI::IsMember({32, 16, 8}))
       ->capture_default_str();
   cmd->add_flag("--json", options->as_json, "Print JSON");
   cmd->callback([cmd, options] {

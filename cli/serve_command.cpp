@@ -72,9 +72,7 @@ struct ServeOptions {
 // The KV cache's share of memory: given, or by default as much as the weights
 // (runtime memory ≈ 2 × model size, inside the 1.2–2 × rule), at least 256 MiB,
 // and never more than every sequence filling the context would use.
-engine::KvDtype kv_dtype(const ServeOptions& options) {
-  return options.kv_cache_dtype == "int8" ? engine::KvDtype::Int8 : engine::KvDtype::Float32;
-}
+engine::KvDtype kv_dtype(const ServeOptions& options) { return engine::parse_kv_dtype(options.kv_cache_dtype); }
 
 std::int32_t kv_blocks(const ServeOptions& options, const engine::LlamaModel& model, std::int64_t context) {
   const engine::PagedKvCache one_block(model.config(), 1, options.block_size, kv_dtype(options));
@@ -86,7 +84,7 @@ std::int32_t kv_blocks(const ServeOptions& options, const engine::LlamaModel& mo
     // numbers and what would fit; otherwise the KV cache gets what is left.
     scheduler::PlanInputs inputs;
     inputs.measured_weight_bytes = model.weight_bytes();
-    inputs.kv_bytes = kv_dtype(options) == engine::KvDtype::Int8 ? 1 : 4;  // bytes per cached element
+    inputs.kv_bytes = engine::kv_element_bytes(kv_dtype(options));
     inputs.context = context;
     inputs.concurrency = 1;
     inputs.max_batched_tokens = options.max_num_batched_tokens;
@@ -323,9 +321,21 @@ void add_serve_command(CLI::App& app) {
   auto* kv_memory = cmd->add_option("--kv-cache-memory", options->kv_cache_memory,
                                     "KV-cache size, e.g. 2GiB (auto: as much as the weights, at least 256 MiB)")
                         ->capture_default_str();
+  // Aliases become the canonical name here, so logs name the dtype one way.
+  const CLI::Validator kv_dtype_name(
+      [](std::string& name) {
+        try {
+          name = engine::kv_dtype_name(engine::parse_kv_dtype(name));
+          return std::string();
+        } catch (const Error& e) {
+          return std::string(e.what());
+        }
+      },
+      "DTYPE");
   cmd->add_option("--kv-cache-dtype", options->kv_cache_dtype,
-                  "float32, or int8 (one scale per position and head: ~4x the tokens in the same memory)")
-      ->capture_default_str()->check(CLI::IsMember({"float32", "int8"}));
+                  "float32; float16 or f16 (2x the tokens in the same memory, logits within ~0.06 %); or int8 "
+                  "(one scale per position and head: ~4x the tokens)")
+      ->capture_default_str()->transform(kv_dtype_name);
   cmd->add_option("--memory-budget", options->memory_budget,
                   "Memory for the whole model (weights + KV cache + workspace), e.g. 4GiB; refused below "
                   "1.2 x the weights; the KV cache gets the rest")

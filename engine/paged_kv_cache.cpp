@@ -4,8 +4,50 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "kernels/cpu/kv_kernels.h"
 
 namespace nibble::engine {
+
+namespace {
+
+struct KvDtypeName {
+  KvDtype dtype;
+  std::string_view name;
+};
+// Canonical names first.
+constexpr KvDtypeName kKvDtypeNames[] = {
+    {KvDtype::Float32, "float32"}, {KvDtype::Float16, "float16"}, {KvDtype::Int8, "int8"},
+    {KvDtype::Float32, "f32"},     {KvDtype::Float32, "fp32"},    {KvDtype::Float16, "f16"},
+    {KvDtype::Float16, "fp16"},    {KvDtype::Float16, "half"},
+};
+
+}  // namespace
+
+std::string_view kv_dtype_name(KvDtype dtype) {
+  for (const auto& entry : kKvDtypeNames) {
+    if (entry.dtype == dtype) return entry.name;
+  }
+  return "unknown";
+}
+
+KvDtype parse_kv_dtype(std::string_view name) {
+  for (const auto& entry : kKvDtypeNames) {
+    if (entry.name == name) return entry.dtype;
+  }
+  fail("unknown KV cache dtype '{}' (float32, float16 or f16, int8)", name);
+}
+
+int kv_element_bytes(KvDtype dtype) {
+  switch (dtype) {
+    case KvDtype::Float32:
+      return 4;
+    case KvDtype::Float16:
+      return 2;
+    case KvDtype::Int8:
+      return 1;
+  }
+  return 4;
+}
 
 PagedKvCache::PagedKvCache(const ModelConfig& config, std::int32_t num_blocks, std::int32_t block_size, KvDtype dtype)
     : layers_(config.num_layers),
@@ -19,21 +61,29 @@ PagedKvCache::PagedKvCache(const ModelConfig& config, std::int32_t num_blocks, s
     fail("a paged KV cache needs blocks (got {} blocks of {} positions)", num_blocks, block_size);
   }
   const auto rows = static_cast<std::size_t>(layers_ * num_blocks_ * block_size_);
-  if (dtype_ == KvDtype::Float32) {
-    keys_.resize(rows * static_cast<std::size_t>(kv_dim_));
-    values_.resize(keys_.size());
-  } else {
-    key_codes_.resize(rows * static_cast<std::size_t>(kv_dim_));
-    value_codes_.resize(key_codes_.size());
-    key_scales_.resize(rows * static_cast<std::size_t>(kv_heads_));
-    value_scales_.resize(key_scales_.size());
+  const auto elements = rows * static_cast<std::size_t>(kv_dim_);
+  switch (dtype_) {
+    case KvDtype::Float32:
+      keys_.resize(elements);
+      values_.resize(elements);
+      break;
+    case KvDtype::Float16:
+      keys_f16_.resize(elements);
+      values_f16_.resize(elements);
+      break;
+    case KvDtype::Int8:
+      key_codes_.resize(elements);
+      value_codes_.resize(elements);
+      key_scales_.resize(rows * static_cast<std::size_t>(kv_heads_));
+      value_scales_.resize(key_scales_.size());
+      break;
   }
 }
 
 std::uint64_t PagedKvCache::bytes_per_token() const {
   const auto elements = static_cast<std::uint64_t>(2 * layers_ * kv_dim_);
-  if (dtype_ == KvDtype::Float32) return elements * sizeof(float);
-  return elements + static_cast<std::uint64_t>(2 * layers_ * kv_heads_) * sizeof(float);
+  const auto scales = dtype_ == KvDtype::Int8 ? static_cast<std::uint64_t>(2 * layers_ * kv_heads_) : 0;
+  return elements * static_cast<std::uint64_t>(kv_element_bytes(dtype_)) + scales * sizeof(float);
 }
 
 std::uint64_t PagedKvCache::bytes() const {
@@ -70,21 +120,36 @@ void PagedKvCache::store(std::int64_t layer_index, std::span<const std::int32_t>
     const std::int64_t row = view.row(start + r);
     check_block(static_cast<std::int32_t>(row / block_size_));
     const auto at = static_cast<std::ptrdiff_t>(offset(layer_index, row));
-    if (dtype_ == KvDtype::Float32) {
-      std::copy_n(keys + r * kv_dim_, count, keys_.begin() + at);
-      std::copy_n(values + r * kv_dim_, count, values_.begin() + at);
-    } else {
-      const auto scales_at = scale_offset(layer_index, row);
-      quantize_row(keys + r * kv_dim_, key_codes_.data() + at, key_scales_.data() + scales_at);
-      quantize_row(values + r * kv_dim_, value_codes_.data() + at, value_scales_.data() + scales_at);
+    switch (dtype_) {
+      case KvDtype::Float32:
+        std::copy_n(keys + r * kv_dim_, count, keys_.begin() + at);
+        std::copy_n(values + r * kv_dim_, count, values_.begin() + at);
+        break;
+      case KvDtype::Float16:
+        // The cache is host memory, so the CPU's vector conversion serves any backend.
+        kernels::cpu::store_f16(keys + r * kv_dim_, kv_dim_, keys_f16_.data() + at);
+        kernels::cpu::store_f16(values + r * kv_dim_, kv_dim_, values_f16_.data() + at);
+        break;
+      case KvDtype::Int8: {
+        const auto scales_at = scale_offset(layer_index, row);
+        quantize_row(keys + r * kv_dim_, key_codes_.data() + at, key_scales_.data() + scales_at);
+        quantize_row(values + r * kv_dim_, value_codes_.data() + at, value_scales_.data() + scales_at);
+        break;
+      }
     }
   }
 }
 
 kernels::KvLayerView PagedKvCache::layer(std::int64_t layer_index, std::span<const std::int32_t> block_table) const {
-  if (dtype_ == KvDtype::Float32) {
-    return kernels::KvLayerView::floats(keys_.data() + offset(layer_index, 0), values_.data() + offset(layer_index, 0),
-                                        kv_dim_, block_table, block_size_);
+  switch (dtype_) {
+    case KvDtype::Float32:
+      return kernels::KvLayerView::floats(keys_.data() + offset(layer_index, 0),
+                                          values_.data() + offset(layer_index, 0), kv_dim_, block_table, block_size_);
+    case KvDtype::Float16:
+      return kernels::KvLayerView::f16(keys_f16_.data() + offset(layer_index, 0),
+                                       values_f16_.data() + offset(layer_index, 0), kv_dim_, block_table, block_size_);
+    case KvDtype::Int8:
+      break;
   }
   return kernels::KvLayerView::int8(key_codes_.data() + offset(layer_index, 0), value_codes_.data() + offset(layer_index, 0),
                                     key_scales_.data() + scale_offset(layer_index, 0),
@@ -96,20 +161,23 @@ void PagedKvCache::copy_block(std::int32_t from, std::int32_t to, std::int32_t t
   check_block(from);
   check_block(to);
   if (tokens < 0 || tokens > block_size_) fail("copy of {} positions into a block of {}", tokens, block_size_);
+  // Every array the dtype allocated (the others are empty), so no dtype is left out.
   const auto copy = [](auto& data, std::size_t src, std::size_t dst, std::int64_t count) {
+    if (data.empty()) return;
     std::copy_n(data.begin() + static_cast<std::ptrdiff_t>(src), count, data.begin() + static_cast<std::ptrdiff_t>(dst));
   };
   for (std::int64_t l = 0; l < layers_; ++l) {
     const std::int64_t src_row = std::int64_t{from} * block_size_, dst_row = std::int64_t{to} * block_size_;
-    if (dtype_ == KvDtype::Float32) {
-      copy(keys_, offset(l, src_row), offset(l, dst_row), tokens * kv_dim_);
-      copy(values_, offset(l, src_row), offset(l, dst_row), tokens * kv_dim_);
-    } else {
-      copy(key_codes_, offset(l, src_row), offset(l, dst_row), tokens * kv_dim_);
-      copy(value_codes_, offset(l, src_row), offset(l, dst_row), tokens * kv_dim_);
-      copy(key_scales_, scale_offset(l, src_row), scale_offset(l, dst_row), tokens * kv_heads_);
-      copy(value_scales_, scale_offset(l, src_row), scale_offset(l, dst_row), tokens * kv_heads_);
-    }
+    const std::size_t src = offset(l, src_row), dst = offset(l, dst_row);
+    const std::int64_t elements = tokens * kv_dim_;
+    copy(keys_, src, dst, elements);
+    copy(values_, src, dst, elements);
+    copy(keys_f16_, src, dst, elements);
+    copy(values_f16_, src, dst, elements);
+    copy(key_codes_, src, dst, elements);
+    copy(value_codes_, src, dst, elements);
+    copy(key_scales_, scale_offset(l, src_row), scale_offset(l, dst_row), tokens * kv_heads_);
+    copy(value_scales_, scale_offset(l, src_row), scale_offset(l, dst_row), tokens * kv_heads_);
   }
 }
 

@@ -5,6 +5,7 @@
 // turns (block table, position) into storage.
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -12,9 +13,19 @@
 
 namespace nibble::engine {
 
-// float32, or int8 codes with one float scale per (position, kv head): 4x less
-// memory (for head_dim 64, 3.8x with the scales) at a small cost in accuracy.
-enum class KvDtype { Float32, Int8 };
+// float32; fp16, half the memory for a rounding of each element to 11 significant
+// bits (logits within ~0.06 % on SmolLM2); or int8 codes with one float scale per
+// (position, kv head): 4x less memory than float32 (for head_dim 64, 3.8x with the
+// scales) at a larger cost in accuracy. The kernels' KvFormat, so the two never
+// disagree.
+using KvDtype = kernels::KvFormat;
+
+// "float32", "float16", "int8": what --kv-cache-dtype takes and logs print.
+std::string_view kv_dtype_name(KvDtype dtype);
+// The name or an alias (f32, fp32, f16, fp16, half); throws nibble::Error naming the choices.
+KvDtype parse_kv_dtype(std::string_view name);
+// Bytes of one cached element, not counting int8's per-head scales.
+int kv_element_bytes(KvDtype dtype);
 
 class PagedKvCache {
  public:
@@ -55,8 +66,10 @@ class PagedKvCache {
   std::int32_t num_blocks_;
   std::int32_t block_size_;
   KvDtype dtype_;
-  std::vector<float> keys_, values_;                  // Float32
-  std::vector<std::int8_t> key_codes_, value_codes_;  // Int8
+  // Only the dtype's arrays are allocated; the others stay empty.
+  std::vector<float> keys_, values_;                        // Float32
+  std::vector<std::uint16_t> keys_f16_, values_f16_;        // Float16
+  std::vector<std::int8_t> key_codes_, value_codes_;        // Int8
   std::vector<float> key_scales_, value_scales_;
 };
 

@@ -54,14 +54,17 @@ enum class SparseChoice : std::uint8_t {
   Sparse,  // always the sparse kernel (tests, benchmarks)
 };
 
-// Keys and values of one layer for one sequence, positions 0..length-1, each
-// position holding kv_heads x head_dim floats at `stride` floats apart.
+// How a KV cache stores its elements: float32; IEEE fp16 (half the memory, each
+// element rounded once to 11 significant bits); or int8 codes with one float scale
+// per (position, kv head).
+enum class KvFormat : std::uint8_t { Float32, Float16, Int8 };
+
 // One layer's keys and values as attention reads them: position t is row row(t).
 // Contiguous (a sequence's own cache) or paged: the position's block from the
-// sequence's block table, then its slot in the block. Rows are float32 at
-// keys/values + row * stride, or, in an 8-bit cache, int8 codes at
-// key_codes/value_codes + row * stride with one float scale per (row, kv head)
-// at key_scales/value_scales + row * kv_heads + head.
+// sequence's block table, then its slot in the block. Row r's elements start at
+// r * stride in the format's arrays: keys/values (float32), keys_f16/values_f16
+// (fp16 bits), or key_codes/value_codes (int8) with the scale of (row r, kv head h)
+// at key_scales/value_scales + r * kv_heads + h. Exactly one pair is set.
 struct KvLayerView {
   const float* keys = nullptr;
   const float* values = nullptr;
@@ -72,6 +75,8 @@ struct KvLayerView {
   const std::int8_t* value_codes = nullptr;
   const float* key_scales = nullptr;
   const float* value_scales = nullptr;
+  const std::uint16_t* keys_f16 = nullptr;  // set: the fp16 layout
+  const std::uint16_t* values_f16 = nullptr;
 
   std::int64_t row(std::int64_t position) const {
     if (block_table.empty()) return position;
@@ -88,6 +93,13 @@ struct KvLayerView {
     view.block_size = block_size;
     return view;
   }
+  static KvLayerView f16(const std::uint16_t* keys, const std::uint16_t* values, std::int64_t stride,
+                         std::span<const std::int32_t> block_table = {}, std::int64_t block_size = 0) {
+    KvLayerView view = floats(nullptr, nullptr, stride, block_table, block_size);
+    view.keys_f16 = keys;
+    view.values_f16 = values;
+    return view;
+  }
   static KvLayerView int8(const std::int8_t* key_codes, const std::int8_t* value_codes, const float* key_scales,
                           const float* value_scales, std::int64_t stride,
                           std::span<const std::int32_t> block_table = {}, std::int64_t block_size = 0) {
@@ -99,7 +111,12 @@ struct KvLayerView {
     return view;
   }
 
-  bool quantized() const { return key_codes != nullptr; }
+  KvFormat format() const {
+    if (key_codes != nullptr) return KvFormat::Int8;
+    if (keys_f16 != nullptr) return KvFormat::Float16;
+    return KvFormat::Float32;
+  }
+  bool quantized() const { return format() == KvFormat::Int8; }
   const float* key(std::int64_t position) const { return keys + row(position) * stride; }
   const float* value(std::int64_t position) const { return values + row(position) * stride; }
 };

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/half.h"
 
 namespace nibble::kernels::reference {
 
@@ -59,8 +60,16 @@ std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::s
   // Element i of head g's key / value at position t, in float64, whatever the cache's layout.
   const auto element = [&](bool key, std::int64_t t, std::int64_t g, std::int64_t i) {
     const std::int64_t r = kv.row(t);
-    if (!kv.quantized()) return static_cast<double>((key ? kv.keys : kv.values)[r * kv.stride + g * shape.head_dim + i]);
-    const std::int8_t code = (key ? kv.key_codes : kv.value_codes)[r * kv.stride + g * shape.head_dim + i];
+    const std::int64_t at = r * kv.stride + g * shape.head_dim + i;
+    switch (kv.format()) {
+      case KvFormat::Float32:
+        return static_cast<double>((key ? kv.keys : kv.values)[at]);
+      case KvFormat::Float16:
+        return static_cast<double>(f16_to_f32((key ? kv.keys_f16 : kv.values_f16)[at]));
+      case KvFormat::Int8:
+        break;
+    }
+    const std::int8_t code = (key ? kv.key_codes : kv.value_codes)[at];
     return static_cast<double>(code) * (key ? kv.key_scales : kv.value_scales)[r * shape.kv_heads + g];
   };
   std::vector<float> out(static_cast<std::size_t>(rows * shape.heads * shape.head_dim));

@@ -25,6 +25,9 @@ struct V {
     const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
   }
+  static reg load(const std::int8_t* p, I8Codes) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
   static reg fma(reg a, reg b, reg acc) { return _mm512_fmadd_ps(a, b, acc); }
   static float sum(reg v) { return _mm512_reduce_add_ps(v); }
 
@@ -45,6 +48,9 @@ struct V {
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+  static void store(std::uint16_t* p, reg v, F16Weights) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
   static reg lookup16(const float* table, ireg index) { return _mm512_permutexvar_ps(index, _mm512_loadu_ps(table)); }
   static reg gather(const float* base, ireg index) { return _mm512_i32gather_ps(index, base, 4); }
 };

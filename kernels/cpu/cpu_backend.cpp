@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "kernels/cpu/int8_activations.h"
+#include "kernels/cpu/kv_kernels.h"
 #include "kernels/cpu/prepared_weights.h"
 
 namespace nibble::kernels {
@@ -102,57 +103,9 @@ void CpuBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int6
   }
 }
 
-namespace {
-
-// How attention reads one head's key and value rows (by storage row, see
-// KvLayerView::row): float32, or int8 codes times the row's scale for that head.
-// The kernel is written once over these.
-struct FloatRows {
-  const KvLayerView& kv;
-  std::int64_t head_dim;
-  float dot(std::int64_t row, std::int64_t kv_head, const float* q) const {
-    const float* k = kv.keys + row * kv.stride + kv_head * head_dim;
-    float sum = 0.0f;
-    for (std::int64_t i = 0; i < head_dim; ++i) sum += q[i] * k[i];
-    return sum;
-  }
-  void accumulate(std::int64_t row, std::int64_t kv_head, float p, float* out) const {
-    const float* v = kv.values + row * kv.stride + kv_head * head_dim;
-    for (std::int64_t i = 0; i < head_dim; ++i) out[i] += p * v[i];
-  }
-};
-
-struct Int8Rows {
-  const KvLayerView& kv;
-  std::int64_t head_dim;
-  std::int64_t kv_heads;
-  float dot(std::int64_t r, std::int64_t kv_head, const float* q) const {
-    const std::int8_t* k = kv.key_codes + r * kv.stride + kv_head * head_dim;
-    float sum = 0.0f;
-    for (std::int64_t i = 0; i < head_dim; ++i) sum += q[i] * static_cast<float>(k[i]);
-    return sum * kv.key_scales[r * kv_heads + kv_head];
-  }
-  void accumulate(std::int64_t r, std::int64_t kv_head, float p, float* out) const {
-    const std::int8_t* v = kv.value_codes + r * kv.stride + kv_head * head_dim;
-    const float scaled = p * kv.value_scales[r * kv_heads + kv_head];
-    for (std::int64_t i = 0; i < head_dim; ++i) out[i] += scaled * static_cast<float>(v[i]);
-  }
-};
-
-}  // namespace
-
 void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,
                            const KvLayerView& kv, const AttentionShape& shape, float* out) {
-  if (kv.quantized()) {
-    attend(q, rows, positions, kv, Int8Rows{kv, shape.head_dim, shape.kv_heads}, shape, out);
-  } else {
-    attend(q, rows, positions, kv, FloatRows{kv, shape.head_dim}, shape, out);
-  }
-}
-
-template <typename Rows>
-void CpuBackend::attend(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,
-                        const KvLayerView& view, const Rows& kv, const AttentionShape& shape, float* out) {
+  const cpu::AttentionKernel kernel = cpu::attention_kernel(kv.format(), cpu::active_isa());
   const std::int64_t group = shape.heads / shape.kv_heads;
   const std::int64_t head_dim = shape.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -162,39 +115,35 @@ void CpuBackend::attend(const float* q, std::int64_t rows, std::span<const std::
   pool_->parallel_for(rows * shape.heads, [&](std::int64_t task, int worker) {
     const std::int64_t r = task / shape.heads;
     const std::int64_t h = task % shape.heads;
-    float* scores = attention_scores_[static_cast<std::size_t>(worker)].data();
     const std::int64_t last = positions[static_cast<std::size_t>(r)];
     const std::int64_t first = shape.sliding_window ? std::max<std::int64_t>(0, last - *shape.sliding_window + 1) : 0;
-    const float* qh = q + (r * shape.heads + h) * head_dim;
-    const std::int64_t kv_head = h / group;
     // Each position's storage row, walked block by block (no division per position).
     std::int64_t* storage = attention_rows_[static_cast<std::size_t>(worker)].data();
-    if (view.block_table.empty()) {
+    if (kv.block_table.empty()) {
       for (std::int64_t t = first; t <= last; ++t) storage[t] = t;
     } else {
-      std::int64_t block = first / view.block_size, slot = first % view.block_size;
+      std::int64_t block = first / kv.block_size, slot = first % kv.block_size;
       for (std::int64_t t = first; t <= last; ++t) {
-        storage[t] = std::int64_t{view.block_table[static_cast<std::size_t>(block)]} * view.block_size + slot;
-        if (++slot == view.block_size) {
+        storage[t] = std::int64_t{kv.block_table[static_cast<std::size_t>(block)]} * kv.block_size + slot;
+        if (++slot == kv.block_size) {
           slot = 0;
           ++block;
         }
       }
     }
-    float max_score = -INFINITY;
-    for (std::int64_t t = first; t <= last; ++t) {
-      scores[t] = kv.dot(storage[t], kv_head, qh) * scale;
-      max_score = std::max(max_score, scores[t]);
-    }
-    float total = 0.0f;
-    for (std::int64_t t = first; t <= last; ++t) {
-      scores[t] = std::exp(scores[t] - max_score);
-      total += scores[t];
-    }
-    float* oh = out + (r * shape.heads + h) * head_dim;
-    std::fill(oh, oh + head_dim, 0.0f);
-    const float norm = 1.0f / total;
-    for (std::int64_t t = first; t <= last; ++t) kv.accumulate(storage[t], kv_head, scores[t] * norm, oh);
+    cpu::AttentionHeadArgs args;
+    args.kv = &kv;
+    args.q = q + (r * shape.heads + h) * head_dim;
+    args.out = out + (r * shape.heads + h) * head_dim;
+    args.rows = storage;
+    args.scores = attention_scores_[static_cast<std::size_t>(worker)].data();
+    args.first = first;
+    args.last = last;
+    args.kv_head = h / group;
+    args.kv_heads = shape.kv_heads;
+    args.head_dim = head_dim;
+    args.scale = scale;
+    kernel(args);
   });
 }
 

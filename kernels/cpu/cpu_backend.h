@@ -44,10 +44,6 @@ class CpuBackend final : public Backend {
   void embedding(const LinearWeights& table, std::span<const std::int32_t> ids, float* out) override;
 
  private:
-  // The attention kernel over a row reader (float32 or int8 KV).
-  template <typename Rows>
-  void attend(const float* q, std::int64_t rows, std::span<const std::int32_t> positions, const KvLayerView& view,
-              const Rows& kv, const AttentionShape& shape, float* out);
   std::unique_ptr<cpu::ThreadPool> pool_;
   bool int8_activations_ = false;
   std::vector<std::vector<float>> attention_scores_;  // per pool thread

@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include "kernels/cpu/linear_formats.h"
+#include "kernels/cpu/kv_kernels.h"
 #include "kernels/cpu/linear_kernels.h"
 
 namespace {
@@ -21,6 +22,9 @@ struct V {
   static reg load(const std::uint16_t* p, BF16Weights) {
     const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  }
+  static reg load(const std::int8_t* p, I8Codes) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
   static reg fma(reg a, reg b, reg acc) { return _mm256_fmadd_ps(a, b, acc); }
   static float sum(reg v) {
@@ -46,6 +50,9 @@ struct V {
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static void store(std::uint16_t* p, reg v, F16Weights) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
   static reg lookup16(const float* table, ireg index) {
     const reg low = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), index);
     const reg high = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), index);
@@ -59,7 +66,9 @@ struct V {
 #include "kernels/cpu/linear_impl.h"
 #include "kernels/cpu/packed_impl.h"
 #include "kernels/cpu/table_impl.h"
+#include "kernels/cpu/kv_impl.h"
 
 namespace nibble::kernels::cpu {
 const LinearKernelTable& linear_kernels_avx2() { return kTable; }
+const KvKernelTable& kv_kernels_avx2() { return kKvTable; }
 }  // namespace nibble::kernels::cpu

@@ -1,5 +1,6 @@
 #pragma once
-// Weight element formats the dense linear kernels read, with their scalar widening.
+// Element formats the dense linear kernels (and, with I8Codes, the KV-cache
+// kernels) read, with their scalar widening.
 // Included into each per-ISA unit's anonymous namespace use (see linear_impl.h).
 #include <cstdint>
 
@@ -16,9 +17,13 @@ struct F16Weights {
 struct BF16Weights {
   using Element = std::uint16_t;
 };
+struct I8Codes {  // an int8 KV cache's codes (their scales are applied by the caller)
+  using Element = std::int8_t;
+};
 
 inline float widen(float w, F32Weights) { return w; }
 inline float widen(std::uint16_t w, F16Weights) { return nibble::f16_to_f32(w); }
 inline float widen(std::uint16_t w, BF16Weights) { return nibble::bf16_to_f32(w); }
+inline float widen(std::int8_t w, I8Codes) { return static_cast<float>(w); }
 
 }  // namespace

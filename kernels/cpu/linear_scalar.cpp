@@ -1,5 +1,6 @@
 // Portable fallback and the baseline the SIMD variants are benchmarked against.
 #include "kernels/cpu/linear_formats.h"
+#include "kernels/cpu/kv_kernels.h"
 #include "kernels/cpu/linear_kernels.h"
 
 namespace {
@@ -31,6 +32,7 @@ struct V {
   static reg add(reg a, reg b) { return a + b; }
   static reg mul(reg a, reg b) { return a * b; }
   static void store(float* p, reg v) { *p = v; }
+  static void store(std::uint16_t* p, reg v, F16Weights) { *p = nibble::f32_to_f16(v); }
   static reg lookup16(const float* table, ireg index) { return table[index]; }
   static reg gather(const float* base, ireg index) { return base[index]; }
 };
@@ -40,7 +42,9 @@ struct V {
 #include "kernels/cpu/linear_impl.h"
 #include "kernels/cpu/packed_impl.h"
 #include "kernels/cpu/table_impl.h"
+#include "kernels/cpu/kv_impl.h"
 
 namespace nibble::kernels::cpu {
 const LinearKernelTable& linear_kernels_scalar() { return kTable; }
+const KvKernelTable& kv_kernels_scalar() { return kKvTable; }
 }  // namespace nibble::kernels::cpu

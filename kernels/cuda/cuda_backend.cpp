@@ -287,6 +287,11 @@ void CudaBackend::attention(const float* q, std::int64_t rows, std::span<const s
   if (static_cast<std::int64_t>(positions.size()) < rows) {
     fail("attention: {} positions for {} rows", positions.size(), rows);
   }
+  // PagedKvView has no fp16 arrays: an fp16 view would otherwise look like an
+  // incomplete float32 one.
+  if (kv.format() == KvFormat::Float16) {
+    fail("attention: the CUDA backend reads float32 or int8 KV caches, not float16 (--kv-cache-dtype)");
+  }
   const auto used = positions.first(at(rows));
   const std::int32_t max_position = *std::max_element(used.begin(), used.end());
   if (*std::min_element(used.begin(), used.end()) < 0) fail("attention: negative position");

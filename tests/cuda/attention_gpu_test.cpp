@@ -9,6 +9,7 @@
 #include <numeric>
 #include <random>
 
+#include "common/error.h"
 #include "cuda_test_util.h"
 #include "gpu_test_util.h"
 #include "kernels/cuda/attention.h"
@@ -165,6 +166,21 @@ TEST_F(AttentionGpu, BackendStagesHostPositionsAndBlockTables) {
   out.download(result, backend.stream());
   backend.synchronize();
   EXPECT_LT(cuda_testing::relative_error(result, std::vector<double>(expected_f.begin(), expected_f.end())), 2e-5);
+}
+
+TEST_F(AttentionGpu, BackendRefusesAnFp16CacheItCannotRead) {
+  // The CPU's fp16 cache: refused before anything is read, not taken for an
+  // incomplete float32 view.
+  CudaBackend backend;
+  const std::int64_t heads = 2, head_dim = 64;
+  const std::vector<std::uint16_t> halves(at(heads * head_dim), 0);
+  const std::vector<float> q(at(heads * head_dim), 0.0f);
+  std::vector<float> out(q.size());
+  const std::vector<std::int32_t> positions = {0};
+  const AttentionShape shape{heads, heads, head_dim, std::nullopt};
+  EXPECT_THROW(backend.attention(q.data(), 1, positions, KvLayerView::f16(halves.data(), halves.data(), heads * head_dim),
+                                 shape, out.data()),
+               Error);
 }
 
 }  // namespace

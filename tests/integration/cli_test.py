@@ -91,6 +91,14 @@ class Errors(unittest.TestCase):
         result = nibble("generate", "--no-such-flag", check=False)
         self.assertNotEqual(result.returncode, 0)
 
+    def test_serve_rejects_an_unknown_kv_cache_dtype_before_loading(self):
+        # A model that does not exist: had the flag passed, the load would fail instead.
+        result = nibble("serve", "-m", "/nonexistent/model", "--port", "0", "--kv-cache-dtype", "fp8", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("unknown KV cache dtype 'fp8'", result.stderr)
+        self.assertIn("float16", result.stderr)
+        self.assertNotIn("/nonexistent/model", result.stderr)
+
 
 class SmolLM2(unittest.TestCase):
     def test_generates_coherent_text_from_the_bundled_gguf(self):

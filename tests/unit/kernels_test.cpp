@@ -8,6 +8,7 @@
 #include "kernel_test_util.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/kv_kernels.h"
 #include "kernels/reference.h"
 
 namespace nibble::kernels {
@@ -187,6 +188,124 @@ TEST(CpuOps, Int8KvAttentionMatchesTheReferenceOnTheSameCodes) {
   std::vector<float> out(q.size());
   backend.attention(q.data(), rows, positions, kv, shape, out.data());
   EXPECT_LT(relative_error(out, reference::attention(q, rows, positions, kv, shape)), 1e-5);
+}
+
+// Keys and values of `length` positions in each KV format, scattered over shuffled
+// blocks of a pool whose unwritten slots are NaN, so a wrong read shows.
+struct KvPool {
+  static constexpr std::int64_t kBlockSize = 5;
+  std::vector<std::int32_t> blocks;
+  std::vector<float> keys, values;             // float32: the f16-rounded values, widened
+  std::vector<std::uint16_t> keys_f16, values_f16;
+  std::vector<std::int8_t> key_codes, value_codes;
+  std::vector<float> key_scales, value_scales;
+  std::int64_t stride = 0;
+
+  KvPool(std::mt19937& rng, std::int64_t length, std::int64_t kv_heads, std::int64_t head_dim)
+      : stride(kv_heads * head_dim) {
+    const std::int64_t used = (length + kBlockSize - 1) / kBlockSize, pool_blocks = used + 3;
+    blocks.resize(static_cast<std::size_t>(pool_blocks));
+    std::iota(blocks.begin(), blocks.end(), 0);
+    std::shuffle(blocks.begin(), blocks.end(), rng);
+    blocks.resize(static_cast<std::size_t>(used));
+    const auto elements = static_cast<std::size_t>(pool_blocks * kBlockSize * stride);
+    keys.assign(elements, NAN);
+    values.assign(elements, NAN);
+    keys_f16.assign(elements, 0x7e00);  // NaN
+    values_f16.assign(elements, 0x7e00);
+    key_codes.assign(elements, 0);
+    value_codes.assign(elements, 0);
+    key_scales.assign(static_cast<std::size_t>(pool_blocks * kBlockSize * kv_heads), NAN);
+    value_scales.assign(key_scales.size(), NAN);
+    std::uniform_int_distribution<int> code(-127, 127);
+    for (std::int64_t t = 0; t < length; ++t) {
+      const std::int64_t row = blocks[static_cast<std::size_t>(t / kBlockSize)] * kBlockSize + t % kBlockSize;
+      for (std::int64_t i = 0; i < stride; ++i) {
+        const auto at = static_cast<std::size_t>(row * stride + i);
+        keys_f16[at] = f32_to_f16(random_floats(rng, 1)[0]);
+        values_f16[at] = f32_to_f16(random_floats(rng, 1)[0]);
+        keys[at] = f16_to_f32(keys_f16[at]);
+        values[at] = f16_to_f32(values_f16[at]);
+        key_codes[at] = static_cast<std::int8_t>(code(rng));
+        value_codes[at] = static_cast<std::int8_t>(code(rng));
+      }
+      for (std::int64_t g = 0; g < kv_heads; ++g) {
+        key_scales[static_cast<std::size_t>(row * kv_heads + g)] = std::abs(random_floats(rng, 1, 0.02f)[0]);
+        value_scales[static_cast<std::size_t>(row * kv_heads + g)] = std::abs(random_floats(rng, 1, 0.02f)[0]);
+      }
+    }
+  }
+  KvLayerView view(KvFormat format) const {
+    switch (format) {
+      case KvFormat::Float32:
+        return KvLayerView::floats(keys.data(), values.data(), stride, blocks, kBlockSize);
+      case KvFormat::Float16:
+        return KvLayerView::f16(keys_f16.data(), values_f16.data(), stride, blocks, kBlockSize);
+      case KvFormat::Int8:
+        break;
+    }
+    return KvLayerView::int8(key_codes.data(), value_codes.data(), key_scales.data(), value_scales.data(), stride,
+                             blocks, kBlockSize);
+  }
+};
+
+TEST(CpuOps, EveryKvFormatAttendsLikeTheFloat64ReferenceOnEveryIsa) {
+  // head_dim 12 leaves a ragged tail for the 8-wide AVX2 loads, 8, 12, 24, 72 and 136
+  // for the 16-wide AVX-512 ones; 72 and 136 need more than one pass of the 8-vector
+  // value accumulators.
+  IsaGuard guard;
+  std::mt19937 rng(std::random_device{}());
+  CpuBackend backend(2);
+  for (const std::int64_t head_dim : {8, 12, 24, 64, 72, 136}) {
+    for (const auto window : {std::optional<std::int64_t>{}, std::optional<std::int64_t>{6}}) {
+      const AttentionShape shape{6, 2, head_dim, window};
+      const std::int64_t length = 29;
+      const KvPool pool(rng, length, shape.kv_heads, head_dim);
+      const std::vector<std::int32_t> positions{0, 4, 5, 17, 27, 28};  // decode rows and a prefill chunk
+      const auto rows = static_cast<std::int64_t>(positions.size());
+      const auto q = random_floats(rng, rows * shape.heads * head_dim, 2.0f);
+      for (const auto isa : supported_isas()) {
+        cpu::set_active_isa(isa);
+        std::vector<float> f32_out;
+        for (const auto format : {KvFormat::Float32, KvFormat::Float16, KvFormat::Int8}) {
+          const auto kv = pool.view(format);
+          std::vector<float> out(q.size(), NAN);
+          backend.attention(q.data(), rows, positions, kv, shape, out.data());
+          EXPECT_LT(relative_error(out, reference::attention(q, rows, positions, kv, shape)), 1e-5)
+              << cpu::isa_name(isa) << " format " << static_cast<int>(format) << " head_dim " << head_dim;
+          if (format == KvFormat::Float32) f32_out = out;
+          // fp16 widens exactly, so over the same values the fp16 rows must give the
+          // float32 rows' result bit for bit: the conversion is the only difference.
+          if (format == KvFormat::Float16) {
+            EXPECT_EQ(out, f32_out) << cpu::isa_name(isa) << " head_dim " << head_dim;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuOps, Fp16StoresRoundLikeTheScalarConversionOnEveryIsa) {
+  // Ties, subnormals, the largest finite half, overflow and infinities, then random
+  // values of every magnitude, in lengths that leave every possible tail.
+  std::vector<float> x{0.0f, -0.0f, 1.0f, 1.0f + 0x1p-11f, 1.0f + 0x3p-11f, 65504.0f, 65519.0f, 65520.0f, -1e6f,
+                       0x1p-24f, 0x1p-25f, 0x1.8p-25f, 0x1p-15f + 0x1p-25f, 6e-8f, -3e-5f, INFINITY, -INFINITY};
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<float> exponent(-30.0f, 17.0f);
+  for (int i = 0; i < 2000; ++i) x.push_back(std::exp2(exponent(rng)) * (i % 2 == 0 ? 1.0f : -1.0f));
+  x.push_back(NAN);
+  for (const auto isa : supported_isas()) {
+    const auto to_f16 = cpu::kv_kernel_table(isa).to_f16;
+    for (const std::size_t n : {std::size_t{1}, std::size_t{7}, std::size_t{17}, std::size_t{33}, x.size()}) {
+      const std::size_t start = x.size() - n;  // the NaN last, every time
+      std::vector<std::uint16_t> out(n, 0x1234);
+      to_f16(x.data() + start, static_cast<std::int64_t>(n), out.data());
+      for (std::size_t i = 0; i + 1 < n; ++i) {
+        ASSERT_EQ(out[i], f32_to_f16(x[start + i])) << cpu::isa_name(isa) << " x = " << x[start + i];
+      }
+      EXPECT_TRUE(std::isnan(f16_to_f32(out[n - 1]))) << cpu::isa_name(isa);
+    }
+  }
 }
 
 TEST(CpuOps, CausalGqaAttentionMatchesTheReference) {

@@ -137,6 +137,7 @@ TEST(MemoryPlan, KvBytesPerTokenByHand) {
   EXPECT_EQ(kv("opt-175b", 2), 96u * 2 * 12288 * 2);
   EXPECT_EQ(kv("deepseek-v3", 2), 61u * (512 + 64) * 2);  // MLA latent + rope key
   EXPECT_EQ(kv("llama-2-7b", 1), 524288u / 2);             // 8-bit KV
+  EXPECT_EQ(kv("llama-2-7b", 4), 524288u * 2);             // the CPU's float32 KV: fp16 halves it
 }
 
 TEST(MemoryPlan, KvNeededIsContextTimesConcurrency) {
@@ -419,6 +420,21 @@ TEST(PlanCommand, JsonForAFittingPlan) {
   EXPECT_EQ(plan["weight_bytes"], 2 * 6'738'415'616LL);
   EXPECT_EQ(plan["gpus"], 1);
   EXPECT_TRUE(plan["fits"].get<bool>());
+}
+
+TEST(PlanCommand, KvBitsCoverTheServersCpuCacheDtypes) {
+  // nibble serve's --kv-cache-dtype float32 / float16 / int8 store 32 / 16 / 8 bits.
+  const auto kv_bytes_per_token = [](int bits) {
+    const CommandResult run = run_nibble("plan --config " + example("llama-2-7b").string() +
+                                         " --memory-budget 1TB --context 4096 --json --kv-bits " + std::to_string(bits));
+    EXPECT_EQ(run.exit_code, 0) << run.output;
+    return run.exit_code == 0 ? json::parse(run.output)["kv_bytes_per_token"].get<std::int64_t>() : -1;
+  };
+  EXPECT_EQ(kv_bytes_per_token(32), 2 * 524288);
+  EXPECT_EQ(kv_bytes_per_token(16), 524288);
+  EXPECT_EQ(kv_bytes_per_token(8), 524288 / 2);
+  EXPECT_NE(run_nibble("plan --config " + example("llama-2-7b").string() + " --memory-budget 1TB --kv-bits 4").exit_code,
+            0);
 }
 
 TEST(PlanCommand, RefusalExitsNonZeroWithTheAlternatives) {

@@ -296,6 +296,40 @@ TEST_P(BatchSchedulerTest, RunningOutOfBlocksPreemptsTheNewestAndEveryoneStillFi
   EXPECT_GT(scheduler.stats().preemptions, 0);
 }
 
+TEST_P(BatchSchedulerTest, AnFp16CacheGivesTheSameTokensWhetherPreemptedOrNot) {
+  // fp16 rounding may change a token against the float32 reference, but never
+  // between runs: recomputed and prefix-cached positions hold the same halves.
+  const auto run = [](std::int32_t num_blocks, std::vector<SequenceRequest> requests, std::int64_t* preemptions) {
+    BatchSchedulerOptions options;
+    options.num_blocks = num_blocks;
+    options.block_size = 4;
+    options.max_num_batched_tokens = 16;
+    options.kv_dtype = engine::KvDtype::Float16;
+    BatchScheduler scheduler(*model_, options);
+    std::vector<std::shared_ptr<RecordingSink>> sinks;
+    for (const auto& request : requests) {
+      sinks.push_back(std::make_shared<RecordingSink>());
+      scheduler.submit(request, sinks.back());
+    }
+    std::vector<std::vector<TokenId>> tokens;
+    for (const auto& sink : sinks) {
+      const SequenceEnd end = sink->wait_end();
+      EXPECT_EQ(end.reason, FinishReason::Length) << end.error;
+      tokens.push_back(sink->tokens);
+    }
+    *preemptions = scheduler.stats().preemptions;
+    return tokens;
+  };
+  std::vector<SequenceRequest> requests;
+  for (std::uint32_t i = 0; i < 6; ++i) requests.push_back(request_for(prompt(100 + i, 4 + i), 30, i));
+  std::int64_t tight_preemptions = 0, roomy_preemptions = 0;
+  const auto tight = run(12, requests, &tight_preemptions);
+  const auto roomy = run(64, requests, &roomy_preemptions);
+  EXPECT_GT(tight_preemptions, 0);
+  EXPECT_EQ(roomy_preemptions, 0);
+  EXPECT_EQ(tight, roomy);
+}
+
 TEST_P(BatchSchedulerTest, ASharedPrefixIsComputedOnce) {
   BatchSchedulerOptions options;
   options.block_size = 4;

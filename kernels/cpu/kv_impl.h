@@ -1,0 +1,160 @@
+#pragma once
+// Attention and fp16 stores over the KV cache (kv_kernels.h), written once over
+// the KV element format and the vector-traits type `V` of the including per-ISA
+// unit (see linear_impl.h for the scheme). Everything lives in that unit's
+// anonymous namespace.
+//
+// V adds to the dense traits: load(const std::int8_t*, I8Codes) (sign-extended to
+// float), store(std::uint16_t*, reg, F16Weights) (round to nearest even), set1,
+// store.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+namespace {
+
+using nibble::kernels::KvLayerView;
+using nibble::kernels::cpu::AttentionHeadArgs;
+
+// The format's key and value arrays in the view (KvLayerView says which are set).
+inline std::pair<const float*, const float*> kv_arrays(const KvLayerView& kv, F32Weights) {
+  return {kv.keys, kv.values};
+}
+inline std::pair<const std::uint16_t*, const std::uint16_t*> kv_arrays(const KvLayerView& kv, F16Weights) {
+  return {kv.keys_f16, kv.values_f16};
+}
+inline std::pair<const std::int8_t*, const std::int8_t*> kv_arrays(const KvLayerView& kv, I8Codes) {
+  return {kv.key_codes, kv.value_codes};
+}
+
+// The ragged tails below go through the vector path on zero-padded copies, as in
+// dot_rows, so one conversion (the ISA's) widens every element.
+template <typename Format>
+inline float kv_dot(const float* q, const typename Format::Element* k, std::int64_t n) {
+  auto acc = V::zero();
+  std::int64_t i = 0;
+  for (; i + V::kWidth <= n; i += V::kWidth) acc = V::fma(V::load(q + i), V::load(k + i, Format{}), acc);
+  if (i < n) {
+    typename Format::Element k_tail[V::kWidth] = {};
+    float q_tail[V::kWidth] = {};
+    for (std::int64_t t = i; t < n; ++t) {
+      k_tail[t - i] = k[t];
+      q_tail[t - i] = q[t];
+    }
+    acc = V::fma(V::load(q_tail), V::load(k_tail, Format{}), acc);
+  }
+  return V::sum(acc);
+}
+
+// out[0, Vectors * kWidth) = sum over t of weights[t] * (row t's values). The
+// accumulators stay in registers across all positions: accumulating into `out`
+// would chain a store and a load through memory at every position.
+template <typename Format, int Vectors>
+inline void weighted_rows(const AttentionHeadArgs& a, const float* weights, const typename Format::Element* values,
+                          float* out) {
+  typename V::reg acc[Vectors];
+  for (int j = 0; j < Vectors; ++j) acc[j] = V::zero();
+  for (std::int64_t t = a.first; t <= a.last; ++t) {
+    const auto* v = values + a.rows[t] * a.kv->stride;
+    const auto w = V::set1(weights[t]);
+    for (int j = 0; j < Vectors; ++j) acc[j] = V::fma(w, V::load(v + j * V::kWidth, Format{}), acc[j]);
+  }
+  for (int j = 0; j < Vectors; ++j) V::store(out + j * V::kWidth, acc[j]);
+}
+
+// The same over n < kWidth elements, through zero-padded copies.
+template <typename Format>
+inline void weighted_rows_tail(const AttentionHeadArgs& a, const float* weights, const typename Format::Element* values,
+                               std::int64_t n, float* out) {
+  auto acc = V::zero();
+  for (std::int64_t t = a.first; t <= a.last; ++t) {
+    const auto* v = values + a.rows[t] * a.kv->stride;
+    typename Format::Element v_tail[V::kWidth] = {};
+    std::copy(v, v + n, v_tail);
+    acc = V::fma(V::set1(weights[t]), V::load(v_tail, Format{}), acc);
+  }
+  float out_tail[V::kWidth];
+  V::store(out_tail, acc);
+  std::copy(out_tail, out_tail + n, out);
+}
+
+// Up to 8 vector accumulators a pass: head_dim 64 (AVX2) or 128 (AVX-512) in one
+// pass over the positions, in 8 of 16 (or 32) registers.
+constexpr int kMaxWeightedVectors = 8;
+
+template <typename Format>
+void weighted_sum(const AttentionHeadArgs& a, const float* weights, const typename Format::Element* values, float* out) {
+  constexpr std::int64_t kChunk = kMaxWeightedVectors * V::kWidth;
+  std::int64_t i = 0;
+  for (; i + kChunk <= a.head_dim; i += kChunk) weighted_rows<Format, kMaxWeightedVectors>(a, weights, values + i, out + i);
+  const std::int64_t vectors = (a.head_dim - i) / V::kWidth;
+  switch (vectors) {
+    case 7: weighted_rows<Format, 7>(a, weights, values + i, out + i); break;
+    case 6: weighted_rows<Format, 6>(a, weights, values + i, out + i); break;
+    case 5: weighted_rows<Format, 5>(a, weights, values + i, out + i); break;
+    case 4: weighted_rows<Format, 4>(a, weights, values + i, out + i); break;
+    case 3: weighted_rows<Format, 3>(a, weights, values + i, out + i); break;
+    case 2: weighted_rows<Format, 2>(a, weights, values + i, out + i); break;
+    case 1: weighted_rows<Format, 1>(a, weights, values + i, out + i); break;
+    default: break;
+  }
+  i += vectors * V::kWidth;
+  if (i < a.head_dim) weighted_rows_tail<Format>(a, weights, values + i, a.head_dim - i, out + i);
+}
+
+template <typename Format>
+void attend_head(const AttentionHeadArgs& a) {
+  // Int8 rows carry a scale per (row, kv head); it multiplies the whole dot product
+  // and the softmax weight instead of every element.
+  constexpr bool kScaled = std::is_same_v<Format, I8Codes>;
+  const KvLayerView& kv = *a.kv;
+  const auto [keys, values] = kv_arrays(kv, Format{});
+  const std::int64_t head_offset = a.kv_head * a.head_dim;
+  float* scores = a.scores;
+  float max_score = -INFINITY;
+  for (std::int64_t t = a.first; t <= a.last; ++t) {
+    const std::int64_t r = a.rows[t];
+    float dot = kv_dot<Format>(a.q, keys + r * kv.stride + head_offset, a.head_dim);
+    if constexpr (kScaled) dot *= kv.key_scales[r * a.kv_heads + a.kv_head];
+    scores[t] = dot * a.scale;
+    max_score = std::max(max_score, scores[t]);
+  }
+  float total = 0.0f;
+  for (std::int64_t t = a.first; t <= a.last; ++t) {
+    scores[t] = std::exp(scores[t] - max_score);
+    total += scores[t];
+  }
+  // The scores become each position's weight on its value row.
+  const float norm = 1.0f / total;
+  for (std::int64_t t = a.first; t <= a.last; ++t) {
+    scores[t] *= norm;
+    if constexpr (kScaled) scores[t] *= kv.value_scales[a.rows[t] * a.kv_heads + a.kv_head];
+  }
+  weighted_sum<Format>(a, scores, values + head_offset, a.out);
+}
+
+void to_f16(const float* x, std::int64_t n, std::uint16_t* out) {
+  std::int64_t i = 0;
+  for (; i + V::kWidth <= n; i += V::kWidth) V::store(out + i, V::load(x + i), F16Weights{});
+  if (i < n) {
+    float x_tail[V::kWidth] = {};
+    std::uint16_t out_tail[V::kWidth] = {};
+    std::copy(x + i, x + n, x_tail);
+    V::store(out_tail, V::load(x_tail), F16Weights{});
+    std::copy(out_tail, out_tail + (n - i), out + i);
+  }
+}
+
+const nibble::kernels::cpu::KvKernelTable kKvTable = [] {
+  using nibble::kernels::KvFormat;
+  nibble::kernels::cpu::KvKernelTable table{};
+  table.attention[static_cast<int>(KvFormat::Float32)] = attend_head<F32Weights>;
+  table.attention[static_cast<int>(KvFormat::Float16)] = attend_head<F16Weights>;
+  table.attention[static_cast<int>(KvFormat::Int8)] = attend_head<I8Codes>;
+  table.to_f16 = to_f16;
+  return table;
+}();
+
+}  // namespace
