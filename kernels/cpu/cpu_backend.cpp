@@ -112,9 +112,15 @@ void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const st
   const std::int64_t max_len = positions.empty() ? 0 : *std::max_element(positions.begin(), positions.end()) + 1;
   for (auto& scores : attention_scores_) scores.resize(static_cast<std::size_t>(max_len));
   for (auto& storage_rows : attention_rows_) storage_rows.resize(static_cast<std::size_t>(max_len));
-  pool_->parallel_for(rows * shape.heads, [&](std::int64_t task, int worker) {
-    const std::int64_t r = task / shape.heads;
-    const std::int64_t h = task % shape.heads;
+  // The query heads that share a key/value head run in one task, so that head's
+  // rows come from memory once and from cache for the others. A decode step of
+  // one or two sequences splits by head instead, to keep every thread busy.
+  // Each head's arithmetic is the same either way, so results do not change.
+  const std::int64_t heads_per_task = rows * shape.kv_heads >= 2 * pool_->size() ? group : 1;
+  const std::int64_t tasks_per_row = shape.heads / heads_per_task;
+  pool_->parallel_for(rows * tasks_per_row, [&](std::int64_t task, int worker) {
+    const std::int64_t r = task / tasks_per_row;
+    const std::int64_t first_head = task % tasks_per_row * heads_per_task;
     const std::int64_t last = positions[static_cast<std::size_t>(r)];
     const std::int64_t first = shape.sliding_window ? std::max<std::int64_t>(0, last - *shape.sliding_window + 1) : 0;
     // Each position's storage row, walked block by block (no division per position).
@@ -131,19 +137,21 @@ void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const st
         }
       }
     }
-    cpu::AttentionHeadArgs args;
-    args.kv = &kv;
-    args.q = q + (r * shape.heads + h) * head_dim;
-    args.out = out + (r * shape.heads + h) * head_dim;
-    args.rows = storage;
-    args.scores = attention_scores_[static_cast<std::size_t>(worker)].data();
-    args.first = first;
-    args.last = last;
-    args.kv_head = h / group;
-    args.kv_heads = shape.kv_heads;
-    args.head_dim = head_dim;
-    args.scale = scale;
-    kernel(args);
+    for (std::int64_t h = first_head; h < first_head + heads_per_task; ++h) {
+      cpu::AttentionHeadArgs args;
+      args.kv = &kv;
+      args.q = q + (r * shape.heads + h) * head_dim;
+      args.out = out + (r * shape.heads + h) * head_dim;
+      args.rows = storage;
+      args.scores = attention_scores_[static_cast<std::size_t>(worker)].data();
+      args.first = first;
+      args.last = last;
+      args.kv_head = h / group;
+      args.kv_heads = shape.kv_heads;
+      args.head_dim = head_dim;
+      args.scale = scale;
+      kernel(args);
+    }
   });
 }
 

@@ -29,6 +29,17 @@ inline std::pair<const std::int8_t*, const std::int8_t*> kv_arrays(const KvLayer
   return {kv.key_codes, kv.value_codes};
 }
 
+// Rows of one sequence are scattered over the pool's blocks, so the hardware
+// prefetcher sees no stream; asking for a row a few positions ahead overlaps its
+// memory latency with the work on the current one.
+constexpr std::int64_t kRowsAhead = 8;
+
+template <typename Element>
+inline void prefetch_row(const Element* row, std::int64_t n) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (std::size_t line = 0; line < n * sizeof(Element); line += 64) __builtin_prefetch(bytes + line, 0, 3);
+}
+
 // The ragged tails below go through the vector path on zero-padded copies, as in
 // dot_rows, so one conversion (the ISA's) widens every element.
 template <typename Format>
@@ -58,6 +69,7 @@ inline void weighted_rows(const AttentionHeadArgs& a, const float* weights, cons
   for (int j = 0; j < Vectors; ++j) acc[j] = V::zero();
   for (std::int64_t t = a.first; t <= a.last; ++t) {
     const auto* v = values + a.rows[t] * a.kv->stride;
+    if (t + kRowsAhead <= a.last) prefetch_row(values + a.rows[t + kRowsAhead] * a.kv->stride, Vectors * V::kWidth);
     const auto w = V::set1(weights[t]);
     for (int j = 0; j < Vectors; ++j) acc[j] = V::fma(w, V::load(v + j * V::kWidth, Format{}), acc[j]);
   }
@@ -116,6 +128,7 @@ void attend_head(const AttentionHeadArgs& a) {
   float max_score = -INFINITY;
   for (std::int64_t t = a.first; t <= a.last; ++t) {
     const std::int64_t r = a.rows[t];
+    if (t + kRowsAhead <= a.last) prefetch_row(keys + a.rows[t + kRowsAhead] * kv.stride + head_offset, a.head_dim);
     float dot = kv_dot<Format>(a.q, keys + r * kv.stride + head_offset, a.head_dim);
     if constexpr (kScaled) dot *= kv.key_scales[r * a.kv_heads + a.kv_head];
     scores[t] = dot * a.scale;
