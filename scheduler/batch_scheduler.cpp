@@ -16,12 +16,35 @@ double seconds_between(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
 
+// Choices, not sequences: what load() reports and the limits count.
+template <typename Sequences>
+std::int64_t choices_in(const Sequences& sequences) {
+  std::int64_t count = 0;
+  for (const auto& sequence : sequences) count += static_cast<std::int64_t>(sequence->choices.size());
+  return count;
+}
+
+template <typename Sequences>
+void cancel_every_choice(const Sequences& sequences) {
+  for (const auto& sequence : sequences) {
+    for (const auto& choice : sequence->choices) choice.ticket->cancel();
+  }
+}
+
 }  // namespace
+
+// Who hears a sequence, and the seed it samples with.
+struct BatchScheduler::Choice {
+  std::shared_ptr<SequenceSink> sink;
+  std::shared_ptr<Ticket> ticket;
+  std::uint64_t seed = 0;
+};
 
 struct BatchScheduler::Sequence {
   SequenceRequest request;
-  std::shared_ptr<SequenceSink> sink;
-  std::shared_ptr<Ticket> ticket;
+  // One, except for a group until its prompt is computed: then every choice after
+  // the first continues as a sequence of its own (fork_group). Empty once ended.
+  std::vector<Choice> choices;
   Clock::time_point submitted;
   std::optional<Clock::time_point> scheduled;
   std::optional<Clock::time_point> first_token;
@@ -29,15 +52,27 @@ struct BatchScheduler::Sequence {
   std::int64_t prompt_length = 0;
   std::int64_t computed = 0;  // leading tokens whose keys and values are in the cache
   std::int64_t generated = 0;
-  BlockTable table;
-  std::unique_ptr<engine::TokenPicker> picker;
+  BlockTable table;  // a copied Sequence must take BlockManager::fork of it (fork_group)
+  std::optional<engine::TokenPicker> picker;    // made at the first pick: a group's choices each get their own
   std::vector<engine::TokenStep> prompt_steps;  // prompt log-probabilities, gathered chunk by chunk
   bool prompt_scored = false;                   // delivered, or not asked for
   bool ended = false;
-  SequenceEnd end;
 
   std::int64_t pending() const { return static_cast<std::int64_t>(tokens.size()) - computed; }
   bool scores_prompt() const { return !prompt_scored && request.prompt_logprobs >= 0; }
+
+  SequenceEnd end(FinishReason reason, std::string error) const {
+    const auto now = Clock::now();
+    SequenceEnd out;
+    out.reason = reason;
+    out.error = std::move(error);
+    out.prompt_tokens = prompt_length;
+    out.generated_tokens = generated;
+    out.queue_seconds = seconds_between(submitted, scheduled.value_or(now));
+    if (scheduled) out.prefill_seconds = seconds_between(*scheduled, first_token.value_or(now));
+    if (first_token) out.decode_seconds = seconds_between(*first_token, now);
+    return out;
+  }
 };
 
 BatchScheduler::BatchScheduler(engine::LlamaModel& model, const BatchSchedulerOptions& options)
@@ -54,25 +89,37 @@ BatchScheduler::BatchScheduler(engine::LlamaModel& model, const BatchSchedulerOp
 BatchScheduler::~BatchScheduler() { stop(std::chrono::milliseconds(0)); }
 
 std::shared_ptr<Ticket> BatchScheduler::submit(SequenceRequest request, std::shared_ptr<SequenceSink> sink) {
+  const std::uint64_t seed = request.sampling.seed;
+  return submit_group(std::move(request), {ForkedChoice{seed, std::move(sink)}}).front();
+}
+
+std::vector<std::shared_ptr<Ticket>> BatchScheduler::submit_group(SequenceRequest request,
+                                                                  std::vector<ForkedChoice> choices) {
+  if (choices.empty()) return {};
   auto sequence = std::make_unique<Sequence>();
-  sequence->ticket = std::make_shared<Ticket>();
-  sequence->sink = std::move(sink);
+  std::vector<std::shared_ptr<Ticket>> tickets;
+  for (auto& choice : choices) {
+    tickets.push_back(std::make_shared<Ticket>());
+    sequence->choices.push_back({std::move(choice.sink), tickets.back(), choice.seed});
+  }
   sequence->submitted = Clock::now();
   sequence->tokens = request.prompt;
   sequence->prompt_length = static_cast<std::int64_t>(request.prompt.size());
   sequence->request = std::move(request);
-  auto ticket = sequence->ticket;
+  const auto width = static_cast<std::int64_t>(tickets.size());
   {
     const std::lock_guard lock(mutex_);
     if (!accepting_) throw Overloaded("the server is shutting down");
-    if (waiting_count_ >= options_.max_waiting) {
+    // A group becomes `width` sequences, so it takes that many places; one wider than
+    // the whole queue would never fit, so it may enter an empty queue.
+    if (waiting_count_ > 0 && waiting_count_ + width > options_.max_waiting) {
       throw Overloaded(fmt::format("{} requests are already waiting", waiting_count_));
     }
     incoming_.push_back(std::move(sequence));
-    ++waiting_count_;
+    waiting_count_ += width;
   }
   changed_.notify_all();
-  return ticket;
+  return tickets;
 }
 
 SchedulerLoad BatchScheduler::load() const {
@@ -92,7 +139,7 @@ void BatchScheduler::stop(std::chrono::milliseconds drain_timeout) {
   const auto idle = [&] { return waiting_count_ == 0 && running_count_ == 0; };
   if (!changed_.wait_for(lock, drain_timeout, idle)) {
     // Past the drain time: what is left ends as cancelled at the next step.
-    for (auto& sequence : incoming_) sequence->ticket->cancel();
+    cancel_every_choice(incoming_);
     cancel_all_ = true;
     changed_.notify_all();
     changed_.wait(lock, idle);
@@ -114,8 +161,8 @@ void BatchScheduler::work() {
         incoming_.pop_front();
       }
       if (cancel_all_) {
-        for (auto& sequence : waiting_) sequence->ticket->cancel();
-        for (auto& sequence : running_) sequence->ticket->cancel();
+        cancel_every_choice(waiting_);
+        cancel_every_choice(running_);
       }
     }
     step();
@@ -131,8 +178,8 @@ void BatchScheduler::step() {
   {
     // Admitted sequences count as running while their step is on the model.
     const std::lock_guard lock(mutex_);
-    waiting_count_ = static_cast<std::int64_t>(incoming_.size() + waiting_.size());
-    running_count_ = static_cast<std::int64_t>(running_.size());
+    waiting_count_ = choices_in(incoming_) + choices_in(waiting_);
+    running_count_ = choices_in(running_);
   }
 
   std::vector<engine::BatchEntry> batch;
@@ -186,22 +233,61 @@ void BatchScheduler::step() {
   publish_and_notify_ended();
 }
 
-// Every known token is in the cache: deliver what the prompt scored, then pick
-// the next token from the last row's logits, or end.
+// Every known token is in the cache: deliver what the prompt scored, fork a group,
+// then pick the next token from the last row's logits, or end.
 void BatchScheduler::advance(Sequence& sequence, std::span<float> logits) {
+  if (sequence.scores_prompt()) {
+    tell(sequence, [&](SequenceSink& sink) { sink.on_prompt_logprobs(sequence.prompt_steps); });
+    sequence.prompt_scored = true;
+    sequence.prompt_steps.clear();
+  }
+  for (Sequence* fork : fork_group(sequence)) {
+    // Picking changes the logits it is given (bias, penalties, temperature).
+    std::vector<float> own(logits.begin(), logits.end());
+    pick_next(*fork, own);
+  }
+  pick_next(sequence, logits);
+}
+
+// A group's prompt is in the cache: every choice after the first continues as a
+// sequence of its own on a fork of the blocks, shared until one of them writes into
+// a shared partial block (copy-on-write in plan()). The forks run right after the
+// group's sequence, as old as it when the newest are preempted.
+std::vector<BatchScheduler::Sequence*> BatchScheduler::fork_group(Sequence& sequence) {
+  std::vector<Sequence*> forks;
+  if (sequence.choices.size() < 2) return forks;
+  auto position = std::ranges::find_if(running_, [&](const auto& running) { return running.get() == &sequence; });
+  if (position == running_.end()) fail("internal error: a group forks while not running");
+  for (std::size_t i = 1; i < sequence.choices.size(); ++i) {
+    auto fork = std::make_unique<Sequence>(sequence);
+    fork->choices = {sequence.choices[i]};
+    fork->table = blocks_.fork(sequence.table);
+    forks.push_back(fork.get());
+    position = running_.insert(std::next(position), std::move(fork));
+  }
+  sequence.choices.resize(1);
+  return forks;
+}
+
+void BatchScheduler::pick_next(Sequence& sequence, std::span<float> logits) {
+  if (sequence.ended) return;
+  const Choice& choice = sequence.choices.front();
   try {
-    if (sequence.scores_prompt()) {
-      sequence.sink->on_prompt_logprobs(sequence.prompt_steps);
-      sequence.prompt_scored = true;
-      sequence.prompt_steps.clear();
-    }
     if (sequence.generated >= sequence.request.max_tokens) return finish(sequence, FinishReason::Length);
-    if (sequence.ticket->cancelled()) return finish(sequence, FinishReason::Cancelled);
+    if (choice.ticket->cancelled()) return finish(sequence, FinishReason::Cancelled);
+    if (!sequence.picker) {
+      engine::GenerationRequest picking;
+      picking.sampling = sequence.request.sampling;
+      picking.sampling.seed = choice.seed;
+      picking.logit_bias = sequence.request.logit_bias;
+      picking.top_logprobs = sequence.request.top_logprobs;
+      sequence.picker.emplace(picking, sequence.request.prompt);
+    }
     const engine::TokenStep step = sequence.picker->pick(logits);
     if (!sequence.first_token) sequence.first_token = Clock::now();
     sequence.tokens.push_back(step.token);
     ++sequence.generated;
-    sequence.sink->on_token(step);
+    choice.sink->on_token(step);
   } catch (const std::exception& e) {
     return finish(sequence, FinishReason::Error, e.what());
   }
@@ -236,7 +322,7 @@ void BatchScheduler::schedule_running() {
 
 void BatchScheduler::schedule_waiting() {
   const std::int64_t capacity = std::int64_t{options_.num_blocks} * options_.block_size;
-  while (!waiting_.empty() && budget_ > 0 && static_cast<std::int64_t>(running_.size()) < options_.max_num_seqs) {
+  while (!waiting_.empty() && budget_ > 0 && has_room_for(*waiting_.front())) {
     Sequence& sequence = *waiting_.front();
     if (!sequence.scheduled) {
       // First admission: what cannot run at all is an error, not a queue that never moves.
@@ -251,13 +337,15 @@ void BatchScheduler::schedule_waiting() {
       }
       if (!problem.empty()) {
         finish(sequence, FinishReason::Error, problem);
-        ended_.push_back(std::move(waiting_.front()));
         waiting_.pop_front();
         continue;
       }
     }
     const bool fresh = sequence.table.blocks.empty();
-    if (fresh) sequence.computed = blocks_.reuse_cached_prefix(sequence.table, sequence.tokens);
+    // Scoring the prompt needs every position's logits, so nothing of it comes from the cache.
+    if (fresh && !sequence.scores_prompt()) {
+      sequence.computed = blocks_.reuse_cached_prefix(sequence.table, sequence.tokens);
+    }
     const std::int64_t count = std::min(sequence.pending(), budget_);
     if (!blocks_.can_append(sequence.table, count)) {
       if (fresh) {
@@ -268,19 +356,10 @@ void BatchScheduler::schedule_waiting() {
     }
     if (!sequence.scheduled) {
       sequence.scheduled = Clock::now();
-      engine::GenerationRequest picking;
-      picking.sampling = sequence.request.sampling;
-      picking.logit_bias = sequence.request.logit_bias;
-      picking.top_logprobs = sequence.request.top_logprobs;
-      sequence.picker = std::make_unique<engine::TokenPicker>(picking, sequence.request.prompt);
       sequence.prompt_scored = sequence.request.prompt_logprobs < 0;
-      try {
-        sequence.sink->on_started(
-            SequenceStart{seconds_between(sequence.submitted, *sequence.scheduled), sequence.prompt_length});
-      } catch (const std::exception& e) {
-        blocks_.free(sequence.table);
-        finish(sequence, FinishReason::Error, e.what());
-        ended_.push_back(std::move(waiting_.front()));
+      const SequenceStart start{seconds_between(sequence.submitted, *sequence.scheduled), sequence.prompt_length};
+      tell(sequence, [&](SequenceSink& sink) { sink.on_started(start); });
+      if (sequence.ended) {
         waiting_.pop_front();
         continue;
       }
@@ -291,12 +370,22 @@ void BatchScheduler::schedule_waiting() {
   }
 }
 
+// A group wider than max_num_seqs would never fit beside others, so it runs alone.
+bool BatchScheduler::has_room_for(const Sequence& sequence) const {
+  const auto width = static_cast<std::int64_t>(sequence.choices.size());
+  return running_.empty() || choices_in(running_) + width <= options_.max_num_seqs;
+}
+
 void BatchScheduler::plan(Sequence& sequence, std::int64_t count) {
   const auto span = std::span(sequence.tokens).subspan(static_cast<std::size_t>(sequence.computed),
                                                        static_cast<std::size_t>(count));
   const auto appended = blocks_.append(sequence.table, span);
   if (!appended) fail("KV blocks ran out after can_append said yes");  // a bookkeeping bug, not a user error
-  if (appended->copy) cache_.copy_block(appended->copy->src, appended->copy->dst, appended->copy->tokens);
+  if (appended->copy) {
+    cache_.copy_block(appended->copy->src, appended->copy->dst, appended->copy->tokens);
+    const std::lock_guard lock(mutex_);
+    ++stats_.copied_blocks;
+  }
   plan_.push_back({&sequence, count});
   budget_ -= count;
 }
@@ -313,31 +402,49 @@ void BatchScheduler::preempt_newest() {
   ++stats_.preemptions;
 }
 
+// Every choice hears `event`; a sink that throws ends its own choice only.
+void BatchScheduler::tell(Sequence& sequence, const std::function<void(SequenceSink&)>& event) {
+  for (std::size_t i = 0; i < sequence.choices.size();) {
+    try {
+      event(*sequence.choices[i].sink);
+      ++i;
+    } catch (const std::exception& e) {
+      end_choice(sequence, i, FinishReason::Error, e.what());
+    }
+  }
+}
+
+// One choice leaves; the sequence ends with its last.
+void BatchScheduler::end_choice(Sequence& sequence, std::size_t index, FinishReason reason, std::string error) {
+  finished_.push_back({sequence.choices[index].sink, sequence.end(reason, std::move(error))});
+  sequence.choices.erase(sequence.choices.begin() + static_cast<std::ptrdiff_t>(index));
+  if (sequence.choices.empty()) release(sequence, /*written=*/true);
+}
+
 void BatchScheduler::finish(Sequence& sequence, FinishReason reason, std::string error, bool written) {
   if (sequence.ended) return;
+  for (const Choice& choice : sequence.choices) finished_.push_back({choice.sink, sequence.end(reason, error)});
+  sequence.choices.clear();
+  release(sequence, written);
+}
+
+void BatchScheduler::release(Sequence& sequence, bool written) {
   sequence.ended = true;
   if (written) {
     blocks_.free(sequence.table);
   } else {
     blocks_.free_unwritten(sequence.table);
   }
-  const auto now = Clock::now();
-  auto& end = sequence.end;
-  end.reason = reason;
-  end.error = std::move(error);
-  end.prompt_tokens = sequence.prompt_length;
-  end.generated_tokens = sequence.generated;
-  end.queue_seconds = seconds_between(sequence.submitted, sequence.scheduled.value_or(now));
-  if (sequence.scheduled) end.prefill_seconds = seconds_between(*sequence.scheduled, sequence.first_token.value_or(now));
-  if (sequence.first_token) end.decode_seconds = seconds_between(*sequence.first_token, now);
 }
 
-// Cancelled or past their deadline: they end now, wherever they are, and free their blocks.
+// Cancelled or past their deadline: they end now, wherever they are, and free their
+// blocks. A group loses only its cancelled choices.
 void BatchScheduler::drop_ended() {
   const auto check = [&](Sequence& sequence) {
-    if (sequence.ticket->cancelled()) {
-      finish(sequence, FinishReason::Cancelled);
-    } else if (sequence.request.deadline && Clock::now() >= *sequence.request.deadline) {
+    for (std::size_t i = sequence.choices.size(); i-- > 0;) {
+      if (sequence.choices[i].ticket->cancelled()) end_choice(sequence, i, FinishReason::Cancelled);
+    }
+    if (!sequence.ended && sequence.request.deadline && Clock::now() >= *sequence.request.deadline) {
       finish(sequence, FinishReason::Timeout);
     }
   };
@@ -346,19 +453,11 @@ void BatchScheduler::drop_ended() {
   collect_ended();
 }
 
+// Their choices' ends are in finished_ already.
 void BatchScheduler::collect_ended() {
-  const auto move_ended = [&](auto& container) {
-    for (auto it = container.begin(); it != container.end();) {
-      if ((*it)->ended) {
-        ended_.push_back(std::move(*it));
-        it = container.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  };
-  move_ended(waiting_);
-  move_ended(running_);
+  const auto ended = [](const std::unique_ptr<Sequence>& sequence) { return sequence->ended; };
+  std::erase_if(waiting_, ended);
+  std::erase_if(running_, ended);
 }
 
 // Counted out before their sinks hear the end, so load() never lags the events.
@@ -366,20 +465,20 @@ void BatchScheduler::publish_and_notify_ended() {
   collect_ended();
   {
     const std::lock_guard lock(mutex_);
-    waiting_count_ = static_cast<std::int64_t>(incoming_.size() + waiting_.size());
-    running_count_ = static_cast<std::int64_t>(running_.size());
+    waiting_count_ = choices_in(incoming_) + choices_in(waiting_);
+    running_count_ = choices_in(running_);
     kv_usage_ = blocks_.usage();
     stats_.prefix_queried_tokens = blocks_.prefix_cache_stats().queried_tokens;
     stats_.prefix_hit_tokens = blocks_.prefix_cache_stats().hit_tokens;
   }
-  for (auto& sequence : ended_) {
+  for (const Notice& notice : finished_) {
     try {
-      sequence->sink->on_finished(sequence->end);
+      notice.sink->on_finished(notice.end);
     } catch (const std::exception&) {
       // A sink that cannot take its last event has nobody left to tell.
     }
   }
-  ended_.clear();
+  finished_.clear();
   changed_.notify_all();
 }
 

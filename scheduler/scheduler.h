@@ -94,11 +94,25 @@ struct SchedulerLoad {
   std::int64_t prefix_cache_hit_tokens = 0;
 };
 
+// One choice of a group (n > 1, best_of): what differs from its siblings.
+struct ForkedChoice {
+  std::uint64_t seed = 0;  // replaces the request's sampling seed
+  std::shared_ptr<SequenceSink> sink;
+};
+
 class Scheduler {
  public:
   virtual ~Scheduler() = default;
   // Queues the sequence; its events go to `sink`. Throws Overloaded.
   virtual std::shared_ptr<Ticket> submit(SequenceRequest request, std::shared_ptr<SequenceSink> sink) = 0;
+  // Queues one sequence per choice, all continuing the same `request`; returns
+  // their tickets in order, each cancelling its choice alone. Each choice's events
+  // are those it would get submitted alone with its seed, and so are its tokens. A
+  // scheduler that can (BatchScheduler) computes the prompt once for the group;
+  // this default submits the choices one by one. Throws Overloaded, after
+  // cancelling whatever it had already queued.
+  virtual std::vector<std::shared_ptr<Ticket>> submit_group(SequenceRequest request,
+                                                            std::vector<ForkedChoice> choices);
   virtual SchedulerLoad load() const = 0;
   // Stops accepting; sequences already submitted run to their end (drain) until
   // `drain_timeout`, after which the rest are cancelled. Returns when all ended.

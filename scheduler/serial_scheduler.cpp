@@ -19,22 +19,6 @@ bool past(const std::optional<Clock::time_point>& deadline) { return deadline &&
 
 }  // namespace
 
-const char* finish_reason_name(FinishReason reason) {
-  switch (reason) {
-    case FinishReason::Stop:
-      return "stop";
-    case FinishReason::Length:
-      return "length";
-    case FinishReason::Cancelled:
-      return "cancelled";
-    case FinishReason::Timeout:
-      return "timeout";
-    case FinishReason::Error:
-      return "error";
-  }
-  return "unknown";
-}
-
 SerialScheduler::SerialScheduler(engine::LlamaModel& model, std::int64_t max_waiting)
     : model_(model), max_waiting_(max_waiting), worker_([this] { work(); }) {}
 

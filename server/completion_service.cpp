@@ -188,11 +188,12 @@ class GenerationCall final : public RunningRequest {
   Choices& choices() { return choices_; }
   void set_remaining(std::size_t n) { remaining_ = n; }
 
-  // Submits under the call's lock, so the choice's first event finds its ticket.
+  // Submits under the call's lock, so a choice's first event finds its ticket.
   template <typename Submit>
-  void attach(Choice& choice, Submit&& submit) {
+  void attach(const std::vector<Choice*>& group, Submit&& submit) {
     const std::lock_guard lock(mutex_);
-    choice.ticket = submit();
+    auto tickets = submit();
+    for (std::size_t i = 0; i < group.size(); ++i) group[i]->ticket = std::move(tickets.at(i));
   }
 
   void on_token(Choice& choice, const engine::TokenStep& step) {
@@ -403,20 +404,18 @@ void add_choices(GenerationCall& call, const Tokenizer& tokenizer, const std::ve
   call.set_remaining(call.choices().size());
 }
 
-// Queues every choice of `call`; a full scheduler abandons what was queued and is a 429.
+// Queues every choice of `call`, one group per prompt (its choices share the
+// prompt's computation); a full scheduler abandons what was queued and is a 429.
 void submit_choices(scheduler::Scheduler& scheduler, const std::shared_ptr<GenerationCall>& call,
                     const std::vector<std::vector<TokenId>>& prompts, const GenerationOptions& options,
                     int top_logprobs, int prompt_logprobs, const ServedModel& model,
                     std::optional<std::chrono::milliseconds> request_timeout) {
   const auto deadline = request_timeout ? std::optional(Clock::now() + *request_timeout) : std::nullopt;
   std::random_device entropy;
-  for (auto& choice : call->choices()) {
+  for (std::size_t p = 0; p < prompts.size(); ++p) {
     scheduler::SequenceRequest sequence;
-    sequence.prompt = prompts[choice->prompt];
+    sequence.prompt = prompts[p];
     sequence.sampling = options.sampling;
-    // The same seed gives the same text; choices of one request still differ.
-    sequence.sampling.seed = options.seeded ? options.sampling.seed + static_cast<std::uint64_t>(choice->index)
-                                            : (static_cast<std::uint64_t>(entropy()) << 32) ^ entropy();
     sequence.max_tokens =
         options.max_tokens.value_or(model.context_length - static_cast<std::int64_t>(sequence.prompt.size()));
     if (!options.ignore_eos) sequence.stop_tokens = model.stop_tokens;
@@ -424,10 +423,18 @@ void submit_choices(scheduler::Scheduler& scheduler, const std::shared_ptr<Gener
     sequence.top_logprobs = top_logprobs;
     sequence.prompt_logprobs = prompt_logprobs;
     sequence.deadline = deadline;
+    std::vector<Choice*> group;
+    std::vector<scheduler::ForkedChoice> forked;
+    for (auto& choice : call->choices()) {
+      if (choice->prompt != p) continue;
+      group.push_back(choice.get());
+      // The same seed gives the same text; choices of one request still differ.
+      const std::uint64_t seed = options.seeded ? options.sampling.seed + static_cast<std::uint64_t>(choice->index)
+                                                : (static_cast<std::uint64_t>(entropy()) << 32) ^ entropy();
+      forked.push_back({seed, std::make_shared<ChoiceSink>(call, *choice)});
+    }
     try {
-      call->attach(*choice, [&] {
-        return scheduler.submit(std::move(sequence), std::make_shared<ChoiceSink>(call, *choice));
-      });
+      call->attach(group, [&] { return scheduler.submit_group(std::move(sequence), std::move(forked)); });
     } catch (const scheduler::Overloaded& e) {
       call->abandon();
       throw ApiError(429, "rate_limit_exceeded", fmt::format("The server is busy ({}); retry later", e.what()),

@@ -1,7 +1,8 @@
 #pragma once
 // /v1/completions and /v1/chat/completions without HTTP: turns the prompts (or
 // the messages, through the model's chat template) into tokens, submits one
-// scheduler sequence per (prompt, choice), turns their token events into text
+// scheduler group per prompt (a sequence per choice, the prompt computed once
+// where the scheduler can), turns their token events into text
 // (stop strings, echo, log-probabilities) and hands the caller either stream
 // chunks as they come or the whole response at the end. The HTTP layer only
 // moves bytes.

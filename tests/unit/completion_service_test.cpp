@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "scheduler/batch_scheduler.h"
 #include "scheduler/serial_scheduler.h"
 #include "server/completion_service.h"
 #include "stories_model.h"
@@ -253,6 +254,37 @@ TEST_F(CompletionServiceTest, BestOfReturnsTheCandidatesWithTheHighestLogprobPer
     EXPECT_TRUE(best["choices"][i]["logprobs"].is_null()) << "logprobs were not asked for";
   }
   EXPECT_EQ(best["usage"]["completion_tokens"], all["usage"]["completion_tokens"]) << "every candidate counts";
+}
+
+// On the batch scheduler each prompt is computed once and forked into its choices;
+// the response is still what the serial scheduler gives, choice by choice.
+TEST_F(CompletionServiceTest, ChoicesForkedOnTheBatchSchedulerMatchTheSerialOnes) {
+  const json extra = {{"temperature", 1.0}, {"n", 3}, {"seed", 7}, {"max_tokens", 12}, {"logprobs", 1},
+                      {"echo", true}, {"ignore_eos", true}, {"prompt", {{1, 403, 29, 87, 300}, {1, 365}}}};
+  const json serial = run(extra);
+  scheduler::BatchSchedulerOptions options;
+  options.block_size = 4;
+  scheduler::BatchScheduler batch(*model_, options);
+  CompletionService service(*tokenizer_, batch, *metrics_, served(nullptr));
+  auto output = std::make_shared<CollectingOutput>();
+  service.start(request(extra), output);
+  const json batched = output->wait();
+  ASSERT_EQ(batched["choices"].size(), 6u) << batched.dump();
+  for (std::size_t i = 0; i < 6; ++i) {
+    const json& got = batched["choices"][i];
+    const json& want = serial["choices"][i];
+    EXPECT_EQ(got["text"], want["text"]) << "choice " << i;
+    EXPECT_EQ(got["logprobs"]["tokens"], want["logprobs"]["tokens"]) << "choice " << i;
+    const auto& got_logprobs = got["logprobs"]["token_logprobs"];
+    ASSERT_EQ(got_logprobs.size(), want["logprobs"]["token_logprobs"].size());
+    for (std::size_t t = 1; t < got_logprobs.size(); ++t) {  // the first token has none
+      EXPECT_NEAR(got_logprobs[t].get<double>(), want["logprobs"]["token_logprobs"][t].get<double>(), 1e-4);
+    }
+  }
+  EXPECT_NE(batched["choices"][0]["text"], batched["choices"][1]["text"]);
+  EXPECT_EQ(batched["usage"], serial["usage"]);
+  // Each prompt once (5 + 2 tokens), then 11 decode tokens per choice (the first comes from the prompt).
+  EXPECT_EQ(batch.stats().step_tokens, 5 + 2 + 6 * 11);
 }
 
 TEST_F(CompletionServiceTest, IgnoreEosGeneratesPastTheEndOfSequenceToken) {

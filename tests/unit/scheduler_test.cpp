@@ -1,11 +1,15 @@
 // Both schedulers on the real stories260K model. The contract they share: events
 // in order and equal to a direct generate(), cancellation within one step, a full
 // queue refused at once, bad requests ending alone, stop() draining what was
-// submitted. Then what only continuous batching does: many sequences in shared
-// steps with chunked prefill, preemption when KV blocks run out, prefix caching.
+// submitted, a group's choices each getting what they would alone. Then what only
+// continuous batching does: many sequences in shared steps with chunked prefill,
+// preemption when KV blocks run out, prefix caching, groups that prefill once and
+// fork with copy-on-write.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <random>
@@ -25,7 +29,8 @@ using namespace std::chrono_literals;
 
 using testing::reference_greedy_ids;
 
-// Records every event; on_token can be held until the test lets it go.
+// Records every event; on_token can be held until the test lets it go, at once
+// (hold) or when a given token arrives (hold_at).
 class RecordingSink : public SequenceSink {
  public:
   void on_started(const SequenceStart& start) override {
@@ -37,6 +42,7 @@ class RecordingSink : public SequenceSink {
     std::unique_lock lock(mutex_);
     order.push_back("token");
     tokens.push_back(step.token);
+    if (tokens.size() == hold_at_) hold_ = true;
     changed_.notify_all();
     changed_.wait(lock, [&] { return !hold_; });
     if (cancel_after > 0 && static_cast<int>(tokens.size()) == cancel_after) ticket_future.get()->cancel();
@@ -52,6 +58,10 @@ class RecordingSink : public SequenceSink {
   void hold() {
     const std::lock_guard lock(mutex_);
     hold_ = true;
+  }
+  void hold_at(std::size_t token_count) {
+    const std::lock_guard lock(mutex_);
+    hold_at_ = token_count;
   }
   void release() {
     const std::lock_guard lock(mutex_);
@@ -80,6 +90,7 @@ class RecordingSink : public SequenceSink {
   std::mutex mutex_;
   std::condition_variable changed_;
   bool hold_ = false;
+  std::size_t hold_at_ = 0;
   bool done_ = false;
 };
 
@@ -97,6 +108,57 @@ class SchedulerContract : public ::testing::TestWithParam<std::string> {
     request.sampling.temperature = 0;
     request.max_tokens = max_tokens;
     return request;
+  }
+
+  static SequenceRequest with_seed(SequenceRequest request, std::uint64_t seed) {
+    request.sampling.seed = seed;
+    return request;
+  }
+  // What the request gives when it runs alone through engine::generate.
+  static std::vector<TokenId> alone(const SequenceRequest& request) {
+    engine::GenerationRequest generation;
+    generation.prompt = request.prompt;
+    generation.sampling = request.sampling;
+    generation.max_new_tokens = request.max_tokens;
+    return engine::generate(*model_, generation).tokens;
+  }
+
+  struct Group {
+    std::vector<std::shared_ptr<RecordingSink>> sinks;
+    std::vector<std::shared_ptr<Ticket>> tickets;
+  };
+  // One choice per seed; `prepare` sets up the sinks before anything can reach them.
+  static Group submit_group(Scheduler& scheduler, const SequenceRequest& request,
+                            const std::vector<std::uint64_t>& seeds,
+                            const std::function<void(Group&)>& prepare = {}) {
+    Group group;
+    std::vector<ForkedChoice> choices;
+    for (const std::uint64_t seed : seeds) {
+      group.sinks.push_back(std::make_shared<RecordingSink>());
+      choices.push_back({seed, group.sinks.back()});
+    }
+    if (prepare) prepare(group);
+    group.tickets = scheduler.submit_group(request, choices);
+    EXPECT_EQ(group.tickets.size(), seeds.size());
+    for (std::size_t i = 0; i < group.tickets.size(); ++i) group.sinks[i]->ticket_promise.set_value(group.tickets[i]);
+    return group;
+  }
+  static void wait_choices(const Group& group) {
+    for (std::size_t i = 0; i < group.sinks.size(); ++i) {
+      const SequenceEnd end = group.sinks[i]->wait_end();
+      EXPECT_EQ(end.reason, FinishReason::Length) << "choice " << i << ": " << end.error;
+      EXPECT_EQ(group.sinks[i]->order.front(), "started") << "choice " << i;
+    }
+  }
+  // Waits for every choice; each must have produced exactly what its request does
+  // alone with its seed. Only once nothing else runs: the model is not to be used
+  // by two threads at once.
+  static void expect_choices_as_alone(const Group& group, const SequenceRequest& request,
+                                      const std::vector<std::uint64_t>& seeds) {
+    wait_choices(group);
+    for (std::size_t i = 0; i < group.sinks.size(); ++i) {
+      EXPECT_EQ(group.sinks[i]->tokens, alone(with_seed(request, seeds[i]))) << "choice " << i;
+    }
   }
 
   std::unique_ptr<Scheduler> make(std::int64_t max_waiting) const {
@@ -224,6 +286,19 @@ TEST_P(SchedulerContract, StopDrainsWhatWasSubmittedAndRefusesTheRest) {
   EXPECT_LT(held->tokens.size(), 50u);
 }
 
+TEST_P(SchedulerContract, EveryChoiceOfAGroupGetsWhatItWouldAlone) {
+  auto scheduler = make(8);
+  SequenceRequest request = greedy(12);
+  request.prompt = {1, 403, 29, 87};
+  request.sampling.temperature = 0.8;
+  const std::vector<std::uint64_t> seeds{5, 6, 7};
+  const auto group = submit_group(*scheduler, request, seeds);
+  expect_choices_as_alone(group, request, seeds);
+  EXPECT_NE(group.sinks[0]->tokens, group.sinks[1]->tokens) << "the seeds should give different text";
+  const auto load = scheduler->load();
+  EXPECT_EQ(load.running + load.waiting, 0);
+}
+
 class BatchSchedulerTest : public SchedulerContract {
  protected:
   // A prompt of stories260K token ids, different for each seed.
@@ -240,14 +315,6 @@ class BatchSchedulerTest : public SchedulerContract {
     request.sampling.temperature = seed % 2 == 0 ? 0.0 : 0.8;  // half greedy, half seeded sampling
     request.sampling.seed = seed;
     return request;
-  }
-  // What the request gives when it runs alone through engine::generate.
-  static std::vector<TokenId> alone(const SequenceRequest& request) {
-    engine::GenerationRequest generation;
-    generation.prompt = request.prompt;
-    generation.sampling = request.sampling;
-    generation.max_new_tokens = request.max_tokens;
-    return engine::generate(*model_, generation).tokens;
   }
   // Submits all, waits for all; each must produce exactly what it does alone.
   static void expect_each_as_alone(BatchScheduler& scheduler, const std::vector<SequenceRequest>& requests) {
@@ -346,6 +413,8 @@ TEST_P(BatchSchedulerTest, ASharedPrefixIsComputedOnce) {
   EXPECT_EQ(after.prefix_hit_tokens - before.prefix_hit_tokens, 40) << "the 10 full blocks of the shared prefix";
 }
 
+// Alone, and for every choice of a group that computes the prompt once, though the
+// first has cached the prompt's full block by then: scoring must not skip it.
 TEST_P(BatchSchedulerTest, PromptLogprobsSurviveChunkedPrefill) {
   BatchSchedulerOptions options;
   options.max_num_batched_tokens = 5;
@@ -356,9 +425,11 @@ TEST_P(BatchSchedulerTest, PromptLogprobsSurviveChunkedPrefill) {
     void on_prompt_logprobs(const std::vector<engine::TokenStep>& steps) override { scored = steps; }
     std::vector<engine::TokenStep> scored;
   };
-  auto sink = std::make_shared<PromptSink>();
-  scheduler.submit(request, sink);
-  sink->wait_end();
+  const std::vector<std::shared_ptr<PromptSink>> sinks{std::make_shared<PromptSink>(), std::make_shared<PromptSink>(),
+                                                       std::make_shared<PromptSink>()};
+  scheduler.submit(request, sinks[0]);
+  scheduler.submit_group(request, {{1, sinks[1]}, {2, sinks[2]}});
+  for (const auto& sink : sinks) sink->wait_end();
   std::vector<engine::TokenStep> expected;
   engine::GenerationRequest generation;
   generation.prompt = request.prompt;
@@ -366,12 +437,170 @@ TEST_P(BatchSchedulerTest, PromptLogprobsSurviveChunkedPrefill) {
   generation.max_new_tokens = 2;
   generation.prompt_logprobs = 2;
   engine::generate(*model_, generation, {}, [&](const std::vector<engine::TokenStep>& steps) { expected = steps; });
-  ASSERT_EQ(sink->scored.size(), 16u);
   ASSERT_EQ(expected.size(), 16u);
-  for (std::size_t i = 0; i < expected.size(); ++i) {
-    EXPECT_EQ(sink->scored[i].token, expected[i].token);
-    EXPECT_NEAR(sink->scored[i].logprob, expected[i].logprob, 1e-4);
+  for (const auto& sink : sinks) {
+    ASSERT_EQ(sink->scored.size(), 16u);
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_EQ(sink->scored[i].token, expected[i].token);
+      EXPECT_NEAR(sink->scored[i].logprob, expected[i].logprob, 1e-4);
+    }
   }
+}
+
+// A prompt ending inside a block (its last block is shared, then copied on write)
+// and one filling its last block (nothing to copy), greedy and seeded.
+TEST_P(BatchSchedulerTest, AGroupPrefillsItsPromptOnceAndEachChoiceGetsWhatItWouldAlone) {
+  constexpr std::int64_t kMaxTokens = 12;
+  const std::vector<std::uint64_t> seeds{3, 4, 5, 6};
+  const auto n = static_cast<std::int64_t>(seeds.size());
+  for (const std::size_t length : {std::size_t{10}, std::size_t{12}}) {
+    for (const double temperature : {0.0, 0.8}) {
+      SCOPED_TRACE(::testing::Message() << "prompt of " << length << ", temperature " << temperature);
+      BatchSchedulerOptions options;
+      options.block_size = 4;
+      options.num_blocks = 64;
+      options.max_num_batched_tokens = 6;  // the prompt prefills in chunks
+      auto request = request_for(prompt(21, length), kMaxTokens, 0);
+      request.sampling.temperature = temperature;
+
+      BatchScheduler grouped(*model_, options);
+      expect_choices_as_alone(submit_group(grouped, request, seeds), request, seeds);
+      const auto stats = grouped.stats();
+      // The prompt once, then each choice's decode tokens (its first comes from the prompt's logits).
+      EXPECT_EQ(stats.step_tokens, static_cast<std::int64_t>(length) + n * (kMaxTokens - 1));
+      EXPECT_EQ(stats.prefix_queried_tokens, static_cast<std::int64_t>(length)) << "admitted once";
+      EXPECT_EQ(stats.copied_blocks, length % 4 == 0 ? 0 : n - 1) << "all but the last writer copy the partial block";
+      EXPECT_EQ(stats.preemptions, 0);
+      EXPECT_EQ(grouped.load().kv_cache_usage, 0.0);
+
+      // The same choices submitted one by one: the same tokens, but each computes
+      // at least the end of the prompt again.
+      BatchScheduler separate(*model_, options);
+      std::vector<SequenceRequest> requests;
+      for (const std::uint64_t seed : seeds) requests.push_back(with_seed(request, seed));
+      expect_each_as_alone(separate, requests);
+      EXPECT_GT(separate.stats().step_tokens, stats.step_tokens);
+    }
+  }
+}
+
+TEST_P(BatchSchedulerTest, AGroupSharesThePromptsBlocksAndCopiesThePartialOneOnlyWhenWritten) {
+  BatchSchedulerOptions options;
+  options.block_size = 4;
+  options.num_blocks = 64;
+  BatchScheduler scheduler(*model_, options);
+  auto request = request_for(prompt(22, 10), 8, 1);  // 10 tokens: blocks of 4, 4 and 2
+  const std::vector<std::uint64_t> seeds{1, 2, 3};
+  const auto used = [&] { return std::lround(scheduler.load().kv_cache_usage * options.num_blocks); };
+  // Choice 0 runs first; holding its sink holds the worker inside a step, when
+  // load() shows the blocks as the step before left them.
+  const auto group = submit_group(scheduler, request, seeds, [](Group& g) { g.sinks[0]->hold_at(2); });
+  auto& first = *group.sinks[0];
+  first.wait_for_tokens(2);
+  EXPECT_EQ(used(), 3) << "after the prefill the three choices share the prompt's 3 blocks (apart: 9)";
+  first.hold_at(3);
+  first.release();
+  first.wait_for_tokens(3);
+  EXPECT_EQ(used(), 2 + 3) << "the full blocks still shared; the partial one copied by two, written in place by one";
+  EXPECT_EQ(scheduler.stats().copied_blocks, 2);
+  first.release();
+  expect_choices_as_alone(group, request, seeds);
+  EXPECT_EQ(scheduler.load().kv_cache_usage, 0.0);
+}
+
+TEST_P(BatchSchedulerTest, CancellingOneChoiceLeavesTheOthersOfItsGroup) {
+  BatchSchedulerOptions options;
+  options.block_size = 4;
+  BatchScheduler scheduler(*model_, options);
+  // A held sequence keeps the worker inside a step, so the group is still queued
+  // when its first choice (the one that carries the prefill) is cancelled.
+  auto busy = std::make_shared<RecordingSink>();
+  busy->hold();
+  const auto busy_ticket = scheduler.submit(greedy(50), busy);
+  busy->wait_for_tokens(1);
+
+  auto request = request_for(prompt(23, 10), 10, 1);
+  const std::vector<std::uint64_t> seeds{11, 12, 13, 14};
+  const auto group = submit_group(scheduler, request, seeds, [](Group& g) { g.sinks[2]->cancel_after = 3; });
+  EXPECT_EQ(scheduler.load().waiting, 4);
+  group.tickets[0]->cancel();
+  busy_ticket->cancel();
+  busy->release();
+
+  EXPECT_EQ(group.sinks[0]->wait_end().reason, FinishReason::Cancelled);
+  EXPECT_EQ(group.sinks[0]->order, std::vector<std::string>{"finished"}) << "never started";
+  const SequenceEnd cancelled = group.sinks[2]->wait_end();
+  EXPECT_EQ(cancelled.reason, FinishReason::Cancelled);
+  EXPECT_EQ(cancelled.generated_tokens, 3);
+  expect_choices_as_alone({{group.sinks[1], group.sinks[3]}, {}}, request, {seeds[1], seeds[3]});
+  auto cancelled_alone = alone(with_seed(request, seeds[2]));
+  cancelled_alone.resize(3);
+  EXPECT_EQ(group.sinks[2]->tokens, cancelled_alone);
+  const auto load = scheduler.load();
+  EXPECT_EQ(load.running + load.waiting, 0);
+  EXPECT_EQ(load.kv_cache_usage, 0.0);
+}
+
+// Both kinds of preemption happen here: forks that recompute their prompt and
+// tokens alone, and a group still prefilling (recomputed as a group, forking later).
+TEST_P(BatchSchedulerTest, ForkedChoicesArePreemptedAndRecomputedAloneWhenBlocksRunOut) {
+  BatchSchedulerOptions options;
+  options.num_blocks = 12;  // 48 positions; each choice needs up to 16 + 30 = 46
+  options.block_size = 4;
+  options.max_num_batched_tokens = 16;
+  BatchScheduler scheduler(*model_, options);
+  std::vector<SequenceRequest> requests;
+  std::vector<Group> groups;
+  const std::vector<std::vector<std::uint64_t>> seeds{{0, 1, 2}, {3, 4, 5}, {6, 7, 8}};
+  for (std::uint32_t g = 0; g < 3; ++g) {
+    requests.push_back(request_for(prompt(300 + g, 6 + 5 * g), 30, g));  // greedy, seeded, greedy
+    groups.push_back(submit_group(scheduler, requests.back(), seeds[g]));
+  }
+  for (const auto& group : groups) wait_choices(group);
+  for (std::size_t g = 0; g < 3; ++g) expect_choices_as_alone(groups[g], requests[g], seeds[g]);
+  EXPECT_GT(scheduler.stats().preemptions, 0);
+  const auto load = scheduler.load();
+  EXPECT_EQ(load.running + load.waiting, 0);
+  EXPECT_EQ(load.kv_cache_usage, 0.0);
+}
+
+TEST_P(BatchSchedulerTest, AGroupTakesAPlacePerChoiceAndOneWiderThanTheLimitsStillRuns) {
+  const auto sink = [] { return std::make_shared<RecordingSink>(); };
+  const auto keep_busy = [](Scheduler& scheduler, const std::shared_ptr<RecordingSink>& busy) {
+    busy->hold();
+    auto ticket = scheduler.submit(greedy(50), busy);
+    busy->wait_for_tokens(1);
+    return ticket;
+  };
+  BatchSchedulerOptions options;
+  options.max_waiting = 3;
+  {
+    BatchScheduler scheduler(*model_, options);
+    auto busy = sink();
+    const auto busy_ticket = keep_busy(scheduler, busy);
+    scheduler.submit_group(greedy(2), {{1, sink()}, {2, sink()}});
+    EXPECT_EQ(scheduler.load().waiting, 2);
+    EXPECT_THROW(scheduler.submit_group(greedy(2), {{3, sink()}, {4, sink()}}), Overloaded);
+    EXPECT_NO_THROW(scheduler.submit(greedy(2), sink()));
+    EXPECT_EQ(scheduler.load().waiting, 3);
+    busy_ticket->cancel();
+    busy->release();
+    scheduler.stop(30s);
+  }
+  // An empty queue takes a group wider than itself (it would never fit otherwise),
+  // and max_num_seqs lets a group wider than itself run alone.
+  options.max_num_seqs = 2;
+  BatchScheduler scheduler(*model_, options);
+  auto busy = sink();
+  const auto busy_ticket = keep_busy(scheduler, busy);
+  SequenceRequest request = greedy(6);
+  const std::vector<std::uint64_t> seeds{1, 2, 3, 4};
+  const auto wide = submit_group(scheduler, request, seeds);
+  EXPECT_EQ(scheduler.load().waiting, 4);
+  EXPECT_THROW(scheduler.submit(greedy(2), sink()), Overloaded);
+  busy_ticket->cancel();
+  busy->release();
+  expect_choices_as_alone(wide, request, seeds);
 }
 
 INSTANTIATE_TEST_SUITE_P(Batch, BatchSchedulerTest, ::testing::Values("batch"),
