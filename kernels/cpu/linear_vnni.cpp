@@ -89,6 +89,32 @@ inline __m512i broadcast4(const std::int8_t* p) {
   return _mm512_set1_epi32(four);
 }
 
+// Integer dot products of units [u0, u1) of a tile with Rows activation rows:
+// acc[r][v] = sum over those units of weight codes x activation codes, exactly.
+template <int Bits, int Rows>
+[[gnu::always_inline]] inline void dot_units(const std::uint32_t* tile_words, const std::int8_t* xq, std::int64_t ldx,
+                                             std::int64_t u0, std::int64_t u1, __m512i (&acc)[Rows][kRegsPerTile]) {
+  using Unit = ByteUnit<Bits>;
+  const __m512i mask = _mm512_set1_epi32(static_cast<int>(Unit::kMask));
+  for (auto& row : acc)
+    for (auto& reg : row) reg = _mm512_setzero_si512();
+  for (std::int64_t u = u0; u < u1; ++u) {
+    const std::uint32_t* unit = tile_words + u * kLanes;
+    const std::int8_t* xu = xq + u * Unit::kCodes;
+    prefetch_ahead(unit, kLanes * sizeof(std::uint32_t));
+    for (int v = 0; v < kRegsPerTile; ++v) {
+      const __m512i words = _mm512_loadu_si512(unit + v * V::kWidth);
+      unrolled<Unit::kPlanes>([&](auto j) {
+        constexpr int kPlane = decltype(j)::value;
+        const __m512i codes = Bits == 8 ? words : _mm512_and_si512(_mm512_srli_epi32(words, Bits * kPlane), mask);
+        for (int r = 0; r < Rows; ++r) {
+          acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], codes, broadcast4(xu + r * ldx + 4 * kPlane));
+        }
+      });
+    }
+  }
+}
+
 // Rows r0..r0+Rows of one tile into totals [rows][kLanes]. Integer sums stay
 // exact within a block; each block's sum is scaled into a float per group.
 template <int Bits, typename ScaleFormat, bool kMin, int Rows>
@@ -98,7 +124,6 @@ void int8_tile_rows(const QuantLayout& w, const PackedKernelArgs& a, std::int64_
   const std::uint32_t* tile_words = w.words.as<std::uint32_t>() + tile * w.units * kLanes;
   const std::int8_t* xq = a.x_codes + r0 * a.ldx;
   const float* xs = a.x_scales + r0 * a.x_blocks;
-  const __m512i mask = _mm512_set1_epi32(static_cast<int>(Unit::kMask));
   std::int64_t block = 0;
   for (std::int64_t g = 0; g < w.groups; ++g) {
     __m512 group_acc[Rows][kRegsPerTile];
@@ -109,24 +134,7 @@ void int8_tile_rows(const QuantLayout& w, const PackedKernelArgs& a, std::int64_
          u0 += Unit::kUnitsPerBlock, ++block) {
       const std::int64_t u1 = std::min(unit_end, u0 + Unit::kUnitsPerBlock);
       __m512i acc[Rows][kRegsPerTile];
-      for (auto& row : acc)
-        for (auto& reg : row) reg = _mm512_setzero_si512();
-      for (std::int64_t u = u0; u < u1; ++u) {
-        const std::uint32_t* unit = tile_words + u * kLanes;
-        const std::int8_t* xu = xq + u * Unit::kCodes;
-        prefetch_ahead(unit, kLanes * sizeof(std::uint32_t));
-        for (int v = 0; v < kRegsPerTile; ++v) {
-          const __m512i words = _mm512_loadu_si512(unit + v * V::kWidth);
-          unrolled<Unit::kPlanes>([&](auto j) {
-            constexpr int kPlane = decltype(j)::value;
-            const __m512i codes =
-                Bits == 8 ? words : _mm512_and_si512(_mm512_srli_epi32(words, Bits * kPlane), mask);
-            for (int r = 0; r < Rows; ++r) {
-              acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], codes, broadcast4(xu + r * a.ldx + 4 * kPlane));
-            }
-          });
-        }
-      }
+      dot_units<Bits, Rows>(tile_words, xq, a.ldx, u0, u1, acc);
       for (int r = 0; r < Rows; ++r) {
         const __m512 scale = _mm512_set1_ps(xs[r * a.x_blocks + block]);
         for (int v = 0; v < kRegsPerTile; ++v) group_acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][v]), scale, group_acc[r][v]);
@@ -151,35 +159,17 @@ void int8_tile_rows(const QuantLayout& w, const PackedKernelArgs& a, std::int64_
 template <int Bits, typename ScaleFormat, bool kMin, int Rows>
 void int8_tile_rows_block_groups(const QuantLayout& w, const PackedKernelArgs& a, std::int64_t tile,
                                  std::int64_t r0, float* totals) {
-  using Unit = ByteUnit<Bits>;
   const std::uint32_t* tile_words = w.words.as<std::uint32_t>() + tile * w.units * kLanes;
   const std::int8_t* xq = a.x_codes + r0 * a.ldx;
   const float* xs = a.x_scales + r0 * a.x_blocks;
   const float* sums = a.group_sums + r0 * w.groups;
-  const __m512i mask = _mm512_set1_epi32(static_cast<int>(Unit::kMask));
   __m512 total[Rows][kRegsPerTile];
   for (auto& row : total)
     for (auto& reg : row) reg = _mm512_setzero_ps();
   for (std::int64_t g = 0; g < w.groups; ++g) {
     __m512i acc[Rows][kRegsPerTile];
-    for (auto& row : acc)
-      for (auto& reg : row) reg = _mm512_setzero_si512();
-    const std::int64_t unit_end = w.group_unit_begin[static_cast<std::size_t>(g) + 1];
-    for (std::int64_t u = w.group_unit_begin[static_cast<std::size_t>(g)]; u < unit_end; ++u) {
-      const std::uint32_t* unit = tile_words + u * kLanes;
-      const std::int8_t* xu = xq + u * Unit::kCodes;
-      prefetch_ahead(unit, kLanes * sizeof(std::uint32_t));
-      for (int v = 0; v < kRegsPerTile; ++v) {
-        const __m512i words = _mm512_loadu_si512(unit + v * V::kWidth);
-        unrolled<Unit::kPlanes>([&](auto j) {
-          constexpr int kPlane = decltype(j)::value;
-          const __m512i codes = Bits == 8 ? words : _mm512_and_si512(_mm512_srli_epi32(words, Bits * kPlane), mask);
-          for (int r = 0; r < Rows; ++r) {
-            acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], codes, broadcast4(xu + r * a.ldx + 4 * kPlane));
-          }
-        });
-      }
-    }
+    dot_units<Bits, Rows>(tile_words, xq, a.ldx, w.group_unit_begin[static_cast<std::size_t>(g)],
+                          w.group_unit_begin[static_cast<std::size_t>(g) + 1], acc);
     for (int v = 0; v < kRegsPerTile; ++v) {
       const auto scale = V::load(group_row<ScaleFormat>(w.scales, tile, g, w.groups) + v * V::kWidth, ScaleFormat{});
       const auto offset = group_offset<ScaleFormat, kMin>(w.offsets, tile, g, w.groups, v, scale);
