@@ -125,7 +125,7 @@ std::vector<std::shared_ptr<Ticket>> BatchScheduler::submit_group(SequenceReques
 SchedulerLoad BatchScheduler::load() const {
   const std::lock_guard lock(mutex_);
   return {running_count_,  waiting_count_,           kv_usage_, stats_.steps, stats_.step_tokens, stats_.preemptions,
-          stats_.prefix_queried_tokens, stats_.prefix_hit_tokens};
+          stats_.prefix_queried_tokens, stats_.prefix_hit_tokens, stats_.copied_blocks};
 }
 
 BatchStats BatchScheduler::stats() const {

@@ -92,6 +92,7 @@ struct SchedulerLoad {
   std::int64_t preemptions = 0;
   std::int64_t prefix_cache_queried_tokens = 0;
   std::int64_t prefix_cache_hit_tokens = 0;
+  std::int64_t copied_blocks = 0;  // copy-on-write copies of a block shared by forked choices
 };
 
 // One choice of a group (n > 1, best_of): what differs from its siblings.

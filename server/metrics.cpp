@@ -60,6 +60,8 @@ ServerMetrics::ServerMetrics(const std::string& model)
   prefix_cache_queried_total_ = &counter("nibble_prefix_cache_queried_tokens_total",
                                          "Prompt tokens looked up in the prefix cache.");
   prefix_cache_hits_total_ = &counter("nibble_prefix_cache_hit_tokens_total", "Prompt tokens found in the prefix cache.");
+  copied_blocks_total_ = &counter("nibble_kv_cache_copied_blocks_total",
+                                  "KV blocks copied on write (a forked n>1 choice wrote into a block it shared).");
   load_seconds_ = &gauge("nibble_model_load_seconds", "Seconds it took to load the model.");
   weight_bytes_ = &family(prometheus::BuildGauge(), "nibble_model_weight_bytes",
                           "Bytes of model weights held, by storage format.", model, r);
@@ -104,6 +106,7 @@ void ServerMetrics::set_load(const scheduler::SchedulerLoad& load) {
   advance(preemptions_total_, load.preemptions, last_load_.preemptions);
   advance(prefix_cache_queried_total_, load.prefix_cache_queried_tokens, last_load_.prefix_cache_queried_tokens);
   advance(prefix_cache_hits_total_, load.prefix_cache_hit_tokens, last_load_.prefix_cache_hit_tokens);
+  advance(copied_blocks_total_, load.copied_blocks, last_load_.copied_blocks);
   prefix_cache_hit_ratio_->Set(load.prefix_cache_queried_tokens > 0
                                    ? static_cast<double>(load.prefix_cache_hit_tokens) /
                                          static_cast<double>(load.prefix_cache_queried_tokens)

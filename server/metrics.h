@@ -63,6 +63,7 @@ class ServerMetrics {
   prometheus::Counter* steps_total_;
   prometheus::Counter* step_tokens_total_;
   prometheus::Counter* preemptions_total_;
+  prometheus::Counter* copied_blocks_total_;
   prometheus::Counter* prefix_cache_queried_total_;
   prometheus::Counter* prefix_cache_hits_total_;
   std::mutex load_mutex_;              // scrapes may overlap
