@@ -4,7 +4,7 @@
 // same run, show how much of a step's cost the batch shares.
 //
 //   batch_step_bench --model models/SmolLM2-135M-Instruct.Q4_1.gguf [--threads 2]
-//                    [--context 128] [--batches 1,4,16,32] [--kv f32|int8] [--repeats 20]
+//                    [--context 128] [--batches 1,4,16,32] [--kv f32|f16|int8] [--repeats 20]
 //                    [--int8-activations]
 #include <fmt/format.h>
 
@@ -87,7 +87,7 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "backend threads");
   app.add_option("--context", context, "positions each sequence already holds");
   app.add_option("--batches", batches, "batch sizes (sequences per step)")->delimiter(',');
-  app.add_option("--kv", kv, "KV-cache dtype")->check(CLI::IsMember({"f32", "int8"}));
+  app.add_option("--kv", kv, "KV-cache dtype (float32, float16 / f16, int8)");
   app.add_option("--repeats", repeats, "timed steps per batch size (median reported)");
   app.add_flag("--int8-activations", int8_activations, "integer dot products for quantized layers");
   CLI11_PARSE(app, argc, argv);
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
   LlamaModel model(source, backend);
   const std::int64_t max_m = *std::max_element(batches.begin(), batches.end());
   const auto blocks = static_cast<std::int32_t>(max_m * ((context + 1 + kBlockSize - 1) / kBlockSize));
-  PagedKvCache cache(model.config(), blocks, kBlockSize, kv == "int8" ? KvDtype::Int8 : KvDtype::Float32);
+  PagedKvCache cache(model.config(), blocks, kBlockSize, nibble::engine::parse_kv_dtype(kv));
 
   fmt::print("{:>4} {:>12} {:>12} {:>10}\n", "M", "step ms", "tokens/s", "vs M=1");
   double base = 0;

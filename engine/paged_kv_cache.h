@@ -8,6 +8,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/huge_pages.h"
 #include "kernels/backend.h"
 #include "loader/model_config.h"
 
@@ -66,11 +67,14 @@ class PagedKvCache {
   std::int32_t num_blocks_;
   std::int32_t block_size_;
   KvDtype dtype_;
-  // Only the dtype's arrays are allocated; the others stay empty.
-  std::vector<float> keys_, values_;                        // Float32
-  std::vector<std::uint16_t> keys_f16_, values_f16_;        // Float16
-  std::vector<std::int8_t> key_codes_, value_codes_;        // Int8
-  std::vector<float> key_scales_, value_scales_;
+  // Only the dtype's arrays are allocated; the others stay empty. On huge pages:
+  // attention walks a few rows in each of thousands of pages every step.
+  template <typename T>
+  using Pool = std::vector<T, LargeAllocator<T>>;
+  Pool<float> keys_, values_;                        // Float32
+  Pool<std::uint16_t> keys_f16_, values_f16_;        // Float16
+  Pool<std::int8_t> key_codes_, value_codes_;        // Int8
+  Pool<float> key_scales_, value_scales_;
 };
 
 }  // namespace nibble::engine
