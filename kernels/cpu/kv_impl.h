@@ -6,7 +6,7 @@
 //
 // V adds to the dense traits: load(const std::int8_t*, I8Codes) (sign-extended to
 // float), store(std::uint16_t*, reg, F16Weights) (round to nearest even), set1,
-// store.
+// store, add, exp.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -134,10 +134,25 @@ void attend_head(const AttentionHeadArgs& a) {
     scores[t] = dot * a.scale;
     max_score = std::max(max_score, scores[t]);
   }
-  float total = 0.0f;
-  for (std::int64_t t = a.first; t <= a.last; ++t) {
-    scores[t] = std::exp(scores[t] - max_score);
-    total += scores[t];
+  // Softmax numerators a vector at a time; the ragged end goes through the same
+  // V::exp on a padded copy, so every position gets the same function.
+  const auto shift = V::set1(-max_score);
+  auto totals = V::zero();
+  std::int64_t at = a.first;
+  for (; at + V::kWidth <= a.last + 1; at += V::kWidth) {
+    const auto e = V::exp(V::add(V::load(scores + at), shift));
+    V::store(scores + at, e);
+    totals = V::add(totals, e);
+  }
+  float total = V::sum(totals);
+  if (at <= a.last) {
+    float tail[V::kWidth] = {};
+    std::copy(scores + at, scores + a.last + 1, tail);
+    V::store(tail, V::exp(V::add(V::load(tail), shift)));
+    for (std::int64_t i = 0; at + i <= a.last; ++i) {
+      scores[at + i] = tail[i];
+      total += tail[i];
+    }
   }
   // The scores become each position's weight on its value row.
   const float norm = 1.0f / total;

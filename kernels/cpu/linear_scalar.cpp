@@ -1,4 +1,6 @@
 // Portable fallback and the baseline the SIMD variants are benchmarked against.
+#include <cmath>
+
 #include "kernels/cpu/linear_formats.h"
 #include "kernels/cpu/kv_kernels.h"
 #include "kernels/cpu/linear_kernels.h"
@@ -31,6 +33,7 @@ struct V {
   static reg set1(float v) { return v; }
   static reg add(reg a, reg b) { return a + b; }
   static reg mul(reg a, reg b) { return a * b; }
+  static reg exp(reg x) { return std::exp(x); }
   static void store(float* p, reg v) { *p = v; }
   static void store(std::uint16_t* p, reg v, F16Weights) { *p = nibble::f32_to_f16(v); }
   static reg lookup16(const float* table, ireg index) { return table[index]; }
