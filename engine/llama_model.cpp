@@ -211,15 +211,19 @@ void LlamaModel::forward_segments(std::span<const TokenId> tokens, std::span<con
     backend_.linear(h_.data(), rows, *layer.v, layer.v_bias, v_.data());
     backend_.rope(q_.data(), rows, config_.num_heads, config_.head_dim, positions_, inv_freq_);
     backend_.rope(k_.data(), rows, config_.num_kv_heads, config_.head_dim, positions_, inv_freq_);
-    // Each sequence stores its keys and values, then attends over its own.
+    // Every sequence stores its keys and values, then all attend over their own in
+    // one call (a sequence only ever writes its own blocks, so the order is free).
+    attention_segments_.clear();
     for (std::size_t s = 0; s < segments.size(); ++s) {
       const auto& segment = segments[s];
       store(layer_index, s, k_.data() + segment.first_row * kv_dim, v_.data() + segment.first_row * kv_dim);
-      backend_.attention(q_.data() + segment.first_row * q_dim, segment.rows,
-                         std::span(positions_).subspan(static_cast<std::size_t>(segment.first_row),
-                                                       static_cast<std::size_t>(segment.rows)),
-                         view(layer_index, s), attention_shape, attn_.data() + segment.first_row * q_dim);
+      attention_segments_.push_back(
+          {q_.data() + segment.first_row * q_dim, segment.rows,
+           std::span(positions_).subspan(static_cast<std::size_t>(segment.first_row),
+                                         static_cast<std::size_t>(segment.rows)),
+           view(layer_index, s), attn_.data() + segment.first_row * q_dim});
     }
+    backend_.attention_batch(attention_segments_, attention_shape);
     backend_.linear(attn_.data(), rows, *layer.o, nullptr, h_.data());
     backend_.add(h_.data(), rows * d, x_.data());
 

@@ -120,6 +120,7 @@ class LlamaModel {
   std::int64_t scratch_rows_ = 0;
   std::vector<float> x_, h_, q_, k_, v_, attn_, gate_, up_;
   std::vector<std::int32_t> positions_;
+  std::vector<kernels::AttentionSegment> attention_segments_;  // per layer of forward_segments
 };
 
 }  // namespace nibble::engine

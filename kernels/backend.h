@@ -128,6 +128,16 @@ struct AttentionShape {
   std::optional<std::int64_t> sliding_window;  // attend to at most this many latest positions
 };
 
+// One sequence's rows in a batched attention call: q [rows, heads * head_dim] at
+// `positions`, attending over `kv`, written to out [rows, heads * head_dim].
+struct AttentionSegment {
+  const float* q = nullptr;
+  std::int64_t rows = 0;
+  std::span<const std::int32_t> positions;
+  KvLayerView kv;
+  float* out = nullptr;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -154,6 +164,15 @@ class Backend {
   // row i attends to cached positions 0..positions[i]. Writes out [rows, heads * head_dim].
   virtual void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,
                          const KvLayerView& kv, const AttentionShape& shape, float* out) = 0;
+  // Attention for several sequences of one step, each over its own cache view
+  // (AttentionSegment). The same results as one attention() call per segment; a
+  // backend overrides it to spread all segments over its threads in one pass
+  // instead of a pass (and a barrier) per sequence.
+  virtual void attention_batch(std::span<const AttentionSegment> segments, const AttentionShape& shape) {
+    for (const auto& segment : segments) {
+      attention(segment.q, segment.rows, segment.positions, segment.kv, shape, segment.out);
+    }
+  }
   // out = silu(gate) * up, elementwise over n values.
   virtual void swiglu(const float* gate, const float* up, std::int64_t n, float* out) = 0;
   // y += x, elementwise.

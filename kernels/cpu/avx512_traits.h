@@ -48,6 +48,7 @@ struct V {
   static reg set1(float v) { return _mm512_set1_ps(v); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
+  static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
   // e^x to about 1 ulp: 2^n e^r with n = round(x log2 e), e^r by Cephes' polynomial.
   // NaN stays NaN (it is the second operand of the clamps).
   static reg exp(reg x) {

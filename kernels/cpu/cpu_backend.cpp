@@ -6,12 +6,17 @@
 #include <vector>
 
 #include "common/error.h"
+#include "kernels/cpu/elementwise_kernels.h"
 #include "kernels/cpu/int8_activations.h"
 #include "kernels/cpu/kv_kernels.h"
 #include "kernels/cpu/prepared_weights.h"
 
 namespace nibble::kernels {
 namespace {
+
+// Elementwise work below this many values a task runs on the calling thread: a
+// hand-off costs about as much as that.
+constexpr std::int64_t kElementsPerTask = 16384;
 
 const cpu::CpuLinearWeights& cpu_weights(const LinearWeights& w) {
   const auto* mine = dynamic_cast<const cpu::CpuLinearWeights*>(&w);
@@ -67,14 +72,13 @@ void CpuBackend::linear(const float* x, std::int64_t rows, const Matrix& w, cons
 
 void CpuBackend::rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                           float* y) {
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * dim;
-    float* yr = y + r * dim;
-    float sum_squares = 0.0f;
-    for (std::int64_t i = 0; i < dim; ++i) sum_squares += xr[i] * xr[i];
-    const float scale = 1.0f / std::sqrt(sum_squares / static_cast<float>(dim) + eps);
-    for (std::int64_t i = 0; i < dim; ++i) yr[i] = weight[i] * (xr[i] * scale);
-  }
+  const cpu::RmsNormKernel kernel = cpu::elementwise_kernel_table(cpu::active_isa()).rms_norm;
+  // Rows are independent; a task takes enough of them to be worth a hand-off.
+  const std::int64_t rows_per_task = std::max<std::int64_t>(1, kElementsPerTask / std::max<std::int64_t>(dim, 1));
+  pool_->parallel_for((rows + rows_per_task - 1) / rows_per_task, [&](std::int64_t task, int) {
+    const std::int64_t first = task * rows_per_task, count = std::min(rows_per_task, rows - first);
+    kernel(x + first * dim, count, dim, weight, eps, y + first * dim);
+  });
 }
 
 void CpuBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
@@ -105,23 +109,48 @@ void CpuBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int6
 
 void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,
                            const KvLayerView& kv, const AttentionShape& shape, float* out) {
-  const cpu::AttentionKernel kernel = cpu::attention_kernel(kv.format(), cpu::active_isa());
+  const AttentionSegment segment{q, rows, positions, kv, out};
+  attention_batch(std::span(&segment, 1), shape);
+}
+
+void CpuBackend::attention_batch(std::span<const AttentionSegment> segments, const AttentionShape& shape) {
+  if (segments.empty()) return;
+  const KvFormat format = segments.front().kv.format();
+  const cpu::AttentionKernel kernel = cpu::attention_kernel(format, cpu::active_isa());
   const std::int64_t group = shape.heads / shape.kv_heads;
   const std::int64_t head_dim = shape.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  const std::int64_t max_len = positions.empty() ? 0 : *std::max_element(positions.begin(), positions.end()) + 1;
+  std::int64_t total_rows = 0, max_len = 0;
+  for (const auto& segment : segments) {
+    if (segment.kv.format() != format) fail("attention: segments of one call read KV caches of different formats");
+    total_rows += segment.rows;
+    for (std::int64_t r = 0; r < segment.rows; ++r) {
+      max_len = std::max<std::int64_t>(max_len, segment.positions[static_cast<std::size_t>(r)] + 1);
+    }
+  }
   for (auto& scores : attention_scores_) scores.resize(static_cast<std::size_t>(max_len));
   for (auto& storage_rows : attention_rows_) storage_rows.resize(static_cast<std::size_t>(max_len));
   // The query heads that share a key/value head run in one task, so that head's
-  // rows come from memory once and from cache for the others. A decode step of
-  // one or two sequences splits by head instead, to keep every thread busy.
-  // Each head's arithmetic is the same either way, so results do not change.
-  const std::int64_t heads_per_task = rows * shape.kv_heads >= 2 * pool_->size() ? group : 1;
+  // rows come from memory once and from cache for the others. A step of one or
+  // two rows splits by head instead, to keep every thread busy. Each head's
+  // arithmetic is the same either way, so results do not change.
+  const std::int64_t heads_per_task = total_rows * shape.kv_heads >= 2 * pool_->size() ? group : 1;
   const std::int64_t tasks_per_row = shape.heads / heads_per_task;
-  pool_->parallel_for(rows * tasks_per_row, [&](std::int64_t task, int worker) {
-    const std::int64_t r = task / tasks_per_row;
-    const std::int64_t first_head = task % tasks_per_row * heads_per_task;
-    const std::int64_t last = positions[static_cast<std::size_t>(r)];
+  // Tasks are numbered segment by segment, row by row; first_task[s] is segment s's first.
+  attention_first_task_.assign(1, 0);
+  for (const auto& segment : segments) {
+    attention_first_task_.push_back(attention_first_task_.back() + segment.rows * tasks_per_row);
+  }
+  pool_->parallel_for(attention_first_task_.back(), [&](std::int64_t task, int worker) {
+    const auto s = static_cast<std::size_t>(
+        std::upper_bound(attention_first_task_.begin(), attention_first_task_.end(), task) -
+        attention_first_task_.begin() - 1);
+    const AttentionSegment& segment = segments[s];
+    const KvLayerView& kv = segment.kv;
+    const std::int64_t local = task - attention_first_task_[s];
+    const std::int64_t r = local / tasks_per_row;
+    const std::int64_t first_head = local % tasks_per_row * heads_per_task;
+    const std::int64_t last = segment.positions[static_cast<std::size_t>(r)];
     const std::int64_t first = shape.sliding_window ? std::max<std::int64_t>(0, last - *shape.sliding_window + 1) : 0;
     // Each position's storage row, walked block by block (no division per position).
     std::int64_t* storage = attention_rows_[static_cast<std::size_t>(worker)].data();
@@ -140,8 +169,8 @@ void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const st
     for (std::int64_t h = first_head; h < first_head + heads_per_task; ++h) {
       cpu::AttentionHeadArgs args;
       args.kv = &kv;
-      args.q = q + (r * shape.heads + h) * head_dim;
-      args.out = out + (r * shape.heads + h) * head_dim;
+      args.q = segment.q + (r * shape.heads + h) * head_dim;
+      args.out = segment.out + (r * shape.heads + h) * head_dim;
       args.rows = storage;
       args.scores = attention_scores_[static_cast<std::size_t>(worker)].data();
       args.first = first;
@@ -156,13 +185,10 @@ void CpuBackend::attention(const float* q, std::int64_t rows, std::span<const st
 }
 
 void CpuBackend::swiglu(const float* gate, const float* up, std::int64_t n, float* out) {
-  constexpr std::int64_t kChunk = 16384;
-  pool_->parallel_for((n + kChunk - 1) / kChunk, [&](std::int64_t task, int) {
-    const std::int64_t end = std::min(n, (task + 1) * kChunk);
-    for (std::int64_t i = task * kChunk; i < end; ++i) {
-      const float g = gate[i];
-      out[i] = g / (1.0f + std::exp(-g)) * up[i];
-    }
+  const cpu::SwigluKernel kernel = cpu::elementwise_kernel_table(cpu::active_isa()).swiglu;
+  pool_->parallel_for((n + kElementsPerTask - 1) / kElementsPerTask, [&](std::int64_t task, int) {
+    const std::int64_t first = task * kElementsPerTask;
+    kernel(gate + first, up + first, std::min(kElementsPerTask, n - first), out + first);
   });
 }
 

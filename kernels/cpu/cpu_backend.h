@@ -38,6 +38,7 @@ class CpuBackend final : public Backend {
             std::span<const std::int32_t> positions, std::span<const float> inv_freq) override;
   void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions, const KvLayerView& kv,
                  const AttentionShape& shape, float* out) override;
+  void attention_batch(std::span<const AttentionSegment> segments, const AttentionShape& shape) override;
   void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override;
   void add(const float* x, std::int64_t n, float* y) override;
   void embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) override;
@@ -48,6 +49,7 @@ class CpuBackend final : public Backend {
   bool int8_activations_ = false;
   std::vector<std::vector<float>> attention_scores_;  // per pool thread
   std::vector<std::vector<std::int64_t>> attention_rows_;  // per pool thread: each position's storage row
+  std::vector<std::int64_t> attention_first_task_;         // per segment of an attention_batch call
   std::vector<std::vector<float>> linear_scratch_;    // per pool thread
   std::vector<float> packed_input_;
   std::vector<float> group_sums_;

@@ -32,7 +32,7 @@ inline std::pair<const std::int8_t*, const std::int8_t*> kv_arrays(const KvLayer
 // Rows of one sequence are scattered over the pool's blocks, so the hardware
 // prefetcher sees no stream; asking for a row a few positions ahead overlaps its
 // memory latency with the work on the current one.
-constexpr std::int64_t kRowsAhead = 8;
+constexpr std::int64_t kRowsAhead = 64;
 
 template <typename Element>
 inline void prefetch_row(const Element* row, std::int64_t n) {

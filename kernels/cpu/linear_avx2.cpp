@@ -4,6 +4,7 @@
 #include <initializer_list>
 
 #include "kernels/cpu/linear_formats.h"
+#include "kernels/cpu/elementwise_kernels.h"
 #include "kernels/cpu/kv_kernels.h"
 #include "kernels/cpu/linear_kernels.h"
 
@@ -51,6 +52,7 @@ struct V {
   static reg set1(float v) { return _mm256_set1_ps(v); }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
   // e^x as the AVX-512 traits compute it, with 2^n built in the exponent bits.
   static reg exp(reg x) {
     x = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
@@ -84,8 +86,10 @@ struct V {
 #include "kernels/cpu/packed_impl.h"
 #include "kernels/cpu/table_impl.h"
 #include "kernels/cpu/kv_impl.h"
+#include "kernels/cpu/elementwise_impl.h"
 
 namespace nibble::kernels::cpu {
 const LinearKernelTable& linear_kernels_avx2() { return kTable; }
 const KvKernelTable& kv_kernels_avx2() { return kKvTable; }
+const ElementwiseKernelTable& elementwise_kernels_avx2() { return kElementwiseTable; }
 }  // namespace nibble::kernels::cpu

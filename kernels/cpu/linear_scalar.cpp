@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "kernels/cpu/linear_formats.h"
+#include "kernels/cpu/elementwise_kernels.h"
 #include "kernels/cpu/kv_kernels.h"
 #include "kernels/cpu/linear_kernels.h"
 
@@ -33,6 +34,7 @@ struct V {
   static reg set1(float v) { return v; }
   static reg add(reg a, reg b) { return a + b; }
   static reg mul(reg a, reg b) { return a * b; }
+  static reg div(reg a, reg b) { return a / b; }
   static reg exp(reg x) { return std::exp(x); }
   static void store(float* p, reg v) { *p = v; }
   static void store(std::uint16_t* p, reg v, F16Weights) { *p = nibble::f32_to_f16(v); }
@@ -46,8 +48,10 @@ struct V {
 #include "kernels/cpu/packed_impl.h"
 #include "kernels/cpu/table_impl.h"
 #include "kernels/cpu/kv_impl.h"
+#include "kernels/cpu/elementwise_impl.h"
 
 namespace nibble::kernels::cpu {
 const LinearKernelTable& linear_kernels_scalar() { return kTable; }
 const KvKernelTable& kv_kernels_scalar() { return kKvTable; }
+const ElementwiseKernelTable& elementwise_kernels_scalar() { return kElementwiseTable; }
 }  // namespace nibble::kernels::cpu

@@ -122,6 +122,44 @@ TEST(CpuOps, RmsNormSwigluAndEmbeddingMatchTheReference) {
   }
 }
 
+TEST(CpuOps, RmsNormAndSwigluMatchTheReferenceOnEveryIsaAndLength) {
+  // Lengths leave every tail of the 8- and 16-wide vectors; 40 rows of 576 split
+  // over tasks; both ops run in place as the model calls them.
+  IsaGuard guard;
+  std::mt19937 rng(std::random_device{}());
+  CpuBackend backend(2);
+  for (const auto isa : supported_isas()) {
+    cpu::set_active_isa(isa);
+    for (const auto& [rows, dim] : std::vector<std::array<std::int64_t, 2>>{{1, 1}, {3, 7}, {2, 17}, {5, 64}, {40, 576}}) {
+      auto x = random_floats(rng, rows * dim, 3.0f);
+      const auto weight = random_floats(rng, dim);
+      const auto expected = reference::rms_norm(x, rows, dim, weight, 1e-5f);
+      backend.rms_norm(x.data(), rows, dim, weight.data(), 1e-5f, x.data());
+      EXPECT_LT(relative_error(x, expected), 1e-6) << cpu::isa_name(isa) << " " << rows << "x" << dim;
+    }
+    for (const std::int64_t n : {1, 7, 8, 15, 16, 17, 1000, 40000}) {
+      auto gate = random_floats(rng, static_cast<std::size_t>(n), 8.0f);
+      // Saturating gates: e^-g overflows or vanishes; silu must still be -0 or g.
+      const std::vector<float> extremes{-1000.0f, -100.0f, -88.5f, 88.5f, 100.0f, 1000.0f, 0.0f};
+      std::copy_n(extremes.begin(), std::min<std::size_t>(extremes.size(), gate.size()), gate.begin());
+      const auto up = random_floats(rng, static_cast<std::size_t>(n));
+      const auto expected = reference::swiglu(gate, up);
+      backend.swiglu(gate.data(), up.data(), n, gate.data());
+      for (std::int64_t i = 0; i < n; ++i) {
+        const auto at = static_cast<std::size_t>(i);
+        ASSERT_TRUE(std::isfinite(gate[at])) << cpu::isa_name(isa) << " n " << n << " at " << i;
+        // Each value on its own, so small ones near a saturated gate count too.
+        ASSERT_LE(std::abs(gate[at] - expected[at]), 1e-6 * std::abs(expected[at]) + 1e-30)
+            << cpu::isa_name(isa) << " n " << n << " at " << i << ": " << gate[at] << " vs " << expected[at];
+      }
+    }
+    // A NaN gate gives NaN, never a plausible number.
+    std::vector<float> gate{NAN, 1.0f}, up{1.0f, 1.0f}, out(2);
+    backend.swiglu(gate.data(), up.data(), 2, out.data());
+    EXPECT_TRUE(std::isnan(out[0])) << cpu::isa_name(isa);
+  }
+}
+
 TEST(CpuOps, RopeMatchesTheReference) {
   std::mt19937 rng(std::random_device{}());
   CpuBackend backend(1);
@@ -283,6 +321,56 @@ TEST(CpuOps, EveryKvFormatAttendsLikeTheFloat64ReferenceOnEveryIsa) {
       }
     }
   }
+}
+
+TEST(CpuOps, ABatchOfSequencesAttendsAsEachDoesAlone) {
+  // One attention_batch call over sequences with their own pools, lengths and row
+  // counts (decode rows, a prefill chunk) must give each sequence exactly what its
+  // own attention() call gives, in every KV format: the batch only changes how the
+  // work is spread over threads. 1 and 2 rows exercise the split by head.
+  IsaGuard guard;
+  std::mt19937 rng(std::random_device{}());
+  CpuBackend backend(2);
+  const AttentionShape shape{6, 2, 24, std::nullopt};
+  const std::int64_t q_width = shape.heads * shape.head_dim;
+  const std::vector<std::vector<std::int32_t>> positions{{12}, {0}, {30, 31, 32, 33, 34}, {7, 8}, {19}};
+  std::vector<KvPool> pools;
+  std::vector<std::vector<float>> queries;
+  for (const auto& rows : positions) {
+    pools.emplace_back(rng, rows.back() + 1, shape.kv_heads, shape.head_dim);
+    queries.push_back(random_floats(rng, rows.size() * q_width, 2.0f));
+  }
+  for (const auto isa : supported_isas()) {
+    cpu::set_active_isa(isa);
+    for (const auto format : {KvFormat::Float32, KvFormat::Float16, KvFormat::Int8}) {
+      for (std::size_t count : {std::size_t{1}, std::size_t{2}, positions.size()}) {
+        std::vector<std::vector<float>> batched(count), alone(count);
+        std::vector<AttentionSegment> segments;
+        for (std::size_t s = 0; s < count; ++s) {
+          const auto rows = static_cast<std::int64_t>(positions[s].size());
+          batched[s].assign(static_cast<std::size_t>(rows * q_width), NAN);
+          alone[s].assign(batched[s].size(), NAN);
+          segments.push_back({queries[s].data(), rows, positions[s], pools[s].view(format), batched[s].data()});
+          backend.attention(queries[s].data(), rows, positions[s], pools[s].view(format), shape, alone[s].data());
+        }
+        backend.attention_batch(segments, shape);
+        for (std::size_t s = 0; s < count; ++s) {
+          EXPECT_EQ(batched[s], alone[s]) << cpu::isa_name(isa) << " format " << static_cast<int>(format)
+                                          << " segment " << s << " of " << count;
+          const auto rows = static_cast<std::int64_t>(positions[s].size());
+          EXPECT_LT(relative_error(batched[s], reference::attention(queries[s], rows, positions[s],
+                                                                    pools[s].view(format), shape)),
+                    1e-5);
+        }
+      }
+    }
+  }
+  // One call reads one KV format; a mixed batch is a caller's bug, refused.
+  std::vector<float> out(static_cast<std::size_t>(q_width), NAN), out2(out.size(), NAN);
+  const std::vector<AttentionSegment> mixed{
+      {queries[0].data(), 1, positions[0], pools[0].view(KvFormat::Float32), out.data()},
+      {queries[4].data(), 1, positions[4], pools[4].view(KvFormat::Float16), out2.data()}};
+  EXPECT_THROW(backend.attention_batch(mixed, shape), Error);
 }
 
 TEST(CpuOps, Fp16StoresRoundLikeTheScalarConversionOnEveryIsa) {
