@@ -77,10 +77,10 @@ void run_generate(const GenerateOptions& options) {
   const auto& memory = model.weight_memory();
   spdlog::info(
       "model_loaded path={} arch={} layers={} weight_bytes={} quantized_layers={} quantized_file_bytes={} "
-      "quantized_resident_bytes={} sparse_layers={} backend=\"{}\" seconds={:.3f}",
+      "quantized_resident_bytes={} sparse_layers={} stacked_linears={} backend=\"{}\" seconds={:.3f}",
       source.path.string(), source.config.architecture, source.config.num_layers, model.weight_bytes(),
-      memory.quantized_layers, memory.quantized_file, memory.quantized_resident, memory.sparse_layers, backend.name(),
-      load_seconds);
+      memory.quantized_layers, memory.quantized_file, memory.quantized_resident, memory.sparse_layers,
+      memory.stacked_linears, backend.name(), load_seconds);
   for (const auto& [kind, count] : model.linear_kinds()) spdlog::debug("linear_weights kind=\"{}\" count={}", kind, count);
 
   engine::GenerationRequest request;
@@ -151,6 +151,7 @@ void run_generate(const GenerateOptions& options) {
           {"quantized_file_bytes", memory.quantized_file},
           {"quantized_resident_bytes", memory.quantized_resident},
           {"sparse_layers", memory.sparse_layers},
+          {"stacked_linears", memory.stacked_linears},
           {"kinds", model.linear_kinds()}}},
     };
     std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());

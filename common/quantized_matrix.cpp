@@ -77,6 +77,34 @@ bool QuantizedMatrix::follows_2_4() const {
   return offset == Offset::ZeroPoint && cols % 4 == 0 && !first_2_4_violation(*this);
 }
 
+std::optional<QuantizedMatrix> stack_rows(std::span<const QuantizedMatrix> parts, std::string name) {
+  if (parts.empty()) return std::nullopt;
+  const QuantizedMatrix& first = parts.front();
+  QuantizedMatrix stacked;
+  stacked.name = std::move(name);
+  stacked.cols = first.cols;
+  stacked.bits = first.bits;
+  stacked.groups = first.groups;
+  stacked.group_of_col = first.group_of_col;
+  stacked.offset = first.offset;
+  stacked.scale_dtype = first.scale_dtype;
+  stacked.sparse_2_4 = first.sparse_2_4;
+  for (const auto& part : parts) {
+    if (part.cols != first.cols || part.bits != first.bits || part.groups != first.groups ||
+        part.group_of_col != first.group_of_col || part.offset != first.offset ||
+        part.scale_dtype != first.scale_dtype || part.sparse_2_4 != first.sparse_2_4) {
+      return std::nullopt;
+    }
+    stacked.rows += part.rows;
+    stacked.stored_bytes += part.stored_bytes;
+    stacked.codes.insert(stacked.codes.end(), part.codes.begin(), part.codes.end());
+    stacked.scales.insert(stacked.scales.end(), part.scales.begin(), part.scales.end());
+    stacked.zeros.insert(stacked.zeros.end(), part.zeros.begin(), part.zeros.end());
+    stacked.mins.insert(stacked.mins.end(), part.mins.begin(), part.mins.end());
+  }
+  return stacked;
+}
+
 std::vector<std::int32_t> contiguous_groups(std::int64_t cols, std::int64_t group_size) {
   std::vector<std::int32_t> groups(static_cast<std::size_t>(cols));
   for (std::int64_t k = 0; k < cols; ++k) {

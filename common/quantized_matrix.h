@@ -5,6 +5,8 @@
 // no reader knows a kernel layout and no kernel knows a file format. It lives only
 // while one layer is being loaded, so it favours plain indexing over size.
 #include <cstdint>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -50,6 +52,12 @@ struct QuantizedMatrix {
   // pattern are inconsistent. Readers call it before handing the matrix on.
   void validate() const;
 };
+
+// The matrices' rows one after another, as one matrix named `name`: what a model
+// runs as one linear layer when several read the same input (q/k/v, gate/up).
+// Empty when they differ in anything but their rows: input columns, bits, groups
+// and the column-to-group map, offset kind, scale precision, 2:4 sparsity.
+std::optional<QuantizedMatrix> stack_rows(std::span<const QuantizedMatrix> parts, std::string name);
 
 // group_of_col for plain grouping: column k is in group k / group_size
 // (group_size <= 0 means one group for the whole row).

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
 #include <optional>
 
 #include "common/error.h"
@@ -56,17 +58,33 @@ LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend, con
     Layer layer{};
     layer.attn_norm = vector(weights, layer_name(i, "input_layernorm.weight"), d);
     layer.ffn_norm = vector(weights, layer_name(i, "post_attention_layernorm.weight"), d);
-    layer.q = linear(weights, layer_name(i, "self_attn.q_proj"), config_.q_dim(), d);
-    layer.k = linear(weights, layer_name(i, "self_attn.k_proj"), config_.kv_dim(), d);
-    layer.v = linear(weights, layer_name(i, "self_attn.v_proj"), config_.kv_dim(), d);
+    const std::array<Module, 3> qkv{{{layer_name(i, "self_attn.q_proj"), config_.q_dim()},
+                                     {layer_name(i, "self_attn.k_proj"), config_.kv_dim()},
+                                     {layer_name(i, "self_attn.v_proj"), config_.kv_dim()}}};
+    auto qkv_linears = linears(weights, qkv, d);
+    if (qkv_linears.size() == 1) {
+      layer.qkv = qkv_linears[0];
+    } else {
+      layer.q = qkv_linears[0];
+      layer.k = qkv_linears[1];
+      layer.v = qkv_linears[2];
+    }
     layer.o = linear(weights, layer_name(i, "self_attn.o_proj"), d, config_.q_dim());
-    layer.gate = linear(weights, layer_name(i, "mlp.gate_proj"), config_.intermediate_size, d);
-    layer.up = linear(weights, layer_name(i, "mlp.up_proj"), config_.intermediate_size, d);
+    const std::array<Module, 2> gate_up{{{layer_name(i, "mlp.gate_proj"), config_.intermediate_size},
+                                         {layer_name(i, "mlp.up_proj"), config_.intermediate_size}}};
+    auto gate_up_linears = linears(weights, gate_up, d);
+    if (gate_up_linears.size() == 1) {
+      layer.gate_up = gate_up_linears[0];
+    } else {
+      layer.gate = gate_up_linears[0];
+      layer.up = gate_up_linears[1];
+    }
     layer.down = linear(weights, layer_name(i, "mlp.down_proj"), d, config_.intermediate_size);
     if (config_.attention_bias) {
       layer.q_bias = vector(weights, layer_name(i, "self_attn.q_proj.bias"), config_.q_dim());
       layer.k_bias = vector(weights, layer_name(i, "self_attn.k_proj.bias"), config_.kv_dim());
       layer.v_bias = vector(weights, layer_name(i, "self_attn.v_proj.bias"), config_.kv_dim());
+      if (layer.qkv) layer.qkv_bias = stacked_vector({layer.q_bias, layer.k_bias, layer.v_bias}, qkv);
     }
     layers_.push_back(layer);
     if (progress) progress(i + 1, config_.num_layers);
@@ -76,49 +94,103 @@ LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend, con
 
 LlamaModel::Linear LlamaModel::linear(const WeightSource& weights, const std::string& module, std::int64_t rows,
                                       std::int64_t cols) {
-  Linear prepared;
   std::optional<QuantizedMatrix> quantized = weights.load_quantized(module);
-  if (quantized && options_.expand_quantized) {
-    std::vector<float> values(static_cast<std::size_t>(quantized->rows * quantized->cols));
-    for (std::int64_t n = 0; n < quantized->rows; ++n) {
-      for (std::int64_t k = 0; k < quantized->cols; ++k) values[static_cast<std::size_t>(n * quantized->cols + k)] = quantized->value(n, k);
-    }
-    TensorView tensor = make_owned_f32(module + ".weight", {quantized->rows, quantized->cols}, std::move(values));
-    quantized.reset();
-    check_shape(tensor, {rows, cols});
-    prepared = backend_.prepare_linear(kernels::Matrix{DType::F32, rows, cols, tensor.bytes.data()}, kernels::SparseChoice::Dense);
+  if (quantized) return quantized_linear(std::move(*quantized), module, rows, cols, 1);
+  const std::string name = module + ".weight";
+  TensorView tensor = weights.load(name);
+  check_shape(tensor, {rows, cols});
+  if (tensor.dtype != DType::F32 && tensor.dtype != DType::F16 && tensor.dtype != DType::BF16) {
+    fail("tensor '{}': dtype {} is not supported for matrices (F32, F16, BF16)", name, dtype_name(tensor.dtype));
+  }
+  const kernels::Matrix m{tensor.dtype, rows, cols, tensor.bytes.data()};
+  // The token table is only ever looked up by row, never multiplied sparsely.
+  const bool lookup_only = module == "model.embed_tokens" && !config_.tie_word_embeddings;
+  Linear prepared = backend_.prepare_linear(m, lookup_only ? kernels::SparseChoice::Dense : options_.sparse);
+  if (prepared->views_source()) {
     memory_.total += tensor.bytes.size();
     held_.push_back(std::move(tensor));
-  } else if (quantized) {
-    if (quantized->rows != rows || quantized->cols != cols) {
-      fail("quantized weight '{}' is [{}, {}] but the config implies [{}, {}]", module, quantized->rows, quantized->cols,
-           rows, cols);
-    }
-    prepared = backend_.prepare_linear(*quantized);
-    memory_.quantized_file += quantized->stored_bytes;
-    memory_.quantized_resident += prepared->resident_bytes();
-    ++memory_.quantized_layers;
   } else {
-    const std::string name = module + ".weight";
-    TensorView tensor = weights.load(name);
-    check_shape(tensor, {rows, cols});
-    if (tensor.dtype != DType::F32 && tensor.dtype != DType::F16 && tensor.dtype != DType::BF16) {
-      fail("tensor '{}': dtype {} is not supported for matrices (F32, F16, BF16)", name, dtype_name(tensor.dtype));
-    }
-    const kernels::Matrix m{tensor.dtype, rows, cols, tensor.bytes.data()};
-    // The token table is only ever looked up by row, never multiplied sparsely.
-    const bool lookup_only = module == "model.embed_tokens" && !config_.tie_word_embeddings;
-    prepared = backend_.prepare_linear(m, lookup_only ? kernels::SparseChoice::Dense : options_.sparse);
-    if (prepared->views_source()) {
-      memory_.total += tensor.bytes.size();
-      held_.push_back(std::move(tensor));
-    } else {
-      ++memory_.sparse_layers;
-    }
+    ++memory_.sparse_layers;
   }
   memory_.total += prepared->resident_bytes();
   ++linear_kinds_[prepared->describe()];
   return prepared;
+}
+
+LlamaModel::Linear LlamaModel::quantized_linear(QuantizedMatrix quantized, const std::string& module,
+                                                std::int64_t rows, std::int64_t cols, int modules) {
+  if (quantized.rows != rows || quantized.cols != cols) {
+    fail("quantized weight '{}' is [{}, {}] but the config implies [{}, {}]", module, quantized.rows, quantized.cols,
+         rows, cols);
+  }
+  Linear prepared;
+  if (options_.expand_quantized) {
+    std::vector<float> values(static_cast<std::size_t>(rows * cols));
+    for (std::int64_t n = 0; n < rows; ++n) {
+      for (std::int64_t k = 0; k < cols; ++k) values[static_cast<std::size_t>(n * cols + k)] = quantized.value(n, k);
+    }
+    TensorView tensor = make_owned_f32(module + ".weight", {rows, cols}, std::move(values));
+    prepared = backend_.prepare_linear(kernels::Matrix{DType::F32, rows, cols, tensor.bytes.data()},
+                                       kernels::SparseChoice::Dense);
+    memory_.total += tensor.bytes.size();
+    held_.push_back(std::move(tensor));
+  } else {
+    prepared = backend_.prepare_linear(quantized);
+    memory_.quantized_file += quantized.stored_bytes;
+    memory_.quantized_resident += prepared->resident_bytes();
+    memory_.quantized_layers += modules;
+  }
+  memory_.total += prepared->resident_bytes();
+  linear_kinds_[prepared->describe()] += modules;
+  return prepared;
+}
+
+std::vector<LlamaModel::Linear> LlamaModel::linears(const WeightSource& weights, std::span<const Module> modules,
+                                                    std::int64_t cols) {
+  const bool all_quantized = std::ranges::all_of(modules, [&](const Module& m) { return weights.has_quantized(m.name); });
+  if (options_.stack_linears && !options_.expand_quantized && all_quantized) {
+    std::vector<QuantizedMatrix> parts;
+    std::string name;
+    for (const auto& module : modules) {
+      std::optional<QuantizedMatrix> part = weights.load_quantized(module.name);
+      if (!part || part->rows != module.rows || part->cols != cols) {
+        fail("quantized weight '{}' is [{}, {}] but the config implies [{}, {}]", module.name, part ? part->rows : 0,
+             part ? part->cols : 0, module.rows, cols);
+      }
+      name += (name.empty() ? "" : "+") + module.name;
+      parts.push_back(std::move(*part));
+    }
+    if (auto stacked = stack_rows(parts, name)) {
+      parts.clear();
+      const std::int64_t rows = stacked->rows;
+      ++memory_.stacked_linears;
+      return {quantized_linear(std::move(*stacked), name, rows, cols, static_cast<int>(modules.size()))};
+    }
+    // Formats differ (a GGUF Q4_K_M keeps some projections at higher precision):
+    // the parts already loaded run alone.
+    std::vector<Linear> prepared;
+    for (std::size_t i = 0; i < modules.size(); ++i) {
+      prepared.push_back(quantized_linear(std::move(parts[i]), modules[i].name, modules[i].rows, cols, 1));
+    }
+    return prepared;
+  }
+  std::vector<Linear> prepared;
+  for (const auto& module : modules) prepared.push_back(linear(weights, module.name, module.rows, cols));
+  return prepared;
+}
+
+const float* LlamaModel::stacked_vector(std::initializer_list<const float*> parts, std::span<const Module> modules) {
+  std::vector<float> values;
+  std::size_t i = 0;
+  for (const float* part : parts) {
+    values.insert(values.end(), part, part + modules[i++].rows);
+  }
+  const auto size = static_cast<std::int64_t>(values.size());
+  TensorView tensor = make_owned_f32(modules.front().name + ".stacked_bias", {size}, std::move(values));
+  memory_.total += tensor.bytes.size();
+  const auto* data = tensor.as<float>().data();
+  held_.push_back(std::move(tensor));
+  return data;
 }
 
 const float* LlamaModel::vector(const WeightSource& weights, const std::string& name, std::int64_t size) {
@@ -142,6 +214,22 @@ void LlamaModel::ensure_scratch(std::int64_t rows) {
   gate_.resize(size(config_.intermediate_size));
   up_.resize(size(config_.intermediate_size));
   scratch_rows_ = rows;
+}
+
+void LlamaModel::run_stacked(const kernels::LinearWeights& stacked, const float* bias, std::int64_t rows,
+                             std::initializer_list<Output> outputs) {
+  std::int64_t width = 0;
+  for (const auto& output : outputs) width += output.width;
+  if (stacked_.size() < static_cast<std::size_t>(rows * width)) stacked_.resize(static_cast<std::size_t>(rows * width));
+  backend_.linear(h_.data(), rows, stacked, bias, stacked_.data());
+  // Each row holds every output's columns side by side; the ops after want them apart.
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* row = stacked_.data() + r * width;
+    for (const auto& output : outputs) {
+      std::copy_n(row, output.width, output.data + r * output.width);
+      row += output.width;
+    }
+  }
 }
 
 void LlamaModel::forward(std::span<const TokenId> tokens, std::int64_t start, KvCache& cache, Logits mode,
@@ -206,9 +294,13 @@ void LlamaModel::forward_segments(std::span<const TokenId> tokens, std::span<con
     const Layer& layer = layers_[i];
     const auto layer_index = static_cast<std::int64_t>(i);
     backend_.rms_norm(x_.data(), rows, d, layer.attn_norm, eps, h_.data());
-    backend_.linear(h_.data(), rows, *layer.q, layer.q_bias, q_.data());
-    backend_.linear(h_.data(), rows, *layer.k, layer.k_bias, k_.data());
-    backend_.linear(h_.data(), rows, *layer.v, layer.v_bias, v_.data());
+    if (layer.qkv) {
+      run_stacked(*layer.qkv, layer.qkv_bias, rows, {{q_.data(), q_dim}, {k_.data(), kv_dim}, {v_.data(), kv_dim}});
+    } else {
+      backend_.linear(h_.data(), rows, *layer.q, layer.q_bias, q_.data());
+      backend_.linear(h_.data(), rows, *layer.k, layer.k_bias, k_.data());
+      backend_.linear(h_.data(), rows, *layer.v, layer.v_bias, v_.data());
+    }
     backend_.rope(q_.data(), rows, config_.num_heads, config_.head_dim, positions_, inv_freq_);
     backend_.rope(k_.data(), rows, config_.num_kv_heads, config_.head_dim, positions_, inv_freq_);
     // Every sequence stores its keys and values, then all attend over their own in
@@ -228,8 +320,13 @@ void LlamaModel::forward_segments(std::span<const TokenId> tokens, std::span<con
     backend_.add(h_.data(), rows * d, x_.data());
 
     backend_.rms_norm(x_.data(), rows, d, layer.ffn_norm, eps, h_.data());
-    backend_.linear(h_.data(), rows, *layer.gate, nullptr, gate_.data());
-    backend_.linear(h_.data(), rows, *layer.up, nullptr, up_.data());
+    if (layer.gate_up) {
+      const auto width = config_.intermediate_size;
+      run_stacked(*layer.gate_up, nullptr, rows, {{gate_.data(), width}, {up_.data(), width}});
+    } else {
+      backend_.linear(h_.data(), rows, *layer.gate, nullptr, gate_.data());
+      backend_.linear(h_.data(), rows, *layer.up, nullptr, up_.data());
+    }
     backend_.swiglu(gate_.data(), up_.data(), rows * config_.intermediate_size, gate_.data());
     backend_.linear(gate_.data(), rows, *layer.down, nullptr, h_.data());
     backend_.add(h_.data(), rows * d, x_.data());

@@ -4,11 +4,14 @@
 // residual], final RMSNorm, lm_head (tied to the embedding or separate).
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
+#include "common/quantized_matrix.h"
 #include "engine/kv_cache.h"
 #include "engine/paged_kv_cache.h"
 #include "kernels/backend.h"
@@ -42,6 +45,9 @@ class LlamaModel {
     // Expand quantized weights to float32 at load and run the dense kernels: the
     // baseline benchmarks compare the packed kernels against, on the same weights.
     bool expand_quantized = false;
+    // Run q/k/v and gate/up as one stacked matrix each when their quantized formats
+    // agree. Off only to compare against the separate layers.
+    bool stack_linears = true;
   };
 
   // What the linear layers cost in memory.
@@ -51,6 +57,7 @@ class LlamaModel {
     std::uint64_t quantized_resident = 0;  // the same layers packed for the backend
     std::int64_t quantized_layers = 0;
     std::int64_t sparse_layers = 0;      // dense weights running on a sparse kernel
+    std::int64_t stacked_linears = 0;    // prepared matrices that each run several modules (q/k/v, gate/up)
   };
 
   // Binds the weights of `source`: dense weights are mapped, not copied;
@@ -95,15 +102,38 @@ class LlamaModel {
     const float* attn_norm;
     const float* ffn_norm;
     Linear q, k, v, o, gate, up, down;
+    // Set when q/k/v (gate/up) run as one stacked matrix; q, k, v (gate, up) are then unset.
+    Linear qkv, gate_up;
     const float* q_bias = nullptr;
     const float* k_bias = nullptr;
     const float* v_bias = nullptr;
+    const float* qkv_bias = nullptr;
+  };
+  struct Module {
+    std::string name;
+    std::int64_t rows;
   };
 
   // The weight of linear module `module` (quantized or `module`.weight), prepared for the backend.
   Linear linear(const WeightSource& weights, const std::string& module, std::int64_t rows, std::int64_t cols);
+  // A quantized matrix prepared for the backend; it stands for `modules` modules of the checkpoint.
+  Linear quantized_linear(QuantizedMatrix quantized, const std::string& module, std::int64_t rows, std::int64_t cols,
+                          int modules);
+  // Modules that read the same input (q/k/v, gate/up): one linear of their rows
+  // stacked when all are quantized alike (the input is read, and rounded to int8,
+  // once; one fork-join instead of several), else one linear each.
+  std::vector<Linear> linears(const WeightSource& weights, std::span<const Module> modules, std::int64_t cols);
+  // The modules' bias vectors one after another, for their stacked linear.
+  const float* stacked_vector(std::initializer_list<const float*> parts, std::span<const Module> modules);
   const float* vector(const WeightSource& weights, const std::string& name, std::int64_t size);
   void ensure_scratch(std::int64_t rows);
+  // Runs a stacked linear over h_ and splits each row's columns into the outputs, in order.
+  struct Output {
+    float* data;
+    std::int64_t width;
+  };
+  void run_stacked(const kernels::LinearWeights& stacked, const float* bias, std::int64_t rows,
+                   std::initializer_list<Output> outputs);
 
   ModelConfig config_;
   kernels::Backend& backend_;
@@ -119,6 +149,7 @@ class LlamaModel {
 
   std::int64_t scratch_rows_ = 0;
   std::vector<float> x_, h_, q_, k_, v_, attn_, gate_, up_;
+  std::vector<float> stacked_;  // a stacked linear's output before it is split
   std::vector<std::int32_t> positions_;
   std::vector<kernels::AttentionSegment> attention_segments_;  // per layer of forward_segments
 };

@@ -84,24 +84,34 @@ void CpuBackend::rms_norm(const float* x, std::int64_t rows, std::int64_t dim, c
 void CpuBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
                       std::span<const std::int32_t> positions, std::span<const float> inv_freq) {
   const std::int64_t half = head_dim / 2;
-  std::vector<float> cos_table(static_cast<std::size_t>(half));
-  std::vector<float> sin_table(static_cast<std::size_t>(half));
-  for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t i = 0; i < half; ++i) {
-      // float32 angle like the reference; cos/sin of it evaluated accurately.
-      const float angle = static_cast<float>(positions[static_cast<std::size_t>(r)]) * inv_freq[static_cast<std::size_t>(i)];
-      cos_table[static_cast<std::size_t>(i)] = static_cast<float>(std::cos(static_cast<double>(angle)));
-      sin_table[static_cast<std::size_t>(i)] = static_cast<float>(std::sin(static_cast<double>(angle)));
+  const auto used = positions.first(static_cast<std::size_t>(rows));
+  // A step rotates q and k of every layer at the same positions: the angles are
+  // computed once and kept until the positions or frequencies change.
+  if (!std::ranges::equal(used, rope_positions_) || !std::ranges::equal(inv_freq, rope_inv_freq_)) {
+    rope_positions_.assign(used.begin(), used.end());
+    rope_inv_freq_.assign(inv_freq.begin(), inv_freq.end());
+    rope_cos_.resize(static_cast<std::size_t>(rows * half));
+    rope_sin_.resize(rope_cos_.size());
+    for (std::int64_t r = 0; r < rows; ++r) {
+      for (std::int64_t i = 0; i < half; ++i) {
+        // float32 angle like the reference; cos/sin of it evaluated accurately.
+        const float angle =
+            static_cast<float>(used[static_cast<std::size_t>(r)]) * inv_freq[static_cast<std::size_t>(i)];
+        rope_cos_[static_cast<std::size_t>(r * half + i)] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        rope_sin_[static_cast<std::size_t>(r * half + i)] = static_cast<float>(std::sin(static_cast<double>(angle)));
+      }
     }
+  }
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* cos_row = rope_cos_.data() + r * half;
+    const float* sin_row = rope_sin_.data() + r * half;
     for (std::int64_t h = 0; h < heads; ++h) {
       float* v = x + (r * heads + h) * head_dim;
       for (std::int64_t i = 0; i < half; ++i) {
         const float a = v[i];
         const float b = v[i + half];
-        const float c = cos_table[static_cast<std::size_t>(i)];
-        const float s = sin_table[static_cast<std::size_t>(i)];
-        v[i] = a * c - b * s;
-        v[i + half] = b * c + a * s;
+        v[i] = a * cos_row[i] - b * sin_row[i];
+        v[i + half] = b * cos_row[i] + a * sin_row[i];
       }
     }
   }

@@ -51,6 +51,9 @@ class CpuBackend final : public Backend {
   std::vector<std::vector<std::int64_t>> attention_rows_;  // per pool thread: each position's storage row
   std::vector<std::int64_t> attention_first_task_;         // per segment of an attention_batch call
   std::vector<std::vector<float>> linear_scratch_;    // per pool thread
+  std::vector<std::int32_t> rope_positions_;  // the last rope call's positions and frequencies,
+  std::vector<float> rope_inv_freq_;          // and their cos/sin [row, head_dim / 2]
+  std::vector<float> rope_cos_, rope_sin_;
   std::vector<float> packed_input_;
   std::vector<float> group_sums_;
   std::vector<std::int8_t> activation_codes_;

@@ -116,11 +116,16 @@ TEST(BatchedForward, Stories260KGreedyTokensDoNotDependOnTheBatch) {
 
 // The bundled SmolLM2 (GGUF Q4_1: INT4 kernels), loaded on two threads.
 struct SmolLM2 {
-  explicit SmolLM2(bool int8_activations = false)
+  explicit SmolLM2(bool int8_activations = false, bool stack_linears = true)
       : source(open_model(path())),
         tokenizer(load_tokenizer(source.path)),
         backend(kernels::CpuBackendOptions{2, int8_activations}),
-        model(source, backend) {}
+        model(source, backend, options(stack_linears)) {}
+  static LlamaModel::Options options(bool stack_linears) {
+    LlamaModel::Options options;
+    options.stack_linears = stack_linears;
+    return options;
+  }
   static std::filesystem::path path() {
     return std::filesystem::path(NIBBLE_MODEL_CACHE) / "SmolLM2-135M-Instruct.Q4_1.gguf";  // scripts/get-model
   }
@@ -252,6 +257,33 @@ TEST(BatchedForward, Int8ActivationsStayCloseToFloat32OnSmolLM2) {
   EXPECT_GE(same_top, static_cast<int>(exact.size()) - 3) << "greedy choices agree";
   std::printf("int8 activations: worst relative logit error %.4f, %d/%zu greedy choices agree\n", worst, same_top,
               exact.size());
+}
+
+// q/k/v and gate/up stacked into one matrix each compute every output as the
+// separate layers do: the same logits bit for bit, with float or int8 activations.
+TEST(BatchedForward, StackedProjectionsGiveTheSeparateLayersLogits) {
+  for (const bool int8_activations : {false, true}) {
+    SCOPED_TRACE(int8_activations ? "int8 activations" : "float activations");
+    SmolLM2 stacked(int8_activations, true);
+    SmolLM2 separate(int8_activations, false);
+    const auto kinds = [](const LlamaModel& model) {
+      int count = 0;
+      for (const auto& [kind, n] : model.linear_kinds()) count += n;
+      return count;
+    };
+    // Both count every module of the checkpoint.
+    EXPECT_EQ(stacked.model.weight_memory().stacked_linears, 2 * stacked.model.config().num_layers);
+    EXPECT_EQ(separate.model.weight_memory().stacked_linears, 0);
+    EXPECT_EQ(kinds(stacked.model), kinds(separate.model));
+    EXPECT_EQ(stacked.model.weight_memory().quantized_layers, separate.model.weight_memory().quantized_layers);
+    EXPECT_EQ(stacked.model.weight_memory().quantized_file, separate.model.weight_memory().quantized_file);
+    const auto tokens = stacked.tokenizer->encode("Stacked weights read the input once: q, k and v.", true);
+    const auto prompt_length = static_cast<std::int64_t>(tokens.size()) - 6;
+    const auto expected = logits_along(separate.model, tokens, prompt_length, KvDtype::Float32);
+    const auto actual = logits_along(stacked.model, tokens, prompt_length, KvDtype::Float32);
+    ASSERT_EQ(actual.size(), expected.size());
+    for (std::size_t i = 0; i < actual.size(); ++i) EXPECT_EQ(actual[i], expected[i]) << "step " << i;
+  }
 }
 
 }  // namespace

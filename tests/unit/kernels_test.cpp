@@ -166,12 +166,21 @@ TEST(CpuOps, RopeMatchesTheReference) {
   const std::int64_t rows = 4, heads = 3, head_dim = 64;
   std::vector<float> inv_freq(head_dim / 2);
   for (std::size_t i = 0; i < inv_freq.size(); ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * static_cast<float>(i) / head_dim);
-  const std::vector<std::int32_t> positions{0, 1, 17, 4000};
-  auto x = random_floats(rng, rows * heads * head_dim);
-  auto expected = x;
-  backend.rope(x.data(), rows, heads, head_dim, positions, inv_freq);
-  reference::rope(expected, rows, heads, head_dim, positions, inv_freq);
-  EXPECT_LT(relative_error(x, expected), 1e-5);
+  std::vector<std::int32_t> positions{0, 1, 17, 4000};
+  // The backend keeps the last call's angles: repeated, moved (same buffer) and
+  // re-based positions, and other frequencies, must each rotate by their own.
+  for (int call = 0; call < 5; ++call) {
+    if (call == 2) positions[2] = 18;
+    if (call == 3) {
+      for (auto& f : inv_freq) f *= 0.5f;
+    }
+    if (call == 4) positions = {5, 6, 7, 8};
+    auto x = random_floats(rng, rows * heads * head_dim);
+    auto expected = x;
+    backend.rope(x.data(), rows, heads, head_dim, positions, inv_freq);
+    reference::rope(expected, rows, heads, head_dim, positions, inv_freq);
+    EXPECT_LT(relative_error(x, expected), 1e-5) << "call " << call;
+  }
 }
 
 TEST(CpuOps, PagedAttentionReadsTheSequencesBlocksWhereverTheyAre) {

@@ -212,6 +212,42 @@ TEST(QuantKernels, InconsistentMatricesAreRejected) {
   EXPECT_THROW(backend.prepare_linear(m), Error);
 }
 
+TEST(QuantKernels, StackedRowsKeepEveryValueAndTheirFormatMustAgree) {
+  std::mt19937 rng(std::random_device{}());
+  for (const bool min_offset : {false, true}) {
+    const auto offset = min_offset ? QuantizedMatrix::Offset::Min : QuantizedMatrix::Offset::ZeroPoint;
+    std::vector<QuantizedMatrix> parts{random_quantized(rng, {48, 96, 4, 32, false, false, offset}),
+                                       random_quantized(rng, {16, 96, 4, 32, false, false, offset}),
+                                       random_quantized(rng, {5, 96, 4, 32, false, false, offset})};
+    for (auto& part : parts) part.stored_bytes = 1000;
+    const auto stacked = stack_rows(parts, "qkv");
+    ASSERT_TRUE(stacked.has_value());
+    stacked->validate();
+    EXPECT_EQ(stacked->name, "qkv");
+    EXPECT_EQ(stacked->rows, 48 + 16 + 5);
+    EXPECT_EQ(stacked->stored_bytes, 3000u);
+    std::int64_t row = 0;
+    for (const auto& part : parts) {
+      for (std::int64_t n = 0; n < part.rows; ++n, ++row) {
+        for (std::int64_t k = 0; k < part.cols; ++k) ASSERT_EQ(stacked->value(row, k), part.value(n, k));
+      }
+    }
+    // Anything but the row count differing keeps the parts apart.
+    const std::vector<QuantCase> others{{16, 64, 4, 32, false, false, offset},  // columns
+                                        {16, 96, 8, 32, false, false, offset},  // bits
+                                        {16, 96, 4, 48, false, false, offset},  // groups
+                                        {16, 96, 4, 32, true, false, offset},   // act-order group map
+                                        {16, 96, 4, 32, false, false,
+                                         min_offset ? QuantizedMatrix::Offset::ZeroPoint : QuantizedMatrix::Offset::Min},
+                                        {16, 96, 4, 32, false, false, offset, DType::BF16}};  // scale precision
+    for (const auto& other : others) {
+      const std::vector<QuantizedMatrix> mixed{parts[0], random_quantized(rng, other)};
+      EXPECT_FALSE(stack_rows(mixed, "mixed").has_value()) << describe(other);
+    }
+  }
+  EXPECT_FALSE(stack_rows({}, "none").has_value());
+}
+
 TEST(QuantKernels, QuantizedEmbeddingRowsAreDequantized) {
   CpuBackend backend(1);
   std::mt19937 rng(11);
