@@ -53,6 +53,15 @@ LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend, con
   } else {
     lm_head_ = linear(weights, "lm_head", config_.vocab_size, d);
   }
+  // What linears() returned: one stacked linear, or one per module in order.
+  const auto bind = [](std::vector<Linear> prepared, Linear& stacked, std::initializer_list<Linear*> separate) {
+    if (prepared.size() == 1) {
+      stacked = std::move(prepared.front());
+      return;
+    }
+    auto next = prepared.begin();
+    for (Linear* part : separate) *part = std::move(*next++);
+  };
   layers_.reserve(static_cast<std::size_t>(config_.num_layers));
   for (std::int64_t i = 0; i < config_.num_layers; ++i) {
     Layer layer{};
@@ -61,24 +70,11 @@ LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend, con
     const std::array<Module, 3> qkv{{{layer_name(i, "self_attn.q_proj"), config_.q_dim()},
                                      {layer_name(i, "self_attn.k_proj"), config_.kv_dim()},
                                      {layer_name(i, "self_attn.v_proj"), config_.kv_dim()}}};
-    auto qkv_linears = linears(weights, qkv, d);
-    if (qkv_linears.size() == 1) {
-      layer.qkv = qkv_linears[0];
-    } else {
-      layer.q = qkv_linears[0];
-      layer.k = qkv_linears[1];
-      layer.v = qkv_linears[2];
-    }
+    bind(linears(weights, qkv, d), layer.qkv, {&layer.q, &layer.k, &layer.v});
     layer.o = linear(weights, layer_name(i, "self_attn.o_proj"), d, config_.q_dim());
     const std::array<Module, 2> gate_up{{{layer_name(i, "mlp.gate_proj"), config_.intermediate_size},
                                          {layer_name(i, "mlp.up_proj"), config_.intermediate_size}}};
-    auto gate_up_linears = linears(weights, gate_up, d);
-    if (gate_up_linears.size() == 1) {
-      layer.gate_up = gate_up_linears[0];
-    } else {
-      layer.gate = gate_up_linears[0];
-      layer.up = gate_up_linears[1];
-    }
+    bind(linears(weights, gate_up, d), layer.gate_up, {&layer.gate, &layer.up});
     layer.down = linear(weights, layer_name(i, "mlp.down_proj"), d, config_.intermediate_size);
     if (config_.attention_bias) {
       layer.q_bias = vector(weights, layer_name(i, "self_attn.q_proj.bias"), config_.q_dim());

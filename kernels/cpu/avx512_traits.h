@@ -5,9 +5,9 @@
 #include <immintrin.h>
 
 #include <cstdint>
-#include <initializer_list>
 
 #include "kernels/cpu/linear_formats.h"
+#include "kernels/cpu/vector_exp.h"
 
 namespace {
 
@@ -49,21 +49,12 @@ struct V {
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
-  // e^x to about 1 ulp: 2^n e^r with n = round(x log2 e), e^r by Cephes' polynomial.
-  // NaN stays NaN (it is the second operand of the clamps).
-  static reg exp(reg x) {
-    x = _mm512_min_ps(_mm512_set1_ps(88.3f), _mm512_max_ps(_mm512_set1_ps(-87.3f), x));
-    const reg n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    reg r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    reg p = _mm512_set1_ps(1.9875691500e-4f);
-    for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f}) {
-      p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-    }
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-  }
+  static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
+  static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
+  static reg round(reg x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
+  static reg scale2n(reg p, reg n) { return _mm512_scalef_ps(p, n); }          // p * 2^n
+  static reg exp(reg x) { return nibble::kernels::cpu::vector_exp<V>(x); }
   static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
   static void store(std::uint16_t* p, reg v, F16Weights) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));

@@ -1,9 +1,9 @@
 // Compiled with -mavx2 -mfma -mf16c; only reached after CPUID says AVX2 is there.
 #include <immintrin.h>
 
-#include <initializer_list>
 
 #include "kernels/cpu/linear_formats.h"
+#include "kernels/cpu/vector_exp.h"
 #include "kernels/cpu/elementwise_kernels.h"
 #include "kernels/cpu/kv_kernels.h"
 #include "kernels/cpu/linear_kernels.h"
@@ -53,21 +53,16 @@ struct V {
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
-  // e^x as the AVX-512 traits compute it, with 2^n built in the exponent bits.
-  static reg exp(reg x) {
-    x = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
-    const reg n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    reg r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    reg p = _mm256_set1_ps(1.9875691500e-4f);
-    for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f}) {
-      p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-    }
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
+  static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
+  static reg round(reg x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static reg fnmadd(reg a, reg b, reg c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a * b
+  // p * 2^n, with 2^n built in the exponent bits (n is within the clamped range).
+  static reg scale2n(reg p, reg n) {
     const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
   }
+  static reg exp(reg x) { return nibble::kernels::cpu::vector_exp<V>(x); }
   static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
   static void store(std::uint16_t* p, reg v, F16Weights) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
