@@ -35,6 +35,13 @@ TensorView to_f32(const TensorView& tensor) {
   return make_owned_f32(tensor.name, tensor.shape, std::move(values));
 }
 
+void check_shape(const QuantizedMatrix& quantized, const std::string& module, std::int64_t rows, std::int64_t cols) {
+  if (quantized.rows != rows || quantized.cols != cols) {
+    fail("quantized weight '{}' is [{}, {}] but the config implies [{}, {}]", module, quantized.rows, quantized.cols,
+         rows, cols);
+  }
+}
+
 }  // namespace
 
 LlamaModel::LlamaModel(const ModelSource& source, kernels::Backend& backend, const LoadProgress& progress)
@@ -115,10 +122,7 @@ LlamaModel::Linear LlamaModel::linear(const WeightSource& weights, const std::st
 
 LlamaModel::Linear LlamaModel::quantized_linear(QuantizedMatrix quantized, const std::string& module,
                                                 std::int64_t rows, std::int64_t cols, int modules) {
-  if (quantized.rows != rows || quantized.cols != cols) {
-    fail("quantized weight '{}' is [{}, {}] but the config implies [{}, {}]", module, quantized.rows, quantized.cols,
-         rows, cols);
-  }
+  check_shape(quantized, module, rows, cols);
   Linear prepared;
   if (options_.expand_quantized) {
     std::vector<float> values(static_cast<std::size_t>(rows * cols));
@@ -149,10 +153,8 @@ std::vector<LlamaModel::Linear> LlamaModel::linears(const WeightSource& weights,
     std::string name;
     for (const auto& module : modules) {
       std::optional<QuantizedMatrix> part = weights.load_quantized(module.name);
-      if (!part || part->rows != module.rows || part->cols != cols) {
-        fail("quantized weight '{}' is [{}, {}] but the config implies [{}, {}]", module.name, part ? part->rows : 0,
-             part ? part->cols : 0, module.rows, cols);
-      }
+      if (!part) fail("quantized weight '{}' is listed but could not be loaded", module.name);
+      check_shape(*part, module.name, module.rows, cols);
       name += (name.empty() ? "" : "+") + module.name;
       parts.push_back(std::move(*part));
     }
