@@ -29,7 +29,7 @@ using nibble::engine::KvDtype;
 using nibble::engine::LlamaModel;
 using nibble::engine::Logits;
 using nibble::engine::PagedKvCache;
-using nibble::engine::TokenId;
+using nibble::TokenId;
 
 constexpr std::int32_t kBlockSize = 16;
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/token.h"
 #include "common/quantized_matrix.h"
 #include "engine/kv_cache.h"
 #include "engine/paged_kv_cache.h"
@@ -19,8 +20,6 @@
 #include "loader/tensor.h"
 
 namespace nibble::engine {
-
-using TokenId = std::int32_t;
 
 enum class Logits { LastRow, AllRows };
 

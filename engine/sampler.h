@@ -6,9 +6,9 @@
 #include <unordered_map>
 #include <vector>
 
-namespace nibble::engine {
+#include "common/token.h"
 
-using TokenId = std::int32_t;
+namespace nibble::engine {
 
 struct SamplingParams {
   double temperature = 1.0;  // 0 means greedy

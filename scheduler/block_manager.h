@@ -17,11 +17,11 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/sampler.h"  // TokenId
+#include "common/token.h"
 
 namespace nibble::scheduler {
 
-using engine::TokenId;
+
 using BlockId = std::int32_t;
 using BlockHash = std::uint64_t;
 

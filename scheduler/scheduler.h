@@ -18,7 +18,7 @@
 
 namespace nibble::scheduler {
 
-using engine::TokenId;
+
 using Clock = std::chrono::steady_clock;
 
 struct SequenceRequest {

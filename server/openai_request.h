@@ -13,12 +13,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/token.h"
 #include "engine/sampler.h"
 #include "server/api_error.h"
 
 namespace nibble::server {
-
-using TokenId = std::int32_t;
 
 // What the server allows, from its flags and the loaded model.
 struct RequestLimits {

@@ -11,9 +11,9 @@
 #include <string_view>
 #include <vector>
 
-namespace nibble {
+#include "common/token.h"
 
-using TokenId = std::int32_t;
+namespace nibble {
 
 class Tokenizer {
  public:

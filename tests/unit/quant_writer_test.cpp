@@ -809,7 +809,7 @@ void write_dequantized(const ModelSource& source, const fs::path& folder,
 }
 
 std::vector<float> all_logits(engine::LlamaModel& model) {
-  const std::vector<engine::TokenId> tokens = {1, 17, 42, 5, 88, 63, 9, 30, 71, 2, 54, 13};
+  const std::vector<TokenId> tokens = {1, 17, 42, 5, 88, 63, 9, 30, 71, 2, 54, 13};
   engine::KvCache cache(model.config(), static_cast<std::int64_t>(tokens.size()));
   std::vector<float> logits(tokens.size() * static_cast<std::size_t>(model.vocab_size()));
   model.forward(tokens, 0, cache, engine::Logits::AllRows, logits);

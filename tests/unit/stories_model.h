@@ -21,12 +21,12 @@ namespace nibble::testing {
 inline const std::filesystem::path kStoriesDir = std::filesystem::path(NIBBLE_SHARED_DIR) / "models/stories260K";
 
 // Line 1 of greedy_bos_128.txt: the 128 greedy token ids after BOS (llama2.c's own run).
-inline std::vector<engine::TokenId> reference_greedy_ids() {
+inline std::vector<TokenId> reference_greedy_ids() {
   std::ifstream in(kStoriesDir / "greedy_bos_128.txt");
   if (!in) ADD_FAILURE() << "missing " << (kStoriesDir / "greedy_bos_128.txt") << ": is ../shared beside the checkout?";
   std::string line;
   std::getline(in, line);
-  return nlohmann::json::parse(line).get<std::vector<engine::TokenId>>();
+  return nlohmann::json::parse(line).get<std::vector<TokenId>>();
 }
 
 struct StoriesModel {
