@@ -17,7 +17,7 @@
 
 #include <CLI/CLI.hpp>
 
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "engine/paged_kv_cache.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
@@ -26,7 +26,8 @@ namespace {
 
 using nibble::engine::BatchEntry;
 using nibble::engine::KvDtype;
-using nibble::engine::LlamaModel;
+using nibble::engine::DecoderModel;
+using nibble::engine::Model;
 using nibble::engine::Logits;
 using nibble::engine::PagedKvCache;
 using nibble::TokenId;
@@ -40,7 +41,7 @@ struct Batch {
 };
 
 // M sequences whose first `context` positions are already in the cache.
-Batch make_batch(LlamaModel& model, PagedKvCache& cache, std::int64_t m, std::int64_t context) {
+Batch make_batch(Model& model, PagedKvCache& cache, std::int64_t m, std::int64_t context) {
   const std::int64_t blocks_each = (context + 1 + kBlockSize - 1) / kBlockSize;
   Batch batch;
   batch.tokens.resize(static_cast<std::size_t>(m));
@@ -95,10 +96,10 @@ int main(int argc, char** argv) {
   const auto source = nibble::open_model(model_path);
   nibble::kernels::CpuBackend backend(nibble::kernels::CpuBackendOptions{threads, int8_activations});
   fmt::print("{}\n", backend.name());
-  LlamaModel model(source, backend);
+  DecoderModel model(source, backend);
   const std::int64_t max_m = *std::max_element(batches.begin(), batches.end());
   const auto blocks = static_cast<std::int32_t>(max_m * ((context + 1 + kBlockSize - 1) / kBlockSize));
-  PagedKvCache cache(model.config(), blocks, kBlockSize, nibble::engine::parse_kv_dtype(kv));
+  PagedKvCache cache = model.make_kv_cache(blocks, kBlockSize, nibble::engine::parse_kv_dtype(kv));
 
   fmt::print("{:>4} {:>12} {:>12} {:>10}\n", "M", "step ms", "tokens/s", "vs M=1");
   double base = 0;

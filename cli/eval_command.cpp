@@ -14,8 +14,8 @@
 #include "cli/load_progress.h"
 #include "cli/progress_bar.h"
 #include "common/error.h"
-#include "engine/kv_cache.h"
-#include "engine/llama_model.h"
+#include "engine/model.h"
+#include "engine/decoder_model.h"
 #include "engine/model_stats.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
@@ -33,6 +33,7 @@ struct EvalFlags {
   quant::EvalOptions options;
   std::int64_t max_tokens = 0;
   std::int64_t stride = 0;
+  std::string device = "cpu";
   int threads = 0;
   bool int8_activations = false;
   bool json = false;
@@ -41,10 +42,10 @@ struct EvalFlags {
 
 // The first window's token ids and all-position logits, for comparing nibble with
 // another implementation of the same checkpoint (tests/quant/interop_test.py).
-void dump_first_window(engine::LlamaModel& model, std::span<const std::int32_t> tokens, std::int64_t window,
+void dump_first_window(engine::Model& model, std::span<const std::int32_t> tokens, std::int64_t window,
                        const std::string& prefix) {
   const auto ids = tokens.first(std::min(tokens.size(), static_cast<std::size_t>(window)));
-  engine::KvCache cache(model.config(), static_cast<std::int64_t>(ids.size()));
+  engine::SequenceCache cache(model, static_cast<std::int64_t>(ids.size()));
   std::vector<float> logits(ids.size() * static_cast<std::size_t>(model.vocab_size()));
   model.forward(ids, 0, cache, engine::Logits::AllRows, logits);
   std::ofstream(prefix + ".ids.json") << nlohmann::json(std::vector<std::int32_t>(ids.begin(), ids.end())).dump();
@@ -71,14 +72,15 @@ void print_stats(const char* label, const nlohmann::json& stats) {
 }
 
 void run_eval(EvalFlags flags) {
+  const auto backend_owner = make_backend(flags.device, flags.threads, flags.int8_activations);
+  kernels::Backend& backend = *backend_owner;
   const auto start = std::chrono::steady_clock::now();
   ModelSource source = open_model(flags.model);
   const auto tokenizer = load_tokenizer(source.path);
   const auto tokens = quant::read_token_stream(flags.text, *tokenizer);
-  kernels::CpuBackend backend(cpu_backend_options(flags.threads, flags.int8_activations));
-  engine::LlamaModel model(source, backend, load_progress_reporter());
+  engine::DecoderModel model(source, backend, load_progress_reporter());
   std::optional<ModelSource> base_source;
-  std::optional<engine::LlamaModel> base;
+  std::optional<engine::DecoderModel> base;
   if (!flags.base.empty()) {
     base_source.emplace(open_model(flags.base));
     if (base_source->config.vocab_size != source.config.vocab_size) {
@@ -136,6 +138,7 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--max-tokens", flags->max_tokens, "Evaluate only the first N tokens of the text");
   cmd->add_option("--threads", flags->threads, "Worker threads (0: one per core)")->capture_default_str();
   add_int8_activations_flag(cmd, flags->int8_activations);
+  add_device_flag(cmd, flags->device);
   cmd->add_flag("--json", flags->json, "Print the report as JSON");
   cmd->add_option("--dump-logits", flags->dump_logits,
                   "Also write the first window's ids (PREFIX.ids.json) and logits (PREFIX.logits.f32, float32 [tokens, vocab])");

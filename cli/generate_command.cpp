@@ -15,7 +15,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "engine/generator.h"
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
 #include "tokenizer/tokenizer.h"
@@ -38,6 +38,7 @@ struct GenerateOptions {
   double presence_penalty = 0;
   double frequency_penalty = 0;
   std::uint64_t seed = 0;
+  std::string device = "cpu";
   int threads = 0;
   bool int8_activations = false;
   std::int64_t prefill_chunk = 512;
@@ -65,13 +66,14 @@ const char* finish_name(engine::FinishReason reason) {
 }
 
 void run_generate(const GenerateOptions& options) {
+  const auto backend_owner = make_backend(options.device, options.threads, options.int8_activations);
+  kernels::Backend& backend = *backend_owner;
   const auto load_start = std::chrono::steady_clock::now();
   ModelSource source = open_model(options.model);
   const auto tokenizer = load_tokenizer(source.path);
-  kernels::CpuBackend backend(cpu_backend_options(options.threads, options.int8_activations));
-  engine::LlamaModel::Options model_options;
+  engine::ModelOptions model_options;
   model_options.expand_quantized = options.expand_quantized;
-  engine::LlamaModel model(source, backend, model_options, load_progress_reporter());
+  engine::DecoderModel model(source, backend, model_options, load_progress_reporter());
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   const auto& memory = model.weight_memory();
@@ -187,6 +189,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--frequency-penalty", options->frequency_penalty, "OpenAI-style frequency penalty");
   cmd->add_option("--seed", options->seed, "Random seed; same seed, same output")->capture_default_str();
   cmd->add_option("-t,--threads", options->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  add_device_flag(cmd, options->device);
   add_int8_activations_flag(cmd, options->int8_activations);
   cmd->add_option("--prefill-chunk", options->prefill_chunk, "Prompt tokens per forward pass")->capture_default_str()
       ->check(CLI::PositiveNumber);

@@ -9,7 +9,7 @@
 
 namespace nibble::cli {
 
-engine::LlamaModel::LoadProgress load_progress_reporter() {
+engine::LoadProgress load_progress_reporter() {
   const bool interactive = ::isatty(STDERR_FILENO) != 0;
   return [interactive, start = std::chrono::steady_clock::now()](std::int64_t done, std::int64_t total) {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "kernels/backend_factory.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"nibble: an inference server for compressed (quantized and pruned) LLMs"};
@@ -30,6 +31,10 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const nibble::kernels::DeviceUnavailable& e) {
+    // A distinct code, so scripts and orchestrators can tell "wrong machine" from a bad model or flag.
+    std::fprintf(stderr, "nibble: error: %s\n", e.what());
+    return 2;
   } catch (const nibble::Error& e) {
     std::fprintf(stderr, "nibble: error: %s\n", e.what());
     return 1;

@@ -21,7 +21,7 @@
 #include "cli/load_progress.h"
 #include "common/error.h"
 #include "common/log.h"
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
 #include "scheduler/batch_scheduler.h"
@@ -45,6 +45,7 @@ struct ServeOptions {
   std::string host = "127.0.0.1";
   std::uint16_t port = 8000;
   std::string served_model_name;
+  std::string device = "cpu";
   int threads = 0;
   bool int8_activations = false;
   int io_threads = 2;
@@ -74,9 +75,9 @@ struct ServeOptions {
 // and never more than every sequence filling the context would use.
 engine::KvDtype kv_dtype(const ServeOptions& options) { return engine::parse_kv_dtype(options.kv_cache_dtype); }
 
-std::int32_t kv_blocks(const ServeOptions& options, const engine::LlamaModel& model, std::int64_t context) {
-  const engine::PagedKvCache one_block(model.config(), 1, options.block_size, kv_dtype(options));
-  const std::uint64_t per_block = one_block.bytes();
+std::int32_t kv_blocks(const ServeOptions& options, const engine::Model& model, std::int64_t context) {
+  const std::uint64_t per_block =
+      engine::kv_bytes_per_token(model.config(), kv_dtype(options)) * static_cast<std::uint64_t>(options.block_size);
   std::uint64_t budget = 0;
   if (!options.memory_budget.empty()) {
     // The planner's rule: runtime memory ≈ model size × 1.2–2. Below 1.2 × the
@@ -84,7 +85,7 @@ std::int32_t kv_blocks(const ServeOptions& options, const engine::LlamaModel& mo
     // numbers and what would fit; otherwise the KV cache gets what is left.
     scheduler::PlanInputs inputs;
     inputs.measured_weight_bytes = model.weight_bytes();
-    inputs.kv_bytes = engine::kv_element_bytes(kv_dtype(options));
+    inputs.kv_bytes = kernels::kv_element_bytes(kv_dtype(options));
     inputs.context = context;
     inputs.concurrency = 1;
     inputs.max_batched_tokens = options.max_num_batched_tokens;
@@ -113,7 +114,7 @@ std::int32_t kv_blocks(const ServeOptions& options, const engine::LlamaModel& mo
   return static_cast<std::int32_t>(std::min<std::uint64_t>(blocks, 1U << 30));
 }
 
-std::unique_ptr<scheduler::Scheduler> make_scheduler(const ServeOptions& options, engine::LlamaModel& model,
+std::unique_ptr<scheduler::Scheduler> make_scheduler(const ServeOptions& options, engine::Model& model,
                                                      std::int64_t context) {
   if (options.scheduler == "serial") return std::make_unique<scheduler::SerialScheduler>(model, options.max_queued);
   scheduler::BatchSchedulerOptions batch;
@@ -125,8 +126,8 @@ std::unique_ptr<scheduler::Scheduler> make_scheduler(const ServeOptions& options
   batch.max_waiting = options.max_queued;
   spdlog::info("kv_cache blocks={} block_size={} dtype={} bytes={} max_num_seqs={} max_num_batched_tokens={}",
                batch.num_blocks, batch.block_size, options.kv_cache_dtype,
-               engine::PagedKvCache(model.config(), 1, batch.block_size, batch.kv_dtype).bytes() *
-                   static_cast<std::uint64_t>(batch.num_blocks),
+               engine::kv_bytes_per_token(model.config(), batch.kv_dtype) *
+                   static_cast<std::uint64_t>(batch.block_size) * static_cast<std::uint64_t>(batch.num_blocks),
                batch.max_num_seqs, batch.max_num_batched_tokens);
   return std::make_unique<scheduler::BatchScheduler>(model, batch);
 }
@@ -197,7 +198,11 @@ class ShutdownSignal {
 };
 
 void run_serve(const ServeOptions& options) {
+  // Before any thread starts (the backend's pool among them), so SIGTERM reaches only its waiter.
   ShutdownSignal shutdown;
+  // Then a device that cannot run here fails before the port is taken.
+  const auto backend_owner = make_backend(options.device, options.threads, options.int8_activations);
+  kernels::Backend& backend = *backend_owner;
   const std::string name =
       options.served_model_name.empty() ? default_model_name(options.model) : options.served_model_name;
   std::optional<std::string> api_key;
@@ -221,8 +226,7 @@ void run_serve(const ServeOptions& options) {
   const auto load_start = steady_clock::now();
   ModelSource source = open_model(options.model);
   const auto tokenizer = load_tokenizer(source.path);
-  kernels::CpuBackend backend(cpu_backend_options(options.threads, options.int8_activations));
-  engine::LlamaModel model(source, backend, load_progress_reporter());
+  engine::DecoderModel model(source, backend, load_progress_reporter());
   const double load_seconds = duration<double>(steady_clock::now() - load_start).count();
   const auto& memory = model.weight_memory();
   metrics.set_model(load_seconds, {{"quantized", memory.quantized_resident},
@@ -297,6 +301,7 @@ void add_serve_command(CLI::App& app) {
                   "Model id clients send (default: folder name, or file name without .gguf)");
   cmd->add_option("-t,--threads", options->threads, "CPU threads for the model (0 = all cores)")->capture_default_str();
   add_int8_activations_flag(cmd, options->int8_activations);
+  add_device_flag(cmd, options->device);
   cmd->add_option("--io-threads", options->io_threads, "Threads for HTTP I/O")->capture_default_str()->check(
       CLI::Range(1, 64));
   cmd->add_option("--chat-template", options->chat_template_file,

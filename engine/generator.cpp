@@ -52,7 +52,7 @@ TokenStep TokenPicker::pick(std::span<float> logits) {
   return score_token(model_logits_, token, top_logprobs_);
 }
 
-GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
+GenerationResult generate(Model& model, const GenerationRequest& request,
                           const std::function<bool(const TokenStep&)>& on_token,
                           const std::function<void(const std::vector<TokenStep>&)>& on_prompt) {
   const auto& config = model.config();
@@ -71,7 +71,7 @@ GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
 
   GenerationResult result;
   if (budget == 0 && request.prompt_logprobs < 0) return result;
-  KvCache cache(config, prompt_length + budget);
+  SequenceCache cache(model, prompt_length + budget);
   TokenPicker picker(request, request.prompt);
   std::vector<float> logits(static_cast<std::size_t>(model.vocab_size()));
 

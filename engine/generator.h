@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "engine/sampler.h"
 
 namespace nibble::engine {
@@ -68,7 +68,7 @@ struct GenerationResult {
 // cancels. With prompt_logprobs >= 0 (even with max_new_tokens 0), on_prompt receives the prompt's tokens
 // 1..n-1 with theirs after the prefill, before the first token. Throws
 // nibble::Error when the prompt does not fit the context.
-GenerationResult generate(LlamaModel& model, const GenerationRequest& request,
+GenerationResult generate(Model& model, const GenerationRequest& request,
                           const std::function<bool(const TokenStep&)>& on_token = {},
                           const std::function<void(const std::vector<TokenStep>&)>& on_prompt = {});
 

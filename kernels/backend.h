@@ -1,16 +1,23 @@
 #pragma once
-// The compute interface the engine is written against. A backend owns how the
-// numbers are crunched (CPU SIMD now; CUDA later); the engine owns what is
-// computed. Activations are float32, row-major, one row per token; pointers are
-// the backend's own memory (host memory for the CPU backend).
+// The interface the engine is written against. A backend owns the memory the
+// model computes on (activations, the paged KV pool, uploaded weights) and how the
+// numbers are crunched (CPU SIMD, CUDA); the engine owns what is computed.
+// Activations are float32, row-major, one row per token; pointers are the
+// backend's own memory (Buffers it allocated: host memory for the CPU backend,
+// device memory for CUDA). std::span arguments (positions, ids, block tables) are
+// host memory; a device backend stages them itself.
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "common/dtype.h"
 #include "common/quantized_matrix.h"
+#include "kernels/buffer.h"
+#include "kernels/kv_pool.h"
+#include "kernels/kv_view.h"
 
 namespace nibble::kernels {
 
@@ -54,73 +61,6 @@ enum class SparseChoice : std::uint8_t {
   Sparse,  // always the sparse kernel (tests, benchmarks)
 };
 
-// How a KV cache stores its elements: float32; IEEE fp16 (half the memory, each
-// element rounded once to 11 significant bits); or int8 codes with one float scale
-// per (position, kv head).
-enum class KvFormat : std::uint8_t { Float32, Float16, Int8 };
-
-// One layer's keys and values as attention reads them: position t is row row(t).
-// Contiguous (a sequence's own cache) or paged: the position's block from the
-// sequence's block table, then its slot in the block. Row r's elements start at
-// r * stride in the format's arrays: keys/values (float32), keys_f16/values_f16
-// (fp16 bits), or key_codes/value_codes (int8) with the scale of (row r, kv head h)
-// at key_scales/value_scales + r * kv_heads + h. Exactly one pair is set.
-struct KvLayerView {
-  const float* keys = nullptr;
-  const float* values = nullptr;
-  std::int64_t stride = 0;
-  std::span<const std::int32_t> block_table;  // empty: contiguous
-  std::int64_t block_size = 0;
-  const std::int8_t* key_codes = nullptr;  // set: the 8-bit layout
-  const std::int8_t* value_codes = nullptr;
-  const float* key_scales = nullptr;
-  const float* value_scales = nullptr;
-  const std::uint16_t* keys_f16 = nullptr;  // set: the fp16 layout
-  const std::uint16_t* values_f16 = nullptr;
-
-  std::int64_t row(std::int64_t position) const {
-    if (block_table.empty()) return position;
-    return std::int64_t{block_table[static_cast<std::size_t>(position / block_size)]} * block_size +
-           position % block_size;
-  }
-  static KvLayerView floats(const float* keys, const float* values, std::int64_t stride,
-                            std::span<const std::int32_t> block_table = {}, std::int64_t block_size = 0) {
-    KvLayerView view;
-    view.keys = keys;
-    view.values = values;
-    view.stride = stride;
-    view.block_table = block_table;
-    view.block_size = block_size;
-    return view;
-  }
-  static KvLayerView f16(const std::uint16_t* keys, const std::uint16_t* values, std::int64_t stride,
-                         std::span<const std::int32_t> block_table = {}, std::int64_t block_size = 0) {
-    KvLayerView view = floats(nullptr, nullptr, stride, block_table, block_size);
-    view.keys_f16 = keys;
-    view.values_f16 = values;
-    return view;
-  }
-  static KvLayerView int8(const std::int8_t* key_codes, const std::int8_t* value_codes, const float* key_scales,
-                          const float* value_scales, std::int64_t stride,
-                          std::span<const std::int32_t> block_table = {}, std::int64_t block_size = 0) {
-    KvLayerView view = floats(nullptr, nullptr, stride, block_table, block_size);
-    view.key_codes = key_codes;
-    view.value_codes = value_codes;
-    view.key_scales = key_scales;
-    view.value_scales = value_scales;
-    return view;
-  }
-
-  KvFormat format() const {
-    if (key_codes != nullptr) return KvFormat::Int8;
-    if (keys_f16 != nullptr) return KvFormat::Float16;
-    return KvFormat::Float32;
-  }
-  bool quantized() const { return format() == KvFormat::Int8; }
-  const float* key(std::int64_t position) const { return keys + row(position) * stride; }
-  const float* value(std::int64_t position) const { return values + row(position) * stride; }
-};
-
 struct AttentionShape {
   std::int64_t heads = 0;
   std::int64_t kv_heads = 0;
@@ -142,6 +82,38 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // Where the memory it allocates lives, and so every pointer its ops take.
+  virtual Device device() const = 0;
+
+  // True when the host reads and writes the backend's memory directly (the CPU):
+  // results then go straight into host buffers, with no copy.
+  virtual bool host_visible_memory() const { return false; }
+
+  // --- Memory ---
+  // Room for `shape` elements of `dtype` on the backend's device, zeroed. Grown
+  // rarely (the engine keeps its workspace between steps), never per op.
+  virtual Buffer allocate(DType dtype, std::vector<std::int64_t> shape) = 0;
+  // Small host data the kernels read (norm weights, biases) on the device. The
+  // CPU backend views `host` in place, so `keep_alive` must keep it valid for as
+  // long as the buffer lives; device backends copy it once.
+  virtual Buffer upload(const void* host, DType dtype, std::vector<std::int64_t> shape,
+                        std::shared_ptr<const void> keep_alive) = 0;
+  // Copies `bytes` bytes of `source`, from byte `offset`, into host memory (logits
+  // for the host's sampler). Waits for the work that writes them.
+  virtual void download(const Buffer& source, std::size_t offset, std::size_t bytes, void* host) = 0;
+
+  // --- The paged KV cache ---
+  // The pool for `shape`, in this backend's memory.
+  virtual KvPool allocate_kv(const KvPoolShape& shape);
+  // Stores rows [0, rows) of keys/values [rows, kv_dim] (device memory) at
+  // positions start.. of the sequence whose blocks are `block_table` (host ids),
+  // converting to the pool's format. Throws for positions outside the table.
+  virtual void kv_store(KvPool& pool, std::int64_t layer, std::span<const std::int32_t> block_table, std::int64_t start,
+                        std::int64_t rows, const float* keys, const float* values) = 0;
+  // Copy-on-write: the first `tokens` positions of block `from` into block `to`, every layer.
+  virtual void kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens) = 0;
+
+  // --- Compute ---
 
   // Prepares weights for linear(). Dense weights are viewed in place unless a
   // sparse layout is chosen; quantized weights are packed into the backend's
@@ -173,6 +145,10 @@ class Backend {
       attention(segment.q, segment.rows, segment.positions, segment.kv, shape, segment.out);
     }
   }
+  // out [rows, width] = columns [first, first + width) of x [rows, x_width]: splits
+  // a stacked linear's output into its modules' outputs.
+  virtual void slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first,
+                             std::int64_t width, float* out) = 0;
   // out = silu(gate) * up, elementwise over n values.
   virtual void swiglu(const float* gate, const float* up, std::int64_t n, float* out) = 0;
   // y += x, elementwise.

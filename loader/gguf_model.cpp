@@ -9,29 +9,16 @@
 #include "common/error.h"
 #include "common/half.h"
 #include "common/mapped_file.h"
+#include "loader/architecture.h"
 
 namespace nibble {
 namespace {
 
-struct ArchInfo {
-  std::string_view gguf_name;
-  std::string_view hf_architecture;
-  std::string_view model_type;
-  bool attention_bias;
-  bool rope_rows_interleaved;  // llama.cpp's converter permuted q/k rows for this arch
-};
-
-constexpr ArchInfo kArchitectures[] = {
-    {"llama", "LlamaForCausalLM", "llama", false, true},
-    {"qwen2", "Qwen2ForCausalLM", "qwen2", true, false},
-};
-
-const ArchInfo& arch_info(const GgufFile& gguf) {
+const Architecture& arch_info(const GgufFile& gguf) {
   const std::string arch = gguf.get_string("general.architecture");
-  for (const auto& info : kArchitectures) {
-    if (info.gguf_name == arch) return info;
-  }
-  fail("{}: GGUF architecture '{}' is not supported (supported: llama, qwen2)", gguf.path().string(), arch);
+  if (const Architecture* entry = find_gguf_architecture(arch)) return *entry;
+  fail("{}: GGUF architecture '{}' is not supported (supported: {})", gguf.path().string(), arch,
+       supported_gguf_architectures());
 }
 
 std::int64_t head_dim_of(const GgufFile& gguf, const std::string& prefix, std::int64_t hidden, std::int64_t heads) {
@@ -137,49 +124,6 @@ std::string torch_dtype_of(const GgufFile& gguf) {
   }
 }
 
-// ---- Tensor names.
-
-struct HfName {
-  std::string name;
-  bool rope_rows = false;  // a q (false: k) projection whose rows may need reordering
-  bool is_query = false;
-};
-
-std::optional<HfName> hf_name_of(const std::string& gguf_name) {
-  static const std::pair<std::string_view, std::string_view> kGlobal[] = {
-      {"token_embd.weight", "model.embed_tokens.weight"},
-      {"output_norm.weight", "model.norm.weight"},
-      {"output.weight", "lm_head.weight"},
-  };
-  for (const auto& [from, to] : kGlobal) {
-    if (gguf_name == from) return HfName{std::string(to)};
-  }
-  static const std::pair<std::string_view, std::string_view> kLayer[] = {
-      {"attn_norm", "input_layernorm"},       {"attn_q", "self_attn.q_proj"},  {"attn_k", "self_attn.k_proj"},
-      {"attn_v", "self_attn.v_proj"},         {"attn_output", "self_attn.o_proj"},
-      {"ffn_norm", "post_attention_layernorm"}, {"ffn_gate", "mlp.gate_proj"}, {"ffn_up", "mlp.up_proj"},
-      {"ffn_down", "mlp.down_proj"},
-  };
-  if (!gguf_name.starts_with("blk.")) return std::nullopt;
-  const auto layer_end = gguf_name.find('.', 4);
-  if (layer_end == std::string::npos || layer_end == 4) return std::nullopt;
-  const std::string layer = gguf_name.substr(4, layer_end - 4);
-  if (!std::all_of(layer.begin(), layer.end(), [](char c) { return c >= '0' && c <= '9'; })) return std::nullopt;
-  const std::string rest = gguf_name.substr(layer_end + 1);
-  const auto part_end = rest.rfind('.');
-  if (part_end == std::string::npos) return std::nullopt;
-  const std::string part = rest.substr(0, part_end);
-  const std::string suffix = rest.substr(part_end + 1);
-  if (suffix != "weight" && suffix != "bias") return std::nullopt;
-  for (const auto& [from, to] : kLayer) {
-    if (part == from) {
-      return HfName{fmt::format("model.layers.{}.{}.{}", layer, to, suffix), part == "attn_q" || part == "attn_k",
-                    part == "attn_q"};
-    }
-  }
-  return std::nullopt;
-}
-
 std::optional<DType> plain_dtype(GgmlType type) {
   switch (type) {
     case GgmlType::F32: return DType::F32;
@@ -246,13 +190,15 @@ QuantizedMatrix unpack_blocks(const std::string& module, GgmlType type, std::spa
 class GgufWeights final : public WeightSource {
  public:
   GgufWeights(std::shared_ptr<const GgufFile> gguf, const ModelConfig& config) : gguf_(std::move(gguf)) {
-    const bool interleaved = arch_info(*gguf_).rope_rows_interleaved;
+    const Architecture& arch = arch_info(*gguf_);
     for (const auto& tensor : gguf_->tensors()) {
-      const auto hf = hf_name_of(tensor.name);
+      const auto hf = hf_tensor_of_gguf(arch, tensor.name);
       Entry entry{&tensor, 0};
       // Unknown tensors (rope_freqs, ...) stay visible under their GGUF names.
       std::string name = hf ? hf->name : tensor.name;
-      if (hf && hf->rope_rows && interleaved) entry.rope_heads = hf->is_query ? config.num_heads : config.num_kv_heads;
+      if (hf && arch.gguf_rope_rows_interleaved && (hf->role == TensorRole::Query || hf->role == TensorRole::Key)) {
+        entry.rope_heads = hf->role == TensorRole::Query ? config.num_heads : config.num_kv_heads;
+      }
       if (entry.rope_heads > 0) check_rope_rows(tensor, entry.rope_heads);
       if (!entries_.emplace(name, entry).second) {
         fail("{}: tensors '{}' map to the same name '{}'", gguf_->path().string(), tensor.name, name);
@@ -349,7 +295,7 @@ class GgufWeights final : public WeightSource {
 }  // namespace
 
 ModelConfig config_from_gguf(const GgufFile& gguf) {
-  const ArchInfo& arch = arch_info(gguf);
+  const Architecture& arch = arch_info(gguf);
   const std::string prefix = std::string(arch.gguf_name) + ".";
   ModelConfig config;
   config.architecture = arch.hf_architecture;

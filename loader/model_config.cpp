@@ -6,23 +6,12 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "loader/architecture.h"
 
 namespace nibble {
 namespace {
 
 using json = nlohmann::json;
-
-struct ArchitectureInfo {
-  std::string_view architecture;
-  std::string_view model_type;
-  bool attention_bias;  // default when config.json does not say
-};
-
-constexpr std::array kArchitectures{
-    ArchitectureInfo{"LlamaForCausalLM", "llama", false},
-    ArchitectureInfo{"MistralForCausalLM", "mistral", false},
-    ArchitectureInfo{"Qwen2ForCausalLM", "qwen2", true},
-};
 
 template <typename T>
 T required(const json& config, const char* key) {
@@ -108,44 +97,49 @@ void ModelConfig::validate() const {
 
 std::optional<std::array<std::int64_t, 2>> linear_module_shape(const ModelConfig& config, const std::string& module) {
   using Shape = std::array<std::int64_t, 2>;
-  if (module == "lm_head" || module == "model.embed_tokens") return Shape{config.vocab_size, config.hidden_size};
-  if (!module.starts_with("model.layers.")) return std::nullopt;
-  const auto dot = module.find('.', 13);
-  if (dot == std::string::npos) return std::nullopt;
-  const std::string part = module.substr(dot + 1);
+  const Architecture* arch = find_hf_architecture(config.architecture);
+  if (arch == nullptr) return std::nullopt;
+  const auto ref = arch->parse_module(module);
+  if (!ref) return std::nullopt;
   const std::int64_t d = config.hidden_size;
-  if (part == "self_attn.q_proj") return Shape{config.q_dim(), d};
-  if (part == "self_attn.k_proj" || part == "self_attn.v_proj") return Shape{config.kv_dim(), d};
-  if (part == "self_attn.o_proj") return Shape{d, config.q_dim()};
-  if (part == "mlp.gate_proj" || part == "mlp.up_proj") return Shape{config.intermediate_size, d};
-  if (part == "mlp.down_proj") return Shape{d, config.intermediate_size};
-  return std::nullopt;
+  switch (ref->role) {
+    case TensorRole::TokenEmbedding:
+    case TensorRole::LmHead:
+      return Shape{config.vocab_size, d};
+    case TensorRole::Query:
+      return Shape{config.q_dim(), d};
+    case TensorRole::Key:
+    case TensorRole::Value:
+      return Shape{config.kv_dim(), d};
+    case TensorRole::AttentionOutput:
+      return Shape{d, config.q_dim()};
+    case TensorRole::Gate:
+    case TensorRole::Up:
+      return Shape{config.intermediate_size, d};
+    case TensorRole::Down:
+      return Shape{d, config.intermediate_size};
+    default:
+      return std::nullopt;  // norms are vectors, not linear modules
+  }
 }
 
 ModelConfig parse_hf_config(const json& config) {
   if (!config.is_object()) fail("config.json: not a JSON object");
   ModelConfig out;
   const auto architectures = optional_or<std::vector<std::string>>(config, "architectures", {});
-  const ArchitectureInfo* arch = nullptr;
+  const Architecture* arch = nullptr;
   for (const auto& name : architectures) {
-    for (const auto& known : kArchitectures) {
-      if (known.architecture == name) arch = &known;
-    }
+    if (const Architecture* known = find_hf_architecture(name)) arch = known;
   }
-  if (arch == nullptr) {
-    const auto model_type = optional_or<std::string>(config, "model_type", "");
-    for (const auto& known : kArchitectures) {
-      if (architectures.empty() && known.model_type == model_type) arch = &known;
-    }
-  }
+  if (arch == nullptr && architectures.empty()) arch = find_model_type(optional_or<std::string>(config, "model_type", ""));
   if (arch == nullptr) {
     std::string listed;
     for (const auto& name : architectures) listed += (listed.empty() ? "" : ", ") + name;
-    fail("config.json: unsupported architecture '{}' (supported: LlamaForCausalLM, MistralForCausalLM, "
-         "Qwen2ForCausalLM)",
-         listed.empty() ? optional_or<std::string>(config, "model_type", "<none>") : listed);
+    fail("config.json: unsupported architecture '{}' (supported: {})",
+         listed.empty() ? optional_or<std::string>(config, "model_type", "<none>") : listed,
+         supported_hf_architectures());
   }
-  out.architecture = std::string(arch->architecture);
+  out.architecture = std::string(arch->hf_architecture);
   out.model_type = std::string(arch->model_type);
   out.vocab_size = required<std::int64_t>(config, "vocab_size");
   out.hidden_size = required<std::int64_t>(config, "hidden_size");

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "common/error.h"
-#include "engine/kv_cache.h"
+#include "engine/model.h"
 
 namespace nibble::quant {
 namespace {
@@ -25,15 +25,15 @@ std::size_t argmax(std::span<const double> values) {
   return static_cast<std::size_t>(std::max_element(values.begin(), values.end()) - values.begin());
 }
 
-void run_window(engine::LlamaModel& model, std::span<const std::int32_t> window, std::vector<float>& logits) {
-  engine::KvCache cache(model.config(), static_cast<std::int64_t>(window.size()));
+void run_window(engine::Model& model, std::span<const std::int32_t> window, std::vector<float>& logits) {
+  engine::SequenceCache cache(model, static_cast<std::int64_t>(window.size()));
   logits.resize(window.size() * static_cast<std::size_t>(model.vocab_size()));
   model.forward(window, 0, cache, engine::Logits::AllRows, logits);
 }
 
 }  // namespace
 
-EvalResult evaluate(engine::LlamaModel& model, engine::LlamaModel* base, std::span<const std::int32_t> tokens,
+EvalResult evaluate(engine::Model& model, engine::Model* base, std::span<const std::int32_t> tokens,
                     const EvalOptions& options, const Progress& progress) {
   if (options.window < 2) fail("the evaluation window must hold at least 2 tokens");
   if (options.stride < 1 || options.stride > options.window) {

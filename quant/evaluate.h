@@ -9,7 +9,7 @@
 #include <optional>
 #include <span>
 
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "quant/progress.h"
 
 namespace nibble::quant {
@@ -33,7 +33,7 @@ struct EvalResult {
 
 // `base` may be null. Both models must share the vocabulary. Throws nibble::Error for
 // streams shorter than two tokens or a window/stride that does not make sense.
-EvalResult evaluate(engine::LlamaModel& model, engine::LlamaModel* base, std::span<const std::int32_t> tokens,
+EvalResult evaluate(engine::Model& model, engine::Model* base, std::span<const std::int32_t> tokens,
                     const EvalOptions& options, const Progress& progress = {});
 
 }  // namespace nibble::quant

@@ -75,11 +75,11 @@ struct BatchScheduler::Sequence {
   }
 };
 
-BatchScheduler::BatchScheduler(engine::LlamaModel& model, const BatchSchedulerOptions& options)
+BatchScheduler::BatchScheduler(engine::Model& model, const BatchSchedulerOptions& options)
     : model_(model),
       options_(options),
       blocks_(options.num_blocks, options.block_size),
-      cache_(model.config(), options.num_blocks, options.block_size, options.kv_dtype) {
+      cache_(model.make_kv_cache(options.num_blocks, options.block_size, options.kv_dtype)) {
   if (options.max_num_seqs < 1 || options.max_num_batched_tokens < 1 || options.max_waiting < 1) {
     fail("batch scheduler: max_num_seqs, max_num_batched_tokens and max_waiting must be at least 1");
   }

@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "engine/paged_kv_cache.h"
 #include "scheduler/block_manager.h"
 #include "scheduler/scheduler.h"
@@ -48,7 +48,7 @@ class BatchScheduler final : public Scheduler {
  public:
   // `model` must outlive the scheduler. Throws nibble::Error for options that
   // cannot work (no blocks, a budget below one token).
-  BatchScheduler(engine::LlamaModel& model, const BatchSchedulerOptions& options);
+  BatchScheduler(engine::Model& model, const BatchSchedulerOptions& options);
   ~BatchScheduler() override;
 
   std::shared_ptr<Ticket> submit(SequenceRequest request, std::shared_ptr<SequenceSink> sink) override;
@@ -90,7 +90,7 @@ class BatchScheduler final : public Scheduler {
   void collect_ended();
   void publish_and_notify_ended();
 
-  engine::LlamaModel& model_;
+  engine::Model& model_;
   const BatchSchedulerOptions options_;
   BlockManager blocks_;
   engine::PagedKvCache cache_;

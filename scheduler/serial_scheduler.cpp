@@ -19,7 +19,7 @@ bool past(const std::optional<Clock::time_point>& deadline) { return deadline &&
 
 }  // namespace
 
-SerialScheduler::SerialScheduler(engine::LlamaModel& model, std::int64_t max_waiting)
+SerialScheduler::SerialScheduler(engine::Model& model, std::int64_t max_waiting)
     : model_(model), max_waiting_(max_waiting), worker_([this] { work(); }) {}
 
 SerialScheduler::~SerialScheduler() { stop(std::chrono::milliseconds(0)); }

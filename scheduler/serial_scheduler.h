@@ -8,7 +8,7 @@
 #include <mutex>
 #include <thread>
 
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "scheduler/scheduler.h"
 
 namespace nibble::scheduler {
@@ -17,7 +17,7 @@ class SerialScheduler final : public Scheduler {
  public:
   // `model` must outlive the scheduler. At most `max_waiting` sequences wait
   // behind the running one.
-  SerialScheduler(engine::LlamaModel& model, std::int64_t max_waiting);
+  SerialScheduler(engine::Model& model, std::int64_t max_waiting);
   ~SerialScheduler() override;
 
   std::shared_ptr<Ticket> submit(SequenceRequest request, std::shared_ptr<SequenceSink> sink) override;
@@ -36,7 +36,7 @@ class SerialScheduler final : public Scheduler {
   SequenceEnd run(Entry& entry);  // every event but the last
   static void finish(Entry& entry, const SequenceEnd& end);
 
-  engine::LlamaModel& model_;
+  engine::Model& model_;
   const std::int64_t max_waiting_;
   mutable std::mutex mutex_;
   std::condition_variable changed_;

@@ -1,11 +1,13 @@
 #include "kernels/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <thread>
 #include <vector>
 
 #include "common/error.h"
+#include "common/huge_pages.h"
 #include "kernels/cpu/elementwise_kernels.h"
 #include "kernels/cpu/int8_activations.h"
 #include "kernels/cpu/kv_kernels.h"
@@ -24,7 +26,115 @@ const cpu::CpuLinearWeights& cpu_weights(const LinearWeights& w) {
   return *mine;
 }
 
+// Symmetric per head: the largest magnitude maps to 127.
+void quantize_kv_row(const float* row, std::int64_t kv_heads, std::int64_t head_dim, std::int8_t* codes,
+                     float* scales) {
+  for (std::int64_t h = 0; h < kv_heads; ++h) {
+    const float* x = row + h * head_dim;
+    float max_abs = 0.0f;
+    for (std::int64_t i = 0; i < head_dim; ++i) max_abs = std::max(max_abs, std::abs(x[i]));
+    const float scale = max_abs > 0.0f ? max_abs / 127.0f : 1.0f;
+    scales[h] = scale;
+    for (std::int64_t i = 0; i < head_dim; ++i) {
+      codes[h * head_dim + i] = static_cast<std::int8_t>(std::lrint(std::clamp(x[i] / scale, -127.0f, 127.0f)));
+    }
+  }
+}
+
+void check_block(const KvPool& pool, std::int32_t block) {
+  if (block < 0 || block >= pool.shape.num_blocks) fail("KV block {} outside the pool of {}", block, pool.shape.num_blocks);
+}
+
 }  // namespace
+
+Buffer CpuBackend::allocate(DType dtype, std::vector<std::int64_t> shape) {
+  std::int64_t numel = 1;
+  for (const auto d : shape) {
+    if (d < 0) fail("cannot allocate a buffer of negative extent");
+    numel *= d;
+  }
+  // Large buffers (the KV pool, wide activations) go on huge pages: attention walks
+  // a few rows in each of thousands of pages every step.
+  void* data = allocate_large(static_cast<std::size_t>(numel) * dtype_size(dtype));
+  std::shared_ptr<void> owner(data, free_large);
+  return Buffer(std::move(owner), data, device(), dtype, std::move(shape));
+}
+
+Buffer CpuBackend::upload(const void* host, DType dtype, std::vector<std::int64_t> shape,
+                          std::shared_ptr<const void> keep_alive) {
+  return Buffer(std::const_pointer_cast<void>(std::move(keep_alive)), const_cast<void*>(host), device(), dtype,
+                std::move(shape));
+}
+
+void CpuBackend::download(const Buffer& source, std::size_t offset, std::size_t bytes, void* host) {
+  if (offset + bytes > source.bytes()) fail("download of bytes [{}, {}) from a buffer of {}", offset, offset + bytes, source.bytes());
+  std::memcpy(host, source.data<const std::byte>() + offset, bytes);
+}
+
+void CpuBackend::kv_store(KvPool& pool, std::int64_t layer, std::span<const std::int32_t> block_table,
+                          std::int64_t start, std::int64_t rows, const float* keys, const float* values) {
+  const KvPoolShape& shape = pool.shape;
+  const auto capacity = static_cast<std::int64_t>(block_table.size()) * shape.block_size;
+  if (start < 0 || start + rows > capacity) {
+    fail("KV positions [{}, {}) exceed the sequence's {} blocks", start, start + rows, block_table.size());
+  }
+  if (layer < 0 || layer >= shape.layers) fail("KV layer {} outside the pool's {}", layer, shape.layers);
+  const std::int64_t kv_dim = shape.kv_dim();
+  const std::int64_t layer_rows = layer * shape.rows_per_layer();
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const std::int64_t position = start + r;
+    const std::int32_t block = block_table[static_cast<std::size_t>(position / shape.block_size)];
+    check_block(pool, block);
+    const std::int64_t row = layer_rows + std::int64_t{block} * shape.block_size + position % shape.block_size;
+    const float* k = keys + r * kv_dim;
+    const float* v = values + r * kv_dim;
+    switch (shape.format) {
+      case KvFormat::Float32:
+        std::copy_n(k, kv_dim, pool.keys.data<float>() + row * kv_dim);
+        std::copy_n(v, kv_dim, pool.values.data<float>() + row * kv_dim);
+        break;
+      case KvFormat::Float16:
+        cpu::store_f16(k, kv_dim, pool.keys.data<std::uint16_t>() + row * kv_dim);
+        cpu::store_f16(v, kv_dim, pool.values.data<std::uint16_t>() + row * kv_dim);
+        break;
+      case KvFormat::Int8:
+        quantize_kv_row(k, shape.kv_heads, shape.head_dim, pool.keys.data<std::int8_t>() + row * kv_dim,
+                        pool.key_scales.data<float>() + row * shape.kv_heads);
+        quantize_kv_row(v, shape.kv_heads, shape.head_dim, pool.values.data<std::int8_t>() + row * kv_dim,
+                        pool.value_scales.data<float>() + row * shape.kv_heads);
+        break;
+    }
+  }
+}
+
+void CpuBackend::kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens) {
+  check_block(pool, from);
+  check_block(pool, to);
+  const KvPoolShape& shape = pool.shape;
+  if (tokens < 0 || tokens > shape.block_size) fail("copy of {} positions into a block of {}", tokens, shape.block_size);
+  // Every array the format allocated (the others are empty), so none is left out.
+  const auto copy = [&](const Buffer& data, std::int64_t width) {
+    if (data.empty()) return;
+    const std::size_t element = dtype_size(data.dtype());
+    const auto row_bytes = static_cast<std::size_t>(width) * element;
+    for (std::int64_t l = 0; l < shape.layers; ++l) {
+      const std::int64_t first = l * shape.rows_per_layer();
+      auto* base = data.data<std::byte>();
+      std::memcpy(base + static_cast<std::size_t>(first + std::int64_t{to} * shape.block_size) * row_bytes,
+                  base + static_cast<std::size_t>(first + std::int64_t{from} * shape.block_size) * row_bytes,
+                  static_cast<std::size_t>(tokens) * row_bytes);
+    }
+  };
+  copy(pool.keys, shape.kv_dim());
+  copy(pool.values, shape.kv_dim());
+  copy(pool.key_scales, shape.kv_heads);
+  copy(pool.value_scales, shape.kv_heads);
+}
+
+void CpuBackend::slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first,
+                               std::int64_t width, float* out) {
+  for (std::int64_t r = 0; r < rows; ++r) std::copy_n(x + r * x_width + first, width, out + r * width);
+}
 
 CpuBackend::CpuBackend(int threads) : CpuBackend(CpuBackendOptions{threads, false}) {}
 

@@ -23,6 +23,16 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(const CpuBackendOptions& options);
 
   std::string name() const override;
+  Device device() const override { return {DeviceKind::Cpu, 0}; }
+  bool host_visible_memory() const override { return true; }
+  Buffer allocate(DType dtype, std::vector<std::int64_t> shape) override;
+  // A view of `host`: the CPU reads mapped weights where they are.
+  Buffer upload(const void* host, DType dtype, std::vector<std::int64_t> shape,
+                std::shared_ptr<const void> keep_alive) override;
+  void download(const Buffer& source, std::size_t offset, std::size_t bytes, void* host) override;
+  void kv_store(KvPool& pool, std::int64_t layer, std::span<const std::int32_t> block_table, std::int64_t start,
+                std::int64_t rows, const float* keys, const float* values) override;
+  void kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens) override;
   int threads() const { return pool_->size(); }
   // Whether int8 activations were asked for and this CPU can run them.
   bool int8_activations() const { return int8_activations_; }
@@ -39,6 +49,8 @@ class CpuBackend final : public Backend {
   void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions, const KvLayerView& kv,
                  const AttentionShape& shape, float* out) override;
   void attention_batch(std::span<const AttentionSegment> segments, const AttentionShape& shape) override;
+  void slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first, std::int64_t width,
+                     float* out) override;
   void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override;
   void add(const float* x, std::int64_t n, float* y) override;
   void embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) override;

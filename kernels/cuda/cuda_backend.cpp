@@ -8,6 +8,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/kv_store.h"
 #include "kernels/cuda/quant_gemm.h"
 
 namespace nibble::kernels::cuda {
@@ -195,6 +196,109 @@ const void* CudaBackend::stage_bytes(const void* host, std::size_t bytes) {
 template <typename T>
 const T* CudaBackend::stage(std::span<const T> host) {
   return static_cast<const T*>(stage_bytes(host.data(), host.size_bytes()));
+}
+
+Buffer CudaBackend::allocate(DType dtype, std::vector<std::int64_t> shape) {
+  std::int64_t numel = 1;
+  for (const auto d : shape) {
+    if (d < 0) fail("cannot allocate a buffer of negative extent");
+    numel *= d;
+  }
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  const std::size_t bytes = static_cast<std::size_t>(numel) * dtype_size(dtype);
+  auto memory = std::make_shared<DeviceBuffer<std::byte>>(std::max<std::size_t>(bytes, 1));
+  NIBBLE_CUDA_CHECK(cudaMemsetAsync(memory->data(), 0, memory->bytes(), stream_));
+  void* data = memory->data();
+  return Buffer(std::move(memory), data, device(), dtype, std::move(shape));
+}
+
+Buffer CudaBackend::upload(const void* host, DType dtype, std::vector<std::int64_t> shape,
+                           std::shared_ptr<const void> /*keep_alive: copied now*/) {
+  Buffer buffer = allocate(dtype, std::move(shape));
+  if (buffer.bytes() > 0) {
+    NIBBLE_CUDA_CHECK(cudaMemcpyAsync(buffer.raw(), host, buffer.bytes(), cudaMemcpyHostToDevice, stream_));
+  }
+  synchronize();  // `host` may go away once this returns
+  return buffer;
+}
+
+void CudaBackend::download(const Buffer& source, std::size_t offset, std::size_t bytes, void* host) {
+  if (offset + bytes > source.bytes()) {
+    fail("download of bytes [{}, {}) from a buffer of {}", offset, offset + bytes, source.bytes());
+  }
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  NIBBLE_CUDA_CHECK(cudaMemcpyAsync(host, source.data<const std::byte>() + offset, bytes, cudaMemcpyDeviceToHost, stream_));
+  synchronize();
+}
+
+void CudaBackend::kv_store(KvPool& pool, std::int64_t layer, std::span<const std::int32_t> block_table,
+                           std::int64_t start, std::int64_t rows, const float* keys, const float* values) {
+  const KvPoolShape& shape = pool.shape;
+  const auto capacity = static_cast<std::int64_t>(block_table.size()) * shape.block_size;
+  if (start < 0 || start + rows > capacity) {
+    fail("KV positions [{}, {}) exceed the sequence's {} blocks", start, start + rows, block_table.size());
+  }
+  if (layer < 0 || layer >= shape.layers) fail("KV layer {} outside the pool's {}", layer, shape.layers);
+  if (rows <= 0) return;
+  // Checked on the host: a bad id would write outside the pool on the device.
+  const auto used = block_table.subspan(static_cast<std::size_t>(start / shape.block_size),
+                                        static_cast<std::size_t>((start + rows - 1) / shape.block_size - start / shape.block_size + 1));
+  for (const std::int32_t block : used) {
+    if (block < 0 || block >= shape.num_blocks) fail("KV block {} outside the pool of {}", block, shape.num_blocks);
+  }
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  const std::size_t element = static_cast<std::size_t>(kv_element_bytes(shape.format));
+  const std::int64_t first_row = layer * shape.rows_per_layer();
+  const auto elements_at = static_cast<std::size_t>(first_row * shape.kv_dim()) * element;
+  cuda::KvStoreArgs args;
+  args.keys = pool.keys.data<std::byte>() + elements_at;
+  args.values = pool.values.data<std::byte>() + elements_at;
+  if (shape.format == KvFormat::Int8) {
+    args.key_scales = pool.key_scales.data<float>() + first_row * shape.kv_heads;
+    args.value_scales = pool.value_scales.data<float>() + first_row * shape.kv_heads;
+  }
+  args.block_table = stage(block_table);
+  args.block_size = shape.block_size;
+  args.start = start;
+  args.rows = rows;
+  args.kv_heads = shape.kv_heads;
+  args.head_dim = shape.head_dim;
+  args.format = shape.format;
+  cuda::kv_store(args, keys, values, stream_);
+}
+
+void CudaBackend::kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens) {
+  const KvPoolShape& shape = pool.shape;
+  for (const std::int32_t block : {from, to}) {
+    if (block < 0 || block >= shape.num_blocks) fail("KV block {} outside the pool of {}", block, shape.num_blocks);
+  }
+  if (tokens < 0 || tokens > shape.block_size) fail("copy of {} positions into a block of {}", tokens, shape.block_size);
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  const auto copy = [&](const Buffer& data, std::int64_t width) {
+    if (data.empty()) return;
+    const auto row_bytes = static_cast<std::size_t>(width) * dtype_size(data.dtype());
+    for (std::int64_t l = 0; l < shape.layers; ++l) {
+      const std::int64_t first = l * shape.rows_per_layer();
+      auto* base = data.data<std::byte>();
+      NIBBLE_CUDA_CHECK(cudaMemcpyAsync(base + static_cast<std::size_t>(first + std::int64_t{to} * shape.block_size) * row_bytes,
+                                        base + static_cast<std::size_t>(first + std::int64_t{from} * shape.block_size) * row_bytes,
+                                        static_cast<std::size_t>(tokens) * row_bytes, cudaMemcpyDeviceToDevice, stream_));
+    }
+  };
+  copy(pool.keys, shape.kv_dim());
+  copy(pool.values, shape.kv_dim());
+  copy(pool.key_scales, shape.kv_heads);
+  copy(pool.value_scales, shape.kv_heads);
+}
+
+void CudaBackend::slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first,
+                                std::int64_t width, float* out) {
+  if (rows <= 0 || width <= 0) return;
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  NIBBLE_CUDA_CHECK(cudaMemcpy2DAsync(out, static_cast<std::size_t>(width) * sizeof(float), x + first,
+                                      static_cast<std::size_t>(x_width) * sizeof(float),
+                                      static_cast<std::size_t>(width) * sizeof(float), static_cast<std::size_t>(rows),
+                                      cudaMemcpyDeviceToDevice, stream_));
 }
 
 std::unique_ptr<LinearWeights> CudaBackend::prepare_linear(const Matrix& dense, SparseChoice) {

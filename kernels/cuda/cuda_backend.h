@@ -12,10 +12,9 @@
 // (F16/BF16/F32) and run on cuBLASLt; a dense Matrix passed straight to linear()
 // must already be on the device.
 //
-// Not wired yet: the engine's activations and KV cache live in host
-// std::vectors (engine/llama_model.h), so LlamaModel cannot run on this backend
-// until its scratch buffers and the paged cache are allocated through the
-// backend (see docs/cuda.md).
+// Memory: the engine's activations, its paged KV pool and its norm weights and
+// biases are Buffers this backend allocated or uploaded (cudaMalloc), so a whole
+// model runs on the device; logits come back once per step (download).
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
@@ -37,8 +36,18 @@ class CudaBackend final : public Backend {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   std::string name() const override;
+  Device device() const override { return {DeviceKind::Cuda, device_}; }
+  Buffer allocate(DType dtype, std::vector<std::int64_t> shape) override;
+  Buffer upload(const void* host, DType dtype, std::vector<std::int64_t> shape,
+                std::shared_ptr<const void> keep_alive) override;
+  void download(const Buffer& source, std::size_t offset, std::size_t bytes, void* host) override;
+  void kv_store(KvPool& pool, std::int64_t layer, std::span<const std::int32_t> block_table, std::int64_t start,
+                std::int64_t rows, const float* keys, const float* values) override;
+  void kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens) override;
+  void slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first, std::int64_t width,
+                     float* out) override;
   cudaStream_t stream() const { return stream_; }
-  int device() const { return device_; }
+  int device_index() const { return device_; }
   int sm_count() const { return sm_count_; }
   // Waits for everything enqueued so far; rethrows asynchronous errors.
   void synchronize();

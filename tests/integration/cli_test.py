@@ -91,6 +91,29 @@ class Errors(unittest.TestCase):
         result = nibble("generate", "--no-such-flag", check=False)
         self.assertNotEqual(result.returncode, 0)
 
+    def test_device_cuda_without_a_gpu_fails_at_start_up_with_exit_code_2(self):
+        # This machine has no GPU (CI never does); on one with a GPU the check below is moot.
+        if os.path.exists("/dev/nvidia0"):
+            self.skipTest("a GPU is present")
+        for command in (["generate", "-m", "/nonexistent/model", "-p", "x", "-n", "1"],
+                        ["eval", "--model", "/nonexistent/model", "--text", "/dev/null"],
+                        ["serve", "-m", "/nonexistent/model", "--port", "0"]):
+            for device in ("cuda", "cuda:1"):
+                result = nibble(*command, "--device", device, check=False)
+                self.assertEqual(result.returncode, 2, (command, result.stderr))
+                lines = result.stderr.strip().splitlines()
+                self.assertEqual(len(lines), 1, result.stderr)
+                self.assertIn(f"--device {device if ':' in device else 'cuda:0'}", lines[0])
+                self.assertIn("use --device cpu", lines[0])
+                # Checked before anything is loaded or listened on.
+                self.assertNotIn("/nonexistent/model", result.stderr)
+                self.assertNotIn("internal error", result.stderr)
+
+    def test_unknown_devices_are_refused_naming_the_forms(self):
+        result = nibble("generate", "-m", "/nonexistent/model", "-p", "x", "--device", "tpu", check=False)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("unknown device 'tpu' (cpu, cuda or cuda:N)", result.stderr)
+
     def test_serve_rejects_an_unknown_kv_cache_dtype_before_loading(self):
         # A model that does not exist: had the flag passed, the load would fail instead.
         result = nibble("serve", "-m", "/nonexistent/model", "--port", "0", "--kv-cache-dtype", "fp8", check=False)

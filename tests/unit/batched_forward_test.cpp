@@ -11,7 +11,7 @@
 #include <random>
 
 #include "engine/generator.h"
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
 #include "kernel_test_util.h"
@@ -30,7 +30,7 @@ struct Sequence {
   std::vector<TokenId> out;
 };
 
-std::vector<TokenId> greedy_alone(LlamaModel& model, const std::vector<TokenId>& prompt, std::int64_t n) {
+std::vector<TokenId> greedy_alone(Model& model, const std::vector<TokenId>& prompt, std::int64_t n) {
   GenerationRequest request;
   request.prompt = prompt;
   request.sampling.temperature = 0;
@@ -44,7 +44,7 @@ TokenId argmax(std::span<const float> row) {
 
 // Runs every sequence to `n` greedy tokens in shared steps: a sequence joins at
 // its step, prefills `chunk` prompt tokens per step, then decodes one per step.
-void run_batched(LlamaModel& model, std::vector<Sequence>& sequences, std::int64_t n, std::int64_t chunk) {
+void run_batched(Model& model, std::vector<Sequence>& sequences, std::int64_t n, std::int64_t chunk) {
   std::int64_t needed_blocks = 0;
   for (const auto& s : sequences) {
     needed_blocks += (static_cast<std::int64_t>(s.prompt.size()) + n + kBlockSize - 1) / kBlockSize;
@@ -53,7 +53,7 @@ void run_batched(LlamaModel& model, std::vector<Sequence>& sequences, std::int64
   std::vector<std::int32_t> free(static_cast<std::size_t>(needed_blocks + 3));
   std::iota(free.begin(), free.end(), 0);
   std::shuffle(free.begin(), free.end(), std::mt19937(7));
-  PagedKvCache cache(model.config(), static_cast<std::int32_t>(free.size()), kBlockSize);
+  PagedKvCache cache = model.make_kv_cache(static_cast<std::int32_t>(free.size()), kBlockSize);
   std::vector<float> logits;
   for (std::int64_t step = 0;; ++step) {
     std::vector<BatchEntry> batch;
@@ -91,7 +91,7 @@ void run_batched(LlamaModel& model, std::vector<Sequence>& sequences, std::int64
   }
 }
 
-void expect_batched_equals_alone(LlamaModel& model, std::vector<Sequence> sequences, std::int64_t n) {
+void expect_batched_equals_alone(Model& model, std::vector<Sequence> sequences, std::int64_t n) {
   std::vector<std::vector<TokenId>> alone;
   for (const auto& s : sequences) alone.push_back(greedy_alone(model, s.prompt, n));
   for (const std::int64_t chunk : {3, 64}) {
@@ -121,8 +121,8 @@ struct SmolLM2 {
         tokenizer(load_tokenizer(source.path)),
         backend(kernels::CpuBackendOptions{2, int8_activations}),
         model(source, backend, options(stack_linears)) {}
-  static LlamaModel::Options options(bool stack_linears) {
-    LlamaModel::Options options;
+  static ModelOptions options(bool stack_linears) {
+    ModelOptions options;
     options.stack_linears = stack_linears;
     return options;
   }
@@ -132,7 +132,7 @@ struct SmolLM2 {
   ModelSource source;
   std::unique_ptr<Tokenizer> tokenizer;
   kernels::CpuBackend backend;
-  LlamaModel model;
+  DecoderModel model;
 };
 
 void expect_smollm2_batched_equals_alone(SmolLM2& smollm2) {
@@ -161,10 +161,10 @@ TEST(BatchedForward, SmolLM2Int8ActivationsGreedyTokensDoNotDependOnTheBatch) {
 
 // Logits after each token of `tokens` (prompt prefilled, then one at a time), with
 // the keys and values in a paged cache of `dtype`.
-std::vector<std::vector<float>> logits_along(LlamaModel& model, const std::vector<TokenId>& tokens,
+std::vector<std::vector<float>> logits_along(Model& model, const std::vector<TokenId>& tokens,
                                              std::int64_t prompt_length, KvDtype dtype) {
   const auto blocks = static_cast<std::int32_t>((tokens.size() + kBlockSize - 1) / kBlockSize);
-  PagedKvCache cache(model.config(), blocks, kBlockSize, dtype);
+  PagedKvCache cache = model.make_kv_cache(blocks, kBlockSize, dtype);
   std::vector<std::int32_t> table(static_cast<std::size_t>(blocks));
   std::iota(table.begin(), table.end(), 0);
   std::vector<std::vector<float>> out;
@@ -266,7 +266,7 @@ TEST(BatchedForward, StackedProjectionsGiveTheSeparateLayersLogits) {
     SCOPED_TRACE(int8_activations ? "int8 activations" : "float activations");
     SmolLM2 stacked(int8_activations, true);
     SmolLM2 separate(int8_activations, false);
-    const auto kinds = [](const LlamaModel& model) {
+    const auto kinds = [](const Model& model) {
       int count = 0;
       for (const auto& [kind, n] : model.linear_kinds()) count += n;
       return count;

@@ -105,14 +105,14 @@ class CompletionServiceTest : public ::testing::Test {
 
   static testing::StoriesModel* stories_;
   static Tokenizer* tokenizer_;
-  static engine::LlamaModel* model_;
+  static engine::Model* model_;
   std::unique_ptr<scheduler::SerialScheduler> scheduler_;
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<CompletionService> service_;
 };
 testing::StoriesModel* CompletionServiceTest::stories_ = nullptr;
 Tokenizer* CompletionServiceTest::tokenizer_ = nullptr;
-engine::LlamaModel* CompletionServiceTest::model_ = nullptr;
+engine::Model* CompletionServiceTest::model_ = nullptr;
 
 TEST_F(CompletionServiceTest, GreedyTextIsTheReferenceTokensDecoded) {
   const auto ids = reference_greedy_ids();

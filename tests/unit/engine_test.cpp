@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/generator.h"
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "engine/rope.h"
 #include "kernel_test_util.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -48,7 +48,7 @@ TEST_F(Stories260K, GreedyFromBosReproducesTheReference128Tokens) {
   const ModelSource source = open_model(dir_->path());
   for (const int threads : {1, 2}) {
     kernels::CpuBackend backend(threads);
-    LlamaModel model(source, backend);
+    DecoderModel model(source, backend);
     GenerationRequest request;
     request.prompt = {1};
     request.sampling.temperature = 0;
@@ -62,16 +62,16 @@ TEST_F(Stories260K, GreedyFromBosReproducesTheReference128Tokens) {
 TEST_F(Stories260K, ChunkedPrefillAndTokenByTokenGiveTheSameLogits) {
   const ModelSource source = open_model(dir_->path());
   kernels::CpuBackend backend(2);
-  LlamaModel model(source, backend);
+  DecoderModel model(source, backend);
   const auto ids = reference_greedy_ids();
   const std::vector<TokenId> prompt(ids.begin(), ids.begin() + 40);
   const auto vocab = static_cast<std::size_t>(model.vocab_size());
 
-  KvCache whole_cache(model.config(), 64);
+  SequenceCache whole_cache(model, 64);
   std::vector<float> all(prompt.size() * vocab);
   model.forward(prompt, 0, whole_cache, Logits::AllRows, all);
 
-  KvCache step_cache(model.config(), 64);
+  SequenceCache step_cache(model, 64);
   std::vector<float> step(vocab);
   for (std::size_t i = 0; i < prompt.size(); ++i) {
     model.forward(std::span(&prompt[i], 1), static_cast<std::int64_t>(i), step_cache, Logits::LastRow, step);
@@ -83,7 +83,7 @@ TEST_F(Stories260K, ChunkedPrefillAndTokenByTokenGiveTheSameLogits) {
 TEST_F(Stories260K, SeededSamplingIsReproducible) {
   const ModelSource source = open_model(dir_->path());
   kernels::CpuBackend backend(2);
-  LlamaModel model(source, backend);
+  DecoderModel model(source, backend);
   GenerationRequest request;
   request.prompt = {1, 365};
   request.sampling.temperature = 0.9;
@@ -99,7 +99,7 @@ TEST_F(Stories260K, SeededSamplingIsReproducible) {
 TEST_F(Stories260K, LogprobsAreTheModelsAndLogitBiasSteersSampling) {
   const ModelSource source = open_model(dir_->path());
   kernels::CpuBackend backend(1);
-  LlamaModel model(source, backend);
+  DecoderModel model(source, backend);
   const auto expected = reference_greedy_ids();
   GenerationRequest request;
   request.prompt = {1};
@@ -151,7 +151,7 @@ TEST_F(Stories260K, PromptLogprobsEqualThoseOfTheSameTokensGenerated) {
   // must score each exactly as when it was generated one step at a time.
   const ModelSource source = open_model(dir_->path());
   kernels::CpuBackend backend(1);
-  LlamaModel model(source, backend);
+  DecoderModel model(source, backend);
   GenerationRequest request;
   request.prompt = {1};
   request.sampling.temperature = 0;
@@ -184,7 +184,7 @@ TEST_F(Stories260K, PromptLogprobsEqualThoseOfTheSameTokensGenerated) {
 TEST_F(Stories260K, StopTokensAndCancellationEndGeneration) {
   const ModelSource source = open_model(dir_->path());
   kernels::CpuBackend backend(1);
-  LlamaModel model(source, backend);
+  DecoderModel model(source, backend);
   const auto expected = reference_greedy_ids();
   GenerationRequest request;
   request.prompt = {1};
@@ -227,14 +227,14 @@ TEST_F(Stories260K, MalformedModelFoldersGiveClearErrors) {
   }
   const ModelSource missing = open_model(broken.path());
   kernels::CpuBackend backend(1);
-  testing::expect_error([&] { LlamaModel model(missing, backend); }, {"model.layers.2.mlp.up_proj.weight", "missing"});
+  testing::expect_error([&] { DecoderModel model(missing, backend); }, {"model.layers.2.mlp.up_proj.weight", "missing"});
 
   auto config = nlohmann::json::parse(testing::read_file(dir_->path() / "config.json"));
   config["hidden_size"] = 80;
   testing::write_file(broken / "config.json", config.dump());
   testing::write_file(weights_path, bytes);
   const ModelSource wrong_shape = open_model(broken.path());
-  testing::expect_error([&] { LlamaModel model(wrong_shape, backend); }, {"model.embed_tokens.weight", "shape"});
+  testing::expect_error([&] { DecoderModel model(wrong_shape, backend); }, {"model.embed_tokens.weight", "shape"});
 }
 
 TEST(Rope, Llama3ScalingKeepsHighFrequenciesAndSlowsLowOnes) {

@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/generator.h"
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
 #include "test_util.h"
@@ -33,7 +33,7 @@ TEST(SmolLM2Gptq, GreedyTokensMatchTransformersOnTheSameCheckpoint) {
 
   const ModelSource source = open_model(folder);
   kernels::CpuBackend backend(0);
-  LlamaModel model(source, backend);
+  DecoderModel model(source, backend);
   // Every GPTQ linear runs packed on the INT4 kernel, within the memory budget.
   EXPECT_EQ(model.weight_memory().quantized_layers, reference["quantized_modules"].get<std::int64_t>());
   EXPECT_LE(static_cast<double>(model.weight_memory().quantized_resident),

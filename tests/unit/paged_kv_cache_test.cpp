@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "common/half.h"
 #include "engine/paged_kv_cache.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernel_test_util.h"
 
 namespace nibble::engine {
@@ -40,8 +41,9 @@ float element(const kernels::KvLayerView& view, bool key, std::int64_t t, std::i
 
 TEST(PagedKvCache, Float16StoresEachElementRoundedOnceToHalf) {
   const ModelConfig config = small_config();
+  kernels::CpuBackend backend(1);
   std::mt19937 rng(std::random_device{}());
-  PagedKvCache cache(config, 4, 4, KvDtype::Float16);
+  PagedKvCache cache(backend, config, 4, 4, KvDtype::Float16);
   const std::vector<std::int32_t> table{2, 0};
   const std::int64_t rows = 6, kv_dim = config.kv_dim();
   const auto keys = testing::random_floats(rng, static_cast<std::size_t>(rows * kv_dim), 3.0f);
@@ -60,10 +62,11 @@ TEST(PagedKvCache, Float16StoresEachElementRoundedOnceToHalf) {
 
 TEST(PagedKvCache, CopyBlockCopiesTheFirstTokensOfEveryLayerInEveryDtype) {
   const ModelConfig config = small_config();
+  kernels::CpuBackend backend(1);
   std::mt19937 rng(std::random_device{}());
   for (const auto dtype : {KvDtype::Float32, KvDtype::Float16, KvDtype::Int8}) {
     const std::int32_t block_size = 4;
-    PagedKvCache cache(config, 6, block_size, dtype);
+    PagedKvCache cache(backend, config, 6, block_size, dtype);
     const std::int64_t kv_dim = config.kv_dim();
     const std::vector<std::int32_t> from{3}, to{1};
     // Block `to` first holds other rows, so a copy that misses anything leaves them.
@@ -102,14 +105,16 @@ TEST(PagedKvCache, CopyBlockCopiesTheFirstTokensOfEveryLayerInEveryDtype) {
 
 TEST(PagedKvCache, Float16HalvesTheBytesOfAPosition) {
   const ModelConfig config = small_config();
-  const PagedKvCache f32(config, 2, 16, KvDtype::Float32), f16(config, 2, 16, KvDtype::Float16),
-      int8(config, 2, 16, KvDtype::Int8);
+  kernels::CpuBackend backend(1);
+  const PagedKvCache f32(backend, config, 2, 16, KvDtype::Float32), f16(backend, config, 2, 16, KvDtype::Float16),
+      int8(backend, config, 2, 16, KvDtype::Int8);
   const auto elements = static_cast<std::uint64_t>(2 * config.num_layers * config.kv_dim());
   EXPECT_EQ(f32.bytes_per_token(), elements * 4);
   EXPECT_EQ(f16.bytes_per_token(), f32.bytes_per_token() / 2);
   EXPECT_EQ(f16.bytes(), f32.bytes() / 2);
   EXPECT_EQ(int8.bytes_per_token(), elements + 2 * 3 * 2 * sizeof(float));  // + a scale per (layer, kv head)
-  EXPECT_EQ(kv_element_bytes(KvDtype::Float16) * 2, kv_element_bytes(KvDtype::Float32));
+  EXPECT_EQ(kernels::kv_element_bytes(KvDtype::Float16) * 2, kernels::kv_element_bytes(KvDtype::Float32));
+  EXPECT_EQ(kv_bytes_per_token(config, KvDtype::Int8), int8.bytes_per_token());
 }
 
 TEST(PagedKvCache, DtypeNamesAndAliasesParseAndOthersFailClearly) {

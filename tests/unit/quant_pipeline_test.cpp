@@ -107,7 +107,7 @@ TEST(Compressor, GptqLowersEveryLayersProxyLossBelowRtnAndRunsInTheEngine) {
   EXPECT_TRUE(std::isfinite(report.proxy_loss));
 
   const ModelSource written = open_model(out / "gptq");
-  engine::LlamaModel model(written, backend);
+  engine::DecoderModel model(written, backend);
   EXPECT_EQ(model.weight_memory().quantized_layers, 35);
   const auto eval_tokens = some_tokens(stories, 96);
   const auto result = evaluate(model, &stories.model, eval_tokens, EvalOptions{.window = 96, .stride = 48, .max_tokens = {}});
@@ -143,7 +143,7 @@ TEST(Evaluate, PerplexityEqualsAPlainLogSoftmaxOverOneForwardPass) {
   StoriesModel stories;
   const auto tokens = some_tokens(stories, 80);
   // The plain computation: one forward over everything, float64 log-softmax per row.
-  engine::KvCache cache(stories.source.config, 80);
+  engine::SequenceCache cache(stories.model, 80);
   const auto vocab = static_cast<std::size_t>(stories.model.vocab_size());
   std::vector<float> logits(80 * vocab);
   stories.model.forward(tokens, 0, cache, engine::Logits::AllRows, logits);

@@ -25,8 +25,8 @@
 
 #include "common/error.h"
 #include "common/half.h"
-#include "engine/kv_cache.h"
-#include "engine/llama_model.h"
+#include "engine/model.h"
+#include "engine/decoder_model.h"
 #include "kernel_test_util.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
@@ -681,7 +681,7 @@ TEST_F(WriterTest, Sparse24W4A16DeclaresTheStructureAndRunsOnTheSparseKernel) {
   EXPECT_GT(s["global_sparsity"].get<double>(), 0.3);
 
   kernels::CpuBackend backend(2);
-  engine::LlamaModel model(w, backend);
+  engine::DecoderModel model(w, backend);
   int sparse_kernels = 0;
   for (const auto& [kind, count] : model.linear_kinds()) {
     if (kind.find("int4 2:4-sparse") != std::string::npos) sparse_kernels += count;
@@ -753,7 +753,7 @@ TEST_F(WriterTest, GptqRecordsLmHeadAndModulesLeftPlain) {
   expect_untouched_copied(source(), w, replaced);  // includes the plain module and the biases
 
   kernels::CpuBackend backend(2);
-  engine::LlamaModel model(w, backend);
+  engine::DecoderModel model(w, backend);
   EXPECT_EQ(model.weight_memory().quantized_layers, static_cast<std::int64_t>(added.size()));
 }
 
@@ -808,9 +808,9 @@ void write_dequantized(const ModelSource& source, const fs::path& folder,
   fs::copy_file(source.path / "config.json", folder / "config.json");
 }
 
-std::vector<float> all_logits(engine::LlamaModel& model) {
+std::vector<float> all_logits(engine::Model& model) {
   const std::vector<TokenId> tokens = {1, 17, 42, 5, 88, 63, 9, 30, 71, 2, 54, 13};
-  engine::KvCache cache(model.config(), static_cast<std::int64_t>(tokens.size()));
+  engine::SequenceCache cache(model, static_cast<std::int64_t>(tokens.size()));
   std::vector<float> logits(tokens.size() * static_cast<std::size_t>(model.vocab_size()));
   model.forward(tokens, 0, cache, engine::Logits::AllRows, logits);
   return logits;
@@ -830,8 +830,8 @@ TEST_P(RunsLikeDequantized, PackedLogitsMatchTheDequantizedSource) {
   const ModelSource reference = open_model(dir_ / "reference");
 
   kernels::CpuBackend backend(2);
-  engine::LlamaModel packed(w, backend);
-  engine::LlamaModel dense(reference, backend);
+  engine::DecoderModel packed(w, backend);
+  engine::DecoderModel dense(reference, backend);
   EXPECT_EQ(packed.weight_memory().quantized_layers, static_cast<std::int64_t>(added.size()));
   int packed_kinds = 0;
   for (const auto& [kind, count] : packed.linear_kinds()) {

@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/generator.h"
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "kernel_test_util.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
@@ -28,7 +28,7 @@ class SmolLM2Reference : public ::testing::Test {
     logits_ = testing::read_f32_file(kReferenceDir / "smollm2_last_logits.f32");
     source_ = new ModelSource(open_model(kModel));
     backend_ = new kernels::CpuBackend(0);
-    model_ = new LlamaModel(*source_, *backend_);
+    model_ = new DecoderModel(*source_, *backend_);
   }
   static void TearDownTestSuite() {
     delete model_;
@@ -40,13 +40,13 @@ class SmolLM2Reference : public ::testing::Test {
   static std::vector<float> logits_;
   static ModelSource* source_;
   static kernels::CpuBackend* backend_;
-  static LlamaModel* model_;
+  static Model* model_;
 };
 nlohmann::json SmolLM2Reference::reference_;
 std::vector<float> SmolLM2Reference::logits_;
 ModelSource* SmolLM2Reference::source_ = nullptr;
 kernels::CpuBackend* SmolLM2Reference::backend_ = nullptr;
-LlamaModel* SmolLM2Reference::model_ = nullptr;
+Model* SmolLM2Reference::model_ = nullptr;
 
 TEST_F(SmolLM2Reference, LastPositionLogitsMatchTransformers) {
   const auto vocab = static_cast<std::size_t>(model_->vocab_size());
@@ -56,7 +56,7 @@ TEST_F(SmolLM2Reference, LastPositionLogitsMatchTransformers) {
   ASSERT_EQ(logits_.size(), cases.size() * vocab);
   for (std::size_t i = 0; i < cases.size(); ++i) {
     const auto ids = cases[i]["prompt_ids"].get<std::vector<TokenId>>();
-    KvCache cache(model_->config(), static_cast<std::int64_t>(ids.size()));
+    SequenceCache cache(*model_, static_cast<std::int64_t>(ids.size()));
     std::vector<float> logits(vocab);
     model_->forward(ids, 0, cache, Logits::LastRow, logits);
     const std::span<const float> expected(logits_.data() + i * vocab, vocab);

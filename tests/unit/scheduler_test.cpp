@@ -170,10 +170,10 @@ class SchedulerContract : public ::testing::TestWithParam<std::string> {
   }
 
   static testing::StoriesModel* stories_;
-  static engine::LlamaModel* model_;
+  static engine::Model* model_;
 };
 testing::StoriesModel* SchedulerContract::stories_ = nullptr;
-engine::LlamaModel* SchedulerContract::model_ = nullptr;
+engine::Model* SchedulerContract::model_ = nullptr;
 
 TEST_P(SchedulerContract, SequencesRunInOrderAndMatchTheReference) {
   auto scheduler_owner = make(8);

@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/llama2c.h"
 #include "loader/model_source.h"
@@ -37,9 +37,9 @@ struct StoriesModel {
   ModelSource source;
   std::unique_ptr<Tokenizer> tokenizer;
   kernels::CpuBackend backend;
-  engine::LlamaModel model;
+  engine::DecoderModel model;
 
- private:
+  // stories260K converted into `into` and opened.
   static ModelSource convert_and_open(const TempDir& into) {
     convert_llama2c(kStoriesDir / "stories260K.bin", kStoriesDir / "tok512.bin", into.path());
     return open_model(into.path());

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/generator.h"
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "kernel_test_util.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
@@ -27,17 +27,17 @@ TEST_P(TinyModel, AllPositionLogitsMatchTransformers) {
 
   const ModelSource source = open_model(folder);
   kernels::CpuBackend backend(2);
-  LlamaModel model(source, backend);
+  DecoderModel model(source, backend);
   const auto vocab = static_cast<std::size_t>(model.vocab_size());
   ASSERT_EQ(expected.size(), tokens.size() * vocab);
 
   // All positions in one pass, and again as a prefill chunk followed by decode steps.
-  KvCache cache(model.config(), static_cast<std::int64_t>(tokens.size()));
+  SequenceCache cache(model, static_cast<std::int64_t>(tokens.size()));
   std::vector<float> logits(expected.size());
   model.forward(tokens, 0, cache, Logits::AllRows, logits);
   EXPECT_LE(testing::relative_error(logits, expected), 1e-5);
 
-  KvCache stepped(model.config(), static_cast<std::int64_t>(tokens.size()));
+  SequenceCache stepped(model, static_cast<std::int64_t>(tokens.size()));
   const std::size_t chunk = 13;
   std::vector<float> last(vocab);
   model.forward(std::span(tokens).first(chunk), 0, stepped, Logits::LastRow, last);

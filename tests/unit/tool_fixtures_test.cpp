@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/llama_model.h"
+#include "engine/decoder_model.h"
 #include "kernel_test_util.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
@@ -57,7 +57,7 @@ TEST_P(ToolFixture, LogitsMatchTheToolsDequantizedReference) {
 
   const ModelSource source = open_model(folder);
   kernels::CpuBackend backend(2);
-  LlamaModel model(source, backend);
+  DecoderModel model(source, backend);
   const auto vocab = static_cast<std::size_t>(model.vocab_size());
 
   // Every module the tool quantized runs on a packed kernel, none expanded.
@@ -82,13 +82,13 @@ TEST_P(ToolFixture, LogitsMatchTheToolsDequantizedReference) {
     const std::vector<float> expected = testing::read_f32_file(folder / logits_files[i].get<std::string>());
     ASSERT_EQ(expected.size(), tokens.size() * vocab);
 
-    KvCache cache(model.config(), static_cast<std::int64_t>(tokens.size()));
+    SequenceCache cache(model, static_cast<std::int64_t>(tokens.size()));
     std::vector<float> logits(expected.size());
     model.forward(tokens, 0, cache, Logits::AllRows, logits);
     EXPECT_LE(testing::relative_error(logits, expected), 2e-5);
 
     // Decode steps (M = 1) take the GEMV path; they must agree with the batched pass.
-    KvCache stepped(model.config(), static_cast<std::int64_t>(tokens.size()));
+    SequenceCache stepped(model, static_cast<std::int64_t>(tokens.size()));
     std::vector<float> last(vocab);
     for (std::size_t t = 0; t < tokens.size(); ++t) {
       model.forward(std::span(tokens).subspan(t, 1), static_cast<std::int64_t>(t), stepped, Logits::LastRow, last);

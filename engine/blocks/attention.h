@@ -1,0 +1,35 @@
+#pragma once
+// Causal self-attention with rotary positions over the paged KV cache: q/k/v
+// projections (optionally with biases), optional RMSNorm of each q/k head
+// (QK-norm), RoPE, store k/v, multi-head attention with grouped KV heads (GQA;
+// MHA when they are equal) and an optional sliding window, output projection.
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "engine/blocks/linear.h"
+#include "engine/blocks/norm.h"
+#include "engine/step_context.h"
+#include "engine/weight_binder.h"
+#include "loader/architecture.h"
+
+namespace nibble::engine {
+
+class AttentionBlock {
+ public:
+  AttentionBlock(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, std::int64_t layer);
+
+  // `input` [rows, hidden] -> `out` [rows, hidden] (may alias `input`).
+  void forward(const StepContext& step, Workspace& ws, const float* input, float* out) const;
+  std::int64_t stacked_width() const { return qkv_.stacked() ? qkv_.total_width() : 0; }
+
+ private:
+  std::int64_t layer_;
+  kernels::AttentionShape shape_;
+  std::vector<float> inv_freq_;  // rotary frequencies, head_dim / 2
+  LinearGroup qkv_;
+  RmsNorm q_norm_, k_norm_;  // empty without QK-norm
+  Linear o_;
+};
+
+}  // namespace nibble::engine

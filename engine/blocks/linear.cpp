@@ -1,0 +1,43 @@
+#include "engine/blocks/linear.h"
+
+#include <numeric>
+
+#include "common/error.h"
+
+namespace nibble::engine {
+
+void Linear::run(kernels::Backend& backend, const float* x, std::int64_t rows, float* y,
+                 const LinearInputHook& hook) const {
+  if (hook) hook(module, x, rows, cols());
+  backend.linear(x, rows, *weights, bias.empty() ? nullptr : bias.data<const float>(), y);
+}
+
+LinearGroup::LinearGroup(std::vector<std::string> modules, std::vector<std::int64_t> widths, std::vector<Linear> linears)
+    : modules_(std::move(modules)), widths_(std::move(widths)), linears_(std::move(linears)) {
+  if (modules_.size() != widths_.size() || (linears_.size() != 1 && linears_.size() != modules_.size())) {
+    fail("internal error: a linear group of {} modules with {} matrices", modules_.size(), linears_.size());
+  }
+}
+
+std::int64_t LinearGroup::total_width() const { return std::accumulate(widths_.begin(), widths_.end(), std::int64_t{0}); }
+
+void LinearGroup::run(kernels::Backend& backend, const float* x, std::int64_t rows, std::span<float* const> outputs,
+                      float* scratch, const LinearInputHook& hook) const {
+  if (!stacked()) {
+    for (std::size_t i = 0; i < linears_.size(); ++i) linears_[i].run(backend, x, rows, outputs[i], hook);
+    return;
+  }
+  // Each module's hook sees the shared input, as if it ran alone.
+  if (hook) {
+    for (std::size_t i = 0; i < modules_.size(); ++i) hook(modules_[i], x, rows, linears_.front().cols());
+  }
+  linears_.front().run(backend, x, rows, scratch, {});
+  const std::int64_t width = total_width();
+  std::int64_t first = 0;
+  for (std::size_t i = 0; i < widths_.size(); ++i) {
+    backend.slice_columns(scratch, rows, width, first, widths_[i], outputs[i]);
+    first += widths_[i];
+  }
+}
+
+}  // namespace nibble::engine

@@ -1,0 +1,28 @@
+#pragma once
+// The gated MLP of Llama-family decoders (Shazeer 2020): down(act(gate(x)) * up(x)),
+// with SwiGLU's SiLU as the activation.
+#include <cstdint>
+
+#include "engine/blocks/linear.h"
+#include "engine/step_context.h"
+#include "engine/weight_binder.h"
+#include "loader/architecture.h"
+
+namespace nibble::engine {
+
+class GatedMlp {
+ public:
+  GatedMlp(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, std::int64_t layer);
+
+  // `input` [rows, hidden] -> `out` [rows, hidden] (may alias `input`).
+  void forward(const StepContext& step, Workspace& ws, const float* input, float* out) const;
+  std::int64_t stacked_width() const { return gate_up_.stacked() ? gate_up_.total_width() : 0; }
+
+ private:
+  std::int64_t width_;
+  MlpActivation activation_;
+  LinearGroup gate_up_;
+  Linear down_;
+};
+
+}  // namespace nibble::engine

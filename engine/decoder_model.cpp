@@ -1,0 +1,126 @@
+#include "engine/decoder_model.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "engine/weight_binder.h"
+
+namespace nibble::engine {
+namespace {
+
+RmsNorm bind_norm(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, TensorRole role,
+                  std::int64_t layer = 0) {
+  if (!arch.has(role)) return {};
+  return {binder.vector(arch.module(role, layer) + ".weight", config.hidden_size),
+          static_cast<float>(config.rms_norm_eps)};
+}
+
+}  // namespace
+
+void DecoderLayer::forward(const StepContext& step, Workspace& ws, std::int64_t hidden) const {
+  kernels::Backend& backend = step.backend;
+  attention_norm.run(backend, ws.x(), step.rows, hidden, ws.h());
+  attention.forward(step, ws, ws.h(), ws.h());
+  if (!post_attention_norm.empty()) post_attention_norm.run(backend, ws.h(), step.rows, hidden, ws.h());
+  backend.add(ws.h(), step.rows * hidden, ws.x());
+
+  mlp_norm.run(backend, ws.x(), step.rows, hidden, ws.h());
+  mlp.forward(step, ws, ws.h(), ws.h());
+  if (!post_mlp_norm.empty()) post_mlp_norm.run(backend, ws.h(), step.rows, hidden, ws.h());
+  backend.add(ws.h(), step.rows * hidden, ws.x());
+}
+
+DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend, const LoadProgress& progress)
+    : DecoderModel(source, backend, ModelOptions{}, progress) {}
+
+DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend, const ModelOptions& options,
+                           const LoadProgress& progress)
+    : config_(source.config),
+      backend_(backend),
+      workspace_(Workspace::Widths{config_.hidden_size, config_.q_dim(), config_.kv_dim(), config_.intermediate_size, 0}) {
+  const Architecture& arch = architecture_of(config_.architecture);
+  WeightBinder binder(*source.weights, config_, backend, options);
+  const auto d = config_.hidden_size;
+  const std::string embedding = arch.module(TensorRole::TokenEmbedding);
+  const std::string head = arch.module(TensorRole::LmHead);
+  const bool separate_head = binder.contains(head + ".weight") || binder.has_quantized(head);
+  const bool tied = config_.tie_word_embeddings && !separate_head;
+  // An untied token table is only ever looked up by row, never multiplied sparsely.
+  embedding_ = binder.linear(embedding, config_.vocab_size, d, /*lookup_only=*/!config_.tie_word_embeddings);
+  final_norm_ = bind_norm(binder, arch, config_, TensorRole::FinalNorm);
+  lm_head_ = tied ? Linear{head, embedding_.weights, {}} : binder.linear(head, config_.vocab_size, d);
+  std::int64_t stacked_width = 0;
+  layers_.reserve(static_cast<std::size_t>(config_.num_layers));
+  for (std::int64_t i = 0; i < config_.num_layers; ++i) {
+    layers_.push_back(DecoderLayer{bind_norm(binder, arch, config_, TensorRole::AttentionNorm, i),
+                                   AttentionBlock(binder, arch, config_, i),
+                                   bind_norm(binder, arch, config_, TensorRole::PostAttentionNorm, i),
+                                   bind_norm(binder, arch, config_, TensorRole::MlpNorm, i),
+                                   GatedMlp(binder, arch, config_, i),
+                                   bind_norm(binder, arch, config_, TensorRole::PostMlpNorm, i)});
+    stacked_width = std::max({stacked_width, layers_.back().attention.stacked_width(), layers_.back().mlp.stacked_width()});
+    if (progress) progress(i + 1, config_.num_layers);
+  }
+  workspace_ = Workspace(Workspace::Widths{d, config_.q_dim(), config_.kv_dim(), config_.intermediate_size, stacked_width});
+  memory_ = binder.memory();
+  linear_kinds_ = binder.linear_kinds();
+  held_ = binder.take_held();
+}
+
+void DecoderModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits) {
+  if (batch.empty()) fail("forward_batch: an empty batch");
+  tokens_.clear();
+  segments_.clear();
+  std::int64_t out_rows = 0;
+  for (const auto& entry : batch) {
+    const auto rows = static_cast<std::int64_t>(entry.tokens.size());
+    if (rows == 0) fail("forward_batch: an entry without tokens");
+    if (entry.start < 0 || entry.start + rows > static_cast<std::int64_t>(entry.block_table.size()) * cache.block_size()) {
+      fail("forward_batch: positions up to {} exceed the entry's {} blocks", entry.start + rows,
+           entry.block_table.size());
+    }
+    segments_.push_back({static_cast<std::int64_t>(tokens_.size()), rows, entry.start, entry.block_table, entry.logits});
+    tokens_.insert(tokens_.end(), entry.tokens.begin(), entry.tokens.end());
+    out_rows += entry.logits == Logits::AllRows ? rows : 1;
+  }
+  const auto rows = static_cast<std::int64_t>(tokens_.size());
+  const auto vocab = config_.vocab_size;
+  if (static_cast<std::int64_t>(logits.size()) < out_rows * vocab) fail("forward: logits buffer too small");
+  positions_.resize(static_cast<std::size_t>(rows));
+  for (const auto& segment : segments_) {
+    for (std::int64_t i = 0; i < segment.rows; ++i) {
+      positions_[static_cast<std::size_t>(segment.first_row + i)] = static_cast<std::int32_t>(segment.start + i);
+    }
+  }
+  Workspace& ws = workspace_;
+  ws.reserve(backend_, rows);
+  const StepContext step{backend_, cache, rows, positions_, segments_, hook_};
+
+  const auto d = config_.hidden_size;
+  backend_.embedding(*embedding_.weights, tokens_, ws.x());
+  for (const auto& layer : layers_) layer.forward(step, ws, d);
+  // The rows whose logits are wanted, normalized side by side so lm_head runs once over them.
+  std::int64_t out = 0;
+  for (const auto& segment : segments_) {
+    const bool all = segment.logits == Logits::AllRows;
+    const std::int64_t first = all ? segment.first_row : segment.first_row + segment.rows - 1;
+    const std::int64_t count = all ? segment.rows : 1;
+    final_norm_.run(backend_, ws.x() + first * d, count, d, ws.h() + out * d);
+    out += count;
+  }
+  // Where the host reads the backend's memory, lm_head writes straight into `logits`.
+  if (backend_.host_visible_memory()) {
+    lm_head_.run(backend_, ws.h(), out_rows, logits.data(), hook_);
+    return;
+  }
+  const kernels::Buffer& device_logits = ws.logits(backend_, out_rows * vocab);
+  lm_head_.run(backend_, ws.h(), out_rows, device_logits.data<float>(), hook_);
+  backend_.download(device_logits, 0, static_cast<std::size_t>(out_rows * vocab) * sizeof(float), logits.data());
+}
+
+std::unique_ptr<Model> load_model(const ModelSource& source, kernels::Backend& backend, const ModelOptions& options,
+                                  const LoadProgress& progress) {
+  return std::make_unique<DecoderModel>(source, backend, options, progress);
+}
+
+}  // namespace nibble::engine

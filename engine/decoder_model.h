@@ -1,0 +1,66 @@
+#pragma once
+// A decoder-only transformer assembled from blocks: token embedding, N layers of
+// [norm -> attention -> (post-norm) -> residual, norm -> MLP -> (post-norm) ->
+// residual], final norm, lm_head (tied to the embedding or separate). Which
+// blocks and which tensor names come from the architecture's table entry
+// (loader/architecture.h): Llama, Mistral and Qwen2 today.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/blocks/attention.h"
+#include "engine/blocks/linear.h"
+#include "engine/blocks/mlp.h"
+#include "engine/blocks/norm.h"
+#include "engine/model.h"
+#include "engine/step_context.h"
+
+namespace nibble::engine {
+
+struct DecoderLayer {
+  RmsNorm attention_norm;
+  AttentionBlock attention;
+  RmsNorm post_attention_norm;  // empty: none
+  RmsNorm mlp_norm;
+  GatedMlp mlp;
+  RmsNorm post_mlp_norm;  // empty: none
+
+  void forward(const StepContext& step, Workspace& ws, std::int64_t hidden) const;
+};
+
+class DecoderModel final : public Model {
+ public:
+  DecoderModel(const ModelSource& source, kernels::Backend& backend, const LoadProgress& progress = {});
+  DecoderModel(const ModelSource& source, kernels::Backend& backend, const ModelOptions& options,
+               const LoadProgress& progress = {});
+
+  const ModelConfig& config() const override { return config_; }
+  kernels::Backend& backend() const override { return backend_; }
+  const WeightMemory& weight_memory() const override { return memory_; }
+  const std::map<std::string, int>& linear_kinds() const override { return linear_kinds_; }
+  void forward_batch(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits) override;
+  void set_linear_input_hook(LinearInputHook hook) override { hook_ = std::move(hook); }
+
+ private:
+  ModelConfig config_;
+  kernels::Backend& backend_;
+  WeightMemory memory_;
+  std::map<std::string, int> linear_kinds_;
+  std::vector<TensorView> held_;  // mapped or converted host weights the prepared ones may view
+  Linear embedding_;
+  Linear lm_head_;
+  RmsNorm final_norm_;
+  std::vector<DecoderLayer> layers_;
+  LinearInputHook hook_;
+
+  // Per step, reused: rows' positions, where each sequence's rows are, activations.
+  Workspace workspace_;
+  std::vector<TokenId> tokens_;
+  std::vector<std::int32_t> positions_;
+  std::vector<StepSegment> segments_;
+};
+
+}  // namespace nibble::engine

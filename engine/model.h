@@ -1,0 +1,116 @@
+#pragma once
+// What the model runner needs of a model, whatever its architecture: run one
+// step of several sequences over the paged KV cache and write logits. Models
+// are assembled from blocks (engine/blocks) by load_model(); the runner, the
+// scheduler and the compressor see only this interface.
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "common/token.h"
+#include "engine/paged_kv_cache.h"
+#include "kernels/backend.h"
+#include "loader/model_source.h"
+
+namespace nibble::engine {
+
+enum class Logits { LastRow, AllRows };
+
+// One sequence's part of a batched step: its new tokens at positions
+// [start, start + tokens.size()), stored in and attending over its blocks of the
+// paged cache.
+struct BatchEntry {
+  std::span<const TokenId> tokens;
+  std::int64_t start = 0;
+  std::span<const std::int32_t> block_table;
+  Logits logits = Logits::LastRow;
+};
+
+struct ModelOptions {
+  // Dense weights that are mostly zeros may run on a sparse kernel.
+  kernels::SparseChoice sparse = kernels::SparseChoice::Auto;
+  // Expand quantized weights to float32 at load and run the dense kernels: the
+  // baseline benchmarks compare the packed kernels against, on the same weights.
+  bool expand_quantized = false;
+  // Run q/k/v and gate/up as one stacked matrix each when their quantized formats
+  // agree. Off only to compare against the separate layers.
+  bool stack_linears = true;
+};
+
+// What the weights cost in memory.
+struct WeightMemory {
+  std::uint64_t total = 0;               // every weight the model reads (mapped views and packed copies)
+  std::uint64_t quantized_file = 0;      // quantized linear layers as stored in the file
+  std::uint64_t quantized_resident = 0;  // the same layers packed for the backend
+  std::int64_t quantized_layers = 0;
+  std::int64_t sparse_layers = 0;    // dense weights running on a sparse kernel
+  std::int64_t stacked_linears = 0;  // prepared matrices that each run several modules (q/k/v, gate/up)
+};
+
+// Called after each layer's weights are bound: (layers done, layers in all).
+using LoadProgress = std::function<void(std::int64_t, std::int64_t)>;
+
+// Sees the input of every linear module as a step runs (the compressor's
+// calibration capture): module name ("model.layers.0.mlp.up_proj"), the input
+// rows [rows, cols] in backend memory. Set only by offline tools.
+using LinearInputHook = std::function<void(const std::string& module, const float* x, std::int64_t rows,
+                                           std::int64_t cols)>;
+
+class SequenceCache;
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const ModelConfig& config() const = 0;
+  std::int64_t vocab_size() const { return config().vocab_size; }
+  virtual kernels::Backend& backend() const = 0;
+  // Bytes of weights the model holds (as stored, plus any converted copies).
+  std::uint64_t weight_bytes() const { return weight_memory().total; }
+  virtual const WeightMemory& weight_memory() const = 0;
+  // How each kind of linear weight runs ("int4 32 groups ..." -> count), for logs.
+  virtual const std::map<std::string, int>& linear_kinds() const = 0;
+
+  // One step of several sequences: every linear layer runs once over all their
+  // tokens (M = tokens in the step); attention reads each sequence's own blocks.
+  // Logits rows (host memory) come out in batch order, one or all per entry as it asks.
+  virtual void forward_batch(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits) = 0;
+  virtual void set_linear_input_hook(LinearInputHook hook) = 0;
+
+  // The cache this model's sequences need: `num_blocks` blocks of `block_size`
+  // positions in the backend's memory.
+  PagedKvCache make_kv_cache(std::int32_t num_blocks, std::int32_t block_size, KvDtype dtype = KvDtype::Float32) const {
+    return PagedKvCache(backend(), config(), num_blocks, block_size, dtype);
+  }
+  // One sequence alone (evaluation, tests): runs `tokens` at positions
+  // [start, start + n), appending their keys and values to `cache`; writes n
+  // (AllRows) or 1 (LastRow) rows of logits.
+  void forward(std::span<const TokenId> tokens, std::int64_t start, SequenceCache& cache, Logits mode,
+               std::span<float> logits);
+};
+
+// One sequence's cache for Model::forward: a paged pool whose blocks all belong
+// to the one sequence, so a lone sequence runs the very same path as a batch.
+class SequenceCache {
+ public:
+  SequenceCache(const Model& model, std::int64_t capacity, std::int32_t block_size = 16);
+  std::int64_t capacity() const { return capacity_; }
+  PagedKvCache& paged() { return paged_; }
+  std::span<const std::int32_t> block_table() const { return block_table_; }
+
+ private:
+  std::int64_t capacity_;
+  PagedKvCache paged_;
+  std::vector<std::int32_t> block_table_;
+};
+
+// Builds the model `source` describes from the blocks its architecture's entry
+// (loader/architecture.h) names. Dense weights are mapped, not copied (on the
+// CPU); quantized ones are packed into the backend's layout, never expanded.
+// Throws nibble::Error naming any missing or mis-shaped tensor.
+std::unique_ptr<Model> load_model(const ModelSource& source, kernels::Backend& backend,
+                                  const ModelOptions& options = {}, const LoadProgress& progress = {});
+
+}  // namespace nibble::engine

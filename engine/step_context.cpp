@@ -1,0 +1,27 @@
+#include "engine/step_context.h"
+
+namespace nibble::engine {
+
+void Workspace::reserve(kernels::Backend& backend, std::int64_t rows) {
+  if (rows <= rows_) return;
+  const auto grow = [&](kernels::Buffer& buffer, std::int64_t width) {
+    buffer = width > 0 ? backend.allocate(DType::F32, {rows, width}) : kernels::Buffer();
+  };
+  grow(x_, widths_.hidden);
+  grow(h_, widths_.hidden);
+  grow(q_, widths_.q);
+  grow(k_, widths_.kv);
+  grow(v_, widths_.kv);
+  grow(attn_, widths_.q);
+  grow(gate_, widths_.ffn);
+  grow(up_, widths_.ffn);
+  grow(stacked_, widths_.stacked);
+  rows_ = rows;
+}
+
+const kernels::Buffer& Workspace::logits(kernels::Backend& backend, std::int64_t elements) {
+  if (logits_.numel() < elements) logits_ = backend.allocate(DType::F32, {elements});
+  return logits_;
+}
+
+}  // namespace nibble::engine

@@ -1,0 +1,71 @@
+#pragma once
+// What every block of a model sees while one step runs: the backend, the step's
+// rows (tokens of all its sequences, sequence after sequence) and their
+// positions, where each sequence's rows are, and its KV cache. Plain data
+// built once per step by the model.
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "engine/model.h"
+#include "engine/paged_kv_cache.h"
+#include "kernels/backend.h"
+
+namespace nibble::engine {
+
+// One sequence's rows in the step.
+struct StepSegment {
+  std::int64_t first_row = 0;
+  std::int64_t rows = 0;
+  std::int64_t start = 0;  // position of its first row
+  std::span<const std::int32_t> block_table;
+  Logits logits = Logits::LastRow;
+};
+
+struct StepContext {
+  kernels::Backend& backend;
+  PagedKvCache& cache;
+  std::int64_t rows = 0;
+  std::span<const std::int32_t> positions;  // [rows], host memory
+  std::span<const StepSegment> segments;
+  const LinearInputHook& hook;
+};
+
+// The activations one step computes on, in the backend's memory: grown to the
+// largest step seen and then reused, so a step allocates nothing.
+class Workspace {
+ public:
+  struct Widths {
+    std::int64_t hidden = 0;
+    std::int64_t q = 0;
+    std::int64_t kv = 0;
+    std::int64_t ffn = 0;
+    std::int64_t stacked = 0;  // the widest stacked linear's output (q+k+v, gate+up)
+  };
+  explicit Workspace(const Widths& widths) : widths_(widths) {}
+
+  // Makes room for `rows` rows in every buffer.
+  void reserve(kernels::Backend& backend, std::int64_t rows);
+
+  float* x() const { return x_.data<float>(); }       // the residual stream [rows, hidden]
+  float* h() const { return h_.data<float>(); }       // a block's input or output [rows, hidden]
+  float* q() const { return q_.data<float>(); }       // [rows, q]
+  float* k() const { return k_.data<float>(); }       // [rows, kv]
+  float* v() const { return v_.data<float>(); }       // [rows, kv]
+  float* attn() const { return attn_.data<float>(); }  // attention output [rows, q]
+  float* gate() const { return gate_.data<float>(); }  // [rows, ffn]
+  float* up() const { return up_.data<float>(); }      // [rows, ffn]
+  float* stacked() const { return stacked_.data<float>(); }  // a stacked linear's output before it is split
+  // Logits rows for backends whose memory the host cannot read.
+  const kernels::Buffer& logits(kernels::Backend& backend, std::int64_t elements);
+  // Host-side list the attention block fills each layer (kept to avoid allocating).
+  std::vector<kernels::AttentionSegment>& attention_segments() { return attention_segments_; }
+
+ private:
+  Widths widths_;
+  std::int64_t rows_ = 0;
+  kernels::Buffer x_, h_, q_, k_, v_, attn_, gate_, up_, stacked_, logits_;
+  std::vector<kernels::AttentionSegment> attention_segments_;
+};
+
+}  // namespace nibble::engine

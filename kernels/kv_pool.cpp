@@ -1,0 +1,69 @@
+#include "kernels/kv_pool.h"
+
+#include "common/error.h"
+#include "kernels/backend.h"
+
+namespace nibble::kernels {
+
+int kv_element_bytes(KvFormat format) {
+  switch (format) {
+    case KvFormat::Float32:
+      return 4;
+    case KvFormat::Float16:
+      return 2;
+    case KvFormat::Int8:
+      return 1;
+  }
+  return 4;
+}
+
+std::uint64_t kv_bytes_per_token(std::int64_t layers, std::int64_t kv_heads, std::int64_t head_dim, KvFormat format) {
+  const auto elements = static_cast<std::uint64_t>(2 * layers * kv_heads * head_dim);
+  const auto scales = format == KvFormat::Int8 ? static_cast<std::uint64_t>(2 * layers * kv_heads) : 0;
+  return elements * static_cast<std::uint64_t>(kv_element_bytes(format)) + scales * sizeof(float);
+}
+
+KvLayerView KvPool::layer(std::int64_t layer, std::span<const std::int32_t> block_table) const {
+  const std::int64_t rows = layer * shape.rows_per_layer();
+  const std::int64_t at = rows * shape.kv_dim();
+  switch (shape.format) {
+    case KvFormat::Float32:
+      return KvLayerView::floats(keys.data<const float>() + at, values.data<const float>() + at, shape.kv_dim(),
+                                 block_table, shape.block_size);
+    case KvFormat::Float16:
+      return KvLayerView::f16(keys.data<const std::uint16_t>() + at, values.data<const std::uint16_t>() + at,
+                              shape.kv_dim(), block_table, shape.block_size);
+    case KvFormat::Int8:
+      break;
+  }
+  const std::int64_t scales_at = rows * shape.kv_heads;
+  return KvLayerView::int8(keys.data<const std::int8_t>() + at, values.data<const std::int8_t>() + at,
+                           key_scales.data<const float>() + scales_at, value_scales.data<const float>() + scales_at,
+                           shape.kv_dim(), block_table, shape.block_size);
+}
+
+KvPool Backend::allocate_kv(const KvPoolShape& shape) {
+  if (shape.num_blocks <= 0 || shape.block_size <= 0) {
+    fail("a paged KV cache needs blocks (got {} blocks of {} positions)", shape.num_blocks, shape.block_size);
+  }
+  if (shape.layers <= 0 || shape.kv_heads <= 0 || shape.head_dim <= 0) {
+    fail("a paged KV cache needs layers and heads (got {} layers of {} x {})", shape.layers, shape.kv_heads,
+         shape.head_dim);
+  }
+  KvPool pool;
+  pool.shape = shape;
+  const std::vector<std::int64_t> elements{shape.layers, shape.rows_per_layer(), shape.kv_dim()};
+  const DType dtype = shape.format == KvFormat::Float32   ? DType::F32
+                      : shape.format == KvFormat::Float16 ? DType::F16
+                                                          : DType::I8;
+  pool.keys = allocate(dtype, elements);
+  pool.values = allocate(dtype, elements);
+  if (shape.format == KvFormat::Int8) {
+    const std::vector<std::int64_t> scales{shape.layers, shape.rows_per_layer(), shape.kv_heads};
+    pool.key_scales = allocate(DType::F32, scales);
+    pool.value_scales = allocate(DType::F32, scales);
+  }
+  return pool;
+}
+
+}  // namespace nibble::kernels

@@ -1,0 +1,50 @@
+#pragma once
+// The paged KV cache's storage: for every layer, `num_blocks` blocks of
+// `block_size` positions, each position holding the keys and values of every KV
+// head in one of the KvFormats. A backend allocates it in its own memory
+// (Backend::allocate_kv) and writes it (Backend::kv_store, kv_copy_block); the
+// attention kernels read it through KvLayerView. Which blocks a sequence owns is
+// the scheduler's bookkeeping, not this.
+#include <cstdint>
+#include <span>
+
+#include "kernels/kv_view.h"
+#include "kernels/buffer.h"
+
+namespace nibble::kernels {
+
+struct KvPoolShape {
+  std::int64_t layers = 0;
+  std::int64_t kv_heads = 0;
+  std::int64_t head_dim = 0;
+  std::int32_t num_blocks = 0;
+  std::int32_t block_size = 0;
+  KvFormat format = KvFormat::Float32;
+
+  std::int64_t kv_dim() const { return kv_heads * head_dim; }
+  std::int64_t rows_per_layer() const { return std::int64_t{num_blocks} * block_size; }
+};
+
+// Bytes of one cached element, not counting int8's per-head scales.
+int kv_element_bytes(KvFormat format);
+// Bytes one position takes over all `layers` (keys and values, int8's scales
+// included): the one formula the planner, the cache and `nibble inspect` share.
+std::uint64_t kv_bytes_per_token(std::int64_t layers, std::int64_t kv_heads, std::int64_t head_dim, KvFormat format);
+
+// Element arrays [layer][pool row][kv_dim] of the format (the others stay empty),
+// and for int8 the scales [layer][pool row][kv_head].
+struct KvPool {
+  KvPoolShape shape;
+  Buffer keys;
+  Buffer values;
+  Buffer key_scales;    // Int8 only
+  Buffer value_scales;  // Int8 only
+
+  std::uint64_t bytes() const {
+    return keys.bytes() + values.bytes() + key_scales.bytes() + value_scales.bytes();
+  }
+  // Layer `layer` as attention reads it, positions mapped through `block_table`.
+  KvLayerView layer(std::int64_t layer, std::span<const std::int32_t> block_table) const;
+};
+
+}  // namespace nibble::kernels

@@ -1,0 +1,87 @@
+#pragma once
+// The one table of the decoder architectures nibble runs: how Hugging Face and
+// GGUF files name each tensor of a decoder, and which blocks a layer is built
+// from. The loader renames GGUF tensors by it, the config parser recognizes
+// architectures by it, the engine binds its blocks by it and the compressor finds
+// its modules by it. Adding an architecture is adding an entry here (and a block
+// in engine/blocks when it needs an op no block has yet).
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace nibble {
+
+// What a tensor is to a decoder, whatever a file calls it.
+enum class TensorRole : std::uint8_t {
+  TokenEmbedding,     // [vocab, hidden]
+  FinalNorm,          // [hidden]
+  LmHead,             // [vocab, hidden]; absent when tied to the embedding
+  AttentionNorm,      // per layer: before attention
+  Query,              // q/k/v/o projections
+  Key,
+  Value,
+  AttentionOutput,
+  QueryNorm,          // RMSNorm over each head of q / k (QK-norm)
+  KeyNorm,
+  PostAttentionNorm,  // on the attention output, before the residual add
+  MlpNorm,            // before the MLP
+  Gate,               // gated MLP: down(act(gate(x)) * up(x))
+  Up,
+  Down,
+  PostMlpNorm,        // on the MLP output, before the residual add
+};
+
+enum class MlpActivation : std::uint8_t { Silu /* SwiGLU */ };
+
+struct TensorName {
+  TensorRole role;
+  std::string_view hf;    // per layer: after "model.layers.N."; global: the whole module name
+  std::string_view gguf;  // per layer: after "blk.N."; global: the whole tensor name without ".weight"
+};
+
+struct Architecture {
+  std::string_view hf_architecture;  // config.json "architectures" entry: "LlamaForCausalLM"
+  std::string_view model_type;       // config.json "model_type": "llama"
+  std::string_view gguf_name;        // GGUF general.architecture ("" when llama.cpp has none)
+  bool attention_bias = false;       // q/k/v carry biases unless config.json says otherwise
+  bool qk_norm = false;
+  bool gguf_rope_rows_interleaved = false;  // llama.cpp's converter permuted q/k rows
+  MlpActivation activation = MlpActivation::Silu;
+  std::span<const TensorName> names;
+
+  // The file-independent name of `role`'s module in layer `layer` (ignored for
+  // global roles): "model.layers.3.self_attn.q_proj", "lm_head".
+  std::string module(TensorRole role, std::int64_t layer = 0) const;
+  bool has(TensorRole role) const;
+  // The inverse of module(): the role and layer of "model.layers.3.mlp.up_proj";
+  // nullopt for a name the architecture does not use.
+  struct ModuleRef {
+    TensorRole role;
+    std::int64_t layer = 0;
+  };
+  std::optional<ModuleRef> parse_module(std::string_view module) const;
+};
+
+// By a config.json "architectures" entry, or its model_type; nullptr when unknown.
+const Architecture* find_hf_architecture(std::string_view architecture);
+const Architecture* find_model_type(std::string_view model_type);
+// The entry a GGUF general.architecture maps to; nullptr when unknown.
+const Architecture* find_gguf_architecture(std::string_view gguf_name);
+// The ModelConfig::architecture string's entry; throws nibble::Error for an unknown one.
+const Architecture& architecture_of(std::string_view hf_architecture);
+// "LlamaForCausalLM, MistralForCausalLM, ..." / "llama, qwen2" for error messages.
+std::string supported_hf_architectures();
+std::string supported_gguf_architectures();
+
+// A GGUF tensor name ("blk.3.attn_q.weight") as the Hugging Face name it stands
+// for ("model.layers.3.self_attn.q_proj.weight") and its role; nullopt for names
+// the architecture does not use.
+struct HfTensor {
+  std::string name;
+  TensorRole role;
+};
+std::optional<HfTensor> hf_tensor_of_gguf(const Architecture& architecture, std::string_view gguf_name);
+
+}  // namespace nibble

@@ -1,0 +1,168 @@
+// Whole models on the CUDA backend against the CPU engine (label gpu): the same
+// DecoderModel, the same steps (two sequences prefilled in one step, one scoring
+// every prompt position, then batched decode steps over the paged cache), logits
+// compared row by row. stories260K is a real model with float32 weights; the
+// second is random GPTQ 4-bit act-order weights in Llama-2-7B's shapes (hidden
+// 4096, MLP 11008, 32 heads of 128, vocab 32000), two of its 32 layers so the CPU
+// reference stays quick.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <random>
+#include <vector>
+
+#include "common/half.h"
+#include "engine/decoder_model.h"
+#include "gpu_test_util.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "loader/llama2c.h"
+#include "loader/model_source.h"
+#include "../unit/random_quantized.h"
+#include "../unit/test_util.h"
+
+namespace nibble {
+namespace {
+
+using engine::BatchEntry;
+using engine::DecoderModel;
+using engine::Logits;
+using engine::Model;
+
+std::vector<std::vector<float>> run_steps(Model& model, engine::KvDtype kv, std::int64_t vocab_cap) {
+  engine::PagedKvCache cache = model.make_kv_cache(16, 4, kv);
+  const std::vector<TokenId> a{1, 403 % static_cast<TokenId>(vocab_cap), 261, 302, 9}, b{1, 77, 18};
+  const std::vector<std::int32_t> table_a{5, 0, 11}, table_b{3, 6, 2};
+  const auto vocab = static_cast<std::size_t>(model.vocab_size());
+  std::vector<std::vector<float>> out;
+  std::vector<float> logits((a.size() + 1) * vocab);
+  const BatchEntry prefill[] = {{a, 0, table_a, Logits::AllRows}, {b, 0, table_b, Logits::LastRow}};
+  model.forward_batch(prefill, cache, logits);
+  out.push_back(logits);
+  for (int step = 0; step < 3; ++step) {
+    const std::vector<TokenId> next_a{static_cast<TokenId>(40 + step)}, next_b{static_cast<TokenId>(90 + step)};
+    const BatchEntry decode[] = {{next_a, static_cast<std::int64_t>(a.size()) + step, table_a, Logits::LastRow},
+                                 {next_b, static_cast<std::int64_t>(b.size()) + step, table_b, Logits::LastRow}};
+    std::vector<float> two(2 * vocab);
+    model.forward_batch(decode, cache, two);
+    out.push_back(two);
+  }
+  return out;
+}
+
+// max |gpu - cpu| / max |cpu| over every row of every step; NaN never passes.
+double relative_error(const std::vector<std::vector<float>>& gpu, const std::vector<std::vector<float>>& cpu) {
+  double worst = 0, scale = 0;
+  for (std::size_t s = 0; s < cpu.size(); ++s) {
+    for (std::size_t i = 0; i < cpu[s].size(); ++i) {
+      if (!std::isfinite(gpu[s][i])) return INFINITY;
+      worst = std::max(worst, std::abs(static_cast<double>(gpu[s][i]) - cpu[s][i]));
+      scale = std::max(scale, std::abs(static_cast<double>(cpu[s][i])));
+    }
+  }
+  return worst / std::max(scale, 1e-30);
+}
+
+class ModelGpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_testing::gpu_available()) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+TEST_F(ModelGpu, Stories260KMatchesTheCpuEngineInEveryKvFormatTheGpuReads) {
+  testing::TempDir dir;
+  const auto stories = std::filesystem::path(NIBBLE_SHARED_DIR) / "models/stories260K";
+  convert_llama2c(stories / "stories260K.bin", stories / "tok512.bin", dir.path());
+  const ModelSource source = open_model(dir.path());
+  kernels::CpuBackend cpu(4);
+  kernels::cuda::CudaBackend gpu(0);
+  DecoderModel on_cpu(source, cpu);
+  DecoderModel on_gpu(source, gpu);
+  for (const auto kv : {engine::KvDtype::Float32, engine::KvDtype::Int8}) {
+    const auto want = run_steps(on_cpu, kv, source.config.vocab_size);
+    const auto got = run_steps(on_gpu, kv, source.config.vocab_size);
+    // float32 weights on cuBLASLt and float32 attention: only summation order differs.
+    EXPECT_LT(relative_error(got, want), 1e-4) << engine::kv_dtype_name(kv);
+  }
+}
+
+// Llama-2-7B's layer shapes with random GPTQ weights, held in memory.
+class RandomGptq7BShaped final : public WeightSource {
+ public:
+  explicit RandomGptq7BShaped(const ModelConfig& config) : config_(config) {}
+
+  std::vector<StoredTensorInfo> list() const override { return {}; }
+  bool contains(const std::string& name) const override {
+    return name.ends_with("norm.weight") || name == "model.embed_tokens.weight" || name == "lm_head.weight";
+  }
+  TensorView load(const std::string& name) const override {
+    std::mt19937 rng(static_cast<std::uint32_t>(std::hash<std::string>{}(name)));
+    if (name.ends_with("norm.weight")) {
+      std::uniform_real_distribution<float> near_one(0.8f, 1.2f);
+      std::vector<float> values(static_cast<std::size_t>(config_.hidden_size));
+      for (auto& v : values) v = near_one(rng);
+      return make_owned_f32(name, {config_.hidden_size}, std::move(values));
+    }
+    if (name == "model.embed_tokens.weight" || name == "lm_head.weight") {
+      std::normal_distribution<float> normal(0.0f, 0.02f);
+      const std::int64_t count = config_.vocab_size * config_.hidden_size;
+      std::vector<std::byte> bytes(static_cast<std::size_t>(count) * 2);
+      for (std::int64_t i = 0; i < count; ++i) {
+        const std::uint16_t half = f32_to_f16(normal(rng));
+        std::memcpy(bytes.data() + 2 * i, &half, 2);
+      }
+      return make_owned_tensor(name, DType::F16, {config_.vocab_size, config_.hidden_size}, std::move(bytes));
+    }
+    fail("no tensor '{}'", name);
+  }
+  std::optional<QuantizedMatrix> load_quantized(const std::string& module) const override {
+    if (!has_quantized(module)) return std::nullopt;
+    const auto shape = linear_module_shape(config_, module);
+    std::mt19937 rng(static_cast<std::uint32_t>(std::hash<std::string>{}(module)));
+    testing::QuantCase c{(*shape)[0], (*shape)[1], 4, 128, /*act_order=*/true};
+    QuantizedMatrix m = testing::random_quantized(rng, c);
+    m.name = module;
+    return m;
+  }
+  bool has_quantized(const std::string& module) const override {
+    return module.starts_with("model.layers.") && linear_module_shape(config_, module).has_value();
+  }
+  std::uint64_t file_bytes() const override { return 0; }
+
+ private:
+  ModelConfig config_;
+};
+
+TEST_F(ModelGpu, RandomGptq7BShapedLayersMatchTheCpuEngine) {
+  ModelSource source;
+  ModelConfig& config = source.config;
+  config.architecture = "LlamaForCausalLM";
+  config.model_type = "llama";
+  config.vocab_size = 32000;
+  config.hidden_size = 4096;
+  config.intermediate_size = 11008;
+  config.num_layers = 2;
+  config.num_heads = 32;
+  config.num_kv_heads = 32;
+  config.head_dim = 128;
+  config.max_position_embeddings = 4096;
+  config.rms_norm_eps = 1e-5;
+  config.validate();
+  source.weights = std::make_unique<RandomGptq7BShaped>(config);
+  kernels::CpuBackend cpu(0);
+  kernels::cuda::CudaBackend gpu(0);
+  DecoderModel on_cpu(source, cpu);
+  DecoderModel on_gpu(source, gpu);
+  EXPECT_EQ(on_gpu.weight_memory().quantized_layers, 14);
+  const auto want = run_steps(on_cpu, engine::KvDtype::Float32, config.vocab_size);
+  const auto got = run_steps(on_gpu, engine::KvDtype::Float32, config.vocab_size);
+  // The GPU's quantized GEMMs take fp16 activations (11 significant bits) and the
+  // dense lm_head runs in fp16 on cuBLASLt: about 1e-3 of the largest logit.
+  EXPECT_LT(relative_error(got, want), 1e-2);
+}
+
+}  // namespace
+}  // namespace nibble
