@@ -83,12 +83,17 @@ struct Activations {
 class LayerCompressor {
  public:
   LayerCompressor(const ModelConfig& config, const CompressionOptions& options, kernels::Backend& backend,
-                  CheckpointWriter& writer, CompressionReport& report)
-      : config_(config), options_(options), backend_(backend), writer_(writer), report_(report) {}
+                  CheckpointWriter& writer, CompressionReport& report, const CalibrationObserver& observer)
+      : config_(config), options_(options), backend_(backend), writer_(writer), report_(report), observer_(observer) {}
 
   // Compresses the modules that read `inputs` [rows, cols] (one Hessian serves them
   // all: they see the same activations) and replaces their weights with the result.
   void compress(std::span<Module*> modules, std::span<const float> inputs, std::int64_t rows) {
+    if (observer_) {
+      std::vector<std::string> names;
+      for (const Module* module : modules) names.push_back(module->name);
+      observer_(names, inputs.first(static_cast<std::size_t>(rows * modules.front()->cols)), rows);
+    }
     std::optional<Hessian> hessian;
     if (options_.needs_calibration()) {
       hessian.emplace(modules.front()->cols);
@@ -176,6 +181,7 @@ class LayerCompressor {
   kernels::Backend& backend_;
   CheckpointWriter& writer_;
   CompressionReport& report_;
+  const CalibrationObserver& observer_;
 };
 
 // Runs one decoder layer over the calibration activations, compressing its modules
@@ -311,7 +317,8 @@ bool CompressionOptions::needs_calibration() const {
 
 CompressionReport compress_model(const ModelSource& source, const CompressionOptions& options,
                                  const CalibrationRuns& calibration, kernels::Backend& backend,
-                                 CheckpointWriter& writer, const Progress& progress) {
+                                 CheckpointWriter& writer, const Progress& progress,
+                                 const CalibrationObserver& observer) {
   const auto start = std::chrono::steady_clock::now();
   const auto& config = source.config;
   if (source.format != ModelFormat::HuggingFace) {
@@ -326,7 +333,7 @@ CompressionReport compress_model(const ModelSource& source, const CompressionOpt
   }
   if (options.prune != PruneMethod::None && !options.sparsity.active()) fail("pruning needs a sparsity");
   CompressionReport report;
-  LayerCompressor compressor(config, options, backend, writer, report);
+  LayerCompressor compressor(config, options, backend, writer, report, observer);
   LayerRunner runner(config, backend, engine::rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling));
   Activations acts;
   if (options.needs_calibration()) {

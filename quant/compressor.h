@@ -9,6 +9,8 @@
 // what the already-compressed layers before it produce. Each module's Hessian is
 // accumulated from those inputs; the algorithms are in obs_sweep.h.
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <optional>
 #include <string>
 #include <vector>
@@ -39,6 +41,11 @@ struct CompressionOptions {
   bool needs_calibration() const;
 };
 
+// Sees the calibration inputs each group of modules is compressed on (the modules
+// that read one input: q/k/v, o, gate/up, down) as [rows, cols] floats: tests and tools.
+using CalibrationObserver =
+    std::function<void(std::span<const std::string> modules, std::span<const float> inputs, std::int64_t rows)>;
+
 // The calibration runs: token ids, each run a separate sequence starting at position 0.
 using CalibrationRuns = std::vector<std::vector<std::int32_t>>;
 
@@ -55,6 +62,7 @@ struct CompressionReport {
 // calibration when the method needs it, or bad options.
 CompressionReport compress_model(const ModelSource& source, const CompressionOptions& options,
                                  const CalibrationRuns& calibration, kernels::Backend& backend,
-                                 CheckpointWriter& writer, const Progress& progress = {});
+                                 CheckpointWriter& writer, const Progress& progress = {},
+                                 const CalibrationObserver& observer = {});
 
 }  // namespace nibble::quant
