@@ -1,6 +1,7 @@
 #include "engine/decoder_model.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "common/error.h"
 #include "engine/weight_binder.h"
@@ -67,33 +68,38 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
   held_ = binder.take_held();
 }
 
-void DecoderModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits) {
+void DecoderModel::plan_rows(std::span<const BatchEntry> batch, std::int32_t block_size) {
   if (batch.empty()) fail("forward_batch: an empty batch");
   tokens_.clear();
   segments_.clear();
-  std::int64_t out_rows = 0;
   for (const auto& entry : batch) {
     const auto rows = static_cast<std::int64_t>(entry.tokens.size());
     if (rows == 0) fail("forward_batch: an entry without tokens");
-    if (entry.start < 0 || entry.start + rows > static_cast<std::int64_t>(entry.block_table.size()) * cache.block_size()) {
+    if (entry.start < 0 || entry.start + rows > static_cast<std::int64_t>(entry.block_table.size()) * block_size) {
       fail("forward_batch: positions up to {} exceed the entry's {} blocks", entry.start + rows,
            entry.block_table.size());
     }
     segments_.push_back({static_cast<std::int64_t>(tokens_.size()), rows, entry.start, entry.block_table, entry.logits});
     tokens_.insert(tokens_.end(), entry.tokens.begin(), entry.tokens.end());
-    out_rows += entry.logits == Logits::AllRows ? rows : 1;
   }
   const auto rows = static_cast<std::int64_t>(tokens_.size());
-  const auto vocab = config_.vocab_size;
-  if (static_cast<std::int64_t>(logits.size()) < out_rows * vocab) fail("forward: logits buffer too small");
   positions_.resize(static_cast<std::size_t>(rows));
   for (const auto& segment : segments_) {
     for (std::int64_t i = 0; i < segment.rows; ++i) {
       positions_[static_cast<std::size_t>(segment.first_row + i)] = static_cast<std::int32_t>(segment.start + i);
     }
   }
+  workspace_.reserve(backend_, rows);
+}
+
+void DecoderModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits) {
+  plan_rows(batch, cache.block_size());
+  std::int64_t out_rows = 0;
+  for (const auto& segment : segments_) out_rows += segment.logits == Logits::AllRows ? segment.rows : 1;
+  const auto rows = static_cast<std::int64_t>(tokens_.size());
+  const auto vocab = config_.vocab_size;
+  if (static_cast<std::int64_t>(logits.size()) < out_rows * vocab) fail("forward: logits buffer too small");
   Workspace& ws = workspace_;
-  ws.reserve(backend_, rows);
   const StepContext step{backend_, cache, rows, positions_, segments_, hook_};
 
   const auto d = config_.hidden_size;
@@ -116,6 +122,37 @@ void DecoderModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache
   const kernels::Buffer& device_logits = ws.logits(backend_, out_rows * vocab);
   lm_head_.run(backend_, ws.h(), out_rows, device_logits.data<float>(), hook_);
   backend_.download(device_logits, 0, static_cast<std::size_t>(out_rows * vocab) * sizeof(float), logits.data());
+}
+
+void DecoderModel::begin_layers(std::span<const BatchEntry> batch) {
+  // Blocks of any size: the cache each layer gets checks the tables.
+  plan_rows(batch, std::numeric_limits<std::int32_t>::max());
+  backend_.embedding(*embedding_.weights, tokens_, workspace_.x());
+}
+
+void DecoderModel::run_layer(std::int64_t layer, PagedKvCache& cache) {
+  if (layer < 0 || layer >= static_cast<std::int64_t>(layers_.size())) fail("no layer {}", layer);
+  const StepContext step{backend_, cache, static_cast<std::int64_t>(tokens_.size()), positions_, segments_, hook_, layer};
+  layers_[static_cast<std::size_t>(layer)].forward(step, workspace_, config_.hidden_size);
+}
+
+PagedKvCache DecoderModel::one_layer_cache(std::int32_t num_blocks, std::int32_t block_size) const {
+  ModelConfig one = config_;
+  one.num_layers = 1;
+  return PagedKvCache(backend_, one, num_blocks, block_size);
+}
+
+void DecoderModel::replace_linear(const std::string& module, const float* weights) {
+  for (auto& layer : layers_) {
+    Linear* linear = layer.attention.find(module);
+    if (linear == nullptr) linear = layer.mlp.find(module);
+    if (linear == nullptr) continue;
+    // Dense on purpose: a pruned matrix must run the same kernel as before it was pruned.
+    linear->weights = backend_.prepare_linear(kernels::Matrix{DType::F32, linear->rows(), linear->cols(), weights},
+                                              kernels::SparseChoice::Dense);
+    return;
+  }
+  fail("the model has no linear module '{}'", module);
 }
 
 std::unique_ptr<Model> load_model(const ModelSource& source, kernels::Backend& backend, const ModelOptions& options,

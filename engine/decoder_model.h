@@ -44,7 +44,22 @@ class DecoderModel final : public Model {
   void forward_batch(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits) override;
   void set_linear_input_hook(LinearInputHook hook) override { hook_ = std::move(hook); }
 
+  // --- Layer by layer (the compressor) ---
+  // Embeds the batch's tokens into the residual stream; run_layer() then moves it
+  // through one layer at a time.
+  void begin_layers(std::span<const BatchEntry> batch);
+  // Layer `layer` over every row of the batch begin_layers() took, its keys and
+  // values stored in `cache`, which holds that one layer alone (one_layer_cache()).
+  void run_layer(std::int64_t layer, PagedKvCache& cache);
+  PagedKvCache one_layer_cache(std::int32_t num_blocks, std::int32_t block_size) const;
+  // Module `module` runs dense float32 weights [rows, cols] from now on (its bias
+  // stays); the caller keeps `weights` alive while the model may run the module.
+  void replace_linear(const std::string& module, const float* weights);
+
  private:
+  // The step's rows, positions and segments for `batch`, and room for them.
+  void plan_rows(std::span<const BatchEntry> batch, std::int32_t block_size);
+
   ModelConfig config_;
   kernels::Backend& backend_;
   WeightMemory memory_;

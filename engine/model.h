@@ -53,10 +53,13 @@ struct WeightMemory {
 // Called after each layer's weights are bound: (layers done, layers in all).
 using LoadProgress = std::function<void(std::int64_t, std::int64_t)>;
 
-// Sees the input of every linear module as a step runs (the compressor's
-// calibration capture): module name ("model.layers.0.mlp.up_proj"), the input
-// rows [rows, cols] in backend memory. Set only by offline tools.
-using LinearInputHook = std::function<void(const std::string& module, const float* x, std::int64_t rows,
+// Sees the input of every linear module as a step runs, before the modules use
+// it (the compressor's calibration capture): the modules that read it ("model.
+// layers.0.self_attn.q_proj", k_proj, v_proj: one call for the three) and the
+// input rows [rows, cols] in backend memory. The hook may replace those modules'
+// weights (DecoderModel::replace_linear); they then compute with the new ones.
+// Set only by offline tools.
+using LinearInputHook = std::function<void(std::span<const std::string> modules, const float* x, std::int64_t rows,
                                            std::int64_t cols)>;
 
 class SequenceCache;

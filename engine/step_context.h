@@ -29,6 +29,9 @@ struct StepContext {
   std::span<const std::int32_t> positions;  // [rows], host memory
   std::span<const StepSegment> segments;
   const LinearInputHook& hook;
+  // The cache holds layers [first_cached_layer, ...): 0 for a whole model's cache;
+  // layer by layer (the compressor) a one-layer cache serves each layer in turn.
+  std::int64_t first_cached_layer = 0;
 };
 
 // The activations one step computes on, in the backend's memory: grown to the

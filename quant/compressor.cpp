@@ -9,7 +9,8 @@
 
 #include "common/error.h"
 #include "common/half.h"
-#include "engine/rope.h"
+#include "engine/decoder_model.h"
+#include "loader/architecture.h"
 
 namespace nibble::quant {
 namespace {
@@ -70,15 +71,6 @@ Module load_module(const WeightSource& weights, std::string name, std::int64_t r
   module.cols = cols;
   return module;
 }
-
-// The calibration activations of one layer: every run's tokens as rows, runs one after another.
-struct Activations {
-  std::int64_t rows = 0;
-  std::vector<std::int32_t> positions;  // each run restarts at 0
-  std::vector<std::int64_t> run_starts;
-  std::vector<std::int64_t> run_lengths;
-  std::vector<float> residual;  // [rows, hidden]: the stream entering the next layer
-};
 
 class LayerCompressor {
  public:
@@ -184,129 +176,93 @@ class LayerCompressor {
   const CalibrationObserver& observer_;
 };
 
-// Runs one decoder layer over the calibration activations, compressing its modules
-// stage by stage as their inputs become known.
-class LayerRunner {
- public:
-  LayerRunner(const ModelConfig& config, kernels::Backend& backend, std::vector<float> inv_freq)
-      : config_(config), backend_(backend), inv_freq_(std::move(inv_freq)) {}
+// The shape of linear module `module` as the config implies it.
+std::array<std::int64_t, 2> module_shape(const ModelConfig& config, const std::string& module) {
+  const auto shape = linear_module_shape(config, module);
+  if (!shape) fail("internal error: '{}' is not a linear module of {}", module, config.architecture);
+  return *shape;
+}
 
-  void run(std::int64_t layer, const WeightSource& weights, Activations& acts, LayerCompressor* compressor) {
-    const auto d = config_.hidden_size, q_dim = config_.q_dim(), kv_dim = config_.kv_dim(),
-               ffn = config_.intermediate_size, rows = acts.rows;
-    const auto eps = static_cast<float>(config_.rms_norm_eps);
-    const auto name = [layer](const char* suffix) { return fmt::format("model.layers.{}.{}", layer, suffix); };
-    const bool bias = config_.attention_bias;
-    Module q = load_module(weights, name("self_attn.q_proj"), q_dim, d, bias);
-    Module k = load_module(weights, name("self_attn.k_proj"), kv_dim, d, bias);
-    Module v = load_module(weights, name("self_attn.v_proj"), kv_dim, d, bias);
-    Module o = load_module(weights, name("self_attn.o_proj"), d, q_dim, false);
-    Module gate = load_module(weights, name("mlp.gate_proj"), ffn, d, false);
-    Module up = load_module(weights, name("mlp.up_proj"), ffn, d, false);
-    Module down = load_module(weights, name("mlp.down_proj"), d, ffn, false);
-    const auto attn_norm = load_floats(weights, name("input_layernorm.weight"), {d});
-    const auto ffn_norm = load_floats(weights, name("post_attention_layernorm.weight"), {d});
-
-    if (acts.rows == 0) {  // weights-only methods: nothing to run
-      for (Module* module : {&q, &k, &v, &o, &gate, &up, &down}) compressor->compress_one(*module, nullptr);
-      return;
-    }
-    std::vector<float> normed(static_cast<std::size_t>(rows * d));
-    backend_.rms_norm(acts.residual.data(), rows, d, attn_norm.data(), eps, normed.data());
-    if (compressor) {
-      std::array<Module*, 3> qkv{&q, &k, &v};
-      compressor->compress(qkv, normed, rows);
-    }
-    std::vector<float> qs(static_cast<std::size_t>(rows * q_dim)), ks(static_cast<std::size_t>(rows * kv_dim)),
-        vs(static_cast<std::size_t>(rows * kv_dim));
-    linear(normed, rows, q, qs);
-    linear(normed, rows, k, ks);
-    linear(normed, rows, v, vs);
-    normed = {};
-    backend_.rope(qs.data(), rows, config_.num_heads, config_.head_dim, acts.positions, inv_freq_);
-    backend_.rope(ks.data(), rows, config_.num_kv_heads, config_.head_dim, acts.positions, inv_freq_);
-    std::vector<float> attn(static_cast<std::size_t>(rows * q_dim));
-    const kernels::AttentionShape shape{config_.num_heads, config_.num_kv_heads, config_.head_dim,
-                                        config_.sliding_window};
-    for (std::size_t r = 0; r < acts.run_starts.size(); ++r) {
-      const auto start = acts.run_starts[r], length = acts.run_lengths[r];
-      const auto view = kernels::KvLayerView::floats(ks.data() + start * kv_dim, vs.data() + start * kv_dim, kv_dim);
-      backend_.attention(qs.data() + start * q_dim, length,
-                         std::span(acts.positions).subspan(static_cast<std::size_t>(start),
-                                                          static_cast<std::size_t>(length)),
-                         view, shape, attn.data() + start * q_dim);
-    }
-    qs = {};
-    ks = {};
-    vs = {};
-    if (compressor) {
-      std::array<Module*, 1> out{&o};
-      compressor->compress(out, attn, rows);
-    }
-    std::vector<float> delta(static_cast<std::size_t>(rows * d));
-    linear(attn, rows, o, delta);
-    attn = {};
-    backend_.add(delta.data(), rows * d, acts.residual.data());
-
-    normed.resize(static_cast<std::size_t>(rows * d));
-    backend_.rms_norm(acts.residual.data(), rows, d, ffn_norm.data(), eps, normed.data());
-    if (compressor) {
-      std::array<Module*, 2> gate_up{&gate, &up};
-      compressor->compress(gate_up, normed, rows);
-    }
-    std::vector<float> gates(static_cast<std::size_t>(rows * ffn)), ups(static_cast<std::size_t>(rows * ffn));
-    linear(normed, rows, gate, gates);
-    linear(normed, rows, up, ups);
-    normed = {};
-    backend_.swiglu(gates.data(), ups.data(), rows * ffn, gates.data());
-    ups = {};
-    if (compressor) {
-      std::array<Module*, 1> down_only{&down};
-      compressor->compress(down_only, gates, rows);
-    }
-    linear(gates, rows, down, delta);
-    backend_.add(delta.data(), rows * d, acts.residual.data());
-  }
-
- private:
-  void linear(std::span<const float> x, std::int64_t rows, const Module& module, std::span<float> y) {
-    const kernels::Matrix w{DType::F32, module.rows, module.cols, module.weights.data()};
-    backend_.linear(x.data(), rows, w, module.bias.empty() ? nullptr : module.bias.data(), y.data());
-  }
-
-  const ModelConfig& config_;
-  kernels::Backend& backend_;
-  std::vector<float> inv_freq_;
-};
-
-Activations embed_calibration(const ModelSource& source, const CalibrationRuns& calibration,
-                              kernels::Backend& backend) {
+// Methods that need no activations: every module of every layer, from its weights alone.
+void compress_weights_only(const ModelSource& source, LayerCompressor& compressor, const Progress& progress) {
   const auto& config = source.config;
-  Activations acts;
-  std::vector<std::int32_t> ids;
+  const Architecture& arch = architecture_of(config.architecture);
+  for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
+    for (const auto& name : arch.names) {
+      const std::string module = arch.module(name.role, layer);
+      const auto shape = linear_module_shape(config, module);
+      if (!shape || name.role == TensorRole::TokenEmbedding || name.role == TensorRole::LmHead) continue;
+      Module loaded = load_module(*source.weights, module, (*shape)[0], (*shape)[1], false);
+      compressor.compress_one(loaded, nullptr);
+    }
+    if (progress) progress("compressing layers", layer + 1, config.num_layers);
+  }
+}
+
+// Runs the serving engine's own model over the calibration runs one layer at a
+// time. Each group of modules that reads one input (q/k/v, o, gate/up, down) is
+// compressed inside the hook that sees that input, before the modules run, and
+// the model continues on the compressed weights: so o is calibrated through the
+// compressed q/k/v, and the next layer through the whole compressed layer.
+void compress_with_calibration(const ModelSource& source, const CalibrationRuns& calibration,
+                               kernels::Backend& backend, LayerCompressor& compressor, CompressionReport& report,
+                               const Progress& progress) {
+  const auto& config = source.config;
+  if (!backend.host_visible_memory()) fail("compression runs on the CPU backend");
+  constexpr std::int32_t kBlockSize = 16;
+  std::vector<engine::BatchEntry> batch;
+  std::vector<std::vector<std::int32_t>> tables;
+  std::int32_t blocks = 0;
   for (const auto& run : calibration) {
     if (run.empty()) continue;
-    acts.run_starts.push_back(acts.rows);
-    acts.run_lengths.push_back(static_cast<std::int64_t>(run.size()));
-    acts.rows += static_cast<std::int64_t>(run.size());
-    for (std::size_t i = 0; i < run.size(); ++i) {
-      if (run[i] < 0 || run[i] >= config.vocab_size) {
-        fail("calibration token id {} is outside the model's vocabulary of {}", run[i], config.vocab_size);
+    for (const auto id : run) {
+      if (id < 0 || id >= config.vocab_size) {
+        fail("calibration token id {} is outside the model's vocabulary of {}", id, config.vocab_size);
       }
-      ids.push_back(run[i]);
-      acts.positions.push_back(static_cast<std::int32_t>(i));
     }
+    auto& table = tables.emplace_back();
+    for (std::size_t i = 0; i < (run.size() + kBlockSize - 1) / kBlockSize; ++i) table.push_back(blocks++);
+    report.calibration_tokens += static_cast<std::int64_t>(run.size());
   }
-  if (acts.rows == 0) fail("the calibration set holds no tokens");
-  const TensorView table = source.weights->load("model.embed_tokens.weight");
-  if (table.shape != std::vector<std::int64_t>{config.vocab_size, config.hidden_size}) {
-    fail("model.embed_tokens.weight has shape {}, expected [{}, {}]", table.shape_string(), config.vocab_size,
-         config.hidden_size);
+  if (report.calibration_tokens == 0) fail("the calibration set holds no tokens");
+  std::size_t next_table = 0;
+  for (const auto& run : calibration) {
+    if (!run.empty()) batch.push_back({run, 0, tables[next_table++], engine::Logits::LastRow});
   }
-  acts.residual.resize(static_cast<std::size_t>(acts.rows * config.hidden_size));
-  backend.embedding(kernels::Matrix{table.dtype, config.vocab_size, config.hidden_size, table.bytes.data()}, ids,
-                    acts.residual.data());
-  return acts;
+  spdlog::info("compress_start layers={} calibration_tokens={} runs={}", config.num_layers, report.calibration_tokens,
+               batch.size());
+
+  engine::ModelOptions model_options;
+  model_options.sparse = kernels::SparseChoice::Dense;  // the kernels the compressed weights will run on
+  engine::DecoderModel model(source, backend, model_options);
+  engine::PagedKvCache cache = model.one_layer_cache(blocks, kBlockSize);
+  // The current layer's compressed weights, which the model runs until the layer ends.
+  std::vector<std::vector<float>> compressed;
+  model.set_linear_input_hook(
+      [&](std::span<const std::string> modules, const float* x, std::int64_t rows, std::int64_t cols) {
+        std::vector<Module> loaded;
+        loaded.reserve(modules.size());
+        for (const auto& name : modules) {
+          const auto shape = module_shape(config, name);
+          loaded.push_back(load_module(*source.weights, name, shape[0], shape[1], false));
+        }
+        std::vector<Module*> group;
+        for (auto& module : loaded) group.push_back(&module);
+        compressor.compress(group, std::span(x, static_cast<std::size_t>(rows * cols)), rows);
+        for (auto& module : loaded) {
+          compressed.push_back(std::move(module.weights));
+          model.replace_linear(module.name, compressed.back().data());
+        }
+      });
+  model.begin_layers(batch);
+  const auto start = std::chrono::steady_clock::now();
+  for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
+    model.run_layer(layer, cache);
+    compressed.clear();  // the layer never runs again
+    if (progress) progress("compressing layers", layer + 1, config.num_layers);
+    spdlog::debug("compress_layer layer={} modules={} seconds={:.2f}", layer, report.modules,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
 }
 
 }  // namespace
@@ -334,20 +290,12 @@ CompressionReport compress_model(const ModelSource& source, const CompressionOpt
   if (options.prune != PruneMethod::None && !options.sparsity.active()) fail("pruning needs a sparsity");
   CompressionReport report;
   LayerCompressor compressor(config, options, backend, writer, report, observer);
-  LayerRunner runner(config, backend, engine::rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling));
-  Activations acts;
   if (options.needs_calibration()) {
     if (calibration.empty()) fail("this method needs calibration data (--calib)");
-    acts = embed_calibration(source, calibration, backend);
-    report.calibration_tokens = acts.rows;
-  }
-  spdlog::info("compress_start layers={} calibration_tokens={} runs={}", config.num_layers, acts.rows,
-               acts.run_starts.size());
-  for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
-    runner.run(layer, *source.weights, acts, &compressor);
-    if (progress) progress("compressing layers", layer + 1, config.num_layers);
-    spdlog::debug("compress_layer layer={} modules={} seconds={:.2f}", layer, report.modules,
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    compress_with_calibration(source, calibration, backend, compressor, report, progress);
+  } else {
+    spdlog::info("compress_start layers={} calibration_tokens=0 runs=0", config.num_layers);
+    compress_weights_only(source, compressor, progress);
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;

@@ -1,7 +1,8 @@
 #pragma once
-// The layer-wise compressor behind `nibble quantize` and `nibble prune`. It walks
-// the decoder layers in order, holding one layer's float32 weights and the
-// calibration activations entering it:
+// The layer-wise compressor behind `nibble quantize` and `nibble prune`. It runs
+// the serving engine's own model (engine/decoder_model.h) over the calibration
+// runs one layer at a time and compresses each group of modules in the hook that
+// sees its input, before the modules use it:
 //   inputs of q/k/v -> compress q, k, v -> inputs of o (through the compressed
 //   q, k, v) -> compress o -> inputs of gate/up -> compress them -> inputs of
 //   down -> compress down -> the next layer's inputs, through the compressed layer

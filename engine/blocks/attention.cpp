@@ -32,6 +32,11 @@ AttentionBlock::AttentionBlock(WeightBinder& binder, const Architecture& arch, c
       k_norm_(bind_head_norm(binder, arch, config, TensorRole::KeyNorm, layer)),
       o_(binder.linear(arch.module(TensorRole::AttentionOutput, layer), config.hidden_size, config.q_dim())) {}
 
+Linear* AttentionBlock::find(const std::string& module) {
+  if (module == o_.module) return &o_;
+  return qkv_.find(module);
+}
+
 void AttentionBlock::forward(const StepContext& step, Workspace& ws, const float* input, float* out) const {
   kernels::Backend& backend = step.backend;
   const std::int64_t rows = step.rows;
@@ -50,12 +55,12 @@ void AttentionBlock::forward(const StepContext& step, Workspace& ws, const float
   auto& segments = ws.attention_segments();
   segments.clear();
   for (const auto& segment : step.segments) {
-    step.cache.store(layer_, segment.block_table, segment.start, segment.rows, ws.k() + segment.first_row * kv_dim,
+    step.cache.store(layer_ - step.first_cached_layer, segment.block_table, segment.start, segment.rows, ws.k() + segment.first_row * kv_dim,
                      ws.v() + segment.first_row * kv_dim);
     segments.push_back({ws.q() + segment.first_row * q_dim, segment.rows,
                         step.positions.subspan(static_cast<std::size_t>(segment.first_row),
                                                static_cast<std::size_t>(segment.rows)),
-                        step.cache.layer(layer_, segment.block_table), ws.attn() + segment.first_row * q_dim});
+                        step.cache.layer(layer_ - step.first_cached_layer, segment.block_table), ws.attn() + segment.first_row * q_dim});
   }
   backend.attention_batch(segments, shape_);
   o_.run(backend, ws.attn(), rows, out, step.hook);

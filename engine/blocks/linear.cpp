@@ -1,5 +1,6 @@
 #include "engine/blocks/linear.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "common/error.h"
@@ -8,7 +9,7 @@ namespace nibble::engine {
 
 void Linear::run(kernels::Backend& backend, const float* x, std::int64_t rows, float* y,
                  const LinearInputHook& hook) const {
-  if (hook) hook(module, x, rows, cols());
+  if (hook) hook(std::span(&module, 1), x, rows, cols());
   backend.linear(x, rows, *weights, bias.empty() ? nullptr : bias.data<const float>(), y);
 }
 
@@ -21,15 +22,20 @@ LinearGroup::LinearGroup(std::vector<std::string> modules, std::vector<std::int6
 
 std::int64_t LinearGroup::total_width() const { return std::accumulate(widths_.begin(), widths_.end(), std::int64_t{0}); }
 
+Linear* LinearGroup::find(const std::string& module) {
+  const auto at = std::find(modules_.begin(), modules_.end(), module);
+  if (at == modules_.end()) return nullptr;
+  if (stacked()) fail("'{}' runs stacked with the other modules of its input; it has no matrix of its own", module);
+  return &linears_[static_cast<std::size_t>(at - modules_.begin())];
+}
+
 void LinearGroup::run(kernels::Backend& backend, const float* x, std::int64_t rows, std::span<float* const> outputs,
                       float* scratch, const LinearInputHook& hook) const {
+  // One call for every module reading x, before any of them runs.
+  if (hook) hook(modules_, x, rows, linears_.front().cols());
   if (!stacked()) {
-    for (std::size_t i = 0; i < linears_.size(); ++i) linears_[i].run(backend, x, rows, outputs[i], hook);
+    for (std::size_t i = 0; i < linears_.size(); ++i) linears_[i].run(backend, x, rows, outputs[i], {});
     return;
-  }
-  // Each module's hook sees the shared input, as if it ran alone.
-  if (hook) {
-    for (std::size_t i = 0; i < modules_.size(); ++i) hook(modules_[i], x, rows, linears_.front().cols());
   }
   linears_.front().run(backend, x, rows, scratch, {});
   const std::int64_t width = total_width();

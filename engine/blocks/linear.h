@@ -37,6 +37,9 @@ class LinearGroup {
            float* scratch, const LinearInputHook& hook) const;
   std::int64_t total_width() const;
   bool stacked() const { return linears_.size() == 1 && widths_.size() > 1; }
+  // The module's own matrix; nullptr when it is not in the group. Throws when the
+  // module runs stacked with others (it has no matrix of its own).
+  Linear* find(const std::string& module);
 
  private:
   std::vector<std::string> modules_;

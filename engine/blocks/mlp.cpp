@@ -19,6 +19,11 @@ GatedMlp::GatedMlp(WeightBinder& binder, const Architecture& arch, const ModelCo
       gate_up_(bind_gate_up(binder, arch, config, layer)),
       down_(binder.linear(arch.module(TensorRole::Down, layer), config.hidden_size, config.intermediate_size)) {}
 
+Linear* GatedMlp::find(const std::string& module) {
+  if (module == down_.module) return &down_;
+  return gate_up_.find(module);
+}
+
 void GatedMlp::forward(const StepContext& step, Workspace& ws, const float* input, float* out) const {
   kernels::Backend& backend = step.backend;
   const std::array<float*, 2> gate_up{ws.gate(), ws.up()};

@@ -16,6 +16,8 @@ class GatedMlp {
 
   // `input` [rows, hidden] -> `out` [rows, hidden] (may alias `input`).
   void forward(const StepContext& step, Workspace& ws, const float* input, float* out) const;
+  // Module `module`'s matrix, or nullptr when this block has no such module.
+  Linear* find(const std::string& module);
   std::int64_t stacked_width() const { return gate_up_.stacked() ? gate_up_.total_width() : 0; }
 
  private:
