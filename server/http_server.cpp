@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "common/error.h"
+#include "common/log.h"
 
 namespace nibble::server {
 namespace {
@@ -410,7 +411,8 @@ class Exchange final : public HttpExchange, public std::enable_shared_from_this<
   }
 
   void log() const {
-    spdlog::info("http_request id={} method={} path={} status={} seconds={:.3f} remote={}{}{}", id_, method_, path_,
+    spdlog::info("http_request id={} method={} path={} status={} seconds={:.3f} remote={}{}{}", id_,
+                 log::clip(method_, 20), log::clip(path_),
                  status_, std::chrono::duration<double>(Clock::now() - start_).count(), session_->remote(),
                  notes_.empty() ? "" : " ", notes_);
   }
@@ -451,7 +453,8 @@ void Session::dispatch_request() {
   try {
     server_.handler_.handle(request, exchange_);
   } catch (const std::exception& e) {
-    spdlog::error("http_handler_failed id={} path={} error=\"{}\"", request.id, request.path, e.what());
+    spdlog::error("http_handler_failed id={} path={} error=\"{}\"", request.id, log::clip(request.path),
+                  log::clip(e.what()));
     exchange_->respond({500, "application/json", server_.handler_.error_body(500, "Internal server error"), {}});
   }
 }

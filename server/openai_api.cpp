@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "server/openapi.h"
 
 namespace nibble::server {
@@ -124,7 +125,8 @@ void OpenAiApi::handle(const HttpRequest& request, std::shared_ptr<HttpExchange>
     // Input the model side could not take (a tokenizer limit, ...): the client's to fix.
     fail(*exchange, ApiError(400, "invalid_request_error", error.what()));
   } catch (const std::exception& error) {
-    spdlog::error("request_failed id={} path={} error=\"{}\"", request.id, request.path, error.what());
+    spdlog::error("request_failed id={} path={} error=\"{}\"", request.id, log::clip(request.path),
+                  log::clip(error.what()));
     fail(*exchange, ApiError(500, "server_error", "Internal server error"));
   }
 }
@@ -137,7 +139,8 @@ void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
   }
   if (request.method != route->method) {
     ApiError error(405, "invalid_request_error",
-                   fmt::format("Method {} is not allowed for {}; use {}", request.method, request.path, route->method));
+                   fmt::format("Method {} is not allowed for {}; use {}", log::clip(request.method, 20), request.path,
+                               route->method));
     metrics_.count_error(405);
     HttpResponse response = json_response(405, error.body());
     response.headers.emplace_back("Allow", std::string(route->method));
@@ -224,7 +227,14 @@ void OpenAiApi::generate(const HttpRequest& request, const std::shared_ptr<HttpE
     throw ApiError(503, "server_error", "The server is shutting down", std::nullopt, "shutting_down");
   }
   const Ready ready = ready_or_503();
-  const Request parsed = parse(parse_request_body(request.body), ready.limits);
+  const Request parsed = [&] {
+    try {
+      return parse(parse_request_body(request.body), ready.limits);
+    } catch (const nlohmann::json::exception& e) {
+      // Whatever the field checks missed is still the request's fault, never a 500.
+      throw ApiError(400, "invalid_request_error", fmt::format("Invalid request: {}", log::clip(e.what())));
+    }
+  }();
   auto output = std::make_shared<HttpOutput>(
       exchange, [this](HttpExchange& target, const ApiError& error) { fail(target, error); });
   const std::weak_ptr<RunningRequest> running = ready.service->start(parsed, output);

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "common/log.h"
 
 namespace nibble::server {
 namespace {
@@ -87,7 +88,8 @@ class Fields {
         if (value.is_null()) continue;
         throw ApiError::invalid(key, fmt::format("'{}' is not supported by this server", key), "unsupported_parameter");
       }
-      throw ApiError::invalid(key, fmt::format("Unrecognized request argument supplied: {}", key),
+      const std::string name = log::clip(key);
+      throw ApiError::invalid(name, fmt::format("Unrecognized request argument supplied: {}", name),
                               "unrecognized_argument");
     }
   }
@@ -192,7 +194,7 @@ std::map<TokenId, float> parse_logit_bias(Fields& fields, const RequestLimits& l
       id = -1;
     }
     if (id < 0 || id >= limits.vocab_size) {
-      throw ApiError::invalid("logit_bias", fmt::format("'{}' is not a token id of this model", key));
+      throw ApiError::invalid("logit_bias", fmt::format("'{}' is not a token id of this model", log::clip(key)));
     }
     if (!value.is_number()) throw wrong_type("logit_bias", value, "a number for each token");
     const double b = value.get<double>();
@@ -261,8 +263,9 @@ std::string message_content(const json& message, std::size_t index) {
     }
     const auto type = part["type"].get<std::string>();
     if (type != "text") {
-      throw ApiError::invalid(param, fmt::format("content parts of type '{}' are not supported by this model", type),
-                              "unsupported_content");
+      throw ApiError::invalid(
+          param, fmt::format("content parts of type '{}' are not supported by this model", log::clip(type)),
+          "unsupported_content");
     }
     if (!part.contains("text") || !part["text"].is_string()) {
       throw wrong_type(param + ".text", part.value("text", json()), "a string");
@@ -288,8 +291,8 @@ std::vector<ChatMessage> parse_messages(Fields& fields) {
     const auto role = message.string("role");
     if (!role) throw ApiError::invalid(where + ".role", "'role' is required", "missing_required_parameter");
     if (*role != "system" && *role != "developer" && *role != "user" && *role != "assistant") {
-      throw ApiError::invalid(where + ".role",
-                              fmt::format("role '{}' is not supported (system, developer, user, assistant)", *role));
+      throw ApiError::invalid(where + ".role", fmt::format("role '{}' is not supported (system, developer, user, assistant)",
+                                                          log::clip(*role)));
     }
     out.role = *role;
     message.find("content");
@@ -311,12 +314,28 @@ std::vector<ChatMessage> parse_messages(Fields& fields) {
 }  // namespace
 
 json parse_request_body(std::string_view body) {
+  // The top-level field being read, so a value the parser cannot hold (1e400, a
+  // 400-digit integer) is reported against the field that carried it.
+  std::string field;
+  const json::parser_callback_t track_field = [&field](int depth, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::key && depth == 1) field = parsed.get<std::string>();
+    return true;
+  };
   json parsed;
   try {
-    parsed = json::parse(body);
-  } catch (const json::parse_error& e) {
-    throw ApiError(400, "invalid_request_error", fmt::format("The request body is not valid JSON: {}", e.what()),
-                   std::nullopt, "invalid_json");
+    parsed = json::parse(body, track_field);
+  } catch (const json::out_of_range&) {
+    // nlohmann's message quotes the whole number, which may be most of the body.
+    if (field.empty()) {
+      throw ApiError(400, "invalid_request_error", "The request body holds a number too large to represent",
+                     std::nullopt, "invalid_json");
+    }
+    const std::string name = log::clip(field);
+    throw ApiError::invalid(name, fmt::format("'{}' holds a number too large to represent", name), "out_of_range");
+  } catch (const json::exception& e) {
+    throw ApiError(400, "invalid_request_error",
+                   fmt::format("The request body is not valid JSON: {}", log::clip(e.what())), std::nullopt,
+                   "invalid_json");
   }
   if (!parsed.is_object()) {
     throw ApiError(400, "invalid_request_error", "The request body must be a JSON object", std::nullopt, "invalid_json");
