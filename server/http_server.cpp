@@ -68,6 +68,32 @@ std::string stream_head(int status, const std::string& content_type, const HttpH
   return out.str();
 }
 
+// Why a request's body framing cannot be trusted, if it cannot (RFC 9112 §6.1, §6.3).
+// The only transfer coding we read is "chunked", alone: with any other, or with a
+// Content-Length beside it, where the body ends is ambiguous, and a proxy in front
+// may see a different end than we do — the bytes after it would be read as a second
+// ("smuggled") request.
+std::optional<std::string> framing_fault(const http::request_header<>& header) {
+  int transfer_encodings = 0;
+  bool content_length = false;
+  std::string_view coding;
+  for (const auto& field : header) {
+    if (field.name() == http::field::transfer_encoding) {
+      ++transfer_encodings;
+      coding = std::string_view(field.value().data(), field.value().size());
+    } else if (field.name() == http::field::content_length) {
+      content_length = true;
+    }
+  }
+  if (transfer_encodings == 0) return std::nullopt;
+  if (header.version() < 11) return "Transfer-Encoding is not defined for HTTP/1.0";
+  if (content_length) return "both Transfer-Encoding and Content-Length";
+  if (transfer_encodings > 1 || !same_letters(coding, "chunked")) {
+    return "unsupported Transfer-Encoding (only \"chunked\" is accepted)";
+  }
+  return std::nullopt;
+}
+
 std::string chunk(const std::string& data, bool chunked) {
   return chunked ? fmt::format("{:x}\r\n{}\r\n", data.size(), data) : data;
 }
@@ -182,6 +208,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_header(beast::error_code ec) {
     if (ec) return on_read_error(ec);
+    if (const auto fault = framing_fault(parser_->get())) {
+      return reject(400, fmt::format("Malformed HTTP request: {}", *fault), *fault);
+    }
     const auto expect = parser_->get()[http::field::expect];
     if (same_letters(std::string_view(expect.data(), expect.size()), "100-continue")) {
       // curl and others wait for this before sending a large body.
@@ -212,8 +241,6 @@ class Session : public std::enable_shared_from_this<Session> {
       if (ec == beast::error::timeout) spdlog::debug("http_timeout remote={}", remote_);
       return close();
     }
-    // A request we cannot read is answered once, then the connection closes
-    // (what follows on it cannot be trusted to start at a request boundary).
     int status = 400;
     std::string message = fmt::format("Malformed HTTP request: {}", ec.message());
     if (ec == http::error::body_limit) {
@@ -225,7 +252,13 @@ class Session : public std::enable_shared_from_this<Session> {
       message = fmt::format("The request headers are larger than the server's limit of {} bytes",
                             server_.limits_.max_header_bytes);
     }
-    spdlog::info("http_request_rejected remote={} status={} reason=\"{}\"", remote_, status, ec.message());
+    reject(status, message, ec.message());
+  }
+
+  // Answers a request we will not serve once, then closes: what follows on the
+  // connection cannot be trusted to start at a request boundary.
+  void reject(int status, const std::string& message, const std::string& reason) {
+    spdlog::info("http_request_rejected remote={} status={} reason=\"{}\"", remote_, status, reason);
     keep_alive_ = false;
     server_.busy_begin();
     answered_ = false;

@@ -168,6 +168,45 @@ TEST_F(HttpServerTest, GarbageIsA400AndTheServerGoesOn) {
   EXPECT_EQ(exchange(next, http::verb::get, "/echo").result_int(), 200);
 }
 
+// Request smuggling: a body framing we do not read exactly as a proxy in front
+// might (any coding but "chunked", or a Content-Length beside it) used to leave
+// the "body" to be parsed as a second request on the same connection.
+TEST_F(HttpServerTest, AnAmbiguousBodyFramingIsA400ThatClosesTheConnection) {
+  const std::string smuggled = "GET /echo HTTP/1.1\r\nHost: t\r\n\r\n";
+  for (const std::string framing :
+       {"Transfer-Encoding: gzip\r\n", "Transfer-Encoding: xchunked\r\n", "Transfer-Encoding: identity\r\n",
+        "Transfer-Encoding: chunked, identity\r\n", "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n"}) {
+    SCOPED_TRACE(framing);
+    auto socket = connect();
+    asio::write(socket, asio::buffer("POST /echo HTTP/1.1\r\nHost: t\r\n" + framing + "\r\n0\r\n\r\n" + smuggled));
+    const auto response = read_response(socket);
+    EXPECT_EQ(response.result_int(), 400);
+    EXPECT_FALSE(response.keep_alive());
+    EXPECT_TRUE(closed_by_server(socket)) << "nothing after the rejected request may be answered";
+  }
+  auto http10 = connect();
+  asio::write(http10, asio::buffer("POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled));
+  EXPECT_EQ(read_response(http10).result_int(), 400);
+  EXPECT_TRUE(closed_by_server(http10));
+  EXPECT_EQ(handler_.handled, 0);
+
+  // "chunked" alone (any case) is still read, and the next request on the connection answered.
+  auto chunked = connect();
+  asio::write(chunked, asio::buffer("POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                                    "5\r\nhello\r\n0\r\n\r\n" + smuggled));
+  // Both answers may arrive in one segment: one buffer reads them.
+  beast::flat_buffer buffer;
+  http::response<http::string_body> first, second;
+  http::read(chunked, buffer, first);
+  http::read(chunked, buffer, second);
+  EXPECT_EQ(first.result_int(), 200);
+  EXPECT_EQ(first.body(), "POST hello");
+  EXPECT_EQ(second.body(), "GET ");
+  EXPECT_EQ(handler_.handled, 2);
+}
+
 TEST_F(HttpServerTest, ASlowClientIsClosedAfterTheHeaderTimeoutWithoutBlockingOthers) {
   auto slow = connect();
   asio::write(slow, asio::buffer(std::string("POST /echo HTTP/1.1\r\nHost: x\r\n")));  // and nothing more
