@@ -134,8 +134,13 @@ void OpenAiApi::handle(const HttpRequest& request, std::shared_ptr<HttpExchange>
 void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
                       const std::shared_ptr<HttpExchange>& handle) {
   const Route* route = find_route(request.path);
+  // With a key set, everything but the public probes asks for it before anything
+  // else is said: a 404 or 405 to a caller without the key would tell it which
+  // routes exist.
+  const bool public_probe = route != nullptr && options_.public_probes && !route->path.starts_with("/v1/");
+  if (!public_probe) check_key(request);
   if (route == nullptr) {
-    throw ApiError(404, "invalid_request_error", fmt::format("Invalid URL ({} {})", request.method, request.path));
+    throw ApiError(404, "invalid_request_error", fmt::format("Invalid URL ({} {})", log::clip(request.method, 20), log::clip(request.path)));
   }
   if (request.method != route->method) {
     ApiError error(405, "invalid_request_error",
@@ -147,8 +152,6 @@ void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
     exchange.respond(std::move(response));
     return;
   }
-  const bool probe = request.path.rfind("/v1/", 0) != 0;
-  if (!probe || !options_.public_probes) check_key(request);
 
   if (request.path == "/health") return health(exchange);
   if (request.path == "/metrics") return metrics(exchange);

@@ -115,6 +115,27 @@ TEST_F(OpenAiApiTest, TheKeyGuardsTheApiAndOptionallyTheProbes) {
   EXPECT_EQ(call(closed_probes, "GET", "/metrics", "Bearer s3cret").status, 200);
 }
 
+// A 404 or 405 before the key check told callers without the key which routes exist.
+TEST_F(OpenAiApiTest, WithAKeySetUnknownRoutesAndWrongMethodsAre401WithoutIt) {
+  OpenAiApi api({std::string("s3cret"), true, "1", 1}, metrics_);
+  for (const auto& [method, path] : std::vector<std::pair<std::string, std::string>>{
+           {"POST", "/v1/embeddings"}, {"GET", "/v1/chat/completions"}, {"GET", "/admin"}, {"GET", "/v1/modelsX"}}) {
+    SCOPED_TRACE(method + " " + path);
+    const auto anonymous = call(api, method, path);
+    EXPECT_EQ(anonymous.status, 401);
+    EXPECT_EQ(error_of(anonymous)["code"], "invalid_api_key");
+    EXPECT_EQ(call(api, method, path, "Bearer wrong").status, 401);
+    EXPECT_EQ(call(api, method, path, "Bearer s3cret").status, path == "/v1/chat/completions" ? 405 : 404);
+  }
+  // The public probes stay public, wrong methods included (their existence is no secret).
+  EXPECT_EQ(call(api, "GET", "/health").status, 503);
+  EXPECT_EQ(call(api, "GET", "/version").status, 200);
+  EXPECT_EQ(call(api, "DELETE", "/health").status, 405);
+  // Without a key nothing changes: unknown routes are 404.
+  OpenAiApi open({std::nullopt, true, "1", 1}, metrics_);
+  EXPECT_EQ(call(open, "GET", "/admin").status, 404);
+}
+
 TEST_F(OpenAiApiTest, TheOpenApiDocumentDescribesEveryRoute) {
   OpenAiApi api({std::nullopt, true, "9.9", 1}, metrics_);
   const auto response = call(api, "GET", "/openapi.json");
