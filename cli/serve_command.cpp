@@ -98,16 +98,18 @@ std::int32_t kv_blocks(const ServeOptions& options, const engine::LlamaModel& mo
                  scheduler::format_bytes(static_cast<double>(plan.workspace_bytes)),
                  scheduler::format_bytes(static_cast<double>(budget)), plan.budget_to_weights);
   } else if (options.kv_cache_memory == "auto") {
-    const std::uint64_t wanted = per_block * static_cast<std::uint64_t>(
-        options.max_num_seqs * ((context + options.block_size - 1) / options.block_size));
-    budget = std::min(wanted, std::max<std::uint64_t>(std::uint64_t{256} << 20, model.weight_bytes()));
+    budget = scheduler::default_kv_budget(per_block, options.block_size, options.max_num_seqs, context,
+                                          model.weight_bytes());
   } else {
     budget = scheduler::parse_byte_size(options.kv_cache_memory);
   }
   const std::uint64_t blocks = budget / per_block;
   if (blocks < 2) {
-    fail("--kv-cache-memory {} holds no more than one block of {} positions ({} per block)",
-         scheduler::format_bytes(static_cast<double>(budget)), options.block_size,
+    const std::string source = !options.memory_budget.empty()    ? "the KV-cache share of --memory-budget"
+                               : options.kv_cache_memory == "auto" ? "the automatic KV-cache size"
+                                                                   : "--kv-cache-memory";
+    fail("{} {} holds no more than one block of {} positions ({} per block); set a larger --kv-cache-memory",
+         source, scheduler::format_bytes(static_cast<double>(budget)), options.block_size,
          scheduler::format_bytes(static_cast<double>(per_block)));
   }
   return static_cast<std::int32_t>(std::min<std::uint64_t>(blocks, 1U << 30));
