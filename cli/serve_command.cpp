@@ -49,6 +49,7 @@ struct ServeOptions {
   bool int8_activations = false;
   int io_threads = 2;
   std::string chat_template_file;
+  bool special_tokens_in_messages = false;
   std::string api_key;
   bool public_probes = true;
   std::int64_t max_model_len = 0;
@@ -260,6 +261,7 @@ void run_serve(const ServeOptions& options) {
   served.system_fingerprint = fmt::format(
       "fp_{:012x}", std::hash<std::string>{}(fmt::format("{}|{}|{}", NIBBLE_VERSION, backend.name(), source.path.string())) & 0xffffffffffffULL);
   served.chat_template = chat_template;
+  served.special_tokens_in_messages = options.special_tokens_in_messages;
 
   const auto scheduler_owner = make_scheduler(options, model, served.context_length);
   scheduler::Scheduler& scheduler = *scheduler_owner;
@@ -303,6 +305,9 @@ void add_serve_command(CLI::App& app) {
       CLI::Range(1, 64));
   cmd->add_option("--chat-template", options->chat_template_file,
                   "Jinja chat template file (default: the model's own)");
+  cmd->add_flag("--allow-special-tokens-in-messages", options->special_tokens_in_messages,
+                "Match special tokens (<|im_start|>, ...) written in chat message text, letting clients write "
+                "template markup; by default message text is plain text");
   cmd->add_option("--api-key", options->api_key, "Require 'Authorization: Bearer KEY' (or set NIBBLE_API_KEY)");
   cmd->add_flag("!--no-public-probes", options->public_probes,
                 "Require the API key for /health, /metrics, /version and /openapi.json too");
