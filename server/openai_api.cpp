@@ -156,7 +156,7 @@ void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
   if (request.path == "/health") return health(exchange);
   if (request.path == "/metrics") return metrics(exchange);
   if (request.path == "/version") return exchange.respond(json_response(200, {{"version", options_.version}}));
-  if (request.path == "/openapi.json") return exchange.respond(json_response(200, openapi_document(options_.version)));
+  if (request.path == "/openapi.json") return openapi(exchange);
   if (route->path == "/v1/models") return models(request.path, exchange);
   if (request.path == "/v1/completions") {
     return generate<CompletionRequest>(request, handle, parse_completion_request);
@@ -190,6 +190,15 @@ void OpenAiApi::health(HttpExchange& exchange) const {
   }();
   if (draining_) return exchange.respond(json_response(503, {{"status", "draining"}}));
   exchange.respond(json_response(ready ? 200 : 503, {{"status", ready ? "ok" : "loading"}}));
+}
+
+void OpenAiApi::openapi(HttpExchange& exchange) const {
+  DocumentOptions document{options_.version, options_.api_key.has_value(), options_.public_probes, RequestLimits{}};
+  {
+    const std::lock_guard lock(mutex_);
+    if (ready_) document.limits = ready_->limits;
+  }
+  exchange.respond(json_response(200, openapi_document(document)));
 }
 
 void OpenAiApi::metrics(HttpExchange& exchange) const {
