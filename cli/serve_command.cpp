@@ -44,6 +44,7 @@ struct ServeOptions {
   std::string model;
   std::string host = "127.0.0.1";
   std::uint16_t port = 8000;
+  std::uint16_t probe_port = 0;  // 0: none
   std::string served_model_name;
   int threads = 0;
   bool int8_activations = false;
@@ -217,9 +218,13 @@ void run_serve(const ServeOptions& options) {
   limits.header_timeout = to_ms(options.header_timeout);
   limits.read_timeout = to_ms(options.read_timeout);
   limits.max_connections = options.max_connections;
-  server::HttpServer http(options.host, options.port, limits, api, options.io_threads);
+  server::HttpServer http(options.host, options.port, limits, api, options.io_threads,
+                          options.probe_port != 0 ? std::optional(options.probe_port) : std::nullopt);
   spdlog::info("server_listening url=http://{}:{} model={} auth={}", options.host, http.port(), name,
                api_key ? "api_key" : "none");
+  if (const auto probe_port = http.probe_port()) {
+    spdlog::info("probe_listening url=http://{}:{}/health", options.host, *probe_port);
+  }
 
   const auto load_start = steady_clock::now();
   ModelSource source = open_model(options.model);
@@ -297,6 +302,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("-m,--model", options->model, "Model folder (Hugging Face) or .gguf file")->required();
   cmd->add_option("--host", options->host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", options->port, "TCP port (0: any free port)")->capture_default_str();
+  cmd->add_option("--probe-port", options->probe_port,
+                  "A second port serving only /health and /metrics, with its own connections, so probes answer "
+                  "while the main port is flooded (0: none)")
+      ->capture_default_str();
   cmd->add_option("--served-model-name", options->served_model_name,
                   "Model id clients send (default: folder name, or file name without .gguf)");
   cmd->add_option("-t,--threads", options->threads, "CPU threads for the model (0 = all cores)")->capture_default_str();

@@ -133,6 +133,11 @@ void OpenAiApi::handle(const HttpRequest& request, std::shared_ptr<HttpExchange>
 
 void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
                       const std::shared_ptr<HttpExchange>& handle) {
+  // The probe listener exists so probes answer while the main port is flooded;
+  // it serves them and nothing else.
+  if (request.probe && request.path != "/health" && request.path != "/metrics") {
+    throw ApiError(404, "invalid_request_error", "Only /health and /metrics are served on the probe port");
+  }
   const Route* route = find_route(request.path);
   // With a key set, everything but the public probes asks for it before anything
   // else is said: a 404 or 405 to a caller without the key would tell it which

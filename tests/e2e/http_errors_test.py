@@ -6,12 +6,14 @@ server serving.
 """
 import http.client
 import json
+import os
 import signal
 import socket
 import time
 import unittest
 
-from nibble_server import SMOLLM2, NibbleServer, ServerTestCase, SmolLM2Server, Stories260KServer, metric, sse_events
+from nibble_server import (SMOLLM2, NibbleServer, ServerTestCase, SmolLM2Server, Stories260KServer, free_port, metric,
+                           sse_events)
 
 API_KEY = "e2e-http-key"
 # A prompt an instruct model continues for a long time without an end-of-sequence.
@@ -219,6 +221,33 @@ class HttpErrors(ErrorChecks, Stories260KServer, ServerTestCase):
                 self.assertEqual(response.status == 200, valid, response)
                 if not valid:
                     self.assert_error(response, 400)
+
+    def test_probes_answer_on_the_probe_port_while_the_main_port_is_flooded(self):
+        # Idle connections filling --max-connections used to make /health unreachable
+        # until they timed out. Loopback only; the flood is a fixed number of sockets.
+        max_connections = 48
+        probe_port = free_port()
+        server = NibbleServer(os.path.join(self.model_tmp.name, "stories260K"), "--max-connections",
+                              str(max_connections), "--probe-port", str(probe_port), "--header-timeout", "60").start()
+        flood = []
+        try:
+            for _ in range(max_connections + 8):
+                flood.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+            with self.assertRaises((OSError, http.client.HTTPException), msg="the main port is full"):
+                server.get("/health", timeout=10)
+            probe = http.client.HTTPConnection("127.0.0.1", probe_port, timeout=10)
+            try:
+                for path, status in [("/health", 200), ("/metrics", 200), ("/v1/models", 404), ("/health", 200)]:
+                    probe.request("GET", path)
+                    response = probe.getresponse()
+                    response.read()
+                    self.assertEqual(response.status, status, path)
+            finally:
+                probe.close()
+        finally:
+            for sock in flood:
+                sock.close()
+            server.close()
 
     def test_the_api_key_is_required_except_for_probes(self):
         ok = {"model": self.model_name, "prompt": "Once", "max_tokens": 1}

@@ -13,6 +13,7 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "server/http_server.h"
 
@@ -33,7 +34,8 @@ class ScriptedHandler : public HttpHandler {
   void handle(const HttpRequest& request, std::shared_ptr<HttpExchange> exchange) override {
     ++handled;
     if (request.path == "/echo") {
-      exchange->respond({200, "text/plain", request.method + " " + request.body, {{"X-Seen", std::string(request.header("x-test"))}}});
+      exchange->respond({200, "text/plain", request.method + " " + request.body,
+                         {{"X-Seen", std::string(request.header("x-test"))}, {"X-Probe", request.probe ? "yes" : "no"}}});
     } else if (request.path == "/stream") {
       std::thread([exchange] {
         exchange->start_stream(200, "text/event-stream", {});
@@ -205,6 +207,39 @@ TEST_F(HttpServerTest, AnAmbiguousBodyFramingIsA400ThatClosesTheConnection) {
   EXPECT_EQ(first.body(), "POST hello");
   EXPECT_EQ(second.body(), "GET ");
   EXPECT_EQ(handler_.handled, 2);
+}
+
+// Idle connections up to --max-connections used to make /health unreachable until
+// they timed out; the probe listener admits connections on a budget of its own.
+TEST_F(HttpServerTest, AFloodOfIdleConnectionsDoesNotLockOutTheProbeListener) {
+  HttpLimits limits = limits_;
+  limits.max_connections = 8;
+  limits.max_probe_connections = 2;
+  limits.header_timeout = 60s;  // the flood outlives the test
+  HttpServer server("127.0.0.1", 0, limits, handler_, 2, std::uint16_t{0});
+  ASSERT_TRUE(server.probe_port().has_value());
+  const auto open_to = [&](std::uint16_t port) {
+    tcp::socket socket(io_);
+    socket.connect({asio::ip::make_address("127.0.0.1"), port});
+    return socket;
+  };
+  std::vector<tcp::socket> flood;
+  for (std::size_t i = 0; i < limits.max_connections; ++i) flood.push_back(open_to(server.port()));
+  auto refused = open_to(server.port());
+  EXPECT_TRUE(closed_by_server(refused)) << "the main port is full";
+
+  auto probe = open_to(*server.probe_port());
+  const auto response = exchange(probe, http::verb::get, "/echo");
+  EXPECT_EQ(response.result_int(), 200);
+  EXPECT_EQ(response["X-Probe"], "yes") << "the handler knows where a request came from";
+  EXPECT_TRUE(response.keep_alive());
+  // The probe budget is its own and bounded too.
+  auto second_probe = open_to(*server.probe_port());
+  auto third_probe = open_to(*server.probe_port());
+  EXPECT_TRUE(closed_by_server(third_probe));
+  EXPECT_EQ(exchange(second_probe, http::verb::get, "/echo").result_int(), 200);
+  auto main_port_of_another_server = connect();
+  EXPECT_EQ(exchange(main_port_of_another_server, http::verb::get, "/echo")["X-Probe"], "no");
 }
 
 TEST_F(HttpServerTest, ASlowClientIsClosedAfterTheHeaderTimeoutWithoutBlockingOthers) {

@@ -139,6 +139,25 @@ TEST_F(OpenAiApiTest, WithAKeySetUnknownRoutesAndWrongMethodsAre401WithoutIt) {
   EXPECT_EQ(call(open, "GET", "/admin").status, 404);
 }
 
+TEST_F(OpenAiApiTest, TheProbeListenerServesOnlyHealthAndMetrics) {
+  OpenAiApi api({std::string("s3cret"), true, "1", 1}, metrics_);
+  const auto on_probe_port = [&](const std::string& path, const std::string& authorization = "") {
+    HttpRequest request;
+    request.method = "GET";
+    request.path = path;
+    request.probe = true;
+    if (!authorization.empty()) request.headers.emplace_back("Authorization", authorization);
+    auto exchange = std::make_shared<RecordingExchange>();
+    api.handle(request, exchange);
+    return exchange->response.status;
+  };
+  EXPECT_EQ(on_probe_port("/health"), 503) << "still loading";
+  EXPECT_EQ(on_probe_port("/metrics"), 200);
+  for (const char* path : {"/v1/models", "/version", "/nowhere"}) {
+    EXPECT_EQ(on_probe_port(path, "Bearer s3cret"), 404) << path;
+  }
+}
+
 TEST_F(OpenAiApiTest, TheOpenApiDocumentDescribesEveryRoute) {
   OpenAiApi api({std::nullopt, true, "9.9", 1}, metrics_);
   const auto response = call(api, "GET", "/openapi.json");
