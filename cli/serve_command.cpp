@@ -44,12 +44,14 @@ struct ServeOptions {
   std::string model;
   std::string host = "127.0.0.1";
   std::uint16_t port = 8000;
+  std::uint16_t probe_port = 0;  // 0: none
   std::string served_model_name;
   std::string device = "cpu";
   int threads = 0;
   bool int8_activations = false;
   int io_threads = 2;
   std::string chat_template_file;
+  bool special_tokens_in_messages = false;
   std::string api_key;
   bool public_probes = true;
   std::int64_t max_model_len = 0;
@@ -99,16 +101,18 @@ std::int32_t kv_blocks(const ServeOptions& options, const engine::Model& model, 
                  scheduler::format_bytes(static_cast<double>(plan.workspace_bytes)),
                  scheduler::format_bytes(static_cast<double>(budget)), plan.budget_to_weights);
   } else if (options.kv_cache_memory == "auto") {
-    const std::uint64_t wanted = per_block * static_cast<std::uint64_t>(
-        options.max_num_seqs * ((context + options.block_size - 1) / options.block_size));
-    budget = std::min(wanted, std::max<std::uint64_t>(std::uint64_t{256} << 20, model.weight_bytes()));
+    budget = scheduler::default_kv_budget(per_block, options.block_size, options.max_num_seqs, context,
+                                          model.weight_bytes());
   } else {
     budget = scheduler::parse_byte_size(options.kv_cache_memory);
   }
   const std::uint64_t blocks = budget / per_block;
   if (blocks < 2) {
-    fail("--kv-cache-memory {} holds no more than one block of {} positions ({} per block)",
-         scheduler::format_bytes(static_cast<double>(budget)), options.block_size,
+    const std::string source = !options.memory_budget.empty()    ? "the KV-cache share of --memory-budget"
+                               : options.kv_cache_memory == "auto" ? "the automatic KV-cache size"
+                                                                   : "--kv-cache-memory";
+    fail("{} {} holds no more than one block of {} positions ({} per block); set a larger --kv-cache-memory",
+         source, scheduler::format_bytes(static_cast<double>(budget)), options.block_size,
          scheduler::format_bytes(static_cast<double>(per_block)));
   }
   return static_cast<std::int32_t>(std::min<std::uint64_t>(blocks, 1U << 30));
@@ -219,9 +223,13 @@ void run_serve(const ServeOptions& options) {
   limits.header_timeout = to_ms(options.header_timeout);
   limits.read_timeout = to_ms(options.read_timeout);
   limits.max_connections = options.max_connections;
-  server::HttpServer http(options.host, options.port, limits, api, options.io_threads);
+  server::HttpServer http(options.host, options.port, limits, api, options.io_threads,
+                          options.probe_port != 0 ? std::optional(options.probe_port) : std::nullopt);
   spdlog::info("server_listening url=http://{}:{} model={} auth={}", options.host, http.port(), name,
                api_key ? "api_key" : "none");
+  if (const auto probe_port = http.probe_port()) {
+    spdlog::info("probe_listening url=http://{}:{}/health", options.host, *probe_port);
+  }
 
   const auto load_start = steady_clock::now();
   ModelSource source = open_model(options.model);
@@ -262,6 +270,7 @@ void run_serve(const ServeOptions& options) {
   served.system_fingerprint = fmt::format(
       "fp_{:012x}", std::hash<std::string>{}(fmt::format("{}|{}|{}", NIBBLE_VERSION, backend.name(), source.path.string())) & 0xffffffffffffULL);
   served.chat_template = chat_template;
+  served.special_tokens_in_messages = options.special_tokens_in_messages;
 
   const auto scheduler_owner = make_scheduler(options, model, served.context_length);
   scheduler::Scheduler& scheduler = *scheduler_owner;
@@ -297,6 +306,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("-m,--model", options->model, "Model folder (Hugging Face) or .gguf file")->required();
   cmd->add_option("--host", options->host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", options->port, "TCP port (0: any free port)")->capture_default_str();
+  cmd->add_option("--probe-port", options->probe_port,
+                  "A second port serving only /health and /metrics, with its own connections, so probes answer "
+                  "while the main port is flooded (0: none)")
+      ->capture_default_str();
   cmd->add_option("--served-model-name", options->served_model_name,
                   "Model id clients send (default: folder name, or file name without .gguf)");
   cmd->add_option("-t,--threads", options->threads, "CPU threads for the model (0 = all cores)")->capture_default_str();
@@ -306,6 +319,9 @@ void add_serve_command(CLI::App& app) {
       CLI::Range(1, 64));
   cmd->add_option("--chat-template", options->chat_template_file,
                   "Jinja chat template file (default: the model's own)");
+  cmd->add_flag("--allow-special-tokens-in-messages", options->special_tokens_in_messages,
+                "Match special tokens (<|im_start|>, ...) written in chat message text, letting clients write "
+                "template markup; by default message text is plain text");
   cmd->add_option("--api-key", options->api_key, "Require 'Authorization: Bearer KEY' (or set NIBBLE_API_KEY)");
   cmd->add_flag("!--no-public-probes", options->public_probes,
                 "Require the API key for /health, /metrics, /version and /openapi.json too");

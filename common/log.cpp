@@ -16,4 +16,12 @@ void init(std::string_view level) {
   spdlog::set_default_logger(logger);
 }
 
+std::string clip(std::string_view text, std::size_t max_bytes) {
+  if (text.size() <= max_bytes) return std::string(text);
+  std::size_t end = max_bytes;
+  // Back off continuation bytes so the cut never splits a character.
+  while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+  return fmt::format("{}…({} bytes)", text.substr(0, end), text.size());
+}
+
 }  // namespace nibble::log

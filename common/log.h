@@ -2,6 +2,8 @@
 // Structured, quiet-by-default logging: one line per event, "event key=value ...".
 #include <spdlog/spdlog.h>
 
+#include <cstddef>
+#include <string>
 #include <string_view>
 
 namespace nibble::log {
@@ -9,5 +11,10 @@ namespace nibble::log {
 // level: trace, debug, info, warn, error, off. Logs go to stderr so stdout stays
 // the program's output (generated text, JSON).
 void init(std::string_view level);
+
+// Client-controlled text quoted in a log line or an error message (a request body,
+// a number, a path) is cut after `max_bytes` (at a UTF-8 character boundary) and
+// marked "…(N bytes)", so one request cannot write megabytes into the log.
+std::string clip(std::string_view text, std::size_t max_bytes = 200);
 
 }  // namespace nibble::log

@@ -324,7 +324,11 @@ ModelConfig config_from_gguf(const GgufFile& gguf) {
     }
   }
   config.torch_dtype = torch_dtype_of(gguf);
-  config.validate();
+  try {
+    config.validate();
+  } catch (const Error& e) {
+    fail("{}: {}", gguf.path().string(), e.what());
+  }
   return config;
 }
 

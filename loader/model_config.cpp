@@ -1,7 +1,9 @@
 #include "loader/model_config.h"
 
 #include <array>
+#include <cmath>
 #include <string_view>
+#include <type_traits>
 
 #include <nlohmann/json.hpp>
 
@@ -14,23 +16,36 @@ namespace {
 using json = nlohmann::json;
 
 template <typename T>
+T read(const json& value, const char* key) {
+  if constexpr (std::is_same_v<T, std::int64_t>) {
+    // nlohmann converts 1e30 or 2^64-1 to int64 without a word (undefined
+    // behaviour for the first); only whole numbers that fit are sizes.
+    if (value.is_number_unsigned() && value.get<std::uint64_t>() > std::uint64_t{1} << 62) {
+      fail("config.json: field '{}' is out of range ({})", key, value.dump());
+    }
+    if (value.is_number_float()) {
+      const double d = value.get<double>();
+      if (!(std::abs(d) <= 0x1p62 && d == std::floor(d))) fail("config.json: field '{}' must be an integer ({})", key, d);
+      return static_cast<std::int64_t>(d);
+    }
+  }
+  try {
+    return value.get<T>();
+  } catch (const json::exception&) {
+    fail("config.json: field '{}' has the wrong type ({})", key, value.dump());
+  }
+}
+
+template <typename T>
 T required(const json& config, const char* key) {
   if (!config.contains(key) || config[key].is_null()) fail("config.json: missing required field '{}'", key);
-  try {
-    return config[key].get<T>();
-  } catch (const json::exception&) {
-    fail("config.json: field '{}' has the wrong type ({})", key, config[key].dump());
-  }
+  return read<T>(config[key], key);
 }
 
 template <typename T>
 T optional_or(const json& config, const char* key, T fallback) {
   if (!config.contains(key) || config[key].is_null()) return fallback;
-  try {
-    return config[key].get<T>();
-  } catch (const json::exception&) {
-    fail("config.json: field '{}' has the wrong type ({})", key, config[key].dump());
-  }
+  return read<T>(config[key], key);
 }
 
 std::vector<std::int32_t> token_id_list(const json& value, const char* key) {
@@ -76,23 +91,53 @@ RopeScaling parse_rope_scaling(const json& value) {
 }  // namespace
 
 void ModelConfig::validate() const {
-  const auto positive = [](std::int64_t value, const char* name) {
-    if (value <= 0) fail("model config: {} must be positive (got {})", name, value);
+  // Ranges far beyond any real model (the largest have ~256K vocabularies, 16K
+  // hidden sizes, 128 layers, 10M positions) yet small enough that every size the
+  // engine and the KV-cache planner compute from them fits 64 bits. A broken or
+  // hostile file then fails here, by name, instead of wrapping around later.
+  const auto in_range = [](std::int64_t value, std::int64_t high, const char* name) {
+    if (value <= 0 || value > high) fail("model config: {} must be between 1 and {} (got {})", name, high, value);
   };
-  positive(vocab_size, "vocab_size");
-  positive(hidden_size, "hidden_size");
-  positive(intermediate_size, "intermediate_size");
-  positive(num_layers, "num_hidden_layers");
-  positive(num_heads, "num_attention_heads");
-  positive(num_kv_heads, "num_key_value_heads");
-  positive(head_dim, "head_dim");
-  positive(max_position_embeddings, "max_position_embeddings");
+  in_range(vocab_size, std::int64_t{1} << 24, "vocab_size");
+  in_range(hidden_size, std::int64_t{1} << 20, "hidden_size");
+  in_range(intermediate_size, std::int64_t{1} << 22, "intermediate_size");
+  in_range(num_layers, std::int64_t{1} << 12, "num_hidden_layers");
+  in_range(num_heads, std::int64_t{1} << 12, "num_attention_heads");
+  in_range(num_kv_heads, std::int64_t{1} << 12, "num_key_value_heads");
+  in_range(head_dim, std::int64_t{1} << 12, "head_dim");
+  in_range(max_position_embeddings, kMaxContextLength, "max_position_embeddings");
   if (num_heads % num_kv_heads != 0) {
     fail("model config: num_attention_heads {} is not a multiple of num_key_value_heads {}", num_heads, num_kv_heads);
   }
   if (head_dim % 2 != 0) fail("model config: head_dim {} must be even for RoPE", head_dim);
-  if (!(rms_norm_eps > 0)) fail("model config: rms_norm_eps must be positive");
-  if (!(rope_theta > 0)) fail("model config: rope_theta must be positive");
+  // Weights and the KV cache of one position, in float32, below 2^46 and 2^36 bytes:
+  // bounds no machine reaches, so anything above is a corrupt file.
+  const double q = static_cast<double>(q_dim()), kv = static_cast<double>(kv_dim());
+  const double h = static_cast<double>(hidden_size), f = static_cast<double>(intermediate_size);
+  const double parameters = 2 * static_cast<double>(vocab_size) * h +
+                            static_cast<double>(num_layers) * (h * (2 * q + 2 * kv) + 3 * h * f);
+  if (parameters * 4 > 0x1p46) fail("model config: the sizes imply {:.3g} parameters, beyond any real model", parameters);
+  if (2 * static_cast<double>(num_layers) * kv * 4 > 0x1p36) {
+    fail("model config: {} layers x {} KV features is beyond any real model", num_layers, kv_dim());
+  }
+  if (!(rms_norm_eps > 0 && rms_norm_eps < 1)) fail("model config: rms_norm_eps must be in (0, 1) (got {})", rms_norm_eps);
+  if (!(rope_theta >= 1 && rope_theta <= 1e12)) {
+    fail("model config: rope_theta must be between 1 and 1e12 (got {})", rope_theta);
+  }
+  const RopeScaling& scaling = rope_scaling;
+  if (!(scaling.factor > 0 && scaling.factor <= 1e6)) {
+    fail("model config: rope_scaling factor must be in (0, 1e6] (got {})", scaling.factor);
+  }
+  if (scaling.kind == RopeScaling::Kind::Llama3) {
+    in_range(scaling.original_max_position_embeddings, kMaxContextLength,
+             "rope_scaling original_max_position_embeddings");
+    if (!(std::isfinite(scaling.low_freq_factor) && std::isfinite(scaling.high_freq_factor) &&
+          scaling.low_freq_factor > 0 && scaling.high_freq_factor > scaling.low_freq_factor)) {
+      fail("model config: rope_scaling needs 0 < low_freq_factor < high_freq_factor (got {}, {})",
+           scaling.low_freq_factor, scaling.high_freq_factor);
+    }
+  }
+  if (sliding_window) in_range(*sliding_window, kMaxContextLength, "sliding_window");
 }
 
 std::optional<std::array<std::int64_t, 2>> linear_module_shape(const ModelConfig& config, const std::string& module) {

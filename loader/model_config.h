@@ -21,6 +21,10 @@ struct RopeScaling {
   std::int64_t original_max_position_embeddings = 8192;  // llama3
 };
 
+// The longest context a config may declare (2^30 positions; the longest real ones
+// have about 10M). Larger values are corrupt files, and would overflow KV sizing.
+inline constexpr std::int64_t kMaxContextLength = std::int64_t{1} << 30;
+
 struct ModelConfig {
   std::string architecture;  // "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"
   std::string model_type;    // "llama", "mistral", "qwen2"
@@ -44,7 +48,8 @@ struct ModelConfig {
 
   std::int64_t q_dim() const { return num_heads * head_dim; }
   std::int64_t kv_dim() const { return num_kv_heads * head_dim; }
-  // Checks internal consistency (positive sizes, heads divide evenly, ...).
+  // Checks internal consistency (sizes in range, heads divide evenly, products
+  // that fit 64 bits, finite rope and norm constants); throws nibble::Error.
   void validate() const;
 };
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "common/error.h"
 #include "scheduler/byte_size.h"
@@ -272,6 +273,18 @@ void check_fits(const MemoryPlan& plan) {
   }
   fail("the model does not fit: {}. {}", plan.refusal,
        suggestions.empty() ? std::string("No smaller configuration fits either.") : "What would fit: " + suggestions);
+}
+
+std::uint64_t default_kv_budget(std::uint64_t block_bytes, std::int64_t block_size, std::int64_t sequences,
+                                std::int64_t context, std::uint64_t weight_bytes) {
+  const auto saturating_product = [](std::uint64_t a, std::uint64_t b) {
+    std::uint64_t product = 0;
+    return __builtin_mul_overflow(a, b, &product) ? std::numeric_limits<std::uint64_t>::max() : product;
+  };
+  const auto positive = [](std::int64_t v) { return static_cast<std::uint64_t>(std::max<std::int64_t>(v, 1)); };
+  const std::uint64_t blocks_per_sequence = (positive(context) - 1) / positive(block_size) + 1;
+  const std::uint64_t wanted = saturating_product(block_bytes, saturating_product(positive(sequences), blocks_per_sequence));
+  return std::min(wanted, std::max<std::uint64_t>(std::uint64_t{256} << 20, weight_bytes));
 }
 
 }  // namespace nibble::scheduler

@@ -106,4 +106,11 @@ MemoryPlan plan_memory(const ModelShape& shape, const PlanInputs& inputs);
 // Throws nibble::Error with the refusal and the alternatives when the plan does not fit.
 void check_fits(const MemoryPlan& plan);
 
+// `nibble serve`'s KV-cache size when none is given: as much as the weights, at
+// least 256 MiB, and never more than `sequences` sequences filling `context`
+// positions would use (blocks of `block_size` positions, `block_bytes` each).
+// Saturates rather than wrapping around, whatever the inputs.
+std::uint64_t default_kv_budget(std::uint64_t block_bytes, std::int64_t block_size, std::int64_t sequences,
+                                std::int64_t context, std::uint64_t weight_bytes);
+
 }  // namespace nibble::scheduler

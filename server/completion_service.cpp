@@ -452,6 +452,7 @@ CompletionService::CompletionService(const Tokenizer& tokenizer, scheduler::Sche
       scheduler_(scheduler),
       metrics_(metrics),
       model_(std::move(model)),
+      chat_prompts_(tokenizer, model_.special_tokens_in_messages),
       request_timeout_(request_timeout) {}
 
 void CompletionService::check_model(const std::string& requested) const {
@@ -517,15 +518,13 @@ std::shared_ptr<RunningRequest> CompletionService::start(const ChatRequest& requ
     if (m.name) message["name"] = *m.name;
     messages.push_back(std::move(message));
   }
-  std::string rendered;
+  std::vector<std::vector<TokenId>> prompts;
   try {
-    rendered = model_.chat_template->render(messages, true);
+    prompts.push_back(chat_prompts_.encode(*model_.chat_template, messages).ids);
   } catch (const Error& e) {
     throw ApiError::invalid("messages", fmt::format("The model's chat template refused the conversation: {}", e.what()),
                             "chat_template_error");
   }
-  // The template writes BOS and the other special tokens itself, as transformers assumes.
-  const std::vector<std::vector<TokenId>> prompts{tokenizer_.encode(rendered, false)};
   const auto prompt_tokens = static_cast<std::int64_t>(prompts[0].size());
   check_length(prompt_tokens, request.options, "messages");
 

@@ -17,6 +17,7 @@
 #include "chat/chat_template.h"
 #include "scheduler/scheduler.h"
 #include "server/api_error.h"
+#include "server/chat_prompt.h"
 #include "server/metrics.h"
 #include "server/openai_request.h"
 #include "server/openai_response.h"
@@ -31,6 +32,10 @@ struct ServedModel {
   std::string system_fingerprint;
   // The model's chat template (or --chat-template); none: chat requests are refused.
   std::shared_ptr<const ChatTemplate> chat_template;
+  // Special tokens written in chat message text are matched as tokens, as they are
+  // in /v1/completions prompts (--allow-special-tokens-in-messages); by default
+  // only the template's own markup can produce them.
+  bool special_tokens_in_messages = false;
 };
 
 // Where a request's output goes. Called from the scheduler's thread; an
@@ -74,6 +79,7 @@ class CompletionService {
   scheduler::Scheduler& scheduler_;
   ServerMetrics& metrics_;
   ServedModel model_;
+  ChatPromptEncoder chat_prompts_;
   std::optional<std::chrono::milliseconds> request_timeout_;
 
   void check_model(const std::string& requested) const;

@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "common/error.h"
+#include "common/log.h"
 
 namespace nibble::server {
 namespace {
@@ -67,6 +68,32 @@ std::string stream_head(int status, const std::string& content_type, const HttpH
   return out.str();
 }
 
+// Why a request's body framing cannot be trusted, if it cannot (RFC 9112 §6.1, §6.3).
+// The only transfer coding we read is "chunked", alone: with any other, or with a
+// Content-Length beside it, where the body ends is ambiguous, and a proxy in front
+// may see a different end than we do — the bytes after it would be read as a second
+// ("smuggled") request.
+std::optional<std::string> framing_fault(const http::request_header<>& header) {
+  int transfer_encodings = 0;
+  bool content_length = false;
+  std::string_view coding;
+  for (const auto& field : header) {
+    if (field.name() == http::field::transfer_encoding) {
+      ++transfer_encodings;
+      coding = std::string_view(field.value().data(), field.value().size());
+    } else if (field.name() == http::field::content_length) {
+      content_length = true;
+    }
+  }
+  if (transfer_encodings == 0) return std::nullopt;
+  if (header.version() < 11) return "Transfer-Encoding is not defined for HTTP/1.0";
+  if (content_length) return "both Transfer-Encoding and Content-Length";
+  if (transfer_encodings > 1 || !same_letters(coding, "chunked")) {
+    return "unsupported Transfer-Encoding (only \"chunked\" is accepted)";
+  }
+  return std::nullopt;
+}
+
 std::string chunk(const std::string& data, bool chunked) {
   return chunked ? fmt::format("{:x}\r\n{}\r\n", data.size(), data) : data;
 }
@@ -84,11 +111,20 @@ class Session;
 
 class HttpServer::Impl {
  public:
-  Impl(HttpLimits limits, HttpHandler& handler) : limits_(limits), handler_(handler), acceptor_(asio::make_strand(io_)) {}
+  // A listening socket and how many connections it admitted are alive. The main
+  // and probe listeners count apart, so filling one cannot lock out the other.
+  struct Listener {
+    Listener(asio::io_context& io, bool is_probe) : acceptor(asio::make_strand(io)), probe(is_probe) {}
+    tcp::acceptor acceptor;
+    const bool probe;
+    std::uint16_t port = 0;
+  };
 
-  void open(const std::string& host, std::uint16_t port);
+  Impl(HttpLimits limits, HttpHandler& handler) : limits_(limits), handler_(handler), main_(io_, false) {}
+
+  void open(const std::string& host, std::uint16_t port, std::optional<std::uint16_t> probe_port);
   void run(int io_threads);
-  void accept();
+  void accept(Listener& listener);
   void stop_accepting();
   bool wait_until_idle(std::chrono::milliseconds timeout);
   void stop();
@@ -104,26 +140,32 @@ class HttpServer::Impl {
     idle_.notify_all();
   }
   void add(const std::shared_ptr<Session>& session);
-  void remove(Session* session) {
+  void remove(Session* session, bool probe) {
     const std::lock_guard lock(mutex_);
     sessions_.erase(session);
+    --open_[probe ? 1 : 0];
   }
 
   const HttpLimits limits_;
   HttpHandler& handler_;
   std::atomic<std::uint64_t> next_request_id_{1};
   std::atomic<bool> draining_{false};
-  std::uint16_t port_ = 0;
 
  private:
   // Declared before io_: sessions destroyed with io_'s pending handlers unregister here.
   std::mutex mutex_;
   std::condition_variable idle_;
   std::map<Session*, std::weak_ptr<Session>> sessions_;
+  std::array<std::size_t, 2> open_{};  // sessions alive from the main and the probe listener
   int busy_ = 0;
 
   asio::io_context io_;
-  tcp::acceptor acceptor_;
+
+ public:
+  Listener main_;
+  std::optional<Listener> probe_;
+
+ private:
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
   std::vector<std::thread> threads_;
 };
@@ -134,12 +176,13 @@ class Exchange;
 // and writes its answer. Everything runs on the connection's strand.
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket socket, HttpServer::Impl& server) : stream_(std::move(socket)), server_(server) {
+  Session(tcp::socket socket, HttpServer::Impl& server, bool probe)
+      : stream_(std::move(socket)), server_(server), probe_(probe) {
     boost::system::error_code ec;
     const auto peer = stream_.socket().remote_endpoint(ec);
     if (!ec) remote_ = fmt::format("{}:{}", peer.address().to_string(), peer.port());
   }
-  ~Session() { server_.remove(this); }
+  ~Session() { server_.remove(this, probe_); }
 
   auto executor() { return stream_.get_executor(); }
   void start() {
@@ -181,6 +224,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_header(beast::error_code ec) {
     if (ec) return on_read_error(ec);
+    if (const auto fault = framing_fault(parser_->get())) {
+      return reject(400, fmt::format("Malformed HTTP request: {}", *fault), *fault);
+    }
     const auto expect = parser_->get()[http::field::expect];
     if (same_letters(std::string_view(expect.data(), expect.size()), "100-continue")) {
       // curl and others wait for this before sending a large body.
@@ -211,8 +257,6 @@ class Session : public std::enable_shared_from_this<Session> {
       if (ec == beast::error::timeout) spdlog::debug("http_timeout remote={}", remote_);
       return close();
     }
-    // A request we cannot read is answered once, then the connection closes
-    // (what follows on it cannot be trusted to start at a request boundary).
     int status = 400;
     std::string message = fmt::format("Malformed HTTP request: {}", ec.message());
     if (ec == http::error::body_limit) {
@@ -224,7 +268,13 @@ class Session : public std::enable_shared_from_this<Session> {
       message = fmt::format("The request headers are larger than the server's limit of {} bytes",
                             server_.limits_.max_header_bytes);
     }
-    spdlog::info("http_request_rejected remote={} status={} reason=\"{}\"", remote_, status, ec.message());
+    reject(status, message, ec.message());
+  }
+
+  // Answers a request we will not serve once, then closes: what follows on the
+  // connection cannot be trusted to start at a request boundary.
+  void reject(int status, const std::string& message, const std::string& reason) {
+    spdlog::info("http_request_rejected remote={} status={} reason=\"{}\"", remote_, status, reason);
     keep_alive_ = false;
     server_.busy_begin();
     answered_ = false;
@@ -309,6 +359,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   beast::tcp_stream stream_;
   HttpServer::Impl& server_;
+  const bool probe_;  // from the probe listener
   std::string remote_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
@@ -410,7 +461,8 @@ class Exchange final : public HttpExchange, public std::enable_shared_from_this<
   }
 
   void log() const {
-    spdlog::info("http_request id={} method={} path={} status={} seconds={:.3f} remote={}{}{}", id_, method_, path_,
+    spdlog::info("http_request id={} method={} path={} status={} seconds={:.3f} remote={}{}{}", id_,
+                 log::clip(method_, 20), log::clip(path_),
                  status_, std::chrono::duration<double>(Clock::now() - start_).count(), session_->remote(),
                  notes_.empty() ? "" : " ", notes_);
   }
@@ -437,6 +489,7 @@ void Session::dispatch_request() {
     request.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
   }
   request.remote = remote_;
+  request.probe = probe_;
   keep_alive_ = message.keep_alive();
   version_ = message.version();
   parser_.reset();
@@ -451,7 +504,8 @@ void Session::dispatch_request() {
   try {
     server_.handler_.handle(request, exchange_);
   } catch (const std::exception& e) {
-    spdlog::error("http_handler_failed id={} path={} error=\"{}\"", request.id, request.path, e.what());
+    spdlog::error("http_handler_failed id={} path={} error=\"{}\"", request.id, log::clip(request.path),
+                  log::clip(e.what()));
     exchange_->respond({500, "application/json", server_.handler_.error_body(500, "Internal server error"), {}});
   }
 }
@@ -475,54 +529,66 @@ void HttpServer::Impl::add(const std::shared_ptr<Session>& session) {
   sessions_[session.get()] = session;
 }
 
-void HttpServer::Impl::open(const std::string& host, std::uint16_t port) {
+void HttpServer::Impl::open(const std::string& host, std::uint16_t port, std::optional<std::uint16_t> probe_port) {
   boost::system::error_code ec;
   const auto address = asio::ip::make_address(host, ec);
   if (ec) throw Error(fmt::format("cannot listen on '{}': not an IP address", host));
-  const tcp::endpoint endpoint(address, port);
-  acceptor_.open(endpoint.protocol(), ec);
-  if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) acceptor_.bind(endpoint, ec);
-  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) throw Error(fmt::format("cannot listen on {}:{}: {}", host, port, ec.message()));
-  port_ = acceptor_.local_endpoint().port();
+  const auto bind = [&](Listener& listener, std::uint16_t wanted) {
+    const tcp::endpoint endpoint(address, wanted);
+    listener.acceptor.open(endpoint.protocol(), ec);
+    if (!ec) listener.acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) listener.acceptor.bind(endpoint, ec);
+    if (!ec) listener.acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) throw Error(fmt::format("cannot listen on {}:{}: {}", host, wanted, ec.message()));
+    listener.port = listener.acceptor.local_endpoint().port();
+  };
+  bind(main_, port);
+  if (probe_port) bind(probe_.emplace(io_, true), *probe_port);
 }
 
 void HttpServer::Impl::run(int io_threads) {
   work_.emplace(io_.get_executor());
-  accept();
+  accept(main_);
+  if (probe_) accept(*probe_);
   for (int i = 0; i < std::max(1, io_threads); ++i) threads_.emplace_back([this] { io_.run(); });
 }
 
-void HttpServer::Impl::accept() {
-  acceptor_.async_accept(asio::make_strand(io_), [this](beast::error_code ec, tcp::socket socket) {
-    if (!acceptor_.is_open()) return;
+void HttpServer::Impl::accept(Listener& listener) {
+  listener.acceptor.async_accept(asio::make_strand(io_), [this, &listener](beast::error_code ec, tcp::socket socket) {
+    if (!listener.acceptor.is_open()) return;
     if (!ec) {
-      std::size_t open_sessions = 0;
+      const std::size_t limit = listener.probe ? limits_.max_probe_connections : limits_.max_connections;
+      bool admitted = false;
       {
         const std::lock_guard lock(mutex_);
-        open_sessions = sessions_.size();
+        std::size_t& open = open_[listener.probe ? 1 : 0];
+        admitted = open < limit;
+        if (admitted) ++open;
       }
-      if (open_sessions >= limits_.max_connections) {
-        spdlog::warn("http_connection_refused reason=max_connections limit={}", limits_.max_connections);
+      if (!admitted) {
+        spdlog::warn("http_connection_refused reason=max_connections listener={} limit={}",
+                     listener.probe ? "probe" : "main", limit);
         boost::system::error_code ignored;
         socket.close(ignored);
       } else {
-        auto session = std::make_shared<Session>(std::move(socket), *this);
+        auto session = std::make_shared<Session>(std::move(socket), *this, listener.probe);
         add(session);
         session->start();
       }
     }
-    accept();
+    accept(listener);
   });
 }
 
 void HttpServer::Impl::stop_accepting() {
   draining_ = true;
-  asio::dispatch(acceptor_.get_executor(), [this] {
-    boost::system::error_code ignored;
-    acceptor_.close(ignored);
-  });
+  for (Listener* listener : {&main_, probe_ ? &*probe_ : nullptr}) {
+    if (listener == nullptr) continue;
+    asio::dispatch(listener->acceptor.get_executor(), [listener] {
+      boost::system::error_code ignored;
+      listener->acceptor.close(ignored);
+    });
+  }
   std::vector<std::shared_ptr<Session>> open;
   {
     const std::lock_guard lock(mutex_);
@@ -548,15 +614,18 @@ void HttpServer::Impl::stop() {
 }
 
 HttpServer::HttpServer(const std::string& host, std::uint16_t port, HttpLimits limits, HttpHandler& handler,
-                       int io_threads)
+                       int io_threads, std::optional<std::uint16_t> probe_port)
     : impl_(std::make_unique<Impl>(limits, handler)) {
-  impl_->open(host, port);
+  impl_->open(host, port, probe_port);
   impl_->run(io_threads);
 }
 
 HttpServer::~HttpServer() { impl_->stop(); }
 
-std::uint16_t HttpServer::port() const { return impl_->port_; }
+std::uint16_t HttpServer::port() const { return impl_->main_.port; }
+std::optional<std::uint16_t> HttpServer::probe_port() const {
+  return impl_->probe_ ? std::optional(impl_->probe_->port) : std::nullopt;
+}
 void HttpServer::stop_accepting() { impl_->stop_accepting(); }
 bool HttpServer::wait_until_idle(std::chrono::milliseconds timeout) { return impl_->wait_until_idle(timeout); }
 void HttpServer::stop() { impl_->stop(); }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -24,6 +25,9 @@ struct HttpLimits {
   // Receiving the body, and each write to a client that does not read.
   std::chrono::milliseconds read_timeout{std::chrono::seconds(30)};
   std::size_t max_connections = 1024;  // beyond: accepted and closed at once
+  // Connections on the probe listener, counted apart from the others so a flood
+  // of idle connections on the main port cannot make /health unreachable.
+  std::size_t max_probe_connections = 16;
 };
 
 using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
@@ -35,6 +39,7 @@ struct HttpRequest {
   std::string body;
   HttpHeaders headers;
   std::string remote;  // peer address
+  bool probe = false;  // arrived on the probe listener
 
   // The first header of that name (case-insensitive), or "".
   std::string_view header(std::string_view name) const;
@@ -80,13 +85,17 @@ class HttpHandler {
 class HttpServer {
  public:
   // Binds now (throws nibble::Error when it cannot, e.g. the port is taken) and
-  // serves on `io_threads` threads until stop().
-  HttpServer(const std::string& host, std::uint16_t port, HttpLimits limits, HttpHandler& handler, int io_threads);
+  // serves on `io_threads` threads until stop(). With `probe_port`, a second
+  // listener on the same host takes up to max_probe_connections connections of
+  // its own; its requests carry `probe` so the handler can limit what they reach.
+  HttpServer(const std::string& host, std::uint16_t port, HttpLimits limits, HttpHandler& handler, int io_threads,
+             std::optional<std::uint16_t> probe_port = std::nullopt);
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
   std::uint16_t port() const;  // the bound port (useful with port 0)
+  std::optional<std::uint16_t> probe_port() const;  // the probe listener's bound port, if any
 
   // Graceful shutdown, step 1: no new connections; idle keep-alive connections
   // close; connections with a request in flight close after their answer.

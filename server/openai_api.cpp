@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "server/openapi.h"
 
 namespace nibble::server {
@@ -124,33 +125,43 @@ void OpenAiApi::handle(const HttpRequest& request, std::shared_ptr<HttpExchange>
     // Input the model side could not take (a tokenizer limit, ...): the client's to fix.
     fail(*exchange, ApiError(400, "invalid_request_error", error.what()));
   } catch (const std::exception& error) {
-    spdlog::error("request_failed id={} path={} error=\"{}\"", request.id, request.path, error.what());
+    spdlog::error("request_failed id={} path={} error=\"{}\"", request.id, log::clip(request.path),
+                  log::clip(error.what()));
     fail(*exchange, ApiError(500, "server_error", "Internal server error"));
   }
 }
 
 void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
                       const std::shared_ptr<HttpExchange>& handle) {
+  // The probe listener exists so probes answer while the main port is flooded;
+  // it serves them and nothing else.
+  if (request.probe && request.path != "/health" && request.path != "/metrics") {
+    throw ApiError(404, "invalid_request_error", "Only /health and /metrics are served on the probe port");
+  }
   const Route* route = find_route(request.path);
+  // With a key set, everything but the public probes asks for it before anything
+  // else is said: a 404 or 405 to a caller without the key would tell it which
+  // routes exist.
+  const bool public_probe = route != nullptr && options_.public_probes && !route->path.starts_with("/v1/");
+  if (!public_probe) check_key(request);
   if (route == nullptr) {
-    throw ApiError(404, "invalid_request_error", fmt::format("Invalid URL ({} {})", request.method, request.path));
+    throw ApiError(404, "invalid_request_error", fmt::format("Invalid URL ({} {})", log::clip(request.method, 20), log::clip(request.path)));
   }
   if (request.method != route->method) {
     ApiError error(405, "invalid_request_error",
-                   fmt::format("Method {} is not allowed for {}; use {}", request.method, request.path, route->method));
+                   fmt::format("Method {} is not allowed for {}; use {}", log::clip(request.method, 20), request.path,
+                               route->method));
     metrics_.count_error(405);
     HttpResponse response = json_response(405, error.body());
     response.headers.emplace_back("Allow", std::string(route->method));
     exchange.respond(std::move(response));
     return;
   }
-  const bool probe = request.path.rfind("/v1/", 0) != 0;
-  if (!probe || !options_.public_probes) check_key(request);
 
   if (request.path == "/health") return health(exchange);
   if (request.path == "/metrics") return metrics(exchange);
   if (request.path == "/version") return exchange.respond(json_response(200, {{"version", options_.version}}));
-  if (request.path == "/openapi.json") return exchange.respond(json_response(200, openapi_document(options_.version)));
+  if (request.path == "/openapi.json") return openapi(exchange);
   if (route->path == "/v1/models") return models(request.path, exchange);
   if (request.path == "/v1/completions") {
     return generate<CompletionRequest>(request, handle, parse_completion_request);
@@ -184,6 +195,15 @@ void OpenAiApi::health(HttpExchange& exchange) const {
   }();
   if (draining_) return exchange.respond(json_response(503, {{"status", "draining"}}));
   exchange.respond(json_response(ready ? 200 : 503, {{"status", ready ? "ok" : "loading"}}));
+}
+
+void OpenAiApi::openapi(HttpExchange& exchange) const {
+  DocumentOptions document{options_.version, options_.api_key.has_value(), options_.public_probes, RequestLimits{}};
+  {
+    const std::lock_guard lock(mutex_);
+    if (ready_) document.limits = ready_->limits;
+  }
+  exchange.respond(json_response(200, openapi_document(document)));
 }
 
 void OpenAiApi::metrics(HttpExchange& exchange) const {
@@ -224,7 +244,14 @@ void OpenAiApi::generate(const HttpRequest& request, const std::shared_ptr<HttpE
     throw ApiError(503, "server_error", "The server is shutting down", std::nullopt, "shutting_down");
   }
   const Ready ready = ready_or_503();
-  const Request parsed = parse(parse_request_body(request.body), ready.limits);
+  const Request parsed = [&] {
+    try {
+      return parse(parse_request_body(request.body), ready.limits);
+    } catch (const nlohmann::json::exception& e) {
+      // Whatever the field checks missed is still the request's fault, never a 500.
+      throw ApiError(400, "invalid_request_error", fmt::format("Invalid request: {}", log::clip(e.what())));
+    }
+  }();
   auto output = std::make_shared<HttpOutput>(
       exchange, [this](HttpExchange& target, const ApiError& error) { fail(target, error); });
   const std::weak_ptr<RunningRequest> running = ready.service->start(parsed, output);

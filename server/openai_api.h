@@ -51,6 +51,7 @@ class OpenAiApi final : public HttpHandler {
   void models(const std::string& path, HttpExchange& exchange) const;
   void health(HttpExchange& exchange) const;
   void metrics(HttpExchange& exchange) const;
+  void openapi(HttpExchange& exchange) const;
   template <typename Request, typename Parse>
   void generate(const HttpRequest& request, const std::shared_ptr<HttpExchange>& exchange, Parse parse);
   void fail(HttpExchange& exchange, const ApiError& error) const;

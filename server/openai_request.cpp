@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "common/log.h"
 
 namespace nibble::server {
 namespace {
@@ -51,24 +52,32 @@ class Fields {
     return v->get<bool>();
   }
 
-  std::optional<std::int64_t> integer(const std::string& key, std::int64_t low, std::int64_t high) {
-    const json* v = find(key);
+  // An integer field within the range its table entry gives.
+  std::optional<std::int64_t> integer(const NumericField& spec) {
+    const json* v = find(spec.name);
     if (v == nullptr) return std::nullopt;
-    if (!v->is_number_integer() && !v->is_number_unsigned()) throw wrong_type(key, *v, "an integer");
+    if (!spec.integer) throw std::logic_error(spec.name + " is not an integer field");
+    if (!v->is_number_integer() && !v->is_number_unsigned()) throw wrong_type(spec.name, *v, "an integer");
+    const auto low = spec.minimum.get<std::int64_t>(), high = spec.maximum.get<std::int64_t>();
     if (v->is_number_unsigned() && v->get<std::uint64_t>() > static_cast<std::uint64_t>(high)) {
-      throw out_of_range(key, low, high);
+      throw out_of_range(spec);
     }
     const auto value = v->get<std::int64_t>();
-    if (value < low || value > high) throw out_of_range(key, low, high);
+    if (value < low || (spec.exclusive_minimum && value == low) || value > high) throw out_of_range(spec);
     return value;
   }
 
-  std::optional<double> number(const std::string& key, double low, double high) {
-    const json* v = find(key);
+  // A number field within the range its table entry gives.
+  std::optional<double> number(const NumericField& spec) {
+    const json* v = find(spec.name);
     if (v == nullptr) return std::nullopt;
-    if (!v->is_number()) throw wrong_type(key, *v, "a number");
+    if (spec.integer) throw std::logic_error(spec.name + " is an integer field");
+    if (!v->is_number()) throw wrong_type(spec.name, *v, "a number");
     const auto value = v->get<double>();
-    if (!std::isfinite(value) || value < low || value > high) throw out_of_range(key, low, high);
+    const auto low = spec.minimum.get<double>(), high = spec.maximum.get<double>();
+    if (!std::isfinite(value) || value < low || (spec.exclusive_minimum && value == low) || value > high) {
+      throw out_of_range(spec);
+    }
     return value;
   }
 
@@ -87,20 +96,40 @@ class Fields {
         if (value.is_null()) continue;
         throw ApiError::invalid(key, fmt::format("'{}' is not supported by this server", key), "unsupported_parameter");
       }
-      throw ApiError::invalid(key, fmt::format("Unrecognized request argument supplied: {}", key),
+      const std::string name = log::clip(key);
+      throw ApiError::invalid(name, fmt::format("Unrecognized request argument supplied: {}", name),
                               "unrecognized_argument");
     }
   }
 
  private:
-  template <typename T>
-  static ApiError out_of_range(const std::string& key, T low, T high) {
-    return ApiError::invalid(key, fmt::format("'{}' must be between {} and {}", key, low, high), "out_of_range");
+  static ApiError out_of_range(const NumericField& spec) {
+    return ApiError::invalid(spec.name,
+                             spec.exclusive_minimum ? fmt::format("'{}' must be greater than {} and at most {}",
+                                                                  spec.name, spec.minimum.dump(), spec.maximum.dump())
+                                                    : fmt::format("'{}' must be between {} and {}", spec.name,
+                                                                  spec.minimum.dump(), spec.maximum.dump()),
+                             "out_of_range");
   }
 
   const json& object_;
   std::set<std::string> unsupported_;
   std::set<std::string> read_;
+};
+
+// The table of numeric fields, looked up by name.
+class NumericTable {
+ public:
+  NumericTable(Endpoint endpoint, const RequestLimits& limits) : fields_(numeric_fields(endpoint, limits)) {}
+  const NumericField& operator[](std::string_view name) const {
+    for (const auto& field : fields_) {
+      if (field.name == name) return field;
+    }
+    throw std::logic_error(fmt::format("no limits for '{}'", name));
+  }
+
+ private:
+  std::vector<NumericField> fields_;
 };
 
 std::string required_model(Fields& fields) {
@@ -192,12 +221,14 @@ std::map<TokenId, float> parse_logit_bias(Fields& fields, const RequestLimits& l
       id = -1;
     }
     if (id < 0 || id >= limits.vocab_size) {
-      throw ApiError::invalid("logit_bias", fmt::format("'{}' is not a token id of this model", key));
+      throw ApiError::invalid("logit_bias", fmt::format("'{}' is not a token id of this model", log::clip(key)));
     }
     if (!value.is_number()) throw wrong_type("logit_bias", value, "a number for each token");
     const double b = value.get<double>();
-    if (!std::isfinite(b) || b < -100 || b > 100) {
-      throw ApiError::invalid("logit_bias", "'logit_bias' values must be between -100 and 100", "out_of_range");
+    if (!std::isfinite(b) || b < -kMaxLogitBias || b > kMaxLogitBias) {
+      throw ApiError::invalid("logit_bias",
+                              fmt::format("'logit_bias' values must be between {} and {}", -kMaxLogitBias, kMaxLogitBias),
+                              "out_of_range");
     }
     bias[static_cast<TokenId>(id)] = static_cast<float>(b);
   }
@@ -205,27 +236,22 @@ std::map<TokenId, float> parse_logit_bias(Fields& fields, const RequestLimits& l
 }
 
 // The sampling and output fields both endpoints take.
-GenerationOptions parse_options(Fields& fields, const RequestLimits& limits) {
+GenerationOptions parse_options(Fields& fields, const NumericTable& table, const RequestLimits& limits) {
   GenerationOptions o;
   auto& s = o.sampling;
-  s.temperature = fields.number("temperature", 0, 2).value_or(1.0);
-  s.top_p = fields.number("top_p", 0, 1).value_or(1.0);
-  if (s.top_p == 0) throw ApiError::invalid("top_p", "'top_p' must be greater than 0", "out_of_range");
-  s.top_k = fields.integer("top_k", -1, std::numeric_limits<std::int32_t>::max()).value_or(0);
+  s.temperature = fields.number(table["temperature"]).value_or(1.0);
+  s.top_p = fields.number(table["top_p"]).value_or(1.0);
+  s.top_k = fields.integer(table["top_k"]).value_or(0);
   if (s.top_k < 0) s.top_k = 0;  // -1 is vLLM's spelling of "off"
-  s.min_p = fields.number("min_p", 0, 1).value_or(0.0);
-  s.presence_penalty = fields.number("presence_penalty", -2, 2).value_or(0.0);
-  s.frequency_penalty = fields.number("frequency_penalty", -2, 2).value_or(0.0);
-  s.repetition_penalty = fields.number("repetition_penalty", 0, 2).value_or(1.0);
-  if (s.repetition_penalty == 0) {
-    throw ApiError::invalid("repetition_penalty", "'repetition_penalty' must be greater than 0", "out_of_range");
-  }
-  if (const auto seed = fields.integer("seed", std::numeric_limits<std::int64_t>::min(),
-                                       std::numeric_limits<std::int64_t>::max())) {
+  s.min_p = fields.number(table["min_p"]).value_or(0.0);
+  s.presence_penalty = fields.number(table["presence_penalty"]).value_or(0.0);
+  s.frequency_penalty = fields.number(table["frequency_penalty"]).value_or(0.0);
+  s.repetition_penalty = fields.number(table["repetition_penalty"]).value_or(1.0);
+  if (const auto seed = fields.integer(table["seed"])) {
     s.seed = static_cast<std::uint64_t>(*seed);
     o.seeded = true;
   }
-  o.n = static_cast<int>(fields.integer("n", 1, limits.max_n).value_or(1));
+  o.n = static_cast<int>(fields.integer(table["n"]).value_or(1));
   o.stop = parse_stop(fields, limits);
   o.logit_bias = parse_logit_bias(fields, limits);
   o.stream = fields.boolean("stream").value_or(false);
@@ -261,8 +287,9 @@ std::string message_content(const json& message, std::size_t index) {
     }
     const auto type = part["type"].get<std::string>();
     if (type != "text") {
-      throw ApiError::invalid(param, fmt::format("content parts of type '{}' are not supported by this model", type),
-                              "unsupported_content");
+      throw ApiError::invalid(
+          param, fmt::format("content parts of type '{}' are not supported by this model", log::clip(type)),
+          "unsupported_content");
     }
     if (!part.contains("text") || !part["text"].is_string()) {
       throw wrong_type(param + ".text", part.value("text", json()), "a string");
@@ -288,8 +315,8 @@ std::vector<ChatMessage> parse_messages(Fields& fields) {
     const auto role = message.string("role");
     if (!role) throw ApiError::invalid(where + ".role", "'role' is required", "missing_required_parameter");
     if (*role != "system" && *role != "developer" && *role != "user" && *role != "assistant") {
-      throw ApiError::invalid(where + ".role",
-                              fmt::format("role '{}' is not supported (system, developer, user, assistant)", *role));
+      throw ApiError::invalid(where + ".role", fmt::format("role '{}' is not supported (system, developer, user, assistant)",
+                                                          log::clip(*role)));
     }
     out.role = *role;
     message.find("content");
@@ -311,12 +338,28 @@ std::vector<ChatMessage> parse_messages(Fields& fields) {
 }  // namespace
 
 json parse_request_body(std::string_view body) {
+  // The top-level field being read, so a value the parser cannot hold (1e400, a
+  // 400-digit integer) is reported against the field that carried it.
+  std::string field;
+  const json::parser_callback_t track_field = [&field](int depth, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::key && depth == 1) field = parsed.get<std::string>();
+    return true;
+  };
   json parsed;
   try {
-    parsed = json::parse(body);
-  } catch (const json::parse_error& e) {
-    throw ApiError(400, "invalid_request_error", fmt::format("The request body is not valid JSON: {}", e.what()),
-                   std::nullopt, "invalid_json");
+    parsed = json::parse(body, track_field);
+  } catch (const json::out_of_range&) {
+    // nlohmann's message quotes the whole number, which may be most of the body.
+    if (field.empty()) {
+      throw ApiError(400, "invalid_request_error", "The request body holds a number too large to represent",
+                     std::nullopt, "invalid_json");
+    }
+    const std::string name = log::clip(field);
+    throw ApiError::invalid(name, fmt::format("'{}' holds a number too large to represent", name), "out_of_range");
+  } catch (const json::exception& e) {
+    throw ApiError(400, "invalid_request_error",
+                   fmt::format("The request body is not valid JSON: {}", log::clip(e.what())), std::nullopt,
+                   "invalid_json");
   }
   if (!parsed.is_object()) {
     throw ApiError(400, "invalid_request_error", "The request body must be a JSON object", std::nullopt, "invalid_json");
@@ -324,19 +367,50 @@ json parse_request_body(std::string_view body) {
   return parsed;
 }
 
+std::vector<NumericField> numeric_fields(Endpoint endpoint, const RequestLimits& limits) {
+  const auto number = [](std::string name, double low, double high, bool exclusive_low = false) {
+    return NumericField{std::move(name), false, low, high, exclusive_low};
+  };
+  const auto integer = [](std::string name, std::int64_t low, std::int64_t high) {
+    return NumericField{std::move(name), true, low, high, false};
+  };
+  std::vector<NumericField> fields = {
+      number("temperature", 0, 2),
+      number("top_p", 0, 1, true),
+      integer("top_k", -1, std::numeric_limits<std::int32_t>::max()),  // -1 and 0: off
+      number("min_p", 0, 1),
+      number("presence_penalty", -2, 2),
+      number("frequency_penalty", -2, 2),
+      number("repetition_penalty", 0, 2, true),
+      integer("seed", std::numeric_limits<std::int64_t>::min(), std::numeric_limits<std::int64_t>::max()),
+      integer("n", 1, limits.max_n),
+  };
+  if (endpoint == Endpoint::Completions) {
+    fields.push_back(integer("max_tokens", 0, limits.max_tokens));  // 0 only with echo
+    fields.push_back(integer("logprobs", 0, limits.max_logprobs));
+    fields.push_back(integer("best_of", 1, limits.max_n));
+  } else {
+    fields.push_back(integer("max_tokens", 1, limits.max_tokens));
+    fields.push_back(integer("max_completion_tokens", 1, limits.max_tokens));
+    fields.push_back(integer("top_logprobs", 0, limits.max_logprobs));
+  }
+  return fields;
+}
+
 CompletionRequest parse_completion_request(const json& body, const RequestLimits& limits) {
+  const NumericTable table(Endpoint::Completions, limits);
   Fields fields(body, {"suffix"});
   CompletionRequest r;
   r.model = required_model(fields);
   r.prompts = parse_prompts(fields, limits);
-  r.options = parse_options(fields, limits);
-  r.options.max_tokens = fields.integer("max_tokens", 0, limits.max_tokens).value_or(16);
+  r.options = parse_options(fields, table, limits);
+  r.options.max_tokens = fields.integer(table["max_tokens"]).value_or(16);
   r.echo = fields.boolean("echo").value_or(false);
   if (*r.options.max_tokens == 0 && !r.echo) {
     throw ApiError::invalid("max_tokens", "'max_tokens' must be at least 1 (0 only with 'echo')", "out_of_range");
   }
-  if (const auto logprobs = fields.integer("logprobs", 0, limits.max_logprobs)) r.logprobs = static_cast<int>(*logprobs);
-  r.best_of = static_cast<int>(fields.integer("best_of", 1, limits.max_n).value_or(r.options.n));
+  if (const auto logprobs = fields.integer(table["logprobs"])) r.logprobs = static_cast<int>(*logprobs);
+  r.best_of = static_cast<int>(fields.integer(table["best_of"]).value_or(r.options.n));
   if (r.best_of < r.options.n) throw ApiError::invalid("best_of", "'best_of' must be at least 'n'");
   if (r.options.stream && r.best_of > r.options.n) {
     throw ApiError::invalid("best_of", "'best_of' greater than 'n' cannot be streamed");
@@ -348,16 +422,17 @@ CompletionRequest parse_completion_request(const json& body, const RequestLimits
 ChatRequest parse_chat_request(const json& body, const RequestLimits& limits) {
   Fields fields(body, {"tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "response_format",
                        "audio", "modalities", "prediction", "reasoning_effort", "web_search_options"});
+  const NumericTable table(Endpoint::ChatCompletions, limits);
   ChatRequest r;
   r.model = required_model(fields);
   r.messages = parse_messages(fields);
-  r.options = parse_options(fields, limits);
+  r.options = parse_options(fields, table, limits);
   // max_completion_tokens is the newer name; a request may carry either.
-  auto max_tokens = fields.integer("max_completion_tokens", 1, limits.max_tokens);
-  if (!max_tokens) max_tokens = fields.integer("max_tokens", 1, limits.max_tokens);
+  auto max_tokens = fields.integer(table["max_completion_tokens"]);
+  if (!max_tokens) max_tokens = fields.integer(table["max_tokens"]);
   r.options.max_tokens = max_tokens;
   r.logprobs = fields.boolean("logprobs").value_or(false);
-  if (const auto top = fields.integer("top_logprobs", 0, limits.max_logprobs)) {
+  if (const auto top = fields.integer(table["top_logprobs"])) {
     if (!r.logprobs) throw ApiError::invalid("top_logprobs", "'top_logprobs' needs 'logprobs' set to true");
     r.top_logprobs = static_cast<int>(*top);
   }

@@ -71,6 +71,22 @@ struct ChatRequest {
   int top_logprobs = 0;
 };
 
+// The numeric fields of a request body and the values each accepts. The parser
+// enforces exactly these and /openapi.json declares exactly these, so the two
+// cannot disagree. Bounds are JSON numbers so integer bounds stay exact.
+struct NumericField {
+  std::string name;
+  bool integer = false;
+  nlohmann::json minimum, maximum;
+  bool exclusive_minimum = false;  // > minimum rather than >=
+};
+
+enum class Endpoint { Completions, ChatCompletions };
+
+inline constexpr double kMaxLogitBias = 100;  // logit_bias values lie in [-100, 100]
+
+std::vector<NumericField> numeric_fields(Endpoint endpoint, const RequestLimits& limits);
+
 // A request body as JSON; malformed JSON or a non-object is a 400.
 nlohmann::json parse_request_body(std::string_view body);
 

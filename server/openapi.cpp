@@ -1,5 +1,7 @@
 #include "server/openapi.h"
 
+#include <algorithm>
+
 namespace nibble::server {
 namespace {
 
@@ -18,52 +20,65 @@ json error_responses(std::initializer_list<const char*> statuses) {
 }
 
 // A POST endpoint answering JSON, or server-sent events when the body asks to stream.
-json generation_path(const char* summary, const char* request, const char* response, const char* chunk) {
-  json responses = error_responses({"400", "401", "404", "413", "429", "503"});
+json generation_path(const char* summary, const char* request, const char* response, const char* chunk,
+                     bool needs_key) {
+  // 404: a "model" this server does not serve.
+  json responses = error_responses({"400", "404", "413", "429", "503"});
+  if (needs_key) responses.update(error_responses({"401"}));
   responses["200"] = {
       {"description", "The completion; with \"stream\": true, server-sent events of chunks ending with data: [DONE]"},
       {"content",
        {{"application/json", {{"schema", ref(response)}}},
         {"text/event-stream", {{"schema", {{"type", "string"}, {"description", std::string("data: <") + chunk + ">"}}}}}}}};
-  return {{"post",
-           {{"summary", summary},
-            {"requestBody", {{"required", true}, {"content", json_content(ref(request))}}},
-            {"responses", responses}}}};
+  json post = {{"summary", summary},
+               {"requestBody", {{"required", true}, {"content", json_content(ref(request))}}},
+               {"responses", responses}};
+  if (!needs_key) post["security"] = json::array();
+  return {{"post", post}};
 }
 
-json get_path(const char* summary, const json& ok, bool needs_key) {
-  json responses = needs_key ? error_responses({"401"}) : json::object();
+json get_path(const char* summary, const json& ok, bool needs_key, std::initializer_list<const char*> errors = {}) {
+  json responses = error_responses(errors);
+  if (needs_key) responses.update(error_responses({"401"}));
   responses["200"] = ok;
   json get = {{"summary", summary}, {"responses", responses}};
   if (!needs_key) get["security"] = json::array();
   return {{"get", get}};
 }
 
-json string_or_list_of_strings() {
-  return {{"oneOf", {{{"type", "string"}}, {{"type", "array"}, {"items", {{"type", "string"}}}}}}};
+// The numeric fields of one endpoint, from the table the parser enforces.
+json numeric_properties(Endpoint endpoint, const RequestLimits& limits) {
+  json out = json::object();
+  for (const NumericField& field : numeric_fields(endpoint, limits)) {
+    json schema = {{"type", field.integer ? "integer" : "number"}, {"minimum", field.minimum}, {"maximum", field.maximum}};
+    if (field.exclusive_minimum) schema["exclusiveMinimum"] = true;
+    out[field.name] = std::move(schema);
+  }
+  return out;
 }
 
 // Fields both generation endpoints accept.
-json sampling_properties() {
-  const json number = {{"type", "number"}};
-  const json integer = {{"type", "integer"}};
-  return {{"model", {{"type", "string"}}},
-          {"max_tokens", {{"type", "integer"}, {"minimum", 0}}},
-          {"temperature", {{"type", "number"}, {"minimum", 0}, {"maximum", 2}}},
-          {"top_p", {{"type", "number"}, {"minimum", 0}, {"maximum", 1}}},
-          {"top_k", integer},
-          {"min_p", number},
-          {"n", {{"type", "integer"}, {"minimum", 1}}},
-          {"stop", string_or_list_of_strings()},
-          {"seed", integer},
-          {"presence_penalty", number},
-          {"frequency_penalty", number},
-          {"repetition_penalty", number},
-          {"logit_bias", {{"type", "object"}, {"additionalProperties", number}}},
-          {"user", {{"type", "string"}}},
-          {"ignore_eos", {{"type", "boolean"}, {"description", "vLLM's extension: do not stop at end-of-sequence"}}},
-          {"stream", {{"type", "boolean"}}},
-          {"stream_options", {{"type", "object"}, {"properties", {{"include_usage", {{"type", "boolean"}}}}}}}};
+json sampling_properties(Endpoint endpoint, const RequestLimits& limits) {
+  const json stop_string = {{"type", "string"}, {"minLength", 1}};
+  const json stop_list = {{"type", "array"}, {"items", stop_string}, {"maxItems", limits.max_stop}};
+  json properties = {
+      {"model", {{"type", "string"}, {"description", "The served model's id; any other is a 404"}}},
+      {"stop", {{"oneOf", json::array({stop_string, stop_list})}}},
+      {"logit_bias",
+       {{"type", "object"},
+        {"description", "Token id (below the vocabulary size) -> bias"},
+        {"additionalProperties", {{"type", "number"}, {"minimum", -kMaxLogitBias}, {"maximum", kMaxLogitBias}}}}},
+      {"user", {{"type", "string"}}},
+      {"ignore_eos", {{"type", "boolean"}, {"description", "vLLM's extension: do not stop at end-of-sequence"}}},
+      {"stream", {{"type", "boolean"}}},
+      {"stream_options",
+       {{"type", "object"},
+        {"description", "Only with \"stream\": true"},
+        {"additionalProperties", false},
+        {"properties", {{"include_usage", {{"type", "boolean"}}}}}}}};
+  properties.update(numeric_properties(endpoint, limits));
+  properties["top_k"]["description"] = "-1 or 0: off";
+  return properties;
 }
 
 json usage_schema() {
@@ -86,33 +101,60 @@ json response_schema(const char* object, const json& choice) {
             {"usage", usage_schema()}}}};
 }
 
-json schemas() {
+// The server reads an explicit null as "not given" (as OpenAI's clients send it),
+// so every optional property is nullable.
+json nullable_optionals(json schema) {
+  const json& required = schema["required"];
+  for (auto& [name, property] : schema["properties"].items()) {
+    if (std::find(required.begin(), required.end(), name) == required.end()) property["nullable"] = true;
+  }
+  return schema;
+}
+
+// One chat message. "content" is required except from the assistant (whose turn
+// may be empty), which is how the server checks it.
+json message_schema() {
+  const json text_part = {{"type", "object"},
+                          {"required", {"type", "text"}},
+                          {"properties", {{"type", {{"type", "string"}, {"enum", {"text"}}}}, {"text", {{"type", "string"}}}}}};
+  const json content = {{"oneOf", {{{"type", "string"}}, {{"type", "array"}, {"items", text_part}}}}};
+  const auto message = [&](std::initializer_list<const char*> roles, bool content_required) {
+    json role_names = json::array();
+    for (const char* role : roles) role_names.push_back(role);
+    json required = json::array({"role"});
+    if (content_required) required.push_back("content");
+    json schema = {{"type", "object"},
+                   {"required", required},
+                   {"additionalProperties", false},
+                   {"properties",
+                    {{"role", {{"type", "string"}, {"enum", role_names}}},
+                     {"content", content},
+                     {"name", {{"type", "string"}}}}}};
+    return nullable_optionals(std::move(schema));
+  };
+  return {{"oneOf", {message({"system", "developer", "user"}, true), message({"assistant"}, false)}}};
+}
+
+json schemas(const RequestLimits& limits) {
   json completion_request = {{"type", "object"}, {"required", {"model", "prompt"}}, {"additionalProperties", false}};
-  completion_request["properties"] = sampling_properties();
+  completion_request["properties"] = sampling_properties(Endpoint::Completions, limits);
+  json token_id = {{"type", "integer"}, {"minimum", 0}};
+  if (limits.vocab_size > 0) token_id["maximum"] = limits.vocab_size - 1;  // known once the model is loaded
   completion_request["properties"]["prompt"] = {
       {"oneOf",
        {{{"type", "string"}},
-        {{"type", "array"}, {"items", {{"type", "string"}}}},
-        {{"type", "array"}, {"items", {{"type", "integer"}}}},
-        {{"type", "array"}, {"items", {{"type", "array"}, {"items", {{"type", "integer"}}}}}}}}};
-  completion_request["properties"]["best_of"] = {{"type", "integer"}, {"minimum", 1}};
-  completion_request["properties"]["logprobs"] = {{"type", "integer"}, {"minimum", 0}, {"maximum", 20}};
+        {{"type", "array"}, {"minItems", 1}, {"items", {{"type", "string"}}}},
+        {{"type", "array"}, {"minItems", 1}, {"items", token_id}},
+        {{"type", "array"}, {"minItems", 1}, {"items", {{"type", "array"}, {"minItems", 1}, {"items", token_id}}}}}}};
+  completion_request["properties"]["max_tokens"]["description"] = "0 only with \"echo\": true";
+  completion_request["properties"]["best_of"]["description"] = "At least n; not with \"stream\" when above n";
   completion_request["properties"]["echo"] = {{"type", "boolean"}};
 
-  const json text_part = {
-      {"type", "object"},
-      {"properties", {{"type", {{"type", "string"}, {"enum", {"text"}}}}, {"text", {{"type", "string"}}}}}};
-  const json content = {{"oneOf", {{{"type", "string"}}, {{"type", "array"}, {"items", text_part}}}}};
-  const json role = {{"type", "string"}, {"enum", {"system", "developer", "user", "assistant"}}};
-  const json message = {{"type", "object"},
-                        {"required", {"role"}},
-                        {"properties", {{"role", role}, {"content", content}, {"name", {{"type", "string"}}}}}};
   json chat_request = {{"type", "object"}, {"required", {"model", "messages"}}, {"additionalProperties", false}};
-  chat_request["properties"] = sampling_properties();
-  chat_request["properties"]["messages"] = {{"type", "array"}, {"minItems", 1}, {"items", message}};
-  chat_request["properties"]["max_completion_tokens"] = {{"type", "integer"}, {"minimum", 1}};
+  chat_request["properties"] = sampling_properties(Endpoint::ChatCompletions, limits);
+  chat_request["properties"]["messages"] = {{"type", "array"}, {"minItems", 1}, {"items", message_schema()}};
   chat_request["properties"]["logprobs"] = {{"type", "boolean"}};
-  chat_request["properties"]["top_logprobs"] = {{"type", "integer"}, {"minimum", 0}, {"maximum", 20}};
+  chat_request["properties"]["top_logprobs"]["description"] = "Only with \"logprobs\": true";
 
   const json finish_reason = {{"type", "string"}, {"enum", {"stop", "length"}}, {"nullable", true}};
   const json completion_choice = {
@@ -161,6 +203,8 @@ json schemas() {
             {"param", {{"type", "string"}, {"nullable", true}}},
             {"code", {{"type", "string"}, {"nullable", true}}}}}}}}}};
 
+  completion_request = nullable_optionals(std::move(completion_request));
+  chat_request = nullable_optionals(std::move(chat_request));
   return {{"CompletionRequest", completion_request},
           {"Completion", response_schema("text_completion", completion_choice)},
           {"ChatCompletionRequest", chat_request},
@@ -175,36 +219,48 @@ json schemas() {
 
 }  // namespace
 
-json openapi_document(const std::string& version) {
+json openapi_document(const DocumentOptions& options) {
+  const bool keyed_api = options.api_key;
+  const bool keyed_probes = options.api_key && !options.public_probes;
   const json plain_json = {{"description", "OK"}, {"content", json_content({{"type", "object"}})}};
   json paths = {
-      {"/v1/completions", generation_path("Complete prompts", "CompletionRequest", "Completion", "Completion")},
+      {"/v1/completions",
+       generation_path("Complete prompts (special tokens written in a prompt are matched as tokens)",
+                       "CompletionRequest", "Completion", "Completion", keyed_api)},
       {"/v1/chat/completions",
-       generation_path("Answer a conversation (rendered with the model's chat template)", "ChatCompletionRequest",
-                       "ChatCompletion", "ChatCompletionChunk")},
-      {"/v1/models", get_path("The served model", {{"description", "OK"}, {"content", json_content(ref("ModelList"))}}, true)},
-      {"/v1/models/{model}", get_path("One model", {{"description", "OK"}, {"content", json_content(ref("Model"))}}, true)},
-      {"/health", get_path("200 when ready; 503 while loading or draining", plain_json, false)},
+       generation_path("Answer a conversation (rendered with the model's chat template; message text is plain "
+                       "text, never special tokens)",
+                       "ChatCompletionRequest", "ChatCompletion", "ChatCompletionChunk", keyed_api)},
+      {"/v1/models",
+       get_path("The served model", {{"description", "OK"}, {"content", json_content(ref("ModelList"))}}, keyed_api,
+                {"503"})},
+      {"/v1/models/{model}",
+       get_path("One model; 404 for any id but the served model's",
+                {{"description", "OK"}, {"content", json_content(ref("Model"))}}, keyed_api, {"404", "503"})},
+      {"/health", get_path("200 when ready; 503 while loading or draining", plain_json, keyed_probes)},
       {"/metrics",
        get_path("Prometheus metrics",
                 {{"description", "Text exposition format 0.0.4"},
                  {"content", {{"text/plain", {{"schema", {{"type", "string"}}}}}}}},
-                false)},
-      {"/version", get_path("The server version", plain_json, false)},
-      {"/openapi.json", get_path("This document", plain_json, false)},
+                keyed_probes)},
+      {"/version", get_path("The server version", plain_json, keyed_probes)},
+      {"/openapi.json", get_path("This document", plain_json, keyed_probes)},
   };
   paths["/v1/models/{model}"]["get"]["parameters"] = {
       {{"name", "model"}, {"in", "path"}, {"required", true}, {"schema", {{"type", "string"}}}}};
-  return {{"openapi", "3.0.3"},
-          {"info",
-           {{"title", "nibble"},
-            {"version", version},
-            {"description", "OpenAI-compatible inference server for compressed (quantized and pruned) LLMs"}}},
-          {"paths", paths},
-          {"components",
-           {{"schemas", schemas()},
-            {"securitySchemes", {{"bearer", {{"type", "http"}, {"scheme", "bearer"}}}}}}},
-          {"security", {{{"bearer", json::array()}}}}};
+  json document = {{"openapi", "3.0.3"},
+                   {"info",
+                    {{"title", "nibble"},
+                     {"version", options.version},
+                     {"description", "OpenAI-compatible inference server for compressed (quantized and pruned) LLMs"}}},
+                   {"paths", paths},
+                   {"components", {{"schemas", schemas(options.limits)}}}};
+  if (options.api_key) {
+    // Routes that need no key say so with an empty "security" of their own.
+    document["components"]["securitySchemes"] = {{"bearer", {{"type", "http"}, {"scheme", "bearer"}}}};
+    document["security"] = {{{"bearer", json::array()}}};
+  }
+  return document;
 }
 
 }  // namespace nibble::server

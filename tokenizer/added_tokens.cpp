@@ -41,6 +41,13 @@ bool word_char_after(std::string_view text, std::size_t at) {
   return at < text.size() && is_word_char(unicode::next(text, at));
 }
 
+// Whether [begin, end) shares a byte with one of the sorted, disjoint `ranges`.
+bool overlaps(std::span<const TextRange> ranges, std::size_t begin, std::size_t end) {
+  const auto after = std::upper_bound(ranges.begin(), ranges.end(), begin,
+                                      [](std::size_t at, const TextRange& r) { return at < r.end; });
+  return after != ranges.end() && after->begin < end;
+}
+
 }  // namespace
 
 AddedTokenMatcher::AddedTokenMatcher(std::vector<AddedToken> tokens) : tokens_(std::move(tokens)) {
@@ -51,20 +58,24 @@ AddedTokenMatcher::AddedTokenMatcher(std::vector<AddedToken> tokens) : tokens_(s
     by_first_[static_cast<unsigned char>(tokens_[i].content[0])].push_back(i);
 }
 
-void AddedTokenMatcher::split(std::string_view text, std::vector<TextSegment>& out) const {
+const AddedToken* AddedTokenMatcher::match_at(std::string_view text, std::size_t pos,
+                                               std::span<const TextRange> plain) const {
+  for (std::size_t index : by_first_[static_cast<unsigned char>(text[pos])]) {
+    const AddedToken& token = tokens_[index];
+    const std::size_t end = pos + token.content.size();
+    if (text.compare(pos, token.content.size(), token.content) != 0) continue;
+    if (token.single_word && (word_char_before(text, pos) || word_char_after(text, end))) continue;
+    if (token.special && overlaps(plain, pos, end)) continue;
+    return &token;
+  }
+  return nullptr;
+}
+
+void AddedTokenMatcher::split(std::string_view text, std::vector<TextSegment>& out,
+                              std::span<const TextRange> plain) const {
   std::size_t done = 0;  // end of the last emitted segment
   for (std::size_t pos = 0; pos < text.size(); ++pos) {
-    const auto& candidates = by_first_[static_cast<unsigned char>(text[pos])];
-    const AddedToken* hit = nullptr;
-    for (std::size_t index : candidates) {
-      const AddedToken& token = tokens_[index];
-      if (text.compare(pos, token.content.size(), token.content) != 0) continue;
-      if (token.single_word &&
-          (word_char_before(text, pos) || word_char_after(text, pos + token.content.size())))
-        continue;
-      hit = &token;
-      break;
-    }
+    const AddedToken* hit = match_at(text, pos, plain);
     if (hit == nullptr) continue;
     const std::size_t start = hit->lstrip ? space_before(text, pos, done) : pos;
     const std::size_t end =
@@ -75,6 +86,18 @@ void AddedTokenMatcher::split(std::string_view text, std::vector<TextSegment>& o
     pos = end - 1;
   }
   if (done < text.size()) out.push_back({text.substr(done), -1, done});
+}
+
+std::vector<TextRange> AddedTokenMatcher::find_special(std::string_view text) const {
+  std::vector<TextRange> found;
+  for (std::size_t pos = 0; pos < text.size(); ++pos) {
+    const AddedToken* hit = match_at(text, pos, {});
+    if (hit == nullptr) continue;
+    const std::size_t end = pos + hit->content.size();
+    if (hit->special) found.push_back({pos, end});
+    pos = end - 1;
+  }
+  return found;
 }
 
 }  // namespace nibble

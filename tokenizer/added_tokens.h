@@ -3,6 +3,7 @@
 // out of the text before normalization and BPE, leftmost match first and the longest
 // at that position, as Hugging Face's AddedVocabulary does.
 #include <array>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,10 +32,16 @@ class AddedTokenMatcher {
   AddedTokenMatcher() = default;
   explicit AddedTokenMatcher(std::vector<AddedToken> tokens);
 
-  void split(std::string_view text, std::vector<TextSegment>& out) const;
+  // Special tokens overlapping a range of `plain` (sorted, disjoint) are not
+  // matched: their text stays in the surrounding text segment.
+  void split(std::string_view text, std::vector<TextSegment>& out, std::span<const TextRange> plain = {}) const;
+  // Where special tokens occur in `text`, as split() would cut them out.
+  std::vector<TextRange> find_special(std::string_view text) const;
   const std::vector<AddedToken>& tokens() const { return tokens_; }
 
  private:
+  const AddedToken* match_at(std::string_view text, std::size_t pos, std::span<const TextRange> plain) const;
+
   std::vector<AddedToken> tokens_;                       // longest content first
   std::array<std::vector<std::size_t>, 256> by_first_;  // indices into tokens_ by first byte
 };

@@ -68,12 +68,13 @@ BpeTokenizer::BpeTokenizer(BpeTokenizerSpec spec)
   model_ = std::make_unique<BpeModel>(token_ids_, spec.merges, spec.options);
 }
 
-std::vector<TokenId> BpeTokenizer::encode(std::string_view text, bool add_special) const {
+std::vector<TokenId> BpeTokenizer::encode(std::string_view text, bool add_special,
+                                          std::span<const TextRange> plain) const {
   std::vector<TokenId> ids;
   ids.reserve(text.size() / 3 + prefix_.size() + suffix_.size() + 1);
   if (add_special) ids.insert(ids.end(), prefix_.begin(), prefix_.end());
   std::vector<TextSegment> segments;
-  added_.split(text, segments);
+  added_.split(text, segments, plain);
   for (const TextSegment& segment : segments) {
     if (segment.id >= 0) {
       ids.push_back(segment.id);

@@ -52,7 +52,9 @@ class BpeTokenizer final : public Tokenizer {
  public:
   explicit BpeTokenizer(BpeTokenizerSpec spec);
 
-  std::vector<TokenId> encode(std::string_view text, bool add_special) const override;
+  using Tokenizer::encode;
+  std::vector<TokenId> encode(std::string_view text, bool add_special, std::span<const TextRange> plain) const override;
+  std::vector<TextRange> find_special_tokens(std::string_view text) const override { return added_.find_special(text); }
   std::string decode(std::span<const TokenId> ids, bool skip_special) const override;
   std::string token_bytes(TokenId id) const override;
   bool strips_leading_space() const override { return decoder_.strips_leading_space(); }

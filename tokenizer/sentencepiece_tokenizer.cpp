@@ -72,11 +72,13 @@ class SentencePieceTokenizer final : public Tokenizer {
     if (add_eos_ && eos_.empty()) fail("tokenizer_config.json sets add_eos_token but there is no EOS token");
   }
 
-  std::vector<TokenId> encode(std::string_view text, bool add_special) const override {
+  using Tokenizer::encode;
+  std::vector<TokenId> encode(std::string_view text, bool add_special,
+                              std::span<const TextRange> plain) const override {
     std::vector<TokenId> ids;
     if (add_special && add_bos_) ids.push_back(*bos_);
     std::vector<TextSegment> segments;
-    added_.split(text, segments);
+    added_.split(text, segments, plain);
     for (const TextSegment& segment : segments) {
       if (segment.id >= 0) {
         ids.push_back(segment.id);
@@ -89,6 +91,10 @@ class SentencePieceTokenizer final : public Tokenizer {
     }
     if (add_special && add_eos_) ids.push_back(eos_.front());
     return ids;
+  }
+
+  std::vector<TextRange> find_special_tokens(std::string_view text) const override {
+    return added_.find_special(text);
   }
 
   std::string decode(std::span<const TokenId> ids, bool skip_special) const override {

@@ -15,6 +15,12 @@
 
 namespace nibble {
 
+// Bytes [begin, end) of a text.
+struct TextRange {
+  std::size_t begin = 0, end = 0;
+  bool operator==(const TextRange&) const = default;
+};
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -22,7 +28,15 @@ class Tokenizer {
   // Special/added tokens written in the text ("<|im_start|>") are matched as single
   // tokens, as Hugging Face does. add_special adds BOS/EOS as the model's
   // tokenizer config asks (post-processor / add_bos_token).
-  virtual std::vector<TokenId> encode(std::string_view text, bool add_special) const = 0;
+  std::vector<TokenId> encode(std::string_view text, bool add_special) const { return encode(text, add_special, {}); }
+  // The same, except that no special token is matched where it would overlap one
+  // of the `plain` ranges (sorted, disjoint): there its text is ordinary text, as
+  // with Hugging Face's split_special_tokens. This is how untrusted text inside a
+  // prompt (chat message contents) is kept from forging control tokens.
+  virtual std::vector<TokenId> encode(std::string_view text, bool add_special,
+                                      std::span<const TextRange> plain) const = 0;
+  // Where encode() would match special tokens in `text` (leftmost, longest first).
+  virtual std::vector<TextRange> find_special_tokens(std::string_view text) const = 0;
   // Full decode, equal to Hugging Face's decode(ids, skip_special_tokens=skip_special).
   virtual std::string decode(std::span<const TokenId> ids, bool skip_special) const = 0;
 

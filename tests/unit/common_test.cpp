@@ -8,6 +8,7 @@
 #include "common/dtype.h"
 #include "common/error.h"
 #include "common/half.h"
+#include "common/log.h"
 #include "common/mapped_file.h"
 
 namespace nibble {
@@ -85,6 +86,14 @@ TEST(MappedFile, MapsBytesAndReportsMissingFiles) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/nibble/file.bin"), std::string::npos);
   }
+}
+
+TEST(LogClip, ShortTextIsKeptAndLongTextIsCutAtACharacterWithItsLength) {
+  EXPECT_EQ(log::clip("short"), "short");
+  EXPECT_EQ(log::clip(std::string(200, 'a')), std::string(200, 'a'));
+  EXPECT_EQ(log::clip(std::string(1000, 'a')), std::string(200, 'a') + "…(1000 bytes)");
+  // "é" is two bytes; a cut after 3 bytes of "ééé" would split the second one.
+  EXPECT_EQ(log::clip("ééé", 3), "é…(6 bytes)");
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -450,6 +451,31 @@ TEST(GgufModel, Qwen2HasBiasesTiedEmbeddingsAndNoPermutation) {
   const TensorView k_bias = weights->load("model.layers.0.self_attn.k_proj.bias");
   EXPECT_EQ(k_bias.shape, (std::vector<std::int64_t>{16}));
   EXPECT_EQ(k_bias.bytes.data(), gguf->find_tensor("blk.0.attn_k.bias")->data.data());
+}
+
+// Metadata no real model has used to pass and overflow sizes computed from it later.
+TEST(GgufModel, RejectsAbsurdMetadataNamingTheFileAndTheField) {
+  const std::string good = read_bytes(kFixtures / "tiny_llama.gguf");
+  TempDir dir;
+  const auto error_with = [&](const std::string& key, auto value) {
+    std::string bad = good;
+    patch(bad, after_string(good, key) + 4, value);  // past the u32 value type
+    const fs::path path = dir.write("absurd.gguf", bad);
+    try {
+      config_from_gguf(GgufFile(path));
+    } catch (const Error& error) {
+      EXPECT_THAT(error.what(), HasSubstr(path.string()));
+      return std::string(error.what());
+    }
+    ADD_FAILURE() << key << " was accepted";
+    return std::string();
+  };
+  EXPECT_THAT(error_with("llama.context_length", std::uint32_t{0xFFFFFFFF}),
+              HasSubstr("max_position_embeddings must be between 1 and 1073741824 (got 4294967295)"));
+  EXPECT_THAT(error_with("llama.block_count", std::uint32_t{0xFFFFFFFF}), HasSubstr("num_hidden_layers"));
+  EXPECT_THAT(error_with("llama.rope.freq_base", std::numeric_limits<float>::infinity()), HasSubstr("rope_theta"));
+  EXPECT_THAT(error_with("llama.attention.layer_norm_rms_epsilon", std::numeric_limits<float>::quiet_NaN()),
+              HasSubstr("rms_norm_eps"));
 }
 
 TEST(GgufModel, RejectsUnknownArchitecture) {

@@ -13,6 +13,7 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "server/http_server.h"
 
@@ -33,7 +34,8 @@ class ScriptedHandler : public HttpHandler {
   void handle(const HttpRequest& request, std::shared_ptr<HttpExchange> exchange) override {
     ++handled;
     if (request.path == "/echo") {
-      exchange->respond({200, "text/plain", request.method + " " + request.body, {{"X-Seen", std::string(request.header("x-test"))}}});
+      exchange->respond({200, "text/plain", request.method + " " + request.body,
+                         {{"X-Seen", std::string(request.header("x-test"))}, {"X-Probe", request.probe ? "yes" : "no"}}});
     } else if (request.path == "/stream") {
       std::thread([exchange] {
         exchange->start_stream(200, "text/event-stream", {});
@@ -166,6 +168,78 @@ TEST_F(HttpServerTest, GarbageIsA400AndTheServerGoesOn) {
   EXPECT_EQ(response.result_int(), 400);
   auto next = connect();
   EXPECT_EQ(exchange(next, http::verb::get, "/echo").result_int(), 200);
+}
+
+// Request smuggling: a body framing we do not read exactly as a proxy in front
+// might (any coding but "chunked", or a Content-Length beside it) used to leave
+// the "body" to be parsed as a second request on the same connection.
+TEST_F(HttpServerTest, AnAmbiguousBodyFramingIsA400ThatClosesTheConnection) {
+  const std::string smuggled = "GET /echo HTTP/1.1\r\nHost: t\r\n\r\n";
+  for (const std::string framing :
+       {"Transfer-Encoding: gzip\r\n", "Transfer-Encoding: xchunked\r\n", "Transfer-Encoding: identity\r\n",
+        "Transfer-Encoding: chunked, identity\r\n", "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "Content-Length: 0\r\nTransfer-Encoding: chunked\r\n"}) {
+    SCOPED_TRACE(framing);
+    auto socket = connect();
+    asio::write(socket, asio::buffer("POST /echo HTTP/1.1\r\nHost: t\r\n" + framing + "\r\n0\r\n\r\n" + smuggled));
+    const auto response = read_response(socket);
+    EXPECT_EQ(response.result_int(), 400);
+    EXPECT_FALSE(response.keep_alive());
+    EXPECT_TRUE(closed_by_server(socket)) << "nothing after the rejected request may be answered";
+  }
+  auto http10 = connect();
+  asio::write(http10, asio::buffer("POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled));
+  EXPECT_EQ(read_response(http10).result_int(), 400);
+  EXPECT_TRUE(closed_by_server(http10));
+  EXPECT_EQ(handler_.handled, 0);
+
+  // "chunked" alone (any case) is still read, and the next request on the connection answered.
+  auto chunked = connect();
+  asio::write(chunked, asio::buffer("POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                                    "5\r\nhello\r\n0\r\n\r\n" + smuggled));
+  // Both answers may arrive in one segment: one buffer reads them.
+  beast::flat_buffer buffer;
+  http::response<http::string_body> first, second;
+  http::read(chunked, buffer, first);
+  http::read(chunked, buffer, second);
+  EXPECT_EQ(first.result_int(), 200);
+  EXPECT_EQ(first.body(), "POST hello");
+  EXPECT_EQ(second.body(), "GET ");
+  EXPECT_EQ(handler_.handled, 2);
+}
+
+// Idle connections up to --max-connections used to make /health unreachable until
+// they timed out; the probe listener admits connections on a budget of its own.
+TEST_F(HttpServerTest, AFloodOfIdleConnectionsDoesNotLockOutTheProbeListener) {
+  HttpLimits limits = limits_;
+  limits.max_connections = 8;
+  limits.max_probe_connections = 2;
+  limits.header_timeout = 60s;  // the flood outlives the test
+  HttpServer server("127.0.0.1", 0, limits, handler_, 2, std::uint16_t{0});
+  ASSERT_TRUE(server.probe_port().has_value());
+  const auto open_to = [&](std::uint16_t port) {
+    tcp::socket socket(io_);
+    socket.connect({asio::ip::make_address("127.0.0.1"), port});
+    return socket;
+  };
+  std::vector<tcp::socket> flood;
+  for (std::size_t i = 0; i < limits.max_connections; ++i) flood.push_back(open_to(server.port()));
+  auto refused = open_to(server.port());
+  EXPECT_TRUE(closed_by_server(refused)) << "the main port is full";
+
+  auto probe = open_to(*server.probe_port());
+  const auto response = exchange(probe, http::verb::get, "/echo");
+  EXPECT_EQ(response.result_int(), 200);
+  EXPECT_EQ(response["X-Probe"], "yes") << "the handler knows where a request came from";
+  EXPECT_TRUE(response.keep_alive());
+  // The probe budget is its own and bounded too.
+  auto second_probe = open_to(*server.probe_port());
+  auto third_probe = open_to(*server.probe_port());
+  EXPECT_TRUE(closed_by_server(third_probe));
+  EXPECT_EQ(exchange(second_probe, http::verb::get, "/echo").result_int(), 200);
+  auto main_port_of_another_server = connect();
+  EXPECT_EQ(exchange(main_port_of_another_server, http::verb::get, "/echo")["X-Probe"], "no");
 }
 
 TEST_F(HttpServerTest, ASlowClientIsClosedAfterTheHeaderTimeoutWithoutBlockingOthers) {

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -468,6 +469,22 @@ TEST(PlanCommand, RealGgufUsesItsStoredBytes) {
   EXPECT_GT(plan["bits_per_weight"].get<double>(), 4.9);
   EXPECT_LT(plan["bits_per_weight"].get<double>(), 8.0);
   EXPECT_LT(plan["weight_bytes"].get<double>(), static_cast<double>(fs::file_size(gguf)));
+}
+
+// The product of context, sequences and block size used to wrap around for absurd
+// contexts (2^62 positions gave a 0-byte cache "that holds no more than one block").
+TEST(DefaultKvBudget, IsTheSmallerOfEveryContextFilledAndTheWeightsAndNeverWraps) {
+  constexpr std::uint64_t kMiB = std::uint64_t{1} << 20;
+  // 4 sequences x 64 positions in blocks of 16 = 16 blocks of 1 KiB.
+  EXPECT_EQ(default_kv_budget(1024, 16, 4, 64, 0), 16u * 1024);
+  EXPECT_EQ(default_kv_budget(1024, 16, 4, 65, 0), 20u * 1024) << "a partial block counts whole";
+  EXPECT_EQ(default_kv_budget(kMiB, 16, 32, 1 << 20, 0), 256 * kMiB) << "at least 256 MiB when there is room";
+  EXPECT_EQ(default_kv_budget(kMiB, 16, 32, 1 << 20, 1024 * kMiB), 1024 * kMiB) << "as much as the weights";
+  const std::int64_t huge = std::int64_t{1} << 62;
+  for (const std::int64_t sequences : {std::int64_t{1}, std::int64_t{256}, huge}) {
+    EXPECT_EQ(default_kv_budget(kMiB, 16, sequences, huge, 512 * kMiB), 512 * kMiB) << sequences;
+  }
+  EXPECT_EQ(default_kv_budget(std::numeric_limits<std::uint64_t>::max(), 1, huge, huge, 0), 256 * kMiB);
 }
 
 }  // namespace

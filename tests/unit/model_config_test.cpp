@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <limits>
+
 #include "loader/model_config.h"
 #include "loader/model_source.h"
 #include "test_util.h"
@@ -88,6 +90,48 @@ TEST(ModelConfig, RejectsUnknownArchitecturesAndBadFields) {
   config = llama_config();
   config["rope_scaling"]["rope_type"] = "yarn";
   expect_error([&] { parse_hf_config(config); }, {"yarn"});
+}
+
+// Values no real model has, which used to pass and then overflow sizes computed
+// from them (2^62 positions made the automatic KV cache 0 bytes).
+TEST(ModelConfig, RejectsAbsurdSizesAndConstantsByName) {
+  const std::int64_t huge = std::int64_t{1} << 62;
+  const std::vector<std::pair<std::string, json>> cases = {
+      {"max_position_embeddings", huge},
+      {"max_position_embeddings", 0},
+      {"num_hidden_layers", huge},
+      {"num_attention_heads", 1 << 20},
+      {"hidden_size", huge},
+      {"intermediate_size", -1},
+      {"vocab_size", huge},
+      {"head_dim", 1 << 20},
+      {"rope_theta", 1e300},
+      {"rope_theta", 0.5},
+      {"rms_norm_eps", 2.0},
+      {"sliding_window", huge},
+      {"max_position_embeddings", 1e30},
+      {"num_hidden_layers", std::numeric_limits<std::uint64_t>::max()},
+  };
+  for (const auto& [field, value] : cases) {
+    SCOPED_TRACE(field + " = " + value.dump());
+    json config = llama_config();
+    config[field] = value;
+    if (field == "num_attention_heads") config["num_key_value_heads"] = 1 << 20;
+    if (field == "sliding_window") config["architectures"] = {"MistralForCausalLM"};
+    expect_error([&] { parse_hf_config(config); }, {field});
+  }
+  // In range one by one, yet together beyond any real model.
+  json config = llama_config();
+  config["hidden_size"] = 1 << 20;
+  config["intermediate_size"] = 1 << 22;
+  config["num_hidden_layers"] = 1 << 12;
+  config["head_dim"] = 128;
+  expect_error([&] { parse_hf_config(config); }, {"parameters"});
+  // The largest real shapes still load.
+  config = llama_config();
+  config["max_position_embeddings"] = 10'485'760;  // Llama 4 Scout
+  config["vocab_size"] = 262'144;
+  EXPECT_NO_THROW(parse_hf_config(config));
 }
 
 TEST(ModelConfig, GenerationConfigDefaults) {

@@ -4,9 +4,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <functional>
+#include <limits>
 
 #include "server/openai_api.h"
+#include "server/openapi.h"
 
 namespace nibble::server {
 namespace {
@@ -115,6 +118,46 @@ TEST_F(OpenAiApiTest, TheKeyGuardsTheApiAndOptionallyTheProbes) {
   EXPECT_EQ(call(closed_probes, "GET", "/metrics", "Bearer s3cret").status, 200);
 }
 
+// A 404 or 405 before the key check told callers without the key which routes exist.
+TEST_F(OpenAiApiTest, WithAKeySetUnknownRoutesAndWrongMethodsAre401WithoutIt) {
+  OpenAiApi api({std::string("s3cret"), true, "1", 1}, metrics_);
+  for (const auto& [method, path] : std::vector<std::pair<std::string, std::string>>{
+           {"POST", "/v1/embeddings"}, {"GET", "/v1/chat/completions"}, {"GET", "/admin"}, {"GET", "/v1/modelsX"}}) {
+    SCOPED_TRACE(method + " " + path);
+    const auto anonymous = call(api, method, path);
+    EXPECT_EQ(anonymous.status, 401);
+    EXPECT_EQ(error_of(anonymous)["code"], "invalid_api_key");
+    EXPECT_EQ(call(api, method, path, "Bearer wrong").status, 401);
+    EXPECT_EQ(call(api, method, path, "Bearer s3cret").status, path == "/v1/chat/completions" ? 405 : 404);
+  }
+  // The public probes stay public, wrong methods included (their existence is no secret).
+  EXPECT_EQ(call(api, "GET", "/health").status, 503);
+  EXPECT_EQ(call(api, "GET", "/version").status, 200);
+  EXPECT_EQ(call(api, "DELETE", "/health").status, 405);
+  // Without a key nothing changes: unknown routes are 404.
+  OpenAiApi open({std::nullopt, true, "1", 1}, metrics_);
+  EXPECT_EQ(call(open, "GET", "/admin").status, 404);
+}
+
+TEST_F(OpenAiApiTest, TheProbeListenerServesOnlyHealthAndMetrics) {
+  OpenAiApi api({std::string("s3cret"), true, "1", 1}, metrics_);
+  const auto on_probe_port = [&](const std::string& path, const std::string& authorization = "") {
+    HttpRequest request;
+    request.method = "GET";
+    request.path = path;
+    request.probe = true;
+    if (!authorization.empty()) request.headers.emplace_back("Authorization", authorization);
+    auto exchange = std::make_shared<RecordingExchange>();
+    api.handle(request, exchange);
+    return exchange->response.status;
+  };
+  EXPECT_EQ(on_probe_port("/health"), 503) << "still loading";
+  EXPECT_EQ(on_probe_port("/metrics"), 200);
+  for (const char* path : {"/v1/models", "/version", "/nowhere"}) {
+    EXPECT_EQ(on_probe_port(path, "Bearer s3cret"), 404) << path;
+  }
+}
+
 TEST_F(OpenAiApiTest, TheOpenApiDocumentDescribesEveryRoute) {
   OpenAiApi api({std::nullopt, true, "9.9", 1}, metrics_);
   const auto response = call(api, "GET", "/openapi.json");
@@ -143,6 +186,132 @@ TEST_F(OpenAiApiTest, TheOpenApiDocumentDescribesEveryRoute) {
   const auto& completion = doc["components"]["schemas"]["CompletionRequest"]["properties"];
   for (const char* field : {"prompt", "max_tokens", "logprobs", "echo", "best_of", "stream_options", "logit_bias"}) {
     EXPECT_TRUE(completion.contains(field)) << field;
+  }
+}
+
+// The document used to declare no penalty or range limits the parser enforced;
+// both now come from numeric_fields(), and this walks every entry of it.
+TEST(OpenApiDocument, DeclaresExactlyTheNumericLimitsTheParserEnforces) {
+  RequestLimits limits;
+  limits.vocab_size = 512;
+  limits.max_tokens = 300;
+  limits.max_n = 7;
+  limits.max_logprobs = 5;
+  const json doc = openapi_document({"1", false, true, limits});
+  const json base_messages = {{{"role", "user"}, {"content", "Hi"}}};
+  for (const auto endpoint : {Endpoint::Completions, Endpoint::ChatCompletions}) {
+    const bool chat = endpoint == Endpoint::ChatCompletions;
+    const json& properties =
+        doc["components"]["schemas"][chat ? "ChatCompletionRequest" : "CompletionRequest"]["properties"];
+    const auto parse = [&](const std::string& field, const json& value) {
+      json body = {{"model", "m"}};
+      if (chat) body["messages"] = base_messages;
+      if (!chat) body["prompt"] = "x";
+      body[field] = value;
+      // Rules between fields, so each value is judged by its own range alone.
+      if (field == "max_tokens" && !chat) body["echo"] = true;
+      if (field == "top_logprobs") body["logprobs"] = true;
+      if (field == "best_of") body["n"] = 1;
+      if (chat) {
+        parse_chat_request(body, limits);
+      } else {
+        parse_completion_request(body, limits);
+      }
+    };
+    const auto rejected_as = [&](const std::string& field, const json& value) {
+      try {
+        parse(field, value);
+      } catch (const ApiError& e) {
+        return e.param().value_or("");
+      }
+      return std::string("<accepted>");
+    };
+    for (const NumericField& field : numeric_fields(endpoint, limits)) {
+      SCOPED_TRACE((chat ? "chat " : "completion ") + field.name);
+      ASSERT_TRUE(properties.contains(field.name));
+      const json& schema = properties[field.name];
+      EXPECT_EQ(schema["type"], field.integer ? "integer" : "number");
+      EXPECT_EQ(schema["minimum"], field.minimum);
+      EXPECT_EQ(schema["maximum"], field.maximum);
+      EXPECT_EQ(schema.value("exclusiveMinimum", false), field.exclusive_minimum);
+      EXPECT_EQ(schema.value("nullable", false), true);
+      // The bounds themselves, and just past them.
+      EXPECT_NO_THROW(parse(field.name, field.maximum));
+      if (field.exclusive_minimum) {
+        EXPECT_EQ(rejected_as(field.name, field.minimum), field.name);
+      } else {
+        EXPECT_NO_THROW(parse(field.name, field.minimum));
+      }
+      if (field.integer) {
+        const auto low = field.minimum.get<std::int64_t>(), high = field.maximum.get<std::int64_t>();
+        if (low > std::numeric_limits<std::int64_t>::min()) {
+          EXPECT_EQ(rejected_as(field.name, low - 1), field.name);
+        }
+        if (high < std::numeric_limits<std::int64_t>::max()) {
+          EXPECT_EQ(rejected_as(field.name, high + 1), field.name);
+        }
+        EXPECT_EQ(rejected_as(field.name, 1.5), field.name);
+      } else {
+        EXPECT_EQ(rejected_as(field.name, field.minimum.get<double>() - 1e-3), field.name);
+        EXPECT_EQ(rejected_as(field.name, field.maximum.get<double>() + 1e-3), field.name);
+      }
+    }
+    // Fields outside the table: stop strings and logit_bias values.
+    EXPECT_EQ(properties["stop"]["oneOf"][1]["maxItems"], limits.max_stop);
+    EXPECT_EQ(rejected_as("stop", json::array({"a", "b", "c", "d", "e"})), "stop");
+    EXPECT_EQ(properties["logit_bias"]["additionalProperties"]["maximum"], kMaxLogitBias);
+    EXPECT_EQ(rejected_as("logit_bias", {{"5", kMaxLogitBias + 1}}), "logit_bias");
+    EXPECT_NO_THROW(parse("logit_bias", {{"5", -kMaxLogitBias}}));
+  }
+}
+
+// messages[].content is required except from the assistant, as the parser checks.
+TEST(OpenApiDocument, ChatMessagesNeedContentExceptFromTheAssistant) {
+  const json doc = openapi_document({"1", false, true, RequestLimits{}});
+  const json& variants = doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]["messages"]["items"]["oneOf"];
+  ASSERT_EQ(variants.size(), 2u);
+  for (const json& variant : variants) {
+    const bool assistant = variant["properties"]["role"]["enum"] == json::array({"assistant"});
+    const bool needs_content =
+        std::find(variant["required"].begin(), variant["required"].end(), "content") != variant["required"].end();
+    EXPECT_EQ(needs_content, !assistant) << variant;
+    const std::string role = variant["properties"]["role"]["enum"][0];
+    json body = {{"model", "m"}, {"messages", {{{"role", role}}}}};
+    if (assistant) {
+      EXPECT_NO_THROW(parse_chat_request(body, RequestLimits{}));
+    } else {
+      EXPECT_THROW(parse_chat_request(body, RequestLimits{}), ApiError);
+    }
+  }
+}
+
+// Security is declared only where the server asks for the key, and the 404 for
+// another model's id is documented.
+TEST(OpenApiDocument, SecurityAndErrorsFollowTheServersConfiguration) {
+  const auto needs_key = [](const json& doc, const std::string& path, const std::string& method) {
+    const json& operation = doc["paths"][path][method];
+    const bool secured = operation.contains("security") ? !operation["security"].empty() : doc.contains("security");
+    EXPECT_EQ(secured, operation["responses"].contains("401")) << path;
+    return secured;
+  };
+  const json open = openapi_document({"1", false, true, RequestLimits{}});
+  EXPECT_FALSE(open.contains("security"));
+  EXPECT_FALSE(open["components"].contains("securitySchemes"));
+  for (const auto& [path, item] : open["paths"].items()) {
+    for (const auto& [method, operation] : item.items()) EXPECT_FALSE(needs_key(open, path, method)) << path;
+  }
+  const json keyed = openapi_document({"1", true, true, RequestLimits{}});
+  EXPECT_TRUE(needs_key(keyed, "/v1/completions", "post"));
+  EXPECT_TRUE(needs_key(keyed, "/v1/models/{model}", "get"));
+  EXPECT_FALSE(needs_key(keyed, "/health", "get"));
+  EXPECT_FALSE(needs_key(keyed, "/openapi.json", "get"));
+  const json closed = openapi_document({"1", true, false, RequestLimits{}});
+  EXPECT_TRUE(needs_key(closed, "/health", "get"));
+  EXPECT_TRUE(needs_key(closed, "/metrics", "get"));
+
+  for (const auto& [path, method] : std::vector<std::pair<std::string, std::string>>{
+           {"/v1/completions", "post"}, {"/v1/chat/completions", "post"}, {"/v1/models/{model}", "get"}}) {
+    EXPECT_TRUE(open["paths"][path][method]["responses"].contains("404")) << path;
   }
 }
 

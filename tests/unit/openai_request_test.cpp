@@ -2,6 +2,7 @@
 // every bad field is a 400 whose error object names it.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "server/openai_request.h"
@@ -265,6 +266,42 @@ TEST(OpenAiRequest, BodiesThatAreNotJsonObjectsAre400) {
     EXPECT_EQ(e.code(), "invalid_json");
   }
   EXPECT_EQ(parse_request_body("{\"model\": \"m\"}")["model"], "m");
+}
+
+// Numbers JSON allows but a double cannot hold used to escape as a 500 whose log
+// line quoted the whole number.
+TEST(OpenAiRequest, NumbersTooLargeToRepresentAre400NamingTheField) {
+  const std::string digits(400, '7');
+  const std::string megabyte_number = fmt::format("1{}", std::string(1 << 20, '0'));
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"model": "m", "temperature": 1e400})", "temperature"},
+      {R"({"model": "m", "top_p": -1e400})", "top_p"},
+      {fmt::format(R"({{"model": "m", "max_tokens": {}}})", digits), "max_tokens"},
+      {R"({"model": "m", "logit_bias": {"5": 1e999}})", "logit_bias"},
+      {fmt::format(R"({{"messages": [{{"role": "user", "content": "x"}}], "seed": {}}})", megabyte_number), "seed"},
+  };
+  for (const auto& [body, field] : cases) {
+    SCOPED_TRACE(field);
+    const ApiError e = rejection([&] { parse_request_body(body); });
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_EQ(e.param(), field);
+    EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    EXPECT_LT(std::string(e.what()).size(), 300u) << "the number must not be copied into the message";
+  }
+  const ApiError bare = rejection([&] { parse_request_body(fmt::format("[{}]", digits)); });
+  EXPECT_EQ(bare.status(), 400);
+  EXPECT_LT(std::string(bare.what()).size(), 300u);
+}
+
+TEST(OpenAiRequest, ErrorMessagesQuoteAtMostAFewHundredBytesOfTheRequest) {
+  const std::string long_key(100'000, 'k');
+  const ApiError unknown = completion_error(completion({{long_key, 1}}));
+  EXPECT_EQ(unknown.status(), 400);
+  EXPECT_LT(std::string(unknown.what()).size(), 400u);
+  EXPECT_NE(std::string(unknown.what()).find("(100000 bytes)"), std::string::npos) << unknown.what();
+  const ApiError not_json =
+      rejection([&] { parse_request_body(fmt::format("{{\"model\": \"{}", std::string(100'000, 'x'))); });
+  EXPECT_LT(std::string(not_json.what()).size(), 600u);
 }
 
 }  // namespace
