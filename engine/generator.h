@@ -11,6 +11,7 @@
 
 #include "engine/llama_model.h"
 #include "engine/sampler.h"
+#include "engine/token_picker.h"
 
 namespace nibble::engine {
 
@@ -28,34 +29,6 @@ struct GenerationRequest {
   // after the first, scored by the logits of the position before it.
   int prompt_logprobs = -1;
 };
-
-// One generated token as on_token sees it. Log-probabilities are the model's own
-// (log-softmax of its logits, before bias, penalties and temperature), as OpenAI
-// and vLLM report them.
-struct TokenStep {
-  TokenId token = 0;
-  float logprob = 0;                          // when top_logprobs >= 0
-  std::vector<std::pair<TokenId, float>> top;  // the top_logprobs most likely, best first
-};
-
-// Turns one row of logits into the next token as a request asks: the model's own
-// log-probabilities first (when wanted), then logit bias, penalties, temperature
-// and the sampling filters. One per sequence; generate() and the batching
-// scheduler both pick tokens with it.
-class TokenPicker {
- public:
-  TokenPicker(const GenerationRequest& request, std::span<const TokenId> prompt);
-  TokenStep pick(std::span<float> logits);
-
- private:
-  Sampler sampler_;
-  std::map<TokenId, float> logit_bias_;
-  int top_logprobs_;
-  std::vector<float> model_logits_;
-};
-
-// `token`'s log-probability under `logits` (log-softmax), and the `top` most likely.
-TokenStep score_token(std::span<const float> logits, TokenId token, int top);
 
 struct GenerationResult {
   std::vector<TokenId> tokens;

@@ -276,12 +276,13 @@ void BatchScheduler::pick_next(Sequence& sequence, std::span<float> logits) {
     if (sequence.generated >= sequence.request.max_tokens) return finish(sequence, FinishReason::Length);
     if (choice.ticket->cancelled()) return finish(sequence, FinishReason::Cancelled);
     if (!sequence.picker) {
-      engine::GenerationRequest picking;
+      engine::SamplerSetup picking;
       picking.sampling = sequence.request.sampling;
       picking.sampling.seed = choice.seed;
       picking.logit_bias = sequence.request.logit_bias;
       picking.top_logprobs = sequence.request.top_logprobs;
-      sequence.picker.emplace(picking, sequence.request.prompt);
+      picking.prompt = sequence.request.prompt;
+      sequence.picker.emplace(picking);
     }
     const engine::TokenStep step = sequence.picker->pick(logits);
     if (!sequence.first_token) sequence.first_token = Clock::now();
