@@ -22,6 +22,7 @@
 #include "engine/paged_kv_cache.h"
 #include "scheduler/block_manager.h"
 #include "scheduler/scheduler.h"
+#include "scheduler/step_scheduler.h"  // BatchStats
 
 namespace nibble::scheduler {
 
@@ -32,16 +33,6 @@ struct BatchSchedulerOptions {
   std::int32_t block_size = 16;               // positions per block
   engine::KvDtype kv_dtype = engine::KvDtype::Float32;
   std::int64_t max_waiting = 256;             // queued sequences before submit() refuses
-};
-
-// What the scheduler has done, for metrics.
-struct BatchStats {
-  std::int64_t steps = 0;
-  std::int64_t step_tokens = 0;  // summed over steps: tokens per step = step_tokens / steps
-  std::int64_t preemptions = 0;
-  std::int64_t prefix_queried_tokens = 0;
-  std::int64_t prefix_hit_tokens = 0;
-  std::int64_t copied_blocks = 0;  // copy-on-write: a fork wrote into a partly filled block it shared
 };
 
 class BatchScheduler final : public Scheduler {
