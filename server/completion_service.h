@@ -33,7 +33,7 @@ struct ServedModel {
   std::shared_ptr<const ChatTemplate> chat_template;
 };
 
-// Where a request's output goes. Called from the scheduler's thread; an
+// Where a request's output goes. Called from the scheduler's event thread; an
 // implementation hands the text to its connection and returns.
 class ResponseOutput {
  public:

@@ -13,6 +13,7 @@
 #include <future>
 #include <mutex>
 #include <random>
+#include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
@@ -601,6 +602,35 @@ TEST_P(BatchSchedulerTest, AGroupTakesAPlacePerChoiceAndOneWiderThanTheLimitsSti
   busy_ticket->cancel();
   busy->release();
   expect_choices_as_alone(wide, request, seeds);
+}
+
+// Sinks run on the event thread; one that throws ends its own choice with the error,
+// is told nothing computed after it threw, and leaves its siblings alone.
+TEST_P(BatchSchedulerTest, ASinkThatThrowsEndsItsOwnChoiceOnly) {
+  BatchSchedulerOptions options;
+  options.num_blocks = 64;
+  BatchScheduler scheduler(*model_, options);
+  struct ThrowingSink : RecordingSink {
+    void on_token(const engine::TokenStep& step) override {
+      RecordingSink::on_token(step);
+      if (tokens.size() == 2) throw std::runtime_error("the connection broke");
+    }
+  };
+  const auto request = request_for(prompt(24, 6), 8, 1);
+  const std::vector<std::uint64_t> seeds{1, 2};
+  auto thrower = std::make_shared<ThrowingSink>();
+  auto fine = std::make_shared<RecordingSink>();
+  scheduler.submit_group(request, {{seeds[0], thrower}, {seeds[1], fine}});
+  const SequenceEnd end = thrower->wait_end();
+  EXPECT_EQ(end.reason, FinishReason::Error);
+  EXPECT_EQ(end.error, "the connection broke");
+  EXPECT_EQ(thrower->tokens.size(), 2u);
+  EXPECT_EQ(end.generated_tokens, 2) << "a token picked after the throw is never counted";
+  EXPECT_EQ(fine->wait_end().reason, FinishReason::Length);
+  EXPECT_EQ(fine->tokens, alone(with_seed(request, seeds[1])));
+  const auto load = scheduler.load();
+  EXPECT_EQ(load.running + load.waiting, 0);
+  EXPECT_EQ(load.kv_cache_usage, 0.0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Batch, BatchSchedulerTest, ::testing::Values("batch"),
