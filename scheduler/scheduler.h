@@ -1,7 +1,7 @@
 #pragma once
 // The boundary between the API server and the model: sequence requests in, events
-// out (see README.md). The server sees only this interface; BatchScheduler and
-// the serial worker implement it.
+// out (see README.md). The server sees only this interface; BatchScheduler
+// implements it.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/generator.h"
+#include "engine/step_plan.h"
 #include "engine/sampler.h"
 
 namespace nibble::scheduler {

@@ -1,7 +1,7 @@
-// Both schedulers on the real stories260K model. The contract they share: events
+// The batch scheduler on the real stories260K model. The Scheduler contract: events
 // in order and equal to a direct generate(), cancellation within one step, a full
 // queue refused at once, bad requests ending alone, stop() draining what was
-// submitted, a group's choices each getting what they would alone. Then what only
+// submitted, a group's choices each getting what they would alone. Then what
 // continuous batching does: many sequences in shared steps with chunked prefill,
 // preemption when KV blocks run out, prefix caching, groups that prefill once and
 // fork with copy-on-write.
@@ -17,9 +17,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/generator.h"
 #include "scheduler/batch_scheduler.h"
-#include "scheduler/serial_scheduler.h"
+#include "scheduler/generate.h"
 #include "stories_model.h"
 #include "test_util.h"
 
@@ -115,14 +114,8 @@ class SchedulerContract : public ::testing::TestWithParam<std::string> {
     request.sampling.seed = seed;
     return request;
   }
-  // What the request gives when it runs alone through engine::generate.
-  static std::vector<TokenId> alone(const SequenceRequest& request) {
-    engine::GenerationRequest generation;
-    generation.prompt = request.prompt;
-    generation.sampling = request.sampling;
-    generation.max_new_tokens = request.max_tokens;
-    return engine::generate(*model_, generation).tokens;
-  }
+  // What the request gives when it runs alone through generate().
+  static std::vector<TokenId> alone(const SequenceRequest& request) { return generate(*model_, request).tokens; }
 
   struct Group {
     std::vector<std::shared_ptr<RecordingSink>> sinks;
@@ -163,7 +156,6 @@ class SchedulerContract : public ::testing::TestWithParam<std::string> {
   }
 
   std::unique_ptr<Scheduler> make(std::int64_t max_waiting) const {
-    if (GetParam() == "serial") return std::make_unique<SerialScheduler>(*model_, max_waiting);
     BatchSchedulerOptions options;
     options.max_waiting = max_waiting;
     options.num_blocks = 64;
@@ -432,12 +424,7 @@ TEST_P(BatchSchedulerTest, PromptLogprobsSurviveChunkedPrefill) {
   scheduler.submit_group(request, {{1, sinks[1]}, {2, sinks[2]}});
   for (const auto& sink : sinks) sink->wait_end();
   std::vector<engine::TokenStep> expected;
-  engine::GenerationRequest generation;
-  generation.prompt = request.prompt;
-  generation.sampling = request.sampling;
-  generation.max_new_tokens = 2;
-  generation.prompt_logprobs = 2;
-  engine::generate(*model_, generation, {}, [&](const std::vector<engine::TokenStep>& steps) { expected = steps; });
+  generate(*model_, request, {}, [&](const std::vector<engine::TokenStep>& steps) { expected = steps; });
   ASSERT_EQ(expected.size(), 16u);
   for (const auto& sink : sinks) {
     ASSERT_EQ(sink->scored.size(), 16u);
@@ -636,7 +623,7 @@ TEST_P(BatchSchedulerTest, ASinkThatThrowsEndsItsOwnChoiceOnly) {
 INSTANTIATE_TEST_SUITE_P(Batch, BatchSchedulerTest, ::testing::Values("batch"),
                          [](const ::testing::TestParamInfo<std::string>& param) { return param.param; });
 
-INSTANTIATE_TEST_SUITE_P(Schedulers, SchedulerContract, ::testing::Values("serial", "batch"),
+INSTANTIATE_TEST_SUITE_P(Schedulers, SchedulerContract, ::testing::Values("batch"),
                          [](const ::testing::TestParamInfo<std::string>& param) { return param.param; });
 
 }  // namespace
