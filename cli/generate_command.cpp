@@ -149,7 +149,8 @@ void run_generate(const GenerateOptions& options) {
     std::printf("\n");
   }
   spdlog::info("generation_done prompt_tokens={} tokens={} finish={} prefill_tok_s={:.1f} decode_tok_s={:.1f}",
-               request.prompt.size(), result.tokens.size(), scheduler::finish_reason_name(result.finish), prefill_rate, decode_rate);
+               request.prompt.size(), result.tokens.size(), scheduler::finish_reason_name(result.finish), prefill_rate,
+               decode_rate);
 }
 
 }  // namespace

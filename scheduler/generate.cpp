@@ -20,13 +20,14 @@ GenerationResult generate(engine::LlamaModel& model, const SequenceRequest& requ
   // Scoring the prompt needs every row's logits; smaller chunks bound that buffer (rows x vocab).
   policy_options.max_num_batched_tokens =
       request.prompt_logprobs >= 0 ? std::min<std::int64_t>(options.prefill_chunk, 64) : options.prefill_chunk;
-  policy_options.context_length = model.config().max_position_embeddings;
+  const std::int64_t context = model.config().max_position_embeddings;
+  policy_options.context_length = context;
   // Room for every position the sequence can reach, and one more: it never waits or is preempted.
-  const std::int64_t positions =
-      std::min(static_cast<std::int64_t>(request.prompt.size()) + std::min(request.max_tokens, policy_options.context_length),
-               policy_options.context_length) + 1;
-  policy_options.block_size = 16;
-  policy_options.num_blocks = static_cast<std::int32_t>((positions + policy_options.block_size - 1) / policy_options.block_size);
+  const auto prompt_length = static_cast<std::int64_t>(request.prompt.size());
+  const std::int64_t positions = std::min(prompt_length + std::min(request.max_tokens, context), context) + 1;
+  constexpr std::int32_t kBlockSize = 16;
+  policy_options.block_size = kBlockSize;
+  policy_options.num_blocks = static_cast<std::int32_t>((positions + kBlockSize - 1) / kBlockSize);
 
   StepScheduler policy(policy_options);
   engine::ModelRunner runner(model, policy_options.num_blocks, policy_options.block_size, options.kv_dtype);
