@@ -14,10 +14,10 @@
 #include "cli/process_stats.h"
 #include "common/error.h"
 #include "common/log.h"
-#include "engine/generator.h"
 #include "engine/decoder_model.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
+#include "scheduler/generate.h"
 #include "tokenizer/tokenizer.h"
 
 namespace nibble::cli {
@@ -53,18 +53,6 @@ std::string read_text_file(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-const char* finish_name(engine::FinishReason reason) {
-  switch (reason) {
-    case engine::FinishReason::Stop:
-      return "stop";
-    case engine::FinishReason::Length:
-      return "length";
-    case engine::FinishReason::Cancelled:
-      return "cancelled";
-  }
-  return "unknown";
-}
-
 void run_generate(const GenerateOptions& options) {
   const auto backend_owner = make_backend(options.device, options.threads, options.int8_activations);
   kernels::Backend& backend = *backend_owner;
@@ -85,7 +73,7 @@ void run_generate(const GenerateOptions& options) {
       memory.stacked_linears, backend.name(), load_seconds);
   for (const auto& [kind, count] : model.linear_kinds()) spdlog::debug("linear_weights kind=\"{}\" count={}", kind, count);
 
-  engine::GenerationRequest request;
+  scheduler::SequenceRequest request;
   if (!options.prompt_ids.empty()) {
     request.prompt = options.prompt_ids;
   } else {
@@ -93,8 +81,7 @@ void run_generate(const GenerateOptions& options) {
     request.prompt = tokenizer->encode(text, !options.no_special);
   }
   if (request.prompt.empty()) fail("the prompt is empty (give --prompt, --prompt-file or --prompt-ids)");
-  request.max_new_tokens = options.max_tokens;
-  request.prefill_chunk = options.prefill_chunk;
+  request.max_tokens = options.max_tokens;
   const auto& defaults = source.generation;
   const bool sample_by_default = defaults.do_sample.value_or(false);
   request.sampling.temperature = options.temperature.value_or(sample_by_default ? defaults.temperature.value_or(1.0) : 0.0);
@@ -121,7 +108,9 @@ void run_generate(const GenerateOptions& options) {
     text += piece;
     return true;
   };
-  const engine::GenerationResult result = engine::generate(model, request, on_token);
+  scheduler::GenerateOptions generate_options;
+  generate_options.prefill_chunk = options.prefill_chunk;
+  const scheduler::GenerationResult result = scheduler::generate(model, request, on_token, {}, generate_options);
   const std::string rest = decoder.flush();
   text += rest;
 
@@ -140,7 +129,7 @@ void run_generate(const GenerateOptions& options) {
         {"prompt_ids", request.prompt},
         {"tokens", result.tokens},
         {"text", text},
-        {"finish_reason", finish_name(result.finish)},
+        {"finish_reason", scheduler::finish_reason_name(result.finish)},
         {"load_seconds", load_seconds},
         {"prefill_seconds", result.prefill_seconds},
         {"decode_seconds", result.decode_seconds},
@@ -162,7 +151,8 @@ void run_generate(const GenerateOptions& options) {
     std::printf("\n");
   }
   spdlog::info("generation_done prompt_tokens={} tokens={} finish={} prefill_tok_s={:.1f} decode_tok_s={:.1f}",
-               request.prompt.size(), result.tokens.size(), finish_name(result.finish), prefill_rate, decode_rate);
+               request.prompt.size(), result.tokens.size(), scheduler::finish_reason_name(result.finish), prefill_rate,
+               decode_rate);
 }
 
 }  // namespace

@@ -28,7 +28,6 @@
 #include "scheduler/byte_size.h"
 #include "scheduler/memory_plan.h"
 #include "loader/model_shape.h"
-#include "scheduler/serial_scheduler.h"
 #include "server/completion_service.h"
 #include "server/http_server.h"
 #include "server/metrics.h"
@@ -63,7 +62,6 @@ struct ServeOptions {
   double read_timeout = 30;
   double request_timeout = 600;
   double drain_timeout = 30;
-  std::string scheduler = "batch";
   std::int64_t max_num_seqs = 32;
   std::int64_t max_num_batched_tokens = 512;
   std::int32_t block_size = 16;
@@ -120,7 +118,6 @@ std::int32_t kv_blocks(const ServeOptions& options, const engine::Model& model, 
 
 std::unique_ptr<scheduler::Scheduler> make_scheduler(const ServeOptions& options, engine::Model& model,
                                                      std::int64_t context) {
-  if (options.scheduler == "serial") return std::make_unique<scheduler::SerialScheduler>(model, options.max_queued);
   scheduler::BatchSchedulerOptions batch;
   batch.max_num_seqs = options.max_num_seqs;
   batch.max_num_batched_tokens = options.max_num_batched_tokens;
@@ -329,9 +326,6 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-tokens", options->max_tokens, "Largest max_tokens a request may ask (0 = context length)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--scheduler", options->scheduler,
-                  "batch: continuous batching over a paged KV cache; serial: one sequence at a time")
-      ->capture_default_str()->check(CLI::IsMember({"batch", "serial"}));
   cmd->add_option("--max-num-seqs", options->max_num_seqs, "Sequences sharing one step at most")
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--max-num-batched-tokens", options->max_num_batched_tokens,

@@ -4,6 +4,8 @@
 
 #include <set>
 
+#include "engine/paged_kv_cache.h"
+
 namespace nibble::engine {
 
 ModelStats compute_model_stats(const ModelSource& source) {
@@ -51,9 +53,9 @@ ModelStats compute_model_stats(const ModelSource& source) {
   stats.matmul_flops_per_token = 2 * (per_layer * static_cast<double>(config.num_layers) + lm_head);
   // q.k and p.v: 2 x 2 x q_dim per layer per attended position.
   stats.attention_flops_per_context_token = 4.0 * static_cast<double>(config.q_dim()) * static_cast<double>(config.num_layers);
-  const auto kv_values = static_cast<std::uint64_t>(2 * config.num_layers * config.kv_dim());
-  stats.kv_bytes_per_token_f32 = kv_values * 4;
-  stats.kv_bytes_per_token_f16 = kv_values * 2;
+  // The cache's own formula, so `inspect` prints what `serve` allocates.
+  stats.kv_bytes_per_token_f32 = kv_bytes_per_token(config, KvDtype::Float32);
+  stats.kv_bytes_per_token_f16 = kv_bytes_per_token(config, KvDtype::Float16);
   return stats;
 }
 

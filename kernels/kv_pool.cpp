@@ -23,6 +23,30 @@ std::uint64_t kv_bytes_per_token(std::int64_t layers, std::int64_t kv_heads, std
   return elements * static_cast<std::uint64_t>(kv_element_bytes(format)) + scales * sizeof(float);
 }
 
+void check_kv_store(const KvPoolShape& shape, std::int64_t layer, std::span<const std::int32_t> block_table,
+                    std::int64_t start, std::int64_t rows) {
+  const auto capacity = static_cast<std::int64_t>(block_table.size()) * shape.block_size;
+  if (start < 0 || rows < 0 || start + rows > capacity) {
+    fail("KV positions [{}, {}) exceed the sequence's {} blocks", start, start + rows, block_table.size());
+  }
+  if (layer < 0 || layer >= shape.layers) fail("KV layer {} outside the pool's {}", layer, shape.layers);
+  if (rows == 0) return;
+  const auto first = static_cast<std::size_t>(start / shape.block_size);
+  const auto last = static_cast<std::size_t>((start + rows - 1) / shape.block_size);
+  for (std::size_t i = first; i <= last; ++i) {
+    if (block_table[i] < 0 || block_table[i] >= shape.num_blocks) {
+      fail("KV block {} outside the pool of {}", block_table[i], shape.num_blocks);
+    }
+  }
+}
+
+void check_kv_copy(const KvPoolShape& shape, std::int32_t from, std::int32_t to, std::int32_t tokens) {
+  for (const std::int32_t block : {from, to}) {
+    if (block < 0 || block >= shape.num_blocks) fail("KV block {} outside the pool of {}", block, shape.num_blocks);
+  }
+  if (tokens < 0 || tokens > shape.block_size) fail("copy of {} positions into a block of {}", tokens, shape.block_size);
+}
+
 KvLayerView KvPool::layer(std::int64_t layer, std::span<const std::int32_t> block_table) const {
   const std::int64_t rows = layer * shape.rows_per_layer();
   const std::int64_t at = rows * shape.kv_dim();

@@ -31,6 +31,13 @@ int kv_element_bytes(KvFormat format);
 // included): the one formula the planner, the cache and `nibble inspect` share.
 std::uint64_t kv_bytes_per_token(std::int64_t layers, std::int64_t kv_heads, std::int64_t head_dim, KvFormat format);
 
+// Checks a kv_store / kv_copy_block call against the pool before any backend
+// writes: positions inside the table, layer and block ids inside the pool. Throws
+// nibble::Error naming what is out of range.
+void check_kv_store(const KvPoolShape& shape, std::int64_t layer, std::span<const std::int32_t> block_table,
+                    std::int64_t start, std::int64_t rows);
+void check_kv_copy(const KvPoolShape& shape, std::int32_t from, std::int32_t to, std::int32_t tokens);
+
 // Element arrays [layer][pool row][kv_dim] of the format (the others stay empty),
 // and for int8 the scales [layer][pool row][kv_head].
 struct KvPool {

@@ -1,27 +1,26 @@
 #pragma once
 // Continuous (iteration-level) batching over a paged KV cache: every step runs the
 // decode token of each running sequence plus prefill chunks of waiting ones, so
-// all of them share one pass over the weights. Blocks come from the
-// BlockManager (prefix caching, copy-on-write); when they run out the newest
-// sequences are preempted (their blocks freed, recomputed later), never dropped.
-// Same Scheduler interface as the serial worker: the server does not change.
-// A group (submit_group: n > 1, best_of) computes its prompt once and then forks
-// into one sequence per choice, sharing the prompt's blocks.
-#include <atomic>
+// all of them share one pass over the weights. This class is the thread loop
+// around three parts: the policy (StepScheduler: which sequences, which blocks,
+// preemption, forks) plans a step, the ModelRunner executes it, the policy commits
+// what it produced, and the events go to the sinks on an EventThread while the next
+// step runs. A group (submit_group: n > 1, best_of) computes its prompt once and
+// then forks into one sequence per choice, sharing the prompt's blocks.
 #include <condition_variable>
 #include <deque>
-#include <functional>
 #include <memory>
 #include <mutex>
-#include <span>
-#include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/decoder_model.h"
+#include "engine/model_runner.h"
 #include "engine/paged_kv_cache.h"
-#include "scheduler/block_manager.h"
+#include "scheduler/event_thread.h"
 #include "scheduler/scheduler.h"
+#include "scheduler/step_scheduler.h"
 
 namespace nibble::scheduler {
 
@@ -32,16 +31,6 @@ struct BatchSchedulerOptions {
   std::int32_t block_size = 16;               // positions per block
   engine::KvDtype kv_dtype = engine::KvDtype::Float32;
   std::int64_t max_waiting = 256;             // queued sequences before submit() refuses
-};
-
-// What the scheduler has done, for metrics.
-struct BatchStats {
-  std::int64_t steps = 0;
-  std::int64_t step_tokens = 0;  // summed over steps: tokens per step = step_tokens / steps
-  std::int64_t preemptions = 0;
-  std::int64_t prefix_queried_tokens = 0;
-  std::int64_t prefix_hit_tokens = 0;
-  std::int64_t copied_blocks = 0;  // copy-on-write: a fork wrote into a partly filled block it shared
 };
 
 class BatchScheduler final : public Scheduler {
@@ -61,65 +50,51 @@ class BatchScheduler final : public Scheduler {
   std::vector<std::shared_ptr<Ticket>> submit_group(SequenceRequest request,
                                                     std::vector<ForkedChoice> choices) override;
   SchedulerLoad load() const override;
+  // Returns once every sink has heard its on_finished.
   void stop(std::chrono::milliseconds drain_timeout) override;
   BatchStats stats() const;
 
  private:
-  struct Choice;
-  struct Sequence;
-  struct Notice {  // an on_finished to send once the step's counts are published
-    std::shared_ptr<SequenceSink> sink;
-    SequenceEnd end;
+  struct Submission {
+    SequenceRequest request;
+    std::vector<ChoiceSeed> choices;
+    Clock::time_point submitted;
+  };
+  // The step thread's view of a choice.
+  struct Listener {
+    std::shared_ptr<SinkChannel> channel;
+    std::shared_ptr<Ticket> ticket;
+    std::int64_t withheld_tokens = 0;  // computed but never delivered: it was cancelled first
   };
 
   void work();
-  void step();
-  void schedule_running();   // running sequences first, oldest first, preempting the newest when blocks run out
-  void schedule_waiting();   // then the queue, first come first served, while budget and blocks last
-  bool has_room_for(const Sequence& sequence) const;  // within max_num_seqs
-  void plan(Sequence& sequence, std::int64_t count);
-  void advance(Sequence& sequence, std::span<float> logits);
-  std::vector<Sequence*> fork_group(Sequence& sequence);
-  void pick_next(Sequence& sequence, std::span<float> logits);
-  void preempt_newest();
-  void tell(Sequence& sequence, const std::function<void(SequenceSink&)>& event);
-  void end_choice(Sequence& sequence, std::size_t index, FinishReason reason, std::string error = {});
-  void finish(Sequence& sequence, FinishReason reason, std::string error = {}, bool written = true);
-  void release(Sequence& sequence, bool written);
-  void drop_ended();
-  void collect_ended();
-  void publish_and_notify_ended();
+  bool take_submissions(const EventBatch& previous);
+  void end_cancelled(EventBatch& previous);
+  void run_step(engine::StepPlan plan);
+  EventBatch collect_events(bool stepped);
+  void publish_counts();
 
-  engine::Model& model_;
   const BatchSchedulerOptions options_;
-  BlockManager blocks_;
-  engine::PagedKvCache cache_;
+  StepScheduler policy_;       // the step thread's
+  engine::ModelRunner runner_;  // the step thread's
+  std::unordered_map<ChoiceId, Listener> listeners_;  // the step thread's: choices not yet ended
 
-  // Shared with submit(), load() and stop().
+  // Shared with submit(), load(), stop() and the event thread.
   mutable std::mutex mutex_;
   std::condition_variable changed_;
-  std::deque<std::unique_ptr<Sequence>> incoming_;
+  std::deque<Submission> incoming_;
+  std::unordered_map<ChoiceId, Listener> incoming_listeners_;
+  ChoiceId next_choice_ = 1;
   // Choices, not sequences: a group waiting or prefilling counts as what it forks into.
-  std::int64_t waiting_count_ = 0;  // incoming_ + waiting_
+  std::int64_t waiting_count_ = 0;  // incoming_ + the policy's queue
   std::int64_t running_count_ = 0;
-  double kv_usage_ = 0;
-  BatchStats stats_;
+  double kv_usage_ = 0;   // as of the step whose events were delivered last
+  BatchStats stats_;      // the same
   bool accepting_ = true;
   bool cancel_all_ = false;  // the drain timed out
   bool quit_ = false;
 
-  // The worker's own.
-  std::deque<std::unique_ptr<Sequence>> waiting_;   // FCFS; preempted ones go back to the front
-  std::vector<std::unique_ptr<Sequence>> running_;  // admitted, oldest first
-  struct Planned {
-    Sequence* sequence;
-    std::int64_t tokens;  // to compute this step, from sequence->computed on
-  };
-  std::vector<Planned> plan_;
-  std::int64_t budget_ = 0;
-  std::vector<float> logits_;
-  std::vector<Notice> finished_;  // choices that ended this step
-
+  EventThread events_;
   std::thread worker_;
 };
 

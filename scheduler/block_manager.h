@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/token.h"
+#include "engine/step_plan.h"
 
 namespace nibble::scheduler {
 
@@ -33,13 +34,8 @@ struct Slot {
 };
 
 // Copy-on-write: the engine copies the K/V of the first `tokens` slots of `src`
-// into `dst` before writing the new tokens.
-struct BlockCopy {
-  BlockId src = 0;
-  BlockId dst = 0;
-  std::int32_t tokens = 0;
-  bool operator==(const BlockCopy&) const = default;
-};
+// into `dst` before writing the new tokens (a step plan carries it as it is).
+using BlockCopy = engine::BlockCopy;
 
 struct Appended {
   std::optional<BlockCopy> copy;  // run it before writing `slots`

@@ -1,8 +1,7 @@
 #pragma once
 // The boundary between the API server and the model: sequence requests in, events
-// out (see README.md). The serial worker below and the continuous-batching
-// scheduler implement the same interface, so the server does not change when
-// batching arrives.
+// out (see README.md). The server sees only this interface; BatchScheduler
+// implements it.
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -13,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/generator.h"
+#include "engine/step_plan.h"
 #include "engine/sampler.h"
 
 namespace nibble::scheduler {
@@ -50,9 +49,11 @@ struct SequenceEnd {
   double decode_seconds = 0;
 };
 
-// Receives one sequence's events on the scheduler's thread: on_started once unless
-// the sequence ends while queued, on_token per token, then exactly one on_finished.
-// Implementations hand the events on (to an Asio strand, a queue) and return quickly.
+// Receives one sequence's events, in order, on the scheduler's event thread (never
+// the thread that runs the model): on_started once unless the sequence ends while
+// queued, on_token per token, then exactly one on_finished. Implementations may
+// detokenize and format here, but should not block: the steps wait for a slow sink
+// after running one step ahead of it.
 class SequenceSink {
  public:
   virtual ~SequenceSink() = default;

@@ -38,7 +38,7 @@ struct ServedModel {
   bool special_tokens_in_messages = false;
 };
 
-// Where a request's output goes. Called from the scheduler's thread; an
+// Where a request's output goes. Called from the scheduler's event thread; an
 // implementation hands the text to its connection and returns.
 class ResponseOutput {
  public:

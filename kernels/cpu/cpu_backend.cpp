@@ -41,10 +41,6 @@ void quantize_kv_row(const float* row, std::int64_t kv_heads, std::int64_t head_
   }
 }
 
-void check_block(const KvPool& pool, std::int32_t block) {
-  if (block < 0 || block >= pool.shape.num_blocks) fail("KV block {} outside the pool of {}", block, pool.shape.num_blocks);
-}
-
 }  // namespace
 
 Buffer CpuBackend::allocate(DType dtype, std::vector<std::int64_t> shape) {
@@ -74,17 +70,12 @@ void CpuBackend::download(const Buffer& source, std::size_t offset, std::size_t 
 void CpuBackend::kv_store(KvPool& pool, std::int64_t layer, std::span<const std::int32_t> block_table,
                           std::int64_t start, std::int64_t rows, const float* keys, const float* values) {
   const KvPoolShape& shape = pool.shape;
-  const auto capacity = static_cast<std::int64_t>(block_table.size()) * shape.block_size;
-  if (start < 0 || start + rows > capacity) {
-    fail("KV positions [{}, {}) exceed the sequence's {} blocks", start, start + rows, block_table.size());
-  }
-  if (layer < 0 || layer >= shape.layers) fail("KV layer {} outside the pool's {}", layer, shape.layers);
+  check_kv_store(shape, layer, block_table, start, rows);
   const std::int64_t kv_dim = shape.kv_dim();
   const std::int64_t layer_rows = layer * shape.rows_per_layer();
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::int64_t position = start + r;
     const std::int32_t block = block_table[static_cast<std::size_t>(position / shape.block_size)];
-    check_block(pool, block);
     const std::int64_t row = layer_rows + std::int64_t{block} * shape.block_size + position % shape.block_size;
     const float* k = keys + r * kv_dim;
     const float* v = values + r * kv_dim;
@@ -108,10 +99,8 @@ void CpuBackend::kv_store(KvPool& pool, std::int64_t layer, std::span<const std:
 }
 
 void CpuBackend::kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens) {
-  check_block(pool, from);
-  check_block(pool, to);
   const KvPoolShape& shape = pool.shape;
-  if (tokens < 0 || tokens > shape.block_size) fail("copy of {} positions into a block of {}", tokens, shape.block_size);
+  check_kv_copy(shape, from, to, tokens);
   // Every array the format allocated (the others are empty), so none is left out.
   const auto copy = [&](const Buffer& data, std::int64_t width) {
     if (data.empty()) return;

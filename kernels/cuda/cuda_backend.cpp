@@ -234,18 +234,9 @@ void CudaBackend::download(const Buffer& source, std::size_t offset, std::size_t
 void CudaBackend::kv_store(KvPool& pool, std::int64_t layer, std::span<const std::int32_t> block_table,
                            std::int64_t start, std::int64_t rows, const float* keys, const float* values) {
   const KvPoolShape& shape = pool.shape;
-  const auto capacity = static_cast<std::int64_t>(block_table.size()) * shape.block_size;
-  if (start < 0 || start + rows > capacity) {
-    fail("KV positions [{}, {}) exceed the sequence's {} blocks", start, start + rows, block_table.size());
-  }
-  if (layer < 0 || layer >= shape.layers) fail("KV layer {} outside the pool's {}", layer, shape.layers);
+  // On the host: a bad id would write outside the pool on the device.
+  check_kv_store(shape, layer, block_table, start, rows);
   if (rows <= 0) return;
-  // Checked on the host: a bad id would write outside the pool on the device.
-  const auto used = block_table.subspan(static_cast<std::size_t>(start / shape.block_size),
-                                        static_cast<std::size_t>((start + rows - 1) / shape.block_size - start / shape.block_size + 1));
-  for (const std::int32_t block : used) {
-    if (block < 0 || block >= shape.num_blocks) fail("KV block {} outside the pool of {}", block, shape.num_blocks);
-  }
   NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
   const std::size_t element = static_cast<std::size_t>(kv_element_bytes(shape.format));
   const std::int64_t first_row = layer * shape.rows_per_layer();
@@ -269,10 +260,7 @@ void CudaBackend::kv_store(KvPool& pool, std::int64_t layer, std::span<const std
 
 void CudaBackend::kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens) {
   const KvPoolShape& shape = pool.shape;
-  for (const std::int32_t block : {from, to}) {
-    if (block < 0 || block >= shape.num_blocks) fail("KV block {} outside the pool of {}", block, shape.num_blocks);
-  }
-  if (tokens < 0 || tokens > shape.block_size) fail("copy of {} positions into a block of {}", tokens, shape.block_size);
+  check_kv_copy(shape, from, to, tokens);
   NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
   const auto copy = [&](const Buffer& data, std::int64_t width) {
     if (data.empty()) return;

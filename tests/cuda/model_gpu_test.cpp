@@ -20,37 +20,14 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "loader/llama2c.h"
 #include "loader/model_source.h"
+#include "../unit/model_steps.h"
 #include "../unit/random_quantized.h"
 #include "../unit/test_util.h"
 
 namespace nibble {
 namespace {
 
-using engine::BatchEntry;
 using engine::DecoderModel;
-using engine::Logits;
-using engine::Model;
-
-std::vector<std::vector<float>> run_steps(Model& model, engine::KvDtype kv, std::int64_t vocab_cap) {
-  engine::PagedKvCache cache = model.make_kv_cache(16, 4, kv);
-  const std::vector<TokenId> a{1, 403 % static_cast<TokenId>(vocab_cap), 261, 302, 9}, b{1, 77, 18};
-  const std::vector<std::int32_t> table_a{5, 0, 11}, table_b{3, 6, 2};
-  const auto vocab = static_cast<std::size_t>(model.vocab_size());
-  std::vector<std::vector<float>> out;
-  std::vector<float> logits((a.size() + 1) * vocab);
-  const BatchEntry prefill[] = {{a, 0, table_a, Logits::AllRows}, {b, 0, table_b, Logits::LastRow}};
-  model.forward_batch(prefill, cache, logits);
-  out.push_back(logits);
-  for (int step = 0; step < 3; ++step) {
-    const std::vector<TokenId> next_a{static_cast<TokenId>(40 + step)}, next_b{static_cast<TokenId>(90 + step)};
-    const BatchEntry decode[] = {{next_a, static_cast<std::int64_t>(a.size()) + step, table_a, Logits::LastRow},
-                                 {next_b, static_cast<std::int64_t>(b.size()) + step, table_b, Logits::LastRow}};
-    std::vector<float> two(2 * vocab);
-    model.forward_batch(decode, cache, two);
-    out.push_back(two);
-  }
-  return out;
-}
 
 // max |gpu - cpu| / max |cpu| over every row of every step; NaN never passes.
 double relative_error(const std::vector<std::vector<float>>& gpu, const std::vector<std::vector<float>>& cpu) {
@@ -82,8 +59,8 @@ TEST_F(ModelGpu, Stories260KMatchesTheCpuEngineInEveryKvFormatTheGpuReads) {
   DecoderModel on_cpu(source, cpu);
   DecoderModel on_gpu(source, gpu);
   for (const auto kv : {engine::KvDtype::Float32, engine::KvDtype::Int8}) {
-    const auto want = run_steps(on_cpu, kv, source.config.vocab_size);
-    const auto got = run_steps(on_gpu, kv, source.config.vocab_size);
+    const auto want = testing::run_model_steps(on_cpu, kv);
+    const auto got = testing::run_model_steps(on_gpu, kv);
     // float32 weights on cuBLASLt and float32 attention: only summation order differs.
     EXPECT_LT(relative_error(got, want), 1e-4) << engine::kv_dtype_name(kv);
   }
@@ -157,8 +134,8 @@ TEST_F(ModelGpu, RandomGptq7BShapedLayersMatchTheCpuEngine) {
   DecoderModel on_cpu(source, cpu);
   DecoderModel on_gpu(source, gpu);
   EXPECT_EQ(on_gpu.weight_memory().quantized_layers, 14);
-  const auto want = run_steps(on_cpu, engine::KvDtype::Float32, config.vocab_size);
-  const auto got = run_steps(on_gpu, engine::KvDtype::Float32, config.vocab_size);
+  const auto want = testing::run_model_steps(on_cpu, engine::KvDtype::Float32);
+  const auto got = testing::run_model_steps(on_gpu, engine::KvDtype::Float32);
   // The GPU's quantized GEMMs take fp16 activations (11 significant bits) and the
   // dense lm_head runs in fp16 on cuBLASLt: about 1e-3 of the largest logit.
   EXPECT_LT(relative_error(got, want), 1e-2);

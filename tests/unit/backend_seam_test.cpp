@@ -14,6 +14,7 @@
 
 #include "engine/decoder_model.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "model_steps.h"
 #include "stories_model.h"
 
 namespace nibble::engine {
@@ -146,49 +147,28 @@ class RecordingBackend final : public kernels::Backend {
   std::vector<kernels::Buffer> kept_;
 };
 
-// Two sequences: a prefill step (one scoring every prompt position), then two decode steps.
-std::vector<std::vector<float>> run_steps(Model& model) {
-  PagedKvCache cache = model.make_kv_cache(8, 4);
-  const std::vector<TokenId> a{1, 403, 261, 302, 9}, b{1, 77, 18};
-  const std::vector<std::int32_t> table_a{5, 0}, table_b{3, 6};
-  const auto vocab = static_cast<std::size_t>(model.vocab_size());
-  std::vector<std::vector<float>> out;
-  std::vector<float> logits((a.size() + 1) * vocab);
-  const BatchEntry prefill[] = {{a, 0, table_a, Logits::AllRows}, {b, 0, table_b, Logits::LastRow}};
-  model.forward_batch(prefill, cache, logits);
-  out.push_back(logits);
-  for (int step = 0; step < 2; ++step) {
-    const std::vector<TokenId> next_a{static_cast<TokenId>(40 + step)}, next_b{static_cast<TokenId>(90 + step)};
-    const BatchEntry decode[] = {{next_a, static_cast<std::int64_t>(a.size()) + step, table_a, Logits::LastRow},
-                                 {next_b, static_cast<std::int64_t>(b.size()) + step, table_b, Logits::LastRow}};
-    std::vector<float> two(2 * vocab);
-    model.forward_batch(decode, cache, two);
-    out.push_back(two);
-  }
-  return out;
-}
-
 TEST(BackendSeam, AWholeModelRunsOnlyOnMemoryAndOpsOfItsBackend) {
   testing::TempDir dir;
   const ModelSource source = testing::StoriesModel::convert_and_open(dir);
   RecordingBackend recording;
   DecoderModel model(source, recording);
   const auto ops_after_load = recording.ops;
-  const auto got = run_steps(model);
+  const auto got = testing::run_model_steps(model);
 
   EXPECT_TRUE(recording.strays.empty()) << recording.strays.size() << " pointers outside the backend's memory, first in "
                                         << recording.strays.front();
   const auto layers = source.config.num_layers;
   // Per step: each sequence stores its keys/values once per layer, all attend in one call per layer.
-  EXPECT_EQ(recording.ops["kv_store"], 3 * 2 * layers);
-  EXPECT_EQ(recording.ops["attention_batch"], 3 * layers);
-  EXPECT_EQ(recording.ops["download"], 3) << "logits come back once per step";
+  const int steps = 1 + testing::kDecodeSteps;
+  EXPECT_EQ(recording.ops["kv_store"], steps * 2 * layers);
+  EXPECT_EQ(recording.ops["attention_batch"], steps * layers);
+  EXPECT_EQ(recording.ops["download"], steps) << "logits come back once per step";
   EXPECT_GT(ops_after_load.at("upload"), 0) << "norm weights live in the backend's memory";
 
   // The same steps on the plain CPU backend, whose memory the host reads directly.
   kernels::CpuBackend cpu(1);
   DecoderModel reference(source, cpu);
-  const auto want = run_steps(reference);
+  const auto want = testing::run_model_steps(reference);
   ASSERT_EQ(got.size(), want.size());
   for (std::size_t step = 0; step < got.size(); ++step) {
     EXPECT_EQ(got[step], want[step]) << "step " << step;
@@ -200,9 +180,9 @@ TEST(BackendSeam, AStepAllocatesNothingOnceItsWorkspaceHasGrown) {
   const ModelSource source = testing::StoriesModel::convert_and_open(dir);
   RecordingBackend recording;
   DecoderModel model(source, recording);
-  run_steps(model);
+  testing::run_model_steps(model);
   const int allocations = recording.ops["allocate"];
-  PagedKvCache cache = model.make_kv_cache(8, 4);
+  PagedKvCache cache = model.make_kv_cache(16, 4);
   const int with_cache = recording.ops["allocate"];
   EXPECT_GT(with_cache, allocations) << "the KV pool is the backend's memory";
   const std::vector<TokenId> tokens{1, 5, 9};

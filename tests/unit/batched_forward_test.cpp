@@ -10,7 +10,7 @@
 #include <numeric>
 #include <random>
 
-#include "engine/generator.h"
+#include "scheduler/generate.h"
 #include "engine/decoder_model.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
@@ -31,11 +31,11 @@ struct Sequence {
 };
 
 std::vector<TokenId> greedy_alone(Model& model, const std::vector<TokenId>& prompt, std::int64_t n) {
-  GenerationRequest request;
+  scheduler::SequenceRequest request;
   request.prompt = prompt;
   request.sampling.temperature = 0;
-  request.max_new_tokens = n;
-  return generate(model, request).tokens;
+  request.max_tokens = n;
+  return scheduler::generate(model, request).tokens;
 }
 
 TokenId argmax(std::span<const float> row) {

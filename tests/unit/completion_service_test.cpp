@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "scheduler/batch_scheduler.h"
-#include "scheduler/serial_scheduler.h"
+#include "scheduler/batch_scheduler.h"
 #include "server/completion_service.h"
 #include "stories_model.h"
 #include "test_util.h"
@@ -80,7 +80,10 @@ class CompletionServiceTest : public ::testing::Test {
   }
   static void TearDownTestSuite() { delete stories_; }
   void SetUp() override {
-    scheduler_ = std::make_unique<scheduler::SerialScheduler>(*model_, 16);
+    scheduler::BatchSchedulerOptions options;
+    options.max_waiting = 16;
+    options.num_blocks = 256;
+    scheduler_ = std::make_unique<scheduler::BatchScheduler>(*model_, options);
     metrics_ = std::make_unique<ServerMetrics>("stories");
     service_ = std::make_unique<CompletionService>(*tokenizer_, *scheduler_, *metrics_, served(nullptr));
   }
@@ -106,7 +109,7 @@ class CompletionServiceTest : public ::testing::Test {
   static testing::StoriesModel* stories_;
   static Tokenizer* tokenizer_;
   static engine::Model* model_;
-  std::unique_ptr<scheduler::SerialScheduler> scheduler_;
+  std::unique_ptr<scheduler::BatchScheduler> scheduler_;
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<CompletionService> service_;
 };

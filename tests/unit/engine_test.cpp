@@ -7,7 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/generator.h"
+#include "scheduler/generate.h"
 #include "engine/decoder_model.h"
 #include "engine/rope.h"
 #include "kernel_test_util.h"
@@ -49,13 +49,13 @@ TEST_F(Stories260K, GreedyFromBosReproducesTheReference128Tokens) {
   for (const int threads : {1, 2}) {
     kernels::CpuBackend backend(threads);
     DecoderModel model(source, backend);
-    GenerationRequest request;
+    scheduler::SequenceRequest request;
     request.prompt = {1};
     request.sampling.temperature = 0;
-    request.max_new_tokens = 128;
-    const GenerationResult result = generate(model, request);
+    request.max_tokens = 128;
+    const scheduler::GenerationResult result = scheduler::generate(model, request);
     EXPECT_EQ(result.tokens, expected) << "threads=" << threads;
-    EXPECT_EQ(result.finish, FinishReason::Length);
+    EXPECT_EQ(result.finish, scheduler::FinishReason::Length);
   }
 }
 
@@ -84,16 +84,16 @@ TEST_F(Stories260K, SeededSamplingIsReproducible) {
   const ModelSource source = open_model(dir_->path());
   kernels::CpuBackend backend(2);
   DecoderModel model(source, backend);
-  GenerationRequest request;
+  scheduler::SequenceRequest request;
   request.prompt = {1, 365};
   request.sampling.temperature = 0.9;
   request.sampling.top_p = 0.95;
   request.sampling.seed = 1234;
-  request.max_new_tokens = 40;
-  const auto first = generate(model, request).tokens;
-  EXPECT_EQ(generate(model, request).tokens, first);
+  request.max_tokens = 40;
+  const auto first = scheduler::generate(model, request).tokens;
+  EXPECT_EQ(scheduler::generate(model, request).tokens, first);
   request.sampling.seed = 99;
-  EXPECT_NE(generate(model, request).tokens, first);
+  EXPECT_NE(scheduler::generate(model, request).tokens, first);
 }
 
 TEST_F(Stories260K, LogprobsAreTheModelsAndLogitBiasSteersSampling) {
@@ -101,10 +101,10 @@ TEST_F(Stories260K, LogprobsAreTheModelsAndLogitBiasSteersSampling) {
   kernels::CpuBackend backend(1);
   DecoderModel model(source, backend);
   const auto expected = reference_greedy_ids();
-  GenerationRequest request;
+  scheduler::SequenceRequest request;
   request.prompt = {1};
   request.sampling.temperature = 0;
-  request.max_new_tokens = 8;
+  request.max_tokens = 8;
   request.top_logprobs = static_cast<int>(model.vocab_size());  // the whole distribution
 
   std::vector<TokenStep> steps;
@@ -112,7 +112,7 @@ TEST_F(Stories260K, LogprobsAreTheModelsAndLogitBiasSteersSampling) {
     steps.push_back(step);
     return true;
   };
-  generate(model, request, record);
+  scheduler::generate(model, request, record);
   ASSERT_EQ(steps.size(), 8u);
   for (std::size_t i = 0; i < steps.size(); ++i) {
     const auto& step = steps[i];
@@ -136,14 +136,14 @@ TEST_F(Stories260K, LogprobsAreTheModelsAndLogitBiasSteersSampling) {
   request.logit_bias = {{forced, 100.0f}};
   request.top_logprobs = 2;
   steps.clear();
-  generate(model, request, record);
+  scheduler::generate(model, request, record);
   ASSERT_FALSE(steps.empty());
   EXPECT_EQ(steps[0].token, forced);
   EXPECT_LT(steps[0].logprob, steps[0].top[0].second);
   EXPECT_EQ(steps[0].top.size(), 2u);
 
   request.logit_bias = {{static_cast<TokenId>(model.vocab_size()), 1.0f}};
-  testing::expect_error([&] { generate(model, request); }, {"logit_bias", "outside the vocabulary"});
+  testing::expect_error([&] { scheduler::generate(model, request); }, {"logit_bias", "outside the vocabulary"});
 }
 
 TEST_F(Stories260K, PromptLogprobsEqualThoseOfTheSameTokensGenerated) {
@@ -152,25 +152,25 @@ TEST_F(Stories260K, PromptLogprobsEqualThoseOfTheSameTokensGenerated) {
   const ModelSource source = open_model(dir_->path());
   kernels::CpuBackend backend(1);
   DecoderModel model(source, backend);
-  GenerationRequest request;
+  scheduler::SequenceRequest request;
   request.prompt = {1};
   request.sampling.temperature = 0;
-  request.max_new_tokens = 100;
+  request.max_tokens = 100;
   request.top_logprobs = 3;
   std::vector<TokenStep> generated;
-  generate(model, request, [&](const TokenStep& step) {
+  scheduler::generate(model, request, [&](const TokenStep& step) {
     generated.push_back(step);
     return true;
   });
   ASSERT_EQ(generated.size(), 100u);
 
-  GenerationRequest replay;
+  scheduler::SequenceRequest replay;
   replay.prompt = {1};
   for (const auto& step : generated) replay.prompt.push_back(step.token);
-  replay.max_new_tokens = 1;
+  replay.max_tokens = 1;
   replay.prompt_logprobs = 3;
   std::vector<TokenStep> scored;
-  const auto result = generate(model, replay, {}, [&](const std::vector<TokenStep>& steps) { scored = steps; });
+  const auto result = scheduler::generate(model, replay, {}, [&](const std::vector<TokenStep>& steps) { scored = steps; });
   ASSERT_EQ(scored.size(), generated.size()) << "every prompt token but the first";
   for (std::size_t i = 0; i < scored.size(); ++i) {
     EXPECT_EQ(scored[i].token, generated[i].token);
@@ -186,23 +186,23 @@ TEST_F(Stories260K, StopTokensAndCancellationEndGeneration) {
   kernels::CpuBackend backend(1);
   DecoderModel model(source, backend);
   const auto expected = reference_greedy_ids();
-  GenerationRequest request;
+  scheduler::SequenceRequest request;
   request.prompt = {1};
   request.sampling.temperature = 0;
-  request.max_new_tokens = 128;
+  request.max_tokens = 128;
   request.stop_tokens = {expected[5]};
-  const auto stopped = generate(model, request);
-  EXPECT_EQ(stopped.finish, FinishReason::Stop);
+  const auto stopped = scheduler::generate(model, request);
+  EXPECT_EQ(stopped.finish, scheduler::FinishReason::Stop);
   EXPECT_EQ(stopped.tokens, std::vector<TokenId>(expected.begin(), expected.begin() + 6));
 
   request.stop_tokens.clear();
   int seen = 0;
-  const auto cancelled = generate(model, request, [&](const TokenStep&) { return ++seen < 3; });
-  EXPECT_EQ(cancelled.finish, FinishReason::Cancelled);
+  const auto cancelled = scheduler::generate(model, request, [&](const TokenStep&) { return ++seen < 3; });
+  EXPECT_EQ(cancelled.finish, scheduler::FinishReason::Cancelled);
   EXPECT_EQ(cancelled.tokens.size(), 3u);
 
   request.prompt.assign(600, 1);  // the model's context is 512
-  testing::expect_error([&] { generate(model, request); }, {"600 tokens", "context is 512"});
+  testing::expect_error([&] { scheduler::generate(model, request); }, {"600 tokens", "context is 512"});
 }
 
 TEST_F(Stories260K, MalformedModelFoldersGiveClearErrors) {

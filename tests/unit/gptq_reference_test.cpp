@@ -7,7 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/generator.h"
+#include "scheduler/generate.h"
 #include "engine/decoder_model.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
@@ -44,15 +44,15 @@ TEST(SmolLM2Gptq, GreedyTokensMatchTransformersOnTheSameCheckpoint) {
   int exact = 0;
   for (const auto& reference_case : cases) {
     SCOPED_TRACE(reference_case["prompt"].get<std::string>());
-    GenerationRequest request;
+    scheduler::SequenceRequest request;
     request.prompt = reference_case["prompt_ids"].get<std::vector<TokenId>>();
     request.sampling.temperature = 0;
     const auto expected = reference_case["greedy_ids"].get<std::vector<TokenId>>();
     const auto gaps = reference_case["top2_gaps"].get<std::vector<double>>();
     ASSERT_EQ(expected.size(), 32u);
     ASSERT_EQ(gaps.size(), expected.size());
-    request.max_new_tokens = static_cast<std::int64_t>(expected.size());
-    const auto tokens = generate(model, request).tokens;
+    request.max_tokens = static_cast<std::int64_t>(expected.size());
+    const auto tokens = scheduler::generate(model, request).tokens;
     ASSERT_EQ(tokens.size(), expected.size());
     std::size_t step = 0;
     while (step < expected.size() && tokens[step] == expected[step]) ++step;

@@ -7,7 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/generator.h"
+#include "scheduler/generate.h"
 #include "engine/decoder_model.h"
 #include "kernel_test_util.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -80,13 +80,13 @@ TEST_F(SmolLM2Reference, QuantizedLayersStayPackedWithinTheMemoryBudget) {
 
 TEST_F(SmolLM2Reference, SixtyFourGreedyTokensMatchTransformers) {
   for (const auto& reference_case : reference_["cases"]) {
-    GenerationRequest request;
+    scheduler::SequenceRequest request;
     request.prompt = reference_case["prompt_ids"].get<std::vector<TokenId>>();
     request.sampling.temperature = 0;
-    request.max_new_tokens = 64;
+    request.max_tokens = 64;
     const auto expected = reference_case["greedy_ids"].get<std::vector<TokenId>>();
     ASSERT_EQ(expected.size(), 64u);
-    EXPECT_EQ(generate(*model_, request).tokens, expected) << "prompt: " << reference_case["prompt"];
+    EXPECT_EQ(scheduler::generate(*model_, request).tokens, expected) << "prompt: " << reference_case["prompt"];
   }
 }
 

@@ -1,7 +1,7 @@
-// Both schedulers on the real stories260K model. The contract they share: events
+// The batch scheduler on the real stories260K model. The Scheduler contract: events
 // in order and equal to a direct generate(), cancellation within one step, a full
 // queue refused at once, bad requests ending alone, stop() draining what was
-// submitted, a group's choices each getting what they would alone. Then what only
+// submitted, a group's choices each getting what they would alone. Then what
 // continuous batching does: many sequences in shared steps with chunked prefill,
 // preemption when KV blocks run out, prefix caching, groups that prefill once and
 // fork with copy-on-write.
@@ -13,12 +13,12 @@
 #include <future>
 #include <mutex>
 #include <random>
+#include <stdexcept>
 
 #include <nlohmann/json.hpp>
 
-#include "engine/generator.h"
 #include "scheduler/batch_scheduler.h"
-#include "scheduler/serial_scheduler.h"
+#include "scheduler/generate.h"
 #include "stories_model.h"
 #include "test_util.h"
 
@@ -114,14 +114,8 @@ class SchedulerContract : public ::testing::TestWithParam<std::string> {
     request.sampling.seed = seed;
     return request;
   }
-  // What the request gives when it runs alone through engine::generate.
-  static std::vector<TokenId> alone(const SequenceRequest& request) {
-    engine::GenerationRequest generation;
-    generation.prompt = request.prompt;
-    generation.sampling = request.sampling;
-    generation.max_new_tokens = request.max_tokens;
-    return engine::generate(*model_, generation).tokens;
-  }
+  // What the request gives when it runs alone through generate().
+  static std::vector<TokenId> alone(const SequenceRequest& request) { return generate(*model_, request).tokens; }
 
   struct Group {
     std::vector<std::shared_ptr<RecordingSink>> sinks;
@@ -162,7 +156,6 @@ class SchedulerContract : public ::testing::TestWithParam<std::string> {
   }
 
   std::unique_ptr<Scheduler> make(std::int64_t max_waiting) const {
-    if (GetParam() == "serial") return std::make_unique<SerialScheduler>(*model_, max_waiting);
     BatchSchedulerOptions options;
     options.max_waiting = max_waiting;
     options.num_blocks = 64;
@@ -431,12 +424,7 @@ TEST_P(BatchSchedulerTest, PromptLogprobsSurviveChunkedPrefill) {
   scheduler.submit_group(request, {{1, sinks[1]}, {2, sinks[2]}});
   for (const auto& sink : sinks) sink->wait_end();
   std::vector<engine::TokenStep> expected;
-  engine::GenerationRequest generation;
-  generation.prompt = request.prompt;
-  generation.sampling = request.sampling;
-  generation.max_new_tokens = 2;
-  generation.prompt_logprobs = 2;
-  engine::generate(*model_, generation, {}, [&](const std::vector<engine::TokenStep>& steps) { expected = steps; });
+  generate(*model_, request, {}, [&](const std::vector<engine::TokenStep>& steps) { expected = steps; });
   ASSERT_EQ(expected.size(), 16u);
   for (const auto& sink : sinks) {
     ASSERT_EQ(sink->scored.size(), 16u);
@@ -603,10 +591,39 @@ TEST_P(BatchSchedulerTest, AGroupTakesAPlacePerChoiceAndOneWiderThanTheLimitsSti
   expect_choices_as_alone(wide, request, seeds);
 }
 
+// Sinks run on the event thread; one that throws ends its own choice with the error,
+// is told nothing computed after it threw, and leaves its siblings alone.
+TEST_P(BatchSchedulerTest, ASinkThatThrowsEndsItsOwnChoiceOnly) {
+  BatchSchedulerOptions options;
+  options.num_blocks = 64;
+  BatchScheduler scheduler(*model_, options);
+  struct ThrowingSink : RecordingSink {
+    void on_token(const engine::TokenStep& step) override {
+      RecordingSink::on_token(step);
+      if (tokens.size() == 2) throw std::runtime_error("the connection broke");
+    }
+  };
+  const auto request = request_for(prompt(24, 6), 8, 1);
+  const std::vector<std::uint64_t> seeds{1, 2};
+  auto thrower = std::make_shared<ThrowingSink>();
+  auto fine = std::make_shared<RecordingSink>();
+  scheduler.submit_group(request, {{seeds[0], thrower}, {seeds[1], fine}});
+  const SequenceEnd end = thrower->wait_end();
+  EXPECT_EQ(end.reason, FinishReason::Error);
+  EXPECT_EQ(end.error, "the connection broke");
+  EXPECT_EQ(thrower->tokens.size(), 2u);
+  EXPECT_EQ(end.generated_tokens, 2) << "a token picked after the throw is never counted";
+  EXPECT_EQ(fine->wait_end().reason, FinishReason::Length);
+  EXPECT_EQ(fine->tokens, alone(with_seed(request, seeds[1])));
+  const auto load = scheduler.load();
+  EXPECT_EQ(load.running + load.waiting, 0);
+  EXPECT_EQ(load.kv_cache_usage, 0.0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Batch, BatchSchedulerTest, ::testing::Values("batch"),
                          [](const ::testing::TestParamInfo<std::string>& param) { return param.param; });
 
-INSTANTIATE_TEST_SUITE_P(Schedulers, SchedulerContract, ::testing::Values("serial", "batch"),
+INSTANTIATE_TEST_SUITE_P(Schedulers, SchedulerContract, ::testing::Values("batch"),
                          [](const ::testing::TestParamInfo<std::string>& param) { return param.param; });
 
 }  // namespace

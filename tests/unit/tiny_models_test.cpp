@@ -5,7 +5,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/generator.h"
 #include "engine/decoder_model.h"
 #include "kernel_test_util.h"
 #include "kernels/cpu/cpu_backend.h"

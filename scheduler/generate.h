@@ -1,0 +1,38 @@
+#pragma once
+// One request generated to its end on the calling thread, through the same
+// policy, plan and runner as the batch scheduler (a batch of one): chunked prefill
+// of the prompt, then decode steps until a stop token, the token budget, the
+// context, or the caller says stop. For `nibble generate`, tools and tests.
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "engine/model.h"
+#include "engine/paged_kv_cache.h"
+#include "scheduler/scheduler.h"
+
+namespace nibble::scheduler {
+
+struct GenerateOptions {
+  std::int64_t prefill_chunk = 512;  // prompt tokens per forward pass (64 at most when scoring the prompt)
+  engine::KvDtype kv_dtype = engine::KvDtype::Float32;
+};
+
+struct GenerationResult {
+  std::vector<TokenId> tokens;
+  FinishReason finish = FinishReason::Length;  // Stop, Length, Cancelled or Timeout (past the request's deadline)
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+};
+
+// on_token sees every generated token as soon as it is picked; returning false
+// cancels. With prompt_logprobs >= 0 (even with max_tokens 0), on_prompt receives
+// the prompt's tokens 1..n-1 with theirs after the prefill, before the first token.
+// Throws nibble::Error when the request cannot run (an empty prompt, one that does
+// not fit the context, a logit_bias outside the vocabulary) or the model fails.
+GenerationResult generate(engine::Model& model, const SequenceRequest& request,
+                          const std::function<bool(const engine::TokenStep&)>& on_token = {},
+                          const std::function<void(const std::vector<engine::TokenStep>&)>& on_prompt = {},
+                          const GenerateOptions& options = {});
+
+}  // namespace nibble::scheduler
