@@ -32,7 +32,7 @@ struct Q5Block {
   static constexpr nibble::BlockFormat kFormat = kMin ? nibble::BlockFormat::Q5_1 : nibble::BlockFormat::Q5_0;
   static constexpr int kElements = 32;
   static constexpr int kBytes = kMin ? 24 : 22;
-  static void decode(const std::uint8_t* b, float* out) {
+  static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
     const float d = block_half(b);
     const float m = kMin ? block_half(b + 2) : 0.0f;
     // Q5_0 is d * (q - 16) and Q5_1 d * q + m, rounded as gguf-py and ggml round them.
@@ -68,7 +68,7 @@ struct Q45KBlock {
   static constexpr nibble::BlockFormat kFormat = kHigh ? nibble::BlockFormat::Q5_K : nibble::BlockFormat::Q4_K;
   static constexpr int kElements = 256;
   static constexpr int kBytes = kHigh ? 176 : 144;
-  static void decode(const std::uint8_t* b, float* out) {
+  static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
     float scale[8], min[8];
     k_scales_mins(b + 4, block_half(b), block_half(b + 2), scale, min);
     const std::uint8_t* qh = b + 16;                    // Q5_K: bit i of qh[l] is sub-block i, element l
@@ -94,7 +94,7 @@ struct Q2KBlock {
   static constexpr nibble::BlockFormat kFormat = nibble::BlockFormat::Q2_K;
   static constexpr int kElements = 256;
   static constexpr int kBytes = 84;
-  static void decode(const std::uint8_t* b, float* out) {
+  static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
     const std::uint8_t* sc = b;
     const std::uint8_t* qs = b + 16;
     const float d = block_half(b + 80), dmin = block_half(b + 82);
@@ -107,10 +107,11 @@ struct Q2KBlock {
     for (int h = 0; h < 2; ++h) {
       for (int s = 0; s < 4; ++s) {
         float* o = out + 128 * h + 32 * s;
-        const int sub = 8 * h + 2 * s;
-        for (int l = 0; l < 16; ++l) o[l] = scale[sub] * static_cast<float>((qs[32 * h + l] >> (2 * s)) & 3u) - min[sub];
-        for (int l = 16; l < 32; ++l) {
-          o[l] = scale[sub + 1] * static_cast<float>((qs[32 * h + l] >> (2 * s)) & 3u) - min[sub + 1];
+        for (int half = 0; half < 2; ++half) {
+          const int sub = 8 * h + 2 * s + half;
+          const float step = scale[sub], mn = min[sub];
+          const std::uint8_t* q = qs + 32 * h + 16 * half;
+          for (int l = 0; l < 16; ++l) o[16 * half + l] = step * static_cast<float>((q[l] >> (2 * s)) & 3u) - mn;
         }
       }
     }
@@ -123,7 +124,7 @@ struct Q3KBlock {
   static constexpr nibble::BlockFormat kFormat = nibble::BlockFormat::Q3_K;
   static constexpr int kElements = 256;
   static constexpr int kBytes = 110;
-  static void decode(const std::uint8_t* b, float* out) {
+  static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
     const std::uint8_t* hmask = b;
     const std::uint8_t* qs = b + 32;
     const std::uint8_t* s = b + 96;
@@ -137,11 +138,16 @@ struct Q3KBlock {
     for (int h = 0; h < 2; ++h) {
       for (int sh = 0; sh < 4; ++sh) {
         float* o = out + 128 * h + 32 * sh;
-        const int sub = 8 * h + 2 * sh;
         const int mask_bit = 4 * h + sh;  // element e uses bit e / 32 of hmask[e % 32]
-        for (int l = 0; l < 32; ++l) {
-          const int q = static_cast<int>((qs[32 * h + l] >> (2 * sh)) & 3u) - (((hmask[l] >> mask_bit) & 1u) ? 0 : 4);
-          o[l] = scale[sub + l / 16] * static_cast<float>(q);
+        for (int half = 0; half < 2; ++half) {
+          const float sc = scale[8 * h + 2 * sh + half];
+          const std::uint8_t* q = qs + 32 * h + 16 * half;
+          const std::uint8_t* mask = hmask + 16 * half;
+          for (int l = 0; l < 16; ++l) {
+            // 4 * (1 - high bit) subtracted: codes -4..3.
+            const int v = static_cast<int>((q[l] >> (2 * sh)) & 3u) - 4 + 4 * static_cast<int>((mask[l] >> mask_bit) & 1u);
+            o[16 * half + l] = sc * static_cast<float>(v);
+          }
         }
       }
     }
@@ -153,24 +159,30 @@ struct Q6KBlock {
   static constexpr nibble::BlockFormat kFormat = nibble::BlockFormat::Q6_K;
   static constexpr int kElements = 256;
   static constexpr int kBytes = 210;
-  static void decode(const std::uint8_t* b, float* out) {
+  static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
     const std::uint8_t* ql = b;
     const std::uint8_t* qh = b + 128;
     const auto* sc = reinterpret_cast<const std::int8_t*>(b + 192);
     const float d = block_half(b + 208);
     float scale[16];
     for (int i = 0; i < 16; ++i) scale[i] = d * static_cast<float>(sc[i]);
-    // Half h, quarter s, index l: low nibble (s even) or high nibble (s odd) of
-    // ql[64h + 32(s & 1) + l], high bits 2s..2s+1 of qh[32h + l].
+    // Element 128h + 32s + l: the low nibble (s < 2) or high nibble (s >= 2) of
+    // ql[64h + 32(s & 1) + l], high bits 2s..2s+1 of qh[32h + l]. One pass reads each
+    // byte once and writes all four quarters, with constant shifts.
     for (int h = 0; h < 2; ++h) {
-      for (int s = 0; s < 4; ++s) {
-        float* o = out + 128 * h + 32 * s;
-        const std::uint8_t* low = ql + 64 * h + 32 * (s & 1);
-        const int shift = 4 * (s >> 1);
-        const int sub = 8 * h + 2 * s;
-        for (int l = 0; l < 32; ++l) {
-          const int q = static_cast<int>(((low[l] >> shift) & 15u) | (((qh[32 * h + l] >> (2 * s)) & 3u) << 4)) - 32;
-          o[l] = scale[sub + l / 16] * static_cast<float>(q);
+      float* o = out + 128 * h;
+      for (int half = 0; half < 2; ++half) {
+        const float* step = scale + 8 * h + half;  // quarter s uses step[2s]
+        const float s0 = step[0], s1 = step[2], s2 = step[4], s3 = step[6];
+        const std::uint8_t* a = ql + 64 * h + 16 * half;
+        const std::uint8_t* c = a + 32;
+        const std::uint8_t* hi = qh + 32 * h + 16 * half;
+        float* oh = o + 16 * half;
+        for (int l = 0; l < 16; ++l) {
+          oh[l] = s0 * static_cast<float>(static_cast<int>((a[l] & 15u) | ((hi[l] & 3u) << 4)) - 32);
+          oh[32 + l] = s1 * static_cast<float>(static_cast<int>((c[l] & 15u) | (((hi[l] >> 2) & 3u) << 4)) - 32);
+          oh[64 + l] = s2 * static_cast<float>(static_cast<int>((a[l] >> 4) | (((hi[l] >> 4) & 3u) << 4)) - 32);
+          oh[96 + l] = s3 * static_cast<float>(static_cast<int>((c[l] >> 4) | ((hi[l] >> 6) << 4)) - 32);
         }
       }
     }
@@ -182,7 +194,7 @@ struct Q8KBlock {
   static constexpr nibble::BlockFormat kFormat = nibble::BlockFormat::Q8_K;
   static constexpr int kElements = 256;
   static constexpr int kBytes = 292;
-  static void decode(const std::uint8_t* b, float* out) {
+  static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
     float d;
     std::memcpy(&d, b, 4);
     const auto* qs = reinterpret_cast<const std::int8_t*>(b + 4);
@@ -195,7 +207,7 @@ struct Iq4NlBlock {
   static constexpr nibble::BlockFormat kFormat = nibble::BlockFormat::IQ4_NL;
   static constexpr int kElements = 32;
   static constexpr int kBytes = 18;
-  static void decode(const std::uint8_t* b, float* out) {
+  static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
     float level[16];
     const float d = block_half(b);
     for (int i = 0; i < 16; ++i) level[i] = d * kIq4Levels[i];
@@ -212,7 +224,7 @@ struct Iq4XsBlock {
   static constexpr nibble::BlockFormat kFormat = nibble::BlockFormat::IQ4_XS;
   static constexpr int kElements = 256;
   static constexpr int kBytes = 136;
-  static void decode(const std::uint8_t* b, float* out) {
+  static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
     const float d = block_half(b);
     const std::uint32_t scales_h = static_cast<std::uint32_t>(b[2]) | (static_cast<std::uint32_t>(b[3]) << 8);
     const std::uint8_t* scales_l = b + 4;
@@ -237,7 +249,8 @@ struct Tq1Block {
   static constexpr nibble::BlockFormat kFormat = nibble::BlockFormat::TQ1_0;
   static constexpr int kElements = 256;
   static constexpr int kBytes = 54;
-  static void digits(const std::uint8_t* bytes, int count, int digits_per_byte, float d, float* out) {
+  static void digits(const std::uint8_t* __restrict bytes, int count, int digits_per_byte, float d,
+                     float* __restrict out) {
     constexpr std::uint8_t kPow3[5] = {1, 3, 9, 27, 81};
     for (int n = 0; n < digits_per_byte; ++n) {
       for (int m = 0; m < count; ++m) {
@@ -247,7 +260,7 @@ struct Tq1Block {
       }
     }
   }
-  static void decode(const std::uint8_t* b, float* out) {
+  static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
     const float d = block_half(b + 52);
     digits(b, 32, 5, d, out);             // elements 0..159
     digits(b + 32, 16, 5, d, out + 160);  // 160..239
@@ -260,7 +273,7 @@ struct Tq2Block {
   static constexpr nibble::BlockFormat kFormat = nibble::BlockFormat::TQ2_0;
   static constexpr int kElements = 256;
   static constexpr int kBytes = 66;
-  static void decode(const std::uint8_t* b, float* out) {
+  static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
     const float d = block_half(b + 64);
     for (int h = 0; h < 2; ++h) {
       for (int s = 0; s < 4; ++s) {
