@@ -10,7 +10,7 @@ activation rows `x` and `y = x @ w_ref.T` computed in float64 (stored as float32
 Q8_K has no gguf-py dequantizer; its reference is d * q written out here from the
 format (a float32 scale, then 256 int8 codes).
 
-DIR/mixed_llama.gguf is a two-layer llama whose projections mix types as a Q4_K_M
+DIR/mixed_llama.gguf is a three-layer llama whose projections mix types as a Q4_K_M
 or Q3_K_L file does (q/k one type, v and down another, gate/up a third), quantized
 by gguf-py where it has a quantizer and otherwise random blocks; DIR/iq2.gguf holds
 an IQ2_XXS tensor the loader must refuse by name. Nothing here is committed.
@@ -88,7 +88,11 @@ def stored(rng: np.random.Generator, values: np.ndarray, qtype: Q) -> np.ndarray
 
 
 def write_mixed_llama(path: Path, rng: np.random.Generator) -> None:
-    hidden, heads, kv_heads, ffn, vocab, layers = 256, 4, 2, 512, 32, 2
+    # Per layer: (q/k, v, o, gate/up, down) types, as llama.cpp's K-quant mixes vary them;
+    # together with the embedding (Q6_K) and output (TQ1_0) every block type appears.
+    mixes = [(Q.Q4_K, Q.Q6_K, Q.Q5_1, Q.Q3_K, Q.Q5_K), (Q.IQ4_XS, Q.Q8_K, Q.Q5_0, Q.TQ2_0, Q.IQ4_NL),
+             (Q.Q2_K, Q.Q4_K, Q.Q6_K, Q.Q5_K, Q.Q3_K)]
+    hidden, heads, kv_heads, ffn, vocab, layers = 256, 4, 2, 512, 32, len(mixes)
     head_dim = hidden // heads
     kv = kv_heads * head_dim
     writer = GGUFWriter(path, arch="llama")
@@ -110,8 +114,6 @@ def write_mixed_llama(path: Path, rng: np.random.Generator) -> None:
         data = stored(rng, rng.standard_normal(shape) * scale, qtype)
         writer.add_tensor(name, data, raw_dtype=None if qtype == Q.F32 else qtype)
 
-    # Per layer: (q/k, v, o, gate/up, down) types, as llama.cpp's K-quant mixes vary them.
-    mixes = [(Q.Q4_K, Q.Q6_K, Q.Q5_0, Q.Q3_K, Q.Q5_K), (Q.IQ4_XS, Q.Q8_K, Q.Q2_K, Q.TQ2_0, Q.IQ4_NL)]
     add("token_embd.weight", (vocab, hidden), Q.Q6_K, 1.0)
     for layer, (qk, v, o, gate_up, down) in enumerate(mixes):
         add(f"blk.{layer}.attn_norm.weight", (hidden,), Q.F32, 1.0)

@@ -2,7 +2,7 @@
 // tests/gguf/make_block_cases.py writes fresh random blocks, gguf-py's dequantization
 // and a float64 matmul into a temp dir before this runs (fixture block_cases). Every
 // type is checked on every ISA this CPU has, on an odd number of output rows and
-// 1..64 activation rows; a mixed-type llama loads and runs, and IQ2 is refused.
+// 1..64 activation rows; a llama mixing all twelve types loads and runs, and IQ2 is refused.
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -116,8 +116,8 @@ TEST(BlockLoader, AMixedTypeLlamaLoadsPackedAndMatchesItsWidenedSelf) {
 
   // Every projection stays in its file type, and the packed bytes are the file's.
   const auto& kinds = packed.linear_kinds();
-  for (const char* kind : {"Q4_K blocks", "Q6_K blocks", "Q5_0 blocks", "Q3_K blocks", "Q5_K blocks", "IQ4_XS blocks",
-                           "Q8_K blocks", "Q2_K blocks", "TQ2_0 blocks", "IQ4_NL blocks", "TQ1_0 blocks"}) {
+  for (int f = 0; f < kBlockFormatCount; ++f) {
+    const std::string kind = std::string(block_format_info(static_cast<BlockFormat>(f)).name) + " blocks";
     EXPECT_TRUE(kinds.contains(kind)) << kind;
   }
   const engine::WeightMemory& memory = packed.weight_memory();
