@@ -9,6 +9,10 @@
 //   copies       copies of the weight the calls rotate through
 //   x_float_act  int8-activation runs: speed as a multiple of the same weights with
 //                float activations (same shape, rows, threads, this run)
+//   x_copy       BM_GgufLinear: memcpy time of the same number of weight bytes (cold,
+//                same copies count, this run) over the kernel's time; 1 = as fast as
+//                just reading and writing the weights once
+//   tokens_per_s BM_GgufLinear: activation rows through this one layer per second
 //
 // Weights are cold, as in decode: a model's layers together far exceed the caches,
 // so each call streams its weight from memory. Every benchmark rotates through
@@ -30,6 +34,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/block_format.h"
 #include "common/half.h"
 #include "common/quantized_matrix.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -206,6 +211,66 @@ void BM_QuantLinear(benchmark::State& state) {
   state.SetLabel(copies[0]->describe() + (int8_activations ? " int8 activations" : ""));
 }
 
+// GGUF types on SmolLM2-135M's shapes: Q4_0 / Q8_0 (unpacked into the packed INT4/INT8
+// tiles) against Q4_K / Q6_K (kept as blocks, decoded in the kernel).
+enum GgufBenchType { kQ4_0, kQ8_0, kQ4_K, kQ6_K };
+
+QuantizedMatrix gguf_bench_matrix(std::int64_t n, std::int64_t k, int type) {
+  if (type == kQ4_0 || type == kQ8_0) {
+    // Q4_0 / Q8_0 load as 32-weight groups with an f16 scale and a zero point.
+    return random_quantized(n, k, type == kQ4_0 ? 4 : 8, 32, false);
+  }
+  const nibble::BlockFormat format = type == kQ4_K ? nibble::BlockFormat::Q4_K : nibble::BlockFormat::Q6_K;
+  const auto& info = nibble::block_format_info(format);
+  QuantizedMatrix m;
+  m.name = "bench";
+  m.rows = n;
+  m.cols = k;
+  m.block_format = format;
+  m.blocks.resize(static_cast<std::size_t>(n * (k / info.elements) * info.bytes));
+  std::mt19937 rng(1);
+  for (auto& byte : m.blocks) byte = static_cast<std::byte>(rng());
+  // Sane fp16 super-block scales (random bytes could be NaN): Q4_K d, dmin at 0, 2; Q6_K d at 208.
+  const std::uint16_t scale = nibble::f32_to_f16(0.01f);
+  for (std::size_t b = 0; b < m.blocks.size(); b += static_cast<std::size_t>(info.bytes)) {
+    for (const int at : type == kQ4_K ? std::vector<int>{0, 2} : std::vector<int>{208}) {
+      std::memcpy(m.blocks.data() + b + at, &scale, 2);
+    }
+  }
+  m.stored_bytes = m.blocks.size();
+  return m;
+}
+
+// args: input features k, output features n, rows m, GgufBenchType
+void BM_GgufLinear(benchmark::State& state) {
+  const std::int64_t k = state.range(0), n = state.range(1), rows = state.range(2);
+  CpuBackend backend(bench_threads());
+  const QuantizedMatrix matrix = gguf_bench_matrix(n, k, static_cast<int>(state.range(3)));
+  std::vector<std::shared_ptr<const LinearWeights>> copies{backend.prepare_linear(matrix)};
+  const double bytes = static_cast<double>(copies[0]->resident_bytes());
+  while (copies.size() < cold_copies(bytes)) copies.push_back(backend.prepare_linear(matrix));
+  Inputs io(rows, n, k);
+  std::size_t next = 0;
+  const auto call = [&] { backend.linear(io.x.data(), rows, *copies[next++ % copies.size()], nullptr, io.y.data()); };
+  for (auto _ : state) {
+    call();
+    benchmark::DoNotOptimize(io.y.data());
+  }
+  const double seconds = seconds_per_call(call);
+  report(state, bytes, seconds, f32_baseline(backend, n, k, rows), copies.size());
+  // The same bytes, cold the same way, copied once: the floor for a kernel that reads them.
+  std::vector<std::vector<char>> sources(copies.size(), std::vector<char>(static_cast<std::size_t>(bytes), 1));
+  std::vector<char> target(static_cast<std::size_t>(bytes));
+  std::size_t source = 0;
+  const double copy_seconds = seconds_per_call([&] {
+    std::memcpy(target.data(), sources[source++ % sources.size()].data(), target.size());
+    benchmark::DoNotOptimize(target.data());
+  });
+  state.counters["x_copy"] = copy_seconds / seconds;
+  state.counters["tokens_per_s"] = static_cast<double>(rows) / seconds;
+  state.SetLabel(copies[0]->describe());
+}
+
 // The f32 dense kernel itself, for its own GB/s next to the quantized ones.
 void BM_F32Linear(benchmark::State& state) {
   const std::int64_t k = state.range(0), n = state.range(1), rows = state.range(2);
@@ -285,6 +350,14 @@ BENCHMARK(BM_QuantLinear)
     ->Args({4096, 11008, 16, 4, 0, 1})
     ->Args({11008, 4096, 16, 4, 0, 1})
     ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+// SmolLM2-135M's down_proj (1536 -> 576; its 576-wide inputs are not whole 256-weight
+// K-quant blocks, which is why Q4_K_M files hold Q5_0/Q8_0 there) and SmolLM2-1.7B's
+// gate/up (2048 -> 8192), whose weights do not fit the caches; decode (1) and a batch (16).
+BENCHMARK(BM_GgufLinear)
+    ->ArgsProduct({{1536}, {576}, {1, 16}, {kQ4_0, kQ8_0, kQ4_K, kQ6_K}})
+    ->ArgsProduct({{2048}, {8192}, {1, 16}, {kQ4_0, kQ8_0, kQ4_K, kQ6_K}})
+    ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 BENCHMARK(BM_CsrVsDenseF16)
     ->ArgsProduct({{5, 10, 20, 30, 50}, {1, 4}})

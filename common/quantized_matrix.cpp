@@ -8,7 +8,30 @@
 
 namespace nibble {
 
+std::size_t QuantizedMatrix::block_row_bytes() const {
+  if (!block_format) fail("{}: not a block-quantized matrix", name);
+  const BlockFormatInfo& info = block_format_info(*block_format);
+  return static_cast<std::size_t>(cols / info.elements * info.bytes);
+}
+
+void QuantizedMatrix::dequantize_row(std::int64_t n, float* out) const {
+  if (block_format) {
+    const BlockFormatInfo& info = block_format_info(*block_format);
+    const std::byte* row = blocks.data() + static_cast<std::size_t>(n) * block_row_bytes();
+    for (std::int64_t b = 0; b < cols / info.elements; ++b) decode_block(*block_format, row + b * info.bytes, out + b * info.elements);
+    return;
+  }
+  for (std::int64_t k = 0; k < cols; ++k) out[k] = value(n, k);
+}
+
 float QuantizedMatrix::value(std::int64_t n, std::int64_t k) const {
+  if (block_format) {
+    const BlockFormatInfo& info = block_format_info(*block_format);
+    std::vector<float> block(static_cast<std::size_t>(info.elements));
+    const std::size_t at = static_cast<std::size_t>(n) * block_row_bytes() + static_cast<std::size_t>(k / info.elements * info.bytes);
+    decode_block(*block_format, blocks.data() + at, block.data());
+    return block[static_cast<std::size_t>(k % info.elements)];
+  }
   const auto index = [this](std::int64_t row, std::int64_t g) { return static_cast<std::size_t>(row * groups + g); };
   const std::int64_t g = group(k);
   const float q = codes[static_cast<std::size_t>(n * cols + k)];
@@ -37,6 +60,19 @@ std::optional<std::pair<std::int64_t, std::int64_t>> first_2_4_violation(const Q
 }  // namespace
 
 void QuantizedMatrix::validate() const {
+  if (block_format) {
+    const BlockFormatInfo& info = block_format_info(*block_format);
+    if (rows <= 0 || cols <= 0) fail("{}: empty matrix [{}, {}]", name, rows, cols);
+    if (cols % info.elements != 0) {
+      fail("{}: {} input columns are not whole {} blocks of {}", name, cols, info.name, info.elements);
+    }
+    if (blocks.size() != static_cast<std::size_t>(rows) * block_row_bytes()) {
+      fail("{}: {} bytes of {} blocks for a [{}, {}] matrix, expected {}", name, blocks.size(), info.name, rows, cols,
+           static_cast<std::size_t>(rows) * block_row_bytes());
+    }
+    if (!codes.empty() || !scales.empty() || sparse_2_4) fail("{}: a block-quantized matrix also has unpacked codes", name);
+    return;
+  }
   if (bits != 2 && bits != 3 && bits != 4 && bits != 8) fail("{}: {}-bit weights are not supported (2, 3, 4, 8)", name, bits);
   if (rows <= 0 || cols <= 0) fail("{}: empty matrix [{}, {}]", name, rows, cols);
   if (groups <= 0 || groups > cols) fail("{}: {} groups for {} input columns", name, groups, cols);
@@ -74,7 +110,7 @@ void QuantizedMatrix::validate() const {
 }
 
 bool QuantizedMatrix::follows_2_4() const {
-  return offset == Offset::ZeroPoint && cols % 4 == 0 && !first_2_4_violation(*this);
+  return !block_format && offset == Offset::ZeroPoint && cols % 4 == 0 && !first_2_4_violation(*this);
 }
 
 std::optional<QuantizedMatrix> stack_rows(std::span<const QuantizedMatrix> parts, std::string name) {
@@ -89,8 +125,9 @@ std::optional<QuantizedMatrix> stack_rows(std::span<const QuantizedMatrix> parts
   stacked.offset = first.offset;
   stacked.scale_dtype = first.scale_dtype;
   stacked.sparse_2_4 = first.sparse_2_4;
+  stacked.block_format = first.block_format;
   for (const auto& part : parts) {
-    if (part.cols != first.cols || part.bits != first.bits || part.groups != first.groups ||
+    if (part.block_format != first.block_format || part.cols != first.cols || part.bits != first.bits || part.groups != first.groups ||
         part.group_of_col != first.group_of_col || part.offset != first.offset ||
         part.scale_dtype != first.scale_dtype || part.sparse_2_4 != first.sparse_2_4) {
       return std::nullopt;
@@ -101,6 +138,7 @@ std::optional<QuantizedMatrix> stack_rows(std::span<const QuantizedMatrix> parts
     stacked.scales.insert(stacked.scales.end(), part.scales.begin(), part.scales.end());
     stacked.zeros.insert(stacked.zeros.end(), part.zeros.begin(), part.zeros.end());
     stacked.mins.insert(stacked.mins.end(), part.mins.begin(), part.mins.end());
+    stacked.blocks.insert(stacked.blocks.end(), part.blocks.begin(), part.blocks.end());
   }
   return stacked;
 }

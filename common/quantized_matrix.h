@@ -4,12 +4,14 @@
 // blocks) produces it and every backend packs it into its own kernel layout, so
 // no reader knows a kernel layout and no kernel knows a file format. It lives only
 // while one layer is being loaded, so it favours plain indexing over size.
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "common/block_format.h"
 #include "common/dtype.h"
 
 namespace nibble {
@@ -39,6 +41,13 @@ struct QuantizedMatrix {
   // Every aligned run of 4 input columns holds at most 2 nonzero weights in each
   // row (2:4 structured sparsity), as the checkpoint declared and the reader checked.
   bool sparse_2_4 = false;
+  // Set for block-quantized weights (GGUF K-quants, IQ4, ternary, Q5_0/Q5_1): the
+  // rows' blocks are then kept exactly as the file has them in `blocks` (each row
+  // cols / elements blocks, rows one after another) and the unpacked fields above
+  // (bits, groups, codes, scales, offsets) stay empty. Backends decode the blocks
+  // inside their kernels; nothing is widened.
+  std::optional<BlockFormat> block_format;
+  std::vector<std::byte> blocks;
   // Bytes the source tensors took in the file, for the resident-memory budget.
   std::uint64_t stored_bytes = 0;
 
@@ -48,6 +57,10 @@ struct QuantizedMatrix {
   bool follows_2_4() const;
   // The dequantized weight (row n, input column k), for references and tests.
   float value(std::int64_t n, std::int64_t k) const;
+  // Row n dequantized into cols floats (a block decoded once, not once per value).
+  void dequantize_row(std::int64_t n, float* out) const;
+  // Bytes of one row of blocks (block-quantized matrices only).
+  std::size_t block_row_bytes() const;
   // Throws nibble::Error naming the matrix when sizes, codes, groups or the 2:4
   // pattern are inconsistent. Readers call it before handing the matrix on.
   void validate() const;
@@ -56,7 +69,7 @@ struct QuantizedMatrix {
 // The matrices' rows one after another, as one matrix named `name`: what a model
 // runs as one linear layer when several read the same input (q/k/v, gate/up).
 // Empty when they differ in anything but their rows: input columns, bits, groups
-// and the column-to-group map, offset kind, scale precision, 2:4 sparsity.
+// and the column-to-group map, offset kind, scale precision, 2:4 sparsity, block format.
 std::optional<QuantizedMatrix> stack_rows(std::span<const QuantizedMatrix> parts, std::string name);
 
 // group_of_col for plain grouping: column k is in group k / group_size

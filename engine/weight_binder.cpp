@@ -73,9 +73,7 @@ Linear WeightBinder::quantized_linear(QuantizedMatrix quantized, const std::stri
   Linear out{module, nullptr, {}};
   if (options_.expand_quantized) {
     std::vector<float> values(static_cast<std::size_t>(rows * cols));
-    for (std::int64_t n = 0; n < rows; ++n) {
-      for (std::int64_t k = 0; k < cols; ++k) values[static_cast<std::size_t>(n * cols + k)] = quantized.value(n, k);
-    }
+    for (std::int64_t n = 0; n < rows; ++n) quantized.dequantize_row(n, values.data() + n * cols);
     TensorView tensor = make_owned_f32(module + ".weight", {rows, cols}, std::move(values));
     out.weights = backend_.prepare_linear(kernels::Matrix{DType::F32, rows, cols, tensor.bytes.data()},
                                           kernels::SparseChoice::Dense);

@@ -60,6 +60,12 @@ std::optional<TypeTraits> type_traits(std::uint32_t raw) {
     case GgmlType::Q4_0: return TypeTraits{32, 18};
     case GgmlType::Q4_1: return TypeTraits{32, 20};
     case GgmlType::Q8_0: return TypeTraits{32, 34};
+    case GgmlType::Q5_0: case GgmlType::Q5_1: case GgmlType::Q2_K: case GgmlType::Q3_K: case GgmlType::Q4_K:
+    case GgmlType::Q5_K: case GgmlType::Q6_K: case GgmlType::Q8_K: case GgmlType::IQ4_NL: case GgmlType::IQ4_XS:
+    case GgmlType::TQ1_0: case GgmlType::TQ2_0: {
+      const BlockFormatInfo& info = block_format_info(*block_format_of(static_cast<GgmlType>(raw)));
+      return TypeTraits{info.elements, static_cast<std::uint64_t>(info.bytes)};
+    }
   }
   return std::nullopt;
 }
@@ -191,7 +197,7 @@ RawTensorInfo read_tensor_info(ByteReader& reader, std::uint64_t index) {
   const auto traits = type_traits(raw_type);
   if (!traits) {
     fail("{}: tensor '{}' has ggml type {} ({}), which nibble does not support (supported: F32, F16, BF16, Q4_0, "
-         "Q4_1, Q8_0)",
+         "Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0)",
          reader.file(), name, raw_type, other_ggml_type_name(raw_type));
   }
   info.tensor.type = static_cast<GgmlType>(raw_type);
@@ -325,6 +331,24 @@ void decode_halves(std::span<const std::byte> data, std::span<float> out) {
 }  // namespace
 
 std::string_view ggml_type_name(GgmlType type) { return other_ggml_type_name(static_cast<std::uint32_t>(type)); }
+
+std::optional<BlockFormat> block_format_of(GgmlType type) {
+  switch (type) {
+    case GgmlType::Q5_0: return BlockFormat::Q5_0;
+    case GgmlType::Q5_1: return BlockFormat::Q5_1;
+    case GgmlType::Q2_K: return BlockFormat::Q2_K;
+    case GgmlType::Q3_K: return BlockFormat::Q3_K;
+    case GgmlType::Q4_K: return BlockFormat::Q4_K;
+    case GgmlType::Q5_K: return BlockFormat::Q5_K;
+    case GgmlType::Q6_K: return BlockFormat::Q6_K;
+    case GgmlType::Q8_K: return BlockFormat::Q8_K;
+    case GgmlType::IQ4_NL: return BlockFormat::IQ4_NL;
+    case GgmlType::IQ4_XS: return BlockFormat::IQ4_XS;
+    case GgmlType::TQ1_0: return BlockFormat::TQ1_0;
+    case GgmlType::TQ2_0: return BlockFormat::TQ2_0;
+    default: return std::nullopt;
+  }
+}
 
 std::int64_t GgufTensor::numel() const {
   std::int64_t n = 1;
@@ -470,6 +494,12 @@ void dequantize_to_f32(const GgufTensor& tensor, std::span<float> out) {
     case GgmlType::Q4_0: decode_blocks<BlockQ4_0>(tensor.data, out); return;
     case GgmlType::Q4_1: decode_blocks<BlockQ4_1>(tensor.data, out); return;
     case GgmlType::Q8_0: decode_blocks<BlockQ8_0>(tensor.data, out); return;
+    default: break;
+  }
+  const BlockFormat format = *block_format_of(tensor.type);
+  const BlockFormatInfo& info = block_format_info(format);
+  for (std::uint64_t b = 0; b < numel / static_cast<std::uint64_t>(info.elements); ++b) {
+    decode_block(format, tensor.data.data() + b * static_cast<std::uint64_t>(info.bytes), out.data() + b * static_cast<std::uint64_t>(info.elements));
   }
 }
 

@@ -11,13 +11,20 @@
 #include <variant>
 #include <vector>
 
+#include "common/block_format.h"
 #include "common/mapped_file.h"
 
 namespace nibble {
 
 // ggml tensor types this reader understands (values are the on-disk enum).
-enum class GgmlType : std::uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, BF16 = 30 };
+enum class GgmlType : std::uint32_t {
+  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13,
+  Q6_K = 14, Q8_K = 15, IQ4_NL = 20, IQ4_XS = 23, BF16 = 30, TQ1_0 = 34, TQ2_0 = 35
+};
 std::string_view ggml_type_name(GgmlType type);
+// The block encoding a type's tensors are kept in (nullopt for F32/F16/BF16 and
+// Q4_0/Q4_1/Q8_0, which unpack into QuantizedMatrix codes).
+std::optional<BlockFormat> block_format_of(GgmlType type);
 
 struct GgufArray;
 using GgufValue = std::variant<std::uint8_t, std::int8_t, std::uint16_t, std::int16_t, std::uint32_t, std::int32_t,

@@ -133,7 +133,27 @@ std::optional<DType> plain_dtype(GgmlType type) {
   }
 }
 
-bool is_block_type(GgmlType type) { return type == GgmlType::Q4_0 || type == GgmlType::Q4_1 || type == GgmlType::Q8_0; }
+bool is_unpacked_type(GgmlType type) { return type == GgmlType::Q4_0 || type == GgmlType::Q4_1 || type == GgmlType::Q8_0; }
+
+// Types whose matrices load as QuantizedMatrix: unpacked codes, or kept-packed blocks.
+bool is_quantized_type(GgmlType type) { return is_unpacked_type(type) || block_format_of(type).has_value(); }
+
+// K-quant, IQ4, ternary and Q5 rows as a block-quantized QuantizedMatrix: the
+// bytes are copied as they are (rows in HF order), never decoded here.
+QuantizedMatrix packed_blocks(const std::string& module, BlockFormat format, std::span<const std::byte> data,
+                              std::int64_t rows, std::int64_t cols) {
+  QuantizedMatrix m;
+  m.name = module;
+  m.rows = rows;
+  m.cols = cols;
+  m.groups = 0;
+  m.bits = 0;
+  m.block_format = format;
+  m.blocks.assign(data.begin(), data.end());
+  m.stored_bytes = data.size();
+  m.validate();
+  return m;
+}
 
 float block_f16(const std::byte* at) {
   std::uint16_t bits;
@@ -230,8 +250,9 @@ class GgufWeights final : public WeightSource {
     return convert(name, tensor, reordered);
   }
 
-  // Q4_0 / Q4_1 / Q8_0 weights unpacked without dequantizing (rows reordered
-  // exactly as load() does); nullopt for plain F32/F16/BF16 tensors.
+  // Q4_0 / Q4_1 / Q8_0 weights unpacked without dequantizing, every other
+  // quantized type as its blocks (rows reordered exactly as load() does);
+  // nullopt for plain F32/F16/BF16 tensors.
   std::optional<QuantizedMatrix> load_quantized(const std::string& module) const override {
     if (!has_quantized(module)) return std::nullopt;
     const Entry& entry = entries_.at(module + ".weight");
@@ -247,14 +268,16 @@ class GgufWeights final : public WeightSource {
       interleaved_rope_rows_to_halves(data, reordered, tensor.shape[0], entry.rope_heads);
       data = reordered;
     }
-    QuantizedMatrix m = unpack_blocks(module, tensor.type, data, tensor.shape[0], tensor.shape[1]);
+    const auto format = block_format_of(tensor.type);
+    QuantizedMatrix m = format ? packed_blocks(module, *format, data, tensor.shape[0], tensor.shape[1])
+                               : unpack_blocks(module, tensor.type, data, tensor.shape[0], tensor.shape[1]);
     release_mapped_pages(tensor.data);
     return m;
   }
 
   bool has_quantized(const std::string& module) const override {
     const auto it = entries_.find(module + ".weight");
-    return it != entries_.end() && is_block_type(it->second.tensor->type);
+    return it != entries_.end() && is_quantized_type(it->second.tensor->type);
   }
 
   std::uint64_t file_bytes() const override { return gguf_->size(); }

@@ -64,4 +64,8 @@ Sparse24Kernel sparse24_kernel(const Sparse24Layout& layout, Isa isa) {
 
 CsrKernel csr_kernel(const CsrMatrix& matrix, Isa isa) { return linear_kernel_table(isa).csr[scale_slot(matrix.dtype)]; }
 
+BlockKernel block_kernel(const BlockLayout& layout, Isa isa) {
+  return linear_kernel_table(isa).block[static_cast<int>(layout.format)];
+}
+
 }  // namespace nibble::kernels::cpu

@@ -57,6 +57,13 @@ struct CsrMatrix {
 using CsrKernel = void (*)(const CsrMatrix& w, const float* x, std::int64_t rows, std::int64_t n_begin,
                            std::int64_t n_end, const float* bias, float* y, std::int64_t ldy);
 
+// Block-quantized rows (BlockLayout): y for output rows [n_begin, n_end) of all
+// rows of x ([rows][cols], input order). `scratch` holds block_scratch_floats(rows).
+using BlockKernel = void (*)(const BlockLayout& w, const float* x, std::int64_t rows, std::int64_t n_begin,
+                             std::int64_t n_end, const float* bias, float* y, std::int64_t ldy, float* scratch);
+// Two accumulators of up to 16 floats per activation row.
+constexpr std::int64_t block_scratch_floats(std::int64_t rows) { return rows * 2 * 16; }
+
 // Index of a scale/value dtype in the tables below.
 enum ScaleSlot { kScaleF32 = 0, kScaleF16 = 1, kScaleBF16 = 2 };
 int scale_slot(DType dtype);  // throws for dtypes without kernels
@@ -68,6 +75,7 @@ struct LinearKernelTable {
   QuantKernel quant[4][3][2];  // [bits 2,3,4,8][ScaleSlot][zero point, min]
   Sparse24Kernel sparse24[3];  // [ScaleSlot]
   CsrKernel csr[3];            // [value ScaleSlot]
+  BlockKernel block[kBlockFormatCount];  // [BlockFormat]
 };
 
 const LinearKernelTable& linear_kernels_scalar();
@@ -80,5 +88,6 @@ LinearKernel linear_kernel(DType dtype, Isa isa);
 QuantKernel quant_kernel(const QuantLayout& layout, Isa isa);
 Sparse24Kernel sparse24_kernel(const Sparse24Layout& layout, Isa isa);
 CsrKernel csr_kernel(const CsrMatrix& matrix, Isa isa);
+BlockKernel block_kernel(const BlockLayout& layout, Isa isa);
 
 }  // namespace nibble::kernels::cpu

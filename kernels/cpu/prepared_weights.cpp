@@ -224,6 +224,27 @@ class Sparse24Weights final : public CpuLinearWeights {
   Sparse24Layout w_;
 };
 
+// Block-quantized rows, split across the pool by output rows like dense weights.
+class BlockWeights final : public CpuLinearWeights {
+ public:
+  explicit BlockWeights(BlockLayout w) : w_(std::move(w)) {}
+  std::int64_t rows() const override { return w_.rows; }
+  std::int64_t cols() const override { return w_.cols; }
+  std::uint64_t resident_bytes() const override { return w_.resident_bytes(); }
+  bool views_source() const override { return false; }
+  std::string describe() const override { return fmt::format("{} blocks", block_format_info(w_.format).name); }
+  void dequantize_row(std::int64_t row, float* out) const override { w_.dequantize_row(row, out); }
+  void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
+    const BlockKernel kernel = block_kernel(w_, context.isa);
+    split(context.pool, w_.rows, kColumnAlignment, [&](std::int64_t begin, std::int64_t end, int worker) {
+      kernel(w_, x, rows, begin, end, bias, y, w_.rows, worker_buffer(context, worker, block_scratch_floats(rows)).data());
+    });
+  }
+
+ private:
+  BlockLayout w_;
+};
+
 }  // namespace
 
 std::unique_ptr<CpuLinearWeights> make_dense_weights(const Matrix& dense) {
@@ -266,6 +287,7 @@ std::unique_ptr<CpuLinearWeights> make_csr_weights(const Matrix& dense) {
 
 std::unique_ptr<CpuLinearWeights> make_quantized_weights(const QuantizedMatrix& quantized) {
   quantized.validate();
+  if (quantized.block_format) return std::make_unique<BlockWeights>(pack_blocks(quantized));
   if (fits_sparse24(quantized)) return std::make_unique<Sparse24Weights>(pack_sparse24(quantized));
   return std::make_unique<QuantWeights>(pack_quantized(quantized));
 }

@@ -183,6 +183,26 @@ void QuantLayout::dequantize_row(std::int64_t row, float* out) const {
   }
 }
 
+BlockLayout pack_blocks(const QuantizedMatrix& m) {
+  if (!m.block_format) fail("{}: not a block-quantized matrix", m.name);
+  m.validate();
+  BlockLayout layout;
+  layout.rows = m.rows;
+  layout.cols = m.cols;
+  layout.format = *m.block_format;
+  layout.row_bytes = m.block_row_bytes();
+  layout.bytes = AlignedBytes(m.blocks.size());
+  std::memcpy(layout.bytes.data(), m.blocks.data(), m.blocks.size());
+  return layout;
+}
+
+void BlockLayout::dequantize_row(std::int64_t row, float* out) const {
+  if (row < 0 || row >= rows) fail("row {} outside a matrix of {} rows", row, rows);
+  const BlockFormatInfo& info = block_format_info(format);
+  const std::byte* at = bytes.data() + static_cast<std::size_t>(row) * row_bytes;
+  for (std::int64_t b = 0; b < cols / info.elements; ++b) decode_block(format, at + b * info.bytes, out + b * info.elements);
+}
+
 bool fits_sparse24(const QuantizedMatrix& m) {
   if (!m.sparse_2_4 || m.bits != 4 || m.offset != QuantizedMatrix::Offset::ZeroPoint) return false;
   if (m.cols % Sparse24Layout::kInputsPerUnit != 0) return false;

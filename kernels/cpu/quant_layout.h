@@ -26,6 +26,7 @@
 #include <memory>
 #include <vector>
 
+#include "common/block_format.h"
 #include "common/dtype.h"
 #include "common/quantized_matrix.h"
 
@@ -105,6 +106,24 @@ struct Sparse24Layout {
   std::uint64_t resident_bytes() const;
   void dequantize_row(std::int64_t row, float* out) const;
 };
+
+// Block-quantized weights (QuantizedMatrix::block_format) kept exactly as the
+// file stores them: row-major, each row its cols / elements blocks back to back
+// (docs/formats.md has every block's bits). The kernels decode a few KB of a row's
+// blocks at a time into L1-resident floats, decoding each block's scales once,
+// and run every activation row against them. Resident bytes equal the file's.
+struct BlockLayout {
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  BlockFormat format = BlockFormat::Q4_K;
+  std::size_t row_bytes = 0;
+  AlignedBytes bytes;  // [rows][row_bytes]
+
+  std::uint64_t resident_bytes() const { return bytes.size(); }
+  void dequantize_row(std::int64_t row, float* out) const;
+};
+
+BlockLayout pack_blocks(const QuantizedMatrix& matrix);
 
 // Whether `matrix` fits Sparse24Layout: 4-bit, zero points, 2:4 flagged,
 // contiguous groups whose size is a multiple of 16, cols a multiple of 16.

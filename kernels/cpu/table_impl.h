@@ -1,6 +1,6 @@
 #pragma once
 // Builds the including per-ISA unit's kernel table from linear_impl.h and
-// packed_impl.h (include those first).
+// packed_impl.h and block_impl.h (include those first).
 namespace {
 
 template <int Bits>
@@ -30,6 +30,7 @@ const nibble::kernels::cpu::LinearKernelTable kTable = [] {
   table.csr[kScaleF32] = csr_linear<F32Weights>;
   table.csr[kScaleF16] = csr_linear<F16Weights>;
   table.csr[kScaleBF16] = csr_linear<BF16Weights>;
+  fill_block_kernels(table);
   return table;
 }();
 

@@ -299,6 +299,10 @@ std::unique_ptr<LinearWeights> CudaBackend::prepare_linear(const Matrix& dense, 
 }
 
 std::unique_ptr<LinearWeights> CudaBackend::prepare_linear(const QuantizedMatrix& quantized) {
+  if (quantized.block_format) {
+    fail("{}: {} blocks have no CUDA kernel yet (run it on --device cpu)", quantized.name,
+         block_format_info(*quantized.block_format).name);
+  }
   NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
   const RepackedQuant repacked = repack_quantized(quantized);
   auto weights = std::make_unique<CudaQuantWeights>(repacked, stream_);

@@ -277,8 +277,8 @@ TEST(GgufReader, NamesTheProblemInCorruptFiles) {
   // Tensor info: u32 rank, u64 extents, u32 type, u64 offset.
   const auto f32_info = after_string(good, "f32");
   bad = good;
-  patch<std::uint32_t>(bad, f32_info + 4 + 16, 12);
-  check(bad, "tensor 'f32' has ggml type 12 (Q4_K), which nibble does not support");
+  patch<std::uint32_t>(bad, f32_info + 4 + 16, 16);
+  check(bad, "tensor 'f32' has ggml type 16 (IQ2_XXS), which nibble does not support");
 
   bad = good;
   patch<std::uint32_t>(bad, f32_info, 7);
