@@ -83,6 +83,7 @@ BatchScheduler::BatchScheduler(engine::Model& model, const BatchSchedulerOptions
   if (options.max_num_seqs < 1 || options.max_num_batched_tokens < 1 || options.max_waiting < 1) {
     fail("batch scheduler: max_num_seqs, max_num_batched_tokens and max_waiting must be at least 1");
   }
+  kv_blocks_free_ = blocks_.num_free_blocks();
   worker_ = std::thread([this] { work(); });
 }
 
@@ -125,7 +126,8 @@ std::vector<std::shared_ptr<Ticket>> BatchScheduler::submit_group(SequenceReques
 SchedulerLoad BatchScheduler::load() const {
   const std::lock_guard lock(mutex_);
   return {running_count_,  waiting_count_,           kv_usage_, stats_.steps, stats_.step_tokens, stats_.preemptions,
-          stats_.prefix_queried_tokens, stats_.prefix_hit_tokens, stats_.copied_blocks};
+          stats_.prefix_queried_tokens, stats_.prefix_hit_tokens, stats_.copied_blocks, options_.num_blocks,
+          kv_blocks_free_};
 }
 
 BatchStats BatchScheduler::stats() const {
@@ -468,6 +470,7 @@ void BatchScheduler::publish_and_notify_ended() {
     waiting_count_ = choices_in(incoming_) + choices_in(waiting_);
     running_count_ = choices_in(running_);
     kv_usage_ = blocks_.usage();
+    kv_blocks_free_ = blocks_.num_free_blocks();
     stats_.prefix_queried_tokens = blocks_.prefix_cache_stats().queried_tokens;
     stats_.prefix_hit_tokens = blocks_.prefix_cache_stats().hit_tokens;
   }

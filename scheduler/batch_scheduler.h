@@ -103,6 +103,7 @@ class BatchScheduler final : public Scheduler {
   std::int64_t waiting_count_ = 0;  // incoming_ + waiting_
   std::int64_t running_count_ = 0;
   double kv_usage_ = 0;
+  std::int64_t kv_blocks_free_ = 0;
   BatchStats stats_;
   bool accepting_ = true;
   bool cancel_all_ = false;  // the drain timed out
