@@ -7,6 +7,8 @@
 //   - streaming decode (IncrementalDecoder) never splits a character and, for
 //     encoded text, adds up to the full decode, with and without special tokens;
 //   - decoding arbitrary in-range ids works; out-of-range ids are a nibble::Error.
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -25,6 +27,11 @@ namespace {
 struct Loaded {
   std::unique_ptr<nibble::Tokenizer> tokenizer;
   bool byte_level = false;
+  // Bytes the vocabulary has a token for. SmolLM2's has none for 21 byte values
+  // (0x04, 0x06, 0x13, 0x14, 0x16, 0x1d, 0xc0, 0xc1, 0xf1, 0xf2, 0xf5-0xff);
+  // encode() drops them as Hugging Face's BPE without an unk token does, so only
+  // texts made of the other bytes can round-trip.
+  std::array<bool, 256> encodable{};
 };
 Loaded tokenizers[2];
 
@@ -68,9 +75,14 @@ void encode_text(const Loaded& loaded, std::string_view text) {
     for (const auto id : ids) {
       if (id < 0 || static_cast<std::size_t>(id) >= tokenizer.vocab_size()) nibble::fuzz::violated("id out of vocab");
     }
-    if (!add_special && loaded.byte_level && nibble::unicode::to_valid_utf8(std::string(text)) == text &&
-        tokenizer.decode(ids, false) != text) {
-      nibble::fuzz::violated("byte-level BPE did not round-trip valid UTF-8");
+    const bool all_encodable =
+        std::all_of(text.begin(), text.end(), [&](char c) { return loaded.encodable[static_cast<unsigned char>(c)]; });
+    if (!add_special && loaded.byte_level && all_encodable && nibble::unicode::to_valid_utf8(std::string(text)) == text) {
+      if (const std::string decoded = tokenizer.decode(ids, false); decoded != text) {
+        std::fprintf(stderr, "text:    [%s]\ndecoded: [%s]\n", nibble::fuzz::escaped(text).c_str(),
+                     nibble::fuzz::escaped(decoded).c_str());
+        nibble::fuzz::violated("byte-level BPE did not round-trip valid UTF-8");
+      }
     }
     check_streaming(tokenizer, ids, true);
   }
@@ -109,8 +121,14 @@ void decode_ids(const Loaded& loaded, std::string_view bytes) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  tokenizers[0] = {load(NIBBLE_MODEL_CACHE "/SmolLM2-135M-Instruct.Q4_1.gguf"), true};
-  tokenizers[1] = {load(NIBBLE_SHARED_DIR "/models/llama2c-tokenizer"), false};
+  tokenizers[0] = {load(NIBBLE_MODEL_CACHE "/SmolLM2-135M-Instruct.Q4_1.gguf"), true, {}};
+  tokenizers[1] = {load(NIBBLE_SHARED_DIR "/models/llama2c-tokenizer"), false, {}};
+  for (auto& loaded : tokenizers) {
+    for (int byte = 0; byte < 256; ++byte) {
+      loaded.encodable[static_cast<std::size_t>(byte)] =
+          !loaded.tokenizer->encode(std::string(1, static_cast<char>(byte)), false).empty();
+    }
+  }
   return 0;
 }
 
