@@ -17,4 +17,11 @@ void init(std::string_view level);
 // marked "…(N bytes)", so one request cannot write megabytes into the log.
 std::string clip(std::string_view text, std::size_t max_bytes = 200);
 
+// Untrusted text (a model file's vocabulary entry, a config value) in double
+// quotes for an error message: quotes, backslashes, control characters and bytes
+// that are not valid UTF-8 escaped (\n, \xNN), then clipped like clip(). Use it
+// instead of fmt's "{:?}", which aborts the process (fmt 9 assertion) on a
+// string ending in a truncated UTF-8 sequence.
+std::string quoted(std::string_view text, std::size_t max_bytes = 200);
+
 }  // namespace nibble::log

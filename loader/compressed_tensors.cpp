@@ -179,7 +179,10 @@ class CompressedTensorsWeights final : public WeightSource {
   TensorView densify(const std::string& module) const {
     const TensorView values = base_->load(module + ".compressed");
     const TensorView bitmask = require(*base_, module + ".bitmask", {DType::U8});
-    const auto [n, k] = checked_shape(module, require(*base_, module + ".shape", {DType::I64, DType::I32}));
+    // Not a structured binding: is_set uses k, and clang before 16 cannot capture
+    // bindings (the fuzz build uses clang 14).
+    const auto shape = checked_shape(module, require(*base_, module + ".shape", {DType::I64, DType::I32}));
+    const std::int64_t n = shape[0], k = shape[1];
     expect_shape(bitmask, {n, ceil_div(k, 8)}, "one bit per weight, LSB first, rows padded to bytes");
     const bool two_four = !base_->contains(module + ".row_offsets");
     const std::size_t element = dtype_size(values.dtype);

@@ -191,7 +191,10 @@ class GptqWeights final : public WeightSource {
 
   QuantizedMatrix unpack_awq(const std::string& module, const ModuleQuantization& q, const ModuleTensors& t) const {
     const int bits = q.bits;
-    const auto [n, k] = weight_shape(module, t.scales.shape[1], t.qweight.shape[0]);
+    // Plain variables, not a structured binding: the lambdas below use n, and
+    // clang before 16 cannot capture bindings (the fuzz build uses clang 14).
+    const auto shape = weight_shape(module, t.scales.shape[1], t.qweight.shape[0]);
+    const std::int64_t n = shape[0], k = shape[1];
     check_packable(t.qweight, n, bits, "output");
     const std::int64_t groups = group_count(q, k);
     const std::string what = fmt::format("{}-bit AWQ weight [{}, {}], group size {}", bits, n, k, q.group_size);

@@ -28,6 +28,7 @@ BatchScheduler::BatchScheduler(engine::Model& model, const BatchSchedulerOptions
     : options_(options),
       policy_(policy_options(options, model)),
       runner_(model, options.num_blocks, options.block_size, options.kv_dtype) {
+  kv_blocks_free_ = policy_.blocks().num_free_blocks();
   worker_ = std::thread([this] { work(); });
 }
 
@@ -68,7 +69,8 @@ std::vector<std::shared_ptr<Ticket>> BatchScheduler::submit_group(SequenceReques
 SchedulerLoad BatchScheduler::load() const {
   const std::lock_guard lock(mutex_);
   return {running_count_,  waiting_count_,           kv_usage_, stats_.steps, stats_.step_tokens, stats_.preemptions,
-          stats_.prefix_queried_tokens, stats_.prefix_hit_tokens, stats_.copied_blocks};
+          stats_.prefix_queried_tokens, stats_.prefix_hit_tokens, stats_.copied_blocks, options_.num_blocks,
+          kv_blocks_free_};
 }
 
 BatchStats BatchScheduler::stats() const {
@@ -174,10 +176,12 @@ EventBatch BatchScheduler::collect_events(bool stepped) {
   }
   if (batch.events.empty() && !stepped) return batch;  // nothing happened: nothing to wait for
   const double usage = policy_.kv_cache_usage();
+  const std::int64_t free_blocks = policy_.blocks().num_free_blocks();
   const BatchStats stats = policy_.stats();
-  batch.publish = [this, usage, stats] {
+  batch.publish = [this, usage, free_blocks, stats] {
     const std::lock_guard lock(mutex_);
     kv_usage_ = usage;
+    kv_blocks_free_ = free_blocks;
     stats_ = stats;
   };
   return batch;

@@ -89,6 +89,7 @@ class BatchScheduler final : public Scheduler {
   std::int64_t waiting_count_ = 0;  // incoming_ + the policy's queue
   std::int64_t running_count_ = 0;
   double kv_usage_ = 0;   // as of the step whose events were delivered last
+  std::int64_t kv_blocks_free_ = 0;  // the same
   BatchStats stats_;      // the same
   bool accepting_ = true;
   bool cancel_all_ = false;  // the drain timed out

@@ -94,6 +94,11 @@ struct SchedulerLoad {
   std::int64_t prefix_cache_queried_tokens = 0;
   std::int64_t prefix_cache_hit_tokens = 0;
   std::int64_t copied_blocks = 0;  // copy-on-write copies of a block shared by forked choices
+  // KV-cache blocks (paged schedulers; 0 where there are none). Free counts what
+  // an allocation can take (cached prefixes included): equal to the total when
+  // idle, so a leaked block shows (scripts/soak checks it).
+  std::int64_t kv_blocks_total = 0;
+  std::int64_t kv_blocks_free = 0;
 };
 
 // One choice of a group (n > 1, best_of): what differs from its siblings.

@@ -50,6 +50,9 @@ ServerMetrics::ServerMetrics(const std::string& model)
   running_ = &gauge("nibble_requests_running", "Sequences on the model now.");
   waiting_ = &gauge("nibble_requests_waiting", "Sequences queued for the model.");
   kv_cache_usage_ = &gauge("nibble_kv_cache_usage_ratio", "Fraction of the KV cache in use (0 to 1).");
+  kv_blocks_total_ = &gauge("nibble_kv_cache_blocks", "KV-cache blocks in all (0: the scheduler has none).");
+  kv_blocks_free_ = &gauge("nibble_kv_cache_free_blocks",
+                           "KV-cache blocks an allocation can take (cached prefixes included); the total when idle.");
   prefix_cache_hit_ratio_ = &gauge("nibble_prefix_cache_hit_ratio",
                                    "Prompt tokens found in the prefix cache over prompt tokens looked up, since start.");
   steps_total_ = &counter("nibble_scheduler_steps_total", "Forward passes (batched steps) run.");
@@ -98,6 +101,8 @@ void ServerMetrics::set_load(const scheduler::SchedulerLoad& load) {
   running_->Set(static_cast<double>(load.running));
   waiting_->Set(static_cast<double>(load.waiting));
   kv_cache_usage_->Set(load.kv_cache_usage);
+  kv_blocks_total_->Set(static_cast<double>(load.kv_blocks_total));
+  kv_blocks_free_->Set(static_cast<double>(load.kv_blocks_free));
   const auto advance = [](prometheus::Counter* counter, std::int64_t now, std::int64_t before) {
     if (now > before) counter->Increment(static_cast<double>(now - before));
   };

@@ -59,6 +59,8 @@ class ServerMetrics {
   prometheus::Gauge* running_;
   prometheus::Gauge* waiting_;
   prometheus::Gauge* kv_cache_usage_;
+  prometheus::Gauge* kv_blocks_total_;
+  prometheus::Gauge* kv_blocks_free_;
   prometheus::Gauge* prefix_cache_hit_ratio_;
   prometheus::Counter* steps_total_;
   prometheus::Counter* step_tokens_total_;

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <set>
@@ -23,6 +24,28 @@ std::string type_name(const json& value) {
   if (value.is_string()) return "a string";
   if (value.is_array()) return "an array";
   return "an object";
+}
+
+// JSON Schema (so /openapi.json, and clients built from it) counts 2.0 as an
+// integer; so do Python's OpenAI servers. Whole-valued numbers become integers
+// before the fields are read, so integer fields take them. Iterative: a body may
+// nest thousands of levels deep.
+json whole_numbers_as_integers(json body) {
+  constexpr double kInt64Bound = 9223372036854775808.0;  // 2^63
+  std::vector<json*> pending{&body};
+  while (!pending.empty()) {
+    json* value = pending.back();
+    pending.pop_back();
+    if (value->is_number_float()) {
+      const double d = value->get<double>();
+      if (std::isfinite(d) && std::trunc(d) == d && d >= -kInt64Bound && d < kInt64Bound) {
+        *value = static_cast<std::int64_t>(d);
+      }
+    } else if (value->is_structured()) {
+      for (auto& element : *value) pending.push_back(&element);
+    }
+  }
+  return body;
 }
 
 ApiError wrong_type(const std::string& param, const json& value, std::string_view wanted) {
@@ -212,13 +235,12 @@ std::map<TokenId, float> parse_logit_bias(Fields& fields, const RequestLimits& l
   if (!v->is_object()) throw wrong_type("logit_bias", *v, "an object of token id -> bias");
   std::map<TokenId, float> bias;
   for (const auto& [key, value] : v->items()) {
+    // Decimal digits only (what /openapi.json's key pattern allows): stoll alone
+    // would also take " 5", "+5" and "-0".
     std::int64_t id = -1;
-    try {
-      std::size_t used = 0;
-      id = std::stoll(key, &used);
-      if (used != key.size()) id = -1;
-    } catch (const std::exception&) {
-      id = -1;
+    if (!key.empty() && std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      const std::string significant = key.substr(std::min(key.find_first_not_of('0'), key.size() - 1));
+      if (significant.size() <= 18) id = std::stoll(significant);  // longer: beyond any vocabulary
     }
     if (id < 0 || id >= limits.vocab_size) {
       throw ApiError::invalid("logit_bias", fmt::format("'{}' is not a token id of this model", log::clip(key)));
@@ -397,8 +419,9 @@ std::vector<NumericField> numeric_fields(Endpoint endpoint, const RequestLimits&
   return fields;
 }
 
-CompletionRequest parse_completion_request(const json& body, const RequestLimits& limits) {
+CompletionRequest parse_completion_request(const json& raw_body, const RequestLimits& limits) {
   const NumericTable table(Endpoint::Completions, limits);
+  const json body = whole_numbers_as_integers(raw_body);
   Fields fields(body, {"suffix"});
   CompletionRequest r;
   r.model = required_model(fields);
@@ -419,7 +442,8 @@ CompletionRequest parse_completion_request(const json& body, const RequestLimits
   return r;
 }
 
-ChatRequest parse_chat_request(const json& body, const RequestLimits& limits) {
+ChatRequest parse_chat_request(const json& raw_body, const RequestLimits& limits) {
+  const json body = whole_numbers_as_integers(raw_body);
   Fields fields(body, {"tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "response_format",
                        "audio", "modalities", "prediction", "reasoning_effort", "web_search_options"});
   const NumericTable table(Endpoint::ChatCompletions, limits);
@@ -427,10 +451,11 @@ ChatRequest parse_chat_request(const json& body, const RequestLimits& limits) {
   r.model = required_model(fields);
   r.messages = parse_messages(fields);
   r.options = parse_options(fields, table, limits);
-  // max_completion_tokens is the newer name; a request may carry either.
-  auto max_tokens = fields.integer(table["max_completion_tokens"]);
-  if (!max_tokens) max_tokens = fields.integer(table["max_tokens"]);
-  r.options.max_tokens = max_tokens;
+  // max_completion_tokens is the newer name; a request may carry either or both
+  // (the newer wins). Both are read, so neither is left over as "unrecognized".
+  const auto max_completion_tokens = fields.integer(table["max_completion_tokens"]);
+  const auto max_tokens = fields.integer(table["max_tokens"]);
+  r.options.max_tokens = max_completion_tokens ? max_completion_tokens : max_tokens;
   r.logprobs = fields.boolean("logprobs").value_or(false);
   if (const auto top = fields.integer(table["top_logprobs"])) {
     if (!r.logprobs) throw ApiError::invalid("top_logprobs", "'top_logprobs' needs 'logprobs' set to true");

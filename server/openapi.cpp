@@ -1,6 +1,11 @@
 #include "server/openapi.h"
 
 #include <algorithm>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace nibble::server {
 namespace {
@@ -50,8 +55,8 @@ json get_path(const char* summary, const json& ok, bool needs_key, std::initiali
 json numeric_properties(Endpoint endpoint, const RequestLimits& limits) {
   json out = json::object();
   for (const NumericField& field : numeric_fields(endpoint, limits)) {
-    json schema = {{"type", field.integer ? "integer" : "number"}, {"minimum", field.minimum}, {"maximum", field.maximum}};
-    if (field.exclusive_minimum) schema["exclusiveMinimum"] = true;
+    json schema = {{"type", field.integer ? "integer" : "number"}, {"maximum", field.maximum}};
+    schema[field.exclusive_minimum ? "exclusiveMinimum" : "minimum"] = field.minimum;
     out[field.name] = std::move(schema);
   }
   return out;
@@ -101,12 +106,23 @@ json response_schema(const char* object, const json& choice) {
             {"usage", usage_schema()}}}};
 }
 
+// `schema` or null, in JSON Schema 2020-12 (OpenAPI 3.1) terms.
+json or_null(json schema) {
+  if (schema.contains("oneOf")) {
+    schema["oneOf"].push_back({{"type", "null"}});
+  } else {
+    schema["type"] = {schema["type"], "null"};
+    if (schema.contains("enum")) schema["enum"].push_back(nullptr);
+  }
+  return schema;
+}
+
 // The server reads an explicit null as "not given" (as OpenAI's clients send it),
-// so every optional property is nullable.
+// so every optional property may be null.
 json nullable_optionals(json schema) {
   const json& required = schema["required"];
   for (auto& [name, property] : schema["properties"].items()) {
-    if (std::find(required.begin(), required.end(), name) == required.end()) property["nullable"] = true;
+    if (std::find(required.begin(), required.end(), name) == required.end()) property = or_null(std::move(property));
   }
   return schema;
 }
@@ -135,6 +151,58 @@ json message_schema() {
   return {{"oneOf", {message({"system", "developer", "user"}, true), message({"assistant"}, false)}}};
 }
 
+// Rules between fields, which the parser checks after each field's own range.
+// Each is written as alternatives (anyOf) of plain conditions; without them
+// the document would allow requests the server rejects (schemathesis ST202).
+
+json is_true(const char* flag) { return {{"required", {flag}}, {"properties", {{flag, {{"enum", {true}}}}}}}; }
+
+// `field` (not null) only when `flag` is true.
+json only_when_true(const char* field, const char* flag) {
+  return {{"anyOf",
+           {{{"not", {{"required", {field}}}}}, {{"properties", {{field, {{"enum", {nullptr}}}}}}}, is_true(flag)}}};
+}
+
+// best_of is at least n (n defaults to 1), and above n only without streaming.
+// Relations between two numbers have no JSON Schema keyword, so this lists one
+// alternative per value of n (at most max_n).
+json best_of_rule(const RequestLimits& limits) {
+  json alternatives = {{{"not", {{"required", {"best_of"}}}}}, {{"properties", {{"best_of", {{"enum", {nullptr}}}}}}}};
+  const json not_streaming = {{"properties", {{"stream", {{"enum", {false, nullptr}}}}}}};
+  for (int n = 1; n <= limits.max_n; ++n) {
+    json n_is = {{"properties", {{"n", {{"enum", n == 1 ? json{1, nullptr} : json{n}}}}}}};
+    if (n > 1) n_is["required"] = {"n"};
+    const json at_least_n = {{"properties", {{"best_of", {{"minimum", n}}}}}};
+    const json exactly_n = {{"properties", {{"best_of", {{"maximum", n}}}}}};
+    alternatives.push_back({{"allOf", {n_is, at_least_n, {{"anyOf", {not_streaming, exactly_n}}}}}});
+  }
+  return {{"anyOf", alternatives}};
+}
+
+// A regular expression for the decimal numbers 0..max, leading zeros allowed:
+// the token ids logit_bias keys may name.
+std::string decimal_at_most(std::int64_t max) {
+  const std::string digits = std::to_string(max);
+  const std::size_t length = digits.size();
+  std::vector<std::string> alternatives{"[0-9]"};  // every 1-digit number (max >= 9 or fixed below)
+  if (length == 1) alternatives = {fmt::format("[0-{}]", digits)};
+  for (std::size_t shorter = 2; shorter < length; ++shorter) {
+    alternatives.push_back(fmt::format("[1-9][0-9]{{{}}}", shorter - 1));
+  }
+  if (length > 1) {
+    // As many digits as max: equal up to position i, then a smaller digit.
+    for (std::size_t i = 0; i < length; ++i) {
+      const char low = i == 0 ? '1' : '0';
+      if (digits[i] > low) {
+        const std::string rest = i + 1 < length ? fmt::format("[0-9]{{{}}}", length - i - 1) : "";
+        alternatives.push_back(fmt::format("{}[{}-{}]{}", digits.substr(0, i), low, static_cast<char>(digits[i] - 1), rest));
+      }
+    }
+    alternatives.push_back(digits);
+  }
+  return "^0*(" + fmt::format("{}", fmt::join(alternatives, "|")) + ")$";
+}
+
 json schemas(const RequestLimits& limits) {
   json completion_request = {{"type", "object"}, {"required", {"model", "prompt"}}, {"additionalProperties", false}};
   completion_request["properties"] = sampling_properties(Endpoint::Completions, limits);
@@ -149,20 +217,31 @@ json schemas(const RequestLimits& limits) {
   completion_request["properties"]["max_tokens"]["description"] = "0 only with \"echo\": true";
   completion_request["properties"]["best_of"]["description"] = "At least n; not with \"stream\" when above n";
   completion_request["properties"]["echo"] = {{"type", "boolean"}};
+  completion_request["allOf"] = {
+      only_when_true("stream_options", "stream"),
+      {{"anyOf", {{{"not", {{"required", {"max_tokens"}}, {"properties", {{"max_tokens", {{"enum", {0}}}}}}}}},
+                  is_true("echo")}}},
+      best_of_rule(limits)};
 
   json chat_request = {{"type", "object"}, {"required", {"model", "messages"}}, {"additionalProperties", false}};
   chat_request["properties"] = sampling_properties(Endpoint::ChatCompletions, limits);
   chat_request["properties"]["messages"] = {{"type", "array"}, {"minItems", 1}, {"items", message_schema()}};
   chat_request["properties"]["logprobs"] = {{"type", "boolean"}};
   chat_request["properties"]["top_logprobs"]["description"] = "Only with \"logprobs\": true";
+  chat_request["allOf"] = {only_when_true("stream_options", "stream"), only_when_true("top_logprobs", "logprobs")};
+  if (limits.vocab_size > 0) {
+    for (json* request : {&completion_request, &chat_request}) {
+      (*request)["properties"]["logit_bias"]["propertyNames"] = {{"pattern", decimal_at_most(limits.vocab_size - 1)}};
+    }
+  }
 
-  const json finish_reason = {{"type", "string"}, {"enum", {"stop", "length"}}, {"nullable", true}};
+  const json finish_reason = or_null({{"type", "string"}, {"enum", {"stop", "length"}}});
   const json completion_choice = {
       {"type", "object"},
       {"properties",
        {{"index", {{"type", "integer"}}},
         {"text", {{"type", "string"}}},
-        {"logprobs", {{"type", "object"}, {"nullable", true}}},
+        {"logprobs", or_null({{"type", "object"}})},
         {"finish_reason", finish_reason}}}};
   const json chat_choice = {
       {"type", "object"},
@@ -171,7 +250,7 @@ json schemas(const RequestLimits& limits) {
         {"message",
          {{"type", "object"},
           {"properties", {{"role", {{"type", "string"}}}, {"content", {{"type", "string"}}}}}}},
-        {"logprobs", {{"type", "object"}, {"nullable", true}}},
+        {"logprobs", or_null({{"type", "object"}})},
         {"finish_reason", finish_reason}}}};
   const json chunk_choice = {
       {"type", "object"},
@@ -180,7 +259,7 @@ json schemas(const RequestLimits& limits) {
         {"delta",
          {{"type", "object"},
           {"properties", {{"role", {{"type", "string"}}}, {"content", {{"type", "string"}}}}}}},
-        {"logprobs", {{"type", "object"}, {"nullable", true}}},
+        {"logprobs", or_null({{"type", "object"}})},
         {"finish_reason", finish_reason}}}};
 
   const json model = {{"type", "object"},
@@ -200,8 +279,8 @@ json schemas(const RequestLimits& limits) {
           {"properties",
            {{"message", {{"type", "string"}}},
             {"type", {{"type", "string"}}},
-            {"param", {{"type", "string"}, {"nullable", true}}},
-            {"code", {{"type", "string"}, {"nullable", true}}}}}}}}}};
+            {"param", or_null({{"type", "string"}})},
+            {"code", or_null({{"type", "string"}})}}}}}}}};
 
   completion_request = nullable_optionals(std::move(completion_request));
   chat_request = nullable_optionals(std::move(chat_request));
@@ -248,7 +327,10 @@ json openapi_document(const DocumentOptions& options) {
   };
   paths["/v1/models/{model}"]["get"]["parameters"] = {
       {{"name", "model"}, {"in", "path"}, {"required", true}, {"schema", {{"type", "string"}}}}};
-  json document = {{"openapi", "3.0.3"},
+  // 3.1: its schemas are JSON Schema 2020-12, which can say what 3.0 cannot
+  // (propertyNames for logit_bias keys), so generated clients and schemathesis
+  // know the same rules the parser enforces.
+  json document = {{"openapi", "3.1.0"},
                    {"info",
                     {{"title", "nibble"},
                      {"version", options.version},

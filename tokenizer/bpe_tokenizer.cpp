@@ -1,6 +1,7 @@
 #include "tokenizer/bpe_tokenizer.h"
 
 #include "common/error.h"
+#include "common/log.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/unicode.h"
 
@@ -35,7 +36,7 @@ BpeTokenizer::BpeTokenizer(BpeTokenizerSpec spec)
       eos_(std::move(spec.eos)) {
   if (byte_level_ && metaspace_) fail("tokenizer combines ByteLevel and Metaspace pre-tokenizers");
   for (const AddedToken& t : spec.added_tokens) {
-    if (t.id < 0) fail("added token {:?} has a negative id", t.content);
+    if (t.id < 0) fail("added token {} has a negative id", log::quoted(t.content));
     if (static_cast<std::size_t>(t.id) >= vocab_.size()) vocab_.resize(static_cast<std::size_t>(t.id) + 1);
     if (vocab_[static_cast<std::size_t>(t.id)].empty()) vocab_[static_cast<std::size_t>(t.id)] = t.content;
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "loader/gguf.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/readers.h"
@@ -32,7 +33,7 @@ std::vector<Splitter> gguf_splitters(const std::string& pre, bool& ignore_merges
     s.emplace_back(SplitKind::EachDigit);
     s.emplace_back(SplitKind::Gpt2);
   } else {
-    fail("unsupported GGUF pre-tokenizer tokenizer.ggml.pre = {:?}", pre);
+    fail("unsupported GGUF pre-tokenizer tokenizer.ggml.pre = {}", log::quoted(pre));
   }
   return s;
 }
@@ -75,7 +76,7 @@ std::unique_ptr<Tokenizer> load_gpt2_vocab(const GgufFile& gguf) {
   const std::size_t n = spec.vocab.size();
   for (const std::string& merge : gguf.get_string_array("tokenizer.ggml.merges")) {
     const auto space = merge.find(' ');
-    if (space == std::string::npos) fail("malformed tokenizer.ggml.merges entry {:?}", merge);
+    if (space == std::string::npos) fail("malformed tokenizer.ggml.merges entry {}", log::quoted(merge));
     spec.merges.emplace_back(merge.substr(0, space), merge.substr(space + 1));
   }
   const std::string pre = gguf.find_string("tokenizer.ggml.pre").value_or("default");
@@ -194,7 +195,7 @@ std::unique_ptr<Tokenizer> load_gguf_tokenizer(const GgufFile& gguf) {
     const std::string model = gguf.get_string("tokenizer.ggml.model");
     if (model == "gpt2") return load_gpt2_vocab(gguf);
     if (model == "llama") return load_llama_vocab(gguf);
-    fail("unsupported tokenizer.ggml.model {:?} (gpt2 and llama are)", model);
+    fail("unsupported tokenizer.ggml.model {} (gpt2 and llama are)", log::quoted(model));
   } catch (const Error& e) {
     fail("{}: {}", gguf.path().string(), e.what());
   }

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/readers.h"
 #include "tokenizer/unicode.h"
@@ -39,7 +40,7 @@ PrependScheme prepend_scheme(const json& node) {
     if (scheme == "always") return PrependScheme::Always;
     if (scheme == "first") return PrependScheme::First;
     if (scheme == "never") return PrependScheme::Never;
-    fail("unknown Metaspace prepend_scheme {:?}", scheme);
+    fail("unknown Metaspace prepend_scheme {}", log::quoted(scheme));
   }
   // Older files: add_prefix_space = true meant "always".
   return node.value("add_prefix_space", true) ? PrependScheme::Always : PrependScheme::Never;
@@ -59,7 +60,7 @@ void read_normalizer(const json& node, BpeTokenizerSpec& spec) {
         {NormalizerStep::Kind::Replace, string_pattern(node.at("pattern"), "Replace normalizer"),
          node.at("content").get<std::string>()});
   } else {
-    fail("unsupported normalizer type {:?}", type);
+    fail("unsupported normalizer type {}", log::quoted(type));
   }
 }
 
@@ -75,7 +76,7 @@ void read_pre_tokenizer(const json& node, BpeTokenizerSpec& spec) {
   } else if (type == "Split") {
     const std::string behavior = node.value("behavior", "Isolated");
     if (behavior != "Isolated" || node.value("invert", false))
-      fail("unsupported Split pre-tokenizer: behavior {:?}, invert {}", behavior, node.value("invert", false));
+      fail("unsupported Split pre-tokenizer: behavior {}, invert {}", log::quoted(behavior), node.value("invert", false));
     auto [pattern, is_regex] = pattern_of(node.at("pattern"));
     if (!is_regex) pattern = RE2::QuoteMeta(pattern);
     const SplitKind kind = is_regex ? classify_split_pattern(pattern) : SplitKind::Regex;
@@ -90,7 +91,7 @@ void read_pre_tokenizer(const json& node, BpeTokenizerSpec& spec) {
     if (!spec.splitters.empty()) fail("Metaspace after other pre-tokenizers is not supported");
     spec.metaspace = metaspace;
   } else {
-    fail("unsupported pre-tokenizer type {:?}", type);
+    fail("unsupported pre-tokenizer type {}", log::quoted(type));
   }
 }
 
@@ -123,7 +124,7 @@ void read_decoder(const json& node, BpeTokenizerSpec& spec) {
     step.metaspace_prepends = prepend_scheme(node) != PrependScheme::Never;
     spec.decoder.push_back(step);
   } else {
-    fail("unsupported decoder type {:?}", type);
+    fail("unsupported decoder type {}", log::quoted(type));
   }
 }
 
@@ -143,7 +144,7 @@ void read_post_processor(const json& node, BpeTokenizerSpec& spec) {
         continue;
       }
       const auto name = item.at("SpecialToken").at("id").get<std::string>();
-      if (!specials.contains(name)) fail("TemplateProcessing names special token {:?} it does not define", name);
+      if (!specials.contains(name)) fail("TemplateProcessing names special token {} it does not define", log::quoted(name));
       auto& target = seen_sequence ? spec.suffix : spec.prefix;
       for (const json& id : specials.at(name).at("ids")) target.push_back(id.get<TokenId>());
     }
@@ -151,13 +152,13 @@ void read_post_processor(const json& node, BpeTokenizerSpec& spec) {
     spec.prefix.push_back(node.at("cls").at(1).get<TokenId>());
     spec.suffix.push_back(node.at("sep").at(1).get<TokenId>());
   } else {
-    fail("unsupported post-processor type {:?}", type);
+    fail("unsupported post-processor type {}", log::quoted(type));
   }
 }
 
 void read_model(const json& model, BpeTokenizerSpec& spec) {
   const std::string type = type_of(model);
-  if (!type.empty() && type != "BPE") fail("unsupported tokenizer model type {:?} (only BPE is)", type);
+  if (!type.empty() && type != "BPE") fail("unsupported tokenizer model type {} (only BPE is)", log::quoted(type));
   if (!model.contains("vocab") || !model.contains("merges")) fail("BPE model without vocab or merges");
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (model.contains(key) && !model[key].is_null() && !model[key].get<std::string>().empty())
@@ -165,7 +166,7 @@ void read_model(const json& model, BpeTokenizerSpec& spec) {
   }
   for (const auto& [token, id_node] : model.at("vocab").items()) {
     const auto id = id_node.get<TokenId>();
-    if (id < 0) fail("vocab token {:?} has a negative id", token);
+    if (id < 0) fail("vocab token {} has a negative id", log::quoted(token));
     if (static_cast<std::size_t>(id) >= spec.vocab.size()) spec.vocab.resize(static_cast<std::size_t>(id) + 1);
     spec.vocab[static_cast<std::size_t>(id)] = token;
   }
@@ -177,7 +178,7 @@ void read_model(const json& model, BpeTokenizerSpec& spec) {
     const auto line = merge.get<std::string>();
     const auto space = line.find(' ');
     if (space == std::string::npos || line.find(' ', space + 1) != std::string::npos)
-      fail("malformed merge {:?}", line);
+      fail("malformed merge {}", log::quoted(line));
     spec.merges.emplace_back(line.substr(0, space), line.substr(space + 1));
   }
   spec.options.byte_fallback = model.value("byte_fallback", false);
@@ -218,11 +219,11 @@ void apply_tokenizer_config(const json& config, BpeTokenizerSpec& spec) {
   };
   if (auto bos = config_token(config, "bos_token")) {
     spec.bos = lookup(*bos);
-    if (!spec.bos) fail("tokenizer_config.json bos_token {:?} is not in the vocabulary", *bos);
+    if (!spec.bos) fail("tokenizer_config.json bos_token {} is not in the vocabulary", log::quoted(*bos));
   }
   if (auto eos = config_token(config, "eos_token")) {
     const auto id = lookup(*eos);
-    if (!id) fail("tokenizer_config.json eos_token {:?} is not in the vocabulary", *eos);
+    if (!id) fail("tokenizer_config.json eos_token {} is not in the vocabulary", log::quoted(*eos));
     spec.eos = {*id};
   }
   // transformers rebuilds the post-processor from these flags (LlamaTokenizerFast and

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "tokenizer/added_tokens.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/decoder.h"
@@ -61,7 +62,7 @@ class SentencePieceTokenizer final : public Tokenizer {
       else if (v.is_object() && v.contains("content")) text = v["content"].get<std::string>();
       else return std::nullopt;
       auto found = token_to_id(text);
-      if (!found) fail("tokenizer_config.json {} {:?} is not in the vocabulary", key, text);
+      if (!found) fail("tokenizer_config.json {} {} is not in the vocabulary", key, log::quoted(text));
       return found;
     };
     if (auto bos = token("bos_token")) bos_ = bos;

@@ -167,20 +167,11 @@ class HttpErrors(ErrorChecks, Stories260KServer, ServerTestCase):
 
         spec = self.server.get("/openapi.json").json()
 
+        self.assertEqual(spec["openapi"], "3.1.0")
+
         def schema_of(name):
-            # OpenAPI 3.0's "nullable" as JSON Schema, with the components resolvable.
-            def convert(node):
-                if isinstance(node, dict):
-                    node = {k: convert(v) for k, v in node.items()}
-                    if node.get("exclusiveMinimum") is True:
-                        node["exclusiveMinimum"] = node.pop("minimum")
-                    if node.pop("nullable", False):
-                        node = {"anyOf": [node, {"type": "null"}]}
-                    return node
-                if isinstance(node, list):
-                    return [convert(v) for v in node]
-                return node
-            schemas = convert(spec["components"]["schemas"])
+            # OpenAPI 3.1 schemas are JSON Schema; only the components must be resolvable.
+            schemas = spec["components"]["schemas"]
             return dict(schemas[name], components={"schemas": schemas})
 
         model = self.model_name
@@ -200,6 +191,14 @@ class HttpErrors(ErrorChecks, Stories260KServer, ServerTestCase):
             ("/v1/completions", "CompletionRequest", dict(completion, prompt=[1, 512]), False),
             ("/v1/completions", "CompletionRequest", dict(completion, stop=["a", "b", "c", "d", "e"]), False),
             ("/v1/completions", "CompletionRequest", dict(completion, logit_bias={"5": 101}), False),
+            ("/v1/completions", "CompletionRequest", dict(completion, logit_bias={"511": 5, "007": -1}), True),
+            ("/v1/completions", "CompletionRequest", dict(completion, logit_bias={"512": 5}), False),
+            ("/v1/completions", "CompletionRequest", dict(completion, logit_bias={"+5": 5}), False),
+            ("/v1/completions", "CompletionRequest", dict(completion, stream_options={"include_usage": True}), False),
+            ("/v1/completions", "CompletionRequest", dict(completion, n=3, best_of=2), False),
+            ("/v1/completions", "CompletionRequest", dict(completion, n=2, best_of=3), True),
+            ("/v1/completions", "CompletionRequest", dict(completion, max_tokens=0, echo=True), True),
+            ("/v1/completions", "CompletionRequest", dict(completion, max_tokens=0), False),
             ("/v1/completions", "CompletionRequest", dict(completion, max_tokens=513), False),
             ("/v1/chat/completions", "ChatCompletionRequest", chat, True),
             ("/v1/chat/completions", "ChatCompletionRequest",
@@ -212,6 +211,8 @@ class HttpErrors(ErrorChecks, Stories260KServer, ServerTestCase):
             ("/v1/chat/completions", "ChatCompletionRequest", dict(chat, messages=[]), False),
             ("/v1/chat/completions", "ChatCompletionRequest", dict(chat, temperature=2.01), False),
             ("/v1/chat/completions", "ChatCompletionRequest", dict(chat, max_completion_tokens=0), False),
+            ("/v1/chat/completions", "ChatCompletionRequest", dict(chat, top_logprobs=2), False),
+            ("/v1/chat/completions", "ChatCompletionRequest", dict(chat, top_logprobs=2, logprobs=True), True),
         ]
         for path, name, body, valid in samples:
             with self.subTest(body=body):

@@ -98,3 +98,21 @@ TEST(LogClip, ShortTextIsKeptAndLongTextIsCutAtACharacterWithItsLength) {
 
 }  // namespace
 }  // namespace nibble
+
+namespace nibble {
+namespace {
+
+// log::quoted replaces fmt's "{:?}" for untrusted text in errors: fmt 9 aborted
+// the process on a string ending in a truncated UTF-8 sequence (found by the GGUF
+// fuzzer in a tokenizer.ggml.merges entry).
+TEST(LogQuoted, EscapesWhatIsNotPrintableUtf8AndNeverAborts) {
+  EXPECT_EQ(log::quoted("a\xe0\x97"), "\"a\\xe0\\x97\"");
+  EXPECT_EQ(log::quoted("say \"hi\"\\\n\t"), "\"say \\\"hi\\\"\\\\\\n\\t\"");
+  EXPECT_EQ(log::quoted("caf\xc3\xa9 \xf0\x9f\x99\x82"), "\"caf\xc3\xa9 \xf0\x9f\x99\x82\"");
+  EXPECT_EQ(log::quoted(std::string("\x00\x7f\xc0\x80\xed\xa0\x80", 7)), "\"\\x00\\x7f\\xc0\\x80\\xed\\xa0\\x80\"");
+  const std::string long_text(1000, 'x');
+  EXPECT_LT(log::quoted(long_text).size(), 300u);
+}
+
+}  // namespace
+}  // namespace nibble

@@ -23,7 +23,7 @@ TEST(ServerMetrics, RecordedValuesAppearInTheExposition) {
   ServerMetrics metrics("smollm2");
   metrics.set_model(0.42, {{"int4", 1000}, {"f16", 500}});
   metrics.set_load({2, 3, 0.25, 10, 40, 1, 100, 75, 2});
-  metrics.set_load({2, 3, 0.25, 12, 44, 1, 100, 75, 5});  // counters advance by the difference
+  metrics.set_load({2, 3, 0.25, 12, 44, 1, 100, 75, 5, 64, 60});  // counters advance by the difference
   metrics.observe_queue_time(0.2);
   metrics.observe_first_token(0.03);
   metrics.observe_first_token(3.0);
@@ -38,6 +38,8 @@ TEST(ServerMetrics, RecordedValuesAppearInTheExposition) {
   EXPECT_EQ(sample(text, "nibble_requests_running{model=\"smollm2\"}"), 2);
   EXPECT_EQ(sample(text, "nibble_requests_waiting{model=\"smollm2\"}"), 3);
   EXPECT_EQ(sample(text, "nibble_kv_cache_usage_ratio{model=\"smollm2\"}"), 0.25);
+  EXPECT_EQ(sample(text, "nibble_kv_cache_blocks{model=\"smollm2\"}"), 64);
+  EXPECT_EQ(sample(text, "nibble_kv_cache_free_blocks{model=\"smollm2\"}"), 60);
   EXPECT_EQ(sample(text, "nibble_scheduler_steps_total{model=\"smollm2\"}"), 12);
   EXPECT_EQ(sample(text, "nibble_scheduler_step_tokens_total{model=\"smollm2\"}"), 44);
   EXPECT_EQ(sample(text, "nibble_preemptions_total{model=\"smollm2\"}"), 1);
@@ -82,8 +84,8 @@ TEST(ServerMetrics, EverySeriesCarriesTheModelLabelAndHelp) {
     EXPECT_EQ(line.rfind("nibble_", 0), 0u) << line;
     EXPECT_NE(line.find("model=\"m\""), std::string::npos) << line;
   }
-  EXPECT_EQ(helps, 24);  // every family the README lists
-  EXPECT_GT(samples, 24);
+  EXPECT_EQ(helps, 26);  // every family the README lists
+  EXPECT_GT(samples, 26);
 }
 
 }  // namespace

@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <functional>
 #include <limits>
+#include <regex>
+#include <string>
+#include <vector>
 
 #include "server/openai_api.h"
 #include "server/openapi.h"
@@ -230,11 +233,11 @@ TEST(OpenApiDocument, DeclaresExactlyTheNumericLimitsTheParserEnforces) {
       SCOPED_TRACE((chat ? "chat " : "completion ") + field.name);
       ASSERT_TRUE(properties.contains(field.name));
       const json& schema = properties[field.name];
-      EXPECT_EQ(schema["type"], field.integer ? "integer" : "number");
-      EXPECT_EQ(schema["minimum"], field.minimum);
+      // Optional, so null is allowed too (OpenAPI 3.1: a type list).
+      EXPECT_EQ(schema["type"], json::array({field.integer ? "integer" : "number", "null"}));
+      EXPECT_EQ(schema[field.exclusive_minimum ? "exclusiveMinimum" : "minimum"], field.minimum);
+      EXPECT_FALSE(schema.contains(field.exclusive_minimum ? "minimum" : "exclusiveMinimum"));
       EXPECT_EQ(schema["maximum"], field.maximum);
-      EXPECT_EQ(schema.value("exclusiveMinimum", false), field.exclusive_minimum);
-      EXPECT_EQ(schema.value("nullable", false), true);
       // The bounds themselves, and just past them.
       EXPECT_NO_THROW(parse(field.name, field.maximum));
       if (field.exclusive_minimum) {
@@ -262,6 +265,16 @@ TEST(OpenApiDocument, DeclaresExactlyTheNumericLimitsTheParserEnforces) {
     EXPECT_EQ(properties["logit_bias"]["additionalProperties"]["maximum"], kMaxLogitBias);
     EXPECT_EQ(rejected_as("logit_bias", {{"5", kMaxLogitBias + 1}}), "logit_bias");
     EXPECT_NO_THROW(parse("logit_bias", {{"5", -kMaxLogitBias}}));
+    // The keys' pattern allows exactly the token ids the parser takes.
+    const std::regex key_pattern(properties["logit_bias"]["propertyNames"]["pattern"].get<std::string>());
+    std::vector<std::string> keys{"", "x", " 5", "+5", "-0", "5 ", "0x1", "1e2", "007", "0000000000000000000000511",
+                                  "0000000000000000000000512", "99999999999999999999999"};
+    for (int id = 0; id < 1100; ++id) keys.push_back(std::to_string(id));
+    for (const auto& key : keys) {
+      SCOPED_TRACE("logit_bias key '" + key + "'");
+      const bool documented = std::regex_match(key, key_pattern);
+      EXPECT_EQ(rejected_as("logit_bias", {{key, 1}}), documented ? "<accepted>" : "logit_bias");
+    }
   }
 }
 

@@ -117,6 +117,32 @@ TEST(OpenAiRequest, CompletionFieldsReachTheRequest) {
   EXPECT_EQ(r.options.user, "u1");
 }
 
+// JSON Schema counts 2.0 as an integer, so /openapi.json allows it: the parser
+// takes whole-valued numbers for integer fields and token ids, and still refuses
+// fractions.
+TEST(OpenAiRequest, WholeValuedNumbersAreIntegers) {
+  const auto r = parse_completion_request(
+      completion({{"n", 2.0}, {"best_of", 3.0}, {"max_tokens", 7.0}, {"seed", -4.0}, {"prompt", {1.0, 2.0}}}), limits());
+  EXPECT_EQ(r.options.n, 2);
+  EXPECT_EQ(r.best_of, 3);
+  EXPECT_EQ(r.options.max_tokens, 7);
+  ASSERT_EQ(r.prompts.size(), 1u);
+  EXPECT_EQ(r.prompts[0].ids, (std::vector<TokenId>{1, 2}));
+  const auto chat = parse_chat_request(
+      {{"model", "m"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"logprobs", true}, {"top_logprobs", 2.0}},
+      limits());
+  EXPECT_EQ(chat.top_logprobs, 2);
+  // Both names of the limit: the newer wins, neither is "unrecognized".
+  const auto both = parse_chat_request({{"model", "m"},
+                                        {"messages", {{{"role", "user"}, {"content", "hi"}}}},
+                                        {"max_completion_tokens", 5},
+                                        {"max_tokens", 9}},
+                                       limits());
+  EXPECT_EQ(both.options.max_tokens, 5);
+  EXPECT_EQ(completion_error(completion({{"n", 2.5}})).param(), "n");
+  EXPECT_EQ(completion_error(completion({{"prompt", {1.5}}})).param(), "prompt");
+}
+
 TEST(OpenAiRequest, ExplicitNullMeansDefault) {
   const auto r = parse_completion_request(completion({{"temperature", nullptr}, {"stop", nullptr}, {"suffix", nullptr}}),
                                           limits());
@@ -163,6 +189,9 @@ TEST(OpenAiRequest, BadFieldsAreNamed) {
       {{{"presence_penalty", 3}}, "presence_penalty"},
       {{{"repetition_penalty", 0}}, "repetition_penalty"},
       {{{"logit_bias", {{"x", 1}}}}, "logit_bias"},
+      {{{"logit_bias", {{" 5", 1}}}}, "logit_bias"},
+      {{{"logit_bias", {{"+5", 1}}}}, "logit_bias"},
+      {{{"logit_bias", {{"-0", 1}}}}, "logit_bias"},
       {{{"logit_bias", {{"512", 1}}}}, "logit_bias"},
       {{{"logit_bias", {{"5", 101}}}}, "logit_bias"},
       {{{"logit_bias", {{"5", "1"}}}}, "logit_bias"},

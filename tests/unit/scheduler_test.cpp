@@ -327,6 +327,8 @@ class BatchSchedulerTest : public SchedulerContract {
     const auto load = scheduler.load();
     EXPECT_EQ(load.running + load.waiting, 0);
     EXPECT_EQ(load.kv_cache_usage, 0.0) << "every block back (cached ones are not in use)";
+    EXPECT_GT(load.kv_blocks_total, 0);
+    EXPECT_EQ(load.kv_blocks_free, load.kv_blocks_total) << "a free or cached block can be allocated again";
   }
 };
 
