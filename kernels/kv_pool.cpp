@@ -47,6 +47,27 @@ void check_kv_copy(const KvPoolShape& shape, std::int32_t from, std::int32_t to,
   if (tokens < 0 || tokens > shape.block_size) fail("copy of {} positions into a block of {}", tokens, shape.block_size);
 }
 
+void for_each_block_copy(const KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens,
+                         const std::function<void(std::byte* dst, const std::byte* src, std::size_t bytes)>& copy) {
+  const KvPoolShape& shape = pool.shape;
+  check_kv_copy(shape, from, to, tokens);
+  const auto arrays = [&](const Buffer& data, std::int64_t width) {
+    if (data.empty()) return;
+    const auto row_bytes = static_cast<std::size_t>(width) * dtype_size(data.dtype());
+    for (std::int64_t l = 0; l < shape.layers; ++l) {
+      const std::int64_t first = l * shape.rows_per_layer();
+      auto* base = data.data<std::byte>();
+      copy(base + static_cast<std::size_t>(first + std::int64_t{to} * shape.block_size) * row_bytes,
+           base + static_cast<std::size_t>(first + std::int64_t{from} * shape.block_size) * row_bytes,
+           static_cast<std::size_t>(tokens) * row_bytes);
+    }
+  };
+  arrays(pool.keys, shape.kv_dim());
+  arrays(pool.values, shape.kv_dim());
+  arrays(pool.key_scales, shape.kv_heads);
+  arrays(pool.value_scales, shape.kv_heads);
+}
+
 KvLayerView KvPool::layer(std::int64_t layer, std::span<const std::int32_t> block_table) const {
   const std::int64_t rows = layer * shape.rows_per_layer();
   const std::int64_t at = rows * shape.kv_dim();

@@ -5,7 +5,9 @@
 // (Backend::allocate_kv) and writes it (Backend::kv_store, kv_copy_block); the
 // attention kernels read it through KvLayerView. Which blocks a sequence owns is
 // the scheduler's bookkeeping, not this.
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 
 #include "kernels/kv_view.h"
@@ -37,6 +39,14 @@ std::uint64_t kv_bytes_per_token(std::int64_t layers, std::int64_t kv_heads, std
 void check_kv_store(const KvPoolShape& shape, std::int64_t layer, std::span<const std::int32_t> block_table,
                     std::int64_t start, std::int64_t rows);
 void check_kv_copy(const KvPoolShape& shape, std::int32_t from, std::int32_t to, std::int32_t tokens);
+
+struct KvPool;
+
+// Copy-on-write as byte ranges: for every array the pool's format allocated and
+// every layer, `copy(dst, src, bytes)` once with the first `tokens` rows of block
+// `from` and of block `to`. Backends supply the copy (memcpy, cudaMemcpyAsync).
+void for_each_block_copy(const KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens,
+                         const std::function<void(std::byte* dst, const std::byte* src, std::size_t bytes)>& copy);
 
 // Element arrays [layer][pool row][kv_dim] of the format (the others stay empty),
 // and for int8 the scales [layer][pool row][kv_head].

@@ -99,25 +99,8 @@ void CpuBackend::kv_store(KvPool& pool, std::int64_t layer, std::span<const std:
 }
 
 void CpuBackend::kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens) {
-  const KvPoolShape& shape = pool.shape;
-  check_kv_copy(shape, from, to, tokens);
-  // Every array the format allocated (the others are empty), so none is left out.
-  const auto copy = [&](const Buffer& data, std::int64_t width) {
-    if (data.empty()) return;
-    const std::size_t element = dtype_size(data.dtype());
-    const auto row_bytes = static_cast<std::size_t>(width) * element;
-    for (std::int64_t l = 0; l < shape.layers; ++l) {
-      const std::int64_t first = l * shape.rows_per_layer();
-      auto* base = data.data<std::byte>();
-      std::memcpy(base + static_cast<std::size_t>(first + std::int64_t{to} * shape.block_size) * row_bytes,
-                  base + static_cast<std::size_t>(first + std::int64_t{from} * shape.block_size) * row_bytes,
-                  static_cast<std::size_t>(tokens) * row_bytes);
-    }
-  };
-  copy(pool.keys, shape.kv_dim());
-  copy(pool.values, shape.kv_dim());
-  copy(pool.key_scales, shape.kv_heads);
-  copy(pool.value_scales, shape.kv_heads);
+  for_each_block_copy(pool, from, to, tokens,
+                      [](std::byte* dst, const std::byte* src, std::size_t bytes) { std::memcpy(dst, src, bytes); });
 }
 
 void CpuBackend::slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first,

@@ -259,24 +259,10 @@ void CudaBackend::kv_store(KvPool& pool, std::int64_t layer, std::span<const std
 }
 
 void CudaBackend::kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens) {
-  const KvPoolShape& shape = pool.shape;
-  check_kv_copy(shape, from, to, tokens);
   NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
-  const auto copy = [&](const Buffer& data, std::int64_t width) {
-    if (data.empty()) return;
-    const auto row_bytes = static_cast<std::size_t>(width) * dtype_size(data.dtype());
-    for (std::int64_t l = 0; l < shape.layers; ++l) {
-      const std::int64_t first = l * shape.rows_per_layer();
-      auto* base = data.data<std::byte>();
-      NIBBLE_CUDA_CHECK(cudaMemcpyAsync(base + static_cast<std::size_t>(first + std::int64_t{to} * shape.block_size) * row_bytes,
-                                        base + static_cast<std::size_t>(first + std::int64_t{from} * shape.block_size) * row_bytes,
-                                        static_cast<std::size_t>(tokens) * row_bytes, cudaMemcpyDeviceToDevice, stream_));
-    }
-  };
-  copy(pool.keys, shape.kv_dim());
-  copy(pool.values, shape.kv_dim());
-  copy(pool.key_scales, shape.kv_heads);
-  copy(pool.value_scales, shape.kv_heads);
+  for_each_block_copy(pool, from, to, tokens, [this](std::byte* dst, const std::byte* src, std::size_t bytes) {
+    NIBBLE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  });
 }
 
 void CudaBackend::slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first,
