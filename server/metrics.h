@@ -22,13 +22,25 @@ class Family;
 
 namespace nibble::server {
 
+// Which names /metrics uses besides nibble's own.
+enum class MetricsCompat {
+  None,
+  // Also vLLM's names and labels (vllm:num_requests_waiting{model_name=...},
+  // vllm:request_success_total{finished_reason=...}, ...), so vLLM's Grafana
+  // dashboard, autoscaling recipes written for vLLM and the Gateway API Inference
+  // Extension's endpoint picker work unchanged.
+  Vllm,
+};
+
 class ServerMetrics {
  public:
-  explicit ServerMetrics(const std::string& model);
+  explicit ServerMetrics(const std::string& model, MetricsCompat compat = MetricsCompat::None);
   ~ServerMetrics();
   ServerMetrics(const ServerMetrics&) = delete;
   ServerMetrics& operator=(const ServerMetrics&) = delete;
 
+  // While loading: the fraction of layers bound (0..1).
+  void set_load_progress(double fraction);
   // Once, after loading: seconds it took and the weight bytes by storage format.
   void set_model(double load_seconds, const std::map<std::string, std::uint64_t>& weight_bytes_by_format);
   // At each scrape, from the scheduler.
@@ -47,6 +59,8 @@ class ServerMetrics {
     double decode_seconds = 0;
   };
   void observe_finished(const Finished& request);
+  // Per request, once all its choices ended: the most tokens one of them generated.
+  void observe_request_done(std::int64_t max_generation_tokens);
   // A request answered with an error status (400, 401, 413, 429, 503, ...).
   void count_error(int status);
 
@@ -54,8 +68,11 @@ class ServerMetrics {
   std::string exposition() const;
 
  private:
+  struct VllmSeries;  // the vLLM-named copies (metrics.cpp)
+
   std::string model_;
   std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<VllmSeries> vllm_;  // with MetricsCompat::Vllm
   prometheus::Gauge* running_;
   prometheus::Gauge* waiting_;
   prometheus::Gauge* kv_cache_usage_;
@@ -71,6 +88,7 @@ class ServerMetrics {
   std::mutex load_mutex_;              // scrapes may overlap
   scheduler::SchedulerLoad last_load_;  // counters advance by the difference
   prometheus::Gauge* load_seconds_;
+  prometheus::Gauge* load_progress_;
   prometheus::Family<prometheus::Gauge>* weight_bytes_;
   prometheus::Counter* prompt_tokens_total_;
   prometheus::Counter* generation_tokens_total_;
