@@ -1,10 +1,20 @@
 """/tokenize and /detokenize in vLLM's shapes, on the bundled SmolLM2 (a byte-level BPE
 vocabulary and a chat template): the ids are those the generation endpoints run on
 (their usage counts agree), text survives the round trip, and bad input is a 4xx.
+Then `nibble convert --from gguf --tokenizer-only` writes the GGUF's vocabulary as a
+tokenizer.json that Hugging Face `tokenizers` loads and that gives nibble's ids on a
+corpus of real text.
 """
+import glob
+import json
+import os
+import subprocess
+import tempfile
 import unittest
 
-from nibble_server import ServerTestCase, SmolLM2Server
+from nibble_server import BIN, SMOLLM2, ServerTestCase, SmolLM2Server
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 TEXT = "The capital of France is Paris. Ça va? 12345 naïve 🙂"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there!"}]
@@ -60,6 +70,36 @@ class Tokenize(SmolLM2Server, ServerTestCase):
                 self.assertEqual(got, status, out)
                 self.assertEqual(out["error"]["param"], param, out)
         self.assertEqual(self.server.get("/tokenize").status, 405)
+
+    def test_the_converted_tokenizer_json_gives_nibbles_ids(self):
+        from tokenizers import Tokenizer
+
+        with tempfile.TemporaryDirectory(prefix="nibble-tokenizer-") as out:
+            result = subprocess.run([BIN, "convert", "--from", "gguf", "--tokenizer-only", SMOLLM2, "--out", out],
+                                    capture_output=True, text=True, timeout=120)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            tokenizer = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+            with open(os.path.join(out, "tokenizer_config.json")) as f:
+                config = json.load(f)
+        self.assertEqual((config["bos_token"], config["eos_token"]), ("<|im_start|>", "<|im_end|>"))
+        self.assertIn("chat_template", config)
+        # Real text: the repository's docs, line by line and whole, plus what byte-level BPE finds hard.
+        corpus = [TEXT, "", " ", "  leading and trailing  ", "tab\there\r\nand 1234567 digits", "日本語のテキスト",
+                  "emoji 👩‍👩‍👧 and combining é", "<|im_start|>user\nspecial<|im_end|>", "don't won't I'll"]
+        for path in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))[:4] + [os.path.join(ROOT, "README.md")]:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            corpus.append(text)
+            corpus += [line for line in text.splitlines() if line.strip()][:80]
+        mismatches = []
+        for text in corpus:
+            status, out = self.post("/tokenize", {"prompt": text})
+            self.assertEqual(status, 200, out)
+            theirs = tokenizer.encode(text).ids
+            if theirs != out["tokens"]:
+                mismatches.append((text[:80], out["tokens"][:20], theirs[:20]))
+        self.assertEqual(mismatches, [], f"{len(mismatches)} of {len(corpus)} texts differ")
+        self.assertGreater(len(corpus), 200)
 
 
 if __name__ == "__main__":
