@@ -122,6 +122,9 @@ ServerMetrics::ServerMetrics(const std::string& model, MetricsCompat compat)
                            "KV-cache blocks an allocation can take (cached prefixes included); the total when idle.");
   prefix_cache_hit_ratio_ = &gauge("nibble_prefix_cache_hit_ratio",
                                    "Prompt tokens found in the prefix cache over prompt tokens looked up, since start.");
+  step_loop_stalled_ = &gauge("nibble_step_loop_stalled_seconds",
+                              "How long the scheduler's step loop has had work without finishing a turn (0: idle or "
+                              "moving); what /health/ready and /health/live judge.");
   steps_total_ = &counter("nibble_scheduler_steps_total", "Forward passes (batched steps) run.");
   step_tokens_total_ = &counter("nibble_scheduler_step_tokens_total",
                                 "Tokens computed over all steps (per step: rate of this over rate of steps).");
@@ -202,6 +205,10 @@ void ServerMetrics::set_load(const scheduler::SchedulerLoad& load) {
     vllm_->prefix_hits->Increment(hits);
   }
   last_load_ = load;
+}
+
+void ServerMetrics::set_step_loop(const scheduler::StepLoopHealth& health) {
+  step_loop_stalled_->Set(health.stalled_seconds);
 }
 
 void ServerMetrics::observe_queue_time(double seconds) {

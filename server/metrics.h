@@ -45,6 +45,7 @@ class ServerMetrics {
   void set_model(double load_seconds, const std::map<std::string, std::uint64_t>& weight_bytes_by_format);
   // At each scrape, from the scheduler.
   void set_load(const scheduler::SchedulerLoad& load);
+  void set_step_loop(const scheduler::StepLoopHealth& health);
 
   // Per request (one completion of n), as its events arrive.
   void observe_queue_time(double seconds);
@@ -79,6 +80,7 @@ class ServerMetrics {
   prometheus::Gauge* kv_blocks_total_;
   prometheus::Gauge* kv_blocks_free_;
   prometheus::Gauge* prefix_cache_hit_ratio_;
+  prometheus::Gauge* step_loop_stalled_;
   prometheus::Counter* steps_total_;
   prometheus::Counter* step_tokens_total_;
   prometheus::Counter* preemptions_total_;

@@ -260,8 +260,8 @@ void OpenAiApi::metrics(HttpExchange& exchange) const {
     ready = ready_;
   }
   if (ready) {
-    const auto load = ready->scheduler->load();
-    metrics_.set_load(load);
+    metrics_.set_load(ready->scheduler->load());
+    metrics_.set_step_loop(ready->scheduler->health());
   }
   exchange.respond({200, "text/plain; version=0.0.4; charset=utf-8", metrics_.exposition(), {}});
 }

@@ -53,6 +53,9 @@ PANELS = [
      [("prompt p50", f"histogram_quantile(0.5, sum by (le) (rate(nibble_request_prompt_tokens_bucket{{{SEL}}}[{RATE}])))"),
       ("generation p50",
        f"histogram_quantile(0.5, sum by (le) (rate(nibble_request_generation_tokens_bucket{{{SEL}}}[{RATE}])))")]),
+    ("Step loop stalled", "s", "How long each replica's step loop has had work without finishing a step "
+     "(what /health/ready and /health/live judge; 0 when idle or moving).",
+     [("{{instance}}", f"max by (instance) (nibble_step_loop_stalled_seconds{{{SEL}}})")]),
     ("Replicas and load time", "short", "Replicas reporting this model, and how long each took to load (s).",
      [("replicas", f"count(nibble_model_load_seconds{{{SEL}}})"),
       ("load s {{instance}}", f"max by (instance) (nibble_model_load_seconds{{{SEL}}})")]),

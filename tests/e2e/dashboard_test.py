@@ -133,7 +133,7 @@ class DashboardsUnderLoad(Stories260KServer, ServerTestCase):
                    for title, legend, expr in nibble_queries()]
         fixture, vllm = vllm_queries()
         queries += [(f"vLLM: {title}", expr.replace("$model_name", self.model_name)) for title, expr in vllm]
-        self.assertEqual(len(queries), 25 + 27, "every target of both dashboards")
+        self.assertEqual(len(queries), 26 + 27, "every target of both dashboards")
         for name, expr in queries:
             promql = expr.replace("$__rate_interval", RATE_INTERVAL)
             # A panel can be empty for a scrape or two after the load starts; give each a few tries.

@@ -35,6 +35,7 @@ TEST(ServerMetrics, RecordedValuesAppearInTheExposition) {
   metrics.count_error(400);
   metrics.count_error(400);
   metrics.count_error(503);
+  metrics.set_step_loop({2.5, 7});
   const std::string text = metrics.exposition();
 
   EXPECT_EQ(sample(text, "nibble_requests_running{model=\"smollm2\"}"), 2);
@@ -43,6 +44,7 @@ TEST(ServerMetrics, RecordedValuesAppearInTheExposition) {
   EXPECT_EQ(sample(text, "nibble_kv_cache_blocks{model=\"smollm2\"}"), 64);
   EXPECT_EQ(sample(text, "nibble_kv_cache_free_blocks{model=\"smollm2\"}"), 60);
   EXPECT_EQ(sample(text, "nibble_scheduler_steps_total{model=\"smollm2\"}"), 12);
+  EXPECT_EQ(sample(text, "nibble_step_loop_stalled_seconds{model=\"smollm2\"}"), 2.5);
   EXPECT_EQ(sample(text, "nibble_scheduler_step_tokens_total{model=\"smollm2\"}"), 44);
   EXPECT_EQ(sample(text, "nibble_preemptions_total{model=\"smollm2\"}"), 1);
   EXPECT_EQ(sample(text, "nibble_kv_cache_copied_blocks_total{model=\"smollm2\"}"), 5);
@@ -87,8 +89,8 @@ TEST(ServerMetrics, EverySeriesCarriesTheModelLabelAndHelp) {
     EXPECT_EQ(line.rfind("nibble_", 0), 0u) << line;
     EXPECT_NE(line.find("model=\"m\""), std::string::npos) << line;
   }
-  EXPECT_EQ(helps, 27);  // every family the README lists
-  EXPECT_GT(samples, 27);
+  EXPECT_EQ(helps, 28);  // every family the README lists
+  EXPECT_GT(samples, 28);
 }
 
 // --metrics-compat vllm: the same events under vLLM's names and labels, next to
