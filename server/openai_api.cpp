@@ -67,7 +67,7 @@ struct Route {
   std::string_view path;
   std::string_view method;
   bool prefix;  // also matches path + "/..."
-  bool probe;   // public unless --no-public-probes: says nothing about the model's data
+  bool public_probe;  // public unless --no-public-probes: says nothing about the model's data
 };
 
 // Every path nibble serves and the one method each accepts.
@@ -85,8 +85,8 @@ constexpr Route kRoutes[] = {
     {"/openapi.json", "GET", false, true},
 };
 
-// What the probe listener serves: the orchestrator's probes and its scrapes.
-bool probe_path(std::string_view path) {
+// What the probe listener (--probe-port) serves: the orchestrator's probes and its scrapes.
+bool probe_listener_path(std::string_view path) {
   return path == "/health" || path == "/health/live" || path == "/health/ready" || path == "/metrics";
 }
 
@@ -149,7 +149,7 @@ void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
                       const std::shared_ptr<HttpExchange>& handle) {
   // The probe listener exists so probes answer while the main port is flooded;
   // it serves them and nothing else.
-  if (request.probe && !probe_path(request.path)) {
+  if (request.probe && !probe_listener_path(request.path)) {
     throw ApiError(404, "invalid_request_error",
                    "Only /health, /health/live, /health/ready and /metrics are served on the probe port");
   }
@@ -157,7 +157,7 @@ void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
   // With a key set, everything but the public probes asks for it before anything
   // else is said: a 404 or 405 to a caller without the key would tell it which
   // routes exist.
-  const bool public_probe = route != nullptr && options_.public_probes && route->probe;
+  const bool public_probe = route != nullptr && options_.public_probes && route->public_probe;
   if (!public_probe) check_key(request);
   if (route == nullptr) {
     throw ApiError(404, "invalid_request_error", fmt::format("Invalid URL ({} {})", log::clip(request.method, 20), log::clip(request.path)));
@@ -206,9 +206,13 @@ OpenAiApi::Ready OpenAiApi::ready_or_503() const {
 }
 
 std::optional<scheduler::StepLoopHealth> OpenAiApi::step_loop() const {
-  const std::lock_guard lock(mutex_);
-  if (!ready_) return std::nullopt;
-  return ready_->scheduler->health();
+  scheduler::Scheduler* scheduler = nullptr;
+  {
+    const std::lock_guard lock(mutex_);
+    if (!ready_) return std::nullopt;
+    scheduler = ready_->scheduler;
+  }
+  return scheduler->health();
 }
 
 namespace {
