@@ -283,6 +283,7 @@ void run_serve(const ServeOptions& options) {
   engine::Model& stepped_model = stalling ? static_cast<engine::Model&>(*stalling) : model;
   const auto scheduler_owner = make_scheduler(options, stepped_model, served.context_length);
   scheduler::Scheduler& scheduler = *scheduler_owner;
+  metrics.set_kv_cache_config(options.block_size, scheduler.load().kv_blocks_total, options.kv_cache_dtype);
   const auto request_timeout =
       options.request_timeout > 0 ? std::optional(to_ms(options.request_timeout)) : std::nullopt;
   server::CompletionService service(*tokenizer, scheduler, metrics, served, request_timeout);

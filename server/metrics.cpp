@@ -163,6 +163,20 @@ ServerMetrics::~ServerMetrics() = default;
 
 void ServerMetrics::set_load_progress(double fraction) { load_progress_->Set(fraction); }
 
+void ServerMetrics::set_kv_cache_config(std::int64_t block_size, std::int64_t num_blocks, const std::string& dtype) {
+  if (!vllm_) return;
+  prometheus::BuildGauge()
+      .Name("vllm:cache_config_info")
+      .Help("Information of the LLMEngine CacheConfig.")
+      .Labels({{"model_name", model_}})
+      .Register(*registry_)
+      .Add({{"block_size", std::to_string(block_size)},
+            {"num_gpu_blocks", std::to_string(num_blocks)},
+            {"cache_dtype", dtype},
+            {"enable_prefix_caching", "True"}})
+      .Set(1);
+}
+
 void ServerMetrics::set_model(double load_seconds, const std::map<std::string, std::uint64_t>& weight_bytes_by_format) {
   load_seconds_->Set(load_seconds);
   load_progress_->Set(1.0);

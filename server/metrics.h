@@ -39,6 +39,9 @@ class ServerMetrics {
   ServerMetrics(const ServerMetrics&) = delete;
   ServerMetrics& operator=(const ServerMetrics&) = delete;
 
+  // Once the KV cache is made: its shape (exported as vLLM's cache_config_info
+  // with MetricsCompat::Vllm, which routers read the block size from).
+  void set_kv_cache_config(std::int64_t block_size, std::int64_t num_blocks, const std::string& dtype);
   // While loading: the fraction of layers bound (0..1).
   void set_load_progress(double fraction);
   // Once, after loading: seconds it took and the weight bytes by storage format.

@@ -149,6 +149,9 @@ class DashboardsUnderLoad(Stories260KServer, ServerTestCase):
         self.assertEqual(fixture["variable"], 'label_values({__name__=~"vllm:.*"},model_name)')
         status, body = prometheus.get('/api/v1/label/model_name/values?match[]=%7B__name__%3D~%22vllm%3A.%2A%22%7D')
         self.assertEqual((status, json.loads(body)["data"]), (200, [self.model_name]))
+        # What routers (the Gateway API Inference Extension) read the KV block size from.
+        info = prometheus.query(f'vllm:cache_config_info{{model_name="{self.model_name}"}}')
+        self.assertEqual([(i["metric"]["block_size"], i["metric"]["num_gpu_blocks"]) for i in info], [("16", "48")])
         # nibble's model variable: label_values(nibble_model_load_seconds, model).
         status, body = prometheus.get('/api/v1/label/model/values?match[]=nibble_model_load_seconds')
         self.assertEqual((status, json.loads(body)["data"]), (200, [self.model_name]))

@@ -105,6 +105,7 @@ TEST(ServerMetrics, VllmCompatibleNamesCarryTheSameValues) {
   metrics.observe_finished({"stop", 12, 30, 1.5, 0.1, 1.2});
   metrics.observe_finished({"cancelled", 5, 16, 0.8, 0.05, 0.6});
   metrics.observe_request_done(30);
+  metrics.set_kv_cache_config(16, 640, "float32");
   const std::string text = metrics.exposition();
   const auto vllm = [&](const std::string& name, const std::string& more_labels = "") {
     return sample(text, name + "{model_name=\"smollm2\"" + more_labels + "}");
@@ -131,6 +132,9 @@ TEST(ServerMetrics, VllmCompatibleNamesCarryTheSameValues) {
   EXPECT_EQ(vllm("vllm:request_prompt_tokens_count"), 2);
   EXPECT_EQ(vllm("vllm:request_generation_tokens_count"), 2);
   EXPECT_EQ(vllm("vllm:request_max_num_generation_tokens_sum"), 30);
+  EXPECT_EQ(vllm("vllm:cache_config_info",
+                 ",block_size=\"16\",cache_dtype=\"float32\",enable_prefix_caching=\"True\",num_gpu_blocks=\"640\""),
+            1);
   // nibble's own series are unchanged beside them.
   EXPECT_EQ(sample(text, "nibble_preemptions_total{model=\"smollm2\"}"), 4);
   EXPECT_EQ(sample(text, "nibble_request_success_total{model=\"smollm2\",finish_reason=\"cancelled\"}"), 1);
