@@ -29,7 +29,8 @@ class ChatPromptEncoder {
   // Throws nibble::Error when the template refuses the conversation, or when
   // message text holds special-token text and the template rewrites it so that
   // message text and markup can no longer be told apart.
-  ChatPrompt encode(const ChatTemplate& chat_template, const nlohmann::ordered_json& messages) const;
+  ChatPrompt encode(const ChatTemplate& chat_template, const nlohmann::ordered_json& messages,
+                    bool add_generation_prompt = true) const;
 
  private:
   // Message text with every special-token occurrence broken, byte for byte the

@@ -303,6 +303,9 @@ class GenerationCall final : public RunningRequest {
   }
 
   void finish_request() {
+    std::int64_t most_generated = 0;
+    for (const auto& choice : choices_) most_generated = std::max(most_generated, choice->generated);
+    metrics_.observe_request_done(most_generated);
     const Usage usage{prompt_tokens_, completion_tokens_};
     output_->summary(header_.id, usage);
     if (options_.stream) {
@@ -462,6 +465,59 @@ void CompletionService::check_model(const std::string& requested) const {
   }
 }
 
+void CompletionService::check_chat_template() const {
+  if (!model_.chat_template) {
+    throw ApiError::invalid("messages",
+                            fmt::format("The model '{}' has no chat template; use /v1/completions, or start the "
+                                        "server with --chat-template",
+                                        model_.name),
+                            "chat_template_missing");
+  }
+}
+
+nlohmann::ordered_json CompletionService::template_messages(const std::vector<ChatMessage>& messages) const {
+  nlohmann::ordered_json out = nlohmann::ordered_json::array();
+  for (const auto& m : messages) {
+    // Templates know "system"; "developer" is OpenAI's newer name for it.
+    nlohmann::ordered_json message = {{"role", m.role == "developer" ? "system" : m.role}, {"content", m.content}};
+    if (m.name) message["name"] = *m.name;
+    out.push_back(std::move(message));
+  }
+  return out;
+}
+
+nlohmann::json CompletionService::tokenize(const TokenizeRequest& request) const {
+  if (request.model) check_model(*request.model);
+  std::vector<TokenId> ids;
+  if (request.prompt) {
+    ids = tokenizer_.encode(*request.prompt, request.add_special_tokens);
+  } else {
+    check_chat_template();
+    try {
+      ids = chat_prompts_.encode(*model_.chat_template, template_messages(request.messages),
+                                 request.add_generation_prompt).ids;
+    } catch (const Error& e) {
+      throw ApiError::invalid("messages",
+                              fmt::format("The model's chat template refused the conversation: {}", e.what()),
+                              "chat_template_error");
+    }
+    const auto bos = tokenizer_.bos_id();
+    if (request.add_special_tokens && bos && (ids.empty() || ids.front() != *bos)) ids.insert(ids.begin(), *bos);
+  }
+  nlohmann::json out = {{"count", ids.size()}, {"max_model_len", model_.context_length}, {"tokens", ids}};
+  if (request.return_token_strs) {
+    nlohmann::json strs = nlohmann::json::array();
+    for (const TokenId id : ids) strs.push_back(tokenizer_.token_bytes(id));
+    out["token_strs"] = std::move(strs);
+  }
+  return out;
+}
+
+nlohmann::json CompletionService::detokenize(const DetokenizeRequest& request) const {
+  if (request.model) check_model(*request.model);
+  return {{"prompt", tokenizer_.decode(request.tokens, false)}};
+}
+
 void CompletionService::check_length(std::int64_t prompt_tokens, const GenerationOptions& options,
                                      const char* prompt_param) const {
   if (prompt_tokens == 0) throw ApiError::invalid(prompt_param, "the prompt has no tokens");
@@ -504,20 +560,8 @@ std::shared_ptr<RunningRequest> CompletionService::start(const CompletionRequest
 std::shared_ptr<RunningRequest> CompletionService::start(const ChatRequest& request,
                                                          std::shared_ptr<ResponseOutput> output) {
   check_model(request.model);
-  if (!model_.chat_template) {
-    throw ApiError::invalid("messages",
-                            fmt::format("The model '{}' has no chat template; use /v1/completions, or start the "
-                                        "server with --chat-template",
-                                        model_.name),
-                            "chat_template_missing");
-  }
-  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
-  for (const auto& m : request.messages) {
-    // Templates know "system"; "developer" is OpenAI's newer name for it.
-    nlohmann::ordered_json message = {{"role", m.role == "developer" ? "system" : m.role}, {"content", m.content}};
-    if (m.name) message["name"] = *m.name;
-    messages.push_back(std::move(message));
-  }
+  check_chat_template();
+  const nlohmann::ordered_json messages = template_messages(request.messages);
   std::vector<std::vector<TokenId>> prompts;
   try {
     prompts.push_back(chat_prompts_.encode(*model_.chat_template, messages).ids);

@@ -72,6 +72,11 @@ class CompletionService {
   // The same for chat: a template that refuses the conversation is a 400.
   std::shared_ptr<RunningRequest> start(const ChatRequest& request, std::shared_ptr<ResponseOutput> output);
 
+  // POST /tokenize and /detokenize (vLLM's shapes): the ids a completion or chat
+  // request would run on, and text back from ids. Answered at once, off the model.
+  nlohmann::json tokenize(const TokenizeRequest& request) const;
+  nlohmann::json detokenize(const DetokenizeRequest& request) const;
+
   const ServedModel& model() const { return model_; }
 
  private:
@@ -83,6 +88,8 @@ class CompletionService {
   std::optional<std::chrono::milliseconds> request_timeout_;
 
   void check_model(const std::string& requested) const;
+  nlohmann::ordered_json template_messages(const std::vector<ChatMessage>& messages) const;
+  void check_chat_template() const;
   void check_length(std::int64_t prompt_tokens, const GenerationOptions& options, const char* prompt_param) const;
 };
 
