@@ -10,20 +10,29 @@ manifests promise is checked against nibble itself: every `nibble serve` flag in
 Deployment exists (`nibble serve --help`), the memory budget is one `nibble plan`
 accepts for the model and the memory limit holds it, the grace period outlasts
 preStop + --drain-timeout, the probes hit the probe port, the pods run non-root on a
-read-only root, and every selector and metric name points at something real.
+read-only root, and every selector and metric name points at something real. Last,
+`nibble serve` runs with the cpu overlay's own arguments: it must load, answer on
+the probe port, export the autoscaling metric there (what the PodMonitor scrapes),
+and exit 0 on SIGTERM within the grace period.
 
 Run by ctest (deploy_manifests) with NIBBLE_BIN and NIBBLE_MODEL_CACHE set.
 """
+import http.client
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 import unittest
 
 import kubernetes_validate
 import yaml
 from jsonschema import Draft202012Validator
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e"))
+from nibble_server import NibbleServer, free_port, metric, parse_metrics  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 K8S = os.path.join(ROOT, "deploy", "k8s")
@@ -249,6 +258,36 @@ class ManifestsTest(unittest.TestCase):
                         self.assertTrue(names and names <= exported, trigger["metadata"]["query"])
                 self.assertEqual(len(objects_of(objects, "HorizontalPodAutoscaler")) +
                                  len(objects_of(objects, "ScaledObject")), 1, "one autoscaler, not two")
+
+    def test_cpu_overlay_arguments_serve(self):
+        (deployment,) = objects_of(self.rendered["cpu"], "Deployment")
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        args = flags(container["args"])
+        model = os.path.join(MODEL_CACHE, os.path.basename(args.pop("--model")))
+        for local in ("--host", "--port"):
+            args.pop(local)  # NibbleServer listens on 127.0.0.1 and a free port
+        probe_port = free_port()
+        args["--probe-port"] = str(probe_port)
+        server = NibbleServer(model, *[f"{k}={v}" if v is not None else k for k, v in args.items()])
+        try:
+            server.start()
+            conn = http.client.HTTPConnection("127.0.0.1", probe_port, timeout=10)
+            conn.request("GET", "/health")
+            health = conn.getresponse()
+            body = health.read()
+            self.assertEqual(health.status, 200, body)
+            conn.request("GET", "/metrics")
+            samples = parse_metrics(conn.getresponse().read().decode())
+            conn.close()
+            (hpa,) = objects_of(self.rendered["cpu"], "HorizontalPodAutoscaler")
+            for m in hpa["spec"]["metrics"]:
+                self.assertIsNotNone(metric(samples, m["pods"]["metric"]["name"]), "not on the probe port's /metrics")
+            started = time.monotonic()
+            self.assertEqual(server.stop(timeout=pod["terminationGracePeriodSeconds"]), 0, server.stderr())
+            self.assertLess(time.monotonic() - started, pod["terminationGracePeriodSeconds"])
+        finally:
+            server.close()
 
 
 if __name__ == "__main__":
