@@ -51,9 +51,9 @@ FROM ${BASE_IMAGE} AS demo-model
 RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       python3 python3-pip ca-certificates >/dev/null && rm -rf /var/lib/apt/lists/*
 COPY scripts/get-model /tmp/get-model
-# Where the network intercepts TLS, the CA bundle pip should trust (scripts/image
-# passes the host's).
-ARG PIP_CERT
+# The CAs pip trusts: the system's, or where the network intercepts TLS, the host's
+# bundle (scripts/image passes it).
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 RUN PIP_BREAK_SYSTEM_PACKAGES=1 NIBBLE_MODEL_CACHE=/models /tmp/get-model
 
 FROM ${BASE_IMAGE} AS runtime

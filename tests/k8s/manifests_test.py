@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
@@ -258,6 +259,41 @@ class ManifestsTest(unittest.TestCase):
                         self.assertTrue(names and names <= exported, trigger["metadata"]["query"])
                 self.assertEqual(len(objects_of(objects, "HorizontalPodAutoscaler")) +
                                  len(objects_of(objects, "ScaledObject")), 1, "one autoscaler, not two")
+
+    def test_autoscaling_queries_select_the_deployments_pods(self):
+        """The prometheus-adapter rule (templated as the adapter fills it in for the
+        HPA) and KEDA's query, evaluated by promtool over series labelled as the
+        Prometheus Operator labels a PodMonitor's targets: one value per nibble pod
+        for the adapter, their sum for KEDA, other pods and namespaces left out."""
+        promtool = shutil.which("promtool")
+        self.assertIsNotNone(promtool, "promtool (Debian's prometheus) is not installed: scripts/setup --test")
+        with open(os.path.join(K8S, "prometheus-adapter-values.yaml")) as f:
+            (rule,) = yaml.safe_load(f)["rules"]["custom"]
+        series = rule["name"]["as"]
+        adapter = (rule["metricsQuery"].replace("<<.Series>>", series)
+                   .replace("<<.LabelMatchers>>", 'namespace="default",pod=~"nibble-a|nibble-b"')
+                   .replace("<<.GroupBy>>", "pod"))
+        (scaled,) = objects_of(self.rendered["cpu-keda"], "ScaledObject")
+        (trigger,) = scaled["spec"]["triggers"]
+        inputs = [("default", "nibble-a", "0 3 6"), ("default", "nibble-b", "0 1 2"),
+                  ("default", "other-a", "9 9 9"), ("elsewhere", "nibble-a", "7 7 7")]
+        tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": f'{series}{{namespace="{ns}",pod="{pod}",model="m",job="nibble"}}',
+                              "values": values} for ns, pod, values in inputs],
+            "promql_expr_test": [
+                {"expr": adapter, "eval_time": "2m",
+                 "exp_samples": [{"labels": '{pod="nibble-a"}', "value": 6}, {"labels": '{pod="nibble-b"}', "value": 2}]},
+                {"expr": trigger["metadata"]["query"], "eval_time": "2m", "exp_samples": [{"labels": "{}", "value": 8}]},
+            ]}]}
+        with tempfile.TemporaryDirectory(prefix="nibble-k8s-promtool-") as tmp:
+            with open(os.path.join(tmp, "rules.yml"), "w") as f:
+                f.write("groups: []\n")
+            with open(os.path.join(tmp, "tests.yml"), "w") as f:
+                yaml.safe_dump(tests, f)
+            result = subprocess.run([promtool, "test", "rules", "tests.yml"], cwd=tmp,
+                                    capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
     def test_cpu_overlay_arguments_serve(self):
         (deployment,) = objects_of(self.rendered["cpu"], "Deployment")
