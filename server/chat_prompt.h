@@ -29,7 +29,9 @@ class ChatPromptEncoder {
   // Throws nibble::Error when the template refuses the conversation, or when
   // message text holds special-token text and the template rewrites it so that
   // message text and markup can no longer be told apart.
-  ChatPrompt encode(const ChatTemplate& chat_template, const nlohmann::ordered_json& messages) const;
+  // `extra`: more template variables (tools).
+  ChatPrompt encode(const ChatTemplate& chat_template, const nlohmann::ordered_json& messages,
+                    const nlohmann::ordered_json& extra = nlohmann::ordered_json::object()) const;
 
  private:
   // Message text with every special-token occurrence broken, byte for byte the

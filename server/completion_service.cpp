@@ -46,6 +46,8 @@ struct Choice {
   bool opened = false;  // streaming: its first chunk went out
   std::unique_ptr<IncrementalDecoder> decoder;
   std::unique_ptr<StopStringFilter> stop;
+  std::unique_ptr<ToolCallSplitter> tool_splitter;  // chat with tools: text after a call's start is held
+  std::vector<ToolCall> tool_calls;
   std::shared_ptr<scheduler::Ticket> ticket;
   std::optional<Clock::time_point> last_token;
 };
@@ -63,6 +65,8 @@ class ResponseShape {
   virtual json delta_chunk(const ResponseHeader& header, const Choice& choice, const std::string& text,
                            std::span<const TokenLogprob> entries, std::span<const std::int64_t> offsets) const = 0;
   virtual json closing_chunk(const ResponseHeader& header, const Choice& choice) const = 0;
+  // Streaming, chat only: the choice's tool calls, once they are complete.
+  virtual json tool_calls_chunk(const ResponseHeader&, const Choice&) const { return nullptr; }
   // `choices` in the order returned; their position is their index.
   virtual json response(const ResponseHeader& header, const std::vector<const Choice*>& choices, bool with_logprobs,
                         const Usage& usage) const = 0;
@@ -130,6 +134,12 @@ class ChatShape final : public ResponseShape {
     last.finish_reason = choice.finish_reason;
     return chat_chunk(header, {last});
   }
+  json tool_calls_chunk(const ResponseHeader& header, const Choice& choice) const override {
+    ChatChoice delta;
+    delta.index = choice.index;
+    delta.tool_calls = choice.tool_calls;
+    return chat_chunk(header, {delta});
+  }
   json response(const ResponseHeader& header, const std::vector<const Choice*>& choices, bool with_logprobs,
                 const Usage& usage) const override {
     std::vector<ChatChoice> out;
@@ -137,6 +147,7 @@ class ChatShape final : public ResponseShape {
       ChatChoice choice;
       choice.index = static_cast<int>(out.size());
       choice.content = c->text;
+      choice.tool_calls = c->tool_calls;
       if (with_logprobs) choice.logprobs = c->logprobs;
       choice.finish_reason = c->finish_reason;
       out.push_back(std::move(choice));
@@ -152,6 +163,7 @@ struct CallOptions {
   bool want_logprobs = false;
   int n = 1;        // choices returned per prompt
   int best_of = 1;  // candidates generated per prompt (not streamed when above n)
+  std::optional<ToolCallFormat> tool_calls;  // chat with tools: parse calls out of the text
 };
 
 // One request in flight: its choices, their text so far, and where output goes.
@@ -211,7 +223,8 @@ class GenerationCall final : public RunningRequest {
     open(choice);
     choice.logprob_sum += step.logprob;
     ++choice.text_tokens;
-    const auto out = choice.stop->push(choice.decoder->push(step.token));
+    auto out = choice.stop->push(choice.decoder->push(step.token));
+    if (choice.tool_splitter) out.text = choice.tool_splitter->push(out.text);
     std::optional<TokenLogprob> entry;
     if (options_.want_logprobs) {
       entry = TokenLogprob{tokenizer_.token_bytes(step.token), step.logprob, {}};
@@ -259,14 +272,19 @@ class GenerationCall final : public RunningRequest {
     open(choice);
     if (!choice.finish_reason) {
       const auto out = choice.stop->push(choice.decoder->flush());
-      const auto rest = out.text + choice.stop->flush();
+      auto rest = out.text + choice.stop->flush();
+      if (choice.tool_splitter) rest = choice.tool_splitter->push(rest);
       choice.text += rest;
       choice.finish_reason = finish_reason_text(end);
-      if (end.reason == scheduler::FinishReason::Error) error_ = end.error;
+      if (end.reason == scheduler::FinishReason::Error) error_ = ApiError(500, "server_error", end.error);
+      if (end.reason == scheduler::FinishReason::ConstraintDeadEnd) {
+        error_ = ApiError(400, "invalid_request_error", end.error, std::nullopt, "constraint_dead_end");
+      }
       if (options_.stream && !rest.empty()) {
         output_->stream_event(sse_event(shape_.delta_chunk(header_, choice, rest, {}, {})));
       }
     }
+    finish_tool_calls(choice);
     completion_tokens_ += choice.generated;
     metrics_.observe_queue_time(end.queue_seconds);
     metrics_.observe_finished({*choice.finish_reason, end.prompt_tokens, choice.generated,
@@ -286,9 +304,26 @@ class GenerationCall final : public RunningRequest {
       case scheduler::FinishReason::Cancelled:
         return "cancelled";
       case scheduler::FinishReason::Error:
+      case scheduler::FinishReason::ConstraintDeadEnd:
         return "error";
     }
     return "error";
+  }
+
+  // The text held since a call may have started: its calls, or (not calls after
+  // all) more content. A choice that called tools finishes with "tool_calls".
+  void finish_tool_calls(Choice& choice) {
+    if (!choice.tool_splitter) return;
+    auto parsed = choice.tool_splitter->finish();
+    choice.tool_splitter.reset();
+    if (!parsed.content.empty()) {
+      choice.text += parsed.content;
+      if (options_.stream) output_->stream_event(sse_event(shape_.delta_chunk(header_, choice, parsed.content, {}, {})));
+    }
+    if (parsed.calls.empty()) return;
+    choice.tool_calls = std::move(parsed.calls);
+    if (choice.finish_reason == "stop") choice.finish_reason = "tool_calls";
+    if (options_.stream) output_->stream_event(sse_event(shape_.tool_calls_chunk(header_, choice)));
   }
 
   void open(Choice& choice) {
@@ -307,7 +342,7 @@ class GenerationCall final : public RunningRequest {
     output_->summary(header_.id, usage);
     if (options_.stream) {
       if (error_) {
-        output_->stream_event(sse_event(ApiError(500, "server_error", *error_).body()));
+        output_->stream_event(sse_event(error_->body()));
       } else if (options_.include_usage) {
         output_->stream_event(sse_event(usage_chunk(header_, shape_.chat(), usage)));
       }
@@ -316,7 +351,7 @@ class GenerationCall final : public RunningRequest {
       return;
     }
     if (error_) {
-      output_->fail(ApiError(500, "server_error", *error_));
+      output_->fail(*error_);
       return;
     }
     output_->finish(to_json_text(shape_.response(header_, returned_choices(), options_.want_logprobs, usage)));
@@ -355,7 +390,7 @@ class GenerationCall final : public RunningRequest {
   Choices choices_;
   std::size_t remaining_ = 0;
   std::int64_t completion_tokens_ = 0;
-  std::optional<std::string> error_;
+  std::optional<ApiError> error_;
   bool abandoned_ = false;
 };
 
@@ -385,7 +420,8 @@ ResponseHeader new_header(const char* id_prefix, const ServedModel& model) {
 
 // One choice per (prompt, n); `echo` starts each text with its prompt.
 void add_choices(GenerationCall& call, const Tokenizer& tokenizer, const std::vector<std::vector<TokenId>>& prompts,
-                 const GenerationOptions& options, int candidates_per_prompt, bool echo, bool echo_logprobs) {
+                 const GenerationOptions& options, int candidates_per_prompt, bool echo, bool echo_logprobs,
+                 std::optional<ToolCallFormat> tool_calls = std::nullopt) {
   for (std::size_t p = 0; p < prompts.size(); ++p) {
     for (int j = 0; j < candidates_per_prompt; ++j) {
       auto choice = std::make_unique<Choice>();
@@ -393,6 +429,7 @@ void add_choices(GenerationCall& call, const Tokenizer& tokenizer, const std::ve
       choice->prompt = p;
       choice->decoder = std::make_unique<IncrementalDecoder>(tokenizer);
       choice->stop = std::make_unique<StopStringFilter>(options.stop);
+      if (tool_calls) choice->tool_splitter = std::make_unique<ToolCallSplitter>(*tool_calls);
       if (echo) {
         choice->echo = tokenizer.decode(prompts[p], true);
         choice->text = choice->echo;
@@ -409,7 +446,8 @@ void add_choices(GenerationCall& call, const Tokenizer& tokenizer, const std::ve
 void submit_choices(scheduler::Scheduler& scheduler, const std::shared_ptr<GenerationCall>& call,
                     const std::vector<std::vector<TokenId>>& prompts, const GenerationOptions& options,
                     int top_logprobs, int prompt_logprobs, const ServedModel& model,
-                    std::optional<std::chrono::milliseconds> request_timeout) {
+                    std::optional<std::chrono::milliseconds> request_timeout,
+                    const std::shared_ptr<const engine::TokenConstraint>& constraint) {
   const auto deadline = request_timeout ? std::optional(Clock::now() + *request_timeout) : std::nullopt;
   std::random_device entropy;
   for (std::size_t p = 0; p < prompts.size(); ++p) {
@@ -420,6 +458,7 @@ void submit_choices(scheduler::Scheduler& scheduler, const std::shared_ptr<Gener
         options.max_tokens.value_or(model.context_length - static_cast<std::int64_t>(sequence.prompt.size()));
     if (!options.ignore_eos) sequence.stop_tokens = model.stop_tokens;
     sequence.logit_bias = options.logit_bias;
+    sequence.constraint = constraint;
     sequence.top_logprobs = top_logprobs;
     sequence.prompt_logprobs = prompt_logprobs;
     sequence.deadline = deadline;
@@ -453,6 +492,9 @@ CompletionService::CompletionService(const Tokenizer& tokenizer, scheduler::Sche
       metrics_(metrics),
       model_(std::move(model)),
       chat_prompts_(tokenizer, model_.special_tokens_in_messages),
+      constraints_(tokenizer,
+                   model_.vocab_size > 0 ? static_cast<std::size_t>(model_.vocab_size) : tokenizer.vocab_size(),
+                   model_.stop_tokens),
       request_timeout_(request_timeout) {}
 
 void CompletionService::check_model(const std::string& requested) const {
@@ -479,6 +521,7 @@ void CompletionService::check_length(std::int64_t prompt_tokens, const Generatio
 std::shared_ptr<RunningRequest> CompletionService::start(const CompletionRequest& request,
                                                          std::shared_ptr<ResponseOutput> output) {
   check_model(request.model);
+  const auto constraint = constraints_.compile(request.options.format);
   // Tokenize and check every prompt before anything is submitted.
   std::vector<std::vector<TokenId>> prompts;
   std::int64_t prompt_tokens = 0;
@@ -488,7 +531,7 @@ std::shared_ptr<RunningRequest> CompletionService::start(const CompletionRequest
     prompt_tokens += static_cast<std::int64_t>(prompts.back().size());
   }
   const CallOptions options{request.options.stream, request.options.include_usage, request.logprobs.has_value(),
-                            request.options.n, request.best_of};
+                            request.options.n, request.best_of, std::nullopt};
   auto call = std::make_shared<GenerationCall>(kCompletionShape, options, tokenizer_, metrics_,
                                                new_header("cmpl-", model_), output, prompt_tokens);
   const bool echo_logprobs = request.echo && request.logprobs.has_value();
@@ -497,8 +540,73 @@ std::shared_ptr<RunningRequest> CompletionService::start(const CompletionRequest
   const int top_logprobs = request.logprobs.value_or(request.best_of > request.options.n ? 0 : -1);
   submit_choices(scheduler_, call, prompts, request.options, top_logprobs,
                  echo_logprobs ? *request.logprobs : -1, model_,
-                 request_timeout_);
+                 request_timeout_, constraint);
   return call;
+}
+
+std::pair<nlohmann::ordered_json, nlohmann::ordered_json> CompletionService::chat_variables(
+    const ChatRequest& request) const {
+  using ojson = nlohmann::ordered_json;
+  const ToolCallFormat format = model_.tool_call_format;
+  ojson messages = ojson::array();
+  for (const auto& m : request.messages) {
+    // Templates know "system"; "developer" is OpenAI's newer name for it.
+    ojson message = {{"role", m.role == "developer" ? "system" : m.role}, {"content", m.content}};
+    if (m.name) message["name"] = *m.name;
+    if (m.tool_call_id) message["tool_call_id"] = *m.tool_call_id;
+    if (!m.tool_calls.empty()) {
+      if (model_.template_renders_tool_calls) {
+        // As transformers expects them: arguments as an object, not JSON text.
+        ojson calls = ojson::array();
+        for (const auto& c : m.tool_calls) {
+          ojson arguments;
+          try {
+            arguments = ojson::parse(c.arguments);
+          } catch (const nlohmann::json::exception&) {
+            arguments = c.arguments;
+          }
+          calls.push_back({{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", arguments}}}});
+        }
+        message["tool_calls"] = std::move(calls);
+      } else {
+        const std::string text = tool_calls_text(format, m.tool_calls);
+        message["content"] = m.content.empty() ? text : m.content + "\n" + text;
+      }
+    }
+    messages.push_back(std::move(message));
+  }
+  ojson extra = ojson::object();
+  if (!request.tools.empty() && request.tool_choice.mode != ToolChoice::Mode::None) {
+    if (model_.template_renders_tools) {
+      ojson tools = ojson::array();
+      for (const auto& t : request.tools) {
+        tools.push_back({{"type", "function"},
+                         {"function", {{"name", t.name}, {"description", t.description}, {"parameters", t.parameters}}}});
+      }
+      extra["tools"] = std::move(tools);
+    } else {
+      // The template cannot show them: a system message does, in the model's call format.
+      const std::string prompt = tools_prompt(format, request.tools);
+      if (!messages.empty() && messages[0]["role"] == "system") {
+        messages[0]["content"] = messages[0]["content"].get<std::string>() + "\n\n" + prompt;
+      } else {
+        messages.insert(messages.begin(), ojson{{"role", "system"}, {"content", prompt}});
+      }
+    }
+  }
+  return {std::move(messages), std::move(extra)};
+}
+
+std::shared_ptr<const engine::TokenConstraint> CompletionService::chat_constraint(const ChatRequest& request) {
+  const auto mode = request.tool_choice.mode;
+  if (mode != ToolChoice::Mode::Required && mode != ToolChoice::Mode::Named) {
+    return constraints_.compile(request.options.format);
+  }
+  std::vector<ToolFunction> functions;
+  for (const auto& t : request.tools) {
+    if (mode == ToolChoice::Mode::Required || t.name == request.tool_choice.name) functions.push_back(t);
+  }
+  return constraints_.compile_tool_calls(model_.tool_call_format, functions, request.parallel_tool_calls ? 4 : 1);
 }
 
 std::shared_ptr<RunningRequest> CompletionService::start(const ChatRequest& request,
@@ -511,30 +619,27 @@ std::shared_ptr<RunningRequest> CompletionService::start(const ChatRequest& requ
                                         model_.name),
                             "chat_template_missing");
   }
-  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
-  for (const auto& m : request.messages) {
-    // Templates know "system"; "developer" is OpenAI's newer name for it.
-    nlohmann::ordered_json message = {{"role", m.role == "developer" ? "system" : m.role}, {"content", m.content}};
-    if (m.name) message["name"] = *m.name;
-    messages.push_back(std::move(message));
-  }
+  const auto [messages, extra] = chat_variables(request);
   std::vector<std::vector<TokenId>> prompts;
   try {
-    prompts.push_back(chat_prompts_.encode(*model_.chat_template, messages).ids);
+    prompts.push_back(chat_prompts_.encode(*model_.chat_template, messages, extra).ids);
   } catch (const Error& e) {
     throw ApiError::invalid("messages", fmt::format("The model's chat template refused the conversation: {}", e.what()),
                             "chat_template_error");
   }
   const auto prompt_tokens = static_cast<std::int64_t>(prompts[0].size());
   check_length(prompt_tokens, request.options, "messages");
+  const auto constraint = chat_constraint(request);
 
+  const bool tools_on = !request.tools.empty() && request.tool_choice.mode != ToolChoice::Mode::None;
   const CallOptions options{request.options.stream, request.options.include_usage, request.logprobs,
-                            request.options.n, request.options.n};
+                            request.options.n, request.options.n,
+                            tools_on ? std::optional(model_.tool_call_format) : std::nullopt};
   auto call = std::make_shared<GenerationCall>(kChatShape, options, tokenizer_, metrics_,
                                                new_header("chatcmpl-", model_), output, prompt_tokens);
-  add_choices(*call, tokenizer_, prompts, request.options, request.options.n, false, false);
+  add_choices(*call, tokenizer_, prompts, request.options, request.options.n, false, false, options.tool_calls);
   submit_choices(scheduler_, call, prompts, request.options, request.logprobs ? request.top_logprobs : -1, -1, model_,
-                 request_timeout_);
+                 request_timeout_, constraint);
   return call;
 }
 

@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "chat/chat_template.h"
@@ -21,6 +22,7 @@
 #include "server/metrics.h"
 #include "server/openai_request.h"
 #include "server/openai_response.h"
+#include "server/output_constraint.h"
 #include "tokenizer/tokenizer.h"
 
 namespace nibble::server {
@@ -36,6 +38,14 @@ struct ServedModel {
   // in /v1/completions prompts (--allow-special-tokens-in-messages); by default
   // only the template's own markup can produce them.
   bool special_tokens_in_messages = false;
+  std::int64_t vocab_size = 0;  // the model's logits (0: the tokenizer's)
+  // How this model writes tool calls (--tool-call-parser, or from its template),
+  // and whether its template renders `tools` and assistant `tool_calls` itself;
+  // where it does not, the tools are described in a system message and past calls
+  // written into the assistant's text, in the model's format.
+  ToolCallFormat tool_call_format = ToolCallFormat::Hermes;
+  bool template_renders_tools = false;
+  bool template_renders_tool_calls = false;
 };
 
 // Where a request's output goes. Called from the scheduler's event thread; an
@@ -80,9 +90,14 @@ class CompletionService {
   ServerMetrics& metrics_;
   ServedModel model_;
   ChatPromptEncoder chat_prompts_;
+  OutputConstraints constraints_;
   std::optional<std::chrono::milliseconds> request_timeout_;
 
   void check_model(const std::string& requested) const;
+  // The template's messages and extra variables (tools) for a chat request.
+  std::pair<nlohmann::ordered_json, nlohmann::ordered_json> chat_variables(const ChatRequest& request) const;
+  // The output constraint: response_format, or the forced call of tool_choice required / named.
+  std::shared_ptr<const engine::TokenConstraint> chat_constraint(const ChatRequest& request);
   void check_length(std::int64_t prompt_tokens, const GenerationOptions& options, const char* prompt_param) const;
 };
 

@@ -246,7 +246,9 @@ void OpenAiApi::generate(const HttpRequest& request, const std::shared_ptr<HttpE
   const Ready ready = ready_or_503();
   const Request parsed = [&] {
     try {
-      return parse(parse_request_body(request.body), ready.limits);
+      Request parsed_request = parse(parse_request_body(request.body), ready.limits);
+      restore_schema_order(parsed_request, request.body);
+      return parsed_request;
     } catch (const nlohmann::json::exception& e) {
       // Whatever the field checks missed is still the request's fault, never a 500.
       throw ApiError(400, "invalid_request_error", fmt::format("Invalid request: {}", log::clip(e.what())));

@@ -232,9 +232,11 @@ TEST(OpenAiRequest, UnsupportedAndUnknownFieldsAreRejectedByName) {
   EXPECT_EQ(e.param(), "frobnicate");
   EXPECT_EQ(e.code(), "unrecognized_argument");
   EXPECT_NE(std::string(e.what()).find("frobnicate"), std::string::npos);
-  e = chat_error(chat({{"tools", json::array({{{"type", "function"}}})}}));
-  EXPECT_EQ(e.param(), "tools");
+  e = chat_error(chat({{"functions", json::array({{{"name", "f"}}})}}));
+  EXPECT_EQ(e.param(), "functions");
   EXPECT_EQ(e.code(), "unsupported_parameter");
+  e = chat_error(chat({{"prediction", {{"type", "content"}, {"content", "x"}}}}));
+  EXPECT_EQ(e.param(), "prediction");  // would change the output: refused, not ignored
 }
 
 TEST(OpenAiRequest, ChatMessagesParse) {
@@ -271,13 +273,17 @@ TEST(OpenAiRequest, BadChatMessagesAreNamed) {
       {"hi", "messages"},
       {{"hi"}, "messages[0]"},
       {{{{"content", "x"}}}, "messages[0].role"},
-      {{{{"role", "tool"}, {"content", "x"}}}, "messages[0].role"},
+      {{{{"role", "function"}, {"content", "x"}}}, "messages[0].role"},
+      {{{{"role", "tool"}, {"content", "x"}}}, "messages[0].tool_call_id"},
+      {{{{"role", "user"}, {"content", "x"}, {"tool_calls", json::array()}}}, "messages[0].tool_calls"},
       {{{{"role", "user"}}}, "messages[0].content"},
       {{{{"role", "user"}, {"content", 5}}}, "messages[0].content"},
       {{{{"role", "user"}, {"content", {{{"type", "image_url"}, {"image_url", "x"}}}}}}, "messages[0].content"},
       {{{{"role", "user"}, {"content", "ok"}}, {{"role", "user"}, {"content", "x"}, {"colour", "red"}}},
        "messages[1].colour"},
-      {{{{"role", "assistant"}, {"content", "x"}, {"tool_calls", json::array({1})}}}, "messages[0].tool_calls"},
+      {{{{"role", "assistant"}, {"content", "x"}, {"tool_calls", json::array({1})}}}, "messages[0].tool_calls[0]"},
+      {{{{"role", "assistant"}, {"tool_calls", {{{"id", "c"}, {"type", "function"}, {"function", {{"arguments", "{}"}}}}}}}},
+       "messages[0].tool_calls[0].function.name"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.messages.dump());
@@ -331,6 +337,55 @@ TEST(OpenAiRequest, ErrorMessagesQuoteAtMostAFewHundredBytesOfTheRequest) {
   const ApiError not_json =
       rejection([&] { parse_request_body(fmt::format("{{\"model\": \"{}", std::string(100'000, 'x'))); });
   EXPECT_LT(std::string(not_json.what()).size(), 600u);
+}
+
+TEST(OpenAiRequest, OutputFormatsParse) {
+  using Kind = OutputFormat::Kind;
+  auto r = parse_chat_request(chat({{"response_format", {{"type", "json_object"}}}}), limits());
+  EXPECT_EQ(r.options.format.kind, Kind::JsonObject);
+  r = parse_chat_request(chat({{"response_format", {{"type", "text"}}}}), limits());
+  EXPECT_EQ(r.options.format.kind, Kind::Text);
+  r = parse_chat_request(
+      chat({{"response_format",
+             {{"type", "json_schema"},
+              {"json_schema", {{"name", "P"}, {"strict", true}, {"schema", {{"type", "object"}}}}}}}}),
+      limits());
+  EXPECT_EQ(r.options.format.kind, Kind::JsonSchema);
+  EXPECT_EQ(r.options.format.schema, nlohmann::ordered_json({{"type", "object"}}));
+  EXPECT_EQ(r.options.format.schema_pointer, "/response_format/json_schema/schema");
+  const auto c = parse_completion_request(completion({{"guided_choice", {"yes", "no"}}}), limits());
+  EXPECT_EQ(c.options.format.kind, Kind::Choice);
+  EXPECT_EQ(c.options.format.choices, (std::vector<std::string>{"yes", "no"}));
+  EXPECT_EQ(parse_completion_request(completion({{"guided_regex", "a+"}}), limits()).options.format.text, "a+");
+  EXPECT_EQ(parse_completion_request(completion({{"guided_json", R"({"type":"integer"})"}}), limits())
+                .options.format.schema["type"],
+            "integer");
+  EXPECT_EQ(parse_chat_request(chat({{"guided_grammar", "root ::= \"a\""}}), limits()).options.format.kind, Kind::Grammar);
+
+  // Properties come back in the client's order from the raw body.
+  OutputFormat ordered = parse_chat_request(
+      chat({{"guided_json", {{"type", "object"}, {"properties", {{"b", json::object()}, {"a", json::object()}}}}}}),
+      limits()).options.format;
+  restore_schema_order(ordered, R"({"guided_json":{"type":"object","properties":{"b":{},"a":{}}}})");
+  EXPECT_EQ(ordered.schema["properties"].begin().key(), "b");
+}
+
+TEST(OpenAiRequest, BadOutputFormatsAreNamed) {
+  EXPECT_EQ(chat_error(chat({{"response_format", {{"type", "xml"}}}})).param(), "response_format.type");
+  EXPECT_EQ(chat_error(chat({{"response_format", {{"type", "json_schema"}}}})).param(), "response_format.json_schema");
+  EXPECT_EQ(chat_error(chat({{"response_format", {{"type", "json_object"}, {"extra", 1}}}})).param(),
+            "response_format.extra");
+  EXPECT_EQ(chat_error(chat({{"guided_choice", json::array()}})).param(), "guided_choice");
+  EXPECT_EQ(chat_error(chat({{"guided_json", "not json"}})).param(), "guided_json");
+  EXPECT_EQ(chat_error(chat({{"guided_regex", "a"}, {"guided_choice", {"a"}}})).param(), "guided_choice");
+  EXPECT_EQ(completion_error(completion({{"guided_regex", "a"}, {"ignore_eos", true}})).param(), "ignore_eos");
+}
+
+TEST(OpenAiRequest, ClientDefaultFieldsThatCannotChangeTheOutputAreAccepted) {
+  EXPECT_NO_THROW(parse_chat_request(
+      chat({{"store", false}, {"metadata", {{"k", "v"}}}, {"service_tier", "auto"}, {"parallel_tool_calls", true}}),
+      limits()));
+  EXPECT_NO_THROW(parse_completion_request(completion({{"store", true}, {"user", "u"}}), limits()));
 }
 
 }  // namespace
