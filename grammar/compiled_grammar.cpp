@@ -5,7 +5,8 @@
 namespace nibble::grammar {
 namespace {
 
-constexpr std::size_t kMaxCachedMasks = 4096;  // ~6 KiB each at a 50k vocabulary
+// Masks kept per grammar: ~6 KiB each at a 50k vocabulary (3 MiB), ~19 KiB at 150k.
+constexpr std::size_t kMaxCachedMasks = 512;
 
 class GrammarState final : public engine::ConstraintState {
  public:
@@ -58,6 +59,11 @@ ParseState CompiledGrammar::initial() const {
 ParseState CompiledGrammar::advance(const ParseState& state, std::string_view bytes) const {
   const std::lock_guard lock(mutex_);
   return automaton_.advance(state, bytes);
+}
+
+std::size_t CompiledGrammar::parser_stacks() const {
+  const std::lock_guard lock(mutex_);
+  return automaton_.stacks();
 }
 
 std::size_t CompiledGrammar::cached_masks() const {

@@ -33,6 +33,9 @@ class CompiledGrammar final : public engine::TokenConstraint,
 
   const Vocabulary& vocabulary() const { return *vocabulary_; }
   std::size_t cached_masks() const;
+  // Parser stacks interned so far: they are never freed, so an owner that keeps
+  // the grammar for long drops it when this grows large.
+  std::size_t parser_stacks() const;
 
  private:
   const std::vector<std::uint64_t>& stack_mask(StackId s) const;  // lock held

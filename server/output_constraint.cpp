@@ -69,11 +69,17 @@ template <typename Make>
 std::shared_ptr<const engine::TokenConstraint> OutputConstraints::cached(const std::string& key, Make&& make) {
   const std::lock_guard lock(mutex_);
   if (const auto found = by_key_.find(key); found != by_key_.end()) {
-    recent_.splice(recent_.begin(), recent_, found->second);
-    return found->second->second;
+    // Its interned parser stacks only grow; past a bound the grammar starts afresh
+    // (requests still using the old one keep it until they end).
+    constexpr std::size_t kMaxParserStacks = 1'000'000;
+    if (found->second->second->parser_stacks() < kMaxParserStacks) {
+      recent_.splice(recent_.begin(), recent_, found->second);
+      return found->second->second;
+    }
+    recent_.erase(found->second);
+    by_key_.erase(found);
   }
-  std::shared_ptr<const engine::TokenConstraint> constraint =
-      std::make_shared<grammar::CompiledGrammar>(make(), vocabulary());
+  auto constraint = std::make_shared<grammar::CompiledGrammar>(make(), vocabulary());
   recent_.emplace_front(key, constraint);
   by_key_[key] = recent_.begin();
   if (recent_.size() > capacity_) {

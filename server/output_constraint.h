@@ -13,6 +13,7 @@
 
 #include "engine/token_constraint.h"
 #include "grammar/vocabulary.h"
+#include "grammar/compiled_grammar.h"
 #include "grammar/grammar.h"
 #include "server/openai_request.h"
 #include "tokenizer/tokenizer.h"
@@ -22,7 +23,7 @@ namespace nibble::server {
 class OutputConstraints {
  public:
   OutputConstraints(const Tokenizer& tokenizer, std::size_t vocab_size, std::vector<TokenId> end_tokens,
-                    std::size_t capacity = 64);
+                    std::size_t capacity = 32);
 
   // None for plain text. Throws ApiError 400 naming format.param when the format
   // cannot be compiled (an unsupported JSON Schema keyword, a bad pattern, ...).
@@ -45,7 +46,7 @@ class OutputConstraints {
   const std::size_t capacity_;
   std::mutex mutex_;
   std::shared_ptr<const grammar::Vocabulary> vocabulary_;  // made at the first constrained request
-  using Entry = std::pair<std::string, std::shared_ptr<const engine::TokenConstraint>>;
+  using Entry = std::pair<std::string, std::shared_ptr<const grammar::CompiledGrammar>>;
   std::list<Entry> recent_;  // most recently used first
   std::unordered_map<std::string, std::list<Entry>::iterator> by_key_;
 };
