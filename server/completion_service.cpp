@@ -53,7 +53,9 @@ struct Choice {
 };
 using Choices = std::vector<std::unique_ptr<Choice>>;
 
-// The two endpoints differ only in the JSON their choices become.
+}  // namespace
+
+// The endpoints differ only in the JSON their choices become.
 class ResponseShape {
  public:
   virtual ~ResponseShape() = default;
@@ -67,10 +69,18 @@ class ResponseShape {
   virtual json closing_chunk(const ResponseHeader& header, const Choice& choice) const = 0;
   // Streaming, chat only: the choice's tool calls, once they are complete.
   virtual json tool_calls_chunk(const ResponseHeader&, const Choice&) const { return nullptr; }
+  // Streaming: the last event before [DONE] (the Responses API's response.completed);
+  // null: none. A chunk that is a JSON array is several events.
+  virtual json final_event(const ResponseHeader&, const std::vector<const Choice*>&, const Usage&) const {
+    return nullptr;
+  }
+  virtual bool numbered_events() const { return false; }  // events carry sequence_number
   // `choices` in the order returned; their position is their index.
   virtual json response(const ResponseHeader& header, const std::vector<const Choice*>& choices, bool with_logprobs,
                         const Usage& usage) const = 0;
 };
+
+namespace {
 
 class CompletionShape final : public ResponseShape {
  public:
@@ -156,6 +166,130 @@ class ChatShape final : public ResponseShape {
   }
 };
 
+// The Responses API (stateless): a response object whose output holds a message
+// item and function_call items, and its typed, numbered stream events.
+class ResponsesShape final : public ResponseShape {
+ public:
+  explicit ResponsesShape(json echo) : echo_(std::move(echo)) {}
+  bool chat() const override { return true; }
+  bool numbered_events() const override { return true; }
+
+  std::optional<json> opening_chunk(const ResponseHeader& header, const Choice&) const override {
+    const json in_progress = object(header, "in_progress", {}, Usage{});
+    json item = message_item(header, "", "in_progress");
+    item["content"] = json::array();
+    return json::array({{{"type", "response.created"}, {"response", in_progress}},
+                        {{"type", "response.in_progress"}, {"response", in_progress}},
+                        {{"type", "response.output_item.added"}, {"output_index", 0}, {"item", item}},
+                        {{"type", "response.content_part.added"},
+                         {"item_id", message_id(header)},
+                         {"output_index", 0},
+                         {"content_index", 0},
+                         {"part", text_part("")}}});
+  }
+  json delta_chunk(const ResponseHeader& header, const Choice&, const std::string& text, std::span<const TokenLogprob>,
+                   std::span<const std::int64_t>) const override {
+    if (text.empty()) return nullptr;
+    return {{"type", "response.output_text.delta"}, {"item_id", message_id(header)}, {"output_index", 0},
+            {"content_index", 0},                   {"delta", text},                  {"logprobs", json::array()}};
+  }
+  json tool_calls_chunk(const ResponseHeader&, const Choice& choice) const override {
+    json events = json::array();
+    for (std::size_t i = 0; i < choice.tool_calls.size(); ++i) {
+      const ToolCall& call = choice.tool_calls[i];
+      const int index = static_cast<int>(i) + 1;
+      json item = call_item(call, "in_progress");
+      item["arguments"] = "";
+      events.push_back({{"type", "response.output_item.added"}, {"output_index", index}, {"item", item}});
+      events.push_back({{"type", "response.function_call_arguments.delta"}, {"item_id", item["id"]},
+                        {"output_index", index}, {"delta", call.arguments}});
+      events.push_back({{"type", "response.function_call_arguments.done"}, {"item_id", item["id"]},
+                        {"output_index", index}, {"name", call.name}, {"arguments", call.arguments}});
+      events.push_back({{"type", "response.output_item.done"}, {"output_index", index}, {"item", call_item(call, "completed")}});
+    }
+    return events;
+  }
+  json closing_chunk(const ResponseHeader& header, const Choice& choice) const override {
+    return json::array({{{"type", "response.output_text.done"}, {"item_id", message_id(header)}, {"output_index", 0},
+                         {"content_index", 0}, {"text", choice.text}, {"logprobs", json::array()}},
+                        {{"type", "response.content_part.done"}, {"item_id", message_id(header)}, {"output_index", 0},
+                         {"content_index", 0}, {"part", text_part(choice.text)}},
+                        {{"type", "response.output_item.done"}, {"output_index", 0},
+                         {"item", message_item(header, choice.text, "completed")}}});
+  }
+  json response(const ResponseHeader& header, const std::vector<const Choice*>& choices, bool,
+                const Usage& usage) const override {
+    return object(header, status(choices), choices, usage);
+  }
+  json final_event(const ResponseHeader& header, const std::vector<const Choice*>& choices,
+                   const Usage& usage) const override {
+    const std::string state = status(choices);
+    return {{"type", state == "incomplete" ? "response.incomplete" : "response.completed"},
+            {"response", object(header, state, choices, usage)}};
+  }
+
+ private:
+  static std::string status(const std::vector<const Choice*>& choices) {
+    for (const auto* c : choices) {
+      if (c->finish_reason == "length") return "incomplete";
+    }
+    return "completed";
+  }
+  static std::string message_id(const ResponseHeader& header) { return "msg_" + header.id.substr(5); }
+  static json text_part(const std::string& text) {
+    return {{"type", "output_text"}, {"text", text}, {"annotations", json::array()}};
+  }
+  static json message_item(const ResponseHeader& header, const std::string& text, const char* state) {
+    return {{"type", "message"},
+            {"id", message_id(header)},
+            {"status", state},
+            {"role", "assistant"},
+            {"content", json::array({text_part(text)})}};
+  }
+  static json call_item(const ToolCall& call, const char* state) {
+    return {{"type", "function_call"}, {"id", "fc_" + call.id.substr(5)}, {"call_id", call.id},
+            {"name", call.name},       {"arguments", call.arguments},     {"status", state}};
+  }
+  json object(const ResponseHeader& header, const std::string& state, const std::vector<const Choice*>& choices,
+              const Usage& usage) const {
+    json output = json::array();
+    for (const auto* c : choices) {
+      if (!c->text.empty() || c->tool_calls.empty()) output.push_back(message_item(header, c->text, "completed"));
+      for (const auto& call : c->tool_calls) output.push_back(call_item(call, "completed"));
+    }
+    json out = {{"id", header.id},
+                {"object", "response"},
+                {"created_at", header.created},
+                {"status", state},
+                {"model", header.model},
+                {"output", std::move(output)},
+                {"error", nullptr},
+                {"incomplete_details", state == "incomplete" ? json{{"reason", "max_output_tokens"}} : json(nullptr)},
+                {"instructions", echo_.value("instructions", json(nullptr))},
+                {"max_output_tokens", echo_.value("max_output_tokens", json(nullptr))},
+                {"temperature", echo_.value("temperature", json(1.0))},
+                {"top_p", echo_.value("top_p", json(1.0))},
+                {"tools", echo_.value("tools", json::array())},
+                {"tool_choice", echo_.value("tool_choice", json("auto"))},
+                {"parallel_tool_calls", echo_.value("parallel_tool_calls", json(true))},
+                {"text", echo_.value("text", json{{"format", {{"type", "text"}}}})},
+                {"metadata", echo_.value("metadata", json::object())},
+                {"store", false},
+                {"usage",
+                 {{"input_tokens", usage.prompt_tokens},
+                  {"input_tokens_details", {{"cached_tokens", 0}}},
+                  {"output_tokens", usage.completion_tokens},
+                  {"output_tokens_details", {{"reasoning_tokens", 0}}},
+                  {"total_tokens", usage.prompt_tokens + usage.completion_tokens}}}};
+    for (const char* key : {"instructions", "max_output_tokens", "temperature", "top_p", "tool_choice", "parallel_tool_calls", "text", "metadata"}) {
+      if (out[key].is_null() && std::string(key) != "instructions" && std::string(key) != "max_output_tokens") out.erase(key);
+    }
+    return out;
+  }
+
+  json echo_;
+};
+
 // What a call needs to know of its request, whichever endpoint it came from.
 struct CallOptions {
   bool stream = false;
@@ -198,6 +332,8 @@ class GenerationCall final : public RunningRequest {
   }
 
   Choices& choices() { return choices_; }
+  // A shape made for this request (the Responses API's echoes the request) lives with it.
+  void keep_shape(std::shared_ptr<const ResponseShape> shape) { own_shape_ = std::move(shape); }
   void set_remaining(std::size_t n) { remaining_ = n; }
 
   // Submits under the call's lock, so a choice's first event finds its ticket.
@@ -240,7 +376,7 @@ class GenerationCall final : public RunningRequest {
     if (options_.stream && (!out.text.empty() || entry)) {
       const auto entries = entry ? std::span(choice.logprobs).last(1) : std::span<const TokenLogprob>();
       const auto offsets = entry ? std::span(choice.text_offset).last(1) : std::span<const std::int64_t>();
-      output_->stream_event(sse_event(shape_.delta_chunk(header_, choice, out.text, entries, offsets)));
+      emit(shape_.delta_chunk(header_, choice, out.text, entries, offsets));
     }
   }
 
@@ -281,7 +417,7 @@ class GenerationCall final : public RunningRequest {
         error_ = ApiError(400, "invalid_request_error", end.error, std::nullopt, "constraint_dead_end");
       }
       if (options_.stream && !rest.empty()) {
-        output_->stream_event(sse_event(shape_.delta_chunk(header_, choice, rest, {}, {})));
+        emit(shape_.delta_chunk(header_, choice, rest, {}, {}));
       }
     }
     finish_tool_calls(choice);
@@ -289,7 +425,7 @@ class GenerationCall final : public RunningRequest {
     metrics_.observe_queue_time(end.queue_seconds);
     metrics_.observe_finished({*choice.finish_reason, end.prompt_tokens, choice.generated,
                                seconds(Clock::now() - arrival_), end.prefill_seconds, end.decode_seconds});
-    if (options_.stream) output_->stream_event(sse_event(shape_.closing_chunk(header_, choice)));
+    if (options_.stream) emit(shape_.closing_chunk(header_, choice));
     if (--remaining_ == 0) finish_request();
   }
 
@@ -318,18 +454,29 @@ class GenerationCall final : public RunningRequest {
     choice.tool_splitter.reset();
     if (!parsed.content.empty()) {
       choice.text += parsed.content;
-      if (options_.stream) output_->stream_event(sse_event(shape_.delta_chunk(header_, choice, parsed.content, {}, {})));
+      if (options_.stream) emit(shape_.delta_chunk(header_, choice, parsed.content, {}, {}));
     }
     if (parsed.calls.empty()) return;
     choice.tool_calls = std::move(parsed.calls);
     if (choice.finish_reason == "stop") choice.finish_reason = "tool_calls";
-    if (options_.stream) output_->stream_event(sse_event(shape_.tool_calls_chunk(header_, choice)));
+    if (options_.stream) emit(shape_.tool_calls_chunk(header_, choice));
+  }
+
+  // One event, or each of an array of them; numbered where the shape wants it.
+  void emit(json event) {
+    if (event.is_null()) return;
+    if (event.is_array()) {
+      for (auto& e : event) emit(std::move(e));
+      return;
+    }
+    if (shape_.numbered_events()) event["sequence_number"] = next_event_++;
+    output_->stream_event(sse_event(event));
   }
 
   void open(Choice& choice) {
     if (!options_.stream || choice.opened) return;
     choice.opened = true;
-    if (auto chunk = shape_.opening_chunk(header_, choice)) output_->stream_event(sse_event(*chunk));
+    if (auto chunk = shape_.opening_chunk(header_, choice)) emit(*chunk);
     // The echoed prompt (and its tokens' logprobs, which are all there by now) comes first.
     if (!choice.echo.empty() || !choice.logprobs.empty()) {
       output_->stream_event(
@@ -343,6 +490,8 @@ class GenerationCall final : public RunningRequest {
     if (options_.stream) {
       if (error_) {
         output_->stream_event(sse_event(error_->body()));
+      } else if (auto last = shape_.final_event(header_, returned_choices(), usage); !last.is_null()) {
+        emit(std::move(last));
       } else if (options_.include_usage) {
         output_->stream_event(sse_event(usage_chunk(header_, shape_.chat(), usage)));
       }
@@ -391,6 +540,8 @@ class GenerationCall final : public RunningRequest {
   std::size_t remaining_ = 0;
   std::int64_t completion_tokens_ = 0;
   std::optional<ApiError> error_;
+  std::int64_t next_event_ = 0;
+  std::shared_ptr<const ResponseShape> own_shape_;
   bool abandoned_ = false;
 };
 
@@ -611,6 +762,17 @@ std::shared_ptr<const engine::TokenConstraint> CompletionService::chat_constrain
 
 std::shared_ptr<RunningRequest> CompletionService::start(const ChatRequest& request,
                                                          std::shared_ptr<ResponseOutput> output) {
+  return start_chat(request, std::move(output), nullptr);
+}
+
+std::shared_ptr<RunningRequest> CompletionService::start(const ResponsesRequest& request,
+                                                         std::shared_ptr<ResponseOutput> output) {
+  return start_chat(request.chat, std::move(output), std::make_shared<const ResponsesShape>(request.echo));
+}
+
+std::shared_ptr<RunningRequest> CompletionService::start_chat(const ChatRequest& request,
+                                                              std::shared_ptr<ResponseOutput> output,
+                                                              std::shared_ptr<const ResponseShape> shape) {
   check_model(request.model);
   if (!model_.chat_template) {
     throw ApiError::invalid("messages",
@@ -635,8 +797,9 @@ std::shared_ptr<RunningRequest> CompletionService::start(const ChatRequest& requ
   const CallOptions options{request.options.stream, request.options.include_usage, request.logprobs,
                             request.options.n, request.options.n,
                             tools_on ? std::optional(model_.tool_call_format) : std::nullopt};
-  auto call = std::make_shared<GenerationCall>(kChatShape, options, tokenizer_, metrics_,
-                                               new_header("chatcmpl-", model_), output, prompt_tokens);
+  auto call = std::make_shared<GenerationCall>(shape ? *shape : kChatShape, options, tokenizer_, metrics_,
+                                               new_header(shape ? "resp_" : "chatcmpl-", model_), output, prompt_tokens);
+  call->keep_shape(std::move(shape));
   add_choices(*call, tokenizer_, prompts, request.options, request.options.n, false, false, options.tool_calls);
   submit_choices(scheduler_, call, prompts, request.options, request.logprobs ? request.top_logprobs : -1, -1, model_,
                  request_timeout_, constraint);

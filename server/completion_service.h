@@ -23,9 +23,12 @@
 #include "server/openai_request.h"
 #include "server/openai_response.h"
 #include "server/output_constraint.h"
+#include "server/responses_request.h"
 #include "tokenizer/tokenizer.h"
 
 namespace nibble::server {
+
+class ResponseShape;  // how choices become JSON (completion_service.cpp)
 
 struct ServedModel {
   std::string name;                 // the id clients send as "model"
@@ -81,6 +84,8 @@ class CompletionService {
   std::shared_ptr<RunningRequest> start(const CompletionRequest& request, std::shared_ptr<ResponseOutput> output);
   // The same for chat: a template that refuses the conversation is a 400.
   std::shared_ptr<RunningRequest> start(const ChatRequest& request, std::shared_ptr<ResponseOutput> output);
+  // The Responses API: a chat request answered as a response object / its events.
+  std::shared_ptr<RunningRequest> start(const ResponsesRequest& request, std::shared_ptr<ResponseOutput> output);
 
   const ServedModel& model() const { return model_; }
 
@@ -94,6 +99,9 @@ class CompletionService {
   std::optional<std::chrono::milliseconds> request_timeout_;
 
   void check_model(const std::string& requested) const;
+  // Chat, answered in `shape` (none: Chat Completions).
+  std::shared_ptr<RunningRequest> start_chat(const ChatRequest& request, std::shared_ptr<ResponseOutput> output,
+                                             std::shared_ptr<const ResponseShape> shape);
   // The template's messages and extra variables (tools) for a chat request.
   std::pair<nlohmann::ordered_json, nlohmann::ordered_json> chat_variables(const ChatRequest& request) const;
   // The output constraint: response_format, or the forced call of tool_choice required / named.

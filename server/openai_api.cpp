@@ -71,7 +71,7 @@ struct Route {
 
 // Every path nibble serves and the one method each accepts.
 constexpr Route kRoutes[] = {
-    {"/v1/completions", "POST", false}, {"/v1/chat/completions", "POST", false},
+    {"/v1/completions", "POST", false}, {"/v1/chat/completions", "POST", false}, {"/v1/responses", "POST", false},
     {"/v1/models", "GET", true},        {"/health", "GET", false},
     {"/metrics", "GET", false},         {"/version", "GET", false},
     {"/openapi.json", "GET", false},
@@ -166,6 +166,7 @@ void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
   if (request.path == "/v1/completions") {
     return generate<CompletionRequest>(request, handle, parse_completion_request);
   }
+  if (request.path == "/v1/responses") return generate<ResponsesRequest>(request, handle, parse_responses_request);
   return generate<ChatRequest>(request, handle, parse_chat_request);
 }
 

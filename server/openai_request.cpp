@@ -445,8 +445,13 @@ ToolChoice parse_tool_choice(Fields& fields, const std::vector<ToolFunction>& to
 }
 
 void ignore_client_defaults(Fields& fields) {
-  for (const auto& name : ignored_fields()) {
-    if (fields.find(name) != nullptr) spdlog::debug("request_field_ignored field={}", name);
+  if (fields.boolean("store")) spdlog::debug("request_field_ignored field=store");
+  if (fields.string("service_tier")) spdlog::debug("request_field_ignored field=service_tier");
+  if (const json* metadata = fields.find("metadata")) {
+    const bool strings = metadata->is_object() && std::all_of(metadata->begin(), metadata->end(),
+                                                              [](const json& v) { return v.is_string(); });
+    if (!strings) throw wrong_type("metadata", *metadata, "an object of strings");
+    spdlog::debug("request_field_ignored field=metadata");
   }
 }
 

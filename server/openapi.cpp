@@ -423,9 +423,102 @@ json schemas(const RequestLimits& limits) {
             {"param", or_null({{"type", "string"}})},
             {"code", or_null({{"type", "string"}})}}}}}}}};
 
+  // The Responses API: the chat request it translates to (server/responses_request.h).
+  const json text_part = {{"type", "object"},
+                          {"required", {"type", "text"}},
+                          {"additionalProperties", false},
+                          {"properties",
+                           {{"type", {{"type", "string"}, {"enum", {"input_text", "output_text"}}}},
+                            {"text", {{"type", "string"}}},
+                            {"annotations", {{"type", "array"}}}}}};
+  const json input_message = {
+      {"type", "object"},
+      {"required", {"role", "content"}},
+      {"additionalProperties", false},
+      {"properties",
+       {{"type", {{"type", "string"}, {"enum", {"message"}}}},
+        {"role", {{"type", "string"}, {"enum", {"user", "system", "developer", "assistant"}}}},
+        {"content", {{"oneOf", {{{"type", "string"}}, {{"type", "array"}, {"items", text_part}}}}}},
+        {"id", {{"type", "string"}}},
+        {"status", {{"type", "string"}}}}}};
+  const json function_call = {{"type", "object"},
+                              {"required", {"type", "call_id", "name", "arguments"}},
+                              {"additionalProperties", false},
+                              {"properties",
+                               {{"type", {{"type", "string"}, {"enum", {"function_call"}}}},
+                                {"call_id", {{"type", "string"}}},
+                                {"name", {{"type", "string"}}},
+                                {"arguments", {{"type", "string"}}},
+                                {"id", {{"type", "string"}}},
+                                {"status", {{"type", "string"}}}}}};
+  const json function_output = {{"type", "object"},
+                                {"required", {"type", "call_id", "output"}},
+                                {"additionalProperties", false},
+                                {"properties",
+                                 {{"type", {{"type", "string"}, {"enum", {"function_call_output"}}}},
+                                  {"call_id", {{"type", "string"}}},
+                                  {"output", {{"type", "string"}}},
+                                  {"id", {{"type", "string"}}},
+                                  {"status", {{"type", "string"}}}}}};
+  json responses_request = {{"type", "object"}, {"required", {"model", "input"}}, {"additionalProperties", false}};
+  const json chat_properties = chat_request["properties"];
+  json& rp = responses_request["properties"];
+  for (const char* key : {"model", "temperature", "top_p", "seed", "stream", "user", "parallel_tool_calls", "store",
+                          "metadata", "service_tier"}) {
+    rp[key] = chat_properties[key];
+  }
+  rp["max_output_tokens"] = chat_properties["max_completion_tokens"];
+  rp["input"] = {{"oneOf",
+                  {{{"type", "string"}},
+                   {{"type", "array"},
+                    {"minItems", 1},
+                    {"items", {{"oneOf", {input_message, function_call, function_output}}}}}}}};
+  rp["instructions"] = {{"type", "string"}};
+  rp["truncation"] = {{"type", "string"}, {"enum", {"disabled"}}};
+  rp["tools"] = {{"type", "array"},
+                 {"items",
+                  {{"type", "object"},
+                   {"required", {"type", "name"}},
+                   {"additionalProperties", false},
+                   {"properties",
+                    {{"type", {{"type", "string"}, {"enum", {"function"}}}},
+                     {"name", {{"type", "string"}, {"pattern", "^[A-Za-z0-9_-]{1,64}$"}}},
+                     {"description", {{"type", "string"}}},
+                     {"parameters", {{"type", "object"}, {"description", "JSON Schema of the arguments"}}},
+                     {"strict", {{"type", "boolean"}}}}}}},
+                 {"description", "Function tools; names must differ"}};
+  rp["tool_choice"] = {{"description", chat_properties["tool_choice"]["description"]},
+                       {"oneOf",
+                        {{{"type", "string"}, {"enum", {"none", "auto", "required"}}},
+                         {{"type", "object"},
+                          {"required", {"type", "name"}},
+                          {"additionalProperties", false},
+                          {"properties", {{"type", {{"type", "string"}, {"enum", {"function"}}}}, {"name", {{"type", "string"}}}}}}}}};
+  json formats = chat_properties["response_format"]["oneOf"];
+  json schema_format = {{"type", "object"},
+                        {"required", {"type"}},
+                        {"additionalProperties", false},
+                        {"properties", formats[2]["properties"]["json_schema"]["properties"]}};
+  schema_format["properties"]["type"] = {{"type", "string"}, {"enum", {"json_schema"}}};
+  rp["text"] = {{"type", "object"},
+                {"additionalProperties", false},
+                {"properties", {{"format", {{"oneOf", {formats[0], formats[1], schema_format}}}}}}};
+  responses_request = nullable_optionals(std::move(responses_request));
+
   completion_request = nullable_optionals(std::move(completion_request));
   chat_request = nullable_optionals(std::move(chat_request));
-  return {{"CompletionRequest", completion_request},
+  const json response = {{"type", "object"},
+                         {"properties",
+                          {{"id", {{"type", "string"}}},
+                           {"object", {{"type", "string"}, {"enum", {"response"}}}},
+                           {"created_at", {{"type", "integer"}}},
+                           {"status", {{"type", "string"}}},
+                           {"model", {{"type", "string"}}},
+                           {"output", {{"type", "array"}, {"items", {{"type", "object"}}}}},
+                           {"usage", {{"type", "object"}}}}}};
+  return {{"ResponsesRequest", responses_request},
+          {"Response", response},
+          {"CompletionRequest", completion_request},
           {"Completion", response_schema("text_completion", completion_choice)},
           {"ChatCompletionRequest", chat_request},
           {"ChatCompletion", response_schema("chat.completion", chat_choice)},
@@ -451,6 +544,9 @@ json openapi_document(const DocumentOptions& options) {
        generation_path("Answer a conversation (rendered with the model's chat template; message text is plain "
                        "text, never special tokens)",
                        "ChatCompletionRequest", "ChatCompletion", "ChatCompletionChunk", keyed_api)},
+      {"/v1/responses",
+       generation_path("OpenAI's Responses API, stateless (previous_response_id and stored responses are refused)",
+                       "ResponsesRequest", "Response", "Response stream event", keyed_api)},
       {"/v1/models",
        get_path("The served model", {{"description", "OK"}, {"content", json_content(ref("ModelList"))}}, keyed_api,
                 {"503"})},

@@ -251,6 +251,51 @@ class StructuredOutputs(SmolLM2Server, ServerTestCase):
                                                     tool_choice="none", temperature=0, max_tokens=16)
         self.assertIsNone(plain.choices[0].message.tool_calls)
 
+    # --- the Responses API (stateless) ---
+
+    def test_responses_api_plain_streamed_json_schema_and_function_tools(self):
+        plain = dict(model=self.model_name, input="Say hello to the reader.", max_output_tokens=16, temperature=0)
+        whole = self.client.responses.create(**plain)
+        self.assertEqual(whole.object, "response")
+        self.assertTrue(whole.id.startswith("resp_"))
+        self.assertIn(whole.status, ("completed", "incomplete"))
+        self.assertTrue(whole.output_text)
+        self.assertEqual(whole.usage.total_tokens, whole.usage.input_tokens + whole.usage.output_tokens)
+        text, final, numbers = "", None, []
+        for event in self.client.responses.create(stream=True, **plain):
+            numbers.append(event.sequence_number)
+            if event.type == "response.output_text.delta":
+                text += event.delta
+            if event.type in ("response.completed", "response.incomplete"):
+                final = event.response
+        self.assertEqual(numbers, list(range(len(numbers))))
+        self.assertEqual(text, whole.output_text)
+        self.assertEqual(final.output_text, whole.output_text)
+
+        parsed = self.client.responses.parse(model=self.model_name, input=PROMPTS[Person], text_format=Person,
+                                             temperature=0.7, max_output_tokens=MAX_TOKENS)
+        self.assertIsInstance(parsed.output_parsed, Person, parsed.output_text)
+
+        tools = [{"type": "function", "name": t["function"]["name"], "description": t["function"]["description"],
+                  "parameters": t["function"]["parameters"]} for t in self.TOOLS]
+        called = self.client.responses.create(model=self.model_name, input="Add 2 and 3.", tools=tools,
+                                              tool_choice={"type": "function", "name": "add"}, temperature=0,
+                                              max_output_tokens=MAX_TOKENS)
+        calls = [item for item in called.output if item.type == "function_call"]
+        self.assertEqual([c.name for c in calls][:1], ["add"])
+        jsonschema.validate(json.loads(calls[0].arguments), self.schema_of("add"))
+        answer = self.client.responses.create(
+            model=self.model_name, tools=tools, temperature=0, max_output_tokens=24,
+            input=[{"role": "user", "content": "Add 2 and 3."},
+                   {"type": "function_call", "call_id": calls[0].call_id, "name": "add",
+                    "arguments": calls[0].arguments},
+                   {"type": "function_call_output", "call_id": calls[0].call_id, "output": "5"}])
+        self.assertEqual(answer.object, "response")
+
+        with self.assertRaises(openai.BadRequestError) as caught:
+            self.client.responses.create(model=self.model_name, input="x", previous_response_id="resp_123")
+        self.assertEqual(caught.exception.body["param"], "previous_response_id")
+
     def test_client_default_fields_are_accepted(self):
         completion = self.client.chat.completions.create(
             model=self.model_name, messages=self.messages("hi"), max_tokens=4, store=False,

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "server/openai_request.h"
+#include "server/responses_request.h"
 
 namespace nibble::server {
 namespace {
@@ -386,6 +387,48 @@ TEST(OpenAiRequest, ClientDefaultFieldsThatCannotChangeTheOutputAreAccepted) {
       chat({{"store", false}, {"metadata", {{"k", "v"}}}, {"service_tier", "auto"}, {"parallel_tool_calls", true}}),
       limits()));
   EXPECT_NO_THROW(parse_completion_request(completion({{"store", true}, {"user", "u"}}), limits()));
+}
+
+TEST(ResponsesRequest, TranslatesIntoTheChatRequestItMeans) {
+  const json body = {
+      {"model", "m"},
+      {"instructions", "Be brief."},
+      {"input",
+       {{{"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "Add 2 and 3."}}}}},
+        {{"type", "function_call"}, {"call_id", "call_1"}, {"name", "add"}, {"arguments", "{\"a\":2}"}},
+        {{"type", "function_call_output"}, {"call_id", "call_1"}, {"output", "5"}}}},
+      {"tools", {{{"type", "function"}, {"name", "add"}, {"parameters", {{"type", "object"}}}}}},
+      {"tool_choice", {{"type", "function"}, {"name", "add"}}},
+      {"max_output_tokens", 12},
+      {"store", false}};
+  const auto r = parse_responses_request(body, limits());
+  ASSERT_EQ(r.chat.messages.size(), 4U);
+  EXPECT_EQ(r.chat.messages[0].role, "system");
+  EXPECT_EQ(r.chat.messages[1].content, "Add 2 and 3.");
+  ASSERT_EQ(r.chat.messages[2].tool_calls.size(), 1U);
+  EXPECT_EQ(r.chat.messages[2].tool_calls[0].id, "call_1");
+  EXPECT_EQ(r.chat.messages[3].role, "tool");
+  EXPECT_EQ(r.chat.messages[3].tool_call_id, "call_1");
+  EXPECT_EQ(r.chat.tools.at(0).name, "add");
+  EXPECT_EQ(r.chat.tool_choice.mode, ToolChoice::Mode::Named);
+  EXPECT_EQ(r.chat.options.max_tokens, 12);
+  const json format = {{"type", "json_schema"}, {"name", "n"}, {"schema", {{"type", "object"}}}};
+  const json with_format = {{"model", "m"}, {"input", "hi"}, {"text", {{"format", format}}}};
+  EXPECT_EQ(parse_responses_request(with_format, limits()).chat.options.format.schema_pointer, "/text/format/schema");
+  const auto refused = [](const json& b) {
+    try {
+      parse_responses_request(b, limits());
+    } catch (const ApiError& e) {
+      return e.param().value_or("");
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(refused({{"model", "m"}, {"input", "x"}, {"previous_response_id", "resp_1"}}), "previous_response_id");
+  EXPECT_EQ(refused({{"model", "m"}}), "input");
+  EXPECT_EQ(refused({{"model", "m"}, {"input", json::array()}}), "input");
+  EXPECT_EQ(refused({{"model", "m"}, {"input", {{{"type", "image"}}}}}), "input[0].type");
+  EXPECT_EQ(refused({{"model", "m"}, {"input", "x"}, {"tools", {{{"type", "web_search"}}}}}), "tools[0].type");
+  EXPECT_EQ(refused({{"model", "m"}, {"input", "x"}, {"frobnicate", 1}}), "frobnicate");
 }
 
 }  // namespace
