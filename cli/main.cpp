@@ -17,7 +17,11 @@ int main(int argc, char** argv) {
   app.fallthrough();  // global flags (--log-level) may also follow the subcommand
   std::string log_level = "warn";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")->capture_default_str();
-  app.parse_complete_callback([&log_level] { nibble::log::init(log_level); });
+  std::string log_format = "text";
+  app.add_option("--log-format", log_format, "text (event key=value) or json (one object per line)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"text", "json"}));
+  app.parse_complete_callback([&log_level, &log_format] { nibble::log::init(log_level, log_format); });
   nibble::cli::add_generate_command(app);
   nibble::cli::add_inspect_command(app);
   nibble::cli::add_convert_command(app);

@@ -19,6 +19,7 @@
 #include "cli/backend_options.h"
 #include "cli/commands.h"
 #include "cli/load_progress.h"
+#include "cli/stalling_model.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "engine/decoder_model.h"
@@ -63,6 +64,10 @@ struct ServeOptions {
   double read_timeout = 30;
   double request_timeout = 600;
   double drain_timeout = 30;
+  std::string metrics_compat = "none";
+  double readiness_stall_seconds = 10;
+  double liveness_stall_seconds = 60;
+  std::int64_t test_stall_after_steps = -1;  // test-only: hang the step loop after N steps
   std::int64_t max_num_seqs = 32;
   std::int64_t max_num_batched_tokens = 512;
   std::int32_t block_size = 16;
@@ -214,8 +219,11 @@ void run_serve(const ServeOptions& options) {
     api_key = env;
   }
 
-  server::ServerMetrics metrics(name);
-  server::OpenAiApi api({api_key, options.public_probes, NIBBLE_VERSION, 1}, metrics);
+  server::ServerMetrics metrics(name, options.metrics_compat == "vllm" ? server::MetricsCompat::Vllm
+                                                                       : server::MetricsCompat::None);
+  server::OpenAiApi api({api_key, options.public_probes, NIBBLE_VERSION, 1,
+                         {options.readiness_stall_seconds, options.liveness_stall_seconds}},
+                        metrics);
   server::HttpLimits limits;
   limits.max_body_bytes = options.max_body_bytes;
   limits.header_timeout = to_ms(options.header_timeout);
@@ -232,7 +240,8 @@ void run_serve(const ServeOptions& options) {
   const auto load_start = steady_clock::now();
   ModelSource source = open_model(options.model);
   const auto tokenizer = load_tokenizer(source.path);
-  engine::DecoderModel model(source, backend, load_progress_reporter());
+  engine::DecoderModel model(source, backend,
+                             load_progress_reporter([&metrics](double fraction) { metrics.set_load_progress(fraction); }));
   const double load_seconds = duration<double>(steady_clock::now() - load_start).count();
   const auto& memory = model.weight_memory();
   metrics.set_model(load_seconds, {{"quantized", memory.quantized_resident},
@@ -277,8 +286,12 @@ void run_serve(const ServeOptions& options) {
   }
   if (options.tool_call_parser != "auto") served.tool_call_format = *server::tool_call_format_named(options.tool_call_parser);
 
-  const auto scheduler_owner = make_scheduler(options, model, served.context_length);
+  std::optional<StallingModel> stalling;
+  if (options.test_stall_after_steps >= 0) stalling.emplace(model, options.test_stall_after_steps);
+  engine::Model& stepped_model = stalling ? static_cast<engine::Model&>(*stalling) : model;
+  const auto scheduler_owner = make_scheduler(options, stepped_model, served.context_length);
   scheduler::Scheduler& scheduler = *scheduler_owner;
+  metrics.set_kv_cache_config(options.block_size, scheduler.load().kv_blocks_total, options.kv_cache_dtype);
   const auto request_timeout =
       options.request_timeout > 0 ? std::optional(to_ms(options.request_timeout)) : std::nullopt;
   server::CompletionService service(*tokenizer, scheduler, metrics, served, request_timeout);
@@ -312,8 +325,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--host", options->host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", options->port, "TCP port (0: any free port)")->capture_default_str();
   cmd->add_option("--probe-port", options->probe_port,
-                  "A second port serving only /health and /metrics, with its own connections, so probes answer "
-                  "while the main port is flooded (0: none)")
+                  "A second port serving only /health, /health/live, /health/ready and /metrics, with its own "
+                  "connections, so probes answer while the main port is flooded (0: none)")
       ->capture_default_str();
   cmd->add_option("--served-model-name", options->served_model_name,
                   "Model id clients send (default: folder name, or file name without .gguf)");
@@ -385,9 +398,22 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--drain-timeout", options->drain_timeout,
                   "On SIGTERM/SIGINT, seconds in-flight requests may take to finish")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--metrics-compat", options->metrics_compat,
+                  "vllm: /metrics also exports vLLM's names and labels (vllm:num_requests_waiting{model_name}, "
+                  "...), for vLLM's dashboards, autoscalers and routers")
+      ->capture_default_str()->check(CLI::IsMember({"none", "vllm"}));
+  cmd->add_option("--readiness-stall-seconds", options->readiness_stall_seconds,
+                  "/health/ready (and /health) answer 503 once the step loop has had work without progress this "
+                  "long")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--liveness-stall-seconds", options->liveness_stall_seconds,
+                  "/health/live answers 503 once the step loop has had work without progress this long")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  // Hidden: fault injection for the probe tests (tests/e2e/health_test.py).
+  cmd->add_option("--test-stall-after-steps", options->test_stall_after_steps)->group("");
   cmd->callback([options, &app] {
     // A server's one line per request is its info log: on unless asked otherwise.
-    if (app.get_option("--log-level")->count() == 0) log::init("info");
+    if (app.get_option("--log-level")->count() == 0) log::set_level("info");
     run_serve(*options);
   });
 }

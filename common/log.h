@@ -1,5 +1,6 @@
 #pragma once
-// Structured, quiet-by-default logging: one line per event, "event key=value ...".
+// Structured, quiet-by-default logging: one line per event, "event key=value ...",
+// written as such (text) or as one JSON object per line (json) for log pipelines.
 #include <spdlog/spdlog.h>
 
 #include <cstddef>
@@ -8,9 +9,18 @@
 
 namespace nibble::log {
 
-// level: trace, debug, info, warn, error, off. Logs go to stderr so stdout stays
-// the program's output (generated text, JSON).
-void init(std::string_view level);
+// level: trace, debug, info, warn, error, off. format: text ("<ts> <level> event
+// key=value ...") or json ({"ts", "level", "msg": event, key: value, ...}: quoted
+// values are strings, bare numbers and true/false keep their type). Logs go to
+// stderr so stdout stays the program's output (generated text, JSON).
+void init(std::string_view level, std::string_view format = "text");
+// Changes the level, keeping the format.
+void set_level(std::string_view level);
+
+// One "event key=value ..." message as the JSON object's fields after ts and
+// level ("msg" and the pairs, without braces); text that is no pair goes to
+// "text". Exposed for tests.
+std::string event_json_fields(std::string_view message);
 
 // Client-controlled text quoted in a log line or an error message (a request body,
 // a number, a path) is cut after `max_bytes` (at a UTF-8 character boundary) and

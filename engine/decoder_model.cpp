@@ -60,7 +60,7 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
                                    GatedMlp(binder, arch, config_, i),
                                    bind_norm(binder, arch, config_, TensorRole::PostMlpNorm, i)});
     stacked_width = std::max({stacked_width, layers_.back().attention.stacked_width(), layers_.back().mlp.stacked_width()});
-    if (progress) progress(i + 1, config_.num_layers);
+    if (progress) progress({i + 1, config_.num_layers, binder.memory().total});
   }
   workspace_ = Workspace(Workspace::Widths{d, config_.q_dim(), config_.kv_dim(), config_.intermediate_size, stacked_width});
   memory_ = binder.memory();

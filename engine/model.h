@@ -50,8 +50,13 @@ struct WeightMemory {
   std::int64_t stacked_linears = 0;  // prepared matrices that each run several modules (q/k/v, gate/up)
 };
 
-// Called after each layer's weights are bound: (layers done, layers in all).
-using LoadProgress = std::function<void(std::int64_t, std::int64_t)>;
+// Where loading stands, told after each layer's weights are bound.
+struct LoadStep {
+  std::int64_t layers_done = 0;
+  std::int64_t layers_total = 0;
+  std::uint64_t weight_bytes = 0;  // bound so far: mapped views and packed copies
+};
+using LoadProgress = std::function<void(const LoadStep&)>;
 
 // Sees the input of every linear module as a step runs, before the modules use
 // it (the compressor's calibration capture): the modules that read it ("model.

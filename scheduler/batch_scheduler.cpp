@@ -73,6 +73,20 @@ SchedulerLoad BatchScheduler::load() const {
           kv_blocks_free_};
 }
 
+StepLoopHealth BatchScheduler::health() const {
+  const std::lock_guard lock(mutex_);
+  const auto now = Clock::now();
+  StepLoopHealth health;
+  health.turns = turns_;
+  if (!waiting_for_work_) {
+    health.stalled_seconds = std::chrono::duration<double>(now - progress_at_).count();
+  } else if (!incoming_.empty()) {
+    // Work arrived and the loop has not woken up to take it.
+    health.stalled_seconds = std::chrono::duration<double>(now - incoming_.front().submitted).count();
+  }
+  return health;
+}
+
 BatchStats BatchScheduler::stats() const {
   const std::lock_guard lock(mutex_);
   return stats_;
@@ -111,15 +125,27 @@ void BatchScheduler::work() {
     const bool stepped = !plan.sequences.empty();
     run_step(std::move(plan));
     previous = collect_events(stepped);
+    turn_done();
   }
   events_.wait_idle();
+}
+
+void BatchScheduler::turn_done() {
+  const std::lock_guard lock(mutex_);
+  progress_at_ = Clock::now();
+  ++turns_;
 }
 
 // Waits for work; false once stopped with nothing left to run or tell.
 bool BatchScheduler::take_submissions(const EventBatch& previous) {
   std::unique_lock lock(mutex_);
   const auto has_work = [&] { return !incoming_.empty() || !policy_.idle(); };
-  if (previous.empty()) changed_.wait(lock, [&] { return quit_ || has_work(); });
+  if (previous.empty() && !quit_ && !has_work()) {
+    waiting_for_work_ = true;
+    changed_.wait(lock, [&] { return quit_ || has_work(); });
+    waiting_for_work_ = false;
+    progress_at_ = Clock::now();
+  }
   if (quit_ && !has_work() && previous.empty()) return false;
   for (auto& submission : incoming_) {
     policy_.add(std::move(submission.request), std::move(submission.choices), submission.submitted);

@@ -50,6 +50,7 @@ class BatchScheduler final : public Scheduler {
   std::vector<std::shared_ptr<Ticket>> submit_group(SequenceRequest request,
                                                     std::vector<ForkedChoice> choices) override;
   SchedulerLoad load() const override;
+  StepLoopHealth health() const override;
   // Returns once every sink has heard its on_finished.
   void stop(std::chrono::milliseconds drain_timeout) override;
   BatchStats stats() const;
@@ -73,6 +74,7 @@ class BatchScheduler final : public Scheduler {
   void run_step(engine::StepPlan plan);
   EventBatch collect_events(bool stepped);
   void publish_counts();
+  void turn_done();
 
   const BatchSchedulerOptions options_;
   StepScheduler policy_;       // the step thread's
@@ -91,6 +93,12 @@ class BatchScheduler final : public Scheduler {
   double kv_usage_ = 0;   // as of the step whose events were delivered last
   std::int64_t kv_blocks_free_ = 0;  // the same
   BatchStats stats_;      // the same
+  // The step loop's heartbeat: when it last finished a turn or went idle, and
+  // whether it is now waiting for work (then only submissions it has not taken
+  // can be stalled).
+  Clock::time_point progress_at_ = Clock::now();
+  bool waiting_for_work_ = false;
+  std::int64_t turns_ = 0;
   bool accepting_ = true;
   bool cancel_all_ = false;  // the drain timed out
   bool quit_ = false;

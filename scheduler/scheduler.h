@@ -103,6 +103,16 @@ struct SchedulerLoad {
   std::int64_t kv_blocks_free = 0;
 };
 
+// Whether the step loop is making progress, for the server's liveness and
+// readiness probes: a loop that is stuck (a hung kernel, a deadlock, a sink that
+// never returns) still answers HTTP, so "the port is open" says nothing.
+struct StepLoopHealth {
+  // How long the loop has had work without finishing a turn: a step in progress,
+  // or submissions waiting for the loop to take them. 0 while it is idle.
+  double stalled_seconds = 0;
+  std::int64_t turns = 0;  // turns of the loop completed since the start
+};
+
 // One choice of a group (n > 1, best_of): what differs from its siblings.
 struct ForkedChoice {
   std::uint64_t seed = 0;  // replaces the request's sampling seed
@@ -123,6 +133,7 @@ class Scheduler {
   virtual std::vector<std::shared_ptr<Ticket>> submit_group(SequenceRequest request,
                                                             std::vector<ForkedChoice> choices);
   virtual SchedulerLoad load() const = 0;
+  virtual StepLoopHealth health() const = 0;
   // Stops accepting; sequences already submitted run to their end (drain) until
   // `drain_timeout`, after which the rest are cancelled. Returns when all ended.
   virtual void stop(std::chrono::milliseconds drain_timeout) = 0;

@@ -31,6 +31,7 @@ class ChatPromptEncoder {
   // message text and markup can no longer be told apart.
   // `extra`: more template variables (tools).
   ChatPrompt encode(const ChatTemplate& chat_template, const nlohmann::ordered_json& messages,
+                    bool add_generation_prompt = true,
                     const nlohmann::ordered_json& extra = nlohmann::ordered_json::object()) const;
 
  private:

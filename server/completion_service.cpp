@@ -485,6 +485,9 @@ class GenerationCall final : public RunningRequest {
   }
 
   void finish_request() {
+    std::int64_t most_generated = 0;
+    for (const auto& choice : choices_) most_generated = std::max(most_generated, choice->generated);
+    metrics_.observe_request_done(most_generated);
     const Usage usage{prompt_tokens_, completion_tokens_};
     output_->summary(header_.id, usage);
     if (options_.stream) {
@@ -655,6 +658,80 @@ void CompletionService::check_model(const std::string& requested) const {
   }
 }
 
+void CompletionService::check_chat_template() const {
+  if (!model_.chat_template) {
+    throw ApiError::invalid("messages",
+                            fmt::format("The model '{}' has no chat template; use /v1/completions, or start the "
+                                        "server with --chat-template",
+                                        model_.name),
+                            "chat_template_missing");
+  }
+}
+
+nlohmann::ordered_json CompletionService::template_messages(const std::vector<ChatMessage>& messages) const {
+  using ojson = nlohmann::ordered_json;
+  ojson out = ojson::array();
+  for (const auto& m : messages) {
+    // Templates know "system"; "developer" is OpenAI's newer name for it.
+    ojson message = {{"role", m.role == "developer" ? "system" : m.role}, {"content", m.content}};
+    if (m.name) message["name"] = *m.name;
+    if (m.tool_call_id) message["tool_call_id"] = *m.tool_call_id;
+    if (!m.tool_calls.empty()) {
+      if (model_.template_renders_tool_calls) {
+        // As transformers expects them: arguments as an object, not JSON text.
+        ojson calls = ojson::array();
+        for (const auto& c : m.tool_calls) {
+          ojson arguments;
+          try {
+            arguments = ojson::parse(c.arguments);
+          } catch (const nlohmann::json::exception&) {
+            arguments = c.arguments;
+          }
+          calls.push_back({{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", arguments}}}});
+        }
+        message["tool_calls"] = std::move(calls);
+      } else {
+        const std::string text = tool_calls_text(model_.tool_call_format, m.tool_calls);
+        message["content"] = m.content.empty() ? text : m.content + "\n" + text;
+      }
+    }
+    out.push_back(std::move(message));
+  }
+  return out;
+}
+
+nlohmann::json CompletionService::tokenize(const TokenizeRequest& request) const {
+  if (request.model) check_model(*request.model);
+  std::vector<TokenId> ids;
+  if (request.prompt) {
+    ids = tokenizer_.encode(*request.prompt, request.add_special_tokens);
+  } else {
+    check_chat_template();
+    try {
+      ids = chat_prompts_.encode(*model_.chat_template, template_messages(request.messages),
+                                 request.add_generation_prompt).ids;
+    } catch (const Error& e) {
+      throw ApiError::invalid("messages",
+                              fmt::format("The model's chat template refused the conversation: {}", e.what()),
+                              "chat_template_error");
+    }
+    const auto bos = tokenizer_.bos_id();
+    if (request.add_special_tokens && bos && (ids.empty() || ids.front() != *bos)) ids.insert(ids.begin(), *bos);
+  }
+  nlohmann::json out = {{"count", ids.size()}, {"max_model_len", model_.context_length}, {"tokens", ids}};
+  if (request.return_token_strs) {
+    nlohmann::json strs = nlohmann::json::array();
+    for (const TokenId id : ids) strs.push_back(tokenizer_.token_bytes(id));
+    out["token_strs"] = std::move(strs);
+  }
+  return out;
+}
+
+nlohmann::json CompletionService::detokenize(const DetokenizeRequest& request) const {
+  if (request.model) check_model(*request.model);
+  return {{"prompt", tokenizer_.decode(request.tokens, false)}};
+}
+
 void CompletionService::check_length(std::int64_t prompt_tokens, const GenerationOptions& options,
                                      const char* prompt_param) const {
   if (prompt_tokens == 0) throw ApiError::invalid(prompt_param, "the prompt has no tokens");
@@ -699,33 +776,7 @@ std::pair<nlohmann::ordered_json, nlohmann::ordered_json> CompletionService::cha
     const ChatRequest& request) const {
   using ojson = nlohmann::ordered_json;
   const ToolCallFormat format = model_.tool_call_format;
-  ojson messages = ojson::array();
-  for (const auto& m : request.messages) {
-    // Templates know "system"; "developer" is OpenAI's newer name for it.
-    ojson message = {{"role", m.role == "developer" ? "system" : m.role}, {"content", m.content}};
-    if (m.name) message["name"] = *m.name;
-    if (m.tool_call_id) message["tool_call_id"] = *m.tool_call_id;
-    if (!m.tool_calls.empty()) {
-      if (model_.template_renders_tool_calls) {
-        // As transformers expects them: arguments as an object, not JSON text.
-        ojson calls = ojson::array();
-        for (const auto& c : m.tool_calls) {
-          ojson arguments;
-          try {
-            arguments = ojson::parse(c.arguments);
-          } catch (const nlohmann::json::exception&) {
-            arguments = c.arguments;
-          }
-          calls.push_back({{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", arguments}}}});
-        }
-        message["tool_calls"] = std::move(calls);
-      } else {
-        const std::string text = tool_calls_text(format, m.tool_calls);
-        message["content"] = m.content.empty() ? text : m.content + "\n" + text;
-      }
-    }
-    messages.push_back(std::move(message));
-  }
+  ojson messages = template_messages(request.messages);
   ojson extra = ojson::object();
   if (!request.tools.empty() && request.tool_choice.mode != ToolChoice::Mode::None) {
     if (model_.template_renders_tools) {
@@ -774,17 +825,11 @@ std::shared_ptr<RunningRequest> CompletionService::start_chat(const ChatRequest&
                                                               std::shared_ptr<ResponseOutput> output,
                                                               std::shared_ptr<const ResponseShape> shape) {
   check_model(request.model);
-  if (!model_.chat_template) {
-    throw ApiError::invalid("messages",
-                            fmt::format("The model '{}' has no chat template; use /v1/completions, or start the "
-                                        "server with --chat-template",
-                                        model_.name),
-                            "chat_template_missing");
-  }
+  check_chat_template();
   const auto [messages, extra] = chat_variables(request);
   std::vector<std::vector<TokenId>> prompts;
   try {
-    prompts.push_back(chat_prompts_.encode(*model_.chat_template, messages, extra).ids);
+    prompts.push_back(chat_prompts_.encode(*model_.chat_template, messages, true, extra).ids);
   } catch (const Error& e) {
     throw ApiError::invalid("messages", fmt::format("The model's chat template refused the conversation: {}", e.what()),
                             "chat_template_error");

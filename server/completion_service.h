@@ -87,6 +87,11 @@ class CompletionService {
   // The Responses API: a chat request answered as a response object / its events.
   std::shared_ptr<RunningRequest> start(const ResponsesRequest& request, std::shared_ptr<ResponseOutput> output);
 
+  // POST /tokenize and /detokenize (vLLM's shapes): the ids a completion or chat
+  // request would run on, and text back from ids. Answered at once, off the model.
+  nlohmann::json tokenize(const TokenizeRequest& request) const;
+  nlohmann::json detokenize(const DetokenizeRequest& request) const;
+
   const ServedModel& model() const { return model_; }
 
  private:
@@ -106,6 +111,8 @@ class CompletionService {
   std::pair<nlohmann::ordered_json, nlohmann::ordered_json> chat_variables(const ChatRequest& request) const;
   // The output constraint: response_format, or the forced call of tool_choice required / named.
   std::shared_ptr<const engine::TokenConstraint> chat_constraint(const ChatRequest& request);
+  nlohmann::ordered_json template_messages(const std::vector<ChatMessage>& messages) const;
+  void check_chat_template() const;
   void check_length(std::int64_t prompt_tokens, const GenerationOptions& options, const char* prompt_param) const;
 };
 

@@ -8,6 +8,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <atomic>
@@ -17,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -99,6 +101,20 @@ std::string chunk(const std::string& data, bool chunked) {
 }
 
 }  // namespace
+
+std::string request_id_for(std::string_view given) {
+  constexpr std::size_t kMaxLength = 128;
+  given = given.substr(0, kMaxLength);
+  const auto usable = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || std::string_view("._~:/+=@-").find(c) != std::string_view::npos;
+  };
+  if (!given.empty() && std::all_of(given.begin(), given.end(), usable)) return std::string(given);
+  thread_local std::mt19937_64 random{std::random_device{}()};
+  const std::uint64_t high = random(), low = random();
+  // Version 4, variant 1.
+  return fmt::format("{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}", high >> 32, (high >> 16) & 0xFFFF, high & 0xFFF,
+                     0x8000 | ((low >> 48) & 0x3FFF), low & 0xFFFFFFFFFFFFULL);
+}
 
 std::string_view HttpRequest::header(std::string_view name) const {
   for (const auto& [key, value] : headers) {
@@ -380,9 +396,14 @@ class Session : public std::enable_shared_from_this<Session> {
 class Exchange final : public HttpExchange, public std::enable_shared_from_this<Exchange> {
  public:
   Exchange(std::shared_ptr<Session> session, const HttpRequest& request)
-      : session_(std::move(session)), id_(request.id), method_(request.method), path_(request.path) {}
+      : session_(std::move(session)),
+        id_(request.id),
+        request_id_(request.request_id),
+        method_(request.method),
+        path_(request.path) {}
 
   void respond(HttpResponse response) override {
+    response.headers.emplace_back("X-Request-Id", request_id_);
     on_strand([response = std::move(response)](Exchange& self) mutable {
       if (self.done() || self.streaming_) return;
       self.status_ = response.status;
@@ -392,6 +413,7 @@ class Exchange final : public HttpExchange, public std::enable_shared_from_this<
   }
 
   void start_stream(int status, std::string content_type, HttpHeaders headers) override {
+    headers.emplace_back("X-Request-Id", request_id_);
     on_strand([status, content_type = std::move(content_type), headers = std::move(headers)](Exchange& self) {
       if (self.done() || self.streaming_) return;
       self.streaming_ = true;
@@ -461,15 +483,15 @@ class Exchange final : public HttpExchange, public std::enable_shared_from_this<
   }
 
   void log() const {
-    spdlog::info("http_request id={} method={} path={} status={} seconds={:.3f} remote={}{}{}", id_,
-                 log::clip(method_, 20), log::clip(path_),
+    spdlog::info("http_request id={} request_id={} method={} path={} status={} seconds={:.3f} remote={}{}{}", id_,
+                 log::quoted(request_id_), log::clip(method_, 20), log::clip(path_),
                  status_, std::chrono::duration<double>(Clock::now() - start_).count(), session_->remote(),
                  notes_.empty() ? "" : " ", notes_);
   }
 
   std::shared_ptr<Session> session_;
   const std::uint64_t id_;
-  const std::string method_, path_;
+  const std::string request_id_, method_, path_;
   const Clock::time_point start_ = Clock::now();
   int status_ = 0;
   bool streaming_ = false, chunked_ = true, done_ = false, gone_ = false;
@@ -488,6 +510,7 @@ void Session::dispatch_request() {
   for (const auto& field : message) {
     request.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
   }
+  request.request_id = request_id_for(request.header("X-Request-Id"));
   request.remote = remote_;
   request.probe = probe_;
   keep_alive_ = message.keep_alive();
@@ -504,7 +527,8 @@ void Session::dispatch_request() {
   try {
     server_.handler_.handle(request, exchange_);
   } catch (const std::exception& e) {
-    spdlog::error("http_handler_failed id={} path={} error=\"{}\"", request.id, log::clip(request.path),
+    spdlog::error("http_handler_failed id={} request_id={} path={} error=\"{}\"", request.id,
+                  log::quoted(request.request_id), log::clip(request.path),
                   log::clip(e.what()));
     exchange_->respond({500, "application/json", server_.handler_.error_body(500, "Internal server error"), {}});
   }

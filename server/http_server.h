@@ -34,6 +34,9 @@ using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
 
 struct HttpRequest {
   std::uint64_t id = 0;  // per server, in arrival order (for logs)
+  // The client's X-Request-Id when it is a usable one (request_id_for), otherwise
+  // generated; echoed in the answer's X-Request-Id and on every log line of the request.
+  std::string request_id;
   std::string method;    // as sent: GET, POST, ...
   std::string path;      // the target without its query string
   std::string body;
@@ -44,6 +47,12 @@ struct HttpRequest {
   // The first header of that name (case-insensitive), or "".
   std::string_view header(std::string_view name) const;
 };
+
+// The request id to use for a request whose X-Request-Id header is `given`: it
+// is kept when it is 1 to 128 characters of [A-Za-z0-9._~:/+=@-] (cut to 128
+// when longer), so it is safe in a header and a log line; otherwise (absent,
+// spaces, quotes, control bytes, ...) a random UUID replaces it.
+std::string request_id_for(std::string_view given);
 
 struct HttpResponse {
   int status = 200;

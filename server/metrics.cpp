@@ -32,10 +32,77 @@ auto& family(Builder builder, const std::string& name, const std::string& help, 
   return builder.Name(name).Help(help).Labels({{"model", model}}).Register(registry);
 }
 
+// vLLM reports finish reasons as stop, length or abort.
+std::string vllm_finished_reason(const std::string& reason) {
+  return reason == "stop" || reason == "length" ? reason : "abort";
+}
+
 }  // namespace
 
-ServerMetrics::ServerMetrics(const std::string& model)
+// The series of vLLM's /metrics that nibble has an equivalent for, under vLLM's
+// names and its `model_name` label (vllm/v1/metrics/loggers.py). Recorded from
+// the same events as nibble's own; the histograms keep nibble's buckets, which
+// quantile queries do not depend on.
+struct ServerMetrics::VllmSeries {
+  VllmSeries(const std::string& model, prometheus::Registry& r) {
+    const prometheus::Labels labels{{"model_name", model}};
+    const auto gauge = [&](const std::string& name, const std::string& help) -> prometheus::Gauge& {
+      return prometheus::BuildGauge().Name(name).Help(help).Labels(labels).Register(r).Add({});
+    };
+    const auto counter = [&](const std::string& name, const std::string& help) -> prometheus::Counter& {
+      return prometheus::BuildCounter().Name(name).Help(help).Labels(labels).Register(r).Add({});
+    };
+    const auto histogram = [&](const std::string& name, const std::string& help,
+                               const Histogram::BucketBoundaries& buckets) -> Histogram& {
+      return prometheus::BuildHistogram().Name(name).Help(help).Labels(labels).Register(r).Add({}, buckets);
+    };
+    running = &gauge("vllm:num_requests_running", "Number of requests in model execution batches.");
+    waiting = &gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.");
+    kv_cache_usage = &gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.");
+    // The name before vLLM 0.10, still queried by its example dashboard and older recipes.
+    gpu_cache_usage = &gauge("vllm:gpu_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.");
+    preemptions = &counter("vllm:num_preemptions_total", "Cumulative number of preemptions from the engine.");
+    prefix_queries = &counter("vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.");
+    prefix_hits = &counter("vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.");
+    prompt_tokens_total = &counter("vllm:prompt_tokens_total", "Number of prefill tokens processed.");
+    generation_tokens_total = &counter("vllm:generation_tokens_total", "Number of generation tokens processed.");
+    success = &prometheus::BuildCounter()
+                   .Name("vllm:request_success_total")
+                   .Help("Count of successfully processed requests.")
+                   .Labels(labels)
+                   .Register(r);
+    time_to_first_token = &histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+                                     kFirstTokenSeconds);
+    time_per_output_token = &histogram("vllm:time_per_output_token_seconds",
+                                       "Histogram of time per output token in seconds.", kInterTokenSeconds);
+    inter_token_latency = &histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+                                     kInterTokenSeconds);
+    e2e_latency = &histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+                             kRequestSeconds);
+    queue_time = &histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
+                            kRequestSeconds);
+    inference_time = &histogram("vllm:request_inference_time_seconds",
+                                "Histogram of time spent in RUNNING phase for request.", kRequestSeconds);
+    prefill_time = &histogram("vllm:request_prefill_time_seconds",
+                              "Histogram of time spent in PREFILL phase for request.", kRequestSeconds);
+    decode_time = &histogram("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
+                             kRequestSeconds);
+    prompt_tokens = &histogram("vllm:request_prompt_tokens", "Number of prefill tokens processed.", kTokens);
+    generation_tokens = &histogram("vllm:request_generation_tokens", "Number of generation tokens processed.", kTokens);
+    max_generation_tokens = &histogram("vllm:request_max_num_generation_tokens",
+                                       "Histogram of maximum number of requested generation tokens.", kTokens);
+  }
+
+  prometheus::Gauge *running, *waiting, *kv_cache_usage, *gpu_cache_usage;
+  prometheus::Counter *preemptions, *prefix_queries, *prefix_hits, *prompt_tokens_total, *generation_tokens_total;
+  prometheus::Family<prometheus::Counter>* success;
+  Histogram *time_to_first_token, *time_per_output_token, *inter_token_latency, *e2e_latency, *queue_time,
+      *inference_time, *prefill_time, *decode_time, *prompt_tokens, *generation_tokens, *max_generation_tokens;
+};
+
+ServerMetrics::ServerMetrics(const std::string& model, MetricsCompat compat)
     : model_(model), registry_(std::make_shared<prometheus::Registry>()) {
+  if (compat == MetricsCompat::Vllm) vllm_ = std::make_unique<VllmSeries>(model, *registry_);
   auto& r = *registry_;
   const auto gauge = [&](const std::string& name, const std::string& help) -> prometheus::Gauge& {
     return family(prometheus::BuildGauge(), name, help, model, r).Add({});
@@ -55,6 +122,9 @@ ServerMetrics::ServerMetrics(const std::string& model)
                            "KV-cache blocks an allocation can take (cached prefixes included); the total when idle.");
   prefix_cache_hit_ratio_ = &gauge("nibble_prefix_cache_hit_ratio",
                                    "Prompt tokens found in the prefix cache over prompt tokens looked up, since start.");
+  step_loop_stalled_ = &gauge("nibble_step_loop_stalled_seconds",
+                              "How long the scheduler's step loop has had work without finishing a turn (0: idle or "
+                              "moving); what /health/ready and /health/live judge.");
   steps_total_ = &counter("nibble_scheduler_steps_total", "Forward passes (batched steps) run.");
   step_tokens_total_ = &counter("nibble_scheduler_step_tokens_total",
                                 "Tokens computed over all steps (per step: rate of this over rate of steps).");
@@ -66,6 +136,8 @@ ServerMetrics::ServerMetrics(const std::string& model)
   copied_blocks_total_ = &counter("nibble_kv_cache_copied_blocks_total",
                                   "KV blocks copied on write (a forked n>1 choice wrote into a block it shared).");
   load_seconds_ = &gauge("nibble_model_load_seconds", "Seconds it took to load the model.");
+  load_progress_ = &gauge("nibble_model_load_progress",
+                          "Fraction of the model's layers loaded (0 to 1; 1 once the model serves).");
   weight_bytes_ = &family(prometheus::BuildGauge(), "nibble_model_weight_bytes",
                           "Bytes of model weights held, by storage format.", model, r);
   prompt_tokens_total_ = &counter("nibble_prompt_tokens_total", "Prompt tokens processed.");
@@ -89,8 +161,25 @@ ServerMetrics::ServerMetrics(const std::string& model)
 
 ServerMetrics::~ServerMetrics() = default;
 
+void ServerMetrics::set_load_progress(double fraction) { load_progress_->Set(fraction); }
+
+void ServerMetrics::set_kv_cache_config(std::int64_t block_size, std::int64_t num_blocks, const std::string& dtype) {
+  if (!vllm_) return;
+  prometheus::BuildGauge()
+      .Name("vllm:cache_config_info")
+      .Help("Information of the LLMEngine CacheConfig.")
+      .Labels({{"model_name", model_}})
+      .Register(*registry_)
+      .Add({{"block_size", std::to_string(block_size)},
+            {"num_gpu_blocks", std::to_string(num_blocks)},
+            {"cache_dtype", dtype},
+            {"enable_prefix_caching", "True"}})
+      .Set(1);
+}
+
 void ServerMetrics::set_model(double load_seconds, const std::map<std::string, std::uint64_t>& weight_bytes_by_format) {
   load_seconds_->Set(load_seconds);
+  load_progress_->Set(1.0);
   for (const auto& [format, bytes] : weight_bytes_by_format) {
     weight_bytes_->Add({{"format", format}}).Set(static_cast<double>(bytes));
   }
@@ -103,27 +192,58 @@ void ServerMetrics::set_load(const scheduler::SchedulerLoad& load) {
   kv_cache_usage_->Set(load.kv_cache_usage);
   kv_blocks_total_->Set(static_cast<double>(load.kv_blocks_total));
   kv_blocks_free_->Set(static_cast<double>(load.kv_blocks_free));
-  const auto advance = [](prometheus::Counter* counter, std::int64_t now, std::int64_t before) {
-    if (now > before) counter->Increment(static_cast<double>(now - before));
+  // The scheduler counts totals; the counters advance by what is new since the last scrape.
+  const auto delta = [](std::int64_t now, std::int64_t before) {
+    return now > before ? static_cast<double>(now - before) : 0.0;
   };
-  advance(steps_total_, load.steps, last_load_.steps);
-  advance(step_tokens_total_, load.step_tokens, last_load_.step_tokens);
-  advance(preemptions_total_, load.preemptions, last_load_.preemptions);
-  advance(prefix_cache_queried_total_, load.prefix_cache_queried_tokens, last_load_.prefix_cache_queried_tokens);
-  advance(prefix_cache_hits_total_, load.prefix_cache_hit_tokens, last_load_.prefix_cache_hit_tokens);
-  advance(copied_blocks_total_, load.copied_blocks, last_load_.copied_blocks);
+  const double preempted = delta(load.preemptions, last_load_.preemptions);
+  const double queried = delta(load.prefix_cache_queried_tokens, last_load_.prefix_cache_queried_tokens);
+  const double hits = delta(load.prefix_cache_hit_tokens, last_load_.prefix_cache_hit_tokens);
+  steps_total_->Increment(delta(load.steps, last_load_.steps));
+  step_tokens_total_->Increment(delta(load.step_tokens, last_load_.step_tokens));
+  preemptions_total_->Increment(preempted);
+  prefix_cache_queried_total_->Increment(queried);
+  prefix_cache_hits_total_->Increment(hits);
+  copied_blocks_total_->Increment(delta(load.copied_blocks, last_load_.copied_blocks));
   prefix_cache_hit_ratio_->Set(load.prefix_cache_queried_tokens > 0
                                    ? static_cast<double>(load.prefix_cache_hit_tokens) /
                                          static_cast<double>(load.prefix_cache_queried_tokens)
                                    : 0.0);
+  if (vllm_) {
+    vllm_->running->Set(static_cast<double>(load.running));
+    vllm_->waiting->Set(static_cast<double>(load.waiting));
+    vllm_->kv_cache_usage->Set(load.kv_cache_usage);
+    vllm_->gpu_cache_usage->Set(load.kv_cache_usage);
+    vllm_->preemptions->Increment(preempted);
+    vllm_->prefix_queries->Increment(queried);
+    vllm_->prefix_hits->Increment(hits);
+  }
   last_load_ = load;
 }
 
-void ServerMetrics::observe_queue_time(double seconds) { queue_time_->Observe(seconds); }
+void ServerMetrics::set_step_loop(const scheduler::StepLoopHealth& health) {
+  step_loop_stalled_->Set(health.stalled_seconds);
+}
+
+void ServerMetrics::observe_queue_time(double seconds) {
+  queue_time_->Observe(seconds);
+  if (vllm_) vllm_->queue_time->Observe(seconds);
+}
 void ServerMetrics::observe_first_token(double seconds_since_arrival) {
   time_to_first_token_->Observe(seconds_since_arrival);
+  if (vllm_) vllm_->time_to_first_token->Observe(seconds_since_arrival);
 }
-void ServerMetrics::observe_inter_token(double seconds) { inter_token_latency_->Observe(seconds); }
+void ServerMetrics::observe_inter_token(double seconds) {
+  inter_token_latency_->Observe(seconds);
+  if (vllm_) {
+    vllm_->inter_token_latency->Observe(seconds);
+    vllm_->time_per_output_token->Observe(seconds);
+  }
+}
+
+void ServerMetrics::observe_request_done(std::int64_t max_generation_tokens) {
+  if (vllm_) vllm_->max_generation_tokens->Observe(static_cast<double>(max_generation_tokens));
+}
 
 void ServerMetrics::observe_finished(const Finished& request) {
   success_->Add({{"finish_reason", request.finish_reason}}).Increment();
@@ -134,6 +254,16 @@ void ServerMetrics::observe_finished(const Finished& request) {
   decode_time_->Observe(request.decode_seconds);
   prompt_tokens_->Observe(static_cast<double>(request.prompt_tokens));
   generation_tokens_->Observe(static_cast<double>(request.generation_tokens));
+  if (!vllm_) return;
+  vllm_->success->Add({{"finished_reason", vllm_finished_reason(request.finish_reason)}}).Increment();
+  vllm_->prompt_tokens_total->Increment(static_cast<double>(request.prompt_tokens));
+  vllm_->generation_tokens_total->Increment(static_cast<double>(request.generation_tokens));
+  vllm_->e2e_latency->Observe(request.e2e_seconds);
+  vllm_->inference_time->Observe(request.prefill_seconds + request.decode_seconds);
+  vllm_->prefill_time->Observe(request.prefill_seconds);
+  vllm_->decode_time->Observe(request.decode_seconds);
+  vllm_->prompt_tokens->Observe(static_cast<double>(request.prompt_tokens));
+  vllm_->generation_tokens->Observe(static_cast<double>(request.generation_tokens));
 }
 
 void ServerMetrics::count_error(int status) { errors_->Add({{"code", std::to_string(status)}}).Increment(); }

@@ -22,17 +22,33 @@ class Family;
 
 namespace nibble::server {
 
+// Which names /metrics uses besides nibble's own.
+enum class MetricsCompat {
+  None,
+  // Also vLLM's names and labels (vllm:num_requests_waiting{model_name=...},
+  // vllm:request_success_total{finished_reason=...}, ...), so vLLM's Grafana
+  // dashboard, autoscaling recipes written for vLLM and the Gateway API Inference
+  // Extension's endpoint picker work unchanged.
+  Vllm,
+};
+
 class ServerMetrics {
  public:
-  explicit ServerMetrics(const std::string& model);
+  explicit ServerMetrics(const std::string& model, MetricsCompat compat = MetricsCompat::None);
   ~ServerMetrics();
   ServerMetrics(const ServerMetrics&) = delete;
   ServerMetrics& operator=(const ServerMetrics&) = delete;
 
+  // Once the KV cache is made: its shape (exported as vLLM's cache_config_info
+  // with MetricsCompat::Vllm, which routers read the block size from).
+  void set_kv_cache_config(std::int64_t block_size, std::int64_t num_blocks, const std::string& dtype);
+  // While loading: the fraction of layers bound (0..1).
+  void set_load_progress(double fraction);
   // Once, after loading: seconds it took and the weight bytes by storage format.
   void set_model(double load_seconds, const std::map<std::string, std::uint64_t>& weight_bytes_by_format);
   // At each scrape, from the scheduler.
   void set_load(const scheduler::SchedulerLoad& load);
+  void set_step_loop(const scheduler::StepLoopHealth& health);
 
   // Per request (one completion of n), as its events arrive.
   void observe_queue_time(double seconds);
@@ -47,6 +63,8 @@ class ServerMetrics {
     double decode_seconds = 0;
   };
   void observe_finished(const Finished& request);
+  // Per request, once all its choices ended: the most tokens one of them generated.
+  void observe_request_done(std::int64_t max_generation_tokens);
   // A request answered with an error status (400, 401, 413, 429, 503, ...).
   void count_error(int status);
 
@@ -54,14 +72,18 @@ class ServerMetrics {
   std::string exposition() const;
 
  private:
+  struct VllmSeries;  // the vLLM-named copies (metrics.cpp)
+
   std::string model_;
   std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<VllmSeries> vllm_;  // with MetricsCompat::Vllm
   prometheus::Gauge* running_;
   prometheus::Gauge* waiting_;
   prometheus::Gauge* kv_cache_usage_;
   prometheus::Gauge* kv_blocks_total_;
   prometheus::Gauge* kv_blocks_free_;
   prometheus::Gauge* prefix_cache_hit_ratio_;
+  prometheus::Gauge* step_loop_stalled_;
   prometheus::Counter* steps_total_;
   prometheus::Counter* step_tokens_total_;
   prometheus::Counter* preemptions_total_;
@@ -71,6 +93,7 @@ class ServerMetrics {
   std::mutex load_mutex_;              // scrapes may overlap
   scheduler::SchedulerLoad last_load_;  // counters advance by the difference
   prometheus::Gauge* load_seconds_;
+  prometheus::Gauge* load_progress_;
   prometheus::Family<prometheus::Gauge>* weight_bytes_;
   prometheus::Counter* prompt_tokens_total_;
   prometheus::Counter* generation_tokens_total_;

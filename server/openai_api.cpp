@@ -67,15 +67,29 @@ struct Route {
   std::string_view path;
   std::string_view method;
   bool prefix;  // also matches path + "/..."
+  bool public_probe;  // public unless --no-public-probes: says nothing about the model's data
 };
 
 // Every path nibble serves and the one method each accepts.
 constexpr Route kRoutes[] = {
-    {"/v1/completions", "POST", false}, {"/v1/chat/completions", "POST", false}, {"/v1/responses", "POST", false},
-    {"/v1/models", "GET", true},        {"/health", "GET", false},
-    {"/metrics", "GET", false},         {"/version", "GET", false},
-    {"/openapi.json", "GET", false},
+    {"/v1/completions", "POST", false, false},
+    {"/v1/chat/completions", "POST", false, false},
+    {"/v1/responses", "POST", false, false},
+    {"/v1/models", "GET", true, false},
+    {"/tokenize", "POST", false, false},
+    {"/detokenize", "POST", false, false},
+    {"/health", "GET", false, true},
+    {"/health/live", "GET", false, true},
+    {"/health/ready", "GET", false, true},
+    {"/metrics", "GET", false, true},
+    {"/version", "GET", false, true},
+    {"/openapi.json", "GET", false, true},
 };
+
+// What the probe listener (--probe-port) serves: the orchestrator's probes and its scrapes.
+bool probe_listener_path(std::string_view path) {
+  return path == "/health" || path == "/health/live" || path == "/health/ready" || path == "/metrics";
+}
 
 const Route* find_route(std::string_view path) {
   for (const auto& route : kRoutes) {
@@ -125,7 +139,8 @@ void OpenAiApi::handle(const HttpRequest& request, std::shared_ptr<HttpExchange>
     // Input the model side could not take (a tokenizer limit, ...): the client's to fix.
     fail(*exchange, ApiError(400, "invalid_request_error", error.what()));
   } catch (const std::exception& error) {
-    spdlog::error("request_failed id={} path={} error=\"{}\"", request.id, log::clip(request.path),
+    spdlog::error("request_failed id={} request_id={} path={} error=\"{}\"", request.id,
+                  log::quoted(request.request_id), log::clip(request.path),
                   log::clip(error.what()));
     fail(*exchange, ApiError(500, "server_error", "Internal server error"));
   }
@@ -135,14 +150,15 @@ void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
                       const std::shared_ptr<HttpExchange>& handle) {
   // The probe listener exists so probes answer while the main port is flooded;
   // it serves them and nothing else.
-  if (request.probe && request.path != "/health" && request.path != "/metrics") {
-    throw ApiError(404, "invalid_request_error", "Only /health and /metrics are served on the probe port");
+  if (request.probe && !probe_listener_path(request.path)) {
+    throw ApiError(404, "invalid_request_error",
+                   "Only /health, /health/live, /health/ready and /metrics are served on the probe port");
   }
   const Route* route = find_route(request.path);
   // With a key set, everything but the public probes asks for it before anything
   // else is said: a 404 or 405 to a caller without the key would tell it which
   // routes exist.
-  const bool public_probe = route != nullptr && options_.public_probes && !route->path.starts_with("/v1/");
+  const bool public_probe = route != nullptr && options_.public_probes && route->public_probe;
   if (!public_probe) check_key(request);
   if (route == nullptr) {
     throw ApiError(404, "invalid_request_error", fmt::format("Invalid URL ({} {})", log::clip(request.method, 20), log::clip(request.path)));
@@ -158,7 +174,8 @@ void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
     return;
   }
 
-  if (request.path == "/health") return health(exchange);
+  if (request.path == "/health" || request.path == "/health/ready") return readiness(exchange);
+  if (request.path == "/health/live") return liveness(exchange);
   if (request.path == "/metrics") return metrics(exchange);
   if (request.path == "/version") return exchange.respond(json_response(200, {{"version", options_.version}}));
   if (request.path == "/openapi.json") return openapi(exchange);
@@ -167,6 +184,7 @@ void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
     return generate<CompletionRequest>(request, handle, parse_completion_request);
   }
   if (request.path == "/v1/responses") return generate<ResponsesRequest>(request, handle, parse_responses_request);
+  if (request.path == "/tokenize" || request.path == "/detokenize") return tokens(request, exchange);
   return generate<ChatRequest>(request, handle, parse_chat_request);
 }
 
@@ -189,13 +207,47 @@ OpenAiApi::Ready OpenAiApi::ready_or_503() const {
   return *ready_;
 }
 
-void OpenAiApi::health(HttpExchange& exchange) const {
-  const bool ready = [&] {
+std::optional<scheduler::StepLoopHealth> OpenAiApi::step_loop() const {
+  scheduler::Scheduler* scheduler = nullptr;
+  {
     const std::lock_guard lock(mutex_);
-    return ready_.has_value();
-  }();
+    if (!ready_) return std::nullopt;
+    scheduler = ready_->scheduler;
+  }
+  return scheduler->health();
+}
+
+namespace {
+
+json stalled_body(const scheduler::StepLoopHealth& loop) {
+  return {{"status", "stalled"}, {"stalled_seconds", loop.stalled_seconds}};
+}
+
+}  // namespace
+
+void OpenAiApi::readiness(HttpExchange& exchange) const {
+  const auto loop = step_loop();
   if (draining_) return exchange.respond(json_response(503, {{"status", "draining"}}));
-  exchange.respond(json_response(ready ? 200 : 503, {{"status", ready ? "ok" : "loading"}}));
+  if (!loop) return exchange.respond(json_response(503, {{"status", "loading"}}));
+  if (loop->stalled_seconds > options_.health.readiness_stall_seconds) {
+    if (!stall_logged_.exchange(true)) {
+      spdlog::warn("step_loop_stalled seconds={:.1f} readiness_threshold={} liveness_threshold={}",
+                   loop->stalled_seconds, options_.health.readiness_stall_seconds,
+                   options_.health.liveness_stall_seconds);
+    }
+    return exchange.respond(json_response(503, stalled_body(*loop)));
+  }
+  stall_logged_ = false;
+  exchange.respond(json_response(200, {{"status", "ok"}}));
+}
+
+void OpenAiApi::liveness(HttpExchange& exchange) const {
+  const auto loop = step_loop();
+  if (loop && loop->stalled_seconds > options_.health.liveness_stall_seconds) {
+    return exchange.respond(json_response(503, stalled_body(*loop)));
+  }
+  const char* status = draining_ ? "draining" : loop ? "ok" : "loading";
+  exchange.respond(json_response(200, {{"status", status}}));
 }
 
 void OpenAiApi::openapi(HttpExchange& exchange) const {
@@ -214,8 +266,8 @@ void OpenAiApi::metrics(HttpExchange& exchange) const {
     ready = ready_;
   }
   if (ready) {
-    const auto load = ready->scheduler->load();
-    metrics_.set_load(load);
+    metrics_.set_load(ready->scheduler->load());
+    metrics_.set_step_loop(ready->scheduler->health());
   }
   exchange.respond({200, "text/plain; version=0.0.4; charset=utf-8", metrics_.exposition(), {}});
 }
@@ -237,6 +289,20 @@ void OpenAiApi::models(const std::string& path, HttpExchange& exchange) const {
                    "model_not_found");
   }
   exchange.respond(json_response(200, card));
+}
+
+void OpenAiApi::tokens(const HttpRequest& request, HttpExchange& exchange) const {
+  const Ready ready = ready_or_503();
+  const json answer = [&] {
+    try {
+      const json body = parse_request_body(request.body);
+      if (request.path == "/tokenize") return ready.service->tokenize(parse_tokenize_request(body));
+      return ready.service->detokenize(parse_detokenize_request(body, ready.limits));
+    } catch (const nlohmann::json::exception& e) {
+      throw ApiError(400, "invalid_request_error", fmt::format("Invalid request: {}", log::clip(e.what())));
+    }
+  }();
+  exchange.respond(json_response(200, answer));
 }
 
 template <typename Request, typename Parse>

@@ -1,5 +1,6 @@
 #pragma once
-// The routes nibble serves over HTTP: the OpenAI endpoints, /health, /metrics,
+// The routes nibble serves over HTTP: the OpenAI endpoints, vLLM's /tokenize and
+// /detokenize, the probes (/health, /health/live, /health/ready), /metrics,
 // /version and /openapi.json, with API-key checks, readiness (503 while the model
 // loads or the server drains) and OpenAI error objects for every failure. It
 // turns HTTP requests into CompletionService calls and their output back into
@@ -18,11 +19,20 @@
 
 namespace nibble::server {
 
+// How long the scheduler's step loop may go without progress (a step in
+// progress, or work waiting for one) before the probes say so: readiness first
+// (stop sending traffic), then liveness (restart the process).
+struct HealthThresholds {
+  double readiness_stall_seconds = 10;
+  double liveness_stall_seconds = 60;
+};
+
 struct ApiOptions {
   std::optional<std::string> api_key;  // none: no authentication
   bool public_probes = true;           // /health and /metrics without the key
   std::string version;                 // for /version and the OpenAPI document
   int retry_after_seconds = 1;         // the Retry-After of 429 and 503 answers
+  HealthThresholds health;
 };
 
 class OpenAiApi final : public HttpHandler {
@@ -49,9 +59,17 @@ class OpenAiApi final : public HttpHandler {
   void check_key(const HttpRequest& request) const;
   Ready ready_or_503() const;
   void models(const std::string& path, HttpExchange& exchange) const;
-  void health(HttpExchange& exchange) const;
+  // GET /health and /health/ready: 200 only when the model is loaded, the server
+  // is not draining and the step loop has not stalled past the readiness threshold.
+  void readiness(HttpExchange& exchange) const;
+  // GET /health/live: 503 only when the step loop has stalled past the liveness
+  // threshold (loading and draining are alive).
+  void liveness(HttpExchange& exchange) const;
+  std::optional<scheduler::StepLoopHealth> step_loop() const;
   void metrics(HttpExchange& exchange) const;
   void openapi(HttpExchange& exchange) const;
+  // POST /tokenize and /detokenize.
+  void tokens(const HttpRequest& request, HttpExchange& exchange) const;
   template <typename Request, typename Parse>
   void generate(const HttpRequest& request, const std::shared_ptr<HttpExchange>& exchange, Parse parse);
   void fail(HttpExchange& exchange, const ApiError& error) const;
@@ -59,6 +77,7 @@ class OpenAiApi final : public HttpHandler {
   const ApiOptions options_;
   ServerMetrics& metrics_;
   std::atomic<bool> draining_{false};
+  mutable std::atomic<bool> stall_logged_{false};  // one warning per stall
   mutable std::mutex mutex_;
   std::optional<Ready> ready_;
 };

@@ -756,4 +756,42 @@ ChatRequest parse_chat_request(const json& raw_body, const RequestLimits& limits
   return r;
 }
 
+TokenizeRequest parse_tokenize_request(const json& body) {
+  Fields fields(body, {"tools", "chat_template", "chat_template_kwargs", "mm_processor_kwargs", "continue_final_message"});
+  TokenizeRequest r;
+  r.model = fields.string("model");
+  const bool has_prompt = body.contains("prompt") && !body["prompt"].is_null();
+  const bool has_messages = body.contains("messages") && !body["messages"].is_null();
+  if (has_prompt == has_messages) {
+    throw ApiError::invalid(has_prompt ? "messages" : "prompt", "give either 'prompt' or 'messages'",
+                            has_prompt ? "invalid_value" : "missing_required_parameter");
+  }
+  if (has_prompt) {
+    r.prompt = fields.string("prompt");
+    fields.find("messages");  // null
+  } else {
+    r.messages = parse_messages(fields);
+    fields.find("prompt");  // null
+  }
+  r.add_generation_prompt = fields.boolean("add_generation_prompt").value_or(true);
+  // vLLM's defaults: BOS for a raw prompt, none for messages (the template writes it).
+  r.add_special_tokens = fields.boolean("add_special_tokens").value_or(has_prompt);
+  r.return_token_strs = fields.boolean("return_token_strs").value_or(false);
+  fields.reject_the_rest();
+  return r;
+}
+
+DetokenizeRequest parse_detokenize_request(const json& raw_body, const RequestLimits& limits) {
+  const json body = whole_numbers_as_integers(raw_body);
+  Fields fields(body, {});
+  DetokenizeRequest r;
+  r.model = fields.string("model");
+  const json* tokens = fields.find("tokens");
+  if (tokens == nullptr) throw ApiError::invalid("tokens", "'tokens' is required", "missing_required_parameter");
+  if (!tokens->is_array()) throw wrong_type("tokens", *tokens, "an array of token ids");
+  r.tokens = token_ids(*tokens, "tokens", limits);
+  fields.reject_the_rest();
+  return r;
+}
+
 }  // namespace nibble::server

@@ -98,6 +98,23 @@ struct ChatRequest {
   bool parallel_tool_calls = true;
 };
 
+// POST /tokenize (vLLM's shape): a prompt as /v1/completions tokenizes it, or
+// messages as /v1/chat/completions renders and tokenizes them.
+struct TokenizeRequest {
+  std::optional<std::string> model;  // optional; when given, the served model's id
+  std::optional<std::string> prompt;
+  std::vector<ChatMessage> messages;  // used when there is no prompt
+  bool add_special_tokens = true;     // prompt: BOS as a completion gets it; messages: default false
+  bool add_generation_prompt = true;  // messages only
+  bool return_token_strs = false;     // also each token's text
+};
+
+// POST /detokenize (vLLM's shape): token ids back to text.
+struct DetokenizeRequest {
+  std::optional<std::string> model;
+  std::vector<TokenId> tokens;
+};
+
 // The numeric fields of a request body and the values each accepts. The parser
 // enforces exactly these and /openapi.json declares exactly these, so the two
 // cannot disagree. Bounds are JSON numbers so integer bounds stay exact.
@@ -119,6 +136,8 @@ nlohmann::json parse_request_body(std::string_view body);
 
 CompletionRequest parse_completion_request(const nlohmann::json& body, const RequestLimits& limits);
 ChatRequest parse_chat_request(const nlohmann::json& body, const RequestLimits& limits);
+TokenizeRequest parse_tokenize_request(const nlohmann::json& body);
+DetokenizeRequest parse_detokenize_request(const nlohmann::json& body, const RequestLimits& limits);
 
 // The parsed body's objects have sorted keys; a JSON Schema's properties are
 // generated in the order the client wrote them, so the schema is read again from

@@ -42,6 +42,18 @@ json generation_path(const char* summary, const char* request, const char* respo
   return {{"post", post}};
 }
 
+// A POST endpoint answering JSON at once (no model step).
+json post_path(const char* summary, const char* request, const char* response, bool needs_key) {
+  json responses = error_responses({"400", "404", "413", "503"});
+  if (needs_key) responses.update(error_responses({"401"}));
+  responses["200"] = {{"description", "OK"}, {"content", json_content(ref(response))}};
+  json post = {{"summary", summary},
+               {"requestBody", {{"required", true}, {"content", json_content(ref(request))}}},
+               {"responses", responses}};
+  if (!needs_key) post["security"] = json::array();
+  return {{"post", post}};
+}
+
 json get_path(const char* summary, const json& ok, bool needs_key, std::initializer_list<const char*> errors = {}) {
   json responses = error_responses(errors);
   if (needs_key) responses.update(error_responses({"401"}));
@@ -186,19 +198,19 @@ json message_schema() {
                           {"required", {"type", "text"}},
                           {"properties", {{"type", {{"type", "string"}, {"enum", {"text"}}}}, {"text", {{"type", "string"}}}}}};
   const json content = {{"oneOf", {{{"type", "string"}}, {{"type", "array"}, {"items", text_part}}}}};
-  const json tool_call = {{"type", "object"},
-                          {"required", {"function"}},
-                          {"additionalProperties", false},
-                          {"properties",
-                           {{"id", {{"type", "string"}}},
-                            {"type", {{"type", "string"}, {"enum", {"function"}}}},
-                            {"function",
-                             {{"type", "object"},
-                              {"required", {"name"}},
-                              {"additionalProperties", false},
-                              {"properties",
-                               {{"name", {{"type", "string"}}},
-                                {"arguments", {{"type", "string"}, {"description", "JSON text"}}}}}}}}}};
+  const json tool_function = nullable_optionals({{"type", "object"},
+                                                 {"required", {"name"}},
+                                                 {"additionalProperties", false},
+                                                 {"properties",
+                                                  {{"name", {{"type", "string"}}},
+                                                   {"arguments", {{"type", "string"}, {"description", "JSON text"}}}}}});
+  const json tool_call = nullable_optionals({{"type", "object"},
+                                             {"required", {"function"}},
+                                             {"additionalProperties", false},
+                                             {"properties",
+                                              {{"id", {{"type", "string"}}},
+                                               {"type", {{"type", "string"}, {"enum", {"function"}}}},
+                                               {"function", tool_function}}}});
   const auto message = [&](std::initializer_list<const char*> roles, bool content_required) {
     json role_names = json::array();
     for (const char* role : roles) role_names.push_back(role);
@@ -424,14 +436,14 @@ json schemas(const RequestLimits& limits) {
             {"code", or_null({{"type", "string"}})}}}}}}}};
 
   // The Responses API: the chat request it translates to (server/responses_request.h).
-  const json text_part = {{"type", "object"},
+  const json text_part = nullable_optionals({{"type", "object"},
                           {"required", {"type", "text"}},
                           {"additionalProperties", false},
                           {"properties",
                            {{"type", {{"type", "string"}, {"enum", {"input_text", "output_text"}}}},
                             {"text", {{"type", "string"}}},
-                            {"annotations", {{"type", "array"}}}}}};
-  const json input_message = {
+                            {"annotations", {{"type", "array"}}}}}});
+  const json input_message = nullable_optionals({
       {"type", "object"},
       {"required", {"role", "content"}},
       {"additionalProperties", false},
@@ -440,8 +452,8 @@ json schemas(const RequestLimits& limits) {
         {"role", {{"type", "string"}, {"enum", {"user", "system", "developer", "assistant"}}}},
         {"content", {{"oneOf", {{{"type", "string"}}, {{"type", "array"}, {"items", text_part}}}}}},
         {"id", {{"type", "string"}}},
-        {"status", {{"type", "string"}}}}}};
-  const json function_call = {{"type", "object"},
+        {"status", {{"type", "string"}}}}}});
+  const json function_call = nullable_optionals({{"type", "object"},
                               {"required", {"type", "call_id", "name", "arguments"}},
                               {"additionalProperties", false},
                               {"properties",
@@ -450,8 +462,8 @@ json schemas(const RequestLimits& limits) {
                                 {"name", {{"type", "string"}}},
                                 {"arguments", {{"type", "string"}}},
                                 {"id", {{"type", "string"}}},
-                                {"status", {{"type", "string"}}}}}};
-  const json function_output = {{"type", "object"},
+                                {"status", {{"type", "string"}}}}}});
+  const json function_output = nullable_optionals({{"type", "object"},
                                 {"required", {"type", "call_id", "output"}},
                                 {"additionalProperties", false},
                                 {"properties",
@@ -459,7 +471,7 @@ json schemas(const RequestLimits& limits) {
                                   {"call_id", {{"type", "string"}}},
                                   {"output", {{"type", "string"}}},
                                   {"id", {{"type", "string"}}},
-                                  {"status", {{"type", "string"}}}}}};
+                                  {"status", {{"type", "string"}}}}}});
   json responses_request = {{"type", "object"}, {"required", {"model", "input"}}, {"additionalProperties", false}};
   const json chat_properties = chat_request["properties"];
   json& rp = responses_request["properties"];
@@ -504,6 +516,36 @@ json schemas(const RequestLimits& limits) {
                 {"additionalProperties", false},
                 {"properties", {{"format", {{"oneOf", {formats[0], formats[1], schema_format}}}}}}};
   responses_request = nullable_optionals(std::move(responses_request));
+  // vLLM's /tokenize: a prompt (as /v1/completions) or messages (as /v1/chat/completions).
+  json tokenize_request = {
+      {"type", "object"},
+      {"additionalProperties", false},
+      {"required", json::array()},
+      {"properties",
+       {{"model", {{"type", "string"}, {"description", "Optional; when given, the served model's id"}}},
+        {"prompt", {{"type", "string"}}},
+        {"messages", {{"type", "array"}, {"minItems", 1}, {"items", message_schema()}}},
+        {"add_special_tokens",
+         {{"type", "boolean"}, {"description", "Default true with a prompt (BOS), false with messages"}}},
+        {"add_generation_prompt", {{"type", "boolean"}, {"description", "Messages only; default true"}}},
+        {"return_token_strs", {{"type", "boolean"}}}}}};
+  tokenize_request = nullable_optionals(std::move(tokenize_request));
+  tokenize_request["oneOf"] = {{{"required", {"prompt"}}, {"properties", {{"prompt", {{"type", "string"}}}}}},
+                               {{"required", {"messages"}}, {"properties", {{"messages", {{"type", "array"}}}}}}};
+  json detokenize_request = {{"type", "object"},
+                             {"additionalProperties", false},
+                             {"required", {"tokens"}},
+                             {"properties", {{"model", {{"type", "string"}}}, {"tokens", {{"type", "array"}, {"items", token_id}}}}}};
+  detokenize_request = nullable_optionals(std::move(detokenize_request));
+  const json tokenize_response = {{"type", "object"},
+                                  {"required", {"count", "max_model_len", "tokens"}},
+                                  {"properties",
+                                   {{"count", {{"type", "integer"}}},
+                                    {"max_model_len", {{"type", "integer"}}},
+                                    {"tokens", {{"type", "array"}, {"items", {{"type", "integer"}}}}},
+                                    {"token_strs", {{"type", "array"}, {"items", {{"type", "string"}}}}}}}};
+  const json detokenize_response = {
+      {"type", "object"}, {"required", {"prompt"}}, {"properties", {{"prompt", {{"type", "string"}}}}}};
 
   completion_request = nullable_optionals(std::move(completion_request));
   chat_request = nullable_optionals(std::move(chat_request));
@@ -523,6 +565,10 @@ json schemas(const RequestLimits& limits) {
           {"ChatCompletionRequest", chat_request},
           {"ChatCompletion", response_schema("chat.completion", chat_choice)},
           {"ChatCompletionChunk", response_schema("chat.completion.chunk", chunk_choice)},
+          {"TokenizeRequest", tokenize_request},
+          {"Tokenize", tokenize_response},
+          {"DetokenizeRequest", detokenize_request},
+          {"Detokenize", detokenize_response},
           {"Model", model},
           {"ModelList",
            {{"type", "object"},
@@ -553,7 +599,20 @@ json openapi_document(const DocumentOptions& options) {
       {"/v1/models/{model}",
        get_path("One model; 404 for any id but the served model's",
                 {{"description", "OK"}, {"content", json_content(ref("Model"))}}, keyed_api, {"404", "503"})},
-      {"/health", get_path("200 when ready; 503 while loading or draining", plain_json, keyed_probes)},
+      {"/tokenize",
+       post_path("The token ids a prompt (as /v1/completions) or messages (as /v1/chat/completions) run on "
+                 "(vLLM's shape)",
+                 "TokenizeRequest", "Tokenize", keyed_api)},
+      {"/detokenize", post_path("Token ids back to text (vLLM's shape)", "DetokenizeRequest", "Detokenize", keyed_api)},
+      {"/health", get_path("The same as /health/ready", plain_json, keyed_probes)},
+      {"/health/ready",
+       get_path("Readiness: 200 when the model is loaded, the server is not draining and the step loop has made "
+                "progress within --readiness-stall-seconds; 503 otherwise",
+                plain_json, keyed_probes)},
+      {"/health/live",
+       get_path("Liveness: 503 only when the step loop has had work without progress for longer than "
+                "--liveness-stall-seconds; 200 otherwise (loading and draining included)",
+                plain_json, keyed_probes)},
       {"/metrics",
        get_path("Prometheus metrics",
                 {{"description", "Text exposition format 0.0.4"},

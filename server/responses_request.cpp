@@ -13,6 +13,8 @@ using json = nlohmann::json;
 
 [[noreturn]] void bad(const std::string& param, const std::string& message) { throw ApiError::invalid(param, message); }
 
+void only_keys(const json& item, std::initializer_list<const char*> keys, const std::string& at);
+
 // One content value: a string, or input_text / output_text parts (joined as chat text parts).
 json content_of(const json& content, const std::string& param) {
   if (content.is_string()) return content;
@@ -27,9 +29,7 @@ json content_of(const json& content, const std::string& param) {
       bad(at + ".type", fmt::format("content parts of type '{}' are not supported by this model", log::clip(type)));
     }
     if (!part.contains("text") || !part["text"].is_string()) bad(at + ".text", "'text' must be a string");
-    for (const auto& [key, value] : part.items()) {
-      if (key != "type" && key != "text" && key != "annotations") bad(at + "." + log::clip(key), "Unrecognized field");
-    }
+    only_keys(part, {"type", "text", "annotations"}, at);
     parts.push_back({{"type", "text"}, {"text", part["text"]}});
   }
   return parts;
@@ -45,6 +45,11 @@ void only_keys(const json& item, std::initializer_list<const char*> keys, const 
     bool known = false;
     for (const char* k : keys) known = known || key == k;
     if (!known) bad(at + "." + log::clip(key), fmt::format("Unrecognized field '{}'", log::clip(key)));
+    // Fields read only to be accepted: still of their documented type (or null).
+    if ((key == "id" || key == "status") && !value.is_null() && !value.is_string()) {
+      bad(at + "." + key, fmt::format("'{}' must be a string", key));
+    }
+    if (key == "annotations" && !value.is_null() && !value.is_array()) bad(at + "." + key, "'annotations' must be an array");
   }
 }
 

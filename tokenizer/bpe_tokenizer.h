@@ -48,6 +48,15 @@ struct BpeTokenizerSpec {
   std::vector<TokenId> eos;
 };
 
+class GgufFile;
+struct SpmVocab;
+
+// The spec of the vocabulary embedded in a GGUF file (what load_gguf_tokenizer
+// builds; nibble convert --tokenizer-only writes it as tokenizer.json).
+BpeTokenizerSpec gguf_tokenizer_spec(const GgufFile& gguf);
+// The spec of a SentencePiece-style vocabulary (make_spm_bpe_tokenizer builds it).
+BpeTokenizerSpec spm_bpe_spec(const SpmVocab& vocab);
+
 class BpeTokenizer final : public Tokenizer {
  public:
   explicit BpeTokenizer(BpeTokenizerSpec spec);

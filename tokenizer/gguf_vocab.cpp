@@ -70,7 +70,7 @@ bool optional_bool(const GgufFile& gguf, const std::string& key, bool fallback) 
   return gguf.has(key) ? gguf.get_bool(key) : fallback;
 }
 
-std::unique_ptr<Tokenizer> load_gpt2_vocab(const GgufFile& gguf) {
+BpeTokenizerSpec gpt2_vocab_spec(const GgufFile& gguf) {
   BpeTokenizerSpec spec;
   spec.vocab = gguf.get_string_array("tokenizer.ggml.tokens");
   const std::size_t n = spec.vocab.size();
@@ -95,10 +95,10 @@ std::unique_ptr<Tokenizer> load_gpt2_vocab(const GgufFile& gguf) {
   const bool add_eos = optional_bool(gguf, "tokenizer.ggml.add_eos_token", false);
   if (add_bos && spec.bos) spec.prefix.push_back(*spec.bos);
   if (add_eos && !spec.eos.empty()) spec.suffix.push_back(spec.eos.front());
-  return std::make_unique<BpeTokenizer>(std::move(spec));
+  return spec;
 }
 
-std::unique_ptr<Tokenizer> load_llama_vocab(const GgufFile& gguf) {
+SpmVocab llama_vocab(const GgufFile& gguf) {
   SpmVocab vocab;
   vocab.pieces = gguf.get_string_array("tokenizer.ggml.tokens");
   const std::size_t n = vocab.pieces.size();
@@ -111,12 +111,16 @@ std::unique_ptr<Tokenizer> load_llama_vocab(const GgufFile& gguf) {
   vocab.add_bos = optional_bool(gguf, "tokenizer.ggml.add_bos_token", true);
   vocab.add_eos = optional_bool(gguf, "tokenizer.ggml.add_eos_token", false);
   vocab.add_space_prefix = optional_bool(gguf, "tokenizer.ggml.add_space_prefix", true);
-  return make_spm_bpe_tokenizer(vocab);
+  return vocab;
 }
 
 }  // namespace
 
 std::unique_ptr<Tokenizer> make_spm_bpe_tokenizer(const SpmVocab& vocab) {
+  return std::make_unique<BpeTokenizer>(spm_bpe_spec(vocab));
+}
+
+BpeTokenizerSpec spm_bpe_spec(const SpmVocab& vocab) {
   const std::size_t n = vocab.pieces.size();
   if (vocab.scores.size() != n) fail("{} scores for {} pieces", vocab.scores.size(), n);
   std::vector<int> types = vocab.types;
@@ -187,18 +191,22 @@ std::unique_ptr<Tokenizer> make_spm_bpe_tokenizer(const SpmVocab& vocab) {
   if (vocab.eos) spec.eos.push_back(*vocab.eos);
   if (vocab.add_bos && vocab.bos) spec.prefix.push_back(*vocab.bos);
   if (vocab.add_eos && vocab.eos) spec.suffix.push_back(*vocab.eos);
-  return std::make_unique<BpeTokenizer>(std::move(spec));
+  return spec;
 }
 
-std::unique_ptr<Tokenizer> load_gguf_tokenizer(const GgufFile& gguf) {
+BpeTokenizerSpec gguf_tokenizer_spec(const GgufFile& gguf) {
   try {
     const std::string model = gguf.get_string("tokenizer.ggml.model");
-    if (model == "gpt2") return load_gpt2_vocab(gguf);
-    if (model == "llama") return load_llama_vocab(gguf);
+    if (model == "gpt2") return gpt2_vocab_spec(gguf);
+    if (model == "llama") return spm_bpe_spec(llama_vocab(gguf));
     fail("unsupported tokenizer.ggml.model {} (gpt2 and llama are)", log::quoted(model));
   } catch (const Error& e) {
     fail("{}: {}", gguf.path().string(), e.what());
   }
+}
+
+std::unique_ptr<Tokenizer> load_gguf_tokenizer(const GgufFile& gguf) {
+  return std::make_unique<BpeTokenizer>(gguf_tokenizer_spec(gguf));
 }
 
 }  // namespace nibble

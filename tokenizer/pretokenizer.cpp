@@ -133,6 +133,19 @@ void scan(std::string_view text, std::vector<std::string_view>& out, SplitKind k
 
 }  // namespace
 
+std::string_view known_split_pattern(SplitKind kind) {
+  switch (kind) {
+    case SplitKind::Gpt2:
+      return kGpt2Pattern;
+    case SplitKind::Llama3:
+      return kLlama3Pattern;
+    case SplitKind::Qwen2:
+      return kQwen2Pattern;
+    default:
+      return {};
+  }
+}
+
 SplitKind classify_split_pattern(std::string_view pattern) {
   if (pattern == kGpt2Pattern) return SplitKind::Gpt2;
   if (pattern == kLlama3Pattern) return SplitKind::Llama3;

@@ -24,6 +24,9 @@ enum class SplitKind {
 
 // Recognizes a Split pattern by its exact text; nullopt-like Regex kind otherwise.
 SplitKind classify_split_pattern(std::string_view pattern);
+// The regex of a hand-written kind (Gpt2, Llama3, Qwen2), as tokenizer.json writes
+// it; empty for the others.
+std::string_view known_split_pattern(SplitKind kind);
 
 class Splitter {
  public:

@@ -115,4 +115,28 @@ TEST(LogQuoted, EscapesWhatIsNotPrintableUtf8AndNeverAborts) {
 }
 
 }  // namespace
+
+// --log-format json turns each "event key=value" line into one JSON object's
+// fields: quoted values stay strings (a request id of digits too), bare numbers
+// and booleans keep their type, text that is no pair is kept, and nothing a
+// client sent can break the line's JSON.
+TEST(LogJson, EventLinesBecomeTypedFields) {
+  EXPECT_EQ(log::event_json_fields("http_request id=7 request_id=\"0042\" path=/v1/models seconds=0.013 ok=true"),
+            "\"msg\":\"http_request\",\"id\":7,\"request_id\":\"0042\",\"path\":\"/v1/models\","
+            "\"seconds\":0.013,\"ok\":true");
+  EXPECT_EQ(log::event_json_fields("chat_template_unusable model=m error=\"bad {{ x\" (chat requests will be refused)"),
+            "\"msg\":\"chat_template_unusable\",\"model\":\"m\",\"error\":\"bad {{ x\","
+            "\"text\":\"(chat requests will be refused)\"");
+  EXPECT_EQ(log::event_json_fields("e version=007 big=1e400x nan=nan"),
+            "\"msg\":\"e\",\"version\":\"007\",\"big\":\"1e400x\",\"nan\":\"nan\"");
+  // What log::quoted escaped comes back as the original text, JSON-escaped.
+  const std::string hostile = std::string("say \"hi\"\\\n\t\x01") + "\xe0\x97";
+  EXPECT_EQ(log::event_json_fields("e error=" + log::quoted(hostile)),
+            "\"msg\":\"e\",\"error\":\"say \\\"hi\\\"\\\\\\n\\t\\u0001\\ufffd\\ufffd\"");
+  // Clipped quoting has no closing quote: the value runs to the end.
+  const std::string clipped = log::event_json_fields("e error=" + log::quoted(std::string(300, 'a')) + " tail=1");
+  EXPECT_EQ(clipped.find("\"tail\""), std::string::npos);
+  EXPECT_NE(clipped.find("bytes)"), std::string::npos);
+}
+
 }  // namespace nibble

@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include <regex>
 #include <thread>
 #include <vector>
 
@@ -313,4 +314,16 @@ TEST_F(HttpServerTest, DrainingFinishesAnswersInProgressAndRefusesNewConnections
 }
 
 }  // namespace
+
+TEST(RequestId, AUsableClientIdIsKeptAndAnythingElseGetsAFreshUuid) {
+  EXPECT_EQ(request_id_for("trace-42_a.b:c/d+e=f@g~h"), "trace-42_a.b:c/d+e=f@g~h");
+  EXPECT_EQ(request_id_for(std::string(300, 'x')), std::string(128, 'x')) << "cut to 128";
+  const std::regex uuid("[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}");
+  for (const std::string given : {"", "has space", "quote\"", "new\nline", "caf\xc3\xa9"}) {
+    const std::string id = request_id_for(given);
+    EXPECT_TRUE(std::regex_match(id, uuid)) << given << " -> " << id;
+  }
+  EXPECT_NE(request_id_for(""), request_id_for("")) << "generated ids differ";
+}
+
 }  // namespace nibble::server

@@ -65,7 +65,7 @@ class OpenAiApiTest : public ::testing::Test {
 };
 
 TEST_F(OpenAiApiTest, WhileLoadingHealthAndTheApiSay503WithRetryAfter) {
-  OpenAiApi api({std::nullopt, true, "1.2.3", 2}, metrics_);
+  OpenAiApi api({std::nullopt, true, "1.2.3", 2, {}}, metrics_);
   const auto health = call(api, "GET", "/health");
   EXPECT_EQ(health.status, 503);
   EXPECT_EQ(json::parse(health.body), json({{"status", "loading"}}));
@@ -79,7 +79,15 @@ TEST_F(OpenAiApiTest, WhileLoadingHealthAndTheApiSay503WithRetryAfter) {
   EXPECT_EQ(call(api, "GET", "/metrics").status, 200);
   EXPECT_EQ(json::parse(call(api, "GET", "/version").body), json({{"version", "1.2.3"}}));
 
+  // Loading is alive: liveness only fails on a stalled step loop.
+  const auto live = call(api, "GET", "/health/live");
+  EXPECT_EQ(live.status, 200);
+  EXPECT_EQ(json::parse(live.body), json({{"status", "loading"}}));
+  EXPECT_EQ(call(api, "GET", "/health/ready").status, 503);
+
   api.set_draining();
+  EXPECT_EQ(json::parse(call(api, "GET", "/health/ready").body)["status"], "draining");
+  EXPECT_EQ(call(api, "GET", "/health/live").status, 200) << "draining is alive";
   const auto draining = call(api, "GET", "/health");
   EXPECT_EQ(draining.status, 503);
   EXPECT_EQ(json::parse(draining.body)["status"], "draining");
@@ -87,7 +95,7 @@ TEST_F(OpenAiApiTest, WhileLoadingHealthAndTheApiSay503WithRetryAfter) {
 }
 
 TEST_F(OpenAiApiTest, UnknownRoutesAre404AndWrongMethods405NamingTheRightOne) {
-  OpenAiApi api({std::nullopt, true, "1", 1}, metrics_);
+  OpenAiApi api({std::nullopt, true, "1", 1, {}}, metrics_);
   const auto missing = call(api, "POST", "/v1/embeddings");
   EXPECT_EQ(missing.status, 404);
   EXPECT_NE(error_of(missing)["message"].get<std::string>().find("/v1/embeddings"), std::string::npos);
@@ -105,17 +113,21 @@ TEST_F(OpenAiApiTest, UnknownRoutesAre404AndWrongMethods405NamingTheRightOne) {
 }
 
 TEST_F(OpenAiApiTest, TheKeyGuardsTheApiAndOptionallyTheProbes) {
-  OpenAiApi open_probes({std::string("s3cret"), true, "1", 1}, metrics_);
+  OpenAiApi open_probes({std::string("s3cret"), true, "1", 1, {}}, metrics_);
   EXPECT_EQ(call(open_probes, "GET", "/v1/models").status, 401);
   EXPECT_EQ(error_of(call(open_probes, "GET", "/v1/models", "Bearer s3cre"))["code"], "invalid_api_key");
   EXPECT_EQ(call(open_probes, "GET", "/v1/models", "Bearer s3cret!").status, 401);
   EXPECT_EQ(call(open_probes, "GET", "/v1/models", "Basic s3cret").status, 401);
   EXPECT_EQ(call(open_probes, "GET", "/v1/models", "Bearer s3cret").status, 503) << "past the key: still loading";
   EXPECT_EQ(call(open_probes, "GET", "/health").status, 503);
+  EXPECT_EQ(call(open_probes, "GET", "/health/live").status, 200);
   EXPECT_EQ(call(open_probes, "GET", "/metrics").status, 200);
+  // The tokenizer endpoints are the API's, not probes.
+  EXPECT_EQ(call(open_probes, "POST", "/tokenize").status, 401);
+  EXPECT_EQ(call(open_probes, "POST", "/detokenize").status, 401);
 
-  OpenAiApi closed_probes({std::string("s3cret"), false, "1", 1}, metrics_);
-  for (const char* path : {"/health", "/metrics", "/version", "/openapi.json"}) {
+  OpenAiApi closed_probes({std::string("s3cret"), false, "1", 1, {}}, metrics_);
+  for (const char* path : {"/health", "/health/live", "/health/ready", "/metrics", "/version", "/openapi.json"}) {
     EXPECT_EQ(call(closed_probes, "GET", path).status, 401) << path;
   }
   EXPECT_EQ(call(closed_probes, "GET", "/metrics", "Bearer s3cret").status, 200);
@@ -123,7 +135,7 @@ TEST_F(OpenAiApiTest, TheKeyGuardsTheApiAndOptionallyTheProbes) {
 
 // A 404 or 405 before the key check told callers without the key which routes exist.
 TEST_F(OpenAiApiTest, WithAKeySetUnknownRoutesAndWrongMethodsAre401WithoutIt) {
-  OpenAiApi api({std::string("s3cret"), true, "1", 1}, metrics_);
+  OpenAiApi api({std::string("s3cret"), true, "1", 1, {}}, metrics_);
   for (const auto& [method, path] : std::vector<std::pair<std::string, std::string>>{
            {"POST", "/v1/embeddings"}, {"GET", "/v1/chat/completions"}, {"GET", "/admin"}, {"GET", "/v1/modelsX"}}) {
     SCOPED_TRACE(method + " " + path);
@@ -138,12 +150,12 @@ TEST_F(OpenAiApiTest, WithAKeySetUnknownRoutesAndWrongMethodsAre401WithoutIt) {
   EXPECT_EQ(call(api, "GET", "/version").status, 200);
   EXPECT_EQ(call(api, "DELETE", "/health").status, 405);
   // Without a key nothing changes: unknown routes are 404.
-  OpenAiApi open({std::nullopt, true, "1", 1}, metrics_);
+  OpenAiApi open({std::nullopt, true, "1", 1, {}}, metrics_);
   EXPECT_EQ(call(open, "GET", "/admin").status, 404);
 }
 
 TEST_F(OpenAiApiTest, TheProbeListenerServesOnlyHealthAndMetrics) {
-  OpenAiApi api({std::string("s3cret"), true, "1", 1}, metrics_);
+  OpenAiApi api({std::string("s3cret"), true, "1", 1, {}}, metrics_);
   const auto on_probe_port = [&](const std::string& path, const std::string& authorization = "") {
     HttpRequest request;
     request.method = "GET";
@@ -155,20 +167,23 @@ TEST_F(OpenAiApiTest, TheProbeListenerServesOnlyHealthAndMetrics) {
     return exchange->response.status;
   };
   EXPECT_EQ(on_probe_port("/health"), 503) << "still loading";
+  EXPECT_EQ(on_probe_port("/health/ready"), 503) << "still loading";
+  EXPECT_EQ(on_probe_port("/health/live"), 200);
   EXPECT_EQ(on_probe_port("/metrics"), 200);
-  for (const char* path : {"/v1/models", "/version", "/nowhere"}) {
+  for (const char* path : {"/v1/models", "/version", "/nowhere", "/tokenize"}) {
     EXPECT_EQ(on_probe_port(path, "Bearer s3cret"), 404) << path;
   }
 }
 
 TEST_F(OpenAiApiTest, TheOpenApiDocumentDescribesEveryRoute) {
-  OpenAiApi api({std::nullopt, true, "9.9", 1}, metrics_);
+  OpenAiApi api({std::nullopt, true, "9.9", 1, {}}, metrics_);
   const auto response = call(api, "GET", "/openapi.json");
   ASSERT_EQ(response.status, 200);
   const json doc = json::parse(response.body);
   EXPECT_EQ(doc["openapi"].get<std::string>().substr(0, 2), "3.");
   EXPECT_EQ(doc["info"]["version"], "9.9");
-  for (const char* path : {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/version"}) {
+  for (const char* path : {"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize", "/detokenize",
+                           "/health", "/health/live", "/health/ready", "/metrics", "/version"}) {
     EXPECT_TRUE(doc["paths"].contains(path)) << path;
   }
   // Every $ref points at a schema that exists.

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <random>
 #include <stdexcept>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -620,6 +621,33 @@ TEST_P(BatchSchedulerTest, ASinkThatThrowsEndsItsOwnChoiceOnly) {
   const auto load = scheduler.load();
   EXPECT_EQ(load.running + load.waiting, 0);
   EXPECT_EQ(load.kv_cache_usage, 0.0);
+}
+
+// The probes' view of the step loop: idle is healthy however long it lasts; a loop
+// held inside a turn (here by a sink that does not return) counts its stall from
+// its last progress, and is healthy again once it moves.
+TEST_P(BatchSchedulerTest, TheStepLoopReportsHowLongItHasHadWorkWithoutProgress) {
+  BatchSchedulerOptions options;
+  options.num_blocks = 64;
+  BatchScheduler scheduler(*model_, options);
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(scheduler.health().stalled_seconds, 0.0) << "idle is not stalled";
+
+  auto sink = std::make_shared<RecordingSink>();
+  sink->hold_at(1);
+  scheduler.submit(greedy(4), sink);
+  sink->wait_for_tokens(1);
+  std::this_thread::sleep_for(300ms);
+  const StepLoopHealth held = scheduler.health();
+  EXPECT_GE(held.stalled_seconds, 0.3) << "the loop waits for the held sink";
+  EXPECT_LT(held.stalled_seconds, 30.0);
+
+  sink->release();
+  EXPECT_EQ(sink->wait_end().reason, FinishReason::Length);
+  for (int i = 0; i < 100 && scheduler.health().stalled_seconds > 0; ++i) std::this_thread::sleep_for(10ms);
+  const StepLoopHealth after = scheduler.health();
+  EXPECT_EQ(after.stalled_seconds, 0.0) << "idle again";
+  EXPECT_GT(after.turns, held.turns);
 }
 
 INSTANTIATE_TEST_SUITE_P(Batch, BatchSchedulerTest, ::testing::Values("batch"),
