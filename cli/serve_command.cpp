@@ -52,6 +52,7 @@ struct ServeOptions {
   int io_threads = 2;
   std::string chat_template_file;
   bool special_tokens_in_messages = false;
+  std::string tool_call_parser = "auto";
   std::string api_key;
   bool public_probes = true;
   std::int64_t max_model_len = 0;
@@ -273,10 +274,17 @@ void run_serve(const ServeOptions& options) {
     }
   }
   // Changes when what decides the numbers changes (version, kernels, threads, weights).
+  served.vocab_size = source.config.vocab_size;
   served.system_fingerprint = fmt::format(
       "fp_{:012x}", std::hash<std::string>{}(fmt::format("{}|{}|{}", NIBBLE_VERSION, backend.name(), source.path.string())) & 0xffffffffffffULL);
   served.chat_template = chat_template;
   served.special_tokens_in_messages = options.special_tokens_in_messages;
+  if (template_text) {
+    served.tool_call_format = server::tool_call_format_of_template(*template_text);
+    served.template_renders_tools = template_text->find("tools") != std::string::npos;
+    served.template_renders_tool_calls = template_text->find("tool_calls") != std::string::npos;
+  }
+  if (options.tool_call_parser != "auto") served.tool_call_format = *server::tool_call_format_named(options.tool_call_parser);
 
   std::optional<StallingModel> stalling;
   if (options.test_stall_after_steps >= 0) stalling.emplace(model, options.test_stall_after_steps);
@@ -332,6 +340,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_flag("--allow-special-tokens-in-messages", options->special_tokens_in_messages,
                 "Match special tokens (<|im_start|>, ...) written in chat message text, letting clients write "
                 "template markup; by default message text is plain text");
+  cmd->add_option("--tool-call-parser", options->tool_call_parser,
+                  "How the model writes tool calls: hermes, llama3_json, mistral, or auto (from its chat template)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "hermes", "llama3_json", "mistral"}));
   cmd->add_option("--api-key", options->api_key, "Require 'Authorization: Bearer KEY' (or set NIBBLE_API_KEY)");
   cmd->add_flag("!--no-public-probes", options->public_probes,
                 "Require the API key for /health, /metrics, /version and /openapi.json too");

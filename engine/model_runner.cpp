@@ -58,16 +58,19 @@ void ModelRunner::pick(const ScheduledSequence& sequence, std::span<float> logit
     std::vector<float> own(logits.begin(), logits.end());
     auto& sampled = out.tokens[first + i];
     sampled.sampler = sequence.samplers[i];
-    try {
-      sampled.step = pick_one(sampled.sampler, own);
-    } catch (const std::exception& e) {
-      sampled.error = e.what();
-    }
+    pick_into(sampled, own);
   }
   auto& sampled = out.tokens[first];
   sampled.sampler = sequence.samplers.front();
+  pick_into(sampled, logits);
+}
+
+void ModelRunner::pick_into(SampledToken& sampled, std::span<float> logits) {
   try {
     sampled.step = pick_one(sampled.sampler, logits);
+  } catch (const ConstraintDeadEnd& e) {
+    sampled.error = e.what();
+    sampled.dead_end = true;
   } catch (const std::exception& e) {
     sampled.error = e.what();
   }

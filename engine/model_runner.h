@@ -37,6 +37,7 @@ class ModelRunner {
   };
 
   void pick(const ScheduledSequence& sequence, std::span<float> logits, StepOutput& out);
+  void pick_into(SampledToken& sampled, std::span<float> logits);  // errors into `sampled`
   TokenStep pick_one(SamplerId id, std::span<float> logits);
 
   Model& model_;

@@ -5,12 +5,14 @@
 // ranks of a tensor- or pipeline-parallel group, which execute the same plan.
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "common/token.h"
 #include "engine/sampler.h"
+#include "engine/token_constraint.h"
 
 namespace nibble::engine {
 
@@ -35,6 +37,10 @@ struct SamplerSetup {
   std::map<TokenId, float> logit_bias;
   int top_logprobs = -1;        // -1: none; N >= 0: the token's log-probability and N alternatives
   std::vector<TokenId> prompt;  // what repetition_penalty counts besides the output
+  // The output's grammar (JSON Schema, regex, ...), or none. The one field that is
+  // not plain data: an immutable compiled object shared by the choices using it
+  // (ranks that only run the forward never read it).
+  std::shared_ptr<const TokenConstraint> constraint;
 };
 
 // One sequence's part of the step.
@@ -81,6 +87,7 @@ struct SampledToken {
   SamplerId sampler = 0;
   TokenStep step;
   std::string error;  // not empty: this choice could not pick (its step is meaningless)
+  bool dead_end = false;  // with error: because its output constraint allowed no token
 };
 
 struct PromptScores {

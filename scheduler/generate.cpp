@@ -54,7 +54,7 @@ GenerationResult generate(engine::Model& model, const SequenceRequest& request,
       }
     }
   }
-  if (end->reason == FinishReason::Error) fail("{}", end->error);
+  if (end->reason == FinishReason::Error || end->reason == FinishReason::ConstraintDeadEnd) fail("{}", end->error);
   result.finish = end->reason;
   result.prefill_seconds = end->prefill_seconds;
   result.decode_seconds = end->decode_seconds;

@@ -16,6 +16,8 @@ const char* finish_reason_name(FinishReason reason) {
       return "timeout";
     case FinishReason::Error:
       return "error";
+    case FinishReason::ConstraintDeadEnd:
+      return "constraint_dead_end";
   }
   return "unknown";
 }

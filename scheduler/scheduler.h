@@ -26,12 +26,14 @@ struct SequenceRequest {
   std::int64_t max_tokens = 16;  // also capped by the model's context
   std::vector<TokenId> stop_tokens;
   std::map<TokenId, float> logit_bias;
+  std::shared_ptr<const engine::TokenConstraint> constraint;  // none: free text
   int top_logprobs = -1;  // -1: none; N >= 0: the token's log-probability and N alternatives
   int prompt_logprobs = -1;  // the same for the prompt's tokens (echo with logprobs)
   std::optional<Clock::time_point> deadline;  // past it, the sequence ends as Timeout
 };
 
-enum class FinishReason { Stop, Length, Cancelled, Timeout, Error };
+// ConstraintDeadEnd: the output constraint (grammar) allowed no next token.
+enum class FinishReason { Stop, Length, Cancelled, Timeout, Error, ConstraintDeadEnd };
 const char* finish_reason_name(FinishReason reason);
 
 struct SequenceStart {
@@ -41,7 +43,7 @@ struct SequenceStart {
 
 struct SequenceEnd {
   FinishReason reason = FinishReason::Length;
-  std::string error;  // FinishReason::Error: why (prompt longer than the context, ...)
+  std::string error;  // FinishReason::Error / ConstraintDeadEnd: why (prompt longer than the context, ...)
   std::int64_t prompt_tokens = 0;
   std::int64_t generated_tokens = 0;
   double queue_seconds = 0;

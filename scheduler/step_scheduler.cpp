@@ -261,6 +261,7 @@ void StepScheduler::plan_sequence(Sequence& sequence, std::int64_t count, engine
       setup.logit_bias = sequence.request.logit_bias;
       setup.top_logprobs = sequence.request.top_logprobs;
       setup.prompt = sequence.request.prompt;
+      setup.constraint = sequence.request.constraint;
       plan.new_samplers.push_back(std::move(setup));
     }
   }
@@ -332,7 +333,10 @@ void StepScheduler::take_token(Sequence& sequence, const engine::StepOutput& out
   if (sampled == output.tokens.end()) {
     return finish(sequence, FinishReason::Error, now, "internal error: the step picked no token for this choice");
   }
-  if (!sampled->error.empty()) return finish(sequence, FinishReason::Error, now, sampled->error);
+  if (!sampled->error.empty()) {
+    return finish(sequence, sampled->dead_end ? FinishReason::ConstraintDeadEnd : FinishReason::Error, now,
+                  sampled->error);
+  }
   if (!sequence.first_token) sequence.first_token = now;
   sequence.tokens.push_back(sampled->step.token);
   ++sequence.generated;

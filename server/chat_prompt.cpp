@@ -70,9 +70,9 @@ bool ChatPromptEncoder::defuse(nlohmann::ordered_json& value) const {
 }
 
 ChatPrompt ChatPromptEncoder::encode(const ChatTemplate& chat_template, const nlohmann::ordered_json& messages,
-                                     bool add_generation_prompt) const {
+                                     bool add_generation_prompt, const nlohmann::ordered_json& extra) const {
   ChatPrompt prompt;
-  prompt.text = chat_template.render(messages, add_generation_prompt);
+  prompt.text = chat_template.render(messages, add_generation_prompt, extra);
   // The template writes BOS and the other special tokens itself, as transformers assumes.
   nlohmann::ordered_json defused = messages;
   if (special_tokens_in_messages_ || !defuse(defused)) {
@@ -84,7 +84,7 @@ ChatPrompt ChatPromptEncoder::encode(const ChatTemplate& chat_template, const nl
   // renders differ is message text that spelled a special token, and no special
   // token may be matched over those bytes. Every other byte, the template's own
   // markup included, tokenizes exactly as before.
-  const std::string reference = chat_template.render(defused, add_generation_prompt);
+  const std::string reference = chat_template.render(defused, add_generation_prompt, extra);
   if (reference.size() != prompt.text.size()) {
     fail("a message contains special-token text that this model's chat template rewrites, so it cannot be kept "
          "as plain text; remove it or start the server with --allow-special-tokens-in-messages");

@@ -29,8 +29,10 @@ class ChatPromptEncoder {
   // Throws nibble::Error when the template refuses the conversation, or when
   // message text holds special-token text and the template rewrites it so that
   // message text and markup can no longer be told apart.
+  // `extra`: more template variables (tools).
   ChatPrompt encode(const ChatTemplate& chat_template, const nlohmann::ordered_json& messages,
-                    bool add_generation_prompt = true) const;
+                    bool add_generation_prompt = true,
+                    const nlohmann::ordered_json& extra = nlohmann::ordered_json::object()) const;
 
  private:
   // Message text with every special-token occurrence broken, byte for byte the

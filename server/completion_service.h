@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "chat/chat_template.h"
@@ -21,9 +22,13 @@
 #include "server/metrics.h"
 #include "server/openai_request.h"
 #include "server/openai_response.h"
+#include "server/output_constraint.h"
+#include "server/responses_request.h"
 #include "tokenizer/tokenizer.h"
 
 namespace nibble::server {
+
+class ResponseShape;  // how choices become JSON (completion_service.cpp)
 
 struct ServedModel {
   std::string name;                 // the id clients send as "model"
@@ -36,6 +41,14 @@ struct ServedModel {
   // in /v1/completions prompts (--allow-special-tokens-in-messages); by default
   // only the template's own markup can produce them.
   bool special_tokens_in_messages = false;
+  std::int64_t vocab_size = 0;  // the model's logits (0: the tokenizer's)
+  // How this model writes tool calls (--tool-call-parser, or from its template),
+  // and whether its template renders `tools` and assistant `tool_calls` itself;
+  // where it does not, the tools are described in a system message and past calls
+  // written into the assistant's text, in the model's format.
+  ToolCallFormat tool_call_format = ToolCallFormat::Hermes;
+  bool template_renders_tools = false;
+  bool template_renders_tool_calls = false;
 };
 
 // Where a request's output goes. Called from the scheduler's event thread; an
@@ -71,6 +84,8 @@ class CompletionService {
   std::shared_ptr<RunningRequest> start(const CompletionRequest& request, std::shared_ptr<ResponseOutput> output);
   // The same for chat: a template that refuses the conversation is a 400.
   std::shared_ptr<RunningRequest> start(const ChatRequest& request, std::shared_ptr<ResponseOutput> output);
+  // The Responses API: a chat request answered as a response object / its events.
+  std::shared_ptr<RunningRequest> start(const ResponsesRequest& request, std::shared_ptr<ResponseOutput> output);
 
   // POST /tokenize and /detokenize (vLLM's shapes): the ids a completion or chat
   // request would run on, and text back from ids. Answered at once, off the model.
@@ -85,9 +100,17 @@ class CompletionService {
   ServerMetrics& metrics_;
   ServedModel model_;
   ChatPromptEncoder chat_prompts_;
+  OutputConstraints constraints_;
   std::optional<std::chrono::milliseconds> request_timeout_;
 
   void check_model(const std::string& requested) const;
+  // Chat, answered in `shape` (none: Chat Completions).
+  std::shared_ptr<RunningRequest> start_chat(const ChatRequest& request, std::shared_ptr<ResponseOutput> output,
+                                             std::shared_ptr<const ResponseShape> shape);
+  // The template's messages and extra variables (tools) for a chat request.
+  std::pair<nlohmann::ordered_json, nlohmann::ordered_json> chat_variables(const ChatRequest& request) const;
+  // The output constraint: response_format, or the forced call of tool_choice required / named.
+  std::shared_ptr<const engine::TokenConstraint> chat_constraint(const ChatRequest& request);
   nlohmann::ordered_json template_messages(const std::vector<ChatMessage>& messages) const;
   void check_chat_template() const;
   void check_length(std::int64_t prompt_tokens, const GenerationOptions& options, const char* prompt_param) const;

@@ -74,6 +74,7 @@ struct Route {
 constexpr Route kRoutes[] = {
     {"/v1/completions", "POST", false, false},
     {"/v1/chat/completions", "POST", false, false},
+    {"/v1/responses", "POST", false, false},
     {"/v1/models", "GET", true, false},
     {"/tokenize", "POST", false, false},
     {"/detokenize", "POST", false, false},
@@ -182,6 +183,7 @@ void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
   if (request.path == "/v1/completions") {
     return generate<CompletionRequest>(request, handle, parse_completion_request);
   }
+  if (request.path == "/v1/responses") return generate<ResponsesRequest>(request, handle, parse_responses_request);
   if (request.path == "/tokenize" || request.path == "/detokenize") return tokens(request, exchange);
   return generate<ChatRequest>(request, handle, parse_chat_request);
 }
@@ -311,7 +313,9 @@ void OpenAiApi::generate(const HttpRequest& request, const std::shared_ptr<HttpE
   const Ready ready = ready_or_503();
   const Request parsed = [&] {
     try {
-      return parse(parse_request_body(request.body), ready.limits);
+      Request parsed_request = parse(parse_request_body(request.body), ready.limits);
+      restore_schema_order(parsed_request, request.body);
+      return parsed_request;
     } catch (const nlohmann::json::exception& e) {
       // Whatever the field checks missed is still the request's fault, never a 500.
       throw ApiError(400, "invalid_request_error", fmt::format("Invalid request: {}", log::clip(e.what())));

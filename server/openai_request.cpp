@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <limits>
 #include <set>
@@ -10,6 +11,8 @@
 
 #include "common/error.h"
 #include "common/log.h"
+
+#include <spdlog/spdlog.h>
 
 namespace nibble::server {
 namespace {
@@ -257,6 +260,201 @@ std::map<TokenId, float> parse_logit_bias(Fields& fields, const RequestLimits& l
   return bias;
 }
 
+// A JSON Schema given as an object (or a boolean schema), or as JSON text (vLLM's guided_json allows both).
+nlohmann::ordered_json schema_value(const json& v, const std::string& param) {
+  if (v.is_object() || v.is_boolean()) return nlohmann::ordered_json(v);
+  if (v.is_string()) {
+    try {
+      auto parsed = nlohmann::ordered_json::parse(v.get<std::string>());
+      if (parsed.is_object() || parsed.is_boolean()) return parsed;
+    } catch (const nlohmann::json::exception&) {
+    }
+    throw ApiError::invalid(param, fmt::format("'{}' must be a JSON Schema object (or its JSON text)", param));
+  }
+  throw wrong_type(param, v, "a JSON Schema object");
+}
+
+OutputFormat parse_response_format(const json& v) {
+  const std::string param = "response_format";
+  if (!v.is_object()) throw wrong_type(param, v, "an object");
+  Fields fields(v, {});
+  const auto type = fields.string("type");
+  if (!type) throw ApiError::invalid(param + ".type", "'response_format.type' is required", "missing_required_parameter");
+  OutputFormat format;
+  format.param = param;
+  if (*type == "text") {
+    format.kind = OutputFormat::Kind::Text;
+  } else if (*type == "json_object") {
+    format.kind = OutputFormat::Kind::JsonObject;
+  } else if (*type == "json_schema") {
+    format.kind = OutputFormat::Kind::JsonSchema;
+    const json* spec = fields.find("json_schema");
+    if (spec == nullptr) {
+      throw ApiError::invalid(param + ".json_schema", "'response_format.json_schema' is required for type json_schema",
+                              "missing_required_parameter");
+    }
+    if (!spec->is_object()) throw wrong_type(param + ".json_schema", *spec, "an object");
+    Fields inner(*spec, {});
+    const auto name = inner.string("name");
+    if (name && name->size() > 64) {
+      throw ApiError::invalid(param + ".json_schema.name", "'response_format.json_schema.name' is at most 64 characters");
+    }
+    inner.string("description");
+    inner.boolean("strict");  // nibble always enforces the schema
+    const json* schema = inner.find("schema");
+    format.param = param + ".json_schema.schema";
+    format.schema = schema ? schema_value(*schema, format.param) : nlohmann::ordered_json::object();
+    if (schema && schema->is_object()) format.schema_pointer = "/response_format/json_schema/schema";
+    try {
+      inner.reject_the_rest();
+    } catch (const ApiError& e) {
+      throw ApiError::invalid(param + ".json_schema." + e.param().value_or(""), e.what(), e.code());
+    }
+  } else {
+    throw ApiError::invalid(param + ".type",
+                            fmt::format("response_format type '{}' is not supported (text, json_object, json_schema)",
+                                        log::clip(*type)));
+  }
+  try {
+    fields.reject_the_rest();
+  } catch (const ApiError& e) {
+    throw ApiError::invalid(param + "." + e.param().value_or(""), e.what(), e.code());
+  }
+  return format;
+}
+
+// response_format or one guided_* field; more than one is ambiguous.
+OutputFormat parse_output_format(Fields& fields) {
+  std::vector<OutputFormat> given;
+  if (const json* v = fields.find("response_format")) given.push_back(parse_response_format(*v));
+  if (const json* v = fields.find("guided_json")) {
+    OutputFormat f{OutputFormat::Kind::JsonSchema, schema_value(*v, "guided_json"), {}, {}, "guided_json", {}};
+    if (v->is_object()) f.schema_pointer = "/guided_json";
+    given.push_back(std::move(f));
+  }
+  if (const auto pattern = fields.string("guided_regex")) {
+    given.push_back({OutputFormat::Kind::Regex, {}, *pattern, {}, "guided_regex", {}});
+  }
+  if (const json* v = fields.find("guided_choice")) {
+    if (!v->is_array() || v->empty()) throw wrong_type("guided_choice", *v, "a non-empty array of strings");
+    OutputFormat f{OutputFormat::Kind::Choice, {}, {}, {}, "guided_choice", {}};
+    for (const auto& choice : *v) {
+      if (!choice.is_string() || choice.get<std::string>().empty()) {
+        throw wrong_type("guided_choice", choice, "a non-empty string in each element");
+      }
+      f.choices.push_back(choice.get<std::string>());
+    }
+    given.push_back(std::move(f));
+  }
+  if (const auto grammar = fields.string("guided_grammar")) {
+    given.push_back({OutputFormat::Kind::Grammar, {}, *grammar, {}, "guided_grammar", {}});
+  }
+  if (given.size() > 1) {
+    const auto field = [](const OutputFormat& f) { return f.param.substr(0, f.param.find('.')); };
+    throw ApiError::invalid(field(given[1]), fmt::format("'{}' and '{}' cannot be combined: give one output format",
+                                                         field(given[0]), field(given[1])));
+  }
+  return given.empty() ? OutputFormat{} : std::move(given.front());
+}
+
+std::vector<ToolFunction> parse_tools(Fields& fields) {
+  std::vector<ToolFunction> tools;
+  const json* v = fields.find("tools");
+  if (v == nullptr) return tools;
+  if (!v->is_array()) throw wrong_type("tools", *v, "an array");
+  for (std::size_t i = 0; i < v->size(); ++i) {
+    const std::string at = fmt::format("tools[{}]", i);
+    const json& t = (*v)[i];
+    if (!t.is_object()) throw wrong_type(at, t, "an object");
+    Fields tool(t, {});
+    const auto type = tool.string("type");
+    if (type != "function") throw ApiError::invalid(at + ".type", "tools must have type 'function'");
+    const json* function = tool.find("function");
+    if (function == nullptr || !function->is_object()) {
+      throw ApiError::invalid(at + ".function", "'function' (an object) is required", "missing_required_parameter");
+    }
+    Fields f(*function, {});
+    ToolFunction out;
+    const auto name = f.string("name");
+    if (!name || name->empty() || name->size() > 64 ||
+        !std::all_of(name->begin(), name->end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; })) {
+      throw ApiError::invalid(at + ".function.name", "function names are 1-64 letters, digits, '_' or '-'");
+    }
+    for (const auto& other : tools) {
+      if (other.name == *name) throw ApiError::invalid(at + ".function.name", fmt::format("function '{}' is defined twice", *name));
+    }
+    out.name = *name;
+    out.description = f.string("description").value_or("");
+    if (const json* parameters = f.find("parameters")) {
+      if (!parameters->is_object()) throw wrong_type(at + ".function.parameters", *parameters, "a JSON Schema object");
+      out.parameters = nlohmann::ordered_json(*parameters);
+      out.parameters_pointer = fmt::format("/tools/{}/function/parameters", i);
+    } else {
+      out.parameters = {{"type", "object"}, {"properties", nlohmann::ordered_json::object()}};
+    }
+    f.boolean("strict");  // arguments are always enforced where they are constrained
+    try {
+      f.reject_the_rest();
+      tool.reject_the_rest();
+    } catch (const ApiError& e) {
+      throw ApiError::invalid(at + "." + e.param().value_or(""), e.what(), e.code());
+    }
+    tools.push_back(std::move(out));
+  }
+  return tools;
+}
+
+ToolChoice parse_tool_choice(Fields& fields, const std::vector<ToolFunction>& tools) {
+  ToolChoice choice;
+  choice.mode = tools.empty() ? ToolChoice::Mode::None : ToolChoice::Mode::Auto;
+  const json* v = fields.find("tool_choice");
+  if (v == nullptr) return choice;
+  if (v->is_string()) {
+    const auto mode = v->get<std::string>();
+    if (mode == "none") choice.mode = ToolChoice::Mode::None;
+    else if (mode == "auto") choice.mode = ToolChoice::Mode::Auto;
+    else if (mode == "required") choice.mode = ToolChoice::Mode::Required;
+    else throw ApiError::invalid("tool_choice", "'tool_choice' must be none, auto, required or {\"type\": \"function\", ...}");
+  } else if (v->is_object()) {
+    Fields named(*v, {});
+    if (named.string("type") != "function") throw ApiError::invalid("tool_choice.type", "tool_choice type must be 'function'");
+    const json* function = named.find("function");
+    if (function == nullptr || !function->is_object() || !function->contains("name") || !(*function)["name"].is_string()) {
+      throw ApiError::invalid("tool_choice.function", "'tool_choice.function.name' is required", "missing_required_parameter");
+    }
+    Fields f(*function, {});
+    choice.mode = ToolChoice::Mode::Named;
+    choice.name = *f.string("name");
+    try {
+      f.reject_the_rest();
+      named.reject_the_rest();
+    } catch (const ApiError& e) {
+      throw ApiError::invalid("tool_choice." + e.param().value_or(""), e.what(), e.code());
+    }
+    const bool known = std::any_of(tools.begin(), tools.end(), [&](const ToolFunction& t) { return t.name == choice.name; });
+    if (!known) throw ApiError::invalid("tool_choice", fmt::format("tool_choice names '{}', which is not in 'tools'", log::clip(choice.name)));
+  } else {
+    throw wrong_type("tool_choice", *v, "a string or an object");
+  }
+  // auto among no tools is none; required has nothing to call.
+  if (tools.empty() && choice.mode == ToolChoice::Mode::Auto) choice.mode = ToolChoice::Mode::None;
+  if (tools.empty() && choice.mode == ToolChoice::Mode::Required) {
+    throw ApiError::invalid("tool_choice", "tool_choice 'required' needs 'tools'");
+  }
+  return choice;
+}
+
+void ignore_client_defaults(Fields& fields) {
+  if (fields.boolean("store")) spdlog::debug("request_field_ignored field=store");
+  if (fields.string("service_tier")) spdlog::debug("request_field_ignored field=service_tier");
+  if (const json* metadata = fields.find("metadata")) {
+    const bool strings = metadata->is_object() && std::all_of(metadata->begin(), metadata->end(),
+                                                              [](const json& v) { return v.is_string(); });
+    if (!strings) throw wrong_type("metadata", *metadata, "an object of strings");
+    spdlog::debug("request_field_ignored field=metadata");
+  }
+}
+
 // The sampling and output fields both endpoints take.
 GenerationOptions parse_options(Fields& fields, const NumericTable& table, const RequestLimits& limits) {
   GenerationOptions o;
@@ -287,6 +485,11 @@ GenerationOptions parse_options(Fields& fields, const NumericTable& table, const
   o.user = fields.string("user").value_or("");
   // vLLM's extension, which benchmarks use to get exactly max_tokens tokens.
   o.ignore_eos = fields.boolean("ignore_eos").value_or(false);
+  o.format = parse_output_format(fields);
+  if (o.ignore_eos && !o.format.param.empty()) {
+    throw ApiError::invalid("ignore_eos", "'ignore_eos' cannot be combined with an output format");
+  }
+  ignore_client_defaults(fields);
   try {
     s.validate();
   } catch (const Error& e) {
@@ -322,6 +525,41 @@ std::string message_content(const json& message, std::size_t index) {
   return text;
 }
 
+// An assistant message's tool_calls: [{id, type: function, function: {name, arguments}}].
+std::vector<ToolCall> parse_message_tool_calls(const json& v, const std::string& where) {
+  const std::string param = where + ".tool_calls";
+  if (!v.is_array()) throw wrong_type(param, v, "an array");
+  std::vector<ToolCall> calls;
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    const std::string at = fmt::format("{}[{}]", param, i);
+    const json& c = v[i];
+    if (!c.is_object()) throw wrong_type(at, c, "an object");
+    Fields call(c, {});
+    ToolCall out;
+    out.id = call.string("id").value_or("");
+    if (const auto type = call.string("type"); type && *type != "function") {
+      throw ApiError::invalid(at + ".type", "tool call type must be 'function'");
+    }
+    const json* function = call.find("function");
+    if (function == nullptr || !function->is_object()) {
+      throw ApiError::invalid(at + ".function", "'function' (an object with name and arguments) is required");
+    }
+    Fields f(*function, {});
+    const auto name = f.string("name");
+    if (!name) throw ApiError::invalid(at + ".function.name", "'name' is required", "missing_required_parameter");
+    out.name = *name;
+    out.arguments = f.string("arguments").value_or("{}");
+    try {
+      f.reject_the_rest();
+      call.reject_the_rest();
+    } catch (const ApiError& e) {
+      throw ApiError::invalid(at + "." + e.param().value_or(""), e.what(), e.code());
+    }
+    calls.push_back(std::move(out));
+  }
+  return calls;
+}
+
 std::vector<ChatMessage> parse_messages(Fields& fields) {
   const json* v = fields.find("messages");
   if (v == nullptr) throw ApiError::invalid("messages", "'messages' is required", "missing_required_parameter");
@@ -332,13 +570,14 @@ std::vector<ChatMessage> parse_messages(Fields& fields) {
     const json& m = (*v)[i];
     const std::string where = fmt::format("messages[{}]", i);
     if (!m.is_object()) throw wrong_type(where, m, "an object");
-    Fields message(m, {"tool_calls", "tool_call_id", "function_call", "audio", "refusal"});
+    Fields message(m, {"function_call", "audio"});
     ChatMessage out;
     const auto role = message.string("role");
     if (!role) throw ApiError::invalid(where + ".role", "'role' is required", "missing_required_parameter");
-    if (*role != "system" && *role != "developer" && *role != "user" && *role != "assistant") {
-      throw ApiError::invalid(where + ".role", fmt::format("role '{}' is not supported (system, developer, user, assistant)",
-                                                          log::clip(*role)));
+    if (*role != "system" && *role != "developer" && *role != "user" && *role != "assistant" && *role != "tool") {
+      throw ApiError::invalid(where + ".role",
+                              fmt::format("role '{}' is not supported (system, developer, user, assistant, tool)",
+                                          log::clip(*role)));
     }
     out.role = *role;
     message.find("content");
@@ -347,6 +586,15 @@ std::vector<ChatMessage> parse_messages(Fields& fields) {
       throw ApiError::invalid(where + ".content", "'content' is required", "missing_required_parameter");
     }
     out.name = message.string("name");
+    if (const json* calls = message.find("tool_calls")) {
+      if (out.role != "assistant") throw ApiError::invalid(where + ".tool_calls", "only assistant messages have 'tool_calls'");
+      out.tool_calls = parse_message_tool_calls(*calls, where);
+    }
+    out.tool_call_id = message.string("tool_call_id");
+    if (out.role == "tool" && !out.tool_call_id) {
+      throw ApiError::invalid(where + ".tool_call_id", "tool messages need 'tool_call_id'", "missing_required_parameter");
+    }
+    message.string("refusal");  // an assistant turn's refusal text: nothing to render
     try {
       message.reject_the_rest();
     } catch (const ApiError& e) {
@@ -358,6 +606,40 @@ std::vector<ChatMessage> parse_messages(Fields& fields) {
 }
 
 }  // namespace
+
+const std::vector<std::string>& ignored_fields() {
+  static const std::vector<std::string> names = {"store", "metadata", "service_tier"};
+  return names;
+}
+
+void restore_schema_order(OutputFormat& format, std::string_view body) {
+  if (format.schema_pointer.empty()) return;
+  try {
+    const auto ordered = nlohmann::ordered_json::parse(body);
+    format.schema = ordered.at(nlohmann::ordered_json::json_pointer(format.schema_pointer));
+  } catch (const nlohmann::json::exception&) {
+    // Keep the sorted copy: the same schema, keys in another order.
+  }
+}
+
+void restore_schema_order(CompletionRequest& request, std::string_view body) {
+  restore_schema_order(request.options.format, body);
+}
+
+void restore_schema_order(ChatRequest& request, std::string_view body) {
+  restore_schema_order(request.options.format, body);
+  if (request.tools.empty()) return;
+  try {
+    const auto ordered = nlohmann::ordered_json::parse(body);
+    for (auto& tool : request.tools) {
+      if (!tool.parameters_pointer.empty()) {
+        tool.parameters = ordered.at(nlohmann::ordered_json::json_pointer(tool.parameters_pointer));
+      }
+    }
+  } catch (const nlohmann::json::exception&) {
+    // Keep the sorted copies.
+  }
+}
 
 json parse_request_body(std::string_view body) {
   // The top-level field being read, so a value the parser cannot hold (1e400, a
@@ -444,8 +726,8 @@ CompletionRequest parse_completion_request(const json& raw_body, const RequestLi
 
 ChatRequest parse_chat_request(const json& raw_body, const RequestLimits& limits) {
   const json body = whole_numbers_as_integers(raw_body);
-  Fields fields(body, {"tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "response_format",
-                       "audio", "modalities", "prediction", "reasoning_effort", "web_search_options"});
+  Fields fields(body, {"functions", "function_call", "audio", "modalities", "prediction", "reasoning_effort",
+                       "web_search_options"});
   const NumericTable table(Endpoint::ChatCompletions, limits);
   ChatRequest r;
   r.model = required_model(fields);
@@ -456,6 +738,15 @@ ChatRequest parse_chat_request(const json& raw_body, const RequestLimits& limits
   const auto max_completion_tokens = fields.integer(table["max_completion_tokens"]);
   const auto max_tokens = fields.integer(table["max_tokens"]);
   r.options.max_tokens = max_completion_tokens ? max_completion_tokens : max_tokens;
+  r.tools = parse_tools(fields);
+  r.tool_choice = parse_tool_choice(fields, r.tools);
+  r.parallel_tool_calls = fields.boolean("parallel_tool_calls").value_or(true);
+  const bool forced = r.tool_choice.mode == ToolChoice::Mode::Required || r.tool_choice.mode == ToolChoice::Mode::Named;
+  if (forced && r.options.format.kind != OutputFormat::Kind::Text) {
+    throw ApiError::invalid(r.options.format.param, fmt::format("'{}' cannot be combined with tool_choice required or a "
+                                                                "named function (the call's format is the output's)",
+                                                                r.options.format.param));
+  }
   r.logprobs = fields.boolean("logprobs").value_or(false);
   if (const auto top = fields.integer(table["top_logprobs"])) {
     if (!r.logprobs) throw ApiError::invalid("top_logprobs", "'top_logprobs' needs 'logprobs' set to true");

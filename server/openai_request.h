@@ -16,6 +16,7 @@
 #include "common/token.h"
 #include "engine/sampler.h"
 #include "server/api_error.h"
+#include "server/tool_calls.h"
 
 namespace nibble::server {
 
@@ -26,6 +27,20 @@ struct RequestLimits {
   int max_n = 128;                     // completions per request (n, best_of)
   int max_logprobs = 20;               // top-N alternatives per token
   int max_stop = 4;                    // stop strings, as OpenAI
+};
+
+// The output constraint a request asks for: OpenAI's response_format, or one of
+// vLLM's guided_json / guided_regex / guided_choice / guided_grammar (GBNF).
+struct OutputFormat {
+  enum class Kind { Text, JsonObject, JsonSchema, Regex, Choice, Grammar };
+  Kind kind = Kind::Text;
+  nlohmann::ordered_json schema;     // JsonSchema
+  std::string text;                  // Regex: the pattern; Grammar: GBNF
+  std::vector<std::string> choices;  // Choice
+  std::string param;                 // the field it came from, named in errors
+  // JsonSchema: where in the body the schema is (a JSON pointer), so it can be
+  // read again with its properties in the client's order (restore_schema_order).
+  std::string schema_pointer;
 };
 
 // Options both endpoints share. Sampling defaults are OpenAI's (temperature 1, top_p 1).
@@ -40,6 +55,7 @@ struct GenerationOptions {
   bool include_usage = false;  // stream_options.include_usage
   std::string user;
   bool ignore_eos = false;  // vLLM's extension: do not stop at end-of-sequence tokens
+  OutputFormat format;
 };
 
 // One prompt of /v1/completions: text to tokenize, or the token ids as sent.
@@ -58,9 +74,17 @@ struct CompletionRequest {
 };
 
 struct ChatMessage {
-  std::string role;  // system, developer, user, assistant
+  std::string role;  // system, developer, user, assistant, tool
   std::string content;
   std::optional<std::string> name;
+  std::vector<ToolCall> tool_calls;         // assistant: the calls it made
+  std::optional<std::string> tool_call_id;  // tool: which call this answers
+};
+
+struct ToolChoice {
+  enum class Mode { None, Auto, Required, Named };
+  Mode mode = Mode::Auto;
+  std::string name;  // Named
 };
 
 struct ChatRequest {
@@ -69,6 +93,9 @@ struct ChatRequest {
   GenerationOptions options;
   bool logprobs = false;
   int top_logprobs = 0;
+  std::vector<ToolFunction> tools;
+  ToolChoice tool_choice;  // default: auto with tools, none without
+  bool parallel_tool_calls = true;
 };
 
 // POST /tokenize (vLLM's shape): a prompt as /v1/completions tokenizes it, or
@@ -111,5 +138,16 @@ CompletionRequest parse_completion_request(const nlohmann::json& body, const Req
 ChatRequest parse_chat_request(const nlohmann::json& body, const RequestLimits& limits);
 TokenizeRequest parse_tokenize_request(const nlohmann::json& body);
 DetokenizeRequest parse_detokenize_request(const nlohmann::json& body, const RequestLimits& limits);
+
+// The parsed body's objects have sorted keys; a JSON Schema's properties are
+// generated in the order the client wrote them, so the schema is read again from
+// the raw body (a body that parsed once parses again).
+void restore_schema_order(OutputFormat& format, std::string_view body);
+void restore_schema_order(CompletionRequest& request, std::string_view body);
+void restore_schema_order(ChatRequest& request, std::string_view body);
+
+// Fields that official clients send by default and that cannot change what a
+// local model generates: accepted and ignored (with a debug log), as vLLM does.
+const std::vector<std::string>& ignored_fields();
 
 }  // namespace nibble::server

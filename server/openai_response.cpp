@@ -91,12 +91,34 @@ json completion_chunk(const ResponseHeader& header, const std::vector<Completion
   return out;
 }
 
+namespace {
+
+// message.tool_calls, or a chunk's delta.tool_calls (which number the calls).
+json tool_calls_json(const std::vector<ToolCall>& calls, bool indexed) {
+  json list = json::array();
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    json call = {{"id", calls[i].id},
+                 {"type", "function"},
+                 {"function", {{"name", calls[i].name}, {"arguments", calls[i].arguments}}}};
+    if (indexed) call["index"] = i;
+    list.push_back(std::move(call));
+  }
+  return list;
+}
+
+}  // namespace
+
 json chat_response(const ResponseHeader& header, const std::vector<ChatChoice>& choices, const Usage& usage) {
   json out = base(header, "chat.completion");
   json list = json::array();
   for (const auto& c : choices) {
+    json message = {{"role", "assistant"}, {"content", c.content}, {"refusal", nullptr}};
+    if (!c.tool_calls.empty()) {
+      if (c.content.empty()) message["content"] = nullptr;
+      message["tool_calls"] = tool_calls_json(c.tool_calls, false);
+    }
     list.push_back({{"index", c.index},
-                    {"message", {{"role", "assistant"}, {"content", c.content}, {"refusal", nullptr}}},
+                    {"message", std::move(message)},
                     {"logprobs", chat_logprobs(c.logprobs)},
                     {"finish_reason", optional_text(c.finish_reason)}});
   }
@@ -112,6 +134,7 @@ json chat_chunk(const ResponseHeader& header, const std::vector<ChatChoice>& cho
     json delta = json::object();
     if (c.role) delta["role"] = *c.role;
     if (!c.content.empty() || c.role) delta["content"] = c.content;
+    if (!c.tool_calls.empty()) delta["tool_calls"] = tool_calls_json(c.tool_calls, true);
     list.push_back({{"index", c.index},
                     {"delta", std::move(delta)},
                     {"logprobs", chat_logprobs(c.logprobs)},

@@ -10,6 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "server/tool_calls.h"
+
 namespace nibble::server {
 
 // What every response object carries.
@@ -48,6 +50,10 @@ struct ChatChoice {
   int index = 0;
   std::optional<std::string> role;  // the first chunk of a streamed choice says "assistant"
   std::string content;
+  // The calls parsed out of the text; in a response, content is null when there
+  // are calls and no other text. In a chunk, each call whole (OpenAI's clients
+  // join argument pieces, so one piece is a valid stream).
+  std::vector<ToolCall> tool_calls;
   std::optional<std::vector<TokenLogprob>> logprobs;
   std::optional<std::string> finish_reason;
 };

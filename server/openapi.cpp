@@ -74,6 +74,56 @@ json numeric_properties(Endpoint endpoint, const RequestLimits& limits) {
   return out;
 }
 
+json nullable_optionals(json schema);
+
+// The output constraints (server/output_constraint.h). A schema, pattern or
+// grammar the server cannot enforce is a 400 naming what it cannot do, which no
+// JSON Schema can say in advance; the shapes here are what the parser checks.
+json output_format_properties() {
+  const json schema = {{"oneOf", {{{"type", "object"}}, {{"type", "boolean"}}}},
+                       {"description",
+                        "A JSON Schema (the subset in docs/structured-outputs.md; anything else is a 400 that names "
+                        "the keyword)"}};
+  const json strict_object = {{"type", "object"}, {"additionalProperties", false}};
+  json text = strict_object, object = strict_object, with_schema = strict_object;
+  text["required"] = {"type"};
+  text["properties"] = {{"type", {{"type", "string"}, {"enum", {"text"}}}}};
+  object["required"] = {"type"};
+  object["properties"] = {{"type", {{"type", "string"}, {"enum", {"json_object"}}}}};
+  json spec = strict_object;
+  spec["required"] = json::array();
+  spec["properties"] = {{"name", {{"type", "string"}, {"maxLength", 64}}},
+                        {"description", {{"type", "string"}}},
+                        {"strict", {{"type", "boolean"}}},
+                        {"schema", schema}};
+  with_schema["required"] = {"type", "json_schema"};
+  with_schema["properties"] = {{"type", {{"type", "string"}, {"enum", {"json_schema"}}}},
+                               {"json_schema", nullable_optionals(spec)}};
+  return {
+      {"response_format",
+       {{"description", "text, json_object (one JSON object) or json_schema (valid against the schema)"},
+        {"oneOf", {text, object, with_schema}}}},
+      {"guided_json", {{"oneOf", {schema, {{"type", "string"}, {"description", "the schema as JSON text"}}}}}},
+      {"guided_regex", {{"type", "string"}, {"description", "vLLM's extension: the whole output matches this regex"}}},
+      {"guided_choice",
+       {{"type", "array"},
+        {"minItems", 1},
+        {"items", {{"type", "string"}, {"minLength", 1}}},
+        {"description", "vLLM's extension: the output is one of these strings"}}},
+      {"guided_grammar",
+       {{"type", "string"}, {"description", "vLLM's extension: a GBNF grammar (llama.cpp's format) starting at root"}}},
+  };
+}
+
+// Accepted so official clients work, and ignored: they cannot change a local model's output.
+json ignored_field_schema(const std::string& name) {
+  json schema = name == "metadata"                ? json{{"type", "object"}, {"additionalProperties", {{"type", "string"}}}}
+                : name == "service_tier"          ? json{{"type", "string"}}
+                                                  : json{{"type", "boolean"}};
+  schema["description"] = "Accepted and ignored (it cannot change this server's output)";
+  return schema;
+}
+
 // Fields both generation endpoints accept.
 json sampling_properties(Endpoint endpoint, const RequestLimits& limits) {
   const json stop_string = {{"type", "string"}, {"minLength", 1}};
@@ -95,6 +145,8 @@ json sampling_properties(Endpoint endpoint, const RequestLimits& limits) {
         {"properties", {{"include_usage", {{"type", "boolean"}}}}}}}};
   properties.update(numeric_properties(endpoint, limits));
   properties["top_k"]["description"] = "-1 or 0: off";
+  properties.update(output_format_properties());
+  for (const auto& name : ignored_fields()) properties[name] = ignored_field_schema(name);
   return properties;
 }
 
@@ -146,6 +198,19 @@ json message_schema() {
                           {"required", {"type", "text"}},
                           {"properties", {{"type", {{"type", "string"}, {"enum", {"text"}}}}, {"text", {{"type", "string"}}}}}};
   const json content = {{"oneOf", {{{"type", "string"}}, {{"type", "array"}, {"items", text_part}}}}};
+  const json tool_function = nullable_optionals({{"type", "object"},
+                                                 {"required", {"name"}},
+                                                 {"additionalProperties", false},
+                                                 {"properties",
+                                                  {{"name", {{"type", "string"}}},
+                                                   {"arguments", {{"type", "string"}, {"description", "JSON text"}}}}}});
+  const json tool_call = nullable_optionals({{"type", "object"},
+                                             {"required", {"function"}},
+                                             {"additionalProperties", false},
+                                             {"properties",
+                                              {{"id", {{"type", "string"}}},
+                                               {"type", {{"type", "string"}, {"enum", {"function"}}}},
+                                               {"function", tool_function}}}});
   const auto message = [&](std::initializer_list<const char*> roles, bool content_required) {
     json role_names = json::array();
     for (const char* role : roles) role_names.push_back(role);
@@ -158,9 +223,18 @@ json message_schema() {
                     {{"role", {{"type", "string"}, {"enum", role_names}}},
                      {"content", content},
                      {"name", {{"type", "string"}}}}}};
+    if (*roles.begin() == std::string("assistant")) {
+      schema["properties"]["tool_calls"] = {{"type", "array"}, {"items", tool_call}};
+      schema["properties"]["refusal"] = {{"type", "string"}};
+    }
+    if (*roles.begin() == std::string("tool")) {
+      schema["required"].push_back("tool_call_id");
+      schema["properties"]["tool_call_id"] = {{"type", "string"}};
+    }
     return nullable_optionals(std::move(schema));
   };
-  return {{"oneOf", {message({"system", "developer", "user"}, true), message({"assistant"}, false)}}};
+  return {{"oneOf",
+           {message({"system", "developer", "user"}, true), message({"assistant"}, false), message({"tool"}, true)}}};
 }
 
 // Rules between fields, which the parser checks after each field's own range.
@@ -173,6 +247,27 @@ json is_true(const char* flag) { return {{"required", {flag}}, {"properties", {{
 json only_when_true(const char* field, const char* flag) {
   return {{"anyOf",
            {{{"not", {{"required", {field}}}}}, {{"properties", {{field, {{"enum", {nullptr}}}}}}}, is_true(flag)}}};
+}
+
+// At most one output format, and none beside ignore_eos (the parser's rules).
+// `properties` holds vacuously for an absent field, so {"properties": {f: null}}
+// says "absent or null" with no `not`, which keeps schemathesis' generator fast.
+json output_format_rules() {
+  const std::vector<std::string> formats = {"response_format", "guided_json", "guided_regex", "guided_choice",
+                                            "guided_grammar"};
+  const json null_only = {{"enum", {nullptr}}};
+  json at_most_one = json::array();
+  for (const auto& kept : formats) {
+    json others = json::object();
+    for (const auto& f : formats) {
+      if (f != kept) others[f] = null_only;
+    }
+    at_most_one.push_back({{"properties", others}});
+  }
+  json none = json::object();
+  for (const auto& f : formats) none[f] = null_only;
+  const json no_ignore_eos = {{"properties", {{"ignore_eos", {{"enum", {nullptr, false}}}}}}};
+  return json::array({{{"anyOf", at_most_one}}, {{"anyOf", {no_ignore_eos, {{"properties", none}}}}}});
 }
 
 // best_of is at least n (n defaults to 1), and above n only without streaming.
@@ -229,25 +324,65 @@ json schemas(const RequestLimits& limits) {
   completion_request["properties"]["max_tokens"]["description"] = "0 only with \"echo\": true";
   completion_request["properties"]["best_of"]["description"] = "At least n; not with \"stream\" when above n";
   completion_request["properties"]["echo"] = {{"type", "boolean"}};
-  completion_request["allOf"] = {
+  completion_request["allOf"] = output_format_rules();
+  for (json rule : {
       only_when_true("stream_options", "stream"),
       {{"anyOf", {{{"not", {{"required", {"max_tokens"}}, {"properties", {{"max_tokens", {{"enum", {0}}}}}}}}},
                   is_true("echo")}}},
-      best_of_rule(limits)};
+      best_of_rule(limits)}) {
+    completion_request["allOf"].push_back(std::move(rule));
+  }
 
   json chat_request = {{"type", "object"}, {"required", {"model", "messages"}}, {"additionalProperties", false}};
   chat_request["properties"] = sampling_properties(Endpoint::ChatCompletions, limits);
   chat_request["properties"]["messages"] = {{"type", "array"}, {"minItems", 1}, {"items", message_schema()}};
   chat_request["properties"]["logprobs"] = {{"type", "boolean"}};
+  chat_request["properties"]["tools"] = {
+      {"type", "array"},
+      {"items",
+       {{"type", "object"},
+        {"required", {"type", "function"}},
+        {"additionalProperties", false},
+        {"properties",
+         {{"type", {{"type", "string"}, {"enum", {"function"}}}},
+          {"function",
+           {{"type", "object"},
+            {"required", {"name"}},
+            {"additionalProperties", false},
+            {"properties",
+             {{"name", {{"type", "string"}, {"pattern", "^[A-Za-z0-9_-]{1,64}$"}}},
+              {"description", {{"type", "string"}}},
+              {"parameters", {{"type", "object"}, {"description", "JSON Schema of the arguments"}}},
+              {"strict", {{"type", "boolean"}}}}}}}}}}},
+      {"description", "Function names must differ"}};
+  chat_request["properties"]["tool_choice"] = {
+      {"description",
+       "required, or a named function, needs tools (a named one must be among them; a 400 otherwise); auto "
+       "without tools is none"},
+      {"oneOf",
+       {{{"type", "string"}, {"enum", {"none", "auto", "required"}}},
+        {{"type", "object"},
+         {"required", {"type", "function"}},
+         {"additionalProperties", false},
+         {"properties",
+          {{"type", {{"type", "string"}, {"enum", {"function"}}}},
+           {"function",
+            {{"type", "object"},
+             {"required", {"name"}},
+             {"additionalProperties", false},
+             {"properties", {{"name", {{"type", "string"}}}}}}}}}}}}};
+  chat_request["properties"]["parallel_tool_calls"] = {{"type", "boolean"}};
   chat_request["properties"]["top_logprobs"]["description"] = "Only with \"logprobs\": true";
-  chat_request["allOf"] = {only_when_true("stream_options", "stream"), only_when_true("top_logprobs", "logprobs")};
+  chat_request["allOf"] = output_format_rules();
+  chat_request["allOf"].push_back(only_when_true("stream_options", "stream"));
+  chat_request["allOf"].push_back(only_when_true("top_logprobs", "logprobs"));
   if (limits.vocab_size > 0) {
     for (json* request : {&completion_request, &chat_request}) {
       (*request)["properties"]["logit_bias"]["propertyNames"] = {{"pattern", decimal_at_most(limits.vocab_size - 1)}};
     }
   }
 
-  const json finish_reason = or_null({{"type", "string"}, {"enum", {"stop", "length"}}});
+  const json finish_reason = or_null({{"type", "string"}, {"enum", {"stop", "length", "tool_calls", "error"}}});
   const json completion_choice = {
       {"type", "object"},
       {"properties",
@@ -261,7 +396,10 @@ json schemas(const RequestLimits& limits) {
        {{"index", {{"type", "integer"}}},
         {"message",
          {{"type", "object"},
-          {"properties", {{"role", {{"type", "string"}}}, {"content", {{"type", "string"}}}}}}},
+          {"properties",
+           {{"role", {{"type", "string"}}},
+            {"content", or_null({{"type", "string"}})},
+            {"tool_calls", {{"type", "array"}, {"items", {{"type", "object"}}}}}}}}},
         {"logprobs", or_null({{"type", "object"}})},
         {"finish_reason", finish_reason}}}};
   const json chunk_choice = {
@@ -270,7 +408,10 @@ json schemas(const RequestLimits& limits) {
        {{"index", {{"type", "integer"}}},
         {"delta",
          {{"type", "object"},
-          {"properties", {{"role", {{"type", "string"}}}, {"content", {{"type", "string"}}}}}}},
+          {"properties",
+           {{"role", {{"type", "string"}}},
+            {"content", {{"type", "string"}}},
+            {"tool_calls", {{"type", "array"}, {"items", {{"type", "object"}}}}}}}}},
         {"logprobs", or_null({{"type", "object"}})},
         {"finish_reason", finish_reason}}}};
 
@@ -294,6 +435,87 @@ json schemas(const RequestLimits& limits) {
             {"param", or_null({{"type", "string"}})},
             {"code", or_null({{"type", "string"}})}}}}}}}};
 
+  // The Responses API: the chat request it translates to (server/responses_request.h).
+  const json text_part = nullable_optionals({{"type", "object"},
+                          {"required", {"type", "text"}},
+                          {"additionalProperties", false},
+                          {"properties",
+                           {{"type", {{"type", "string"}, {"enum", {"input_text", "output_text"}}}},
+                            {"text", {{"type", "string"}}},
+                            {"annotations", {{"type", "array"}}}}}});
+  const json input_message = nullable_optionals({
+      {"type", "object"},
+      {"required", {"role", "content"}},
+      {"additionalProperties", false},
+      {"properties",
+       {{"type", {{"type", "string"}, {"enum", {"message"}}}},
+        {"role", {{"type", "string"}, {"enum", {"user", "system", "developer", "assistant"}}}},
+        {"content", {{"oneOf", {{{"type", "string"}}, {{"type", "array"}, {"items", text_part}}}}}},
+        {"id", {{"type", "string"}}},
+        {"status", {{"type", "string"}}}}}});
+  const json function_call = nullable_optionals({{"type", "object"},
+                              {"required", {"type", "call_id", "name", "arguments"}},
+                              {"additionalProperties", false},
+                              {"properties",
+                               {{"type", {{"type", "string"}, {"enum", {"function_call"}}}},
+                                {"call_id", {{"type", "string"}}},
+                                {"name", {{"type", "string"}}},
+                                {"arguments", {{"type", "string"}}},
+                                {"id", {{"type", "string"}}},
+                                {"status", {{"type", "string"}}}}}});
+  const json function_output = nullable_optionals({{"type", "object"},
+                                {"required", {"type", "call_id", "output"}},
+                                {"additionalProperties", false},
+                                {"properties",
+                                 {{"type", {{"type", "string"}, {"enum", {"function_call_output"}}}},
+                                  {"call_id", {{"type", "string"}}},
+                                  {"output", {{"type", "string"}}},
+                                  {"id", {{"type", "string"}}},
+                                  {"status", {{"type", "string"}}}}}});
+  json responses_request = {{"type", "object"}, {"required", {"model", "input"}}, {"additionalProperties", false}};
+  const json chat_properties = chat_request["properties"];
+  json& rp = responses_request["properties"];
+  for (const char* key : {"model", "temperature", "top_p", "seed", "stream", "user", "parallel_tool_calls", "store",
+                          "metadata", "service_tier"}) {
+    rp[key] = chat_properties[key];
+  }
+  rp["max_output_tokens"] = chat_properties["max_completion_tokens"];
+  rp["input"] = {{"oneOf",
+                  {{{"type", "string"}},
+                   {{"type", "array"},
+                    {"minItems", 1},
+                    {"items", {{"oneOf", {input_message, function_call, function_output}}}}}}}};
+  rp["instructions"] = {{"type", "string"}};
+  rp["truncation"] = {{"type", "string"}, {"enum", {"disabled"}}};
+  rp["tools"] = {{"type", "array"},
+                 {"items",
+                  {{"type", "object"},
+                   {"required", {"type", "name"}},
+                   {"additionalProperties", false},
+                   {"properties",
+                    {{"type", {{"type", "string"}, {"enum", {"function"}}}},
+                     {"name", {{"type", "string"}, {"pattern", "^[A-Za-z0-9_-]{1,64}$"}}},
+                     {"description", {{"type", "string"}}},
+                     {"parameters", {{"type", "object"}, {"description", "JSON Schema of the arguments"}}},
+                     {"strict", {{"type", "boolean"}}}}}}},
+                 {"description", "Function tools; names must differ"}};
+  rp["tool_choice"] = {{"description", chat_properties["tool_choice"]["description"]},
+                       {"oneOf",
+                        {{{"type", "string"}, {"enum", {"none", "auto", "required"}}},
+                         {{"type", "object"},
+                          {"required", {"type", "name"}},
+                          {"additionalProperties", false},
+                          {"properties", {{"type", {{"type", "string"}, {"enum", {"function"}}}}, {"name", {{"type", "string"}}}}}}}}};
+  json formats = chat_properties["response_format"]["oneOf"];
+  json schema_format = {{"type", "object"},
+                        {"required", {"type"}},
+                        {"additionalProperties", false},
+                        {"properties", formats[2]["properties"]["json_schema"]["properties"]}};
+  schema_format["properties"]["type"] = {{"type", "string"}, {"enum", {"json_schema"}}};
+  rp["text"] = {{"type", "object"},
+                {"additionalProperties", false},
+                {"properties", {{"format", {{"oneOf", {formats[0], formats[1], schema_format}}}}}}};
+  responses_request = nullable_optionals(std::move(responses_request));
   // vLLM's /tokenize: a prompt (as /v1/completions) or messages (as /v1/chat/completions).
   json tokenize_request = {
       {"type", "object"},
@@ -327,7 +549,18 @@ json schemas(const RequestLimits& limits) {
 
   completion_request = nullable_optionals(std::move(completion_request));
   chat_request = nullable_optionals(std::move(chat_request));
-  return {{"CompletionRequest", completion_request},
+  const json response = {{"type", "object"},
+                         {"properties",
+                          {{"id", {{"type", "string"}}},
+                           {"object", {{"type", "string"}, {"enum", {"response"}}}},
+                           {"created_at", {{"type", "integer"}}},
+                           {"status", {{"type", "string"}}},
+                           {"model", {{"type", "string"}}},
+                           {"output", {{"type", "array"}, {"items", {{"type", "object"}}}}},
+                           {"usage", {{"type", "object"}}}}}};
+  return {{"ResponsesRequest", responses_request},
+          {"Response", response},
+          {"CompletionRequest", completion_request},
           {"Completion", response_schema("text_completion", completion_choice)},
           {"ChatCompletionRequest", chat_request},
           {"ChatCompletion", response_schema("chat.completion", chat_choice)},
@@ -357,6 +590,9 @@ json openapi_document(const DocumentOptions& options) {
        generation_path("Answer a conversation (rendered with the model's chat template; message text is plain "
                        "text, never special tokens)",
                        "ChatCompletionRequest", "ChatCompletion", "ChatCompletionChunk", keyed_api)},
+      {"/v1/responses",
+       generation_path("OpenAI's Responses API, stateless (previous_response_id and stored responses are refused)",
+                       "ResponsesRequest", "Response", "Response stream event", keyed_api)},
       {"/v1/models",
        get_path("The served model", {{"description", "OK"}, {"content", json_content(ref("ModelList"))}}, keyed_api,
                 {"503"})},

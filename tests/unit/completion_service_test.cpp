@@ -458,5 +458,27 @@ TEST_F(ChatServiceTest, ATemplateThatRefusesTheConversationIsA400) {
   EXPECT_EQ(scheduler_->load().waiting, 0);
 }
 
+// Constrained output through the real scheduler and runner: the text is one of the
+// choices and ends at the end token; a grammar that is complete where no end token
+// may follow (a model served without one) is a dead end, reported as a 400
+// constraint_dead_end error, never as valid output.
+TEST_F(CompletionServiceTest, ConstrainedOutputFollowsItsGrammarAndADeadEndIsAClearError) {
+  const json body = run({{"guided_choice", {"yes", "no", "maybe"}}, {"temperature", 1.0}, {"seed", 3}});
+  ASSERT_EQ(body["object"], "text_completion") << body.dump();
+  const auto text = body["choices"][0]["text"].get<std::string>();
+  EXPECT_TRUE(text == "yes" || text == "no" || text == "maybe") << text;
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop");
+
+  ServedModel no_end = served(nullptr);
+  no_end.stop_tokens.clear();
+  CompletionService service(*tokenizer_, *scheduler_, *metrics_, no_end);
+  auto output = std::make_shared<CollectingOutput>();
+  service.start(request({{"guided_choice", {"yes"}}}), output);
+  const json error = output->wait();
+  ASSERT_TRUE(error.contains("error")) << error.dump();
+  EXPECT_EQ(error["error"]["code"], "constraint_dead_end");
+  EXPECT_NE(error["error"]["message"].get<std::string>().find("allows no next token"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace nibble::server

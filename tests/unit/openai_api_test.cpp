@@ -293,11 +293,12 @@ TEST(OpenApiDocument, DeclaresExactlyTheNumericLimitsTheParserEnforces) {
   }
 }
 
-// messages[].content is required except from the assistant, as the parser checks.
+// messages[].content is required except from the assistant, as the parser checks
+// (system/developer/user, assistant, and tool messages, which also need tool_call_id).
 TEST(OpenApiDocument, ChatMessagesNeedContentExceptFromTheAssistant) {
   const json doc = openapi_document({"1", false, true, RequestLimits{}});
   const json& variants = doc["components"]["schemas"]["ChatCompletionRequest"]["properties"]["messages"]["items"]["oneOf"];
-  ASSERT_EQ(variants.size(), 2u);
+  ASSERT_EQ(variants.size(), 3u);
   for (const json& variant : variants) {
     const bool assistant = variant["properties"]["role"]["enum"] == json::array({"assistant"});
     const bool needs_content =

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "server/openai_request.h"
+#include "server/responses_request.h"
 
 namespace nibble::server {
 namespace {
@@ -232,9 +233,11 @@ TEST(OpenAiRequest, UnsupportedAndUnknownFieldsAreRejectedByName) {
   EXPECT_EQ(e.param(), "frobnicate");
   EXPECT_EQ(e.code(), "unrecognized_argument");
   EXPECT_NE(std::string(e.what()).find("frobnicate"), std::string::npos);
-  e = chat_error(chat({{"tools", json::array({{{"type", "function"}}})}}));
-  EXPECT_EQ(e.param(), "tools");
+  e = chat_error(chat({{"functions", json::array({{{"name", "f"}}})}}));
+  EXPECT_EQ(e.param(), "functions");
   EXPECT_EQ(e.code(), "unsupported_parameter");
+  e = chat_error(chat({{"prediction", {{"type", "content"}, {"content", "x"}}}}));
+  EXPECT_EQ(e.param(), "prediction");  // would change the output: refused, not ignored
 }
 
 TEST(OpenAiRequest, ChatMessagesParse) {
@@ -271,13 +274,17 @@ TEST(OpenAiRequest, BadChatMessagesAreNamed) {
       {"hi", "messages"},
       {{"hi"}, "messages[0]"},
       {{{{"content", "x"}}}, "messages[0].role"},
-      {{{{"role", "tool"}, {"content", "x"}}}, "messages[0].role"},
+      {{{{"role", "function"}, {"content", "x"}}}, "messages[0].role"},
+      {{{{"role", "tool"}, {"content", "x"}}}, "messages[0].tool_call_id"},
+      {{{{"role", "user"}, {"content", "x"}, {"tool_calls", json::array()}}}, "messages[0].tool_calls"},
       {{{{"role", "user"}}}, "messages[0].content"},
       {{{{"role", "user"}, {"content", 5}}}, "messages[0].content"},
       {{{{"role", "user"}, {"content", {{{"type", "image_url"}, {"image_url", "x"}}}}}}, "messages[0].content"},
       {{{{"role", "user"}, {"content", "ok"}}, {{"role", "user"}, {"content", "x"}, {"colour", "red"}}},
        "messages[1].colour"},
-      {{{{"role", "assistant"}, {"content", "x"}, {"tool_calls", json::array({1})}}}, "messages[0].tool_calls"},
+      {{{{"role", "assistant"}, {"content", "x"}, {"tool_calls", json::array({1})}}}, "messages[0].tool_calls[0]"},
+      {{{{"role", "assistant"}, {"tool_calls", {{{"id", "c"}, {"type", "function"}, {"function", {{"arguments", "{}"}}}}}}}},
+       "messages[0].tool_calls[0].function.name"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.messages.dump());
@@ -331,6 +338,97 @@ TEST(OpenAiRequest, ErrorMessagesQuoteAtMostAFewHundredBytesOfTheRequest) {
   const ApiError not_json =
       rejection([&] { parse_request_body(fmt::format("{{\"model\": \"{}", std::string(100'000, 'x'))); });
   EXPECT_LT(std::string(not_json.what()).size(), 600u);
+}
+
+TEST(OpenAiRequest, OutputFormatsParse) {
+  using Kind = OutputFormat::Kind;
+  auto r = parse_chat_request(chat({{"response_format", {{"type", "json_object"}}}}), limits());
+  EXPECT_EQ(r.options.format.kind, Kind::JsonObject);
+  r = parse_chat_request(chat({{"response_format", {{"type", "text"}}}}), limits());
+  EXPECT_EQ(r.options.format.kind, Kind::Text);
+  r = parse_chat_request(
+      chat({{"response_format",
+             {{"type", "json_schema"},
+              {"json_schema", {{"name", "P"}, {"strict", true}, {"schema", {{"type", "object"}}}}}}}}),
+      limits());
+  EXPECT_EQ(r.options.format.kind, Kind::JsonSchema);
+  EXPECT_EQ(r.options.format.schema, nlohmann::ordered_json({{"type", "object"}}));
+  EXPECT_EQ(r.options.format.schema_pointer, "/response_format/json_schema/schema");
+  const auto c = parse_completion_request(completion({{"guided_choice", {"yes", "no"}}}), limits());
+  EXPECT_EQ(c.options.format.kind, Kind::Choice);
+  EXPECT_EQ(c.options.format.choices, (std::vector<std::string>{"yes", "no"}));
+  EXPECT_EQ(parse_completion_request(completion({{"guided_regex", "a+"}}), limits()).options.format.text, "a+");
+  EXPECT_EQ(parse_completion_request(completion({{"guided_json", R"({"type":"integer"})"}}), limits())
+                .options.format.schema["type"],
+            "integer");
+  EXPECT_EQ(parse_chat_request(chat({{"guided_grammar", "root ::= \"a\""}}), limits()).options.format.kind, Kind::Grammar);
+
+  // Properties come back in the client's order from the raw body.
+  OutputFormat ordered = parse_chat_request(
+      chat({{"guided_json", {{"type", "object"}, {"properties", {{"b", json::object()}, {"a", json::object()}}}}}}),
+      limits()).options.format;
+  restore_schema_order(ordered, R"({"guided_json":{"type":"object","properties":{"b":{},"a":{}}}})");
+  EXPECT_EQ(ordered.schema["properties"].begin().key(), "b");
+}
+
+TEST(OpenAiRequest, BadOutputFormatsAreNamed) {
+  EXPECT_EQ(chat_error(chat({{"response_format", {{"type", "xml"}}}})).param(), "response_format.type");
+  EXPECT_EQ(chat_error(chat({{"response_format", {{"type", "json_schema"}}}})).param(), "response_format.json_schema");
+  EXPECT_EQ(chat_error(chat({{"response_format", {{"type", "json_object"}, {"extra", 1}}}})).param(),
+            "response_format.extra");
+  EXPECT_EQ(chat_error(chat({{"guided_choice", json::array()}})).param(), "guided_choice");
+  EXPECT_EQ(chat_error(chat({{"guided_json", "not json"}})).param(), "guided_json");
+  EXPECT_EQ(chat_error(chat({{"guided_regex", "a"}, {"guided_choice", {"a"}}})).param(), "guided_choice");
+  EXPECT_EQ(completion_error(completion({{"guided_regex", "a"}, {"ignore_eos", true}})).param(), "ignore_eos");
+}
+
+TEST(OpenAiRequest, ClientDefaultFieldsThatCannotChangeTheOutputAreAccepted) {
+  EXPECT_NO_THROW(parse_chat_request(
+      chat({{"store", false}, {"metadata", {{"k", "v"}}}, {"service_tier", "auto"}, {"parallel_tool_calls", true}}),
+      limits()));
+  EXPECT_NO_THROW(parse_completion_request(completion({{"store", true}, {"user", "u"}}), limits()));
+}
+
+TEST(ResponsesRequest, TranslatesIntoTheChatRequestItMeans) {
+  const json body = {
+      {"model", "m"},
+      {"instructions", "Be brief."},
+      {"input",
+       {{{"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "Add 2 and 3."}}}}},
+        {{"type", "function_call"}, {"call_id", "call_1"}, {"name", "add"}, {"arguments", "{\"a\":2}"}},
+        {{"type", "function_call_output"}, {"call_id", "call_1"}, {"output", "5"}}}},
+      {"tools", {{{"type", "function"}, {"name", "add"}, {"parameters", {{"type", "object"}}}}}},
+      {"tool_choice", {{"type", "function"}, {"name", "add"}}},
+      {"max_output_tokens", 12},
+      {"store", false}};
+  const auto r = parse_responses_request(body, limits());
+  ASSERT_EQ(r.chat.messages.size(), 4U);
+  EXPECT_EQ(r.chat.messages[0].role, "system");
+  EXPECT_EQ(r.chat.messages[1].content, "Add 2 and 3.");
+  ASSERT_EQ(r.chat.messages[2].tool_calls.size(), 1U);
+  EXPECT_EQ(r.chat.messages[2].tool_calls[0].id, "call_1");
+  EXPECT_EQ(r.chat.messages[3].role, "tool");
+  EXPECT_EQ(r.chat.messages[3].tool_call_id, "call_1");
+  EXPECT_EQ(r.chat.tools.at(0).name, "add");
+  EXPECT_EQ(r.chat.tool_choice.mode, ToolChoice::Mode::Named);
+  EXPECT_EQ(r.chat.options.max_tokens, 12);
+  const json format = {{"type", "json_schema"}, {"name", "n"}, {"schema", {{"type", "object"}}}};
+  const json with_format = {{"model", "m"}, {"input", "hi"}, {"text", {{"format", format}}}};
+  EXPECT_EQ(parse_responses_request(with_format, limits()).chat.options.format.schema_pointer, "/text/format/schema");
+  const auto refused = [](const json& b) {
+    try {
+      parse_responses_request(b, limits());
+    } catch (const ApiError& e) {
+      return e.param().value_or("");
+    }
+    return std::string("accepted");
+  };
+  EXPECT_EQ(refused({{"model", "m"}, {"input", "x"}, {"previous_response_id", "resp_1"}}), "previous_response_id");
+  EXPECT_EQ(refused({{"model", "m"}}), "input");
+  EXPECT_EQ(refused({{"model", "m"}, {"input", json::array()}}), "input");
+  EXPECT_EQ(refused({{"model", "m"}, {"input", {{{"type", "image"}}}}}), "input[0].type");
+  EXPECT_EQ(refused({{"model", "m"}, {"input", "x"}, {"tools", {{{"type", "web_search"}}}}}), "tools[0].type");
+  EXPECT_EQ(refused({{"model", "m"}, {"input", "x"}, {"frobnicate", 1}}), "frobnicate");
 }
 
 }  // namespace

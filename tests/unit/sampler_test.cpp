@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "engine/sampler.h"
+#include "engine/token_picker.h"
 
 namespace nibble::engine {
 namespace {
@@ -112,6 +113,67 @@ TEST(Sampler, RejectsOutOfRangeParameters) {
   params = {};
   params.frequency_penalty = 3;
   EXPECT_THROW(params.validate(), Error);
+}
+
+// A constraint that allows a fixed list of token sets, one per step, and records what it was given.
+class ScriptedConstraint final : public TokenConstraint {
+ public:
+  explicit ScriptedConstraint(std::vector<std::vector<TokenId>> steps) : steps_(std::move(steps)) {}
+  std::unique_ptr<ConstraintState> start() const override { return std::make_unique<State>(*this); }
+  mutable std::vector<TokenId> accepted;
+
+ private:
+  class State final : public ConstraintState {
+   public:
+    explicit State(const ScriptedConstraint& owner) : owner_(owner) {}
+    void allowed(TokenMask& mask) override {
+      mask.reset(6);
+      if (step_ < owner_.steps_.size()) {
+        for (const TokenId id : owner_.steps_[step_]) mask.set(id);
+      }
+    }
+    void accept(TokenId token) override {
+      owner_.accepted.push_back(token);
+      ++step_;
+    }
+
+   private:
+    const ScriptedConstraint& owner_;
+    std::size_t step_ = 0;
+  };
+  std::vector<std::vector<TokenId>> steps_;
+};
+
+TEST(TokenPicker, TheConstraintMasksBeforeBiasPenaltiesAndSamplingAndDeadEndsThrow) {
+  const auto constraint = std::make_shared<ScriptedConstraint>(std::vector<std::vector<TokenId>>{{3, 4}, {0, 2}, {}});
+  SamplerSetup setup;
+  setup.sampling.temperature = 0;
+  setup.logit_bias = {{4, 1.5f}};  // lifts token 4 (0.0) above token 3 (-1.0)
+  setup.top_logprobs = 0;
+  setup.constraint = constraint;
+  TokenPicker picker(setup);
+  auto logits = example_logits();
+  const TokenStep first = picker.pick(logits);
+  EXPECT_EQ(first.token, 4);  // best allowed after bias; 1 (3.0) is masked
+  EXPECT_LT(first.logprob, -2.0f);  // log-probabilities stay the model's own, before the mask
+  logits = example_logits();
+  EXPECT_EQ(picker.pick(logits).token, 2);
+  logits = example_logits();
+  EXPECT_THROW(picker.pick(logits), ConstraintDeadEnd);
+  EXPECT_EQ(constraint->accepted, (std::vector<TokenId>{4, 2}));
+
+  // Sampling only ever draws allowed tokens.
+  const auto only_five = std::make_shared<ScriptedConstraint>(std::vector<std::vector<TokenId>>(50, {0, 5}));
+  setup.sampling.temperature = 1.5;
+  setup.sampling.top_p = 0.9;
+  setup.logit_bias.clear();
+  setup.constraint = only_five;
+  TokenPicker sampler(setup);
+  for (int i = 0; i < 50; ++i) {
+    logits = example_logits();
+    const TokenId t = sampler.pick(logits).token;
+    EXPECT_TRUE(t == 0 || t == 5) << t;
+  }
 }
 
 }  // namespace
