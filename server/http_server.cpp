@@ -210,6 +210,10 @@ class Session : public std::enable_shared_from_this<Session> {
       if (!self->exchange_) self->close();
     });
   }
+  // After the I/O threads stopped: an answer still being written then leaves the
+  // exchange held by this connection and this connection by the exchange; dropping
+  // that link lets both go with the handlers the io_context still holds.
+  void drop_exchange_after_stop() { exchange_.reset(); }
 
   // Used by Exchange, on the strand.
   void send(std::string bytes) {
@@ -635,6 +639,14 @@ void HttpServer::Impl::stop() {
   io_.stop();
   for (auto& thread : threads_) thread.join();
   threads_.clear();
+  std::vector<std::shared_ptr<Session>> open;
+  {
+    const std::lock_guard lock(mutex_);
+    for (const auto& [raw, weak] : sessions_) {
+      if (auto session = weak.lock()) open.push_back(std::move(session));
+    }
+  }
+  for (const auto& session : open) session->drop_exchange_after_stop();
 }
 
 HttpServer::HttpServer(const std::string& host, std::uint16_t port, HttpLimits limits, HttpHandler& handler,

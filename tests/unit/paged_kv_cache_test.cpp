@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <stdexcept>
 
 #include "common/error.h"
 #include "common/half.h"
@@ -32,11 +33,15 @@ float element(const kernels::KvLayerView& view, bool key, std::int64_t t, std::i
       return (key ? view.keys : view.values)[at];
     case KvDtype::Float16:
       return f16_to_f32((key ? view.keys_f16 : view.values_f16)[at]);
-    case KvDtype::Int8:
-      break;
+    case KvDtype::Int8: {
+      // (Computed here, not after the switch: there gcc 12's UBSan reported a
+      // division by zero that cannot happen, head_dim being 24.)
+      const std::int64_t head = i / head_dim;
+      return static_cast<float>((key ? view.key_codes : view.value_codes)[at]) *
+             (key ? view.key_scales : view.value_scales)[r * kv_heads + head];
+    }
   }
-  return static_cast<float>((key ? view.key_codes : view.value_codes)[at]) *
-         (key ? view.key_scales : view.value_scales)[r * kv_heads + i / head_dim];
+  throw std::logic_error("unknown KV format");
 }
 
 TEST(PagedKvCache, Float16StoresEachElementRoundedOnceToHalf) {
