@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "tokenizer/unicode.h"
 
 namespace nibble::grammar {
 namespace {
@@ -293,23 +294,8 @@ class RegexParser {
 }  // namespace
 
 void append_utf8(std::uint32_t cp, std::string& out) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp <= 0x10FFFF) {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    fail("code point {:#x} is beyond Unicode", cp);
-  }
+  if (cp > 0x10FFFF) fail("code point {:#x} is beyond Unicode", cp);
+  unicode::append_utf8(out, static_cast<char32_t>(cp));
 }
 
 Expr parse_class(std::string_view text, std::size_t& pos, bool json_string) {
