@@ -191,6 +191,14 @@ std::string event_json_fields(std::string_view message) {
 
 namespace {
 
+// spdlog builds its registry (and the default logger) lazily, inside its own
+// shared library, on the first call to log. Built by whichever server or pool
+// thread logs first, it is published to the others through a static guard
+// that library reads without instrumentation, so ThreadSanitizer reports every
+// later use as a race (CI did). Building it during static initialization, on
+// the main thread before any thread exists, orders it before all of them.
+[[maybe_unused]] const spdlog::logger* const kDefaultLoggerBeforeAnyThread = spdlog::default_logger_raw();
+
 spdlog::level::level_enum parse_level(std::string_view level) {
   const auto parsed = spdlog::level::from_str(std::string(level));
   if (parsed == spdlog::level::off && level != "off") fail("unknown log level '{}'", level);
