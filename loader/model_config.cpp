@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/whole_number.h"
 #include "loader/architecture.h"
 
 namespace nibble {
@@ -24,9 +25,11 @@ T read(const json& value, const char* key) {
       fail("config.json: field '{}' is out of range ({})", key, value.dump());
     }
     if (value.is_number_float()) {
-      const double d = value.get<double>();
-      if (!(std::abs(d) <= 0x1p62 && d == std::floor(d))) fail("config.json: field '{}' must be an integer ({})", key, d);
-      return static_cast<std::int64_t>(d);
+      const auto whole = whole_int64(value.get<double>());
+      if (!whole || *whole > std::int64_t{1} << 62 || *whole < -(std::int64_t{1} << 62)) {
+        fail("config.json: field '{}' must be an integer ({})", key, value.get<double>());
+      }
+      return *whole;
     }
   }
   try {

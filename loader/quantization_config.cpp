@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/whole_number.h"
 #include "loader/json_file.h"
 
 namespace nibble {
@@ -37,10 +38,12 @@ std::optional<T> field(const json& object, const char* key, const char* where) {
 std::optional<std::int64_t> int_field(const json& object, const char* key, const char* where) {
   if (!present(object, key)) return std::nullopt;
   const json& value = object[key];
+  if (value.is_number_unsigned() && value.get<std::uint64_t>() > std::uint64_t{INT64_MAX}) {
+    fail("{}: '{}' is out of range ({})", where, key, value.dump());
+  }
   if (value.is_number_integer()) return value.get<std::int64_t>();
-  if (value.is_number_float() &&
-      value.get<double>() == static_cast<double>(static_cast<std::int64_t>(value.get<double>()))) {
-    return static_cast<std::int64_t>(value.get<double>());
+  if (value.is_number_float()) {
+    if (const auto whole = whole_int64(value.get<double>())) return whole;
   }
   if (value.is_string()) {
     try {

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/whole_number.h"
 
 #include <spdlog/spdlog.h>
 
@@ -34,16 +35,12 @@ std::string type_name(const json& value) {
 // before the fields are read, so integer fields take them. Iterative: a body may
 // nest thousands of levels deep.
 json whole_numbers_as_integers(json body) {
-  constexpr double kInt64Bound = 9223372036854775808.0;  // 2^63
   std::vector<json*> pending{&body};
   while (!pending.empty()) {
     json* value = pending.back();
     pending.pop_back();
     if (value->is_number_float()) {
-      const double d = value->get<double>();
-      if (std::isfinite(d) && std::trunc(d) == d && d >= -kInt64Bound && d < kInt64Bound) {
-        *value = static_cast<std::int64_t>(d);
-      }
+      if (const auto whole = whole_int64(value->get<double>())) *value = *whole;
     } else if (value->is_structured()) {
       for (auto& element : *value) pending.push_back(&element);
     }

@@ -10,6 +10,7 @@
 #include "common/half.h"
 #include "common/log.h"
 #include "common/mapped_file.h"
+#include "common/whole_number.h"
 
 namespace nibble {
 namespace {
@@ -68,6 +69,18 @@ TEST(DType, ParsesSafetensorsNames) {
   EXPECT_EQ(dtype_name(DType::U8), "U8");
   EXPECT_FALSE(parse_dtype("F4").has_value());
   EXPECT_FALSE(parse_dtype("f32").has_value());
+}
+
+TEST(WholeNumber, OnlyWholeDoublesInsideInt64Convert) {
+  EXPECT_EQ(whole_int64(4.0), 4);
+  EXPECT_EQ(whole_int64(-0.0), 0);
+  EXPECT_EQ(whole_int64(-9223372036854775808.0), INT64_MIN);
+  EXPECT_EQ(whole_int64(std::nextafter(9223372036854775808.0, 0.0)), std::int64_t{0x7FFFFFFFFFFFFC00});
+  EXPECT_EQ(whole_int64(9223372036854775808.0), std::nullopt) << "2^63 does not fit";
+  EXPECT_EQ(whole_int64(3.3e41), std::nullopt);
+  EXPECT_EQ(whole_int64(4.5), std::nullopt);
+  EXPECT_EQ(whole_int64(std::nan("")), std::nullopt);
+  EXPECT_EQ(whole_int64(-INFINITY), std::nullopt);
 }
 
 TEST(MappedFile, MapsBytesAndReportsMissingFiles) {

@@ -569,6 +569,14 @@ TEST_F(GptqErrors, BadConfigs) {
   };
   check([](json& q) { q["bits"] = 5; }, {"config.json", "5-bit weights are not supported"});
   check([](json& q) { q["group_size"] = 0; }, {"group_size 0 is invalid"});
+  // Integers too long for 64 bits arrive as doubles (a fuzzer's find: the cast
+  // was undefined behaviour); whole doubles in range are still integers.
+  check([](json& q) { q["bits"] = json::parse("333333333333333333333333333333333333333334"); },
+        {"'bits' must be an integer"});
+  check([](json& q) { q["bits"] = 1e300; }, {"'bits' must be an integer"});
+  check([](json& q) { q["bits"] = 4.5; }, {"'bits' must be an integer"});
+  check([](json& q) { q["group_size"] = std::uint64_t{1} << 63; }, {"'group_size' is out of range"});
+  check([](json& q) { q["bits"] = 5.0; }, {"5-bit weights are not supported"});
   check([](json& q) { q["checkpoint_format"] = "marlin"; }, {"GPTQ checkpoint format 'marlin' is not supported"});
   check([](json& q) { q["format"] = "gptq_v2"; }, {"'format' is 'gptq_v2' but 'checkpoint_format' is 'gptq'"});
   check([](json& q) { q["is_marlin_format"] = true; }, {"is_marlin_format"});
