@@ -20,9 +20,11 @@
 #include "cli/commands.h"
 #include "cli/load_progress.h"
 #include "cli/stalling_model.h"
+#include "cli/tensor_parallel.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "engine/decoder_model.h"
+#include "engine/plan_broadcast.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
 #include "scheduler/batch_scheduler.h"
@@ -74,6 +76,7 @@ struct ServeOptions {
   std::string kv_cache_memory = "auto";
   std::string kv_cache_dtype = "float32";
   std::string memory_budget;  // the whole process: weights + KV + workspace
+  int tensor_parallel_size = 1;
 };
 
 // The KV cache's share of memory: given, or by default as much as the weights
@@ -122,13 +125,19 @@ std::int32_t kv_blocks(const ServeOptions& options, const engine::Model& model, 
   return static_cast<std::int32_t>(std::min<std::uint64_t>(blocks, 1U << 30));
 }
 
+// `group`: rank 0 of a tensor-parallel group, which tells the other ranks the
+// KV cache's size and sends them every step's plan.
 std::unique_ptr<scheduler::Scheduler> make_scheduler(const ServeOptions& options, engine::Model& model,
-                                                     std::int64_t context) {
+                                                     std::int64_t context, TensorParallelGroup* group) {
   scheduler::BatchSchedulerOptions batch;
   batch.max_num_seqs = options.max_num_seqs;
   batch.max_num_batched_tokens = options.max_num_batched_tokens;
   batch.block_size = options.block_size;
   batch.num_blocks = kv_blocks(options, model, context);
+  if (group != nullptr) {
+    share_from_leader(*group, batch.num_blocks);
+    batch.before_step = engine::plan_sender(*group->plans);
+  }
   batch.kv_dtype = kv_dtype(options);
   batch.max_waiting = options.max_queued;
   spdlog::info("kv_cache blocks={} block_size={} dtype={} bytes={} max_num_seqs={} max_num_batched_tokens={}",
@@ -204,12 +213,51 @@ class ShutdownSignal {
   std::thread waiter_;
 };
 
+// Ranks 1..N-1 of a tensor-parallel server: their share of the model, a KV
+// cache as large as rank 0 chose, and rank 0's plans run until it stops them.
+void run_serve_worker(const ServeOptions& options, kernels::Backend& backend, TensorParallelGroup& group,
+                      ShutdownSignal& shutdown) {
+  shutdown.serving();  // a SIGTERM is rank 0's to act on: it drains, then ends the loop below
+  ShardedModel sharded = shard_for(open_model(options.model), group);
+  engine::DecoderModel model(sharded.source, backend, sharded.options);
+  const auto blocks = static_cast<std::int32_t>(share_from_leader(group, 0));
+  engine::ModelRunner runner(model, blocks, options.block_size, kv_dtype(options));
+  spdlog::info("tensor_parallel_worker_ready rank={} kv_blocks={} weight_bytes={}", group.rank(), blocks,
+               model.weight_memory().total);
+  const std::int64_t steps = engine::run_plan_receiver(runner, *group.plans);
+  spdlog::info("tensor_parallel_worker_done rank={} steps={}", group.rank(), steps);
+}
+
+void run_serve(const ServeOptions& options, ShutdownSignal& shutdown, kernels::Backend& backend,
+               TensorParallelGroup* group);
+
 void run_serve(const ServeOptions& options) {
   // Before any thread starts (the backend's pool among them), so SIGTERM reaches only its waiter.
   ShutdownSignal shutdown;
   // Then a device that cannot run here fails before the port is taken.
   const auto backend_owner = make_backend(options.device, options.threads, options.int8_activations);
-  kernels::Backend& backend = *backend_owner;
+  auto group = join_tensor_parallel_group(
+      options.tensor_parallel_size,
+      fmt::format("nibble {} serve model={} device={} threads={} int8_activations={} kv={} block_size={}",
+                  NIBBLE_VERSION, options.model, options.device, options.threads, options.int8_activations,
+                  options.kv_cache_dtype, options.block_size));
+  try {
+    if (group && !group->leader()) {
+      run_serve_worker(options, *backend_owner, *group, shutdown);
+    } else {
+      run_serve(options, shutdown, *backend_owner, group ? &*group : nullptr);
+    }
+  } catch (const std::exception& e) {
+    if (!group) throw;
+    // One rank cannot go on, so none can: end them all, with this rank's reason.
+    spdlog::error("tensor_parallel_rank_failed rank={} error=\"{}\"", group->rank(), log::clip(e.what()));
+    spdlog::default_logger()->flush();
+    group->tensor->abort_group(1);
+  }
+}
+
+void run_serve(const ServeOptions& options, ShutdownSignal& shutdown, kernels::Backend& backend,
+               TensorParallelGroup* group) {
   const std::string name =
       options.served_model_name.empty() ? default_model_name(options.model) : options.served_model_name;
   std::optional<std::string> api_key;
@@ -240,7 +288,9 @@ void run_serve(const ServeOptions& options) {
   const auto load_start = steady_clock::now();
   ModelSource source = open_model(options.model);
   const auto tokenizer = load_tokenizer(source.path);
-  engine::DecoderModel model(source, backend,
+  std::optional<ShardedModel> sharded;
+  if (group != nullptr) sharded.emplace(shard_for(open_model(options.model), *group));
+  engine::DecoderModel model(sharded ? sharded->source : source, backend, sharded ? sharded->options : engine::ModelOptions{},
                              load_progress_reporter([&metrics](double fraction) { metrics.set_load_progress(fraction); }));
   const double load_seconds = duration<double>(steady_clock::now() - load_start).count();
   const auto& memory = model.weight_memory();
@@ -289,7 +339,7 @@ void run_serve(const ServeOptions& options) {
   std::optional<StallingModel> stalling;
   if (options.test_stall_after_steps >= 0) stalling.emplace(model, options.test_stall_after_steps);
   engine::Model& stepped_model = stalling ? static_cast<engine::Model&>(*stalling) : model;
-  const auto scheduler_owner = make_scheduler(options, stepped_model, served.context_length);
+  const auto scheduler_owner = make_scheduler(options, stepped_model, served.context_length, group);
   scheduler::Scheduler& scheduler = *scheduler_owner;
   metrics.set_kv_cache_config(options.block_size, scheduler.load().kv_blocks_total, options.kv_cache_dtype);
   const auto request_timeout =
@@ -309,6 +359,7 @@ void run_serve(const ServeOptions& options) {
   api.set_draining();
   http.stop_accepting();
   scheduler.stop(to_ms(options.drain_timeout));  // in-flight sequences finish (or are cancelled past the timeout)
+  if (group != nullptr) engine::stop_plan_receivers(*group->plans);
   // Their last events are on their way to the connections: let them be written.
   const bool flushed = http.wait_until_idle(to_ms(std::max(1.0, options.read_timeout)));
   http.stop();
@@ -380,6 +431,10 @@ void add_serve_command(CLI::App& app) {
                   "Memory for the whole model (weights + KV cache + workspace), e.g. 4GiB; refused below "
                   "1.2 x the weights; the KV cache gets the rest")
       ->excludes(kv_memory);
+  cmd->add_option("--tensor-parallel-size", options->tensor_parallel_size,
+                  "Ranks the model is split across (tensor parallelism): start N processes with `mpirun -np N "
+                  "nibble serve ... --tensor-parallel-size N`; rank 0 serves HTTP (docs/parallel.md)")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_option("--max-queued", options->max_queued, "Sequences that may wait for the model; beyond: 429")
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--max-body-bytes", options->max_body_bytes, "Largest request body; beyond: 413")

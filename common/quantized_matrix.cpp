@@ -1,5 +1,6 @@
 #include "common/quantized_matrix.h"
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <utility>
@@ -141,6 +142,122 @@ std::optional<QuantizedMatrix> stack_rows(std::span<const QuantizedMatrix> parts
     stacked.blocks.insert(stacked.blocks.end(), part.blocks.begin(), part.blocks.end());
   }
   return stacked;
+}
+
+namespace {
+
+void check_range(const QuantizedMatrix& m, std::string_view what, std::int64_t first, std::int64_t count,
+                 std::int64_t limit) {
+  if (first < 0 || count <= 0 || first + count > limit) {
+    fail("{}: {} [{}, {}) is outside its {} {}", m.name, what, first, first + count, limit, what);
+  }
+}
+
+// The bytes a stored tensor's share takes, for the memory account.
+std::uint64_t share_of(std::uint64_t bytes, std::int64_t part, std::int64_t whole) {
+  return static_cast<std::uint64_t>(static_cast<double>(bytes) * static_cast<double>(part) / static_cast<double>(whole));
+}
+
+}  // namespace
+
+QuantizedMatrix slice_rows(const QuantizedMatrix& m, std::int64_t first, std::int64_t count) {
+  check_range(m, "rows", first, count, m.rows);
+  QuantizedMatrix out = m;
+  out.rows = count;
+  out.stored_bytes = share_of(m.stored_bytes, count, m.rows);
+  const auto take = [&](const auto& values, std::int64_t per_row) {
+    using Vector = std::decay_t<decltype(values)>;
+    if (values.empty()) return Vector{};
+    const auto begin = values.begin() + static_cast<std::ptrdiff_t>(first * per_row);
+    return Vector(begin, begin + static_cast<std::ptrdiff_t>(count * per_row));
+  };
+  if (m.block_format) {
+    out.blocks = take(m.blocks, static_cast<std::int64_t>(m.block_row_bytes()));
+    return out;
+  }
+  out.codes = take(m.codes, m.cols);
+  out.scales = take(m.scales, m.groups);
+  out.zeros = take(m.zeros, m.groups);
+  out.mins = take(m.mins, m.groups);
+  return out;
+}
+
+QuantizedMatrix slice_cols(const QuantizedMatrix& m, std::int64_t first, std::int64_t count) {
+  check_range(m, "input columns", first, count, m.cols);
+  QuantizedMatrix out = m;
+  out.cols = count;
+  out.stored_bytes = share_of(m.stored_bytes, count, m.cols);
+  if (m.block_format) {
+    const BlockFormatInfo& info = block_format_info(*m.block_format);
+    if (first % info.elements != 0 || count % info.elements != 0) {
+      fail("{}: input columns [{}, {}) do not fall on the {}-weight boundaries of its {} blocks; choose a split "
+           "whose shares are multiples of {} columns",
+           m.name, first, first + count, info.elements, info.name, info.elements);
+    }
+    const std::size_t row_bytes = m.block_row_bytes();
+    const std::size_t from = static_cast<std::size_t>(first / info.elements * info.bytes);
+    const std::size_t bytes = static_cast<std::size_t>(count / info.elements * info.bytes);
+    out.blocks.clear();
+    out.blocks.reserve(static_cast<std::size_t>(m.rows) * bytes);
+    for (std::int64_t n = 0; n < m.rows; ++n) {
+      const auto row = m.blocks.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(n) * row_bytes + from);
+      out.blocks.insert(out.blocks.end(), row, row + static_cast<std::ptrdiff_t>(bytes));
+    }
+    return out;
+  }
+  if (m.sparse_2_4 && (first % 4 != 0 || count % 4 != 0)) {
+    fail("{}: input columns [{}, {}) split the 2:4 pattern's runs of 4", m.name, first, first + count);
+  }
+  // The groups the kept columns use, in their original order, renumbered densely.
+  std::vector<std::int32_t> renumber(static_cast<std::size_t>(m.groups), -1);
+  for (std::int64_t k = first; k < first + count; ++k) renumber[static_cast<std::size_t>(m.group(k))] = 0;
+  std::vector<std::int64_t> kept;
+  for (std::int64_t g = 0; g < m.groups; ++g) {
+    if (renumber[static_cast<std::size_t>(g)] == 0) {
+      renumber[static_cast<std::size_t>(g)] = static_cast<std::int32_t>(kept.size());
+      kept.push_back(g);
+    }
+  }
+  out.groups = static_cast<std::int64_t>(kept.size());
+  out.group_of_col.assign(static_cast<std::size_t>(count), 0);
+  for (std::int64_t k = 0; k < count; ++k) {
+    out.group_of_col[static_cast<std::size_t>(k)] = renumber[static_cast<std::size_t>(m.group(first + k))];
+  }
+  out.codes.assign(static_cast<std::size_t>(m.rows * count), 0);
+  const auto regroup = [&](const auto& values) {
+    using Vector = std::decay_t<decltype(values)>;
+    if (values.empty()) return Vector{};
+    Vector picked(static_cast<std::size_t>(m.rows) * kept.size());
+    for (std::int64_t n = 0; n < m.rows; ++n) {
+      for (std::size_t g = 0; g < kept.size(); ++g) {
+        picked[static_cast<std::size_t>(n) * kept.size() + g] = values[static_cast<std::size_t>(n * m.groups + kept[g])];
+      }
+    }
+    return picked;
+  };
+  for (std::int64_t n = 0; n < m.rows; ++n) {
+    const auto row = m.codes.begin() + static_cast<std::ptrdiff_t>(n * m.cols + first);
+    std::copy(row, row + static_cast<std::ptrdiff_t>(count), out.codes.begin() + static_cast<std::ptrdiff_t>(n * count));
+  }
+  out.scales = regroup(m.scales);
+  out.zeros = regroup(m.zeros);
+  out.mins = regroup(m.mins);
+  return out;
+}
+
+QuantizedMatrix append_zero_row(QuantizedMatrix m) {
+  m.rows += 1;
+  if (m.block_format) {
+    // Every block format scales its codes by a stored factor; all-zero bytes are
+    // a factor of zero, so the row decodes to zeros.
+    m.blocks.resize(m.blocks.size() + m.block_row_bytes());
+    return m;
+  }
+  m.codes.resize(static_cast<std::size_t>(m.rows * m.cols), 0);
+  m.scales.resize(static_cast<std::size_t>(m.rows * m.groups), 0.0f);
+  if (!m.zeros.empty()) m.zeros.resize(static_cast<std::size_t>(m.rows * m.groups), 0);
+  if (!m.mins.empty()) m.mins.resize(static_cast<std::size_t>(m.rows * m.groups), 0.0f);
+  return m;
 }
 
 std::vector<std::int32_t> contiguous_groups(std::int64_t cols, std::int64_t group_size) {

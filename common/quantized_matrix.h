@@ -72,6 +72,18 @@ struct QuantizedMatrix {
 // and the column-to-group map, offset kind, scale precision, 2:4 sparsity, block format.
 std::optional<QuantizedMatrix> stack_rows(std::span<const QuantizedMatrix> parts, std::string name);
 
+// Rows [first, first + count) (a column-parallel shard: its output features).
+// Block-quantized rows are byte ranges; unpacked rows keep every group.
+QuantizedMatrix slice_rows(const QuantizedMatrix& m, std::int64_t first, std::int64_t count);
+// Input columns [first, first + count) (a row-parallel shard). Each column keeps
+// its group (act-order's g_idx included); groups no kept column uses are dropped
+// and the rest renumbered in order. Block-quantized matrices split only on block
+// boundaries: anything else throws nibble::Error naming the format.
+QuantizedMatrix slice_cols(const QuantizedMatrix& m, std::int64_t first, std::int64_t count);
+// The matrix with one more row whose weights are all zero (a vocabulary shard's
+// row for tokens another rank owns).
+QuantizedMatrix append_zero_row(QuantizedMatrix m);
+
 // group_of_col for plain grouping: column k is in group k / group_size
 // (group_size <= 0 means one group for the whole row).
 std::vector<std::int32_t> contiguous_groups(std::int64_t cols, std::int64_t group_size);

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "dist/communicator.h"
 #include "engine/weight_binder.h"
 
 namespace nibble::engine {
@@ -22,11 +23,13 @@ void DecoderLayer::forward(const StepContext& step, Workspace& ws, std::int64_t 
   kernels::Backend& backend = step.backend;
   attention_norm.run(backend, ws.x(), step.rows, hidden, ws.h());
   attention.forward(step, ws, ws.h(), ws.h());
+  step.sum_across_ranks(ws.h(), hidden);
   if (!post_attention_norm.empty()) post_attention_norm.run(backend, ws.h(), step.rows, hidden, ws.h());
   backend.add(ws.h(), step.rows * hidden, ws.x());
 
   mlp_norm.run(backend, ws.x(), step.rows, hidden, ws.h());
   mlp.forward(step, ws, ws.h(), ws.h());
+  step.sum_across_ranks(ws.h(), hidden);
   if (!post_mlp_norm.empty()) post_mlp_norm.run(backend, ws.h(), step.rows, hidden, ws.h());
   backend.add(ws.h(), step.rows * hidden, ws.x());
 }
@@ -38,18 +41,33 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
                            const LoadProgress& progress)
     : config_(source.config),
       backend_(backend),
+      shard_(options.tensor_shard),
+      tensor_group_(options.tensor_group),
       workspace_(Workspace::Widths{config_.hidden_size, config_.q_dim(), config_.kv_dim(), config_.intermediate_size, 0}) {
   const Architecture& arch = architecture_of(config_.architecture);
+  if (shard_.has_value() != (tensor_group_ != nullptr) ||
+      (shard_ && (shard_->size != tensor_group_->size() || shard_->rank != tensor_group_->rank()))) {
+    fail("tensor parallelism needs this rank's shard layout and its group, and they must agree on rank and size");
+  }
+  if (tensor_group_ != nullptr && !backend.host_visible_memory()) {
+    // The sums and the logits gather go through host memory (MPI); GPU ranks
+    // will sum on the device through NCCL (dist/nccl_communicator.h).
+    fail("tensor parallelism runs on CPU ranks only for now; the {} backend's memory is not host memory",
+         backend.name());
+  }
   WeightBinder binder(*source.weights, config_, backend, options);
   const auto d = config_.hidden_size;
   const std::string embedding = arch.module(TensorRole::TokenEmbedding);
   const std::string head = arch.module(TensorRole::LmHead);
   const bool separate_head = binder.contains(head + ".weight") || binder.has_quantized(head);
   const bool tied = config_.tie_word_embeddings && !separate_head;
+  // Under tensor parallelism the tables hold this rank's vocabulary rows, the
+  // embedding one more, zero row (loader/tensor_shard.h).
+  const std::int64_t vocab_rows = shard_ ? shard_->vocab : config_.vocab_size;
   // An untied token table is only ever looked up by row, never multiplied sparsely.
-  embedding_ = binder.linear(embedding, config_.vocab_size, d, /*lookup_only=*/!config_.tie_word_embeddings);
+  embedding_ = binder.linear(embedding, vocab_rows + (shard_ ? 1 : 0), d, /*lookup_only=*/!config_.tie_word_embeddings);
   final_norm_ = bind_norm(binder, arch, config_, TensorRole::FinalNorm);
-  lm_head_ = tied ? Linear{head, embedding_.weights, {}} : binder.linear(head, config_.vocab_size, d);
+  lm_head_ = tied ? Linear{head, embedding_.weights, {}} : binder.linear(head, vocab_rows, d);
   std::int64_t stacked_width = 0;
   layers_.reserve(static_cast<std::size_t>(config_.num_layers));
   for (std::int64_t i = 0; i < config_.num_layers; ++i) {
@@ -100,10 +118,10 @@ void DecoderModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache
   const auto vocab = config_.vocab_size;
   if (static_cast<std::int64_t>(logits.size()) < out_rows * vocab) fail("forward: logits buffer too small");
   Workspace& ws = workspace_;
-  const StepContext step{backend_, cache, rows, positions_, segments_, hook_};
+  const StepContext step{backend_, cache, rows, positions_, segments_, hook_, 0, tensor_group_};
 
   const auto d = config_.hidden_size;
-  backend_.embedding(*embedding_.weights, tokens_, ws.x());
+  embed();
   for (const auto& layer : layers_) layer.forward(step, ws, d);
   // The rows whose logits are wanted, normalized side by side so lm_head runs once over them.
   std::int64_t out = 0;
@@ -113,6 +131,10 @@ void DecoderModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache
     const std::int64_t count = all ? segment.rows : 1;
     final_norm_.run(backend_, ws.x() + first * d, count, d, ws.h() + out * d);
     out += count;
+  }
+  if (shard_) {
+    gather_logits(out_rows, logits);
+    return;
   }
   // Where the host reads the backend's memory, lm_head writes straight into `logits`.
   if (backend_.host_visible_memory()) {
@@ -127,13 +149,64 @@ void DecoderModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache
 void DecoderModel::begin_layers(std::span<const BatchEntry> batch) {
   // Blocks of any size: the cache each layer gets checks the tables.
   plan_rows(batch, std::numeric_limits<std::int32_t>::max());
-  backend_.embedding(*embedding_.weights, tokens_, workspace_.x());
+  embed();
 }
 
 void DecoderModel::run_layer(std::int64_t layer, PagedKvCache& cache) {
   if (layer < 0 || layer >= static_cast<std::int64_t>(layers_.size())) fail("no layer {}", layer);
-  const StepContext step{backend_, cache, static_cast<std::int64_t>(tokens_.size()), positions_, segments_, hook_, layer};
+  const StepContext step{backend_, cache, static_cast<std::int64_t>(tokens_.size()), positions_, segments_, hook_, layer,
+                         tensor_group_};
   layers_[static_cast<std::size_t>(layer)].forward(step, workspace_, config_.hidden_size);
+}
+
+void DecoderModel::embed() {
+  if (!shard_) {
+    backend_.embedding(*embedding_.weights, tokens_, workspace_.x());
+    return;
+  }
+  // This rank's rows of the vocabulary are [first_vocab, first_vocab + vocab);
+  // every other token reads the zero row after them. One rank contributes each
+  // token's row and the others zeros, so the sum is that row exactly.
+  local_tokens_.resize(tokens_.size());
+  for (std::size_t i = 0; i < tokens_.size(); ++i) {
+    const std::int64_t local = tokens_[i] - shard_->first_vocab;
+    local_tokens_[i] = static_cast<TokenId>(local >= 0 && local < shard_->vocab ? local : shard_->vocab);
+  }
+  backend_.embedding(*embedding_.weights, local_tokens_, workspace_.x());
+  tensor_group_->all_reduce(workspace_.x(), static_cast<std::int64_t>(tokens_.size()) * config_.hidden_size, DType::F32,
+                            dist::ReduceOp::Sum);
+}
+
+void DecoderModel::gather_logits(std::int64_t out_rows, std::span<float> logits) {
+  // This rank's logits [out_rows, lm_head rows] (its vocabulary, plus the zero
+  // row's 0 when lm_head is the tied embedding), on the host.
+  const std::int64_t local_width = lm_head_.rows();
+  const std::int64_t stride = shard_->vocab_stride;
+  local_logits_.resize(static_cast<std::size_t>(out_rows * local_width));
+  if (backend_.host_visible_memory()) {
+    lm_head_.run(backend_, workspace_.h(), out_rows, local_logits_.data(), hook_);
+  } else {
+    const kernels::Buffer& device = workspace_.logits(backend_, out_rows * local_width);
+    lm_head_.run(backend_, workspace_.h(), out_rows, device.data<float>(), hook_);
+    backend_.download(device, 0, local_logits_.size() * sizeof(float), local_logits_.data());
+  }
+  // Every rank sends `stride` columns per row (the last rank's share may be
+  // shorter: padding), rank after rank; the vocabulary is the ranks' shares in order.
+  send_logits_.assign(static_cast<std::size_t>(out_rows * stride), 0.0f);
+  for (std::int64_t r = 0; r < out_rows; ++r) {
+    std::copy_n(local_logits_.begin() + r * local_width, shard_->vocab, send_logits_.begin() + r * stride);
+  }
+  const auto ranks = static_cast<std::int64_t>(shard_->size);
+  gathered_logits_.resize(static_cast<std::size_t>(ranks * out_rows * stride));
+  tensor_group_->all_gather(send_logits_.data(), gathered_logits_.data(), out_rows * stride, DType::F32);
+  const std::int64_t vocab = config_.vocab_size;
+  for (std::int64_t rank = 0; rank < ranks; ++rank) {
+    const std::int64_t first = rank * stride;
+    const std::int64_t width = std::min(stride, vocab - first);
+    for (std::int64_t r = 0; r < out_rows; ++r) {
+      std::copy_n(gathered_logits_.begin() + (rank * out_rows + r) * stride, width, logits.begin() + r * vocab + first);
+    }
+  }
 }
 
 PagedKvCache DecoderModel::one_layer_cache(std::int32_t num_blocks, std::int32_t block_size) const {

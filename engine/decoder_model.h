@@ -59,9 +59,17 @@ class DecoderModel final : public Model {
  private:
   // The step's rows, positions and segments for `batch`, and room for them.
   void plan_rows(std::span<const BatchEntry> batch, std::int32_t block_size);
+  // The step's tokens into the residual stream (a vocabulary-parallel lookup and
+  // sum under tensor parallelism).
+  void embed();
+  // Tensor parallelism: lm_head over this rank's vocabulary, then every rank's
+  // share gathered into `logits` [out_rows, vocab] on every rank.
+  void gather_logits(std::int64_t out_rows, std::span<float> logits);
 
   ModelConfig config_;
   kernels::Backend& backend_;
+  std::optional<TensorShardLayout> shard_;
+  dist::Communicator* tensor_group_ = nullptr;
   WeightMemory memory_;
   std::map<std::string, int> linear_kinds_;
   std::vector<TensorView> held_;  // mapped or converted host weights the prepared ones may view
@@ -76,6 +84,8 @@ class DecoderModel final : public Model {
   std::vector<TokenId> tokens_;
   std::vector<std::int32_t> positions_;
   std::vector<StepSegment> segments_;
+  std::vector<TokenId> local_tokens_;  // tensor parallelism: tokens as this rank's vocabulary rows
+  std::vector<float> local_logits_, send_logits_, gathered_logits_;
 };
 
 }  // namespace nibble::engine

@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -14,6 +15,11 @@
 #include "engine/paged_kv_cache.h"
 #include "kernels/backend.h"
 #include "loader/model_source.h"
+#include "loader/tensor_shard.h"
+
+namespace nibble::dist {
+class Communicator;
+}
 
 namespace nibble::engine {
 
@@ -38,6 +44,12 @@ struct ModelOptions {
   // Run q/k/v and gate/up as one stacked matrix each when their quantized formats
   // agree. Off only to compare against the separate layers.
   bool stack_linears = true;
+  // Tensor parallelism: the source load_model() gets is this rank's share
+  // (shard_model_source with this layout), and `tensor_group` sums the ranks'
+  // partial outputs (after o_proj, after down_proj, after the vocabulary-parallel
+  // embedding) and gathers their logits. Unset: the whole model on this rank.
+  std::optional<TensorShardLayout> tensor_shard;
+  dist::Communicator* tensor_group = nullptr;
 };
 
 // What the weights cost in memory.

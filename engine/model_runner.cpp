@@ -2,15 +2,20 @@
 
 #include <cmath>
 #include <exception>
+#include <utility>
 
 #include "common/error.h"
 
 namespace nibble::engine {
 
-ModelRunner::ModelRunner(Model& model, std::int32_t num_blocks, std::int32_t block_size, KvDtype kv_dtype)
-    : model_(model), cache_(model.make_kv_cache(num_blocks, block_size, kv_dtype)) {}
+ModelRunner::ModelRunner(Model& model, std::int32_t num_blocks, std::int32_t block_size, KvDtype kv_dtype,
+                         std::function<void(const StepPlan&)> before_step)
+    : model_(model),
+      cache_(model.make_kv_cache(num_blocks, block_size, kv_dtype)),
+      before_step_(std::move(before_step)) {}
 
 StepOutput ModelRunner::execute(const StepPlan& plan) {
+  if (before_step_) before_step_(plan);
   for (const SamplerId id : plan.finished_samplers) choices_.erase(id);
   for (const SamplerSetup& setup : plan.new_samplers) choices_.insert_or_assign(setup.id, Choice{setup, std::nullopt});
   for (const BlockCopy& copy : plan.copies) cache_.copy_block(copy.src, copy.dst, copy.tokens);

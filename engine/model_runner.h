@@ -4,6 +4,7 @@
 // a StepOutput. It decides nothing: which sequences run, which blocks they use and
 // when a choice starts or ends all come in the plan (scheduler/step_scheduler.h).
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <unordered_map>
 #include <vector>
@@ -18,8 +19,10 @@ namespace nibble::engine {
 class ModelRunner {
  public:
   // `model` must outlive the runner.
+  // `before_step`, when set, sees every plan before it runs (tensor parallelism:
+  // rank 0 sends it to the other ranks, engine/plan_broadcast.h).
   ModelRunner(Model& model, std::int32_t num_blocks, std::int32_t block_size,
-              KvDtype kv_dtype = KvDtype::Float32);
+              KvDtype kv_dtype = KvDtype::Float32, std::function<void(const StepPlan&)> before_step = {});
 
   // Copies blocks, runs one forward over the plan's sequences, scores prompt tokens
   // and picks each listed sampler's token. Throws when the forward fails (then no
@@ -44,6 +47,7 @@ class ModelRunner {
   PagedKvCache cache_;
   std::unordered_map<SamplerId, Choice> choices_;
   std::vector<float> logits_;
+  std::function<void(const StepPlan&)> before_step_;
 };
 
 }  // namespace nibble::engine

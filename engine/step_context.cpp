@@ -1,6 +1,12 @@
 #include "engine/step_context.h"
 
+#include "dist/communicator.h"
+
 namespace nibble::engine {
+
+void StepContext::sum_across_ranks(float* data, std::int64_t width) const {
+  if (tensor_group != nullptr) tensor_group->all_reduce(data, rows * width, DType::F32, dist::ReduceOp::Sum);
+}
 
 void Workspace::reserve(kernels::Backend& backend, std::int64_t rows) {
   if (rows <= rows_) return;

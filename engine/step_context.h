@@ -32,6 +32,13 @@ struct StepContext {
   // The cache holds layers [first_cached_layer, ...): 0 for a whole model's cache;
   // layer by layer (the compressor) a one-layer cache serves each layer in turn.
   std::int64_t first_cached_layer = 0;
+  // Tensor parallelism: the group whose ranks each computed part of a block's
+  // output (null: this rank computed all of it).
+  dist::Communicator* tensor_group = nullptr;
+
+  // A row-parallel block's output [rows, width] is this rank's share of the sum:
+  // add the other ranks' shares, in place.
+  void sum_across_ranks(float* data, std::int64_t width) const;
 };
 
 // The activations one step computes on, in the backend's memory: grown to the

@@ -27,7 +27,7 @@ StepSchedulerOptions policy_options(const BatchSchedulerOptions& options, const 
 BatchScheduler::BatchScheduler(engine::Model& model, const BatchSchedulerOptions& options)
     : options_(options),
       policy_(policy_options(options, model)),
-      runner_(model, options.num_blocks, options.block_size, options.kv_dtype) {
+      runner_(model, options.num_blocks, options.block_size, options.kv_dtype, options.before_step) {
   kv_blocks_free_ = policy_.blocks().num_free_blocks();
   worker_ = std::thread([this] { work(); });
 }

@@ -8,6 +8,7 @@
 // step runs. A group (submit_group: n > 1, best_of) computes its prompt once and
 // then forks into one sequence per choice, sharing the prompt's blocks.
 #include <condition_variable>
+#include <functional>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -31,6 +32,9 @@ struct BatchSchedulerOptions {
   std::int32_t block_size = 16;               // positions per block
   engine::KvDtype kv_dtype = engine::KvDtype::Float32;
   std::int64_t max_waiting = 256;             // queued sequences before submit() refuses
+  // Sees each plan on the step thread before it runs (tensor parallelism: rank 0
+  // sends it to the other ranks; engine/plan_broadcast.h).
+  std::function<void(const engine::StepPlan&)> before_step;
 };
 
 class BatchScheduler final : public Scheduler {

@@ -28,6 +28,11 @@ CHATML_TEMPLATE = (
 )
 
 READY_TIMEOUT_S = 60
+# A tensor-parallel run of the same tests (e2e_openai_sdk_tp2): the launcher
+# before the binary ("mpirun -np 2") and the flags after `serve`
+# ("--tensor-parallel-size 2"), both split on spaces.
+LAUNCH = os.environ.get("NIBBLE_LAUNCH", "").split()
+SERVE_ARGS = os.environ.get("NIBBLE_SERVE_ARGS", "").split()
 
 
 def free_port():
@@ -99,8 +104,8 @@ class NibbleServer:
         for _ in range(3):
             self.port = free_port()
             self.stderr_path = os.path.join(self.tmp.name, f"stderr-{self.port}.log")
-            command = [BIN, "--log-level", "info", "serve", "-m", self.model, "--host", "127.0.0.1",
-                       "--port", str(self.port), *self.key_flag, *self.args]
+            command = [*LAUNCH, BIN, "--log-level", "info", "serve", "-m", self.model, "--host", "127.0.0.1",
+                       "--port", str(self.port), *self.key_flag, *SERVE_ARGS, *self.args]
             with open(self.stderr_path, "wb") as stderr:
                 self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                              stderr=stderr, env=self.env)

@@ -1,0 +1,222 @@
+#include "loader/tensor_shard.h"
+
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "common/error.h"
+#include "loader/architecture.h"
+
+namespace nibble {
+
+namespace {
+
+std::string why_not(const ModelConfig& c, int size) {
+  if (c.num_heads % size != 0) return fmt::format("{} query heads do not divide by {}", c.num_heads, size);
+  if (c.num_kv_heads >= size ? c.num_kv_heads % size != 0 : size % c.num_kv_heads != 0) {
+    return fmt::format("{} key/value heads neither divide by {} nor divide it", c.num_kv_heads, size);
+  }
+  if (c.intermediate_size % size != 0) {
+    return fmt::format("intermediate_size {} does not divide by {}", c.intermediate_size, size);
+  }
+  return {};
+}
+
+enum class Split : std::uint8_t { Whole, Rows, Cols };
+
+struct Slice {
+  Split split = Split::Whole;
+  std::int64_t first = 0;
+  std::int64_t count = 0;
+  bool zero_row = false;  // the embedding's row for tokens another rank owns
+};
+
+// A tensor as rank `layout.rank` reads it. Quantized modules are sliced in their
+// stored form (slice_rows/slice_cols); plain tensors as views where the slice is
+// contiguous (row ranges) and as owned copies otherwise.
+class ShardedWeightSource final : public WeightSource {
+ public:
+  ShardedWeightSource(std::unique_ptr<WeightSource> inner, const Architecture& arch, const ModelConfig& full,
+                      const TensorShardLayout& layout)
+      : inner_(std::move(inner)), arch_(arch), layout_(layout), head_dim_(full.head_dim) {}
+
+  std::vector<StoredTensorInfo> list() const override {
+    std::vector<StoredTensorInfo> infos = inner_->list();
+    for (auto& info : infos) {
+      const Slice slice = slice_of(module_of(info.name));
+      if (slice.split == Split::Whole || info.shape.empty()) continue;
+      // Rows are the outer dimension of every layout; input columns the inner.
+      const std::size_t dim = slice.split == Split::Rows ? 0 : info.shape.size() - 1;
+      const auto whole = info.shape[dim];
+      if (whole <= 0) continue;
+      info.shape[dim] = slice.count + (slice.zero_row ? 1 : 0);
+      info.stored_bytes = static_cast<std::uint64_t>(static_cast<double>(info.stored_bytes) *
+                                                     static_cast<double>(info.shape[dim]) / static_cast<double>(whole));
+    }
+    return infos;
+  }
+  bool contains(const std::string& name) const override { return inner_->contains(name); }
+  bool has_quantized(const std::string& module) const override { return inner_->has_quantized(module); }
+  std::uint64_t file_bytes() const override { return inner_->file_bytes(); }
+
+  TensorView load(const std::string& name) const override {
+    TensorView tensor = inner_->load(name);
+    const Slice slice = slice_of(module_of(name));
+    if (slice.split == Split::Whole) return tensor;
+    const bool bias = name.ends_with(".bias");
+    if (bias && slice.split == Split::Cols) {
+      fail("{}: a bias on a row-parallel layer is not supported with tensor parallelism (it would be added once "
+           "per rank)",
+           name);
+    }
+    if (tensor.shape.size() != (bias ? 1u : 2u)) {
+      fail("{}: expected a {} tensor to split across ranks, got shape {}", name, bias ? "1-D" : "2-D",
+           tensor.shape_string());
+    }
+    return slice.split == Split::Rows ? slice_tensor_rows(std::move(tensor), slice)
+                                      : slice_tensor_cols(std::move(tensor), slice);
+  }
+
+  std::optional<QuantizedMatrix> load_quantized(const std::string& module) const override {
+    auto matrix = inner_->load_quantized(module);
+    if (!matrix) return matrix;
+    const Slice slice = slice_of(module);
+    switch (slice.split) {
+      case Split::Whole: return matrix;
+      case Split::Rows: {
+        QuantizedMatrix rows = slice_rows(*matrix, slice.first, slice.count);
+        return slice.zero_row ? append_zero_row(std::move(rows)) : rows;
+      }
+      case Split::Cols: return slice_cols(*matrix, slice.first, slice.count);
+    }
+    return matrix;
+  }
+
+ private:
+  static std::string module_of(const std::string& name) {
+    for (const std::string_view suffix : {".weight", ".bias"}) {
+      if (name.ends_with(suffix)) return name.substr(0, name.size() - suffix.size());
+    }
+    return name;
+  }
+
+  Slice slice_of(const std::string& module) const {
+    const auto ref = arch_.parse_module(module);
+    if (!ref) return {};
+    const TensorShardLayout& l = layout_;
+    switch (ref->role) {
+      case TensorRole::Query: return {Split::Rows, l.first_q_head * head_dim_, l.q_heads * head_dim_};
+      case TensorRole::Key:
+      case TensorRole::Value: return {Split::Rows, l.first_kv_head * head_dim_, l.kv_heads * head_dim_};
+      case TensorRole::AttentionOutput: return {Split::Cols, l.first_q_head * head_dim_, l.q_heads * head_dim_};
+      case TensorRole::Gate:
+      case TensorRole::Up: return {Split::Rows, l.first_intermediate, l.intermediate};
+      case TensorRole::Down: return {Split::Cols, l.first_intermediate, l.intermediate};
+      case TensorRole::TokenEmbedding: return {Split::Rows, l.first_vocab, l.vocab, true};
+      case TensorRole::LmHead: return {Split::Rows, l.first_vocab, l.vocab};
+      default: return {};
+    }
+  }
+
+  static TensorView slice_tensor_rows(TensorView tensor, const Slice& slice) {
+    const std::int64_t rows = tensor.shape[0];
+    if (slice.first + slice.count > rows) {
+      fail("{}: rows [{}, {}) of this rank lie outside its {} rows", tensor.name, slice.first,
+           slice.first + slice.count, rows);
+    }
+    const std::size_t row_bytes = tensor.bytes.size() / static_cast<std::size_t>(rows);
+    const auto part = tensor.bytes.subspan(static_cast<std::size_t>(slice.first) * row_bytes,
+                                           static_cast<std::size_t>(slice.count) * row_bytes);
+    tensor.shape[0] = slice.count;
+    if (!slice.zero_row) {
+      tensor.bytes = part;  // a view of the mapped (or converted) whole
+      return tensor;
+    }
+    std::vector<std::byte> bytes(part.begin(), part.end());
+    bytes.resize(bytes.size() + row_bytes);  // zeros: +0.0 in every float dtype
+    tensor.shape[0] += 1;
+    return make_owned_tensor(tensor.name, tensor.dtype, tensor.shape, std::move(bytes));
+  }
+
+  static TensorView slice_tensor_cols(TensorView tensor, const Slice& slice) {
+    const std::int64_t rows = tensor.shape[0];
+    const std::int64_t cols = tensor.shape[1];
+    if (slice.first + slice.count > cols) {
+      fail("{}: input columns [{}, {}) of this rank lie outside its {} columns", tensor.name, slice.first,
+           slice.first + slice.count, cols);
+    }
+    const std::size_t element = dtype_size(tensor.dtype);
+    std::vector<std::byte> bytes(static_cast<std::size_t>(rows * slice.count) * element);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      std::memcpy(bytes.data() + static_cast<std::size_t>(r * slice.count) * element,
+                  tensor.bytes.data() + static_cast<std::size_t>(r * cols + slice.first) * element,
+                  static_cast<std::size_t>(slice.count) * element);
+    }
+    return make_owned_tensor(tensor.name, tensor.dtype, {rows, slice.count}, std::move(bytes));
+  }
+
+  std::unique_ptr<WeightSource> inner_;
+  const Architecture& arch_;
+  TensorShardLayout layout_;
+  std::int64_t head_dim_;
+};
+
+}  // namespace
+
+TensorShardLayout plan_tensor_shard(const ModelConfig& c, int rank, int size) {
+  if (size < 1) fail("tensor-parallel size must be at least 1, got {}", size);
+  if (rank < 0 || rank >= size) fail("rank {} is outside a tensor-parallel group of {}", rank, size);
+  if (c.num_heads <= 0 || c.num_kv_heads <= 0 || c.intermediate_size <= 0 || c.vocab_size <= 0) {
+    fail("the model's config has no heads, MLP width or vocabulary to split");
+  }
+  if (const std::string reason = why_not(c, size); !reason.empty()) {
+    fail("tensor-parallel size {} cannot split this model: {} (query heads and intermediate_size must divide by "
+         "the size, and key/value heads divide by it or divide it); sizes that work: {}",
+         size, reason, workable_tensor_parallel_sizes(c));
+  }
+  TensorShardLayout l;
+  l.rank = rank;
+  l.size = size;
+  l.q_heads = c.num_heads / size;
+  l.first_q_head = rank * l.q_heads;
+  if (c.num_kv_heads >= size) {
+    l.kv_heads = c.num_kv_heads / size;
+    l.first_kv_head = rank * l.kv_heads;
+  } else {
+    // Fewer key/value heads than ranks: each rank keeps the one head its query
+    // heads read (groups of num_heads / num_kv_heads query heads share one).
+    l.kv_heads = 1;
+    l.first_kv_head = l.first_q_head / (c.num_heads / c.num_kv_heads);
+  }
+  l.intermediate = c.intermediate_size / size;
+  l.first_intermediate = rank * l.intermediate;
+  l.vocab_stride = (c.vocab_size + size - 1) / size;
+  l.first_vocab = std::min<std::int64_t>(rank * l.vocab_stride, c.vocab_size);
+  l.vocab = std::min<std::int64_t>(l.vocab_stride, c.vocab_size - l.first_vocab);
+  if (l.vocab <= 0) fail("tensor-parallel size {} leaves rank {} no vocabulary rows of {}", size, rank, c.vocab_size);
+  return l;
+}
+
+std::string workable_tensor_parallel_sizes(const ModelConfig& config, int max_size) {
+  std::string sizes;
+  for (int size = 1; size <= max_size; ++size) {
+    if (config.num_heads <= 0 || config.num_kv_heads <= 0 || !why_not(config, size).empty()) continue;
+    if ((config.vocab_size + size - 1) / size * (size - 1) >= config.vocab_size) continue;
+    sizes += sizes.empty() ? fmt::format("{}", size) : fmt::format(", {}", size);
+  }
+  return sizes;
+}
+
+ModelSource shard_model_source(ModelSource full, const TensorShardLayout& layout) {
+  const Architecture& arch = architecture_of(full.config.architecture);
+  const ModelConfig whole = full.config;
+  full.weights = std::make_unique<ShardedWeightSource>(std::move(full.weights), arch, whole, layout);
+  full.config.num_heads = layout.q_heads;
+  full.config.num_kv_heads = layout.kv_heads;
+  full.config.intermediate_size = layout.intermediate;
+  return full;
+}
+
+}  // namespace nibble

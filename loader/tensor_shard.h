@@ -1,0 +1,51 @@
+#pragma once
+// One rank's share of a model under tensor parallelism (Megatron-LM's split):
+// column-parallel q/k/v and gate/up (each rank computes its heads and its slice
+// of the MLP's width), row-parallel o and down (each rank reads its slice of the
+// input and the ranks' outputs are summed), and a vocabulary-parallel embedding
+// and lm_head. The rank's model is an ordinary, narrower model: its config has
+// its heads and width, its weights are slices of the file's, and every format
+// is sliced in its stored form (quantized codes and file blocks are never
+// widened). The engine adds the sums and the gather (DecoderModel).
+#include <cstdint>
+#include <string>
+
+#include "loader/model_config.h"
+#include "loader/model_source.h"
+
+namespace nibble {
+
+struct TensorShardLayout {
+  int rank = 0;
+  int size = 1;
+  std::int64_t first_q_head = 0, q_heads = 0;
+  // Key/value heads: a contiguous run when there are at least as many as ranks;
+  // otherwise one head, shared (replicated) by the ranks whose query heads use it.
+  std::int64_t first_kv_head = 0, kv_heads = 0;
+  std::int64_t first_intermediate = 0, intermediate = 0;
+  // This rank's rows of the vocabulary: ceil(vocab / size) each, the last rank
+  // the rest. The embedding gets one more, all-zero row for tokens other ranks
+  // own, so a lookup is local and the ranks' results sum to the full row.
+  std::int64_t first_vocab = 0, vocab = 0;
+  std::int64_t vocab_stride = 0;  // ceil(vocab / size): every rank's share in a gather
+
+  bool sharded() const { return size > 1; }
+};
+
+// The split of `config` for `rank` of `size` ranks. Throws nibble::Error stating
+// the rule and the sizes that would work when the heads or the MLP width do not
+// divide (query heads and intermediate size by `size`; key/value heads by
+// `size`, or `size` by them).
+TensorShardLayout plan_tensor_shard(const ModelConfig& config, int rank, int size);
+
+// The tensor-parallel sizes (1..max_size) `config` can be split into.
+std::string workable_tensor_parallel_sizes(const ModelConfig& config, int max_size = 16);
+
+// `full` as rank layout.rank sees it: the config narrowed (num_heads,
+// num_kv_heads, intermediate_size; vocab_size stays whole, it is what the
+// sampler sees) and the weights wrapped so that every tensor reads as this
+// rank's slice. Tensors the split does not name (norms, QK-norms) are whole on
+// every rank.
+ModelSource shard_model_source(ModelSource full, const TensorShardLayout& layout);
+
+}  // namespace nibble

@@ -1,0 +1,208 @@
+// Tensor parallelism against the single-rank model, across real ranks: ctest runs
+// this binary under `mpirun -np N`. Every rank loads the whole model (the
+// reference) and its own share, runs both on the same batches, and compares:
+// logits within 1e-5 relative (the ranks' partial sums are added in another
+// order than one rank's dot products), greedy tokens identical, and the share's
+// resident weights within total / N plus the replicated norms plus 5 %.
+//
+// NIBBLE_TP_MODEL picks the model: "stories" (stories260K: 8 query heads, 4
+// key/value heads, MLP width 172; N = 2 or 4) or "smollm2" (the bundled
+// SmolLM2-135M Q4_1 GGUF: 9 query heads, 3 key/value heads, width 1536, its
+// quantized codes sliced; N = 3).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "dist/mpi_communicator.h"
+#include "engine/decoder_model.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "loader/model_source.h"
+#include "loader/tensor_shard.h"
+#include "stories_model.h"
+
+namespace nibble {
+namespace {
+
+using engine::BatchEntry;
+using engine::DecoderModel;
+using engine::Logits;
+using engine::ModelOptions;
+
+dist::Communicator& world() {
+  static const auto communicator = dist::make_mpi_world();
+  return *communicator;
+}
+
+std::string model_kind() {
+  const char* kind = std::getenv("NIBBLE_TP_MODEL");
+  return kind != nullptr ? kind : "stories";
+}
+
+ModelSource open_source(const testing::TempDir& dir) {
+  if (model_kind() == "smollm2") {
+    return open_model(std::filesystem::path(NIBBLE_MODEL_CACHE) / "SmolLM2-135M-Instruct.Q4_1.gguf");
+  }
+  return testing::StoriesModel::convert_and_open(dir);
+}
+
+// The whole model and this rank's share, side by side on one rank.
+struct Models {
+  Models()
+      : full_source(open_source(dir)),
+        layout(plan_tensor_shard(full_source.config, world().rank(), world().size())),
+        shard_source(shard_model_source(open_source(dir), layout)),
+        backend(kernels::CpuBackendOptions{1, false}),
+        full(full_source, backend),
+        shard(shard_source, backend, options(layout)) {}
+
+  static ModelOptions options(const TensorShardLayout& layout) {
+    ModelOptions o;
+    o.tensor_shard = layout;
+    o.tensor_group = &world();
+    return o;
+  }
+
+  testing::TempDir dir;
+  ModelSource full_source;
+  TensorShardLayout layout;
+  ModelSource shard_source;
+  kernels::CpuBackend backend;
+  DecoderModel full;
+  DecoderModel shard;
+};
+
+Models& models() {
+  static Models m;
+  return m;
+}
+
+std::vector<std::vector<TokenId>> prompts(std::int64_t vocab) {
+  std::vector<std::vector<TokenId>> out;
+  std::mt19937 rng(42);  // the same on every rank: the ranks must run the same batch
+  for (const std::size_t length : {1u, 5u, 17u, 33u, 64u}) {
+    std::vector<TokenId> tokens{1};
+    std::uniform_int_distribution<TokenId> token(3, static_cast<TokenId>(vocab - 1));
+    while (tokens.size() < length) tokens.push_back(token(rng));
+    out.push_back(tokens);
+  }
+  return out;
+}
+
+// max |got - want| over max |want|, over the whole span; NaN never passes.
+double relative_error(std::span<const float> got, std::span<const float> want) {
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    if (std::isnan(got[i]) || std::isnan(want[i])) return INFINITY;
+    diff = std::max(diff, static_cast<double>(std::abs(got[i] - want[i])));
+    scale = std::max(scale, static_cast<double>(std::abs(want[i])));
+  }
+  return diff / std::max(scale, 1e-30);
+}
+
+TokenId argmax(std::span<const float> row) {
+  return static_cast<TokenId>(std::max_element(row.begin(), row.end()) - row.begin());
+}
+
+TEST(TensorParallel, TheShardIsTheLayoutOfThisRank) {
+  const Models& m = models();
+  EXPECT_EQ(m.layout.size, world().size());
+  EXPECT_EQ(m.shard.config().num_heads * world().size(), m.full.config().num_heads);
+  EXPECT_EQ(m.shard.config().intermediate_size * world().size(), m.full.config().intermediate_size);
+  EXPECT_EQ(m.shard.config().vocab_size, m.full.config().vocab_size) << "the sampler sees the whole vocabulary";
+}
+
+TEST(TensorParallel, PromptLogitsMatchTheSingleRankModel) {
+  Models& m = models();
+  const auto vocab = m.full.config().vocab_size;
+  for (const auto& tokens : prompts(vocab)) {
+    const auto n = static_cast<std::int64_t>(tokens.size());
+    std::vector<float> want(static_cast<std::size_t>(n * vocab)), got(want.size());
+    engine::SequenceCache full_cache(m.full, n + 8), shard_cache(m.shard, n + 8);
+    m.full.forward(tokens, 0, full_cache, Logits::AllRows, want);
+    m.shard.forward(tokens, 0, shard_cache, Logits::AllRows, got);
+    EXPECT_LE(relative_error(got, want), 1e-5) << "prompt of " << n << " tokens on rank " << world().rank();
+  }
+}
+
+TEST(TensorParallel, SixtyFourGreedyTokensAreIdentical) {
+  Models& m = models();
+  const auto vocab = m.full.config().vocab_size;
+  for (const auto& prompt : prompts(vocab)) {
+    const auto n = static_cast<std::int64_t>(prompt.size());
+    engine::SequenceCache full_cache(m.full, n + 64), shard_cache(m.shard, n + 64);
+    std::vector<float> want(static_cast<std::size_t>(vocab)), got(want.size());
+    m.full.forward(prompt, 0, full_cache, Logits::LastRow, want);
+    m.shard.forward(prompt, 0, shard_cache, Logits::LastRow, got);
+    std::vector<TokenId> want_tokens, got_tokens;
+    double worst = 0;
+    for (int step = 0; step < 64; ++step) {
+      want_tokens.push_back(argmax(want));
+      got_tokens.push_back(argmax(got));
+      worst = std::max(worst, relative_error(got, want));
+      const TokenId next_want = want_tokens.back(), next_got = got_tokens.back();
+      m.full.forward(std::span(&next_want, 1), n + step, full_cache, Logits::LastRow, want);
+      m.shard.forward(std::span(&next_got, 1), n + step, shard_cache, Logits::LastRow, got);
+    }
+    EXPECT_EQ(got_tokens, want_tokens) << "prompt of " << n << " tokens";
+    EXPECT_LE(worst, 1e-5);
+  }
+}
+
+// Several sequences in one step, prefill and decode mixed, as the scheduler
+// batches them: the same batch through both models.
+TEST(TensorParallel, BatchedStepsMatchTheSingleRankModel) {
+  Models& m = models();
+  const auto vocab = m.full.config().vocab_size;
+  const auto all = prompts(vocab);
+  const std::int32_t block = 16, blocks = 64;
+  auto full_cache = m.full.make_kv_cache(blocks, block);
+  auto shard_cache = m.shard.make_kv_cache(blocks, block);
+  std::vector<std::vector<std::int32_t>> tables;
+  for (std::int32_t s = 0; s < 4; ++s) {
+    tables.push_back({});
+    for (std::int32_t b = 0; b < 6; ++b) tables.back().push_back(s * 6 + b);
+  }
+  // Step 1: prompts 1..4 (lengths 5, 17, 33, 64) prefilled together, last rows.
+  std::vector<BatchEntry> batch;
+  for (std::size_t s = 0; s < 4; ++s) batch.push_back({all[s + 1], 0, tables[s], s == 2 ? Logits::AllRows : Logits::LastRow});
+  const std::int64_t rows = 1 + 1 + all[3].size() + 1;
+  std::vector<float> want(static_cast<std::size_t>(rows * vocab)), got(want.size());
+  m.full.forward_batch(batch, full_cache, want);
+  m.shard.forward_batch(batch, shard_cache, got);
+  EXPECT_LE(relative_error(got, want), 1e-5);
+  // Step 2: one decode token each.
+  std::vector<std::vector<TokenId>> next(4);
+  batch.clear();
+  for (std::size_t s = 0; s < 4; ++s) {
+    next[s] = {static_cast<TokenId>(7 + s)};
+    batch.push_back({next[s], static_cast<std::int64_t>(all[s + 1].size()), tables[s], Logits::LastRow});
+  }
+  want.assign(static_cast<std::size_t>(4 * vocab), 0.0f);
+  got.assign(want.size(), 1.0f);
+  m.full.forward_batch(batch, full_cache, want);
+  m.shard.forward_batch(batch, shard_cache, got);
+  EXPECT_LE(relative_error(got, want), 1e-5);
+}
+
+TEST(TensorParallel, EachRankHoldsItsShareOfTheWeights) {
+  const Models& m = models();
+  const ModelConfig& c = m.full.config();
+  // Replicated on every rank: the norms (two per layer and the final one) and the
+  // embedding's zero row, in float32.
+  const double replicated = static_cast<double>((2 * c.num_layers + 1) * c.hidden_size * 4 + c.hidden_size * 4);
+  const double total = static_cast<double>(m.full.weight_memory().total);
+  const double bound = total / world().size() + replicated + 0.05 * total / world().size();
+  EXPECT_LE(static_cast<double>(m.shard.weight_memory().total), bound)
+      << "rank " << world().rank() << " holds " << m.shard.weight_memory().total << " of " << total << " bytes";
+  EXPECT_GT(m.shard.weight_memory().total, 0u);
+}
+
+}  // namespace
+}  // namespace nibble

@@ -1,0 +1,72 @@
+"""A tensor-parallel server losing a rank mid-stream (issue 17's fault test).
+
+Run by ctest with NIBBLE_LAUNCH="mpirun -np 2" and NIBBLE_SERVE_ARGS
+"--tensor-parallel-size 2". Rank 1 is killed (SIGKILL) while rank 0 streams a
+long completion: the client's stream must end (an error, never a wait), and
+the group must exit non-zero, saying which rank died, within 30 s.
+"""
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+from nibble_server import NibbleServer, convert_stories260k
+
+LIMIT_S = 30
+
+
+def rank_of(pid):
+    """The MPI world rank of process `pid` (from its environment), or None."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for entry in f.read().split(b"\0"):
+                if entry.startswith(b"OMPI_COMM_WORLD_RANK="):
+                    return int(entry.split(b"=", 1)[1])
+    except OSError:
+        return None
+    return None
+
+
+def descendants(pid):
+    found, pending = [], [pid]
+    while pending:
+        parent = pending.pop()
+        children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
+        found += [int(c) for c in children]
+        pending += [int(c) for c in children]
+    return found
+
+
+class ADeadRankEndsTheGroup(unittest.TestCase):
+    def test_killing_rank_1_mid_stream_ends_the_stream_and_the_server(self):
+        with tempfile.TemporaryDirectory(prefix="nibble-e2e-model-") as tmp:
+            server = NibbleServer(convert_stories260k(tmp)).start()
+            try:
+                workers = [p for p in descendants(server.proc.pid) if rank_of(p) == 1]
+                self.assertEqual(len(workers), 1, f"rank 1 among {descendants(server.proc.pid)}")
+                connection, response = server.open_stream(
+                    "/v1/completions", {"model": "stories260K", "prompt": "Once upon a time", "max_tokens": 480,
+                                        "ignore_eos": True, "stream": True}, timeout=LIMIT_S)
+                self.assertEqual(response.status, 200)
+                self.assertTrue(response.readline().startswith(b"data: "), "the stream started")
+                killed_at = time.monotonic()
+                os.kill(workers[0], signal.SIGKILL)
+                # The stream ends (an error or a cut connection), well before it could finish.
+                try:
+                    while response.readline():
+                        self.assertLess(time.monotonic() - killed_at, LIMIT_S, "the stream kept going")
+                except OSError:
+                    pass
+                connection.close()
+                status = server.proc.wait(timeout=LIMIT_S)
+                self.assertLess(time.monotonic() - killed_at, LIMIT_S)
+                self.assertNotEqual(status, 0, "the group exits with a failure")
+                self.assertIn("rank 1", server.stderr(), "the launcher names the rank that died")
+            finally:
+                server.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
