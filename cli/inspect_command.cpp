@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "engine/model_stats.h"
 #include "loader/model_source.h"
+#include "loader/tensor_shard.h"
 
 namespace nibble::cli {
 namespace {
@@ -22,13 +23,36 @@ std::string human_bytes(double bytes) {
   return fmt::format("{:.2f} {}", bytes, units[unit]);
 }
 
-void run_inspect(const std::string& model_path, bool as_json) {
+// Each rank's share under tensor parallelism (loader/tensor_shard.h): the bytes
+// of weights it maps or keeps, as stored, and its KV cache per token.
+nlohmann::json tensor_parallel_shares(const std::string& model_path, int size, std::uint64_t whole_bytes) {
+  nlohmann::json ranks = nlohmann::json::array();
+  for (int rank = 0; rank < size; ++rank) {
+    ModelSource whole = open_model(model_path);
+    const TensorShardLayout layout = plan_tensor_shard(whole.config, rank, size);
+    const engine::ModelStats share = engine::compute_model_stats(shard_model_source(std::move(whole), layout));
+    ranks.push_back({{"rank", rank},
+                     {"stored_bytes", share.stored_bytes},
+                     {"fraction_of_whole", static_cast<double>(share.stored_bytes) / static_cast<double>(whole_bytes)},
+                     {"kv_bytes_per_token_f32", share.kv_bytes_per_token_f32},
+                     {"q_heads", layout.q_heads},
+                     {"kv_heads", layout.kv_heads},
+                     {"intermediate", layout.intermediate},
+                     {"vocab", layout.vocab}});
+  }
+  return ranks;
+}
+
+void run_inspect(const std::string& model_path, bool as_json, int tensor_parallel_size) {
   const ModelSource source = open_model(model_path);
   const ModelConfig& c = source.config;
   const engine::ModelStats stats = engine::compute_model_stats(source);
   const char* format = source.format == ModelFormat::Gguf ? "gguf" : "safetensors";
+  const nlohmann::json shares = tensor_parallel_size > 1
+                                    ? tensor_parallel_shares(model_path, tensor_parallel_size, stats.stored_bytes)
+                                    : nlohmann::json();
   if (as_json) {
-    const nlohmann::json out = {
+    nlohmann::json out = {
         {"path", source.path.string()},
         {"format", format},
         {"architecture", c.architecture},
@@ -45,7 +69,9 @@ void run_inspect(const std::string& model_path, bool as_json) {
         {"kv_bytes_per_token_f16", stats.kv_bytes_per_token_f16},
         {"has_chat_template", source.chat_template.has_value()},
         {"quantization", source.quantization ? source.quantization->to_json() : nlohmann::json()},
+        {"tensor_parallel_workable_sizes", workable_tensor_parallel_sizes(c)},
     };
+    if (!shares.is_null()) out["tensor_parallel"] = shares;
     std::printf("%s\n", out.dump(2).c_str());
     return;
   }
@@ -75,6 +101,15 @@ void run_inspect(const std::string& model_path, bool as_json) {
   std::printf("kv cache       %s per token in fp32, %s in fp16\n",
               human_bytes(static_cast<double>(stats.kv_bytes_per_token_f32)).c_str(),
               human_bytes(static_cast<double>(stats.kv_bytes_per_token_f16)).c_str());
+  std::printf("tensor parallel %s ranks can split it\n", workable_tensor_parallel_sizes(c).c_str());
+  for (const auto& rank : shares) {
+    std::printf("  rank %d: weights %s (%.1f %% of the whole), kv %s per token in fp32; heads %lld (kv %lld), mlp %lld, "
+                "vocab %lld\n",
+                rank["rank"].get<int>(), human_bytes(rank["stored_bytes"].get<double>()).c_str(),
+                100.0 * rank["fraction_of_whole"].get<double>(), human_bytes(rank["kv_bytes_per_token_f32"].get<double>()).c_str(),
+                rank["q_heads"].get<long long>(), rank["kv_heads"].get<long long>(), rank["intermediate"].get<long long>(),
+                rank["vocab"].get<long long>());
+  }
 }
 
 }  // namespace
@@ -85,7 +120,11 @@ void add_inspect_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("inspect", "Describe a model: architecture, size, compression, cost per token");
   cmd->add_option("-m,--model", *model, "Model folder (Hugging Face) or .gguf file")->required();
   cmd->add_flag("--json", *as_json, "Print JSON");
-  cmd->callback([model, as_json] { run_inspect(*model, *as_json); });
+  auto tensor_parallel_size = std::make_shared<int>(1);
+  cmd->add_option("--tensor-parallel-size", *tensor_parallel_size,
+                  "Also show each rank's share of a split across N ranks (weights as stored, KV per token)")
+      ->check(CLI::Range(1, 1024));
+  cmd->callback([model, as_json, tensor_parallel_size] { run_inspect(*model, *as_json, *tensor_parallel_size); });
 }
 
 }  // namespace nibble::cli

@@ -8,7 +8,9 @@
 // NIBBLE_TP_MODEL picks the model: "stories" (stories260K: 8 query heads, 4
 // key/value heads, MLP width 172; N = 2 or 4) or "smollm2" (the bundled
 // SmolLM2-135M Q4_1 GGUF: 9 query heads, 3 key/value heads, width 1536, its
-// quantized codes sliced; N = 3).
+// quantized codes sliced; N = 3) or "gptq_actorder" (GPTQModel's 4-bit
+// act-order checkpoint of a tiny Llama in tests/quant/fixtures: each
+// row-parallel share keeps its columns' g_idx; N = 2).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -48,6 +50,9 @@ std::string model_kind() {
 ModelSource open_source(const testing::TempDir& dir) {
   if (model_kind() == "smollm2") {
     return open_model(std::filesystem::path(NIBBLE_MODEL_CACHE) / "SmolLM2-135M-Instruct.Q4_1.gguf");
+  }
+  if (model_kind() == "gptq_actorder") {
+    return open_model(std::filesystem::path(NIBBLE_SOURCE_DIR) / "tests/quant/fixtures/gptq_w4_g64_asym_actorder");
   }
   return testing::StoriesModel::convert_and_open(dir);
 }

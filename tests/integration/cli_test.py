@@ -138,6 +138,22 @@ class SmolLM2(unittest.TestCase):
         self.assertGreater(out["compression_vs_fp16"], 2.5)
         self.assertTrue(out["has_chat_template"])
 
+    def test_inspect_shows_each_tensor_parallel_ranks_share(self):
+        out = json.loads(nibble("inspect", "-m", SMOLLM2, "--json", "--tensor-parallel-size", "3").stdout)
+        self.assertEqual(out["tensor_parallel_workable_sizes"], "1, 3")
+        ranks = out["tensor_parallel"]
+        self.assertEqual([r["rank"] for r in ranks], [0, 1, 2])
+        for rank in ranks:
+            # Its third of the weights; the norms (replicated, float32) are a few KiB.
+            self.assertLessEqual(rank["stored_bytes"], out["stored_bytes"] / 3 * 1.05)
+            self.assertGreater(rank["stored_bytes"], out["stored_bytes"] / 3 * 0.95)
+            self.assertEqual((rank["q_heads"], rank["kv_heads"], rank["intermediate"]), (3, 1, 512))
+            self.assertEqual(rank["kv_bytes_per_token_f32"], out["kv_bytes_per_token_f32"] // 3)
+        refused = nibble("inspect", "-m", SMOLLM2, "--tensor-parallel-size", "2", check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("9 query heads do not divide by 2", refused.stderr)
+        self.assertIn("sizes that work: 1, 3", refused.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
