@@ -93,7 +93,37 @@ std::string weight_format(const scheduler::MemoryPlan& plan, const scheduler::Pl
                      inputs.weights.quantize_embeddings ? "" : "; embeddings, lm_head, norms 16-bit");
 }
 
-nlohmann::json plan_json(const PlannedModel& model, const scheduler::PlanInputs& inputs,
+// The `nibble serve` command line that runs the plan: the split it recommends,
+// the context and concurrency it sized the KV cache for, and its KV precision.
+std::string serve_command(const PlanOptions& options, const scheduler::PlanInputs& inputs,
+                          const scheduler::MemoryPlan& plan) {
+  const std::string model = options.model.empty() ? "CHECKPOINT" : options.model;
+  const char* kv_dtype = inputs.kv_bytes == 4 ? "float32" : inputs.kv_bytes == 2 ? "float16" : "int8";
+  std::string command;
+  const auto ranks = plan.on_gpu ? plan.parallelism.gpus() : 1;
+  if (ranks > 1) command += fmt::format("mpirun -np {} ", ranks);
+  command += fmt::format("nibble serve -m {}", model);
+  if (plan.on_gpu) {
+    command += " --device cuda";
+    if (plan.parallelism.tensor > 1) command += fmt::format(" --tensor-parallel-size {}", plan.parallelism.tensor);
+    if (plan.parallelism.pipeline > 1) command += fmt::format(" --pipeline-parallel-size {}", plan.parallelism.pipeline);
+  } else {
+    command += fmt::format(" --memory-budget {}", options.memory_budget);
+  }
+  command += fmt::format(" --max-model-len {} --max-num-seqs {} --kv-cache-dtype {}", plan.context, plan.concurrency,
+                         kv_dtype);
+  return command;
+}
+
+// What of that command this build cannot run yet (docs/parallel.md), or "".
+std::string command_caveat(const scheduler::MemoryPlan& plan) {
+  if (!plan.on_gpu || plan.parallelism.gpus() == 1) return "";
+  return plan.parallelism.pipeline > 1
+             ? "pipeline parallelism and GPU ranks are not implemented yet (docs/parallel.md)"
+             : "tensor parallelism runs on CPU ranks today; GPU ranks are not wired yet (docs/parallel.md)";
+}
+
+nlohmann::json plan_json(const PlanOptions& options, const PlannedModel& model, const scheduler::PlanInputs& inputs,
                          const scheduler::MemoryPlan& plan) {
   const ParameterGroups& p = model.shape.parameters;
   nlohmann::json alternatives = nlohmann::json::array();
@@ -132,6 +162,8 @@ nlohmann::json plan_json(const PlannedModel& model, const scheduler::PlanInputs&
       {"fits", plan.fits},
       {"refusal", plan.refusal},
       {"alternatives", alternatives},
+      {"command", plan.fits ? nlohmann::json(serve_command(options, inputs, plan)) : nlohmann::json()},
+      {"command_caveat", command_caveat(plan)},
   };
 }
 
@@ -140,7 +172,7 @@ std::string count(std::int64_t parameters) {
   return value >= 1e9 ? fmt::format("{:.2f} B", value / 1e9) : fmt::format("{:.2f} M", value / 1e6);
 }
 
-void print_table(const PlannedModel& model, const scheduler::PlanInputs& inputs, const scheduler::MemoryPlan& plan) {
+void print_table(const PlanOptions& options, const PlannedModel& model, const scheduler::PlanInputs& inputs, const scheduler::MemoryPlan& plan) {
   const ParameterGroups& p = model.shape.parameters;
   const auto bytes = [](std::uint64_t value) { return format_bytes(static_cast<double>(value)); };
   fmt::print("model          {} ({})\n", model.path, model.shape.architecture);
@@ -166,6 +198,10 @@ void print_table(const PlannedModel& model, const scheduler::PlanInputs& inputs,
   fmt::print("kv capacity    {} tokens\n", plan.kv_token_capacity);
   fmt::print("result         {}\n", plan.fits ? "fits" : "does not fit");
   for (const auto& alternative : plan.alternatives) fmt::print("  instead      {}\n", alternative.description);
+  if (plan.fits) {
+    fmt::print("command        {}\n", serve_command(options, inputs, plan));
+    if (const std::string caveat = command_caveat(plan); !caveat.empty()) fmt::print("               ({})\n", caveat);
+  }
 }
 
 void run_plan(const PlanOptions& options) {
@@ -173,9 +209,9 @@ void run_plan(const PlanOptions& options) {
   const scheduler::PlanInputs inputs = plan_inputs(options, model);
   const scheduler::MemoryPlan plan = scheduler::plan_memory(model.shape, inputs);
   if (options.as_json) {
-    fmt::print("{}\n", plan_json(model, inputs, plan).dump(2));
+    fmt::print("{}\n", plan_json(options, model, inputs, plan).dump(2));
   } else {
-    print_table(model, inputs, plan);
+    print_table(options, model, inputs, plan);
   }
   std::fflush(stdout);
   scheduler::check_fits(plan);  // a refusal exits non-zero with the reasons and the alternatives

@@ -421,6 +421,28 @@ TEST(PlanCommand, JsonForAFittingPlan) {
   EXPECT_EQ(plan["weight_bytes"], 2 * 6'738'415'616LL);
   EXPECT_EQ(plan["gpus"], 1);
   EXPECT_TRUE(plan["fits"].get<bool>());
+  EXPECT_EQ(plan["command"], "nibble serve -m CHECKPOINT --device cuda --max-model-len 4096 --max-num-seqs 1 "
+                             "--kv-cache-dtype float16");
+}
+
+TEST(PlanCommand, PrintsTheServeCommandForTheSplitItRecommends) {
+  const CommandResult gpus = run_nibble("plan --config " + example("llama-2-70b").string() +
+                                        " --gpu-memory 80GB --context 4096 --concurrency 8 --json");
+  ASSERT_EQ(gpus.exit_code, 0) << gpus.output;
+  const json plan = json::parse(gpus.output);
+  const auto tp = plan["tensor_parallel"].get<int>();
+  ASSERT_GT(tp, 1);
+  EXPECT_EQ(plan["command"], fmt::format("mpirun -np {} nibble serve -m CHECKPOINT --device cuda --tensor-parallel-size {} "
+                                         "--max-model-len 4096 --max-num-seqs 8 --kv-cache-dtype float16",
+                                         tp, tp));
+  EXPECT_NE(plan["command_caveat"].get<std::string>().find("GPU ranks"), std::string::npos);
+  const fs::path gguf = fs::path(NIBBLE_MODEL_CACHE) / "SmolLM2-135M-Instruct.Q4_1.gguf";
+  const CommandResult cpu = run_nibble("plan --model " + gguf.string() + " --memory-budget 1GiB --context 2048 --kv-bits 8");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.output;
+  EXPECT_NE(cpu.output.find("command        nibble serve -m " + gguf.string() +
+                            " --memory-budget 1GiB --max-model-len 2048 --max-num-seqs 1 --kv-cache-dtype int8"),
+            std::string::npos)
+      << cpu.output;
 }
 
 TEST(PlanCommand, KvBitsCoverTheServersCpuCacheDtypes) {
