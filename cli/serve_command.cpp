@@ -77,6 +77,7 @@ struct ServeOptions {
   std::string kv_cache_dtype = "float32";
   std::string memory_budget;  // the whole process: weights + KV + workspace
   int tensor_parallel_size = 1;
+  double collective_timeout = 30;
 };
 
 // The KV cache's share of memory: given, or by default as much as the weights
@@ -240,7 +241,8 @@ void run_serve(const ServeOptions& options) {
       options.tensor_parallel_size,
       fmt::format("nibble {} serve model={} device={} threads={} int8_activations={} kv={} block_size={}",
                   NIBBLE_VERSION, options.model, options.device, options.threads, options.int8_activations,
-                  options.kv_cache_dtype, options.block_size));
+                  options.kv_cache_dtype, options.block_size),
+      to_ms(options.collective_timeout));
   try {
     if (group && !group->leader()) {
       run_serve_worker(options, *backend_owner, *group, shutdown);
@@ -338,7 +340,10 @@ void run_serve(const ServeOptions& options, ShutdownSignal& shutdown, kernels::B
 
   std::optional<StallingModel> stalling;
   if (options.test_stall_after_steps >= 0) stalling.emplace(model, options.test_stall_after_steps);
-  engine::Model& stepped_model = stalling ? static_cast<engine::Model&>(*stalling) : model;
+  engine::Model& unguarded_model = stalling ? static_cast<engine::Model&>(*stalling) : model;
+  std::optional<GroupGuardedModel> guarded;
+  if (group != nullptr) guarded.emplace(unguarded_model, *group);
+  engine::Model& stepped_model = guarded ? static_cast<engine::Model&>(*guarded) : unguarded_model;
   const auto scheduler_owner = make_scheduler(options, stepped_model, served.context_length, group);
   scheduler::Scheduler& scheduler = *scheduler_owner;
   metrics.set_kv_cache_config(options.block_size, scheduler.load().kv_blocks_total, options.kv_cache_dtype);
@@ -435,6 +440,10 @@ void add_serve_command(CLI::App& app) {
                   "Ranks the model is split across (tensor parallelism): start N processes with `mpirun -np N "
                   "nibble serve ... --tensor-parallel-size N`; rank 0 serves HTTP (docs/parallel.md)")
       ->capture_default_str()->check(CLI::Range(1, 1024));
+  cmd->add_option("--collective-timeout", options->collective_timeout,
+                  "With --tensor-parallel-size: seconds a collective may wait for the other ranks before the "
+                  "group is declared failed and every rank ends")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--max-queued", options->max_queued, "Sequences that may wait for the model; beyond: 429")
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--max-body-bytes", options->max_body_bytes, "Largest request body; beyond: 413")

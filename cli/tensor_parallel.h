@@ -3,6 +3,7 @@
 // nibble ...` started. Joining checks the launch and that every rank runs the
 // same build, model and settings before anything is loaded; then each rank
 // opens its share of the model (loader/tensor_shard.h). docs/parallel.md.
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -30,7 +31,29 @@ struct TensorParallelGroup {
 // Nothing for size 1. Otherwise the MPI world, which must have exactly `size`
 // ranks, and `identity` (what must agree across ranks: version, model, flags)
 // compared: any difference is refused on every rank with both values.
-std::optional<TensorParallelGroup> join_tensor_parallel_group(int size, const std::string& identity);
+// `collective_timeout` bounds every collective of the forward.
+std::optional<TensorParallelGroup> join_tensor_parallel_group(
+    int size, const std::string& identity, std::chrono::milliseconds collective_timeout = std::chrono::seconds(30));
+
+// Rank 0's model under tensor parallelism. A collective that times out (a peer
+// died or hung) fails the step, so its requests get the error, and then ends
+// the whole group shortly after: no later step could succeed.
+class GroupGuardedModel final : public engine::Model {
+ public:
+  GroupGuardedModel(engine::Model& inner, TensorParallelGroup& group) : inner_(inner), group_(group) {}
+
+  const ModelConfig& config() const override { return inner_.config(); }
+  kernels::Backend& backend() const override { return inner_.backend(); }
+  const engine::WeightMemory& weight_memory() const override { return inner_.weight_memory(); }
+  const std::map<std::string, int>& linear_kinds() const override { return inner_.linear_kinds(); }
+  void set_linear_input_hook(engine::LinearInputHook hook) override { inner_.set_linear_input_hook(std::move(hook)); }
+  void forward_batch(std::span<const engine::BatchEntry> batch, engine::PagedKvCache& cache,
+                     std::span<float> logits) override;
+
+ private:
+  engine::Model& inner_;
+  TensorParallelGroup& group_;
+};
 
 // This rank's share of `source` and the model options that run it.
 struct ShardedModel {

@@ -1,9 +1,10 @@
 """A tensor-parallel server losing a rank mid-stream (issue 17's fault test).
 
 Run by ctest with NIBBLE_LAUNCH="mpirun -np 2" and NIBBLE_SERVE_ARGS
-"--tensor-parallel-size 2". Rank 1 is killed (SIGKILL) while rank 0 streams a
-long completion: the client's stream must end (an error, never a wait), and
-the group must exit non-zero, saying which rank died, within 30 s.
+"--tensor-parallel-size 2". While rank 0 streams a long completion, rank 1 is
+killed (SIGKILL) or hung (SIGSTOP): the client's stream must end (an error,
+never a wait), and the group must exit non-zero, saying what failed, within
+30 s.
 """
 import os
 import signal
@@ -65,6 +66,47 @@ class ADeadRankEndsTheGroup(unittest.TestCase):
                 self.assertNotEqual(status, 0, "the group exits with a failure")
                 self.assertIn("rank 1", server.stderr(), "the launcher names the rank that died")
             finally:
+                server.close()
+
+
+    def test_a_hung_rank_fails_the_step_and_ends_the_group(self):
+        # A peer that stops answering is found by the collective's deadline
+        # (3 s here, 30 s by default): the step's request gets the error, /health
+        # goes red, and every rank ends.
+        with tempfile.TemporaryDirectory(prefix="nibble-e2e-model-") as tmp:
+            server = NibbleServer(convert_stories260k(tmp), "--collective-timeout", "3").start()
+            try:
+                workers = [p for p in descendants(server.proc.pid) if rank_of(p) == 1]
+                self.assertEqual(len(workers), 1)
+                connection, response = server.open_stream(
+                    "/v1/completions", {"model": "stories260K", "prompt": "Once upon a time", "max_tokens": 480,
+                                        "ignore_eos": True, "stream": True}, timeout=LIMIT_S)
+                self.assertEqual(response.status, 200)
+                self.assertTrue(response.readline().startswith(b"data: "))
+                stopped_at = time.monotonic()
+                os.kill(workers[0], signal.SIGSTOP)
+                events = b""
+                try:
+                    while True:
+                        line = response.readline()
+                        if not line:
+                            break
+                        events += line
+                        self.assertLess(time.monotonic() - stopped_at, LIMIT_S, "the stream kept going")
+                except OSError:
+                    pass
+                connection.close()
+                self.assertIn(b"did not complete within 3.0 s", events, "the request is told why it failed")
+                status = server.proc.wait(timeout=LIMIT_S)
+                self.assertLess(time.monotonic() - stopped_at, LIMIT_S)
+                self.assertNotEqual(status, 0)
+                self.assertIn("tensor_parallel_group_failed", server.stderr())
+            finally:
+                for pid in workers:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
                 server.close()
 
 
