@@ -12,9 +12,12 @@
 #include "cli/commands.h"
 #include "cli/load_progress.h"
 #include "cli/process_stats.h"
+#include "cli/tensor_parallel.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "engine/decoder_model.h"
+#include "engine/model_runner.h"
+#include "engine/plan_broadcast.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
 #include "scheduler/generate.h"
@@ -45,6 +48,7 @@ struct GenerateOptions {
   bool ignore_eos = false;
   bool json = false;
   bool expand_quantized = false;
+  int tensor_parallel_size = 1;
 };
 
 std::string read_text_file(const std::string& path) {
@@ -53,15 +57,52 @@ std::string read_text_file(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
+// Ranks 1..N-1 of a tensor-parallel generate: their share of the model and a
+// cache for any request within the context, running rank 0's plans.
+void run_generate_worker(const GenerateOptions& options, kernels::Backend& backend, TensorParallelGroup& group) {
+  engine::ModelOptions model_options;
+  model_options.expand_quantized = options.expand_quantized;
+  ShardedModel sharded = shard_for(open_model(options.model), group, model_options);
+  engine::DecoderModel model(sharded.source, backend, sharded.options);
+  engine::ModelRunner runner(model, scheduler::cache_blocks_for(model.config().max_position_embeddings),
+                             scheduler::kGenerateBlockSize);
+  engine::run_plan_receiver(runner, *group.plans);
+}
+
+void run_generate(const GenerateOptions& options, kernels::Backend& backend, TensorParallelGroup* group);
+
 void run_generate(const GenerateOptions& options) {
   const auto backend_owner = make_backend(options.device, options.threads, options.int8_activations);
-  kernels::Backend& backend = *backend_owner;
+  auto group = join_tensor_parallel_group(
+      options.tensor_parallel_size,
+      fmt::format("nibble {} generate model={} device={} threads={} int8_activations={} expand_quantized={}",
+                  NIBBLE_VERSION, options.model, options.device, options.threads, options.int8_activations,
+                  options.expand_quantized));
+  try {
+    if (group && !group->leader()) {
+      run_generate_worker(options, *backend_owner, *group);
+    } else {
+      run_generate(options, *backend_owner, group ? &*group : nullptr);
+      if (group) engine::stop_plan_receivers(*group->plans);
+    }
+  } catch (const std::exception& e) {
+    if (!group) throw;
+    std::fprintf(stderr, "nibble: error on rank %d: %s\n", group->rank(), e.what());
+    std::fflush(stderr);
+    group->tensor->abort_group(1);
+  }
+}
+
+void run_generate(const GenerateOptions& options, kernels::Backend& backend, TensorParallelGroup* group) {
   const auto load_start = std::chrono::steady_clock::now();
   ModelSource source = open_model(options.model);
   const auto tokenizer = load_tokenizer(source.path);
   engine::ModelOptions model_options;
   model_options.expand_quantized = options.expand_quantized;
-  engine::DecoderModel model(source, backend, model_options, load_progress_reporter());
+  std::optional<ShardedModel> sharded;
+  if (group != nullptr) sharded.emplace(shard_for(open_model(options.model), *group, model_options));
+  engine::DecoderModel model(sharded ? sharded->source : source, backend, sharded ? sharded->options : model_options,
+                             load_progress_reporter());
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   const auto& memory = model.weight_memory();
@@ -110,6 +151,7 @@ void run_generate(const GenerateOptions& options) {
   };
   scheduler::GenerateOptions generate_options;
   generate_options.prefill_chunk = options.prefill_chunk;
+  if (group != nullptr) generate_options.before_step = engine::plan_sender(*group->plans);
   const scheduler::GenerationResult result = scheduler::generate(model, request, on_token, {}, generate_options);
   const std::string rest = decoder.flush();
   text += rest;
@@ -122,9 +164,10 @@ void run_generate(const GenerateOptions& options) {
   const double prefill_rate =
       result.prefill_seconds > 0 ? static_cast<double>(request.prompt.size()) / result.prefill_seconds : 0.0;
   if (options.json) {
-    const nlohmann::json out = {
+    nlohmann::json out = {
         {"model", source.path.string()},
         {"backend", backend.name()},
+        {"tensor_parallel_size", group != nullptr ? group->size() : 1},
         {"prompt_tokens", request.prompt.size()},
         {"prompt_ids", request.prompt},
         {"tokens", result.tokens},
@@ -145,6 +188,17 @@ void run_generate(const GenerateOptions& options) {
           {"stacked_linears", memory.stacked_linears},
           {"kinds", model.linear_kinds()}}},
     };
+    if (group != nullptr) {
+      // Rank 0's time and bytes in each kind of collective: what the split costs.
+      nlohmann::json collectives = nlohmann::json::object();
+      for (std::size_t kind = 0; kind < dist::kCollectiveKinds; ++kind) {
+        const auto& counter = group->tensor->stats().by_kind[kind];
+        if (counter.calls == 0) continue;
+        collectives[std::string(dist::collective_name(static_cast<dist::Collective>(kind)))] = {
+            {"calls", counter.calls}, {"bytes", counter.bytes}, {"seconds", counter.seconds}};
+      }
+      out["collectives"] = collectives;
+    }
     std::printf("%s\n", out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::fwrite(rest.data(), 1, rest.size(), stdout);
@@ -185,6 +239,9 @@ void add_generate_command(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--ignore-eos", options->ignore_eos, "Keep generating past end-of-sequence tokens");
   cmd->add_flag("--json", options->json, "Print one JSON object with ids, text and timings instead of streaming");
+  cmd->add_option("--tensor-parallel-size", options->tensor_parallel_size,
+                  "Ranks the model is split across: run under `mpirun -np N` (docs/parallel.md)")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_flag("--expand-quantized", options->expand_quantized,
                 "Expand quantized weights to float32 at load (a benchmark baseline; ~8x the weight memory)");
   cmd->callback([options] { run_generate(*options); });

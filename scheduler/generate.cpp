@@ -25,12 +25,12 @@ GenerationResult generate(engine::Model& model, const SequenceRequest& request,
   // Room for every position the sequence can reach, and one more: it never waits or is preempted.
   const auto prompt_length = static_cast<std::int64_t>(request.prompt.size());
   const std::int64_t positions = std::min(prompt_length + std::min(request.max_tokens, context), context) + 1;
-  constexpr std::int32_t kBlockSize = 16;
-  policy_options.block_size = kBlockSize;
-  policy_options.num_blocks = static_cast<std::int32_t>((positions + kBlockSize - 1) / kBlockSize);
+  policy_options.block_size = kGenerateBlockSize;
+  policy_options.num_blocks = static_cast<std::int32_t>((positions + kGenerateBlockSize - 1) / kGenerateBlockSize);
 
   StepScheduler policy(policy_options);
-  engine::ModelRunner runner(model, policy_options.num_blocks, policy_options.block_size, options.kv_dtype);
+  engine::ModelRunner runner(model, policy_options.num_blocks, policy_options.block_size, options.kv_dtype,
+                             options.before_step);
   constexpr ChoiceId kChoice = 1;
   policy.add(request, {{kChoice, request.sampling.seed}}, Clock::now());
 
@@ -59,6 +59,10 @@ GenerationResult generate(engine::Model& model, const SequenceRequest& request,
   result.prefill_seconds = end->prefill_seconds;
   result.decode_seconds = end->decode_seconds;
   return result;
+}
+
+std::int32_t cache_blocks_for(std::int64_t context) {
+  return static_cast<std::int32_t>((context + 1 + kGenerateBlockSize - 1) / kGenerateBlockSize);
 }
 
 }  // namespace nibble::scheduler

@@ -9,6 +9,7 @@
 
 #include "engine/model.h"
 #include "engine/paged_kv_cache.h"
+#include "engine/step_plan.h"
 #include "scheduler/scheduler.h"
 
 namespace nibble::scheduler {
@@ -16,7 +17,16 @@ namespace nibble::scheduler {
 struct GenerateOptions {
   std::int64_t prefill_chunk = 512;  // prompt tokens per forward pass (64 at most when scoring the prompt)
   engine::KvDtype kv_dtype = engine::KvDtype::Float32;
+  // Sees each plan before it runs (tensor parallelism: rank 0 sends it to the
+  // other ranks, whose caches must hold at least cache_blocks_for(context)).
+  std::function<void(const engine::StepPlan&)> before_step;
 };
+
+// Blocks of kGenerateBlockSize positions that any one generation within
+// `context` positions can use: what the other ranks of a tensor-parallel
+// generate allocate without knowing the request.
+inline constexpr std::int32_t kGenerateBlockSize = 16;
+std::int32_t cache_blocks_for(std::int64_t context);
 
 struct GenerationResult {
   std::vector<TokenId> tokens;
