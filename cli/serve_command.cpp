@@ -129,7 +129,8 @@ std::int32_t kv_blocks(const ServeOptions& options, const engine::Model& model, 
 // `group`: rank 0 of a tensor-parallel group, which tells the other ranks the
 // KV cache's size and sends them every step's plan.
 std::unique_ptr<scheduler::Scheduler> make_scheduler(const ServeOptions& options, engine::Model& model,
-                                                     std::int64_t context, TensorParallelGroup* group) {
+                                                     std::int64_t context, TensorParallelGroup* group,
+                                                     server::ServerMetrics* metrics) {
   scheduler::BatchSchedulerOptions batch;
   batch.max_num_seqs = options.max_num_seqs;
   batch.max_num_batched_tokens = options.max_num_batched_tokens;
@@ -137,7 +138,13 @@ std::unique_ptr<scheduler::Scheduler> make_scheduler(const ServeOptions& options
   batch.num_blocks = kv_blocks(options, model, context);
   if (group != nullptr) {
     share_from_leader(*group, batch.num_blocks);
-    batch.before_step = engine::plan_sender(*group->plans);
+    // On the step thread, before each step: the collectives so far into the
+    // metrics (read where they are written), then the plan to the other ranks.
+    batch.before_step = [send = engine::plan_sender(*group->plans), tensor = group->tensor.get(),
+                         metrics](const engine::StepPlan& plan) {
+      metrics->observe_collectives(tensor->stats());
+      send(plan);
+    };
   }
   batch.kv_dtype = kv_dtype(options);
   batch.max_waiting = options.max_queued;
@@ -272,8 +279,10 @@ void run_serve(const ServeOptions& options, ShutdownSignal& shutdown, kernels::B
   server::ServerMetrics metrics(name, options.metrics_compat == "vllm" ? server::MetricsCompat::Vllm
                                                                        : server::MetricsCompat::None);
   server::OpenAiApi api({api_key, options.public_probes, NIBBLE_VERSION, 1,
-                         {options.readiness_stall_seconds, options.liveness_stall_seconds}},
+                         {options.readiness_stall_seconds, options.liveness_stall_seconds},
+                         group != nullptr ? group->size() : 1, 1},
                         metrics);
+  if (group != nullptr) metrics.set_parallel_ranks(group->size(), 1);
   server::HttpLimits limits;
   limits.max_body_bytes = options.max_body_bytes;
   limits.header_timeout = to_ms(options.header_timeout);
@@ -344,7 +353,7 @@ void run_serve(const ServeOptions& options, ShutdownSignal& shutdown, kernels::B
   std::optional<GroupGuardedModel> guarded;
   if (group != nullptr) guarded.emplace(unguarded_model, *group);
   engine::Model& stepped_model = guarded ? static_cast<engine::Model&>(*guarded) : unguarded_model;
-  const auto scheduler_owner = make_scheduler(options, stepped_model, served.context_length, group);
+  const auto scheduler_owner = make_scheduler(options, stepped_model, served.context_length, group, &metrics);
   scheduler::Scheduler& scheduler = *scheduler_owner;
   metrics.set_kv_cache_config(options.block_size, scheduler.load().kv_blocks_total, options.kv_cache_dtype);
   const auto request_timeout =

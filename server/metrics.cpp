@@ -140,6 +140,16 @@ ServerMetrics::ServerMetrics(const std::string& model, MetricsCompat compat)
                           "Fraction of the model's layers loaded (0 to 1; 1 once the model serves).");
   weight_bytes_ = &family(prometheus::BuildGauge(), "nibble_model_weight_bytes",
                           "Bytes of model weights held, by storage format.", model, r);
+  parallel_ranks_ = &family(prometheus::BuildGauge(), "nibble_parallel_ranks",
+                            "Ranks the model is split across, by kind (tensor, pipeline); 1 each unsplit.", model, r);
+  parallel_ranks_->Add({{"kind", "tensor"}}).Set(1);
+  parallel_ranks_->Add({{"kind", "pipeline"}}).Set(1);
+  collective_calls_ = &family(prometheus::BuildCounter(), "nibble_collective_calls_total",
+                              "Collectives this rank ran between the ranks of a split model, by kind.", model, r);
+  collective_bytes_ = &family(prometheus::BuildCounter(), "nibble_collective_bytes_total",
+                              "Bytes this rank sent or contributed in collectives, by kind.", model, r);
+  collective_seconds_ = &family(prometheus::BuildCounter(), "nibble_collective_seconds_total",
+                                "Seconds this rank spent in collectives (waiting included), by kind.", model, r);
   prompt_tokens_total_ = &counter("nibble_prompt_tokens_total", "Prompt tokens processed.");
   generation_tokens_total_ = &counter("nibble_generation_tokens_total", "Tokens generated.");
   success_ = &family(prometheus::BuildCounter(), "nibble_request_success_total",
@@ -183,6 +193,25 @@ void ServerMetrics::set_model(double load_seconds, const std::map<std::string, s
   for (const auto& [format, bytes] : weight_bytes_by_format) {
     weight_bytes_->Add({{"format", format}}).Set(static_cast<double>(bytes));
   }
+}
+
+void ServerMetrics::set_parallel_ranks(int tensor, int pipeline) {
+  parallel_ranks_->Add({{"kind", "tensor"}}).Set(tensor);
+  parallel_ranks_->Add({{"kind", "pipeline"}}).Set(pipeline);
+}
+
+void ServerMetrics::observe_collectives(const dist::CollectiveStats& stats) {
+  const std::lock_guard lock(collectives_mutex_);
+  for (std::size_t kind = 0; kind < dist::kCollectiveKinds; ++kind) {
+    const auto& now = stats.by_kind[kind];
+    const auto& before = last_collectives_.by_kind[kind];
+    if (now.calls == before.calls) continue;
+    const prometheus::Labels labels{{"collective", std::string(dist::collective_name(static_cast<dist::Collective>(kind)))}};
+    collective_calls_->Add(labels).Increment(static_cast<double>(now.calls - before.calls));
+    collective_bytes_->Add(labels).Increment(static_cast<double>(now.bytes - before.bytes));
+    collective_seconds_->Add(labels).Increment(now.seconds - before.seconds);
+  }
+  last_collectives_ = stats;
 }
 
 void ServerMetrics::set_load(const scheduler::SchedulerLoad& load) {

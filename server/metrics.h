@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "dist/communicator.h"
 #include "scheduler/scheduler.h"
 
 namespace prometheus {
@@ -49,6 +50,11 @@ class ServerMetrics {
   // At each scrape, from the scheduler.
   void set_load(const scheduler::SchedulerLoad& load);
   void set_step_loop(const scheduler::StepLoopHealth& health);
+  // A model split across ranks: how many by kind ("tensor", "pipeline"), once.
+  void set_parallel_ranks(int tensor, int pipeline);
+  // This rank's collectives so far (cumulative; the counters advance by the
+  // difference), from the thread that runs them.
+  void observe_collectives(const dist::CollectiveStats& stats);
 
   // Per request (one completion of n), as its events arrive.
   void observe_queue_time(double seconds);
@@ -95,6 +101,12 @@ class ServerMetrics {
   prometheus::Gauge* load_seconds_;
   prometheus::Gauge* load_progress_;
   prometheus::Family<prometheus::Gauge>* weight_bytes_;
+  prometheus::Family<prometheus::Gauge>* parallel_ranks_;
+  prometheus::Family<prometheus::Counter>* collective_calls_;
+  prometheus::Family<prometheus::Counter>* collective_bytes_;
+  prometheus::Family<prometheus::Counter>* collective_seconds_;
+  std::mutex collectives_mutex_;
+  dist::CollectiveStats last_collectives_;
   prometheus::Counter* prompt_tokens_total_;
   prometheus::Counter* generation_tokens_total_;
   prometheus::Family<prometheus::Counter>* success_;

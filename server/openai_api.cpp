@@ -177,7 +177,11 @@ void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
   if (request.path == "/health" || request.path == "/health/ready") return readiness(exchange);
   if (request.path == "/health/live") return liveness(exchange);
   if (request.path == "/metrics") return metrics(exchange);
-  if (request.path == "/version") return exchange.respond(json_response(200, {{"version", options_.version}}));
+  if (request.path == "/version") {
+    return exchange.respond(json_response(
+        200, {{"version", options_.version},
+              {"parallel", {{"tensor", options_.tensor_parallel_size}, {"pipeline", options_.pipeline_parallel_size}}}}));
+  }
   if (request.path == "/openapi.json") return openapi(exchange);
   if (route->path == "/v1/models") return models(request.path, exchange);
   if (request.path == "/v1/completions") {

@@ -33,6 +33,9 @@ struct ApiOptions {
   std::string version;                 // for /version and the OpenAPI document
   int retry_after_seconds = 1;         // the Retry-After of 429 and 503 answers
   HealthThresholds health;
+  // How the model is split across ranks, for /version.
+  int tensor_parallel_size = 1;
+  int pipeline_parallel_size = 1;
 };
 
 class OpenAiApi final : public HttpHandler {

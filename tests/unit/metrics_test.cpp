@@ -89,8 +89,28 @@ TEST(ServerMetrics, EverySeriesCarriesTheModelLabelAndHelp) {
     EXPECT_EQ(line.rfind("nibble_", 0), 0u) << line;
     EXPECT_NE(line.find("model=\"m\""), std::string::npos) << line;
   }
-  EXPECT_EQ(helps, 28);  // every family the README lists
-  EXPECT_GT(samples, 28);
+  // Every family the README lists; the collective counters appear with their
+  // first collective (a split model), nibble_parallel_ranks always.
+  EXPECT_EQ(helps, 29);
+  EXPECT_GT(samples, 29);
+}
+
+TEST(ServerMetrics, CollectivesAdvanceByWhatRanSinceTheLastObservation) {
+  ServerMetrics metrics("m");
+  metrics.set_parallel_ranks(4, 1);
+  dist::CollectiveStats stats;
+  stats[dist::Collective::AllReduce] = {10, 4000, 0.5};
+  metrics.observe_collectives(stats);
+  stats[dist::Collective::AllReduce] = {25, 10000, 1.25};
+  stats[dist::Collective::AllGather] = {2, 64, 0.01};
+  metrics.observe_collectives(stats);
+  const std::string text = metrics.exposition();
+  EXPECT_EQ(sample(text, "nibble_parallel_ranks{model=\"m\",kind=\"tensor\"}"), 4);
+  EXPECT_EQ(sample(text, "nibble_parallel_ranks{model=\"m\",kind=\"pipeline\"}"), 1);
+  EXPECT_EQ(sample(text, "nibble_collective_calls_total{model=\"m\",collective=\"all_reduce\"}"), 25);
+  EXPECT_EQ(sample(text, "nibble_collective_bytes_total{model=\"m\",collective=\"all_reduce\"}"), 10000);
+  EXPECT_DOUBLE_EQ(sample(text, "nibble_collective_seconds_total{model=\"m\",collective=\"all_reduce\"}"), 1.25);
+  EXPECT_EQ(sample(text, "nibble_collective_calls_total{model=\"m\",collective=\"all_gather\"}"), 2);
 }
 
 // --metrics-compat vllm: the same events under vLLM's names and labels, next to

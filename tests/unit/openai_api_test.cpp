@@ -77,7 +77,8 @@ TEST_F(OpenAiApiTest, WhileLoadingHealthAndTheApiSay503WithRetryAfter) {
   EXPECT_EQ(call(api, "GET", "/v1/models").status, 503);
   // What does not need the model answers at once.
   EXPECT_EQ(call(api, "GET", "/metrics").status, 200);
-  EXPECT_EQ(json::parse(call(api, "GET", "/version").body), json({{"version", "1.2.3"}}));
+  EXPECT_EQ(json::parse(call(api, "GET", "/version").body),
+            json({{"version", "1.2.3"}, {"parallel", {{"tensor", 1}, {"pipeline", 1}}}}));
 
   // Loading is alive: liveness only fails on a stalled step loop.
   const auto live = call(api, "GET", "/health/live");

@@ -1,4 +1,5 @@
-"""A tensor-parallel server losing a rank mid-stream (issue 17's fault test).
+"""A tensor-parallel server: what it reports of its split, and losing a rank
+mid-stream (issue 17's fault test).
 
 Run by ctest with NIBBLE_LAUNCH="mpirun -np 2" and NIBBLE_SERVE_ARGS
 "--tensor-parallel-size 2". While rank 0 streams a long completion, rank 1 is
@@ -13,7 +14,7 @@ import tempfile
 import time
 import unittest
 
-from nibble_server import NibbleServer, convert_stories260k
+from nibble_server import NibbleServer, convert_stories260k, metric
 
 LIMIT_S = 30
 
@@ -38,6 +39,25 @@ def descendants(pid):
         found += [int(c) for c in children]
         pending += [int(c) for c in children]
     return found
+
+
+class TheSplitIsVisible(unittest.TestCase):
+    def test_version_and_metrics_report_the_ranks_and_their_collectives(self):
+        with tempfile.TemporaryDirectory(prefix="nibble-e2e-model-") as tmp:
+            server = NibbleServer(convert_stories260k(tmp)).start()
+            try:
+                self.assertEqual(server.get("/version").json()["parallel"], {"tensor": 2, "pipeline": 1})
+                self.assertEqual(metric(server.metrics(), "nibble_parallel_ranks", kind="tensor"), 2)
+                answer = server.post("/v1/completions", {"model": "stories260K", "prompt": "Once upon a time",
+                                                         "max_tokens": 8, "temperature": 0})
+                self.assertEqual(answer.status, 200, answer)
+                # Counted before each step: the steps after the first have been.
+                samples = server.metrics()
+                self.assertGreater(metric(samples, "nibble_collective_calls_total", collective="all_reduce"), 0)
+                self.assertGreater(metric(samples, "nibble_collective_bytes_total", collective="all_reduce"), 0)
+                self.assertGreater(metric(samples, "nibble_collective_calls_total", collective="all_gather"), 0)
+            finally:
+                server.close()
 
 
 class ADeadRankEndsTheGroup(unittest.TestCase):
