@@ -72,6 +72,12 @@ struct QuantizedMatrix {
 // and the column-to-group map, offset kind, scale precision, 2:4 sparsity, block format.
 std::optional<QuantizedMatrix> stack_rows(std::span<const QuantizedMatrix> parts, std::string name);
 
+// Rows [first, first + count) of `matrix` as a matrix of their own named `name`:
+// a module stored fused with others (Phi-3's qkv_proj, gate_up_proj). Every field
+// is per row (codes, scales, offsets, a row's blocks), so the rows are copied as
+// they are, never decoded; the input columns and their groups are shared.
+QuantizedMatrix slice_rows(const QuantizedMatrix& matrix, std::int64_t first, std::int64_t count, std::string name);
+
 // group_of_col for plain grouping: column k is in group k / group_size
 // (group_size <= 0 means one group for the whole row).
 std::vector<std::int32_t> contiguous_groups(std::int64_t cols, std::int64_t group_size);

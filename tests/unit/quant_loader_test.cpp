@@ -91,8 +91,7 @@ class Checkpoint {
     std::erase_if(tensors_, [&](const TensorView& t) { return t.name == name; });
   }
   // Writes config.json (with `quantization` as quantization_config unless null) and model.safetensors.
-  void write(const fs::path& folder, const json& quantization) const {
-    json config = llama_config();
+  void write(const fs::path& folder, const json& quantization, json config = llama_config()) const {
     if (!quantization.is_null()) config["quantization_config"] = quantization;
     write_file(folder / "config.json", config.dump(2));
     write_safetensors(folder / "model.safetensors", tensors_);
@@ -643,6 +642,60 @@ TEST(Awq, GemmInterleaveRoundTrips) {
     expect_matches(*source.weights->load_quantized(kDown), down);
     EXPECT_FALSE(source.weights->load_quantized("lm_head").has_value());
     expect_error([&] { source.weights->load(kUp + ".weight"); }, {"awq", "load_quantized"});
+  }
+}
+
+// ---- Fused modules (Phi-3's gate_up_proj) in GPTQ and AWQ checkpoints: the loader
+// splits the unpacked matrix by output rows; every field is per row, so each part
+// is exactly its rows of the fused module (act-order's g_idx shared by all).
+
+// Rows [first, first + count) of a reference.
+Reference reference_rows(const Reference& r, std::int64_t first, std::int64_t count) {
+  Reference part = r;
+  part.n = count;
+  const auto rows = [&]<typename T>(const std::vector<T>& values, std::int64_t per_row) {
+    return std::vector<T>(values.begin() + first * per_row, values.begin() + (first + count) * per_row);
+  };
+  part.codes = rows(r.codes, r.k);
+  part.zeros = rows(r.zeros, r.groups);
+  part.scales = rows(r.scales, r.groups);
+  return part;
+}
+
+// A Phi-3 whose gate_up_proj [2 x 128, 64] has kUp's shape.
+json phi3_config() {
+  json config = llama_config();
+  config["architectures"] = {"Phi3ForCausalLM"};
+  config["model_type"] = "phi3";
+  config["intermediate_size"] = kMlp / 2;
+  return config;
+}
+
+TEST(FusedQuantized, GptqAndAwqGateUpSplitIntoTheirRows) {
+  const std::string fused = "model.layers.0.mlp.gate_up_proj";
+  for (const bool awq : {false, true}) {
+    SCOPED_TRACE(awq ? "awq" : "gptq act-order");
+    TempDir dir;
+    Checkpoint ckpt;
+    const Reference ref = make_reference(kUp, {4, 32, false, /*act_order=*/!awq, DType::F16, 1, 30});
+    if (awq) {
+      add_awq(ckpt, fused, ref);
+      ckpt.write(dir.path(), {{"quant_method", "awq"}, {"w_bit", 4}, {"q_group_size", 32}, {"zero_point", true},
+                              {"version", "GEMM"}}, phi3_config());
+    } else {
+      add_gptq(ckpt, fused, ref, /*v1=*/true);
+      ckpt.write(dir.path(), gptq_config(4, 32, false, true, "gptq"), phi3_config());
+    }
+    const ModelSource source = open_model(dir.path());
+    EXPECT_TRUE(source.weights->has_quantized(kGate));
+    EXPECT_TRUE(source.weights->has_quantized(kUp));
+    const auto gate = source.weights->load_quantized(kGate);
+    const auto up = source.weights->load_quantized(kUp);
+    ASSERT_TRUE(gate && up);
+    EXPECT_EQ(gate->name, kGate);
+    expect_matches(*gate, reference_rows(ref, 0, kMlp / 2));
+    expect_matches(*up, reference_rows(ref, kMlp / 2, kMlp / 2));
+    EXPECT_EQ(gate->stored_bytes + up->stored_bytes, source.weights->load_quantized(fused)->stored_bytes);
   }
 }
 
