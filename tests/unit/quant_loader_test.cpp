@@ -699,6 +699,19 @@ TEST(FusedQuantized, GptqAndAwqGateUpSplitIntoTheirRows) {
   }
 }
 
+TEST(FusedQuantized, AFusedTensorWhoseRowsAreNotItsPartsIsNamed) {
+  TempDir dir;
+  Checkpoint ckpt;
+  // gate_up_proj needs 2 x 128 rows; 200 is neither.
+  ckpt.add("model.layers.0.mlp.gate_up_proj.weight", DType::F16, {200, kHidden},
+           std::vector<std::uint16_t>(200 * kHidden, 0x3c00));
+  ckpt.write(dir.path(), nullptr, phi3_config());
+  const ModelSource source = open_model(dir.path());
+  EXPECT_TRUE(source.weights->contains(kUp + ".weight"));
+  expect_error([&] { source.weights->load(kUp + ".weight"); },
+               {"model.layers.0.mlp.gate_up_proj.weight", "[200, 64]", "256 rows"});
+}
+
 TEST(Awq, InterleaveMatchesAutoAwqWordByWord) {
   // Columns 0..7 with codes 0..7: AutoAWQ's word is slots [0,2,4,6,1,3,5,7] = 0x75316420.
   const std::vector<std::uint32_t> row = {0, 1, 2, 3, 4, 5, 6, 7};
