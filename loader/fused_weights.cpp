@@ -1,6 +1,7 @@
 #include "loader/fused_weights.h"
 
 #include <map>
+#include <mutex>
 #include <set>
 #include <utility>
 
@@ -15,6 +16,7 @@ struct Part {
   std::int64_t first = 0;    // its first row there
   std::int64_t rows = 0;     // its rows
   std::int64_t fused_rows = 0;  // all the fused tensor's rows, the parts' sum
+  std::size_t siblings = 0;     // how many parts the fused tensor holds
 };
 
 // "x.weight" / "x.bias" as ("x", ".weight"); nullopt for other names.
@@ -63,7 +65,11 @@ class FusedWeights final : public WeightSource {
           parts_[module] = Part{fused, first, (*shape)[0], 0};
           first += (*shape)[0];
         }
-        for (const TensorRole role : roles) parts_[arch.module(role, layer)].fused_rows = first;
+        for (const TensorRole role : roles) {
+          Part& part = parts_[arch.module(role, layer)];
+          part.fused_rows = first;
+          part.siblings = roles.size();
+        }
         fused_.insert(fused);
       }
     }
@@ -107,12 +113,20 @@ class FusedWeights final : public WeightSource {
     const auto it = parts_.find(module);
     if (it == parts_.end() || !base_->has_quantized(it->second.fused)) return base_->load_quantized(module);
     const Part& part = it->second;
-    std::optional<QuantizedMatrix> fused = base_->load_quantized(part.fused);
-    if (!fused) fail("quantized weight '{}' is listed but could not be loaded", part.fused);
-    if (fused->rows != part.fused_rows) {
-      fail("quantized weight '{}' has {} rows but its parts need {}", part.fused, fused->rows, part.fused_rows);
+    const std::lock_guard lock(mutex_);
+    if (!cached_ || cached_fused_ != part.fused) {
+      cached_ = base_->load_quantized(part.fused);
+      cached_fused_ = part.fused;
+      taken_.clear();
+      if (!cached_) fail("quantized weight '{}' is listed but could not be loaded", part.fused);
+      if (cached_->rows != part.fused_rows) {
+        fail("quantized weight '{}' has {} rows but its parts need {}", part.fused, cached_->rows, part.fused_rows);
+      }
     }
-    return slice_rows(*fused, part.first, part.rows, module);
+    QuantizedMatrix rows = slice_rows(*cached_, part.first, part.rows, module);
+    taken_.insert(module);
+    if (taken_.size() == part.siblings) cached_.reset();  // every part served: the matrix is done
+    return rows;
   }
 
   bool has_quantized(const std::string& module) const override {
@@ -134,6 +148,13 @@ class FusedWeights final : public WeightSource {
   std::unique_ptr<WeightSource> base_;
   std::map<std::string, Part> parts_;  // part module -> its rows
   std::set<std::string> fused_;        // the fused modules the file has
+  // The fused matrix whose parts are being loaded, kept until each part has been
+  // taken: a layer asks for them one after another, and the file's matrix is then
+  // read (a GPTQ one unpacked, GGUF pages touched) once instead of once per part.
+  mutable std::mutex mutex_;
+  mutable std::optional<QuantizedMatrix> cached_;
+  mutable std::string cached_fused_;
+  mutable std::set<std::string> taken_;
 };
 
 }  // namespace

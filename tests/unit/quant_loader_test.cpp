@@ -26,6 +26,8 @@
 
 #include "common/error.h"
 #include "common/half.h"
+#include "loader/architecture.h"
+#include "loader/fused_weights.h"
 #include "loader/gguf.h"
 #include "loader/gguf_model.h"
 #include "loader/model_source.h"
@@ -697,6 +699,56 @@ TEST(FusedQuantized, GptqAndAwqGateUpSplitIntoTheirRows) {
     expect_matches(*up, reference_rows(ref, kMlp / 2, kMlp / 2));
     EXPECT_EQ(gate->stored_bytes + up->stored_bytes, source.weights->load_quantized(fused)->stored_bytes);
   }
+}
+
+// A quantized source holding one fused qkv_proj, counting how often it is unpacked.
+class CountingFusedSource final : public WeightSource {
+ public:
+  explicit CountingFusedSource(QuantizedMatrix fused) : fused_(std::move(fused)) {}
+  std::vector<StoredTensorInfo> list() const override { return {}; }
+  bool contains(const std::string&) const override { return false; }
+  TensorView load(const std::string& name) const override { fail("no tensor '{}'", name); }
+  std::optional<QuantizedMatrix> load_quantized(const std::string& module) const override {
+    if (module != fused_.name) return std::nullopt;
+    ++loads;
+    return fused_;
+  }
+  bool has_quantized(const std::string& module) const override { return module == fused_.name; }
+  std::uint64_t file_bytes() const override { return 0; }
+  mutable int loads = 0;
+
+ private:
+  QuantizedMatrix fused_;
+};
+
+TEST(FusedQuantized, AFusedMatrixIsUnpackedOnceForAllItsParts) {
+  const ModelConfig config = parse_hf_config(phi3_config());
+  const std::string attn = "model.layers.0.self_attn.";
+  const Reference ref = make_reference(kQ, {8, 32, false, false, DType::F16, 0, 40});  // [64, 64]
+  QuantizedMatrix fused;
+  fused.name = attn + "qkv_proj";
+  fused.rows = 2 * kHidden;  // q 64 + k 32 + v 32
+  fused.cols = kHidden;
+  fused.bits = 8;
+  fused.groups = ref.groups;
+  fused.group_of_col = ref.group_of_col;
+  for (int copy = 0; copy < 2; ++copy) {
+    fused.codes.insert(fused.codes.end(), ref.codes.begin(), ref.codes.end());
+    for (std::int64_t i = 0; i < ref.n * ref.groups; ++i) {
+      fused.scales.push_back(ref.scale(i / ref.groups, i % ref.groups));
+      fused.zeros.push_back(static_cast<std::uint8_t>(ref.zeros[static_cast<std::size_t>(i)]));
+    }
+  }
+  auto base = std::make_unique<CountingFusedSource>(fused);
+  const CountingFusedSource& counter = *base;
+  const auto split = split_fused_weights(std::move(base), architecture_of("Phi3ForCausalLM"), config);
+  for (const char* part : {"q_proj", "k_proj", "v_proj"}) ASSERT_TRUE(split->load_quantized(attn + part));
+  EXPECT_EQ(counter.loads, 1) << "q, k and v sliced from one unpacked matrix";
+  const auto v = split->load_quantized(attn + "v_proj");
+  EXPECT_EQ(counter.loads, 2) << "released once every part was taken, so a later ask reads the file again";
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->rows, kKv);
+  EXPECT_EQ(v->value(3, 5), fused.value(kHidden + kKv + 3, 5));
 }
 
 TEST(FusedQuantized, AFusedTensorWhoseRowsAreNotItsPartsIsNamed) {
