@@ -25,7 +25,10 @@ struct RopeTable {
 // long-context one. transformers picks between them per forward call by the
 // sequence's length so far (max position + 1 > original_max_position_embeddings:
 // long), so a sequence's keys cached before it grew past that length stay rotated
-// by the short table; picking per sequence and step reproduces exactly that.
+// by the short table; picking per sequence and step reproduces exactly that. (A
+// prompt longer than that length prefilled in chunks thus starts with the short
+// table, where transformers' single forward over it uses the long one: a step
+// does not know how long its sequence's prompt is.)
 class RopeTables {
  public:
   explicit RopeTables(const ModelConfig& config);
