@@ -82,9 +82,21 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
               static_cast<long long>(c.intermediate_size), static_cast<long long>(c.num_heads),
               static_cast<long long>(c.num_kv_heads), static_cast<long long>(c.head_dim),
               static_cast<long long>(c.vocab_size));
-  std::printf("context        %lld positions, rope theta %g%s%s\n", static_cast<long long>(c.max_position_embeddings),
-              c.rope_theta, c.rope_scaling.kind == RopeScaling::Kind::Llama3 ? ", llama3 scaling" : "",
-              c.tie_word_embeddings ? ", tied embeddings" : "");
+  const auto scaling = [&]() -> std::string {
+    switch (c.rope_scaling.kind) {
+      case RopeScaling::Kind::None: return "";
+      case RopeScaling::Kind::Linear: return fmt::format(", linear scaling x{}", c.rope_scaling.factor);
+      case RopeScaling::Kind::Llama3: return ", llama3 scaling";
+      case RopeScaling::Kind::LongRope:
+        return fmt::format(", longrope scaling (long factors past {} positions)",
+                           c.rope_scaling.original_max_position_embeddings);
+    }
+    return "";
+  };
+  const std::string rotary =
+      c.rotary_dim ? fmt::format(", rotary {} of {} features", *c.rotary_dim, c.head_dim) : std::string();
+  std::printf("context        %lld positions, rope theta %g%s%s%s\n", static_cast<long long>(c.max_position_embeddings),
+              c.rope_theta, scaling().c_str(), rotary.c_str(), c.tie_word_embeddings ? ", tied embeddings" : "");
   if (source.quantization) std::printf("quantization   %s\n", source.quantization->describe().c_str());
   std::printf("parameters     %lld (%.1f M)\n", static_cast<long long>(stats.parameters),
               static_cast<double>(stats.parameters) / 1e6);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <optional>
 #include <utility>
 
@@ -160,26 +161,40 @@ std::uint64_t share_of(std::uint64_t bytes, std::int64_t part, std::int64_t whol
 
 }  // namespace
 
-QuantizedMatrix slice_rows(const QuantizedMatrix& m, std::int64_t first, std::int64_t count) {
-  check_range(m, "rows", first, count, m.rows);
-  QuantizedMatrix out = m;
-  out.rows = count;
-  out.stored_bytes = share_of(m.stored_bytes, count, m.rows);
-  const auto take = [&](const auto& values, std::int64_t per_row) {
-    using Vector = std::decay_t<decltype(values)>;
-    if (values.empty()) return Vector{};
-    const auto begin = values.begin() + static_cast<std::ptrdiff_t>(first * per_row);
-    return Vector(begin, begin + static_cast<std::ptrdiff_t>(count * per_row));
-  };
-  if (m.block_format) {
-    out.blocks = take(m.blocks, static_cast<std::int64_t>(m.block_row_bytes()));
-    return out;
+QuantizedMatrix slice_rows(const QuantizedMatrix& matrix, std::int64_t first, std::int64_t count, std::string name) {
+  if (first < 0 || count <= 0 || first + count > matrix.rows) {
+    fail("{}: rows [{}, {}) are outside its {} rows", matrix.name, first, first + count, matrix.rows);
   }
-  out.codes = take(m.codes, m.cols);
-  out.scales = take(m.scales, m.groups);
-  out.zeros = take(m.zeros, m.groups);
-  out.mins = take(m.mins, m.groups);
-  return out;
+  QuantizedMatrix part;
+  part.name = name.empty() ? matrix.name : std::move(name);
+  part.rows = count;
+  part.cols = matrix.cols;
+  part.bits = matrix.bits;
+  part.groups = matrix.groups;
+  part.group_of_col = matrix.group_of_col;
+  part.offset = matrix.offset;
+  part.scale_dtype = matrix.scale_dtype;
+  part.sparse_2_4 = matrix.sparse_2_4;
+  part.block_format = matrix.block_format;
+  // Elements [first * per_row, (first + count) * per_row) of a per-row array.
+  const auto rows_of = [&]<typename T>(const std::vector<T>& values, std::size_t per_row) {
+    if (values.empty()) return std::vector<T>{};
+    const auto begin = values.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(first) * per_row);
+    return std::vector<T>(begin, begin + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(count) * per_row));
+  };
+  const auto cols = static_cast<std::size_t>(matrix.cols), groups = static_cast<std::size_t>(matrix.groups);
+  if (matrix.block_format) {
+    part.blocks = rows_of(matrix.blocks, matrix.block_row_bytes());
+  } else {
+    part.codes = rows_of(matrix.codes, cols);
+    part.scales = rows_of(matrix.scales, groups);
+    part.zeros = rows_of(matrix.zeros, groups);
+    part.mins = rows_of(matrix.mins, groups);
+  }
+  // The file's bytes shared out by rows (per-row data is all of it but a g_idx).
+  part.stored_bytes = matrix.stored_bytes * static_cast<std::uint64_t>(count) / static_cast<std::uint64_t>(matrix.rows);
+  part.validate();
+  return part;
 }
 
 QuantizedMatrix slice_cols(const QuantizedMatrix& m, std::int64_t first, std::int64_t count) {

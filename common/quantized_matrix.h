@@ -72,9 +72,12 @@ struct QuantizedMatrix {
 // and the column-to-group map, offset kind, scale precision, 2:4 sparsity, block format.
 std::optional<QuantizedMatrix> stack_rows(std::span<const QuantizedMatrix> parts, std::string name);
 
-// Rows [first, first + count) (a column-parallel shard: its output features).
-// Block-quantized rows are byte ranges; unpacked rows keep every group.
-QuantizedMatrix slice_rows(const QuantizedMatrix& m, std::int64_t first, std::int64_t count);
+// Rows [first, first + count) of `m` as a matrix of their own, named `name` (or
+// m's name when empty): a module stored fused with others (Phi-3's qkv_proj,
+// gate_up_proj), or a column-parallel shard's output features. Every field is
+// per row (codes, scales, offsets, a row's blocks), so the rows are copied as
+// they are, never decoded; the input columns and their groups are shared.
+QuantizedMatrix slice_rows(const QuantizedMatrix& m, std::int64_t first, std::int64_t count, std::string name = {});
 // Input columns [first, first + count) (a row-parallel shard). Each column keeps
 // its group (act-order's g_idx included); groups no kept column uses are dropped
 // and the rest renumbered in order. Block-quantized matrices split only on block

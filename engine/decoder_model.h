@@ -3,7 +3,7 @@
 // [norm -> attention -> (post-norm) -> residual, norm -> MLP -> (post-norm) ->
 // residual], final norm, lm_head (tied to the embedding or separate). Which
 // blocks and which tensor names come from the architecture's table entry
-// (loader/architecture.h): Llama, Mistral and Qwen2 today.
+// (loader/architecture.h): Llama, Mistral, Qwen2, Qwen3 and Phi-3 today.
 #include <cstdint>
 #include <map>
 #include <memory>

@@ -5,16 +5,32 @@
 
 namespace nibble::engine {
 
-std::vector<float> rope_inv_freq(std::int64_t head_dim, double theta, const RopeScaling& scaling) {
-  std::vector<float> inv_freq(static_cast<std::size_t>(head_dim / 2));
+namespace {
+
+// LongRoPE's frequencies: 1 / (factor_i * theta^(2i / dim)), in float32 like
+// transformers' _compute_longrope_parameters.
+std::vector<float> longrope_inv_freq(std::int64_t dim, double theta, const std::vector<double>& factors) {
+  std::vector<float> inv_freq(static_cast<std::size_t>(dim / 2));
+  for (std::size_t i = 0; i < inv_freq.size(); ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(dim);
+    inv_freq[i] = 1.0f / (static_cast<float>(factors[i]) * std::pow(static_cast<float>(theta), exponent));
+  }
+  return inv_freq;
+}
+
+}  // namespace
+
+std::vector<float> rope_inv_freq(std::int64_t dim, double theta, const RopeScaling& scaling) {
+  std::vector<float> inv_freq(static_cast<std::size_t>(dim / 2));
   for (std::size_t i = 0; i < inv_freq.size(); ++i) {
     // float32 exponent and power, as transformers computes it, so positions far
     // into the context rotate by the same angles as the reference.
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(dim);
     inv_freq[i] = 1.0f / std::pow(static_cast<float>(theta), exponent);
   }
   switch (scaling.kind) {
     case RopeScaling::Kind::None:
+    case RopeScaling::Kind::LongRope:  // RopeTables applies its factor lists
       break;
     case RopeScaling::Kind::Linear:
       for (auto& f : inv_freq) f = static_cast<float>(f / scaling.factor);
@@ -40,6 +56,23 @@ std::vector<float> rope_inv_freq(std::int64_t head_dim, double theta, const Rope
     }
   }
   return inv_freq;
+}
+
+RopeTables::RopeTables(const ModelConfig& config) {
+  const RopeScaling& scaling = config.rope_scaling;
+  const std::int64_t dim = config.rope_dim();
+  if (scaling.kind != RopeScaling::Kind::LongRope) {
+    short_.inv_freq = rope_inv_freq(dim, config.rope_theta, scaling);
+    return;
+  }
+  const auto scale = static_cast<float>(scaling.attention_factor);
+  short_ = {longrope_inv_freq(dim, config.rope_theta, scaling.short_factor), scale};
+  long_ = RopeTable{longrope_inv_freq(dim, config.rope_theta, scaling.long_factor), scale};
+  original_length_ = scaling.original_max_position_embeddings;
+}
+
+const RopeTable& RopeTables::for_length(std::int64_t length) const {
+  return long_ && length > original_length_ ? *long_ : short_;
 }
 
 }  // namespace nibble::engine

@@ -129,9 +129,12 @@ class Backend {
   virtual void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                         float* y) = 0;
   // Rotates each head of x [rows, heads * head_dim] in place by its position
-  // (rotate-half convention); inv_freq has head_dim / 2 entries.
+  // (rotate-half convention). inv_freq has rotary / 2 <= head_dim / 2 entries: the
+  // first `rotary` features of a head rotate, the rest pass through (partial rotary).
+  // The rotated features are multiplied by `scale` (LongRoPE's attention factor, as
+  // transformers scales cos and sin; 1 for every other rope).
   virtual void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-                    std::span<const std::int32_t> positions, std::span<const float> inv_freq) = 0;
+                    std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) = 0;
   // Causal attention for the rows of q [rows, heads * head_dim] at `positions`:
   // row i attends to cached positions 0..positions[i]. Writes out [rows, heads * head_dim].
   virtual void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,

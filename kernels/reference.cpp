@@ -37,8 +37,9 @@ std::vector<float> rms_norm(std::span<const float> x, std::int64_t rows, std::in
 }
 
 void rope(std::span<float> x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-          std::span<const std::int32_t> positions, std::span<const float> inv_freq) {
-  const std::int64_t half = head_dim / 2;
+          std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) {
+  // The first 2 * inv_freq.size() features rotate; the rest of the head passes through.
+  const auto half = static_cast<std::int64_t>(inv_freq.size());
   for (std::int64_t r = 0; r < rows; ++r) {
     for (std::int64_t h = 0; h < heads; ++h) {
       float* v = x.data() + (r * heads + h) * head_dim;
@@ -48,8 +49,8 @@ void rope(std::span<float> x, std::int64_t rows, std::int64_t heads, std::int64_
         const double angle = static_cast<float>(positions[static_cast<std::size_t>(r)]) * inv_freq[static_cast<std::size_t>(i)];
         const double a = v[i];
         const double b = v[i + half];
-        v[i] = static_cast<float>(a * std::cos(angle) - b * std::sin(angle));
-        v[i + half] = static_cast<float>(b * std::cos(angle) + a * std::sin(angle));
+        v[i] = static_cast<float>((a * std::cos(angle) - b * std::sin(angle)) * scale);
+        v[i + half] = static_cast<float>((b * std::cos(angle) + a * std::sin(angle)) * scale);
       }
     }
   }

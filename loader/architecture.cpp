@@ -31,11 +31,56 @@ constexpr std::array kLlamaNames{
     TensorName{TensorRole::Down, "mlp.down_proj", "ffn_down"},
 };
 
+// Qwen3: the Llama layout plus an RMSNorm over each q and k head.
+constexpr std::array kQwen3Names{
+    TensorName{TensorRole::TokenEmbedding, "model.embed_tokens", "token_embd"},
+    TensorName{TensorRole::FinalNorm, "model.norm", "output_norm"},
+    TensorName{TensorRole::LmHead, "lm_head", "output"},
+    TensorName{TensorRole::AttentionNorm, "input_layernorm", "attn_norm"},
+    TensorName{TensorRole::Query, "self_attn.q_proj", "attn_q"},
+    TensorName{TensorRole::Key, "self_attn.k_proj", "attn_k"},
+    TensorName{TensorRole::Value, "self_attn.v_proj", "attn_v"},
+    TensorName{TensorRole::QueryNorm, "self_attn.q_norm", "attn_q_norm"},
+    TensorName{TensorRole::KeyNorm, "self_attn.k_norm", "attn_k_norm"},
+    TensorName{TensorRole::AttentionOutput, "self_attn.o_proj", "attn_output"},
+    TensorName{TensorRole::MlpNorm, "post_attention_layernorm", "ffn_norm"},
+    TensorName{TensorRole::Gate, "mlp.gate_proj", "ffn_gate"},
+    TensorName{TensorRole::Up, "mlp.up_proj", "ffn_up"},
+    TensorName{TensorRole::Down, "mlp.down_proj", "ffn_down"},
+};
+
+// Phi-3: q/k/v in one qkv_proj and gate/up in one gate_up_proj (llama.cpp: attn_qkv,
+// and ffn_up holding both halves). The parts keep their Llama names, which is what
+// the loader exposes after splitting; llama.cpp also reads phi3 files with separate
+// attn_q/attn_k/attn_v, so those map too. A separate gate or up never occurs in a
+// phi3 GGUF (its ffn_up is the fused pair), so they have no GGUF name.
+constexpr std::array kPhi3Names{
+    TensorName{TensorRole::TokenEmbedding, "model.embed_tokens", "token_embd"},
+    TensorName{TensorRole::FinalNorm, "model.norm", "output_norm"},
+    TensorName{TensorRole::LmHead, "lm_head", "output"},
+    TensorName{TensorRole::AttentionNorm, "input_layernorm", "attn_norm"},
+    TensorName{TensorRole::QueryKeyValue, "self_attn.qkv_proj", "attn_qkv"},
+    TensorName{TensorRole::Query, "self_attn.q_proj", "attn_q"},
+    TensorName{TensorRole::Key, "self_attn.k_proj", "attn_k"},
+    TensorName{TensorRole::Value, "self_attn.v_proj", "attn_v"},
+    TensorName{TensorRole::AttentionOutput, "self_attn.o_proj", "attn_output"},
+    TensorName{TensorRole::MlpNorm, "post_attention_layernorm", "ffn_norm"},
+    TensorName{TensorRole::GateUp, "mlp.gate_up_proj", "ffn_up"},
+    TensorName{TensorRole::Gate, "mlp.gate_proj", ""},
+    TensorName{TensorRole::Up, "mlp.up_proj", ""},
+    TensorName{TensorRole::Down, "mlp.down_proj", "ffn_down"},
+};
+
+constexpr std::array kQkvParts{TensorRole::Query, TensorRole::Key, TensorRole::Value};
+constexpr std::array kGateUpParts{TensorRole::Gate, TensorRole::Up};
+
 constexpr std::array kArchitectures{
     Architecture{"LlamaForCausalLM", "llama", "llama", false, false, true, MlpActivation::Silu, kLlamaNames},
     // llama.cpp writes Mistral files as "llama"; the first entry above claims them.
     Architecture{"MistralForCausalLM", "mistral", "", false, false, true, MlpActivation::Silu, kLlamaNames},
-    Architecture{"Qwen2ForCausalLM", "qwen2", "qwen2", true, false, false, MlpActivation::Silu, kLlamaNames},
+    Architecture{"Qwen2ForCausalLM", "qwen2", "qwen2", true, false, false, MlpActivation::Silu, kLlamaNames, true},
+    Architecture{"Qwen3ForCausalLM", "qwen3", "qwen3", false, true, false, MlpActivation::Silu, kQwen3Names, true},
+    Architecture{"Phi3ForCausalLM", "phi3", "phi3", false, false, false, MlpActivation::Silu, kPhi3Names},
 };
 
 std::string join(std::string_view Architecture::*field) {
@@ -49,6 +94,14 @@ std::string join(std::string_view Architecture::*field) {
 
 }  // namespace
 
+std::span<const TensorRole> fused_parts(TensorRole role) {
+  switch (role) {
+    case TensorRole::QueryKeyValue: return kQkvParts;
+    case TensorRole::GateUp: return kGateUpParts;
+    default: return {};
+  }
+}
+
 std::string Architecture::module(TensorRole role, std::int64_t layer) const {
   for (const auto& name : names) {
     if (name.role != role) continue;
@@ -59,6 +112,10 @@ std::string Architecture::module(TensorRole role, std::int64_t layer) const {
 
 bool Architecture::has(TensorRole role) const {
   return std::ranges::any_of(names, [role](const TensorName& name) { return name.role == role; });
+}
+
+bool Architecture::has_fused() const {
+  return std::ranges::any_of(names, [](const TensorName& name) { return !fused_parts(name.role).empty(); });
 }
 
 std::optional<Architecture::ModuleRef> Architecture::parse_module(std::string_view module) const {
@@ -125,7 +182,7 @@ std::optional<HfTensor> hf_tensor_of_gguf(const Architecture& architecture, std:
   if (!std::ranges::all_of(layer, [](char c) { return c >= '0' && c <= '9'; })) return std::nullopt;
   const std::string_view part = stem.substr(layer_end + 1);
   for (const auto& name : architecture.names) {
-    if (!is_global(name.role) && part == name.gguf) {
+    if (!is_global(name.role) && !name.gguf.empty() && part == name.gguf) {
       return HfTensor{fmt::format("model.layers.{}.{}.{}", layer, name.hf, suffix), name.role};
     }
   }

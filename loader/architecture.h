@@ -31,7 +31,15 @@ enum class TensorRole : std::uint8_t {
   Up,
   Down,
   PostMlpNorm,        // on the MLP output, before the residual add
+  // Fused tensors (Phi-3): several roles' rows one after another in one file
+  // tensor. The loader splits them back into their parts (fused_parts), so the
+  // engine only ever sees the parts.
+  QueryKeyValue,      // [q; k; v] rows
+  GateUp,             // [gate; up] rows
 };
+
+// The roles a fused role holds, in row order; empty for every other role.
+std::span<const TensorRole> fused_parts(TensorRole role);
 
 enum class MlpActivation : std::uint8_t { Silu /* SwiGLU */ };
 
@@ -50,11 +58,16 @@ struct Architecture {
   bool gguf_rope_rows_interleaved = false;  // llama.cpp's converter permuted q/k rows
   MlpActivation activation = MlpActivation::Silu;
   std::span<const TensorName> names;
+  // config.json's sliding_window counts only when use_sliding_window is true
+  // (Qwen2, Qwen3 ship a window they do not use).
+  bool sliding_window_needs_flag = false;
 
   // The file-independent name of `role`'s module in layer `layer` (ignored for
   // global roles): "model.layers.3.self_attn.q_proj", "lm_head".
   std::string module(TensorRole role, std::int64_t layer = 0) const;
   bool has(TensorRole role) const;
+  // Whether any tensor is stored fused (QueryKeyValue, GateUp).
+  bool has_fused() const;
   // The inverse of module(): the role and layer of "model.layers.3.mlp.up_proj";
   // nullopt for a name the architecture does not use.
   struct ModuleRef {

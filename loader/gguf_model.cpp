@@ -21,19 +21,46 @@ const Architecture& arch_info(const GgufFile& gguf) {
        supported_gguf_architectures());
 }
 
-std::int64_t head_dim_of(const GgufFile& gguf, const std::string& prefix, std::int64_t hidden, std::int64_t heads) {
+// llama.cpp's rule: a head is key_length wide, else hidden / heads; rope.dimension_count
+// below that is partial rotary (Phi-4-mini), only the first features rotate.
+void head_dims_of(const GgufFile& gguf, const std::string& prefix, ModelConfig& config) {
   const auto key_length = gguf.find_int(prefix + "attention.key_length");
   const auto rope_dims = gguf.find_int(prefix + "rope.dimension_count");
-  const std::int64_t head_dim = key_length ? *key_length : rope_dims ? *rope_dims : hidden / heads;
-  if (rope_dims && *rope_dims != head_dim) {
-    fail("{}: partial rotary embeddings (rope.dimension_count {} != head_dim {}) are not supported",
-         gguf.path().string(), *rope_dims, head_dim);
-  }
-  if (const auto value_length = gguf.find_int(prefix + "attention.value_length"); value_length && *value_length != head_dim) {
+  config.head_dim = key_length ? *key_length : config.hidden_size / config.num_heads;
+  if (rope_dims && *rope_dims != config.head_dim) config.rotary_dim = *rope_dims;
+  if (const auto value_length = gguf.find_int(prefix + "attention.value_length");
+      value_length && *value_length != config.head_dim) {
     fail("{}: attention.value_length {} differs from key_length {}; not supported", gguf.path().string(), *value_length,
-         head_dim);
+         config.head_dim);
   }
-  return head_dim;
+}
+
+// LongRoPE as llama.cpp's converter writes it (Phi-3 128k, Phi-3.5): the factor
+// lists as rope_factors_long / rope_factors_short, the pretraining context and the
+// attention factor as metadata. Sequence-length switching follows transformers.
+RopeScaling longrope_from_factors(const GgufFile& gguf, const std::string& prefix, const GgufTensor& long_factors,
+                                  const GgufTensor& short_factors, const ModelConfig& config) {
+  const auto values = [](const GgufTensor& tensor) {
+    std::vector<float> stored(static_cast<std::size_t>(tensor.numel()));
+    dequantize_to_f32(tensor, stored);
+    return std::vector<double>(stored.begin(), stored.end());
+  };
+  RopeScaling scaling;
+  scaling.kind = RopeScaling::Kind::LongRope;
+  scaling.long_factor = values(long_factors);
+  scaling.short_factor = values(short_factors);
+  scaling.original_max_position_embeddings = gguf.get_int(prefix + "rope.scaling.original_context_length");
+  if (scaling.original_max_position_embeddings <= 0) {
+    fail("{}: {}rope.scaling.original_context_length must be positive", gguf.path().string(), prefix);
+  }
+  const double factor = static_cast<double>(config.max_position_embeddings) /
+                        static_cast<double>(scaling.original_max_position_embeddings);
+  scaling.attention_factor = gguf.find_float(prefix + "rope.scaling.attn_factor")
+                                 .value_or(factor <= 1 ? 1.0
+                                                       : std::sqrt(1 + std::log(factor) /
+                                                                           std::log(static_cast<double>(
+                                                                               scaling.original_max_position_embeddings))));
+  return scaling;
 }
 
 // llama.cpp bakes Llama 3 rope scaling into a per-frequency `rope_freqs` tensor
@@ -80,8 +107,15 @@ RopeScaling rope_scaling_of(const GgufFile& gguf, const std::string& prefix, con
     return scaling;
   }
   if (type != "none") {
-    fail("{}: rope scaling type '{}' is not supported (supported: none, linear, llama3)", gguf.path().string(), type);
+    fail("{}: rope scaling type '{}' is not supported (supported: none, linear, llama3, longrope)", gguf.path().string(),
+         type);
   }
+  const auto* long_factors = gguf.find_tensor("rope_factors_long.weight");
+  const auto* short_factors = gguf.find_tensor("rope_factors_short.weight");
+  if ((long_factors == nullptr) != (short_factors == nullptr)) {
+    fail("{}: rope_factors_long and rope_factors_short come as a pair", gguf.path().string());
+  }
+  if (long_factors != nullptr) return longrope_from_factors(gguf, prefix, *long_factors, *short_factors, config);
   if (const auto* freqs = gguf.find_tensor("rope_freqs.weight")) return llama3_scaling_from_freqs(gguf, *freqs, config);
   return {};
 }
@@ -330,14 +364,19 @@ ModelConfig config_from_gguf(const GgufFile& gguf) {
   // llama.cpp treats a missing head_count_kv as plain multi-head attention.
   config.num_kv_heads = gguf.find_int(prefix + "attention.head_count_kv").value_or(config.num_heads);
   if (config.num_heads <= 0) fail("{}: {}attention.head_count must be positive", gguf.path().string(), prefix);
-  config.head_dim = head_dim_of(gguf, prefix, config.hidden_size, config.num_heads);
   config.max_position_embeddings = gguf.get_int(prefix + "context_length");
+  head_dims_of(gguf, prefix, config);
   config.rms_norm_eps = gguf.get_float(prefix + "attention.layer_norm_rms_epsilon");
   config.rope_theta = gguf.find_float(prefix + "rope.freq_base").value_or(10000.0);
   config.rope_scaling = rope_scaling_of(gguf, prefix, config);
   config.vocab_size = vocab_size_of(gguf, prefix);
   config.tie_word_embeddings = gguf.find_tensor("output.weight") == nullptr;
   config.attention_bias = arch.attention_bias;
+  // As the Hugging Face config had it (llama.cpp's phi3 graph ignores the window;
+  // transformers applies it, and it is the reference).
+  if (const auto window = gguf.find_int(prefix + "attention.sliding_window"); window && *window > 0) {
+    config.sliding_window = *window;
+  }
   config.bos_token_id = token_id(gguf, "tokenizer.ggml.bos_token_id");
   // Chat models end turns with EOT/EOM tokens; HF lists those as extra eos ids.
   for (const char* key : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"}) {

@@ -1,5 +1,6 @@
 #include "loader/model_config.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <string_view>
@@ -67,7 +68,44 @@ std::vector<std::int32_t> token_id_list(const json& value, const char* key) {
   return ids;
 }
 
-RopeScaling parse_rope_scaling(const json& value) {
+std::vector<double> number_list(const json& value, const char* key) {
+  if (!value.is_array()) fail("config.json: rope_scaling {} must be a list of numbers", key);
+  std::vector<double> out;
+  for (const auto& x : value) {
+    if (!x.is_number()) fail("config.json: rope_scaling {} must be a list of numbers", key);
+    out.push_back(x.get<double>());
+  }
+  return out;
+}
+
+// LongRoPE as transformers' _compute_longrope_parameters reads it: Phi-3 keeps the
+// pretraining context at the top level (winning over rope_scaling's copy), the
+// factor defaults to max / original and the attention factor to the paper's.
+void parse_longrope(const json& value, const json& config, std::int64_t max_position_embeddings, RopeScaling& scaling) {
+  scaling.kind = RopeScaling::Kind::LongRope;
+  scaling.short_factor = number_list(value.value("short_factor", json()), "short_factor");
+  scaling.long_factor = number_list(value.value("long_factor", json()), "long_factor");
+  scaling.original_max_position_embeddings =
+      config.contains("original_max_position_embeddings") && !config["original_max_position_embeddings"].is_null()
+          ? required<std::int64_t>(config, "original_max_position_embeddings")
+          : optional_or<std::int64_t>(value, "original_max_position_embeddings", max_position_embeddings);
+  if (scaling.original_max_position_embeddings <= 0) {
+    fail("config.json: original_max_position_embeddings must be positive");
+  }
+  const double factor = value.contains("factor") && !value["factor"].is_null()
+                            ? required<double>(value, "factor")
+                            : static_cast<double>(max_position_embeddings) /
+                                  static_cast<double>(scaling.original_max_position_embeddings);
+  scaling.factor = 1.0;  // LongRoPE scales by its factor lists; `factor` only sets the attention factor
+  scaling.attention_factor =
+      value.contains("attention_factor") && !value["attention_factor"].is_null()
+          ? required<double>(value, "attention_factor")
+      : factor <= 1.0 ? 1.0
+                      : std::sqrt(1 + std::log(factor) /
+                                          std::log(static_cast<double>(scaling.original_max_position_embeddings)));
+}
+
+RopeScaling parse_rope_scaling(const json& value, const json& config, std::int64_t max_position_embeddings) {
   RopeScaling scaling;
   if (value.is_null()) return scaling;
   if (!value.is_object()) fail("config.json: rope_scaling must be an object");
@@ -84,8 +122,10 @@ RopeScaling parse_rope_scaling(const json& value) {
     scaling.low_freq_factor = required<double>(value, "low_freq_factor");
     scaling.high_freq_factor = required<double>(value, "high_freq_factor");
     scaling.original_max_position_embeddings = required<std::int64_t>(value, "original_max_position_embeddings");
+  } else if (name == "longrope" || name == "su") {  // "su": the name in Phi-3's first configs
+    parse_longrope(value, config, max_position_embeddings, scaling);
   } else {
-    fail("config.json: rope_scaling type '{}' is not supported (supported: default, linear, llama3)", name);
+    fail("config.json: rope_scaling type '{}' is not supported (supported: default, linear, llama3, longrope)", name);
   }
   if (scaling.factor <= 0) fail("config.json: rope_scaling factor must be positive");
   return scaling;
@@ -140,6 +180,23 @@ void ModelConfig::validate() const {
            scaling.low_freq_factor, scaling.high_freq_factor);
     }
   }
+  if (rotary_dim && (*rotary_dim <= 0 || *rotary_dim > head_dim || *rotary_dim % 2 != 0)) {
+    fail("model config: the rotary width {} must be even and within head_dim {}", *rotary_dim, head_dim);
+  }
+  if (scaling.kind == RopeScaling::Kind::LongRope) {
+    in_range(scaling.original_max_position_embeddings, kMaxContextLength,
+             "rope_scaling original_max_position_embeddings");
+    const auto frequencies = static_cast<std::size_t>(rope_dim() / 2);
+    if (scaling.short_factor.size() != frequencies || scaling.long_factor.size() != frequencies) {
+      fail("model config: longrope needs {} short and long factors (rotary width {} / 2), got {} and {}", frequencies,
+           rope_dim(), scaling.short_factor.size(), scaling.long_factor.size());
+    }
+    const auto positive = [](double x) { return std::isfinite(x) && x > 0; };
+    if (!std::ranges::all_of(scaling.short_factor, positive) || !std::ranges::all_of(scaling.long_factor, positive) ||
+        !positive(scaling.attention_factor)) {
+      fail("model config: longrope factors must be finite and positive");
+    }
+  }
   if (sliding_window) in_range(*sliding_window, kMaxContextLength, "sliding_window");
 }
 
@@ -166,6 +223,10 @@ std::optional<std::array<std::int64_t, 2>> linear_module_shape(const ModelConfig
       return Shape{config.intermediate_size, d};
     case TensorRole::Down:
       return Shape{d, config.intermediate_size};
+    case TensorRole::QueryKeyValue:
+      return Shape{config.q_dim() + 2 * config.kv_dim(), d};
+    case TensorRole::GateUp:
+      return Shape{2 * config.intermediate_size, d};
     default:
       return std::nullopt;  // norms are vectors, not linear modules
   }
@@ -206,11 +267,24 @@ ModelConfig parse_hf_config(const json& config) {
                                                           : optional_or<double>(config, "rope_theta", 10000.0);
   out.rope_scaling = parse_rope_scaling(config.contains("rope_scaling") && !config["rope_scaling"].is_null()
                                             ? config["rope_scaling"]
-                                            : rope_parameters);
+                                            : rope_parameters,
+                                        config, out.max_position_embeddings);
+  // Partial rotary embeddings: top level in older configs, in rope_parameters in
+  // transformers 5; the rotated width is int(head_dim * factor), as transformers takes it.
+  const double partial_rotary_factor =
+      rope_parameters.contains("partial_rotary_factor")
+          ? required<double>(rope_parameters, "partial_rotary_factor")
+          : optional_or<double>(config, "partial_rotary_factor", 1.0);
+  if (!(partial_rotary_factor > 0 && partial_rotary_factor <= 1)) {
+    fail("config.json: partial_rotary_factor must be in (0, 1] (got {})", partial_rotary_factor);
+  }
+  if (partial_rotary_factor < 1) {
+    out.rotary_dim = static_cast<std::int64_t>(static_cast<double>(out.head_dim) * partial_rotary_factor);
+  }
   out.tie_word_embeddings = optional_or<bool>(config, "tie_word_embeddings", false);
   out.attention_bias = optional_or<bool>(config, "attention_bias", arch->attention_bias);
   if (config.contains("sliding_window") && !config["sliding_window"].is_null()) {
-    const bool enabled = out.model_type != "qwen2" || optional_or<bool>(config, "use_sliding_window", false);
+    const bool enabled = !arch->sliding_window_needs_flag || optional_or<bool>(config, "use_sliding_window", false);
     if (enabled) out.sliding_window = required<std::int64_t>(config, "sliding_window");
   }
   // Per-layer attention kinds (transformers 5): one kind for all layers is fine,
@@ -255,7 +329,10 @@ json to_hf_config(const ModelConfig& config) {
   if (config.bos_token_id) out["bos_token_id"] = *config.bos_token_id;
   if (config.eos_token_ids.size() == 1) out["eos_token_id"] = config.eos_token_ids.front();
   if (config.eos_token_ids.size() > 1) out["eos_token_id"] = config.eos_token_ids;
-  if (config.sliding_window) out["sliding_window"] = *config.sliding_window;
+  if (config.sliding_window) {
+    out["sliding_window"] = *config.sliding_window;
+    out["use_sliding_window"] = true;  // Qwen2/Qwen3 ignore the window without it
+  }
   switch (config.rope_scaling.kind) {
     case RopeScaling::Kind::None:
       break;
@@ -269,6 +346,21 @@ json to_hf_config(const ModelConfig& config) {
                              {"high_freq_factor", config.rope_scaling.high_freq_factor},
                              {"original_max_position_embeddings", config.rope_scaling.original_max_position_embeddings}};
       break;
+    case RopeScaling::Kind::LongRope:
+      out["rope_scaling"] = {{"rope_type", "longrope"},
+                             {"short_factor", config.rope_scaling.short_factor},
+                             {"long_factor", config.rope_scaling.long_factor},
+                             {"attention_factor", config.rope_scaling.attention_factor},
+                             {"original_max_position_embeddings", config.rope_scaling.original_max_position_embeddings}};
+      out["original_max_position_embeddings"] = config.rope_scaling.original_max_position_embeddings;
+      break;
+  }
+  if (config.rotary_dim) {
+    // A factor that int(head_dim * factor) maps back to exactly this width.
+    const auto head_dim = static_cast<double>(config.head_dim);
+    double factor = static_cast<double>(*config.rotary_dim) / head_dim;
+    while (static_cast<std::int64_t>(head_dim * factor) < *config.rotary_dim) factor = std::nextafter(factor, 2.0);
+    out["partial_rotary_factor"] = factor;
   }
   return out;
 }

@@ -13,12 +13,18 @@
 namespace nibble {
 
 struct RopeScaling {
-  enum class Kind { None, Linear, Llama3 };
+  enum class Kind { None, Linear, Llama3, LongRope };
   Kind kind = Kind::None;
   double factor = 1.0;
   double low_freq_factor = 1.0;   // llama3
   double high_freq_factor = 4.0;  // llama3
-  std::int64_t original_max_position_embeddings = 8192;  // llama3
+  std::int64_t original_max_position_embeddings = 8192;  // llama3, longrope
+  // LongRoPE (Phi-3 128k, Phi-3.5; "su" in older configs): each frequency is divided
+  // by its short factor while a sequence fits original_max_position_embeddings and
+  // by its long factor once it is longer; cos and sin are multiplied by
+  // attention_factor (transformers' default: sqrt(1 + ln(max / original) / ln(original))).
+  std::vector<double> short_factor, long_factor;  // one per rotated frequency
+  double attention_factor = 1.0;
 };
 
 // The longest context a config may declare (2^30 positions; the longest real ones
@@ -26,7 +32,7 @@ struct RopeScaling {
 inline constexpr std::int64_t kMaxContextLength = std::int64_t{1} << 30;
 
 struct ModelConfig {
-  std::string architecture;  // "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"
+  std::string architecture;  // "LlamaForCausalLM", ... (loader/architecture.h)
   std::string model_type;    // "llama", "mistral", "qwen2"
   std::int64_t vocab_size = 0;
   std::int64_t hidden_size = 0;
@@ -35,6 +41,9 @@ struct ModelConfig {
   std::int64_t num_heads = 0;
   std::int64_t num_kv_heads = 0;
   std::int64_t head_dim = 0;
+  // Partial rotary embeddings (Phi-4-mini's partial_rotary_factor): only the first
+  // rotary_dim features of each head rotate. Unset: all of them.
+  std::optional<std::int64_t> rotary_dim;
   std::int64_t max_position_embeddings = 2048;
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
@@ -48,6 +57,7 @@ struct ModelConfig {
 
   std::int64_t q_dim() const { return num_heads * head_dim; }
   std::int64_t kv_dim() const { return num_kv_heads * head_dim; }
+  std::int64_t rope_dim() const { return rotary_dim.value_or(head_dim); }
   // Checks internal consistency (sizes in range, heads divide evenly, products
   // that fit 64 bits, finite rope and norm constants); throws nibble::Error.
   void validate() const;

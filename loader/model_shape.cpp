@@ -224,6 +224,9 @@ constexpr std::array kSupported{
     Supported{"LlamaForCausalLM", "llama", Family::Llama},
     Supported{"MistralForCausalLM", "mistral", Family::Llama},
     Supported{"Qwen2ForCausalLM", "qwen2", Family::Qwen2},
+    // Qwen3's per-head q/k norms (2 x head_dim a layer) are left out of the norm count.
+    Supported{"Qwen3ForCausalLM", "qwen3", Family::Llama},
+    Supported{"Phi3ForCausalLM", "phi3", Family::Llama},  // fused qkv/gate_up: the same parameters
     Supported{"OPTForCausalLM", "opt", Family::Opt},
     Supported{"DeepseekV3ForCausalLM", "deepseek_v3", Family::DeepseekV3},
 };

@@ -3,7 +3,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "loader/architecture.h"
 #include "loader/compressed_tensors.h"
+#include "loader/fused_weights.h"
 #include "loader/gguf.h"
 #include "loader/gguf_model.h"
 #include "loader/gptq.h"
@@ -69,9 +71,7 @@ ModelSource open_hf_folder(const std::filesystem::path& folder) {
   return source;
 }
 
-}  // namespace
-
-ModelSource open_model(const std::filesystem::path& path) {
+ModelSource open_any(const std::filesystem::path& path) {
   if (!std::filesystem::exists(path)) fail("model path {} does not exist", path.string());
   if (std::filesystem::is_regular_file(path)) {
     if (path.extension() == ".gguf") return open_gguf(path);
@@ -85,6 +85,16 @@ ModelSource open_model(const std::filesystem::path& path) {
   if (ggufs.size() == 1) return open_gguf(ggufs.front());
   if (ggufs.size() > 1) fail("{}: holds several .gguf files; pass the one to load", path.string());
   fail("{}: not a model folder (no config.json and no .gguf file)", path.string());
+}
+
+}  // namespace
+
+ModelSource open_model(const std::filesystem::path& path) {
+  ModelSource source = open_any(path);
+  // Whatever the format, fused tensors (Phi-3) reach the engine as their parts.
+  const Architecture& arch = architecture_of(source.config.architecture);
+  if (arch.has_fused()) source.weights = split_fused_weights(std::move(source.weights), arch, source.config);
+  return source;
 }
 
 }  // namespace nibble

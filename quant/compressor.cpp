@@ -191,7 +191,11 @@ void compress_weights_only(const ModelSource& source, LayerCompressor& compresso
     for (const auto& name : arch.names) {
       const std::string module = arch.module(name.role, layer);
       const auto shape = linear_module_shape(config, module);
-      if (!shape || name.role == TensorRole::TokenEmbedding || name.role == TensorRole::LmHead) continue;
+      // Fused tensors (Phi-3's qkv_proj) are compressed as the parts the loader splits them into.
+      if (!shape || name.role == TensorRole::TokenEmbedding || name.role == TensorRole::LmHead ||
+          !fused_parts(name.role).empty()) {
+        continue;
+      }
       Module loaded = load_module(*source.weights, module, (*shape)[0], (*shape)[1], false);
       compressor.compress_one(loaded, nullptr);
     }

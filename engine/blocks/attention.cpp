@@ -26,7 +26,7 @@ AttentionBlock::AttentionBlock(WeightBinder& binder, const Architecture& arch, c
                                std::int64_t layer)
     : layer_(layer),
       shape_{config.num_heads, config.num_kv_heads, config.head_dim, config.sliding_window},
-      inv_freq_(rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)),
+      rope_(config),
       qkv_(bind_qkv(binder, arch, config, layer)),
       q_norm_(bind_head_norm(binder, arch, config, TensorRole::QueryNorm, layer)),
       k_norm_(bind_head_norm(binder, arch, config, TensorRole::KeyNorm, layer)),
@@ -35,6 +35,25 @@ AttentionBlock::AttentionBlock(WeightBinder& binder, const Architecture& arch, c
 Linear* AttentionBlock::find(const std::string& module) {
   if (module == o_.module) return &o_;
   return qkv_.find(module);
+}
+
+void AttentionBlock::rotate(const StepContext& step, Workspace& ws) const {
+  const std::int64_t head_dim = shape_.head_dim;
+  const auto rows_of = [&](std::int64_t first, std::int64_t rows, const RopeTable& table) {
+    const auto positions = step.positions.subspan(static_cast<std::size_t>(first), static_cast<std::size_t>(rows));
+    step.backend.rope(ws.q() + first * shape_.heads * head_dim, rows, shape_.heads, head_dim, positions, table.inv_freq,
+                      table.scale);
+    step.backend.rope(ws.k() + first * shape_.kv_heads * head_dim, rows, shape_.kv_heads, head_dim, positions,
+                      table.inv_freq, table.scale);
+  };
+  // One table for all rows unless it depends on each sequence's length (LongRoPE).
+  if (!rope_.by_length()) {
+    rows_of(0, step.rows, rope_.for_length(0));
+    return;
+  }
+  for (const auto& segment : step.segments) {
+    rows_of(segment.first_row, segment.rows, rope_.for_length(segment.start + segment.rows));
+  }
 }
 
 void AttentionBlock::forward(const StepContext& step, Workspace& ws, const float* input, float* out) const {
@@ -48,8 +67,7 @@ void AttentionBlock::forward(const StepContext& step, Workspace& ws, const float
     q_norm_.run(backend, ws.q(), rows * shape_.heads, head_dim, ws.q());
     k_norm_.run(backend, ws.k(), rows * shape_.kv_heads, head_dim, ws.k());
   }
-  backend.rope(ws.q(), rows, shape_.heads, head_dim, step.positions, inv_freq_);
-  backend.rope(ws.k(), rows, shape_.kv_heads, head_dim, step.positions, inv_freq_);
+  rotate(step, ws);
   // Every sequence stores its keys and values, then all attend over their own in
   // one call (a sequence only ever writes its own blocks, so the order is free).
   auto& segments = ws.attention_segments();

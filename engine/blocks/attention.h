@@ -1,7 +1,7 @@
 #pragma once
 // Causal self-attention with rotary positions over the paged KV cache: q/k/v
 // projections (optionally with biases), optional RMSNorm of each q/k head
-// (QK-norm), RoPE, store k/v, multi-head attention with grouped KV heads (GQA;
+// (QK-norm), RoPE (possibly partial, possibly LongRoPE's per-length tables), store k/v, multi-head attention with grouped KV heads (GQA;
 // MHA when they are equal) and an optional sliding window, output projection.
 #include <cstdint>
 #include <optional>
@@ -9,6 +9,7 @@
 
 #include "engine/blocks/linear.h"
 #include "engine/blocks/norm.h"
+#include "engine/rope.h"
 #include "engine/step_context.h"
 #include "engine/weight_binder.h"
 #include "loader/architecture.h"
@@ -26,9 +27,12 @@ class AttentionBlock {
   std::int64_t stacked_width() const { return qkv_.stacked() ? qkv_.total_width() : 0; }
 
  private:
+  // Rotates the step's q and k rows by their positions.
+  void rotate(const StepContext& step, Workspace& ws) const;
+
   std::int64_t layer_;
   kernels::AttentionShape shape_;
-  std::vector<float> inv_freq_;  // rotary frequencies, head_dim / 2
+  RopeTables rope_;
   LinearGroup qkv_;
   RmsNorm q_norm_, k_norm_;  // empty without QK-norm
   Linear o_;

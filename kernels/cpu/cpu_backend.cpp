@@ -164,14 +164,17 @@ void CpuBackend::rms_norm(const float* x, std::int64_t rows, std::int64_t dim, c
 }
 
 void CpuBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-                      std::span<const std::int32_t> positions, std::span<const float> inv_freq) {
-  const std::int64_t half = head_dim / 2;
+                      std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) {
+  const auto half = static_cast<std::int64_t>(inv_freq.size());
+  if (2 * half > head_dim) fail("rope: {} inverse frequencies for head_dim {}", inv_freq.size(), head_dim);
   const auto used = positions.first(static_cast<std::size_t>(rows));
   // A step rotates q and k of every layer at the same positions: the angles are
-  // computed once and kept until the positions or frequencies change.
-  if (!std::ranges::equal(used, rope_positions_) || !std::ranges::equal(inv_freq, rope_inv_freq_)) {
+  // computed once and kept until the positions, frequencies or scale change.
+  if (!std::ranges::equal(used, rope_positions_) || !std::ranges::equal(inv_freq, rope_inv_freq_) ||
+      scale != rope_scale_) {
     rope_positions_.assign(used.begin(), used.end());
     rope_inv_freq_.assign(inv_freq.begin(), inv_freq.end());
+    rope_scale_ = scale;
     rope_cos_.resize(static_cast<std::size_t>(rows * half));
     rope_sin_.resize(rope_cos_.size());
     for (std::int64_t r = 0; r < rows; ++r) {
@@ -179,8 +182,11 @@ void CpuBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int6
         // float32 angle like the reference; cos/sin of it evaluated accurately.
         const float angle =
             static_cast<float>(used[static_cast<std::size_t>(r)]) * inv_freq[static_cast<std::size_t>(i)];
-        rope_cos_[static_cast<std::size_t>(r * half + i)] = static_cast<float>(std::cos(static_cast<double>(angle)));
-        rope_sin_[static_cast<std::size_t>(r * half + i)] = static_cast<float>(std::sin(static_cast<double>(angle)));
+        // Scaled after rounding, as transformers multiplies its float32 cos and sin.
+        rope_cos_[static_cast<std::size_t>(r * half + i)] =
+            static_cast<float>(std::cos(static_cast<double>(angle))) * scale;
+        rope_sin_[static_cast<std::size_t>(r * half + i)] =
+            static_cast<float>(std::sin(static_cast<double>(angle))) * scale;
       }
     }
   }

@@ -45,7 +45,7 @@ class CpuBackend final : public Backend {
   void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                 float* y) override;
   void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-            std::span<const std::int32_t> positions, std::span<const float> inv_freq) override;
+            std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) override;
   void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions, const KvLayerView& kv,
                  const AttentionShape& shape, float* out) override;
   void attention_batch(std::span<const AttentionSegment> segments, const AttentionShape& shape) override;
@@ -63,8 +63,9 @@ class CpuBackend final : public Backend {
   std::vector<std::vector<std::int64_t>> attention_rows_;  // per pool thread: each position's storage row
   std::vector<std::int64_t> attention_first_task_;         // per segment of an attention_batch call
   std::vector<std::vector<float>> linear_scratch_;    // per pool thread
-  std::vector<std::int32_t> rope_positions_;  // the last rope call's positions and frequencies,
-  std::vector<float> rope_inv_freq_;          // and their cos/sin [row, head_dim / 2]
+  std::vector<std::int32_t> rope_positions_;  // the last rope call's positions, frequencies and scale,
+  std::vector<float> rope_inv_freq_;          // and their scaled cos/sin [row, inv_freq.size()]
+  float rope_scale_ = 1.0f;
   std::vector<float> rope_cos_, rope_sin_;
   std::vector<float> packed_input_;
   std::vector<float> group_sums_;

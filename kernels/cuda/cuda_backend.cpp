@@ -351,16 +351,17 @@ void CudaBackend::add_rms_norm(const float* x, float* residual, std::int64_t row
 }
 
 void CudaBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-                       std::span<const std::int32_t> positions, std::span<const float> inv_freq) {
+                       std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) {
   if (rows <= 0) return;
   if (static_cast<std::int64_t>(positions.size()) < rows) fail("rope: {} positions for {} rows", positions.size(), rows);
-  if (static_cast<std::int64_t>(inv_freq.size()) != head_dim / 2) {
+  if (inv_freq.empty() || 2 * static_cast<std::int64_t>(inv_freq.size()) > head_dim) {
     fail("rope: {} inverse frequencies for head_dim {}", inv_freq.size(), head_dim);
   }
   NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
   const std::int32_t* positions_d = stage(positions.first(at(rows)));
   const float* inv_freq_d = stage(inv_freq);
-  cuda::rope(x, rows, heads, head_dim, positions_d, inv_freq_d, stream_);
+  cuda::rope(x, rows, heads, head_dim, static_cast<std::int64_t>(inv_freq.size()), positions_d, inv_freq_d, scale,
+             stream_);
 }
 
 void CudaBackend::attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,

@@ -59,7 +59,7 @@ class CudaBackend final : public Backend {
   void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                 float* y) override;
   void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-            std::span<const std::int32_t> positions, std::span<const float> inv_freq) override;
+            std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) override;
   void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions, const KvLayerView& kv,
                  const AttentionShape& shape, float* out) override;
   void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override;

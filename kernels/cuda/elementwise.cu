@@ -60,9 +60,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 __global__ void __launch_bounds__(kThreads) rope_kernel(float* x, std::int64_t rows, std::int64_t heads,
-                                                        std::int64_t head_dim, const std::int32_t* positions,
-                                                        const float* inv_freq) {
-  const std::int64_t half = head_dim / 2;
+                                                        std::int64_t head_dim, std::int64_t half,
+                                                        const std::int32_t* positions, const float* inv_freq,
+                                                        float scale) {
   const std::int64_t total = rows * heads * half;
   for (std::int64_t index = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; index < total;
        index += static_cast<std::int64_t>(gridDim.x) * kThreads) {
@@ -76,8 +76,10 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(float* x, std::int64_t r
     float* v = x + (row * heads + head) * head_dim;
     const float a = v[i];
     const float b = v[i + half];
-    v[i] = a * static_cast<float>(c) - b * static_cast<float>(s);
-    v[i + half] = b * static_cast<float>(c) + a * static_cast<float>(s);
+    // Scaled after rounding, as transformers multiplies its float32 cos and sin.
+    const float cs = static_cast<float>(c) * scale, sn = static_cast<float>(s) * scale;
+    v[i] = a * cs - b * sn;
+    v[i + half] = b * cs + a * sn;
   }
 }
 
@@ -156,11 +158,11 @@ void add_rms_norm(const float* x, float* residual, std::int64_t rows, std::int64
   NIBBLE_CUDA_CHECK_LAUNCH(stream, "rms_norm_kernel (fused add)");
 }
 
-void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim, const std::int32_t* positions,
-          const float* inv_freq, cudaStream_t stream) {
-  const std::int64_t total = rows * heads * (head_dim / 2);
+void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim, std::int64_t half,
+          const std::int32_t* positions, const float* inv_freq, float scale, cudaStream_t stream) {
+  const std::int64_t total = rows * heads * half;
   if (total <= 0) return;
-  rope_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, rows, heads, head_dim, positions, inv_freq);
+  rope_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, rows, heads, head_dim, half, positions, inv_freq, scale);
   NIBBLE_CUDA_CHECK_LAUNCH(stream, "rope_kernel");
 }
 

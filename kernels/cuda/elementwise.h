@@ -19,10 +19,11 @@ void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* 
 void add_rms_norm(const float* x, float* residual, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                   float* y, cudaStream_t stream);
 // Rotates each head of x [rows, heads * head_dim] in place by positions[row]
-// (rotate-half; inv_freq has head_dim / 2 entries). Angles are float32 products
-// like the CPU's; their sine and cosine are evaluated in double.
-void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim, const std::int32_t* positions,
-          const float* inv_freq, cudaStream_t stream);
+// (rotate-half over the first 2 * half features, the rest passing through; inv_freq
+// has `half` entries), the rotated features times `scale`. Angles are float32
+// products like the CPU's; their sine and cosine are evaluated in double.
+void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim, std::int64_t half,
+          const std::int32_t* positions, const float* inv_freq, float scale, cudaStream_t stream);
 // out = silu(gate) * up over n values.
 void swiglu(const float* gate, const float* up, std::int64_t n, float* out, cudaStream_t stream);
 // y += x over n values.

@@ -13,9 +13,9 @@ strftime_now, tojson) over a set of conversations, and writes OUT/cases.json:
 Templates (the TEMPLATES table): files of two PyPI releases, found through PyPI's JSON API,
 downloaded once, sha256-checked and cached in CACHE; only the members named are read, and
 Python sources are parsed with `ast`, never run:
-  * llama-cpp-python==0.3.36 sdist: seven .jinja files from llama.cpp's models/templates, the
+  * llama-cpp-python==0.3.36 sdist: nine .jinja files from llama.cpp's models/templates, the
     Mistral-7B-Instruct v0.1/v0.2 constants of llama_cpp/llama_chat_format.py and two
-    Mistral-7B-Instruct-v0.2 cases of llama.cpp's tests/test-chat-template.cpp;
+    Mistral-7B-Instruct-v0.2 and one Phi-3-mini case of llama.cpp's tests/test-chat-template.cpp;
   * transformers==4.40.2 wheel: Llama-2-chat's template, LlamaTokenizer.default_chat_template
     (since removed), rebuilt as the property builds it;
 and SmolLM2-135M-Instruct's own `tokenizer.chat_template` read with `gguf` from the bundled
@@ -152,6 +152,11 @@ TEMPLATES = dict([
     jinja_file("meta-llama-Llama-3.1-8B-Instruct", LLAMA3),
     jinja_file("meta-llama-Llama-3.2-3B-Instruct", LLAMA3),
     jinja_file("Qwen-Qwen2.5-7B-Instruct", ("", "<|im_end|>")),
+    jinja_file("Qwen-Qwen3-0.6B", ("", "<|im_end|>")),  # <think> handling, tools
+    jinja_file("microsoft-Phi-3.5-mini-instruct", ("<s>", "<|endoftext|>")),
+    # Phi-3-mini-4k-instruct's first template (user/assistant only, bos first).
+    ("microsoft-Phi-3-mini-4k-instruct-original",
+     (LLAMA_CPP_PYTHON, LCP_TEMPLATE_TESTS, cpp_test_case("Phi-3-mini"), ("<s>", "<|endoftext|>"))),
     jinja_file("mistralai-Mistral-Nemo-Instruct-2407", S_TAGS),
     jinja_file("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", DEEPSEEK),
     jinja_file("deepseek-ai-DeepSeek-R1-Distill-Llama-8B", DEEPSEEK),
@@ -301,6 +306,7 @@ def conversations(thinking):
     if thinking:
         answer = "<think>\nThe user asks about France. It is Paris.\n</think>\n\nParis."
     assistant = {"role": "assistant", "content": answer}
+    reasoned = {"role": "assistant", "content": "Paris.", "reasoning_content": "\nFrance's capital.\n"}
     follow_up = {"role": "user", "content": "And of Italy? Say \"Rome\" in 'quotes' & tabs\t{{ not jinja }}"}
     cases = [
         ("system_user", [system, user], {}),
@@ -319,6 +325,15 @@ def conversations(thinking):
         ("tool_call", [user, TOOL_CALL, TOOL_RESULT], {"tools": [WEATHER_TOOL]}),
         ("tool_call_no_tools", [user, TOOL_CALL, TOOL_RESULT, {"role": "assistant", "content": "Sunny."}], {}),
     ]
+    if thinking:
+        # Reasoning given apart from the content (Qwen3 renders it inside <think>), in
+        # the last turn and in an earlier one, and a tool call made while thinking.
+        cases += [
+            ("reasoning_content_last", [system, user, reasoned], {}),
+            ("reasoning_content_earlier", [user, reasoned, follow_up], {}),
+            ("thinking_tool_call", [user, {**TOOL_CALL, "content": answer}, TOOL_RESULT, TOOL_RESULT,
+                                    {"role": "assistant", "content": answer}], {"tools": [WEATHER_TOOL]}),
+        ]
     return cases
 
 
@@ -344,7 +359,7 @@ def main():
     env = make_environment()
     cases = []
     for name, (source, bos, eos) in sorted(templates.items()):
-        thinking = name.startswith("deepseek")
+        thinking = name.startswith(("deepseek", "Qwen-Qwen3"))
         for label, messages, extra in conversations(thinking):
             for add_generation_prompt in (True, False):
                 case = {"template": name, "case": label, "source": source, "bos": bos, "eos": eos,

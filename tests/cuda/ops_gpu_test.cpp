@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <tuple>
 
 #include "common/error.h"
 #include "common/half.h"
@@ -54,21 +55,23 @@ TEST_F(OpsGpu, RmsNormInPlaceAndFusedWithTheResidualAdd) {
 
 TEST_F(OpsGpu, RopeRotatesHalvesByPosition) {
   std::mt19937 rng(32);
-  for (const std::int64_t head_dim : {64, 128, 80}) {
+  // Whole heads, then partial rotary (Phi-4-mini: 96 of 128) with LongRoPE's scale.
+  for (const auto& [head_dim, rotary, scale] : {std::tuple{64, 64, 1.0f}, std::tuple{128, 128, 1.0f},
+                                               std::tuple{80, 80, 1.0f}, std::tuple{128, 96, 1.19f}}) {
     const std::int64_t rows = 5, heads = 6;
     std::vector<float> x = random_floats(rng, at(rows * heads * head_dim));
     const std::vector<std::int32_t> positions = {0, 1, 517, 4095, 131071};
-    std::vector<float> inv_freq(at(head_dim / 2));
+    std::vector<float> inv_freq(at(rotary / 2));
     for (std::size_t i = 0; i < inv_freq.size(); ++i) {
-      inv_freq[i] = static_cast<float>(std::pow(500000.0, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim)));
+      inv_freq[i] = static_cast<float>(std::pow(500000.0, -2.0 * static_cast<double>(i) / static_cast<double>(rotary)));
     }
     DeviceBuffer<float> x_d = to_device(x);
     const DeviceBuffer<std::int32_t> positions_d = to_device(positions);
     const DeviceBuffer<float> inv_freq_d = to_device(inv_freq);
-    rope(x_d.data(), rows, heads, head_dim, positions_d.data(), inv_freq_d.data(), stream);
+    rope(x_d.data(), rows, heads, head_dim, rotary / 2, positions_d.data(), inv_freq_d.data(), scale, stream);
     std::vector<float> expected = x;
-    reference::rope(expected, rows, heads, head_dim, positions, inv_freq);
-    EXPECT_LT(cuda_testing::relative_error(to_host(x_d, x.size()), widen(expected)), 2e-6) << head_dim;
+    reference::rope(expected, rows, heads, head_dim, positions, inv_freq, scale);
+    EXPECT_LT(cuda_testing::relative_error(to_host(x_d, x.size()), widen(expected)), 2e-6) << head_dim << " " << rotary;
   }
 }
 
@@ -221,7 +224,7 @@ TEST_F(OpsGpu, GraphReplayRepeatsTheCapturedStep) {
   const std::vector<std::int32_t> positions = {0};
   const std::vector<float> inv_freq(8, 1.0f);
   DeviceBuffer<float> q(16);
-  EXPECT_THROW(graph.capture(backend.stream(), [&] { backend.rope(q.data(), 1, 1, 16, positions, inv_freq); }), Error);
+  EXPECT_THROW(graph.capture(backend.stream(), [&] { backend.rope(q.data(), 1, 1, 16, positions, inv_freq, 1.0f); }), Error);
   graph.launch(backend.stream());
   backend.synchronize();
 }

@@ -81,10 +81,10 @@ class RecordingBackend final : public kernels::Backend {
     inner_.rms_norm(x, rows, dim, weight, eps, y);
   }
   void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-            std::span<const std::int32_t> positions, std::span<const float> inv_freq) override {
+            std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) override {
     ++ops["rope"];
     check("rope", x);
-    inner_.rope(x, rows, heads, head_dim, positions, inv_freq);
+    inner_.rope(x, rows, heads, head_dim, positions, inv_freq, scale);
   }
   void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,
                  const kernels::KvLayerView& kv, const kernels::AttentionShape& shape, float* out) override {

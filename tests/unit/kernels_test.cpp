@@ -168,18 +168,31 @@ TEST(CpuOps, RopeMatchesTheReference) {
   for (std::size_t i = 0; i < inv_freq.size(); ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * static_cast<float>(i) / head_dim);
   std::vector<std::int32_t> positions{0, 1, 17, 4000};
   // The backend keeps the last call's angles: repeated, moved (same buffer) and
-  // re-based positions, and other frequencies, must each rotate by their own.
-  for (int call = 0; call < 5; ++call) {
+  // re-based positions, other frequencies and another scale (LongRoPE's attention
+  // factor) must each rotate by their own; then fewer frequencies than head_dim / 2
+  // (partial rotary) must rotate the head's first features and leave the rest alone.
+  float scale = 1.0f;
+  for (int call = 0; call < 7; ++call) {
     if (call == 2) positions[2] = 18;
     if (call == 3) {
       for (auto& f : inv_freq) f *= 0.5f;
     }
     if (call == 4) positions = {5, 6, 7, 8};
+    if (call == 5) scale = 1.19f;
+    if (call == 6) inv_freq.resize(24);
     auto x = random_floats(rng, rows * heads * head_dim);
     auto expected = x;
-    backend.rope(x.data(), rows, heads, head_dim, positions, inv_freq);
-    reference::rope(expected, rows, heads, head_dim, positions, inv_freq);
+    backend.rope(x.data(), rows, heads, head_dim, positions, inv_freq, scale);
+    reference::rope(expected, rows, heads, head_dim, positions, inv_freq, scale);
     EXPECT_LT(relative_error(x, expected), 1e-5) << "call " << call;
+    if (call == 6) {
+      for (std::int64_t r = 0; r < rows * heads; ++r) {
+        for (std::int64_t i = 48; i < head_dim; ++i) {
+          const auto at = static_cast<std::size_t>(r * head_dim + i);
+          ASSERT_EQ(x[at], expected[at]) << "feature " << i << " is past the rotary width";
+        }
+      }
+    }
   }
 }
 

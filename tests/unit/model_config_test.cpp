@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <limits>
 
 #include "loader/model_config.h"
@@ -58,6 +59,90 @@ TEST(ModelConfig, Qwen2HasQkvBiasAndOptionalSlidingWindow) {
   EXPECT_FALSE(c.sliding_window.has_value());
   EXPECT_TRUE(c.tie_word_embeddings);
   EXPECT_EQ(c.rope_scaling.kind, RopeScaling::Kind::None);
+}
+
+// Phi-3-mini-128k-instruct's config.json as published (transformers 4.40 era):
+// rope type "su", the pretraining context at the top level, no factor.
+json phi3_128k_config() {
+  json config = json::parse(R"({
+    "architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "vocab_size": 32064, "hidden_size": 3072,
+    "intermediate_size": 8192, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+    "max_position_embeddings": 131072, "original_max_position_embeddings": 4096, "rms_norm_eps": 1e-05,
+    "rope_theta": 10000.0, "sliding_window": 262144, "tie_word_embeddings": false})");
+  json short_factor = json::array(), long_factor = json::array();
+  for (int i = 0; i < 48; ++i) {
+    short_factor.push_back(1.0 + 0.01 * i);
+    long_factor.push_back(1.0 + 0.5 * i);
+  }
+  config["rope_scaling"] = {{"type", "su"}, {"short_factor", short_factor}, {"long_factor", long_factor}};
+  return config;
+}
+
+TEST(ModelConfig, Phi3LongRopeAsTransformersReadsIt) {
+  const ModelConfig c = parse_hf_config(phi3_128k_config());
+  EXPECT_EQ(c.architecture, "Phi3ForCausalLM");
+  const RopeScaling& rope = c.rope_scaling;
+  ASSERT_EQ(rope.kind, RopeScaling::Kind::LongRope);
+  EXPECT_EQ(rope.original_max_position_embeddings, 4096);
+  ASSERT_EQ(rope.long_factor.size(), 48u);
+  EXPECT_DOUBLE_EQ(rope.long_factor[2], 2.0);
+  // transformers: factor = 131072 / 4096 = 32, attention factor sqrt(1 + ln 32 / ln 4096).
+  EXPECT_NEAR(rope.attention_factor, std::sqrt(1 + std::log(32.0) / std::log(4096.0)), 1e-12);
+  EXPECT_EQ(c.sliding_window, 262144);
+  EXPECT_FALSE(c.rotary_dim);
+
+  // An explicit attention_factor wins; the round trip keeps everything.
+  json explicit_factor = phi3_128k_config();
+  explicit_factor["rope_scaling"]["attention_factor"] = 1.25;
+  explicit_factor["partial_rotary_factor"] = 0.75;
+  explicit_factor["rope_scaling"]["short_factor"] = json(std::vector<double>(36, 1.0));
+  explicit_factor["rope_scaling"]["long_factor"] = json(std::vector<double>(36, 2.0));
+  const ModelConfig e = parse_hf_config(explicit_factor);
+  EXPECT_DOUBLE_EQ(e.rope_scaling.attention_factor, 1.25);
+  EXPECT_EQ(e.rotary_dim, 72);
+  const ModelConfig again = parse_hf_config(to_hf_config(e));
+  EXPECT_EQ(again.rope_scaling.kind, RopeScaling::Kind::LongRope);
+  EXPECT_EQ(again.rope_scaling.long_factor, e.rope_scaling.long_factor);
+  EXPECT_DOUBLE_EQ(again.rope_scaling.attention_factor, 1.25);
+  EXPECT_EQ(again.rope_scaling.original_max_position_embeddings, 4096);
+  EXPECT_EQ(again.rotary_dim, 72);
+
+  // The 4k models have no rope scaling.
+  json short_context = phi3_128k_config();
+  short_context.erase("rope_scaling");
+  short_context["max_position_embeddings"] = 4096;
+  EXPECT_EQ(parse_hf_config(short_context).rope_scaling.kind, RopeScaling::Kind::None);
+}
+
+TEST(ModelConfig, LongRopeFactorListsMustFitTheRotaryWidth) {
+  json config = phi3_128k_config();
+  config["rope_scaling"]["long_factor"].erase(0);
+  expect_error([&] { parse_hf_config(config); }, {"longrope needs 48 short and long factors", "47"});
+  config = phi3_128k_config();
+  config["rope_scaling"]["short_factor"][3] = 0.0;
+  expect_error([&] { parse_hf_config(config); }, {"longrope factors must be finite and positive"});
+  config = phi3_128k_config();
+  config["rope_scaling"]["type"] = "yarn";
+  expect_error([&] { parse_hf_config(config); }, {"'yarn' is not supported"});
+}
+
+TEST(ModelConfig, Qwen3HasAnExplicitHeadDimAndAFlaggedSlidingWindow) {
+  json config = llama_config();
+  config["architectures"] = {"Qwen3ForCausalLM"};
+  config.erase("rope_scaling");
+  config["head_dim"] = 256;  // unlike hidden / heads = 128
+  config["sliding_window"] = 4096;
+  config["use_sliding_window"] = false;
+  ModelConfig c = parse_hf_config(config);
+  EXPECT_EQ(c.model_type, "qwen3");
+  EXPECT_EQ(c.head_dim, 256);
+  EXPECT_EQ(c.q_dim(), 32 * 256);
+  EXPECT_FALSE(c.attention_bias);
+  EXPECT_FALSE(c.sliding_window);
+  config["use_sliding_window"] = true;
+  c = parse_hf_config(config);
+  EXPECT_EQ(c.sliding_window, 4096);
+  EXPECT_EQ(parse_hf_config(to_hf_config(c)).sliding_window, 4096) << "the writer keeps the flag";
 }
 
 TEST(ModelConfig, MistralUsesItsSlidingWindow) {

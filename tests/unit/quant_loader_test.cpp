@@ -26,6 +26,8 @@
 
 #include "common/error.h"
 #include "common/half.h"
+#include "loader/architecture.h"
+#include "loader/fused_weights.h"
 #include "loader/gguf.h"
 #include "loader/gguf_model.h"
 #include "loader/model_source.h"
@@ -91,8 +93,7 @@ class Checkpoint {
     std::erase_if(tensors_, [&](const TensorView& t) { return t.name == name; });
   }
   // Writes config.json (with `quantization` as quantization_config unless null) and model.safetensors.
-  void write(const fs::path& folder, const json& quantization) const {
-    json config = llama_config();
+  void write(const fs::path& folder, const json& quantization, json config = llama_config()) const {
     if (!quantization.is_null()) config["quantization_config"] = quantization;
     write_file(folder / "config.json", config.dump(2));
     write_safetensors(folder / "model.safetensors", tensors_);
@@ -652,6 +653,123 @@ TEST(Awq, GemmInterleaveRoundTrips) {
     EXPECT_FALSE(source.weights->load_quantized("lm_head").has_value());
     expect_error([&] { source.weights->load(kUp + ".weight"); }, {"awq", "load_quantized"});
   }
+}
+
+// ---- Fused modules (Phi-3's gate_up_proj) in GPTQ and AWQ checkpoints: the loader
+// splits the unpacked matrix by output rows; every field is per row, so each part
+// is exactly its rows of the fused module (act-order's g_idx shared by all).
+
+// Rows [first, first + count) of a reference.
+Reference reference_rows(const Reference& r, std::int64_t first, std::int64_t count) {
+  Reference part = r;
+  part.n = count;
+  const auto rows = [&]<typename T>(const std::vector<T>& values, std::int64_t per_row) {
+    return std::vector<T>(values.begin() + first * per_row, values.begin() + (first + count) * per_row);
+  };
+  part.codes = rows(r.codes, r.k);
+  part.zeros = rows(r.zeros, r.groups);
+  part.scales = rows(r.scales, r.groups);
+  return part;
+}
+
+// A Phi-3 whose gate_up_proj [2 x 128, 64] has kUp's shape.
+json phi3_config() {
+  json config = llama_config();
+  config["architectures"] = {"Phi3ForCausalLM"};
+  config["model_type"] = "phi3";
+  config["intermediate_size"] = kMlp / 2;
+  return config;
+}
+
+TEST(FusedQuantized, GptqAndAwqGateUpSplitIntoTheirRows) {
+  const std::string fused = "model.layers.0.mlp.gate_up_proj";
+  for (const bool awq : {false, true}) {
+    SCOPED_TRACE(awq ? "awq" : "gptq act-order");
+    TempDir dir;
+    Checkpoint ckpt;
+    const Reference ref = make_reference(kUp, {4, 32, false, /*act_order=*/!awq, DType::F16, 1, 30});
+    if (awq) {
+      add_awq(ckpt, fused, ref);
+      ckpt.write(dir.path(), {{"quant_method", "awq"}, {"w_bit", 4}, {"q_group_size", 32}, {"zero_point", true},
+                              {"version", "GEMM"}}, phi3_config());
+    } else {
+      add_gptq(ckpt, fused, ref, /*v1=*/true);
+      ckpt.write(dir.path(), gptq_config(4, 32, false, true, "gptq"), phi3_config());
+    }
+    const ModelSource source = open_model(dir.path());
+    EXPECT_TRUE(source.weights->has_quantized(kGate));
+    EXPECT_TRUE(source.weights->has_quantized(kUp));
+    const auto gate = source.weights->load_quantized(kGate);
+    const auto up = source.weights->load_quantized(kUp);
+    ASSERT_TRUE(gate && up);
+    EXPECT_EQ(gate->name, kGate);
+    expect_matches(*gate, reference_rows(ref, 0, kMlp / 2));
+    expect_matches(*up, reference_rows(ref, kMlp / 2, kMlp / 2));
+    EXPECT_EQ(gate->stored_bytes + up->stored_bytes, source.weights->load_quantized(fused)->stored_bytes);
+  }
+}
+
+// A quantized source holding one fused qkv_proj, counting how often it is unpacked.
+class CountingFusedSource final : public WeightSource {
+ public:
+  explicit CountingFusedSource(QuantizedMatrix fused) : fused_(std::move(fused)) {}
+  std::vector<StoredTensorInfo> list() const override { return {}; }
+  bool contains(const std::string&) const override { return false; }
+  TensorView load(const std::string& name) const override { fail("no tensor '{}'", name); }
+  std::optional<QuantizedMatrix> load_quantized(const std::string& module) const override {
+    if (module != fused_.name) return std::nullopt;
+    ++loads;
+    return fused_;
+  }
+  bool has_quantized(const std::string& module) const override { return module == fused_.name; }
+  std::uint64_t file_bytes() const override { return 0; }
+  mutable int loads = 0;
+
+ private:
+  QuantizedMatrix fused_;
+};
+
+TEST(FusedQuantized, AFusedMatrixIsUnpackedOnceForAllItsParts) {
+  const ModelConfig config = parse_hf_config(phi3_config());
+  const std::string attn = "model.layers.0.self_attn.";
+  const Reference ref = make_reference(kQ, {8, 32, false, false, DType::F16, 0, 40});  // [64, 64]
+  QuantizedMatrix fused;
+  fused.name = attn + "qkv_proj";
+  fused.rows = 2 * kHidden;  // q 64 + k 32 + v 32
+  fused.cols = kHidden;
+  fused.bits = 8;
+  fused.groups = ref.groups;
+  fused.group_of_col = ref.group_of_col;
+  for (int copy = 0; copy < 2; ++copy) {
+    fused.codes.insert(fused.codes.end(), ref.codes.begin(), ref.codes.end());
+    for (std::int64_t i = 0; i < ref.n * ref.groups; ++i) {
+      fused.scales.push_back(ref.scale(i / ref.groups, i % ref.groups));
+      fused.zeros.push_back(static_cast<std::uint8_t>(ref.zeros[static_cast<std::size_t>(i)]));
+    }
+  }
+  auto base = std::make_unique<CountingFusedSource>(fused);
+  const CountingFusedSource& counter = *base;
+  const auto split = split_fused_weights(std::move(base), architecture_of("Phi3ForCausalLM"), config);
+  for (const char* part : {"q_proj", "k_proj", "v_proj"}) ASSERT_TRUE(split->load_quantized(attn + part));
+  EXPECT_EQ(counter.loads, 1) << "q, k and v sliced from one unpacked matrix";
+  const auto v = split->load_quantized(attn + "v_proj");
+  EXPECT_EQ(counter.loads, 2) << "released once every part was taken, so a later ask reads the file again";
+  ASSERT_TRUE(v);
+  EXPECT_EQ(v->rows, kKv);
+  EXPECT_EQ(v->value(3, 5), fused.value(kHidden + kKv + 3, 5));
+}
+
+TEST(FusedQuantized, AFusedTensorWhoseRowsAreNotItsPartsIsNamed) {
+  TempDir dir;
+  Checkpoint ckpt;
+  // gate_up_proj needs 2 x 128 rows; 200 is neither.
+  ckpt.add("model.layers.0.mlp.gate_up_proj.weight", DType::F16, {200, kHidden},
+           std::vector<std::uint16_t>(200 * kHidden, 0x3c00));
+  ckpt.write(dir.path(), nullptr, phi3_config());
+  const ModelSource source = open_model(dir.path());
+  EXPECT_TRUE(source.weights->contains(kUp + ".weight"));
+  expect_error([&] { source.weights->load(kUp + ".weight"); },
+               {"model.layers.0.mlp.gate_up_proj.weight", "[200, 64]", "256 rows"});
 }
 
 TEST(Awq, InterleaveMatchesAutoAwqWordByWord) {
