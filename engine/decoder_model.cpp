@@ -1,9 +1,11 @@
 #include "engine/decoder_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "common/error.h"
+#include "common/half.h"
 #include "engine/weight_binder.h"
 
 namespace nibble::engine {
@@ -12,8 +14,18 @@ namespace {
 RmsNorm bind_norm(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, TensorRole role,
                   std::int64_t layer = 0) {
   if (!arch.has(role)) return {};
-  return {binder.vector(arch.module(role, layer) + ".weight", config.hidden_size),
+  return {binder.vector(arch.module(role, layer) + ".weight", config.hidden_size, arch.norm_weight_offset_one ? 1.0f : 0.0f),
           static_cast<float>(config.rms_norm_eps)};
+}
+
+// sqrt(hidden_size) as Hugging Face's Gemma computes it: a float32 tensor cast to
+// the model's dtype (25.25, not 25.298, for a bfloat16 model of width 640).
+float embedding_scale_of(const Architecture& arch, const ModelConfig& config) {
+  if (!arch.scaled_embedding) return 1.0f;
+  const auto scale = static_cast<float>(std::sqrt(static_cast<double>(config.hidden_size)));
+  if (config.torch_dtype == "bfloat16") return bf16_to_f32(f32_to_bf16(scale));
+  if (config.torch_dtype == "float16") return f16_to_f32(f32_to_f16(scale));
+  return scale;
 }
 
 }  // namespace
@@ -40,6 +52,7 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
       backend_(backend),
       workspace_(Workspace::Widths{config_.hidden_size, config_.q_dim(), config_.kv_dim(), config_.intermediate_size, 0}) {
   const Architecture& arch = architecture_of(config_.architecture);
+  embedding_scale_ = embedding_scale_of(arch, config_);
   WeightBinder binder(*source.weights, config_, backend, options);
   const auto d = config_.hidden_size;
   const std::string embedding = arch.module(TensorRole::TokenEmbedding);
@@ -103,7 +116,7 @@ void DecoderModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache
   const StepContext step{backend_, cache, rows, positions_, segments_, hook_};
 
   const auto d = config_.hidden_size;
-  backend_.embedding(*embedding_.weights, tokens_, ws.x());
+  embed(ws.x());
   for (const auto& layer : layers_) layer.forward(step, ws, d);
   // The rows whose logits are wanted, normalized side by side so lm_head runs once over them.
   std::int64_t out = 0;
@@ -117,17 +130,28 @@ void DecoderModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache
   // Where the host reads the backend's memory, lm_head writes straight into `logits`.
   if (backend_.host_visible_memory()) {
     lm_head_.run(backend_, ws.h(), out_rows, logits.data(), hook_);
+    if (config_.final_logit_softcapping > 0) {
+      backend_.soft_cap(logits.data(), out_rows * vocab, static_cast<float>(config_.final_logit_softcapping));
+    }
     return;
   }
   const kernels::Buffer& device_logits = ws.logits(backend_, out_rows * vocab);
   lm_head_.run(backend_, ws.h(), out_rows, device_logits.data<float>(), hook_);
+  if (config_.final_logit_softcapping > 0) {
+    backend_.soft_cap(device_logits.data<float>(), out_rows * vocab, static_cast<float>(config_.final_logit_softcapping));
+  }
   backend_.download(device_logits, 0, static_cast<std::size_t>(out_rows * vocab) * sizeof(float), logits.data());
 }
 
 void DecoderModel::begin_layers(std::span<const BatchEntry> batch) {
   // Blocks of any size: the cache each layer gets checks the tables.
   plan_rows(batch, std::numeric_limits<std::int32_t>::max());
-  backend_.embedding(*embedding_.weights, tokens_, workspace_.x());
+  embed(workspace_.x());
+}
+
+void DecoderModel::embed(float* x) {
+  backend_.embedding(*embedding_.weights, tokens_, x);
+  if (embedding_scale_ != 1.0f) backend_.scale(x, static_cast<std::int64_t>(tokens_.size()) * config_.hidden_size, embedding_scale_);
 }
 
 void DecoderModel::run_layer(std::int64_t layer, PagedKvCache& cache) {

@@ -3,7 +3,7 @@
 // [norm -> attention -> (post-norm) -> residual, norm -> MLP -> (post-norm) ->
 // residual], final norm, lm_head (tied to the embedding or separate). Which
 // blocks and which tensor names come from the architecture's table entry
-// (loader/architecture.h): Llama, Mistral and Qwen2 today.
+// (loader/architecture.h): Llama, Mistral, Qwen2, Gemma 2 and Gemma 3 today.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -59,6 +59,8 @@ class DecoderModel final : public Model {
  private:
   // The step's rows, positions and segments for `batch`, and room for them.
   void plan_rows(std::span<const BatchEntry> batch, std::int32_t block_size);
+  // The planned tokens' embeddings into x [rows, hidden], scaled where the architecture scales them.
+  void embed(float* x);
 
   ModelConfig config_;
   kernels::Backend& backend_;
@@ -68,6 +70,7 @@ class DecoderModel final : public Model {
   Linear embedding_;
   Linear lm_head_;
   RmsNorm final_norm_;
+  float embedding_scale_ = 1.0f;
   std::vector<DecoderLayer> layers_;
   LinearInputHook hook_;
 

@@ -33,7 +33,10 @@ enum class TensorRole : std::uint8_t {
   PostMlpNorm,        // on the MLP output, before the residual add
 };
 
-enum class MlpActivation : std::uint8_t { Silu /* SwiGLU */ };
+enum class MlpActivation : std::uint8_t {
+  Silu,      // SwiGLU
+  GeluTanh,  // GeGLU with GELU's tanh approximation ("gelu_pytorch_tanh", Gemma)
+};
 
 struct TensorName {
   TensorRole role;
@@ -50,6 +53,14 @@ struct Architecture {
   bool gguf_rope_rows_interleaved = false;  // llama.cpp's converter permuted q/k rows
   MlpActivation activation = MlpActivation::Silu;
   std::span<const TensorName> names;
+  // Every RMSNorm (QK-norms included) scales by (1 + w): the stored weights are
+  // offsets from one (Gemma). llama.cpp's converter writes w + 1 into GGUF files;
+  // the GGUF reader subtracts the one again, as transformers' GGUF loader does,
+  // so tensors mean the same whatever the file.
+  bool norm_weight_offset_one = false;
+  // The token embedding is multiplied by sqrt(hidden_size), rounded to the
+  // model's dtype (Gemma); lm_head, when tied, reads the unscaled table.
+  bool scaled_embedding = false;
 
   // The file-independent name of `role`'s module in layer `layer` (ignored for
   // global roles): "model.layers.3.self_attn.q_proj", "lm_head".

@@ -1,6 +1,7 @@
 #include "engine/blocks/attention.h"
 
 #include <array>
+#include <cmath>
 
 #include "engine/rope.h"
 
@@ -17,7 +18,25 @@ LinearGroup bind_qkv(WeightBinder& binder, const Architecture& arch, const Model
 RmsNorm bind_head_norm(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, TensorRole role,
                        std::int64_t layer) {
   if (!arch.qk_norm) return {};
-  return {binder.vector(arch.module(role, layer) + ".weight", config.head_dim), static_cast<float>(config.rms_norm_eps)};
+  return {binder.vector(arch.module(role, layer) + ".weight", config.head_dim, arch.norm_weight_offset_one ? 1.0f : 0.0f),
+          static_cast<float>(config.rms_norm_eps)};
+}
+
+kernels::AttentionShape shape_of(const ModelConfig& config, std::int64_t layer) {
+  kernels::AttentionShape shape{config.num_heads, config.num_kv_heads, config.head_dim,
+                                config.sliding_layer(layer) ? config.sliding_window : std::nullopt};
+  // In double, then rounded once, as Python computes query_pre_attn_scalar**-0.5.
+  if (config.query_pre_attn_scalar) shape.scale = static_cast<float>(1.0 / std::sqrt(*config.query_pre_attn_scalar));
+  shape.logit_softcap = static_cast<float>(config.attn_logit_softcapping);
+  return shape;
+}
+
+// Sliding layers rotate by their own base where the model has one (Gemma 3's local layers).
+std::vector<float> inv_freq_of(const ModelConfig& config, std::int64_t layer) {
+  if (config.local_rope_theta && config.sliding_layer(layer)) {
+    return rope_inv_freq(config.head_dim, *config.local_rope_theta, config.local_rope_scaling);
+  }
+  return rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling);
 }
 
 }  // namespace
@@ -25,8 +44,8 @@ RmsNorm bind_head_norm(WeightBinder& binder, const Architecture& arch, const Mod
 AttentionBlock::AttentionBlock(WeightBinder& binder, const Architecture& arch, const ModelConfig& config,
                                std::int64_t layer)
     : layer_(layer),
-      shape_{config.num_heads, config.num_kv_heads, config.head_dim, config.sliding_window},
-      inv_freq_(rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)),
+      shape_(shape_of(config, layer)),
+      inv_freq_(inv_freq_of(config, layer)),
       qkv_(bind_qkv(binder, arch, config, layer)),
       q_norm_(bind_head_norm(binder, arch, config, TensorRole::QueryNorm, layer)),
       k_norm_(bind_head_norm(binder, arch, config, TensorRole::KeyNorm, layer)),

@@ -49,7 +49,8 @@ TEST_P(TinyModel, AllPositionLogitsMatchTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, TinyModel,
                          ::testing::Values("llama_llama3_rope", "qwen2_bias_tied_bf16", "mistral_sliding_window_f16",
-                                           "llama_linear_rope_sharded"));
+                                           "llama_linear_rope_sharded", "gemma2_softcap_sliding",
+                                           "gemma3_qknorm_local_global"));
 
 TEST(TinyModelConfigs, TransformersFiveRopeParametersAreRead) {
   const ModelSource llama3 = open_model(kTiny / "llama_llama3_rope");
@@ -61,6 +62,14 @@ TEST(TinyModelConfigs, TransformersFiveRopeParametersAreRead) {
   EXPECT_TRUE(qwen2.config.tie_word_embeddings);
   const ModelSource mistral = open_model(kTiny / "mistral_sliding_window_f16");
   EXPECT_EQ(mistral.config.sliding_window, 8);
+  const ModelSource gemma2 = open_model(kTiny / "gemma2_softcap_sliding");
+  EXPECT_EQ(gemma2.config.sliding_layers, (std::vector<bool>{true, false}));
+  EXPECT_EQ(gemma2.config.final_logit_softcapping, 2.0);
+  const ModelSource gemma3 = open_model(kTiny / "gemma3_qknorm_local_global");
+  EXPECT_EQ(gemma3.config.sliding_layers, (std::vector<bool>{true, false, true}));
+  EXPECT_EQ(gemma3.config.rope_scaling.kind, RopeScaling::Kind::Linear);
+  EXPECT_EQ(gemma3.config.local_rope_theta, 10000.0);
+  EXPECT_EQ(gemma3.config.query_pre_attn_scalar, 20.0);
 }
 
 }  // namespace
