@@ -10,7 +10,9 @@ vocabulary.
 
 The logits are 5 x 262144 floats (5 MB), too large to commit: CTest runs this
 script in scripts/make-gptq-model's venv (torch, transformers, gguf) before the
-C++ test, where that venv and scripts/get-gemma3-270m's file exist.
+C++ test, where that venv and scripts/get-gemma3-270m's file exist. Outputs made
+from the same file by the same script and library versions are kept (a few minutes
+of CPU saved per run).
 
     python3 tests/reference/make_gemma3_reference.py models/gemma-3-270m-q4_k_m.gguf OUT_DIR
 
@@ -51,9 +53,25 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
+def inputs_key(gguf_path: str) -> str:
+    """What decides the outputs: the file, this script and the libraries that run it."""
+    digest = hashlib.sha256()
+    for part in (sha256_of(gguf_path), sha256_of(os.path.abspath(__file__)), torch.__version__,
+                 transformers.__version__, importlib.metadata.version("gguf")):
+        digest.update(part.encode())
+    return digest.hexdigest()
+
+
 def main() -> None:
     gguf_path, out_dir = os.path.abspath(sys.argv[1]), sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
+    key = inputs_key(gguf_path)
+    record = os.path.join(out_dir, "gemma3_reference.json")
+    if os.path.exists(record) and os.path.exists(os.path.join(out_dir, "gemma3_last_logits.f32")):
+        with open(record) as f:
+            if json.load(f).get("inputs_key") == key:
+                print(f"{record} is up to date")
+                return
     torch.manual_seed(0)
     folder, name = os.path.dirname(gguf_path), os.path.basename(gguf_path)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -84,7 +102,8 @@ def main() -> None:
 
     np.stack(last_logits).tofile(os.path.join(out_dir, "gemma3_last_logits.f32"))
     with open(os.path.join(out_dir, "gemma3_reference.json"), "w") as f:
-        json.dump({"model": name, "model_sha256": sha256_of(gguf_path), "vocab_size": int(last_logits[0].shape[0]),
+        json.dump({"model": name, "model_sha256": sha256_of(gguf_path), "inputs_key": key,
+                   "vocab_size": int(last_logits[0].shape[0]),
                    "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                                 "gguf": importlib.metadata.version("gguf")},
                    "cases": cases}, f, indent=1, ensure_ascii=False)
