@@ -355,17 +355,34 @@ class GgufWeights final : public WeightSource {
 
 // What Gemma GGUF files leave to the reader, as llama.cpp reads them: the
 // local/global layer pattern (every other layer local in Gemma 2, five local to
-// one global in Gemma 3), Gemma 3's local rope base (10K, unscaled), the query
+// one global in Gemma 3; llama.cpp's own period is n for sliding_window_pattern n),
+// Gemma 3's local rope base (10K, unscaled), the query
 // scale (1/sqrt(head_dim), except the 27B models, told apart by their layer
 // count, which scale by 1/sqrt(hidden / heads) as their Hugging Face configs do)
 // and Gemma 2's soft-capping defaults (50 / 30).
 void gemma_from_gguf(const GgufFile& gguf, const std::string& prefix, ModelConfig& config) {
   const bool gemma3 = config.model_type == "gemma3_text";
   config.sliding_window = gguf.find_int(prefix + "attention.sliding_window").value_or(4096);
-  const std::int64_t pattern = gemma3 ? 6 : 2;
+  // Newer converters may write the pattern (a period, or a flag per layer) and the local base.
+  const std::string pattern_key = prefix + "attention.sliding_window_pattern";
   config.sliding_layers.clear();
-  for (std::int64_t i = 0; i < config.num_layers; ++i) config.sliding_layers.push_back((i + 1) % pattern != 0);
-  if (gemma3) config.local_rope_theta = 10000.0;
+  const auto* flags = gguf.has(pattern_key) ? std::get_if<std::shared_ptr<GgufArray>>(&gguf.metadata().at(pattern_key))
+                                            : nullptr;
+  if (flags != nullptr) {
+    for (const auto& flag : (*flags)->values) {
+      const bool* sliding = std::get_if<bool>(&flag);
+      if (sliding == nullptr) fail("{}: {} must hold booleans", gguf.path().string(), pattern_key);
+      config.sliding_layers.push_back(*sliding);
+    }
+  } else {
+    // Period n: the last layer of every n is global; 0 (as in llama.cpp): all local.
+    const std::int64_t pattern = gguf.find_int(pattern_key).value_or(gemma3 ? 6 : 2);
+    if (pattern < 0) fail("{}: {} must not be negative", gguf.path().string(), pattern_key);
+    for (std::int64_t i = 0; i < config.num_layers; ++i) {
+      config.sliding_layers.push_back(pattern == 0 || (i + 1) % pattern != 0);
+    }
+  }
+  if (gemma3) config.local_rope_theta = gguf.find_float(prefix + "rope.freq_base_swa").value_or(10000.0);
   const bool is_27b = config.num_layers == (gemma3 ? 62 : 46);
   config.query_pre_attn_scalar = static_cast<double>(is_27b ? config.hidden_size / config.num_heads : config.head_dim);
   config.attn_logit_softcapping = gguf.find_float(prefix + "attn_logit_softcapping").value_or(gemma3 ? 0.0 : 50.0);
