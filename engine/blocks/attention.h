@@ -3,6 +3,8 @@
 // projections (optionally with biases), optional RMSNorm of each q/k head
 // (QK-norm), RoPE, store k/v, multi-head attention with grouped KV heads (GQA;
 // MHA when they are equal) and an optional sliding window, output projection.
+// What varies by layer comes from the config: the window (Gemma's local layers),
+// the rope base and scaling of the layer's kind, the score scale and soft-cap.
 #include <cstdint>
 #include <optional>
 #include <vector>
