@@ -1,10 +1,12 @@
 #include "engine/decoder_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "common/error.h"
 #include "dist/communicator.h"
+#include "common/half.h"
 #include "engine/weight_binder.h"
 
 namespace nibble::engine {
@@ -13,8 +15,18 @@ namespace {
 RmsNorm bind_norm(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, TensorRole role,
                   std::int64_t layer = 0) {
   if (!arch.has(role)) return {};
-  return {binder.vector(arch.module(role, layer) + ".weight", config.hidden_size),
+  return {binder.vector(arch.module(role, layer) + ".weight", config.hidden_size, arch.norm_weight_offset_one ? 1.0f : 0.0f),
           static_cast<float>(config.rms_norm_eps)};
+}
+
+// sqrt(hidden_size) as Hugging Face's Gemma computes it: a float32 tensor cast to
+// the model's dtype (25.25, not 25.298, for a bfloat16 model of width 640).
+float embedding_scale_of(const Architecture& arch, const ModelConfig& config) {
+  if (!arch.scaled_embedding) return 1.0f;
+  const auto scale = static_cast<float>(std::sqrt(static_cast<double>(config.hidden_size)));
+  if (config.torch_dtype == "bfloat16") return bf16_to_f32(f32_to_bf16(scale));
+  if (config.torch_dtype == "float16") return f16_to_f32(f32_to_f16(scale));
+  return scale;
 }
 
 }  // namespace
@@ -55,6 +67,7 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
     fail("tensor parallelism runs on CPU ranks only for now; the {} backend's memory is not host memory",
          backend.name());
   }
+  embedding_scale_ = embedding_scale_of(arch, config_);
   WeightBinder binder(*source.weights, config_, backend, options);
   const auto d = config_.hidden_size;
   const std::string embedding = arch.module(TensorRole::TokenEmbedding);
@@ -134,15 +147,25 @@ void DecoderModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache
   }
   if (shard_) {
     gather_logits(out_rows, logits);
+    // The gathered logits are in host memory, which the backend reads (checked at load).
+    if (config_.final_logit_softcapping > 0) {
+      backend_.soft_cap(logits.data(), out_rows * vocab, static_cast<float>(config_.final_logit_softcapping));
+    }
     return;
   }
   // Where the host reads the backend's memory, lm_head writes straight into `logits`.
   if (backend_.host_visible_memory()) {
     lm_head_.run(backend_, ws.h(), out_rows, logits.data(), hook_);
+    if (config_.final_logit_softcapping > 0) {
+      backend_.soft_cap(logits.data(), out_rows * vocab, static_cast<float>(config_.final_logit_softcapping));
+    }
     return;
   }
   const kernels::Buffer& device_logits = ws.logits(backend_, out_rows * vocab);
   lm_head_.run(backend_, ws.h(), out_rows, device_logits.data<float>(), hook_);
+  if (config_.final_logit_softcapping > 0) {
+    backend_.soft_cap(device_logits.data<float>(), out_rows * vocab, static_cast<float>(config_.final_logit_softcapping));
+  }
   backend_.download(device_logits, 0, static_cast<std::size_t>(out_rows * vocab) * sizeof(float), logits.data());
 }
 
@@ -160,8 +183,10 @@ void DecoderModel::run_layer(std::int64_t layer, PagedKvCache& cache) {
 }
 
 void DecoderModel::embed() {
+  const auto values = static_cast<std::int64_t>(tokens_.size()) * config_.hidden_size;
   if (!shard_) {
     backend_.embedding(*embedding_.weights, tokens_, workspace_.x());
+    if (embedding_scale_ != 1.0f) backend_.scale(workspace_.x(), values, embedding_scale_);
     return;
   }
   // This rank's rows of the vocabulary are [first_vocab, first_vocab + vocab);
@@ -173,8 +198,8 @@ void DecoderModel::embed() {
     local_tokens_[i] = static_cast<TokenId>(local >= 0 && local < shard_->vocab ? local : shard_->vocab);
   }
   backend_.embedding(*embedding_.weights, local_tokens_, workspace_.x());
-  tensor_group_->all_reduce(workspace_.x(), static_cast<std::int64_t>(tokens_.size()) * config_.hidden_size, DType::F32,
-                            dist::ReduceOp::Sum);
+  tensor_group_->all_reduce(workspace_.x(), values, DType::F32, dist::ReduceOp::Sum);
+  if (embedding_scale_ != 1.0f) backend_.scale(workspace_.x(), values, embedding_scale_);
 }
 
 void DecoderModel::gather_logits(std::int64_t out_rows, std::span<float> logits) {

@@ -3,7 +3,7 @@
 // [norm -> attention -> (post-norm) -> residual, norm -> MLP -> (post-norm) ->
 // residual], final norm, lm_head (tied to the embedding or separate). Which
 // blocks and which tensor names come from the architecture's table entry
-// (loader/architecture.h): Llama, Mistral, Qwen2, Qwen3 and Phi-3 today.
+// (loader/architecture.h): Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2 and Gemma 3 today.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -76,6 +76,7 @@ class DecoderModel final : public Model {
   Linear embedding_;
   Linear lm_head_;
   RmsNorm final_norm_;
+  float embedding_scale_ = 1.0f;
   std::vector<DecoderLayer> layers_;
   LinearInputHook hook_;
 

@@ -58,16 +58,18 @@ std::vector<float> rope_inv_freq(std::int64_t dim, double theta, const RopeScali
   return inv_freq;
 }
 
-RopeTables::RopeTables(const ModelConfig& config) {
-  const RopeScaling& scaling = config.rope_scaling;
+RopeTables::RopeTables(const ModelConfig& config, std::int64_t layer) {
+  const bool local = config.local_rope_theta && config.sliding_layer(layer);
+  const RopeScaling& scaling = local ? config.local_rope_scaling : config.rope_scaling;
+  const double theta = local ? *config.local_rope_theta : config.rope_theta;
   const std::int64_t dim = config.rope_dim();
   if (scaling.kind != RopeScaling::Kind::LongRope) {
-    short_.inv_freq = rope_inv_freq(dim, config.rope_theta, scaling);
+    short_.inv_freq = rope_inv_freq(dim, theta, scaling);
     return;
   }
   const auto scale = static_cast<float>(scaling.attention_factor);
-  short_ = {longrope_inv_freq(dim, config.rope_theta, scaling.short_factor), scale};
-  long_ = RopeTable{longrope_inv_freq(dim, config.rope_theta, scaling.long_factor), scale};
+  short_ = {longrope_inv_freq(dim, theta, scaling.short_factor), scale};
+  long_ = RopeTable{longrope_inv_freq(dim, theta, scaling.long_factor), scale};
   original_length_ = scaling.original_max_position_embeddings;
 }
 

@@ -31,7 +31,9 @@ struct RopeTable {
 // does not know how long its sequence's prompt is.)
 class RopeTables {
  public:
-  explicit RopeTables(const ModelConfig& config);
+  // Layer `layer`'s tables: sliding layers rotate by their own base and scaling
+  // where the model has one (Gemma 3's local layers).
+  RopeTables(const ModelConfig& config, std::int64_t layer);
   // The table for a sequence that is `length` tokens long after this step.
   const RopeTable& for_length(std::int64_t length) const;
   // Whether for_length() can differ between sequences (LongRoPE).

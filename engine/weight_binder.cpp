@@ -150,9 +150,14 @@ LinearGroup WeightBinder::group(std::span<const Module> modules, std::int64_t co
   return LinearGroup(std::move(names), std::move(widths), std::move(linears));
 }
 
-kernels::Buffer WeightBinder::vector(const std::string& name, std::int64_t size) {
+kernels::Buffer WeightBinder::vector(const std::string& name, std::int64_t size, float offset) {
   TensorView tensor = to_f32(weights_.load(name));
   check_shape(tensor, {size});
+  if (offset != 0.0f) {
+    std::vector<float> values(tensor.as<float>().begin(), tensor.as<float>().end());
+    for (auto& value : values) value += offset;
+    tensor = make_owned_f32(tensor.name, tensor.shape, std::move(values));
+  }
   return upload(std::move(tensor));
 }
 

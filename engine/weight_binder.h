@@ -33,8 +33,9 @@ class WeightBinder {
   // Modules that read the same input, with their biases (`module`.bias) when `bias`.
   LinearGroup group(std::span<const Module> modules, std::int64_t cols, bool bias);
   // A vector (norm weight, bias) of `size` values, widened to float32 when stored
-  // narrower, in the backend's memory.
-  kernels::Buffer vector(const std::string& name, std::int64_t size);
+  // narrower, plus `offset` (Gemma's (1 + w) norms: 1) in float32, in the
+  // backend's memory.
+  kernels::Buffer vector(const std::string& name, std::int64_t size, float offset = 0.0f);
   bool contains(const std::string& name) const;
   bool has_quantized(const std::string& module) const;
 

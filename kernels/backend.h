@@ -66,6 +66,12 @@ struct AttentionShape {
   std::int64_t kv_heads = 0;
   std::int64_t head_dim = 0;
   std::optional<std::int64_t> sliding_window;  // attend to at most this many latest positions
+  // Scores are q·k * scale; 0 means 1 / sqrt(head_dim). Gemma scales by
+  // query_pre_attn_scalar^-1/2, which need not be the head size.
+  float scale = 0.0f;
+  // > 0: scores become cap * tanh(score / cap) before the softmax (Gemma 2's
+  // attention-logit soft-capping); 0: none.
+  float logit_softcap = 0.0f;
 };
 
 // One sequence's rows in a batched attention call: q [rows, heads * head_dim] at
@@ -154,8 +160,15 @@ class Backend {
                              std::int64_t width, float* out) = 0;
   // out = silu(gate) * up, elementwise over n values.
   virtual void swiglu(const float* gate, const float* up, std::int64_t n, float* out) = 0;
+  // out = gelu_tanh(gate) * up, elementwise over n values (GeGLU with GELU's tanh
+  // approximation, PyTorch's gelu(approximate="tanh"): Gemma's MLP).
+  virtual void geglu_tanh(const float* gate, const float* up, std::int64_t n, float* out) = 0;
   // y += x, elementwise.
   virtual void add(const float* x, std::int64_t n, float* y) = 0;
+  // x *= factor, elementwise (Gemma's embedding scale).
+  virtual void scale(float* x, std::int64_t n, float factor) = 0;
+  // x = cap * tanh(x / cap), elementwise (Gemma 2's final-logit soft-capping).
+  virtual void soft_cap(float* x, std::int64_t n, float cap) = 0;
   // Copies rows `ids` of table [*, table.cols] into out as float32.
   virtual void embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) = 0;
   virtual void embedding(const LinearWeights& table, std::span<const std::int32_t> ids, float* out) = 0;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numbers>
 
 #include "common/half.h"
 
@@ -85,7 +86,9 @@ std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::s
       for (std::int64_t t = first; t <= last; ++t) {
         double dot = 0;
         for (std::int64_t i = 0; i < shape.head_dim; ++i) dot += static_cast<double>(qh[i]) * element(true, t, g, i);
-        scores.push_back(dot / std::sqrt(static_cast<double>(shape.head_dim)));
+        double score = shape.scale > 0 ? dot * shape.scale : dot / std::sqrt(static_cast<double>(shape.head_dim));
+        if (shape.logit_softcap > 0) score = shape.logit_softcap * std::tanh(score / shape.logit_softcap);
+        scores.push_back(score);
       }
       const double max_score = *std::max_element(scores.begin(), scores.end());
       double total = 0;
@@ -108,6 +111,22 @@ std::vector<float> swiglu(std::span<const float> gate, std::span<const float> up
     const double g = gate[i];
     out[i] = static_cast<float>(g / (1.0 + std::exp(-g)) * up[i]);
   }
+  return out;
+}
+
+std::vector<float> geglu_tanh(std::span<const float> gate, std::span<const float> up) {
+  std::vector<float> out(gate.size());
+  for (std::size_t i = 0; i < gate.size(); ++i) {
+    const double g = gate[i];
+    const double gelu = 0.5 * g * (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (g + 0.044715 * g * g * g)));
+    out[i] = static_cast<float>(gelu * up[i]);
+  }
+  return out;
+}
+
+std::vector<float> soft_cap(std::span<const float> x, float cap) {
+  std::vector<float> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) out[i] = static_cast<float>(cap * std::tanh(double{x[i]} / cap));
   return out;
 }
 

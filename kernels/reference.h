@@ -18,5 +18,7 @@ void rope(std::span<float> x, std::int64_t rows, std::int64_t heads, std::int64_
 std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::span<const std::int32_t> positions,
                              const KvLayerView& kv, const AttentionShape& shape);
 std::vector<float> swiglu(std::span<const float> gate, std::span<const float> up);
+std::vector<float> geglu_tanh(std::span<const float> gate, std::span<const float> up);
+std::vector<float> soft_cap(std::span<const float> x, float cap);
 
 }  // namespace nibble::kernels::reference

@@ -71,6 +71,45 @@ constexpr std::array kPhi3Names{
     TensorName{TensorRole::Down, "mlp.down_proj", "ffn_down"},
 };
 
+// Gemma 2: norms before and after both attention and the MLP. Hugging Face's
+// post_attention_layernorm is the post-norm here (in Llama it is the MLP's input
+// norm); pre_feedforward_layernorm is the MLP's input norm.
+constexpr std::array kGemma2Names{
+    TensorName{TensorRole::TokenEmbedding, "model.embed_tokens", "token_embd"},
+    TensorName{TensorRole::FinalNorm, "model.norm", "output_norm"},
+    TensorName{TensorRole::LmHead, "lm_head", "output"},
+    TensorName{TensorRole::AttentionNorm, "input_layernorm", "attn_norm"},
+    TensorName{TensorRole::Query, "self_attn.q_proj", "attn_q"},
+    TensorName{TensorRole::Key, "self_attn.k_proj", "attn_k"},
+    TensorName{TensorRole::Value, "self_attn.v_proj", "attn_v"},
+    TensorName{TensorRole::AttentionOutput, "self_attn.o_proj", "attn_output"},
+    TensorName{TensorRole::PostAttentionNorm, "post_attention_layernorm", "post_attention_norm"},
+    TensorName{TensorRole::MlpNorm, "pre_feedforward_layernorm", "ffn_norm"},
+    TensorName{TensorRole::Gate, "mlp.gate_proj", "ffn_gate"},
+    TensorName{TensorRole::Up, "mlp.up_proj", "ffn_up"},
+    TensorName{TensorRole::Down, "mlp.down_proj", "ffn_down"},
+    TensorName{TensorRole::PostMlpNorm, "post_feedforward_layernorm", "post_ffw_norm"},
+};
+// Gemma 3: Gemma 2's layout plus QK-norm.
+constexpr std::array kGemma3Names{
+    TensorName{TensorRole::TokenEmbedding, "model.embed_tokens", "token_embd"},
+    TensorName{TensorRole::FinalNorm, "model.norm", "output_norm"},
+    TensorName{TensorRole::LmHead, "lm_head", "output"},
+    TensorName{TensorRole::AttentionNorm, "input_layernorm", "attn_norm"},
+    TensorName{TensorRole::Query, "self_attn.q_proj", "attn_q"},
+    TensorName{TensorRole::Key, "self_attn.k_proj", "attn_k"},
+    TensorName{TensorRole::Value, "self_attn.v_proj", "attn_v"},
+    TensorName{TensorRole::AttentionOutput, "self_attn.o_proj", "attn_output"},
+    TensorName{TensorRole::PostAttentionNorm, "post_attention_layernorm", "post_attention_norm"},
+    TensorName{TensorRole::MlpNorm, "pre_feedforward_layernorm", "ffn_norm"},
+    TensorName{TensorRole::Gate, "mlp.gate_proj", "ffn_gate"},
+    TensorName{TensorRole::Up, "mlp.up_proj", "ffn_up"},
+    TensorName{TensorRole::Down, "mlp.down_proj", "ffn_down"},
+    TensorName{TensorRole::PostMlpNorm, "post_feedforward_layernorm", "post_ffw_norm"},
+    TensorName{TensorRole::QueryNorm, "self_attn.q_norm", "attn_q_norm"},
+    TensorName{TensorRole::KeyNorm, "self_attn.k_norm", "attn_k_norm"},
+};
+
 constexpr std::array kQkvParts{TensorRole::Query, TensorRole::Key, TensorRole::Value};
 constexpr std::array kGateUpParts{TensorRole::Gate, TensorRole::Up};
 
@@ -81,6 +120,11 @@ constexpr std::array kArchitectures{
     Architecture{"Qwen2ForCausalLM", "qwen2", "qwen2", true, false, false, MlpActivation::Silu, kLlamaNames, true},
     Architecture{"Qwen3ForCausalLM", "qwen3", "qwen3", false, true, false, MlpActivation::Silu, kQwen3Names, true},
     Architecture{"Phi3ForCausalLM", "phi3", "phi3", false, false, false, MlpActivation::Silu, kPhi3Names},
+    // Gemma's q/k rows are rotate-half in both formats (llama.cpp runs it as NEOX rope).
+    Architecture{"Gemma2ForCausalLM", "gemma2", "gemma2", false, false, false, MlpActivation::GeluTanh, kGemma2Names,
+                 false, true, true},
+    Architecture{"Gemma3ForCausalLM", "gemma3_text", "gemma3", false, true, false, MlpActivation::GeluTanh,
+                 kGemma3Names, false, true, true},
 };
 
 std::string join(std::string_view Architecture::*field) {

@@ -41,7 +41,10 @@ enum class TensorRole : std::uint8_t {
 // The roles a fused role holds, in row order; empty for every other role.
 std::span<const TensorRole> fused_parts(TensorRole role);
 
-enum class MlpActivation : std::uint8_t { Silu /* SwiGLU */ };
+enum class MlpActivation : std::uint8_t {
+  Silu,      // SwiGLU
+  GeluTanh,  // GeGLU with GELU's tanh approximation ("gelu_pytorch_tanh", Gemma)
+};
 
 struct TensorName {
   TensorRole role;
@@ -61,6 +64,14 @@ struct Architecture {
   // config.json's sliding_window counts only when use_sliding_window is true
   // (Qwen2, Qwen3 ship a window they do not use).
   bool sliding_window_needs_flag = false;
+  // Every RMSNorm (QK-norms included) scales by (1 + w): the stored weights are
+  // offsets from one (Gemma). llama.cpp's converter writes w + 1 into GGUF files;
+  // the GGUF reader subtracts the one again, as transformers' GGUF loader does,
+  // so tensors mean the same whatever the file.
+  bool norm_weight_offset_one = false;
+  // The token embedding is multiplied by sqrt(hidden_size), rounded to the
+  // model's dtype (Gemma); lm_head, when tied, reads the unscaled table.
+  bool scaled_embedding = false;
 
   // The file-independent name of `role`'s module in layer `layer` (ignored for
   // global roles): "model.layers.3.self_attn.q_proj", "lm_head".

@@ -241,13 +241,28 @@ QuantizedMatrix unpack_blocks(const std::string& module, GgmlType type, std::spa
   return m;
 }
 
+bool is_norm(TensorRole role) {
+  switch (role) {
+    case TensorRole::FinalNorm:
+    case TensorRole::AttentionNorm:
+    case TensorRole::QueryNorm:
+    case TensorRole::KeyNorm:
+    case TensorRole::PostAttentionNorm:
+    case TensorRole::MlpNorm:
+    case TensorRole::PostMlpNorm:
+      return true;
+    default:
+      return false;
+  }
+}
+
 class GgufWeights final : public WeightSource {
  public:
   GgufWeights(std::shared_ptr<const GgufFile> gguf, const ModelConfig& config) : gguf_(std::move(gguf)) {
     const Architecture& arch = arch_info(*gguf_);
     for (const auto& tensor : gguf_->tensors()) {
       const auto hf = hf_tensor_of_gguf(arch, tensor.name);
-      Entry entry{&tensor, 0};
+      Entry entry{&tensor, 0, hf && arch.norm_weight_offset_one && is_norm(hf->role)};
       // Unknown tensors (rope_freqs, ...) stay visible under their GGUF names.
       std::string name = hf ? hf->name : tensor.name;
       if (hf && arch.gguf_rope_rows_interleaved && (hf->role == TensorRole::Query || hf->role == TensorRole::Key)) {
@@ -276,6 +291,7 @@ class GgufWeights final : public WeightSource {
     const auto it = entries_.find(name);
     if (it == entries_.end()) fail("{}: the GGUF file has no tensor for '{}'", gguf_->path().string(), name);
     const Entry& entry = it->second;
+    if (entry.stored_plus_one) return minus_one(convert(name, *entry.tensor, gguf_));
     if (entry.rope_heads == 0) return convert(name, *entry.tensor, gguf_);
     auto reordered = std::make_shared<std::vector<std::byte>>(entry.tensor->data.size());
     interleaved_rope_rows_to_halves(entry.tensor->data, *reordered, entry.tensor->shape[0], entry.rope_heads);
@@ -320,7 +336,29 @@ class GgufWeights final : public WeightSource {
   struct Entry {
     const GgufTensor* tensor;
     std::int64_t rope_heads;  // > 0: rows to reorder from interleaved to halves, per this many heads
+    bool stored_plus_one;     // a (1 + w) norm weight llama.cpp's converter stored as w + 1
   };
+
+  // w from the stored w + 1, in float32 as transformers' GGUF loader computes it,
+  // so the engine's 1 + w rounds to the very value the file holds.
+  static TensorView minus_one(const TensorView& stored) {
+    if (stored.dtype != DType::F32 && stored.dtype != DType::F16 && stored.dtype != DType::BF16) {
+      fail("norm weight '{}': dtype {} is not supported", stored.name, dtype_name(stored.dtype));
+    }
+    std::vector<float> values(static_cast<std::size_t>(stored.numel()));
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      float w = 0;
+      if (stored.dtype == DType::F32) {
+        std::memcpy(&w, stored.bytes.data() + i * 4, 4);
+      } else {
+        std::uint16_t h = 0;
+        std::memcpy(&h, stored.bytes.data() + i * 2, 2);
+        w = stored.dtype == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+      }
+      values[i] = w - 1.0f;
+    }
+    return make_owned_f32(stored.name, stored.shape, std::move(values));
+  }
 
   void check_rope_rows(const GgufTensor& tensor, std::int64_t heads) const {
     if (heads <= 0 || tensor.shape[0] % (2 * heads) != 0) {
@@ -348,6 +386,57 @@ class GgufWeights final : public WeightSource {
   std::shared_ptr<const GgufFile> gguf_;
   std::map<std::string, Entry> entries_;
 };
+
+// What Gemma GGUF files leave to the reader, as llama.cpp reads them: the
+// local/global layer pattern (every other layer local in Gemma 2, five local to
+// one global in Gemma 3; llama.cpp's own period is n for sliding_window_pattern n),
+// Gemma 3's local rope base (10K, unscaled), the query
+// scale (1/sqrt(head_dim), except the 27B models, told apart by their layer
+// count, which scale by 1/sqrt(hidden / heads) as their Hugging Face configs do)
+// and Gemma 2's soft-capping defaults (50 / 30).
+void gemma_from_gguf(const GgufFile& gguf, const std::string& prefix, ModelConfig& config) {
+  const bool gemma3 = config.model_type == "gemma3_text";
+  config.sliding_window = gguf.find_int(prefix + "attention.sliding_window").value_or(4096);
+  // Newer converters may write the pattern (a period, or a flag per layer) and the local base.
+  const std::string pattern_key = prefix + "attention.sliding_window_pattern";
+  config.sliding_layers.clear();
+  const auto* flags = gguf.has(pattern_key) ? std::get_if<std::shared_ptr<GgufArray>>(&gguf.metadata().at(pattern_key))
+                                            : nullptr;
+  if (flags != nullptr) {
+    for (const auto& flag : (*flags)->values) {
+      const bool* sliding = std::get_if<bool>(&flag);
+      if (sliding == nullptr) fail("{}: {} must hold booleans", gguf.path().string(), pattern_key);
+      config.sliding_layers.push_back(*sliding);
+    }
+  } else {
+    // Period n: the last layer of every n is global; 0 (as in llama.cpp): all local.
+    const std::int64_t pattern = gguf.find_int(pattern_key).value_or(gemma3 ? 6 : 2);
+    if (pattern < 0) fail("{}: {} must not be negative", gguf.path().string(), pattern_key);
+    for (std::int64_t i = 0; i < config.num_layers; ++i) {
+      config.sliding_layers.push_back(pattern == 0 || (i + 1) % pattern != 0);
+    }
+  }
+  if (gemma3) config.local_rope_theta = gguf.find_float(prefix + "rope.freq_base_swa").value_or(10000.0);
+  const bool is_27b = config.num_layers == (gemma3 ? 62 : 46);
+  config.query_pre_attn_scalar = static_cast<double>(is_27b ? config.hidden_size / config.num_heads : config.head_dim);
+  config.attn_logit_softcapping = gguf.find_float(prefix + "attn_logit_softcapping").value_or(gemma3 ? 0.0 : 50.0);
+  config.final_logit_softcapping = gguf.find_float(prefix + "final_logit_softcapping").value_or(gemma3 ? 0.0 : 30.0);
+  // Instruction-tuned Gemma ends its turns with <end_of_turn>, which the files do
+  // not name as an end token (Hugging Face's generation_config.json lists it
+  // beside <eos>; llama.cpp finds it by its text, as here).
+  if (gguf.has("tokenizer.ggml.tokens")) {
+    const auto* array = std::get_if<std::shared_ptr<GgufArray>>(&gguf.metadata().at("tokenizer.ggml.tokens"));
+    if (array == nullptr) return;
+    const auto& tokens = (*array)->values;
+    for (std::size_t id = 0; id < tokens.size(); ++id) {
+      const auto* text = std::get_if<std::string>(&tokens[id]);
+      if (text == nullptr || *text != "<end_of_turn>") continue;
+      const auto token = static_cast<std::int32_t>(id);
+      if (std::ranges::find(config.eos_token_ids, token) == config.eos_token_ids.end()) config.eos_token_ids.push_back(token);
+      break;
+    }
+  }
+}
 
 }  // namespace
 
@@ -386,6 +475,7 @@ ModelConfig config_from_gguf(const GgufFile& gguf) {
     }
   }
   config.torch_dtype = torch_dtype_of(gguf);
+  if (config.model_type == "gemma2" || config.model_type == "gemma3_text") gemma_from_gguf(gguf, prefix, config);
   try {
     config.validate();
   } catch (const Error& e) {

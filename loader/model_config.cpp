@@ -131,6 +131,28 @@ RopeScaling parse_rope_scaling(const json& value, const json& config, std::int64
   return scaling;
 }
 
+json rope_scaling_json(const RopeScaling& scaling) {
+  switch (scaling.kind) {
+    case RopeScaling::Kind::None:
+      break;
+    case RopeScaling::Kind::Linear:
+      return {{"rope_type", "linear"}, {"factor", scaling.factor}};
+    case RopeScaling::Kind::Llama3:
+      return {{"rope_type", "llama3"},
+              {"factor", scaling.factor},
+              {"low_freq_factor", scaling.low_freq_factor},
+              {"high_freq_factor", scaling.high_freq_factor},
+              {"original_max_position_embeddings", scaling.original_max_position_embeddings}};
+    case RopeScaling::Kind::LongRope:
+      return {{"rope_type", "longrope"},
+              {"short_factor", scaling.short_factor},
+              {"long_factor", scaling.long_factor},
+              {"attention_factor", scaling.attention_factor},
+              {"original_max_position_embeddings", scaling.original_max_position_embeddings}};
+  }
+  return {{"rope_type", "default"}};
+}
+
 }  // namespace
 
 void ModelConfig::validate() const {
@@ -198,6 +220,21 @@ void ModelConfig::validate() const {
     }
   }
   if (sliding_window) in_range(*sliding_window, kMaxContextLength, "sliding_window");
+  if (!sliding_layers.empty() && static_cast<std::int64_t>(sliding_layers.size()) != num_layers) {
+    fail("model config: {} layer types for {} layers", sliding_layers.size(), num_layers);
+  }
+  if (local_rope_theta && !(*local_rope_theta >= 1 && *local_rope_theta <= 1e12)) {
+    fail("model config: the sliding layers' rope_theta must be between 1 and 1e12 (got {})", *local_rope_theta);
+  }
+  if (!(local_rope_scaling.factor > 0 && local_rope_scaling.factor <= 1e6)) {
+    fail("model config: the sliding layers' rope_scaling factor must be in (0, 1e6] (got {})", local_rope_scaling.factor);
+  }
+  if (query_pre_attn_scalar && !(*query_pre_attn_scalar > 0 && *query_pre_attn_scalar <= 1e9)) {
+    fail("model config: query_pre_attn_scalar must be in (0, 1e9] (got {})", *query_pre_attn_scalar);
+  }
+  for (const double cap : {attn_logit_softcapping, final_logit_softcapping}) {
+    if (!(cap >= 0 && cap <= 1e9)) fail("model config: a soft-capping value must be in [0, 1e9] (got {})", cap);
+  }
 }
 
 std::optional<std::array<std::int64_t, 2>> linear_module_shape(const ModelConfig& config, const std::string& module) {
@@ -259,12 +296,25 @@ ModelConfig parse_hf_config(const json& config) {
   out.head_dim = optional_or<std::int64_t>(config, "head_dim", out.num_heads > 0 ? out.hidden_size / out.num_heads : 0);
   out.max_position_embeddings = optional_or<std::int64_t>(config, "max_position_embeddings", 2048);
   out.rms_norm_eps = optional_or<double>(config, "rms_norm_eps", 1e-6);
-  // transformers 5 writes rope settings (theta included) under rope_parameters;
-  // earlier versions use top-level rope_theta and rope_scaling.
-  const json rope_parameters = config.value("rope_parameters", json());
+  const bool gemma2 = out.model_type == "gemma2", gemma3 = out.model_type == "gemma3_text";
+  // transformers 5 writes rope settings (theta included) under rope_parameters,
+  // for Gemma 3 one entry per layer type; earlier versions use top-level
+  // rope_theta and rope_scaling (and Gemma 3's rope_local_base_freq).
+  json rope_parameters = config.value("rope_parameters", json());
   if (!rope_parameters.is_null() && !rope_parameters.is_object()) fail("config.json: rope_parameters must be an object");
+  json local_rope_parameters;
+  if (rope_parameters.contains("full_attention") || rope_parameters.contains("sliding_attention")) {
+    local_rope_parameters = rope_parameters.value("sliding_attention", json());
+    rope_parameters = rope_parameters.value("full_attention", json());
+    if (!(rope_parameters.is_null() || rope_parameters.is_object()) ||
+        !(local_rope_parameters.is_null() || local_rope_parameters.is_object())) {
+      fail("config.json: rope_parameters' per-layer-type entries must be objects");
+    }
+  }
+  // transformers' defaults where a config leaves the bases out (Gemma 3: 1M global, 10K local).
+  const double default_theta = gemma3 ? 1'000'000.0 : 10000.0;
   out.rope_theta = rope_parameters.contains("rope_theta") ? required<double>(rope_parameters, "rope_theta")
-                                                          : optional_or<double>(config, "rope_theta", 10000.0);
+                                                          : optional_or<double>(config, "rope_theta", default_theta);
   out.rope_scaling = parse_rope_scaling(config.contains("rope_scaling") && !config["rope_scaling"].is_null()
                                             ? config["rope_scaling"]
                                             : rope_parameters,
@@ -281,21 +331,63 @@ ModelConfig parse_hf_config(const json& config) {
   if (partial_rotary_factor < 1) {
     out.rotary_dim = static_cast<std::int64_t>(static_cast<double>(out.head_dim) * partial_rotary_factor);
   }
+  if (local_rope_parameters.is_object()) {
+    out.local_rope_theta = local_rope_parameters.contains("rope_theta")
+                               ? required<double>(local_rope_parameters, "rope_theta")
+                               : optional_or<double>(config, "rope_local_base_freq", 10000.0);
+    out.local_rope_scaling = parse_rope_scaling(local_rope_parameters, config, out.max_position_embeddings);
+  } else if (gemma3) {
+    out.local_rope_theta = optional_or<double>(config, "rope_local_base_freq", 10000.0);
+  }
   out.tie_word_embeddings = optional_or<bool>(config, "tie_word_embeddings", false);
   out.attention_bias = optional_or<bool>(config, "attention_bias", arch->attention_bias);
   if (config.contains("sliding_window") && !config["sliding_window"].is_null()) {
     const bool enabled = !arch->sliding_window_needs_flag || optional_or<bool>(config, "use_sliding_window", false);
     if (enabled) out.sliding_window = required<std::int64_t>(config, "sliding_window");
   }
-  // Per-layer attention kinds (transformers 5): one kind for all layers is fine,
-  // a mix (Qwen2's max_window_layers) needs per-layer windows we do not have yet.
-  const auto layer_types = optional_or<std::vector<std::string>>(config, "layer_types", {});
-  for (const auto& kind : layer_types) {
-    const bool sliding = kind == "sliding_attention";
-    if (kind != "full_attention" && !sliding) fail("config.json: layer type '{}' is not supported", kind);
-    if (sliding != out.sliding_window.has_value()) {
-      fail("config.json: layers mixing full and sliding-window attention are not supported yet");
+  if ((gemma2 || gemma3) && !out.sliding_window) {
+    out.sliding_window = optional_or<std::int64_t>(config, "sliding_window", 4096);  // transformers' default
+  }
+  // Per-layer attention kinds (transformers 5 writes them; Gemma's older configs
+  // imply them: every other layer local in Gemma 2, five local to one global in
+  // Gemma 3 by sliding_window_pattern).
+  auto layer_types = optional_or<std::vector<std::string>>(config, "layer_types", {});
+  if (layer_types.empty() && (gemma2 || gemma3)) {
+    const std::int64_t pattern =
+        gemma2 ? 2
+               : optional_or<std::int64_t>(config, "sliding_window_pattern",
+                                           optional_or<std::int64_t>(config, "_sliding_window_pattern", 6));
+    if (pattern <= 0) fail("config.json: sliding_window_pattern must be positive");
+    for (std::int64_t i = 0; i < out.num_layers; ++i) {
+      layer_types.emplace_back((i + 1) % pattern != 0 ? "sliding_attention" : "full_attention");
     }
+  }
+  if (!layer_types.empty()) {
+    if (static_cast<std::int64_t>(layer_types.size()) != out.num_layers) {
+      fail("config.json: layer_types lists {} layers, num_hidden_layers is {}", layer_types.size(), out.num_layers);
+    }
+    for (const auto& kind : layer_types) {
+      const bool sliding = kind == "sliding_attention";
+      if (kind != "full_attention" && !sliding) fail("config.json: layer type '{}' is not supported", kind);
+      if (sliding && !out.sliding_window) fail("config.json: layer_types has sliding layers but no sliding_window");
+      out.sliding_layers.push_back(sliding);
+    }
+  }
+  if (gemma2 || gemma3) {
+    out.query_pre_attn_scalar = optional_or<double>(config, "query_pre_attn_scalar", 256.0);
+    // Gemma 2's defaults are 50 / 30; an explicit null switches capping off.
+    const auto cap = [&](const char* key, double fallback) {
+      if (!config.contains(key)) return fallback;
+      return config[key].is_null() ? 0.0 : read<double>(config[key], key);
+    };
+    out.attn_logit_softcapping = cap("attn_logit_softcapping", gemma2 ? 50.0 : 0.0);
+    out.final_logit_softcapping = cap("final_logit_softcapping", gemma2 ? 30.0 : 0.0);
+  }
+  const auto activation = optional_or<std::string>(config, "hidden_activation", optional_or<std::string>(config, "hidden_act", ""));
+  // Gemma runs GELU's tanh approximation only; a config asking for exact GELU is another model.
+  if (arch->activation == MlpActivation::GeluTanh && !activation.empty() && activation != "gelu_pytorch_tanh" &&
+      activation != "gelu_tanh") {
+    fail("config.json: activation '{}' is not what {} runs", activation, arch->hf_architecture);
   }
   if (config.contains("bos_token_id") && config["bos_token_id"].is_number_integer()) {
     out.bos_token_id = config["bos_token_id"].get<std::int32_t>();
@@ -323,44 +415,30 @@ json to_hf_config(const ModelConfig& config) {
       {"rope_theta", config.rope_theta},
       {"tie_word_embeddings", config.tie_word_embeddings},
       {"attention_bias", config.attention_bias},
-      {"hidden_act", "silu"},
+      {"hidden_act", architecture_of(config.architecture).activation == MlpActivation::GeluTanh ? "gelu_pytorch_tanh"
+                                                                                                   : "silu"},
       {"torch_dtype", config.torch_dtype.empty() ? "float32" : config.torch_dtype},
   };
   if (config.bos_token_id) out["bos_token_id"] = *config.bos_token_id;
   if (config.eos_token_ids.size() == 1) out["eos_token_id"] = config.eos_token_ids.front();
   if (config.eos_token_ids.size() > 1) out["eos_token_id"] = config.eos_token_ids;
-  if (config.sliding_window) {
-    out["sliding_window"] = *config.sliding_window;
-    out["use_sliding_window"] = true;  // Qwen2/Qwen3 ignore the window without it
+KEEP  }
+  if (config.local_rope_theta) {
+    json global = rope_scaling_json(config.rope_scaling), local = rope_scaling_json(config.local_rope_scaling);
+    global["rope_theta"] = config.rope_theta;
+    local["rope_theta"] = *config.local_rope_theta;
+    out["rope_parameters"] = {{"full_attention", global}, {"sliding_attention", local}};
   }
-  switch (config.rope_scaling.kind) {
-    case RopeScaling::Kind::None:
-      break;
-    case RopeScaling::Kind::Linear:
-      out["rope_scaling"] = {{"rope_type", "linear"}, {"factor", config.rope_scaling.factor}};
-      break;
-    case RopeScaling::Kind::Llama3:
-      out["rope_scaling"] = {{"rope_type", "llama3"},
-                             {"factor", config.rope_scaling.factor},
-                             {"low_freq_factor", config.rope_scaling.low_freq_factor},
-                             {"high_freq_factor", config.rope_scaling.high_freq_factor},
-                             {"original_max_position_embeddings", config.rope_scaling.original_max_position_embeddings}};
-      break;
-    case RopeScaling::Kind::LongRope:
-      out["rope_scaling"] = {{"rope_type", "longrope"},
-                             {"short_factor", config.rope_scaling.short_factor},
-                             {"long_factor", config.rope_scaling.long_factor},
-                             {"attention_factor", config.rope_scaling.attention_factor},
-                             {"original_max_position_embeddings", config.rope_scaling.original_max_position_embeddings}};
-      out["original_max_position_embeddings"] = config.rope_scaling.original_max_position_embeddings;
-      break;
+  if (config.query_pre_attn_scalar) out["query_pre_attn_scalar"] = *config.query_pre_attn_scalar;
+  // Written even when 0 (as null): Gemma 2's defaults are not "none".
+  const auto cap = [](double value) { return value > 0 ? json(value) : json(nullptr); };
+  if (config.model_type == "gemma2" || config.model_type == "gemma3_text") {
+    out["attn_logit_softcapping"] = cap(config.attn_logit_softcapping);
+    out["final_logit_softcapping"] = cap(config.final_logit_softcapping);
   }
-  if (config.rotary_dim) {
-    // A factor that int(head_dim * factor) maps back to exactly this width.
-    const auto head_dim = static_cast<double>(config.head_dim);
-    double factor = static_cast<double>(*config.rotary_dim) / head_dim;
-    while (static_cast<std::int64_t>(head_dim * factor) < *config.rotary_dim) factor = std::nextafter(factor, 2.0);
-    out["partial_rotary_factor"] = factor;
+  if (config.rope_scaling.kind != RopeScaling::Kind::None) out["rope_scaling"] = rope_scaling_json(config.rope_scaling);
+  if (config.rope_scaling.kind == RopeScaling::Kind::LongRope) {
+    out["original_max_position_embeddings"] = config.rope_scaling.original_max_position_embeddings;
   }
   return out;
 }

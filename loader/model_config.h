@@ -51,6 +51,19 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v projections carry a bias (Qwen2)
   std::optional<std::int64_t> sliding_window;
+  // Per layer, whether it attends through sliding_window (Gemma's interleaved
+  // local/global layers); empty: every layer does when sliding_window is set.
+  std::vector<bool> sliding_layers;
+  // The sliding layers' own rope base and scaling, where they differ from the
+  // others' (Gemma 3's rope_local_base_freq, unscaled); unset: the same rope.
+  std::optional<double> local_rope_theta;
+  RopeScaling local_rope_scaling;
+  // Attention scores are scaled by query_pre_attn_scalar^-1/2 (Gemma) instead of
+  // head_dim^-1/2.
+  std::optional<double> query_pre_attn_scalar;
+  // > 0: tanh soft-capping of attention scores / final logits (Gemma 2).
+  double attn_logit_softcapping = 0;
+  double final_logit_softcapping = 0;
   std::optional<std::int32_t> bos_token_id;
   std::vector<std::int32_t> eos_token_ids;
   std::string torch_dtype;
@@ -58,6 +71,10 @@ struct ModelConfig {
   std::int64_t q_dim() const { return num_heads * head_dim; }
   std::int64_t kv_dim() const { return num_kv_heads * head_dim; }
   std::int64_t rope_dim() const { return rotary_dim.value_or(head_dim); }
+  // Whether layer `layer` attends through the sliding window.
+  bool sliding_layer(std::int64_t layer) const {
+    return sliding_window && (sliding_layers.empty() || sliding_layers[static_cast<std::size_t>(layer)]);
+  }
   // Checks internal consistency (sizes in range, heads divide evenly, products
   // that fit 64 bits, finite rope and norm constants); throws nibble::Error.
   void validate() const;

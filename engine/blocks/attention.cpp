@@ -1,6 +1,7 @@
 #include "engine/blocks/attention.h"
 
 #include <array>
+#include <cmath>
 
 #include "engine/rope.h"
 
@@ -17,7 +18,17 @@ LinearGroup bind_qkv(WeightBinder& binder, const Architecture& arch, const Model
 RmsNorm bind_head_norm(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, TensorRole role,
                        std::int64_t layer) {
   if (!arch.qk_norm) return {};
-  return {binder.vector(arch.module(role, layer) + ".weight", config.head_dim), static_cast<float>(config.rms_norm_eps)};
+  return {binder.vector(arch.module(role, layer) + ".weight", config.head_dim, arch.norm_weight_offset_one ? 1.0f : 0.0f),
+          static_cast<float>(config.rms_norm_eps)};
+}
+
+kernels::AttentionShape shape_of(const ModelConfig& config, std::int64_t layer) {
+  kernels::AttentionShape shape{config.num_heads, config.num_kv_heads, config.head_dim,
+                                config.sliding_layer(layer) ? config.sliding_window : std::nullopt};
+  // In double, then rounded once, as Python computes query_pre_attn_scalar**-0.5.
+  if (config.query_pre_attn_scalar) shape.scale = static_cast<float>(1.0 / std::sqrt(*config.query_pre_attn_scalar));
+  shape.logit_softcap = static_cast<float>(config.attn_logit_softcapping);
+  return shape;
 }
 
 }  // namespace
@@ -25,8 +36,8 @@ RmsNorm bind_head_norm(WeightBinder& binder, const Architecture& arch, const Mod
 AttentionBlock::AttentionBlock(WeightBinder& binder, const Architecture& arch, const ModelConfig& config,
                                std::int64_t layer)
     : layer_(layer),
-      shape_{config.num_heads, config.num_kv_heads, config.head_dim, config.sliding_window},
-      rope_(config),
+      shape_(shape_of(config, layer)),
+      rope_(config, layer),
       qkv_(bind_qkv(binder, arch, config, layer)),
       q_norm_(bind_head_norm(binder, arch, config, TensorRole::QueryNorm, layer)),
       k_norm_(bind_head_norm(binder, arch, config, TensorRole::KeyNorm, layer)),

@@ -1,8 +1,11 @@
 #pragma once
 // Causal self-attention with rotary positions over the paged KV cache: q/k/v
 // projections (optionally with biases), optional RMSNorm of each q/k head
-// (QK-norm), RoPE (possibly partial, possibly LongRoPE's per-length tables), store k/v, multi-head attention with grouped KV heads (GQA;
-// MHA when they are equal) and an optional sliding window, output projection.
+// (QK-norm), RoPE (possibly partial, possibly LongRoPE's per-length tables),
+// store k/v, multi-head attention with grouped KV heads (GQA; MHA when they are
+// equal) and an optional sliding window, output projection. What varies by
+// layer comes from the config: the window (Gemma's local layers), the rope base
+// and scaling of the layer's kind, the score scale and soft-cap.
 #include <cstdint>
 #include <optional>
 #include <vector>

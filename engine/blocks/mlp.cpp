@@ -32,6 +32,9 @@ void GatedMlp::forward(const StepContext& step, Workspace& ws, const float* inpu
     case MlpActivation::Silu:
       backend.swiglu(ws.gate(), ws.up(), step.rows * width_, ws.gate());
       break;
+    case MlpActivation::GeluTanh:
+      backend.geglu_tanh(ws.gate(), ws.up(), step.rows * width_, ws.gate());
+      break;
   }
   down_.run(backend, ws.gate(), step.rows, out, step.hook);
 }

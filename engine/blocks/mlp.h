@@ -1,6 +1,6 @@
 #pragma once
 // The gated MLP of Llama-family decoders (Shazeer 2020): down(act(gate(x)) * up(x)),
-// with SwiGLU's SiLU as the activation.
+// with SwiGLU's SiLU or GeGLU's tanh-approximated GELU (Gemma) as the activation.
 #include <cstdint>
 
 #include "engine/blocks/linear.h"

@@ -20,6 +20,14 @@ namespace {
 // hand-off costs about as much as that.
 constexpr std::int64_t kElementsPerTask = 16384;
 
+// GELU's tanh approximation in PyTorch's float32 order of operations.
+float gelu_tanh(float x) {
+  constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
+  constexpr float kKappa = 0.044715f;
+  const float inner = kBeta * (x + kKappa * (x * x * x));
+  return 0.5f * x * (1.0f + std::tanh(inner));
+}
+
 const cpu::CpuLinearWeights& cpu_weights(const LinearWeights& w) {
   const auto* mine = dynamic_cast<const cpu::CpuLinearWeights*>(&w);
   if (mine == nullptr) fail("linear weights were prepared by another backend");
@@ -217,7 +225,7 @@ void CpuBackend::attention_batch(std::span<const AttentionSegment> segments, con
   const cpu::AttentionKernel kernel = cpu::attention_kernel(format, cpu::active_isa());
   const std::int64_t group = shape.heads / shape.kv_heads;
   const std::int64_t head_dim = shape.head_dim;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const float scale = shape.scale > 0 ? shape.scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
   std::int64_t total_rows = 0, max_len = 0;
   for (const auto& segment : segments) {
     if (segment.kv.format() != format) fail("attention: segments of one call read KV caches of different formats");
@@ -277,6 +285,7 @@ void CpuBackend::attention_batch(std::span<const AttentionSegment> segments, con
       args.kv_heads = shape.kv_heads;
       args.head_dim = head_dim;
       args.scale = scale;
+      args.softcap = shape.logit_softcap;
       kernel(args);
     }
   });
@@ -290,8 +299,29 @@ void CpuBackend::swiglu(const float* gate, const float* up, std::int64_t n, floa
   });
 }
 
+void CpuBackend::geglu_tanh(const float* gate, const float* up, std::int64_t n, float* out) {
+  // Scalar std::tanh on purpose: it is one op per MLP value next to a matrix
+  // product over the hidden size, and it matches PyTorch's formula term by term.
+  pool_->parallel_for((n + kElementsPerTask - 1) / kElementsPerTask, [&](std::int64_t task, int) {
+    const std::int64_t first = task * kElementsPerTask, last = std::min(n, first + kElementsPerTask);
+    for (std::int64_t i = first; i < last; ++i) out[i] = gelu_tanh(gate[i]) * up[i];
+  });
+}
+
 void CpuBackend::add(const float* x, std::int64_t n, float* y) {
   for (std::int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+void CpuBackend::scale(float* x, std::int64_t n, float factor) {
+  for (std::int64_t i = 0; i < n; ++i) x[i] *= factor;
+}
+
+void CpuBackend::soft_cap(float* x, std::int64_t n, float cap) {
+  // Divide, tanh, multiply as PyTorch does, so a capped logit rounds the same.
+  pool_->parallel_for((n + kElementsPerTask - 1) / kElementsPerTask, [&](std::int64_t task, int) {
+    const std::int64_t first = task * kElementsPerTask, last = std::min(n, first + kElementsPerTask);
+    for (std::int64_t i = first; i < last; ++i) x[i] = std::tanh(x[i] / cap) * cap;
+  });
 }
 
 void CpuBackend::embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) {

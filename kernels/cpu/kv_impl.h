@@ -133,6 +133,7 @@ void attend_head(const AttentionHeadArgs& a) {
     float dot = kv_dot<Format>(a.q, keys + r * kv.stride + head_offset, a.head_dim);
     if constexpr (kScaled) dot *= kv.key_scales[r * a.kv_heads + a.kv_head];
     scores[t] = dot * a.scale;
+    if (a.softcap > 0) scores[t] = std::tanh(scores[t] / a.softcap) * a.softcap;
     max_score = std::max(max_score, scores[t]);
   }
   // Softmax numerators a vector at a time; the ragged end goes through the same

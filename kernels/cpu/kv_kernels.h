@@ -23,7 +23,8 @@ struct AttentionHeadArgs {
   std::int64_t kv_head = 0;
   std::int64_t kv_heads = 0;
   std::int64_t head_dim = 0;
-  float scale = 1.0f;                    // 1 / sqrt(head_dim)
+  float scale = 1.0f;                    // 1 / sqrt(head_dim) unless the model says otherwise
+  float softcap = 0.0f;                  // > 0: score = softcap * tanh(score / softcap)
 };
 using AttentionKernel = void (*)(const AttentionHeadArgs& args);
 // out[i] = x[i] rounded to the nearest fp16 (ties to even; beyond 65504: infinity).

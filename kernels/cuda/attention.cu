@@ -35,6 +35,7 @@ struct AttentionArgs {
   std::int64_t part_len;
   int parts;
   float scale;
+  float softcap;
 };
 
 std::size_t shared_bytes_for(std::int64_t head_dim) {
@@ -201,7 +202,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const AttentionArgs
       weight[j] = 0.0f;
       if (!active[j]) continue;
       const bool valid = p >= first[j] && p <= last[j];
-      const float s = valid ? score[j] : -INFINITY;
+      float s = valid ? score[j] : -INFINITY;
+      if (valid && a.softcap > 0.0f) s = tanhf(s / a.softcap) * a.softcap;
       const float new_max = fmaxf(running_max[j], warp_max(s));
       if (new_max == -INFINITY) continue;  // nothing of this query in the tile yet (uniform across the warp)
       const float correction = expf(running_max[j] - new_max);
@@ -347,7 +349,8 @@ void paged_attention(const AttentionPlan& plan, const float* q, std::int64_t row
   args.head_slabs = plan.head_slabs;
   args.part_len = plan.part_len;
   args.parts = static_cast<int>(plan.parts);
-  args.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dims.head_dim)));
+  args.scale = dims.scale > 0 ? dims.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(dims.head_dim)));
+  args.softcap = dims.softcap;
 
   const std::size_t shared = shared_bytes_for(dims.head_dim);
   if (shared > 48 * 1024) {

@@ -36,6 +36,8 @@ struct AttentionDims {
   std::int64_t kv_heads = 0;
   std::int64_t head_dim = 0;  // a multiple of 4, at most 256
   std::int64_t window = 0;    // sliding window (0: none)
+  float scale = 0.0f;         // scores = q·k * scale (0: 1 / sqrt(head_dim))
+  float softcap = 0.0f;       // > 0: scores = softcap * tanh(score / softcap)
 };
 
 struct AttentionPlan {

@@ -385,7 +385,8 @@ void CudaBackend::attention(const float* q, std::int64_t rows, std::span<const s
     }
   }
   NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
-  const AttentionDims dims{shape.heads, shape.kv_heads, shape.head_dim, shape.sliding_window.value_or(0)};
+  const AttentionDims dims{shape.heads,        shape.kv_heads, shape.head_dim, shape.sliding_window.value_or(0),
+                          shape.scale,        shape.logit_softcap};
   PagedKvView view;
   view.keys = kv.keys;
   view.values = kv.values;
@@ -407,9 +408,24 @@ void CudaBackend::swiglu(const float* gate, const float* up, std::int64_t n, flo
   cuda::swiglu(gate, up, n, out, stream_);
 }
 
+void CudaBackend::geglu_tanh(const float* gate, const float* up, std::int64_t n, float* out) {
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  cuda::geglu_tanh(gate, up, n, out, stream_);
+}
+
 void CudaBackend::add(const float* x, std::int64_t n, float* y) {
   NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
   cuda::add(x, n, y, stream_);
+}
+
+void CudaBackend::scale(float* x, std::int64_t n, float factor) {
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  cuda::scale(x, n, factor, stream_);
+}
+
+void CudaBackend::soft_cap(float* x, std::int64_t n, float cap) {
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  cuda::soft_cap(x, n, cap, stream_);
 }
 
 void CudaBackend::embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) {

@@ -63,7 +63,10 @@ class CudaBackend final : public Backend {
   void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions, const KvLayerView& kv,
                  const AttentionShape& shape, float* out) override;
   void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override;
+  void geglu_tanh(const float* gate, const float* up, std::int64_t n, float* out) override;
   void add(const float* x, std::int64_t n, float* y) override;
+  void scale(float* x, std::int64_t n, float factor) override;
+  void soft_cap(float* x, std::int64_t n, float cap) override;
   void embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) override;
   void embedding(const LinearWeights& table, std::span<const std::int32_t> ids, float* out) override;
 

@@ -91,6 +91,30 @@ __global__ void __launch_bounds__(kThreads) swiglu_kernel(const float* gate, con
   }
 }
 
+__global__ void __launch_bounds__(kThreads) geglu_tanh_kernel(const float* gate, const float* up, std::int64_t n,
+                                                             float* out) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    const float g = gate[i];
+    const float inner = 0.7978845608028654f * (g + 0.044715f * (g * g * g));
+    out[i] = 0.5f * g * (1.0f + tanhf(inner)) * up[i];
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) scale_kernel(float* x, std::int64_t n, float factor) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    x[i] *= factor;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) soft_cap_kernel(float* x, std::int64_t n, float cap) {
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    x[i] = tanhf(x[i] / cap) * cap;
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) add_kernel(const float* x, std::int64_t n, float* y) {
   for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n;
        i += static_cast<std::int64_t>(gridDim.x) * kThreads) {
@@ -170,6 +194,24 @@ void swiglu(const float* gate, const float* up, std::int64_t n, float* out, cuda
   if (n <= 0) return;
   swiglu_kernel<<<grid_for(n), kThreads, 0, stream>>>(gate, up, n, out);
   NIBBLE_CUDA_CHECK_LAUNCH(stream, "swiglu_kernel");
+}
+
+void geglu_tanh(const float* gate, const float* up, std::int64_t n, float* out, cudaStream_t stream) {
+  if (n <= 0) return;
+  geglu_tanh_kernel<<<grid_for(n), kThreads, 0, stream>>>(gate, up, n, out);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "geglu_tanh_kernel");
+}
+
+void scale(float* x, std::int64_t n, float factor, cudaStream_t stream) {
+  if (n <= 0) return;
+  scale_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, factor);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "scale_kernel");
+}
+
+void soft_cap(float* x, std::int64_t n, float cap, cudaStream_t stream) {
+  if (n <= 0) return;
+  soft_cap_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, cap);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "soft_cap_kernel");
 }
 
 void add(const float* x, std::int64_t n, float* y, cudaStream_t stream) {

@@ -26,6 +26,12 @@ void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim
           const std::int32_t* positions, const float* inv_freq, float scale, cudaStream_t stream);
 // out = silu(gate) * up over n values.
 void swiglu(const float* gate, const float* up, std::int64_t n, float* out, cudaStream_t stream);
+// out = gelu_tanh(gate) * up over n values (PyTorch's gelu(approximate="tanh")).
+void geglu_tanh(const float* gate, const float* up, std::int64_t n, float* out, cudaStream_t stream);
+// x *= factor over n values.
+void scale(float* x, std::int64_t n, float factor, cudaStream_t stream);
+// x = cap * tanh(x / cap) over n values.
+void soft_cap(float* x, std::int64_t n, float cap, cudaStream_t stream);
 // y += x over n values.
 void add(const float* x, std::int64_t n, float* y, cudaStream_t stream);
 // y[r][i] += bias[i] for rows of n values at stride ldy.

@@ -13,7 +13,7 @@ strftime_now, tojson) over a set of conversations, and writes OUT/cases.json:
 Templates (the TEMPLATES table): files of two PyPI releases, found through PyPI's JSON API,
 downloaded once, sha256-checked and cached in CACHE; only the members named are read, and
 Python sources are parsed with `ast`, never run:
-  * llama-cpp-python==0.3.36 sdist: nine .jinja files from llama.cpp's models/templates, the
+  * llama-cpp-python==0.3.36 sdist: ten .jinja files from llama.cpp's models/templates, the
     Mistral-7B-Instruct v0.1/v0.2 constants of llama_cpp/llama_chat_format.py and two
     Mistral-7B-Instruct-v0.2 and one Phi-3-mini case of llama.cpp's tests/test-chat-template.cpp;
   * transformers==4.40.2 wheel: Llama-2-chat's template, LlamaTokenizer.default_chat_template
@@ -161,6 +161,8 @@ TEMPLATES = dict([
     jinja_file("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", DEEPSEEK),
     jinja_file("deepseek-ai-DeepSeek-R1-Distill-Llama-8B", DEEPSEEK),
     jinja_file("HuggingFaceTB-SmolLM3-3B", ("", "<|im_end|>")),
+    # Gemma's turns (<start_of_turn>user / model), BOS written by the template itself.
+    jinja_file("google-gemma-2-2b-it", ("<bos>", "<eos>")),
     # llama-cpp-python's copies of the official tokenizer_config.json templates
     ("mistralai-Mistral-7B-Instruct-v0.1",
      (LLAMA_CPP_PYTHON, LCP_CHAT_FORMAT, python_constant("MISTRAL_INSTRUCT_CHAT_TEMPLATE"), S_TAGS)),

@@ -18,6 +18,8 @@ BIN = os.environ["NIBBLE_BIN"]
 SHARED = os.environ["NIBBLE_SHARED_DIR"]
 SMOLLM2 = os.path.join(os.environ["NIBBLE_MODEL_CACHE"], "SmolLM2-135M-Instruct.Q4_1.gguf")
 STORIES = os.path.join(SHARED, "models", "stories260K")
+# The real Gemma 3 270M Q4_K_M of scripts/get-gemma3-270m (CI fetches it first).
+GEMMA3 = os.path.join(os.environ["NIBBLE_MODEL_CACHE"], "gemma-3-270m-q4_k_m.gguf")
 
 # A ChatML-style template for stories260K, which ships none.
 CHATML_TEMPLATE = (
@@ -25,6 +27,24 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Gemma's turn format (its model card: <start_of_turn>user / model ... <end_of_turn>),
+# for the Gemma 3 GGUF, which ships no template: BOS first (the template writes it, as
+# Gemma's own does), the assistant's turns as "model", a system message folded into
+# the first user turn.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set ns = namespace(prefix='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.prefix = message['content'] + '\n\n' %}"
+    "{% else %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else 'user') + '\n' }}"
+    "{{ ns.prefix + message['content'] | trim }}{% set ns.prefix = '' %}"
+    "{{ '<end_of_turn>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 
 READY_TIMEOUT_S = 60
@@ -222,10 +242,10 @@ def sse_events(response):
                 return
 
 
-def write_chat_template(directory):
-    path = os.path.join(directory, "chatml.jinja")
+def write_chat_template(directory, template=CHATML_TEMPLATE, name="chatml.jinja"):
+    path = os.path.join(directory, name)
     with open(path, "w") as f:
-        f.write(CHATML_TEMPLATE)
+        f.write(template)
     return path
 
 
@@ -266,6 +286,23 @@ class SmolLM2Server:
     @classmethod
     def cleanup_model(cls):
         pass
+
+
+class Gemma3Server:
+    """Mixin: serves the real Gemma 3 270M Q4_K_M gguf with Gemma's turn template."""
+    server_args = ()
+    api_key = None
+
+    @classmethod
+    def start_server(cls):
+        cls.model_tmp = tempfile.TemporaryDirectory(prefix="nibble-e2e-model-")
+        template = write_chat_template(cls.model_tmp.name, GEMMA_TEMPLATE, "gemma.jinja")
+        cls.model_name = "gemma-3-270m-q4_k_m"
+        return NibbleServer(GEMMA3, "--chat-template", template, *cls.server_args, api_key=cls.api_key).start()
+
+    @classmethod
+    def cleanup_model(cls):
+        cls.model_tmp.cleanup()
 
 
 class ServerTestCase(unittest.TestCase):

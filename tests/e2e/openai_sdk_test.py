@@ -1,13 +1,16 @@
 """`nibble serve` through the official `openai` Python SDK, as a user's client talks to it.
 
 One base class of checks, run against stories260K (converted from llama2.c, served
-with a ChatML template the test writes) and against the bundled SmolLM2 gguf.
+with a ChatML template the test writes), against the bundled SmolLM2 gguf and against
+the real Gemma 3 270M gguf (served with Gemma's turn template the test writes).
 """
 import unittest
 
 import openai
 
-from nibble_server import ServerTestCase, SmolLM2Server, Stories260KServer
+import os
+
+from nibble_server import GEMMA3, Gemma3Server, ServerTestCase, SmolLM2Server, Stories260KServer
 
 API_KEY = "e2e-secret-key"
 PROMPT = "Once upon a time"
@@ -285,6 +288,13 @@ class Stories260K(OpenAIClientChecks, Stories260KServer, ServerTestCase):
 
 class SmolLM2(OpenAIClientChecks, SmolLM2Server, ServerTestCase):
     token_ids = [504, 3458, 282, 4649, 314, 5125, 30]
+
+
+# Gemma 3 (GeGLU, local/global layers, a 262144-token SentencePiece vocabulary) through
+# the same checks; the file comes from scripts/get-gemma3-270m (CI runs it first).
+@unittest.skipUnless(os.path.exists(GEMMA3), f"{GEMMA3} is missing: run scripts/get-gemma3-270m")
+class Gemma3(OpenAIClientChecks, Gemma3Server, ServerTestCase):
+    token_ids = [2, 818, 5279, 529, 7001, 563]  # "<bos>The capital of France is"
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ rows in Hugging Face order, fused tensors kept fused), and gguf_logits.f32 when 
 quantized tensors make its weights differ from the safetensors ones. Variants whose
 rope depends on the sequence length (LongRoPE) also get stepped_logits.f32: the
 logits transformers gives when the first STEPPED_PREFILL tokens are one forward
-call and every later token its own call over the cache.
+call and every later token its own call over the cache. The Gemma GGUF twins
+written as llama.cpp writes Gemma come from make_tiny_gemma_gguf.py.
 """
 import json
 import math
@@ -29,6 +30,7 @@ import torch
 import transformers
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from transformers import Phi3Config, Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "tiny")
 COMMON = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -79,6 +81,29 @@ VARIANTS.update({
 })
 # Seeded by their name, so each can be regenerated alone with the same weights (the
 # variants above draw from one generator in order, so only all of them together are).
+# Gemma 2 and Gemma 3 (their GGUF twins: make_tiny_gemma_gguf.py).
+VARIANTS.update({
+    # Gemma 2: GeGLU-tanh, (1 + w) norms before and after attention and MLP, sqrt(d)
+    # embedding scale, local (window 8 < the sequence) and global layers alternating,
+    # a query scale that is not head_dim's (q_dim 64 != hidden 32), attention and
+    # final-logit soft-capping low enough to bite on random weights.
+    "gemma2_softcap_sliding": (Gemma2ForCausalLM, Gemma2Config(
+        **COMMON, head_dim=16, max_position_embeddings=256, rope_theta=10000.0, sliding_window=8,
+        query_pre_attn_scalar=24, attn_logit_softcapping=3.0, final_logit_softcapping=2.0,
+        hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+        layer_types=["sliding_attention", "full_attention"]), torch.float32, None),
+    # Gemma 3: Gemma 2's blocks plus QK-norm, no soft-capping, local layers on
+    # both sides of a global one, two rope bases with linear scaling on the global
+    # layers only (transformers 5's per-layer-type rope_parameters).
+    "gemma3_qknorm_local_global": (Gemma3ForCausalLM, Gemma3TextConfig(
+        **{**COMMON, "num_hidden_layers": 3}, head_dim=16, max_position_embeddings=256, sliding_window=8,
+        query_pre_attn_scalar=20, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+        torch.float32, None),
+})
+
 NAME_SEEDED = {"qwen3_qk_norm_tied_bf16", "phi3_fused_sliding_f16", "phi3_longrope_partial_f16"}
 STEPPED = {"phi3_longrope_partial_f16"}
 STEPPED_PREFILL = 13
@@ -165,9 +190,14 @@ def stepped_logits(model, tokens):
     return torch.cat(rows).float().numpy().astype("<f4")
 
 
+def reference_tokens() -> torch.Tensor:
+    """The token sequence every tiny model's logits are computed for."""
+    return torch.randint(3, 128, (1, SEQUENCE_LENGTH), generator=torch.Generator().manual_seed(7))
+
+
 def main() -> None:
     torch.manual_seed(1234)
-    tokens = torch.randint(3, 128, (1, SEQUENCE_LENGTH), generator=torch.Generator().manual_seed(7))
+    tokens = reference_tokens()
     chosen = sys.argv[1:] or list(VARIANTS)
     unknown = set(chosen) - set(VARIANTS)
     if unknown:
@@ -186,7 +216,9 @@ def main() -> None:
         # Norm weights at 1.0 would hide a missing norm multiply; randomize them.
         with torch.no_grad():
             for param_name, param in model.named_parameters():
-                if "norm" in param_name:
+                if "norm" in param_name and model_class in (Gemma2ForCausalLM, Gemma3ForCausalLM):
+                    param.uniform_(-0.5, 0.5)  # Gemma's norms scale by 1 + w
+                elif "norm" in param_name:
                     param.uniform_(0.5, 1.5)
                 elif "bias" in param_name:
                     param.normal_(0, 0.5)

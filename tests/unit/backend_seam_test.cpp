@@ -109,6 +109,21 @@ class RecordingBackend final : public kernels::Backend {
     check("swiglu", gate, up, out);
     inner_.swiglu(gate, up, n, out);
   }
+  void geglu_tanh(const float* gate, const float* up, std::int64_t n, float* out) override {
+    ++ops["geglu_tanh"];
+    check("geglu_tanh", gate, up, out);
+    inner_.geglu_tanh(gate, up, n, out);
+  }
+  void scale(float* x, std::int64_t n, float factor) override {
+    ++ops["scale"];
+    check("scale", x);
+    inner_.scale(x, n, factor);
+  }
+  void soft_cap(float* x, std::int64_t n, float cap) override {
+    ++ops["soft_cap"];
+    check("soft_cap", x);
+    inner_.soft_cap(x, n, cap);
+  }
   void add(const float* x, std::int64_t n, float* y) override {
     ++ops["add"];
     check("add", x, y);

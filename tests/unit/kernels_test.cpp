@@ -345,6 +345,72 @@ TEST(CpuOps, EveryKvFormatAttendsLikeTheFloat64ReferenceOnEveryIsa) {
   }
 }
 
+TEST(CpuOps, ScaledAndSoftCappedAttentionMatchesTheReferenceOnEveryIsa) {
+  // Gemma's attention: scores scaled by query_pre_attn_scalar^-1/2 (here not the
+  // head size) and, in Gemma 2, capped by cap * tanh(score / cap) before the
+  // softmax. Large queries put raw scores well past the cap, so capping changes
+  // the weights (checked against the uncapped result).
+  IsaGuard guard;
+  std::mt19937 rng(std::random_device{}());
+  CpuBackend backend(2);
+  AttentionShape shape{4, 2, 16, std::optional<std::int64_t>{6}};
+  shape.scale = 1.0f / std::sqrt(24.0f);
+  const std::int64_t length = 21;
+  const KvPool pool(rng, length, shape.kv_heads, shape.head_dim);
+  const std::vector<std::int32_t> positions{0, 3, 12, 20};
+  const auto rows = static_cast<std::int64_t>(positions.size());
+  const auto q = random_floats(rng, rows * shape.heads * shape.head_dim, 8.0f);
+  for (const float cap : {0.0f, 2.0f}) {
+    shape.logit_softcap = cap;
+    for (const auto isa : supported_isas()) {
+      cpu::set_active_isa(isa);
+      for (const auto format : {KvFormat::Float32, KvFormat::Float16, KvFormat::Int8}) {
+        const auto kv = pool.view(format);
+        std::vector<float> out(q.size(), NAN);
+        backend.attention(q.data(), rows, positions, kv, shape, out.data());
+        const auto expected = reference::attention(q, rows, positions, kv, shape);
+        EXPECT_LT(relative_error(out, expected), 1e-5)
+            << cpu::isa_name(isa) << " format " << static_cast<int>(format) << " cap " << cap;
+        if (cap > 0) {
+          AttentionShape uncapped = shape;
+          uncapped.logit_softcap = 0;
+          EXPECT_GT(relative_error(reference::attention(q, rows, positions, kv, uncapped), expected), 1e-2);
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuOps, GegluSoftCapAndScaleMatchTheReference) {
+  std::mt19937 rng(std::random_device{}());
+  CpuBackend backend(2);
+  for (const std::int64_t n : {1, 17, 40000}) {
+    auto gate = random_floats(rng, static_cast<std::size_t>(n), 6.0f);
+    const std::vector<float> extremes{-1000.0f, -20.0f, 0.0f, 20.0f, 1000.0f};
+    std::copy_n(extremes.begin(), std::min<std::size_t>(extremes.size(), gate.size()), gate.begin());
+    const auto up = random_floats(rng, static_cast<std::size_t>(n));
+    const auto expected = reference::geglu_tanh(gate, up);
+    const auto input = gate;
+    backend.geglu_tanh(gate.data(), up.data(), n, gate.data());  // in place, as the MLP runs it
+    for (std::size_t i = 0; i < gate.size(); ++i) {
+      // float32's 1 + tanh(inner) cancels for negative gates (as PyTorch's does), so
+      // the error is bounded by the size of gate * up, not of the small result.
+      ASSERT_LE(std::abs(gate[i] - expected[i]), 1e-6 * (std::abs(expected[i]) + std::abs(input[i] * up[i])))
+          << "n " << n << " at " << i << ": gate " << input[i];
+    }
+
+    auto x = random_floats(rng, static_cast<std::size_t>(n), 100.0f);
+    const auto capped = reference::soft_cap(x, 30.0f);
+    backend.soft_cap(x.data(), n, 30.0f);
+    EXPECT_LT(relative_error(x, capped), 1e-6);
+    for (const float value : x) ASSERT_LE(std::abs(value), 30.0f);
+
+    const auto before = x;
+    backend.scale(x.data(), n, 25.25f);
+    for (std::size_t i = 0; i < x.size(); ++i) ASSERT_EQ(x[i], before[i] * 25.25f);
+  }
+}
+
 TEST(CpuOps, ABatchOfSequencesAttendsAsEachDoesAlone) {
   // One attention_batch call over sequences with their own pools, lengths and row
   // counts (decode rows, a prefill chunk) must give each sequence exactly what its

@@ -155,6 +155,89 @@ TEST(ModelConfig, MistralUsesItsSlidingWindow) {
   EXPECT_EQ(c.sliding_window, 4096);
 }
 
+// google/gemma-2-2b's config.json as transformers 4 wrote it: no layer_types, top-level rope_theta.
+json gemma2_config() {
+  return json::parse(R"({
+    "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "vocab_size": 256000,
+    "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26, "num_attention_heads": 8,
+    "num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 8192, "rms_norm_eps": 1e-06,
+    "rope_theta": 10000.0, "sliding_window": 4096, "query_pre_attn_scalar": 256,
+    "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh", "bos_token_id": 2, "eos_token_id": [1, 107],
+    "torch_dtype": "float32"})");
+}
+
+TEST(ModelConfig, Gemma2AlternatesLocalAndGlobalLayersAndSoftCaps) {
+  const ModelConfig c = parse_hf_config(gemma2_config());
+  EXPECT_EQ(c.model_type, "gemma2");
+  EXPECT_EQ(c.sliding_window, 4096);
+  ASSERT_EQ(c.sliding_layers.size(), 26u);
+  for (std::int64_t i = 0; i < 26; ++i) EXPECT_EQ(c.sliding_layer(i), i % 2 == 0) << "layer " << i;
+  EXPECT_EQ(c.query_pre_attn_scalar, 256.0);
+  EXPECT_EQ(c.attn_logit_softcapping, 50.0);
+  EXPECT_EQ(c.final_logit_softcapping, 30.0);
+  EXPECT_FALSE(c.local_rope_theta.has_value());
+  const ModelConfig again = parse_hf_config(to_hf_config(c));
+  EXPECT_EQ(again.sliding_layers, c.sliding_layers);
+  EXPECT_EQ(again.final_logit_softcapping, 30.0);
+
+  // Left out, the soft-caps take transformers' defaults; null switches them off.
+  json config = gemma2_config();
+  config.erase("attn_logit_softcapping");
+  config["final_logit_softcapping"] = nullptr;
+  const ModelConfig defaults = parse_hf_config(config);
+  EXPECT_EQ(defaults.attn_logit_softcapping, 50.0);
+  EXPECT_EQ(defaults.final_logit_softcapping, 0.0);
+  EXPECT_EQ(parse_hf_config(to_hf_config(defaults)).final_logit_softcapping, 0.0);
+
+  config["hidden_activation"] = "gelu";  // exact GELU is not what Gemma runs
+  expect_error([&] { parse_hf_config(config); }, {"activation 'gelu'"});
+}
+
+TEST(ModelConfig, Gemma3ReadsItsLayerPatternAndTwoRopeBases) {
+  // google/gemma-3-270m's config.json in transformers 4's words.
+  json config = gemma2_config();
+  config["architectures"] = {"Gemma3ForCausalLM"};
+  config["model_type"] = "gemma3_text";
+  config["num_hidden_layers"] = 18;
+  config["sliding_window"] = 512;
+  config["_sliding_window_pattern"] = 6;
+  config["rope_theta"] = 1000000.0;
+  config["rope_local_base_freq"] = 10000.0;
+  config["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 8.0}};
+  config["attn_logit_softcapping"] = nullptr;
+  config["final_logit_softcapping"] = nullptr;
+  const ModelConfig c = parse_hf_config(config);
+  ASSERT_EQ(c.sliding_layers.size(), 18u);
+  for (std::int64_t i = 0; i < 18; ++i) EXPECT_EQ(c.sliding_layer(i), (i + 1) % 6 != 0) << "layer " << i;
+  EXPECT_EQ(c.rope_theta, 1000000.0);
+  EXPECT_EQ(c.rope_scaling.kind, RopeScaling::Kind::Linear);  // the global layers'
+  EXPECT_EQ(c.local_rope_theta, 10000.0);
+  EXPECT_EQ(c.local_rope_scaling.kind, RopeScaling::Kind::None);
+  EXPECT_EQ(c.attn_logit_softcapping, 0.0);
+  const ModelConfig again = parse_hf_config(to_hf_config(c));
+  EXPECT_EQ(again.local_rope_theta, 10000.0);
+  EXPECT_EQ(again.rope_scaling.kind, RopeScaling::Kind::Linear);
+  EXPECT_EQ(again.local_rope_scaling.kind, RopeScaling::Kind::None);
+  EXPECT_EQ(again.sliding_layers, c.sliding_layers);
+
+  // transformers 5: explicit layer_types and per-layer-type rope_parameters.
+  config.erase("rope_scaling");
+  config.erase("rope_theta");
+  config.erase("rope_local_base_freq");
+  config["num_hidden_layers"] = 3;
+  config["layer_types"] = {"sliding_attention", "full_attention", "sliding_attention"};
+  config["rope_parameters"] = {{"full_attention", {{"rope_type", "default"}, {"rope_theta", 500000.0}}},
+                               {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 20000.0}}}};
+  const ModelConfig v5 = parse_hf_config(config);
+  EXPECT_EQ(v5.sliding_layers, (std::vector<bool>{true, false, true}));
+  EXPECT_EQ(v5.rope_theta, 500000.0);
+  EXPECT_EQ(v5.local_rope_theta, 20000.0);
+
+  config["layer_types"] = {"sliding_attention", "full_attention"};
+  expect_error([&] { parse_hf_config(config); }, {"layer_types lists 2 layers"});
+}
+
 TEST(ModelConfig, RejectsUnknownArchitecturesAndBadFields) {
   json config = llama_config();
   config["architectures"] = {"GPTNeoXForCausalLM"};

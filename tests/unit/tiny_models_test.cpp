@@ -1,8 +1,8 @@
 // Each architecture variant against transformers: tiny random models saved by
-// transformers itself (tests/reference/make_tiny_models.py) must give its logits
-// at every position.
+// transformers itself, or written as GGUF the way llama.cpp's converter writes them
+// and read back by transformers (tests/reference/make_tiny_models.py), must give
+// its logits at every position.
 #include <cmath>
-
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -69,7 +69,8 @@ TEST_P(TinyModel, AllPositionLogitsMatchTransformers) {
 INSTANTIATE_TEST_SUITE_P(Architectures, TinyModel,
                          ::testing::Values("llama_llama3_rope", "qwen2_bias_tied_bf16", "mistral_sliding_window_f16",
                                            "llama_linear_rope_sharded", "qwen3_qk_norm_tied_bf16",
-                                           "phi3_fused_sliding_f16", "phi3_longrope_partial_f16"));
+                                           "phi3_fused_sliding_f16", "phi3_longrope_partial_f16",
+                                           "gemma2_softcap_sliding", "gemma3_qknorm_local_global"));
 
 // The same models converted to GGUF as llama.cpp's converter writes them (fused
 // Phi-3 tensors kept fused, some quantized): the same logits, or where quantized
@@ -90,7 +91,7 @@ TEST_P(TinyGgufModel, AllPositionLogitsMatchTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, TinyGgufModel,
                          ::testing::Values("qwen3_qk_norm_tied_bf16", "phi3_fused_sliding_f16",
-                                           "phi3_longrope_partial_f16"));
+                                           "phi3_longrope_partial_f16", "gemma2_gguf", "gemma3_gguf"));
 
 TEST(TinyModelConfigs, TransformersFiveRopeParametersAreRead) {
   const ModelSource llama3 = open_model(kTiny / "llama_llama3_rope");
@@ -102,6 +103,35 @@ TEST(TinyModelConfigs, TransformersFiveRopeParametersAreRead) {
   EXPECT_TRUE(qwen2.config.tie_word_embeddings);
   const ModelSource mistral = open_model(kTiny / "mistral_sliding_window_f16");
   EXPECT_EQ(mistral.config.sliding_window, 8);
+  const ModelSource gemma2 = open_model(kTiny / "gemma2_softcap_sliding");
+  EXPECT_EQ(gemma2.config.sliding_layers, (std::vector<bool>{true, false}));
+  EXPECT_EQ(gemma2.config.final_logit_softcapping, 2.0);
+  const ModelSource gemma3 = open_model(kTiny / "gemma3_qknorm_local_global");
+  EXPECT_EQ(gemma3.config.sliding_layers, (std::vector<bool>{true, false, true}));
+  EXPECT_EQ(gemma3.config.rope_scaling.kind, RopeScaling::Kind::Linear);
+  EXPECT_EQ(gemma3.config.local_rope_theta, 10000.0);
+  EXPECT_EQ(gemma3.config.query_pre_attn_scalar, 20.0);
+}
+
+// What a Gemma GGUF leaves to the reader is filled as llama.cpp fills it, and the
+// norm weights come back as Hugging Face's w (the file holds w + 1).
+TEST(TinyModelConfigs, GemmaGgufFilesReadAsLlamaCppReadsThem) {
+  const ModelSource gemma2 = open_model(kTiny / "gemma2_gguf" / "model.gguf");
+  EXPECT_EQ(gemma2.config.architecture, "Gemma2ForCausalLM");
+  EXPECT_EQ(gemma2.config.sliding_layers, (std::vector<bool>{true, false}));
+  EXPECT_EQ(gemma2.config.sliding_window, 8);
+  EXPECT_EQ(gemma2.config.attn_logit_softcapping, 50.0);
+  EXPECT_EQ(gemma2.config.final_logit_softcapping, 30.0);
+  EXPECT_EQ(gemma2.config.query_pre_attn_scalar, 256.0);
+  const ModelSource gemma3 = open_model(kTiny / "gemma3_gguf" / "model.gguf");
+  EXPECT_EQ(gemma3.config.architecture, "Gemma3ForCausalLM");
+  EXPECT_EQ(gemma3.config.sliding_layers, (std::vector<bool>{true, true}));
+  EXPECT_EQ(gemma3.config.rope_theta, 1000000.0);
+  EXPECT_EQ(gemma3.config.local_rope_theta, 10000.0);
+  EXPECT_EQ(gemma3.config.attn_logit_softcapping, 0.0);
+  const TensorView norm = gemma3.weights->load("model.layers.0.self_attn.q_norm.weight");
+  ASSERT_EQ(norm.dtype, DType::F32);
+  for (const float w : norm.as<float>()) EXPECT_TRUE(w >= -0.5f && w <= 0.5f) << w;  // drawn from [-0.5, 0.5]
 }
 
 // Qwen3 and Phi-3 settings as config.json and the converted GGUF state them.
