@@ -11,8 +11,8 @@
 //                  does so when the vocabulary adds BOS), and only the targets in
 //                  its second half are scored (window/2 + 1 .. window - 1), so
 //                  every scored token has at least window/2 tokens of context.
-// The protocols differ by ~10 % in perplexity on the same model and text, so
-// numbers are comparable with llama.cpp's only under Chunks.
+// The protocols score different tokens with different context, so perplexities
+// compare with llama.cpp's token for token only under Chunks.
 // Against a base model on the same windows: KL(base || model) of the next-token
 // distributions, how often their top-1 tokens agree, and the statistics
 // llama-perplexity --kl-divergence reports (KLD percentiles, Δp, ln PPL ratio).
