@@ -50,10 +50,11 @@ std::vector<std::vector<std::int32_t>> read_id_runs(const std::filesystem::path&
 
 }  // namespace
 
-std::vector<std::int32_t> read_token_stream(const std::filesystem::path& path, const Tokenizer& tokenizer) {
+std::vector<std::int32_t> read_token_stream(const std::filesystem::path& path, const Tokenizer& tokenizer,
+                                            bool add_special) {
   const std::string text = read_file(path);
   if (text.empty()) fail("{} is empty", path.string());
-  auto ids = tokenizer.encode(text, /*add_special=*/false);
+  auto ids = tokenizer.encode(text, add_special);
   check_ids(ids, tokenizer, path);
   return ids;
 }

@@ -20,6 +20,9 @@ std::vector<std::vector<std::int32_t>> read_calibration_runs(const std::filesyst
                                                              std::int64_t seq_len);
 
 // Every token of a text file (evaluation text), ids checked against the vocabulary.
-std::vector<std::int32_t> read_token_stream(const std::filesystem::path& path, const Tokenizer& tokenizer);
+// add_special adds BOS/EOS as the tokenizer's config asks, as llama-perplexity's
+// tokenization of its text file does.
+std::vector<std::int32_t> read_token_stream(const std::filesystem::path& path, const Tokenizer& tokenizer,
+                                            bool add_special = false);
 
 }  // namespace nibble::quant

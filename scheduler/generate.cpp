@@ -40,7 +40,13 @@ GenerationResult generate(engine::Model& model, const SequenceRequest& request,
   while (!end) {
     if (cancelled) policy.end_choice(kChoice, FinishReason::Cancelled);
     const engine::StepPlan plan = policy.schedule(Clock::now());
-    if (!plan.sequences.empty()) policy.commit(runner.execute(plan), Clock::now());
+    if (!plan.sequences.empty()) {
+      // Not commit(execute(plan), Clock::now()): argument order is unspecified and
+      // GCC reads the clock first, which dated every step's end to its start (the
+      // prompt's time landed in decode_seconds, prefill_seconds read ~16 us).
+      const engine::StepOutput output = runner.execute(plan);
+      policy.commit(output, Clock::now());
+    }
     auto events = policy.take_events();
     if (plan.sequences.empty() && events.empty()) fail("internal error: a lone sequence was not scheduled");
     for (auto& event : events) {

@@ -67,6 +67,29 @@ class Stories260K(unittest.TestCase):
         self.assertEqual(out["kv_bytes_per_token_f32"], 2 * layers * kv_dim * 4)
         self.assertAlmostEqual(out["compression_vs_fp16"], 0.5)
 
+    def test_eval_with_llama_perplexitys_protocol(self):
+        # stories260K's tokenizer adds BOS, so every chunk starts with it (as in
+        # llama-perplexity); each 32-token chunk scores its last 15 targets.
+        text = os.path.join(self.tmp.name, "eval.txt")
+        with open(text, "w") as f:
+            f.write("Once upon a time there was a little girl named Lily. She loved to play outside. " * 12)
+        args = ["eval", "--model", self.model, "--text", text, "--protocol", "chunks", "--window", "32", "--threads", "2"]
+        out = json.loads(nibble(*args, "--json").stdout)
+        self.assertEqual(out["protocol"], "chunks")
+        self.assertGreaterEqual(out["windows"], 4)
+        self.assertEqual(out["tokens_scored"], out["windows"] * 15)
+        self.assertGreater(out["perplexity_uncertainty"], 0)
+        capped = json.loads(nibble(*args, "--chunks", "2", "--json").stdout)
+        self.assertEqual(capped["tokens_scored"], 30)
+        printed = nibble(*args, "--base", self.model).stdout
+        self.assertIn("BOS at every chunk", printed)
+        self.assertIn(f"Final estimate: PPL = {out['perplexity']:.4f} +/- ", printed)
+        self.assertIn("Mean    KLD:   0.000000", printed)
+        self.assertIn("Same top p: 100.000", printed)
+        bad = nibble("eval", "--model", self.model, "--text", text, "--protocol", "overlapping", check=False)
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn("--protocol must be sliding or chunks", bad.stderr)
+
 
 class Errors(unittest.TestCase):
     def test_bad_models_fail_with_one_clear_line(self):

@@ -28,6 +28,14 @@ const std::vector<std::string> kModuleSuffixes = {"self_attn.q_proj", "self_attn
                                                   "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
                                                   "mlp.down_proj"};
 
+EvalOptions sliding(std::int64_t window, std::int64_t stride, std::optional<std::int64_t> max_tokens = {}) {
+  EvalOptions options;
+  options.window = window;
+  options.stride = stride;
+  options.max_tokens = max_tokens;
+  return options;
+}
+
 std::vector<std::int32_t> some_tokens(const StoriesModel& stories, std::size_t count) {
   // Real text through the model's own tokenizer, repeated to the length wanted.
   const auto ids = stories.tokenizer->encode(
@@ -110,7 +118,7 @@ TEST(Compressor, GptqLowersEveryLayersProxyLossBelowRtnAndRunsInTheEngine) {
   engine::DecoderModel model(written, backend);
   EXPECT_EQ(model.weight_memory().quantized_layers, 35);
   const auto eval_tokens = some_tokens(stories, 96);
-  const auto result = evaluate(model, &stories.model, eval_tokens, EvalOptions{.window = 96, .stride = 48, .max_tokens = {}});
+  const auto result = evaluate(model, &stories.model, eval_tokens, sliding(96, 48));
   EXPECT_GT(*result.mean_kl, 0.0);
   EXPECT_TRUE(std::isfinite(result.perplexity));
 }
@@ -157,17 +165,17 @@ TEST(Evaluate, PerplexityEqualsAPlainLogSoftmaxOverOneForwardPass) {
   }
   const double expected = std::exp(nll / 79.0);
 
-  const auto whole = evaluate(stories.model, nullptr, tokens, EvalOptions{.window = 80, .stride = 40, .max_tokens = {}});
+  const auto whole = evaluate(stories.model, nullptr, tokens, sliding(80, 40));
   EXPECT_EQ(whole.tokens_scored, 79);
   EXPECT_NEAR(whole.perplexity / expected, 1.0, 1e-9);
   EXPECT_FALSE(whole.mean_kl.has_value());
 
   // A sliding window still scores every token but the first exactly once; with less
   // context each token can only be predicted less well on average, never NaN.
-  const auto sliding = evaluate(stories.model, nullptr, tokens, EvalOptions{.window = 32, .stride = 8, .max_tokens = {}});
-  EXPECT_EQ(sliding.tokens_scored, 79);
-  EXPECT_TRUE(std::isfinite(sliding.perplexity));
-  const auto capped = evaluate(stories.model, nullptr, tokens, EvalOptions{.window = 80, .stride = 40, .max_tokens = 50});
+  const auto windowed = evaluate(stories.model, nullptr, tokens, sliding(32, 8));
+  EXPECT_EQ(windowed.tokens_scored, 79);
+  EXPECT_TRUE(std::isfinite(windowed.perplexity));
+  const auto capped = evaluate(stories.model, nullptr, tokens, sliding(80, 40, 50));
   EXPECT_EQ(capped.tokens_scored, 49);
 }
 
@@ -175,7 +183,7 @@ TEST(Evaluate, AModelAgainstItselfHasNoDivergence) {
   StoriesModel stories;
   StoriesModel same;
   const auto tokens = some_tokens(stories, 64);
-  const auto result = evaluate(stories.model, &same.model, tokens, EvalOptions{.window = 32, .stride = 16, .max_tokens = {}});
+  const auto result = evaluate(stories.model, &same.model, tokens, sliding(32, 16));
   EXPECT_LT(*result.mean_kl, 1e-9);
   EXPECT_LT(*result.p99_kl, 1e-9);
   EXPECT_EQ(*result.top1_agreement, 1.0);
@@ -189,7 +197,7 @@ TEST(Evaluate, RefusesNonsense) {
   const std::vector<std::int32_t> bad = {1, 2, 9999};
   testing::expect_error([&] { evaluate(stories.model, nullptr, bad, EvalOptions{}); }, {"9999", "vocabulary"});
   const std::vector<std::int32_t> fine = {1, 2, 3};
-  testing::expect_error([&] { evaluate(stories.model, nullptr, fine, EvalOptions{.window = 8, .stride = 9, .max_tokens = {}}); },
+  testing::expect_error([&] { evaluate(stories.model, nullptr, fine, sliding(8, 9)); },
                         {"stride"});
 }
 
