@@ -422,7 +422,22 @@ json to_hf_config(const ModelConfig& config) {
   if (config.bos_token_id) out["bos_token_id"] = *config.bos_token_id;
   if (config.eos_token_ids.size() == 1) out["eos_token_id"] = config.eos_token_ids.front();
   if (config.eos_token_ids.size() > 1) out["eos_token_id"] = config.eos_token_ids;
-KEEP  }
+  if (config.sliding_window) {
+    out["sliding_window"] = *config.sliding_window;
+    out["use_sliding_window"] = true;  // Qwen2/Qwen3 ignore the window without it
+  }
+  if (!config.sliding_layers.empty()) {
+    json kinds = json::array();
+    for (const bool sliding : config.sliding_layers) kinds.push_back(sliding ? "sliding_attention" : "full_attention");
+    out["layer_types"] = kinds;
+  }
+  if (config.rotary_dim) {
+    // A factor that int(head_dim * factor) maps back to exactly this width.
+    const auto head_dim = static_cast<double>(config.head_dim);
+    double factor = static_cast<double>(*config.rotary_dim) / head_dim;
+    while (static_cast<std::int64_t>(head_dim * factor) < *config.rotary_dim) factor = std::nextafter(factor, 2.0);
+    out["partial_rotary_factor"] = factor;
+  }
   if (config.local_rope_theta) {
     json global = rope_scaling_json(config.rope_scaling), local = rope_scaling_json(config.local_rope_scaling);
     global["rope_theta"] = config.rope_theta;
