@@ -25,7 +25,7 @@ class Writer {
   template <typename T>
   void put_vector(const std::vector<T>& values) {
     put<std::uint64_t>(values.size());
-    out_.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
+    if (!values.empty()) out_.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T));
   }
   std::string take() { return std::move(out_); }
 
@@ -49,7 +49,7 @@ class Reader {
     }
     std::vector<T> values(count);
     const auto bytes = reader_.take(count * sizeof(T), what);
-    std::memcpy(values.data(), bytes.data(), bytes.size());
+    if (count > 0) std::memcpy(values.data(), bytes.data(), bytes.size());  // an empty vector's data() may be null
     return values;
   }
   std::uint64_t count(std::string_view what, std::uint64_t min_bytes_each) {
