@@ -6,25 +6,19 @@
 #include <atomic>
 #include <cstdint>
 
-#include "engine/model.h"
+#include "cli/forwarding_model.h"
 
 namespace nibble::cli {
 
-class StallingModel final : public engine::Model {
+class StallingModel final : public ForwardingModel {
  public:
   StallingModel(engine::Model& inner, std::int64_t steps_before_stall)
-      : inner_(inner), steps_left_(steps_before_stall) {}
+      : ForwardingModel(inner), steps_left_(steps_before_stall) {}
 
-  const ModelConfig& config() const override { return inner_.config(); }
-  kernels::Backend& backend() const override { return inner_.backend(); }
-  const engine::WeightMemory& weight_memory() const override { return inner_.weight_memory(); }
-  const std::map<std::string, int>& linear_kinds() const override { return inner_.linear_kinds(); }
-  void set_linear_input_hook(engine::LinearInputHook hook) override { inner_.set_linear_input_hook(std::move(hook)); }
   void forward_batch(std::span<const engine::BatchEntry> batch, engine::PagedKvCache& cache,
                      std::span<float> logits) override;
 
  private:
-  engine::Model& inner_;
   std::atomic<std::int64_t> steps_left_;
 };
 

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "cli/forwarding_model.h"
 #include "dist/communicator.h"
 #include "engine/model.h"
 #include "loader/model_source.h"
@@ -38,20 +39,14 @@ std::optional<TensorParallelGroup> join_tensor_parallel_group(
 // Rank 0's model under tensor parallelism. A collective that times out (a peer
 // died or hung) fails the step, so its requests get the error, and then ends
 // the whole group shortly after: no later step could succeed.
-class GroupGuardedModel final : public engine::Model {
+class GroupGuardedModel final : public ForwardingModel {
  public:
-  GroupGuardedModel(engine::Model& inner, TensorParallelGroup& group) : inner_(inner), group_(group) {}
+  GroupGuardedModel(engine::Model& inner, TensorParallelGroup& group) : ForwardingModel(inner), group_(group) {}
 
-  const ModelConfig& config() const override { return inner_.config(); }
-  kernels::Backend& backend() const override { return inner_.backend(); }
-  const engine::WeightMemory& weight_memory() const override { return inner_.weight_memory(); }
-  const std::map<std::string, int>& linear_kinds() const override { return inner_.linear_kinds(); }
-  void set_linear_input_hook(engine::LinearInputHook hook) override { inner_.set_linear_input_hook(std::move(hook)); }
   void forward_batch(std::span<const engine::BatchEntry> batch, engine::PagedKvCache& cache,
                      std::span<float> logits) override;
 
  private:
-  engine::Model& inner_;
   TensorParallelGroup& group_;
 };
 
