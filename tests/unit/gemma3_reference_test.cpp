@@ -11,11 +11,10 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/decoder_model.h"
-#include "kernel_test_util.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
 #include "scheduler/generate.h"
-#include "test_util.h"
+#include "transformers_reference.h"
 #include "tokenizer/tokenizer.h"
 
 namespace nibble::engine {
@@ -29,28 +28,19 @@ class Gemma3Reference : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     ASSERT_TRUE(std::filesystem::exists(kModel)) << kModel << " is missing: run scripts/get-gemma3-270m";
-    reference_ = nlohmann::json::parse(testing::read_file(kReferenceDir / "gemma3_reference.json"));
-    logits_ = testing::read_f32_file(kReferenceDir / "gemma3_last_logits.f32");
-    source_ = new ModelSource(open_model(kModel));
-    backend_ = new kernels::CpuBackend(0);
-    model_ = new DecoderModel(*source_, *backend_);
+    ref_ = new testing::TransformersReference(kModel, kReferenceDir / "gemma3_reference.json",
+                                              kReferenceDir / "gemma3_last_logits.f32");
+    reference_ = &ref_->reference;
+    model_ = &ref_->model;
   }
-  static void TearDownTestSuite() {
-    delete model_;
-    delete backend_;
-    delete source_;
-  }
+  static void TearDownTestSuite() { delete ref_; }
 
-  static nlohmann::json reference_;
-  static std::vector<float> logits_;
-  static ModelSource* source_;
-  static kernels::CpuBackend* backend_;
+  static testing::TransformersReference* ref_;
+  static const nlohmann::json* reference_;
   static Model* model_;
 };
-nlohmann::json Gemma3Reference::reference_;
-std::vector<float> Gemma3Reference::logits_;
-ModelSource* Gemma3Reference::source_ = nullptr;
-kernels::CpuBackend* Gemma3Reference::backend_ = nullptr;
+testing::TransformersReference* Gemma3Reference::ref_ = nullptr;
+const nlohmann::json* Gemma3Reference::reference_ = nullptr;
 Model* Gemma3Reference::model_ = nullptr;
 
 TEST_F(Gemma3Reference, ConfigIsGemma3WithInterleavedLocalLayers) {
@@ -69,7 +59,7 @@ TEST_F(Gemma3Reference, ConfigIsGemma3WithInterleavedLocalLayers) {
 
 TEST_F(Gemma3Reference, PromptsTokenizeAsTransformersDoes) {
   const auto tokenizer = load_tokenizer(kModel);
-  for (const auto& reference_case : reference_["cases"]) {
+  for (const auto& reference_case : (*reference_)["cases"]) {
     const auto prompt = reference_case["prompt"].get<std::string>();
     EXPECT_EQ(tokenizer->encode(prompt, true), reference_case["prompt_ids"].get<std::vector<TokenId>>())
         << "prompt: " << prompt;
@@ -77,22 +67,8 @@ TEST_F(Gemma3Reference, PromptsTokenizeAsTransformersDoes) {
 }
 
 TEST_F(Gemma3Reference, LastPositionLogitsMatchTransformers) {
-  EXPECT_EQ(reference_["model_sha256"], "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818");
-  const auto vocab = static_cast<std::size_t>(model_->vocab_size());
-  ASSERT_EQ(reference_["vocab_size"].get<std::size_t>(), vocab);
-  const auto& cases = reference_["cases"];
-  ASSERT_GE(cases.size(), 5u);
-  ASSERT_EQ(logits_.size(), cases.size() * vocab);
-  for (std::size_t i = 0; i < cases.size(); ++i) {
-    const auto ids = cases[i]["prompt_ids"].get<std::vector<TokenId>>();
-    SequenceCache cache(*model_, static_cast<std::int64_t>(ids.size()));
-    std::vector<float> logits(vocab);
-    model_->forward(ids, 0, cache, Logits::LastRow, logits);
-    const std::span<const float> expected(logits_.data() + i * vocab, vocab);
-    const double error = testing::relative_error(logits, expected);
-    EXPECT_LE(error, 1e-3) << "prompt " << i << ": " << cases[i]["prompt"];
-    RecordProperty("relative_error_" + std::to_string(i), fmt::format("{:.2e}", error));
-  }
+  EXPECT_EQ((*reference_)["model_sha256"], "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818");
+  testing::expect_last_position_logits(*ref_, *model_, 1e-3);
 }
 
 // Every Q4_K/Q5_0/Q6_K/Q8_0 layer runs packed (the tied Q8_0 embedding included).
@@ -109,7 +85,7 @@ TEST_F(Gemma3Reference, QuantizedLayersStayPacked) {
 // closer than 1e-3: float32 summation order alone may then pick either.
 TEST_F(Gemma3Reference, ThirtyTwoGreedyTokensMatchTransformers) {
   std::size_t identical = 0;
-  for (const auto& reference_case : reference_["cases"]) {
+  for (const auto& reference_case : (*reference_)["cases"]) {
     scheduler::SequenceRequest request;
     request.prompt = reference_case["prompt_ids"].get<std::vector<TokenId>>();
     request.sampling.temperature = 0;

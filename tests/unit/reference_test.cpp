@@ -9,10 +9,9 @@
 
 #include "scheduler/generate.h"
 #include "engine/decoder_model.h"
-#include "kernel_test_util.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
-#include "test_util.h"
+#include "transformers_reference.h"
 
 namespace nibble::engine {
 namespace {
@@ -24,46 +23,23 @@ class SmolLM2Reference : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     ASSERT_TRUE(std::filesystem::exists(kModel)) << kModel << " is missing: run scripts/get-model";
-    reference_ = nlohmann::json::parse(testing::read_file(kReferenceDir / "smollm2_reference.json"));
-    logits_ = testing::read_f32_file(kReferenceDir / "smollm2_last_logits.f32");
-    source_ = new ModelSource(open_model(kModel));
-    backend_ = new kernels::CpuBackend(0);
-    model_ = new DecoderModel(*source_, *backend_);
+    ref_ = new testing::TransformersReference(kModel, kReferenceDir / "smollm2_reference.json",
+                                              kReferenceDir / "smollm2_last_logits.f32");
+    reference_ = &ref_->reference;
+    model_ = &ref_->model;
   }
-  static void TearDownTestSuite() {
-    delete model_;
-    delete backend_;
-    delete source_;
-  }
+  static void TearDownTestSuite() { delete ref_; }
 
-  static nlohmann::json reference_;
-  static std::vector<float> logits_;
-  static ModelSource* source_;
-  static kernels::CpuBackend* backend_;
+  static testing::TransformersReference* ref_;
+  static const nlohmann::json* reference_;
   static Model* model_;
 };
-nlohmann::json SmolLM2Reference::reference_;
-std::vector<float> SmolLM2Reference::logits_;
-ModelSource* SmolLM2Reference::source_ = nullptr;
-kernels::CpuBackend* SmolLM2Reference::backend_ = nullptr;
+testing::TransformersReference* SmolLM2Reference::ref_ = nullptr;
+const nlohmann::json* SmolLM2Reference::reference_ = nullptr;
 Model* SmolLM2Reference::model_ = nullptr;
 
 TEST_F(SmolLM2Reference, LastPositionLogitsMatchTransformers) {
-  const auto vocab = static_cast<std::size_t>(model_->vocab_size());
-  ASSERT_EQ(reference_["vocab_size"].get<std::size_t>(), vocab);
-  const auto& cases = reference_["cases"];
-  ASSERT_GE(cases.size(), 5u);
-  ASSERT_EQ(logits_.size(), cases.size() * vocab);
-  for (std::size_t i = 0; i < cases.size(); ++i) {
-    const auto ids = cases[i]["prompt_ids"].get<std::vector<TokenId>>();
-    SequenceCache cache(*model_, static_cast<std::int64_t>(ids.size()));
-    std::vector<float> logits(vocab);
-    model_->forward(ids, 0, cache, Logits::LastRow, logits);
-    const std::span<const float> expected(logits_.data() + i * vocab, vocab);
-    const double error = testing::relative_error(logits, expected);
-    EXPECT_LE(error, 1e-4) << "prompt " << i << ": " << cases[i]["prompt"];
-    RecordProperty("relative_error_" + std::to_string(i), std::to_string(error));
-  }
+  testing::expect_last_position_logits(*ref_, *model_, 1e-4);
 }
 
 // The GGUF's Q4_1 layers and Q8_0 embedding/lm_head run packed, never expanded,
@@ -79,7 +55,7 @@ TEST_F(SmolLM2Reference, QuantizedLayersStayPackedWithinTheMemoryBudget) {
 }
 
 TEST_F(SmolLM2Reference, SixtyFourGreedyTokensMatchTransformers) {
-  for (const auto& reference_case : reference_["cases"]) {
+  for (const auto& reference_case : (*reference_)["cases"]) {
     scheduler::SequenceRequest request;
     request.prompt = reference_case["prompt_ids"].get<std::vector<TokenId>>();
     request.sampling.temperature = 0;
