@@ -27,7 +27,7 @@ import torch
 import transformers
 from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
 
-from make_tiny_models import ROOT, SEQUENCE_LENGTH, reference_tokens
+from make_tiny_models import fresh_dir, random_model, reference_tokens
 
 GGUF_COMMON = dict(vocab_size=128, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=1,
                    num_key_value_heads=1, head_dim=256, rms_norm_eps=1e-6, bos_token_id=2, eos_token_id=1,
@@ -113,18 +113,8 @@ def write_gguf(model, config, arch: str, path: str) -> None:
 
 def make_gguf_variant(name: str, tokens: torch.Tensor) -> None:
     model_class, config, arch = GGUF_VARIANTS[name]
-    out = os.path.join(ROOT, name)
-    os.makedirs(out, exist_ok=True)
-    for f in os.listdir(out):
-        os.remove(os.path.join(out, f))
-    config._attn_implementation = "eager"
-    model = model_class(config)
-    with torch.no_grad():
-        for param_name, param in model.named_parameters():
-            if "norm" in param_name:
-                param.uniform_(-0.5, 0.5)
-            else:
-                param.normal_(0, 0.2)
+    out = fresh_dir(name)
+    model = random_model(model_class, config)
     write_gguf(model, config, arch, os.path.join(out, "model.gguf"))
     reference = model_class.from_pretrained(out, gguf_file="model.gguf", dtype=torch.float32,
                                             attn_implementation="eager").eval()

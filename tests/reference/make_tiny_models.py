@@ -190,6 +190,33 @@ def stepped_logits(model, tokens):
     return torch.cat(rows).float().numpy().astype("<f4")
 
 
+def fresh_dir(name: str) -> str:
+    """tests/fixtures/tiny/<name>/, emptied."""
+    out = os.path.join(ROOT, name)
+    os.makedirs(out, exist_ok=True)
+    for f in os.listdir(out):
+        os.remove(os.path.join(out, f))
+    return out
+
+
+def random_model(model_class, config):
+    """A model of `config` with random weights (eager attention, the reference's)."""
+    config._attn_implementation = "eager"
+    model = model_class(config)
+    # Norm weights at 1.0 would hide a missing norm multiply; randomize them.
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if "norm" in param_name and model_class in (Gemma2ForCausalLM, Gemma3ForCausalLM):
+                param.uniform_(-0.5, 0.5)  # Gemma's norms scale by 1 + w
+            elif "norm" in param_name:
+                param.uniform_(0.5, 1.5)
+            elif "bias" in param_name:
+                param.normal_(0, 0.5)
+            else:
+                param.normal_(0, 0.2)
+    return model
+
+
 def reference_tokens() -> torch.Tensor:
     """The token sequence every tiny model's logits are computed for."""
     return torch.randint(3, 128, (1, SEQUENCE_LENGTH), generator=torch.Generator().manual_seed(7))
@@ -207,23 +234,8 @@ def main() -> None:
             continue
         if name in NAME_SEEDED:
             torch.manual_seed(zlib.crc32(name.encode()))
-        out = os.path.join(ROOT, name)
-        os.makedirs(out, exist_ok=True)
-        for f in os.listdir(out):
-            os.remove(os.path.join(out, f))
-        config._attn_implementation = "eager"
-        model = model_class(config)
-        # Norm weights at 1.0 would hide a missing norm multiply; randomize them.
-        with torch.no_grad():
-            for param_name, param in model.named_parameters():
-                if "norm" in param_name and model_class in (Gemma2ForCausalLM, Gemma3ForCausalLM):
-                    param.uniform_(-0.5, 0.5)  # Gemma's norms scale by 1 + w
-                elif "norm" in param_name:
-                    param.uniform_(0.5, 1.5)
-                elif "bias" in param_name:
-                    param.normal_(0, 0.5)
-                else:
-                    param.normal_(0, 0.2)
+        out = fresh_dir(name)
+        model = random_model(model_class, config)
         model.to(dtype).save_pretrained(out, max_shard_size=shard_size or "10GB")
         # The reference runs in float32 on the stored (possibly bf16/fp16) weights,
         # which is what nibble computes.
