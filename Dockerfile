@@ -5,6 +5,7 @@
 #   docker run --rm -p 8000:8000 -v "$PWD/models:/models:ro" --read-only nibble
 #   docker build -t nibble:cuda --build-arg DEVICE=cuda --build-arg CUDA_ARCHITECTURES="80;90" .
 #   docker build -t nibble:demo --target demo .                # bakes the bundled SmolLM2 in
+#   docker build -t nibble:mpi --build-arg MPI=on .            # ranks across pods (deploy/k8s/multinode)
 #
 # Stages: build (compiler, -dev packages, the `nibble` binary only), runtime (the
 # default: the shared libraries, the binary, a non-root user), demo-model and demo
@@ -16,9 +17,12 @@ FROM ${BASE_IMAGE} AS build
 ARG DEVICE=cpu
 ARG CUDA_VERSION=13-0
 ARG CUDA_ARCHITECTURES="80;90"
+# on: nibble built with the Open MPI communicator, for a model split across pods
+# (docs/parallel.md); off keeps the image without Open MPI and ssh.
+ARG MPI=off
 # Copied, not bind-mounted, so that a change to the list invalidates the layer cache.
 COPY deploy/docker/install-deps /tmp/install-deps
-RUN /tmp/install-deps build "${DEVICE}"
+RUN /tmp/install-deps build "${DEVICE}" "$([ "${MPI}" = on ] && echo mpi)"
 WORKDIR /src
 COPY . .
 # The build folder is /src/build: the checkout's own build*/ folders never reach the
@@ -35,8 +39,8 @@ ARG LANG
 ARG JOBS
 RUN --mount=type=cache,id=nibble-ccache,target=/ccache \
     export CCACHE_DIR="${CCACHE_DIR}" CCACHE_BASEDIR=/src \
-    && set -- -DNIBBLE_CUDA=OFF \
-    && if [ "${DEVICE}" = cuda ]; then set -- -DNIBBLE_CUDA=ON -DNIBBLE_CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" \
+    && set -- -DNIBBLE_CUDA=OFF "-DNIBBLE_MPI=$([ "${MPI}" = on ] && echo ON || echo OFF)" \
+    && if [ "${DEVICE}" = cuda ]; then set -- "$@" -DNIBBLE_CUDA=ON -DNIBBLE_CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES}" \
          -DCMAKE_CUDA_COMPILER="/usr/local/cuda-${CUDA_VERSION%-*}.${CUDA_VERSION#*-}/bin/nvcc" \
          -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache; fi \
     && cmake -S /src -B /src/build -G Ninja -DCMAKE_BUILD_TYPE=Release -DNIBBLE_BUILD_TESTS=OFF -DNIBBLE_BUILD_BENCH=OFF \
@@ -59,11 +63,15 @@ RUN PIP_BREAK_SYSTEM_PACKAGES=1 NIBBLE_MODEL_CACHE=/models /tmp/get-model
 FROM ${BASE_IMAGE} AS runtime
 ARG DEVICE=cpu
 ARG CUDA_VERSION=13-0
+ARG MPI=off
 COPY deploy/docker/install-deps /tmp/install-deps
-RUN /tmp/install-deps runtime "${DEVICE}" && rm /tmp/install-deps \
-    && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin nibble \
+# With MPI the user gets a shell: the workers' sshd runs mpirun's remote commands with it.
+RUN /tmp/install-deps runtime "${DEVICE}" "$([ "${MPI}" = on ] && echo mpi)" && rm /tmp/install-deps \
+    && useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+         --shell "$([ "${MPI}" = on ] && echo /bin/bash || echo /usr/sbin/nologin)" nibble \
     && mkdir /models
 COPY --from=build /out/nibble /usr/local/bin/nibble
+COPY deploy/docker/nibble-launch /usr/local/bin/nibble-launch
 # Numeric, so an orchestrator can check runAsNonRoot without reading /etc/passwd.
 USER 10001:10001
 # nibble writes nothing but stderr: the root filesystem may be read-only
