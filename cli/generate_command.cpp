@@ -12,7 +12,7 @@
 #include "cli/commands.h"
 #include "cli/load_progress.h"
 #include "cli/process_stats.h"
-#include "cli/tensor_parallel.h"
+#include "cli/parallel_group.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "engine/decoder_model.h"
@@ -49,6 +49,8 @@ struct GenerateOptions {
   bool json = false;
   bool expand_quantized = false;
   int tensor_parallel_size = 1;
+  int pipeline_parallel_size = 1;
+  int pipeline_micro_batches = 0;
 };
 
 std::string read_text_file(const std::string& path) {
@@ -57,9 +59,9 @@ std::string read_text_file(const std::string& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-// Ranks 1..N-1 of a tensor-parallel generate: their share of the model and a
+// Ranks 1..N-1 of a split model's generate: their share of the model and a
 // cache for any request within the context, running rank 0's plans.
-void run_generate_worker(const GenerateOptions& options, kernels::Backend& backend, TensorParallelGroup& group) {
+void run_generate_worker(const GenerateOptions& options, kernels::Backend& backend, ParallelGroup& group) {
   engine::ModelOptions model_options;
   model_options.expand_quantized = options.expand_quantized;
   ShardedModel sharded = shard_for(open_model(options.model), group, model_options);
@@ -69,15 +71,17 @@ void run_generate_worker(const GenerateOptions& options, kernels::Backend& backe
   engine::run_plan_receiver(runner, *group.plans);
 }
 
-void run_generate(const GenerateOptions& options, kernels::Backend& backend, TensorParallelGroup* group);
+void run_generate(const GenerateOptions& options, kernels::Backend& backend, ParallelGroup* group);
 
 void run_generate(const GenerateOptions& options) {
   const auto backend_owner = make_backend(options.device, options.threads, options.int8_activations);
-  auto group = join_tensor_parallel_group(
-      options.tensor_parallel_size,
-      fmt::format("nibble {} generate model={} device={} threads={} int8_activations={} expand_quantized={}",
+  auto group = join_parallel_group(
+      {options.tensor_parallel_size, options.pipeline_parallel_size, options.pipeline_micro_batches},
+      fmt::format("nibble {} generate model={} device={} threads={} int8_activations={} expand_quantized={} tp={} "
+                  "pp={} micro_batches={}",
                   NIBBLE_VERSION, options.model, options.device, options.threads, options.int8_activations,
-                  options.expand_quantized));
+                  options.expand_quantized, options.tensor_parallel_size, options.pipeline_parallel_size,
+                  options.pipeline_micro_batches));
   try {
     if (group && !group->leader()) {
       run_generate_worker(options, *backend_owner, *group);
@@ -89,11 +93,11 @@ void run_generate(const GenerateOptions& options) {
     if (!group) throw;
     std::fprintf(stderr, "nibble: error on rank %d: %s\n", group->rank(), e.what());
     std::fflush(stderr);
-    group->tensor->abort_group(1);
+    group->world->abort_group(1);
   }
 }
 
-void run_generate(const GenerateOptions& options, kernels::Backend& backend, TensorParallelGroup* group) {
+void run_generate(const GenerateOptions& options, kernels::Backend& backend, ParallelGroup* group) {
   const auto load_start = std::chrono::steady_clock::now();
   ModelSource source = open_model(options.model);
   const auto tokenizer = load_tokenizer(source.path);
@@ -167,7 +171,8 @@ void run_generate(const GenerateOptions& options, kernels::Backend& backend, Ten
     nlohmann::json out = {
         {"model", source.path.string()},
         {"backend", backend.name()},
-        {"tensor_parallel_size", group != nullptr ? group->size() : 1},
+        {"tensor_parallel_size", options.tensor_parallel_size},
+        {"pipeline_parallel_size", options.pipeline_parallel_size},
         {"prompt_tokens", request.prompt.size()},
         {"prompt_ids", request.prompt},
         {"tokens", result.tokens},
@@ -191,8 +196,9 @@ void run_generate(const GenerateOptions& options, kernels::Backend& backend, Ten
     if (group != nullptr) {
       // Rank 0's time and bytes in each kind of collective: what the split costs.
       nlohmann::json collectives = nlohmann::json::object();
+      const dist::CollectiveStats stats = group->forward_stats();
       for (std::size_t kind = 0; kind < dist::kCollectiveKinds; ++kind) {
-        const auto& counter = group->tensor->stats().by_kind[kind];
+        const auto& counter = stats.by_kind[kind];
         if (counter.calls == 0) continue;
         collectives[std::string(dist::collective_name(static_cast<dist::Collective>(kind)))] = {
             {"calls", counter.calls}, {"bytes", counter.bytes}, {"seconds", counter.seconds}};
@@ -242,6 +248,13 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--tensor-parallel-size", options->tensor_parallel_size,
                   "Ranks the model is split across: run under `mpirun -np N` (docs/parallel.md)")
       ->capture_default_str()->check(CLI::Range(1, 1024));
+  cmd->add_option("--pipeline-parallel-size", options->pipeline_parallel_size,
+                  "Stages the layers are split into, each on --tensor-parallel-size ranks: run under "
+                  "`mpirun -np T*P` (docs/parallel.md)")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
+  cmd->add_option("--pipeline-micro-batches", options->pipeline_micro_batches,
+                  "Groups each step's sequences pass the stages in (0: as many as stages)")
+      ->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_flag("--expand-quantized", options->expand_quantized,
                 "Expand quantized weights to float32 at load (a benchmark baseline; ~8x the weight memory)");
   cmd->callback([options] { run_generate(*options); });

@@ -118,9 +118,7 @@ std::string serve_command(const PlanOptions& options, const scheduler::PlanInput
 // What of that command this build cannot run yet (docs/parallel.md), or "".
 std::string command_caveat(const scheduler::MemoryPlan& plan) {
   if (!plan.on_gpu || plan.parallelism.gpus() == 1) return "";
-  return plan.parallelism.pipeline > 1
-             ? "pipeline parallelism and GPU ranks are not implemented yet (docs/parallel.md)"
-             : "tensor parallelism runs on CPU ranks today; GPU ranks are not wired yet (docs/parallel.md)";
+  return "tensor and pipeline parallelism run on CPU ranks today; GPU ranks are not wired yet (docs/parallel.md)";
 }
 
 nlohmann::json plan_json(const PlanOptions& options, const PlannedModel& model, const scheduler::PlanInputs& inputs,

@@ -20,7 +20,7 @@
 #include "cli/commands.h"
 #include "cli/load_progress.h"
 #include "cli/stalling_model.h"
-#include "cli/tensor_parallel.h"
+#include "cli/parallel_group.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "engine/decoder_model.h"
@@ -77,6 +77,8 @@ struct ServeOptions {
   std::string kv_cache_dtype = "float32";
   std::string memory_budget;  // the whole process: weights + KV + workspace
   int tensor_parallel_size = 1;
+  int pipeline_parallel_size = 1;
+  int pipeline_micro_batches = 0;
   double collective_timeout = 30;
 };
 
@@ -126,10 +128,10 @@ std::int32_t kv_blocks(const ServeOptions& options, const engine::Model& model, 
   return static_cast<std::int32_t>(std::min<std::uint64_t>(blocks, 1U << 30));
 }
 
-// `group`: rank 0 of a tensor-parallel group, which tells the other ranks the
+// `group`: rank 0 of a split model's group, which tells the other ranks the
 // KV cache's size and sends them every step's plan.
 std::unique_ptr<scheduler::Scheduler> make_scheduler(const ServeOptions& options, engine::Model& model,
-                                                     std::int64_t context, TensorParallelGroup* group,
+                                                     std::int64_t context, ParallelGroup* group,
                                                      server::ServerMetrics* metrics) {
   scheduler::BatchSchedulerOptions batch;
   batch.max_num_seqs = options.max_num_seqs;
@@ -140,9 +142,8 @@ std::unique_ptr<scheduler::Scheduler> make_scheduler(const ServeOptions& options
     share_from_leader(*group, batch.num_blocks);
     // On the step thread, before each step: the collectives so far into the
     // metrics (read where they are written), then the plan to the other ranks.
-    batch.before_step = [send = engine::plan_sender(*group->plans), tensor = group->tensor.get(),
-                         metrics](const engine::StepPlan& plan) {
-      metrics->observe_collectives(tensor->stats());
+    batch.before_step = [send = engine::plan_sender(*group->plans), group, metrics](const engine::StepPlan& plan) {
+      metrics->observe_collectives(group->forward_stats());
       send(plan);
     };
   }
@@ -221,34 +222,36 @@ class ShutdownSignal {
   std::thread waiter_;
 };
 
-// Ranks 1..N-1 of a tensor-parallel server: their share of the model, a KV
+// Ranks 1..N-1 of a split model's server: their share of the model, a KV
 // cache as large as rank 0 chose, and rank 0's plans run until it stops them.
-void run_serve_worker(const ServeOptions& options, kernels::Backend& backend, TensorParallelGroup& group,
+void run_serve_worker(const ServeOptions& options, kernels::Backend& backend, ParallelGroup& group,
                       ShutdownSignal& shutdown) {
   shutdown.serving();  // a SIGTERM is rank 0's to act on: it drains, then ends the loop below
   ShardedModel sharded = shard_for(open_model(options.model), group);
   engine::DecoderModel model(sharded.source, backend, sharded.options);
   const auto blocks = static_cast<std::int32_t>(share_from_leader(group, 0));
   engine::ModelRunner runner(model, blocks, options.block_size, kv_dtype(options));
-  spdlog::info("tensor_parallel_worker_ready rank={} kv_blocks={} weight_bytes={}", group.rank(), blocks,
+  spdlog::info("parallel_worker_ready rank={} kv_blocks={} weight_bytes={}", group.rank(), blocks,
                model.weight_memory().total);
   const std::int64_t steps = engine::run_plan_receiver(runner, *group.plans);
-  spdlog::info("tensor_parallel_worker_done rank={} steps={}", group.rank(), steps);
+  spdlog::info("parallel_worker_done rank={} steps={}", group.rank(), steps);
 }
 
 void run_serve(const ServeOptions& options, ShutdownSignal& shutdown, kernels::Backend& backend,
-               TensorParallelGroup* group);
+               ParallelGroup* group);
 
 void run_serve(const ServeOptions& options) {
   // Before any thread starts (the backend's pool among them), so SIGTERM reaches only its waiter.
   ShutdownSignal shutdown;
   // Then a device that cannot run here fails before the port is taken.
   const auto backend_owner = make_backend(options.device, options.threads, options.int8_activations);
-  auto group = join_tensor_parallel_group(
-      options.tensor_parallel_size,
-      fmt::format("nibble {} serve model={} device={} threads={} int8_activations={} kv={} block_size={}",
+  auto group = join_parallel_group(
+      {options.tensor_parallel_size, options.pipeline_parallel_size, options.pipeline_micro_batches},
+      fmt::format("nibble {} serve model={} device={} threads={} int8_activations={} kv={} block_size={} tp={} pp={} "
+                  "micro_batches={}",
                   NIBBLE_VERSION, options.model, options.device, options.threads, options.int8_activations,
-                  options.kv_cache_dtype, options.block_size),
+                  options.kv_cache_dtype, options.block_size, options.tensor_parallel_size,
+                  options.pipeline_parallel_size, options.pipeline_micro_batches),
       to_ms(options.collective_timeout));
   try {
     if (group && !group->leader()) {
@@ -259,14 +262,14 @@ void run_serve(const ServeOptions& options) {
   } catch (const std::exception& e) {
     if (!group) throw;
     // One rank cannot go on, so none can: end them all, with this rank's reason.
-    spdlog::error("tensor_parallel_rank_failed rank={} error=\"{}\"", group->rank(), log::clip(e.what()));
+    spdlog::error("parallel_rank_failed rank={} error=\"{}\"", group->rank(), log::clip(e.what()));
     spdlog::default_logger()->flush();
-    group->tensor->abort_group(1);
+    group->world->abort_group(1);
   }
 }
 
 void run_serve(const ServeOptions& options, ShutdownSignal& shutdown, kernels::Backend& backend,
-               TensorParallelGroup* group) {
+               ParallelGroup* group) {
   const std::string name =
       options.served_model_name.empty() ? default_model_name(options.model) : options.served_model_name;
   std::optional<std::string> api_key;
@@ -280,9 +283,9 @@ void run_serve(const ServeOptions& options, ShutdownSignal& shutdown, kernels::B
                                                                        : server::MetricsCompat::None);
   server::OpenAiApi api({api_key, options.public_probes, NIBBLE_VERSION, 1,
                          {options.readiness_stall_seconds, options.liveness_stall_seconds},
-                         group != nullptr ? group->size() : 1, 1},
+                         options.tensor_parallel_size, options.pipeline_parallel_size},
                         metrics);
-  if (group != nullptr) metrics.set_parallel_ranks(group->size(), 1);
+  if (group != nullptr) metrics.set_parallel_ranks(options.tensor_parallel_size, options.pipeline_parallel_size);
   server::HttpLimits limits;
   limits.max_body_bytes = options.max_body_bytes;
   limits.header_timeout = to_ms(options.header_timeout);
@@ -449,8 +452,16 @@ void add_serve_command(CLI::App& app) {
                   "Ranks the model is split across (tensor parallelism): start N processes with `mpirun -np N "
                   "nibble serve ... --tensor-parallel-size N`; rank 0 serves HTTP (docs/parallel.md)")
       ->capture_default_str()->check(CLI::Range(1, 1024));
+  cmd->add_option("--pipeline-parallel-size", options->pipeline_parallel_size,
+                  "Stages the model's layers are split into (pipeline parallelism), each stage on "
+                  "--tensor-parallel-size ranks: start T x P processes with `mpirun -np T*P`")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
+  cmd->add_option("--pipeline-micro-batches", options->pipeline_micro_batches,
+                  "With --pipeline-parallel-size: groups each step's sequences go through the stages in, so "
+                  "the stages work at once (0: as many as stages)")
+      ->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_option("--collective-timeout", options->collective_timeout,
-                  "With --tensor-parallel-size: seconds a collective may wait for the other ranks before the "
+                  "With --tensor- or --pipeline-parallel-size: seconds a collective may wait for the other ranks before the "
                   "group is declared failed and every rank ends")
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--max-queued", options->max_queued, "Sequences that may wait for the model; beyond: 429")

@@ -52,9 +52,12 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
 DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend, const ModelOptions& options,
                            const LoadProgress& progress)
     : config_(source.config),
+      stage_config_(source.config),
       backend_(backend),
       shard_(options.tensor_shard),
       tensor_group_(options.tensor_group),
+      stage_(options.pipeline_stage),
+      pipeline_group_(options.pipeline_group),
       workspace_(Workspace::Widths{config_.hidden_size, config_.q_dim(), config_.kv_dim(), config_.intermediate_size, 0}) {
   const Architecture& arch = architecture_of(config_.architecture);
   if (shard_.has_value() != (tensor_group_ != nullptr) ||
@@ -67,6 +70,22 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
     fail("tensor parallelism runs on CPU ranks only for now; the {} backend's memory is not host memory",
          backend.name());
   }
+  if (stage_.has_value() != (pipeline_group_ != nullptr) ||
+      (stage_ && (stage_->stages != pipeline_group_->size() || stage_->stage != pipeline_group_->rank() ||
+                  stage_->end_layer > config_.num_layers || stage_->first_layer < 0 ||
+                  stage_->layers() < 1))) {
+    fail("pipeline parallelism needs this rank's stage and its group, agreeing on stage and size, "
+         "with layers inside the model's {}", config_.num_layers);
+  }
+  if (pipeline_group_ != nullptr && !backend.host_visible_memory()) {
+    fail("pipeline parallelism runs on CPU ranks only for now; the {} backend's memory is not host memory",
+         backend.name());
+  }
+  const bool first_stage = !stage_ || stage_->first();
+  const bool last_stage = !stage_ || stage_->last();
+  first_layer_ = stage_ ? stage_->first_layer : 0;
+  const std::int64_t end_layer = stage_ ? stage_->end_layer : config_.num_layers;
+  stage_config_.num_layers = end_layer - first_layer_;
   embedding_scale_ = embedding_scale_of(arch, config_);
   WeightBinder binder(*source.weights, config_, backend, options);
   const auto d = config_.hidden_size;
@@ -78,12 +97,18 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
   // embedding one more, zero row (loader/tensor_shard.h).
   const std::int64_t vocab_rows = shard_ ? shard_->vocab : config_.vocab_size;
   // An untied token table is only ever looked up by row, never multiplied sparsely.
-  embedding_ = binder.linear(embedding, vocab_rows + (shard_ ? 1 : 0), d, /*lookup_only=*/!config_.tie_word_embeddings);
-  final_norm_ = bind_norm(binder, arch, config_, TensorRole::FinalNorm);
-  lm_head_ = tied ? Linear{head, embedding_.weights, {}} : binder.linear(head, vocab_rows, d);
+  // A pipeline stage binds only what it runs: the table on the first stage (and on
+  // the last when it is lm_head too), the final norm and lm_head on the last.
+  if (first_stage || (last_stage && tied)) {
+    embedding_ = binder.linear(embedding, vocab_rows + (shard_ ? 1 : 0), d, /*lookup_only=*/!config_.tie_word_embeddings);
+  }
+  if (last_stage) {
+    final_norm_ = bind_norm(binder, arch, config_, TensorRole::FinalNorm);
+    lm_head_ = tied ? Linear{head, embedding_.weights, {}} : binder.linear(head, vocab_rows, d);
+  }
   std::int64_t stacked_width = 0;
-  layers_.reserve(static_cast<std::size_t>(config_.num_layers));
-  for (std::int64_t i = 0; i < config_.num_layers; ++i) {
+  layers_.reserve(static_cast<std::size_t>(end_layer - first_layer_));
+  for (std::int64_t i = first_layer_; i < end_layer; ++i) {
     layers_.push_back(DecoderLayer{bind_norm(binder, arch, config_, TensorRole::AttentionNorm, i),
                                    AttentionBlock(binder, arch, config_, i),
                                    bind_norm(binder, arch, config_, TensorRole::PostAttentionNorm, i),
@@ -91,7 +116,7 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
                                    GatedMlp(binder, arch, config_, i),
                                    bind_norm(binder, arch, config_, TensorRole::PostMlpNorm, i)});
     stacked_width = std::max({stacked_width, layers_.back().attention.stacked_width(), layers_.back().mlp.stacked_width()});
-    if (progress) progress({i + 1, config_.num_layers, binder.memory().total});
+    if (progress) progress({i + 1 - first_layer_, end_layer - first_layer_, binder.memory().total});
   }
   workspace_ = Workspace(Workspace::Widths{d, config_.q_dim(), config_.kv_dim(), config_.intermediate_size, stacked_width});
   memory_ = binder.memory();
@@ -123,19 +148,80 @@ void DecoderModel::plan_rows(std::span<const BatchEntry> batch, std::int32_t blo
   workspace_.reserve(backend_, rows);
 }
 
-void DecoderModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits) {
-  plan_rows(batch, cache.block_size());
-  std::int64_t out_rows = 0;
-  for (const auto& segment : segments_) out_rows += segment.logits == Logits::AllRows ? segment.rows : 1;
-  const auto rows = static_cast<std::int64_t>(tokens_.size());
-  const auto vocab = config_.vocab_size;
-  if (static_cast<std::int64_t>(logits.size()) < out_rows * vocab) fail("forward: logits buffer too small");
-  Workspace& ws = workspace_;
-  const StepContext step{backend_, cache, rows, positions_, segments_, hook_, 0, tensor_group_};
+std::int64_t DecoderModel::output_rows() const {
+  std::int64_t out = 0;
+  for (const auto& segment : segments_) out += segment.logits == Logits::AllRows ? segment.rows : 1;
+  return out;
+}
 
-  const auto d = config_.hidden_size;
+void DecoderModel::run_layers(PagedKvCache& cache) {
+  const StepContext step{backend_, cache, static_cast<std::int64_t>(tokens_.size()), positions_, segments_, hook_,
+                         first_layer_, tensor_group_};
+  for (const auto& layer : layers_) layer.forward(step, workspace_, config_.hidden_size);
+}
+
+void DecoderModel::forward_batch(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits) {
+  if (stage_) {
+    forward_pipelined(batch, cache, logits);
+    return;
+  }
+  plan_rows(batch, cache.block_size());
+  const std::int64_t out_rows = output_rows();
+  if (static_cast<std::int64_t>(logits.size()) < out_rows * config_.vocab_size) fail("forward: logits buffer too small");
   embed();
-  for (const auto& layer : layers_) layer.forward(step, ws, d);
+  run_layers(cache);
+  head(out_rows, logits);
+}
+
+void DecoderModel::forward_pipelined(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits) {
+  const PipelineStage& stage = *stage_;
+  const auto d = config_.hidden_size;
+  const auto vocab = config_.vocab_size;
+  entry_rows_.clear();
+  std::int64_t total_out = 0;
+  for (const auto& entry : batch) {
+    const auto rows = static_cast<std::int64_t>(entry.tokens.size());
+    entry_rows_.push_back(rows);
+    total_out += entry.logits == Logits::AllRows ? rows : 1;
+  }
+  if (stage.first() && static_cast<std::int64_t>(logits.size()) < total_out * vocab) {
+    fail("forward: logits buffer too small");
+  }
+  if (stage.last()) stage_logits_.resize(static_cast<std::size_t>(total_out * vocab));
+  // Every stage cuts the step the same way (the same plan, the same arithmetic).
+  // Stage s receives micro-batch m once it is done with m - 1, so while it runs
+  // m, stage s - 1 runs m + 1: with M micro-batches over S stages a step takes
+  // about (M + S - 1) / (M S) of the time one rank would need for it alone.
+  const auto bounds = micro_batch_bounds(entry_rows_, stage.micro_batches);
+  std::int64_t out = 0;
+  for (std::size_t m = 0; m + 1 < bounds.size(); ++m) {
+    plan_rows(batch.subspan(bounds[m], bounds[m + 1] - bounds[m]), cache.block_size());
+    const auto values = static_cast<std::int64_t>(tokens_.size()) * d;
+    if (stage.first()) {
+      embed();
+    } else {
+      pipeline_group_->recv(workspace_.x(), values, DType::F32, stage.stage - 1);
+    }
+    run_layers(cache);
+    if (!stage.last()) {
+      pipeline_group_->send(workspace_.x(), values, DType::F32, stage.stage + 1);
+      continue;
+    }
+    const std::int64_t part = output_rows();
+    head(part, std::span(stage_logits_).subspan(static_cast<std::size_t>(out * vocab), static_cast<std::size_t>(part * vocab)));
+    out += part;
+  }
+  // The last stage sends every micro-batch's logits at once, after it has received
+  // the last micro-batch: stage 0 is sending micro-batches until then, and two
+  // stages each waiting for the other to receive would never finish.
+  if (stage.last()) pipeline_group_->send(stage_logits_.data(), total_out * vocab, DType::F32, 0);
+  if (stage.first()) pipeline_group_->recv(logits.data(), total_out * vocab, DType::F32, stage.stages - 1);
+}
+
+void DecoderModel::head(std::int64_t out_rows, std::span<float> logits) {
+  const auto d = config_.hidden_size;
+  const auto vocab = config_.vocab_size;
+  Workspace& ws = workspace_;
   // The rows whose logits are wanted, normalized side by side so lm_head runs once over them.
   std::int64_t out = 0;
   for (const auto& segment : segments_) {

@@ -37,7 +37,8 @@ class DecoderModel final : public Model {
   DecoderModel(const ModelSource& source, kernels::Backend& backend, const ModelOptions& options,
                const LoadProgress& progress = {});
 
-  const ModelConfig& config() const override { return config_; }
+  // Under pipeline parallelism, the stage's view: num_layers counts its layers.
+  const ModelConfig& config() const override { return stage_config_; }
   kernels::Backend& backend() const override { return backend_; }
   const WeightMemory& weight_memory() const override { return memory_; }
   const std::map<std::string, int>& linear_kinds() const override { return linear_kinds_; }
@@ -59,6 +60,15 @@ class DecoderModel final : public Model {
  private:
   // The step's rows, positions and segments for `batch`, and room for them.
   void plan_rows(std::span<const BatchEntry> batch, std::int32_t block_size);
+  // Rows of logits the planned rows want (all of an AllRows segment, the last of the others).
+  std::int64_t output_rows() const;
+  // This rank's layers over the planned rows, in the residual stream.
+  void run_layers(PagedKvCache& cache);
+  // Final norm and lm_head over the rows whose logits are wanted, into `logits`
+  // [out_rows, vocab] in host memory.
+  void head(std::int64_t out_rows, std::span<float> logits);
+  // Pipeline parallelism: the batch in micro-batches through this stage.
+  void forward_pipelined(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits);
   // The step's tokens into the residual stream (a vocabulary-parallel lookup and
   // sum under tensor parallelism).
   void embed();
@@ -66,10 +76,14 @@ class DecoderModel final : public Model {
   // share gathered into `logits` [out_rows, vocab] on every rank.
   void gather_logits(std::int64_t out_rows, std::span<float> logits);
 
-  ModelConfig config_;
+  ModelConfig config_;        // the whole model's (layer indices are the whole model's)
+  ModelConfig stage_config_;  // what config() shows: config_ with this stage's layer count
   kernels::Backend& backend_;
   std::optional<TensorShardLayout> shard_;
   dist::Communicator* tensor_group_ = nullptr;
+  std::optional<PipelineStage> stage_;
+  dist::Communicator* pipeline_group_ = nullptr;
+  std::int64_t first_layer_ = 0;  // layers_[0]'s index in the whole model
   WeightMemory memory_;
   std::map<std::string, int> linear_kinds_;
   std::vector<TensorView> held_;  // mapped or converted host weights the prepared ones may view
@@ -87,6 +101,8 @@ class DecoderModel final : public Model {
   std::vector<StepSegment> segments_;
   std::vector<TokenId> local_tokens_;  // tensor parallelism: tokens as this rank's vocabulary rows
   std::vector<float> local_logits_, send_logits_, gathered_logits_;
+  std::vector<std::int64_t> entry_rows_;  // pipeline parallelism: rows of each batch entry
+  std::vector<float> stage_logits_;       // the last stage's logits of every micro-batch
 };
 
 }  // namespace nibble::engine

@@ -13,6 +13,7 @@
 
 #include "common/token.h"
 #include "engine/paged_kv_cache.h"
+#include "engine/pipeline_stage.h"
 #include "kernels/backend.h"
 #include "loader/model_source.h"
 #include "loader/tensor_shard.h"
@@ -50,6 +51,15 @@ struct ModelOptions {
   // embedding) and gathers their logits. Unset: the whole model on this rank.
   std::optional<TensorShardLayout> tensor_shard;
   dist::Communicator* tensor_group = nullptr;
+  // Pipeline parallelism: this rank runs the layers of `pipeline_stage` only
+  // (and the embedding on the first stage, the final norm and lm_head on the
+  // last). `pipeline_group` holds one rank per stage, in stage order (under
+  // tensor parallelism too: the ranks of one tensor rank): each stage receives
+  // the residual stream from the one before and sends it on; the last sends the
+  // logits back to stage 0. Its config() then counts the stage's layers, which
+  // is what its KV cache holds. Unset: every layer on this rank.
+  std::optional<PipelineStage> pipeline_stage;
+  dist::Communicator* pipeline_group = nullptr;
 };
 
 // What the weights cost in memory.

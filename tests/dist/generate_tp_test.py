@@ -42,7 +42,20 @@ class TensorParallelGenerate(unittest.TestCase):
     def test_the_rank_count_must_match_the_flag(self):
         refused = run([MPIEXEC, "-np", "2", BIN, *ARGS, "--tensor-parallel-size", "3"])
         self.assertNotEqual(refused.returncode, 0)
-        self.assertIn("--tensor-parallel-size 3 but mpirun started 2 ranks", refused.stderr)
+        self.assertIn("--tensor-parallel-size 3 x --pipeline-parallel-size 1 needs 3 ranks but mpirun started 2",
+                      refused.stderr)
+
+    def test_three_pipeline_stages_generate_what_one_rank_does(self):
+        alone = run([BIN, *ARGS])
+        self.assertEqual(alone.returncode, 0, alone.stderr)
+        split = run([MPIEXEC, "-np", "3", BIN, *ARGS, "--pipeline-parallel-size", "3"])
+        self.assertEqual(split.returncode, 0, split.stderr)
+        split_out = json.loads(split.stdout)
+        self.assertEqual(split_out["pipeline_parallel_size"], 3)
+        self.assertEqual(split_out["tokens"], json.loads(alone.stdout)["tokens"])
+        # Stage 0 sent the residual stream on and got the logits back.
+        self.assertGreater(split_out["collectives"]["send"]["calls"], 0)
+        self.assertGreater(split_out["collectives"]["recv"]["calls"], 0)
 
 
 if __name__ == "__main__":

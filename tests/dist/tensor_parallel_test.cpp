@@ -1,16 +1,20 @@
-// Tensor parallelism against the single-rank model, across real ranks: ctest runs
-// this binary under `mpirun -np N`. Every rank loads the whole model (the
-// reference) and its own share, runs both on the same batches, and compares:
-// logits within 1e-5 relative (the ranks' partial sums are added in another
-// order than one rank's dot products), greedy tokens identical, and the share's
-// resident weights within total / N plus the replicated norms plus 5 %.
+// Tensor and pipeline parallelism against the single-rank model, across real
+// ranks: ctest runs this binary under `mpirun -np N`. Every rank loads the whole
+// model (the reference) and its own share, runs both on the same batches, and
+// compares: logits within 1e-5 relative (the ranks' partial sums are added in
+// another order than one rank's dot products), greedy tokens identical, and the
+// share's resident weights within total / N plus the replicated norms plus 5 %.
 //
 // NIBBLE_TP_MODEL picks the model: "stories" (stories260K: 8 query heads, 4
-// key/value heads, MLP width 172; N = 2 or 4) or "smollm2" (the bundled
-// SmolLM2-135M Q4_1 GGUF: 9 query heads, 3 key/value heads, width 1536, its
-// quantized codes sliced; N = 3) or "gptq_actorder" (GPTQModel's 4-bit
-// act-order checkpoint of a tiny Llama in tests/quant/fixtures: each
+// key/value heads, MLP width 172, 5 layers; N = 2 or 4) or "smollm2" (the bundled
+// SmolLM2-135M Q4_1 GGUF: 9 query heads, 3 key/value heads, width 1536, 30
+// layers, its quantized codes sliced; N = 3) or "gptq_actorder" (GPTQModel's
+// 4-bit act-order checkpoint of a tiny Llama in tests/quant/fixtures: each
 // row-parallel share keeps its columns' g_idx; N = 2).
+// NIBBLE_PP (default 1) splits the layers into that many pipeline stages, each
+// on N / NIBBLE_PP tensor ranks (rank r: tensor rank r % T of stage r / T, as
+// cli/parallel_group.h lays them out). Only stage 0 gets the logits back, so
+// the comparisons run there; the other stages run the same steps.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -24,6 +28,7 @@
 
 #include "dist/mpi_communicator.h"
 #include "engine/decoder_model.h"
+#include "engine/pipeline_stage.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
 #include "loader/tensor_shard.h"
@@ -41,6 +46,16 @@ dist::Communicator& world() {
   static const auto communicator = dist::make_mpi_world();
   return *communicator;
 }
+
+int pipeline_size() {
+  const char* pp = std::getenv("NIBBLE_PP");
+  return pp != nullptr ? std::atoi(pp) : 1;
+}
+int tensor_size() { return world().size() / pipeline_size(); }
+int stage() { return world().rank() / tensor_size(); }
+int tensor_rank() { return world().rank() % tensor_size(); }
+// The ranks that get logits: the comparisons run there.
+bool receives_logits() { return stage() == 0; }
 
 std::string model_kind() {
   const char* kind = std::getenv("NIBBLE_TP_MODEL");
@@ -61,21 +76,32 @@ ModelSource open_source(const testing::TempDir& dir) {
 struct Models {
   Models()
       : full_source(open_source(dir)),
-        layout(plan_tensor_shard(full_source.config, world().rank(), world().size())),
-        shard_source(shard_model_source(open_source(dir), layout)),
+        // split() is collective: every rank makes both groups, in this order.
+        tensor_group(world().split(stage(), tensor_rank())),
+        pipeline_group(world().split(tensor_rank(), stage())),
+        layout(plan_tensor_shard(full_source.config, tensor_rank(), tensor_size())),
+        shard_source(tensor_size() > 1 ? shard_model_source(open_source(dir), layout) : open_source(dir)),
         backend(kernels::CpuBackendOptions{1, false}),
         full(full_source, backend),
-        shard(shard_source, backend, options(layout)) {}
+        shard(shard_source, backend, options()) {}
 
-  static ModelOptions options(const TensorShardLayout& layout) {
+  ModelOptions options() {
     ModelOptions o;
-    o.tensor_shard = layout;
-    o.tensor_group = &world();
+    if (tensor_size() > 1) {
+      o.tensor_shard = layout;
+      o.tensor_group = tensor_group.get();
+    }
+    if (pipeline_size() > 1) {
+      o.pipeline_stage = engine::plan_pipeline_stage(full_source.config.num_layers, stage(), pipeline_size(),
+                                                     pipeline_size());
+      o.pipeline_group = pipeline_group.get();
+    }
     return o;
   }
 
   testing::TempDir dir;
   ModelSource full_source;
+  std::unique_ptr<dist::Communicator> tensor_group, pipeline_group;
   TensorShardLayout layout;
   ModelSource shard_source;
   kernels::CpuBackend backend;
@@ -116,11 +142,16 @@ TokenId argmax(std::span<const float> row) {
 }
 
 TEST(TensorParallel, TheShardIsTheLayoutOfThisRank) {
-  const Models& m = models();
-  EXPECT_EQ(m.layout.size, world().size());
-  EXPECT_EQ(m.shard.config().num_heads * world().size(), m.full.config().num_heads);
-  EXPECT_EQ(m.shard.config().intermediate_size * world().size(), m.full.config().intermediate_size);
+  Models& m = models();
+  EXPECT_EQ(tensor_size() * pipeline_size(), world().size());
+  EXPECT_EQ(m.shard.config().num_heads * tensor_size(), m.full.config().num_heads);
+  EXPECT_EQ(m.shard.config().intermediate_size * tensor_size(), m.full.config().intermediate_size);
   EXPECT_EQ(m.shard.config().vocab_size, m.full.config().vocab_size) << "the sampler sees the whole vocabulary";
+  // The stages' layers add up to the model's, each stage holding at least one.
+  std::int64_t layers = m.shard.config().num_layers;
+  EXPECT_GE(layers, 1);
+  m.pipeline_group->all_reduce(&layers, 1, DType::I64, dist::ReduceOp::Sum);
+  EXPECT_EQ(layers, m.full.config().num_layers);
 }
 
 TEST(TensorParallel, PromptLogitsMatchTheSingleRankModel) {
@@ -132,7 +163,9 @@ TEST(TensorParallel, PromptLogitsMatchTheSingleRankModel) {
     engine::SequenceCache full_cache(m.full, n + 8), shard_cache(m.shard, n + 8);
     m.full.forward(tokens, 0, full_cache, Logits::AllRows, want);
     m.shard.forward(tokens, 0, shard_cache, Logits::AllRows, got);
-    EXPECT_LE(relative_error(got, want), 1e-5) << "prompt of " << n << " tokens on rank " << world().rank();
+    if (receives_logits()) {
+      EXPECT_LE(relative_error(got, want), 1e-5) << "prompt of " << n << " tokens on rank " << world().rank();
+    }
   }
 }
 
@@ -151,12 +184,16 @@ TEST(TensorParallel, SixtyFourGreedyTokensAreIdentical) {
       want_tokens.push_back(argmax(want));
       got_tokens.push_back(argmax(got));
       worst = std::max(worst, relative_error(got, want));
-      const TokenId next_want = want_tokens.back(), next_got = got_tokens.back();
-      m.full.forward(std::span(&next_want, 1), n + step, full_cache, Logits::LastRow, want);
-      m.shard.forward(std::span(&next_got, 1), n + step, shard_cache, Logits::LastRow, got);
+      // Both continue with the whole model's token, which every rank computes
+      // (stages past the first get no logits to choose from).
+      const TokenId next = want_tokens.back();
+      m.full.forward(std::span(&next, 1), n + step, full_cache, Logits::LastRow, want);
+      m.shard.forward(std::span(&next, 1), n + step, shard_cache, Logits::LastRow, got);
     }
-    EXPECT_EQ(got_tokens, want_tokens) << "prompt of " << n << " tokens";
-    EXPECT_LE(worst, 1e-5);
+    if (receives_logits()) {
+      EXPECT_EQ(got_tokens, want_tokens) << "prompt of " << n << " tokens";
+      EXPECT_LE(worst, 1e-5);
+    }
   }
 }
 
@@ -181,7 +218,9 @@ TEST(TensorParallel, BatchedStepsMatchTheSingleRankModel) {
   std::vector<float> want(static_cast<std::size_t>(rows * vocab)), got(want.size());
   m.full.forward_batch(batch, full_cache, want);
   m.shard.forward_batch(batch, shard_cache, got);
-  EXPECT_LE(relative_error(got, want), 1e-5);
+  if (receives_logits()) {
+    EXPECT_LE(relative_error(got, want), 1e-5);
+  }
   // Step 2: one decode token each.
   std::vector<std::vector<TokenId>> next(4);
   batch.clear();
@@ -193,20 +232,39 @@ TEST(TensorParallel, BatchedStepsMatchTheSingleRankModel) {
   got.assign(want.size(), 1.0f);
   m.full.forward_batch(batch, full_cache, want);
   m.shard.forward_batch(batch, shard_cache, got);
-  EXPECT_LE(relative_error(got, want), 1e-5);
+  if (receives_logits()) {
+    EXPECT_LE(relative_error(got, want), 1e-5);
+  }
 }
 
 TEST(TensorParallel, EachRankHoldsItsShareOfTheWeights) {
-  const Models& m = models();
+  Models& m = models();
   const ModelConfig& c = m.full.config();
-  // Replicated on every rank: the norms (two per layer and the final one) and the
-  // embedding's zero row, in float32.
+  // Replicated on every tensor rank: the norms (two per layer and the final one)
+  // and the embedding's zero row, in float32.
   const double replicated = static_cast<double>((2 * c.num_layers + 1) * c.hidden_size * 4 + c.hidden_size * 4);
   const double total = static_cast<double>(m.full.weight_memory().total);
-  const double bound = total / world().size() + replicated + 0.05 * total / world().size();
-  EXPECT_LE(static_cast<double>(m.shard.weight_memory().total), bound)
-      << "rank " << world().rank() << " holds " << m.shard.weight_memory().total << " of " << total << " bytes";
-  EXPECT_GT(m.shard.weight_memory().total, 0u);
+  const double bound = total / tensor_size() + replicated + 0.05 * total / tensor_size();
+  const auto held = static_cast<double>(m.shard.weight_memory().total);
+  EXPECT_GT(held, 0.0);
+  if (pipeline_size() == 1) {
+    EXPECT_LE(held, bound) << "rank " << world().rank() << " holds " << held << " of " << total << " bytes";
+    return;
+  }
+  // The stages of one tensor rank hold its share once, but for a tied embedding,
+  // which the first stage looks up and the last runs as lm_head.
+  double tied = 0;
+  if (c.tie_word_embeddings) {
+    for (const auto& info : m.full_source.weights->list()) {
+      if (info.name.find("embed_tokens") != std::string::npos || info.name == "token_embd.weight") {
+        tied = 1.1 * static_cast<double>(info.stored_bytes) / tensor_size();
+      }
+    }
+  }
+  double stages = held;
+  m.pipeline_group->all_reduce(&stages, 1, DType::F64, dist::ReduceOp::Sum);
+  EXPECT_LE(stages, bound + tied) << "the stages of tensor rank " << tensor_rank() << " hold " << stages;
+  EXPECT_LE(held, 0.8 * total / tensor_size()) << "stage " << stage() << " holds layers of other stages";
 }
 
 }  // namespace

@@ -120,7 +120,7 @@ class ADeadRankEndsTheGroup(unittest.TestCase):
                 status = server.proc.wait(timeout=LIMIT_S)
                 self.assertLess(time.monotonic() - stopped_at, LIMIT_S)
                 self.assertNotEqual(status, 0)
-                self.assertIn("tensor_parallel_group_failed", server.stderr())
+                self.assertIn("parallel_group_failed", server.stderr())
             finally:
                 for pid in workers:
                     try:
