@@ -1,8 +1,9 @@
-"""A tensor-parallel server: what it reports of its split, and losing a rank
-mid-stream (issue 17's fault test).
+"""A split server: what it reports of its split, and losing a rank mid-stream
+(issue 17's fault test).
 
 Run by ctest with NIBBLE_LAUNCH="mpirun -np 2" and NIBBLE_SERVE_ARGS
-"--tensor-parallel-size 2". While rank 0 streams a long completion, rank 1 is
+"--tensor-parallel-size 2" (tensor ranks), or "--pipeline-parallel-size 2"
+(pipeline stages: rank 1 is then the last stage). While rank 0 streams a long completion, rank 1 is
 killed (SIGKILL) or hung (SIGSTOP): the client's stream must end (an error,
 never a wait), and the group must exit non-zero, saying what failed, within
 30 s.
@@ -17,6 +18,14 @@ import unittest
 from nibble_server import NibbleServer, convert_stories260k, metric
 
 LIMIT_S = 30
+ARGS = os.environ.get("NIBBLE_SERVE_ARGS", "").split()
+
+
+def size_of(flag):
+    return int(ARGS[ARGS.index(flag) + 1]) if flag in ARGS else 1
+
+
+TENSOR, PIPELINE = size_of("--tensor-parallel-size"), size_of("--pipeline-parallel-size")
 
 
 def rank_of(pid):
@@ -46,16 +55,20 @@ class TheSplitIsVisible(unittest.TestCase):
         with tempfile.TemporaryDirectory(prefix="nibble-e2e-model-") as tmp:
             server = NibbleServer(convert_stories260k(tmp)).start()
             try:
-                self.assertEqual(server.get("/version").json()["parallel"], {"tensor": 2, "pipeline": 1})
-                self.assertEqual(metric(server.metrics(), "nibble_parallel_ranks", kind="tensor"), 2)
+                self.assertEqual(server.get("/version").json()["parallel"], {"tensor": TENSOR, "pipeline": PIPELINE})
+                self.assertEqual(metric(server.metrics(), "nibble_parallel_ranks", kind="tensor"), TENSOR)
+                self.assertEqual(metric(server.metrics(), "nibble_parallel_ranks", kind="pipeline"), PIPELINE)
                 answer = server.post("/v1/completions", {"model": "stories260K", "prompt": "Once upon a time",
                                                          "max_tokens": 8, "temperature": 0})
                 self.assertEqual(answer.status, 200, answer)
                 # Counted before each step: the steps after the first have been.
                 samples = server.metrics()
-                self.assertGreater(metric(samples, "nibble_collective_calls_total", collective="all_reduce"), 0)
-                self.assertGreater(metric(samples, "nibble_collective_bytes_total", collective="all_reduce"), 0)
-                self.assertGreater(metric(samples, "nibble_collective_calls_total", collective="all_gather"), 0)
+                # Tensor ranks sum and gather; stage 0 sends activations on and receives logits.
+                kinds = (["all_reduce", "all_gather"] if TENSOR > 1 else []) + (["send", "recv"] if PIPELINE > 1 else [])
+                for kind in kinds:
+                    self.assertGreater(metric(samples, "nibble_collective_calls_total", collective=kind), 0, kind)
+                    if kind != "recv":  # bytes count what a rank sends or contributes
+                        self.assertGreater(metric(samples, "nibble_collective_bytes_total", collective=kind), 0, kind)
             finally:
                 server.close()
 
