@@ -2,11 +2,13 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <regex>
 
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "engine/model_stats.h"
+#include "engine/pipeline_stage.h"
 #include "loader/model_source.h"
 #include "loader/tensor_shard.h"
 
@@ -43,7 +45,45 @@ nlohmann::json tensor_parallel_shares(const std::string& model_path, int size, s
   return ranks;
 }
 
-void run_inspect(const std::string& model_path, bool as_json, int tensor_parallel_size) {
+// Each stage's share under pipeline parallelism (engine/pipeline_stage.h): its
+// layers, the weights it keeps as stored (its layers' tensors; the embedding on
+// the first stage, the final norm and lm_head on the last, the embedding there
+// too when lm_head is tied to it) and its KV cache per token.
+nlohmann::json pipeline_stages(const ModelSource& source, int stages, const engine::ModelStats& stats) {
+  const ModelConfig& c = source.config;
+  static const std::regex layer_name(R"((?:^|\.)(?:layers|blk)\.(\d+)\.)");
+  std::vector<std::uint64_t> layer_bytes(static_cast<std::size_t>(c.num_layers), 0);
+  std::uint64_t embedding = 0, head = 0;
+  for (const auto& info : source.weights->list()) {
+    std::smatch match;
+    if (std::regex_search(info.name, match, layer_name)) {
+      const auto layer = std::stoll(match[1].str());
+      if (layer >= 0 && layer < c.num_layers) layer_bytes[static_cast<std::size_t>(layer)] += info.stored_bytes;
+    } else if (info.name.find("embed") != std::string::npos || info.name.rfind("token_embd", 0) == 0) {
+      embedding += info.stored_bytes;
+    } else {
+      head += info.stored_bytes;  // final norm, lm_head ("output" in GGUF)
+    }
+  }
+  nlohmann::json out = nlohmann::json::array();
+  for (int s = 0; s < stages; ++s) {
+    const engine::PipelineStage stage = engine::plan_pipeline_stage(c.num_layers, s, stages, 1);
+    std::uint64_t bytes = 0;
+    for (auto l = stage.first_layer; l < stage.end_layer; ++l) bytes += layer_bytes[static_cast<std::size_t>(l)];
+    if (stage.first() || (stage.last() && c.tie_word_embeddings)) bytes += embedding;
+    if (stage.last()) bytes += head;
+    out.push_back({{"stage", s},
+                   {"first_layer", stage.first_layer},
+                   {"end_layer", stage.end_layer},
+                   {"stored_bytes", bytes},
+                   {"fraction_of_whole", static_cast<double>(bytes) / static_cast<double>(stats.stored_bytes)},
+                   {"kv_bytes_per_token_f32", stats.kv_bytes_per_token_f32 / static_cast<std::uint64_t>(c.num_layers) *
+                                                  static_cast<std::uint64_t>(stage.layers())}});
+  }
+  return out;
+}
+
+void run_inspect(const std::string& model_path, bool as_json, int tensor_parallel_size, int pipeline_parallel_size) {
   const ModelSource source = open_model(model_path);
   const ModelConfig& c = source.config;
   const engine::ModelStats stats = engine::compute_model_stats(source);
@@ -51,6 +91,8 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
   const nlohmann::json shares = tensor_parallel_size > 1
                                     ? tensor_parallel_shares(model_path, tensor_parallel_size, stats.stored_bytes)
                                     : nlohmann::json();
+  const nlohmann::json stages =
+      pipeline_parallel_size > 1 ? pipeline_stages(source, pipeline_parallel_size, stats) : nlohmann::json();
   if (as_json) {
     nlohmann::json out = {
         {"path", source.path.string()},
@@ -72,6 +114,7 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
         {"tensor_parallel_workable_sizes", workable_tensor_parallel_sizes(c)},
     };
     if (!shares.is_null()) out["tensor_parallel"] = shares;
+    if (!stages.is_null()) out["pipeline_parallel"] = stages;
     std::printf("%s\n", out.dump(2).c_str());
     return;
   }
@@ -122,6 +165,17 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
                 rank["q_heads"].get<long long>(), rank["kv_heads"].get<long long>(), rank["intermediate"].get<long long>(),
                 rank["vocab"].get<long long>());
   }
+  if (!stages.is_null()) {
+    std::printf("pipeline       %d stages (up to %lld)%s\n", pipeline_parallel_size, static_cast<long long>(c.num_layers),
+                tensor_parallel_size > 1 ? "; each tensor rank holds its share of its stage" : "");
+  }
+  for (const auto& stage : stages) {
+    std::printf("  stage %d: layers %lld-%lld, weights %s (%.1f %% of the whole), kv %s per token in fp32\n",
+                stage["stage"].get<int>(), stage["first_layer"].get<long long>(),
+                stage["end_layer"].get<long long>() - 1, human_bytes(stage["stored_bytes"].get<double>()).c_str(),
+                100.0 * stage["fraction_of_whole"].get<double>(),
+                human_bytes(stage["kv_bytes_per_token_f32"].get<double>()).c_str());
+  }
 }
 
 }  // namespace
@@ -136,7 +190,13 @@ void add_inspect_command(CLI::App& app) {
   cmd->add_option("--tensor-parallel-size", *tensor_parallel_size,
                   "Also show each rank's share of a split across N ranks (weights as stored, KV per token)")
       ->check(CLI::Range(1, 1024));
-  cmd->callback([model, as_json, tensor_parallel_size] { run_inspect(*model, *as_json, *tensor_parallel_size); });
+  auto pipeline_parallel_size = std::make_shared<int>(1);
+  cmd->add_option("--pipeline-parallel-size", *pipeline_parallel_size,
+                  "Also show each stage's layers, weights and KV per token when the layers are split into P stages")
+      ->check(CLI::Range(1, 1024));
+  cmd->callback([model, as_json, tensor_parallel_size, pipeline_parallel_size] {
+    run_inspect(*model, *as_json, *tensor_parallel_size, *pipeline_parallel_size);
+  });
 }
 
 }  // namespace nibble::cli

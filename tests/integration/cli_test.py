@@ -177,6 +177,21 @@ class SmolLM2(unittest.TestCase):
         self.assertIn("9 query heads do not divide by 2", refused.stderr)
         self.assertIn("sizes that work: 1, 3", refused.stderr)
 
+    def test_inspect_shows_each_pipeline_stages_layers_and_weights(self):
+        out = json.loads(nibble("inspect", "-m", SMOLLM2, "--json", "--pipeline-parallel-size", "3").stdout)
+        stages = out["pipeline_parallel"]
+        self.assertEqual([(s["first_layer"], s["end_layer"]) for s in stages], [(0, 10), (10, 20), (20, 30)])
+        # Every tensor counted once, but the tied embedding: looked up on the first
+        # stage and run as lm_head on the last.
+        embedding = out["bytes_by_type"]["Q8_0"]  # SmolLM2's only Q8_0 tensor is its tied token_embd
+        self.assertEqual(sum(s["stored_bytes"] for s in stages), out["stored_bytes"] + embedding)
+        self.assertLess(stages[1]["stored_bytes"], stages[0]["stored_bytes"])
+        for stage in stages:
+            self.assertEqual(stage["kv_bytes_per_token_f32"], out["kv_bytes_per_token_f32"] // 3)
+        refused = nibble("inspect", "-m", SMOLLM2, "--pipeline-parallel-size", "31", check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("exceeds the model's 30 layers", refused.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
