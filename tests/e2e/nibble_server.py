@@ -106,9 +106,11 @@ class Response:
 class NibbleServer:
     """One `nibble serve` process on a free port; stderr goes to a temp file."""
 
-    def __init__(self, model, *args, api_key=None, key_in_env=False):
-        """api_key: passed as --api-key, or as NIBBLE_API_KEY with key_in_env."""
+    def __init__(self, model, *args, api_key=None, key_in_env=False, split=True):
+        """api_key: passed as --api-key, or as NIBBLE_API_KEY with key_in_env. split=False
+        ignores NIBBLE_LAUNCH and NIBBLE_SERVE_ARGS: one process, the reference of a split run."""
         self.model, self.args, self.api_key = model, list(args), api_key
+        self.launch, self.serve_args = (LAUNCH, SERVE_ARGS) if split else ([], [])
         self.env = dict(os.environ)
         self.env.pop("NIBBLE_API_KEY", None)
         if api_key and key_in_env:
@@ -124,8 +126,8 @@ class NibbleServer:
         for _ in range(3):
             self.port = free_port()
             self.stderr_path = os.path.join(self.tmp.name, f"stderr-{self.port}.log")
-            command = [*LAUNCH, BIN, "--log-level", "info", "serve", "-m", self.model, "--host", "127.0.0.1",
-                       "--port", str(self.port), *self.key_flag, *SERVE_ARGS, *self.args]
+            command = [*self.launch, BIN, "--log-level", "info", "serve", "-m", self.model, "--host", "127.0.0.1",
+                       "--port", str(self.port), *self.key_flag, *self.serve_args, *self.args]
             with open(self.stderr_path, "wb") as stderr:
                 self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                              stderr=stderr, env=self.env)

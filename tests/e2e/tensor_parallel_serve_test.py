@@ -8,6 +8,8 @@ killed (SIGKILL) or hung (SIGSTOP): the client's stream must end (an error,
 never a wait), and the group must exit non-zero, saying what failed, within
 30 s.
 """
+import concurrent.futures
+import json
 import os
 import signal
 import subprocess
@@ -71,6 +73,51 @@ class TheSplitIsVisible(unittest.TestCase):
                         self.assertGreater(metric(samples, "nibble_collective_bytes_total", collective=kind), 0, kind)
             finally:
                 server.close()
+
+
+class BatchedServingMatchesOneRank(unittest.TestCase):
+    def test_mixed_concurrent_requests_get_what_one_rank_answers(self):
+        """Prefills of different lengths, decodes, n > 1, streamed and whole, all at once,
+        so the steps batch them: the split server's greedy texts are one process's."""
+        prompts = ["Once upon a time", "The", "Lily and Tom went to the park to play with a big red ball and",
+                   "One day, a little bird", "Sam"]
+        requests = []
+        for i in range(12):
+            requests.append({"model": "stories260K", "prompt": prompts[i % len(prompts)], "max_tokens": 8 + 5 * i,
+                             "temperature": 0, "n": 2 if i % 4 == 3 else 1, "stream": i % 3 == 1})
+
+        def answers(server):
+            def one(body):
+                if not body["stream"]:
+                    answer = server.post("/v1/completions", body)
+                    self.assertEqual(answer.status, 200, answer)
+                    return sorted((c["index"], c["text"]) for c in answer.json()["choices"])
+                connection, response = server.open_stream("/v1/completions", body, timeout=120)
+                texts = {}
+                for line in response:
+                    if line.startswith(b"data: {"):
+                        for choice in json.loads(line[6:])["choices"]:
+                            texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+                connection.close()
+                return sorted(texts.items())
+            with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+                return list(pool.map(one, requests))
+
+        with tempfile.TemporaryDirectory(prefix="nibble-e2e-model-") as tmp:
+            model = convert_stories260k(tmp)
+            alone = NibbleServer(model, split=False).start()
+            try:
+                want = answers(alone)
+            finally:
+                alone.close()
+            split = NibbleServer(model).start()
+            try:
+                got = answers(split)
+            finally:
+                split.close()
+        self.assertTrue(all(text for answer in want for _, text in answer), want)
+        self.assertEqual(len(want[3]), 2, "n=2 gives two choices")
+        self.assertEqual(got, want)
 
 
 class ADeadRankEndsTheGroup(unittest.TestCase):
