@@ -34,10 +34,9 @@ void fp8_linear(const Fp8Layout& w, const float* x, std::int64_t ldx, std::int64
   constexpr std::int64_t kStep = 2 * V::kWidth;  // block_accumulate's unit
   float* acc = scratch;
   const std::int64_t acc_floats = rows * 2 * V::kWidth;
-  const auto* scales = w.scales.as<float>();
   for (std::int64_t n = n_begin; n < n_end; ++n) {
     const std::uint8_t* code = w.codes.as<std::uint8_t>() + n * w.cols;
-    const float* scale = scales + n * w.groups;
+    const float* scale = w.row_scales(n);
     std::fill(acc, acc + acc_floats, 0.0f);
     std::int64_t g = 0;
     for (std::int64_t c0 = 0; c0 < w.cols; c0 += kBlockChunk) {

@@ -145,8 +145,12 @@ TEST_P(Fp8Gemm, MatchesAFloat64MatmulOnEveryIsa) {
       fp8_matrix(shape.n, shape.k, shape.block_rows, shape.block_cols, rng, [&](auto, auto) { return random_finite_code(rng); });
   kernels::CpuBackend backend(3);
   const auto weights = backend.prepare_linear(m);
-  // One byte per weight plus a float scale per row and column block.
-  EXPECT_EQ(weights->resident_bytes(), static_cast<std::uint64_t>(shape.n * shape.k + shape.n * m.groups * 4));
+  // One byte per weight, a float per block of the scale grid (random scales: no two
+  // blocks equal) and a scale-row index per row.
+  const std::int64_t block_rows = shape.block_rows > 0 ? shape.block_rows : shape.n;
+  const std::int64_t grid_rows = (shape.n + block_rows - 1) / block_rows;
+  EXPECT_EQ(weights->resident_bytes(),
+            static_cast<std::uint64_t>(shape.n * shape.k + grid_rows * m.groups * 4 + shape.n * 4));
   EXPECT_NE(weights->describe().find("fp8"), std::string::npos) << weights->describe();
   std::vector<float> row(static_cast<std::size_t>(shape.k));
   weights->dequantize_row(shape.n - 1, row.data());
