@@ -322,6 +322,66 @@ void BM_CsrVsDenseF16(benchmark::State& state) {
   state.counters["copies"] = static_cast<double>(count);
 }
 
+// FP8 e4m3 with 128x128 block scales (DeepSeek-V3 / Qwen3-FP8), widened in the
+// kernel, against INT8 g128 (packed integer tiles) and F16 dense weights of the same
+// shape, all three timed in this run. args: input features k, output features n, rows m.
+QuantizedMatrix random_fp8(std::int64_t n, std::int64_t k) {
+  QuantizedMatrix m;
+  m.name = "bench";
+  m.rows = n;
+  m.cols = k;
+  m.bits = 8;
+  m.code_dtype = nibble::DType::F8_E4M3;
+  m.scale_dtype = nibble::DType::F32;
+  m.groups = (k + 127) / 128;
+  m.group_of_col = nibble::contiguous_groups(k, 128);
+  std::mt19937 rng(5);
+  m.codes.resize(static_cast<std::size_t>(n * k));
+  for (auto& c : m.codes) c = static_cast<std::uint8_t>(rng() % 0x7e);  // finite, both signs below 0x7f
+  m.scales.assign(static_cast<std::size_t>(n * m.groups), 1e-3f);
+  return m;
+}
+
+template <typename Prepared>
+double cold_seconds(CpuBackend& backend, const Prepared& copies, Inputs& io, std::int64_t rows) {
+  std::size_t next = 0;
+  return seconds_per_call([&] { backend.linear(io.x.data(), rows, *copies[next++ % copies.size()], nullptr, io.y.data()); });
+}
+
+void BM_Fp8Linear(benchmark::State& state) {
+  const std::int64_t k = state.range(0), n = state.range(1), rows = state.range(2);
+  CpuBackend backend(bench_threads());
+  const auto prepare_copies = [&](const auto& source) {
+    std::vector<std::shared_ptr<const LinearWeights>> copies{backend.prepare_linear(source)};
+    const double bytes = static_cast<double>(copies[0]->resident_bytes());
+    while (copies.size() < cold_copies(bytes)) copies.push_back(backend.prepare_linear(source));
+    return copies;
+  };
+  const auto fp8 = prepare_copies(random_fp8(n, k));
+  Inputs io(rows, n, k);
+  std::size_t next = 0;
+  for (auto _ : state) {
+    backend.linear(io.x.data(), rows, *fp8[next++ % fp8.size()], nullptr, io.y.data());
+    benchmark::DoNotOptimize(io.y.data());
+  }
+  const double seconds = cold_seconds(backend, fp8, io, rows);
+  report(state, static_cast<double>(fp8[0]->resident_bytes()), seconds, f32_baseline(backend, n, k, rows), fp8.size());
+  {
+    const auto int8 = prepare_copies(random_quantized(n, k, 8, 128, false));
+    state.counters["x_int8_g128"] = cold_seconds(backend, int8, io, rows) / seconds;
+  }
+  {
+    std::vector<std::uint16_t> f16(static_cast<std::size_t>(n * k), nibble::f32_to_f16(0.01f));
+    std::vector<std::vector<std::uint16_t>> sources(cold_copies(static_cast<double>(f16.size()) * 2), f16);
+    std::vector<std::shared_ptr<const LinearWeights>> dense;
+    for (const auto& source : sources) {
+      dense.push_back(backend.prepare_linear(Matrix{nibble::DType::F16, n, k, source.data()}, nibble::kernels::SparseChoice::Dense));
+    }
+    state.counters["x_f16"] = cold_seconds(backend, dense, io, rows) / seconds;
+  }
+  state.SetLabel(fp8[0]->describe());
+}
+
 void Shapes(benchmark::internal::Benchmark* b, bool quant) {
   for (const auto& [k, n] : {std::pair<int, int>{4096, 4096}, {4096, 11008}, {11008, 4096}}) {
     for (const int rows : {1, 4, 16}) {
@@ -358,6 +418,11 @@ BENCHMARK(BM_GgufLinear)
     ->ArgsProduct({{1536}, {576}, {1, 16}, {kQ4_0, kQ8_0, kQ4_K, kQ6_K}})
     ->ArgsProduct({{2048}, {8192}, {1, 16}, {kQ4_0, kQ8_0, kQ4_K, kQ6_K}})
     ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK(BM_Fp8Linear)
+    ->ArgsProduct({{4096}, {4096}, {1, 16}})
+    ->Args({7168, 2048, 1})  // DeepSeek-V3's expert gate/up (hidden 7168 -> moe_intermediate 2048)
+    ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK(BM_CsrVsDenseF16)
     ->ArgsProduct({{5, 10, 20, 30, 50}, {1, 4}})

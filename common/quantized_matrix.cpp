@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "common/fp8.h"
 
 namespace nibble {
 
@@ -36,7 +37,9 @@ float QuantizedMatrix::value(std::int64_t n, std::int64_t k) const {
   }
   const auto index = [this](std::int64_t row, std::int64_t g) { return static_cast<std::size_t>(row * groups + g); };
   const std::int64_t g = group(k);
-  const float q = codes[static_cast<std::size_t>(n * cols + k)];
+  const std::uint8_t code = codes[static_cast<std::size_t>(n * cols + k)];
+  if (code_dtype == DType::F8_E4M3) return scales[index(n, g)] * e4m3_to_f32(code);
+  const float q = code;
   if (offset == Offset::Min) return scales[index(n, g)] * q + mins[index(n, g)];
   return scales[index(n, g)] * (q - static_cast<float>(zeros[index(n, g)]));
 }
@@ -75,6 +78,13 @@ void QuantizedMatrix::validate() const {
     if (!codes.empty() || !scales.empty() || sparse_2_4) fail("{}: a block-quantized matrix also has unpacked codes", name);
     return;
   }
+  if (code_dtype != DType::U8 && code_dtype != DType::F8_E4M3) {
+    fail("{}: codes of dtype {} are not supported (U8 integers, F8_E4M3)", name, dtype_name(code_dtype));
+  }
+  if (code_dtype == DType::F8_E4M3) {
+    if (bits != 8) fail("{}: FP8 codes with bits {} (expected 8)", name, bits);
+    if (!zeros.empty() || !mins.empty() || sparse_2_4) fail("{}: FP8 codes with zero points, minimums or 2:4", name);
+  }
   if (bits != 2 && bits != 3 && bits != 4 && bits != 8) fail("{}: {}-bit weights are not supported (2, 3, 4, 8)", name, bits);
   if (rows <= 0 || cols <= 0) fail("{}: empty matrix [{}, {}]", name, rows, cols);
   if (groups <= 0 || groups > cols) fail("{}: {} groups for {} input columns", name, groups, cols);
@@ -90,6 +100,16 @@ void QuantizedMatrix::validate() const {
   if (scales.size() != group_cells) fail("{}: {} scales, expected {}", name, scales.size(), group_cells);
   for (const float s : scales) {
     if (!std::isfinite(s)) fail("{}: non-finite scale", name);
+  }
+  if (code_dtype == DType::F8_E4M3) {
+    // Any byte is an e4m3 value; the two NaN encodings decode as NaN, as PyTorch does.
+    for (std::size_t k = 1; k < group_of_col.size(); ++k) {
+      if (group_of_col[k] != group_of_col[k - 1] && group_of_col[k] != group_of_col[k - 1] + 1) {
+        fail("{}: FP8 scale groups must be contiguous runs of columns (column {} is in group {} after {})", name, k,
+             group_of_col[k], group_of_col[k - 1]);
+      }
+    }
+    return;
   }
   if (offset == Offset::ZeroPoint && zeros.size() != group_cells) {
     fail("{}: {} zero points, expected {}", name, zeros.size(), group_cells);
@@ -112,7 +132,7 @@ void QuantizedMatrix::validate() const {
 }
 
 bool QuantizedMatrix::follows_2_4() const {
-  return !block_format && offset == Offset::ZeroPoint && cols % 4 == 0 && !first_2_4_violation(*this);
+  return !block_format && code_dtype == DType::U8 && offset == Offset::ZeroPoint && cols % 4 == 0 && !first_2_4_violation(*this);
 }
 
 std::optional<QuantizedMatrix> stack_rows(std::span<const QuantizedMatrix> parts, std::string name) {
@@ -128,10 +148,11 @@ std::optional<QuantizedMatrix> stack_rows(std::span<const QuantizedMatrix> parts
   stacked.scale_dtype = first.scale_dtype;
   stacked.sparse_2_4 = first.sparse_2_4;
   stacked.block_format = first.block_format;
+  stacked.code_dtype = first.code_dtype;
   for (const auto& part : parts) {
     if (part.block_format != first.block_format || part.cols != first.cols || part.bits != first.bits || part.groups != first.groups ||
         part.group_of_col != first.group_of_col || part.offset != first.offset ||
-        part.scale_dtype != first.scale_dtype || part.sparse_2_4 != first.sparse_2_4) {
+        part.scale_dtype != first.scale_dtype || part.sparse_2_4 != first.sparse_2_4 || part.code_dtype != first.code_dtype) {
       return std::nullopt;
     }
     stacked.rows += part.rows;
@@ -176,6 +197,7 @@ QuantizedMatrix slice_rows(const QuantizedMatrix& matrix, std::int64_t first, st
   part.scale_dtype = matrix.scale_dtype;
   part.sparse_2_4 = matrix.sparse_2_4;
   part.block_format = matrix.block_format;
+  part.code_dtype = matrix.code_dtype;
   // Elements [first * per_row, (first + count) * per_row) of a per-row array.
   const auto rows_of = [&]<typename T>(const std::vector<T>& values, std::size_t per_row) {
     if (values.empty()) return std::vector<T>{};

@@ -35,6 +35,13 @@ struct QuantizedMatrix {
   std::vector<float> scales;        // [rows][groups]
   std::vector<std::uint8_t> zeros;  // [rows][groups], ZeroPoint only (may exceed 2^bits - 1: GPTQ v1 stores zero - 1)
   std::vector<float> mins;          // [rows][groups], Min only
+  // What a code is. U8: the unsigned integer codes above, dequantized with their
+  // offset. F8_E4M3: an FP8 e4m3 value (common/fp8.h); the weight is then
+  //   scales[n][g] * e4m3(q), with bits 8, no offsets (zeros and mins empty)
+  // and contiguous groups: DeepSeek-V3's 128x128 block scales become one scale per
+  // row and 128-column group (a block's scale repeated over its rows), so FP8
+  // slices, stacks and shards like every other unpacked matrix.
+  DType code_dtype = DType::U8;
   // The precision the file stored scales (and mins) in. The floats above are
   // exact copies, so a backend may store them back at this precision losslessly.
   DType scale_dtype = DType::F16;

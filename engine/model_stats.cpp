@@ -18,12 +18,14 @@ ModelStats compute_model_stats(const ModelSource& source) {
     // its tensors' bytes go to one "<bits>-bit <method>" entry.
     const auto dot = tensor.name.rfind('.');
     const std::string module = dot == std::string::npos ? tensor.name : tensor.name.substr(0, dot);
-    const bool packed_part = tensor.name.ends_with(".weight") == false && source.quantization.has_value() &&
-                             source.weights->has_quantized(module);
+    // FP8 keeps its codes in `weight` (F8_E4M3) beside the scales: one module too.
+    const bool packed_part = (tensor.name.ends_with(".weight") == false || tensor.stored_type == "F8_E4M3") &&
+                             source.quantization.has_value() && source.weights->has_quantized(module);
     if (packed_part) {
       const auto scheme = source.quantization->module(module);
-      const std::string label = fmt::format("{}-bit {}", scheme ? scheme->bits : 0,
-                                            quant_method_name(source.quantization->method));
+      const std::string label = scheme && scheme->fp8() ? std::string("fp8 e4m3 + scales")
+                                                        : fmt::format("{}-bit {}", scheme ? scheme->bits : 0,
+                                                                      quant_method_name(source.quantization->method));
       stats.bytes_by_type[label] += tensor.stored_bytes;
       stats.stored_bytes += tensor.stored_bytes;
       const auto shape = linear_module_shape(config, module);

@@ -8,6 +8,7 @@
 #include <fmt/ranges.h>
 
 #include "common/error.h"
+#include "loader/fp8.h"
 #include "loader/quant_unpack.h"
 
 namespace nibble {
@@ -115,7 +116,13 @@ class CompressedTensorsWeights final : public WeightSource {
       }
       if (sparse(*module)) return densify(*module);
     }
-    return base_->load(name);
+    TensorView tensor = base_->load(name);
+    if (tensor.dtype == DType::F8_E4M3 || tensor.dtype == DType::F8_E5M2) {
+      fail("tensor '{}' is {} but no float-quantized config group with a 'weight_scale' covers it; FP8 weights need "
+           "their scales",
+           name, dtype_name(tensor.dtype));
+    }
+    return tensor;
   }
 
   std::optional<QuantizedMatrix> load_quantized(const std::string& module) const override {
@@ -130,12 +137,20 @@ class CompressedTensorsWeights final : public WeightSource {
       }
       return unpack_packed(module, *scheme);
     }
+    if (float_quantized(module, scheme)) {
+      const TensorView weight = base_->load(module + ".weight");
+      const TensorView scale = base_->load(module + ".weight_scale");
+      QuantizedMatrix m = fp8_matrix(module, weight, scale, fp8_scale_blocks(*scheme), linear_module_shape(model_, module));
+      quant::release({weight, scale});  // copied into the matrix
+      return m;
+    }
     if (!int_quantized(module, scheme)) return std::nullopt;
     return unpack_int8(module, *scheme);
   }
 
   bool has_quantized(const std::string& module) const override {
-    return base_->contains(module + ".weight_packed") || int_quantized(module, quantization_.module(module));
+    const auto scheme = quantization_.module(module);
+    return base_->contains(module + ".weight_packed") || int_quantized(module, scheme) || float_quantized(module, scheme);
   }
 
   std::uint64_t file_bytes() const override { return base_->file_bytes(); }
@@ -147,7 +162,8 @@ class CompressedTensorsWeights final : public WeightSource {
   }
 
   std::string stored_format(const std::string& module) const {
-    return base_->contains(module + ".weight_packed") ? "pack-quantized" : "int-quantized";
+    if (base_->contains(module + ".weight_packed")) return "pack-quantized";
+    return float_quantized(module, quantization_.module(module)) ? "float-quantized" : "int-quantized";
   }
 
   // The sparsity compressor replaced `weight` by values + bitmask.
@@ -160,6 +176,12 @@ class CompressedTensorsWeights final : public WeightSource {
     if (!scheme || scheme->format != "int-quantized") return false;
     if (sparse(module)) return true;
     return base_->contains(module + ".weight") && base_->load(module + ".weight").dtype == DType::I8;
+  }
+
+  // float-quantized: FP8 e4m3 codes in `weight`, scales in `weight_scale`.
+  bool float_quantized(const std::string& module, const std::optional<ModuleQuantization>& scheme) const {
+    return scheme && scheme->format == "float-quantized" && base_->contains(module + ".weight") &&
+           base_->contains(module + ".weight_scale");
   }
 
   std::array<std::int64_t, 2> checked_shape(const std::string& module, const TensorView& shape_tensor) const {

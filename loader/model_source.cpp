@@ -5,6 +5,7 @@
 #include "common/error.h"
 #include "loader/architecture.h"
 #include "loader/compressed_tensors.h"
+#include "loader/fp8.h"
 #include "loader/fused_weights.h"
 #include "loader/gguf.h"
 #include "loader/gguf_model.h"
@@ -63,6 +64,8 @@ ModelSource open_hf_folder(const std::filesystem::path& folder) {
   auto weights = SafetensorsWeights::open_folder(folder);
   if (!source.quantization) {
     source.weights = std::move(weights);
+  } else if (source.quantization->method == QuantMethod::Fp8) {
+    source.weights = make_fp8_weights(std::move(weights), *source.quantization, source.config);
   } else if (source.quantization->method == QuantMethod::CompressedTensors) {
     source.weights = make_compressed_tensors_weights(std::move(weights), *source.quantization, source.config);
   } else {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cctype>
+#include <tuple>
+#include <utility>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -210,14 +212,92 @@ QuantizationConfig parse_awq(const json& q) {
   return out;
 }
 
-constexpr const char* kCtFormats = "pack-quantized, int-quantized, naive-quantized, dense, mixed-precision";
+constexpr const char* kCtFormats =
+    "pack-quantized, int-quantized, naive-quantized, float-quantized, dense, mixed-precision";
 
 void check_ct_format(const std::string& format, const std::string& where) {
-  if (format == "pack-quantized" || format == "int-quantized" || format == "naive-quantized" || format == "dense" ||
-      format == "mixed-precision") {
+  if (format == "pack-quantized" || format == "int-quantized" || format == "naive-quantized" ||
+      format == "float-quantized" || format == "dense" || format == "mixed-precision") {
     return;
   }
   fail("{}: compressed-tensors format '{}' is not supported (supported: {})", where, format, kCtFormats);
+}
+
+// Positive [rows, cols] of a block size (weight_block_size, block_structure).
+std::pair<std::int64_t, std::int64_t> block_size(const json& object, const char* key, const std::string& where) {
+  const json& value = object[key];
+  if (!value.is_array() || value.size() != 2 || !value[0].is_number_integer() || !value[1].is_number_integer() ||
+      value[0].get<std::int64_t>() <= 0 || value[1].get<std::int64_t>() <= 0) {
+    fail("{}: '{}' must be two positive integers [rows, cols], got {}", where, key, value.dump());
+  }
+  return {value[0].get<std::int64_t>(), value[1].get<std::int64_t>()};
+}
+
+// compressed-tensors FP8 weights (llm-compressor's FP8 / FP8_DYNAMIC / FP8_BLOCK
+// schemes): e4m3 codes in `weight`, scales in `weight_scale` per tensor, channel,
+// group or block.
+QuantScheme parse_ct_float_scheme(QuantScheme scheme, const json& w, std::string format, const std::string& where) {
+  if (format == "naive-quantized") format = "float-quantized";  // the same storage for float weights
+  if (format != "float-quantized") {
+    fail("{}: weight type 'float' (FP8) needs format float-quantized (or naive-quantized), not '{}'", where, format);
+  }
+  const auto bits = int_field(w, "num_bits", where.c_str()).value_or(8);
+  if (bits != 8) fail("{}: float weights of {} bits are not supported (only 8: FP8 e4m3)", where, bits);
+  if (!field<bool>(w, "symmetric", where.c_str()).value_or(true)) {
+    fail("{}: asymmetric FP8 weights (zero points) are not supported", where);
+  }
+  if (field<bool>(w, "dynamic", where.c_str()).value_or(false))
+    fail("{}: dynamic weight quantization is not supported", where);
+  ModuleQuantization& weights = scheme.weights.emplace();
+  weights.format = format;
+  weights.bits = 8;
+  weights.sym = true;
+  const auto group_size = int_field(w, "group_size", where.c_str());
+  scheme.strategy = lower(field<std::string>(w, "strategy", where.c_str()).value_or("tensor"));
+  if (scheme.strategy == "tensor") {
+    weights.group_size = 0;
+  } else if (scheme.strategy == "channel") {
+    weights.group_size = -1;
+  } else if (scheme.strategy == "group") {
+    if (!group_size || *group_size <= 0) fail("{}: strategy 'group' needs a positive group_size", where);
+    weights.group_size = *group_size;
+  } else if (scheme.strategy == "block") {
+    if (!present(w, "block_structure")) fail("{}: strategy 'block' needs 'block_structure' [rows, cols]", where);
+    std::tie(weights.block_rows, weights.group_size) = block_size(w, "block_structure", where);
+  } else {
+    fail("{}: FP8 strategy '{}' is not supported (supported: tensor, channel, group, block)", where, scheme.strategy);
+  }
+  if (present(w, "actorder") && !(w["actorder"].is_boolean() && !w["actorder"].get<bool>())) {
+    fail("{}: actorder is not supported for FP8 weights", where);
+  }
+  return scheme;
+}
+
+// DeepSeek-V3's (and transformers' FineGrainedFP8) quantization_config:
+// {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+//  "weight_block_size": [128, 128]}: `weight` F8_E4M3 [N, K] and `weight_scale_inv`
+// F32 [ceil(N/128), ceil(K/128)], weight = fp8 * scale_inv. Activations stay float32
+// in nibble, so the activation scheme does not change what the weights mean.
+QuantizationConfig parse_fp8(const json& q) {
+  const char* where = "fp8 config";
+  QuantizationConfig out;
+  out.method = QuantMethod::Fp8;
+  out.format = "fp8";
+  const auto format = lower(field<std::string>(q, "fmt", where).value_or("e4m3"));
+  if (format != "e4m3") fail("{}: fmt '{}' is not supported (only e4m3)", where, format);
+  const auto activations = lower(field<std::string>(q, "activation_scheme", where).value_or("dynamic"));
+  if (activations != "dynamic" && activations != "static") {
+    fail("{}: activation_scheme '{}' is not supported (dynamic, static)", where, activations);
+  }
+  if (!present(q, "weight_block_size")) {
+    fail("{}: no weight_block_size; per-tensor FP8 checkpoints of this method are not supported", where);
+  }
+  out.defaults.bits = 8;
+  out.defaults.sym = true;
+  out.defaults.format = "fp8";
+  std::tie(out.defaults.block_rows, out.defaults.group_size) = block_size(q, "weight_block_size", where);
+  out.modules_to_not_convert = string_list(q, "modules_to_not_convert", where);
+  return out;
 }
 
 QuantScheme parse_ct_scheme(const std::string& name, const json& group, const std::string& top_format) {
@@ -231,15 +311,17 @@ QuantScheme parse_ct_scheme(const std::string& name, const json& group, const st
   if (format == "mixed-precision")
     fail("{}: needs its own 'format' when the top-level format is mixed-precision", where);
   check_ct_format(format, where);
-  if (format == "naive-quantized") format = "int-quantized";  // same storage for integer weights
-  if (!present(group, "weights")) return scheme;              // activation-only: the weights stay plain
-  ModuleQuantization& weights = scheme.weights.emplace();
-  weights.format = format;
+  if (!present(group, "weights")) return scheme;  // activation-only: the weights stay plain
   const json& w = group["weights"];
   const std::string wwhere = where + " weights";
   if (!w.is_object()) fail("{}: expected an object", wwhere);
   const auto type = lower(field<std::string>(w, "type", wwhere.c_str()).value_or("int"));
-  if (type != "int") fail("{}: weight type '{}' is not supported (only int)", wwhere, type);
+  if (type == "float") return parse_ct_float_scheme(std::move(scheme), w, format, wwhere);
+  if (type != "int") fail("{}: weight type '{}' is not supported (int, or float 8-bit)", wwhere, type);
+  if (format == "float-quantized") fail("{}: format float-quantized needs weight type 'float', not '{}'", wwhere, type);
+  if (format == "naive-quantized") format = "int-quantized";  // same storage for integer weights
+  ModuleQuantization& weights = scheme.weights.emplace();
+  weights.format = format;
   if (field<bool>(w, "dynamic", wwhere.c_str()).value_or(false))
     fail("{}: dynamic weight quantization is not supported", wwhere);
   const auto bits = int_field(w, "num_bits", wwhere.c_str()).value_or(8);
@@ -382,19 +464,23 @@ std::optional<std::string> layer_suffix(const std::string& module) {
   return module.substr(dot + 1);
 }
 
-std::string group_text(std::int64_t group_size) {
+std::string group_text(std::int64_t group_size, std::int64_t block_rows = 0) {
+  if (block_rows > 0) return fmt::format("block {}x{}", block_rows, group_size);
   if (group_size > 0) return fmt::format("group {}", group_size);
   return group_size == 0 ? "per tensor" : "per channel";
 }
 
 std::string scheme_text(const ModuleQuantization& m) {
+  if (m.fp8()) return fmt::format("fp8 e4m3, {}", group_text(m.group_size, m.block_rows));
   return fmt::format("{}-bit, {}, {}{}", m.bits, group_text(m.group_size), m.sym ? "sym" : "asym",
                      m.act_order ? ", act-order" : "");
 }
 
 nlohmann::json scheme_json(const ModuleQuantization& m) {
-  return {
+  nlohmann::json out = {
       {"bits", m.bits}, {"group_size", m.group_size}, {"sym", m.sym}, {"act_order", m.act_order}, {"format", m.format}};
+  if (m.block_rows > 0) out["block_rows"] = m.block_rows;  // FP8 block scales only
+  return out;
 }
 
 }  // namespace
@@ -407,6 +493,8 @@ std::string_view quant_method_name(QuantMethod method) {
       return "awq";
     case QuantMethod::CompressedTensors:
       return "compressed-tensors";
+    case QuantMethod::Fp8:
+      return "fp8";
   }
   return "?";
 }
@@ -424,6 +512,11 @@ std::optional<ModuleQuantization> QuantizationConfig::module(const std::string& 
                        [&](const std::string& key) { return !key.empty() && name.find(key) != std::string::npos; });
   };
   switch (method) {
+    case QuantMethod::Fp8:
+      // The decoder's linear layers; embeddings and lm_head stay plain (DeepSeek,
+      // transformers' FP8 replacement). The reader also needs the scale tensor.
+      if (name.ends_with("embed_tokens") || name.ends_with("lm_head") || excluded_by_substring()) return std::nullopt;
+      return defaults;
     case QuantMethod::Awq:
     case QuantMethod::Gptq: {
       // GPTQ and AWQ quantize the decoder's linear layers; lm_head only on request.
@@ -489,6 +582,11 @@ std::string QuantizationConfig::describe() const {
       if (!modules_to_not_convert.empty())
         text += fmt::format(", {} modules kept plain", modules_to_not_convert.size());
       break;
+    case QuantMethod::Fp8:
+      text = scheme_text(defaults);
+      if (!modules_to_not_convert.empty())
+        text += fmt::format(", {} modules kept plain", modules_to_not_convert.size());
+      break;
     case QuantMethod::CompressedTensors: {
       text = fmt::format("compressed-tensors, format {}", format);
       for (const auto& scheme : schemes) {
@@ -523,6 +621,9 @@ nlohmann::json QuantizationConfig::to_json() const {
       out["modules_to_not_convert"] = modules_to_not_convert;
       break;
     }
+    case QuantMethod::Fp8:
+      out["modules_to_not_convert"] = modules_to_not_convert;
+      break;
     case QuantMethod::CompressedTensors: {
       nlohmann::json groups = nlohmann::json::array();
       for (const auto& scheme : schemes) {
@@ -553,7 +654,8 @@ QuantizationConfig parse_quantization_config(const json& description) {
   if (method == "gptq") return parse_gptq(description);
   if (method == "awq") return parse_awq(description);
   if (method == "compressed-tensors" || method == "compressed_tensors") return parse_compressed_tensors(description);
-  fail("quantization method '{}' is not supported (supported: gptq, awq, compressed-tensors)", method);
+  if (method == "fp8") return parse_fp8(description);
+  fail("quantization method '{}' is not supported (supported: gptq, awq, compressed-tensors, fp8)", method);
 }
 
 std::optional<QuantizationConfig> read_quantization_config(const std::filesystem::path& folder) {

@@ -2,7 +2,8 @@
 // The quantization a Hugging Face checkpoint declares: config.json's
 // "quantization_config" (or "compression_config"), or a separate
 // quantize_config.json / quant_config.json. GPTQ, AWQ and compressed-tensors are
-// parsed and checked here once, so the weight readers only ask "how is this
+// parsed and checked here once (and FP8: DeepSeek-V3's quant_method "fp8", and
+// compressed-tensors' "float-quantized"), so the weight readers only ask "how is this
 // module stored?" and every inconsistency is reported before a tensor is read.
 #include <cstdint>
 #include <filesystem>
@@ -15,7 +16,7 @@
 
 namespace nibble {
 
-enum class QuantMethod { Gptq, Awq, CompressedTensors };
+enum class QuantMethod { Gptq, Awq, CompressedTensors, Fp8 };
 std::string_view quant_method_name(QuantMethod method);
 
 // How one module's weight is quantized, after per-module overrides.
@@ -24,8 +25,15 @@ struct ModuleQuantization {
   std::int64_t group_size = -1;  // input columns per group; -1: one group per row; 0: one scale for the tensor
   bool sym = true;
   bool act_order = false;  // groups follow a stored per-column index (GPTQ desc_act g_idx, CT actorder "group")
-  // Storage layout: "gptq" (v1 zeros), "gptq_v2", "gemm" (AWQ), "pack-quantized", "int-quantized".
+  // Storage layout: "gptq" (v1 zeros), "gptq_v2", "gemm" (AWQ), "pack-quantized", "int-quantized",
+  // or FP8 e4m3 codes: "fp8" (DeepSeek: `weight` + `weight_scale_inv`), "float-quantized"
+  // (compressed-tensors: `weight` + `weight_scale`).
   std::string format;
+  // FP8 block scales (DeepSeek's weight_block_size [block_rows, group_size],
+  // compressed-tensors strategy "block"): output rows sharing one scale. 0: a scale
+  // per row (or for the tensor, as group_size says).
+  std::int64_t block_rows = 0;
+  bool fp8() const { return format == "fp8" || format == "float-quantized"; }
   // compressed-tensors sparsity_config covers this module with sparsity_structure "2:4".
   // sparse-24-bitmask: the codes must follow the pattern (an error otherwise).
   bool sparse_2_4 = false;
@@ -49,7 +57,7 @@ struct DynamicRule {
 struct QuantScheme {
   std::string name;                           // "group_0"
   std::vector<std::string> targets;           // module names, "re:" regexes or class names ("Linear", "Embedding")
-  std::string strategy;                       // "group", "channel" or "tensor"; empty without weights
+  std::string strategy;                       // "group", "channel", "tensor" or "block" (FP8); empty without weights
   std::optional<ModuleQuantization> weights;  // nullopt: an activation-only scheme, weights stay plain
 };
 

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <limits>
 
 #include "kernels/cpu/linear_formats.h"
 #include "kernels/cpu/vector_exp.h"
@@ -28,6 +29,21 @@ struct V {
   }
   static reg load(const std::int8_t* p, I8Codes) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  // e4m3 -> float by bit manipulation (common/fp8.h has the definition): normals
+  // rebias the exponent (7 -> 127), subnormals are mantissa * 2^-9 (no reliance on
+  // float denormals, so DAZ cannot flush them), 0x7f/0xff are NaN.
+  static reg load(const std::uint8_t* p, E4M3Weights) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m512i magnitude = _mm512_and_si512(b, _mm512_set1_epi32(0x7f));
+    const __m512i normal = _mm512_add_epi32(_mm512_slli_epi32(magnitude, 20), _mm512_set1_epi32(120 << 23));
+    const __m512 subnormal = _mm512_mul_ps(_mm512_cvtepi32_ps(magnitude), _mm512_set1_ps(0x1p-9f));
+    __m512 v = _mm512_mask_blend_ps(_mm512_cmplt_epi32_mask(magnitude, _mm512_set1_epi32(8)),
+                                    _mm512_castsi512_ps(normal), subnormal);
+    v = _mm512_mask_blend_ps(_mm512_cmpeq_epi32_mask(magnitude, _mm512_set1_epi32(0x7f)), v,
+                             _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()));
+    const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24);
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), sign));
   }
   static reg fma(reg a, reg b, reg acc) { return _mm512_fmadd_ps(a, b, acc); }
   static float sum(reg v) { return _mm512_reduce_add_ps(v); }

@@ -1,6 +1,8 @@
 // Compiled with -mavx2 -mfma -mf16c; only reached after CPUID says AVX2 is there.
 #include <immintrin.h>
 
+#include <limits>
+
 
 #include "kernels/cpu/linear_formats.h"
 #include "kernels/cpu/vector_exp.h"
@@ -28,6 +30,20 @@ struct V {
   }
   static reg load(const std::int8_t* p, I8Codes) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  // e4m3 -> float as in avx512_traits.h: exponent rebias for normals,
+  // mantissa * 2^-9 for subnormals, NaN for 0x7f/0xff.
+  static reg load(const std::uint8_t* p, E4M3Weights) {
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    const __m256i magnitude = _mm256_and_si256(b, _mm256_set1_epi32(0x7f));
+    const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(magnitude, 20), _mm256_set1_epi32(120 << 23));
+    const __m256 subnormal = _mm256_mul_ps(_mm256_cvtepi32_ps(magnitude), _mm256_set1_ps(0x1p-9f));
+    __m256 v = _mm256_blendv_ps(_mm256_castsi256_ps(normal), subnormal,
+                                _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), magnitude)));
+    v = _mm256_blendv_ps(v, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()),
+                         _mm256_castsi256_ps(_mm256_cmpeq_epi32(magnitude, _mm256_set1_epi32(0x7f))));
+    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
+    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_castps_si256(v), sign));
   }
   static reg fma(reg a, reg b, reg acc) { return _mm256_fmadd_ps(a, b, acc); }
   static float sum(reg v) {
@@ -80,6 +96,7 @@ struct V {
 #include "kernels/cpu/linear_impl.h"
 #include "kernels/cpu/packed_impl.h"
 #include "kernels/cpu/block_impl.h"
+#include "kernels/cpu/fp8_impl.h"
 #include "kernels/cpu/table_impl.h"
 #include "kernels/cpu/kv_impl.h"
 #include "kernels/cpu/elementwise_impl.h"

@@ -64,6 +64,14 @@ using BlockKernel = void (*)(const BlockLayout& w, const float* x, std::int64_t 
 // Two accumulators of up to 16 floats per activation row.
 constexpr std::int64_t block_scratch_floats(std::int64_t rows) { return rows * 2 * 16; }
 
+// FP8 rows (Fp8Layout): y for output rows [n_begin, n_end) of all rows of x
+// ([rows][ldx], ldx >= cols rounded up to kFp8Padding, zero past cols).
+// `scratch` holds block_scratch_floats(rows).
+using Fp8Kernel = void (*)(const Fp8Layout& w, const float* x, std::int64_t ldx, std::int64_t rows,
+                           std::int64_t n_begin, std::int64_t n_end, const float* bias, float* y, std::int64_t ldy,
+                           float* scratch);
+constexpr std::int64_t kFp8Padding = 32;
+
 // Index of a scale/value dtype in the tables below.
 enum ScaleSlot { kScaleF32 = 0, kScaleF16 = 1, kScaleBF16 = 2 };
 int scale_slot(DType dtype);  // throws for dtypes without kernels
@@ -76,6 +84,7 @@ struct LinearKernelTable {
   Sparse24Kernel sparse24[3];  // [ScaleSlot]
   CsrKernel csr[3];            // [value ScaleSlot]
   BlockKernel block[kBlockFormatCount];  // [BlockFormat]
+  Fp8Kernel fp8;
 };
 
 const LinearKernelTable& linear_kernels_scalar();

@@ -47,6 +47,7 @@ struct V {
 #include "kernels/cpu/linear_impl.h"
 #include "kernels/cpu/packed_impl.h"
 #include "kernels/cpu/block_impl.h"
+#include "kernels/cpu/fp8_impl.h"
 #include "kernels/cpu/table_impl.h"
 #include "kernels/cpu/kv_impl.h"
 #include "kernels/cpu/elementwise_impl.h"

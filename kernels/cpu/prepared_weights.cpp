@@ -245,6 +245,41 @@ class BlockWeights final : public CpuLinearWeights {
   BlockLayout w_;
 };
 
+// FP8 rows, split across the pool by output rows. The kernel reads activations in
+// whole runs of kFp8Padding columns, so x is copied zero-padded when cols is not
+// a multiple of that (DeepSeek-style shapes with a partial last block).
+class Fp8Weights final : public CpuLinearWeights {
+ public:
+  explicit Fp8Weights(Fp8Layout w) : w_(std::move(w)) {}
+  std::int64_t rows() const override { return w_.rows; }
+  std::int64_t cols() const override { return w_.cols; }
+  std::uint64_t resident_bytes() const override { return w_.resident_bytes(); }
+  bool views_source() const override { return false; }
+  std::string describe() const override {
+    return fmt::format("fp8 e4m3, {} scale groups per row ({} scales)", w_.groups, dtype_name(w_.scale_dtype));
+  }
+  void dequantize_row(std::int64_t row, float* out) const override { w_.dequantize_row(row, out); }
+  void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
+    const Fp8Kernel kernel = linear_kernel_table(context.isa).fp8;
+    const std::int64_t ldx = (w_.cols + kFp8Padding - 1) / kFp8Padding * kFp8Padding;
+    const float* xp = x;
+    if (ldx != w_.cols) {
+      context.packed_input.assign(static_cast<std::size_t>(rows * ldx), 0.0f);
+      for (std::int64_t r = 0; r < rows; ++r) {
+        std::copy(x + r * w_.cols, x + (r + 1) * w_.cols, context.packed_input.data() + r * ldx);
+      }
+      xp = context.packed_input.data();
+    }
+    split(context.pool, w_.rows, kColumnAlignment, [&](std::int64_t begin, std::int64_t end, int worker) {
+      kernel(w_, xp, ldx, rows, begin, end, bias, y, w_.rows,
+             worker_buffer(context, worker, block_scratch_floats(rows)).data());
+    });
+  }
+
+ private:
+  Fp8Layout w_;
+};
+
 }  // namespace
 
 std::unique_ptr<CpuLinearWeights> make_dense_weights(const Matrix& dense) {
@@ -288,6 +323,7 @@ std::unique_ptr<CpuLinearWeights> make_csr_weights(const Matrix& dense) {
 std::unique_ptr<CpuLinearWeights> make_quantized_weights(const QuantizedMatrix& quantized) {
   quantized.validate();
   if (quantized.block_format) return std::make_unique<BlockWeights>(pack_blocks(quantized));
+  if (quantized.code_dtype == DType::F8_E4M3) return std::make_unique<Fp8Weights>(pack_fp8(quantized));
   if (fits_sparse24(quantized)) return std::make_unique<Sparse24Weights>(pack_sparse24(quantized));
   return std::make_unique<QuantWeights>(pack_quantized(quantized));
 }

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "common/error.h"
+#include "common/fp8.h"
 #include "common/half.h"
 
 namespace nibble::kernels::cpu {
@@ -94,6 +95,7 @@ std::uint64_t QuantLayout::resident_bytes() const {
 }
 
 QuantLayout pack_quantized(const QuantizedMatrix& m) {
+  if (m.code_dtype != DType::U8) fail("{}: {} codes need their own layout, not integer tiles", m.name, dtype_name(m.code_dtype));
   QuantLayout layout;
   layout.rows = m.rows;
   layout.cols = m.cols;
@@ -278,6 +280,48 @@ void Sparse24Layout::dequantize_row(std::int64_t row, float* out) const {
       const std::uint32_t code = (packed_codes >> (4 * slot)) & 15u;
       const std::int64_t k = unit * kInputsPerUnit + (slot / 2) * 4 + ((packed_positions >> (2 * slot)) & 3u);
       out[k] = scale * (static_cast<float>(code) - zero);
+    }
+  }
+}
+
+Fp8Layout pack_fp8(const QuantizedMatrix& m) {
+  m.validate();
+  if (m.code_dtype != DType::F8_E4M3) fail("{}: not an FP8 matrix", m.name);
+  Fp8Layout layout;
+  layout.rows = m.rows;
+  layout.cols = m.cols;
+  layout.groups = m.groups;
+  layout.scale_dtype = m.scale_dtype;
+  // validate() checked the groups are contiguous runs, in order.
+  layout.group_begin.assign(static_cast<std::size_t>(m.groups) + 1, m.cols);
+  for (std::int64_t k = m.cols - 1; k >= 0; --k) layout.group_begin[static_cast<std::size_t>(m.group(k))] = k;
+  if (m.group(0) != 0) fail("{}: FP8 column groups must start at group 0", m.name);
+  layout.codes = AlignedBytes(m.codes.size());
+  std::memcpy(layout.codes.data(), m.codes.data(), m.codes.size());
+  // Consecutive rows with equal scales (a block's rows) share one stored scale row.
+  const auto groups = static_cast<std::size_t>(m.groups);
+  const auto row_of = [&](std::int64_t n) { return m.scales.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(n) * groups); };
+  std::vector<float> unique;
+  layout.scale_row = AlignedBytes(static_cast<std::size_t>(m.rows) * sizeof(std::int32_t));
+  std::int32_t* index = layout.scale_row.as<std::int32_t>();
+  for (std::int64_t n = 0; n < m.rows; ++n) {
+    if (n == 0 || !std::equal(row_of(n), row_of(n) + static_cast<std::ptrdiff_t>(groups), row_of(n - 1))) {
+      unique.insert(unique.end(), row_of(n), row_of(n) + static_cast<std::ptrdiff_t>(groups));
+    }
+    index[n] = static_cast<std::int32_t>(unique.size() / groups - 1);
+  }
+  layout.scales = AlignedBytes(unique.size() * sizeof(float));
+  std::memcpy(layout.scales.data(), unique.data(), unique.size() * sizeof(float));
+  return layout;
+}
+
+void Fp8Layout::dequantize_row(std::int64_t row, float* out) const {
+  if (row < 0 || row >= rows) fail("row {} outside a matrix of {} rows", row, rows);
+  const std::uint8_t* code = codes.as<std::uint8_t>() + row * cols;
+  const float* scale = row_scales(row);
+  for (std::int64_t g = 0; g < groups; ++g) {
+    for (auto k = group_begin[static_cast<std::size_t>(g)]; k < group_begin[static_cast<std::size_t>(g) + 1]; ++k) {
+      out[k] = scale[g] * e4m3_to_f32(code[k]);
     }
   }
 }

@@ -125,6 +125,30 @@ struct BlockLayout {
 
 BlockLayout pack_blocks(const QuantizedMatrix& matrix);
 
+// FP8 e4m3 weights (QuantizedMatrix::code_dtype F8_E4M3) kept as the file
+// stores them: one byte per weight, row-major, widened to float inside the kernel
+// (fp8_impl.h). Scales: float32 rows of `groups` values, each stored once for a run
+// of consecutive output rows that share it (a 128x128 block's 128 rows), and a row ->
+// scale-row index, so block scales cost what they cost in the file plus 4 bytes a row.
+struct Fp8Layout {
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  std::int64_t groups = 0;
+  std::vector<std::int64_t> group_begin;  // groups + 1 entries: group g is columns [begin[g], begin[g + 1])
+  DType scale_dtype = DType::F32;          // what the file stored, for describe()
+  AlignedBytes codes;                      // u8 [rows][cols]
+  AlignedBytes scales;                     // f32 [scale rows][groups]
+  AlignedBytes scale_row;                  // i32 [rows]: the scale row of each output row
+
+  const float* row_scales(std::int64_t row) const {
+    return scales.as<float>() + static_cast<std::int64_t>(scale_row.as<std::int32_t>()[row]) * groups;
+  }
+  std::uint64_t resident_bytes() const { return codes.size() + scales.size() + scale_row.size(); }
+  void dequantize_row(std::int64_t row, float* out) const;
+};
+
+Fp8Layout pack_fp8(const QuantizedMatrix& matrix);
+
 // Whether `matrix` fits Sparse24Layout: 4-bit, zero points, 2:4 flagged,
 // contiguous groups whose size is a multiple of 16, cols a multiple of 16.
 bool fits_sparse24(const QuantizedMatrix& matrix);

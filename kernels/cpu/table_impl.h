@@ -31,6 +31,7 @@ const nibble::kernels::cpu::LinearKernelTable kTable = [] {
   table.csr[kScaleF16] = csr_linear<F16Weights>;
   table.csr[kScaleBF16] = csr_linear<BF16Weights>;
   fill_block_kernels(table);
+  table.fp8 = fp8_linear;
   return table;
 }();
 

@@ -4,10 +4,12 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/fp8.h"
 #include "common/half.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/fp8_linear.h"
 #include "kernels/cuda/kv_store.h"
 #include "kernels/cuda/quant_gemm.h"
 
@@ -111,6 +113,48 @@ class CudaDenseWeights final : public LinearWeights {
   std::int64_t rows_;
   std::int64_t cols_;
   DeviceBuffer<std::byte> data_;
+};
+
+// FP8 e4m3 codes kept at one byte per weight on the device (fp8_linear.h), with
+// the matrix's per-row group scales and each column's group.
+class CudaFp8Weights final : public LinearWeights {
+ public:
+  CudaFp8Weights(const QuantizedMatrix& m, cudaStream_t stream)
+      : rows_(m.rows), cols_(m.cols), groups_(m.groups), codes_(m.codes.size()), scales_(m.scales.size()),
+        col_group_(m.group_of_col.size()) {
+    codes_.upload(m.codes, stream);
+    scales_.upload(m.scales, stream);
+    col_group_.upload(m.group_of_col, stream);
+  }
+
+  std::int64_t rows() const override { return rows_; }
+  std::int64_t cols() const override { return cols_; }
+  std::uint64_t resident_bytes() const override { return codes_.bytes() + scales_.bytes() + col_group_.bytes(); }
+  bool views_source() const override { return false; }
+  std::string describe() const override { return fmt::format("fp8 e4m3, {} scale groups per row", groups_); }
+
+  void dequantize_row(std::int64_t row, float* out) const override {
+    if (row < 0 || row >= rows_) fail("row {} outside [0, {})", row, rows_);
+    std::vector<std::uint8_t> codes(at(cols_));
+    std::vector<float> scales(at(groups_));
+    std::vector<std::int32_t> col_group(at(cols_));
+    NIBBLE_CUDA_CHECK(cudaMemcpy(codes.data(), codes_.data() + at(row * cols_), codes.size(), cudaMemcpyDeviceToHost));
+    NIBBLE_CUDA_CHECK(cudaMemcpy(scales.data(), scales_.data() + at(row * groups_), scales.size() * sizeof(float),
+                                 cudaMemcpyDeviceToHost));
+    NIBBLE_CUDA_CHECK(cudaMemcpy(col_group.data(), col_group_.data(), col_group.size() * sizeof(std::int32_t),
+                                 cudaMemcpyDeviceToHost));
+    for (std::int64_t k = 0; k < cols_; ++k) out[k] = scales[at(col_group[at(k)])] * e4m3_to_f32(codes[at(k)]);
+  }
+
+  Fp8WeightsView view() const { return {codes_.data(), scales_.data(), col_group_.data(), rows_, cols_, groups_}; }
+
+ private:
+  std::int64_t rows_;
+  std::int64_t cols_;
+  std::int64_t groups_;
+  DeviceBuffer<std::uint8_t> codes_;
+  DeviceBuffer<float> scales_;
+  DeviceBuffer<std::int32_t> col_group_;
 };
 
 void check_dense_dtype(DType dtype) {
@@ -290,6 +334,12 @@ std::unique_ptr<LinearWeights> CudaBackend::prepare_linear(const QuantizedMatrix
          block_format_info(*quantized.block_format).name);
   }
   NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  if (quantized.code_dtype == DType::F8_E4M3) {
+    quantized.validate();
+    auto weights = std::make_unique<CudaFp8Weights>(quantized, stream_);
+    synchronize();  // the uploads read `quantized`
+    return weights;
+  }
   const RepackedQuant repacked = repack_quantized(quantized);
   auto weights = std::make_unique<CudaQuantWeights>(repacked, stream_);
   synchronize();  // the uploads read `repacked`
@@ -323,6 +373,10 @@ void CudaBackend::linear(const float* x, std::int64_t rows, const LinearWeights&
     grow(gemm_counters_, plan.counters, *this, true);
     quant_gemm(plan, view, half_scratch_.data(), d.k_pad, rows, y, d.rows, bias, gemm_workspace_.data(),
                gemm_counters_.data(), stream_);
+    return;
+  }
+  if (const auto* fp8 = dynamic_cast<const CudaFp8Weights*>(&w)) {
+    fp8_linear(fp8->view(), x, rows, bias, y, stream_);
     return;
   }
   if (const auto* dense = dynamic_cast<const CudaDenseWeights*>(&w)) {
@@ -448,6 +502,9 @@ void CudaBackend::embedding(const LinearWeights& table, std::span<const std::int
     cuda::embedding(dense->data(), dense->dtype(), dense->cols(), stage(ids), static_cast<std::int64_t>(ids.size()), out,
                     stream_);
     return;
+  }
+  if (dynamic_cast<const CudaFp8Weights*>(&table) != nullptr) {
+    fail("FP8 embedding tables have no CUDA kernel (checkpoints keep embeddings in 16 bits)");
   }
   fail("embedding weights were prepared by another backend");
 }
