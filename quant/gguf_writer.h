@@ -3,10 +3,12 @@
 // (llama-perplexity, llama-server): every linear module in the block type the
 // recipe gives it (encoded by compress_model, RTN or GPTQ through a BlockCodec),
 // the token embedding and output matrix quantized by the block encoder, norms and
-// other small tensors copied. The source must be a GGUF file (the F16/BF16/F32
-// one llama.cpp's converter writes): its key/values (hyperparameters, tokenizer,
-// chat template) are copied, with general.file_type set to the recipe's. q/k rows
-// go back to llama.cpp's interleaved order for architectures stored that way.
+// other small tensors copied (norms in F32). The source is a GGUF file (the
+// F16/BF16/F32 one llama.cpp's converter writes), whose key/values (hyperparameters,
+// tokenizer, chat template) are copied with general.file_type set to the recipe's,
+// or a Hugging Face folder of a llama/qwen2 model with a byte-level BPE tokenizer,
+// whose key/values are written as llama.cpp's converter does (gguf_hf_metadata.h).
+// q/k rows go back to llama.cpp's interleaved order for architectures stored that way.
 //
 // Recipes (--type): a plain type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)
 // for every linear module and an untied token embedding; the output matrix (or
@@ -45,8 +47,8 @@ struct GgufRecipe {
 
 class GgufWriter : public ModuleWriter {
  public:
-  // `source` must stay alive until finish(). Throws nibble::Error for a source
-  // that is not a GGUF file or an architecture nibble cannot name in GGUF.
+  // `source` must stay alive until finish(). Throws nibble::Error for an
+  // architecture nibble cannot name in GGUF (when finishing, for HF sources).
   GgufWriter(const ModelSource& source, std::filesystem::path out, GgufRecipe recipe, std::string tool_version = {});
   ~GgufWriter() override;
 
@@ -57,7 +59,7 @@ class GgufWriter : public ModuleWriter {
   void add_quantized(const std::string& module, const QuantizedMatrix& matrix) override;
   void add_pruned(const std::string& module, std::span<const float> weights, std::int64_t rows,
                   std::int64_t cols) override;
-  bool reads_gguf_source() const override { return true; }
+  bool reads_gguf_source() const override { return true; }  // and HF folders
   // Writes the file (under a temporary name, renamed when complete).
   void finish() override;
 

@@ -14,7 +14,9 @@ package (issue 23), without llama.cpp itself (CI-safe):
     tests/quant/check_gguf_output.py --nibble build/cli/nibble --work DIR
 """
 import argparse
+import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -81,6 +83,71 @@ def make_base(path):
     return tensors
 
 
+def permute(w, n_head):
+    """convert_hf_to_gguf.py's q/k permutation (HF rotate-half rows -> interleaved)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute(w, n_head):
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+HF_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
+            "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+            "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+            "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+
+
+def make_hf_folder(folder, tensors):
+    """The tiny model as a Hugging Face folder: config.json, F32 model.safetensors
+    (written here by hand: an 8-byte header length, a JSON header, the data),
+    a byte-level BPE tokenizer.json and a chat template."""
+    os.makedirs(folder, exist_ok=True)
+    hf = {}
+    for name, values in tensors.items():
+        stem = name[:-len(".weight")]
+        if stem.startswith("blk."):
+            _, layer, part = stem.split(".", 2)
+            hf_name = f"model.layers.{layer}.{HF_NAMES[part]}.weight"
+            if part == "attn_q":
+                values = unpermute(values, HEADS)
+            elif part == "attn_k":
+                values = unpermute(values, KV_HEADS)
+        else:
+            hf_name = f"{HF_NAMES[stem]}.weight"
+        hf[hf_name] = np.ascontiguousarray(values, dtype=np.float32)
+    header, offset = {}, 0
+    for name, values in hf.items():
+        header[name] = {"dtype": "F32", "shape": list(values.shape), "data_offsets": [offset, offset + values.nbytes]}
+        offset += values.nbytes
+    blob = json.dumps(header).encode()
+    blob += b" " * ((8 - len(blob) % 8) % 8)
+    with open(os.path.join(folder, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for values in hf.values():
+            f.write(values.tobytes())
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
+              "intermediate_size": FFN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
+              "num_key_value_heads": KV_HEADS, "vocab_size": VOCAB, "max_position_embeddings": 128,
+              "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False, "torch_dtype": "float32",
+              "bos_token_id": 0, "eos_token_id": VOCAB - 1}
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f)
+    vocab = {f"t{i}": i for i in range(VOCAB - 1)}
+    tokenizer = {"version": "1.0", "added_tokens": [{"id": VOCAB - 1, "content": "<eos>", "special": True,
+                                                     "single_word": False, "lstrip": False, "rstrip": False,
+                                                     "normalized": False}],
+                 "normalizer": None, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False,
+                                                       "trim_offsets": True, "use_regex": True},
+                 "post_processor": None, "decoder": {"type": "ByteLevel"},
+                 "model": {"type": "BPE", "vocab": vocab, "merges": [["t", "1"], "t 2"]}}
+    with open(os.path.join(folder, "tokenizer.json"), "w") as f:
+        json.dump(tokenizer, f)
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": "{{ hf }}", "eos_token": "<eos>"}, f)
+    return hf
+
+
 def field(reader, key):
     f = reader.fields[key]
     return f.contents()
@@ -141,6 +208,41 @@ class GgufOutput(unittest.TestCase):
                         continue
                     rel = float(np.sum((values - source) ** 2) / np.sum(source ** 2))
                     self.assertLess(rel, BOUND[want], f"{recipe} {t.name} ({want})")
+
+    def test_hugging_face_folder_source(self):
+        """From a HF folder: llama.cpp's converter's key/values, GGUF names, q/k rows
+        permuted as convert_hf_to_gguf.py's permute() does (written here independently)."""
+        folder = os.path.join(self.work.name, "hf")
+        hf = make_hf_folder(folder, self.tensors)
+        reader = GGUFReader(self.quantize_from(folder, "Q8_0"))
+        self.assertEqual(field(reader, "general.architecture"), "llama")
+        self.assertEqual(field(reader, "llama.block_count"), LAYERS)
+        self.assertEqual(field(reader, "llama.attention.head_count_kv"), KV_HEADS)
+        self.assertEqual(field(reader, "llama.rope.dimension_count"), HIDDEN // HEADS)
+        self.assertEqual(field(reader, "tokenizer.ggml.model"), "gpt2")
+        self.assertEqual(field(reader, "tokenizer.ggml.pre"), "gpt-2")
+        self.assertEqual(field(reader, "tokenizer.ggml.tokens"), [f"t{i}" for i in range(VOCAB - 1)] + ["<eos>"])
+        self.assertEqual(field(reader, "tokenizer.ggml.token_type"), [1] * (VOCAB - 1) + [3])
+        self.assertEqual(field(reader, "tokenizer.ggml.merges"), ["t 1", "t 2"])
+        self.assertEqual(field(reader, "tokenizer.ggml.eos_token_id"), VOCAB - 1)
+        self.assertEqual(field(reader, "tokenizer.chat_template"), "{{ hf }}")
+        self.assertEqual(sorted(t.name for t in reader.tensors), sorted(self.tensors))
+        for t in reader.tensors:
+            values = dequantize(t.data, t.tensor_type).reshape(self.tensors[t.name].shape)
+            # self.tensors holds llama.cpp's row order; the HF folder the rotate-half order.
+            if t.name.endswith("norm.weight"):
+                self.assertEqual(t.tensor_type.name, "F32")
+                np.testing.assert_array_equal(values, self.tensors[t.name])
+                continue
+            rel = float(np.sum((values - self.tensors[t.name]) ** 2) / np.sum(self.tensors[t.name] ** 2))
+            self.assertLess(rel, BOUND["Q8_0"], t.name)
+
+    def quantize_from(self, model, recipe):
+        out = os.path.join(self.work.name, f"hf.{recipe}.gguf")
+        proc = subprocess.run([ARGS.nibble, "quantize", "--model", model, "--format", "gguf", "--type", recipe,
+                               "--method", "rtn", "-o", out, "--threads", "2"], capture_output=True, text=True)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        return out
 
     def test_refuses_a_type_it_cannot_write(self):
         proc = subprocess.run([ARGS.nibble, "quantize", "--model", self.base, "--format", "gguf", "--type", "Q2_K",
