@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <thread>
 
 #include "common/error.h"
 #include "common/half.h"
@@ -412,12 +414,34 @@ std::vector<std::byte> encode_rows(const BlockCodec& codec, std::span<const floa
   }
   const std::int64_t blocks = cols / n;
   std::vector<std::byte> out(static_cast<std::size_t>(rows * blocks * codec.bytes()));
-  for (std::int64_t r = 0; r < rows; ++r) {
-    for (std::int64_t b = 0; b < blocks; ++b) {
-      const auto x = weights.subspan(static_cast<std::size_t>(r * cols + b * n), static_cast<std::size_t>(n));
-      const auto imp = importance.empty() ? importance : importance.subspan(static_cast<std::size_t>(b * n), static_cast<std::size_t>(n));
-      codec.encode(x, imp, out.data() + (r * blocks + b) * codec.bytes());
+  // Blocks are independent: rows are shared out among one thread per core.
+  const auto encode = [&](std::int64_t first, std::int64_t last) {
+    for (std::int64_t r = first; r < last; ++r) {
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        const auto x = weights.subspan(static_cast<std::size_t>(r * cols + b * n), static_cast<std::size_t>(n));
+        const auto imp = importance.empty() ? importance
+                                            : importance.subspan(static_cast<std::size_t>(b * n), static_cast<std::size_t>(n));
+        codec.encode(x, imp, out.data() + (r * blocks + b) * codec.bytes());
+      }
     }
+  };
+  const std::int64_t threads =
+      std::clamp<std::int64_t>(static_cast<std::int64_t>(std::thread::hardware_concurrency()), 1, rows);
+  // A bad value (NaN) throws in whichever thread meets it; the first error is rethrown here.
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
+  const auto guarded = [&](std::int64_t t) {
+    try {
+      encode(rows * t / threads, rows * (t + 1) / threads);
+    } catch (...) {
+      errors[static_cast<std::size_t>(t)] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> workers;
+  for (std::int64_t t = 1; t < threads; ++t) workers.emplace_back(guarded, t);
+  guarded(0);
+  for (auto& worker : workers) worker.join();
+  for (const auto& error : errors) {
+    if (error) std::rethrow_exception(error);
   }
   return out;
 }

@@ -18,7 +18,8 @@
 // down projections llama.cpp's "M" mixes also favour, chosen by a rule of ours.
 // A K-quant needs rows of whole 256-weight super-blocks; other rows fall back to
 // the 32-weight type of the next size up (Q4_K -> Q5_0, Q5_K -> Q5_1,
-// Q6_K -> Q8_0), as llama-quantize does; rows that are not whole 32-blocks stay F16.
+// Q6_K -> Q8_0), as llama-quantize does; an embedding or output whose rows
+// are not whole 32-blocks stays F16, and such a linear module is refused.
 #include <cstdint>
 #include <filesystem>
 #include <memory>

@@ -146,6 +146,10 @@ TEST(BlockCodec, RefusesNonFiniteAndBadSizes) {
   expect_error([&] { codec.fit(ok, bad_importance); }, {"importance"});
   expect_error([] { BlockCodec(GgmlType::Q2_K); }, {"cannot write", "Q2_K"});
   expect_error([&] { encode_rows(codec, std::vector<float>(100, 0.0f), 1, 100); }, {"cannot encode"});
+  // A NaN deep in a many-row matrix is a clean error from whichever thread meets it.
+  std::vector<float> rows(64 * 256, 0.1f);
+  rows[50 * 256 + 7] = std::numeric_limits<float>::quiet_NaN();
+  expect_error([&] { encode_rows(codec, rows, 64, 256); }, {"cannot encode", "nan"});
 }
 
 // X = Z A diag(s): correlated columns of uneven size, like real activations.
