@@ -187,9 +187,8 @@ double BlockCodec::error(std::span<const float> x, std::span<const float> import
 }
 
 // The K-quants' second level: sub-block scales (and mins) as integers under one
-// fp16 d (dmin), d = the largest / the top integer, then refined.
-BlockCodec::Params BlockCodec::finish_two_level(std::span<const float> x, std::span<const float> importance,
-                                                std::span<const double> scales, std::span<const double> mins) const {
+// fp16 d (dmin), d = the largest / the top integer.
+BlockCodec::Params BlockCodec::round_two_level(std::span<const double> scales, std::span<const double> mins) const {
   const int top = affine_ ? 63 : 127;
   const int low = affine_ ? 0 : -128;
   Params p;
@@ -207,7 +206,6 @@ BlockCodec::Params BlockCodec::finish_two_level(std::span<const float> x, std::s
     if (affine_) p.mn[s] = static_cast<std::int16_t>(dmin > 0 ? std::clamp(std::nearbyint(mins[s] / dmin), 0.0, 63.0) : 0);
   }
   set_effective(p);
-  refine_super(x, importance, p);
   return p;
 }
 
@@ -259,22 +257,10 @@ BlockCodec::Params BlockCodec::fit_absmax(std::span<const float> x) const {
       scales[static_cast<std::size_t>(s)] = -peak / zero_;
     }
   }
+  if (two_level_) return round_two_level(scales, mins);
   Params p;
-  if (two_level_) {
-    const int top = affine_ ? 63 : 127;
-    double peak = 0, peak_min = 0;
-    for (const double s : scales) peak = std::max(peak, std::abs(s));
-    for (const double m : mins) peak_min = std::max(peak_min, m);
-    p.d = to_half(peak / top), p.dmin = to_half(peak_min / 63);
-    const double d = half(p.d), dmin = half(p.dmin);
-    for (std::size_t s = 0; s < scales.size(); ++s) {
-      p.sc[s] = static_cast<std::int16_t>(d > 0 ? std::clamp(std::nearbyint(scales[s] / d), affine_ ? 0.0 : -128.0, double(top)) : 0);
-      if (affine_) p.mn[s] = static_cast<std::int16_t>(dmin > 0 ? std::clamp(std::nearbyint(mins[s] / dmin), 0.0, 63.0) : 0);
-    }
-  } else {
-    p.d = to_half(scales[0]);
-    if (affine_) p.dmin = to_half(-mins[0]);
-  }
+  p.d = to_half(scales[0]);
+  if (affine_) p.dmin = to_half(-mins[0]);
   set_effective(p);
   return p;
 }
@@ -309,7 +295,8 @@ BlockCodec::Params BlockCodec::fit(std::span<const float> x, std::span<const flo
   }
   Params p;
   if (two_level_) {
-    p = finish_two_level(x, importance, scales, mins);
+    p = round_two_level(scales, mins);
+    refine_super(x, importance, p);
   } else {
     p.d = to_half(scales[0]);
     if (affine_) p.dmin = to_half(-mins[0]);

@@ -77,8 +77,7 @@ class BlockCodec {
 
  private:
   struct Fit;
-  Params finish_two_level(std::span<const float> x, std::span<const float> importance, std::span<const double> scales,
-                          std::span<const double> mins) const;
+  Params round_two_level(std::span<const double> scales, std::span<const double> mins) const;
   void refine_super(std::span<const float> x, std::span<const float> importance, Params& p) const;
   void set_effective(Params& p) const;
   void check(std::span<const float> x, std::span<const float> importance) const;
