@@ -16,6 +16,7 @@
 #include "loader/model_source.h"
 #include "quant/calibration.h"
 #include "quant/compressor.h"
+#include "quant/gguf_writer.h"
 #include "tokenizer/tokenizer.h"
 
 namespace nibble::cli {
@@ -27,7 +28,8 @@ struct CompressFlags {
   std::string method;
   std::string sparsity;
   std::string then_quantize;  // prune only: "gptq" or "rtn"
-  std::string format;         // quantize only: "gptq" or "compressed-tensors"
+  std::string format;         // quantize only: "gptq", "compressed-tensors" or "gguf"
+  std::string gguf_type;      // --format gguf: the recipe (Q4_K, Q4_K_M, ...)
   int bits = 4;
   std::int64_t group_size = 128;
   bool asym = false;
@@ -63,10 +65,12 @@ void add_quantization_flags(CLI::App* cmd, CompressFlags& flags) {
 }
 
 void add_common_flags(CLI::App* cmd, CompressFlags& flags) {
-  cmd->add_option("--model", flags.model, "Unquantized Hugging Face model folder (F32/F16/BF16)")
+  cmd->add_option("--model", flags.model,
+                  "Unquantized Hugging Face model folder (F32/F16/BF16); for --format gguf an F16/BF16/F32 .gguf file")
       ->required()
-      ->check(CLI::ExistingDirectory);
-  cmd->add_option("-o,--out", flags.out, "Output folder (must not exist or be empty)")->required();
+      ->check(CLI::ExistingPath);
+  cmd->add_option("-o,--out", flags.out, "Output folder (must not exist or be empty); --format gguf: the .gguf file")
+      ->required();
   cmd->add_option("--calib", flags.calib, "Calibration text file, or .json arrays of token ids")
       ->check(CLI::ExistingFile);
   cmd->add_option("--calib-samples", flags.calib_samples, "Calibration runs")->check(CLI::PositiveNumber)->capture_default_str();
@@ -91,6 +95,7 @@ quant::SparsitySpec parse_sparsity(const std::string& text) {
 }
 
 std::uint64_t folder_bytes(const std::filesystem::path& folder) {
+  if (std::filesystem::is_regular_file(folder)) return std::filesystem::file_size(folder);  // a GGUF file
   std::uint64_t bytes = 0;
   for (const auto& entry : std::filesystem::directory_iterator(folder)) {
     if (entry.is_regular_file() && entry.path().extension() == ".safetensors") bytes += entry.file_size();
@@ -98,8 +103,11 @@ std::uint64_t folder_bytes(const std::filesystem::path& folder) {
   return bytes;
 }
 
-void run_compression(const CompressFlags& flags, const quant::CompressionOptions& options,
+void run_compression(const CompressFlags& flags, quant::CompressionOptions options,
                      quant::CheckpointSettings settings) {
+  const bool gguf = flags.format == "gguf";
+  // RTN into GGUF blocks uses calibration, when given, as block-fitting importance.
+  if (gguf && options.quantize == quant::QuantMethod::Rtn && !flags.calib.empty()) options.rtn_importance = true;
   const auto start = std::chrono::steady_clock::now();
   ModelSource source = open_model(flags.model);
   quant::CalibrationRuns calibration;
@@ -110,7 +118,14 @@ void run_compression(const CompressFlags& flags, const quant::CompressionOptions
   }
   settings.tool_version = NIBBLE_VERSION;
   kernels::CpuBackend backend(flags.threads);
-  quant::CheckpointWriter writer(source, flags.out, settings);
+  std::unique_ptr<quant::ModuleWriter> writer_owner;
+  if (gguf) {
+    writer_owner = std::make_unique<quant::GgufWriter>(source, flags.out, quant::GgufRecipe::parse(flags.gguf_type),
+                                                       NIBBLE_VERSION);
+  } else {
+    writer_owner = std::make_unique<quant::CheckpointWriter>(source, flags.out, settings);
+  }
+  quant::ModuleWriter& writer = *writer_owner;
   const auto report = quant::compress_model(source, options, calibration, backend, writer, progress_bar());
   writer.finish();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -167,9 +182,13 @@ void add_quantize_command(CLI::App& app) {
   add_common_flags(cmd, *flags);
   cmd->add_option("--method", flags->method, "gptq or rtn")->check(CLI::IsMember({"gptq", "rtn"}))->capture_default_str();
   add_quantization_flags(cmd, *flags);
-  cmd->add_option("--format", flags->format, "Checkpoint layout: gptq (AutoGPTQ/GPTQModel) or compressed-tensors")
-      ->check(CLI::IsMember({"gptq", "compressed-tensors"}))
+  cmd->add_option("--format", flags->format,
+                  "Checkpoint layout: gptq (AutoGPTQ/GPTQModel), compressed-tensors, or gguf (one llama.cpp file)")
+      ->check(CLI::IsMember({"gptq", "compressed-tensors", "gguf"}))
       ->capture_default_str();
+  cmd->add_option("--type", flags->gguf_type,
+                  "--format gguf: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K or the mix Q4_K_M "
+                  "(--bits/--group-size/--asym do not apply)");
   cmd->callback([flags] {
     quant::CompressionOptions options;
     quant::CheckpointSettings settings;
@@ -180,6 +199,12 @@ void add_quantize_command(CLI::App& app) {
     settings.format =
         flags->format == "gptq" ? quant::CheckpointFormat::Gptq : quant::CheckpointFormat::CompressedTensors;
     if (settings.format == quant::CheckpointFormat::Gptq) options.spec.min_zero = 1;  // v1 stores zero - 1
+    if ((flags->format == "gguf") != !flags->gguf_type.empty()) fail("--type goes with --format gguf, and it needs one");
+    if (flags->format == "gguf") {
+      if (flags->act_order || flags->static_groups) fail("GGUF blocks are contiguous: no --act-order/--static-groups");
+      // Group-aware order: whole blocks by their largest H_jj (GPTQ only).
+      options.group_aware_order = flags->method == "gptq" && !flags->natural_order;
+    }
     run_compression(*flags, options, settings);
   });
 }

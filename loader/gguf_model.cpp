@@ -488,8 +488,10 @@ std::unique_ptr<WeightSource> make_gguf_weights(std::shared_ptr<const GgufFile> 
   return std::make_unique<GgufWeights>(std::move(gguf), config);
 }
 
-void interleaved_rope_rows_to_halves(std::span<const std::byte> in, std::span<std::byte> out, std::int64_t rows,
-                                     std::int64_t n_heads) {
+namespace {
+// Row 2i + j of each head <-> row j * head_rows / 2 + i; `to_halves` picks the direction.
+void permute_rope_rows(std::span<const std::byte> in, std::span<std::byte> out, std::int64_t rows, std::int64_t n_heads,
+                       bool to_halves) {
   if (rows <= 0 || n_heads <= 0 || rows % (2 * n_heads) != 0 || in.size() != out.size() ||
       in.size() % static_cast<std::size_t>(rows) != 0) {
     fail("cannot reorder {} rows of {} bytes into {} rotary heads", rows, in.size(), n_heads);
@@ -501,12 +503,24 @@ void interleaved_rope_rows_to_halves(std::span<const std::byte> in, std::span<st
     const std::int64_t base = head * head_rows;
     for (std::int64_t i = 0; i < half; ++i) {
       for (std::int64_t j = 0; j < 2; ++j) {
-        const auto from = static_cast<std::size_t>(base + 2 * i + j) * row_bytes;
-        const auto to = static_cast<std::size_t>(base + j * half + i) * row_bytes;
+        auto from = static_cast<std::size_t>(base + 2 * i + j) * row_bytes;
+        auto to = static_cast<std::size_t>(base + j * half + i) * row_bytes;
+        if (!to_halves) std::swap(from, to);
         std::memcpy(out.data() + to, in.data() + from, row_bytes);
       }
     }
   }
+}
+}  // namespace
+
+void interleaved_rope_rows_to_halves(std::span<const std::byte> in, std::span<std::byte> out, std::int64_t rows,
+                                     std::int64_t n_heads) {
+  permute_rope_rows(in, out, rows, n_heads, true);
+}
+
+void halves_to_interleaved_rope_rows(std::span<const std::byte> in, std::span<std::byte> out, std::int64_t rows,
+                                     std::int64_t n_heads) {
+  permute_rope_rows(in, out, rows, n_heads, false);
 }
 
 }  // namespace nibble

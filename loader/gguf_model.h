@@ -27,5 +27,8 @@ std::unique_ptr<WeightSource> make_gguf_weights(std::shared_ptr<const GgufFile> 
 // strings of in.size()/rows bytes, so it works for block-quantized rows too.
 void interleaved_rope_rows_to_halves(std::span<const std::byte> in, std::span<std::byte> out, std::int64_t rows,
                                      std::int64_t n_heads);
+// The inverse, for writing GGUF files: HF rotate-half rows to llama.cpp's order.
+void halves_to_interleaved_rope_rows(std::span<const std::byte> in, std::span<std::byte> out, std::int64_t rows,
+                                     std::int64_t n_heads);
 
 }  // namespace nibble

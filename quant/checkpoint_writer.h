@@ -28,6 +28,7 @@
 
 #include "common/quantized_matrix.h"
 #include "loader/model_source.h"
+#include "quant/module_writer.h"
 
 namespace nibble::quant {
 
@@ -52,11 +53,11 @@ struct CheckpointSettings {
   std::string tool_version;        // nibble's version, recorded as the quantizer
 };
 
-class CheckpointWriter {
+class CheckpointWriter : public ModuleWriter {
  public:
   // `source` must stay alive until finish(): its untouched tensors and files are copied then.
   CheckpointWriter(const ModelSource& source, std::filesystem::path out, CheckpointSettings settings);
-  ~CheckpointWriter();
+  ~CheckpointWriter() override;
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
 
@@ -65,14 +66,14 @@ class CheckpointWriter {
   // settings (bits, group size, contiguous groups without desc_act, a 2:4 claim it does
   // not follow) or the source (no such weight, another shape), or was added already.
   // matrix.sparse_2_4 declares the module 2:4-pruned (needs sparsity_structure "2:4").
-  void add_quantized(const std::string& module, const QuantizedMatrix& matrix);
+  void add_quantized(const std::string& module, const QuantizedMatrix& matrix) override;
   // A linear module pruned but not quantized: float weights [rows, cols] with zeros
   // where pruned, stored in the source's dtype for that weight (compressed-tensors only;
   // 2:4 runs may keep at most 2 nonzeros). Stored plainly when quantized modules exist.
-  void add_pruned(const std::string& module, std::span<const float> weights, std::int64_t rows, std::int64_t cols);
+  void add_pruned(const std::string& module, std::span<const float> weights, std::int64_t rows, std::int64_t cols) override;
   // Writes model.safetensors and the configs, copies the rest. Throws on I/O errors;
   // writes into a temporary folder renamed into place, so a failure leaves no half model.
-  void finish();
+  void finish() override;
 
  private:
   struct State;

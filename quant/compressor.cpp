@@ -75,7 +75,7 @@ Module load_module(const WeightSource& weights, std::string name, std::int64_t r
 class LayerCompressor {
  public:
   LayerCompressor(const ModelConfig& config, const CompressionOptions& options, kernels::Backend& backend,
-                  CheckpointWriter& writer, CompressionReport& report, const CalibrationObserver& observer)
+                  ModuleWriter& writer, CompressionReport& report, const CalibrationObserver& observer)
       : config_(config), options_(options), backend_(backend), writer_(writer), report_(report), observer_(observer) {}
 
   // Compresses the modules that read `inputs` [rows, cols] (one Hessian serves them
@@ -95,6 +95,10 @@ class LayerCompressor {
   }
 
   void compress_one(Module& module, const Hessian* hessian) {
+    if (const auto type = writer_.block_type(module.name, module.rows, module.cols)) {
+      compress_blocks(module, hessian, *type);
+      return;
+    }
     const auto& w = module.weights;
     std::optional<SweepResult> result;
     std::vector<float> pruned;
@@ -154,6 +158,37 @@ class LayerCompressor {
   }
 
  private:
+  // GGUF blocks: GPTQ's sweep with the type's codec, or RTN with H_jj as the
+  // importance when there is a Hessian.
+  void compress_blocks(Module& module, const Hessian* hessian, GgmlType type) {
+    if (options_.prune != PruneMethod::None) fail("pruning cannot be combined with GGUF block output");
+    const BlockCodec codec(type);
+    SweepResult result;
+    if (options_.quantize == QuantMethod::Gptq) {
+      SweepOptions sweep = sweep_options();
+      sweep.quantize.reset();
+      sweep.block_codec = &codec;
+      sweep.static_groups = false;
+      sweep.group_aware_order = options_.group_aware_order;
+      result = obs_sweep(module.weights, module.rows, module.cols, *hessian, sweep);
+    } else {
+      std::vector<float> importance;
+      if (hessian != nullptr) {
+        importance.resize(static_cast<std::size_t>(module.cols));
+        for (std::int64_t c = 0; c < module.cols; ++c) {
+          importance[static_cast<std::size_t>(c)] =
+              static_cast<float>(hessian->values()[static_cast<std::size_t>(c * module.cols + c)]);
+        }
+      }
+      result = round_to_nearest_blocks(module.weights, module.rows, module.cols, codec, importance);
+    }
+    report_.proxy_loss += result.loss;
+    ++report_.modules;
+    spdlog::debug("compress_module module={} type={} loss={:.6g}", module.name, ggml_type_name(type), result.loss);
+    writer_.add_blocks(module.name, type, std::move(result.blocks), module.rows, module.cols);
+    module.weights = std::move(result.weights);
+  }
+
   SweepOptions sweep_options() const {
     SweepOptions sweep;
     sweep.quantize = options_.spec;
@@ -171,7 +206,7 @@ class LayerCompressor {
   const ModelConfig& config_;
   const CompressionOptions& options_;
   kernels::Backend& backend_;
-  CheckpointWriter& writer_;
+  ModuleWriter& writer_;
   CompressionReport& report_;
   const CalibrationObserver& observer_;
 };
@@ -272,16 +307,17 @@ void compress_with_calibration(const ModelSource& source, const CalibrationRuns&
 }  // namespace
 
 bool CompressionOptions::needs_calibration() const {
-  return quantize == QuantMethod::Gptq || prune == PruneMethod::Wanda || prune == PruneMethod::SparseGpt;
+  return quantize == QuantMethod::Gptq || prune == PruneMethod::Wanda || prune == PruneMethod::SparseGpt ||
+         (quantize == QuantMethod::Rtn && rtn_importance);
 }
 
 CompressionReport compress_model(const ModelSource& source, const CompressionOptions& options,
                                  const CalibrationRuns& calibration, kernels::Backend& backend,
-                                 CheckpointWriter& writer, const Progress& progress,
+                                 ModuleWriter& writer, const Progress& progress,
                                  const CalibrationObserver& observer) {
   const auto start = std::chrono::steady_clock::now();
   const auto& config = source.config;
-  if (source.format != ModelFormat::HuggingFace) {
+  if (source.format != ModelFormat::HuggingFace && !writer.reads_gguf_source()) {
     fail("compression reads a Hugging Face folder (safetensors); convert the model first");
   }
   if (source.quantization) {

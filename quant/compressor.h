@@ -37,6 +37,9 @@ struct CompressionOptions {
   std::int64_t block_size = 128;
   PruneMethod prune = PruneMethod::None;
   SparsitySpec sparsity;
+  // RTN into GGUF blocks: run the calibration pass anyway and weight each block's
+  // fit by the input columns' H_jj (the information in llama.cpp's imatrix).
+  bool rtn_importance = false;
 
   // Whether the method needs activations (GPTQ, Wanda, SparseGPT) or only weights.
   bool needs_calibration() const;
@@ -58,12 +61,14 @@ struct CompressionReport {
 };
 
 // Compresses every linear module of every decoder layer of `source` (lm_head and
-// embeddings stay as they are) and adds it to `writer`; the caller finish()es it.
+// embeddings are left to the writer) and adds it to `writer`; the caller finish()es
+// it. Modules the writer wants in GGUF blocks (writer.block_type) are encoded with
+// that type's BlockCodec: GPTQ's sweep or round-to-nearest.
 // Throws nibble::Error for unsupported models (not Llama-family), missing
 // calibration when the method needs it, or bad options.
 CompressionReport compress_model(const ModelSource& source, const CompressionOptions& options,
                                  const CalibrationRuns& calibration, kernels::Backend& backend,
-                                 CheckpointWriter& writer, const Progress& progress = {},
+                                 ModuleWriter& writer, const Progress& progress = {},
                                  const CalibrationObserver& observer = {});
 
 }  // namespace nibble::quant

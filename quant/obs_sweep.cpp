@@ -296,7 +296,8 @@ void invert_lower_in_place(std::vector<double>& a, Index n, Workers& workers) {
 // positions (not on weights): the order, the groups, where selections happen.
 struct SweepPlan {
   Index rows = 0, cols = 0, block_size = 0;
-  std::optional<QuantSpec> quantize;
+  std::optional<QuantSpec> quantize;  // with a block codec: its block as the group size
+  const BlockCodec* codec = nullptr;
   SparsitySpec sparsity;
   bool static_groups = false;
   Index groups = 1;
@@ -351,8 +352,25 @@ SweepPlan make_plan(Index rows, Index cols, const SweepOptions& options) {
   if (options.group_aware_order) {
     if (options.act_order) fail("group-aware order and act_order are two different column orders; choose one");
     if (options.sparsity.active()) fail("group-aware order together with pruning is not supported");
-    if (!options.quantize || options.quantize->group_size <= 0) fail("group-aware order needs quantization groups");
+    if ((!options.quantize || options.quantize->group_size <= 0) && options.block_codec == nullptr) {
+      fail("group-aware order needs quantization groups");
+    }
     if (options.static_groups) fail("group-aware order fits each group as the sweep reaches it; drop static groups");
+  }
+  if (options.block_codec != nullptr) {
+    const BlockCodec& codec = *options.block_codec;
+    if (options.quantize) fail("choose either a uniform quantizer or a block codec, not both");
+    if (options.act_order) fail("{} blocks are contiguous columns; act_order cannot be stored", ggml_type_name(codec.type()));
+    if (options.sparsity.active()) fail("pruning together with GGUF blocks is not supported");
+    if (options.static_groups) fail("GGUF blocks are fit as the sweep reaches them; drop static groups");
+    if (cols % codec.elements() != 0) {
+      fail("{} input columns are not a whole number of {} blocks of {}", cols, ggml_type_name(codec.type()),
+           codec.elements());
+    }
+    plan.codec = &codec;
+    // The group bookkeeping (boundaries, lazy-block ends) is the uniform path's with
+    // a group of one block; the 8 bits only satisfy QuantSpec and are never used.
+    plan.quantize = QuantSpec{8, codec.elements(), true, 0};
   }
   if (plan.quantize) {
     plan.quantize->validate();
@@ -415,7 +433,9 @@ Factorization factorize(const Hessian& hessian, Index cols, const SweepOptions& 
   if (options.act_order) {
     std::stable_sort(f.order.begin(), f.order.end(), by_diagonal);
   } else if (options.group_aware_order) {
-    f.order = group_aware_order(diagonal, options.quantize->group_size, by_diagonal);
+    f.order = group_aware_order(
+        diagonal, options.block_codec != nullptr ? options.block_codec->elements() : options.quantize->group_size,
+        by_diagonal);
   }
   const double damping =
       options.damp * std::accumulate(diagonal.begin(), diagonal.end(), 0.0) / static_cast<double>(cols);
@@ -451,6 +471,7 @@ class Sweep {
         u_(std::move(u)),
         pruned_(std::move(pruned)),
         params_(std::move(params)),
+        block_params_(plan.codec != nullptr ? static_cast<std::size_t>(rows_ * plan.groups) : 0),
         out_(w_.size()),
         codes_(plan.quantize ? w_.size() : 0),
         row_loss_(at(rows_), 0.0),
@@ -470,12 +491,15 @@ class Sweep {
   const std::vector<float>& compressed() const { return out_; }
   const std::vector<std::uint8_t>& codes() const { return codes_; }
   const std::vector<GroupParams>& params() const { return params_; }
+  std::vector<BlockCodec::Params>& block_params() { return block_params_; }
+  // Per input column, the codec's importance for fitting blocks (H_jj).
+  void set_importance(std::vector<float> importance) { importance_ = std::move(importance); }
 
  private:
   // What one thread needs to sweep a row.
   struct RowScratch {
     std::vector<double> row, scores;
-    std::vector<float> group_values;
+    std::vector<float> group_values, group_importance;
   };
   static constexpr Index kRowsPerTask = 16;
 
@@ -513,7 +537,9 @@ class Sweep {
       if (plan_.n_of_m_starts(i)) {
         choose_pruned(current, pruned, i, i + plan_.sparsity.m, plan_.sparsity.n, scratch.scores);
       }
-      if (plan_.group_starts(i)) {
+      if (plan_.group_starts(i) && plan_.codec != nullptr) {
+        fit_block(r, i, current, scratch);
+      } else if (plan_.group_starts(i)) {
         scratch.group_values.clear();
         for (Index c = i; c < plan_.group_end(i); ++c) {
           scratch.group_values.push_back(pruned[c] ? 0.0f : static_cast<float>(current(c)));
@@ -524,7 +550,13 @@ class Sweep {
       const Index j = i - begin;
       const double w = row[at(j)];
       float q = static_cast<float>(w);
-      if (plan_.quantize) {
+      if (plan_.codec != nullptr) {
+        const BlockCodec::Params& p = block_params_[at(r * plan_.groups + plan_.group_at[at(i)])];
+        const int element = static_cast<int>(plan_.order[at(i)] % plan_.codec->elements());
+        const std::uint8_t code = plan_.codec->quantize(q, element, p);
+        codes_[at(r * cols_ + i)] = code;
+        q = plan_.codec->value(code, element, p);
+      } else if (plan_.quantize) {
         const GroupParams& p = params_[at(r * plan_.groups + plan_.group_at[at(i)])];
         const int code = pruned[i] ? p.zero : quantize_code(q, p, maxq);
         codes_[at(r * cols_ + i)] = static_cast<std::uint8_t>(code);
@@ -539,6 +571,22 @@ class Sweep {
       const double* u_row = block_u_.data() + j * width;
       for (Index c = j + 1; c < width; ++c) row[at(c)] -= error * u_row[c];
     }
+  }
+
+  // The block that sweep position i starts: its columns (in column order, which
+  // group-aware order may differ from sweep order) as updated so far.
+  template <typename Current>
+  void fit_block(Index r, Index i, const Current& current, RowScratch& scratch) {
+    const Index n = plan_.codec->elements();
+    scratch.group_values.assign(at(n), 0.0f);
+    scratch.group_importance.assign(at(n), 1.0f);
+    for (Index c = i; c < plan_.group_end(i); ++c) {
+      const Index element = plan_.order[at(c)] % n;
+      scratch.group_values[at(element)] = static_cast<float>(current(c));
+      if (!importance_.empty()) scratch.group_importance[at(element)] = importance_[at(plan_.order[at(c)])];
+    }
+    block_params_[at(r * plan_.groups + plan_.group_at[at(i)])] =
+        plan_.codec->fit(scratch.group_values, scratch.group_importance);
   }
 
   // SparseGPT's rule: the lowest w^2 / U_cc^2 in columns [begin, end) of one row;
@@ -581,6 +629,8 @@ class Sweep {
   std::vector<double> u_;    // [cols, cols]
   std::vector<std::uint8_t> pruned_;  // [rows, cols]
   std::vector<GroupParams> params_;   // [rows, groups]
+  std::vector<BlockCodec::Params> block_params_;  // [rows, groups] with a block codec
+  std::vector<float> importance_;     // per input column, with a block codec
   std::vector<float> out_;            // [rows, cols]: the compressed weights
   std::vector<std::uint8_t> codes_;   // [rows, cols] when quantizing
   std::vector<double> row_loss_;
@@ -614,6 +664,20 @@ QuantizedMatrix make_quantized_matrix(Index rows, Index cols, const QuantSpec& s
   m.sparse_2_4 = sparse_2_4;
   m.validate();
   return m;
+}
+
+// Codes [rows, cols] in input-column order and each block's parameters as GGUF rows.
+std::vector<std::byte> pack_blocks(const BlockCodec& codec, Index rows, Index cols, std::span<const std::uint8_t> codes,
+                                   const std::vector<BlockCodec::Params>& params) {
+  const Index n = codec.elements(), blocks = cols / n;
+  std::vector<std::byte> out(at(rows * blocks * codec.bytes()));
+  for (Index r = 0; r < rows; ++r) {
+    for (Index b = 0; b < blocks; ++b) {
+      codec.pack(params[at(r * blocks + b)], codes.subspan(at(r * cols + b * n), at(n)),
+                 out.data() + (r * blocks + b) * codec.bytes());
+    }
+  }
+  return out;
 }
 
 void check_weights(std::span<const float> weights, Index rows, Index cols) {
@@ -680,6 +744,15 @@ SweepResult obs_sweep(std::span<const float> weights, std::int64_t rows, std::in
   }
 
   Sweep sweep(plan, std::move(swept), std::move(f.u), std::move(pruned), std::move(params), workers);
+  if (plan.codec != nullptr) {
+    // H_jj as each column's importance when a block is fit (dead columns: 1, as in factorize).
+    std::vector<float> importance(at(cols));
+    for (Index c = 0; c < cols; ++c) {
+      const double h = hessian.values()[at(c * cols + c)];
+      importance[at(c)] = h == 0.0 ? 1.0f : static_cast<float>(h);
+    }
+    sweep.set_importance(std::move(importance));
+  }
   sweep.run(backend);
 
   // Back to input-column order.
@@ -696,7 +769,10 @@ SweepResult obs_sweep(std::span<const float> weights, std::int64_t rows, std::in
       if (plan.quantize) codes[to] = sweep.codes()[from];
     }
   }
-  if (plan.quantize) {
+  if (plan.codec != nullptr) {
+    result.blocks = pack_blocks(*plan.codec, rows, cols, codes, sweep.block_params());
+    result.weights = decode_rows(plan.codec->type(), result.blocks, rows, cols);
+  } else if (plan.quantize) {
     const bool sparse_2_4 = plan.sparsity.kind == SparsitySpec::Kind::NofM && plan.sparsity.m == 4 && plan.sparsity.n >= 2;
     result.quantized = make_quantized_matrix(rows, cols, *plan.quantize, plan.groups, std::move(group_of_col),
                                              std::move(codes), sweep.params(), sparse_2_4);
@@ -732,6 +808,25 @@ SweepResult round_to_nearest(std::span<const float> weights, std::int64_t rows, 
   result.quantized =
       make_quantized_matrix(rows, cols, spec, groups, contiguous_groups(cols, spec.group_size), std::move(codes), params,
                             false);
+  return result;
+}
+
+}  // namespace nibble::quant
+
+namespace nibble::quant {
+
+SweepResult round_to_nearest_blocks(std::span<const float> weights, std::int64_t rows, std::int64_t cols,
+                                    const BlockCodec& codec, std::span<const float> importance) {
+  check_weights(weights, rows, cols);
+  SweepResult result;
+  result.blocks = encode_rows(codec, weights, rows, cols, importance);
+  result.weights = decode_rows(codec.type(), result.blocks, rows, cols);
+  for (Index r = 0; r < rows; ++r) {
+    for (Index c = 0; c < cols; ++c) {
+      const double e = static_cast<double>(weights[at(r * cols + c)]) - result.weights[at(r * cols + c)];
+      result.loss += (importance.empty() ? 1.0 : importance[at(c)]) * e * e;
+    }
+  }
   return result;
 }
 

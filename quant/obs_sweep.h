@@ -38,12 +38,23 @@
 // is fit with the weights already pruned at that point counted as 0 (weights whose
 // mask is chosen later count with their current value). Ties in any selection go to
 // the lower column. act_order together with pruning is rejected.
+//
+// GGUF blocks (SweepOptions::block_codec): the same sweep with a block codec in
+// place of the uniform group quantizer. A group is one block (32 or 256 input
+// columns, contiguous, cols a multiple of it); when the sweep reaches a block's
+// first column (any of its columns under group-aware order) the codec fits the
+// whole block's parameters (the K-quants' super-block d/dmin and every sub-block
+// scale/min) on the block's weights as updated by every column fixed before it,
+// weighting each column by H_jj (the imatrix's information); each column is then
+// rounded to the nearest code under those fixed parameters, and its error spread
+// as above. Not with act_order (blocks must be contiguous) or pruning.
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <vector>
 
 #include "common/quantized_matrix.h"
+#include "quant/block_codec.h"
 #include "quant/group_quantizer.h"
 #include "quant/hessian.h"
 
@@ -80,6 +91,8 @@ void mark_lowest_scores(std::span<const double> scores, std::int64_t count, std:
 
 struct SweepOptions {
   std::optional<QuantSpec> quantize;  // nullopt: prune only, the weights stay float
+  // Quantize into GGUF blocks instead (quantize must then be nullopt); see the header.
+  const BlockCodec* block_codec = nullptr;
   SparsitySpec sparsity;
   bool act_order = false;      // GPTQ: fix columns in order of decreasing H_jj (not with pruning)
   bool static_groups = false;  // GPTQ: fit every group's scale before the sweep (with act_order)
@@ -108,6 +121,9 @@ struct SweepResult {
   // Set when options.quantize: codes, scales and zeros in nibble's format-neutral
   // form; group_of_col is GPTQ's g_idx (non-monotone under act_order).
   std::optional<QuantizedMatrix> quantized;
+  // Set with a block codec: the rows' GGUF blocks, rows one after another; `weights`
+  // is then exactly what the loader's decoder reads back from them.
+  std::vector<std::byte> blocks;
   // The proxy loss the sweep accumulated: the sum over every fixed weight of
   // (w - q)^2 / [H_F^-1]_jj = (w - q)^2 / U_jj^2, w its value when fixed and H_F the
   // damped Hessian of the columns not yet fixed. In exact arithmetic this telescopes
@@ -127,6 +143,12 @@ SweepResult obs_sweep(std::span<const float> weights, std::int64_t rows, std::in
 // Round-to-nearest: every group quantized on its own, no error feedback. The baseline.
 SweepResult round_to_nearest(std::span<const float> weights, std::int64_t rows, std::int64_t cols,
                              const QuantSpec& spec);
+
+// Round-to-nearest into GGUF blocks: every block fitted on its own (BlockCodec::fit),
+// `importance` empty or one weight per input column (e.g. Hessian::diagonal). The
+// loss is sum importance * (w - q)^2.
+SweepResult round_to_nearest_blocks(std::span<const float> weights, std::int64_t rows, std::int64_t cols,
+                                    const BlockCodec& codec, std::span<const float> importance = {});
 
 // Pruning without weight updates. Magnitude: the smallest |w| go (per row for
 // Unstructured, per aligned group for NofM). Wanda: score |w_ij| * ||X_j||_2 with

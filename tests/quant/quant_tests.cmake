@@ -31,3 +31,10 @@ else()
   message(STATUS "quant_interop_gptqmodel: not registered (needs scripts/make-gptq-model's venv at "
                  "${NIBBLE_GPTQ_PYTHON} and its SmolLM2 checkpoints)")
 endif()
+
+# `nibble quantize --format gguf` on a tiny F32 llama GGUF, read back by gguf-py
+# (llama.cpp's Python package): key/values, tensor types, every block layout.
+add_test(NAME quant_gguf_output
+         COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/tests/quant/check_gguf_output.py
+                 --nibble $<TARGET_FILE:nibble> --work ${PROJECT_BINARY_DIR}/quant_gguf_output)
+set_tests_properties(quant_gguf_output PROPERTIES LABELS integration TIMEOUT 300)
