@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/decoder_model.h"
+#include "engine/model_stats.h"
 #include "kernel_test_util.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
@@ -126,6 +127,29 @@ TEST_P(MoeReference, QuantizedExpertsRunPacked) {
   } else {
     EXPECT_EQ(memory.quantized_layers, 0);
   }
+}
+
+// `nibble inspect`'s counts: every expert's parameters in the total, only the k
+// chosen ones in the parameters a token uses.
+TEST_P(MoeReference, ActiveParametersLeaveOutTheExpertsATokenDoesNotChoose) {
+  const auto hf = nlohmann::json::parse(testing::read_file(dir_ / "config.json"));
+  const std::int64_t experts = hf.value("num_experts", hf.value("num_local_experts", 0));
+  const std::int64_t width = hf.value("moe_intermediate_size", hf["intermediate_size"].get<std::int64_t>());
+  const auto dense = hf.value("mlp_only_layers", std::vector<std::int64_t>{});
+  const std::int64_t sparse_layers = hf["num_hidden_layers"].get<std::int64_t>() - static_cast<std::int64_t>(dense.size());
+  const engine::ModelStats stats = engine::compute_model_stats(source_);
+  std::int64_t stored = 0;
+  for (const auto& tensor : source_.weights->list()) {
+    std::int64_t numel = 1;
+    for (const auto d : tensor.shape) numel *= d;
+    stored += numel;
+  }
+  // GPTQ modules count as their logical matrices, not their packed tensors.
+  if (GetParam().name != "qwen2_moe_gptq") {
+    EXPECT_EQ(stats.parameters, stored);
+  }
+  EXPECT_EQ(stats.active_parameters,
+            stats.parameters - sparse_layers * (experts - 2) * 3 * hf["hidden_size"].get<std::int64_t>() * width);
 }
 
 std::vector<TokenId> greedy_alone(Model& model, const std::vector<TokenId>& prompt) {
