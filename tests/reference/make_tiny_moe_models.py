@@ -7,7 +7,9 @@ checks nibble against what it writes. Each architecture gets a model of a few
 hundred KB saved by transformers itself (per-expert tensors, which is also how
 the Hub's Mixtral / Qwen MoE checkpoints store them):
 
-  mixtral_moe      MixtralForCausalLM: 4 experts, top-2 renormalized, every layer sparse
+  mixtral_moe      MixtralForCausalLM: 4 experts, top-2 renormalized, every layer sparse;
+                   plus model.gguf as llama.cpp writes Mixtral ("llama" with expert tensors,
+                   q/k rows permuted, ffn_gate_exps in Q8_0) and gguf_* outputs
   qwen2_moe_shared Qwen2MoeForCausalLM: 8 experts, top-2 not renormalized, a shared expert
                    with its sigmoid gate, q/k/v biases, layer 1 dense (mlp_only_layers)
   qwen3_moe_qknorm Qwen3MoeForCausalLM: 8 experts, top-2 renormalized, QK-norm, head_dim 16;
@@ -57,7 +59,8 @@ VARIANTS = {
         **COMMON, num_hidden_layers=2, head_dim=16, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
         norm_topk_prob=True, mlp_only_layers=[], use_sliding_window=False)),
 }
-GGUF_VARIANTS = {"qwen3_moe_qknorm": ("qwen3moe", {"ffn_up_exps.weight": "Q8_0"})}
+GGUF_VARIANTS = {"qwen3_moe_qknorm": ("qwen3moe", {"ffn_up_exps.weight": "Q8_0"}),
+                 "mixtral_moe": ("llama", {"ffn_gate_exps.weight": "Q8_0"})}
 # Quantized by GPTQModel (4-bit, group 32, per-expert modules as it writes them); the
 # reference runs transformers over the weights dequantized from the file by
 # dequantize_gptq() below (float64, then float32), independent of nibble's reader.
@@ -118,11 +121,16 @@ def write_outputs(out, prefix, logits, last, cases):
 
 
 def write_gguf(out, arch_name, quantized, config):
-    """model.gguf as convert_hf_to_gguf.py's Qwen2MoeModel / Qwen3MoeModel write it: each
-    layer's experts stacked into 3-D ffn_{gate,up,down}_exps tensors [experts, rows, cols].
+    """model.gguf as convert_hf_to_gguf.py's Qwen2MoeModel / Qwen3MoeModel / LlamaModel
+    (Mixtral) write it: each layer's experts stacked into 3-D ffn_{gate,up,down}_exps
+    tensors [experts, rows, cols]; for llama, q/k rows permuted as LlamaModel.permute does.
     Returns {hf name: the values the file holds} for the reference."""
     import gguf
-    arch = {"qwen3moe": gguf.MODEL_ARCH.QWEN3MOE, "qwen2moe": gguf.MODEL_ARCH.QWEN2MOE}[arch_name]
+    arch = {"qwen3moe": gguf.MODEL_ARCH.QWEN3MOE, "qwen2moe": gguf.MODEL_ARCH.QWEN2MOE,
+            "llama": gguf.MODEL_ARCH.LLAMA}[arch_name]
+    mixtral = arch_name == "llama"
+    experts = config.num_local_experts if mixtral else config.num_experts
+    head_dim = config.hidden_size // config.num_attention_heads if mixtral else config.head_dim
     writer = gguf.GGUFWriter(os.path.join(out, "model.gguf"), arch=arch_name)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -132,11 +140,14 @@ def write_gguf(out, arch_name, quantized, config):
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
-    writer.add_expert_count(config.num_experts)
+    if mixtral:
+        writer.add_rope_dimension_count(head_dim)
+    else:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_expert_feed_forward_length(config.moe_intermediate_size)
+    writer.add_expert_count(experts)
     writer.add_expert_used_count(config.num_experts_per_tok)
-    writer.add_expert_feed_forward_length(config.moe_intermediate_size)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_token_list(["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(config.vocab_size - 3)])
     writer.add_bos_token_id(config.bos_token_id)
@@ -146,13 +157,21 @@ def write_gguf(out, arch_name, quantized, config):
     stored = {}
     tensors = []  # (gguf name, float32 values, hf names it holds)
     for layer in range(config.num_hidden_layers):
-        for hf_part, gguf_part in (("gate_proj", "ffn_gate_exps"), ("up_proj", "ffn_up_exps"),
-                                   ("down_proj", "ffn_down_exps")):
-            hf_names = [f"model.layers.{layer}.mlp.experts.{e}.{hf_part}.weight" for e in range(config.num_experts)]
+        parts = ((("w1", "ffn_gate_exps"), ("w3", "ffn_up_exps"), ("w2", "ffn_down_exps")) if mixtral else
+                 (("gate_proj", "ffn_gate_exps"), ("up_proj", "ffn_up_exps"), ("down_proj", "ffn_down_exps")))
+        prefix = "block_sparse_moe" if mixtral else "mlp"
+        for hf_part, gguf_part in parts:
+            hf_names = [f"model.layers.{layer}.{prefix}.experts.{e}.{hf_part}.weight" for e in range(experts)]
             tensors.append((f"blk.{layer}.{gguf_part}.weight", torch.stack([state.pop(n) for n in hf_names]).numpy(),
                             hf_names))
     for hf_name, values in state.items():
-        tensors.append((names.get_name(hf_name, try_suffixes=(".weight", ".bias")), values.numpy(), [hf_name]))
+        values = values.numpy()
+        if mixtral and (hf_name.endswith("q_proj.weight") or hf_name.endswith("k_proj.weight")):
+            heads = config.num_attention_heads if "q_proj" in hf_name else config.num_key_value_heads
+            # LlamaModel.permute: each head's rotate-half rows interleaved, as llama.cpp reads them.
+            values = (values.reshape(heads, 2, values.shape[0] // heads // 2, *values.shape[1:])
+                      .swapaxes(1, 2).reshape(values.shape))
+        tensors.append((names.get_name(hf_name, try_suffixes=(".weight", ".bias")), values, [hf_name]))
     for name, values, hf_names in tensors:
         qtype = next((getattr(gguf.GGMLQuantizationType, t) for p, t in quantized.items() if name.endswith(p)), None)
         if qtype is None:
@@ -162,7 +181,9 @@ def write_gguf(out, arch_name, quantized, config):
             data = gguf.quants.quantize(values, qtype)
             writer.add_tensor(name, data, raw_dtype=qtype)
             held = gguf.quants.dequantize(data, qtype).reshape(values.shape)
-        if len(hf_names) == 1:
+        if len(hf_names) == 1 and qtype is None:
+            stored[hf_names[0]] = state[hf_names[0]]  # as saved (llama's q/k before their permutation)
+        elif len(hf_names) == 1:
             stored[hf_names[0]] = torch.from_numpy(np.ascontiguousarray(held))
         else:
             for e, hf_name in enumerate(hf_names):

@@ -122,7 +122,7 @@ TEST_P(MoeReference, QuantizedExpertsRunPacked) {
   if (GetParam().name == "qwen2_moe_gptq") {
     EXPECT_EQ(memory.quantized_layers, record["quantized_modules"].get<std::int64_t>());
   } else if (!GetParam().prefix.empty()) {
-    // The GGUF twin: ffn_up_exps is Q8_0, one packed matrix per expert and layer.
+    // The GGUF twins: one expert tensor is Q8_0, a packed matrix per expert and layer.
     EXPECT_EQ(memory.quantized_layers, model_->config().num_layers * model_->config().moe.num_experts);
   } else {
     EXPECT_EQ(memory.quantized_layers, 0);
@@ -228,7 +228,8 @@ TEST_P(MoeReference, ABatchedPagedRunEqualsEachSequenceAlone) {
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyModels, MoeReference,
-                         ::testing::Values(Variant{"mixtral_moe", "", ""}, Variant{"qwen2_moe_shared", "", ""},
+                         ::testing::Values(Variant{"mixtral_moe", "", ""}, Variant{"mixtral_moe", "model.gguf", "gguf_"},
+                                           Variant{"qwen2_moe_shared", "", ""},
                                            Variant{"qwen3_moe_qknorm", "", ""},
                                            Variant{"qwen3_moe_qknorm", "model.gguf", "gguf_"},
                                            Variant{"qwen2_moe_gptq", "", ""}),
