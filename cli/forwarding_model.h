@@ -17,6 +17,7 @@ class ForwardingModel : public engine::Model {
   const engine::WeightMemory& weight_memory() const override { return inner_.weight_memory(); }
   const std::map<std::string, int>& linear_kinds() const override { return inner_.linear_kinds(); }
   void set_linear_input_hook(engine::LinearInputHook hook) override { inner_.set_linear_input_hook(std::move(hook)); }
+  engine::ExpertLoad expert_load() const override { return inner_.expert_load(); }
   void forward_batch(std::span<const engine::BatchEntry> batch, engine::PagedKvCache& cache,
                      std::span<float> logits) override {
     inner_.forward_batch(batch, cache, logits);

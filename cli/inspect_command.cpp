@@ -100,6 +100,7 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
         {"architecture", c.architecture},
         {"config", to_hf_config(c)},
         {"parameters", stats.parameters},
+        {"active_parameters", stats.active_parameters},
         {"parameters_by_type", stats.parameters_by_type},
         {"bytes_by_type", stats.bytes_by_type},
         {"stored_bytes", stats.stored_bytes},
@@ -143,6 +144,21 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
   if (source.quantization) std::printf("quantization   %s\n", source.quantization->describe().c_str());
   std::printf("parameters     %lld (%.1f M)\n", static_cast<long long>(stats.parameters),
               static_cast<double>(stats.parameters) / 1e6);
+  if (c.moe.enabled()) {
+    std::int64_t sparse_layers = 0;
+    for (std::int64_t i = 0; i < c.num_layers; ++i) sparse_layers += c.moe.sparse_layer(i) ? 1 : 0;
+    const std::string shared =
+        c.moe.shared_expert_intermediate_size > 0
+            ? fmt::format(", shared expert mlp {}{}", c.moe.shared_expert_intermediate_size,
+                          c.moe.shared_expert_gate ? " (gated)" : "")
+            : std::string();
+    std::printf("experts        %lld per MoE layer, %lld active (%s), expert mlp %lld%s; %lld of %lld layers\n",
+                static_cast<long long>(c.moe.num_experts), static_cast<long long>(c.moe.experts_per_token),
+                c.moe.norm_topk_prob ? "renormalized" : "softmax weights", static_cast<long long>(c.moe.expert_intermediate_size),
+                shared.c_str(), static_cast<long long>(sparse_layers), static_cast<long long>(c.num_layers));
+    std::printf("active         %lld parameters per token (%.1f M)\n", static_cast<long long>(stats.active_parameters),
+                static_cast<double>(stats.active_parameters) / 1e6);
+  }
   for (const auto& [type, bytes] : stats.bytes_by_type) {
     std::printf("  %-12s %lld params, %s\n", type.c_str(), static_cast<long long>(stats.parameters_by_type.at(type)),
                 human_bytes(static_cast<double>(bytes)).c_str());

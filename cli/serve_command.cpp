@@ -146,6 +146,10 @@ std::unique_ptr<scheduler::Scheduler> make_scheduler(const ServeOptions& options
       metrics->observe_collectives(group->forward_stats());
       send(plan);
     };
+  } else if (model.config().moe.enabled() && metrics != nullptr) {
+    // On the step thread, before each step: the experts' token counts so far
+    // (read where they are written) into the metrics.
+    batch.before_step = [&model, metrics](const engine::StepPlan&) { metrics->observe_expert_load(model.expert_load()); };
   }
   batch.kv_dtype = kv_dtype(options);
   batch.max_waiting = options.max_queued;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 
 #include "common/error.h"
 #include "dist/communicator.h"
@@ -40,10 +41,23 @@ void DecoderLayer::forward(const StepContext& step, Workspace& ws, std::int64_t 
   backend.add(ws.h(), step.rows * hidden, ws.x());
 
   mlp_norm.run(backend, ws.x(), step.rows, hidden, ws.h());
-  mlp.forward(step, ws, ws.h(), ws.h());
+  if (moe) {
+    moe->forward(step, ws, ws.h(), ws.h());
+  } else {
+    mlp->forward(step, ws, ws.h(), ws.h());
+  }
   step.sum_across_ranks(ws.h(), hidden);
   if (!post_mlp_norm.empty()) post_mlp_norm.run(backend, ws.h(), step.rows, hidden, ws.h());
   backend.add(ws.h(), step.rows * hidden, ws.x());
+}
+
+Linear* DecoderLayer::find(const std::string& module) {
+  if (Linear* linear = attention.find(module)) return linear;
+  return moe ? moe->find(module) : mlp->find(module);
+}
+
+std::int64_t DecoderLayer::stacked_width() const {
+  return std::max(attention.stacked_width(), moe ? moe->stacked_width() : mlp->stacked_width());
 }
 
 DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend, const LoadProgress& progress)
@@ -58,7 +72,8 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
       tensor_group_(options.tensor_group),
       stage_(options.pipeline_stage),
       pipeline_group_(options.pipeline_group),
-      workspace_(Workspace::Widths{config_.hidden_size, config_.q_dim(), config_.kv_dim(), config_.intermediate_size, 0}) {
+      workspace_(Workspace::Widths{config_.hidden_size, config_.q_dim(), config_.kv_dim(), config_.widest_ffn(), 0,
+                                   config_.moe.num_experts}) {
   const Architecture& arch = architecture_of(config_.architecture);
   if (shard_.has_value() != (tensor_group_ != nullptr) ||
       (shard_ && (shard_->size != tensor_group_->size() || shard_->rank != tensor_group_->rank()))) {
@@ -69,6 +84,9 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
     // will sum on the device through NCCL (dist/nccl_communicator.h).
     fail("tensor parallelism runs on CPU ranks only for now; the {} backend's memory is not host memory",
          backend.name());
+  }
+  if (shard_ && config_.moe.enabled()) {
+    fail("tensor parallelism of mixture-of-experts layers is not supported yet ({})", config_.architecture);
   }
   if (stage_.has_value() != (pipeline_group_ != nullptr) ||
       (stage_ && (stage_->stages != pipeline_group_->size() || stage_->stage != pipeline_group_->rank() ||
@@ -109,16 +127,29 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
   std::int64_t stacked_width = 0;
   layers_.reserve(static_cast<std::size_t>(end_layer - first_layer_));
   for (std::int64_t i = first_layer_; i < end_layer; ++i) {
-    layers_.push_back(DecoderLayer{bind_norm(binder, arch, config_, TensorRole::AttentionNorm, i),
-                                   AttentionBlock(binder, arch, config_, i),
-                                   bind_norm(binder, arch, config_, TensorRole::PostAttentionNorm, i),
-                                   bind_norm(binder, arch, config_, TensorRole::MlpNorm, i),
-                                   GatedMlp(binder, arch, config_, i),
-                                   bind_norm(binder, arch, config_, TensorRole::PostMlpNorm, i)});
-    stacked_width = std::max({stacked_width, layers_.back().attention.stacked_width(), layers_.back().mlp.stacked_width()});
+    const bool sparse = config_.moe.sparse_layer(i);
+    if (!sparse && !arch.has(TensorRole::Gate)) {
+      fail("{} has no dense MLP, but layer {} is not a mixture-of-experts layer", config_.architecture, i);
+    }
+    DecoderLayer layer{bind_norm(binder, arch, config_, TensorRole::AttentionNorm, i),
+                       AttentionBlock(binder, arch, config_, i),
+                       bind_norm(binder, arch, config_, TensorRole::PostAttentionNorm, i),
+                       bind_norm(binder, arch, config_, TensorRole::MlpNorm, i),
+                       {},
+                       {},
+                       {}};
+    if (sparse) {
+      layer.moe.emplace(binder, arch, config_, i);
+    } else {
+      layer.mlp.emplace(binder, arch, config_, i);
+    }
+    layer.post_mlp_norm = bind_norm(binder, arch, config_, TensorRole::PostMlpNorm, i);
+    layers_.push_back(std::move(layer));
+    stacked_width = std::max(stacked_width, layers_.back().stacked_width());
     if (progress) progress({i + 1 - first_layer_, end_layer - first_layer_, binder.memory().total});
   }
-  workspace_ = Workspace(Workspace::Widths{d, config_.q_dim(), config_.kv_dim(), config_.intermediate_size, stacked_width});
+  workspace_ = Workspace(Workspace::Widths{d, config_.q_dim(), config_.kv_dim(), config_.widest_ffn(), stacked_width,
+                                           config_.moe.num_experts});
   memory_ = binder.memory();
   linear_kinds_ = binder.linear_kinds();
   held_ = binder.take_held();
@@ -328,8 +359,7 @@ PagedKvCache DecoderModel::one_layer_cache(std::int32_t num_blocks, std::int32_t
 
 void DecoderModel::replace_linear(const std::string& module, const float* weights) {
   for (auto& layer : layers_) {
-    Linear* linear = layer.attention.find(module);
-    if (linear == nullptr) linear = layer.mlp.find(module);
+    Linear* linear = layer.find(module);
     if (linear == nullptr) continue;
     // Dense on purpose: a pruned matrix must run the same kernel as before it was pruned.
     linear->weights = backend_.prepare_linear(kernels::Matrix{DType::F32, linear->rows(), linear->cols(), weights},
@@ -337,6 +367,33 @@ void DecoderModel::replace_linear(const std::string& module, const float* weight
     return;
   }
   fail("the model has no linear module '{}'", module);
+}
+
+std::vector<std::span<const std::int64_t>> DecoderModel::last_tokens_per_expert() const {
+  std::vector<std::span<const std::int64_t>> out;
+  for (const auto& layer : layers_) {
+    if (layer.moe) out.push_back(layer.moe->last_tokens_per_expert());
+  }
+  return out;
+}
+
+ExpertLoad DecoderModel::expert_load() const {
+  ExpertLoad load;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const auto& moe = layers_[i].moe;
+    if (!moe) continue;
+    load.layers.push_back(first_layer_ + static_cast<std::int64_t>(i));  // the whole model's index
+    const auto total = moe->tokens_per_expert_total();
+    load.tokens.emplace_back(total.begin(), total.end());
+    const auto last = moe->last_tokens_per_expert();
+    const auto routed = std::accumulate(last.begin(), last.end(), std::int64_t{0});
+    if (routed > 0) {
+      const double mean = static_cast<double>(routed) / static_cast<double>(last.size());
+      load.last_step_imbalance =
+          std::max(load.last_step_imbalance, static_cast<double>(*std::ranges::max_element(last)) / mean);
+    }
+  }
+  return load;
 }
 
 std::unique_ptr<Model> load_model(const ModelSource& source, kernels::Backend& backend, const ModelOptions& options,

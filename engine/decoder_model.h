@@ -3,7 +3,8 @@
 // [norm -> attention -> (post-norm) -> residual, norm -> MLP -> (post-norm) ->
 // residual], final norm, lm_head (tied to the embedding or separate). Which
 // blocks and which tensor names come from the architecture's table entry
-// (loader/architecture.h): Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2 and Gemma 3 today.
+// (loader/architecture.h): Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3,
+// and the mixture-of-experts Mixtral, Qwen2-MoE and Qwen3-MoE today.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -14,6 +15,7 @@
 #include "engine/blocks/attention.h"
 #include "engine/blocks/linear.h"
 #include "engine/blocks/mlp.h"
+#include "engine/blocks/moe.h"
 #include "engine/blocks/norm.h"
 #include "engine/model.h"
 #include "engine/step_context.h"
@@ -25,8 +27,13 @@ struct DecoderLayer {
   AttentionBlock attention;
   RmsNorm post_attention_norm;  // empty: none
   RmsNorm mlp_norm;
-  GatedMlp mlp;
+  // The layer's MLP: dense, or a mixture of experts (MoeConfig::sparse_layer).
+  std::optional<GatedMlp> mlp;
+  std::optional<MoeBlock> moe;
   RmsNorm post_mlp_norm;  // empty: none
+
+  Linear* find(const std::string& module);
+  std::int64_t stacked_width() const;
 
   void forward(const StepContext& step, Workspace& ws, std::int64_t hidden) const;
 };
@@ -56,6 +63,10 @@ class DecoderModel final : public Model {
   // Module `module` runs dense float32 weights [rows, cols] from now on (its bias
   // stays); the caller keeps `weights` alive while the model may run the module.
   void replace_linear(const std::string& module, const float* weights);
+  // Mixture of experts: per MoE layer, how many of the last step's tokens each
+  // expert ran (layers without experts are skipped); empty for a dense model.
+  std::vector<std::span<const std::int64_t>> last_tokens_per_expert() const;
+  ExpertLoad expert_load() const override;
 
  private:
   // The step's rows, positions and segments for `batch`, and room for them.

@@ -91,6 +91,16 @@ using LinearInputHook = std::function<void(std::span<const std::string> modules,
 
 class SequenceCache;
 
+// Mixture of experts: how the routed tokens spread over the experts (load
+// imbalance), for metrics. Read on the thread that runs the steps.
+struct ExpertLoad {
+  std::vector<std::int64_t> layers;               // the MoE layers' indices
+  std::vector<std::vector<std::int64_t>> tokens;  // [i][expert]: tokens the expert ran in layers[i], all steps so far
+  // The last step's worst layer: its busiest expert's tokens over the mean per expert
+  // (1: perfectly even; the number of experts / k: every token chose the same ones).
+  double last_step_imbalance = 0;
+};
+
 class Model {
  public:
   virtual ~Model() = default;
@@ -108,6 +118,8 @@ class Model {
   // Logits rows (host memory) come out in batch order, one or all per entry as it asks.
   virtual void forward_batch(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits) = 0;
   virtual void set_linear_input_hook(LinearInputHook hook) = 0;
+  // Empty for a model without experts.
+  virtual ExpertLoad expert_load() const { return {}; }
 
   // The cache this model's sequences need: `num_blocks` blocks of `block_size`
   // positions in the backend's memory.

@@ -48,11 +48,27 @@ ModelStats compute_model_stats(const ModelSource& source) {
     stats.compression_vs_fp16 = 2.0 * static_cast<double>(stats.parameters) / static_cast<double>(stats.stored_bytes);
   }
   const double d = static_cast<double>(config.hidden_size);
-  const double per_layer = d * static_cast<double>(config.q_dim()) * 2 +        // q and o
-                           d * static_cast<double>(config.kv_dim()) * 2 +       // k and v
-                           d * static_cast<double>(config.intermediate_size) * 3;  // gate, up, down
+  const double attention = d * static_cast<double>(config.q_dim()) * 2 +  // q and o
+                           d * static_cast<double>(config.kv_dim()) * 2;   // k and v
+  const MoeConfig& moe = config.moe;
+  // What one token multiplies in a dense and in a MoE layer: gate, up, down; or the
+  // router, its k experts and the shared expert (and its gate).
+  const double dense_mlp = d * static_cast<double>(config.intermediate_size) * 3;
+  const double moe_mlp = d * (static_cast<double>(moe.num_experts) + (moe.shared_expert_gate ? 1.0 : 0.0) +
+                              3.0 * static_cast<double>(moe.experts_per_token * moe.expert_intermediate_size +
+                                                        moe.shared_expert_intermediate_size));
+  double layers = 0;
+  stats.active_parameters = stats.parameters;
+  for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
+    const bool sparse = moe.sparse_layer(layer);
+    layers += attention + (sparse ? moe_mlp : dense_mlp);
+    if (sparse) {
+      stats.active_parameters -=
+          (moe.num_experts - moe.experts_per_token) * 3 * config.hidden_size * moe.expert_intermediate_size;
+    }
+  }
   const double lm_head = d * static_cast<double>(config.vocab_size);
-  stats.matmul_flops_per_token = 2 * (per_layer * static_cast<double>(config.num_layers) + lm_head);
+  stats.matmul_flops_per_token = 2 * (layers + lm_head);
   // q.k and p.v: 2 x 2 x q_dim per layer per attended position.
   stats.attention_flops_per_context_token = 4.0 * static_cast<double>(config.q_dim()) * static_cast<double>(config.num_layers);
   // The cache's own formula, so `inspect` prints what `serve` allocates.

@@ -12,6 +12,9 @@ namespace nibble::engine {
 
 struct ModelStats {
   std::int64_t parameters = 0;
+  // Mixture of experts: the parameters one token uses (the routed experts it does
+  // not choose left out); equal to `parameters` for a dense model.
+  std::int64_t active_parameters = 0;
   std::map<std::string, std::uint64_t> bytes_by_type;       // stored type -> bytes
   std::map<std::string, std::int64_t> parameters_by_type;  // stored type -> elements
   std::uint64_t stored_bytes = 0;  // sum of tensor bytes as stored

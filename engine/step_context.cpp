@@ -22,6 +22,10 @@ void Workspace::reserve(kernels::Backend& backend, std::int64_t rows) {
   grow(gate_, widths_.ffn);
   grow(up_, widths_.ffn);
   grow(stacked_, widths_.stacked);
+  grow(router_, widths_.experts);
+  grow(expert_in_, widths_.experts > 0 ? widths_.hidden : 0);
+  grow(expert_out_, widths_.experts > 0 ? widths_.hidden : 0);
+  grow(moe_sum_, widths_.experts > 0 ? widths_.hidden : 0);
   rows_ = rows;
 }
 

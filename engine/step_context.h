@@ -51,6 +51,7 @@ class Workspace {
     std::int64_t kv = 0;
     std::int64_t ffn = 0;
     std::int64_t stacked = 0;  // the widest stacked linear's output (q+k+v, gate+up)
+    std::int64_t experts = 0;  // a MoE layer's router width; 0: a dense model
   };
   explicit Workspace(const Widths& widths) : widths_(widths) {}
 
@@ -66,6 +67,11 @@ class Workspace {
   float* gate() const { return gate_.data<float>(); }  // [rows, ffn]
   float* up() const { return up_.data<float>(); }      // [rows, ffn]
   float* stacked() const { return stacked_.data<float>(); }  // a stacked linear's output before it is split
+  // Mixture of experts (allocated only when widths.experts > 0):
+  const kernels::Buffer& router() const { return router_; }    // router logits [rows, experts] (and the shared gate)
+  float* expert_in() const { return expert_in_.data<float>(); }   // one expert's gathered rows [rows, hidden]
+  float* expert_out() const { return expert_out_.data<float>(); }  // its outputs [rows, hidden]
+  float* moe_sum() const { return moe_sum_.data<float>(); }        // the weighted sum [rows, hidden]
   // Logits rows for backends whose memory the host cannot read.
   const kernels::Buffer& logits(kernels::Backend& backend, std::int64_t elements);
   // Host-side list the attention block fills each layer (kept to avoid allocating).
@@ -75,6 +81,7 @@ class Workspace {
   Widths widths_;
   std::int64_t rows_ = 0;
   kernels::Buffer x_, h_, q_, k_, v_, attn_, gate_, up_, stacked_, logits_;
+  kernels::Buffer router_, expert_in_, expert_out_, moe_sum_;
   std::vector<kernels::AttentionSegment> attention_segments_;
 };
 

@@ -172,6 +172,17 @@ class Backend {
   // Copies rows `ids` of table [*, table.cols] into out as float32.
   virtual void embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) = 0;
   virtual void embedding(const LinearWeights& table, std::span<const std::int32_t> ids, float* out) = 0;
+
+  // --- Mixture of experts: an expert runs over the step's rows routed to it ---
+  // out [ids.size(), width] = rows ids[i] of x [*, width] (ids: host memory).
+  virtual void gather_rows(const float* x, std::int64_t width, std::span<const std::int32_t> ids, float* out) = 0;
+  // y[ids[i]] += weights[i] * x[i] for the rows of x [ids.size(), width] (ids and
+  // weights: host memory; ids distinct, so rows never race): an expert's outputs
+  // added into its tokens' rows with their routing weights.
+  virtual void scatter_add_rows(const float* x, std::int64_t width, std::span<const std::int32_t> ids,
+                                std::span<const float> weights, float* y) = 0;
+  // x[0, n) = 0 (the sum the experts' outputs are added into).
+  virtual void fill_zero(float* x, std::int64_t n) = 0;
 };
 
 }  // namespace nibble::kernels

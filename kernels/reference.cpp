@@ -130,4 +130,17 @@ std::vector<float> soft_cap(std::span<const float> x, float cap) {
   return out;
 }
 
+std::vector<float> scatter_add_rows(std::span<const float> x, std::int64_t width, std::span<const std::int32_t> ids,
+                                    std::span<const float> weights, std::span<const float> y) {
+  std::vector<float> out(y.begin(), y.end());
+  const auto w = static_cast<std::size_t>(width);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    for (std::size_t c = 0; c < w; ++c) {
+      auto& target = out[static_cast<std::size_t>(ids[i]) * w + c];
+      target = static_cast<float>(static_cast<double>(target) + static_cast<double>(weights[i]) * x[i * w + c]);
+    }
+  }
+  return out;
+}
+
 }  // namespace nibble::kernels::reference

@@ -20,5 +20,8 @@ std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::s
 std::vector<float> swiglu(std::span<const float> gate, std::span<const float> up);
 std::vector<float> geglu_tanh(std::span<const float> gate, std::span<const float> up);
 std::vector<float> soft_cap(std::span<const float> x, float cap);
+// Backend::scatter_add_rows on a copy of y.
+std::vector<float> scatter_add_rows(std::span<const float> x, std::int64_t width, std::span<const std::int32_t> ids,
+                                    std::span<const float> weights, std::span<const float> y);
 
 }  // namespace nibble::kernels::reference

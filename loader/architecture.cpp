@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <optional>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -110,6 +112,74 @@ constexpr std::array kGemma3Names{
     TensorName{TensorRole::KeyNorm, "self_attn.k_norm", "attn_k_norm"},
 };
 
+// Mixtral: Llama's attention; every layer's MLP is a sparse MoE block
+// (block_sparse_moe, experts' w1/w3/w2 = gate/up/down). llama.cpp writes Mixtral
+// as "llama" with expert tensors, so its GGUF names are Llama's.
+constexpr std::array kMixtralNames{
+    TensorName{TensorRole::TokenEmbedding, "model.embed_tokens", "token_embd"},
+    TensorName{TensorRole::FinalNorm, "model.norm", "output_norm"},
+    TensorName{TensorRole::LmHead, "lm_head", "output"},
+    TensorName{TensorRole::AttentionNorm, "input_layernorm", "attn_norm"},
+    TensorName{TensorRole::Query, "self_attn.q_proj", "attn_q"},
+    TensorName{TensorRole::Key, "self_attn.k_proj", "attn_k"},
+    TensorName{TensorRole::Value, "self_attn.v_proj", "attn_v"},
+    TensorName{TensorRole::AttentionOutput, "self_attn.o_proj", "attn_output"},
+    TensorName{TensorRole::MlpNorm, "post_attention_layernorm", "ffn_norm"},
+    TensorName{TensorRole::Router, "block_sparse_moe.gate", "ffn_gate_inp"},
+    TensorName{TensorRole::ExpertGate, "block_sparse_moe.experts.{}.w1", "ffn_gate_exps"},
+    TensorName{TensorRole::ExpertUp, "block_sparse_moe.experts.{}.w3", "ffn_up_exps"},
+    TensorName{TensorRole::ExpertDown, "block_sparse_moe.experts.{}.w2", "ffn_down_exps"},
+};
+
+// Qwen2-MoE: Qwen2's attention (q/k/v biases); sparse layers route over experts
+// and add a shared expert scaled by sigmoid(shared_expert_gate); layers in
+// mlp_only_layers (or off decoder_sparse_step) keep a dense MLP under Llama's names.
+constexpr std::array kQwen2MoeNames{
+    TensorName{TensorRole::TokenEmbedding, "model.embed_tokens", "token_embd"},
+    TensorName{TensorRole::FinalNorm, "model.norm", "output_norm"},
+    TensorName{TensorRole::LmHead, "lm_head", "output"},
+    TensorName{TensorRole::AttentionNorm, "input_layernorm", "attn_norm"},
+    TensorName{TensorRole::Query, "self_attn.q_proj", "attn_q"},
+    TensorName{TensorRole::Key, "self_attn.k_proj", "attn_k"},
+    TensorName{TensorRole::Value, "self_attn.v_proj", "attn_v"},
+    TensorName{TensorRole::AttentionOutput, "self_attn.o_proj", "attn_output"},
+    TensorName{TensorRole::MlpNorm, "post_attention_layernorm", "ffn_norm"},
+    TensorName{TensorRole::Gate, "mlp.gate_proj", "ffn_gate"},
+    TensorName{TensorRole::Up, "mlp.up_proj", "ffn_up"},
+    TensorName{TensorRole::Down, "mlp.down_proj", "ffn_down"},
+    TensorName{TensorRole::Router, "mlp.gate", "ffn_gate_inp"},
+    TensorName{TensorRole::ExpertGate, "mlp.experts.{}.gate_proj", "ffn_gate_exps"},
+    TensorName{TensorRole::ExpertUp, "mlp.experts.{}.up_proj", "ffn_up_exps"},
+    TensorName{TensorRole::ExpertDown, "mlp.experts.{}.down_proj", "ffn_down_exps"},
+    TensorName{TensorRole::SharedGate, "mlp.shared_expert.gate_proj", "ffn_gate_shexp"},
+    TensorName{TensorRole::SharedUp, "mlp.shared_expert.up_proj", "ffn_up_shexp"},
+    TensorName{TensorRole::SharedDown, "mlp.shared_expert.down_proj", "ffn_down_shexp"},
+    TensorName{TensorRole::SharedExpertGate, "mlp.shared_expert_gate", "ffn_gate_inp_shexp"},
+};
+
+// Qwen3-MoE: Qwen3's attention (QK-norm, no biases), routed experts without a
+// shared one, dense layers where mlp_only_layers says.
+constexpr std::array kQwen3MoeNames{
+    TensorName{TensorRole::TokenEmbedding, "model.embed_tokens", "token_embd"},
+    TensorName{TensorRole::FinalNorm, "model.norm", "output_norm"},
+    TensorName{TensorRole::LmHead, "lm_head", "output"},
+    TensorName{TensorRole::AttentionNorm, "input_layernorm", "attn_norm"},
+    TensorName{TensorRole::Query, "self_attn.q_proj", "attn_q"},
+    TensorName{TensorRole::Key, "self_attn.k_proj", "attn_k"},
+    TensorName{TensorRole::Value, "self_attn.v_proj", "attn_v"},
+    TensorName{TensorRole::QueryNorm, "self_attn.q_norm", "attn_q_norm"},
+    TensorName{TensorRole::KeyNorm, "self_attn.k_norm", "attn_k_norm"},
+    TensorName{TensorRole::AttentionOutput, "self_attn.o_proj", "attn_output"},
+    TensorName{TensorRole::MlpNorm, "post_attention_layernorm", "ffn_norm"},
+    TensorName{TensorRole::Gate, "mlp.gate_proj", "ffn_gate"},
+    TensorName{TensorRole::Up, "mlp.up_proj", "ffn_up"},
+    TensorName{TensorRole::Down, "mlp.down_proj", "ffn_down"},
+    TensorName{TensorRole::Router, "mlp.gate", "ffn_gate_inp"},
+    TensorName{TensorRole::ExpertGate, "mlp.experts.{}.gate_proj", "ffn_gate_exps"},
+    TensorName{TensorRole::ExpertUp, "mlp.experts.{}.up_proj", "ffn_up_exps"},
+    TensorName{TensorRole::ExpertDown, "mlp.experts.{}.down_proj", "ffn_down_exps"},
+};
+
 constexpr std::array kQkvParts{TensorRole::Query, TensorRole::Key, TensorRole::Value};
 constexpr std::array kGateUpParts{TensorRole::Gate, TensorRole::Up};
 
@@ -125,7 +195,30 @@ constexpr std::array kArchitectures{
                  false, true, true},
     Architecture{"Gemma3ForCausalLM", "gemma3_text", "gemma3", false, true, false, MlpActivation::GeluTanh,
                  kGemma3Names, false, true, true},
+    // Mixtral GGUF files say "llama" (with expert tensors); the GGUF reader picks
+    // this entry for a llama file with llama.expert_count > 0.
+    Architecture{"MixtralForCausalLM", "mixtral", "", false, false, true, MlpActivation::Silu, kMixtralNames, false,
+                 false, false, /*norm_topk_prob_default=*/true},
+    Architecture{"Qwen2MoeForCausalLM", "qwen2_moe", "qwen2moe", true, false, false, MlpActivation::Silu,
+                 kQwen2MoeNames, true},
+    Architecture{"Qwen3MoeForCausalLM", "qwen3_moe", "qwen3moe", false, true, false, MlpActivation::Silu,
+                 kQwen3MoeNames, true},
 };
+
+// "mlp.experts.{}.up_proj" split around its index placeholder; nullopt for names without one.
+std::optional<std::pair<std::string_view, std::string_view>> split_expert_name(std::string_view hf) {
+  const auto at = hf.find("{}");
+  if (at == std::string_view::npos) return std::nullopt;
+  return std::pair{hf.substr(0, at), hf.substr(at + 2)};
+}
+
+// A whole non-negative decimal number, or nullopt.
+std::optional<std::int64_t> parse_index(std::string_view text) {
+  std::int64_t value = -1;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end != text.data() + text.size() || text.empty() || value < 0) return std::nullopt;
+  return value;
+}
 
 std::string join(std::string_view Architecture::*field) {
   std::string out;
@@ -138,6 +231,10 @@ std::string join(std::string_view Architecture::*field) {
 
 }  // namespace
 
+bool is_expert_role(TensorRole role) {
+  return role == TensorRole::ExpertGate || role == TensorRole::ExpertUp || role == TensorRole::ExpertDown;
+}
+
 std::span<const TensorRole> fused_parts(TensorRole role) {
   switch (role) {
     case TensorRole::QueryKeyValue: return kQkvParts;
@@ -149,7 +246,18 @@ std::span<const TensorRole> fused_parts(TensorRole role) {
 std::string Architecture::module(TensorRole role, std::int64_t layer) const {
   for (const auto& name : names) {
     if (name.role != role) continue;
+    if (is_expert_role(role)) fail("internal error: an expert's module needs its index (expert_module)");
     return is_global(role) ? std::string(name.hf) : fmt::format("model.layers.{}.{}", layer, name.hf);
+  }
+  fail("architecture {} has no tensor of role {}", hf_architecture, static_cast<int>(role));
+}
+
+std::string Architecture::expert_module(TensorRole role, std::int64_t layer, std::int64_t expert) const {
+  for (const auto& name : names) {
+    if (name.role != role) continue;
+    const auto parts = split_expert_name(name.hf);
+    if (!parts) fail("internal error: role {} of {} is not a routed expert's", static_cast<int>(role), hf_architecture);
+    return fmt::format("model.layers.{}.{}{}{}", layer, parts->first, expert, parts->second);
   }
   fail("architecture {} has no tensor of role {}", hf_architecture, static_cast<int>(role));
 }
@@ -176,7 +284,18 @@ std::optional<Architecture::ModuleRef> Architecture::parse_module(std::string_vi
   }
   const std::string_view part = rest.substr(static_cast<std::size_t>(end - rest.data()) + 1);
   for (const auto& name : names) {
-    if (!is_global(name.role) && part == name.hf) return ModuleRef{name.role, layer};
+    if (is_global(name.role)) continue;
+    if (const auto parts = split_expert_name(name.hf)) {
+      if (part.size() <= parts->first.size() + parts->second.size() || !part.starts_with(parts->first) ||
+          !part.ends_with(parts->second)) {
+        continue;
+      }
+      const auto index = parse_index(
+          part.substr(parts->first.size(), part.size() - parts->first.size() - parts->second.size()));
+      if (index) return ModuleRef{name.role, layer, *index};
+    } else if (part == name.hf) {
+      return ModuleRef{name.role, layer};
+    }
   }
   return std::nullopt;
 }
@@ -226,9 +345,25 @@ std::optional<HfTensor> hf_tensor_of_gguf(const Architecture& architecture, std:
   if (!std::ranges::all_of(layer, [](char c) { return c >= '0' && c <= '9'; })) return std::nullopt;
   const std::string_view part = stem.substr(layer_end + 1);
   for (const auto& name : architecture.names) {
-    if (!is_global(name.role) && !name.gguf.empty() && part == name.gguf) {
+    // A 3-D expert tensor stands for many modules: gguf_expert_tensor().
+    if (!is_global(name.role) && !is_expert_role(name.role) && !name.gguf.empty() && part == name.gguf) {
       return HfTensor{fmt::format("model.layers.{}.{}.{}", layer, name.hf, suffix), name.role};
     }
+  }
+  return std::nullopt;
+}
+
+std::optional<GgufExpertTensor> gguf_expert_tensor(const Architecture& architecture, std::string_view gguf_name) {
+  constexpr std::string_view kPrefix = "blk.", kSuffix = ".weight";
+  if (!gguf_name.starts_with(kPrefix) || !gguf_name.ends_with(kSuffix)) return std::nullopt;
+  const std::string_view stem = gguf_name.substr(kPrefix.size(), gguf_name.size() - kPrefix.size() - kSuffix.size());
+  const auto dot = stem.find('.');
+  if (dot == std::string_view::npos) return std::nullopt;
+  const auto layer = parse_index(stem.substr(0, dot));
+  if (!layer) return std::nullopt;
+  const std::string_view part = stem.substr(dot + 1);
+  for (const auto& name : architecture.names) {
+    if (is_expert_role(name.role) && part == name.gguf) return GgufExpertTensor{name.role, *layer};
   }
   return std::nullopt;
 }

@@ -36,7 +36,22 @@ enum class TensorRole : std::uint8_t {
   // engine only ever sees the parts.
   QueryKeyValue,      // [q; k; v] rows
   GateUp,             // [gate; up] rows
+  // Mixture of experts (Mixtral, Qwen MoE). A routed expert's name holds its index
+  // where the table writes "{}" ("mlp.experts.{}.gate_proj"); GGUF keeps all of a
+  // layer's experts in one 3-D tensor ("ffn_gate_exps") that the loader views
+  // expert by expert.
+  Router,             // [experts, hidden]: one score per expert and token
+  ExpertGate,         // routed expert e's gated MLP: [moe_intermediate, hidden] ...
+  ExpertUp,
+  ExpertDown,         // ... and [hidden, moe_intermediate]
+  SharedGate,         // the shared expert every token runs (Qwen2-MoE)
+  SharedUp,
+  SharedDown,
+  SharedExpertGate,   // [1, hidden]: sigmoid(x . w) scales the shared expert's output (Qwen2-MoE)
 };
+
+// Whether `role` names one routed expert's matrix (its names carry the index).
+bool is_expert_role(TensorRole role);
 
 // The roles a fused role holds, in row order; empty for every other role.
 std::span<const TensorRole> fused_parts(TensorRole role);
@@ -72,10 +87,16 @@ struct Architecture {
   // The token embedding is multiplied by sqrt(hidden_size), rounded to the
   // model's dtype (Gemma); lm_head, when tied, reads the unscaled table.
   bool scaled_embedding = false;
+  // Mixture of experts: the routed experts' top-k weights are renormalized to sum
+  // to one unless config.json's norm_topk_prob says otherwise (Mixtral always
+  // renormalizes and has no such key; Qwen MoE defaults to false).
+  bool norm_topk_prob_default = false;
 
   // The file-independent name of `role`'s module in layer `layer` (ignored for
   // global roles): "model.layers.3.self_attn.q_proj", "lm_head".
   std::string module(TensorRole role, std::int64_t layer = 0) const;
+  // A routed expert's module: "model.layers.3.mlp.experts.5.up_proj".
+  std::string expert_module(TensorRole role, std::int64_t layer, std::int64_t expert) const;
   bool has(TensorRole role) const;
   // Whether any tensor is stored fused (QueryKeyValue, GateUp).
   bool has_fused() const;
@@ -84,6 +105,7 @@ struct Architecture {
   struct ModuleRef {
     TensorRole role;
     std::int64_t layer = 0;
+    std::int64_t expert = -1;  // a routed expert's index; -1 for every other role
   };
   std::optional<ModuleRef> parse_module(std::string_view module) const;
 };
@@ -107,5 +129,14 @@ struct HfTensor {
   TensorRole role;
 };
 std::optional<HfTensor> hf_tensor_of_gguf(const Architecture& architecture, std::string_view gguf_name);
+
+// GGUF's 3-D expert tensors ("blk.3.ffn_up_exps.weight", [experts, rows, cols]):
+// the role and layer, so the loader can view expert e's rows as
+// expert_module(role, layer, e); nullopt for any other name.
+struct GgufExpertTensor {
+  TensorRole role;
+  std::int64_t layer = 0;
+};
+std::optional<GgufExpertTensor> gguf_expert_tensor(const Architecture& architecture, std::string_view gguf_name);
 
 }  // namespace nibble

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <deque>
+
+#include <fmt/format.h>
 #include <numbers>
 #include <utility>
 
@@ -16,6 +19,10 @@ namespace {
 
 const Architecture& arch_info(const GgufFile& gguf) {
   const std::string arch = gguf.get_string("general.architecture");
+  // llama.cpp writes Mixtral as "llama" with experts.
+  if (arch == "llama" && gguf.find_int("llama.expert_count").value_or(0) > 0) {
+    return architecture_of("MixtralForCausalLM");
+  }
   if (const Architecture* entry = find_gguf_architecture(arch)) return *entry;
   fail("{}: GGUF architecture '{}' is not supported (supported: {})", gguf.path().string(), arch,
        supported_gguf_architectures());
@@ -261,6 +268,10 @@ class GgufWeights final : public WeightSource {
   GgufWeights(std::shared_ptr<const GgufFile> gguf, const ModelConfig& config) : gguf_(std::move(gguf)) {
     const Architecture& arch = arch_info(*gguf_);
     for (const auto& tensor : gguf_->tensors()) {
+      if (const auto experts = gguf_expert_tensor(arch, tensor.name)) {
+        add_experts(arch, tensor, *experts);
+        continue;
+      }
       const auto hf = hf_tensor_of_gguf(arch, tensor.name);
       Entry entry{&tensor, 0, hf && arch.norm_weight_offset_one && is_norm(hf->role)};
       // Unknown tensors (rope_freqs, ...) stay visible under their GGUF names.
@@ -339,6 +350,28 @@ class GgufWeights final : public WeightSource {
     bool stored_plus_one;     // a (1 + w) norm weight llama.cpp's converter stored as w + 1
   };
 
+  // A 3-D expert tensor [experts, rows, cols] as one matrix per expert under its
+  // Hugging Face name: expert e's rows are one contiguous run of the file (any
+  // type: a row's blocks never straddle experts), viewed, not copied.
+  void add_experts(const Architecture& arch, const GgufTensor& tensor, const GgufExpertTensor& experts) {
+    if (tensor.shape.size() != 3 || tensor.shape[0] <= 0 || tensor.data.size() % static_cast<std::size_t>(tensor.shape[0]) != 0) {
+      fail("{}: expert tensor '{}' must be [experts, rows, cols]", gguf_->path().string(), tensor.name);
+    }
+    const auto count = tensor.shape[0];
+    const std::size_t bytes = tensor.data.size() / static_cast<std::size_t>(count);
+    for (std::int64_t e = 0; e < count; ++e) {
+      GgufTensor& part = expert_tensors_.emplace_back();
+      part.name = fmt::format("{}[expert {}]", tensor.name, e);
+      part.type = tensor.type;
+      part.shape = {tensor.shape[1], tensor.shape[2]};
+      part.data = tensor.data.subspan(static_cast<std::size_t>(e) * bytes, bytes);
+      const std::string name = arch.expert_module(experts.role, experts.layer, e) + ".weight";
+      if (!entries_.emplace(name, Entry{&part, 0, false}).second) {
+        fail("{}: tensors '{}' map to the same name '{}'", gguf_->path().string(), part.name, name);
+      }
+    }
+  }
+
   // w from the stored w + 1, in float32 as transformers' GGUF loader computes it,
   // so the engine's 1 + w rounds to the very value the file holds.
   static TensorView minus_one(const TensorView& stored) {
@@ -384,8 +417,34 @@ class GgufWeights final : public WeightSource {
   }
 
   std::shared_ptr<const GgufFile> gguf_;
+  std::deque<GgufTensor> expert_tensors_;  // per-expert views of 3-D tensors (stable addresses for entries_)
   std::map<std::string, Entry> entries_;
 };
+
+// Mixture-of-experts metadata as llama.cpp's converter writes it. A layer is
+// sparse when it has a router (ffn_gate_inp). llama.cpp's graphs renormalize the
+// top-k weights for llama (Mixtral) and qwen3moe and not for qwen2moe, unless the
+// file says (expert_weights_norm).
+void moe_from_gguf(const GgufFile& gguf, const std::string& prefix, const Architecture& arch, ModelConfig& config) {
+  MoeConfig& moe = config.moe;
+  moe.num_experts = gguf.get_int(prefix + "expert_count");
+  moe.experts_per_token = gguf.get_int(prefix + "expert_used_count");
+  moe.expert_intermediate_size = gguf.find_int(prefix + "expert_feed_forward_length").value_or(config.intermediate_size);
+  if (arch.has(TensorRole::SharedGate)) {
+    moe.shared_expert_intermediate_size = gguf.find_int(prefix + "expert_shared_feed_forward_length").value_or(0);
+    moe.shared_expert_gate = arch.has(TensorRole::SharedExpertGate);
+  }
+  const std::string norm_key = prefix + "expert_weights_norm";
+  moe.norm_topk_prob = gguf.has(norm_key) ? gguf.get_bool(norm_key)
+                                          : arch.norm_topk_prob_default || arch.model_type == "qwen3_moe";
+  bool all_sparse = true;
+  std::vector<bool> sparse;
+  for (std::int64_t i = 0; i < config.num_layers && i < (std::int64_t{1} << 12); ++i) {
+    sparse.push_back(gguf.find_tensor(fmt::format("blk.{}.ffn_gate_inp.weight", i)) != nullptr);
+    all_sparse = all_sparse && sparse.back();
+  }
+  if (!all_sparse) moe.sparse_layers = std::move(sparse);
+}
 
 // What Gemma GGUF files leave to the reader, as llama.cpp reads them: the
 // local/global layer pattern (every other layer local in Gemma 2, five local to
@@ -442,7 +501,8 @@ void gemma_from_gguf(const GgufFile& gguf, const std::string& prefix, ModelConfi
 
 ModelConfig config_from_gguf(const GgufFile& gguf) {
   const Architecture& arch = arch_info(gguf);
-  const std::string prefix = std::string(arch.gguf_name) + ".";
+  // The file's own architecture name ("llama" for Mixtral) prefixes its keys.
+  const std::string prefix = gguf.get_string("general.architecture") + ".";
   ModelConfig config;
   config.architecture = arch.hf_architecture;
   config.model_type = arch.model_type;
@@ -476,6 +536,7 @@ ModelConfig config_from_gguf(const GgufFile& gguf) {
   }
   config.torch_dtype = torch_dtype_of(gguf);
   if (config.model_type == "gemma2" || config.model_type == "gemma3_text") gemma_from_gguf(gguf, prefix, config);
+  if (arch.has(TensorRole::Router)) moe_from_gguf(gguf, prefix, arch, config);
   try {
     config.validate();
   } catch (const Error& e) {

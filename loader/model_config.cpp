@@ -153,7 +153,43 @@ json rope_scaling_json(const RopeScaling& scaling) {
   return {{"rope_type", "default"}};
 }
 
+// Mixture-of-experts fields, for architectures whose table has a router.
+void parse_moe(const json& config, const Architecture& arch, ModelConfig& out) {
+  if (!arch.has(TensorRole::Router)) return;
+  MoeConfig& moe = out.moe;
+  // Mixtral says num_local_experts, Qwen MoE num_experts (transformers 5 writes
+  // Qwen3-MoE's as num_local_experts too).
+  moe.num_experts = config.contains("num_experts") && !config["num_experts"].is_null()
+                        ? required<std::int64_t>(config, "num_experts")
+                        : required<std::int64_t>(config, "num_local_experts");
+  moe.experts_per_token = required<std::int64_t>(config, "num_experts_per_tok");
+  moe.expert_intermediate_size = optional_or<std::int64_t>(config, "moe_intermediate_size", out.intermediate_size);
+  if (arch.has(TensorRole::SharedGate)) {
+    moe.shared_expert_intermediate_size = required<std::int64_t>(config, "shared_expert_intermediate_size");
+    moe.shared_expert_gate = arch.has(TensorRole::SharedExpertGate);
+  }
+  moe.norm_topk_prob = optional_or<bool>(config, "norm_topk_prob", arch.norm_topk_prob_default);
+  // Qwen MoE: layer i is sparse unless listed in mlp_only_layers, and only every
+  // decoder_sparse_step-th layer is (transformers' Qwen2MoeDecoderLayer).
+  const auto dense_layers = optional_or<std::vector<std::int64_t>>(config, "mlp_only_layers", {});
+  const std::int64_t step = optional_or<std::int64_t>(config, "decoder_sparse_step", 1);
+  if (step <= 0) fail("config.json: decoder_sparse_step must be positive (got {})", step);
+  if (dense_layers.empty() && step == 1) return;
+  if (out.num_layers <= 0 || out.num_layers > (std::int64_t{1} << 12)) return;  // validate() names the field
+  for (std::int64_t i = 0; i < out.num_layers; ++i) {
+    moe.sparse_layers.push_back(std::ranges::find(dense_layers, i) == dense_layers.end() && (i + 1) % step == 0);
+  }
+  for (const std::int64_t layer : dense_layers) {
+    if (layer < 0 || layer >= out.num_layers) fail("config.json: mlp_only_layers names layer {} of {}", layer, out.num_layers);
+  }
+}
+
 }  // namespace
+
+std::int64_t ModelConfig::widest_ffn() const {
+  return std::max({intermediate_size, moe.enabled() ? moe.expert_intermediate_size : 0,
+                   moe.shared_expert_intermediate_size});
+}
 
 void ModelConfig::validate() const {
   // Ranges far beyond any real model (the largest have ~256K vocabularies, 16K
@@ -179,8 +215,12 @@ void ModelConfig::validate() const {
   // bounds no machine reaches, so anything above is a corrupt file.
   const double q = static_cast<double>(q_dim()), kv = static_cast<double>(kv_dim());
   const double h = static_cast<double>(hidden_size), f = static_cast<double>(intermediate_size);
+  const double experts_ffn = moe.enabled() ? static_cast<double>(moe.num_experts) *
+                                                  static_cast<double>(moe.expert_intermediate_size) +
+                                              static_cast<double>(moe.shared_expert_intermediate_size)
+                                        : 0.0;
   const double parameters = 2 * static_cast<double>(vocab_size) * h +
-                            static_cast<double>(num_layers) * (h * (2 * q + 2 * kv) + 3 * h * f);
+                            static_cast<double>(num_layers) * (h * (2 * q + 2 * kv) + 3 * h * (f + experts_ffn));
   if (parameters * 4 > 0x1p46) fail("model config: the sizes imply {:.3g} parameters, beyond any real model", parameters);
   if (2 * static_cast<double>(num_layers) * kv * 4 > 0x1p36) {
     fail("model config: {} layers x {} KV features is beyond any real model", num_layers, kv_dim());
@@ -235,6 +275,29 @@ void ModelConfig::validate() const {
   for (const double cap : {attn_logit_softcapping, final_logit_softcapping}) {
     if (!(cap >= 0 && cap <= 1e9)) fail("model config: a soft-capping value must be in [0, 1e9] (got {})", cap);
   }
+  if (moe.enabled()) {
+    in_range(moe.num_experts, std::int64_t{1} << 12, "num_experts");
+    if (moe.experts_per_token <= 0 || moe.experts_per_token > moe.num_experts) {
+      fail("model config: num_experts_per_tok must be between 1 and num_experts {} (got {})", moe.num_experts,
+           moe.experts_per_token);
+    }
+    in_range(moe.expert_intermediate_size, std::int64_t{1} << 22, "moe_intermediate_size");
+    if (moe.shared_expert_intermediate_size < 0 || moe.shared_expert_intermediate_size > (std::int64_t{1} << 22)) {
+      fail("model config: shared_expert_intermediate_size must be between 0 and {} (got {})", std::int64_t{1} << 22,
+           moe.shared_expert_intermediate_size);
+    }
+    if (moe.n_group <= 0 || moe.num_experts % moe.n_group != 0 || moe.topk_group <= 0 || moe.topk_group > moe.n_group ||
+        moe.experts_per_token > moe.topk_group * (moe.num_experts / moe.n_group)) {
+      fail("model config: {} experts in n_group {} with topk_group {} cannot give {} experts per token",
+           moe.num_experts, moe.n_group, moe.topk_group, moe.experts_per_token);
+    }
+    if (!(moe.routed_scaling_factor > 0 && moe.routed_scaling_factor <= 1e6)) {
+      fail("model config: routed_scaling_factor must be in (0, 1e6] (got {})", moe.routed_scaling_factor);
+    }
+    if (!moe.sparse_layers.empty() && static_cast<std::int64_t>(moe.sparse_layers.size()) != num_layers) {
+      fail("model config: {} sparse-layer flags for {} layers", moe.sparse_layers.size(), num_layers);
+    }
+  }
 }
 
 std::optional<std::array<std::int64_t, 2>> linear_module_shape(const ModelConfig& config, const std::string& module) {
@@ -264,6 +327,20 @@ std::optional<std::array<std::int64_t, 2>> linear_module_shape(const ModelConfig
       return Shape{config.q_dim() + 2 * config.kv_dim(), d};
     case TensorRole::GateUp:
       return Shape{2 * config.intermediate_size, d};
+    case TensorRole::Router:
+      return Shape{config.moe.num_experts, d};
+    case TensorRole::ExpertGate:
+    case TensorRole::ExpertUp:
+      return Shape{config.moe.expert_intermediate_size, d};
+    case TensorRole::ExpertDown:
+      return Shape{d, config.moe.expert_intermediate_size};
+    case TensorRole::SharedGate:
+    case TensorRole::SharedUp:
+      return Shape{config.moe.shared_expert_intermediate_size, d};
+    case TensorRole::SharedDown:
+      return Shape{d, config.moe.shared_expert_intermediate_size};
+    case TensorRole::SharedExpertGate:
+      return Shape{1, d};
     default:
       return std::nullopt;  // norms are vectors, not linear modules
   }
@@ -395,6 +472,7 @@ ModelConfig parse_hf_config(const json& config) {
   out.eos_token_ids = token_id_list(config.value("eos_token_id", json()), "eos_token_id");
   out.torch_dtype = optional_or<std::string>(config, "torch_dtype", optional_or<std::string>(config, "dtype", "float32"));
   if (optional_or<bool>(config, "mlp_bias", false)) fail("config.json: mlp_bias is not supported");
+  parse_moe(config, *arch, out);
   out.validate();
   return out;
 }
@@ -452,6 +530,23 @@ json to_hf_config(const ModelConfig& config) {
     out["final_logit_softcapping"] = cap(config.final_logit_softcapping);
   }
   if (config.rope_scaling.kind != RopeScaling::Kind::None) out["rope_scaling"] = rope_scaling_json(config.rope_scaling);
+  if (config.moe.enabled()) {
+    const MoeConfig& moe = config.moe;
+    out[config.model_type == "mixtral" ? "num_local_experts" : "num_experts"] = moe.num_experts;
+    out["num_experts_per_tok"] = moe.experts_per_token;
+    out["moe_intermediate_size"] = moe.expert_intermediate_size;
+    out["norm_topk_prob"] = moe.norm_topk_prob;
+    if (moe.shared_expert_intermediate_size > 0) {
+      out["shared_expert_intermediate_size"] = moe.shared_expert_intermediate_size;
+    }
+    if (!moe.sparse_layers.empty()) {
+      json dense = json::array();
+      for (std::size_t i = 0; i < moe.sparse_layers.size(); ++i) {
+        if (!moe.sparse_layers[i]) dense.push_back(i);
+      }
+      out["mlp_only_layers"] = dense;
+    }
+  }
   if (config.rope_scaling.kind == RopeScaling::Kind::LongRope) {
     out["original_max_position_embeddings"] = config.rope_scaling.original_max_position_embeddings;
   }

@@ -27,6 +27,35 @@ struct RopeScaling {
   double attention_factor = 1.0;
 };
 
+// A mixture-of-experts layer's routing: how each token picks experts and weighs
+// their outputs (engine/blocks/moe_router.h computes it).
+struct MoeConfig {
+  // How router logits become scores: Mixtral and Qwen take a softmax over every
+  // expert; DeepSeek-V3 a sigmoid per expert, with e_score_correction_bias added
+  // for the choice only.
+  enum class Scoring : std::uint8_t { Softmax, Sigmoid };
+  std::int64_t num_experts = 0;         // 0: a dense model
+  std::int64_t experts_per_token = 0;   // top-k
+  std::int64_t expert_intermediate_size = 0;
+  std::int64_t shared_expert_intermediate_size = 0;  // 0: no shared expert
+  bool shared_expert_gate = false;  // sigmoid(shared_expert_gate(x)) scales the shared expert (Qwen2-MoE)
+  bool norm_topk_prob = false;      // the chosen experts' weights renormalized to sum to one
+  Scoring scoring = Scoring::Softmax;
+  // Group-limited choice (DeepSeek): experts in n_group groups, only the topk_group
+  // best groups (each scored by its two best experts) may be chosen. 1 / 1: none.
+  std::int64_t n_group = 1;
+  std::int64_t topk_group = 1;
+  double routed_scaling_factor = 1.0;  // multiplies the routed experts' weights
+  // Per layer, whether its MLP is a MoE block (Qwen's mlp_only_layers and
+  // decoder_sparse_step; DeepSeek's first_k_dense_replace); empty: every layer.
+  std::vector<bool> sparse_layers;
+
+  bool enabled() const { return num_experts > 0; }
+  bool sparse_layer(std::int64_t layer) const {
+    return enabled() && (sparse_layers.empty() || sparse_layers[static_cast<std::size_t>(layer)]);
+  }
+};
+
 // The longest context a config may declare (2^30 positions; the longest real ones
 // have about 10M). Larger values are corrupt files, and would overflow KV sizing.
 inline constexpr std::int64_t kMaxContextLength = std::int64_t{1} << 30;
@@ -67,10 +96,13 @@ struct ModelConfig {
   std::optional<std::int32_t> bos_token_id;
   std::vector<std::int32_t> eos_token_ids;
   std::string torch_dtype;
+  MoeConfig moe;  // num_experts 0: every layer has a dense MLP
 
   std::int64_t q_dim() const { return num_heads * head_dim; }
   std::int64_t kv_dim() const { return num_kv_heads * head_dim; }
   std::int64_t rope_dim() const { return rotary_dim.value_or(head_dim); }
+  // The widest gated-MLP intermediate any layer runs (dense, routed or shared expert).
+  std::int64_t widest_ffn() const;
   // Whether layer `layer` attends through the sliding window.
   bool sliding_layer(std::int64_t layer) const {
     return sliding_window && (sliding_layers.empty() || sliding_layers[static_cast<std::size_t>(layer)]);

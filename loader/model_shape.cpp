@@ -212,7 +212,7 @@ ModelShape deepseek_v3_from_json(const ConfigFields& f) {
   return shape;
 }
 
-enum class Family { Llama, Qwen2, Opt, DeepseekV3 };
+enum class Family { Llama, Qwen2, Opt, DeepseekV3, EngineMoe };
 
 struct Supported {
   std::string_view architecture;
@@ -229,6 +229,10 @@ constexpr std::array kSupported{
     Supported{"Phi3ForCausalLM", "phi3", Family::Llama},  // fused qkv/gate_up: the same parameters
     Supported{"OPTForCausalLM", "opt", Family::Opt},
     Supported{"DeepseekV3ForCausalLM", "deepseek_v3", Family::DeepseekV3},
+    // The MoE families the engine runs: sized from the engine's own config parser.
+    Supported{"MixtralForCausalLM", "mixtral", Family::EngineMoe},
+    Supported{"Qwen2MoeForCausalLM", "qwen2_moe", Family::EngineMoe},
+    Supported{"Qwen3MoeForCausalLM", "qwen3_moe", Family::EngineMoe},
 };
 
 // The first of config.json's `architectures` we know, else its `model_type`.
@@ -266,6 +270,7 @@ ModelShape model_shape_from_hf_config(const json& config) {
     case Family::Qwen2: return llama_family_from_json(fields, true);
     case Family::Opt: return opt_from_json(fields);
     case Family::DeepseekV3: return deepseek_v3_from_json(fields);
+    case Family::EngineMoe: return model_shape_from_config(parse_hf_config(config));
   }
   fail("unreachable architecture family");
 }
@@ -281,7 +286,7 @@ ModelShape read_model_shape(const std::filesystem::path& path) {
 }
 
 ModelShape model_shape_from_config(const ModelConfig& config) {
-  return llama_family_shape({.architecture = config.architecture,
+  ModelShape shape = llama_family_shape({.architecture = config.architecture,
                              .num_layers = config.num_layers,
                              .hidden = config.hidden_size,
                              .intermediate = config.intermediate_size,
@@ -292,6 +297,23 @@ ModelShape model_shape_from_config(const ModelConfig& config) {
                              .max_positions = config.max_position_embeddings,
                              .tied_embeddings = config.tie_word_embeddings,
                              .qkv_bias = config.attention_bias});
+  const MoeConfig& moe = config.moe;
+  if (!moe.enabled()) return shape;
+  // Sparse layers trade the dense MLP for the routed and shared experts, a router
+  // [experts, hidden] and (Qwen2-MoE) the shared expert's gate [1, hidden].
+  ParameterGroups& p = shape.parameters;
+  const std::int64_t h = config.hidden_size;
+  const std::int64_t per_layer_experts = 3 * h * (moe.num_experts * moe.expert_intermediate_size +
+                                                  moe.shared_expert_intermediate_size);
+  for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
+    if (!moe.sparse_layer(layer)) continue;
+    p.dense_mlp -= 3 * h * config.intermediate_size;
+    p.experts += per_layer_experts;
+    p.norms_and_biases += moe.num_experts * h + (moe.shared_expert_gate ? h : 0);
+  }
+  shape.mlp_width = std::max(config.intermediate_size, moe.experts_per_token * moe.expert_intermediate_size +
+                                                           moe.shared_expert_intermediate_size);
+  return shape;
 }
 
 }  // namespace nibble

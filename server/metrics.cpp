@@ -150,6 +150,12 @@ ServerMetrics::ServerMetrics(const std::string& model, MetricsCompat compat)
                               "Bytes this rank sent or contributed in collectives, by kind.", model, r);
   collective_seconds_ = &family(prometheus::BuildCounter(), "nibble_collective_seconds_total",
                                 "Seconds this rank spent in collectives (waiting included), by kind.", model, r);
+  expert_tokens_ = &family(prometheus::BuildCounter(), "nibble_moe_expert_tokens_total",
+                           "Mixture of experts: tokens routed to each expert, by layer and expert.", model, r);
+  expert_imbalance_ = &family(prometheus::BuildGauge(), "nibble_moe_expert_load_imbalance",
+                              "Mixture of experts: the last step's busiest expert's tokens over the mean per expert "
+                              "(worst layer; 1 is even).",
+                              model, r);
   prompt_tokens_total_ = &counter("nibble_prompt_tokens_total", "Prompt tokens processed.");
   generation_tokens_total_ = &counter("nibble_generation_tokens_total", "Tokens generated.");
   success_ = &family(prometheus::BuildCounter(), "nibble_request_success_total",
@@ -212,6 +218,32 @@ void ServerMetrics::observe_collectives(const dist::CollectiveStats& stats) {
     collective_seconds_->Add(labels).Increment(now.seconds - before.seconds);
   }
   last_collectives_ = stats;
+}
+
+void ServerMetrics::observe_expert_load(const engine::ExpertLoad& load) {
+  if (load.layers.empty()) return;
+  const std::lock_guard lock(experts_mutex_);
+  if (expert_counters_.size() != load.layers.size()) {
+    // Every series from the first observation on, zeros included (an idle expert shows).
+    expert_counters_.clear();
+    last_expert_load_ = {};
+    for (std::size_t i = 0; i < load.layers.size(); ++i) {
+      auto& counters = expert_counters_.emplace_back();
+      for (std::size_t e = 0; e < load.tokens[i].size(); ++e) {
+        counters.push_back(
+            &expert_tokens_->Add({{"layer", std::to_string(load.layers[i])}, {"expert", std::to_string(e)}}));
+      }
+    }
+  }
+  for (std::size_t i = 0; i < load.layers.size(); ++i) {
+    const auto& before = i < last_expert_load_.tokens.size() ? last_expert_load_.tokens[i] : std::vector<std::int64_t>{};
+    for (std::size_t e = 0; e < load.tokens[i].size() && e < expert_counters_[i].size(); ++e) {
+      const std::int64_t now = load.tokens[i][e], was = e < before.size() ? before[e] : 0;
+      if (now > was) expert_counters_[i][e]->Increment(static_cast<double>(now - was));
+    }
+  }
+  expert_imbalance_->Add({}).Set(load.last_step_imbalance);
+  last_expert_load_ = load;
 }
 
 void ServerMetrics::set_load(const scheduler::SchedulerLoad& load) {

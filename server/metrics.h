@@ -8,8 +8,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "dist/communicator.h"
+#include "engine/model.h"
 #include "scheduler/scheduler.h"
 
 namespace prometheus {
@@ -55,6 +57,10 @@ class ServerMetrics {
   // This rank's collectives so far (cumulative; the counters advance by the
   // difference), from the thread that runs them.
   void observe_collectives(const dist::CollectiveStats& stats);
+  // Mixture of experts: the tokens each expert of each layer ran so far
+  // (cumulative; the counters advance by the difference) and the last step's
+  // imbalance, from the thread that runs the steps. Nothing for dense models.
+  void observe_expert_load(const engine::ExpertLoad& load);
 
   // Per request (one completion of n), as its events arrive.
   void observe_queue_time(double seconds);
@@ -106,6 +112,11 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>* collective_bytes_;
   prometheus::Family<prometheus::Counter>* collective_seconds_;
   std::mutex collectives_mutex_;
+  prometheus::Family<prometheus::Counter>* expert_tokens_;
+  prometheus::Family<prometheus::Gauge>* expert_imbalance_;
+  std::mutex experts_mutex_;
+  engine::ExpertLoad last_expert_load_;
+  std::vector<std::vector<prometheus::Counter*>> expert_counters_;  // [MoE layer][expert]
   dist::CollectiveStats last_collectives_;
   prometheus::Counter* prompt_tokens_total_;
   prometheus::Counter* generation_tokens_total_;

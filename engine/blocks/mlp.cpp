@@ -5,38 +5,44 @@
 namespace nibble::engine {
 namespace {
 
-LinearGroup bind_gate_up(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, std::int64_t layer) {
-  const std::array<WeightBinder::Module, 2> modules{{{arch.module(TensorRole::Gate, layer), config.intermediate_size},
-                                                     {arch.module(TensorRole::Up, layer), config.intermediate_size}}};
-  return binder.group(modules, config.hidden_size, false);
+LinearGroup bind_gate_up(WeightBinder& binder, const GatedMlp::Modules& names, std::int64_t width, std::int64_t hidden) {
+  const std::array<WeightBinder::Module, 2> modules{{{names.gate, width}, {names.up, width}}};
+  return binder.group(modules, hidden, false);
 }
 
 }  // namespace
 
 GatedMlp::GatedMlp(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, std::int64_t layer)
-    : width_(config.intermediate_size),
-      activation_(arch.activation),
-      gate_up_(bind_gate_up(binder, arch, config, layer)),
-      down_(binder.linear(arch.module(TensorRole::Down, layer), config.hidden_size, config.intermediate_size)) {}
+    : GatedMlp(binder, arch.activation,
+               Modules{arch.module(TensorRole::Gate, layer), arch.module(TensorRole::Up, layer),
+                       arch.module(TensorRole::Down, layer)},
+               config.intermediate_size, config.hidden_size) {}
+
+GatedMlp::GatedMlp(WeightBinder& binder, MlpActivation activation, const Modules& modules, std::int64_t width,
+                   std::int64_t hidden)
+    : width_(width),
+      activation_(activation),
+      gate_up_(bind_gate_up(binder, modules, width, hidden)),
+      down_(binder.linear(modules.down, hidden, width)) {}
 
 Linear* GatedMlp::find(const std::string& module) {
   if (module == down_.module) return &down_;
   return gate_up_.find(module);
 }
 
-void GatedMlp::forward(const StepContext& step, Workspace& ws, const float* input, float* out) const {
-  kernels::Backend& backend = step.backend;
+void GatedMlp::run(kernels::Backend& backend, const LinearInputHook& hook, Workspace& ws, const float* input,
+                   std::int64_t rows, float* out) const {
   const std::array<float*, 2> gate_up{ws.gate(), ws.up()};
-  gate_up_.run(backend, input, step.rows, gate_up, ws.stacked(), step.hook);
+  gate_up_.run(backend, input, rows, gate_up, ws.stacked(), hook);
   switch (activation_) {
     case MlpActivation::Silu:
-      backend.swiglu(ws.gate(), ws.up(), step.rows * width_, ws.gate());
+      backend.swiglu(ws.gate(), ws.up(), rows * width_, ws.gate());
       break;
     case MlpActivation::GeluTanh:
-      backend.geglu_tanh(ws.gate(), ws.up(), step.rows * width_, ws.gate());
+      backend.geglu_tanh(ws.gate(), ws.up(), rows * width_, ws.gate());
       break;
   }
-  down_.run(backend, ws.gate(), step.rows, out, step.hook);
+  down_.run(backend, ws.gate(), rows, out, hook);
 }
 
 }  // namespace nibble::engine

@@ -116,6 +116,26 @@ void CpuBackend::slice_columns(const float* x, std::int64_t rows, std::int64_t x
   for (std::int64_t r = 0; r < rows; ++r) std::copy_n(x + r * x_width + first, width, out + r * width);
 }
 
+// Row copies and one multiply-add per value: memory-bound and small next to the
+// experts' linear layers, so one thread.
+void CpuBackend::gather_rows(const float* x, std::int64_t width, std::span<const std::int32_t> ids, float* out) {
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    std::copy_n(x + static_cast<std::int64_t>(ids[i]) * width, width, out + static_cast<std::int64_t>(i) * width);
+  }
+}
+
+void CpuBackend::scatter_add_rows(const float* x, std::int64_t width, std::span<const std::int32_t> ids,
+                                  std::span<const float> weights, float* y) {
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const float* row = x + static_cast<std::int64_t>(i) * width;
+    float* target = y + static_cast<std::int64_t>(ids[i]) * width;
+    const float weight = weights[i];
+    for (std::int64_t c = 0; c < width; ++c) target[c] += weight * row[c];
+  }
+}
+
+void CpuBackend::fill_zero(float* x, std::int64_t n) { std::fill_n(x, n, 0.0f); }
+
 CpuBackend::CpuBackend(int threads) : CpuBackend(CpuBackendOptions{threads, false}) {}
 
 CpuBackend::CpuBackend(const CpuBackendOptions& options)

@@ -58,6 +58,10 @@ class CpuBackend final : public Backend {
   void soft_cap(float* x, std::int64_t n, float cap) override;
   void embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) override;
   void embedding(const LinearWeights& table, std::span<const std::int32_t> ids, float* out) override;
+  void gather_rows(const float* x, std::int64_t width, std::span<const std::int32_t> ids, float* out) override;
+  void scatter_add_rows(const float* x, std::int64_t width, std::span<const std::int32_t> ids,
+                        std::span<const float> weights, float* y) override;
+  void fill_zero(float* x, std::int64_t n) override;
 
  private:
   std::unique_ptr<cpu::ThreadPool> pool_;

@@ -482,6 +482,28 @@ void CudaBackend::soft_cap(float* x, std::int64_t n, float cap) {
   cuda::soft_cap(x, n, cap, stream_);
 }
 
+void CudaBackend::gather_rows(const float* x, std::int64_t width, std::span<const std::int32_t> ids, float* out) {
+  if (ids.empty() || width <= 0) return;
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  cuda::gather_rows(x, width, stage(ids), static_cast<std::int64_t>(ids.size()), out, stream_);
+}
+
+void CudaBackend::scatter_add_rows(const float* x, std::int64_t width, std::span<const std::int32_t> ids,
+                                   std::span<const float> weights, float* y) {
+  if (ids.empty() || width <= 0) return;
+  if (weights.size() != ids.size()) fail("scatter_add_rows: {} weights for {} rows", weights.size(), ids.size());
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  const std::int32_t* ids_d = stage(ids);
+  const float* weights_d = stage(weights);
+  cuda::scatter_add_rows(x, width, ids_d, weights_d, static_cast<std::int64_t>(ids.size()), y, stream_);
+}
+
+void CudaBackend::fill_zero(float* x, std::int64_t n) {
+  if (n <= 0) return;
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  NIBBLE_CUDA_CHECK(cudaMemsetAsync(x, 0, static_cast<std::size_t>(n) * sizeof(float), stream_));
+}
+
 void CudaBackend::embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) {
   if (ids.empty()) return;
   check_ids(ids, table.rows);

@@ -69,6 +69,10 @@ class CudaBackend final : public Backend {
   void soft_cap(float* x, std::int64_t n, float cap) override;
   void embedding(const Matrix& table, std::span<const std::int32_t> ids, float* out) override;
   void embedding(const LinearWeights& table, std::span<const std::int32_t> ids, float* out) override;
+  void gather_rows(const float* x, std::int64_t width, std::span<const std::int32_t> ids, float* out) override;
+  void scatter_add_rows(const float* x, std::int64_t width, std::span<const std::int32_t> ids,
+                        std::span<const float> weights, float* y) override;
+  void fill_zero(float* x, std::int64_t n) override;
 
   // Beyond the interface: residual += x; y = rms_norm(residual) in one pass.
   void add_rms_norm(const float* x, float* residual, std::int64_t rows, std::int64_t dim, const float* weight,

@@ -247,4 +247,39 @@ void convert_to_half(const float* x, std::int64_t n, std::uint16_t* out, bool bf
   NIBBLE_CUDA_CHECK_LAUNCH(stream, "convert_kernel");
 }
 
+namespace {
+
+__global__ void gather_rows_kernel(const float* x, std::int64_t width, const std::int32_t* ids, std::int64_t count,
+                                   float* out) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count * width) return;
+  const std::int64_t row = i / width, column = i % width;
+  out[i] = x[static_cast<std::int64_t>(ids[row]) * width + column];
+}
+
+// Each output row belongs to one id (ids are distinct), so plain adds do not race.
+__global__ void scatter_add_rows_kernel(const float* x, std::int64_t width, const std::int32_t* ids,
+                                        const float* weights, std::int64_t count, float* y) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count * width) return;
+  const std::int64_t row = i / width, column = i % width;
+  y[static_cast<std::int64_t>(ids[row]) * width + column] += weights[row] * x[i];
+}
+
+}  // namespace
+
+void gather_rows(const float* x, std::int64_t width, const std::int32_t* ids, std::int64_t count, float* out,
+                 cudaStream_t stream) {
+  if (count <= 0 || width <= 0) return;
+  gather_rows_kernel<<<grid_for(count * width), kThreads, 0, stream>>>(x, width, ids, count, out);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "gather_rows_kernel");
+}
+
+void scatter_add_rows(const float* x, std::int64_t width, const std::int32_t* ids, const float* weights,
+                      std::int64_t count, float* y, cudaStream_t stream) {
+  if (count <= 0 || width <= 0) return;
+  scatter_add_rows_kernel<<<grid_for(count * width), kThreads, 0, stream>>>(x, width, ids, weights, count, y);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "scatter_add_rows_kernel");
+}
+
 }  // namespace nibble::kernels::cuda

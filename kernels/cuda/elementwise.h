@@ -39,6 +39,12 @@ void add_bias(float* y, std::int64_t rows, std::int64_t n, std::int64_t ldy, con
 // out[r] = table[ids[r]] as float32; table [*, cols] of F32, F16 or BF16. Ids must be valid.
 void embedding(const void* table, DType dtype, std::int64_t cols, const std::int32_t* ids, std::int64_t count,
                float* out, cudaStream_t stream);
+// out[i] = x[ids[i]] for `count` rows of `width` floats.
+void gather_rows(const float* x, std::int64_t width, const std::int32_t* ids, std::int64_t count, float* out,
+                 cudaStream_t stream);
+// y[ids[i]] += weights[i] * x[i] for `count` rows of `width` floats; ids distinct.
+void scatter_add_rows(const float* x, std::int64_t width, const std::int32_t* ids, const float* weights,
+                      std::int64_t count, float* y, cudaStream_t stream);
 // out = x rounded to fp16 (or bf16), nearest even; fp16 saturates at +-65504.
 void convert_to_half(const float* x, std::int64_t n, std::uint16_t* out, bool bf16, cudaStream_t stream);
 

@@ -157,6 +157,23 @@ class RecordingBackend final : public kernels::Backend {
     }
   }
 
+  void gather_rows(const float* x, std::int64_t width, std::span<const std::int32_t> ids, float* out) override {
+    ++ops["gather_rows"];
+    check("gather_rows", x, out);
+    inner_.gather_rows(x, width, ids, out);
+  }
+  void scatter_add_rows(const float* x, std::int64_t width, std::span<const std::int32_t> ids,
+                        std::span<const float> weights, float* y) override {
+    ++ops["scatter_add_rows"];
+    check("scatter_add_rows", x, y);
+    inner_.scatter_add_rows(x, width, ids, weights, y);
+  }
+  void fill_zero(float* x, std::int64_t n) override {
+    ++ops["fill_zero"];
+    check("fill_zero", x);
+    inner_.fill_zero(x, n);
+  }
+
   kernels::CpuBackend inner_{1};
   std::vector<std::pair<const std::byte*, const std::byte*>> ranges_;
   std::vector<kernels::Buffer> kept_;

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <numeric>
 #include <random>
 
@@ -158,6 +159,35 @@ TEST(CpuOps, RmsNormAndSwigluMatchTheReferenceOnEveryIsaAndLength) {
     backend.swiglu(gate.data(), up.data(), 2, out.data());
     EXPECT_TRUE(std::isnan(out[0])) << cpu::isa_name(isa);
   }
+}
+
+// Mixture of experts: an expert's rows gathered out of the step and its outputs
+// added back with their routing weights; rows no id names are left alone.
+TEST(CpuOps, GatherAndScatterAddRowsMatchTheReference) {
+  std::mt19937 rng(std::random_device{}());
+  CpuBackend backend(1);
+  const std::int64_t rows = 9, width = 37;
+  const auto x = random_floats(rng, static_cast<std::size_t>(rows * width));
+  const std::vector<std::int32_t> ids{7, 0, 3, 8};
+  std::vector<float> gathered(ids.size() * width);
+  backend.gather_rows(x.data(), width, ids, gathered.data());
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    for (std::int64_t c = 0; c < width; ++c) {
+      ASSERT_EQ(gathered[i * width + static_cast<std::size_t>(c)], x[static_cast<std::size_t>(ids[i] * width + c)]);
+    }
+  }
+  const std::vector<float> weights{0.25f, -1.5f, 0.7f, 2.0f};
+  const auto y = random_floats(rng, static_cast<std::size_t>(rows * width));
+  std::vector<float> got = y;
+  backend.scatter_add_rows(gathered.data(), width, ids, weights, got.data());
+  EXPECT_LT(relative_error(got, reference::scatter_add_rows(gathered, width, ids, weights, y)), 1e-6);
+  for (const std::int64_t untouched : {1, 2, 4, 5, 6}) {
+    for (std::int64_t c = 0; c < width; ++c) {
+      ASSERT_EQ(got[static_cast<std::size_t>(untouched * width + c)], y[static_cast<std::size_t>(untouched * width + c)]);
+    }
+  }
+  backend.fill_zero(got.data(), static_cast<std::int64_t>(got.size()));
+  EXPECT_TRUE(std::ranges::all_of(got, [](float v) { return v == 0.0f; }));
 }
 
 TEST(CpuOps, RopeMatchesTheReference) {

@@ -113,6 +113,31 @@ TEST(ServerMetrics, CollectivesAdvanceByWhatRanSinceTheLastObservation) {
   EXPECT_EQ(sample(text, "nibble_collective_calls_total{model=\"m\",collective=\"all_gather\"}"), 2);
 }
 
+// Mixture of experts: per layer and expert, the tokens routed so far (the counters
+// advance by the difference of the engine's running totals; an idle expert shows
+// as 0), and the last step's imbalance.
+TEST(ServerMetrics, ExpertLoadBecomesCountersPerLayerAndExpert) {
+  ServerMetrics metrics("m");
+  engine::ExpertLoad load;
+  load.layers = {0, 2};
+  load.tokens = {{3, 0, 1}, {2, 2, 0}};
+  load.last_step_imbalance = 2.25;
+  metrics.observe_expert_load(load);
+  load.tokens = {{7, 0, 5}, {4, 6, 2}};
+  load.last_step_imbalance = 1.5;
+  metrics.observe_expert_load(load);
+  const std::string text = metrics.exposition();
+  EXPECT_EQ(sample(text, "nibble_moe_expert_tokens_total{model=\"m\",expert=\"0\",layer=\"0\"}"), 7);
+  EXPECT_EQ(sample(text, "nibble_moe_expert_tokens_total{model=\"m\",expert=\"1\",layer=\"0\"}"), 0);
+  EXPECT_EQ(sample(text, "nibble_moe_expert_tokens_total{model=\"m\",expert=\"2\",layer=\"0\"}"), 5);
+  EXPECT_EQ(sample(text, "nibble_moe_expert_tokens_total{model=\"m\",expert=\"1\",layer=\"2\"}"), 6);
+  EXPECT_DOUBLE_EQ(sample(text, "nibble_moe_expert_load_imbalance{model=\"m\"}"), 1.5);
+  // A dense model's (empty) load adds nothing.
+  ServerMetrics dense("d");
+  dense.observe_expert_load({});
+  EXPECT_EQ(dense.exposition().find("nibble_moe_expert_tokens_total{"), std::string::npos);
+}
+
 // --metrics-compat vllm: the same events under vLLM's names and labels, next to
 // nibble's own (which stay as they are).
 TEST(ServerMetrics, VllmCompatibleNamesCarryTheSameValues) {

@@ -1,0 +1,117 @@
+#include "engine/blocks/moe.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "common/error.h"
+
+namespace nibble::engine {
+
+MoeBlock::MoeBlock(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, std::int64_t layer)
+    : hidden_(config.hidden_size),
+      router_(config.moe),
+      gate_(binder.linear(arch.module(TensorRole::Router, layer), config.moe.num_experts, config.hidden_size)) {
+  const MoeConfig& moe = config.moe;
+  experts_.reserve(static_cast<std::size_t>(moe.num_experts));
+  for (std::int64_t e = 0; e < moe.num_experts; ++e) {
+    experts_.emplace_back(binder, arch.activation,
+                          GatedMlp::Modules{arch.expert_module(TensorRole::ExpertGate, layer, e),
+                                            arch.expert_module(TensorRole::ExpertUp, layer, e),
+                                            arch.expert_module(TensorRole::ExpertDown, layer, e)},
+                          moe.expert_intermediate_size, config.hidden_size);
+  }
+  if (moe.shared_expert_intermediate_size > 0) {
+    shared_.emplace(binder, arch.activation,
+                    GatedMlp::Modules{arch.module(TensorRole::SharedGate, layer), arch.module(TensorRole::SharedUp, layer),
+                                      arch.module(TensorRole::SharedDown, layer)},
+                    moe.shared_expert_intermediate_size, config.hidden_size);
+    if (moe.shared_expert_gate) {
+      shared_gate_ = binder.linear(arch.module(TensorRole::SharedExpertGate, layer), 1, config.hidden_size);
+    }
+  }
+  rows_of_.resize(experts_.size());
+  weights_of_.resize(experts_.size());
+  tokens_per_expert_.assign(experts_.size(), 0);
+  tokens_total_.assign(experts_.size(), 0);
+}
+
+Linear* MoeBlock::find(const std::string& module) {
+  if (module == gate_.module) return &gate_;
+  if (shared_gate_ && module == shared_gate_->module) return &*shared_gate_;
+  for (auto& expert : experts_) {
+    if (Linear* linear = expert.find(module)) return linear;
+  }
+  return shared_ ? shared_->find(module) : nullptr;
+}
+
+std::int64_t MoeBlock::stacked_width() const {
+  std::int64_t width = shared_ ? shared_->stacked_width() : 0;
+  for (const auto& expert : experts_) width = std::max(width, expert.stacked_width());
+  return width;
+}
+
+void MoeBlock::forward(const StepContext& step, Workspace& ws, const float* input, float* out) const {
+  kernels::Backend& backend = step.backend;
+  const std::int64_t rows = step.rows;
+  const auto experts = static_cast<std::int64_t>(experts_.size());
+  const std::int64_t k = router_.top_k();
+  // Route: the logits come to the host (rows x experts floats), the choice is made there.
+  gate_.run(backend, input, rows, ws.router().data<float>(), step.hook);
+  logits_.resize(static_cast<std::size_t>(rows * experts));
+  backend.download(ws.router(), 0, logits_.size() * sizeof(float), logits_.data());
+  choices_.resize(static_cast<std::size_t>(rows * k));
+  weights_.resize(choices_.size());
+  router_.route(logits_, rows, choices_, weights_);
+
+  // Group the rows by expert (ascending row order within each).
+  for (std::size_t e = 0; e < experts_.size(); ++e) {
+    rows_of_[e].clear();
+    weights_of_[e].clear();
+  }
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t i = 0; i < k; ++i) {
+      const auto at = static_cast<std::size_t>(r * k + i);
+      const auto e = static_cast<std::size_t>(choices_[at]);
+      rows_of_[e].push_back(static_cast<std::int32_t>(r));
+      weights_of_[e].push_back(weights_[at]);
+    }
+  }
+
+  float* sum = ws.moe_sum();
+  backend.fill_zero(sum, rows * hidden_);
+  for (std::size_t e = 0; e < experts_.size(); ++e) {
+    const auto& ids = rows_of_[e];
+    tokens_per_expert_[e] = static_cast<std::int64_t>(ids.size());
+    tokens_total_[e] += tokens_per_expert_[e];
+    if (ids.empty()) continue;  // an expert no token chose costs nothing
+    const auto count = static_cast<std::int64_t>(ids.size());
+    // Every row routed here (a lone decode token): run straight on the input.
+    const float* x = input;
+    if (count != rows) {
+      backend.gather_rows(input, hidden_, ids, ws.expert_in());
+      x = ws.expert_in();
+    }
+    experts_[e].run(backend, step.hook, ws, x, count, ws.expert_out());
+    backend.scatter_add_rows(ws.expert_out(), hidden_, ids, weights_of_[e], sum);
+  }
+  if (shared_) {
+    shared_->run(backend, step.hook, ws, input, rows, ws.expert_out());
+    if (shared_gate_) {
+      // sigmoid(x . w_gate) per row, on the host like the routing weights.
+      shared_gate_->run(backend, input, rows, ws.router().data<float>(), step.hook);
+      shared_weights_.resize(static_cast<std::size_t>(rows));
+      backend.download(ws.router(), 0, shared_weights_.size() * sizeof(float), shared_weights_.data());
+      for (auto& w : shared_weights_) w = 1.0f / (1.0f + std::exp(-w));
+      all_rows_.resize(static_cast<std::size_t>(rows));
+      std::iota(all_rows_.begin(), all_rows_.end(), 0);
+      backend.scatter_add_rows(ws.expert_out(), hidden_, all_rows_, shared_weights_, sum);
+    } else {
+      backend.add(ws.expert_out(), rows * hidden_, sum);
+    }
+  }
+  // `out` may be `input`, read until here.
+  backend.slice_columns(sum, rows, hidden_, 0, hidden_, out);
+}
+
+}  // namespace nibble::engine
