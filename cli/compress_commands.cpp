@@ -7,6 +7,7 @@
 #include <string>
 
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
 #include "cli/process_stats.h"
@@ -35,6 +36,9 @@ struct CompressFlags {
   bool act_order = false;
   bool static_groups = false;
   bool natural_order = false;
+  bool keep_embeddings = false;
+  int embedding_bits = 8;
+  std::string scales = "search";
   std::string calib;
   std::int64_t calib_samples = 128;
   std::int64_t seq_len = 512;
@@ -57,6 +61,12 @@ void add_quantization_flags(CLI::App* cmd, CompressFlags& flags) {
   cmd->add_flag("--static-groups", flags.static_groups, "GPTQ with --act-order: fix group scales before the sweep");
   cmd->add_flag("--natural-order", flags.natural_order,
                 "GPTQ without --act-order: sweep columns in plain order instead of group-aware order (GAR)");
+  cmd->add_option("--scales", flags.scales,
+                  "Group scales: search (least squared error over clipped and full-range candidates, weighted by "
+                  "H_jj for GPTQ and, with --calib, by the activations' mean x^2 for RTN) or minmax (GPTQ's "
+                  "reference absmax/min-max)")
+      ->check(CLI::IsMember({"search", "minmax"}))
+      ->capture_default_str();
   cmd->add_option("--damp", flags.damp, "GPTQ/SparseGPT: diagonal damping, as a share of the mean diagonal")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
@@ -67,7 +77,9 @@ void add_common_flags(CLI::App* cmd, CompressFlags& flags) {
       ->required()
       ->check(CLI::ExistingDirectory);
   cmd->add_option("-o,--out", flags.out, "Output folder (must not exist or be empty)")->required();
-  cmd->add_option("--calib", flags.calib, "Calibration text file, or .json arrays of token ids")
+  cmd->add_option("--calib", flags.calib,
+                  "Calibration text file, or .json arrays of token ids (quantize --method rtn: weights each group's "
+                  "scale search by the activations' mean x^2 per input column, llama.cpp's imatrix)")
       ->check(CLI::ExistingFile);
   cmd->add_option("--calib-samples", flags.calib_samples, "Calibration runs")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--seq-len", flags.seq_len, "Tokens per calibration run")->check(CLI::PositiveNumber)->capture_default_str();
@@ -146,6 +158,7 @@ void fill_quantization(const CompressFlags& flags, quant::CompressionOptions& op
   options.damp = flags.damp;
   // Group-aware order improves GPTQ at no cost to the layout, so it is the default
   // wherever it applies (as in GPTQModel): plain groups, no act-order, no pruning.
+  options.spec.scales = flags.scales == "search" ? quant::ScaleChoice::Search : quant::ScaleChoice::MinMax;
   options.group_aware_order = !flags.natural_order && !flags.act_order && !flags.static_groups &&
                               flags.group_size > 0 && flags.method == "gptq";
   settings.bits = flags.bits;
@@ -170,11 +183,30 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--format", flags->format, "Checkpoint layout: gptq (AutoGPTQ/GPTQModel) or compressed-tensors")
       ->check(CLI::IsMember({"gptq", "compressed-tensors"}))
       ->capture_default_str();
+  cmd->add_flag("--keep-embeddings", flags->keep_embeddings,
+                "Keep the token embedding and lm_head unquantized (by default they are quantized like the layers; "
+                "transformers, GPTQModel and vLLM read a quantized embedding from neither format, nibble from both)");
+  cmd->add_option("--embedding-bits", flags->embedding_bits,
+                  "Bits of the quantized embedding and lm_head (llama.cpp's Q4_0 keeps them at 8, Q8_0)")
+      ->check(CLI::IsMember({2, 3, 4, 8}))
+      ->capture_default_str();
   cmd->callback([flags] {
     quant::CompressionOptions options;
     quant::CheckpointSettings settings;
     options.quantize = flags->method == "gptq" ? quant::QuantMethod::Gptq : quant::QuantMethod::Rtn;
     fill_quantization(*flags, options, settings);
+    options.quantize_embeddings = !flags->keep_embeddings;
+    if (options.quantize_embeddings) {
+      options.embedding_bits = flags->embedding_bits;
+      settings.embedding_bits = flags->embedding_bits;
+    }
+    options.rtn_importance = flags->method == "rtn" && !flags->calib.empty();
+    if (options.rtn_importance && options.spec.scales != quant::ScaleChoice::Search) {
+      fail("--calib with --method rtn weights the scale search; it has no use with --scales minmax");
+    }
+    if (options.rtn_importance) {
+      spdlog::info("rtn_importance: group scales weighted by each input column's mean x^2 on the calibration text");
+    }
     if (flags->act_order && flags->method == "rtn") fail("--act-order only applies to --method gptq");
     settings.method = flags->method;
     settings.format =

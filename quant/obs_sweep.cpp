@@ -439,11 +439,27 @@ Factorization factorize(const Hessian& hessian, Index cols, const SweepOptions& 
   return f;
 }
 
+// Per-column importance for fit_group's search, scaled to mean 1 so float holds it
+// whatever the activations' magnitude; empty when there is none (or all are 0).
+std::vector<float> normalized_importance(std::span<const double> importance) {
+  double sum = 0.0;
+  for (const double h : importance) {
+    if (!(h >= 0.0) || !std::isfinite(h)) fail("column importance {} is not a finite non-negative number", h);
+    sum += h;
+  }
+  if (!(sum > 0.0)) return {};
+  const double mean = sum / static_cast<double>(importance.size());
+  std::vector<float> out(importance.size());
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(importance[i] / mean);
+  return out;
+}
+
 // The sweep's state, in sweep order (columns permuted by plan.order).
 class Sweep {
  public:
+  // `importance`: per sweep position (H_jj), weighting each group's scale search; empty: none.
   Sweep(const SweepPlan& plan, std::vector<float> weights, std::vector<double> u, std::vector<std::uint8_t> pruned,
-        std::vector<GroupParams> params, Workers& workers)
+        std::vector<GroupParams> params, std::vector<float> importance, Workers& workers)
       : plan_(plan),
         rows_(plan.rows),
         cols_(plan.cols),
@@ -451,6 +467,7 @@ class Sweep {
         u_(std::move(u)),
         pruned_(std::move(pruned)),
         params_(std::move(params)),
+        importance_(std::move(importance)),
         out_(w_.size()),
         codes_(plan.quantize ? w_.size() : 0),
         row_loss_(at(rows_), 0.0),
@@ -475,7 +492,7 @@ class Sweep {
   // What one thread needs to sweep a row.
   struct RowScratch {
     std::vector<double> row, scores;
-    std::vector<float> group_values;
+    std::vector<float> group_values, group_importance;
   };
   static constexpr Index kRowsPerTask = 16;
 
@@ -518,7 +535,13 @@ class Sweep {
         for (Index c = i; c < plan_.group_end(i); ++c) {
           scratch.group_values.push_back(pruned[c] ? 0.0f : static_cast<float>(current(c)));
         }
-        params_[at(r * plan_.groups + plan_.group_at[at(i)])] = fit_group(scratch.group_values, *plan_.quantize);
+        scratch.group_importance.clear();
+        if (!importance_.empty()) {
+          const auto first = importance_.begin() + i;
+          scratch.group_importance.assign(first, first + (plan_.group_end(i) - i));
+        }
+        params_[at(r * plan_.groups + plan_.group_at[at(i)])] =
+            fit_group(scratch.group_values, *plan_.quantize, scratch.group_importance);
       }
 
       const Index j = i - begin;
@@ -581,6 +604,7 @@ class Sweep {
   std::vector<double> u_;    // [cols, cols]
   std::vector<std::uint8_t> pruned_;  // [rows, cols]
   std::vector<GroupParams> params_;   // [rows, groups]
+  std::vector<float> importance_;     // [cols] in sweep order, or empty
   std::vector<float> out_;            // [rows, cols]: the compressed weights
   std::vector<std::uint8_t> codes_;   // [rows, cols] when quantizing
   std::vector<double> row_loss_;
@@ -658,6 +682,14 @@ SweepResult obs_sweep(std::span<const float> weights, std::int64_t rows, std::in
     }
   }
 
+  // H_jj weights each group's scale search (it is the error's weight when the
+  // columns are taken alone); only a search reads it.
+  std::vector<float> importance;
+  if (plan.quantize && plan.quantize->scales == ScaleChoice::Search) {
+    std::vector<double> diagonal(at(cols));
+    for (Index j = 0; j < cols; ++j) diagonal[at(j)] = hessian.values()[at(j * cols + j)];
+    importance = normalized_importance(diagonal);
+  }
   std::vector<GroupParams> params;
   plan.group_at.assign(at(cols), 0);
   if (plan.quantize) {
@@ -673,13 +705,18 @@ SweepResult obs_sweep(std::span<const float> weights, std::int64_t rows, std::in
         for (Index g = 0; g < plan.groups; ++g) {
           const Index first = g * group_size, size = std::min(group_size, cols - first);
           const std::span<const float> group(original.data() + r * cols + first, at(size));
-          params[at(r * plan.groups + g)] = fit_group(group, *plan.quantize);
+          const std::span<const float> weights_of_group =
+              importance.empty() ? std::span<const float>{} : std::span<const float>(importance).subspan(at(first), at(size));
+          params[at(r * plan.groups + g)] = fit_group(group, *plan.quantize, weights_of_group);
         }
       }
     }
   }
 
-  Sweep sweep(plan, std::move(swept), std::move(f.u), std::move(pruned), std::move(params), workers);
+  std::vector<float> swept_importance;
+  for (Index i = 0; i < cols && !importance.empty(); ++i) swept_importance.push_back(importance[at(plan.order[at(i)])]);
+  Sweep sweep(plan, std::move(swept), std::move(f.u), std::move(pruned), std::move(params), std::move(swept_importance),
+              workers);
   sweep.run(backend);
 
   // Back to input-column order.
@@ -705,9 +742,13 @@ SweepResult obs_sweep(std::span<const float> weights, std::int64_t rows, std::in
 }
 
 SweepResult round_to_nearest(std::span<const float> weights, std::int64_t rows, std::int64_t cols,
-                             const QuantSpec& spec) {
+                             const QuantSpec& spec, std::span<const double> importance) {
   check_weights(weights, rows, cols);
   spec.validate();
+  if (!importance.empty() && importance.size() != at(cols)) {
+    fail("{} column importances for a matrix of {} input columns", importance.size(), cols);
+  }
+  const std::vector<float> weighting = normalized_importance(importance);
   const Index group_size = spec.group_size > 0 ? spec.group_size : cols;
   const Index groups = spec.groups(cols);
   const int maxq = spec.maxq();
@@ -718,7 +759,10 @@ SweepResult round_to_nearest(std::span<const float> weights, std::int64_t rows, 
   for (Index r = 0; r < rows; ++r) {
     for (Index g = 0; g < groups; ++g) {
       const Index first = r * cols + g * group_size, size = std::min(group_size, cols - g * group_size);
-      const GroupParams p = fit_group(weights.subspan(at(first), at(size)), spec);
+      const GroupParams p = fit_group(
+          weights.subspan(at(first), at(size)), spec,
+          weighting.empty() ? std::span<const float>{}
+                            : std::span<const float>(weighting).subspan(at(g * group_size), at(size)));
       params[at(r * groups + g)] = p;
       for (Index k = first; k < first + size; ++k) {
         const int code = quantize_code(weights[at(k)], p, maxq);

@@ -5,6 +5,8 @@
 quantize` / `nibble prune` compress it with calibration text (Python docstrings) and `nibble eval`
 measures perplexity and KL divergence against the float model on disjoint text (Debian's licence
 texts). The assertions are the orderings the methods promise, not exact numbers:
+  - the scale search beats min-max scaling (RTN 4-bit g32, `--scales search` vs `minmax`);
+  - quantizing the embedding (the default) costs something (`--keep-embeddings` is better);
   - GPTQ beats round-to-nearest at equal bits and group size (4-bit g32, 3-bit g32);
   - SparseGPT beats magnitude pruning at 2:4 (and Wanda is no worse than magnitude there);
   - every compressed model is worse than the float model, and none is absurd (finite, KL > 0).
@@ -65,6 +67,10 @@ def main():
     quant = ["--format", "compressed-tensors"]
     variants = {
         "rtn-4bit-g32": ["quantize", "--method", "rtn", "--bits", "4", "--group-size", "32"] + quant,
+        "rtn-4bit-g32-minmax": ["quantize", "--method", "rtn", "--bits", "4", "--group-size", "32", "--scales",
+                                "minmax"] + quant,
+        "rtn-4bit-g32-keep-embeddings": ["quantize", "--method", "rtn", "--bits", "4", "--group-size", "32",
+                                         "--keep-embeddings"] + quant,
         "gptq-4bit-g32": ["quantize", "--method", "gptq", "--bits", "4", "--group-size", "32"] + quant + calib,
         "gptq-4bit-g32-actorder": ["quantize", "--method", "gptq", "--bits", "4", "--group-size", "32",
                                    "--act-order"] + quant + calib,
@@ -97,6 +103,8 @@ def main():
                f"{a} should beat {b} on {metric}: {results[a][metric]:.5f} vs {results[b][metric]:.5f}")
 
     for metric in ("mean_kl", "perplexity"):
+        better("rtn-4bit-g32", "rtn-4bit-g32-minmax", metric)
+        better("rtn-4bit-g32-keep-embeddings", "rtn-4bit-g32", metric)
         better("gptq-4bit-g32", "rtn-4bit-g32", metric)
         better("gptq-3bit-g32", "rtn-3bit-g32", metric)
         better("sparsegpt-2:4", "magnitude-2:4", metric)
