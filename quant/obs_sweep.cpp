@@ -756,23 +756,31 @@ SweepResult round_to_nearest(std::span<const float> weights, std::int64_t rows, 
   result.weights.resize(weights.size());
   std::vector<std::uint8_t> codes(weights.size());
   std::vector<GroupParams> params(at(rows * groups));
-  for (Index r = 0; r < rows; ++r) {
-    for (Index g = 0; g < groups; ++g) {
-      const Index first = r * cols + g * group_size, size = std::min(group_size, cols - g * group_size);
-      const GroupParams p = fit_group(
-          weights.subspan(at(first), at(size)), spec,
-          weighting.empty() ? std::span<const float>{}
-                            : std::span<const float>(weighting).subspan(at(g * group_size), at(size)));
-      params[at(r * groups + g)] = p;
-      for (Index k = first; k < first + size; ++k) {
-        const int code = quantize_code(weights[at(k)], p, maxq);
-        codes[at(k)] = static_cast<std::uint8_t>(code);
-        result.weights[at(k)] = dequantize_code(code, p);
-        const double error = static_cast<double>(weights[at(k)]) - result.weights[at(k)];
-        result.loss += error * error;
+  std::vector<double> row_loss(at(rows), 0.0);
+  // Rows are independent; the scale search makes them worth spreading over the cores.
+  // Each row's loss is summed alone and the rows in order, so the result does not
+  // depend on the thread count.
+  Workers workers(static_cast<int>(std::thread::hardware_concurrency()));
+  workers.for_chunks(rows, 16, [&](Index first_row, Index last_row, int) {
+    for (Index r = first_row; r < last_row; ++r) {
+      for (Index g = 0; g < groups; ++g) {
+        const Index first = r * cols + g * group_size, size = std::min(group_size, cols - g * group_size);
+        const GroupParams p = fit_group(
+            weights.subspan(at(first), at(size)), spec,
+            weighting.empty() ? std::span<const float>{}
+                              : std::span<const float>(weighting).subspan(at(g * group_size), at(size)));
+        params[at(r * groups + g)] = p;
+        for (Index k = first; k < first + size; ++k) {
+          const int code = quantize_code(weights[at(k)], p, maxq);
+          codes[at(k)] = static_cast<std::uint8_t>(code);
+          result.weights[at(k)] = dequantize_code(code, p);
+          const double error = static_cast<double>(weights[at(k)]) - result.weights[at(k)];
+          row_loss[at(r)] += error * error;
+        }
       }
     }
-  }
+  });
+  result.loss = std::accumulate(row_loss.begin(), row_loss.end(), 0.0);
   result.quantized =
       make_quantized_matrix(rows, cols, spec, groups, contiguous_groups(cols, spec.group_size), std::move(codes), params,
                             false);
