@@ -6,8 +6,8 @@
 #include <filesystem>
 #include <string>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
 #include "cli/process_stats.h"
@@ -138,6 +138,17 @@ void run_compression(const CompressFlags& flags, const quant::CompressionOptions
                       {"input_bytes", in_bytes},
                       {"output_bytes", out_bytes},
                       {"proxy_loss", report.proxy_loss}};
+  // How group scales were chosen, in words: the log says what --calib did for RTN.
+  std::string scales;
+  if (options.quantize != quant::QuantMethod::None) {
+    scales = options.spec.scales == quant::ScaleChoice::MinMax ? "min-max (GPTQ's reference)"
+             : options.quantize == quant::QuantMethod::Gptq   ? "searched, weighted by the Hessian diagonal"
+             : options.rtn_importance ? "searched, weighted by the calibration activations' mean x^2 (imatrix)"
+                                      : "searched, unweighted (pass --calib to weight by activations)";
+    json["scales"] = scales;
+    json["embeddings"] = options.quantize_embeddings ? fmt::format("quantized, {} bits", settings.embedding_bits)
+                                                     : std::string("kept");
+  }
   if (flags.json) {
     std::printf("%s\n", json.dump(2).c_str());
   } else {
@@ -145,6 +156,9 @@ void run_compression(const CompressFlags& flags, const quant::CompressionOptions
                 flags.out.c_str(), static_cast<long long>(report.modules), seconds,
                 static_cast<double>(peak_rss_bytes()) / (1 << 20), static_cast<double>(in_bytes) / (1 << 20),
                 static_cast<double>(out_bytes) / (1 << 20));
+    if (!scales.empty()) {
+      std::printf("scales: %s; embeddings: %s\n", scales.c_str(), json["embeddings"].get<std::string>().c_str());
+    }
   }
 }
 
@@ -203,9 +217,6 @@ void add_quantize_command(CLI::App& app) {
     options.rtn_importance = flags->method == "rtn" && !flags->calib.empty();
     if (options.rtn_importance && options.spec.scales != quant::ScaleChoice::Search) {
       fail("--calib with --method rtn weights the scale search; it has no use with --scales minmax");
-    }
-    if (options.rtn_importance) {
-      spdlog::info("rtn_importance: group scales weighted by each input column's mean x^2 on the calibration text");
     }
     if (flags->act_order && flags->method == "rtn") fail("--act-order only applies to --method gptq");
     settings.method = flags->method;
