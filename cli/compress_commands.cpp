@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <string>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
@@ -37,6 +38,9 @@ struct CompressFlags {
   bool act_order = false;
   bool static_groups = false;
   bool natural_order = false;
+  bool keep_embeddings = false;
+  int embedding_bits = 8;
+  std::string scales = "search";
   std::string calib;
   std::int64_t calib_samples = 128;
   std::int64_t seq_len = 512;
@@ -59,6 +63,12 @@ void add_quantization_flags(CLI::App* cmd, CompressFlags& flags) {
   cmd->add_flag("--static-groups", flags.static_groups, "GPTQ with --act-order: fix group scales before the sweep");
   cmd->add_flag("--natural-order", flags.natural_order,
                 "GPTQ without --act-order: sweep columns in plain order instead of group-aware order (GAR)");
+  cmd->add_option("--scales", flags.scales,
+                  "Group scales: search (least squared error over clipped and full-range candidates, weighted by "
+                  "H_jj for GPTQ and, with --calib, by the activations' mean x^2 for RTN) or minmax (GPTQ's "
+                  "reference absmax/min-max)")
+      ->check(CLI::IsMember({"search", "minmax"}))
+      ->capture_default_str();
   cmd->add_option("--damp", flags.damp, "GPTQ/SparseGPT: diagonal damping, as a share of the mean diagonal")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
@@ -71,7 +81,10 @@ void add_common_flags(CLI::App* cmd, CompressFlags& flags) {
       ->check(CLI::ExistingPath);
   cmd->add_option("-o,--out", flags.out, "Output folder (must not exist or be empty); --format gguf: the .gguf file")
       ->required();
-  cmd->add_option("--calib", flags.calib, "Calibration text file, or .json arrays of token ids")
+  cmd->add_option("--calib", flags.calib,
+                  "Calibration text file, or .json arrays of token ids (quantize --method rtn: weights each group's "
+                  "scale search, or each GGUF block's fit, by the activations' mean x^2 per input column, "
+                  "llama.cpp's imatrix)")
       ->check(CLI::ExistingFile);
   cmd->add_option("--calib-samples", flags.calib_samples, "Calibration runs")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--seq-len", flags.seq_len, "Tokens per calibration run")->check(CLI::PositiveNumber)->capture_default_str();
@@ -141,6 +154,17 @@ void run_compression(const CompressFlags& flags, quant::CompressionOptions optio
                       {"input_bytes", in_bytes},
                       {"output_bytes", out_bytes},
                       {"proxy_loss", report.proxy_loss}};
+  // How group scales were chosen, in words: the log says what --calib did for RTN.
+  std::string scales;
+  if (options.quantize != quant::QuantMethod::None) {
+    scales = options.spec.scales == quant::ScaleChoice::MinMax ? "min-max (GPTQ's reference)"
+             : options.quantize == quant::QuantMethod::Gptq   ? "searched, weighted by the Hessian diagonal"
+             : options.rtn_importance ? "searched, weighted by the calibration activations' mean x^2 (imatrix)"
+                                      : "searched, unweighted (pass --calib to weight by activations)";
+    json["scales"] = scales;
+    json["embeddings"] = options.quantize_embeddings ? fmt::format("quantized, {} bits", settings.embedding_bits)
+                                                     : std::string("kept");
+  }
   if (flags.json) {
     std::printf("%s\n", json.dump(2).c_str());
   } else {
@@ -148,6 +172,9 @@ void run_compression(const CompressFlags& flags, quant::CompressionOptions optio
                 flags.out.c_str(), static_cast<long long>(report.modules), seconds,
                 static_cast<double>(peak_rss_bytes()) / (1 << 20), static_cast<double>(in_bytes) / (1 << 20),
                 static_cast<double>(out_bytes) / (1 << 20));
+    if (!scales.empty()) {
+      std::printf("scales: %s; embeddings: %s\n", scales.c_str(), json["embeddings"].get<std::string>().c_str());
+    }
   }
 }
 
@@ -161,6 +188,7 @@ void fill_quantization(const CompressFlags& flags, quant::CompressionOptions& op
   options.damp = flags.damp;
   // Group-aware order improves GPTQ at no cost to the layout, so it is the default
   // wherever it applies (as in GPTQModel): plain groups, no act-order, no pruning.
+  options.spec.scales = flags.scales == "search" ? quant::ScaleChoice::Search : quant::ScaleChoice::MinMax;
   options.group_aware_order = !flags.natural_order && !flags.act_order && !flags.static_groups &&
                               flags.group_size > 0 && flags.method == "gptq";
   settings.bits = flags.bits;
@@ -189,18 +217,37 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--type", flags->gguf_type,
                   "--format gguf: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K or the mix Q4_K_M "
                   "(--bits/--group-size/--asym do not apply)");
+  cmd->add_flag("--keep-embeddings", flags->keep_embeddings,
+                "Keep the token embedding and lm_head unquantized (by default they are quantized like the layers; "
+                "transformers, GPTQModel and vLLM read a quantized embedding from neither format, nibble from both)");
+  cmd->add_option("--embedding-bits", flags->embedding_bits,
+                  "Bits of the quantized embedding and lm_head (llama.cpp's Q4_0 keeps them at 8, Q8_0)")
+      ->check(CLI::IsMember({2, 3, 4, 8}))
+      ->capture_default_str();
   cmd->callback([flags] {
     quant::CompressionOptions options;
     quant::CheckpointSettings settings;
     options.quantize = flags->method == "gptq" ? quant::QuantMethod::Gptq : quant::QuantMethod::Rtn;
     fill_quantization(*flags, options, settings);
+    const bool gguf = flags->format == "gguf";
+    // A GGUF file's token_embd and output are the writer's: block-encoded by its recipe.
+    if (gguf && flags->keep_embeddings) fail("--keep-embeddings does not apply to --format gguf (its recipe encodes them)");
+    options.quantize_embeddings = !gguf && !flags->keep_embeddings;
+    if (options.quantize_embeddings) {
+      options.embedding_bits = flags->embedding_bits;
+      settings.embedding_bits = flags->embedding_bits;
+    }
+    options.rtn_importance = flags->method == "rtn" && !flags->calib.empty();
+    if (!gguf && options.rtn_importance && options.spec.scales != quant::ScaleChoice::Search) {
+      fail("--calib with --method rtn weights the scale search; it has no use with --scales minmax");
+    }
     if (flags->act_order && flags->method == "rtn") fail("--act-order only applies to --method gptq");
     settings.method = flags->method;
     settings.format =
         flags->format == "gptq" ? quant::CheckpointFormat::Gptq : quant::CheckpointFormat::CompressedTensors;
     if (settings.format == quant::CheckpointFormat::Gptq) options.spec.min_zero = 1;  // v1 stores zero - 1
-    if ((flags->format == "gguf") != !flags->gguf_type.empty()) fail("--type goes with --format gguf, and it needs one");
-    if (flags->format == "gguf") {
+    if (gguf != !flags->gguf_type.empty()) fail("--type goes with --format gguf, and it needs one");
+    if (gguf) {
       if (flags->act_order || flags->static_groups) fail("GGUF blocks are contiguous: no --act-order/--static-groups");
       // Group-aware order: whole blocks by their largest H_jj (GPTQ only).
       options.group_aware_order = flags->method == "gptq" && !flags->natural_order;

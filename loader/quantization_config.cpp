@@ -128,6 +128,7 @@ DynamicRule parse_dynamic_rule(const std::string& key, const json& value, const 
 // modules_to_not_convert (AutoAWQ, transformers).
 void parse_module_selection(const json& q, const char* where, QuantizationConfig& out) {
   out.lm_head = field<bool>(q, "lm_head", where).value_or(false);
+  out.embed_tokens = field<bool>(q, "embed_tokens", where).value_or(false);
   if (present(q, "dynamic")) {
     if (!q["dynamic"].is_object()) fail("{}: 'dynamic' must be an object of pattern -> overrides", where);
     for (const auto& [key, value] : q["dynamic"].items()) out.dynamic.push_back(parse_dynamic_rule(key, value, where));
@@ -520,7 +521,7 @@ std::optional<ModuleQuantization> QuantizationConfig::module(const std::string& 
     case QuantMethod::Awq:
     case QuantMethod::Gptq: {
       // GPTQ and AWQ quantize the decoder's linear layers; lm_head only on request.
-      if (name.ends_with("embed_tokens") || excluded_by_substring()) return std::nullopt;
+      if ((name.ends_with("embed_tokens") && !embed_tokens) || excluded_by_substring()) return std::nullopt;
       if (name.ends_with("lm_head") && !lm_head) return std::nullopt;
       if (!modules_in_block.empty()) {
         const auto suffix = layer_suffix(name);
@@ -578,6 +579,7 @@ std::string QuantizationConfig::describe() const {
       text = fmt::format("{} {}, format {}", quant_method_name(method), scheme_text(defaults), format);
       if (method == QuantMethod::Gptq) text += format == "gptq" ? " (v1 zeros: stored zero - 1)" : " (v2 zeros)";
       if (lm_head) text += ", lm_head quantized";
+      if (embed_tokens) text += ", embeddings quantized";
       if (!dynamic.empty()) text += fmt::format(", {} dynamic rule{}", dynamic.size(), dynamic.size() == 1 ? "" : "s");
       if (!modules_to_not_convert.empty())
         text += fmt::format(", {} modules kept plain", modules_to_not_convert.size());
@@ -608,6 +610,7 @@ nlohmann::json QuantizationConfig::to_json() const {
     case QuantMethod::Gptq:
     case QuantMethod::Awq: {
       out["lm_head"] = lm_head;
+      if (embed_tokens) out["embed_tokens"] = true;
       nlohmann::json rules = nlohmann::json::array();
       for (const auto& rule : dynamic) {
         nlohmann::json r = {{"pattern", rule.pattern}, {"skip", rule.skip}};

@@ -74,6 +74,8 @@ struct QuantizationConfig {
   ModuleQuantization defaults;  // GPTQ/AWQ: the base settings; compressed-tensors: the first group's
   // GPTQ / AWQ.
   bool lm_head = false;  // GPTQModel quantized lm_head too
+  // nibble's GPTQ key: model.embed_tokens is stored packed too (checkpoint_writer.h)
+  bool embed_tokens = false;
   std::vector<DynamicRule> dynamic;
   std::vector<std::string> modules_to_not_convert;  // substrings of module names left unquantized
   std::vector<std::string> modules_in_block;        // optimum: module suffixes quantized inside each block

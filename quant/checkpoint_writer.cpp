@@ -39,6 +39,10 @@ constexpr std::array kSideFiles = {"tokenizer.json",      "tokenizer_config.json
                                    "tokenizer.model",     "vocab.json",           "merges.txt",
                                    "vocab.txt",           "added_tokens.json"};
 
+// The one non-linear module that may be quantized: its rows are dequantized by the
+// lookup, and a tied lm_head multiplies by the same quantized matrix.
+constexpr const char* kEmbedding = "model.embed_tokens";
+
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 std::size_t index(std::int64_t i) { return static_cast<std::size_t>(i); }
 
@@ -255,6 +259,10 @@ void check_settings(const CheckpointSettings& s) {
   if (s.bits != 2 && s.bits != 3 && s.bits != 4 && s.bits != 8) {
     fail("checkpoint settings: {}-bit weights cannot be written (supported: 2, 3, 4, 8)", s.bits);
   }
+  if (s.embedding_bits != 0 && s.embedding_bits != 2 && s.embedding_bits != 3 && s.embedding_bits != 4 &&
+      s.embedding_bits != 8) {
+    fail("checkpoint settings: {}-bit embeddings cannot be written (supported: 2, 3, 4, 8)", s.embedding_bits);
+  }
   if (s.group_size == 0 || s.group_size < -1) {
     fail("checkpoint settings: group size {} is invalid (-1 for one group per row, or a positive size)",
          s.group_size);
@@ -328,14 +336,20 @@ void check_zeros(const std::string& module, const QuantizedMatrix& m, const Chec
   }
 }
 
+// The embedding and lm_head may have their own bits (CheckpointSettings::embedding_bits).
+bool embedding_like(const std::string& module) { return module == kEmbedding || module == "lm_head"; }
+
+int bits_of(const std::string& module, const CheckpointSettings& s) {
+  return embedding_like(module) && s.embedding_bits != 0 ? s.embedding_bits : s.bits;
+}
+
 void check_quantized(const std::string& module, const QuantizedMatrix& m, const CheckpointSettings& s) {
   m.validate();  // sizes, code range, group indices and a claimed 2:4 pattern
   if (m.offset != QuantizedMatrix::Offset::ZeroPoint) {
     fail("{}: GPTQ and compressed-tensors store zero points; a matrix with group minimums cannot be written", module);
   }
-  if (m.bits != s.bits) {
-    fail("{}: {}-bit codes, but the checkpoint settings say {} bits (one config covers every module)", module, m.bits,
-         s.bits);
+  if (m.bits != bits_of(module, s)) {
+    fail("{}: {}-bit codes, but the checkpoint settings say {} bits for it", module, m.bits, bits_of(module, s));
   }
   const std::int64_t groups = s.group_size > 0 ? ceil_div(m.cols, s.group_size) : 1;
   if (m.groups != groups) {
@@ -434,8 +448,8 @@ struct CheckpointWriter::State {
   DType claim(const std::string& module, std::int64_t rows, std::int64_t cols) const {
     if (finished) fail("{}: the checkpoint was already written (finish() was called)", module);
     if (modules.contains(module)) fail("{}: added twice", module);
-    if (module == "model.embed_tokens" || !linear_module_shape(source.config, module)) {
-      fail("{}: not a linear module of a {} model (the embedding and norms stay unquantized)", module,
+    if (module != kEmbedding && !linear_module_shape(source.config, module)) {
+      fail("{}: not a linear module or the token embedding of a {} model (norms stay unquantized)", module,
            source.config.architecture);
     }
     const auto it = stored.find(module + ".weight");
@@ -458,7 +472,7 @@ struct CheckpointWriter::State {
     for (const auto& [name, info] : stored) {
       if (!name.ends_with(".weight")) continue;
       const std::string module = name.substr(0, name.size() - 7);
-      if (module != "model.embed_tokens" && linear_module_shape(source.config, module)) out_modules.push_back(module);
+      if (module != kEmbedding && linear_module_shape(source.config, module)) out_modules.push_back(module);
     }
     return out_modules;
   }
@@ -509,6 +523,8 @@ json CheckpointWriter::State::gptq_config() const {
   q["static_groups"] = s.static_groups;
   q["sym"] = s.sym;
   q["lm_head"] = quantized.contains("lm_head");
+  // nibble's own key (GPTQ has no quantized embedding): only nibble reads such a folder.
+  if (quantized.contains(kEmbedding)) q["embed_tokens"] = true;
   q["damp_percent"] = s.damp;
   q["true_sequential"] = true;
   q["method"] = "gptq";
@@ -521,6 +537,11 @@ json CheckpointWriter::State::gptq_config() const {
   json dynamic = json::object();
   for (const auto& module : linear_modules()) {
     if (module != "lm_head" && !quantized.contains(module)) dynamic["-:" + exact_pattern(module)] = json::object();
+  }
+  if (s.embedding_bits != 0 && s.embedding_bits != s.bits) {
+    for (const char* module : {kEmbedding, "lm_head"}) {
+      if (quantized.contains(module)) dynamic["+:" + exact_pattern(module)] = {{"bits", s.embedding_bits}};
+    }
   }
   if (!dynamic.empty()) q["dynamic"] = std::move(dynamic);
   json meta;
@@ -571,6 +592,9 @@ json CheckpointWriter::State::compressed_tensors_config() const {
     q["version"] = kCtSparseVersion;
     return q;
   }
+  // A second scheme for the embedding and lm_head when they have their own bits.
+  const bool own_embedding_scheme = s.embedding_bits != 0 && s.embedding_bits != s.bits &&
+                                    (quantized.contains(kEmbedding) || quantized.contains("lm_head"));
   json weights;
   weights["actorder"] = s.desc_act ? json("group") : json(nullptr);
   weights["block_structure"] = nullptr;
@@ -588,9 +612,21 @@ json CheckpointWriter::State::compressed_tensors_config() const {
   group["format"] = "pack-quantized";
   group["input_activations"] = nullptr;
   group["output_activations"] = nullptr;
-  group["targets"] = json::array({"Linear"});
+  // compressed-tensors names the embedding by its module type, as llm-compressor's recipes do.
+  group["targets"] = quantized.contains(kEmbedding) && !own_embedding_scheme ? json::array({"Linear", "Embedding"})
+                                                                             : json::array({"Linear"});
   group["weights"] = std::move(weights);
+  json embedding_group;
+  if (own_embedding_scheme) {
+    // The same scheme at other bits; lm_head named exactly, which outranks "Linear".
+    embedding_group = group;
+    embedding_group["targets"] = json::array();
+    if (quantized.contains(kEmbedding)) embedding_group["targets"].push_back("Embedding");
+    if (quantized.contains("lm_head")) embedding_group["targets"].push_back("lm_head");
+    embedding_group["weights"]["num_bits"] = s.embedding_bits;
+  }
   q["config_groups"] = {{"group_0", std::move(group)}};
+  if (own_embedding_scheme) q["config_groups"]["group_1"] = std::move(embedding_group);
   q["format"] = "pack-quantized";
   q["global_compression_ratio"] = nullptr;
   q["ignore"] = linear_selection_ignore(quantized);

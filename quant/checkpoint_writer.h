@@ -8,6 +8,11 @@
 //                      modules; pruned fp16 modules as "sparse-24-bitmask" (2:4) or
 //                      "sparse-bitmask" (unstructured); 2:4 + quantized as pack-quantized
 //                      with a sparsity_config declaring the 2:4 structure.
+// The token embedding may be added quantized too (nibble quantize's default): GPTQ
+// records it as `"embed_tokens": true` in quantization_config, a key only nibble
+// reads (transformers/GPTQModel/vLLM would leave model.embed_tokens.weight missing);
+// compressed-tensors as the "Embedding" target of the scheme, which nibble reads.
+// `nibble quantize --keep-embeddings` writes folders the other readers load.
 // Every other tensor (embeddings, norms, an unquantized lm_head) is copied from the
 // source in its stored dtype; tokenizer, generation config and chat template files are
 // copied. Modules are packed as they are added, so only the packed form is held.
@@ -40,6 +45,10 @@ struct CheckpointSettings {
   // Quantization (when any module is added quantized).
   int bits = 4;
   std::int64_t group_size = 128;  // -1: per output channel
+  // Bits of a quantized token embedding and lm_head when they differ from `bits`
+  // (0: the same): GPTQ records them as a "+:" dynamic rule (GPTQModel's per-module
+  // override), compressed-tensors as a second scheme targeting "Embedding" and lm_head.
+  int embedding_bits = 0;
   bool sym = true;
   bool desc_act = false;
   bool static_groups = false;
@@ -61,7 +70,8 @@ class CheckpointWriter : public ModuleWriter {
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
 
-  // A linear module ("model.layers.0.mlp.up_proj") quantized: codes, scales and zeros
+  // A linear module ("model.layers.0.mlp.up_proj", "lm_head") or the token embedding
+  // ("model.embed_tokens") quantized: codes, scales and zeros
   // (group_of_col = g_idx). Throws nibble::Error when the matrix does not fit the
   // settings (bits, group size, contiguous groups without desc_act, a 2:4 claim it does
   // not follow) or the source (no such weight, another shape), or was added already.

@@ -87,16 +87,21 @@ class LayerCompressor {
       observer_(names, inputs.first(static_cast<std::size_t>(rows * modules.front()->cols)), rows);
     }
     std::optional<Hessian> hessian;
-    if (options_.needs_calibration()) {
-      hessian.emplace(modules.front()->cols);
+    std::vector<double> importance;
+    const std::int64_t cols = modules.front()->cols;
+    if (needs_hessian()) {
+      hessian.emplace(cols);
       hessian->add(inputs, rows, backend_);
+    } else if (options_.rtn_importance) {
+      importance = column_second_moments(inputs.first(static_cast<std::size_t>(rows * cols)), rows, cols);
     }
-    for (Module* module : modules) compress_one(*module, hessian ? &*hessian : nullptr);
+    for (Module* module : modules) compress_one(*module, hessian ? &*hessian : nullptr, importance);
   }
 
-  void compress_one(Module& module, const Hessian* hessian) {
+  // `importance`: RTN's per-column weights (empty: none).
+  void compress_one(Module& module, const Hessian* hessian, std::span<const double> importance = {}) {
     if (const auto type = writer_.block_type(module.name, module.rows, module.cols)) {
-      compress_blocks(module, hessian, *type);
+      compress_blocks(module, hessian, importance, *type);
       return;
     }
     const auto& w = module.weights;
@@ -135,7 +140,7 @@ class LayerCompressor {
         sweep.group_aware_order = options_.group_aware_order;
         result = obs_sweep(to_quantize, module.rows, module.cols, *hessian, sweep);
       } else if (options_.quantize == QuantMethod::Rtn) {
-        result = round_to_nearest(to_quantize, module.rows, module.cols, options_.spec);
+        result = round_to_nearest(to_quantize, module.rows, module.cols, options_.spec, importance);
       } else {
         result.emplace();
         result->weights = pruned;
@@ -158,9 +163,10 @@ class LayerCompressor {
   }
 
  private:
-  // GGUF blocks: GPTQ's sweep with the type's codec, or RTN with H_jj as the
-  // importance when there is a Hessian.
-  void compress_blocks(Module& module, const Hessian* hessian, GgmlType type) {
+  // GGUF blocks: GPTQ's sweep with the type's codec (H_jj weighting each block's
+  // fit), or RTN weighted by `importance` (the inputs' mean x_j^2, from
+  // calibration) when given.
+  void compress_blocks(Module& module, const Hessian* hessian, std::span<const double> importance, GgmlType type) {
     if (options_.prune != PruneMethod::None) fail("pruning cannot be combined with GGUF block output");
     const BlockCodec codec(type);
     SweepResult result;
@@ -172,15 +178,8 @@ class LayerCompressor {
       sweep.group_aware_order = options_.group_aware_order;
       result = obs_sweep(module.weights, module.rows, module.cols, *hessian, sweep);
     } else {
-      std::vector<float> importance;
-      if (hessian != nullptr) {
-        importance.resize(static_cast<std::size_t>(module.cols));
-        for (std::int64_t c = 0; c < module.cols; ++c) {
-          importance[static_cast<std::size_t>(c)] =
-              static_cast<float>(hessian->values()[static_cast<std::size_t>(c * module.cols + c)]);
-        }
-      }
-      result = round_to_nearest_blocks(module.weights, module.rows, module.cols, codec, importance);
+      std::vector<float> weights(importance.begin(), importance.end());
+      result = round_to_nearest_blocks(module.weights, module.rows, module.cols, codec, weights);
     }
     report_.proxy_loss += result.loss;
     ++report_.modules;
@@ -189,6 +188,10 @@ class LayerCompressor {
     module.weights = std::move(result.weights);
   }
 
+  bool needs_hessian() const {
+    return options_.quantize == QuantMethod::Gptq || options_.prune == PruneMethod::Wanda ||
+           options_.prune == PruneMethod::SparseGpt;
+  }
   SweepOptions sweep_options() const {
     SweepOptions sweep;
     sweep.quantize = options_.spec;
@@ -304,6 +307,31 @@ void compress_with_calibration(const ModelSource& source, const CalibrationRuns&
   }
 }
 
+// The token embedding and lm_head, by RTN with the layers' spec at
+// options.embedding_bits (no activation
+// weighting: the embedding's input is one-hot). A tied model stores one tensor,
+// quantized once and read by both the lookup and the lm_head; a tied model whose
+// folder also stores lm_head.weight gets both quantized (the loader prefers a
+// stored lm_head).
+void compress_embeddings(const ModelSource& source, const CompressionOptions& options, ModuleWriter& writer,
+                         CompressionReport& report) {
+  const auto& config = source.config;
+  const Architecture& arch = architecture_of(config.architecture);
+  for (const TensorRole role : {TensorRole::TokenEmbedding, TensorRole::LmHead}) {
+    const std::string module = arch.module(role);
+    if (!source.weights->contains(module + ".weight")) continue;  // a tied lm_head
+    Module loaded = load_module(*source.weights, module, config.vocab_size, config.hidden_size, false);
+    QuantSpec spec = options.spec;
+    if (options.embedding_bits != 0) spec.bits = options.embedding_bits;
+    SweepResult result = round_to_nearest(loaded.weights, loaded.rows, loaded.cols, spec);
+    result.quantized->name = module;
+    writer.add_quantized(module, *result.quantized);
+    ++report.modules;
+    spdlog::info("compress_embedding module={} rows={} cols={} loss={:.6g}", module, loaded.rows, loaded.cols,
+                 result.loss);
+  }
+}
+
 }  // namespace
 
 bool CompressionOptions::needs_calibration() const {
@@ -340,6 +368,10 @@ CompressionReport compress_model(const ModelSource& source, const CompressionOpt
   } else {
     spdlog::info("compress_start layers={} calibration_tokens=0 runs=0", config.num_layers);
     compress_weights_only(source, compressor, progress);
+  }
+  if (options.quantize_embeddings) {
+    if (options.quantize == QuantMethod::None) fail("quantizing the embeddings needs a quantization method");
+    compress_embeddings(source, options, writer, report);
   }
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;

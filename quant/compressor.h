@@ -37,9 +37,16 @@ struct CompressionOptions {
   std::int64_t block_size = 128;
   PruneMethod prune = PruneMethod::None;
   SparsitySpec sparsity;
-  // RTN into GGUF blocks: run the calibration pass anyway and weight each block's
-  // fit by the input columns' H_jj (the information in llama.cpp's imatrix).
+  // RTN: run the calibration pass and weight each group's scale search
+  // (spec.scales == Search), or each GGUF block's fit, by its input columns'
+  // activation second moments mean(x_j^2) (llama.cpp's imatrix information);
+  // GPTQ always weights by H_jj.
   bool rtn_importance = false;
+  // Also quantize the token embedding and the lm_head (tied: the one shared
+  // tensor; untied: both) by RTN with `spec`, once the layers are done. The
+  // embedding lookup dequantizes a row; the lm_head runs the quantized GEMM.
+  bool quantize_embeddings = false;
+  int embedding_bits = 0;  // their bits when not spec.bits (0: spec.bits); the writer's settings must agree
 
   // Whether the method needs activations (GPTQ, Wanda, SparseGPT) or only weights.
   bool needs_calibration() const;
@@ -60,10 +67,11 @@ struct CompressionReport {
   double proxy_loss = 0;  // sum over modules of the sweep's loss (0 for RTN/magnitude/Wanda)
 };
 
-// Compresses every linear module of every decoder layer of `source` (lm_head and
-// embeddings are left to the writer) and adds it to `writer`; the caller finish()es
-// it. Modules the writer wants in GGUF blocks (writer.block_type) are encoded with
-// that type's BlockCodec: GPTQ's sweep or round-to-nearest.
+// Compresses every linear module of every decoder layer of `source` (and the
+// embedding and lm_head with options.quantize_embeddings; otherwise they are left
+// to the writer) and adds it to `writer`; the caller finish()es it. Modules the
+// writer wants in GGUF blocks (writer.block_type) are encoded with that type's
+// BlockCodec: GPTQ's sweep or round-to-nearest.
 // Throws nibble::Error for unsupported models (not Llama-family), missing
 // calibration when the method needs it, or bad options.
 CompressionReport compress_model(const ModelSource& source, const CompressionOptions& options,

@@ -1,6 +1,7 @@
 #include "quant/group_quantizer.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "common/error.h"
@@ -15,7 +16,131 @@ float round_to_f16(float value) { return f16_to_f32(f32_to_f16(value)); }
 // scale underflows fp16 still gets a finite, positive scale, so w / scale stays finite.
 constexpr float kSmallestF16 = 0x1p-24f;
 
+double weight_of(std::span<const float> importance, std::size_t i) {
+  return importance.empty() ? 1.0 : static_cast<double>(importance[i]);
+}
+
+void check_importance(std::span<const float> values, std::span<const float> importance) {
+  if (importance.empty()) return;
+  if (importance.size() != values.size()) {
+    fail("{} importance weights for a group of {} values", importance.size(), values.size());
+  }
+  for (const float h : importance) {
+    if (!(h >= 0.0f) || !std::isfinite(h)) fail("importance weight {} is not a finite non-negative number", h);
+  }
+}
+
+// Candidate scales and zero points, each judged by its exact weighted error.
+class ScaleSearch {
+ public:
+  ScaleSearch(std::span<const float> values, std::span<const float> importance, const QuantSpec& spec,
+              GroupParams start)
+      : values_(values), importance_(importance), spec_(spec), maxq_(spec.maxq()), best_(start),
+        best_error_(group_error(values, start, maxq_, importance)) {}
+
+  // Offers scale (rounded to fp16 here) with zero point `zero` (clamped to what
+  // the spec may store); kept when its error is strictly lower.
+  void offer(float scale, int zero) {
+    if (!(scale > 0.0f) || !std::isfinite(scale)) return;
+    GroupParams p;
+    p.scale = std::max(round_to_f16(scale), kSmallestF16);
+    if (std::isinf(p.scale)) return;
+    p.zero = spec_.sym ? (maxq_ + 1) / 2 : std::clamp(zero, spec_.min_zero, maxq_);
+    const double error = group_error(values_, p, maxq_, importance_);
+    if (error < best_error_) {
+      best_ = p;
+      best_error_ = error;
+    }
+  }
+
+  // Least squares on the current best's codes: with the codes fixed, the error is
+  // a quadratic in the scale (and, asymmetric, in the offset), so its minimum is
+  // one division away. New codes follow from the new scale, hence a few rounds.
+  void refine() {
+    for (int round = 0; round < 3; ++round) {
+      const GroupParams p = best_;
+      double hcc = 0, hcw = 0, h = 0, hq = 0, hqq = 0, hw = 0, hqw = 0;
+      for (std::size_t i = 0; i < values_.size(); ++i) {
+        const double weight = weight_of(importance_, i), w = values_[i];
+        const int code = quantize_code(values_[i], p, maxq_);
+        const double c = code - p.zero, q = code;
+        hcc += weight * c * c;
+        hcw += weight * c * w;
+        h += weight;
+        hq += weight * q;
+        hqq += weight * q * q;
+        hw += weight * w;
+        hqw += weight * q * w;
+      }
+      if (hcc > 0) offer(static_cast<float>(hcw / hcc), p.zero);
+      if (!spec_.sym) {
+        // w ~ s q + m jointly, then the integer zero point nearest -m / s.
+        const double det = h * hqq - hq * hq;
+        if (det > 0) {
+          const double s = (h * hqw - hq * hw) / det, m = (hw - s * hq) / h;
+          if (s > 0) offer(static_cast<float>(s), static_cast<int>(std::nearbyint(std::clamp(-m / s, -1.0, maxq_ + 1.0))));
+        }
+      }
+      if (best_.scale == p.scale && best_.zero == p.zero) return;
+    }
+  }
+
+  const GroupParams& best() const { return best_; }
+
+ private:
+  std::span<const float> values_, importance_;
+  const QuantSpec& spec_;
+  int maxq_;
+  GroupParams best_;
+  double best_error_;
+};
+
+GroupParams search_group(std::span<const float> values, std::span<const float> importance, const QuantSpec& spec,
+                         GroupParams start) {
+  float low = 0.0f, high = 0.0f;
+  for (const float v : values) {
+    low = std::min(low, v);
+    high = std::max(high, v);
+  }
+  if (low == 0.0f && high == 0.0f) return start;  // every candidate is exact
+  ScaleSearch search(values, importance, spec, start);
+  const int maxq = spec.maxq();
+  if (spec.sym) {
+    // amax / t: t = half - 1 puts +amax on the top code, t = half puts -amax on the
+    // bottom one (the full range, as llama.cpp's Q4_0), larger t clip the extremes.
+    const float amax = std::max(-low, high);
+    const double half = (maxq + 1) / 2, first = half - 1, last = half / 0.65;
+    constexpr int kSteps = 24;
+    for (int k = 0; k < kSteps; ++k) {
+      search.offer(static_cast<float>(amax / (first + (last - first) * k / (kSteps - 1))), 0);
+    }
+  } else {
+    // Each end of the range clipped on its own, the zero point the one nearest the
+    // clipped minimum.
+    constexpr std::array<float, 6> kShrink = {1.0f, 0.93f, 0.86f, 0.8f, 0.74f, 0.68f};
+    for (const float a : kShrink) {
+      for (const float b : kShrink) {
+        const float lo = low * a, hi = high * b, scale = (hi - lo) / static_cast<float>(maxq);
+        const float stored = std::max(round_to_f16(scale), kSmallestF16);
+        search.offer(scale, static_cast<int>(std::nearbyint(std::clamp(-lo / stored, 0.0f, static_cast<float>(maxq)))));
+      }
+    }
+  }
+  search.refine();
+  return search.best();
+}
+
 }  // namespace
+
+double group_error(std::span<const float> values, const GroupParams& params, int maxq,
+                   std::span<const float> importance) {
+  double error = 0.0;
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    const double d = static_cast<double>(values[i]) - dequantize_code(quantize_code(values[i], params, maxq), params);
+    error += weight_of(importance, i) * d * d;
+  }
+  return error;
+}
 
 void QuantSpec::validate() const {
   if (bits != 2 && bits != 3 && bits != 4 && bits != 8) fail("{}-bit quantization is not supported (2, 3, 4, 8)", bits);
@@ -25,8 +150,9 @@ void QuantSpec::validate() const {
   }
 }
 
-GroupParams fit_group(std::span<const float> values, const QuantSpec& spec) {
+GroupParams fit_group(std::span<const float> values, const QuantSpec& spec, std::span<const float> importance) {
   spec.validate();
+  check_importance(values, importance);
   const int maxq = spec.maxq();
   // 0 is always inside the range, so pruned weights (exact zeros) stay exact.
   float low = 0.0f, high = 0.0f;
@@ -62,6 +188,7 @@ GroupParams fit_group(std::span<const float> values, const QuantSpec& spec) {
       if (std::isinf(params.scale)) fail("weights up to {} need a scale beyond fp16's range", high);
     }
   }
+  if (spec.scales == ScaleChoice::Search) return search_group(values, importance, spec, params);
   return params;
 }
 

@@ -10,10 +10,27 @@
 // the asymmetric zero point) is chosen, so the codes are the best ones for the scale
 // readers will actually see; a scale that would underflow fp16 becomes its smallest
 // subnormal, one that overflows it is an error.
+//
+// ScaleChoice::Search keeps that format (fp16 scale, integer zero point; the
+// symmetric zero point stays 2^(bits-1), which GPTQ checkpoints fix) but chooses
+// scale and zero by error: among the min-max fit above and a grid of candidates it
+// keeps the one with the least (importance-weighted) squared error
+//   sum_i h_i (w_i - value(code(w_i)))^2
+// evaluated exactly as readers dequantize (fp16 scale, clamped codes). The grid
+// clips the range (a finer step that saturates outliers) and, symmetric, uses the
+// full code range: the extreme weight may land on -2^(bits-1) or on 2^(bits-1) - 1
+// exactly, where min-max scaling leaves it half a step off. Each grid winner is
+// refined by least squares on its codes. The min-max fit is a candidate, so the
+// search never does worse than it on the weighted error.
 #include <cstdint>
 #include <span>
 
 namespace nibble::quant {
+
+enum class ScaleChoice : std::uint8_t {
+  MinMax,  // GPTQ/AutoGPTQ's reference convention (the default, so reference tests pin it)
+  Search,  // least weighted squared error over a candidate grid (see above)
+};
 
 struct QuantSpec {
   int bits = 4;                   // 2, 3, 4 or 8
@@ -24,6 +41,7 @@ struct QuantSpec {
   // it needs 1: a group whose minimum is 0 then gets its range [-scale, (maxq - 1) * scale]
   // instead of a zero point of 0 that would wrap around.
   int min_zero = 0;
+  ScaleChoice scales = ScaleChoice::MinMax;
   int maxq() const { return (1 << bits) - 1; }
   // Groups along `cols` input columns. As in GPTQ/AutoGPTQ the last group may be
   // shorter: SmolLM2's 576 columns in groups of 128 are 4 groups of 128 and one of 64.
@@ -38,9 +56,17 @@ struct GroupParams {
   int zero = 0;        // in [0, maxq]
 };
 
-// Fits scale and zero point to `values` (all weights of one row's group). Throws
-// nibble::Error for NaN/Inf values or an invalid spec.
-GroupParams fit_group(std::span<const float> values, const QuantSpec& spec);
+// Fits scale and zero point to `values` (all weights of one row's group).
+// `importance` (empty, or one non-negative weight per value: the input column's
+// activation second moment, GPTQ's H_jj) weights the error the search minimizes;
+// empty weighs every value alike. MinMax ignores it. Throws nibble::Error for
+// NaN/Inf values, bad importance or an invalid spec.
+GroupParams fit_group(std::span<const float> values, const QuantSpec& spec, std::span<const float> importance = {});
+
+// sum_i h_i (w_i - dequantize_code(quantize_code(w_i)))^2 (h_i = 1 when `importance`
+// is empty): the error fit_group's search minimizes.
+double group_error(std::span<const float> values, const GroupParams& params, int maxq,
+                   std::span<const float> importance = {});
 
 inline int quantize_code(float w, const GroupParams& p, int maxq);
 inline float dequantize_code(int code, const GroupParams& p) {

@@ -75,4 +75,17 @@ std::vector<double> Hessian::column_norms() const {
   return norms;
 }
 
+std::vector<double> column_second_moments(std::span<const float> x, std::int64_t rows, std::int64_t cols) {
+  if (rows <= 0 || cols <= 0 || x.size() != static_cast<std::size_t>(rows * cols)) {
+    fail("{} values do not form [{}, {}] activations", x.size(), rows, cols);
+  }
+  std::vector<double> moments(static_cast<std::size_t>(cols), 0.0);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* row = x.data() + r * cols;
+    for (std::int64_t c = 0; c < cols; ++c) moments[static_cast<std::size_t>(c)] += static_cast<double>(row[c]) * row[c];
+  }
+  for (double& m : moments) m /= static_cast<double>(rows);
+  return moments;
+}
+
 }  // namespace nibble::quant

@@ -13,6 +13,10 @@ class Backend;
 
 namespace nibble::quant {
 
+// mean over rows of x_j^2 for each column j of x [rows, cols]: the diagonal of the
+// uncentred second-moment matrix, what RTN's scale search weights columns by.
+std::vector<double> column_second_moments(std::span<const float> x, std::int64_t rows, std::int64_t cols);
+
 class Hessian {
  public:
   explicit Hessian(std::int64_t dim);

@@ -459,11 +459,28 @@ Factorization factorize(const Hessian& hessian, Index cols, const SweepOptions& 
   return f;
 }
 
+// Per-column importance for fit_group's search, scaled to mean 1 so float holds it
+// whatever the activations' magnitude; empty when there is none (or all are 0).
+std::vector<float> normalized_importance(std::span<const double> importance) {
+  double sum = 0.0;
+  for (const double h : importance) {
+    if (!(h >= 0.0) || !std::isfinite(h)) fail("column importance {} is not a finite non-negative number", h);
+    sum += h;
+  }
+  if (!(sum > 0.0)) return {};
+  const double mean = sum / static_cast<double>(importance.size());
+  std::vector<float> out(importance.size());
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(importance[i] / mean);
+  return out;
+}
+
 // The sweep's state, in sweep order (columns permuted by plan.order).
 class Sweep {
  public:
+  // `importance`: per sweep position (H_jj), weighting each group's scale search or each
+  // block's fit; empty: none.
   Sweep(const SweepPlan& plan, std::vector<float> weights, std::vector<double> u, std::vector<std::uint8_t> pruned,
-        std::vector<GroupParams> params, Workers& workers)
+        std::vector<GroupParams> params, std::vector<float> importance, Workers& workers)
       : plan_(plan),
         rows_(plan.rows),
         cols_(plan.cols),
@@ -472,6 +489,7 @@ class Sweep {
         pruned_(std::move(pruned)),
         params_(std::move(params)),
         block_params_(plan.codec != nullptr ? static_cast<std::size_t>(rows_ * plan.groups) : 0),
+        importance_(std::move(importance)),
         out_(w_.size()),
         codes_(plan.quantize ? w_.size() : 0),
         row_loss_(at(rows_), 0.0),
@@ -492,8 +510,6 @@ class Sweep {
   const std::vector<std::uint8_t>& codes() const { return codes_; }
   const std::vector<GroupParams>& params() const { return params_; }
   std::vector<BlockCodec::Params>& block_params() { return block_params_; }
-  // Per input column, the codec's importance for fitting blocks (H_jj).
-  void set_importance(std::vector<float> importance) { importance_ = std::move(importance); }
 
  private:
   // What one thread needs to sweep a row.
@@ -544,7 +560,13 @@ class Sweep {
         for (Index c = i; c < plan_.group_end(i); ++c) {
           scratch.group_values.push_back(pruned[c] ? 0.0f : static_cast<float>(current(c)));
         }
-        params_[at(r * plan_.groups + plan_.group_at[at(i)])] = fit_group(scratch.group_values, *plan_.quantize);
+        scratch.group_importance.clear();
+        if (!importance_.empty()) {
+          const auto first = importance_.begin() + i;
+          scratch.group_importance.assign(first, first + (plan_.group_end(i) - i));
+        }
+        params_[at(r * plan_.groups + plan_.group_at[at(i)])] =
+            fit_group(scratch.group_values, *plan_.quantize, scratch.group_importance);
       }
 
       const Index j = i - begin;
@@ -583,7 +605,7 @@ class Sweep {
     for (Index c = i; c < plan_.group_end(i); ++c) {
       const Index element = plan_.order[at(c)] % n;
       scratch.group_values[at(element)] = static_cast<float>(current(c));
-      if (!importance_.empty()) scratch.group_importance[at(element)] = importance_[at(plan_.order[at(c)])];
+      if (!importance_.empty()) scratch.group_importance[at(element)] = importance_[at(c)];
     }
     block_params_[at(r * plan_.groups + plan_.group_at[at(i)])] =
         plan_.codec->fit(scratch.group_values, scratch.group_importance);
@@ -630,7 +652,7 @@ class Sweep {
   std::vector<std::uint8_t> pruned_;  // [rows, cols]
   std::vector<GroupParams> params_;   // [rows, groups]
   std::vector<BlockCodec::Params> block_params_;  // [rows, groups] with a block codec
-  std::vector<float> importance_;     // per input column, with a block codec
+  std::vector<float> importance_;     // [cols] in sweep order, or empty
   std::vector<float> out_;            // [rows, cols]: the compressed weights
   std::vector<std::uint8_t> codes_;   // [rows, cols] when quantizing
   std::vector<double> row_loss_;
@@ -722,6 +744,19 @@ SweepResult obs_sweep(std::span<const float> weights, std::int64_t rows, std::in
     }
   }
 
+  // H_jj weights each group's scale search and each GGUF block's fit (it is the
+  // error's weight when the columns are taken alone); only those read it. A block
+  // codec counts a dead column (H_jj = 0) as 1, as factorize() does, so a block
+  // of dead columns still has weights to fit.
+  std::vector<float> importance;
+  if (plan.codec != nullptr || (plan.quantize && plan.quantize->scales == ScaleChoice::Search)) {
+    std::vector<double> diagonal(at(cols));
+    for (Index j = 0; j < cols; ++j) {
+      const double h = hessian.values()[at(j * cols + j)];
+      diagonal[at(j)] = plan.codec != nullptr && h == 0.0 ? 1.0 : h;
+    }
+    importance = normalized_importance(diagonal);
+  }
   std::vector<GroupParams> params;
   plan.group_at.assign(at(cols), 0);
   if (plan.quantize) {
@@ -737,22 +772,18 @@ SweepResult obs_sweep(std::span<const float> weights, std::int64_t rows, std::in
         for (Index g = 0; g < plan.groups; ++g) {
           const Index first = g * group_size, size = std::min(group_size, cols - first);
           const std::span<const float> group(original.data() + r * cols + first, at(size));
-          params[at(r * plan.groups + g)] = fit_group(group, *plan.quantize);
+          const std::span<const float> weights_of_group =
+              importance.empty() ? std::span<const float>{} : std::span<const float>(importance).subspan(at(first), at(size));
+          params[at(r * plan.groups + g)] = fit_group(group, *plan.quantize, weights_of_group);
         }
       }
     }
   }
 
-  Sweep sweep(plan, std::move(swept), std::move(f.u), std::move(pruned), std::move(params), workers);
-  if (plan.codec != nullptr) {
-    // H_jj as each column's importance when a block is fit (dead columns: 1, as in factorize).
-    std::vector<float> importance(at(cols));
-    for (Index c = 0; c < cols; ++c) {
-      const double h = hessian.values()[at(c * cols + c)];
-      importance[at(c)] = h == 0.0 ? 1.0f : static_cast<float>(h);
-    }
-    sweep.set_importance(std::move(importance));
-  }
+  std::vector<float> swept_importance;
+  for (Index i = 0; i < cols && !importance.empty(); ++i) swept_importance.push_back(importance[at(plan.order[at(i)])]);
+  Sweep sweep(plan, std::move(swept), std::move(f.u), std::move(pruned), std::move(params), std::move(swept_importance),
+              workers);
   sweep.run(backend);
 
   // Back to input-column order.
@@ -781,9 +812,13 @@ SweepResult obs_sweep(std::span<const float> weights, std::int64_t rows, std::in
 }
 
 SweepResult round_to_nearest(std::span<const float> weights, std::int64_t rows, std::int64_t cols,
-                             const QuantSpec& spec) {
+                             const QuantSpec& spec, std::span<const double> importance) {
   check_weights(weights, rows, cols);
   spec.validate();
+  if (!importance.empty() && importance.size() != at(cols)) {
+    fail("{} column importances for a matrix of {} input columns", importance.size(), cols);
+  }
+  const std::vector<float> weighting = normalized_importance(importance);
   const Index group_size = spec.group_size > 0 ? spec.group_size : cols;
   const Index groups = spec.groups(cols);
   const int maxq = spec.maxq();
@@ -791,20 +826,31 @@ SweepResult round_to_nearest(std::span<const float> weights, std::int64_t rows, 
   result.weights.resize(weights.size());
   std::vector<std::uint8_t> codes(weights.size());
   std::vector<GroupParams> params(at(rows * groups));
-  for (Index r = 0; r < rows; ++r) {
-    for (Index g = 0; g < groups; ++g) {
-      const Index first = r * cols + g * group_size, size = std::min(group_size, cols - g * group_size);
-      const GroupParams p = fit_group(weights.subspan(at(first), at(size)), spec);
-      params[at(r * groups + g)] = p;
-      for (Index k = first; k < first + size; ++k) {
-        const int code = quantize_code(weights[at(k)], p, maxq);
-        codes[at(k)] = static_cast<std::uint8_t>(code);
-        result.weights[at(k)] = dequantize_code(code, p);
-        const double error = static_cast<double>(weights[at(k)]) - result.weights[at(k)];
-        result.loss += error * error;
+  std::vector<double> row_loss(at(rows), 0.0);
+  // Rows are independent; the scale search makes them worth spreading over the cores.
+  // Each row's loss is summed alone and the rows in order, so the result does not
+  // depend on the thread count.
+  Workers workers(static_cast<int>(std::thread::hardware_concurrency()));
+  workers.for_chunks(rows, 16, [&](Index first_row, Index last_row, int) {
+    for (Index r = first_row; r < last_row; ++r) {
+      for (Index g = 0; g < groups; ++g) {
+        const Index first = r * cols + g * group_size, size = std::min(group_size, cols - g * group_size);
+        const GroupParams p = fit_group(
+            weights.subspan(at(first), at(size)), spec,
+            weighting.empty() ? std::span<const float>{}
+                              : std::span<const float>(weighting).subspan(at(g * group_size), at(size)));
+        params[at(r * groups + g)] = p;
+        for (Index k = first; k < first + size; ++k) {
+          const int code = quantize_code(weights[at(k)], p, maxq);
+          codes[at(k)] = static_cast<std::uint8_t>(code);
+          result.weights[at(k)] = dequantize_code(code, p);
+          const double error = static_cast<double>(weights[at(k)]) - result.weights[at(k)];
+          row_loss[at(r)] += error * error;
+        }
       }
     }
-  }
+  });
+  result.loss = std::accumulate(row_loss.begin(), row_loss.end(), 0.0);
   result.quantized =
       make_quantized_matrix(rows, cols, spec, groups, contiguous_groups(cols, spec.group_size), std::move(codes), params,
                             false);

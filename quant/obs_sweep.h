@@ -20,6 +20,7 @@
 // and groups are formed in that order: sweep position i is in group i / group_size,
 // so group_of_col[k] is (position of k) / group_size, AutoGPTQ's g_idx.
 // static_groups fits every group (k / group_size) on the weights before the sweep.
+// With QuantSpec::scales == Search, each fit weights its columns' errors by H_jj.
 // group_size -1: one group per row, fit before the first column.
 // "Updated by every column fixed before it" is exact: where a group (or a pruning
 // unit, below) starts inside a lazy block and reaches past its end, the block ends
@@ -141,8 +142,11 @@ SweepResult obs_sweep(std::span<const float> weights, std::int64_t rows, std::in
                       const SweepOptions& options);
 
 // Round-to-nearest: every group quantized on its own, no error feedback. The baseline.
+// `importance` (empty, or one non-negative value per input column: the calibration
+// inputs' second moments, llama.cpp's imatrix) weights spec.scales == Search; the
+// reported loss stays the unweighted sum (w - q)^2.
 SweepResult round_to_nearest(std::span<const float> weights, std::int64_t rows, std::int64_t cols,
-                             const QuantSpec& spec);
+                             const QuantSpec& spec, std::span<const double> importance = {});
 
 // Round-to-nearest into GGUF blocks: every block fitted on its own (BlockCodec::fit),
 // `importance` empty or one weight per input column (e.g. Hessian::diagonal). The

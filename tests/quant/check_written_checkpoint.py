@@ -14,7 +14,9 @@ What is checked:
   all      config.json with a Llama-family architecture and quantization_config; one or more
            *.safetensors with __metadata__ format "pt"; every linear module of the config
            (7 per decoder layer, lm_head unless tied) present exactly once, either plain
-           (`.weight`, right shape) or in the declared compressed form, never both.
+           (`.weight`, right shape) or in the declared compressed form, never both; the token
+           embedding likewise (quantized: GPTQ "embed_tokens": true, a nibble key;
+           compressed-tensors target "Embedding").
   GPTQ     quant_method/format/checkpoint_format "gptq" (v1), bits, group_size, desc_act, sym,
            lm_head, pack_dtype int32, meta.quantizer; quantize_config.json equal to config.json's
            quantization_config; dtype float16. Per quantized module: qweight I32 [K*bits/32, N],
@@ -123,6 +125,9 @@ def stream_padding_is_zero(words, bits, count):
 
 # ---- The model's linear modules.
 
+EMBEDDING = "model.embed_tokens"
+
+
 def linear_modules(config):
     hidden = config["hidden_size"]
     heads = config["num_attention_heads"]
@@ -138,6 +143,8 @@ def linear_modules(config):
             out[f"model.layers.{layer}.{part}"] = shapes[part]
     if not config.get("tie_word_embeddings", False):
         out["lm_head"] = (config["vocab_size"], hidden)
+    # The token embedding: plain, or quantized like a linear module (nibble's default).
+    out[EMBEDDING] = (config["vocab_size"], hidden)
     return out
 
 
@@ -162,9 +169,19 @@ def require_keys(obj, keys, where):
 
 # ---- GPTQ v1.
 
+def gptq_dynamic_override(module, q):
+    """The first "+:" (or bare) dynamic rule matching `module`, as GPTQModel applies them."""
+    for key, value in (q.get("dynamic") or {}).items():
+        pattern = key[2:] if key.startswith(("-:", "+:")) else key
+        if re.match(pattern, module):
+            return {} if key.startswith("-:") else value
+    return {}
+
+
 def check_gptq_module(tensors, module, shape, q):
     n, k = shape
-    bits, group_size = q["bits"], q["group_size"]
+    override = gptq_dynamic_override(module, q)
+    bits, group_size = override.get("bits", q["bits"]), override.get("group_size", q["group_size"])
     require(module + ".weight" not in tensors, f"{module}: quantized but {module}.weight is still stored")
     require(k * bits % 32 == 0 and n * bits % 32 == 0, f"{module}: [{n}, {k}] does not fill int32 words")
     groups = -(-k // group_size) if group_size > 0 else 1
@@ -195,6 +212,8 @@ def check_gptq_module(tensors, module, shape, q):
 
 
 def gptq_module_quantized(module, q):
+    if module == EMBEDDING:  # nibble's own key; GPTQ tools never quantize the embedding
+        return bool(q.get("embed_tokens", False))
     if module == "lm_head":
         return bool(q.get("lm_head", False))
     for key in (q.get("dynamic") or {}):
@@ -233,14 +252,23 @@ def check_gptq(folder, config, q, tensors):
 
 # ---- compressed-tensors.
 
-def ct_match(module, targets):
-    """compressed-tensors matching: exact name, "re:" regex (re.match), or class (Linear)."""
+def ct_rank(module, targets):
+    """How well compressed-tensors targets match: 3 exact name, 2 "re:" regex (re.match), 1 class
+    (Linear, Embedding), 0 none; the best-matching scheme applies."""
+    best = 0
     for target in targets or []:
-        if target == module or target in ("Linear", "LinearBase"):
-            return True
-        if target.startswith("re:") and re.match(target[3:], module):
-            return True
-    return False
+        if target == module:
+            best = 3
+        elif target.startswith("re:") and re.match(target[3:], module):
+            best = max(best, 2)
+        elif (target in ("Linear", "LinearBase") and module != EMBEDDING) or (target == "Embedding" and
+                                                                             module == EMBEDDING):
+            best = max(best, 1)
+    return best
+
+
+def ct_match(module, targets):
+    return ct_rank(module, targets) > 0
 
 
 def check_ct_packed(tensors, module, shape, args, dense_2_4):
@@ -360,10 +388,10 @@ def check_compressed_tensors(folder, config, q, tensors):
     for module, shape in linear_modules(config).items():
         scheme = None
         if not ct_match(module, q.get("ignore")):
-            for group in groups.values():  # nibble writes one group; the first match decides
-                if ct_match(module, group["targets"]):
-                    scheme = group
-                    break
+            ranked = [(ct_rank(module, group["targets"]), group) for group in groups.values()]
+            ranked = [entry for entry in ranked if entry[0] > 0]
+            if ranked:
+                scheme = max(ranked, key=lambda entry: entry[0])[1]
         sparse = bool(sparsity) and ct_match(module, sparsity["targets"]) and not ct_match(module, sparsity["ignore"])
         if scheme is not None:
             dense_2_4 = sparse and sparsity["sparsity_structure"] == "2:4"
@@ -395,8 +423,7 @@ def check_folder(folder):
         results = check_compressed_tensors(folder, config, q, tensors)
     else:
         raise Invalid(f"quant_method {method!r} is neither gptq nor compressed-tensors")
-    for name in ("model.embed_tokens.weight", "model.norm.weight"):
-        require(name in tensors, f"missing tensor {name}")
+    require("model.norm.weight" in tensors, "missing tensor model.norm.weight")
     return results
 
 

@@ -89,6 +89,120 @@ TEST(Compressor, RtnWritesExactlyWhatRoundToNearestGivesForEveryModule) {
             floats_of(stories.source.weights->load("model.embed_tokens.weight")));
 }
 
+TEST(Compressor, QuantizedEmbeddingsMatchTheirDequantizedReferenceInBothFormats) {
+  StoriesModel stories;
+  const auto& config = stories.source.config;
+  ASSERT_TRUE(config.tie_word_embeddings);  // one tensor serves the lookup and the lm_head
+  TempDir out;
+  kernels::CpuBackend backend(1);
+  struct Case {
+    CheckpointFormat format;
+    QuantSpec spec;
+    int embedding_bits;  // 0: spec.bits
+    const char* name;
+  };
+  // GPTQ packs whole int32 words: stories260K's 172-wide MLP needs 8 bits there.
+  // Embeddings at other bits than the layers are a second compressed-tensors scheme
+  // and a GPTQ "+:" dynamic rule.
+  const std::vector<Case> cases{
+      {CheckpointFormat::CompressedTensors, QuantSpec{4, 32, false, 0, ScaleChoice::Search}, 0, "ct"},
+      {CheckpointFormat::CompressedTensors, QuantSpec{4, 32, true, 0, ScaleChoice::Search}, 8, "ct-8bit-embedding"},
+      {CheckpointFormat::Gptq, QuantSpec{8, 32, true, 1, ScaleChoice::Search}, 0, "gptq"},
+      {CheckpointFormat::Gptq, QuantSpec{8, 32, false, 1, ScaleChoice::Search}, 4, "gptq-4bit-embedding"}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    CheckpointSettings settings;
+    settings.format = c.format;
+    settings.method = "rtn";
+    settings.bits = c.spec.bits;
+    settings.group_size = c.spec.group_size;
+    settings.sym = c.spec.sym;
+    settings.embedding_bits = c.embedding_bits;
+    CompressionOptions options;
+    options.quantize = QuantMethod::Rtn;
+    options.spec = c.spec;
+    options.quantize_embeddings = true;
+    options.embedding_bits = c.embedding_bits;
+    {
+      CheckpointWriter writer(stories.source, out / c.name, settings);
+      EXPECT_EQ(compress_model(stories.source, options, {}, backend, writer).modules, 7 * config.num_layers + 1);
+      writer.finish();
+    }
+    const ModelSource written = open_model(out / c.name);
+    EXPECT_FALSE(written.weights->contains("model.embed_tokens.weight"));
+    EXPECT_FALSE(written.weights->contains("lm_head.weight"));  // still tied: one tensor
+    const auto matrix = written.weights->load_quantized("model.embed_tokens");
+    ASSERT_TRUE(matrix.has_value());
+    const auto original = floats_of(stories.source.weights->load("model.embed_tokens.weight"));
+    QuantSpec embedding_spec = c.spec;
+    if (c.embedding_bits != 0) embedding_spec.bits = c.embedding_bits;
+    EXPECT_EQ(matrix->bits, embedding_spec.bits);
+    const auto expected = round_to_nearest(original, config.vocab_size, config.hidden_size, embedding_spec);
+    std::int64_t mismatches = 0;
+    for (std::int64_t n = 0; n < config.vocab_size; ++n) {
+      for (std::int64_t k = 0; k < config.hidden_size; ++k) {
+        mismatches += matrix->value(n, k) != expected.weights[static_cast<std::size_t>(n * config.hidden_size + k)];
+      }
+    }
+    EXPECT_EQ(mismatches, 0);
+
+    // Served quantized (rows dequantized by the lookup, the tied lm_head through the
+    // quantized kernel), the model matches itself with every matrix expanded to float32.
+    engine::DecoderModel quantized(written, backend);
+    EXPECT_EQ(quantized.weight_memory().quantized_layers, 7 * config.num_layers + 1);
+    engine::ModelOptions expand;
+    expand.expand_quantized = true;
+    engine::DecoderModel reference(written, backend, expand);
+    const auto result = evaluate(quantized, &reference, some_tokens(stories, 96), sliding(96, 48));
+    EXPECT_LT(*result.mean_kl, 1e-7);
+    EXPECT_NEAR(result.perplexity, *result.base_perplexity, 1e-4 * result.perplexity);
+    EXPECT_EQ(*result.top1_agreement, 1.0);
+  }
+}
+
+TEST(Compressor, RtnWithCalibrationWeightsTheSearchByActivationMoments) {
+  StoriesModel stories;
+  TempDir out;
+  const auto stream = some_tokens(stories, 2 * 64);
+  const CalibrationRuns runs{{stream.begin(), stream.begin() + 64}, {stream.begin() + 64, stream.end()}};
+  CheckpointSettings settings;
+  settings.format = CheckpointFormat::CompressedTensors;
+  settings.method = "rtn";
+  settings.bits = 4;
+  settings.group_size = 32;
+  CompressionOptions options;
+  options.quantize = QuantMethod::Rtn;
+  options.spec = QuantSpec{4, 32, true, 0, ScaleChoice::Search};
+  options.rtn_importance = true;
+  ASSERT_TRUE(options.needs_calibration());
+  kernels::CpuBackend backend(1);
+  // The first group the compressor sees (layer 0's q/k/v input) and what it wrote for q_proj.
+  std::vector<double> moments;
+  const auto observe = [&](std::span<const std::string> modules, std::span<const float> inputs, std::int64_t rows) {
+    if (moments.empty() && modules.front() == "model.layers.0.self_attn.q_proj") {
+      moments = column_second_moments(inputs, rows, static_cast<std::int64_t>(inputs.size()) / rows);
+    }
+  };
+  {
+    CheckpointWriter writer(stories.source, out / "rtn", settings);
+    const auto report = compress_model(stories.source, options, runs, backend, writer, {}, observe);
+    EXPECT_EQ(report.calibration_tokens, 128);
+    writer.finish();
+  }
+  ASSERT_FALSE(moments.empty());
+  const ModelSource written = open_model(out / "rtn");
+  const std::string module = "model.layers.0.self_attn.q_proj";
+  const auto original = stories.source.weights->load(module + ".weight");
+  const auto rows = original.shape[0], cols = original.shape[1];
+  const auto weighted = round_to_nearest(floats_of(original), rows, cols, options.spec, moments);
+  const auto blind = round_to_nearest(floats_of(original), rows, cols, options.spec);
+  ASSERT_NE(weighted.quantized->scales, blind.quantized->scales);  // the weighting changes choices
+  const auto matrix = written.weights->load_quantized(module);
+  ASSERT_TRUE(matrix.has_value());
+  EXPECT_EQ(matrix->scales, weighted.quantized->scales);
+  EXPECT_EQ(matrix->codes, weighted.quantized->codes);
+}
+
 TEST(Compressor, GptqLowersEveryLayersProxyLossBelowRtnAndRunsInTheEngine) {
   StoriesModel stories;
   TempDir out;
