@@ -38,14 +38,15 @@ class ScriptedHandler : public HttpHandler {
       exchange->respond({200, "text/plain", request.method + " " + request.body,
                          {{"X-Seen", std::string(request.header("x-test"))}, {"X-Probe", request.probe ? "yes" : "no"}}});
     } else if (request.path == "/stream") {
-      std::thread([exchange] {
+      const std::lock_guard lock(mutex_);
+      writers_.emplace_back([exchange] {
         exchange->start_stream(200, "text/event-stream", {});
         for (const char* piece : {"one ", "two ", "three"}) {
           exchange->stream(piece);
           std::this_thread::sleep_for(5ms);
         }
         exchange->end_stream();
-      }).detach();
+      });
     } else if (request.path == "/hold") {
       exchange->on_disconnect([this] {
         const std::lock_guard lock(mutex_);
@@ -67,6 +68,18 @@ class ScriptedHandler : public HttpHandler {
     return "error " + std::to_string(status) + ": " + message;
   }
 
+  // The /stream writers: joined before the server goes (TearDown), since the
+  // client can have the last chunk while its writer is still returning from
+  // end_stream()'s post, and destroying the server then races with that post.
+  void join_writers() {
+    std::vector<std::thread> writers;
+    {
+      const std::lock_guard lock(mutex_);
+      writers.swap(writers_);
+    }
+    for (auto& writer : writers) writer.join();
+  }
+
   bool wait_disconnected() {
     std::unique_lock lock(mutex_);
     return changed_.wait_for(lock, 10s, [&] { return disconnected; });
@@ -84,6 +97,7 @@ class ScriptedHandler : public HttpHandler {
  private:
   std::mutex mutex_;
   std::condition_variable changed_;
+  std::vector<std::thread> writers_;
 };
 
 class HttpServerTest : public ::testing::Test {
@@ -95,6 +109,7 @@ class HttpServerTest : public ::testing::Test {
     server_ = std::make_unique<HttpServer>("127.0.0.1", 0, limits_, handler_, 2);
   }
   void TearDown() override {
+    handler_.join_writers();
     handler_.held.reset();  // exchanges go before their server
     server_.reset();
   }
