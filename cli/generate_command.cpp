@@ -50,7 +50,7 @@ struct GenerateOptions {
   bool expand_quantized = false;
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
-  int pipeline_micro_batches = 0;
+  int pipeline_micro_batches = 1;
 };
 
 std::string read_text_file(const std::string& path) {
@@ -253,7 +253,7 @@ void add_generate_command(CLI::App& app) {
                   "`mpirun -np T*P` (docs/parallel.md)")
       ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_option("--pipeline-micro-batches", options->pipeline_micro_batches,
-                  "Groups each step's sequences pass the stages in (0: as many as stages)")
+                  "Groups each step's sequences pass the stages in (0: as many as stages; docs/parallel.md)")
       ->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_flag("--expand-quantized", options->expand_quantized,
                 "Expand quantized weights to float32 at load (a benchmark baseline; ~8x the weight memory)");

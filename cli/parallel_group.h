@@ -23,7 +23,7 @@ namespace nibble::cli {
 struct ParallelSizes {
   int tensor = 1;
   int pipeline = 1;
-  int micro_batches = 0;  // pipeline micro-batches per step; 0: as many as stages
+  int micro_batches = 1;  // pipeline micro-batches per step; 0: as many as stages
   int ranks() const { return tensor * pipeline; }
 };
 

@@ -78,7 +78,7 @@ struct ServeOptions {
   std::string memory_budget;  // the whole process: weights + KV + workspace
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
-  int pipeline_micro_batches = 0;
+  int pipeline_micro_batches = 1;
   double collective_timeout = 30;
 };
 
@@ -462,7 +462,8 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_option("--pipeline-micro-batches", options->pipeline_micro_batches,
                   "With --pipeline-parallel-size: groups each step's sequences go through the stages in, so "
-                  "the stages work at once (0: as many as stages)")
+                  "the stages work at once (0: as many as stages). Each group re-reads a stage's weights, which "
+                  "costs decode steps more than the overlap gains (docs/parallel.md)")
       ->capture_default_str()->check(CLI::Range(0, 1024));
   cmd->add_option("--collective-timeout", options->collective_timeout,
                   "With --tensor- or --pipeline-parallel-size: seconds a collective may wait for the other ranks before the "
