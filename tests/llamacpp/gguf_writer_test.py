@@ -17,32 +17,15 @@ and scripts/make-kquant-models have run.
   tests/llamacpp/gguf_writer_test.py --nibble build/cli/nibble --llama-bin DIR \
       --models models/smollm2-kquant --text eval.txt --chunks 4
 """
-import argparse
-import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import unittest
 
-NAME = "SmolLM2-135M-Instruct"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from anchor import NAME, PPL_BOUND, llama, llama_f32_perplexity, main, nibble_eval, number, run  # noqa: E402
+
 ARGS = None
-PPL_BOUND = 0.005
-
-
-def run(cmd):
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return proc.stdout + proc.stderr
-
-
-def number(pattern, text):
-    m = re.search(pattern, text)
-    if not m:
-        raise AssertionError(f"no {pattern!r} in the output:\n{text[-2000:]}")
-    return float(m.group(1))
 
 
 class NibbleGgufInLlamaCpp(unittest.TestCase):
@@ -51,7 +34,7 @@ class NibbleGgufInLlamaCpp(unittest.TestCase):
         cls.work = tempfile.TemporaryDirectory()
         cls.base = os.path.join(ARGS.models, f"{NAME}.F16.gguf")
         cls.kld = os.path.join(cls.work.name, "base.kld")
-        cls.llama(cls.base, ["--kl-divergence-base", cls.kld])
+        llama(ARGS, cls.base, ["--kl-divergence-base", cls.kld])
         cls.out = os.path.join(cls.work.name, "nibble.Q4_K_M.gguf")
         run([ARGS.nibble, "quantize", "--model", cls.base, "--format", "gguf", "--type", "Q4_K_M", "--method", "rtn",
              "-o", cls.out, "--threads", str(ARGS.threads)])
@@ -60,23 +43,12 @@ class NibbleGgufInLlamaCpp(unittest.TestCase):
     def tearDownClass(cls):
         cls.work.cleanup()
 
-    @staticmethod
-    def llama(model, extra):
-        return run([f"{ARGS.llama_bin}/llama-perplexity", "-m", model, "-f", ARGS.text, "-c", "512", "-b", "512",
-                    "-t", str(ARGS.threads), "--chunks", str(ARGS.chunks)] + extra)
-
     def test_logits_agree(self):
-        out = self.llama(self.out, ["--kl-divergence-base", self.kld, "--kl-divergence"])
+        out = llama(ARGS, self.out, ["--kl-divergence-base", self.kld, "--kl-divergence"])
         llama_ppl = number(r"Mean PPL\(Q\)\s*:\s*([0-9.]+)", out)
         llama_kld = number(r"Mean    KLD:\s*([-0-9.]+)", out)
-        f32 = os.path.join(self.work.name, "nibble-as-F32.gguf")
-        run([f"{ARGS.llama_bin}/llama-quantize", "--allow-requantize", self.out, f32, "F32", str(ARGS.threads)])
-        exact_ppl = number(r"Final estimate: PPL = ([0-9.]+)", self.llama(f32, []))
-        os.remove(f32)
-        cmd = [ARGS.nibble, "eval", "--model", self.out, "--text", ARGS.text, "--protocol", "chunks", "--window", "512",
-               "--chunks", str(ARGS.chunks), "--threads", str(ARGS.threads), "--json", "--base", self.base]
-        text = run(cmd)
-        result = json.loads(text[text.index("{"):text.rindex("}") + 1])
+        exact_ppl = llama_f32_perplexity(ARGS, self.out, self.work.name)
+        result = nibble_eval(ARGS, self.out, self.base)
         gap = result["perplexity"] / exact_ppl - 1
         print(f"nibble Q4_K_M: PPL nibble {result['perplexity']:.4f}, llama.cpp on the F32 copy {exact_ppl:.4f} "
               f"({100 * gap:+.3f} %), llama.cpp on the file {llama_ppl:.4f}; "
@@ -97,13 +69,10 @@ class NibbleGgufInLlamaCpp(unittest.TestCase):
         self.assertLess(os.path.getsize(self.out), 0.45 * os.path.getsize(self.base))
 
 
+def set_args(args):
+    global ARGS
+    ARGS = args
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--nibble", required=True)
-    p.add_argument("--llama-bin", required=True)
-    p.add_argument("--models", required=True)
-    p.add_argument("--text", required=True)
-    p.add_argument("--chunks", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2)
-    ARGS, rest = p.parse_known_args()
-    unittest.main(argv=[sys.argv[0], "-v"] + rest)
+    main(set_args)

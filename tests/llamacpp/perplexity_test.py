@@ -21,32 +21,15 @@ and scripts/make-kquant-models have run; CI does not build llama.cpp.
   tests/llamacpp/perplexity_test.py --nibble build/cli/nibble --llama-bin DIR \
       --models models/smollm2-kquant --text eval.txt --types Q4_K_M Q6_K --chunks 4
 """
-import argparse
-import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import unittest
 
-NAME = "SmolLM2-135M-Instruct"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from anchor import NAME, PPL_BOUND, llama, llama_f32_perplexity, main, nibble_eval, number  # noqa: E402
+
 ARGS = None
-PPL_BOUND = 0.005
-
-
-def run(cmd):
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return proc.stdout + proc.stderr
-
-
-def number(pattern, text):
-    m = re.search(pattern, text)
-    if not m:
-        raise AssertionError(f"no {pattern!r} in llama-perplexity's output:\n{text[-2000:]}")
-    return float(m.group(1))
 
 
 class LlamaPerplexityAnchor(unittest.TestCase):
@@ -55,7 +38,7 @@ class LlamaPerplexityAnchor(unittest.TestCase):
         cls.work = tempfile.TemporaryDirectory()
         cls.base = os.path.join(ARGS.models, f"{NAME}.F16.gguf")
         cls.kld = os.path.join(cls.work.name, "base.kld")
-        out = cls.llama(cls.base, ["--kl-divergence-base", cls.kld])
+        out = llama(ARGS, cls.base, ["--kl-divergence-base", cls.kld])
         cls.base_ppl = number(r"Final estimate: PPL = ([0-9.]+)", out)
         cls.chunks = int(number(r"calculating perplexity over ([0-9]+) chunks", out))
 
@@ -63,20 +46,8 @@ class LlamaPerplexityAnchor(unittest.TestCase):
     def tearDownClass(cls):
         cls.work.cleanup()
 
-    @staticmethod
-    def llama(model, extra):
-        return run([f"{ARGS.llama_bin}/llama-perplexity", "-m", model, "-f", ARGS.text, "-c", "512", "-b", "512",
-                    "-t", str(ARGS.threads), "--chunks", str(ARGS.chunks)] + extra)
-
-    @staticmethod
-    def nibble(model, base=None):
-        cmd = [ARGS.nibble, "eval", "--model", model, "--text", ARGS.text, "--protocol", "chunks", "--window", "512",
-               "--chunks", str(ARGS.chunks), "--threads", str(ARGS.threads), "--json"]
-        out = run(cmd + (["--base", base] if base else []))
-        return json.loads(out[out.index("{"):out.rindex("}") + 1])
-
     def test_f16_base(self):
-        result = self.nibble(self.base)
+        result = nibble_eval(ARGS, self.base)
         self.assertEqual(result["windows"], self.chunks)
         self.assertEqual(result["tokens_scored"], self.chunks * 255)
         gap = result["perplexity"] / self.base_ppl - 1
@@ -87,14 +58,11 @@ class LlamaPerplexityAnchor(unittest.TestCase):
         for t in ARGS.types:
             with self.subTest(type=t):
                 model = os.path.join(ARGS.models, f"{NAME}.{t}.gguf")
-                out = self.llama(model, ["--kl-divergence-base", self.kld, "--kl-divergence"])
+                out = llama(ARGS, model, ["--kl-divergence-base", self.kld, "--kl-divergence"])
                 llama_ppl = number(r"Mean PPL\(Q\)\s*:\s*([0-9.]+)", out)
                 llama_kld = number(r"Mean    KLD:\s*([-0-9.]+)", out)
-                f32 = os.path.join(self.work.name, f"{t}-as-F32.gguf")
-                run([f"{ARGS.llama_bin}/llama-quantize", "--allow-requantize", model, f32, "F32", str(ARGS.threads)])
-                exact_ppl = number(r"Final estimate: PPL = ([0-9.]+)", self.llama(f32, []))
-                os.remove(f32)
-                result = self.nibble(model, self.base)
+                exact_ppl = llama_f32_perplexity(ARGS, model, self.work.name)
+                result = nibble_eval(ARGS, model, self.base)
                 gap = result["perplexity"] / exact_ppl - 1
                 print(f"{t}: PPL nibble {result['perplexity']:.4f}, llama.cpp on the F32 copy {exact_ppl:.4f} "
                       f"({100 * gap:+.3f} %), llama.cpp on the file {llama_ppl:.4f} "
@@ -107,14 +75,10 @@ class LlamaPerplexityAnchor(unittest.TestCase):
                 # moves its KLD by far less than its activation rounding adds.
                 self.assertLessEqual(result["mean_kl"], llama_kld)
 
+def set_args(args):
+    global ARGS
+    ARGS = args
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--nibble", required=True)
-    p.add_argument("--llama-bin", required=True)
-    p.add_argument("--models", required=True)
-    p.add_argument("--text", required=True)
-    p.add_argument("--types", nargs="+", default=["Q4_K_M", "Q6_K"])
-    p.add_argument("--chunks", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2)
-    ARGS, rest = p.parse_known_args()
-    unittest.main(argv=[sys.argv[0], "-v"] + rest)
+    main(set_args, lambda p: p.add_argument("--types", nargs="+", default=["Q4_K_M", "Q6_K"]))
