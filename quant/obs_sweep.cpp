@@ -857,10 +857,6 @@ SweepResult round_to_nearest(std::span<const float> weights, std::int64_t rows, 
   return result;
 }
 
-}  // namespace nibble::quant
-
-namespace nibble::quant {
-
 SweepResult round_to_nearest_blocks(std::span<const float> weights, std::int64_t rows, std::int64_t cols,
                                     const BlockCodec& codec, std::span<const float> importance) {
   check_weights(weights, rows, cols);
