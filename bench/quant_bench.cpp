@@ -213,14 +213,16 @@ void BM_QuantLinear(benchmark::State& state) {
 
 // GGUF types on SmolLM2-135M's shapes: Q4_0 / Q8_0 (unpacked into the packed INT4/INT8
 // tiles) against Q4_K / Q6_K (kept as blocks, decoded in the kernel).
-enum GgufBenchType { kQ4_0, kQ8_0, kQ4_K, kQ6_K };
+enum GgufBenchType { kQ4_0, kQ8_0, kQ4_K, kQ6_K, kQ5_0 };
 
 QuantizedMatrix gguf_bench_matrix(std::int64_t n, std::int64_t k, int type) {
   if (type == kQ4_0 || type == kQ8_0) {
     // Q4_0 / Q8_0 load as 32-weight groups with an f16 scale and a zero point.
     return random_quantized(n, k, type == kQ4_0 ? 4 : 8, 32, false);
   }
-  const nibble::BlockFormat format = type == kQ4_K ? nibble::BlockFormat::Q4_K : nibble::BlockFormat::Q6_K;
+  const nibble::BlockFormat format = type == kQ4_K   ? nibble::BlockFormat::Q4_K
+                                     : type == kQ5_0 ? nibble::BlockFormat::Q5_0
+                                                     : nibble::BlockFormat::Q6_K;
   const auto& info = nibble::block_format_info(format);
   QuantizedMatrix m;
   m.name = "bench";
@@ -230,10 +232,11 @@ QuantizedMatrix gguf_bench_matrix(std::int64_t n, std::int64_t k, int type) {
   m.blocks.resize(static_cast<std::size_t>(n * (k / info.elements) * info.bytes));
   std::mt19937 rng(1);
   for (auto& byte : m.blocks) byte = static_cast<std::byte>(rng());
-  // Sane fp16 super-block scales (random bytes could be NaN): Q4_K d, dmin at 0, 2; Q6_K d at 208.
+  // Sane fp16 scales (random bytes could be NaN): Q4_K d, dmin at 0, 2; Q5_0 d at 0; Q6_K d at 208.
   const std::uint16_t scale = nibble::f32_to_f16(0.01f);
+  const std::vector<int> scale_at = type == kQ4_K ? std::vector<int>{0, 2} : type == kQ5_0 ? std::vector<int>{0} : std::vector<int>{208};
   for (std::size_t b = 0; b < m.blocks.size(); b += static_cast<std::size_t>(info.bytes)) {
-    for (const int at : type == kQ4_K ? std::vector<int>{0, 2} : std::vector<int>{208}) {
+    for (const int at : scale_at) {
       std::memcpy(m.blocks.data() + b + at, &scale, 2);
     }
   }
@@ -241,10 +244,15 @@ QuantizedMatrix gguf_bench_matrix(std::int64_t n, std::int64_t k, int type) {
   return m;
 }
 
-// args: input features k, output features n, rows m, GgufBenchType
+// args: input features k, output features n, rows m, GgufBenchType, int8 activations
 void BM_GgufLinear(benchmark::State& state) {
   const std::int64_t k = state.range(0), n = state.range(1), rows = state.range(2);
-  CpuBackend backend(bench_threads());
+  const bool int8_activations = state.range(4) != 0;
+  CpuBackend backend(nibble::kernels::CpuBackendOptions{bench_threads(), int8_activations});
+  if (int8_activations && !backend.int8_activations()) {
+    state.SkipWithError("no AVX-512 VNNI on this CPU");
+    return;
+  }
   const QuantizedMatrix matrix = gguf_bench_matrix(n, k, static_cast<int>(state.range(3)));
   std::vector<std::shared_ptr<const LinearWeights>> copies{backend.prepare_linear(matrix)};
   const double bytes = static_cast<double>(copies[0]->resident_bytes());
@@ -268,7 +276,14 @@ void BM_GgufLinear(benchmark::State& state) {
   });
   state.counters["x_copy"] = copy_seconds / seconds;
   state.counters["tokens_per_s"] = static_cast<double>(rows) / seconds;
-  state.SetLabel(copies[0]->describe());
+  if (int8_activations) {
+    // The same weights with float activations, in this run: what the integer path buys.
+    CpuBackend floats(bench_threads());
+    const double float_seconds = seconds_per_call(
+        [&] { floats.linear(io.x.data(), rows, *copies[next++ % copies.size()], nullptr, io.y.data()); });
+    state.counters["x_float_act"] = float_seconds / seconds;
+  }
+  state.SetLabel(copies[0]->describe() + (int8_activations ? " int8 activations" : ""));
 }
 
 // The f32 dense kernel itself, for its own GB/s next to the quantized ones.
@@ -415,8 +430,10 @@ BENCHMARK(BM_QuantLinear)
 // K-quant blocks, which is why Q4_K_M files hold Q5_0/Q8_0 there) and SmolLM2-1.7B's
 // gate/up (2048 -> 8192), whose weights do not fit the caches; decode (1) and a batch (16).
 BENCHMARK(BM_GgufLinear)
-    ->ArgsProduct({{1536}, {576}, {1, 16}, {kQ4_0, kQ8_0, kQ4_K, kQ6_K}})
-    ->ArgsProduct({{2048}, {8192}, {1, 16}, {kQ4_0, kQ8_0, kQ4_K, kQ6_K}})
+    ->ArgsProduct({{1536}, {576}, {1, 16}, {kQ4_0, kQ8_0, kQ4_K, kQ6_K, kQ5_0}, {0, 1}})
+    ->ArgsProduct({{2048}, {8192}, {1, 16}, {kQ4_0, kQ8_0, kQ4_K, kQ6_K, kQ5_0}, {0, 1}})
+    ->ArgsProduct({{576}, {1536}, {1, 512}, {kQ5_0}, {0, 1}})          // SmolLM2 Q4_K_M's gate/up, decode and pp512
+    ->ArgsProduct({{640}, {262144}, {1}, {kQ8_0}, {0, 1}})             // Gemma 3 270M's tied lm_head (Q8_0)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 BENCHMARK(BM_Fp8Linear)

@@ -9,6 +9,13 @@
 // sub-block scales become one float scale and one float offset per sub-block) and
 // then writes each sub-block as an affine or table map of its codes: plain loops
 // over 16/32 codes that the compiler vectorizes.
+//
+// Each decoder also has `unpack`, the integer view the int8-activation kernels
+// multiply on integer dot products: every weight as an unsigned 8-bit code c and,
+// for each run of 4 weights (a "lane": they share one 16-weight sub-block), a float
+// step s and offset o with weight = s * c - o. Signed codes are shifted up by a
+// constant zero point z folded into o (o = s * z - minimum), so `vpdpbusd` (u8 x s8)
+// applies. unpack_test checks s * c - o against `decode` for every format.
 #include <cstdint>
 #include <cstring>
 
@@ -23,8 +30,21 @@ inline float block_half(const std::uint8_t* at) {
   return nibble::f16_to_f32(bits);
 }
 
+// Weights per lane of `unpack`'s steps and offsets.
+constexpr int kUnpackLane = 4;
+
+// Sets the step and offset of the `lanes` lanes from `first`.
+inline void unpack_lanes(float* __restrict step, float* __restrict offset, int first, int lanes, float s, float o) {
+  for (int i = first; i < first + lanes; ++i) {
+    step[i] = s;
+    offset[i] = o;
+  }
+}
+
 // IQ4_NL / IQ4_XS code book: a 4-bit code picks one of these int8 levels.
 constexpr float kIq4Levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+// The same levels + 128, as unpack's unsigned codes (zero point 128).
+constexpr std::uint8_t kIq4Codes[16] = {1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241};
 
 // Q5_0 / Q5_1: 32 codes of 5 bits; low nibbles as Q4_0, fifth bits in a u32.
 template <bool kMin>
@@ -49,6 +69,19 @@ struct Q5Block {
       out[j] = value(low);
       out[j + 16] = value(high);
     }
+  }
+  static void unpack(const std::uint8_t* __restrict b, std::uint8_t* __restrict codes, float* __restrict step,
+                     float* __restrict offset) {
+    const float d = block_half(b);
+    const std::uint8_t* qh_bytes = b + (kMin ? 4 : 2);
+    std::uint32_t qh;
+    std::memcpy(&qh, qh_bytes, 4);
+    const std::uint8_t* qs = qh_bytes + 4;
+    for (int j = 0; j < 16; ++j) {
+      codes[j] = static_cast<std::uint8_t>((qs[j] & 15u) | (((qh >> j) & 1u) << 4));
+      codes[j + 16] = static_cast<std::uint8_t>((qs[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4));
+    }
+    unpack_lanes(step, offset, 0, 8, d, kMin ? -block_half(b + 2) : 16.0f * d);
   }
 };
 
@@ -87,6 +120,26 @@ struct Q45KBlock {
       }
     }
   }
+  static void unpack(const std::uint8_t* __restrict b, std::uint8_t* __restrict codes, float* __restrict step,
+                     float* __restrict offset) {
+    float scale[8], min[8];
+    k_scales_mins(b + 4, block_half(b), block_half(b + 2), scale, min);
+    const std::uint8_t* qh = b + 16;
+    const std::uint8_t* qs = b + 16 + (kHigh ? 32 : 0);
+    for (int pair = 0; pair < 4; ++pair) {
+      std::uint8_t* c = codes + 64 * pair;
+      for (int l = 0; l < 32; ++l) {
+        std::uint32_t q0 = qs[32 * pair + l] & 15u, q1 = qs[32 * pair + l] >> 4;
+        if constexpr (kHigh) {
+          q0 |= ((qh[l] >> (2 * pair)) & 1u) << 4;
+          q1 |= ((qh[l] >> (2 * pair + 1)) & 1u) << 4;
+        }
+        c[l] = static_cast<std::uint8_t>(q0);
+        c[32 + l] = static_cast<std::uint8_t>(q1);
+      }
+    }
+    for (int j = 0; j < 8; ++j) unpack_lanes(step, offset, 8 * j, 8, scale[j], min[j]);
+  }
 };
 
 // Q2_K: 16 sub-blocks of 16, 4-bit scale and min each; 2-bit codes, four per byte.
@@ -114,6 +167,21 @@ struct Q2KBlock {
           for (int l = 0; l < 16; ++l) o[16 * half + l] = step * static_cast<float>((q[l] >> (2 * s)) & 3u) - mn;
         }
       }
+    }
+  }
+  static void unpack(const std::uint8_t* __restrict b, std::uint8_t* __restrict codes, float* __restrict step,
+                     float* __restrict offset) {
+    const std::uint8_t* sc = b;
+    const std::uint8_t* qs = b + 16;
+    const float d = block_half(b + 80), dmin = block_half(b + 82);
+    for (int h = 0; h < 2; ++h) {
+      for (int s = 0; s < 4; ++s) {
+        for (int l = 0; l < 32; ++l) codes[128 * h + 32 * s + l] = static_cast<std::uint8_t>((qs[32 * h + l] >> (2 * s)) & 3u);
+      }
+    }
+    // Sub-block i is elements 16i..16i+15 (element 128h + 32s + 16half + l: i = 8h + 2s + half).
+    for (int i = 0; i < 16; ++i) {
+      unpack_lanes(step, offset, 4 * i, 4, d * static_cast<float>(sc[i] & 15), dmin * static_cast<float>(sc[i] >> 4));
     }
   }
 };
@@ -152,6 +220,29 @@ struct Q3KBlock {
       }
     }
   }
+  // Codes q + 4 * high bit (0..7), zero point 4.
+  static void unpack(const std::uint8_t* __restrict b, std::uint8_t* __restrict codes, float* __restrict step,
+                     float* __restrict offset) {
+    const std::uint8_t* hmask = b;
+    const std::uint8_t* qs = b + 32;
+    const std::uint8_t* s = b + 96;
+    const float d = block_half(b + 108);
+    for (int h = 0; h < 2; ++h) {
+      for (int sh = 0; sh < 4; ++sh) {
+        const int mask_bit = 4 * h + sh;
+        for (int l = 0; l < 32; ++l) {
+          codes[128 * h + 32 * sh + l] =
+              static_cast<std::uint8_t>(((qs[32 * h + l] >> (2 * sh)) & 3u) | (((hmask[l] >> mask_bit) & 1u) << 2));
+        }
+      }
+    }
+    for (int i = 0; i < 16; ++i) {
+      const int low = (i < 8 ? s[i] : s[i - 8] >> 4) & 15;
+      const int high = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+      const float sc = d * static_cast<float>((low | (high << 4)) - 32);
+      unpack_lanes(step, offset, 4 * i, 4, sc, 4.0f * sc);
+    }
+  }
 };
 
 // Q6_K: 16 sub-blocks of 16 with int8 scales; 4 low bits in ql, 2 high in qh.
@@ -187,6 +278,30 @@ struct Q6KBlock {
       }
     }
   }
+  // Codes 0..63, zero point 32.
+  static void unpack(const std::uint8_t* __restrict b, std::uint8_t* __restrict codes, float* __restrict step,
+                     float* __restrict offset) {
+    const std::uint8_t* ql = b;
+    const std::uint8_t* qh = b + 128;
+    const auto* sc = reinterpret_cast<const std::int8_t*>(b + 192);
+    const float d = block_half(b + 208);
+    for (int h = 0; h < 2; ++h) {
+      const std::uint8_t* a = ql + 64 * h;
+      const std::uint8_t* c = a + 32;
+      const std::uint8_t* hi = qh + 32 * h;
+      std::uint8_t* o = codes + 128 * h;
+      for (int l = 0; l < 32; ++l) {
+        o[l] = static_cast<std::uint8_t>((a[l] & 15u) | ((hi[l] & 3u) << 4));
+        o[32 + l] = static_cast<std::uint8_t>((c[l] & 15u) | (((hi[l] >> 2) & 3u) << 4));
+        o[64 + l] = static_cast<std::uint8_t>((a[l] >> 4) | (((hi[l] >> 4) & 3u) << 4));
+        o[96 + l] = static_cast<std::uint8_t>((c[l] >> 4) | ((hi[l] >> 6) << 4));
+      }
+    }
+    for (int i = 0; i < 16; ++i) {
+      const float s = d * static_cast<float>(sc[i]);
+      unpack_lanes(step, offset, 4 * i, 4, s, 32.0f * s);
+    }
+  }
 };
 
 // Q8_K: a float32 scale and 256 int8 codes (then 16 int16 partial sums, unused here).
@@ -199,6 +314,14 @@ struct Q8KBlock {
     std::memcpy(&d, b, 4);
     const auto* qs = reinterpret_cast<const std::int8_t*>(b + 4);
     for (int l = 0; l < 256; ++l) out[l] = d * static_cast<float>(qs[l]);
+  }
+  // Codes q + 128, zero point 128.
+  static void unpack(const std::uint8_t* __restrict b, std::uint8_t* __restrict codes, float* __restrict step,
+                     float* __restrict offset) {
+    float d;
+    std::memcpy(&d, b, 4);
+    for (int l = 0; l < 256; ++l) codes[l] = static_cast<std::uint8_t>(b[4 + l] ^ 0x80u);
+    unpack_lanes(step, offset, 0, 64, d, 128.0f * d);
   }
 };
 
@@ -215,6 +338,15 @@ struct Iq4NlBlock {
       out[j] = level[b[2 + j] & 15];
       out[j + 16] = level[b[2 + j] >> 4];
     }
+  }
+  static void unpack(const std::uint8_t* __restrict b, std::uint8_t* __restrict codes, float* __restrict step,
+                     float* __restrict offset) {
+    const float d = block_half(b);
+    for (int j = 0; j < 16; ++j) {
+      codes[j] = kIq4Codes[b[2 + j] & 15];
+      codes[j + 16] = kIq4Codes[b[2 + j] >> 4];
+    }
+    unpack_lanes(step, offset, 0, 8, d, 128.0f * d);
   }
 };
 
@@ -240,6 +372,22 @@ struct Iq4XsBlock {
       }
     }
   }
+  static void unpack(const std::uint8_t* __restrict b, std::uint8_t* __restrict codes, float* __restrict step,
+                     float* __restrict offset) {
+    const float d = block_half(b);
+    const std::uint32_t scales_h = static_cast<std::uint32_t>(b[2]) | (static_cast<std::uint32_t>(b[3]) << 8);
+    const std::uint8_t* scales_l = b + 4;
+    const std::uint8_t* qs = b + 8;
+    for (int i = 0; i < 8; ++i) {
+      const int ls = ((scales_l[i / 2] >> (4 * (i % 2))) & 15) | (((scales_h >> (2 * i)) & 3u) << 4);
+      const float dl = d * static_cast<float>(ls - 32);
+      for (int j = 0; j < 16; ++j) {
+        codes[32 * i + j] = kIq4Codes[qs[16 * i + j] & 15];
+        codes[32 * i + j + 16] = kIq4Codes[qs[16 * i + j] >> 4];
+      }
+      unpack_lanes(step, offset, 8 * i, 8, dl, 128.0f * dl);
+    }
+  }
 };
 
 // TQ1_0: ternary weights, five per byte in base 3 (the byte is the fraction
@@ -249,22 +397,32 @@ struct Tq1Block {
   static constexpr nibble::BlockFormat kFormat = nibble::BlockFormat::TQ1_0;
   static constexpr int kElements = 256;
   static constexpr int kBytes = 54;
-  static void digits(const std::uint8_t* __restrict bytes, int count, int digits_per_byte, float d,
-                     float* __restrict out) {
+  // put(element, trit) for every element.
+  template <typename Put>
+  static void trits(const std::uint8_t* __restrict b, Put&& put) {
     constexpr std::uint8_t kPow3[5] = {1, 3, 9, 27, 81};
-    for (int n = 0; n < digits_per_byte; ++n) {
-      for (int m = 0; m < count; ++m) {
-        const auto shifted = static_cast<std::uint8_t>(bytes[m] * kPow3[n]);
-        const int trit = (static_cast<int>(shifted) * 3) >> 8;
-        out[n * count + m] = d * static_cast<float>(trit - 1);
+    const auto digits = [&](const std::uint8_t* bytes, int count, int digits_per_byte, int first) {
+      for (int n = 0; n < digits_per_byte; ++n) {
+        for (int m = 0; m < count; ++m) {
+          const auto shifted = static_cast<std::uint8_t>(bytes[m] * kPow3[n]);
+          put(first + n * count + m, (static_cast<int>(shifted) * 3) >> 8);
+        }
       }
-    }
+    };
+    digits(b, 32, 5, 0);         // elements 0..159
+    digits(b + 32, 16, 5, 160);  // 160..239
+    digits(b + 48, 4, 4, 240);   // 240..255
   }
   static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
     const float d = block_half(b + 52);
-    digits(b, 32, 5, d, out);             // elements 0..159
-    digits(b + 32, 16, 5, d, out + 160);  // 160..239
-    digits(b + 48, 4, 4, d, out + 240);   // 240..255
+    trits(b, [&](int e, int trit) { out[e] = d * static_cast<float>(trit - 1); });
+  }
+  // Codes 0..2, zero point 1.
+  static void unpack(const std::uint8_t* __restrict b, std::uint8_t* __restrict codes, float* __restrict step,
+                     float* __restrict offset) {
+    const float d = block_half(b + 52);
+    trits(b, [&](int e, int trit) { codes[e] = static_cast<std::uint8_t>(trit); });
+    unpack_lanes(step, offset, 0, 64, d, d);
   }
 };
 
@@ -282,6 +440,17 @@ struct Tq2Block {
         }
       }
     }
+  }
+  // Codes 0..3, zero point 1.
+  static void unpack(const std::uint8_t* __restrict b, std::uint8_t* __restrict codes, float* __restrict step,
+                     float* __restrict offset) {
+    const float d = block_half(b + 64);
+    for (int h = 0; h < 2; ++h) {
+      for (int s = 0; s < 4; ++s) {
+        for (int l = 0; l < 32; ++l) codes[128 * h + 32 * s + l] = static_cast<std::uint8_t>((b[32 * h + l] >> (2 * s)) & 3u);
+      }
+    }
+    unpack_lanes(step, offset, 0, 64, d, d);
   }
 };
 

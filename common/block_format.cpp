@@ -54,4 +54,9 @@ void decode_block(BlockFormat format, const std::byte* block, float* out) {
   with_block_decoder(format, [&](auto decoder) { decltype(decoder)::decode(bytes, out); });
 }
 
+void unpack_block(BlockFormat format, const std::byte* block, std::uint8_t* codes, float* step, float* offset) {
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(block);
+  with_block_decoder(format, [&](auto decoder) { decltype(decoder)::unpack(bytes, codes, step, offset); });
+}
+
 }  // namespace nibble

@@ -29,4 +29,9 @@ std::optional<BlockFormat> block_format_named(std::string_view name);
 // tensors it widens (embeddings).
 void decode_block(BlockFormat format, const std::byte* block, float* out);
 
+// The integer view of one block that int8-activation kernels multiply: elements
+// unsigned codes, and per run of 4 elements a step and an offset, with
+// weight = step * code - offset (common/block_decode_impl.h says why).
+void unpack_block(BlockFormat format, const std::byte* block, std::uint8_t* codes, float* step, float* offset);
+
 }  // namespace nibble

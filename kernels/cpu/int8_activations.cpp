@@ -35,6 +35,8 @@ QuantKernel int8_quant_kernel(const Int8KernelTable& table, const QuantLayout& w
   return table.quant[int8_bits_slot(w.bits)][scale_slot(w.scale_dtype)][offset];
 }
 
+bool int8_block_supported(const BlockLayout& w) { return w.cols % kActivationBlock == 0; }
+
 const Int8KernelTable* int8_kernel_table(Isa isa) {
   // A lowered ISA (NIBBLE_CPU_ISA=avx2, tests comparing variants) turns these off too.
   static const bool vnni = __builtin_cpu_supports("avx512vnni") && isa_supported(Isa::Avx512);

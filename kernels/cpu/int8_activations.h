@@ -37,9 +37,42 @@ std::int64_t activation_blocks(const QuantLayout& w);
 using ActivationQuantizer = void (*)(const QuantLayout& w, const float* x, std::int64_t rows, std::int8_t* codes,
                                      float* scales, float* group_sums);
 
+// Block-quantized weights (BlockLayout, GGUF's Q5_0 ... IQ4_XS) on int8 activations.
+// Activations stay in input order, rounded in blocks of kActivationBlock inputs,
+// and each row is padded with zeros to block_activation_ldx(cols) (whole vectors of
+// kBlockStep inputs). Beside the codes go two floats per run of four inputs (the
+// lanes of one vpdpbusd): the block's scale, and the scale times the four codes'
+// sum, which the weights' per-sub-block offsets multiply (see unpack in
+// common/block_decode_impl.h: weight = step * code - offset).
+constexpr std::int64_t kBlockStep = 64;
+constexpr std::int64_t block_activation_ldx(std::int64_t cols) { return (cols + kBlockStep - 1) / kBlockStep * kBlockStep; }
+
+struct BlockActivations {
+  const std::int8_t* codes = nullptr;  // [rows][ldx]
+  const float* lane_scales = nullptr;  // [rows][ldx / 4]
+  const float* lane_sums = nullptr;    // [rows][ldx / 4]
+  std::int64_t ldx = 0;
+  std::int64_t rows = 0;
+};
+
+// x: [rows][cols]. Writes codes [rows][ldx] and lane scales and sums [rows][ldx / 4].
+// A block holding NaN or infinity gets NaN scales (the row's output is NaN).
+using BlockActivationQuantizer = void (*)(const float* x, std::int64_t rows, std::int64_t cols, std::int64_t ldx,
+                                          std::int8_t* codes, float* lane_scales, float* lane_sums);
+// y for output rows [n_begin, n_end) of every activation row; `scratch` holds
+// block_int8_scratch_floats(rows).
+using BlockInt8Kernel = void (*)(const BlockLayout& w, const BlockActivations& x, std::int64_t n_begin,
+                                 std::int64_t n_end, const float* bias, float* y, std::int64_t ldy, float* scratch);
+// Output rows unpacked together (their codes, steps and offsets stay in L1 while
+// every activation row runs against them).
+constexpr std::int64_t kBlockInt8OutputRows = 8;
+constexpr std::int64_t block_int8_scratch_floats(std::int64_t rows) { return kBlockInt8OutputRows * rows; }
+
 struct Int8KernelTable {
   ActivationQuantizer quantize[3];  // [bits 2, 4, 8]
   QuantKernel quant[3][3][2];       // [bits 2, 4, 8][ScaleSlot][zero point, min]
+  BlockActivationQuantizer quantize_blocks;
+  BlockInt8Kernel block[kBlockFormatCount];  // [BlockFormat]
 };
 
 // The int8 kernels for `isa`, or null where the CPU has no AVX-512 VNNI.
@@ -50,5 +83,9 @@ int int8_bits_slot(int bits);
 QuantKernel int8_quant_kernel(const Int8KernelTable& table, const QuantLayout& w);
 
 const Int8KernelTable& int8_kernels_avx512_vnni();
+// Fills the block entries (block_vnni.cpp); called while building that table.
+void fill_block_int8_kernels(Int8KernelTable& table);
+// Whether BlockLayout `w` runs on int8 activations where the CPU has them.
+bool int8_block_supported(const BlockLayout& w);
 
 }  // namespace nibble::kernels::cpu

@@ -246,6 +246,7 @@ const Int8KernelTable kInt8Table = [] {
   fill_int8<2>(table);
   fill_int8<4>(table);
   fill_int8<8>(table);
+  nibble::kernels::cpu::fill_block_int8_kernels(table);
   return table;
 }();
 

@@ -146,6 +146,30 @@ void quantize_input(LinearRunContext& context, const Int8KernelTable& table, con
   });
 }
 
+// Rounds x (input order) to int8 for the block kernels, rows split across the pool.
+BlockActivations quantize_block_input(LinearRunContext& context, const Int8KernelTable& table, const float* x,
+                                      std::int64_t rows, std::int64_t cols) {
+  const std::int64_t ldx = block_activation_ldx(cols);
+  const std::int64_t lanes = ldx / 4;
+  context.activation_codes.resize(static_cast<std::size_t>(rows * ldx));
+  context.activation_scales.resize(static_cast<std::size_t>(rows * lanes));
+  context.group_sums.resize(static_cast<std::size_t>(rows * lanes));
+  const auto run = [&](std::int64_t begin, std::int64_t end) {
+    table.quantize_blocks(x + begin * cols, end - begin, cols, ldx, context.activation_codes.data() + begin * ldx,
+                          context.activation_scales.data() + begin * lanes, context.group_sums.data() + begin * lanes);
+  };
+  constexpr std::int64_t kRowsPerTask = 16;
+  if (rows <= kRowsPerTask) {
+    run(0, rows);
+  } else {
+    context.pool.parallel_for((rows + kRowsPerTask - 1) / kRowsPerTask, [&](std::int64_t task, int) {
+      run(task * kRowsPerTask, std::min(rows, (task + 1) * kRowsPerTask));
+    });
+  }
+  return BlockActivations{context.activation_codes.data(), context.activation_scales.data(), context.group_sums.data(),
+                          ldx, rows};
+}
+
 std::string offset_name(QuantizedMatrix::Offset offset) {
   return offset == QuantizedMatrix::Offset::Min ? "min" : "zero-point";
 }
@@ -235,6 +259,17 @@ class BlockWeights final : public CpuLinearWeights {
   std::string describe() const override { return fmt::format("{} blocks", block_format_info(w_.format).name); }
   void dequantize_row(std::int64_t row, float* out) const override { w_.dequantize_row(row, out); }
   void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
+    const Int8KernelTable* int8 =
+        context.int8_activations && int8_block_supported(w_) ? int8_kernel_table(context.isa) : nullptr;
+    if (int8 != nullptr) {
+      const BlockActivations xq = quantize_block_input(context, *int8, x, rows, w_.cols);
+      const BlockInt8Kernel kernel = int8->block[static_cast<int>(w_.format)];
+      split(context.pool, w_.rows, kColumnAlignment, [&](std::int64_t begin, std::int64_t end, int worker) {
+        kernel(w_, xq, begin, end, bias, y, w_.rows,
+               worker_buffer(context, worker, block_int8_scratch_floats(rows)).data());
+      });
+      return;
+    }
     const BlockKernel kernel = block_kernel(w_, context.isa);
     split(context.pool, w_.rows, kColumnAlignment, [&](std::int64_t begin, std::int64_t end, int worker) {
       kernel(w_, x, rows, begin, end, bias, y, w_.rows, worker_buffer(context, worker, block_scratch_floats(rows)).data());

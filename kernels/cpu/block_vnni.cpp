@@ -1,0 +1,300 @@
+// Block-quantized weights (GGUF's Q5_0 ... IQ4_XS, TQ1_0/TQ2_0) on int8 activations
+// (int8_activations.h). Compiled with the AVX-512 VNNI flags; reached only after
+// CPUID says AVX-512 VNNI is there (int8_kernel_table).
+//
+// A row's blocks are unpacked (common/block_decode_impl.h's `unpack`: u8 codes, and
+// per four weights a step and an offset) a chunk at a time into L1, several output
+// rows together, and every activation row runs against them: one vpdpbusd per 64
+// weights and row gives exact integer sums of four products per lane, which the
+// lane's weight step times activation scale turns into a float, minus the
+// weight offset times the activation lane sum. Batched rows share the unpacking,
+// and the activation rows of a register block stay in L1 across the output rows.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+
+#include "common/block_decode_impl.h"
+#include "kernels/cpu/int8_activations.h"
+#include "kernels/cpu/quant_layout.h"
+
+
+
+
+
+
+
+namespace {
+
+using nibble::kernels::cpu::BlockActivations;
+using nibble::kernels::cpu::BlockLayout;
+using nibble::kernels::cpu::kActivationBlock;
+using nibble::kernels::cpu::kBlockInt8OutputRows;
+using nibble::kernels::cpu::kBlockStep;
+
+static_assert(kActivationBlock == 32 && kBlockStep == 64 && kUnpackLane == 4);
+
+constexpr std::int64_t kChunk = 1024;  // inputs unpacked at a time: whole 256-weight blocks and vectors
+constexpr int kRowBlock = 4;           // activation rows per register block
+// Prefetch a group of output rows ahead, into L1 (bench/quant_bench, Q5_0 at
+// decode: 2.2x faster than 2 KB ahead non-temporally, which left the unpacking
+// waiting on memory while the group's dot products ran).
+constexpr std::int64_t kPrefetchRows = kBlockInt8OutputRows;
+
+struct Unpacked {
+  alignas(64) std::uint8_t codes[kChunk];
+  alignas(64) float step[kChunk / kUnpackLane];
+  alignas(64) float offset[kChunk / kUnpackLane];
+};
+
+// Rounds each row to int8 in blocks of 32 (amax / 127, nearest even), the rest of
+// the padded row zero.
+void quantize_block_activations(const float* x, std::int64_t rows, std::int64_t cols, std::int64_t ldx,
+                                std::int8_t* codes, float* lane_scales, float* lane_sums) {
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  const __m256i ones = _mm256_set1_epi8(1);
+  const std::int64_t lanes_per_row = ldx / kUnpackLane;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    std::int8_t* cr = codes + r * ldx;
+    float* sr = lane_scales + r * lanes_per_row;
+    float* ur = lane_sums + r * lanes_per_row;
+    for (std::int64_t p = 0; p < ldx; p += kActivationBlock) {
+      const std::int64_t lane = p / kUnpackLane;
+      constexpr int kLanes = kActivationBlock / kUnpackLane;
+      const std::int64_t n = std::clamp<std::int64_t>(cols - p, 0, kActivationBlock);
+      if (n == 0) {
+        std::memset(cr + p, 0, kActivationBlock);
+        std::fill(sr + lane, sr + lane + kLanes, 0.0f);
+        std::fill(ur + lane, ur + lane + kLanes, 0.0f);
+        continue;
+      }
+      const auto lo = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u);
+      const auto hi = static_cast<__mmask16>(n >= 32 ? 0xFFFF : n > 16 ? (1u << (n - 16)) - 1u : 0u);
+      const __m512 a = _mm512_maskz_loadu_ps(lo, xr + p);
+      const __m512 b = _mm512_maskz_loadu_ps(hi, xr + p + 16);
+      const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(a, a), _mm512_setzero_ps(), _CMP_EQ_OQ) &
+                               _mm512_cmp_ps_mask(_mm512_sub_ps(b, b), _mm512_setzero_ps(), _CMP_EQ_OQ);
+      if (finite != 0xFFFF) {
+        // NaN or infinity: NaN scales poison this row's output, as the float path's would be.
+        std::memset(cr + p, 0, kActivationBlock);
+        std::fill(sr + lane, sr + lane + kLanes, std::numeric_limits<float>::quiet_NaN());
+        std::fill(ur + lane, ur + lane + kLanes, std::numeric_limits<float>::quiet_NaN());
+        continue;
+      }
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, a), _mm512_andnot_ps(sign, b)));
+      const float scale = amax / 127.0f;
+      const __m512 inverse = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+      const __m128i qa = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(a, inverse)));
+      const __m128i qb = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(b, inverse)));
+      const __m256i q = _mm256_set_m128i(qb, qa);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(cr + p), q);
+      // Sum of each lane's four codes: ones (u8) times codes (s8) on the dot-product unit.
+      const __m256 sums = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ones, q));
+      const __m256 s = _mm256_set1_ps(scale);
+      _mm256_storeu_ps(sr + lane, s);
+      _mm256_storeu_ps(ur + lane, _mm256_mul_ps(sums, s));
+    }
+  }
+}
+
+// Block::unpack with vector instructions for the types real GGUF files are mostly
+// made of (the compiler does not vectorize the bit gathers of the portable
+// versions well, and at decode the unpacking is most of the work). Each writes
+// exactly what Block::unpack writes; block_kernels_test holds both to gguf-py.
+template <typename Block>
+struct FastUnpack {
+  static void unpack(const std::uint8_t* b, std::uint8_t* codes, float* step, float* offset) {
+    Block::unpack(b, codes, step, offset);
+  }
+};
+
+// An fp16 scale by F16C (exact, subnormals included), not the portable bit decoder.
+inline float half_at(const std::uint8_t* at) {
+  std::uint16_t bits;
+  std::memcpy(&bits, at, 2);
+  return _cvtsh_ss(bits);
+}
+
+inline __m256i nibbles(__m128i bytes) {  // low nibbles, then high nibbles
+  const __m128i mask = _mm_set1_epi8(15);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask), _mm_and_si128(bytes, mask));
+}
+
+inline void fill8(float* step, float* offset, float s, float o) {
+  _mm256_storeu_ps(step, _mm256_set1_ps(s));
+  _mm256_storeu_ps(offset, _mm256_set1_ps(o));
+}
+
+template <bool kMin>
+struct FastUnpack<Q5Block<kMin>> {
+  static void unpack(const std::uint8_t* b, std::uint8_t* codes, float* step, float* offset) {
+    const std::uint8_t* qh_bytes = b + (kMin ? 4 : 2);
+    std::uint32_t qh;
+    std::memcpy(&qh, qh_bytes, 4);
+    const __m256i low = nibbles(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qh_bytes + 4)));
+    // Bit j of qh is element j's fifth bit.
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes), _mm256_mask_add_epi8(low, qh, low, _mm256_set1_epi8(16)));
+    const float d = half_at(b);
+    fill8(step, offset, d, kMin ? -half_at(b + 2) : 16.0f * d);
+  }
+};
+
+template <>
+struct FastUnpack<Iq4NlBlock> {
+  static void unpack(const std::uint8_t* b, std::uint8_t* codes, float* step, float* offset) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kIq4Codes)));
+    const __m256i low = nibbles(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 2)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes), _mm256_shuffle_epi8(table, low));
+    const float d = half_at(b);
+    fill8(step, offset, d, 128.0f * d);
+  }
+};
+
+template <bool kHigh>
+struct FastUnpack<Q45KBlock<kHigh>> {
+  static void unpack(const std::uint8_t* b, std::uint8_t* codes, float* step, float* offset) {
+    float scale[8], min[8];
+    k_scales_mins(b + 4, half_at(b), half_at(b + 2), scale, min);
+    const std::uint8_t* qs = b + 16 + (kHigh ? 32 : 0);
+    const __m256i mask = _mm256_set1_epi8(15);
+    [[maybe_unused]] __m256i qh;
+    if constexpr (kHigh) qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16));
+    for (int pair = 0; pair < 4; ++pair) {
+      const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * pair));
+      __m256i lo = _mm256_and_si256(q, mask), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
+      if constexpr (kHigh) {
+        // Bit 2 * pair of qh[l] is element 64 * pair + l's fifth bit, bit 2 * pair + 1 the next 32's.
+        const __m256i sixteen = _mm256_set1_epi8(16);
+        lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * pair), 4), sixteen));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * pair + 1), 4), sixteen));
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 64 * pair), lo);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + 64 * pair + 32), hi);
+    }
+    for (int j = 0; j < 8; ++j) fill8(step + 8 * j, offset + 8 * j, scale[j], min[j]);
+  }
+};
+
+template <>
+struct FastUnpack<Q6KBlock> {
+  static void unpack(const std::uint8_t* b, std::uint8_t* codes, float* step, float* offset) {
+    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; ++h) {
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * h));
+      const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * h + 32));
+      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 128 + 32 * h));
+      const auto high = [&](int shift) {
+        return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hi, shift), m2), 4);
+      };
+      auto* o = reinterpret_cast<__m256i*>(codes + 128 * h);
+      _mm256_storeu_si256(o, _mm256_or_si256(_mm256_and_si256(a, m4), high(0)));
+      _mm256_storeu_si256(o + 1, _mm256_or_si256(_mm256_and_si256(c, m4), high(2)));
+      _mm256_storeu_si256(o + 2, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), high(4)));
+      _mm256_storeu_si256(o + 3, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(c, 4), m4), high(6)));
+    }
+    // Sub-block i (16 weights, 4 lanes) steps d * scale[i], offsets 32 times that.
+    const __m512 steps = _mm512_mul_ps(
+        _mm512_set1_ps(half_at(b + 208)),
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)))));
+    const __m512 thirty_two = _mm512_set1_ps(32.0f);
+    for (int q = 0; q < 4; ++q) {
+      const __m512i index = _mm512_set_epi32(4 * q + 3, 4 * q + 3, 4 * q + 3, 4 * q + 3, 4 * q + 2, 4 * q + 2,
+                                             4 * q + 2, 4 * q + 2, 4 * q + 1, 4 * q + 1, 4 * q + 1, 4 * q + 1, 4 * q,
+                                             4 * q, 4 * q, 4 * q);
+      const __m512 lanes = _mm512_permutexvar_ps(index, steps);
+      _mm512_storeu_ps(step + 16 * q, lanes);
+      _mm512_storeu_ps(offset + 16 * q, _mm512_mul_ps(lanes, thirty_two));
+    }
+  }
+};
+
+// Unpacks row n's inputs [k0, k0 + valid) into u, zero up to len (the padded chunk).
+template <typename Block>
+void unpack_chunk(const BlockLayout& w, std::int64_t n, std::int64_t k0, std::int64_t valid, std::int64_t len,
+                  Unpacked& u) {
+  const std::uint8_t* row = w.bytes.as<std::uint8_t>() + static_cast<std::size_t>(n) * w.row_bytes;
+  const std::size_t ahead = kPrefetchRows * w.row_bytes;
+  for (std::int64_t e = 0; e < valid; e += Block::kElements) {
+    const std::uint8_t* block = row + (k0 + e) / Block::kElements * Block::kBytes;
+    __builtin_prefetch(block + ahead, 0, 3);
+    FastUnpack<Block>::unpack(block, u.codes + e, u.step + e / kUnpackLane, u.offset + e / kUnpackLane);
+  }
+  if (valid < len) {
+    std::memset(u.codes + valid, 0, static_cast<std::size_t>(len - valid));
+    std::fill(u.step + valid / kUnpackLane, u.step + len / kUnpackLane, 0.0f);
+    std::fill(u.offset + valid / kUnpackLane, u.offset + len / kUnpackLane, 0.0f);
+  }
+}
+
+// out[r] += the dot product of one unpacked chunk with activation rows r0..r0+Rows.
+template <int Rows>
+[[gnu::always_inline]] inline void dot_chunk(const Unpacked& u, std::int64_t len, const BlockActivations& x,
+                                             std::int64_t r0, std::int64_t k0, float* out) {
+  __m512 acc[Rows];
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  const std::int8_t* codes = x.codes + r0 * x.ldx + k0;
+  const std::int64_t lane0 = (r0 * x.ldx + k0) / kUnpackLane;
+  const std::int64_t lane_stride = x.ldx / kUnpackLane;
+  for (std::int64_t i = 0; i < len; i += kBlockStep) {
+    const __m512i wc = _mm512_load_si512(u.codes + i);
+    const __m512 ws = _mm512_load_ps(u.step + i / kUnpackLane);
+    const __m512 wo = _mm512_load_ps(u.offset + i / kUnpackLane);
+    for (int r = 0; r < Rows; ++r) {
+      const __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wc, _mm512_loadu_si512(codes + r * x.ldx + i));
+      const std::int64_t lane = lane0 + r * lane_stride + i / kUnpackLane;
+      const __m512 scale = _mm512_mul_ps(ws, _mm512_loadu_ps(x.lane_scales + lane));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[r]);
+      acc[r] = _mm512_fnmadd_ps(wo, _mm512_loadu_ps(x.lane_sums + lane), acc[r]);
+    }
+  }
+  for (int r = 0; r < Rows; ++r) out[r] += _mm512_reduce_add_ps(acc[r]);
+}
+
+template <typename Block>
+void block_int8_linear(const BlockLayout& w, const BlockActivations& x, std::int64_t n_begin, std::int64_t n_end,
+                       const float* bias, float* y, std::int64_t ldy, float* scratch) {
+  static_assert(kChunk % Block::kElements == 0);
+  Unpacked u[kBlockInt8OutputRows];
+  const std::int64_t rows = x.rows;
+  for (std::int64_t n0 = n_begin; n0 < n_end; n0 += kBlockInt8OutputRows) {
+    const std::int64_t nb = std::min(kBlockInt8OutputRows, n_end - n0);
+    float* partial = scratch;  // [nb][rows]
+    std::fill(partial, partial + nb * rows, 0.0f);
+    for (std::int64_t k0 = 0; k0 < w.cols; k0 += kChunk) {
+      const std::int64_t valid = std::min(kChunk, w.cols - k0);
+      const std::int64_t len = std::min(kChunk, x.ldx - k0);
+      for (std::int64_t i = 0; i < nb; ++i) unpack_chunk<Block>(w, n0 + i, k0, valid, len, u[i]);
+      for (std::int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+        for (std::int64_t i = 0; i < nb; ++i) {
+          float* out = partial + i * rows + r0;
+          switch (std::min<std::int64_t>(kRowBlock, rows - r0)) {
+            case 4: dot_chunk<4>(u[i], len, x, r0, k0, out); break;
+            case 3: dot_chunk<3>(u[i], len, x, r0, k0, out); break;
+            case 2: dot_chunk<2>(u[i], len, x, r0, k0, out); break;
+            default: dot_chunk<1>(u[i], len, x, r0, k0, out); break;
+          }
+        }
+      }
+    }
+    for (std::int64_t i = 0; i < nb; ++i) {
+      const float b = bias != nullptr ? bias[n0 + i] : 0.0f;
+      for (std::int64_t r = 0; r < rows; ++r) y[r * ldy + n0 + i] = partial[i * rows + r] + b;
+    }
+  }
+}
+
+}  // namespace
+
+namespace nibble::kernels::cpu {
+
+void fill_block_int8_kernels(Int8KernelTable& table) {
+  table.quantize_blocks = quantize_block_activations;
+  for (int f = 0; f < kBlockFormatCount; ++f) {
+    with_block_decoder(static_cast<BlockFormat>(f),
+                       [&](auto decoder) { table.block[f] = block_int8_linear<decltype(decoder)>; });
+  }
+}
+
+}  // namespace nibble::kernels::cpu
