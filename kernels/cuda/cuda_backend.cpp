@@ -339,8 +339,8 @@ std::unique_ptr<LinearWeights> CudaBackend::prepare_linear(const Matrix& dense, 
 }
 
 std::unique_ptr<LinearWeights> CudaBackend::prepare_linear(const QuantizedMatrix& quantized) {
-  // Q4_K, Q5_K and Q6_K run on the K-quant GEMM (kquant_layout.h); the other block
-  // formats (Q2_K, Q3_K, Q5_0, Q5_1, Q8_K, IQ4_*, TQ*) have no CUDA kernel yet.
+  // Q4_K, Q5_K, Q6_K, Q5_0 and Q5_1 run on the K-quant GEMM (kquant_layout.h); the
+  // other block formats (Q2_K, Q3_K, Q8_K, IQ4_*, TQ*) have no CUDA kernel yet.
   if (quantized.block_format && !kquant_format_of(*quantized.block_format)) {
     fail("{}: {} blocks have no CUDA kernel yet (run it on --device cpu)", quantized.name,
          block_format_info(*quantized.block_format).name);

@@ -60,16 +60,24 @@ inline constexpr int kTokensPerMma = 8;                          // mma N: token
 static_assert(kChunkK % kTileK == 0 && kChunkK % kSparseUnitK == 0);
 static_assert(kBlockN == 128, "the scale staging copies 128 rows as 32 lanes x 16 bytes");
 
-// Q4K / Q5K / Q6K: GGUF K-quant super-blocks (kquant_layout.h): the low 4 bits of
-// each code in a Dense4 blob, then 1 (Q5K) or 2 (Q6K) high-bit planes.
-enum class QuantFormat : int { Dense4 = 0, Dense8 = 1, Sparse4 = 2, Q4K = 3, Q5K = 4, Q6K = 5 };
+// Q4K / Q5K / Q6K / Q50 / Q51: GGUF Q4_K, Q5_K, Q6_K super-blocks and Q5_0, Q5_1
+// blocks, decoded in fp32 (kquant_layout.h): the low 4 bits of each code in a
+// Dense4 blob, then 1 (Q5K, Q50, Q51) or 2 (Q6K) high-bit planes.
+enum class QuantFormat : int { Dense4 = 0, Dense8 = 1, Sparse4 = 2, Q4K = 3, Q5K = 4, Q6K = 5, Q50 = 6, Q51 = 7 };
 
 NIBBLE_HD constexpr bool is_kquant(QuantFormat format) {
+  return format == QuantFormat::Q4K || format == QuantFormat::Q5K || format == QuantFormat::Q6K ||
+         format == QuantFormat::Q50 || format == QuantFormat::Q51;
+}
+// Whether the format has per-chunk sub-block scales (the K-quants' two-level scales).
+NIBBLE_HD constexpr bool kquant_has_sub_scales(QuantFormat format) {
   return format == QuantFormat::Q4K || format == QuantFormat::Q5K || format == QuantFormat::Q6K;
 }
-// High bits per code above the low nibble (K-quants only).
+// High bits per code above the low nibble (the fp32-decoded GGUF formats only).
 NIBBLE_HD constexpr int kquant_high_bits(QuantFormat format) {
-  return format == QuantFormat::Q5K ? 1 : format == QuantFormat::Q6K ? 2 : 0;
+  return format == QuantFormat::Q6K                                                             ? 2
+         : format == QuantFormat::Q5K || format == QuantFormat::Q50 || format == QuantFormat::Q51 ? 1
+                                                                                                   : 0;
 }
 NIBBLE_HD constexpr int blob_words(QuantFormat format) {
   return format == QuantFormat::Dense8    ? 256

@@ -1,7 +1,8 @@
 #pragma once
-// GGUF K-quants (Q4_K, Q5_K, Q6_K) in the CUDA tile layout: where each code's bits
-// sit and how a weight is computed from them, written once for the host (repack,
-// its decoder, the CPU tests) and the device (the GEMM, dequantize_rows).
+// GGUF K-quants (Q4_K, Q5_K, Q6_K), and Q5_0 / Q5_1 on the same machinery, in the
+// CUDA tile layout: where each code's bits sit and how a weight is computed from
+// them, written once for the host (repack, its decoder, the CPU tests) and the
+// device (the GEMM, dequantize_rows).
 //
 // Why not Q4_1-style fp16 (scale, minimum) records: a sub-block's scale d * sc is an
 // fp16 times a 6-bit integer, up to 17 significant bits where fp16 has 11, so most
@@ -10,6 +11,8 @@
 // weight is computed in fp32 exactly as common/block_decode_impl.h computes it:
 //   Q4_K, Q5_K: (d * sc) * q - dmin * m     d * sc * q needs <= 22 bits: exact
 //   Q6_K:       (d * sc) * (q - 32)         <= 23 bits: exact
+//   Q5_0:       d * (q - 16)                <= 16 bits: exact
+//   Q5_1:       d * q + m                   d * q exact; the add rounds
 // so the fp32 value is the CPU decoder's bit for bit, and the mma multiplies that
 // float rounded once to fp16 (nearest even), the one rounding fp16 tensor cores need.
 //
@@ -17,17 +20,21 @@
 // shared memory like the other formats):
 //   words 0..127   the low 4 bits of every code, exactly the Dense4 blob
 //                  (dense_word_index, nibble_shift: fragment_layout.h)
-//   Q5K 128 + lane           bit 8 t + v: bit 4 of value v of tile t of that lane
+//   Q5K, Q50, Q51 128 + lane bit 8 t + v: bit 4 of value v of tile t of that lane
 //   Q6K 128 + 2 lane + t / 2 bits 2 (8 (t % 2) + v) .. +1: bits 4, 5 of value v of tile t
 // Records, [outer][n_pad] like the scale records of the other formats:
 //   scales     [super-block][n_pad]  fp16 d | fp16 dmin << 16 (Q6K: dmin 0); the
 //              super-block is the layout's "group" (256 columns = 16 tiles)
-//   sub_scales [chunk][n_pad]        4 bytes for the chunk's 64 columns:
+//              Q50, Q51: [block][n_pad] fp16 d | fp16 m << 16 (Q50: m 0), a group
+//              of 32 columns (2 tiles), staged through the usual slots
+//   sub_scales (K-quants only, kquant_has_sub_scales):
+//              [chunk][n_pad]        4 bytes for the chunk's 64 columns:
 //              Q4K, Q5K: sc, m of the chunk's first 32-column sub-block, then sc, m
 //              of the second (6-bit values, one per byte)
 //              Q6K: byte t = the int8 scale of tile t (a 16-column sub-block)
 // Bits per weight: 4 / 5 / 6 + 0.125 (scales) + 0.5 (sub_scales), against the
-// file's 4.5 / 5.5 / 6.5625: at most 2.8% more than the file.
+// file's 4.5 / 5.5 / 6.5625: at most 3% more than the file; Q5_0 / Q5_1: 5 + 1
+// against 5.5 / 6 (9% / 0% more).
 #include <cstdint>
 
 #include "common/half.h"
@@ -79,14 +86,18 @@ NIBBLE_HD float kquant_half_to_float(std::uint32_t bits) {
 // What one row needs to compute the weights of one tile: value = scale * (q - offset) + neg_min.
 struct KquantRow {
   float scale;    // d * sc
-  float neg_min;  // -(dmin * m); -0.0 for Q6_K, so that the sum is the product bit for bit
-  int offset;     // 32 for Q6_K, else 0
+  float neg_min;  // -(dmin * m); Q5_1: m; -0.0 for Q6_K, Q5_0, so that the sum is the product bit for bit
+  int offset;     // 32 for Q6_K, 16 for Q5_0, else 0
 };
 
 NIBBLE_HD KquantRow kquant_row(QuantFormat format, std::uint32_t super_record, std::uint32_t sub_record, int t) {
   const float d = kquant_half_to_float(super_record);
   KquantRow row{};
-  if (format == QuantFormat::Q6K) {
+  if (format == QuantFormat::Q50 || format == QuantFormat::Q51) {
+    row.scale = d;
+    row.neg_min = format == QuantFormat::Q51 ? kquant_half_to_float(super_record >> 16) : -0.0f;
+    row.offset = format == QuantFormat::Q50 ? 16 : 0;
+  } else if (format == QuantFormat::Q6K) {
     const int sc = static_cast<int>(static_cast<std::int8_t>((sub_record >> (8 * t)) & 0xffu));
     row.scale = d * static_cast<float>(sc);
     row.neg_min = -0.0f;

@@ -1,4 +1,5 @@
-// GGUF K-quant blocks -> the CUDA K-quant layout (kquant_layout.h), once at load.
+// GGUF K-quant (and Q5_0 / Q5_1) blocks -> the CUDA K-quant layout
+// (kquant_layout.h), once at load.
 // The block fields are read as docs/formats.md writes them down; the weights the
 // layout gives back are checked against common/block_decode_impl.h bit for bit by
 // tests/cuda/quant_layout_test.cpp.
@@ -26,11 +27,12 @@ std::uint16_t read_u16(const std::uint8_t* p) {
   return value;
 }
 
-// One super-block's fields: 256 codes and the per-sub-block scales as the layout stores them.
+// One block's fields as the layout stores them: its codes (256 for the K-quants,
+// 32 for Q5_0 / Q5_1), the scale record, and for the K-quants each chunk's sub-scales.
 struct SuperBlock {
   std::array<std::uint8_t, kSuperBlockK> codes{};
   std::uint16_t d = 0;
-  std::uint16_t dmin = 0;
+  std::uint16_t dmin = 0;  // Q5_1: m
   std::array<std::uint32_t, kChunksPerSuperBlock> sub{};  // the sub_scales record of each chunk
 };
 
@@ -86,8 +88,32 @@ SuperBlock read_q6k(const std::uint8_t* b) {
   return out;
 }
 
-SuperBlock read_super_block(QuantFormat format, const std::uint8_t* block) {
-  return format == QuantFormat::Q6K ? read_q6k(block) : read_q45k(block, format == QuantFormat::Q5K);
+// Q5_0 / Q5_1: 32 codes of 5 bits, the fifth bits in one u32; value d (q - 16) or d q + m.
+SuperBlock read_q5(const std::uint8_t* b, bool with_min) {
+  SuperBlock out;
+  out.d = read_u16(b);
+  out.dmin = with_min ? read_u16(b + 2) : std::uint16_t{0};
+  const std::uint8_t* qh_bytes = b + (with_min ? 4 : 2);
+  std::uint32_t qh;
+  std::memcpy(&qh, qh_bytes, 4);
+  const std::uint8_t* qs = qh_bytes + 4;
+  for (int j = 0; j < 16; ++j) {
+    out.codes[at(j)] = static_cast<std::uint8_t>((qs[j] & 15u) | (((qh >> j) & 1u) << 4));
+    out.codes[at(j + 16)] = static_cast<std::uint8_t>((qs[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4));
+  }
+  return out;
+}
+
+SuperBlock read_block(QuantFormat format, const std::uint8_t* block) {
+  switch (format) {
+    case QuantFormat::Q6K:
+      return read_q6k(block);
+    case QuantFormat::Q50:
+    case QuantFormat::Q51:
+      return read_q5(block, format == QuantFormat::Q51);
+    default:
+      return read_q45k(block, format == QuantFormat::Q5K);
+  }
 }
 
 std::int64_t round_up(std::int64_t value, std::int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
@@ -102,6 +128,10 @@ std::optional<QuantFormat> kquant_format_of(BlockFormat format) {
       return QuantFormat::Q5K;
     case BlockFormat::Q6_K:
       return QuantFormat::Q6K;
+    case BlockFormat::Q5_0:
+      return QuantFormat::Q50;
+    case BlockFormat::Q5_1:
+      return QuantFormat::Q51;
     default:
       return std::nullopt;
   }
@@ -118,60 +148,67 @@ RepackedQuant repack_kquant(const QuantizedMatrix& m) {
   }
   RepackedQuant out;
   QuantLayoutDims& d = out.dims;
-  d.format = *format;
+  const QuantFormat f = *format;
+  const int elements = info.elements;  // 256 (K-quants) or 32 (Q5_0 / Q5_1): one group each
+  d.format = f;
   d.rows = m.rows;
   d.cols = m.cols;
   d.n_pad = round_up(m.rows, kBlockN);
-  d.k_pad = m.cols;  // whole 256-column super-blocks (validate), so whole chunks: no column padding
-  d.groups = m.cols / kSuperBlockK;
-  d.source_bits = 4 + kquant_high_bits(*format);
+  // K-quant rows are whole 256-column super-blocks, so whole chunks; Q5 rows may end
+  // mid-chunk: padding columns read input 0 (prepare_activations writes zeros).
+  d.k_pad = round_up(m.cols, kChunkK);
+  d.groups = m.cols / elements;
+  d.source_bits = 4 + kquant_high_bits(f);
   d.min_offset = false;
-  out.grouping = fmt::format("{} super-blocks", info.name);
-  out.identity_columns = true;
-  out.column_source.resize(at(d.k_pad));
-  std::iota(out.column_source.begin(), out.column_source.end(), 0);
+  out.grouping = fmt::format("{} {}", info.name, elements == kSuperBlockK ? "super-blocks" : "blocks");
+  out.identity_columns = true;  // column_source is j, then -1 in the padding
+  out.column_source.assign(at(d.k_pad), -1);
+  std::iota(out.column_source.begin(), out.column_source.begin() + m.cols, 0);
   out.tile_group.resize(at(d.k_tiles()));
-  for (std::int64_t t = 0; t < d.k_tiles(); ++t) out.tile_group[at(t)] = static_cast<std::int32_t>(t * kTileK / kSuperBlockK);
+  for (std::int64_t t = 0; t < d.k_tiles(); ++t) {
+    // All-padding tiles take the last group: their codes meet zero activations.
+    out.tile_group[at(t)] = static_cast<std::int32_t>(std::min<std::int64_t>(t * kTileK / elements, d.groups - 1));
+  }
 
   out.scales.assign(at(d.groups * d.n_pad), 0);
-  out.sub_scales.assign(at(d.k_chunks() * d.n_pad), 0);
+  if (kquant_has_sub_scales(f)) out.sub_scales.assign(at(d.k_chunks() * d.n_pad), 0);
   const std::int64_t words = d.blob_words();
   out.weights.assign(at(d.n_tiles() * d.k_chunks() * words), 0);
   const std::size_t row_bytes = m.block_row_bytes();
   const auto* bytes = reinterpret_cast<const std::uint8_t*>(m.blocks.data());
 
-  // One 16-row tile at a time: its codes gathered into [16][cols], then packed.
+  // One 16-row tile at a time: its codes gathered into [16][k_pad], then packed.
   // Padding rows (n >= rows) keep code 0 and zero records: weight 0, never written out.
-  std::vector<std::uint8_t> codes(at(kTileN * d.cols));
+  std::vector<std::uint8_t> codes(at(kTileN * d.k_pad));
   for (std::int64_t tile = 0; tile < d.n_tiles(); ++tile) {
     std::fill(codes.begin(), codes.end(), std::uint8_t{0});
     for (int r = 0; r < kTileN; ++r) {
       const std::int64_t n = tile * kTileN + r;
       if (n >= m.rows) break;
       for (std::int64_t g = 0; g < d.groups; ++g) {
-        const SuperBlock block = read_super_block(*format, bytes + at(n) * row_bytes + at(g) * at(info.bytes));
-        const std::uint32_t super_record = scale_record(block.d, block.dmin);
-        out.scales[at(g * d.n_pad + n)] = super_record;
-        for (int c = 0; c < kChunksPerSuperBlock; ++c) {
-          const std::int64_t chunk = g * kChunksPerSuperBlock + c;
-          out.sub_scales[at(chunk * d.n_pad + n)] = block.sub[at(c)];
-          // The tensor cores take fp16: a weight past its range would turn into an
-          // infinity there (the CPU backend computes it in fp32).
-          for (int t = 0; t < kTilesPerChunk; ++t) {
-            const KquantRow row = kquant_row(*format, super_record, block.sub[at(c)], t);
-            for (int i = 0; i < kTileK; ++i) {
-              const int e = c * kChunkK + t * kTileK + i;
-              const float value = kquant_value(row, block.codes[at(e)]);
-              const std::uint16_t half = f32_to_f16(value);
-              if ((half & 0x7c00u) == 0x7c00u) {
-                fail("{}: {} weight {} of row {} column {} does not fit fp16 (the CUDA kernels multiply in fp16); "
-                     "run this model on --device cpu",
-                     m.name, info.name, value, n, g * kSuperBlockK + e);
-              }
-            }
+        const SuperBlock block = read_block(f, bytes + at(n) * row_bytes + at(g) * at(info.bytes));
+        const std::uint32_t record = scale_record(block.d, block.dmin);
+        out.scales[at(g * d.n_pad + n)] = record;
+        const std::int64_t first_col = g * elements;
+        if (kquant_has_sub_scales(f)) {
+          for (int c = 0; c < kChunksPerSuperBlock; ++c) {
+            out.sub_scales[at((first_col / kChunkK + c) * d.n_pad + n)] = block.sub[at(c)];
           }
         }
-        std::copy(block.codes.begin(), block.codes.end(), codes.begin() + r * d.cols + g * kSuperBlockK);
+        // The tensor cores take fp16: a weight past its range would turn into an
+        // infinity there (the CPU backend computes it in fp32).
+        for (int e = 0; e < elements; ++e) {
+          const std::int64_t col = first_col + e;
+          const std::uint32_t sub = kquant_has_sub_scales(f) ? block.sub[at(e / kChunkK)] : 0u;
+          const int t = static_cast<int>(col % kChunkK) / kTileK;
+          const float value = kquant_value(kquant_row(f, record, sub, t), block.codes[at(e)]);
+          if ((f32_to_f16(value) & 0x7c00u) == 0x7c00u) {
+            fail("{}: {} weight {} of row {} column {} does not fit fp16 (the CUDA kernels multiply in fp16); "
+                 "run this model on --device cpu",
+                 m.name, info.name, value, n, col);
+          }
+        }
+        std::copy(block.codes.begin(), block.codes.begin() + elements, codes.begin() + r * d.k_pad + first_col);
       }
     }
     for (std::int64_t chunk = 0; chunk < d.k_chunks(); ++chunk) {
@@ -181,12 +218,12 @@ RepackedQuant repack_kquant(const QuantizedMatrix& m) {
         for (int t = 0; t < kTilesPerChunk; ++t) {
           for (int v = 0; v < 8; ++v) {
             const std::uint32_t q =
-                codes[at(fragment_row(lane, v) * d.cols + chunk * kChunkK + t * kTileK + fragment_col(lane, v))];
+                codes[at(fragment_row(lane, v) * d.k_pad + chunk * kChunkK + t * kTileK + fragment_col(lane, v))];
             lane_words[t] |= (q & 15u) << nibble_shift(v);
-            lane_words[kquant_high_word(*format, t)] |= (q >> 4) << kquant_high_shift(*format, t, v);
+            lane_words[kquant_high_word(f, t)] |= (q >> 4) << kquant_high_shift(f, t, v);
           }
         }
-        for (int w = 0; w < words_per_lane(*format); ++w) blob[kquant_word_index(*format, lane, w)] = lane_words[w];
+        for (int w = 0; w < words_per_lane(f); ++w) blob[kquant_word_index(f, lane, w)] = lane_words[w];
       }
     }
   }
@@ -206,7 +243,7 @@ float repacked_kquant_weight(const RepackedQuant& l, std::int64_t n, std::int64_
   for (int w = 0; w < words_per_lane(d.format); ++w) lane_words[w] = blob[kquant_word_index(d.format, lane, w)];
   const std::uint32_t q = kquant_code(d.format, lane_words, t, v);
   const std::uint32_t super_record = l.scales[at(l.tile_group[at(packed_col / kTileK)] * d.n_pad + n)];
-  const std::uint32_t sub_record = l.sub_scales[at(chunk * d.n_pad + n)];
+  const std::uint32_t sub_record = kquant_has_sub_scales(d.format) ? l.sub_scales[at(chunk * d.n_pad + n)] : 0u;
   return kquant_value(kquant_row(d.format, super_record, sub_record, t), q);
 }
 

@@ -57,7 +57,7 @@ struct GemmShape {
   static constexpr int kWBytes = kWarpsPerBlock * kBlobBytes;
   static constexpr int kSBytes = kTilesPerChunk * kBlockN * 4;
   static constexpr int kGBytes = 16;
-  static constexpr int kSubBytes = is_kquant(F) ? kBlockN * 4 : 0;
+  static constexpr int kSubBytes = kquant_has_sub_scales(F) ? kBlockN * 4 : 0;
   static constexpr int kSubOffset = kXBytes + kWBytes + kSBytes + kGBytes;
   static constexpr int kStageBytes = kSubOffset + kSubBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes;
@@ -261,7 +261,7 @@ __global__ void __launch_bounds__(GemmShape<F, kMTiles>::kThreads)
     if (tid == 0) {
       *reinterpret_cast<int4*>(smem + stage * S::kStageBytes + S::kXBytes + S::kWBytes + S::kSBytes) = groups;
     }
-    if constexpr (is_kquant(F)) {
+    if constexpr (kquant_has_sub_scales(F)) {
       if (warp == kTilesPerChunk) {
         const std::uint32_t* src =
             args.sub_scales + static_cast<std::int64_t>(chunk) * args.n_pad + n_block * kBlockN + lane * 4;
@@ -328,15 +328,16 @@ __global__ void __launch_bounds__(GemmShape<F, kMTiles>::kThreads)
         ldmatrix_x4(b[mt], x_base + static_cast<std::uint32_t>(b_fragment_offset(lane, mt, pair)));
       }
       if constexpr (is_kquant(F)) {
-        // A chunk lies in one super-block, so every tile's super record is in slot 0.
+        // K-quants: a chunk lies in one super-block (slot 0 for every tile) and has
+        // one sub-scale record per row. Q5_0 / Q5_1: a block per 2 tiles, no sub-scales.
         const std::uint32_t* subs = reinterpret_cast<const std::uint32_t*>(stage_bytes + S::kSubOffset);
-        const std::uint32_t super_lo = records[slot[0] * kBlockN + row_lo];
-        const std::uint32_t super_hi = records[slot[0] * kBlockN + row_lo + 8];
-        const std::uint32_t sub_lo = subs[row_lo];
-        const std::uint32_t sub_hi = subs[row_lo + 8];
+        const std::uint32_t sub_lo = kquant_has_sub_scales(F) ? subs[row_lo] : 0u;
+        const std::uint32_t sub_hi = kquant_has_sub_scales(F) ? subs[row_lo + 8] : 0u;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int t = 2 * pair + half;
+          const std::uint32_t super_lo = records[slot[t] * kBlockN + row_lo];
+          const std::uint32_t super_hi = records[slot[t] * kBlockN + row_lo + 8];
           std::uint32_t a[4];
           dequant_kquant<F>(words, t, kquant_row(F, super_lo, sub_lo, t), kquant_row(F, super_hi, sub_hi, t), a);
 #pragma unroll

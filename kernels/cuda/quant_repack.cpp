@@ -365,7 +365,8 @@ void decode_row(const QuantLayoutDims& d, std::span<const std::uint32_t> tile_wo
     const std::uint32_t record = row_records[at(tile_group[at(j / kTileK)])];
     if (is_kquant(d.format)) {
       const int t = static_cast<int>(j % kChunkK) / kTileK;
-      out[at(col)] = kquant_value(kquant_row(d.format, record, row_sub_records[at(j / kChunkK)], t), code.code);
+      const std::uint32_t sub = kquant_has_sub_scales(d.format) ? row_sub_records[at(j / kChunkK)] : 0u;
+      out[at(col)] = kquant_value(kquant_row(d.format, record, sub, t), code.code);
       continue;
     }
     out[at(col)] = f16_to_f32(decode_weight_f16(d.format, code.code, record, d.min_offset, row_in_tile));

@@ -66,7 +66,7 @@ enum class SparsePolicy : std::uint8_t {
 // not fit fp16. Block-quantized matrices go to repack_kquant.
 RepackedQuant repack_quantized(const QuantizedMatrix& matrix, SparsePolicy sparse = SparsePolicy::Auto);
 
-// GGUF Q4_K / Q5_K / Q6_K blocks -> the K-quant layout (kquant_layout.h;
+// GGUF Q4_K / Q5_K / Q6_K (and Q5_0 / Q5_1) blocks -> the K-quant layout (kquant_layout.h;
 // kquant_repack.cpp). Throws nibble::Error naming the matrix and the format for
 // other block formats, and for weights that do not fit fp16 (the tensor cores'
 // input): those run on the CPU backend.

@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kPrepareThreads) dequantize_rows_kernel(const 
     for (int w = 0; w < words_per_lane(a.format); ++w) words[w] = blob[kquant_word_index(a.format, lane, w)];
     const int t = in_chunk / kTileK;
     const std::uint32_t super_record = a.scales[static_cast<std::int64_t>(a.tile_group[j / kTileK]) * a.n_pad + n];
-    const std::uint32_t sub_record = a.sub_scales[chunk * a.n_pad + n];
+    const std::uint32_t sub_record = kquant_has_sub_scales(a.format) ? a.sub_scales[chunk * a.n_pad + n] : 0u;
     *out = kquant_value(kquant_row(a.format, super_record, sub_record, t),
                         kquant_code(a.format, words, t, fragment_value(row, c)));
     return;
@@ -154,7 +154,7 @@ void dequantize_rows(const QuantWeightsView& w, const std::int32_t* ids, std::in
                      cudaStream_t stream) {
   if (count <= 0) return;
   if (count > 65535) throw_cuda_error(cudaErrorInvalidValue, "dequantize_rows: more than 65535 rows", __FILE__, __LINE__);
-  if (layout::is_kquant(w.dims.format) && w.sub_scales == nullptr) {
+  if (layout::kquant_has_sub_scales(w.dims.format) && w.sub_scales == nullptr) {
     throw_cuda_error(cudaErrorInvalidValue, "dequantize_rows: a K-quant layout without sub-scales", __FILE__, __LINE__);
   }
   detail::DequantizeArgs args{w.dims.format, w.weights,   w.scales,     w.sub_scales,      w.tile_group,

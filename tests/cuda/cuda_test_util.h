@@ -53,9 +53,10 @@ inline std::uint16_t random_f16(std::mt19937& rng, int min_exponent, int max_exp
 }
 
 // A block-quantized matrix of random GGUF blocks: every byte random (all codes and
-// sub-block scales possible), then the fp16 super-block scales (d, and dmin for
-// Q4_K/Q5_K; other formats keep their random bytes) replaced by random_f16. The
-// default exponents (up to 2^3) keep every Q4_K/Q5_K/Q6_K weight inside fp16.
+// sub-block scales possible), then the fp16 scales (d, and dmin for Q4_K/Q5_K, m
+// for Q5_1, in Q4_K/Q5_K/Q6_K/Q5_0/Q5_1; other formats keep their random bytes)
+// replaced by random_f16. The default exponents (up to 2^3) keep every weight of
+// those five formats inside fp16.
 inline QuantizedMatrix random_blocks(std::mt19937& rng, BlockFormat format, std::int64_t rows, std::int64_t cols,
                                      int min_exponent = 0, int max_exponent = 18) {
   const BlockFormatInfo& info = block_format_info(format);
@@ -74,11 +75,13 @@ inline QuantizedMatrix random_blocks(std::mt19937& rng, BlockFormat format, std:
   };
   for (std::size_t block = 0; block < m.blocks.size() / static_cast<std::size_t>(info.bytes); ++block) {
     const std::size_t at = block * static_cast<std::size_t>(info.bytes);
-    if (format == BlockFormat::Q4_K || format == BlockFormat::Q5_K) {
+    if (format == BlockFormat::Q4_K || format == BlockFormat::Q5_K || format == BlockFormat::Q5_1) {
       put(at, random_f16(rng, min_exponent, max_exponent));
       put(at + 2, random_f16(rng, min_exponent, max_exponent));
     } else if (format == BlockFormat::Q6_K) {
       put(at + 208, random_f16(rng, min_exponent, max_exponent));
+    } else if (format == BlockFormat::Q5_0) {
+      put(at, random_f16(rng, min_exponent, max_exponent));
     }
   }
   m.stored_bytes = m.blocks.size();

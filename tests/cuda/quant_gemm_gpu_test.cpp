@@ -229,7 +229,9 @@ TEST_F(QuantGemmGpu, LlamaShapesAgainstTheReference) {
   check(rng, {1024, 11008, 4, 128}, 2, false);
 }
 
-constexpr BlockFormat kKquants[] = {BlockFormat::Q4_K, BlockFormat::Q5_K, BlockFormat::Q6_K};
+// The GGUF block formats the K-quant layout runs (Q5_0 / Q5_1 on the same machinery).
+constexpr BlockFormat kKquants[] = {BlockFormat::Q4_K, BlockFormat::Q5_K, BlockFormat::Q6_K, BlockFormat::Q5_0,
+                                    BlockFormat::Q5_1};
 
 TEST_F(QuantGemmGpu, KquantsEveryTokenCountAndOddShapes) {
   std::mt19937 rng(21);
@@ -242,10 +244,14 @@ TEST_F(QuantGemmGpu, KquantsEveryTokenCountAndOddShapes) {
         check_matrix(rng, random_blocks(rng, format, n, k), rows, false, rows % 2 == 1);
       }
     }
+    if (block_format_info(format).elements == 32) {  // rows of 32-weight blocks may end mid-chunk
+      check_matrix(rng, random_blocks(rng, format, 70, 96), 5, false);
+      check_matrix(rng, random_blocks(rng, format, 33, 160), 40, false);
+    }
   }
   // Every M from 1 to 64 once, on one shape per format.
   for (std::int64_t rows = 1; rows <= 64; ++rows) {
-    check_matrix(rng, random_blocks(rng, kKquants[rows % 3], 96, 512), rows, false);
+    check_matrix(rng, random_blocks(rng, kKquants[rows % std::size(kKquants)], 96, 512), rows, false);
   }
 }
 
@@ -258,6 +264,7 @@ TEST_F(QuantGemmGpu, KquantsSplitKAndLlamaShapes) {
   check_matrix(rng, random_blocks(rng, BlockFormat::Q4_K, 4096, 4096, 6, 9), 1, false);
   check_matrix(rng, random_blocks(rng, BlockFormat::Q6_K, 1024, 11008, 6, 9), 2, false);
   check_matrix(rng, random_blocks(rng, BlockFormat::Q5_K, 4096, 4096, 6, 9), 16, false);
+  check_matrix(rng, random_blocks(rng, BlockFormat::Q5_0, 896, 4864, 6, 9), 3, false);
 }
 
 TEST_F(QuantGemmGpu, KquantDequantizedRowsAreTheCpuDecodersFloats) {

@@ -562,6 +562,8 @@ void dequant_kquant_registers(QuantFormat format, const std::uint32_t* blob, int
                               const std::uint32_t (&super)[2], const std::uint32_t (&sub)[2], std::uint32_t (&a)[4]) {
   if (format == QuantFormat::Q4K) return kquant_registers<QuantFormat::Q4K>(blob, lane, t, super, sub, a);
   if (format == QuantFormat::Q5K) return kquant_registers<QuantFormat::Q5K>(blob, lane, t, super, sub, a);
+  if (format == QuantFormat::Q50) return kquant_registers<QuantFormat::Q50>(blob, lane, t, super, sub, a);
+  if (format == QuantFormat::Q51) return kquant_registers<QuantFormat::Q51>(blob, lane, t, super, sub, a);
   kquant_registers<QuantFormat::Q6K>(blob, lane, t, super, sub, a);
 }
 
@@ -636,8 +638,9 @@ void check_warp_emulation(const QuantizedMatrix& m, int tokens) {
                 bb[lane][1] = b[lane][2 * half + 1];
                 if (is_kquant(d.format)) {
                   const std::uint32_t super[2] = {lo, hi};
-                  const std::uint32_t sub[2] = {l.sub_scales[at(chunk * d.n_pad + tile * 16 + gid)],
-                                                l.sub_scales[at(chunk * d.n_pad + tile * 16 + gid + 8)]};
+                  const bool has_sub = kquant_has_sub_scales(d.format);
+                  const std::uint32_t sub[2] = {has_sub ? l.sub_scales[at(chunk * d.n_pad + tile * 16 + gid)] : 0u,
+                                                has_sub ? l.sub_scales[at(chunk * d.n_pad + tile * 16 + gid + 8)] : 0u};
                   dequant_kquant_registers(d.format, blob, lane, t, super, sub, a[lane]);
                   continue;
                 }
@@ -694,6 +697,8 @@ TEST(CudaWarpEmulation, KquantFragmentsComputeTheProduct) {
   check_warp_emulation(cuda_testing::random_blocks(rng, BlockFormat::Q4_K, 40, 512), 5);
   check_warp_emulation(cuda_testing::random_blocks(rng, BlockFormat::Q5_K, 33, 256, 6, 9), 16);
   check_warp_emulation(cuda_testing::random_blocks(rng, BlockFormat::Q6_K, 24, 768), 9);
+  check_warp_emulation(cuda_testing::random_blocks(rng, BlockFormat::Q5_0, 20, 96), 3);   // ends mid-chunk
+  check_warp_emulation(cuda_testing::random_blocks(rng, BlockFormat::Q5_1, 17, 320), 12);
 }
 
 // ---------------------------------------------------------------------------------
