@@ -6,7 +6,7 @@
 //
 // Why not Q4_1-style fp16 (scale, minimum) records: a sub-block's scale d * sc is an
 // fp16 times a 6-bit integer, up to 17 significant bits where fp16 has 11, so most
-// records would be rounded (tests/cuda/quant_layout_test.cpp measures how often and
+// records would be rounded (tests/cuda/kquant_layout_test.cpp measures how often and
 // by how much). Instead the super-block scales stay as the file has them and each
 // weight is computed in fp32 exactly as common/block_decode_impl.h computes it:
 //   Q4_K, Q5_K: (d * sc) * q - dmin * m     d * sc * q needs <= 22 bits: exact
