@@ -4,12 +4,14 @@
 //   cuda_w4a16_bench [--out FILE.md] [--shapes 4096x4096,...] [--m 1,2,4,...] [--quick]
 //
 // Per shape (N outputs x K inputs) and M tokens: median time per launch of cuBLASLt
-// fp16 (fp32 accumulation), W4A16 (int4 g128 asymmetric), W8A16 and 2:4 + INT4,
+// fp16 (fp32 accumulation), W4A16 (int4 g128 asymmetric), W8A16, 2:4 + INT4 and
+// GGUF Q4_K (super-blocks decoded in registers, kernels/cuda/kquant_layout.h),
 // each the median of 7 batches of back-to-back launches timed with CUDA events,
 // rotating over enough weight copies that the set is 4x the L2 (no cache reuse
 // between launches). "floor" is the W4A16 bytes (weights, scales, x, y) over the
 // measured copy bandwidth; "% copy" how close the kernel gets to it. "check":
-// max |W4A16 - cuBLAS on the same dequantized fp16 weights| / max |cuBLAS| at M=16.
+// max |W4A16 - cuBLAS on the same dequantized fp16 weights| / max |cuBLAS| at M=16
+// (and the same for Q4_K).
 // Weights are random words in the kernel layout (valid 2:4 metadata): timing does
 // not depend on their values, and the GPU tests cover correctness.
 #include <cuda_fp16.h>
@@ -70,7 +72,15 @@ __global__ void __launch_bounds__(kThreads) fill_sparse(std::uint32_t* p, std::i
   }
 }
 
-// Scale records: scale in [0.001, 0.011), zero point 8.
+// K-quant sub-scale records: four random 6-bit values (sc, m, sc, m).
+__global__ void __launch_bounds__(kThreads) fill_sub_scales(std::uint32_t* p, std::int64_t n, std::uint32_t seed) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(kThreads) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    p[i] = mix(static_cast<std::uint64_t>(i) * 2654435761ull + seed) & 0x3f3f3f3fu;
+  }
+}
+
+// Scale records: scale in [0.001, 0.011), zero point 8 (for Q4_K: d, and dmin 8).
 __global__ void __launch_bounds__(kThreads) fill_records(std::uint32_t* p, std::int64_t n, std::uint32_t seed) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(kThreads) + threadIdx.x; i < n;
        i += static_cast<std::int64_t>(gridDim.x) * kThreads) {
@@ -180,6 +190,7 @@ struct QuantSet {
   QuantLayoutDims dims;
   std::vector<DeviceBuffer<std::uint32_t>> weights;
   std::vector<DeviceBuffer<std::uint32_t>> scales;
+  std::vector<DeviceBuffer<std::uint32_t>> sub_scales;  // Q4K only
   std::uint64_t bytes_per_copy = 0;
 };
 
@@ -191,11 +202,13 @@ QuantSet make_quant(QuantFormat format, std::int64_t n, std::int64_t k, std::uin
   d.cols = k;
   d.n_pad = (n + layout::kBlockN - 1) / layout::kBlockN * layout::kBlockN;
   d.k_pad = (k + layout::kChunkK - 1) / layout::kChunkK * layout::kChunkK;
-  d.groups = (k + 127) / 128;
+  const bool kquant = format == QuantFormat::Q4K;  // groups are 256-column super-blocks
+  d.groups = kquant ? k / 256 : (k + 127) / 128;
   d.source_bits = format == QuantFormat::Dense8 ? 8 : 4;
   const std::int64_t words = d.n_tiles() * d.k_chunks() * d.blob_words();
   const std::int64_t records = d.groups * d.n_pad;
-  set.bytes_per_copy = static_cast<std::uint64_t>(words + records) * 4;
+  const std::int64_t sub_records = kquant ? d.k_chunks() * d.n_pad : 0;
+  set.bytes_per_copy = static_cast<std::uint64_t>(words + records + sub_records) * 4;
   const std::uint64_t copies = std::max<std::uint64_t>(1, (rotate_bytes + set.bytes_per_copy - 1) / set.bytes_per_copy);
   for (std::uint64_t c = 0; c < copies; ++c) {
     set.weights.emplace_back(static_cast<std::size_t>(words));
@@ -209,6 +222,11 @@ QuantSet make_quant(QuantFormat format, std::int64_t n, std::int64_t k, std::uin
     NIBBLE_CUDA_CHECK_LAUNCH(stream, "fill weights");
     fill_records<<<grid(records), kThreads, 0, stream>>>(set.scales.back().data(), records, seed + 1);
     NIBBLE_CUDA_CHECK_LAUNCH(stream, "fill records");
+    if (kquant) {
+      set.sub_scales.emplace_back(static_cast<std::size_t>(sub_records));
+      fill_sub_scales<<<grid(sub_records), kThreads, 0, stream>>>(set.sub_scales.back().data(), sub_records, seed + 2);
+      NIBBLE_CUDA_CHECK_LAUNCH(stream, "fill sub-scales");
+    }
   }
   return set;
 }
@@ -255,12 +273,12 @@ int run(const Options& options) {
      << " SMs, L2 " << props.l2CacheSize / (1 << 20) << " MiB)\n"
      << "- date: " << now() << "\n"
      << "- copy bandwidth (cudaMemcpy D2D, read + write): " << fixed(copy_gbps, 0) << " GB/s\n"
-     << "- weights: int4 / int8 group 128 asymmetric, 2:4 int4 group 128; activations fp16, outputs fp32; cuBLASLt fp16 "
-        "with fp32 accumulation as the baseline\n"
+     << "- weights: int4 / int8 group 128 asymmetric, 2:4 int4 group 128, GGUF Q4_K super-blocks; activations fp16, "
+        "outputs fp32; cuBLASLt fp16 with fp32 accumulation as the baseline\n"
      << "- goals (issue 6): W4A16 >= 3.5x cuBLAS at M <= 16; 2:4 + INT4 >= 5x\n\n"
-     << "| N x K | M | cuBLAS fp16 us | W4A16 us | W4A16 x | W8A16 us | W8A16 x | 2:4 INT4 us | 2:4 x | W4A16 floor us "
-        "| W4A16 % copy | check |\n"
-     << "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+     << "| N x K | M | cuBLAS fp16 us | W4A16 us | W4A16 x | W8A16 us | W8A16 x | 2:4 INT4 us | 2:4 x | Q4_K us | Q4_K x "
+        "| W4A16 floor us | W4A16 % copy | check W4A16 / Q4_K |\n"
+     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   std::printf("copy bandwidth %.0f GB/s\n", copy_gbps);
 
   CublasLtLinear cublas;
@@ -279,10 +297,21 @@ int run(const Options& options) {
     QuantSet q4 = make_quant(QuantFormat::Dense4, n, k, rotate_bytes, stream);
     QuantSet q8 = make_quant(QuantFormat::Dense8, n, k, rotate_bytes, stream);
     QuantSet sp = make_quant(QuantFormat::Sparse4, n, k, rotate_bytes, stream);
+    QuantSet qk = make_quant(QuantFormat::Q4K, n, k, rotate_bytes, stream);
     std::vector<std::int32_t> groups(static_cast<std::size_t>(q4.dims.k_tiles()));
     for (std::size_t t = 0; t < groups.size(); ++t) groups[t] = static_cast<std::int32_t>(t * 16 / 128);
     DeviceBuffer<std::int32_t> tile_group(groups.size());
     tile_group.upload(groups, stream);
+    for (std::size_t t = 0; t < groups.size(); ++t) groups[t] = static_cast<std::int32_t>(t * 16 / 256);
+    DeviceBuffer<std::int32_t> tile_super_block(groups.size());
+    tile_super_block.upload(groups, stream);
+    // The view of copy c of a set (K-quants: super-block tile groups and sub-scales).
+    const auto view_of = [&](QuantSet& set, std::size_t c) {
+      const bool kquant = !set.sub_scales.empty();
+      return QuantWeightsView{set.dims, set.weights[c].data(), set.scales[c].data(),
+                              kquant ? tile_super_block.data() : tile_group.data(), nullptr,
+                              kquant ? set.sub_scales[c].data() : nullptr};
+    };
     DeviceBuffer<std::uint16_t> x(static_cast<std::size_t>(max_m * q4.dims.k_pad));
     fill_halves<<<grid(max_m * q4.dims.k_pad), kThreads, 0, stream>>>(x.data(), max_m * q4.dims.k_pad, 99, 2.0f);
     NIBBLE_CUDA_CHECK_LAUNCH(stream, "fill activations");
@@ -296,19 +325,18 @@ int run(const Options& options) {
       const QuantGemmPlan plan = plan_quant_gemm(m, set.dims, props.multiProcessorCount, blocks,
                                                  static_cast<std::int64_t>(workspace.size()));
       if (plan.counters > static_cast<std::int64_t>(counters.size())) throw std::runtime_error("too many split counters");
-      return [&set, plan, m, &x, &y, &workspace, &counters, &tile_group, stream](int i) {
+      return [&set, plan, m, &x, &y, &workspace, &counters, &view_of, stream](int i) {
         const std::size_t c = static_cast<std::size_t>(i) % set.weights.size();
-        const QuantWeightsView view{set.dims, set.weights[c].data(), set.scales[c].data(), tile_group.data(), nullptr};
+        const QuantWeightsView view = view_of(set, c);
         quant_gemm(plan, view, x.data(), set.dims.k_pad, m, y.data(), set.dims.rows, nullptr, workspace.data(),
                    counters.data(), stream);
       };
     };
 
-    // Correctness on this shape: W4A16 against cuBLAS on its own weights, dequantized.
-    std::string check = "-";
-    {
+    // Correctness on this shape: the kernel against cuBLAS on its own weights, dequantized.
+    const auto check_set = [&](QuantSet& set) -> std::string {
       const std::int64_t m = std::min<std::int64_t>(16, max_m);
-      quant_call(q4, m)(0);
+      quant_call(set, m)(0);
       std::vector<float> mine(static_cast<std::size_t>(m * n));
       y.download(mine, stream);
       std::vector<std::int32_t> ids(static_cast<std::size_t>(n));
@@ -316,8 +344,7 @@ int run(const Options& options) {
       DeviceBuffer<std::int32_t> ids_d(ids.size());
       ids_d.upload(ids, stream);
       DeviceBuffer<float> w_float(static_cast<std::size_t>(n * k));
-      const QuantWeightsView view{q4.dims, q4.weights[0].data(), q4.scales[0].data(), tile_group.data(), nullptr};
-      dequantize_rows(view, ids_d.data(), n, w_float.data(), stream);
+      dequantize_rows(view_of(set, 0), ids_d.data(), n, w_float.data(), stream);
       convert_to_half(w_float.data(), n * k, dense[0].data(), false, stream);
       cublas.run(dense[0].data(), DType::F16, n, k, x.data(), m, y.data(), n, stream);
       std::vector<float> reference(mine.size());
@@ -328,8 +355,9 @@ int run(const Options& options) {
         diff = std::max(diff, std::isfinite(mine[i]) ? std::abs(static_cast<double>(mine[i]) - reference[i]) : INFINITY);
         scale = std::max(scale, std::abs(static_cast<double>(reference[i])));
       }
-      check = scale > 0 ? fixed(diff / scale * 1e6, 1) + "e-6" : "n/a";
-    }
+      return scale > 0 ? fixed(diff / scale * 1e6, 1) + "e-6" : "n/a";
+    };
+    const std::string check = check_set(q4) + " / " + check_set(qk);
 
     for (const std::int64_t m : options.ms) {
       const double t_cublas = timer.per_call_us(
@@ -341,16 +369,18 @@ int run(const Options& options) {
       const double t4 = timer.per_call_us(quant_call(q4, m), options.samples);
       const double t8 = timer.per_call_us(quant_call(q8, m), options.samples);
       const double ts = timer.per_call_us(quant_call(sp, m), options.samples);
+      const double tk = timer.per_call_us(quant_call(qk, m), options.samples);
       const double bytes4 = static_cast<double>(q4.bytes_per_copy) + static_cast<double>(m * k) * 2 + static_cast<double>(m * n) * 4;
       const double floor_us = bytes4 / (copy_gbps * 1e3);
       const double share = floor_us / t4 * 100.0;
       md << "| " << n << " x " << k << " | " << m << " | " << fixed(t_cublas, 1) << " | " << fixed(t4, 1) << " | "
          << fixed(t_cublas / t4, 2) << " | " << fixed(t8, 1) << " | " << fixed(t_cublas / t8, 2) << " | " << fixed(ts, 1)
-         << " | " << fixed(t_cublas / ts, 2) << " | " << fixed(floor_us, 1) << " | " << fixed(share, 0) << " | "
+         << " | " << fixed(t_cublas / ts, 2) << " | " << fixed(tk, 1) << " | " << fixed(t_cublas / tk, 2) << " | "
+         << fixed(floor_us, 1) << " | " << fixed(share, 0) << " | "
          << (m == options.ms.front() ? check : "") << " |\n";
-      std::printf("%6lld x %-6lld M %4lld  cublas %8.1f us  w4a16 %8.1f us (%.2fx)  w8a16 %8.1f us (%.2fx)  2:4 %8.1f us (%.2fx)  %3.0f%% of copy bw\n",
+      std::printf("%6lld x %-6lld M %4lld  cublas %8.1f us  w4a16 %8.1f us (%.2fx)  w8a16 %8.1f us (%.2fx)  2:4 %8.1f us (%.2fx)  q4_k %8.1f us (%.2fx)  %3.0f%% of copy bw\n",
                   static_cast<long long>(n), static_cast<long long>(k), static_cast<long long>(m), t_cublas, t4,
-                  t_cublas / t4, t8, t_cublas / t8, ts, t_cublas / ts, share);
+                  t_cublas / t4, t8, t_cublas / t8, ts, t_cublas / ts, tk, t_cublas / tk, share);
     }
   }
   NIBBLE_CUDA_CHECK(cudaStreamDestroy(stream));

@@ -33,9 +33,11 @@ class CudaQuantWeights final : public LinearWeights {
         column_source_host_(r.column_source),
         weights_(r.weights.size()),
         scales_(r.scales.size()),
+        sub_scales_(r.sub_scales.size()),
         tile_group_(r.tile_group.size()) {
     weights_.upload(r.weights, stream);
     scales_.upload(r.scales, stream);
+    if (!r.sub_scales.empty()) sub_scales_.upload(r.sub_scales, stream);
     tile_group_.upload(r.tile_group, stream);
     if (!r.identity_columns) {
       column_source_ = DeviceBuffer<std::int32_t>(r.column_source.size());
@@ -60,13 +62,20 @@ class CudaQuantWeights final : public LinearWeights {
     NIBBLE_CUDA_CHECK(cudaMemcpy2D(records.data(), sizeof(std::uint32_t), scales_.data() + row,
                                    at(dims_.n_pad) * sizeof(std::uint32_t), sizeof(std::uint32_t), at(dims_.groups),
                                    cudaMemcpyDeviceToHost));
+    std::vector<std::uint32_t> sub_records;
+    if (!sub_scales_.empty()) {
+      sub_records.resize(at(dims_.k_chunks()));
+      NIBBLE_CUDA_CHECK(cudaMemcpy2D(sub_records.data(), sizeof(std::uint32_t), sub_scales_.data() + row,
+                                     at(dims_.n_pad) * sizeof(std::uint32_t), sizeof(std::uint32_t),
+                                     sub_records.size(), cudaMemcpyDeviceToHost));
+    }
     decode_row(dims_, words, records, tile_group_host_, column_source_host_, static_cast<int>(row % layout::kTileN),
-               std::span<float>(out, at(dims_.cols)));
+               std::span<float>(out, at(dims_.cols)), sub_records);
   }
 
   QuantWeightsView view() const {
     return {dims_, weights_.data(), scales_.data(), tile_group_.data(),
-            column_source_.empty() ? nullptr : column_source_.data()};
+            column_source_.empty() ? nullptr : column_source_.data(), sub_scales_.empty() ? nullptr : sub_scales_.data()};
   }
   const QuantLayoutDims& dims() const { return dims_; }
 
@@ -78,6 +87,7 @@ class CudaQuantWeights final : public LinearWeights {
   std::vector<std::int32_t> column_source_host_;
   DeviceBuffer<std::uint32_t> weights_;
   DeviceBuffer<std::uint32_t> scales_;
+  DeviceBuffer<std::uint32_t> sub_scales_;  // K-quants only
   DeviceBuffer<std::int32_t> tile_group_;
   DeviceBuffer<std::int32_t> column_source_;
 };
@@ -329,7 +339,9 @@ std::unique_ptr<LinearWeights> CudaBackend::prepare_linear(const Matrix& dense, 
 }
 
 std::unique_ptr<LinearWeights> CudaBackend::prepare_linear(const QuantizedMatrix& quantized) {
-  if (quantized.block_format) {
+  // Q4_K, Q5_K, Q6_K, Q5_0 and Q5_1 run on the K-quant GEMM (kquant_layout.h); the
+  // other block formats (Q2_K, Q3_K, Q8_K, IQ4_*, TQ*) have no CUDA kernel yet.
+  if (quantized.block_format && !kquant_format_of(*quantized.block_format)) {
     fail("{}: {} blocks have no CUDA kernel yet (run it on --device cpu)", quantized.name,
          block_format_info(*quantized.block_format).name);
   }

@@ -60,13 +60,32 @@ inline constexpr int kTokensPerMma = 8;                          // mma N: token
 static_assert(kChunkK % kTileK == 0 && kChunkK % kSparseUnitK == 0);
 static_assert(kBlockN == 128, "the scale staging copies 128 rows as 32 lanes x 16 bytes");
 
-enum class QuantFormat : int { Dense4 = 0, Dense8 = 1, Sparse4 = 2 };
+// Q4K / Q5K / Q6K / Q50 / Q51: GGUF Q4_K, Q5_K, Q6_K super-blocks and Q5_0, Q5_1
+// blocks, decoded in fp32 (kquant_layout.h): the low 4 bits of each code in a
+// Dense4 blob, then 1 (Q5K, Q50, Q51) or 2 (Q6K) high-bit planes.
+enum class QuantFormat : int { Dense4 = 0, Dense8 = 1, Sparse4 = 2, Q4K = 3, Q5K = 4, Q6K = 5, Q50 = 6, Q51 = 7 };
 
+NIBBLE_HD constexpr bool is_kquant(QuantFormat format) {
+  return format == QuantFormat::Q4K || format == QuantFormat::Q5K || format == QuantFormat::Q6K ||
+         format == QuantFormat::Q50 || format == QuantFormat::Q51;
+}
+// Whether the format has per-chunk sub-block scales (the K-quants' two-level scales).
+NIBBLE_HD constexpr bool kquant_has_sub_scales(QuantFormat format) {
+  return format == QuantFormat::Q4K || format == QuantFormat::Q5K || format == QuantFormat::Q6K;
+}
+// High bits per code above the low nibble (the fp32-decoded GGUF formats only).
+NIBBLE_HD constexpr int kquant_high_bits(QuantFormat format) {
+  return format == QuantFormat::Q6K                                                             ? 2
+         : format == QuantFormat::Q5K || format == QuantFormat::Q50 || format == QuantFormat::Q51 ? 1
+                                                                                                   : 0;
+}
 NIBBLE_HD constexpr int blob_words(QuantFormat format) {
-  return format == QuantFormat::Dense4 ? 128 : format == QuantFormat::Dense8 ? 256 : 96;
+  return format == QuantFormat::Dense8    ? 256
+         : format == QuantFormat::Sparse4 ? 96
+                                          : 128 + 32 * kquant_high_bits(format);
 }
 NIBBLE_HD constexpr int words_per_lane(QuantFormat format) {
-  return format == QuantFormat::Dense4 ? 4 : format == QuantFormat::Dense8 ? 8 : 3;
+  return format == QuantFormat::Dense8 ? 8 : format == QuantFormat::Sparse4 ? 3 : 4 + kquant_high_bits(format);
 }
 static_assert(blob_words(QuantFormat::Dense4) == 16 * 64 * 4 / 32, "4 bits per weight");
 static_assert(blob_words(QuantFormat::Dense8) == 16 * 64 * 8 / 32, "8 bits per weight");
@@ -74,8 +93,11 @@ static_assert(blob_words(QuantFormat::Sparse4) == 16 * 64 / 2 * 4 / 32 + 16 * 64
               "half the codes at 4 bits, plus 4 metadata bits per chunk of 4 inputs: nothing duplicated");
 static_assert(blob_words(QuantFormat::Sparse4) == kWarpSize * words_per_lane(QuantFormat::Sparse4));
 static_assert(blob_words(QuantFormat::Dense4) % 4 == 0 && blob_words(QuantFormat::Dense8) % 4 == 0 &&
-                  blob_words(QuantFormat::Sparse4) % 4 == 0,
+                  blob_words(QuantFormat::Sparse4) % 4 == 0 && blob_words(QuantFormat::Q5K) % 4 == 0 &&
+                  blob_words(QuantFormat::Q6K) % 4 == 0,
               "blobs are copied in 16-byte pieces");
+static_assert(blob_words(QuantFormat::Q5K) == 16 * 64 * 5 / 32 && blob_words(QuantFormat::Q6K) == 16 * 64 * 6 / 32,
+              "5 and 6 bits per weight");
 
 // --- A fragment coordinates -------------------------------------------------
 

@@ -54,6 +54,12 @@ int quant_gemm_blocks_per_sm(QuantFormat format, int m_tiles) {
       return detail::blocks_per_sm_dense8(m_tiles);
     case QuantFormat::Sparse4:
       return detail::blocks_per_sm_sparse4(m_tiles);
+    case QuantFormat::Q4K:
+    case QuantFormat::Q5K:
+    case QuantFormat::Q6K:
+    case QuantFormat::Q50:
+    case QuantFormat::Q51:
+      return detail::blocks_per_sm_kquant(format, m_tiles);
   }
   fail("unknown quantized format {}", static_cast<int>(format));
 }
@@ -63,7 +69,8 @@ void quant_gemm(const QuantGemmPlan& plan, const QuantWeightsView& w, const std:
                 cudaStream_t stream) {
   const QuantLayoutDims& d = w.dims;
   if (m <= 0) return;
-  if (w.weights == nullptr || w.scales == nullptr || w.tile_group == nullptr || x == nullptr || y == nullptr) {
+  if (w.weights == nullptr || w.scales == nullptr || w.tile_group == nullptr || x == nullptr || y == nullptr ||
+      (layout::kquant_has_sub_scales(d.format) && w.sub_scales == nullptr)) {
     fail("quantized GEMM: null pointer");
   }
   if (ldx < d.k_pad || ldx % 8 != 0 || reinterpret_cast<std::uintptr_t>(x) % 16 != 0) {
@@ -93,6 +100,12 @@ void quant_gemm(const QuantGemmPlan& plan, const QuantWeightsView& w, const std:
       return detail::launch_dense8(launch);
     case QuantFormat::Sparse4:
       return detail::launch_sparse4(launch);
+    case QuantFormat::Q4K:
+    case QuantFormat::Q5K:
+    case QuantFormat::Q6K:
+    case QuantFormat::Q50:
+    case QuantFormat::Q51:
+      return detail::launch_kquant(launch);
   }
 }
 

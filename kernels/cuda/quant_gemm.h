@@ -29,6 +29,7 @@ struct QuantWeightsView {
   const std::uint32_t* scales = nullptr;
   const std::int32_t* tile_group = nullptr;
   const std::int32_t* column_source = nullptr;  // null when the columns need no gather
+  const std::uint32_t* sub_scales = nullptr;    // K-quants only (kquant_layout.h)
 };
 
 struct QuantGemmPlan {
@@ -73,12 +74,14 @@ void prepare_activations_f16(const std::uint16_t* x, std::int64_t rows, std::int
                              cudaStream_t stream);
 
 // out[r][col] = float(W[ids[r]][col]) in input order, exactly the fp16 weights the
-// GEMM multiplies (embedding lookups from a quantized table, tests). ids on the device.
+// GEMM multiplies (embedding lookups from a quantized table, tests); for K-quants the
+// fp32 weights before that rounding, bit for bit the CPU decoder's. ids on the device.
 void dequantize_rows(const QuantWeightsView& w, const std::int32_t* ids, std::int64_t count, float* out,
                      cudaStream_t stream);
 
 namespace detail {
-// Per-format launchers (w4a16_gemm.cu: Dense4, Dense8; sparse24_gemm.cu: Sparse4).
+// Per-format launchers (w4a16_gemm.cu: Dense4, Dense8; sparse24_gemm.cu: Sparse4;
+// kquant_gemm.cu: Q4K, Q5K, Q6K).
 struct QuantGemmLaunch {
   const QuantGemmPlan* plan;
   const QuantWeightsView* w;
@@ -95,9 +98,11 @@ struct QuantGemmLaunch {
 void launch_dense4(const QuantGemmLaunch& launch);
 void launch_dense8(const QuantGemmLaunch& launch);
 void launch_sparse4(const QuantGemmLaunch& launch);
+void launch_kquant(const QuantGemmLaunch& launch);
 int blocks_per_sm_dense4(int m_tiles);
 int blocks_per_sm_dense8(int m_tiles);
 int blocks_per_sm_sparse4(int m_tiles);
+int blocks_per_sm_kquant(QuantFormat format, int m_tiles);
 }  // namespace detail
 
 }  // namespace nibble::kernels::cuda

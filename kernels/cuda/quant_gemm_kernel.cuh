@@ -1,13 +1,15 @@
 #pragma once
 // The quantized GEMM kernel, written once over the weight format (dense int4,
-// dense int8, 2:4 int4) and the number of 8-token tiles per block (1, 2, 4, 8).
-// Instantiated in w4a16_gemm.cu (dense) and sparse24_gemm.cu (2:4); see
-// quant_gemm.h for the design and fragment_layout.h for every index.
+// dense int8, 2:4 int4, GGUF Q4_K/Q5_K/Q6_K) and the number of 8-token tiles per
+// block (1, 2, 4, 8). Instantiated in w4a16_gemm.cu (dense), sparse24_gemm.cu
+// (2:4) and kquant_gemm.cu (K-quants); see quant_gemm.h for the design,
+// fragment_layout.h and kquant_layout.h for every index.
 //
 // Block: 8 warps; warp w owns weight tile (rows) n_block * 128 + 16 w .. +15 for
 // all kMTiles * 8 tokens of the block's token range and the block's chunk range.
 // Stage s of the 4-deep cp.async pipeline holds, for one 64-input chunk:
 //   [x: kMBlock rows x 128 B, swizzled][8 weight blobs][4 slots x 128 scale records][4 tile groups]
+//   [K-quants only: 128 sub-scale records]
 // Per chunk a warp does, for each 32-input half ("pair"): ldmatrix.x4 the B
 // fragments of every token tile, dequantize its A fragments in registers (two
 // m16n8k16 tiles, or one m16n8k32 sparse unit), and mma into fp32 accumulators.
@@ -17,6 +19,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/fragment_layout.h"
+#include "kernels/cuda/kquant_layout.h"
 #include "kernels/cuda/quant_gemm.h"
 
 namespace nibble::kernels::cuda::detail {
@@ -26,6 +29,7 @@ using namespace layout;
 struct GemmArgs {
   const std::uint32_t* weights;
   const std::uint32_t* scales;
+  const std::uint32_t* sub_scales;  // K-quants: [k_chunks][n_pad]
   const int4* tile_group4;  // k_chunks entries: the groups of a chunk's 4 tiles
   const std::uint16_t* x;
   std::int64_t ldx;
@@ -53,11 +57,15 @@ struct GemmShape {
   static constexpr int kWBytes = kWarpsPerBlock * kBlobBytes;
   static constexpr int kSBytes = kTilesPerChunk * kBlockN * 4;
   static constexpr int kGBytes = 16;
-  static constexpr int kStageBytes = kXBytes + kWBytes + kSBytes + kGBytes;
+  static constexpr int kSubBytes = kquant_has_sub_scales(F) ? kBlockN * 4 : 0;
+  static constexpr int kSubOffset = kXBytes + kWBytes + kSBytes + kGBytes;
+  static constexpr int kStageBytes = kSubOffset + kSubBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes;
   static_assert(kMTiles == 1 || kMTiles == 2 || kMTiles == 4 || kMTiles == 8);
   static_assert(kXBytes % 16 == 0 && kBlobBytes % 16 == 0 && kStageBytes % 16 == 0, "cp.async moves 16-byte pieces");
   static_assert(kSBytes == kTilesPerChunk * kWarpSize * 16, "one warp copies one slot: 32 lanes x 16 bytes");
+  static_assert(kSubBytes == 0 || kSubBytes == kWarpSize * 16, "one warp copies the sub-scale records");
+  static_assert(kWarpsPerBlock > kTilesPerChunk, "the warp after the scale-slot warps copies the sub-scales");
   static_assert(kSmemBytes <= 227 * 1024, "over the sm_90 shared memory limit");
 };
 
@@ -177,6 +185,20 @@ __device__ __forceinline__ void dequant8(std::uint32_t part0, std::uint32_t part
   a[3] = dequant_lo(p1[1], hi);
 }
 
+// A fragment of K-quant tile t: each weight computed in fp32 as the CPU decoder
+// computes it (kquant_layout.h), then rounded to fp16 (nearest even) in pairs.
+template <QuantFormat F>
+__device__ __forceinline__ void dequant_kquant(const std::uint32_t (&words)[words_per_lane(F)], int t,
+                                               const KquantRow& lo, const KquantRow& hi, std::uint32_t (&a)[4]) {
+  float values[8];
+  kquant_fragment<F>(words, t, lo, hi, values);
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const __half2 pair = __floats2half2_rn(values[2 * r], values[2 * r + 1]);  // value 2r in the low half
+    a[r] = *reinterpret_cast<const std::uint32_t*>(&pair);
+  }
+}
+
 __device__ __forceinline__ int pick(int t, int v0, int v1, int v2, int v3) {
   return t == 0 ? v0 : t == 1 ? v1 : t == 2 ? v2 : v3;
 }
@@ -239,6 +261,13 @@ __global__ void __launch_bounds__(GemmShape<F, kMTiles>::kThreads)
     if (tid == 0) {
       *reinterpret_cast<int4*>(smem + stage * S::kStageBytes + S::kXBytes + S::kWBytes + S::kSBytes) = groups;
     }
+    if constexpr (kquant_has_sub_scales(F)) {
+      if (warp == kTilesPerChunk) {
+        const std::uint32_t* src =
+            args.sub_scales + static_cast<std::int64_t>(chunk) * args.n_pad + n_block * kBlockN + lane * 4;
+        cp_async16(base + static_cast<std::uint32_t>(S::kSubOffset + lane * 16), src);
+      }
+    }
   };
 
   float acc[kMTiles][4];
@@ -261,7 +290,15 @@ __global__ void __launch_bounds__(GemmShape<F, kMTiles>::kThreads)
     chunk_slots(groups.x, groups.y, groups.z, groups.w, slot, starts);
 
     std::uint32_t words[words_per_lane(F)];
-    if constexpr (F == QuantFormat::Sparse4) {
+    if constexpr (is_kquant(F)) {
+      const uint4 w4 = *reinterpret_cast<const uint4*>(blob + kquant_word_index(F, lane, 0));
+      words[0] = w4.x;
+      words[1] = w4.y;
+      words[2] = w4.z;
+      words[3] = w4.w;
+#pragma unroll
+      for (int w = 4; w < words_per_lane(F); ++w) words[w] = blob[kquant_word_index(F, lane, w)];
+    } else if constexpr (F == QuantFormat::Sparse4) {
       const uint2 codes = *reinterpret_cast<const uint2*>(blob + sparse_code_index(lane, 0));
       words[0] = codes.x;
       words[1] = codes.y;
@@ -290,7 +327,23 @@ __global__ void __launch_bounds__(GemmShape<F, kMTiles>::kThreads)
       for (int mt = 0; mt < kMTiles; ++mt) {
         ldmatrix_x4(b[mt], x_base + static_cast<std::uint32_t>(b_fragment_offset(lane, mt, pair)));
       }
-      if constexpr (F == QuantFormat::Sparse4) {
+      if constexpr (is_kquant(F)) {
+        // K-quants: a chunk lies in one super-block (slot 0 for every tile) and has
+        // one sub-scale record per row. Q5_0 / Q5_1: a block per 2 tiles, no sub-scales.
+        const std::uint32_t* subs = reinterpret_cast<const std::uint32_t*>(stage_bytes + S::kSubOffset);
+        const std::uint32_t sub_lo = kquant_has_sub_scales(F) ? subs[row_lo] : 0u;
+        const std::uint32_t sub_hi = kquant_has_sub_scales(F) ? subs[row_lo + 8] : 0u;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int t = 2 * pair + half;
+          const std::uint32_t super_lo = records[slot[t] * kBlockN + row_lo];
+          const std::uint32_t super_hi = records[slot[t] * kBlockN + row_lo + 8];
+          std::uint32_t a[4];
+          dequant_kquant<F>(words, t, kquant_row(F, super_lo, sub_lo, t), kquant_row(F, super_hi, sub_hi, t), a);
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt) mma_16816(acc[mt], a, b[mt][2 * half], b[mt][2 * half + 1]);
+        }
+      } else if constexpr (F == QuantFormat::Sparse4) {
         const int s = slot[2 * pair];
         const RowConstants lo = row_constants(records[s * kBlockN + row_lo], args.min_offset);
         const RowConstants hi = row_constants(records[s * kBlockN + row_lo + 8], args.min_offset);
@@ -407,6 +460,7 @@ void launch_quant_gemm(const QuantGemmLaunch& l) {
   GemmArgs args{};
   args.weights = l.w->weights;
   args.scales = l.w->scales;
+  args.sub_scales = l.w->sub_scales;
   args.tile_group4 = reinterpret_cast<const int4*>(l.w->tile_group);
   args.x = l.x;
   args.ldx = l.ldx;

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/half.h"
+#include "kernels/cuda/kquant_layout.h"
 
 namespace nibble::kernels::cuda {
 namespace {
@@ -109,6 +110,7 @@ std::string sparse_ineligibility(const QuantizedMatrix& m) {
 }
 
 RepackedQuant repack_quantized(const QuantizedMatrix& m, SparsePolicy sparse) {
+  if (m.block_format) return repack_kquant(m);
   m.validate();
   if (m.bits != 2 && m.bits != 3 && m.bits != 4 && m.bits != 8) fail("{}: {}-bit weights", m.name, m.bits);
   if (m.rows > (std::int64_t{1} << 30) || m.cols > (std::int64_t{1} << 30)) {
@@ -232,12 +234,13 @@ RepackedQuant repack_quantized(const QuantizedMatrix& m, SparsePolicy sparse) {
 }
 
 std::uint64_t RepackedQuant::bytes() const {
-  std::uint64_t total = (weights.size() + scales.size() + tile_group.size()) * 4;
+  std::uint64_t total = (weights.size() + scales.size() + sub_scales.size() + tile_group.size()) * 4;
   if (!identity_columns) total += column_source.size() * 4;
   return total;
 }
 
 std::string RepackedQuant::describe() const {
+  if (is_kquant(dims.format)) return grouping + " (cuda mma, weights decoded in fp32 then fp16)";
   std::string text = fmt::format("int{}", dims.source_bits);
   if (dims.format == QuantFormat::Sparse4) text += " 2:4";
   text += " " + grouping;
@@ -255,6 +258,14 @@ DecodedCode decode_code(QuantFormat format, std::span<const std::uint32_t> tile_
   const std::int64_t chunk = packed_col / kChunkK;
   const int in_chunk = static_cast<int>(packed_col % kChunkK);
   const std::uint32_t* blob = tile_words.data() + at(chunk * blob_words(format));
+  if (is_kquant(format)) {
+    const int col = in_chunk % kTileK;
+    const int lane = fragment_lane(row_in_tile, col);
+    std::uint32_t lane_words[8] = {};
+    for (int w = 0; w < words_per_lane(format); ++w) lane_words[w] = blob[kquant_word_index(format, lane, w)];
+    return {static_cast<std::uint8_t>(kquant_code(format, lane_words, in_chunk / kTileK, fragment_value(row_in_tile, col))),
+            true};
+  }
   if (format == QuantFormat::Sparse4) {
     const int unit = in_chunk / kSparseUnitK;
     const int chunk4 = (in_chunk % kSparseUnitK) / 4;
@@ -322,6 +333,7 @@ std::uint32_t repacked_scale_record(const RepackedQuant& l, std::int64_t n, std:
 }
 
 std::uint16_t repacked_weight_f16(const RepackedQuant& l, std::int64_t n, std::int64_t packed_col) {
+  if (is_kquant(l.dims.format)) return n >= l.dims.rows ? std::uint16_t{0} : f32_to_f16(repacked_kquant_weight(l, n, packed_col));
   const DecodedCode code = repacked_code(l, n, packed_col);
   if (!code.kept || n >= l.dims.rows) return 0;
   return decode_weight_f16(l.dims.format, code.code, repacked_scale_record(l, n, packed_col), l.dims.min_offset,
@@ -342,7 +354,8 @@ int repacked_sparse_meta(const RepackedQuant& l, std::int64_t n, std::int64_t ch
 
 void decode_row(const QuantLayoutDims& d, std::span<const std::uint32_t> tile_words,
                 std::span<const std::uint32_t> row_records, std::span<const std::int32_t> tile_group,
-                std::span<const std::int32_t> column_source, int row_in_tile, std::span<float> out) {
+                std::span<const std::int32_t> column_source, int row_in_tile, std::span<float> out,
+                std::span<const std::uint32_t> row_sub_records) {
   std::fill(out.begin(), out.end(), 0.0f);
   for (std::int64_t j = 0; j < d.k_pad; ++j) {
     const std::int32_t col = column_source[at(j)];
@@ -350,6 +363,12 @@ void decode_row(const QuantLayoutDims& d, std::span<const std::uint32_t> tile_wo
     const DecodedCode code = decode_code(d.format, tile_words, row_in_tile, j);
     if (!code.kept) continue;
     const std::uint32_t record = row_records[at(tile_group[at(j / kTileK)])];
+    if (is_kquant(d.format)) {
+      const int t = static_cast<int>(j % kChunkK) / kTileK;
+      const std::uint32_t sub = kquant_has_sub_scales(d.format) ? row_sub_records[at(j / kChunkK)] : 0u;
+      out[at(col)] = kquant_value(kquant_row(d.format, record, sub, t), code.code);
+      continue;
+    }
     out[at(col)] = f16_to_f32(decode_weight_f16(d.format, code.code, record, d.min_offset, row_in_tile));
   }
 }

@@ -11,6 +11,7 @@
 // permutation. Rows are padded to whole 128-row thread blocks and columns to whole
 // 64-column chunks, so the kernel's loads need no bounds checks.
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -45,6 +46,7 @@ struct RepackedQuant {
   std::vector<std::uint32_t> scales;         // [groups][n_pad] layout::scale_record (fp16 scale, fp16 zero or minimum)
   std::vector<std::int32_t> tile_group;      // [k_tiles] the group of every 16 packed columns
   std::vector<std::int32_t> column_source;   // [k_pad] input column of each packed column, -1 = padding
+  std::vector<std::uint32_t> sub_scales;     // [k_chunks][n_pad] K-quants only (kquant_layout.h), else empty
   bool identity_columns = true;  // column_source is j for j < cols, then -1: no gather needed
   bool scales_exact = true;      // every scale and minimum was exactly representable in fp16
   std::string grouping;          // "g128", "per-row", "40 groups": for describe()
@@ -61,8 +63,16 @@ enum class SparsePolicy : std::uint8_t {
 };
 
 // Throws nibble::Error (naming the matrix) for unsupported bits or scales that do
-// not fit fp16.
+// not fit fp16. Block-quantized matrices go to repack_kquant.
 RepackedQuant repack_quantized(const QuantizedMatrix& matrix, SparsePolicy sparse = SparsePolicy::Auto);
+
+// GGUF Q4_K / Q5_K / Q6_K (and Q5_0 / Q5_1) blocks -> the K-quant layout (kquant_layout.h;
+// kquant_repack.cpp). Throws nibble::Error naming the matrix and the format for
+// other block formats, and for weights that do not fit fp16 (the tensor cores'
+// input): those run on the CPU backend.
+RepackedQuant repack_kquant(const QuantizedMatrix& matrix);
+// The layout format of a block format, if the CUDA backend has a kernel for it.
+std::optional<QuantFormat> kquant_format_of(BlockFormat format);
 
 // Why a matrix cannot run on the 2:4 sparse kernel; empty when it can.
 std::string sparse_ineligibility(const QuantizedMatrix& matrix);
@@ -83,20 +93,27 @@ DecodedCode decode_code(QuantFormat format, std::span<const std::uint32_t> tile_
 std::uint16_t decode_weight_f16(QuantFormat format, std::uint8_t code, std::uint32_t scale_record, bool min_offset,
                                 int row_in_tile);
 
+// K-quants: the fp32 weight of packed column j of row n (bit for bit the CPU
+// decoder's; the GEMM multiplies it rounded to fp16, dequantize_rows returns it as is).
+float repacked_kquant_weight(const RepackedQuant& layout, std::int64_t n, std::int64_t packed_col);
+
 // Whole-layout conveniences over the two above.
 DecodedCode repacked_code(const RepackedQuant& layout, std::int64_t n, std::int64_t packed_col);
 std::uint32_t repacked_scale_record(const RepackedQuant& layout, std::int64_t n, std::int64_t packed_col);
-// The weight as fp16 bits (0 for pruned 2:4 positions and padding rows).
+// The weight as fp16 bits (0 for pruned 2:4 positions and padding rows): what the mma multiplies.
 std::uint16_t repacked_weight_f16(const RepackedQuant& layout, std::int64_t n, std::int64_t packed_col);
 // The 4-bit metadata field (idx0 | idx1 << 2) of 4-column chunk `chunk4` (packed
 // column / 4) of row n in a 2:4 layout.
 int repacked_sparse_meta(const RepackedQuant& layout, std::int64_t n, std::int64_t chunk4);
 
 // Row n dequantized into `out` (cols values, input order) from one tile's words
-// and that row's scale records [groups]: what LinearWeights::dequantize_row returns.
+// and that row's scale records [groups] (and, for K-quants, its sub-scale records
+// [k_chunks]): what LinearWeights::dequantize_row and dequantize_rows return (the
+// fp16 weights of the mma; for K-quants the exact fp32 weights before that rounding).
 void decode_row(const QuantLayoutDims& dims, std::span<const std::uint32_t> tile_words,
                 std::span<const std::uint32_t> row_records, std::span<const std::int32_t> tile_group,
-                std::span<const std::int32_t> column_source, int row_in_tile, std::span<float> out);
+                std::span<const std::int32_t> column_source, int row_in_tile, std::span<float> out,
+                std::span<const std::uint32_t> row_sub_records = {});
 
 // IEEE fp16 arithmetic on bit patterns, rounded to nearest even, as the GPU's
 // sub.f16x2 / fma.rn.f16x2 do (each result computed exactly in double, then rounded once).

@@ -50,6 +50,7 @@ struct DequantizeArgs {
   QuantFormat format;
   const std::uint32_t* weights;
   const std::uint32_t* scales;
+  const std::uint32_t* sub_scales;
   const std::int32_t* tile_group;
   const std::int32_t* column_source;
   const std::int32_t* ids;
@@ -80,6 +81,19 @@ __global__ void __launch_bounds__(kPrepareThreads) dequantize_rows_kernel(const 
   const std::int64_t chunk = j / kChunkK;
   const int in_chunk = static_cast<int>(j % kChunkK);
   const std::uint32_t* blob = a.weights + ((n / kTileN) * a.k_chunks + chunk) * blob_words(a.format);
+  if (is_kquant(a.format)) {
+    // The fp32 weight itself (the CPU decoder's, bit for bit): an embedding needs no fp16 rounding.
+    const int c = in_chunk % kTileK;
+    const int lane = fragment_lane(row, c);
+    std::uint32_t words[8] = {};
+    for (int w = 0; w < words_per_lane(a.format); ++w) words[w] = blob[kquant_word_index(a.format, lane, w)];
+    const int t = in_chunk / kTileK;
+    const std::uint32_t super_record = a.scales[static_cast<std::int64_t>(a.tile_group[j / kTileK]) * a.n_pad + n];
+    const std::uint32_t sub_record = kquant_has_sub_scales(a.format) ? a.sub_scales[chunk * a.n_pad + n] : 0u;
+    *out = kquant_value(kquant_row(a.format, super_record, sub_record, t),
+                        kquant_code(a.format, words, t, fragment_value(row, c)));
+    return;
+  }
   const RowConstants k = row_constants(a.scales[static_cast<std::int64_t>(a.tile_group[j / kTileK]) * a.n_pad + n], a.min_offset);
   std::uint32_t code = 0;
   if (a.format == QuantFormat::Sparse4) {
@@ -140,9 +154,12 @@ void dequantize_rows(const QuantWeightsView& w, const std::int32_t* ids, std::in
                      cudaStream_t stream) {
   if (count <= 0) return;
   if (count > 65535) throw_cuda_error(cudaErrorInvalidValue, "dequantize_rows: more than 65535 rows", __FILE__, __LINE__);
-  detail::DequantizeArgs args{w.dims.format, w.weights,     w.scales,        w.tile_group, w.column_source, ids, out,
-                              w.dims.rows,   w.dims.cols,   w.dims.n_pad,    w.dims.k_pad, w.dims.k_chunks(),
-                              w.dims.min_offset ? 1 : 0};
+  if (layout::kquant_has_sub_scales(w.dims.format) && w.sub_scales == nullptr) {
+    throw_cuda_error(cudaErrorInvalidValue, "dequantize_rows: a K-quant layout without sub-scales", __FILE__, __LINE__);
+  }
+  detail::DequantizeArgs args{w.dims.format, w.weights,   w.scales,     w.sub_scales,      w.tile_group,
+                              w.column_source, ids,         out,          w.dims.rows,       w.dims.cols,
+                              w.dims.n_pad,    w.dims.k_pad, w.dims.k_chunks(), w.dims.min_offset ? 1 : 0};
   const dim3 grid(static_cast<unsigned>((w.dims.k_pad + detail::kPrepareThreads - 1) / detail::kPrepareThreads),
                   static_cast<unsigned>(count));
   detail::dequantize_rows_kernel<<<grid, detail::kPrepareThreads, 0, stream>>>(args);

@@ -2,19 +2,21 @@
 // DecoderModel, the same steps (two sequences prefilled in one step, one scoring
 // every prompt position, then batched decode steps over the paged cache), logits
 // compared row by row. stories260K is a real model with float32 weights; the
-// second is random GPTQ 4-bit act-order weights in Llama-2-7B's shapes (hidden
-// 4096, MLP 11008, 32 heads of 128, vocab 32000), two of its 32 layers so the CPU
-// reference stays quick.
+// others are random weights in Llama-2-7B's shapes (hidden 4096, MLP 11008, 32
+// heads of 128, vocab 32000), two of its 32 layers so the CPU reference stays
+// quick: GPTQ 4-bit act-order, and GGUF K-quants mixed as a Q4_K_M file mixes them.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <random>
 #include <vector>
 
 #include "common/half.h"
 #include "engine/decoder_model.h"
+#include "cuda_test_util.h"
 #include "gpu_test_util.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/cuda_backend.h"
@@ -66,10 +68,12 @@ TEST_F(ModelGpu, Stories260KMatchesTheCpuEngineInEveryKvFormatTheGpuReads) {
   }
 }
 
-// Llama-2-7B's layer shapes with random GPTQ weights, held in memory.
-class RandomGptq7BShaped final : public WeightSource {
+// Llama-2-7B's layer shapes with random quantized weights, held in memory:
+// make(rng, module, rows, cols) gives each linear module's matrix.
+class RandomQuantized7BShaped final : public WeightSource {
  public:
-  explicit RandomGptq7BShaped(const ModelConfig& config) : config_(config) {}
+  using MakeMatrix = std::function<QuantizedMatrix(std::mt19937&, const std::string&, std::int64_t, std::int64_t)>;
+  RandomQuantized7BShaped(const ModelConfig& config, MakeMatrix make) : config_(config), make_(std::move(make)) {}
 
   std::vector<StoredTensorInfo> list() const override { return {}; }
   bool contains(const std::string& name) const override {
@@ -99,8 +103,7 @@ class RandomGptq7BShaped final : public WeightSource {
     if (!has_quantized(module)) return std::nullopt;
     const auto shape = linear_module_shape(config_, module);
     std::mt19937 rng(static_cast<std::uint32_t>(std::hash<std::string>{}(module)));
-    testing::QuantCase c{(*shape)[0], (*shape)[1], 4, 128, /*act_order=*/true};
-    QuantizedMatrix m = testing::random_quantized(rng, c);
+    QuantizedMatrix m = make_(rng, module, (*shape)[0], (*shape)[1]);
     m.name = module;
     return m;
   }
@@ -111,9 +114,11 @@ class RandomGptq7BShaped final : public WeightSource {
 
  private:
   ModelConfig config_;
+  MakeMatrix make_;
 };
 
-TEST_F(ModelGpu, RandomGptq7BShapedLayersMatchTheCpuEngine) {
+// Two of Llama-2-7B's layers, every linear module from `make`.
+ModelSource random_7b_shaped(RandomQuantized7BShaped::MakeMatrix make) {
   ModelSource source;
   ModelConfig& config = source.config;
   config.architecture = "LlamaForCausalLM";
@@ -128,7 +133,15 @@ TEST_F(ModelGpu, RandomGptq7BShapedLayersMatchTheCpuEngine) {
   config.max_position_embeddings = 4096;
   config.rms_norm_eps = 1e-5;
   config.validate();
-  source.weights = std::make_unique<RandomGptq7BShaped>(config);
+  source.weights = std::make_unique<RandomQuantized7BShaped>(config, std::move(make));
+  return source;
+}
+
+TEST_F(ModelGpu, RandomGptq7BShapedLayersMatchTheCpuEngine) {
+  const ModelSource source = random_7b_shaped([](std::mt19937& rng, const std::string&, std::int64_t rows,
+                                                 std::int64_t cols) {
+    return testing::random_quantized(rng, testing::QuantCase{rows, cols, 4, 128, /*act_order=*/true});
+  });
   kernels::CpuBackend cpu(0);
   kernels::cuda::CudaBackend gpu(0);
   DecoderModel on_cpu(source, cpu);
@@ -138,6 +151,33 @@ TEST_F(ModelGpu, RandomGptq7BShapedLayersMatchTheCpuEngine) {
   const auto got = testing::run_model_steps(on_gpu, engine::KvDtype::Float32);
   // The GPU's quantized GEMMs take fp16 activations (11 significant bits) and the
   // dense lm_head runs in fp16 on cuBLASLt: about 1e-3 of the largest logit.
+  EXPECT_LT(relative_error(got, want), 1e-2);
+}
+
+// GGUF K-quant blocks as a Q4_K_M file holds them (Q4_K, Q6_K for v and down),
+// plus Q5_K for o: the layers run on the CUDA K-quant GEMM against the CPU
+// backend's block kernels. Scales d, dmin of 2^-14 .. 2^-12 keep weights around
+// 0.01-0.2, so activations stay inside fp16 as a trained model's do.
+TEST_F(ModelGpu, RandomKquant7BShapedLayersMatchTheCpuEngine) {
+  const ModelSource source = random_7b_shaped([](std::mt19937& rng, const std::string& module, std::int64_t rows,
+                                                 std::int64_t cols) {
+    const BlockFormat format = module.ends_with("v_proj") || module.ends_with("down_proj") ? BlockFormat::Q6_K
+                               : module.ends_with("o_proj")                                 ? BlockFormat::Q5_K
+                                                                                            : BlockFormat::Q4_K;
+    return cuda_testing::random_blocks(rng, format, rows, cols, 1, 3);
+  });
+  kernels::CpuBackend cpu(0);
+  kernels::cuda::CudaBackend gpu(0);
+  DecoderModel on_cpu(source, cpu);
+  DecoderModel on_gpu(source, gpu);
+  EXPECT_EQ(on_gpu.weight_memory().quantized_layers, 14);
+  // Weights stay packed: at most 1.15x the file's bytes (measured on the CPU: 1.01-1.03x).
+  EXPECT_LE(static_cast<double>(on_gpu.weight_memory().quantized_resident),
+            1.15 * static_cast<double>(on_gpu.weight_memory().quantized_file));
+  const auto want = testing::run_model_steps(on_cpu, engine::KvDtype::Float32);
+  const auto got = testing::run_model_steps(on_gpu, engine::KvDtype::Float32);
+  // The same fp16 activation and lm_head roundings as the GPTQ case, plus the one
+  // fp16 rounding of each weight.
   EXPECT_LT(relative_error(got, want), 1e-2);
 }
 

@@ -5,12 +5,14 @@
 // K split, outputs poisoned with NaN first. Two references: the checkpoint's exact
 // weights (bound: the fp16 roundings of weights and activations, relative to the
 // sum of |terms|) and the fp16 weights the kernel multiplies (bound: fp32
-// accumulation only — any layout slip is far outside it).
+// accumulation only — any layout slip is far outside it). GGUF Q4_K / Q5_K / Q6_K
+// blocks the same way, their exact weights being the CPU block decoder's floats.
 #include <gtest/gtest.h>
 
 #include <bit>
 #include <random>
 
+#include "common/error.h"
 #include "common/half.h"
 #include "cuda_test_util.h"
 #include "gpu_test_util.h"
@@ -23,6 +25,7 @@ namespace {
 
 using cuda_testing::GpuTest;
 using cuda_testing::QuantCase;
+using cuda_testing::random_blocks;
 using cuda_testing::random_floats;
 using cuda_testing::random_quantized;
 using Offset = QuantizedMatrix::Offset;
@@ -34,6 +37,7 @@ struct DeviceLayout {
   DeviceBuffer<std::uint32_t> scales;
   DeviceBuffer<std::int32_t> tile_group;
   DeviceBuffer<std::int32_t> column_source;
+  DeviceBuffer<std::uint32_t> sub_scales;
   QuantWeightsView view;
 };
 
@@ -54,8 +58,10 @@ References references(const QuantizedMatrix& m, const RepackedQuant& r, const st
   refs.f16_scale.assign(cells, 0);
   std::vector<double> w(at(m.rows * m.cols));
   std::vector<double> w16(at(m.rows * m.cols));
+  std::vector<float> row(at(m.cols));
   for (std::int64_t n = 0; n < m.rows; ++n) {
-    for (std::int64_t k = 0; k < m.cols; ++k) w[at(n * m.cols + k)] = m.value(n, k);
+    m.dequantize_row(n, row.data());  // value(n, k) for every k; a block decoded once
+    for (std::int64_t k = 0; k < m.cols; ++k) w[at(n * m.cols + k)] = row[at(k)];
     for (std::int64_t j = 0; j < r.dims.k_pad; ++j) {
       const std::int32_t col = r.column_source[at(j)];
       if (col >= 0) w16[at(n * m.cols + col)] = f16_to_f32(repacked_weight_f16(r, n, j));
@@ -93,8 +99,9 @@ class QuantGemmGpu : public GpuTest {
     d.scales = to_device(r.scales);
     d.tile_group = to_device(r.tile_group);
     if (!r.identity_columns) d.column_source = to_device(r.column_source);
+    if (!r.sub_scales.empty()) d.sub_scales = to_device(r.sub_scales);
     d.view = {r.dims, d.weights.data(), d.scales.data(), d.tile_group.data(),
-              r.identity_columns ? nullptr : d.column_source.data()};
+              r.identity_columns ? nullptr : d.column_source.data(), r.sub_scales.empty() ? nullptr : d.sub_scales.data()};
     return d;
   }
 
@@ -109,7 +116,10 @@ class QuantGemmGpu : public GpuTest {
   // Runs the GEMM through the launcher API; `split` forces a K split (by pretending
   // the device is much larger) or forbids it (no workspace).
   void check(std::mt19937& rng, const QuantCase& c, std::int64_t rows, bool split, bool with_bias = true) {
-    const QuantizedMatrix m = random_quantized(rng, c);
+    check_matrix(rng, random_quantized(rng, c), rows, split, with_bias);
+  }
+
+  void check_matrix(std::mt19937& rng, const QuantizedMatrix& m, std::int64_t rows, bool split, bool with_bias = true) {
     const RepackedQuant r = repack_quantized(m);
     SCOPED_TRACE(::testing::Message() << m.name << " M=" << rows << (split ? " split-K" : "") << " -> " << r.describe());
     const DeviceLayout layout = upload(r);
@@ -217,6 +227,122 @@ TEST_F(QuantGemmGpu, LlamaShapesAgainstTheReference) {
   check(rng, {4096, 4096, 4, 128, true}, 1, false);
   check(rng, {4096, 4096, 4, 128}, 16, false);
   check(rng, {1024, 11008, 4, 128}, 2, false);
+}
+
+// The GGUF block formats the K-quant layout runs (Q5_0 / Q5_1 on the same machinery).
+constexpr BlockFormat kKquants[] = {BlockFormat::Q4_K, BlockFormat::Q5_K, BlockFormat::Q6_K, BlockFormat::Q5_0,
+                                    BlockFormat::Q5_1};
+
+TEST_F(QuantGemmGpu, KquantsEveryTokenCountAndOddShapes) {
+  std::mt19937 rng(21);
+  const std::int64_t token_counts[] = {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65, 130};
+  int i = 0;
+  for (const BlockFormat format : kKquants) {
+    for (const auto& [n, k] : {std::pair<std::int64_t, std::int64_t>{130, 256}, {33, 768}, {257, 512}, {1, 256}, {128, 1280}}) {
+      for (int repeat = 0; repeat < 3; ++repeat) {
+        const std::int64_t rows = token_counts[(i++) % std::size(token_counts)];
+        check_matrix(rng, random_blocks(rng, format, n, k), rows, false, rows % 2 == 1);
+      }
+    }
+    if (block_format_info(format).elements == 32) {  // rows of 32-weight blocks may end mid-chunk
+      check_matrix(rng, random_blocks(rng, format, 70, 96), 5, false);
+      check_matrix(rng, random_blocks(rng, format, 33, 160), 40, false);
+    }
+  }
+  // Every M from 1 to 64 once, on one shape per format.
+  for (std::int64_t rows = 1; rows <= 64; ++rows) {
+    check_matrix(rng, random_blocks(rng, kKquants[rows % std::size(kKquants)], 96, 512), rows, false);
+  }
+}
+
+TEST_F(QuantGemmGpu, KquantsSplitKAndLlamaShapes) {
+  std::mt19937 rng(22);
+  for (const BlockFormat format : kKquants) {
+    for (const std::int64_t rows : {1, 5, 40}) check_matrix(rng, random_blocks(rng, format, 256, 4096), rows, true);
+  }
+  // Realistic scales (d, dmin around 2^-9 .. 2^-6, as quantized checkpoints have).
+  check_matrix(rng, random_blocks(rng, BlockFormat::Q4_K, 4096, 4096, 6, 9), 1, false);
+  check_matrix(rng, random_blocks(rng, BlockFormat::Q6_K, 1024, 11008, 6, 9), 2, false);
+  check_matrix(rng, random_blocks(rng, BlockFormat::Q5_K, 4096, 4096, 6, 9), 16, false);
+  check_matrix(rng, random_blocks(rng, BlockFormat::Q5_0, 896, 4864, 6, 9), 3, false);
+}
+
+TEST_F(QuantGemmGpu, KquantDequantizedRowsAreTheCpuDecodersFloats) {
+  std::mt19937 rng(23);
+  for (const BlockFormat format : kKquants) {
+    const QuantizedMatrix m = random_blocks(rng, format, 70, 768);
+    const RepackedQuant r = repack_quantized(m);
+    SCOPED_TRACE(r.describe());
+    const DeviceLayout layout = upload(r);
+    std::vector<std::int32_t> ids;
+    for (std::int64_t n = 0; n < m.rows; n += 3) ids.push_back(static_cast<std::int32_t>(n));
+    const DeviceBuffer<std::int32_t> ids_d = to_device(ids);
+    DeviceBuffer<float> out = poisoned(ids.size() * at(m.cols));
+    dequantize_rows(layout.view, ids_d.data(), static_cast<std::int64_t>(ids.size()), out.data(), stream);
+    const std::vector<float> rows = to_host(out, ids.size() * at(m.cols));
+    std::vector<float> expected(at(m.cols));
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      m.dequantize_row(ids[i], expected.data());
+      for (std::int64_t k = 0; k < m.cols; ++k) {
+        const float got = rows[i * at(m.cols) + at(k)];
+        ASSERT_FALSE(std::isnan(got)) << "row " << ids[i] << " column " << k;
+        ASSERT_EQ(std::bit_cast<std::uint32_t>(got), std::bit_cast<std::uint32_t>(expected[at(k)]))
+            << "row " << ids[i] << " column " << k << ": " << got << " vs " << expected[at(k)];
+      }
+    }
+  }
+}
+
+TEST_F(QuantGemmGpu, BackendRunsKquantsAndRefusesOtherBlockFormats) {
+  std::mt19937 rng(24);
+  CudaBackend backend;
+  for (const BlockFormat format : kKquants) {
+    const QuantizedMatrix m = random_blocks(rng, format, 200, 1024, 6, 12);
+    const auto weights = backend.prepare_linear(m);
+    SCOPED_TRACE(weights->describe());
+    EXPECT_LE(static_cast<double>(weights->resident_bytes()), 1.15 * static_cast<double>(m.stored_bytes) + 4.0 * 56 * 1024)
+        << "beyond the file's bytes plus the padding of 56 rows";
+    for (const std::int64_t rows : {1, 7, 33, 80}) {
+      const std::vector<float> x = random_floats(rng, at(rows * m.cols));
+      const std::vector<float> bias = random_floats(rng, at(m.rows));
+      const DeviceBuffer<float> x_d = to_device(x);
+      const DeviceBuffer<float> bias_d = to_device(bias);
+      DeviceBuffer<float> y(at(rows * m.rows));
+      y.fill_bytes(0xff, backend.stream());
+      backend.linear(x_d.data(), rows, *weights, bias_d.data(), y.data());
+      std::vector<float> result(at(rows * m.rows));
+      y.download(result, backend.stream());
+      backend.synchronize();
+      const References refs = references(m, repack_quantized(m), x, rows, bias);
+      EXPECT_LT(cuda_testing::error_over_scale(result, refs.exact, refs.exact_scale), 2e-3) << rows << " rows";
+    }
+    const std::vector<std::int32_t> ids = {0, static_cast<std::int32_t>(m.rows - 1), 5, 5};
+    DeviceBuffer<float> out(ids.size() * at(m.cols));
+    backend.embedding(*weights, ids, out.data());
+    std::vector<float> rows(ids.size() * at(m.cols));
+    out.download(rows, backend.stream());
+    backend.synchronize();
+    std::vector<float> expected(at(m.cols));
+    std::vector<float> cpu(at(m.cols));
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      weights->dequantize_row(ids[i], expected.data());
+      m.dequantize_row(ids[i], cpu.data());
+      for (std::int64_t k = 0; k < m.cols; ++k) {
+        ASSERT_EQ(std::bit_cast<std::uint32_t>(rows[i * at(m.cols) + at(k)]), std::bit_cast<std::uint32_t>(expected[at(k)]));
+        ASSERT_EQ(std::bit_cast<std::uint32_t>(expected[at(k)]), std::bit_cast<std::uint32_t>(cpu[at(k)]));
+      }
+    }
+  }
+  for (const BlockFormat format : {BlockFormat::Q2_K, BlockFormat::Q3_K, BlockFormat::IQ4_XS, BlockFormat::TQ1_0}) {
+    const std::string name(block_format_info(format).name);
+    try {
+      static_cast<void>(backend.prepare_linear(random_blocks(rng, format, 8, 256)));
+      ADD_FAILURE() << name << " was accepted";
+    } catch (const Error& error) {
+      EXPECT_NE(std::string(error.what()).find(name + " blocks have no CUDA kernel yet"), std::string::npos)
+          << error.what();
+    }
+  }
 }
 
 TEST_F(QuantGemmGpu, DequantizedRowsAreTheKernelsWeights) {

@@ -18,6 +18,7 @@
 #include "cuda_test_util.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/fragment_layout.h"
+#include "kernels/cuda/kquant_layout.h"
 #include "kernels/cuda/quant_gemm.h"
 #include "kernels/cuda/quant_repack.h"
 
@@ -543,6 +544,29 @@ void dequant_registers(QuantFormat format, const std::uint32_t* words, std::uint
   }
 }
 
+// The device's K-quant dequant for one lane and tile t: kquant_fragment on the
+// lane's blob words, each value pair rounded to fp16 as __floats2half2_rn does.
+template <QuantFormat F>
+void kquant_registers(const std::uint32_t* blob, int lane, int t, const std::uint32_t (&super)[2],
+                      const std::uint32_t (&sub)[2], std::uint32_t (&a)[4]) {
+  std::uint32_t words[words_per_lane(F)];
+  for (int w = 0; w < words_per_lane(F); ++w) words[w] = blob[kquant_word_index(F, lane, w)];
+  float values[8];
+  kquant_fragment<F>(words, t, kquant_row(F, super[0], sub[0], t), kquant_row(F, super[1], sub[1], t), values);
+  for (int r = 0; r < 4; ++r) {
+    a[r] = static_cast<std::uint32_t>(f32_to_f16(values[2 * r])) | static_cast<std::uint32_t>(f32_to_f16(values[2 * r + 1])) << 16;
+  }
+}
+
+void dequant_kquant_registers(QuantFormat format, const std::uint32_t* blob, int lane, int t,
+                              const std::uint32_t (&super)[2], const std::uint32_t (&sub)[2], std::uint32_t (&a)[4]) {
+  if (format == QuantFormat::Q4K) return kquant_registers<QuantFormat::Q4K>(blob, lane, t, super, sub, a);
+  if (format == QuantFormat::Q5K) return kquant_registers<QuantFormat::Q5K>(blob, lane, t, super, sub, a);
+  if (format == QuantFormat::Q50) return kquant_registers<QuantFormat::Q50>(blob, lane, t, super, sub, a);
+  if (format == QuantFormat::Q51) return kquant_registers<QuantFormat::Q51>(blob, lane, t, super, sub, a);
+  kquant_registers<QuantFormat::Q6K>(blob, lane, t, super, sub, a);
+}
+
 // One warp, one 16-row tile, every chunk, `m_tiles` token tiles: the kernel's
 // consumer loop on the emulated instructions, against a float64 loop over the
 // decoded fp16 weights and fp16 activations.
@@ -610,6 +634,16 @@ void check_warp_emulation(const QuantizedMatrix& m, int tokens) {
                 const int gid = lane >> 2;
                 const std::uint32_t lo = repacked_scale_record(l, tile * 16 + gid, packed_col);
                 const std::uint32_t hi = repacked_scale_record(l, tile * 16 + gid + 8, packed_col);
+                bb[lane][0] = b[lane][2 * half];
+                bb[lane][1] = b[lane][2 * half + 1];
+                if (is_kquant(d.format)) {
+                  const std::uint32_t super[2] = {lo, hi};
+                  const bool has_sub = kquant_has_sub_scales(d.format);
+                  const std::uint32_t sub[2] = {has_sub ? l.sub_scales[at(chunk * d.n_pad + tile * 16 + gid)] : 0u,
+                                                has_sub ? l.sub_scales[at(chunk * d.n_pad + tile * 16 + gid + 8)] : 0u};
+                  dequant_kquant_registers(d.format, blob, lane, t, super, sub, a[lane]);
+                  continue;
+                }
                 std::uint32_t words[2];
                 if (d.format == QuantFormat::Dense8) {
                   words[0] = blob[dense_word_index(lane, 2 * t)];
@@ -618,8 +652,6 @@ void check_warp_emulation(const QuantizedMatrix& m, int tokens) {
                   words[0] = blob[dense_word_index(lane, t)];
                 }
                 dequant_registers(d.format, words, lo, hi, d.min_offset, a[lane]);
-                bb[lane][0] = b[lane][2 * half];
-                bb[lane][1] = b[lane][2 * half + 1];
               }
               double out[32][4] = {};
               emulate_mma_16816(a, bb, out);
@@ -658,6 +690,15 @@ TEST(CudaWarpEmulation, DenseAndSparseFragmentsComputeTheProduct) {
   check_warp_emulation(random_quantized(rng, {40, 192, 8, 64}), 9);
   check_warp_emulation(random_quantized(rng, {33, 256, 4, 128, false, false, Offset::ZeroPoint, DType::F16, true}), 8);
   check_warp_emulation(random_quantized(rng, {16, 100, 4, -1, false, false, Offset::ZeroPoint, DType::F16, true}), 1);
+}
+
+TEST(CudaWarpEmulation, KquantFragmentsComputeTheProduct) {
+  std::mt19937 rng(9);
+  check_warp_emulation(cuda_testing::random_blocks(rng, BlockFormat::Q4_K, 40, 512), 5);
+  check_warp_emulation(cuda_testing::random_blocks(rng, BlockFormat::Q5_K, 33, 256, 6, 9), 16);
+  check_warp_emulation(cuda_testing::random_blocks(rng, BlockFormat::Q6_K, 24, 768), 9);
+  check_warp_emulation(cuda_testing::random_blocks(rng, BlockFormat::Q5_0, 20, 96), 3);   // ends mid-chunk
+  check_warp_emulation(cuda_testing::random_blocks(rng, BlockFormat::Q5_1, 17, 320), 12);
 }
 
 // ---------------------------------------------------------------------------------
