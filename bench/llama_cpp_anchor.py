@@ -55,9 +55,9 @@ def llama_ppl(args, model, extra):
     return run(cmd)
 
 
-def nibble_eval(args, model, base=None):
+def nibble_eval(args, model, base=None, flags=("--float-activations",)):
     cmd = [args.nibble, "eval", "--model", model, "--text", args.text, "--protocol", "chunks", "--window",
-           str(args.ctx), "--chunks", str(args.chunks), "--threads", str(args.threads), "--json"]
+           str(args.ctx), "--chunks", str(args.chunks), "--threads", str(args.threads), "--json", *flags]
     if base:
         cmd += ["--base", base]
     out, seconds = run(cmd)
@@ -93,6 +93,10 @@ def quality(args, work):
                         "nibble_kld": n["mean_kl"], "nibble_kld_p99": n["kl_percentiles"]["99"],
                         "nibble_top1": n["top1_agreement"], "tokens_scored": n["tokens_scored"],
                         "nibble_s": nibble_s})
+            # nibble's defaults: int8 activations where the CPU has VNNI (as llama.cpp rounds them).
+            d, _ = nibble_eval(args, path(t), path("F16"), flags=())
+            row.update({"nibble_int8_ppl": d["perplexity"], "nibble_int8_kld": d["mean_kl"],
+                        "nibble_int8_kld_p99": d["kl_percentiles"]["99"], "nibble_int8_top1": d["top1_agreement"]})
         except SystemExit as e:  # a type nibble cannot load is a finding, not a crash of the report
             row["nibble_error"] = str(e)[:300]
         rows.append(row)
@@ -114,11 +118,18 @@ def exact(args, work):
     return rows
 
 
-def speed(args):
-    model = os.path.join(args.models, f"{NAME}.{args.bench_type}.gguf")
+def nibble_json(cmd):
+    out, _ = run(cmd)
+    return json.loads(out[out.index("{"):out.rindex("}") + 1])
+
+
+def speed_of(args, model):
+    """Interleaved rounds on one file: llama-bench (as shipped and passive) and nibble
+    generate with its default flags and with --float-activations."""
     # 512 prompt ids from the evaluation text's vocabulary range: any ids do for speed.
     prompt = ",".join(str(100 + (i * 37) % 40000) for i in range(512))
-    samples = {f"{who}_{test}": [] for who in ("llama", "llama_passive", "nibble") for test in ("pp512", "tg128")}
+    variants = {"nibble": [], "nibble_float": ["--float-activations"]}
+    samples = {f"{who}_{test}": [] for who in ("llama", "llama_passive", *variants) for test in ("pp512", "tg128")}
     load = []
     for _ in range(args.rounds):
         load.append(os.getloadavg()[0])
@@ -131,14 +142,20 @@ def speed(args):
                           "128", "-r", "1", "-o", "json"], env=env)
             for entry in json.loads(out[out.index("["):out.rindex("]") + 1]):
                 samples[f"{who}_{'pp512' if entry['n_prompt'] == 512 else 'tg128'}"].append(entry["avg_ts"])
-        out, _ = run([args.nibble, "generate", "-m", model, "--prompt-ids", prompt, "--prefill-chunk", "512",
-                      "-n", "1", "-t", str(args.threads), "--json"])
-        samples["nibble_pp512"].append(json.loads(out[out.index("{"):out.rindex("}") + 1])["prefill_tokens_per_second"])
-        out, _ = run([args.nibble, "generate", "-m", model, "--prompt-ids", "1", "-n", "129", "--ignore-eos",
-                      "-t", str(args.threads), "--json"])
-        samples["nibble_tg128"].append(json.loads(out[out.index("{"):out.rindex("}") + 1])["decode_tokens_per_second"])
+        for who, flags in variants.items():
+            samples[f"{who}_pp512"].append(nibble_json(
+                [args.nibble, "generate", "-m", model, "--prompt-ids", prompt, "--prefill-chunk", "512", "-n", "1",
+                 "-t", str(args.threads), "--json", *flags])["prefill_tokens_per_second"])
+            samples[f"{who}_tg128"].append(nibble_json(
+                [args.nibble, "generate", "-m", model, "--prompt-ids", "1", "-n", "129", "--ignore-eos",
+                 "-t", str(args.threads), "--json", *flags])["decode_tokens_per_second"])
     load.append(os.getloadavg()[0])
     return {k: statistics.median(v) for k, v in samples.items()}, samples, load
+
+
+def speed(args):
+    files = args.bench_files or [os.path.join(args.models, f"{NAME}.{args.bench_type}.gguf")]
+    return {os.path.basename(f): dict(zip(("median", "samples", "load"), speed_of(args, f))) for f in files}
 
 
 def main():
@@ -152,6 +169,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--types", nargs="*", default=TYPES)
     p.add_argument("--bench-type", default="Q4_K_M")
+    p.add_argument("--bench-files", nargs="*", help="GGUF files to time (default: the --bench-type file of --models)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-speed", action="store_true")
@@ -166,7 +184,7 @@ def main():
         if args.exact:
             report["exact"] = exact(args, work)
     if not args.skip_speed:
-        report["speed"], report["speed_samples"], report["speed_load"] = speed(args)
+        report["speed"] = speed(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
@@ -192,6 +210,16 @@ def main():
             else:
                 line += " (base) | | | |"
             print(line)
+        print("\nnibble with its defaults (int8 activations on VNNI) against llama.cpp on the quantized file "
+              "(both round activations)\n")
+        print("| file | llama.cpp PPL | nibble PPL | llama.cpp KLD | nibble KLD | KLD p99 llama / nibble "
+              "| top-1 llama / nibble |")
+        print("|---|---|---|---|---|---|---|")
+        for r in report["quality"]:
+            if "nibble_int8_ppl" in r:
+                print(f"| {r['type']} | {r['llama_ppl']:.4f} | {r['nibble_int8_ppl']:.4f} | {r['llama_kld']:.5f} | "
+                      f"{r['nibble_int8_kld']:.5f} | {r['llama_kld_p99']:.4f} / {r['nibble_int8_kld_p99']:.4f} | "
+                      f"{100 * r['llama_top1']:.2f} / {100 * r['nibble_int8_top1']:.2f} % |")
     if "exact" in report:
         print("\nllama-perplexity on each type's weights dequantized to F32 (float activations)\n")
         print("| type | llama.cpp, F32 copy |")
@@ -199,15 +227,16 @@ def main():
         for r in report["exact"]:
             print(f"| {r['type']} | {r['llama_f32_ppl']:.4f} |")
     if "speed" in report:
-        s = report["speed"]
-        print(f"\nSpeed, {args.bench_type}, {args.threads} threads, median of {args.rounds} interleaved rounds; "
-              f"load average {', '.join(f'{x:.1f}' for x in report['speed_load'])}\n")
-        print("| test | llama-bench tok/s | llama-bench, OMP_WAIT_POLICY=passive | nibble tok/s "
-              "| nibble / llama.cpp (as shipped, passive) |")
-        print("|---|---|---|---|---|")
-        for test in ("pp512", "tg128"):
-            lv, pv, nv = s[f"llama_{test}"], s[f"llama_passive_{test}"], s[f"nibble_{test}"]
-            print(f"| {test} | {lv:.1f} | {pv:.1f} | {nv:.1f} | {nv / lv:.2f}, {nv / pv:.2f} |")
+        for name, r in report["speed"].items():
+            s = r["median"]
+            print(f"\nSpeed, {name}, {args.threads} threads, median of {args.rounds} interleaved rounds; "
+                  f"load average {', '.join(f'{x:.1f}' for x in r['load'])}\n")
+            print("| test | llama-bench tok/s | llama-bench, OMP_WAIT_POLICY=passive | nibble (defaults) "
+                  "| nibble --float-activations | nibble / llama.cpp (as shipped, passive) |")
+            print("|---|---|---|---|---|---|")
+            for test in ("pp512", "tg128"):
+                lv, pv, nv, fv = (s[f"{w}_{test}"] for w in ("llama", "llama_passive", "nibble", "nibble_float"))
+                print(f"| {test} | {lv:.1f} | {pv:.1f} | {nv:.1f} | {fv:.1f} | {nv / lv:.2f}, {nv / pv:.2f} |")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ struct EvalFlags {
   std::int64_t stride = 0;
   std::string device = "cpu";
   int threads = 0;
-  bool int8_activations = false;
+  ActivationFlags activations;
   bool json = false;
   std::string dump_logits;  // prefix: .ids.json and .logits.f32 of the first window
 };
@@ -106,7 +106,7 @@ void print_stats(const char* label, const nlohmann::json& stats) {
 }
 
 void run_eval(EvalFlags flags) {
-  const auto backend_owner = make_backend(flags.device, flags.threads, flags.int8_activations);
+  const auto backend_owner = make_backend(flags.device, flags.threads, flags.activations);
   kernels::Backend& backend = *backend_owner;
   const auto start = std::chrono::steady_clock::now();
   ModelSource source = open_model(flags.model);
@@ -207,7 +207,7 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--chunks", flags->chunks, "chunks: evaluate at most N chunks (llama-perplexity --chunks)");
   cmd->add_option("--max-tokens", flags->max_tokens, "Evaluate only the first N tokens of the text");
   cmd->add_option("--threads", flags->threads, "Worker threads (0: one per core)")->capture_default_str();
-  add_int8_activations_flag(cmd, flags->int8_activations);
+  add_activation_flags(cmd, flags->activations);
   add_device_flag(cmd, flags->device);
   cmd->add_flag("--json", flags->json, "Print the report as JSON");
   cmd->add_option("--dump-logits", flags->dump_logits,

@@ -43,7 +43,7 @@ struct GenerateOptions {
   std::uint64_t seed = 0;
   std::string device = "cpu";
   int threads = 0;
-  bool int8_activations = false;
+  ActivationFlags activations;
   std::int64_t prefill_chunk = 512;
   bool ignore_eos = false;
   bool json = false;
@@ -74,12 +74,12 @@ void run_generate_worker(const GenerateOptions& options, kernels::Backend& backe
 void run_generate(const GenerateOptions& options, kernels::Backend& backend, ParallelGroup* group);
 
 void run_generate(const GenerateOptions& options) {
-  const auto backend_owner = make_backend(options.device, options.threads, options.int8_activations);
+  const auto backend_owner = make_backend(options.device, options.threads, options.activations);
   auto group = join_parallel_group(
       {options.tensor_parallel_size, options.pipeline_parallel_size, options.pipeline_micro_batches},
       fmt::format("nibble {} generate model={} device={} threads={} int8_activations={} expand_quantized={} tp={} "
                   "pp={} micro_batches={}",
-                  NIBBLE_VERSION, options.model, options.device, options.threads, options.int8_activations,
+                  NIBBLE_VERSION, options.model, options.device, options.threads, options.activations.use_int8(),
                   options.expand_quantized, options.tensor_parallel_size, options.pipeline_parallel_size,
                   options.pipeline_micro_batches));
   try {
@@ -240,7 +240,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--seed", options->seed, "Random seed; same seed, same output")->capture_default_str();
   cmd->add_option("-t,--threads", options->threads, "CPU threads (0 = all cores)")->capture_default_str();
   add_device_flag(cmd, options->device);
-  add_int8_activations_flag(cmd, options->int8_activations);
+  add_activation_flags(cmd, options->activations);
   cmd->add_option("--prefill-chunk", options->prefill_chunk, "Prompt tokens per forward pass")->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--ignore-eos", options->ignore_eos, "Keep generating past end-of-sequence tokens");

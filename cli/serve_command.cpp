@@ -50,7 +50,7 @@ struct ServeOptions {
   std::string served_model_name;
   std::string device = "cpu";
   int threads = 0;
-  bool int8_activations = false;
+  ActivationFlags activations;
   int io_threads = 2;
   std::string chat_template_file;
   bool special_tokens_in_messages = false;
@@ -248,12 +248,12 @@ void run_serve(const ServeOptions& options) {
   // Before any thread starts (the backend's pool among them), so SIGTERM reaches only its waiter.
   ShutdownSignal shutdown;
   // Then a device that cannot run here fails before the port is taken.
-  const auto backend_owner = make_backend(options.device, options.threads, options.int8_activations);
+  const auto backend_owner = make_backend(options.device, options.threads, options.activations);
   auto group = join_parallel_group(
       {options.tensor_parallel_size, options.pipeline_parallel_size, options.pipeline_micro_batches},
       fmt::format("nibble {} serve model={} device={} threads={} int8_activations={} kv={} block_size={} tp={} pp={} "
                   "micro_batches={}",
-                  NIBBLE_VERSION, options.model, options.device, options.threads, options.int8_activations,
+                  NIBBLE_VERSION, options.model, options.device, options.threads, options.activations.use_int8(),
                   options.kv_cache_dtype, options.block_size, options.tensor_parallel_size,
                   options.pipeline_parallel_size, options.pipeline_micro_batches),
       to_ms(options.collective_timeout));
@@ -403,7 +403,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--served-model-name", options->served_model_name,
                   "Model id clients send (default: folder name, or file name without .gguf)");
   cmd->add_option("-t,--threads", options->threads, "CPU threads for the model (0 = all cores)")->capture_default_str();
-  add_int8_activations_flag(cmd, options->int8_activations);
+  add_activation_flags(cmd, options->activations);
   add_device_flag(cmd, options->device);
   cmd->add_option("--io-threads", options->io_threads, "Threads for HTTP I/O")->capture_default_str()->check(
       CLI::Range(1, 64));

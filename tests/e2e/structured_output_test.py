@@ -13,7 +13,7 @@ import json
 import re
 import unittest
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import jsonschema
 import openai
@@ -49,7 +49,9 @@ class Owner(BaseModel):
     name: str = Field(max_length=32)
     favourite: Color
     pets: List[Pet] = Field(max_length=3)
-    nicknames: List[str] = Field(max_length=2)
+    # Bounded strings: an unbounded one may be sampled to max_tokens, which no
+    # grammar prevents (it happened once int8 activations moved the samples).
+    nicknames: List[Annotated[str, Field(max_length=24)]] = Field(max_length=2)
 
 
 class Event(BaseModel):

@@ -45,10 +45,12 @@ def llama_f32_perplexity(args, model, work_dir):
         os.remove(f32)
 
 
-def nibble_eval(args, model, base=None):
-    """`nibble eval --protocol chunks` over the same chunks (KL statistics with a base); its JSON."""
+def nibble_eval(args, model, base=None, flags=("--float-activations",)):
+    """`nibble eval --protocol chunks` over the same chunks (KL statistics with a base); its JSON.
+    Float activations unless `flags` says otherwise: the dequantized weights' exact logits,
+    which llama-perplexity computes on the F32 copy."""
     cmd = [args.nibble, "eval", "--model", model, "--text", args.text, "--protocol", "chunks", "--window", "512",
-           "--chunks", str(args.chunks), "--threads", str(args.threads), "--json"]
+           "--chunks", str(args.chunks), "--threads", str(args.threads), "--json", *flags]
     out = run(cmd + (["--base", base] if base else []))
     return json.loads(out[out.index("{"):out.rindex("}") + 1])
 

@@ -48,7 +48,9 @@ def run(cmd):
 def nibble_logits(args, folder):
     prefix = os.path.join(args.work, os.path.basename(folder) + ".nibble")
     run([args.nibble, "eval", "--model", folder, "--text", os.path.join(args.corpus, "eval.txt"), "--window", str(WINDOW),
-         "--max-tokens", str(WINDOW), "--json", "--dump-logits", prefix])
+         "--max-tokens", str(WINDOW), "--json", "--dump-logits", prefix,
+         # The weights' own logits: the default int8 activations would add their rounding.
+         "--float-activations"])
     ids = json.load(open(prefix + ".ids.json"))
     logits = np.fromfile(prefix + ".logits.f32", dtype=np.float32).reshape(len(ids), -1)
     return ids, logits
