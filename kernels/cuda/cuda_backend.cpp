@@ -287,10 +287,11 @@ void CudaBackend::kv_store(KvPool& pool, std::int64_t layer, std::span<const std
   const auto elements_at = static_cast<std::size_t>(first_row * shape.kv_dim()) * element;
   cuda::KvStoreArgs args;
   args.keys = pool.keys.data<std::byte>() + elements_at;
-  args.values = pool.values.data<std::byte>() + elements_at;
+  args.keys_only = shape.values_in_keys;
+  if (!args.keys_only) args.values = pool.values.data<std::byte>() + elements_at;
   if (shape.format == KvFormat::Int8) {
     args.key_scales = pool.key_scales.data<float>() + first_row * shape.kv_heads;
-    args.value_scales = pool.value_scales.data<float>() + first_row * shape.kv_heads;
+    if (!args.keys_only) args.value_scales = pool.value_scales.data<float>() + first_row * shape.kv_heads;
   }
   args.block_table = stage(block_table);
   args.block_size = shape.block_size;
@@ -309,11 +310,11 @@ void CudaBackend::kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to
   });
 }
 
-void CudaBackend::slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first,
-                                std::int64_t width, float* out) {
+void CudaBackend::copy_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t x_first,
+                               std::int64_t width, float* out, std::int64_t out_width, std::int64_t out_first) {
   if (rows <= 0 || width <= 0) return;
   NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
-  NIBBLE_CUDA_CHECK(cudaMemcpy2DAsync(out, static_cast<std::size_t>(width) * sizeof(float), x + first,
+  NIBBLE_CUDA_CHECK(cudaMemcpy2DAsync(out + out_first, static_cast<std::size_t>(out_width) * sizeof(float), x + x_first,
                                       static_cast<std::size_t>(x_width) * sizeof(float),
                                       static_cast<std::size_t>(width) * sizeof(float), static_cast<std::size_t>(rows),
                                       cudaMemcpyDeviceToDevice, stream_));
@@ -404,8 +405,19 @@ void CudaBackend::add_rms_norm(const float* x, float* residual, std::int64_t row
   cuda::add_rms_norm(x, residual, rows, dim, weight, eps, y, stream_);
 }
 
+void CudaBackend::head_linear(const float* x, HeadStrides xs, std::int64_t rows, std::int64_t heads, const Matrix& w,
+                              float* y, HeadStrides ys) {
+  if (w.dtype != DType::F32 || heads <= 0 || w.rows % heads != 0) {
+    fail("head_linear: needs float32 weights with one matrix per head ({} rows for {} heads)", w.rows, heads);
+  }
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  cuda::head_linear(x, xs.row, xs.head, rows, heads, static_cast<const float*>(w.data), w.rows / heads, w.cols, y,
+                    ys.row, ys.head, stream_);
+}
+
 void CudaBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-                       std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) {
+                       std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale,
+                       RopePairs pairs) {
   if (rows <= 0) return;
   if (static_cast<std::int64_t>(positions.size()) < rows) fail("rope: {} positions for {} rows", positions.size(), rows);
   if (inv_freq.empty() || 2 * static_cast<std::int64_t>(inv_freq.size()) > head_dim) {
@@ -415,7 +427,7 @@ void CudaBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int
   const std::int32_t* positions_d = stage(positions.first(at(rows)));
   const float* inv_freq_d = stage(inv_freq);
   cuda::rope(x, rows, heads, head_dim, static_cast<std::int64_t>(inv_freq.size()), positions_d, inv_freq_d, scale,
-             stream_);
+             pairs == RopePairs::Adjacent, stream_);
 }
 
 void CudaBackend::attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,
@@ -428,6 +440,11 @@ void CudaBackend::attention(const float* q, std::int64_t rows, std::span<const s
   // incomplete float32 one.
   if (kv.format() == KvFormat::Float16) {
     fail("attention: the CUDA backend reads float32 or int8 KV caches, not float16 (--kv-cache-dtype)");
+  }
+  if (shape.value_width() != shape.head_dim) {
+    // MLA's latent attention (values a prefix of 576-wide keys) needs its own kernel.
+    fail("attention: the CUDA backend has no kernel yet for values narrower than keys ({} of {}: MLA)",
+         shape.value_width(), shape.head_dim);
   }
   const auto used = positions.first(at(rows));
   const std::int32_t max_position = *std::max_element(used.begin(), used.end());
