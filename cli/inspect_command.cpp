@@ -134,6 +134,9 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
       case RopeScaling::Kind::LongRope:
         return fmt::format(", longrope scaling (long factors past {} positions)",
                            c.rope_scaling.original_max_position_embeddings);
+      case RopeScaling::Kind::Yarn:
+        return fmt::format(", yarn scaling x{} from {} positions", c.rope_scaling.factor,
+                           c.rope_scaling.original_max_position_embeddings);
     }
     return "";
   };

@@ -168,6 +168,13 @@ class ShardedWeightSource final : public WeightSource {
 TensorShardLayout plan_tensor_shard(const ModelConfig& c, int rank, int size) {
   if (size < 1) fail("tensor-parallel size must be at least 1, got {}", size);
   if (rank < 0 || rank >= size) fail("rank {} is outside a tensor-parallel group of {}", rank, size);
+  if (c.mla && size > 1) {
+    // Every head reads the one latent and kv_b_proj's per-head matrices would split
+    // with the heads; not done yet. Layers split across stages need none of that.
+    fail("tensor parallelism of multi-head latent attention ({}) is not supported yet: use --tensor-parallel-size 1 "
+         "(--pipeline-parallel-size splits its layers)",
+         c.architecture);
+  }
   if (c.num_heads <= 0 || c.num_kv_heads <= 0 || c.intermediate_size <= 0 || c.vocab_size <= 0) {
     fail("the model's config has no heads, MLP width or vocabulary to split");
   }
