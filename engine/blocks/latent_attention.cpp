@@ -27,9 +27,14 @@ LinearGroup bind_input(WeightBinder& binder, const Architecture& arch, const Mod
   return binder.group(modules, config.hidden_size, false);
 }
 
-RmsNorm bind_norm(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, TensorRole role,
-                  std::int64_t size, std::int64_t layer) {
-  return {binder.vector(arch.module(role, layer) + ".weight", size), static_cast<float>(config.rms_norm_eps)};
+// q_a_layernorm and kv_a_layernorm use RMSNorm's default epsilon, 1e-6, not the
+// config's rms_norm_eps (DeepSeek's modeling code and transformers' both build
+// them without it; the released models' rms_norm_eps is 1e-6 anyway).
+constexpr float kLatentNormEps = 1e-6f;
+
+RmsNorm bind_norm(WeightBinder& binder, const Architecture& arch, TensorRole role, std::int64_t size,
+                  std::int64_t layer) {
+  return {binder.vector(arch.module(role, layer) + ".weight", size), kLatentNormEps};
 }
 
 kernels::AttentionShape shape_of(const ModelConfig& config) {
@@ -79,11 +84,11 @@ LatentAttentionBlock::LatentAttentionBlock(WeightBinder& binder, const Architect
       rope_(config, layer),
       pairs_(mla_.rope_interleave ? kernels::RopePairs::Adjacent : kernels::RopePairs::Halves),
       input_(bind_input(binder, arch, config, layer)),
-      kv_a_norm_(bind_norm(binder, arch, config, TensorRole::KvANorm, mla_.kv_lora_rank, layer)),
+      kv_a_norm_(bind_norm(binder, arch, TensorRole::KvANorm, mla_.kv_lora_rank, layer)),
       o_(binder.linear(arch.module(TensorRole::AttentionOutput, layer), config.hidden_size,
                        config.attention_output_dim())) {
   if (mla_.q_lora_rank > 0) {
-    q_a_norm_ = bind_norm(binder, arch, config, TensorRole::QueryANorm, mla_.q_lora_rank, layer);
+    q_a_norm_ = bind_norm(binder, arch, TensorRole::QueryANorm, mla_.q_lora_rank, layer);
     q_b_ = binder.linear(arch.module(TensorRole::QueryB, layer), config.q_dim(), mla_.q_lora_rank);
   }
   // kv_b_proj [heads * (nope + v), rank]: head h's rows are W_UK_h [nope, rank] then

@@ -7,6 +7,7 @@
 #include "common/fp8.h"
 #include "common/half.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/prefix_value_attention.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/fp8_linear.h"
@@ -441,11 +442,6 @@ void CudaBackend::attention(const float* q, std::int64_t rows, std::span<const s
   if (kv.format() == KvFormat::Float16) {
     fail("attention: the CUDA backend reads float32 or int8 KV caches, not float16 (--kv-cache-dtype)");
   }
-  if (shape.value_width() != shape.head_dim) {
-    // MLA's latent attention (values a prefix of 576-wide keys) needs its own kernel.
-    fail("attention: the CUDA backend has no kernel yet for values narrower than keys ({} of {}: MLA)",
-         shape.value_width(), shape.head_dim);
-  }
   const auto used = positions.first(at(rows));
   const std::int32_t max_position = *std::max_element(used.begin(), used.end());
   if (*std::min_element(used.begin(), used.end()) < 0) fail("attention: negative position");
@@ -456,8 +452,6 @@ void CudaBackend::attention(const float* q, std::int64_t rows, std::span<const s
     }
   }
   NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
-  const AttentionDims dims{shape.heads,        shape.kv_heads, shape.head_dim, shape.sliding_window.value_or(0),
-                          shape.scale,        shape.logit_softcap};
   PagedKvView view;
   view.keys = kv.keys;
   view.values = kv.values;
@@ -467,6 +461,19 @@ void CudaBackend::attention(const float* q, std::int64_t rows, std::span<const s
   view.value_scales = kv.value_scales;
   view.stride = kv.stride;
   view.block_size = kv.block_size;
+  if (shape.value_width() != shape.head_dim || shape.head_dim > kAttentionMaxHeadDim) {
+    // Values a prefix of the key row (MLA's latent) or heads wider than the tiled
+    // kernel's: the plain kernel.
+    const PrefixValueDims dims{shape.heads,        shape.kv_heads,        shape.head_dim,    shape.value_width(),
+                               shape.sliding_window.value_or(0), shape.scale, shape.logit_softcap};
+    grow(attention_workspace_, prefix_value_workspace(rows, dims, max_position), *this, false);
+    const std::int32_t* positions_d = stage(used);
+    view.block_table = kv.block_table.empty() ? nullptr : stage(kv.block_table);
+    prefix_value_attention(q, rows, positions_d, view, dims, max_position, out, attention_workspace_.data(), stream_);
+    return;
+  }
+  const AttentionDims dims{shape.heads,        shape.kv_heads, shape.head_dim, shape.sliding_window.value_or(0),
+                          shape.scale,        shape.logit_softcap};
   const AttentionPlan plan = plan_attention(rows, dims, max_position, sm_count_);
   grow(attention_workspace_, plan.workspace_floats, *this, false);
   const std::int32_t* positions_d = stage(used);

@@ -2,7 +2,7 @@
 // shared experts; V3 also in DeepSeek's FP8 block format) against transformers:
 // tiny random models made by
 // tests/reference/make_tiny_deepseek_models.py, which CTest runs first
-// (NIBBLE_TINY_DEEPSEEK_DIR; nothing is committed). Logits within 1e-4 relative
+// (NIBBLE_TINY_DEEPSEEK_DIR; nothing is committed). Logits within 1e-5 relative
 // at every position, 32 greedy tokens identical on 5 prompts, a batched, paged,
 // chunked run equal to each sequence alone, a KV cache of the latent alone (the
 // same bytes for the cache, `nibble inspect` and `nibble plan`), YaRN's numbers
@@ -34,7 +34,10 @@ namespace nibble::engine {
 namespace {
 
 const std::filesystem::path kModels = NIBBLE_TINY_DEEPSEEK_DIR;
-constexpr double kBound = 1e-4;
+// Tighter than the 1e-4 the other families use: q_a/kv_a_layernorm's epsilon taken
+// from rms_norm_eps (1e-5 here) instead of RMSNorm's 1e-6 measured 4.6e-5; exact
+// arithmetic differences measure below 3e-6.
+constexpr double kBound = 1e-5;
 constexpr std::size_t kGreedyTokens = 32;
 
 class DeepseekReference : public ::testing::TestWithParam<std::string> {
