@@ -14,6 +14,7 @@ namespace nibble {
 namespace {
 
 std::string why_not(const ModelConfig& c, int size) {
+  if (c.mla && size > 1) return "multi-head latent attention is not split across ranks yet";
   if (c.num_heads % size != 0) return fmt::format("{} query heads do not divide by {}", c.num_heads, size);
   if (c.num_kv_heads >= size ? c.num_kv_heads % size != 0 : size % c.num_kv_heads != 0) {
     return fmt::format("{} key/value heads neither divide by {} nor divide it", c.num_kv_heads, size);
