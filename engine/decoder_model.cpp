@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <charconv>
-#include <string_view>
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <string_view>
 
 #include <spdlog/spdlog.h>
 
