@@ -11,6 +11,7 @@
 #include "kernels/cpu/elementwise_kernels.h"
 #include "kernels/cpu/int8_activations.h"
 #include "kernels/cpu/kv_kernels.h"
+#include "kernels/cpu/linear_kernels.h"
 #include "kernels/cpu/prepared_weights.h"
 
 namespace nibble::kernels {
@@ -126,21 +127,15 @@ void CpuBackend::head_linear(const float* x, HeadStrides xs, std::int64_t rows, 
   }
   const std::int64_t out = w.rows / heads, in = w.cols;
   const auto* weights = static_cast<const float*>(w.data);
-  // One task per head: its matrix is read from memory once for all rows. The
-  // products are a few rows by a latent's width, so a plain dot product per
-  // output (which the compiler vectorizes) is all they need.
-  pool_->parallel_for(heads, [&](std::int64_t h, int) {
-    const float* matrix = weights + h * out * in;
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const float* input = x + r * xs.row + h * xs.head;
-      float* output = y + r * ys.row + h * ys.head;
-      for (std::int64_t j = 0; j < out; ++j) {
-        const float* row = matrix + j * in;
-        float sum = 0.0f;
-        for (std::int64_t i = 0; i < in; ++i) sum += input[i] * row[i];
-        output[j] = sum;
-      }
-    }
+  const cpu::LinearKernel kernel = cpu::linear_kernel_table(cpu::active_isa()).f32;
+  // One task per head: its input slice gathered into the worker's contiguous
+  // scratch, then the dense float32 kernel over all rows, writing the output slice
+  // in place (the kernel takes an output stride). The head's matrix is read once.
+  pool_->parallel_for(heads, [&](std::int64_t h, int worker) {
+    std::vector<float>& scratch = linear_scratch_[static_cast<std::size_t>(worker)];
+    if (scratch.size() < static_cast<std::size_t>(rows * in)) scratch.resize(static_cast<std::size_t>(rows * in));
+    for (std::int64_t r = 0; r < rows; ++r) std::copy_n(x + r * xs.row + h * xs.head, in, scratch.data() + r * in);
+    kernel(scratch.data(), rows, in, weights + h * out * in, 0, out, nullptr, y + h * ys.head, ys.row);
   });
 }
 
