@@ -81,6 +81,28 @@ TEST_P(DeepseekReference, ConfigIsLatentAttentionWithADenseFirstLayer) {
   EXPECT_DOUBLE_EQ(config.moe.routed_scaling_factor, hf_["routed_scaling_factor"].get<double>());
 }
 
+// What `nibble inspect` writes as config.json (to_hf_config) reads back as the same model.
+TEST_P(DeepseekReference, TheConfigRoundTripsThroughItsHfForm) {
+  const ModelConfig& config = model_->config();
+  const ModelConfig again = parse_hf_config(to_hf_config(config));
+  ASSERT_TRUE(again.mla.has_value());
+  EXPECT_EQ(again.mla->q_lora_rank, config.mla->q_lora_rank);
+  EXPECT_EQ(again.mla->kv_lora_rank, config.mla->kv_lora_rank);
+  EXPECT_EQ(again.mla->latent_width(), config.mla->latent_width());
+  EXPECT_EQ(again.mla->v_head_dim, config.mla->v_head_dim);
+  EXPECT_EQ(again.mla->rope_interleave, config.mla->rope_interleave);
+  EXPECT_EQ(again.head_dim, config.head_dim);
+  EXPECT_EQ(again.rope_scaling.kind, RopeScaling::Kind::Yarn);
+  EXPECT_DOUBLE_EQ(again.rope_scaling.attention_factor, config.rope_scaling.attention_factor);
+  EXPECT_EQ(again.moe.sparse_layers, config.moe.sparse_layers);
+  EXPECT_EQ(again.moe.scoring, config.moe.scoring);
+  EXPECT_EQ(again.moe.n_group, config.moe.n_group);
+  EXPECT_EQ(again.moe.topk_group, config.moe.topk_group);
+  EXPECT_EQ(again.moe.shared_expert_intermediate_size, config.moe.shared_expert_intermediate_size);
+  EXPECT_EQ(again.moe.norm_topk_prob, config.moe.norm_topk_prob);
+  EXPECT_DOUBLE_EQ(again.moe.routed_scaling_factor, config.moe.routed_scaling_factor);
+}
+
 TEST_P(DeepseekReference, LogitsAtEveryPositionMatchTransformers) {
   const auto tokens =
       nlohmann::json::parse(testing::read_file(dir_ / "tokens.json"))["tokens"].get<std::vector<TokenId>>();
