@@ -134,6 +134,9 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
       case RopeScaling::Kind::LongRope:
         return fmt::format(", longrope scaling (long factors past {} positions)",
                            c.rope_scaling.original_max_position_embeddings);
+      case RopeScaling::Kind::Yarn:
+        return fmt::format(", yarn scaling x{} from {} positions", c.rope_scaling.factor,
+                           c.rope_scaling.original_max_position_embeddings);
     }
     return "";
   };
@@ -141,6 +144,13 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
       c.rotary_dim ? fmt::format(", rotary {} of {} features", *c.rotary_dim, c.head_dim) : std::string();
   std::printf("context        %lld positions, rope theta %g%s%s%s\n", static_cast<long long>(c.max_position_embeddings),
               c.rope_theta, scaling().c_str(), rotary.c_str(), c.tie_word_embeddings ? ", tied embeddings" : "");
+  if (c.mla) {
+    const std::string query = c.mla->q_lora_rank > 0 ? fmt::format("low-rank query {}", c.mla->q_lora_rank)
+                                                     : std::string("full-rank query");
+    std::printf("latent attn    cache kv_lora_rank %lld + rope %lld per token and layer, %s, v_head_dim %lld\n",
+                static_cast<long long>(c.mla->kv_lora_rank), static_cast<long long>(c.mla->qk_rope_head_dim),
+                query.c_str(), static_cast<long long>(c.mla->v_head_dim));
+  }
   if (source.quantization) std::printf("quantization   %s\n", source.quantization->describe().c_str());
   std::printf("parameters     %lld (%.1f M)\n", static_cast<long long>(stats.parameters),
               static_cast<double>(stats.parameters) / 1e6);

@@ -1,9 +1,13 @@
 #include "engine/decoder_model.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <string_view>
+
+#include <spdlog/spdlog.h>
 
 #include "common/error.h"
 #include "dist/communicator.h"
@@ -18,6 +22,28 @@ RmsNorm bind_norm(WeightBinder& binder, const Architecture& arch, const ModelCon
   if (!arch.has(role)) return {};
   return {binder.vector(arch.module(role, layer) + ".weight", config.hidden_size, arch.norm_weight_offset_one ? 1.0f : 0.0f),
           static_cast<float>(config.rms_norm_eps)};
+}
+
+// How many stored tensors belong to layers numbered `layers` or above.
+std::int64_t tensors_past_layer(const WeightSource& weights, std::int64_t layers) {
+  constexpr std::string_view kPrefix = "model.layers.";
+  std::int64_t count = 0;
+  for (const auto& tensor : weights.list()) {
+    const std::string_view name = tensor.name;
+    if (!name.starts_with(kPrefix)) continue;
+    std::int64_t layer = -1;
+    const char* first = name.data() + kPrefix.size();
+    std::from_chars(first, name.data() + name.size(), layer);
+    if (layer >= layers) ++count;
+  }
+  return count;
+}
+
+// The activations one step needs for `config`'s layers.
+Workspace::Widths workspace_widths(const ModelConfig& config, std::int64_t stacked_width) {
+  return LatentAttentionBlock::widths(config, Workspace::Widths{config.hidden_size, config.q_dim(), config.kv_dim(),
+                                                                config.widest_ffn(), stacked_width,
+                                                                config.moe.num_experts});
 }
 
 // sqrt(hidden_size) as Hugging Face's Gemma computes it: a float32 tensor cast to
@@ -35,7 +61,11 @@ float embedding_scale_of(const Architecture& arch, const ModelConfig& config) {
 void DecoderLayer::forward(const StepContext& step, Workspace& ws, std::int64_t hidden) const {
   kernels::Backend& backend = step.backend;
   attention_norm.run(backend, ws.x(), step.rows, hidden, ws.h());
-  attention.forward(step, ws, ws.h(), ws.h());
+  if (latent_attention) {
+    latent_attention->forward(step, ws, ws.h(), ws.h());
+  } else {
+    attention->forward(step, ws, ws.h(), ws.h());
+  }
   step.sum_across_ranks(ws.h(), hidden);
   if (!post_attention_norm.empty()) post_attention_norm.run(backend, ws.h(), step.rows, hidden, ws.h());
   backend.add(ws.h(), step.rows * hidden, ws.x());
@@ -52,12 +82,13 @@ void DecoderLayer::forward(const StepContext& step, Workspace& ws, std::int64_t 
 }
 
 Linear* DecoderLayer::find(const std::string& module) {
-  if (Linear* linear = attention.find(module)) return linear;
+  if (Linear* linear = latent_attention ? latent_attention->find(module) : attention->find(module)) return linear;
   return moe ? moe->find(module) : mlp->find(module);
 }
 
 std::int64_t DecoderLayer::stacked_width() const {
-  return std::max(attention.stacked_width(), moe ? moe->stacked_width() : mlp->stacked_width());
+  return std::max(latent_attention ? latent_attention->stacked_width() : attention->stacked_width(),
+                  moe ? moe->stacked_width() : mlp->stacked_width());
 }
 
 DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend, const LoadProgress& progress)
@@ -72,8 +103,7 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
       tensor_group_(options.tensor_group),
       stage_(options.pipeline_stage),
       pipeline_group_(options.pipeline_group),
-      workspace_(Workspace::Widths{config_.hidden_size, config_.q_dim(), config_.kv_dim(), config_.widest_ffn(), 0,
-                                   config_.moe.num_experts}) {
+      workspace_(workspace_widths(config_, 0)) {
   const Architecture& arch = architecture_of(config_.architecture);
   if (shard_.has_value() != (tensor_group_ != nullptr) ||
       (shard_ && (shard_->size != tensor_group_->size() || shard_->rank != tensor_group_->rank()))) {
@@ -87,6 +117,17 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
   }
   if (shard_ && config_.moe.enabled()) {
     fail("tensor parallelism of mixture-of-experts layers is not supported yet ({})", config_.architecture);
+  }
+  if (shard_ && config_.mla) {
+    fail("tensor parallelism of multi-head latent attention ({}) is not supported yet", config_.architecture);
+  }
+  if (config_.extra_predict_layers > 0) {
+    // DeepSeek-V3's multi-token-prediction layers (numbered after the decoder's)
+    // serve speculative decoding, which this engine does not run: their tensors stay unread.
+    if (const std::int64_t unread = tensors_past_layer(*source.weights, config_.num_layers); unread > 0) {
+      spdlog::info("mtp_layers_ignored layers={} first_layer={} tensors={}", config_.extra_predict_layers,
+                   config_.num_layers, unread);
+    }
   }
   if (stage_.has_value() != (pipeline_group_ != nullptr) ||
       (stage_ && (stage_->stages != pipeline_group_->size() || stage_->stage != pipeline_group_->rank() ||
@@ -132,12 +173,18 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
       fail("{} has no dense MLP, but layer {} is not a mixture-of-experts layer", config_.architecture, i);
     }
     DecoderLayer layer{bind_norm(binder, arch, config_, TensorRole::AttentionNorm, i),
-                       AttentionBlock(binder, arch, config_, i),
+                       {},
+                       {},
                        bind_norm(binder, arch, config_, TensorRole::PostAttentionNorm, i),
                        bind_norm(binder, arch, config_, TensorRole::MlpNorm, i),
                        {},
                        {},
                        {}};
+    if (config_.mla) {
+      layer.latent_attention.emplace(binder, arch, config_, i);
+    } else {
+      layer.attention.emplace(binder, arch, config_, i);
+    }
     if (sparse) {
       layer.moe.emplace(binder, arch, config_, i);
     } else {
@@ -148,8 +195,7 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
     stacked_width = std::max(stacked_width, layers_.back().stacked_width());
     if (progress) progress({i + 1 - first_layer_, end_layer - first_layer_, binder.memory().total});
   }
-  workspace_ = Workspace(Workspace::Widths{d, config_.q_dim(), config_.kv_dim(), config_.widest_ffn(), stacked_width,
-                                           config_.moe.num_experts});
+  workspace_ = Workspace(workspace_widths(config_, stacked_width));
   memory_ = binder.memory();
   linear_kinds_ = binder.linear_kinds();
   held_ = binder.take_held();

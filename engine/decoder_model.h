@@ -4,7 +4,8 @@
 // residual], final norm, lm_head (tied to the embedding or separate). Which
 // blocks and which tensor names come from the architecture's table entry
 // (loader/architecture.h): Llama, Mistral, Qwen2, Qwen3, Phi-3, Gemma 2, Gemma 3,
-// and the mixture-of-experts Mixtral, Qwen2-MoE and Qwen3-MoE today.
+// the mixture-of-experts Mixtral, Qwen2-MoE and Qwen3-MoE, and DeepSeek-V2/V3
+// (latent attention) today.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "engine/blocks/attention.h"
+#include "engine/blocks/latent_attention.h"
 #include "engine/blocks/linear.h"
 #include "engine/blocks/mlp.h"
 #include "engine/blocks/moe.h"
@@ -24,7 +26,9 @@ namespace nibble::engine {
 
 struct DecoderLayer {
   RmsNorm attention_norm;
-  AttentionBlock attention;
+  // The layer's attention: q/k/v heads, or MLA (ModelConfig::mla).
+  std::optional<AttentionBlock> attention;
+  std::optional<LatentAttentionBlock> latent_attention;
   RmsNorm post_attention_norm;  // empty: none
   RmsNorm mlp_norm;
   // The layer's MLP: dense, or a mixture of experts (MoeConfig::sparse_layer).

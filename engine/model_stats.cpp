@@ -70,7 +70,12 @@ ModelStats compute_model_stats(const ModelSource& source) {
   const double lm_head = d * static_cast<double>(config.vocab_size);
   stats.matmul_flops_per_token = 2 * (layers + lm_head);
   // q.k and p.v: 2 x 2 x q_dim per layer per attended position.
-  stats.attention_flops_per_context_token = 4.0 * static_cast<double>(config.q_dim()) * static_cast<double>(config.num_layers);
+  // A multiply-add per feature of q.k and of the weighted values, every head; MLA's
+  // absorbed form scores over the latent row and sums its c_kv prefix.
+  const double per_head = config.mla ? static_cast<double>(config.mla->latent_width() + config.mla->kv_lora_rank)
+                                     : 2.0 * static_cast<double>(config.head_dim);
+  stats.attention_flops_per_context_token =
+      2.0 * per_head * static_cast<double>(config.num_heads) * static_cast<double>(config.num_layers);
   // The cache's own formula, so `inspect` prints what `serve` allocates.
   stats.kv_bytes_per_token_f32 = kv_bytes_per_token(config, KvDtype::Float32);
   stats.kv_bytes_per_token_f16 = kv_bytes_per_token(config, KvDtype::Float16);

@@ -17,8 +17,11 @@ constexpr KvDtypeName kKvDtypeNames[] = {
     {KvDtype::Float16, "fp16"},    {KvDtype::Float16, "half"},
 };
 
+// MLA caches one latent row per token and layer, which attention reads as a
+// single key head and takes its values from (KvPoolShape::values_in_keys).
 kernels::KvPoolShape pool_shape(const ModelConfig& config, std::int32_t num_blocks, std::int32_t block_size,
                                 KvDtype dtype) {
+  if (config.mla) return {config.num_layers, 1, config.mla->latent_width(), num_blocks, block_size, dtype, true};
   return {config.num_layers, config.num_kv_heads, config.head_dim, num_blocks, block_size, dtype};
 }
 
@@ -39,7 +42,8 @@ KvDtype parse_kv_dtype(std::string_view name) {
 }
 
 std::uint64_t kv_bytes_per_token(const ModelConfig& config, KvDtype dtype) {
-  return kernels::kv_bytes_per_token(config.num_layers, config.num_kv_heads, config.head_dim, dtype);
+  const kernels::KvPoolShape shape = pool_shape(config, 1, 1, dtype);
+  return kernels::kv_bytes_per_token(shape.layers, shape.kv_heads, shape.head_dim, dtype, shape.values_in_keys);
 }
 
 PagedKvCache::PagedKvCache(kernels::Backend& backend, const ModelConfig& config, std::int32_t num_blocks,
@@ -48,7 +52,7 @@ PagedKvCache::PagedKvCache(kernels::Backend& backend, const ModelConfig& config,
 
 std::uint64_t PagedKvCache::bytes_per_token() const {
   const auto& shape = pool_.shape;
-  return kernels::kv_bytes_per_token(shape.layers, shape.kv_heads, shape.head_dim, shape.format);
+  return kernels::kv_bytes_per_token(shape.layers, shape.kv_heads, shape.head_dim, shape.format, shape.values_in_keys);
 }
 
 }  // namespace nibble::engine

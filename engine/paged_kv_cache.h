@@ -25,8 +25,8 @@ std::string_view kv_dtype_name(KvDtype dtype);
 // The name or an alias (f32, fp32, f16, fp16, half); throws nibble::Error naming the choices.
 KvDtype parse_kv_dtype(std::string_view name);
 // Bytes one position of `config`'s model takes in a cache of `dtype`, all layers,
-// keys and values (and int8's scales): what the planner, serve's sizing and
-// `nibble inspect` count.
+// keys and values (and int8's scales; MLA: the latent row alone): what the planner,
+// serve's sizing and `nibble inspect` count.
 std::uint64_t kv_bytes_per_token(const ModelConfig& config, KvDtype dtype);
 
 class PagedKvCache {

@@ -1,5 +1,6 @@
 #include "engine/rope.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -18,6 +19,36 @@ std::vector<float> longrope_inv_freq(std::int64_t dim, double theta, const std::
   return inv_freq;
 }
 
+// YaRN (transformers' _compute_yarn_parameters, step for step in its float32 and
+// double arithmetic): dimensions that turn fewer than beta_slow times over the
+// original context are divided by `factor` (interpolated), those that turn more
+// than beta_fast times are kept (extrapolated), with a linear ramp between.
+void apply_yarn(std::vector<float>& inv_freq, std::int64_t dim, double theta, const RopeScaling& scaling) {
+  const auto correction_dim = [&](double rotations) {
+    return static_cast<double>(dim) *
+           std::log(static_cast<double>(scaling.original_max_position_embeddings) / (rotations * 2 * std::numbers::pi)) /
+           (2 * std::log(theta));
+  };
+  double low = correction_dim(scaling.beta_fast), high = correction_dim(scaling.beta_slow);
+  if (scaling.truncate) {
+    low = std::floor(low);
+    high = std::ceil(high);
+  }
+  low = std::max(low, 0.0);
+  high = std::min(high, static_cast<double>(dim - 1));
+  if (low == high) high += 0.001;  // no zero-width ramp
+  const auto factor = static_cast<float>(scaling.factor);
+  const auto low_f = static_cast<float>(low), width_f = static_cast<float>(high - low);
+  for (std::size_t i = 0; i < inv_freq.size(); ++i) {
+    const float extrapolation = inv_freq[i];  // 1 / theta^(2i / dim), as rope_inv_freq computed it
+    const float position_frequency = std::pow(static_cast<float>(theta), static_cast<float>(2 * i) / static_cast<float>(dim));
+    const float interpolation = 1.0f / (factor * position_frequency);
+    const float ramp = std::clamp((static_cast<float>(i) - low_f) / width_f, 0.0f, 1.0f);
+    const float keep = 1.0f - ramp;  // the share of the unscaled frequency
+    inv_freq[i] = interpolation * (1.0f - keep) + extrapolation * keep;
+  }
+}
+
 }  // namespace
 
 std::vector<float> rope_inv_freq(std::int64_t dim, double theta, const RopeScaling& scaling) {
@@ -34,6 +65,9 @@ std::vector<float> rope_inv_freq(std::int64_t dim, double theta, const RopeScali
       break;
     case RopeScaling::Kind::Linear:
       for (auto& f : inv_freq) f = static_cast<float>(f / scaling.factor);
+      break;
+    case RopeScaling::Kind::Yarn:
+      apply_yarn(inv_freq, dim, theta, scaling);
       break;
     case RopeScaling::Kind::Llama3: {
       // Long wavelengths are slowed by `factor`, short ones kept, and the band in
@@ -65,6 +99,8 @@ RopeTables::RopeTables(const ModelConfig& config, std::int64_t layer) {
   const std::int64_t dim = config.rope_dim();
   if (scaling.kind != RopeScaling::Kind::LongRope) {
     short_.inv_freq = rope_inv_freq(dim, theta, scaling);
+    // YaRN multiplies cos and sin by its attention factor (transformers' attention_scaling).
+    if (scaling.kind == RopeScaling::Kind::Yarn) short_.scale = static_cast<float>(scaling.attention_factor);
     return;
   }
   const auto scale = static_cast<float>(scaling.attention_factor);

@@ -1,6 +1,6 @@
 #pragma once
 // RoPE inverse frequencies, including the context-extension schemes real
-// checkpoints ship with (linear, llama3, LongRoPE), and the choice between
+// checkpoints ship with (linear, llama3, LongRoPE, YaRN), and the choice between
 // LongRoPE's two tables. Backend-independent: computed once per layer.
 #include <cstdint>
 #include <optional>

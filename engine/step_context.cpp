@@ -26,6 +26,8 @@ void Workspace::reserve(kernels::Backend& backend, std::int64_t rows) {
   grow(expert_in_, widths_.experts > 0 ? widths_.hidden : 0);
   grow(expert_out_, widths_.experts > 0 ? widths_.hidden : 0);
   grow(moe_sum_, widths_.experts > 0 ? widths_.hidden : 0);
+  grow(latent_query_, widths_.latent_query);
+  grow(latent_out_, widths_.latent_out);
   rows_ = rows;
 }
 

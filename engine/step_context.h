@@ -52,6 +52,10 @@ class Workspace {
     std::int64_t ffn = 0;
     std::int64_t stacked = 0;  // the widest stacked linear's output (q+k+v, gate+up)
     std::int64_t experts = 0;  // a MoE layer's router width; 0: a dense model
+    // MLA (0: none): the absorbed queries [rows, heads * (kv_lora_rank + qk_rope)]
+    // and the attention output over the latent [rows, heads * kv_lora_rank].
+    std::int64_t latent_query = 0;
+    std::int64_t latent_out = 0;
   };
   explicit Workspace(const Widths& widths) : widths_(widths) {}
 
@@ -72,6 +76,9 @@ class Workspace {
   float* expert_in() const { return expert_in_.data<float>(); }   // one expert's gathered rows [rows, hidden]
   float* expert_out() const { return expert_out_.data<float>(); }  // its outputs [rows, hidden]
   float* moe_sum() const { return moe_sum_.data<float>(); }        // the weighted sum [rows, hidden]
+  // MLA (allocated only when its widths are set):
+  float* latent_query() const { return latent_query_.data<float>(); }  // [rows, widths.latent_query]
+  float* latent_out() const { return latent_out_.data<float>(); }      // [rows, widths.latent_out]
   // Logits rows for backends whose memory the host cannot read.
   const kernels::Buffer& logits(kernels::Backend& backend, std::int64_t elements);
   // Host-side list the attention block fills each layer (kept to avoid allocating).
@@ -82,6 +89,7 @@ class Workspace {
   std::int64_t rows_ = 0;
   kernels::Buffer x_, h_, q_, k_, v_, attn_, gate_, up_, stacked_, logits_;
   kernels::Buffer router_, expert_in_, expert_out_, moe_sum_;
+  kernels::Buffer latent_query_, latent_out_;
   std::vector<kernels::AttentionSegment> attention_segments_;
 };
 

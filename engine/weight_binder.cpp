@@ -161,6 +161,36 @@ kernels::Buffer WeightBinder::vector(const std::string& name, std::int64_t size,
   return upload(std::move(tensor));
 }
 
+std::vector<float> WeightBinder::host_matrix(const std::string& module, std::int64_t rows, std::int64_t cols) {
+  std::vector<float> values(static_cast<std::size_t>(rows * cols));
+  if (std::optional<QuantizedMatrix> quantized = weights_.load_quantized(module)) {
+    check_shape(*quantized, module, rows, cols);
+    for (std::int64_t n = 0; n < rows; ++n) quantized->dequantize_row(n, values.data() + n * cols);
+    return values;
+  }
+  const TensorView tensor = weights_.load(module + ".weight");
+  check_shape(tensor, {rows, cols});
+  if (tensor.dtype != DType::F32 && tensor.dtype != DType::F16 && tensor.dtype != DType::BF16) {
+    fail("tensor '{}.weight': dtype {} is not supported for matrices (F32, F16, BF16)", module, dtype_name(tensor.dtype));
+  }
+  const kernels::Matrix stored{tensor.dtype, rows, cols, tensor.bytes.data()};
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = kernels::matrix_element(stored, static_cast<std::int64_t>(i));
+  return values;
+}
+
+std::vector<float> WeightBinder::host_vector(const std::string& name, std::int64_t size) {
+  const TensorView tensor = to_f32(weights_.load(name));
+  check_shape(tensor, {size});
+  memory_.total += tensor.bytes.size();
+  const auto values = tensor.as<float>();
+  return {values.begin(), values.end()};
+}
+
+kernels::Buffer WeightBinder::upload_f32(const std::string& name, std::vector<std::int64_t> shape,
+                                         std::vector<float> values) {
+  return upload(make_owned_f32(name, std::move(shape), std::move(values)));
+}
+
 kernels::Buffer WeightBinder::upload(TensorView tensor) {
   memory_.total += tensor.bytes.size();
   kernels::Buffer buffer = backend_.upload(tensor.bytes.data(), DType::F32, tensor.shape, tensor.owner);

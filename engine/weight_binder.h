@@ -36,6 +36,16 @@ class WeightBinder {
   // narrower, plus `offset` (Gemma's (1 + w) norms: 1) in float32, in the
   // backend's memory.
   kernels::Buffer vector(const std::string& name, std::int64_t size, float offset = 0.0f);
+  // Module `module`'s weight [rows, cols] as float32 on the host, dequantized if
+  // stored quantized: for the few matrices a block re-lays out at load (MLA's
+  // kv_b_proj split into per-head W_UK^T and W_UV). Not accounted: what the block
+  // uploads from it is (upload_f32).
+  std::vector<float> host_matrix(const std::string& module, std::int64_t rows, std::int64_t cols);
+  // A vector of `size` values as float32 on the host (DeepSeek-V3's router
+  // correction bias, which the host-side routing reads).
+  std::vector<float> host_vector(const std::string& name, std::int64_t size);
+  // `values` (float32, `shape`) in the backend's memory, counted as weight memory.
+  kernels::Buffer upload_f32(const std::string& name, std::vector<std::int64_t> shape, std::vector<float> values);
   bool contains(const std::string& name) const;
   bool has_quantized(const std::string& module) const;
 

@@ -72,6 +72,25 @@ struct AttentionShape {
   // > 0: scores become cap * tanh(score / cap) before the softmax (Gemma 2's
   // attention-logit soft-capping); 0: none.
   float logit_softcap = 0.0f;
+  // The values are the first value_dim features of each kv head's value row, and a
+  // head's output is value_dim wide (out: [rows, heads * value_dim]); 0: head_dim.
+  // MLA's absorbed attention reads keys [c_kv ; k_rope] and values c_kv, a prefix
+  // of the same cached row (KvPoolShape::values_in_keys).
+  std::int64_t value_dim = 0;
+
+  std::int64_t value_width() const { return value_dim > 0 ? value_dim : head_dim; }
+};
+
+// Which features RoPE rotates together in a head's rotary part of width 2n:
+// i with i + n (rotate-half, Llama and most Hugging Face models) or 2i with 2i + 1
+// (DeepSeek's interleaved pairs). Frequency i turns pair i either way.
+enum class RopePairs : std::uint8_t { Halves, Adjacent };
+
+// Where a head's slice of a row-major activation is: row r, head h starts at
+// r * row + h * head (elements).
+struct HeadStrides {
+  std::int64_t row = 0;
+  std::int64_t head = 0;
 };
 
 // One sequence's rows in a batched attention call: q [rows, heads * head_dim] at
@@ -137,12 +156,15 @@ class Backend {
   // Rotates each head of x [rows, heads * head_dim] in place by its position
   // (rotate-half convention). inv_freq has rotary / 2 <= head_dim / 2 entries: the
   // first `rotary` features of a head rotate, the rest pass through (partial rotary).
-  // The rotated features are multiplied by `scale` (LongRoPE's attention factor, as
-  // transformers scales cos and sin; 1 for every other rope).
+  // The rotated features are multiplied by `scale` (LongRoPE's and YaRN's attention
+  // factor, as transformers scales cos and sin; 1 for every other rope). `pairs`:
+  // which features a frequency turns together (RopePairs).
   virtual void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-                    std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) = 0;
+                    std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale,
+                    RopePairs pairs = RopePairs::Halves) = 0;
   // Causal attention for the rows of q [rows, heads * head_dim] at `positions`:
-  // row i attends to cached positions 0..positions[i]. Writes out [rows, heads * head_dim].
+  // row i attends to cached positions 0..positions[i]. Writes out [rows, heads *
+  // shape.value_width()].
   virtual void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,
                          const KvLayerView& kv, const AttentionShape& shape, float* out) = 0;
   // Attention for several sequences of one step, each over its own cache view
@@ -156,8 +178,21 @@ class Backend {
   }
   // out [rows, width] = columns [first, first + width) of x [rows, x_width]: splits
   // a stacked linear's output into its modules' outputs.
-  virtual void slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first,
-                             std::int64_t width, float* out) = 0;
+  void slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first, std::int64_t width,
+                     float* out) {
+    copy_columns(x, rows, x_width, first, width, out, width, 0);
+  }
+  // Columns [out_first, out_first + width) of out [rows, out_width] = columns
+  // [x_first, x_first + width) of x [rows, x_width]; out's other columns are kept.
+  virtual void copy_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t x_first,
+                            std::int64_t width, float* out, std::int64_t out_width, std::int64_t out_first) = 0;
+  // A product per head (MLA's absorbed projections): for every row r < rows, head
+  // h < heads and j < out = w.rows / heads,
+  //   y[r * ys.row + h * ys.head + j] = sum over i < w.cols of x[r * xs.row + h * xs.head + i] * w[h * out + j][i],
+  // w (float32, in this backend's memory) holding one [out, w.cols] matrix per head.
+  // y's elements outside those slices are kept.
+  virtual void head_linear(const float* x, HeadStrides xs, std::int64_t rows, std::int64_t heads, const Matrix& w,
+                           float* y, HeadStrides ys) = 0;
   // out = silu(gate) * up, elementwise over n values.
   virtual void swiglu(const float* gate, const float* up, std::int64_t n, float* out) = 0;
   // out = gelu_tanh(gate) * up, elementwise over n values (GeGLU with GELU's tanh

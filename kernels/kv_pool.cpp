@@ -17,9 +17,11 @@ int kv_element_bytes(KvFormat format) {
   return 4;
 }
 
-std::uint64_t kv_bytes_per_token(std::int64_t layers, std::int64_t kv_heads, std::int64_t head_dim, KvFormat format) {
-  const auto elements = static_cast<std::uint64_t>(2 * layers * kv_heads * head_dim);
-  const auto scales = format == KvFormat::Int8 ? static_cast<std::uint64_t>(2 * layers * kv_heads) : 0;
+std::uint64_t kv_bytes_per_token(std::int64_t layers, std::int64_t kv_heads, std::int64_t head_dim, KvFormat format,
+                                 bool values_in_keys) {
+  const std::int64_t arrays = values_in_keys ? 1 : 2;
+  const auto elements = static_cast<std::uint64_t>(arrays * layers * kv_heads * head_dim);
+  const auto scales = format == KvFormat::Int8 ? static_cast<std::uint64_t>(arrays * layers * kv_heads) : 0;
   return elements * static_cast<std::uint64_t>(kv_element_bytes(format)) + scales * sizeof(float);
 }
 
@@ -71,19 +73,23 @@ void for_each_block_copy(const KvPool& pool, std::int32_t from, std::int32_t to,
 KvLayerView KvPool::layer(std::int64_t layer, std::span<const std::int32_t> block_table) const {
   const std::int64_t rows = layer * shape.rows_per_layer();
   const std::int64_t at = rows * shape.kv_dim();
+  // Values read from the key rows: the attention kernels take the first value_dim
+  // features of each, and an int8 row's one scale serves both.
+  const Buffer& value_array = shape.values_in_keys ? keys : values;
   switch (shape.format) {
     case KvFormat::Float32:
-      return KvLayerView::floats(keys.data<const float>() + at, values.data<const float>() + at, shape.kv_dim(),
+      return KvLayerView::floats(keys.data<const float>() + at, value_array.data<const float>() + at, shape.kv_dim(),
                                  block_table, shape.block_size);
     case KvFormat::Float16:
-      return KvLayerView::f16(keys.data<const std::uint16_t>() + at, values.data<const std::uint16_t>() + at,
+      return KvLayerView::f16(keys.data<const std::uint16_t>() + at, value_array.data<const std::uint16_t>() + at,
                               shape.kv_dim(), block_table, shape.block_size);
     case KvFormat::Int8:
       break;
   }
   const std::int64_t scales_at = rows * shape.kv_heads;
-  return KvLayerView::int8(keys.data<const std::int8_t>() + at, values.data<const std::int8_t>() + at,
-                           key_scales.data<const float>() + scales_at, value_scales.data<const float>() + scales_at,
+  const Buffer& value_scale_array = shape.values_in_keys ? key_scales : value_scales;
+  return KvLayerView::int8(keys.data<const std::int8_t>() + at, value_array.data<const std::int8_t>() + at,
+                           key_scales.data<const float>() + scales_at, value_scale_array.data<const float>() + scales_at,
                            shape.kv_dim(), block_table, shape.block_size);
 }
 
@@ -102,11 +108,11 @@ KvPool Backend::allocate_kv(const KvPoolShape& shape) {
                       : shape.format == KvFormat::Float16 ? DType::F16
                                                           : DType::I8;
   pool.keys = allocate(dtype, elements);
-  pool.values = allocate(dtype, elements);
+  if (!shape.values_in_keys) pool.values = allocate(dtype, elements);
   if (shape.format == KvFormat::Int8) {
     const std::vector<std::int64_t> scales{shape.layers, shape.rows_per_layer(), shape.kv_heads};
     pool.key_scales = allocate(DType::F32, scales);
-    pool.value_scales = allocate(DType::F32, scales);
+    if (!shape.values_in_keys) pool.value_scales = allocate(DType::F32, scales);
   }
   return pool;
 }

@@ -22,6 +22,10 @@ struct KvPoolShape {
   std::int32_t num_blocks = 0;
   std::int32_t block_size = 0;
   KvFormat format = KvFormat::Float32;
+  // The cache stores one row per position and the values are a prefix of it (MLA:
+  // the latent [c_kv ; k_rope], values c_kv): no values array, values read from
+  // the keys. kv_store then takes no values.
+  bool values_in_keys = false;
 
   std::int64_t kv_dim() const { return kv_heads * head_dim; }
   std::int64_t rows_per_layer() const { return std::int64_t{num_blocks} * block_size; }
@@ -30,8 +34,10 @@ struct KvPoolShape {
 // Bytes of one cached element, not counting int8's per-head scales.
 int kv_element_bytes(KvFormat format);
 // Bytes one position takes over all `layers` (keys and values, int8's scales
-// included): the one formula the planner, the cache and `nibble inspect` share.
-std::uint64_t kv_bytes_per_token(std::int64_t layers, std::int64_t kv_heads, std::int64_t head_dim, KvFormat format);
+// included; keys alone when the values are read from them): the one formula the
+// planner, the cache and `nibble inspect` share.
+std::uint64_t kv_bytes_per_token(std::int64_t layers, std::int64_t kv_heads, std::int64_t head_dim, KvFormat format,
+                                 bool values_in_keys = false);
 
 // Checks a kv_store / kv_copy_block call against the pool before any backend
 // writes: positions inside the table, layer and block ids inside the pool. Throws
@@ -48,8 +54,8 @@ struct KvPool;
 void for_each_block_copy(const KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens,
                          const std::function<void(std::byte* dst, const std::byte* src, std::size_t bytes)>& copy);
 
-// Element arrays [layer][pool row][kv_dim] of the format (the others stay empty),
-// and for int8 the scales [layer][pool row][kv_head].
+// Element arrays [layer][pool row][kv_dim] of the format (the others stay empty;
+// values too when values_in_keys), and for int8 the scales [layer][pool row][kv_head].
 struct KvPool {
   KvPoolShape shape;
   Buffer keys;

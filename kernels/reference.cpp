@@ -38,9 +38,11 @@ std::vector<float> rms_norm(std::span<const float> x, std::int64_t rows, std::in
 }
 
 void rope(std::span<float> x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-          std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) {
+          std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale, RopePairs pairs) {
   // The first 2 * inv_freq.size() features rotate; the rest of the head passes through.
+  // Pair i is (i, i + half), or (2i, 2i + 1).
   const auto half = static_cast<std::int64_t>(inv_freq.size());
+  const std::int64_t step = pairs == RopePairs::Halves ? 1 : 2, partner = pairs == RopePairs::Halves ? half : 1;
   for (std::int64_t r = 0; r < rows; ++r) {
     for (std::int64_t h = 0; h < heads; ++h) {
       float* v = x.data() + (r * heads + h) * head_dim;
@@ -48,10 +50,12 @@ void rope(std::span<float> x, std::int64_t rows, std::int64_t heads, std::int64_
         // The angle is formed in float32, the convention of the models' own reference
         // (transformers); everything after it is exact.
         const double angle = static_cast<float>(positions[static_cast<std::size_t>(r)]) * inv_freq[static_cast<std::size_t>(i)];
-        const double a = v[i];
-        const double b = v[i + half];
-        v[i] = static_cast<float>((a * std::cos(angle) - b * std::sin(angle)) * scale);
-        v[i + half] = static_cast<float>((b * std::cos(angle) + a * std::sin(angle)) * scale);
+        float& first = v[i * step];
+        float& second = v[i * step + partner];
+        const double a = first;
+        const double b = second;
+        first = static_cast<float>((a * std::cos(angle) - b * std::sin(angle)) * scale);
+        second = static_cast<float>((b * std::cos(angle) + a * std::sin(angle)) * scale);
       }
     }
   }
@@ -74,7 +78,8 @@ std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::s
     const std::int8_t code = (key ? kv.key_codes : kv.value_codes)[at];
     return static_cast<double>(code) * (key ? kv.key_scales : kv.value_scales)[r * shape.kv_heads + g];
   };
-  std::vector<float> out(static_cast<std::size_t>(rows * shape.heads * shape.head_dim));
+  const std::int64_t value_dim = shape.value_width();
+  std::vector<float> out(static_cast<std::size_t>(rows * shape.heads * value_dim));
   const std::int64_t group = shape.heads / shape.kv_heads;
   for (std::int64_t r = 0; r < rows; ++r) {
     for (std::int64_t h = 0; h < shape.heads; ++h) {
@@ -93,12 +98,12 @@ std::vector<float> attention(std::span<const float> q, std::int64_t rows, std::s
       const double max_score = *std::max_element(scores.begin(), scores.end());
       double total = 0;
       for (auto& s : scores) total += (s = std::exp(s - max_score));
-      for (std::int64_t i = 0; i < shape.head_dim; ++i) {
+      for (std::int64_t i = 0; i < value_dim; ++i) {
         double value = 0;
         for (std::int64_t t = first; t <= last; ++t) {
           value += scores[static_cast<std::size_t>(t - first)] / total * element(false, t, g, i);
         }
-        out[static_cast<std::size_t>((r * shape.heads + h) * shape.head_dim + i)] = static_cast<float>(value);
+        out[static_cast<std::size_t>((r * shape.heads + h) * value_dim + i)] = static_cast<float>(value);
       }
     }
   }

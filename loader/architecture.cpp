@@ -180,6 +180,43 @@ constexpr std::array kQwen3MoeNames{
     TensorName{TensorRole::ExpertDown, "mlp.experts.{}.down_proj", "ffn_down_exps"},
 };
 
+// DeepSeek-V2/V3: multi-head latent attention (a low-rank query, or a plain
+// q_proj when q_lora_rank is null; one compressed kv latent per token), dense MLPs
+// in the first first_k_dense_replace layers and routed experts with shared ones
+// (no gate on them) after. No GGUF names yet: llama.cpp's deepseek2 files are not read.
+constexpr std::array kDeepseekNames{
+    TensorName{TensorRole::TokenEmbedding, "model.embed_tokens", ""},
+    TensorName{TensorRole::FinalNorm, "model.norm", ""},
+    TensorName{TensorRole::LmHead, "lm_head", ""},
+    TensorName{TensorRole::AttentionNorm, "input_layernorm", ""},
+    TensorName{TensorRole::Query, "self_attn.q_proj", ""},
+    TensorName{TensorRole::QueryA, "self_attn.q_a_proj", ""},
+    TensorName{TensorRole::QueryANorm, "self_attn.q_a_layernorm", ""},
+    TensorName{TensorRole::QueryB, "self_attn.q_b_proj", ""},
+    TensorName{TensorRole::KvA, "self_attn.kv_a_proj_with_mqa", ""},
+    TensorName{TensorRole::KvANorm, "self_attn.kv_a_layernorm", ""},
+    TensorName{TensorRole::KvB, "self_attn.kv_b_proj", ""},
+    TensorName{TensorRole::AttentionOutput, "self_attn.o_proj", ""},
+    TensorName{TensorRole::MlpNorm, "post_attention_layernorm", ""},
+    TensorName{TensorRole::Gate, "mlp.gate_proj", ""},
+    TensorName{TensorRole::Up, "mlp.up_proj", ""},
+    TensorName{TensorRole::Down, "mlp.down_proj", ""},
+    TensorName{TensorRole::Router, "mlp.gate", ""},
+    TensorName{TensorRole::RouterBias, "mlp.gate.e_score_correction_bias", ""},
+    TensorName{TensorRole::ExpertGate, "mlp.experts.{}.gate_proj", ""},
+    TensorName{TensorRole::ExpertUp, "mlp.experts.{}.up_proj", ""},
+    TensorName{TensorRole::ExpertDown, "mlp.experts.{}.down_proj", ""},
+    TensorName{TensorRole::SharedGate, "mlp.shared_experts.gate_proj", ""},
+    TensorName{TensorRole::SharedUp, "mlp.shared_experts.up_proj", ""},
+    TensorName{TensorRole::SharedDown, "mlp.shared_experts.down_proj", ""},
+};
+
+constexpr Architecture deepseek(std::string_view hf_architecture, std::string_view model_type) {
+  Architecture entry{hf_architecture, model_type, "", false, false, false, MlpActivation::Silu, kDeepseekNames};
+  entry.latent_attention = true;
+  return entry;
+}
+
 constexpr std::array kQkvParts{TensorRole::Query, TensorRole::Key, TensorRole::Value};
 constexpr std::array kGateUpParts{TensorRole::Gate, TensorRole::Up};
 
@@ -203,6 +240,8 @@ constexpr std::array kArchitectures{
                  kQwen2MoeNames, true},
     Architecture{"Qwen3MoeForCausalLM", "qwen3_moe", "qwen3moe", false, true, false, MlpActivation::Silu,
                  kQwen3MoeNames, true},
+    deepseek("DeepseekV2ForCausalLM", "deepseek_v2"),
+    deepseek("DeepseekV3ForCausalLM", "deepseek_v3"),
 };
 
 // "mlp.experts.{}.up_proj" split around its index placeholder; nullopt for names without one.

@@ -48,6 +48,16 @@ enum class TensorRole : std::uint8_t {
   SharedUp,
   SharedDown,
   SharedExpertGate,   // [1, hidden]: sigmoid(x . w) scales the shared expert's output (Qwen2-MoE)
+  RouterBias,         // [experts]: added to the router's scores for the choice only (DeepSeek-V3's
+                      // e_score_correction_bias; a tensor, not a module: no ".weight")
+  // Multi-head latent attention (DeepSeek-V2/V3). Query is q_proj when the model
+  // has no low-rank query (q_lora_rank null).
+  QueryA,             // [q_lora_rank, hidden]
+  QueryANorm,         // [q_lora_rank]
+  QueryB,             // [heads * (qk_nope + qk_rope), q_lora_rank]
+  KvA,                // [kv_lora_rank + qk_rope, hidden]: the latent c_kv and the shared rotary key
+  KvANorm,            // [kv_lora_rank]
+  KvB,                // [heads * (qk_nope + v_head), kv_lora_rank]: per head W_UK rows, then W_UV rows
 };
 
 // Whether `role` names one routed expert's matrix (its names carry the index).
@@ -91,6 +101,9 @@ struct Architecture {
   // to one unless config.json's norm_topk_prob says otherwise (Mixtral always
   // renormalizes and has no such key; Qwen MoE defaults to false).
   bool norm_topk_prob_default = false;
+  // Multi-head latent attention (DeepSeek) instead of q/k/v heads; its MoE settings
+  // use DeepSeek's names (n_routed_experts, n_shared_experts, first_k_dense_replace).
+  bool latent_attention = false;
 
   // The file-independent name of `role`'s module in layer `layer` (ignored for
   // global roles): "model.layers.3.self_attn.q_proj", "lm_head".

@@ -105,6 +105,39 @@ void parse_longrope(const json& value, const json& config, std::int64_t max_posi
                                           std::log(static_cast<double>(scaling.original_max_position_embeddings)));
 }
 
+// YaRN as transformers' _compute_yarn_parameters reads it: the factor defaults to
+// max / original, beta_fast / beta_slow to 32 / 1 (also when 0 or null), and the
+// attention factor, unless given, is mscale(factor, mscale) / mscale(factor,
+// mscale_all_dim) when both are set, else mscale(factor, 1).
+void parse_yarn(const json& value, std::int64_t max_position_embeddings, RopeScaling& scaling) {
+  scaling.kind = RopeScaling::Kind::Yarn;
+  scaling.original_max_position_embeddings = required<std::int64_t>(value, "original_max_position_embeddings");
+  if (scaling.original_max_position_embeddings <= 0) {
+    fail("config.json: rope_scaling original_max_position_embeddings must be positive");
+  }
+  if (!value.contains("factor") || value["factor"].is_null()) {
+    scaling.factor = static_cast<double>(max_position_embeddings) /
+                     static_cast<double>(scaling.original_max_position_embeddings);
+  }
+  const auto nonzero_or = [&](const char* key, double fallback) {
+    const double x = optional_or<double>(value, key, 0.0);
+    return x != 0.0 ? x : fallback;
+  };
+  scaling.beta_fast = nonzero_or("beta_fast", 32.0);
+  scaling.beta_slow = nonzero_or("beta_slow", 1.0);
+  scaling.mscale = optional_or<double>(value, "mscale", 0.0);
+  scaling.mscale_all_dim = optional_or<double>(value, "mscale_all_dim", 0.0);
+  scaling.truncate = optional_or<bool>(value, "truncate", true);
+  if (value.contains("attention_factor") && !value["attention_factor"].is_null()) {
+    scaling.attention_factor = required<double>(value, "attention_factor");
+  } else if (scaling.mscale != 0.0 && scaling.mscale_all_dim != 0.0) {
+    scaling.attention_factor =
+        yarn_mscale(scaling.factor, scaling.mscale) / yarn_mscale(scaling.factor, scaling.mscale_all_dim);
+  } else {
+    scaling.attention_factor = yarn_mscale(scaling.factor, 1.0);
+  }
+}
+
 RopeScaling parse_rope_scaling(const json& value, const json& config, std::int64_t max_position_embeddings) {
   RopeScaling scaling;
   if (value.is_null()) return scaling;
@@ -124,8 +157,11 @@ RopeScaling parse_rope_scaling(const json& value, const json& config, std::int64
     scaling.original_max_position_embeddings = required<std::int64_t>(value, "original_max_position_embeddings");
   } else if (name == "longrope" || name == "su") {  // "su": the name in Phi-3's first configs
     parse_longrope(value, config, max_position_embeddings, scaling);
+  } else if (name == "yarn") {
+    parse_yarn(value, max_position_embeddings, scaling);
   } else {
-    fail("config.json: rope_scaling type '{}' is not supported (supported: default, linear, llama3, longrope)", name);
+    fail("config.json: rope_scaling type '{}' is not supported (supported: default, linear, llama3, longrope, yarn)",
+         name);
   }
   if (scaling.factor <= 0) fail("config.json: rope_scaling factor must be positive");
   return scaling;
@@ -143,6 +179,16 @@ json rope_scaling_json(const RopeScaling& scaling) {
               {"low_freq_factor", scaling.low_freq_factor},
               {"high_freq_factor", scaling.high_freq_factor},
               {"original_max_position_embeddings", scaling.original_max_position_embeddings}};
+    case RopeScaling::Kind::Yarn:
+      return {{"rope_type", "yarn"},
+              {"factor", scaling.factor},
+              {"original_max_position_embeddings", scaling.original_max_position_embeddings},
+              {"beta_fast", scaling.beta_fast},
+              {"beta_slow", scaling.beta_slow},
+              {"mscale", scaling.mscale},
+              {"mscale_all_dim", scaling.mscale_all_dim},
+              {"attention_factor", scaling.attention_factor},
+              {"truncate", scaling.truncate}};
     case RopeScaling::Kind::LongRope:
       return {{"rope_type", "longrope"},
               {"short_factor", scaling.short_factor},
@@ -153,9 +199,83 @@ json rope_scaling_json(const RopeScaling& scaling) {
   return {{"rope_type", "default"}};
 }
 
+// DeepSeek-V2/V3's MoE settings. A layer is sparse from first_k_dense_replace on,
+// every moe_layer_freq-th (DeepSeek's own modeling code; transformers assumes 1).
+// The shared experts are one gated MLP n_shared_experts x moe_intermediate_size
+// wide, added without a gate. V3 scores by sigmoid with a correction bias
+// (noaux_tc), V2 by softmax, group-limited only with topk_method group_limited_greedy.
+void parse_deepseek_moe(const json& config, ModelConfig& out) {
+  MoeConfig& moe = out.moe;
+  const bool v3 = out.model_type == "deepseek_v3";
+  moe.num_experts = optional_or<std::int64_t>(config, "n_routed_experts", 0);
+  if (moe.num_experts == 0) return;  // a dense DeepSeek
+  moe.experts_per_token = required<std::int64_t>(config, "num_experts_per_tok");
+  moe.expert_intermediate_size = required<std::int64_t>(config, "moe_intermediate_size");
+  const std::int64_t shared = optional_or<std::int64_t>(config, "n_shared_experts", 0);
+  if (shared < 0 || shared > 64) fail("config.json: n_shared_experts must be between 0 and 64 (got {})", shared);
+  moe.shared_expert_intermediate_size = shared * moe.expert_intermediate_size;
+  moe.shared_expert_gate = false;
+  moe.norm_topk_prob = optional_or<bool>(config, "norm_topk_prob", v3);
+  moe.routed_scaling_factor = optional_or<double>(config, "routed_scaling_factor", v3 ? 2.5 : 1.0);
+  const auto scoring = optional_or<std::string>(config, "scoring_func", v3 ? "sigmoid" : "softmax");
+  if (scoring == "sigmoid") {
+    moe.scoring = MoeConfig::Scoring::Sigmoid;
+  } else if (scoring == "softmax") {
+    moe.scoring = MoeConfig::Scoring::Softmax;
+  } else {
+    fail("config.json: scoring_func '{}' is not supported (softmax, sigmoid)", scoring);
+  }
+  const auto method = optional_or<std::string>(config, "topk_method", v3 ? "noaux_tc" : "greedy");
+  if (method == "greedy") {
+    moe.n_group = moe.topk_group = 1;
+  } else if (method == "group_limited_greedy" || method == "noaux_tc") {
+    moe.n_group = optional_or<std::int64_t>(config, "n_group", 1);
+    moe.topk_group = optional_or<std::int64_t>(config, "topk_group", 1);
+  } else {
+    fail("config.json: topk_method '{}' is not supported (greedy, group_limited_greedy, noaux_tc)", method);
+  }
+  // The router rule MoeRouter applies follows the scoring: a sigmoid group is scored
+  // by its two best experts (noaux_tc), a softmax group by its best (V2).
+  if ((method == "noaux_tc") != (moe.scoring == MoeConfig::Scoring::Sigmoid)) {
+    fail("config.json: topk_method '{}' with scoring_func '{}' is not a DeepSeek routing nibble runs", method, scoring);
+  }
+  const std::int64_t first_dense = optional_or<std::int64_t>(config, "first_k_dense_replace", 0);
+  const std::int64_t every = optional_or<std::int64_t>(config, "moe_layer_freq", 1);
+  if (first_dense < 0) fail("config.json: first_k_dense_replace must not be negative (got {})", first_dense);
+  if (every <= 0) fail("config.json: moe_layer_freq must be positive (got {})", every);
+  if (out.num_layers <= 0 || out.num_layers > (std::int64_t{1} << 12)) return;  // validate() names the field
+  for (std::int64_t i = 0; i < out.num_layers; ++i) moe.sparse_layers.push_back(i >= first_dense && i % every == 0);
+}
+
+// Multi-head latent attention's sizes. The query/key head is qk_nope + qk_rope
+// wide (head_dim), only its last qk_rope features rotate (rotary_dim), and every
+// head reads the one latent, so num_kv_heads is the head count (what tensor
+// parallelism would split). A null q_lora_rank means a plain q_proj.
+void parse_mla(const json& config, ModelConfig& out) {
+  MlaConfig mla;
+  const bool has_q_rank = config.contains("q_lora_rank") && !config["q_lora_rank"].is_null();
+  mla.q_lora_rank = has_q_rank ? required<std::int64_t>(config, "q_lora_rank") : 0;
+  if (has_q_rank && mla.q_lora_rank <= 0) fail("config.json: q_lora_rank must be positive or null (got {})", mla.q_lora_rank);
+  mla.kv_lora_rank = required<std::int64_t>(config, "kv_lora_rank");
+  mla.qk_nope_head_dim = required<std::int64_t>(config, "qk_nope_head_dim");
+  mla.qk_rope_head_dim = required<std::int64_t>(config, "qk_rope_head_dim");
+  mla.v_head_dim = required<std::int64_t>(config, "v_head_dim");
+  mla.rope_interleave = out.model_type == "deepseek_v2" || optional_or<bool>(config, "rope_interleave", true);
+  out.head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim;
+  out.rotary_dim = mla.qk_rope_head_dim;
+  out.num_kv_heads = out.num_heads;
+  out.mla = mla;
+  out.extra_predict_layers = optional_or<std::int64_t>(config, "num_nextn_predict_layers", 0);
+  if (out.attention_bias) fail("config.json: attention_bias is not supported with latent attention ({})", out.architecture);
+}
+
 // Mixture-of-experts fields, for architectures whose table has a router.
 void parse_moe(const json& config, const Architecture& arch, ModelConfig& out) {
   if (!arch.has(TensorRole::Router)) return;
+  if (arch.latent_attention) {
+    parse_deepseek_moe(config, out);
+    return;
+  }
   MoeConfig& moe = out.moe;
   // Mixtral says num_local_experts, Qwen MoE num_experts (transformers 5 writes
   // Qwen3-MoE's as num_local_experts too).
@@ -185,6 +305,8 @@ void parse_moe(const json& config, const Architecture& arch, ModelConfig& out) {
 }
 
 }  // namespace
+
+double yarn_mscale(double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; }
 
 std::int64_t ModelConfig::widest_ffn() const {
   return std::max({intermediate_size, moe.enabled() ? moe.expert_intermediate_size : 0,
@@ -240,6 +362,28 @@ void ModelConfig::validate() const {
           scaling.low_freq_factor > 0 && scaling.high_freq_factor > scaling.low_freq_factor)) {
       fail("model config: rope_scaling needs 0 < low_freq_factor < high_freq_factor (got {}, {})",
            scaling.low_freq_factor, scaling.high_freq_factor);
+    }
+  }
+  if (scaling.kind == RopeScaling::Kind::Yarn) {
+    in_range(scaling.original_max_position_embeddings, kMaxContextLength,
+             "rope_scaling original_max_position_embeddings");
+    const auto finite = [](double x) { return std::isfinite(x); };
+    if (!(finite(scaling.beta_fast) && finite(scaling.beta_slow) && scaling.beta_fast > 0 && scaling.beta_slow > 0 &&
+          finite(scaling.mscale) && finite(scaling.mscale_all_dim) && finite(scaling.attention_factor) &&
+          scaling.attention_factor > 0)) {
+      fail("model config: yarn needs positive beta_fast, beta_slow and attention factor and finite mscales");
+    }
+  }
+  if (mla) {
+    // Each a field of its own, so a broken file is named by the field.
+    in_range(mla->kv_lora_rank, std::int64_t{1} << 14, "kv_lora_rank");
+    in_range(mla->qk_nope_head_dim, std::int64_t{1} << 12, "qk_nope_head_dim");
+    in_range(mla->qk_rope_head_dim, std::int64_t{1} << 12, "qk_rope_head_dim");
+    in_range(mla->v_head_dim, std::int64_t{1} << 12, "v_head_dim");
+    if (mla->q_lora_rank != 0) in_range(mla->q_lora_rank, std::int64_t{1} << 16, "q_lora_rank");
+    if (mla->qk_rope_head_dim % 2 != 0) fail("model config: qk_rope_head_dim {} must be even for RoPE", mla->qk_rope_head_dim);
+    if (extra_predict_layers < 0 || extra_predict_layers > 64) {
+      fail("model config: num_nextn_predict_layers must be between 0 and 64 (got {})", extra_predict_layers);
     }
   }
   if (rotary_dim && (*rotary_dim <= 0 || *rotary_dim > head_dim || *rotary_dim % 2 != 0)) {
@@ -317,7 +461,19 @@ std::optional<std::array<std::int64_t, 2>> linear_module_shape(const ModelConfig
     case TensorRole::Value:
       return Shape{config.kv_dim(), d};
     case TensorRole::AttentionOutput:
-      return Shape{d, config.q_dim()};
+      return Shape{d, config.attention_output_dim()};
+    case TensorRole::QueryA:
+      if (!config.mla) return std::nullopt;
+      return Shape{config.mla->q_lora_rank, d};
+    case TensorRole::QueryB:
+      if (!config.mla) return std::nullopt;
+      return Shape{config.q_dim(), config.mla->q_lora_rank};
+    case TensorRole::KvA:
+      if (!config.mla) return std::nullopt;
+      return Shape{config.mla->latent_width(), d};
+    case TensorRole::KvB:
+      if (!config.mla) return std::nullopt;
+      return Shape{config.num_heads * (config.mla->qk_nope_head_dim + config.mla->v_head_dim), config.mla->kv_lora_rank};
     case TensorRole::Gate:
     case TensorRole::Up:
       return Shape{config.intermediate_size, d};
@@ -472,6 +628,7 @@ ModelConfig parse_hf_config(const json& config) {
   out.eos_token_ids = token_id_list(config.value("eos_token_id", json()), "eos_token_id");
   out.torch_dtype = optional_or<std::string>(config, "torch_dtype", optional_or<std::string>(config, "dtype", "float32"));
   if (optional_or<bool>(config, "mlp_bias", false)) fail("config.json: mlp_bias is not supported");
+  if (arch->latent_attention) parse_mla(config, out);
   parse_moe(config, *arch, out);
   out.validate();
   return out;
@@ -530,7 +687,43 @@ json to_hf_config(const ModelConfig& config) {
     out["final_logit_softcapping"] = cap(config.final_logit_softcapping);
   }
   if (config.rope_scaling.kind != RopeScaling::Kind::None) out["rope_scaling"] = rope_scaling_json(config.rope_scaling);
-  if (config.moe.enabled()) {
+  if (config.mla) {
+    const MlaConfig& mla = *config.mla;
+    out["q_lora_rank"] = mla.q_lora_rank > 0 ? json(mla.q_lora_rank) : json(nullptr);
+    out["kv_lora_rank"] = mla.kv_lora_rank;
+    out["qk_nope_head_dim"] = mla.qk_nope_head_dim;
+    out["qk_rope_head_dim"] = mla.qk_rope_head_dim;
+    out["v_head_dim"] = mla.v_head_dim;
+    out["rope_interleave"] = mla.rope_interleave;
+    out["num_nextn_predict_layers"] = config.extra_predict_layers;
+    out.erase("head_dim");
+  }
+  if (config.mla && config.moe.enabled()) {
+    // DeepSeek's names. The sparse layers as first_k_dense_replace and every
+    // moe_layer_freq-th layer after it, the only patterns DeepSeek configs express.
+    const MoeConfig& moe = config.moe;
+    const bool sigmoid = moe.scoring == MoeConfig::Scoring::Sigmoid;
+    out["n_routed_experts"] = moe.num_experts;
+    out["num_experts_per_tok"] = moe.experts_per_token;
+    out["moe_intermediate_size"] = moe.expert_intermediate_size;
+    out["n_shared_experts"] = moe.shared_expert_intermediate_size / moe.expert_intermediate_size;
+    out["norm_topk_prob"] = moe.norm_topk_prob;
+    out["routed_scaling_factor"] = moe.routed_scaling_factor;
+    out["scoring_func"] = sigmoid ? "sigmoid" : "softmax";
+    out["topk_method"] = sigmoid ? "noaux_tc" : moe.n_group > 1 ? "group_limited_greedy" : "greedy";
+    out["n_group"] = moe.n_group;
+    out["topk_group"] = moe.topk_group;
+    const auto& sparse = moe.sparse_layers;
+    const auto next_sparse = [&](std::size_t from) {
+      while (from < sparse.size() && !sparse[from]) ++from;
+      return from;
+    };
+    const std::size_t first = sparse.empty() ? 0 : next_sparse(0);
+    const std::size_t second = first < sparse.size() ? next_sparse(first + 1) : sparse.size();
+    const std::size_t every = second < sparse.size() ? second - first : 1;
+    out["first_k_dense_replace"] = first;
+    out["moe_layer_freq"] = every;
+  } else if (config.moe.enabled()) {
     const MoeConfig& moe = config.moe;
     out[config.model_type == "mixtral" ? "num_local_experts" : "num_experts"] = moe.num_experts;
     out["num_experts_per_tok"] = moe.experts_per_token;

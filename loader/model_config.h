@@ -13,7 +13,7 @@
 namespace nibble {
 
 struct RopeScaling {
-  enum class Kind { None, Linear, Llama3, LongRope };
+  enum class Kind { None, Linear, Llama3, LongRope, Yarn };
   Kind kind = Kind::None;
   double factor = 1.0;
   double low_freq_factor = 1.0;   // llama3
@@ -25,6 +25,39 @@ struct RopeScaling {
   // attention_factor (transformers' default: sqrt(1 + ln(max / original) / ln(original))).
   std::vector<double> short_factor, long_factor;  // one per rotated frequency
   double attention_factor = 1.0;
+  // YaRN (DeepSeek-V2/V3): frequencies between the beta_fast and beta_slow rotation
+  // counts over original_max_position_embeddings blend from unscaled to divided by
+  // `factor`; cos and sin are multiplied by attention_factor (from mscale /
+  // mscale_all_dim unless given), and MLA's softmax scale by mscale(factor,
+  // mscale_all_dim)^2, as transformers computes them.
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  double mscale = 0.0;          // 0: unset
+  double mscale_all_dim = 0.0;  // 0: unset
+  bool truncate = true;         // the correction range rounded outwards to whole dimensions
+};
+
+// 0.1 * m * ln(scale) + 1 for scale > 1, else 1: YaRN's magnitude correction
+// (transformers' yarn_get_mscale / get_mscale).
+double yarn_mscale(double scale, double m);
+
+// Multi-head latent attention (DeepSeek-V2/V3): queries through an optional
+// low-rank q_a/q_b pair, keys and values through one shared latent per token:
+// kv_lora_rank compressed features plus qk_rope_head_dim rotary key features that
+// every head shares. The KV cache holds only that latent.
+struct MlaConfig {
+  std::int64_t q_lora_rank = 0;  // 0: a plain q_proj (q_lora_rank null, DeepSeek-V2-Lite)
+  std::int64_t kv_lora_rank = 0;
+  std::int64_t qk_nope_head_dim = 0;
+  std::int64_t qk_rope_head_dim = 0;
+  std::int64_t v_head_dim = 0;
+  // The rotary features turn in adjacent pairs (DeepSeek's layout: V2 always, V3
+  // unless rope_interleave is false) rather than rotate-half.
+  bool rope_interleave = true;
+
+  std::int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  // One cached row per token and layer: [c_kv ; k_rope] (576 for DeepSeek-V3).
+  std::int64_t latent_width() const { return kv_lora_rank + qk_rope_head_dim; }
 };
 
 // A mixture-of-experts layer's routing: how each token picks experts and weighs
@@ -97,10 +130,18 @@ struct ModelConfig {
   std::vector<std::int32_t> eos_token_ids;
   std::string torch_dtype;
   MoeConfig moe;  // num_experts 0: every layer has a dense MLP
+  // Set for DeepSeek-V2/V3: attention is MLA. head_dim is then the query/key head
+  // width (qk_nope + qk_rope), rotary_dim qk_rope and num_kv_heads num_heads.
+  std::optional<MlaConfig> mla;
+  // Decoder layers past num_layers the checkpoint also holds (DeepSeek-V3's
+  // multi-token-prediction module, num_nextn_predict_layers): not run, not loaded.
+  std::int64_t extra_predict_layers = 0;
 
   std::int64_t q_dim() const { return num_heads * head_dim; }
   std::int64_t kv_dim() const { return num_kv_heads * head_dim; }
   std::int64_t rope_dim() const { return rotary_dim.value_or(head_dim); }
+  // The width of one layer's attention output before o_proj (MLA: heads x v_head_dim).
+  std::int64_t attention_output_dim() const { return mla ? num_heads * mla->v_head_dim : q_dim(); }
   // The widest gated-MLP intermediate any layer runs (dense, routed or shared expert).
   std::int64_t widest_ffn() const;
   // Whether layer `layer` attends through the sliding window.

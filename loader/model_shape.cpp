@@ -146,16 +146,16 @@ ModelShape opt_from_json(const ConfigFields& f) {
   return shape;
 }
 
-// DeepSeek-V3: MLA attention (low-rank q, compressed kv latent plus a shared rope key)
+// DeepSeek-V2/V3: MLA attention (low-rank q, compressed kv latent plus a shared rope key)
 // and MoE feed-forward layers after the first `first_k_dense_replace` dense ones.
-ModelShape deepseek_v3_from_json(const ConfigFields& f) {
+ModelShape deepseek_from_json(const ConfigFields& f) {
   const std::int64_t layers = f.count("num_hidden_layers");
   const std::int64_t hidden = f.count("hidden_size");
   const std::int64_t vocab = f.count("vocab_size");
   const std::int64_t heads = f.count("num_attention_heads");
   const std::int64_t dense_intermediate = f.count("intermediate_size");
-  const std::int64_t expert_intermediate = f.count("moe_intermediate_size");
   const std::int64_t routed = f.count("n_routed_experts", 0, 0);
+  const std::int64_t expert_intermediate = routed > 0 ? f.count("moe_intermediate_size") : 0;
   const std::int64_t shared = f.count("n_shared_experts", 0, 0);
   const std::int64_t active = routed > 0 ? f.count("num_experts_per_tok") : 0;
   const std::int64_t first_dense = f.count("first_k_dense_replace", 0, 0);
@@ -181,7 +181,8 @@ ModelShape deepseek_v3_from_json(const ConfigFields& f) {
     p.norms_and_biases += layer_norms;
     if (routed > 0 && index >= first_dense && index % moe_every == 0) {
       p.experts += (routed + shared) * expert;
-      p.norms_and_biases += routed * hidden + routed;  // router and its score-correction bias
+      // The router, and V3's score-correction bias.
+      p.norms_and_biases += routed * hidden + (f.architecture() == "DeepseekV3ForCausalLM" ? routed : 0);
     } else {
       p.dense_mlp += 3 * hidden * dense_intermediate;
     }
@@ -206,13 +207,14 @@ ModelShape deepseek_v3_from_json(const ConfigFields& f) {
     mtp.embedding += 2 * vocab * hidden;
   }
   shape.mtp_parameters = mtp.total();
+  // The one cached latent row a token and layer (MlaConfig::latent_width(), what the engine's cache holds).
   shape.kv_elements_per_token = layers * (kv_rank + qk_rope);
   shape.attention_width = q_width + kv_rank + qk_rope + heads * (qk_nope + v_dim);
   shape.mlp_width = std::max(dense_intermediate, (active + shared) * expert_intermediate);
   return shape;
 }
 
-enum class Family { Llama, Qwen2, Opt, DeepseekV3, EngineMoe };
+enum class Family { Llama, Qwen2, Opt, Deepseek, EngineMoe };
 
 struct Supported {
   std::string_view architecture;
@@ -228,7 +230,8 @@ constexpr std::array kSupported{
     Supported{"Qwen3ForCausalLM", "qwen3", Family::Llama},
     Supported{"Phi3ForCausalLM", "phi3", Family::Llama},  // fused qkv/gate_up: the same parameters
     Supported{"OPTForCausalLM", "opt", Family::Opt},
-    Supported{"DeepseekV3ForCausalLM", "deepseek_v3", Family::DeepseekV3},
+    Supported{"DeepseekV3ForCausalLM", "deepseek_v3", Family::Deepseek},
+    Supported{"DeepseekV2ForCausalLM", "deepseek_v2", Family::Deepseek},
     // The MoE families the engine runs: sized from the engine's own config parser.
     Supported{"MixtralForCausalLM", "mixtral", Family::EngineMoe},
     Supported{"Qwen2MoeForCausalLM", "qwen2_moe", Family::EngineMoe},
@@ -269,7 +272,7 @@ ModelShape model_shape_from_hf_config(const json& config) {
     case Family::Llama: return llama_family_from_json(fields, false);
     case Family::Qwen2: return llama_family_from_json(fields, true);
     case Family::Opt: return opt_from_json(fields);
-    case Family::DeepseekV3: return deepseek_v3_from_json(fields);
+    case Family::Deepseek: return deepseek_from_json(fields);
     case Family::EngineMoe: return model_shape_from_config(parse_hf_config(config));
   }
   fail("unreachable architecture family");
@@ -286,6 +289,8 @@ ModelShape read_model_shape(const std::filesystem::path& path) {
 }
 
 ModelShape model_shape_from_config(const ModelConfig& config) {
+  // DeepSeek: sized from its config.json fields, which the config writes back exactly.
+  if (config.mla) return model_shape_from_hf_config(to_hf_config(config));
   ModelShape shape = llama_family_shape({.architecture = config.architecture,
                              .num_layers = config.num_layers,
                              .hidden = config.hidden_size,

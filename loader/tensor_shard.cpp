@@ -14,6 +14,7 @@ namespace nibble {
 namespace {
 
 std::string why_not(const ModelConfig& c, int size) {
+  if (c.mla && size > 1) return "multi-head latent attention is not split across ranks yet";
   if (c.num_heads % size != 0) return fmt::format("{} query heads do not divide by {}", c.num_heads, size);
   if (c.num_kv_heads >= size ? c.num_kv_heads % size != 0 : size % c.num_kv_heads != 0) {
     return fmt::format("{} key/value heads neither divide by {} nor divide it", c.num_kv_heads, size);
@@ -168,6 +169,13 @@ class ShardedWeightSource final : public WeightSource {
 TensorShardLayout plan_tensor_shard(const ModelConfig& c, int rank, int size) {
   if (size < 1) fail("tensor-parallel size must be at least 1, got {}", size);
   if (rank < 0 || rank >= size) fail("rank {} is outside a tensor-parallel group of {}", rank, size);
+  if (c.mla && size > 1) {
+    // Every head reads the one latent and kv_b_proj's per-head matrices would split
+    // with the heads; not done yet. Layers split across stages need none of that.
+    fail("tensor parallelism of multi-head latent attention ({}) is not supported yet: use --tensor-parallel-size 1 "
+         "(--pipeline-parallel-size splits its layers)",
+         c.architecture);
+  }
   if (c.num_heads <= 0 || c.num_kv_heads <= 0 || c.intermediate_size <= 0 || c.vocab_size <= 0) {
     fail("the model's config has no heads, MLP width or vocabulary to split");
   }

@@ -356,6 +356,8 @@ CompressionReport compress_model(const ModelSource& source, const CompressionOpt
   if (config.moe.enabled()) {
     fail("compressing mixture-of-experts models ({}) is not supported yet", config.architecture);
   }
+  // kv_b_proj runs as per-head matrices built at load, not as a linear layer a hook sees.
+  if (config.mla) fail("compressing latent-attention models ({}) is not supported yet", config.architecture);
   if (options.quantize == QuantMethod::None && options.prune == PruneMethod::None) {
     fail("nothing to do: choose a quantization or a pruning method");
   }

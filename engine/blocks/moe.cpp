@@ -7,10 +7,21 @@
 #include "common/error.h"
 
 namespace nibble::engine {
+namespace {
+
+// DeepSeek-V3's e_score_correction_bias (noaux_tc routing); empty where the
+// architecture has none.
+std::vector<float> correction_bias(WeightBinder& binder, const Architecture& arch, const ModelConfig& config,
+                                   std::int64_t layer) {
+  if (!arch.has(TensorRole::RouterBias) || config.moe.scoring != MoeConfig::Scoring::Sigmoid) return {};
+  return binder.host_vector(arch.module(TensorRole::RouterBias, layer), config.moe.num_experts);
+}
+
+}  // namespace
 
 MoeBlock::MoeBlock(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, std::int64_t layer)
     : hidden_(config.hidden_size),
-      router_(config.moe),
+      router_(config.moe, correction_bias(binder, arch, config, layer)),
       gate_(binder.linear(arch.module(TensorRole::Router, layer), config.moe.num_experts, config.hidden_size)) {
   const MoeConfig& moe = config.moe;
   experts_.reserve(static_cast<std::size_t>(moe.num_experts));

@@ -3,7 +3,9 @@
 // expert for each token, each token runs its top-k experts (gated MLPs like
 // GatedMlp) and their outputs are summed with the routing weights; a shared
 // expert, when the model has one, runs on every token (Qwen2-MoE scales it by
-// sigmoid(shared_expert_gate(x))).
+// sigmoid(shared_expert_gate(x)); DeepSeek's shared experts, one MLP of their
+// summed width, are added as they are). DeepSeek-V3's router adds its
+// e_score_correction_bias to the scores for the choice (MoeRouter).
 //
 // A step's tokens are grouped by expert: each expert with tokens runs its linear
 // layers once over exactly its rows (gathered into one contiguous block, so the

@@ -11,6 +11,7 @@
 #include "kernels/cpu/elementwise_kernels.h"
 #include "kernels/cpu/int8_activations.h"
 #include "kernels/cpu/kv_kernels.h"
+#include "kernels/cpu/linear_kernels.h"
 #include "kernels/cpu/prepared_weights.h"
 
 namespace nibble::kernels {
@@ -86,21 +87,24 @@ void CpuBackend::kv_store(KvPool& pool, std::int64_t layer, std::span<const std:
     const std::int32_t block = block_table[static_cast<std::size_t>(position / shape.block_size)];
     const std::int64_t row = layer_rows + std::int64_t{block} * shape.block_size + position % shape.block_size;
     const float* k = keys + r * kv_dim;
-    const float* v = values + r * kv_dim;
+    // A pool that reads its values from the keys has no values array (and takes none).
+    const float* v = shape.values_in_keys ? nullptr : values + r * kv_dim;
     switch (shape.format) {
       case KvFormat::Float32:
         std::copy_n(k, kv_dim, pool.keys.data<float>() + row * kv_dim);
-        std::copy_n(v, kv_dim, pool.values.data<float>() + row * kv_dim);
+        if (v != nullptr) std::copy_n(v, kv_dim, pool.values.data<float>() + row * kv_dim);
         break;
       case KvFormat::Float16:
         cpu::store_f16(k, kv_dim, pool.keys.data<std::uint16_t>() + row * kv_dim);
-        cpu::store_f16(v, kv_dim, pool.values.data<std::uint16_t>() + row * kv_dim);
+        if (v != nullptr) cpu::store_f16(v, kv_dim, pool.values.data<std::uint16_t>() + row * kv_dim);
         break;
       case KvFormat::Int8:
         quantize_kv_row(k, shape.kv_heads, shape.head_dim, pool.keys.data<std::int8_t>() + row * kv_dim,
                         pool.key_scales.data<float>() + row * shape.kv_heads);
-        quantize_kv_row(v, shape.kv_heads, shape.head_dim, pool.values.data<std::int8_t>() + row * kv_dim,
-                        pool.value_scales.data<float>() + row * shape.kv_heads);
+        if (v != nullptr) {
+          quantize_kv_row(v, shape.kv_heads, shape.head_dim, pool.values.data<std::int8_t>() + row * kv_dim,
+                          pool.value_scales.data<float>() + row * shape.kv_heads);
+        }
         break;
     }
   }
@@ -111,9 +115,28 @@ void CpuBackend::kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to,
                       [](std::byte* dst, const std::byte* src, std::size_t bytes) { std::memcpy(dst, src, bytes); });
 }
 
-void CpuBackend::slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first,
-                               std::int64_t width, float* out) {
-  for (std::int64_t r = 0; r < rows; ++r) std::copy_n(x + r * x_width + first, width, out + r * width);
+void CpuBackend::copy_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t x_first,
+                              std::int64_t width, float* out, std::int64_t out_width, std::int64_t out_first) {
+  for (std::int64_t r = 0; r < rows; ++r) std::copy_n(x + r * x_width + x_first, width, out + r * out_width + out_first);
+}
+
+void CpuBackend::head_linear(const float* x, HeadStrides xs, std::int64_t rows, std::int64_t heads, const Matrix& w,
+                             float* y, HeadStrides ys) {
+  if (w.dtype != DType::F32 || heads <= 0 || w.rows % heads != 0) {
+    fail("head_linear: needs float32 weights with one matrix per head ({} rows for {} heads)", w.rows, heads);
+  }
+  const std::int64_t out = w.rows / heads, in = w.cols;
+  const auto* weights = static_cast<const float*>(w.data);
+  const cpu::LinearKernel kernel = cpu::linear_kernel_table(cpu::active_isa()).f32;
+  // One task per head: its input slice gathered into the worker's contiguous
+  // scratch, then the dense float32 kernel over all rows, writing the output slice
+  // in place (the kernel takes an output stride). The head's matrix is read once.
+  pool_->parallel_for(heads, [&](std::int64_t h, int worker) {
+    std::vector<float>& scratch = linear_scratch_[static_cast<std::size_t>(worker)];
+    if (scratch.size() < static_cast<std::size_t>(rows * in)) scratch.resize(static_cast<std::size_t>(rows * in));
+    for (std::int64_t r = 0; r < rows; ++r) std::copy_n(x + r * xs.row + h * xs.head, in, scratch.data() + r * in);
+    kernel(scratch.data(), rows, in, weights + h * out * in, 0, out, nullptr, y + h * ys.head, ys.row);
+  });
 }
 
 // Row copies and one multiply-add per value: memory-bound and small next to the
@@ -192,7 +215,8 @@ void CpuBackend::rms_norm(const float* x, std::int64_t rows, std::int64_t dim, c
 }
 
 void CpuBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-                      std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) {
+                      std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale,
+                      RopePairs pairs) {
   const auto half = static_cast<std::int64_t>(inv_freq.size());
   if (2 * half > head_dim) fail("rope: {} inverse frequencies for head_dim {}", inv_freq.size(), head_dim);
   const auto used = positions.first(static_cast<std::size_t>(rows));
@@ -218,16 +242,20 @@ void CpuBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int6
       }
     }
   }
+  // Pair i is (i, i + half) or (2i, 2i + 1).
+  const std::int64_t first_step = pairs == RopePairs::Halves ? 1 : 2;
+  const std::int64_t partner = pairs == RopePairs::Halves ? half : 1;
   for (std::int64_t r = 0; r < rows; ++r) {
     const float* cos_row = rope_cos_.data() + r * half;
     const float* sin_row = rope_sin_.data() + r * half;
     for (std::int64_t h = 0; h < heads; ++h) {
       float* v = x + (r * heads + h) * head_dim;
       for (std::int64_t i = 0; i < half; ++i) {
-        const float a = v[i];
-        const float b = v[i + half];
-        v[i] = a * cos_row[i] - b * sin_row[i];
-        v[i + half] = b * cos_row[i] + a * sin_row[i];
+        float& a = v[i * first_step];
+        float& b = v[i * first_step + partner];
+        const float a0 = a, b0 = b;
+        a = a0 * cos_row[i] - b0 * sin_row[i];
+        b = b0 * cos_row[i] + a0 * sin_row[i];
       }
     }
   }
@@ -245,6 +273,8 @@ void CpuBackend::attention_batch(std::span<const AttentionSegment> segments, con
   const cpu::AttentionKernel kernel = cpu::attention_kernel(format, cpu::active_isa());
   const std::int64_t group = shape.heads / shape.kv_heads;
   const std::int64_t head_dim = shape.head_dim;
+  const std::int64_t value_dim = shape.value_width();
+  if (value_dim > head_dim) fail("attention: values of {} features in heads of {}", value_dim, head_dim);
   const float scale = shape.scale > 0 ? shape.scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
   std::int64_t total_rows = 0, max_len = 0;
   for (const auto& segment : segments) {
@@ -296,7 +326,7 @@ void CpuBackend::attention_batch(std::span<const AttentionSegment> segments, con
       cpu::AttentionHeadArgs args;
       args.kv = &kv;
       args.q = segment.q + (r * shape.heads + h) * head_dim;
-      args.out = segment.out + (r * shape.heads + h) * head_dim;
+      args.out = segment.out + (r * shape.heads + h) * value_dim;
       args.rows = storage;
       args.scores = attention_scores_[static_cast<std::size_t>(worker)].data();
       args.first = first;
@@ -304,6 +334,7 @@ void CpuBackend::attention_batch(std::span<const AttentionSegment> segments, con
       args.kv_head = h / group;
       args.kv_heads = shape.kv_heads;
       args.head_dim = head_dim;
+      args.value_dim = value_dim;
       args.scale = scale;
       args.softcap = shape.logit_softcap;
       kernel(args);

@@ -45,12 +45,15 @@ class CpuBackend final : public Backend {
   void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                 float* y) override;
   void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-            std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) override;
+            std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale,
+            RopePairs pairs = RopePairs::Halves) override;
   void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions, const KvLayerView& kv,
                  const AttentionShape& shape, float* out) override;
   void attention_batch(std::span<const AttentionSegment> segments, const AttentionShape& shape) override;
-  void slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first, std::int64_t width,
-                     float* out) override;
+  void copy_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t x_first, std::int64_t width,
+                    float* out, std::int64_t out_width, std::int64_t out_first) override;
+  void head_linear(const float* x, HeadStrides xs, std::int64_t rows, std::int64_t heads, const Matrix& w, float* y,
+                   HeadStrides ys) override;
   void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override;
   void geglu_tanh(const float* gate, const float* up, std::int64_t n, float* out) override;
   void add(const float* x, std::int64_t n, float* y) override;

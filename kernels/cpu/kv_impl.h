@@ -101,8 +101,8 @@ template <typename Format>
 void weighted_sum(const AttentionHeadArgs& a, const float* weights, const typename Format::Element* values, float* out) {
   constexpr std::int64_t kChunk = kMaxWeightedVectors * V::kWidth;
   std::int64_t i = 0;
-  for (; i + kChunk <= a.head_dim; i += kChunk) weighted_rows<Format, kMaxWeightedVectors>(a, weights, values + i, out + i);
-  const std::int64_t vectors = (a.head_dim - i) / V::kWidth;
+  for (; i + kChunk <= a.value_dim; i += kChunk) weighted_rows<Format, kMaxWeightedVectors>(a, weights, values + i, out + i);
+  const std::int64_t vectors = (a.value_dim - i) / V::kWidth;
   switch (vectors) {
     case 7: weighted_rows<Format, 7>(a, weights, values + i, out + i); break;
     case 6: weighted_rows<Format, 6>(a, weights, values + i, out + i); break;
@@ -114,7 +114,7 @@ void weighted_sum(const AttentionHeadArgs& a, const float* weights, const typena
     default: break;
   }
   i += vectors * V::kWidth;
-  if (i < a.head_dim) weighted_rows_tail<Format>(a, weights, values + i, a.head_dim - i, out + i);
+  if (i < a.value_dim) weighted_rows_tail<Format>(a, weights, values + i, a.value_dim - i, out + i);
 }
 
 template <typename Format>

@@ -15,7 +15,7 @@ namespace nibble::kernels::cpu {
 struct AttentionHeadArgs {
   const KvLayerView* kv = nullptr;
   const float* q = nullptr;              // head_dim values
-  float* out = nullptr;                  // head_dim values, overwritten
+  float* out = nullptr;                  // value_dim values, overwritten
   const std::int64_t* rows = nullptr;    // [position]: its storage row (KvLayerView::row)
   float* scores = nullptr;               // [position]: scratch
   std::int64_t first = 0;
@@ -23,6 +23,7 @@ struct AttentionHeadArgs {
   std::int64_t kv_head = 0;
   std::int64_t kv_heads = 0;
   std::int64_t head_dim = 0;
+  std::int64_t value_dim = 0;            // out's width: the first value_dim features of the value row
   float scale = 1.0f;                    // 1 / sqrt(head_dim) unless the model says otherwise
   float softcap = 0.0f;                  // > 0: score = softcap * tanh(score / softcap)
 };

@@ -7,6 +7,7 @@
 #include "common/fp8.h"
 #include "common/half.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/prefix_value_attention.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/fp8_linear.h"
@@ -297,10 +298,11 @@ void CudaBackend::kv_store(KvPool& pool, std::int64_t layer, std::span<const std
   const auto elements_at = static_cast<std::size_t>(first_row * shape.kv_dim()) * element;
   cuda::KvStoreArgs args;
   args.keys = pool.keys.data<std::byte>() + elements_at;
-  args.values = pool.values.data<std::byte>() + elements_at;
+  args.keys_only = shape.values_in_keys;
+  if (!args.keys_only) args.values = pool.values.data<std::byte>() + elements_at;
   if (shape.format == KvFormat::Int8) {
     args.key_scales = pool.key_scales.data<float>() + first_row * shape.kv_heads;
-    args.value_scales = pool.value_scales.data<float>() + first_row * shape.kv_heads;
+    if (!args.keys_only) args.value_scales = pool.value_scales.data<float>() + first_row * shape.kv_heads;
   }
   args.block_table = stage(block_table);
   args.block_size = shape.block_size;
@@ -319,11 +321,11 @@ void CudaBackend::kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to
   });
 }
 
-void CudaBackend::slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first,
-                                std::int64_t width, float* out) {
+void CudaBackend::copy_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t x_first,
+                               std::int64_t width, float* out, std::int64_t out_width, std::int64_t out_first) {
   if (rows <= 0 || width <= 0) return;
   NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
-  NIBBLE_CUDA_CHECK(cudaMemcpy2DAsync(out, static_cast<std::size_t>(width) * sizeof(float), x + first,
+  NIBBLE_CUDA_CHECK(cudaMemcpy2DAsync(out + out_first, static_cast<std::size_t>(out_width) * sizeof(float), x + x_first,
                                       static_cast<std::size_t>(x_width) * sizeof(float),
                                       static_cast<std::size_t>(width) * sizeof(float), static_cast<std::size_t>(rows),
                                       cudaMemcpyDeviceToDevice, stream_));
@@ -416,8 +418,19 @@ void CudaBackend::add_rms_norm(const float* x, float* residual, std::int64_t row
   cuda::add_rms_norm(x, residual, rows, dim, weight, eps, y, stream_);
 }
 
+void CudaBackend::head_linear(const float* x, HeadStrides xs, std::int64_t rows, std::int64_t heads, const Matrix& w,
+                              float* y, HeadStrides ys) {
+  if (w.dtype != DType::F32 || heads <= 0 || w.rows % heads != 0) {
+    fail("head_linear: needs float32 weights with one matrix per head ({} rows for {} heads)", w.rows, heads);
+  }
+  NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
+  cuda::head_linear(x, xs.row, xs.head, rows, heads, static_cast<const float*>(w.data), w.rows / heads, w.cols, y,
+                    ys.row, ys.head, stream_);
+}
+
 void CudaBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-                       std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) {
+                       std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale,
+                       RopePairs pairs) {
   if (rows <= 0) return;
   if (static_cast<std::int64_t>(positions.size()) < rows) fail("rope: {} positions for {} rows", positions.size(), rows);
   if (inv_freq.empty() || 2 * static_cast<std::int64_t>(inv_freq.size()) > head_dim) {
@@ -427,7 +440,7 @@ void CudaBackend::rope(float* x, std::int64_t rows, std::int64_t heads, std::int
   const std::int32_t* positions_d = stage(positions.first(at(rows)));
   const float* inv_freq_d = stage(inv_freq);
   cuda::rope(x, rows, heads, head_dim, static_cast<std::int64_t>(inv_freq.size()), positions_d, inv_freq_d, scale,
-             stream_);
+             pairs == RopePairs::Adjacent, stream_);
 }
 
 void CudaBackend::attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,
@@ -451,8 +464,6 @@ void CudaBackend::attention(const float* q, std::int64_t rows, std::span<const s
     }
   }
   NIBBLE_CUDA_CHECK(cudaSetDevice(device_));
-  const AttentionDims dims{shape.heads,        shape.kv_heads, shape.head_dim, shape.sliding_window.value_or(0),
-                          shape.scale,        shape.logit_softcap};
   PagedKvView view;
   view.keys = kv.keys;
   view.values = kv.values;
@@ -462,6 +473,19 @@ void CudaBackend::attention(const float* q, std::int64_t rows, std::span<const s
   view.value_scales = kv.value_scales;
   view.stride = kv.stride;
   view.block_size = kv.block_size;
+  if (shape.value_width() != shape.head_dim || shape.head_dim > kAttentionMaxHeadDim) {
+    // Values a prefix of the key row (MLA's latent) or heads wider than the tiled
+    // kernel's: the plain kernel.
+    const PrefixValueDims dims{shape.heads,        shape.kv_heads,        shape.head_dim,    shape.value_width(),
+                               shape.sliding_window.value_or(0), shape.scale, shape.logit_softcap};
+    grow(attention_workspace_, prefix_value_workspace(rows, dims, max_position), *this, false);
+    const std::int32_t* positions_d = stage(used);
+    view.block_table = kv.block_table.empty() ? nullptr : stage(kv.block_table);
+    prefix_value_attention(q, rows, positions_d, view, dims, max_position, out, attention_workspace_.data(), stream_);
+    return;
+  }
+  const AttentionDims dims{shape.heads,        shape.kv_heads, shape.head_dim, shape.sliding_window.value_or(0),
+                          shape.scale,        shape.logit_softcap};
   const AttentionPlan plan = plan_attention(rows, dims, max_position, sm_count_);
   grow(attention_workspace_, plan.workspace_floats, *this, false);
   const std::int32_t* positions_d = stage(used);

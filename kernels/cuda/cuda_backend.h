@@ -44,8 +44,10 @@ class CudaBackend final : public Backend {
   void kv_store(KvPool& pool, std::int64_t layer, std::span<const std::int32_t> block_table, std::int64_t start,
                 std::int64_t rows, const float* keys, const float* values) override;
   void kv_copy_block(KvPool& pool, std::int32_t from, std::int32_t to, std::int32_t tokens) override;
-  void slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first, std::int64_t width,
-                     float* out) override;
+  void copy_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t x_first, std::int64_t width,
+                    float* out, std::int64_t out_width, std::int64_t out_first) override;
+  void head_linear(const float* x, HeadStrides xs, std::int64_t rows, std::int64_t heads, const Matrix& w, float* y,
+                   HeadStrides ys) override;
   cudaStream_t stream() const { return stream_; }
   int device_index() const { return device_; }
   int sm_count() const { return sm_count_; }
@@ -59,7 +61,8 @@ class CudaBackend final : public Backend {
   void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                 float* y) override;
   void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-            std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) override;
+            std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale,
+            RopePairs pairs = RopePairs::Halves) override;
   void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions, const KvLayerView& kv,
                  const AttentionShape& shape, float* out) override;
   void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override;

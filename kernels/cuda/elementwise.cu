@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads) rope_kernel(float* x, std::int64_t rows, std::int64_t heads,
                                                         std::int64_t head_dim, std::int64_t half,
                                                         const std::int32_t* positions, const float* inv_freq,
-                                                        float scale) {
+                                                        float scale, int adjacent) {
   const std::int64_t total = rows * heads * half;
   for (std::int64_t index = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; index < total;
        index += static_cast<std::int64_t>(gridDim.x) * kThreads) {
@@ -74,12 +74,15 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(float* x, std::int64_t r
     double c = 0.0;
     sincos(static_cast<double>(angle), &s, &c);
     float* v = x + (row * heads + head) * head_dim;
-    const float a = v[i];
-    const float b = v[i + half];
+    // Pair i: (i, i + half), or (2i, 2i + 1) for interleaved pairs.
+    float* pa = adjacent ? v + 2 * i : v + i;
+    float* pb = adjacent ? pa + 1 : pa + half;
+    const float a = *pa;
+    const float b = *pb;
     // Scaled after rounding, as transformers multiplies its float32 cos and sin.
     const float cs = static_cast<float>(c) * scale, sn = static_cast<float>(s) * scale;
-    v[i] = a * cs - b * sn;
-    v[i + half] = b * cs + a * sn;
+    *pa = a * cs - b * sn;
+    *pb = b * cs + a * sn;
   }
 }
 
@@ -164,7 +167,37 @@ __global__ void __launch_bounds__(kThreads) convert_kernel(const float* x, std::
   }
 }
 
+// One thread per (row, head, output): a dot product over the input slice. MLA's
+// per-head products are a few rows by a latent's width; a tiled kernel is for later.
+__global__ void __launch_bounds__(kThreads) head_linear_kernel(const float* x, std::int64_t x_row, std::int64_t x_head,
+                                                               std::int64_t rows, std::int64_t heads, const float* w,
+                                                               std::int64_t out, std::int64_t in, float* y,
+                                                               std::int64_t y_row, std::int64_t y_head) {
+  const std::int64_t total = rows * heads * out;
+  for (std::int64_t index = static_cast<std::int64_t>(blockIdx.x) * kThreads + threadIdx.x; index < total;
+       index += static_cast<std::int64_t>(gridDim.x) * kThreads) {
+    const std::int64_t j = index % out;
+    const std::int64_t h = (index / out) % heads;
+    const std::int64_t r = index / (out * heads);
+    const float* input = x + r * x_row + h * x_head;
+    const float* weights = w + (h * out + j) * in;
+    float sum = 0.0f;
+    for (std::int64_t i = 0; i < in; ++i) sum += input[i] * weights[i];
+    y[r * y_row + h * y_head + j] = sum;
+  }
+}
+
 }  // namespace
+
+void head_linear(const float* x, std::int64_t x_row, std::int64_t x_head, std::int64_t rows, std::int64_t heads,
+                 const float* w, std::int64_t out, std::int64_t in, float* y, std::int64_t y_row, std::int64_t y_head,
+                 cudaStream_t stream) {
+  const std::int64_t total = rows * heads * out;
+  if (total <= 0) return;
+  head_linear_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, x_row, x_head, rows, heads, w, out, in, y, y_row,
+                                                               y_head);
+  NIBBLE_CUDA_CHECK_LAUNCH(stream, "head_linear_kernel");
+}
 
 void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps, float* y,
               cudaStream_t stream) {
@@ -183,10 +216,11 @@ void add_rms_norm(const float* x, float* residual, std::int64_t rows, std::int64
 }
 
 void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim, std::int64_t half,
-          const std::int32_t* positions, const float* inv_freq, float scale, cudaStream_t stream) {
+          const std::int32_t* positions, const float* inv_freq, float scale, bool adjacent, cudaStream_t stream) {
   const std::int64_t total = rows * heads * half;
   if (total <= 0) return;
-  rope_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, rows, heads, head_dim, half, positions, inv_freq, scale);
+  rope_kernel<<<grid_for(total), kThreads, 0, stream>>>(x, rows, heads, head_dim, half, positions, inv_freq, scale,
+                                                        adjacent ? 1 : 0);
   NIBBLE_CUDA_CHECK_LAUNCH(stream, "rope_kernel");
 }
 

@@ -20,10 +20,16 @@ void add_rms_norm(const float* x, float* residual, std::int64_t rows, std::int64
                   float* y, cudaStream_t stream);
 // Rotates each head of x [rows, heads * head_dim] in place by positions[row]
 // (rotate-half over the first 2 * half features, the rest passing through; inv_freq
-// has `half` entries), the rotated features times `scale`. Angles are float32
-// products like the CPU's; their sine and cosine are evaluated in double.
+// has `half` entries), the rotated features times `scale`; `adjacent`: pairs
+// (2i, 2i + 1) instead (DeepSeek). Angles are float32 products like the CPU's;
+// their sine and cosine are evaluated in double.
 void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim, std::int64_t half,
-          const std::int32_t* positions, const float* inv_freq, float scale, cudaStream_t stream);
+          const std::int32_t* positions, const float* inv_freq, float scale, bool adjacent, cudaStream_t stream);
+// Backend::head_linear: y[r*y_row + h*y_head + j] = x[r*x_row + h*x_head + :] . w[h*out + j][:]
+// over `in` features; w float32 [heads * out, in].
+void head_linear(const float* x, std::int64_t x_row, std::int64_t x_head, std::int64_t rows, std::int64_t heads,
+                 const float* w, std::int64_t out, std::int64_t in, float* y, std::int64_t y_row, std::int64_t y_head,
+                 cudaStream_t stream);
 // out = silu(gate) * up over n values.
 void swiglu(const float* gate, const float* up, std::int64_t n, float* out, cudaStream_t stream);
 // out = gelu_tanh(gate) * up over n values (PyTorch's gelu(approximate="tanh")).

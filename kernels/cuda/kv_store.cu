@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kWarp) kv_store_kernel(KvStoreArgs args, const
 
 void kv_store(const KvStoreArgs& args, const float* new_keys, const float* new_values, cudaStream_t stream) {
   if (args.rows <= 0) return;
-  const dim3 grid(static_cast<unsigned>(args.rows), static_cast<unsigned>(args.kv_heads), 2);
+  const dim3 grid(static_cast<unsigned>(args.rows), static_cast<unsigned>(args.kv_heads), args.keys_only ? 1 : 2);
   kv_store_kernel<<<grid, kWarp, 0, stream>>>(args, new_keys, new_values);
   NIBBLE_CUDA_CHECK(cudaGetLastError());
 }

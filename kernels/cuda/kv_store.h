@@ -23,6 +23,7 @@ struct KvStoreArgs {
   std::int64_t kv_heads = 0;
   std::int64_t head_dim = 0;
   KvFormat format = KvFormat::Float32;
+  bool keys_only = false;  // the pool reads its values from the keys (MLA's latent): no values stored
 };
 
 // new_keys/new_values: [rows, kv_heads * head_dim] float32, device memory.

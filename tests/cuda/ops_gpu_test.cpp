@@ -68,7 +68,7 @@ TEST_F(OpsGpu, RopeRotatesHalvesByPosition) {
     DeviceBuffer<float> x_d = to_device(x);
     const DeviceBuffer<std::int32_t> positions_d = to_device(positions);
     const DeviceBuffer<float> inv_freq_d = to_device(inv_freq);
-    rope(x_d.data(), rows, heads, head_dim, rotary / 2, positions_d.data(), inv_freq_d.data(), scale, stream);
+    rope(x_d.data(), rows, heads, head_dim, rotary / 2, positions_d.data(), inv_freq_d.data(), scale, false, stream);
     std::vector<float> expected = x;
     reference::rope(expected, rows, heads, head_dim, positions, inv_freq, scale);
     EXPECT_LT(cuda_testing::relative_error(to_host(x_d, x.size()), widen(expected)), 2e-6) << head_dim << " " << rotary;

@@ -81,10 +81,11 @@ class RecordingBackend final : public kernels::Backend {
     inner_.rms_norm(x, rows, dim, weight, eps, y);
   }
   void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
-            std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale) override {
+            std::span<const std::int32_t> positions, std::span<const float> inv_freq, float scale,
+            kernels::RopePairs pairs = kernels::RopePairs::Halves) override {
     ++ops["rope"];
     check("rope", x);
-    inner_.rope(x, rows, heads, head_dim, positions, inv_freq, scale);
+    inner_.rope(x, rows, heads, head_dim, positions, inv_freq, scale, pairs);
   }
   void attention(const float* q, std::int64_t rows, std::span<const std::int32_t> positions,
                  const kernels::KvLayerView& kv, const kernels::AttentionShape& shape, float* out) override {
@@ -98,11 +99,17 @@ class RecordingBackend final : public kernels::Backend {
     for (const auto& segment : segments) check("attention_batch", segment.q, segment.out, segment.kv.keys, segment.kv.values);
     inner_.attention_batch(segments, shape);
   }
-  void slice_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t first, std::int64_t width,
-                     float* out) override {
-    ++ops["slice_columns"];
-    check("slice_columns", x, out);
-    inner_.slice_columns(x, rows, x_width, first, width, out);
+  void copy_columns(const float* x, std::int64_t rows, std::int64_t x_width, std::int64_t x_first, std::int64_t width,
+                    float* out, std::int64_t out_width, std::int64_t out_first) override {
+    ++ops["copy_columns"];
+    check("copy_columns", x, out);
+    inner_.copy_columns(x, rows, x_width, x_first, width, out, out_width, out_first);
+  }
+  void head_linear(const float* x, kernels::HeadStrides xs, std::int64_t rows, std::int64_t heads,
+                   const kernels::Matrix& w, float* y, kernels::HeadStrides ys) override {
+    ++ops["head_linear"];
+    check("head_linear", x, y, w.data);
+    inner_.head_linear(x, xs, rows, heads, w, y, ys);
   }
   void swiglu(const float* gate, const float* up, std::int64_t n, float* out) override {
     ++ops["swiglu"];

@@ -122,8 +122,8 @@ TEST(ModelConfig, LongRopeFactorListsMustFitTheRotaryWidth) {
   config["rope_scaling"]["short_factor"][3] = 0.0;
   expect_error([&] { parse_hf_config(config); }, {"longrope factors must be finite and positive"});
   config = phi3_128k_config();
-  config["rope_scaling"]["type"] = "yarn";
-  expect_error([&] { parse_hf_config(config); }, {"'yarn' is not supported"});
+  config["rope_scaling"]["type"] = "dynamic";
+  expect_error([&] { parse_hf_config(config); }, {"'dynamic' is not supported"});
 }
 
 TEST(ModelConfig, Qwen3HasAnExplicitHeadDimAndAFlaggedSlidingWindow) {
@@ -256,8 +256,8 @@ TEST(ModelConfig, RejectsUnknownArchitecturesAndBadFields) {
   expect_error([&] { parse_hf_config(config); }, {"multiple"});
 
   config = llama_config();
-  config["rope_scaling"]["rope_type"] = "yarn";
-  expect_error([&] { parse_hf_config(config); }, {"yarn"});
+  config["rope_scaling"]["rope_type"] = "dynamic";
+  expect_error([&] { parse_hf_config(config); }, {"dynamic"});
 }
 
 // Values no real model has, which used to pass and then overflow sizes computed

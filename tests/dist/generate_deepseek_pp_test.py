@@ -1,0 +1,65 @@
+"""DeepSeek-V3 (latent attention, MoE) over pipeline stages under mpirun, and
+tensor parallelism refused by name.
+
+Run by ctest with NIBBLE_BIN, MPIEXEC and NIBBLE_TINY_DEEPSEEK_DIR set (the tiny
+models tests/reference/make_tiny_deepseek_models.py writes; they have no
+tokenizer, so a copy gets a plain 128-token one: the prompt goes in as ids).
+Three stages of one layer each (the dense first layer, then two MoE layers) must
+generate the greedy tokens one rank does.
+"""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import unittest
+
+BIN = os.environ["NIBBLE_BIN"]
+MPIEXEC = os.environ["MPIEXEC"]
+MODEL = os.path.join(os.environ["NIBBLE_TINY_DEEPSEEK_DIR"], "deepseek_v3")
+ARGS = ["generate", "--prompt-ids", "5,6,7,8,9", "-n", "16", "--temperature", "0", "-t", "1", "--json"]
+
+
+def run(command):
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+class DeepseekPipelineGenerate(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp()
+        cls.model = os.path.join(cls.dir, "deepseek_v3")
+        shutil.copytree(MODEL, cls.model)
+        vocab = {f"t{i}": i for i in range(128)}
+        tokenizer = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+                     "pre_tokenizer": None, "post_processor": None, "decoder": None,
+                     "model": {"type": "BPE", "dropout": None, "unk_token": "t0", "continuing_subword_prefix": None,
+                               "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                               "ignore_merges": False, "vocab": vocab, "merges": []}}
+        with open(os.path.join(cls.model, "tokenizer.json"), "w") as f:
+            json.dump(tokenizer, f)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir)
+
+    def test_three_pipeline_stages_generate_what_one_rank_does(self):
+        alone = run([BIN, *ARGS, "-m", self.model])
+        self.assertEqual(alone.returncode, 0, alone.stderr)
+        split = run([MPIEXEC, "-np", "3", BIN, *ARGS, "-m", self.model, "--pipeline-parallel-size", "3"])
+        self.assertEqual(split.returncode, 0, split.stderr)
+        split_out = json.loads(split.stdout)
+        self.assertEqual(split_out["pipeline_parallel_size"], 3)
+        self.assertEqual(split_out["tokens"], json.loads(alone.stdout)["tokens"])
+        self.assertGreater(split_out["collectives"]["send"]["calls"], 0)
+
+    def test_tensor_parallelism_is_refused_on_every_rank_by_name(self):
+        refused = run([MPIEXEC, "-np", "2", BIN, *ARGS, "-m", self.model, "--tensor-parallel-size", "2"])
+        self.assertNotEqual(refused.returncode, 0)
+        for rank in (0, 1):
+            self.assertIn(f"error on rank {rank}: tensor parallelism of multi-head latent attention", refused.stderr)
+        self.assertIn("--tensor-parallel-size 1", refused.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Tiny random DeepSeek-V2 / V3 models and transformers' outputs for them, made at test time.
+
+Nothing here is committed but this script: CTest runs it (tests/unit/CMakeLists.txt,
+fixture tiny_deepseek_models) in scripts/make-gptq-model's venv and
+deepseek_reference_test checks nibble against what it writes. Both models have
+multi-head latent attention with YaRN rope scaling (mscale != mscale_all_dim, so
+both the cos/sin factor and the softmax scale's mscale^2 matter), a dense first
+layer then MoE layers with group-limited routing (n_group 4, topk_group 2) and
+shared experts:
+
+  deepseek_v3  DeepseekV3ForCausalLM: q_lora_rank set (q_a_proj / q_a_layernorm /
+               q_b_proj), sigmoid routing with a random e_score_correction_bias,
+               top-k renormalized, x routed_scaling_factor, interleaved rope
+  deepseek_v2  DeepseekV2ForCausalLM: q_lora_rank null (plain q_proj, as V2-Lite),
+               softmax routing, group_limited_greedy, x routed_scaling_factor
+  deepseek_v3_fp8  deepseek_v3's architecture in DeepSeek-V3's own FP8 checkpoint
+               format (quant_method "fp8", e4m3 `weight` + float32 `weight_scale_inv`,
+               here 16x16 blocks so matrices have several and partial ones): every
+               projection and expert, kv_b_proj included; the reference is transformers
+               over the weights the file means (codes times scales)
+  deepseek_v3_no_kv_b  deepseek_v3 without layer 1's kv_b_proj (a load must fail by name)
+
+and OUT_DIR/yarn_reference.json: YaRN inverse frequencies and attention factors that
+transformers' _compute_yarn_parameters gives for a few settings (YARN_CASES).
+
+Usage: make_tiny_deepseek_models.py OUT_DIR
+Writes OUT_DIR/<name>/: the model (float32 safetensors), logits.f32 (float32
+[SEQUENCE_LENGTH, vocab] for tokens.json's sequence), reference.json ({"vocab_size",
+"cases": [{"prompt_ids", "greedy_ids", "top2_gaps"}], "yarn": {"inv_freq",
+"attention_factor", "softmax_scale"}}: 5 prompts, GREEDY_TOKENS greedy tokens each;
+the rotary frequencies and factors transformers' own YaRN code computed for the
+model) and last_logits.f32 ([cases, vocab]). A model is redrawn (next seed) until
+every greedy step's top-2 gap is above MIN_GAP, so float32 summation order cannot
+flip a token.
+"""
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import safetensors.torch
+import torch
+import transformers
+from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
+
+VOCAB = 128
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3,
+              num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8,
+              v_head_dim=12, n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2,
+              first_k_dense_replace=1, rms_norm_eps=1e-5, max_position_embeddings=256, bos_token_id=1,
+              eos_token_id=None, tie_word_embeddings=False)
+SEQUENCE_LENGTH = 40
+PROMPT_LENGTHS = [1, 4, 7, 12, 20]
+GREEDY_TOKENS = 32
+MIN_GAP = 1e-3
+
+
+def yarn(mscale, mscale_all_dim):
+    return {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": mscale, "mscale_all_dim": mscale_all_dim}
+
+
+VARIANTS = {
+    "deepseek_v3": (DeepseekV3ForCausalLM, lambda: DeepseekV3Config(
+        **COMMON, q_lora_rank=24, n_shared_experts=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+        rope_interleave=True, rope_parameters=yarn(0.9, 1.1))),
+    "deepseek_v2": (DeepseekV2ForCausalLM, lambda: DeepseekV2Config(
+        **COMMON, q_lora_rank=None, n_shared_experts=2, routed_scaling_factor=1.5, norm_topk_prob=False,
+        topk_method="group_limited_greedy", rope_parameters=yarn(1.0, 0.8))),
+}
+
+
+def random_model(model_class, config, seed):
+    torch.manual_seed(seed)
+    config._attn_implementation = "eager"
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.uniform_(0.5, 1.5)  # 1.0 would hide a missing multiply
+            elif name.endswith("mlp.gate.weight"):
+                param.normal_(0, 0.5)  # routers decisive enough that float32 rounding never flips a choice
+            else:
+                param.normal_(0, 0.2)
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.normal_(0, 0.1)  # zero would hide a bias read or applied wrongly
+    return model
+
+
+def greedy(model, prompt):
+    """GREEDY_TOKENS argmax tokens (one full forward per step) and each step's top-2 gap."""
+    ids, gaps = list(prompt), []
+    with torch.no_grad():
+        for _ in range(GREEDY_TOKENS):
+            logits = model(torch.tensor([ids])).logits[0, -1].double()
+            top = torch.topk(logits, 2).values
+            gaps.append(float(top[0] - top[1]))
+            ids.append(int(torch.argmax(logits)))
+    return ids[len(prompt):], gaps
+
+
+def outputs(model, tokens, prompts):
+    """(all-position logits, last-position logits per prompt, cases) of `model`."""
+    with torch.no_grad():
+        logits = model(tokens).logits[0].float().numpy().astype("<f4")
+        last = np.stack([model(torch.tensor([p])).logits[0, -1].float().numpy() for p in prompts]).astype("<f4")
+    cases = []
+    for p in prompts:
+        ids, gaps = greedy(model, p)
+        cases.append({"prompt_ids": p, "greedy_ids": ids, "top2_gaps": gaps})
+    return logits, last, cases
+
+
+def yarn_numbers(model):
+    """What transformers' YaRN code computed for this model: the rotary inverse
+    frequencies, the cos/sin factor and the attention's softmax scale."""
+    rotary = model.model.rotary_emb
+    return {"inv_freq": [float(x) for x in rotary.inv_freq.tolist()],
+            "attention_factor": float(rotary.attention_scaling),
+            "softmax_scale": float(model.model.layers[0].self_attn.scaling)}
+
+
+# YaRN settings whose frequencies and factors transformers' own function computes
+# for the unit test (yarn_reference.json): DeepSeek-V3's published ones (every
+# regime of the ramp over 32 frequencies), a non-truncated range, and no mscales.
+YARN_CASES = [
+    {"dim": 64, "rope_theta": 10000.0, "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 32.0,
+     "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "max_position_embeddings": 163840},
+    {"dim": 64, "rope_theta": 500000.0, "factor": 8.0, "original_max_position_embeddings": 8192, "beta_fast": 16.0,
+     "beta_slow": 2.0, "mscale": 0.707, "mscale_all_dim": 0.5, "truncate": False, "max_position_embeddings": 65536},
+    {"dim": 32, "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 2048,
+     "max_position_embeddings": 8192},
+]
+
+
+def yarn_reference():
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    cases = []
+    for case in YARN_CASES:
+        params = {k: v for k, v in case.items() if k not in ("dim", "max_position_embeddings")}
+        params["rope_type"] = "yarn"
+        config = DeepseekV3Config(**{**COMMON, "qk_rope_head_dim": case["dim"],
+                                     "max_position_embeddings": case["max_position_embeddings"]},
+                                  rope_parameters=params)
+        inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](config)
+        cases.append({"settings": case, "inv_freq": [float(x) for x in inv_freq.tolist()],
+                      "attention_factor": float(attention_factor)})
+    return cases
+
+
+FP8_MAX = 448.0
+FP8_BLOCK = 16
+
+
+def fp8_blocks(weight):
+    """e4m3 codes, the float32 [ceil(N/B), ceil(K/B)] scales, and codes x scales in float32."""
+    n, k = weight.shape
+    rows, cols = -(-n // FP8_BLOCK), -(-k // FP8_BLOCK)
+    scales = torch.empty(rows, cols, dtype=torch.float32)
+    for i in range(rows):
+        for j in range(cols):
+            block = weight[i * FP8_BLOCK:(i + 1) * FP8_BLOCK, j * FP8_BLOCK:(j + 1) * FP8_BLOCK]
+            scales[i, j] = block.abs().max() / FP8_MAX
+    expanded = scales.repeat_interleave(FP8_BLOCK, 0)[:n].repeat_interleave(FP8_BLOCK, 1)[:, :k]
+    codes = (weight / expanded).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return codes, scales, codes.to(torch.float32) * expanded
+
+
+def make_fp8(root, name, tokens, prompts):
+    """The V3 model with every projection stored as DeepSeek's FP8 blocks, and
+    transformers' outputs over the weights that file means; redrawn like the others."""
+    model_class, make_config = VARIANTS["deepseek_v3"]
+    out = os.path.join(root, name)
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    for attempt in range(50):
+        model = random_model(model_class, make_config(), seed + attempt)
+        shutil.rmtree(out, ignore_errors=True)
+        model.save_pretrained(out)
+        path = os.path.join(out, "model.safetensors")
+        stored = safetensors.torch.load_file(path)
+        meant, quantized = {}, 0
+        for key, tensor in list(stored.items()):
+            if key.endswith("_proj.weight") and tensor.dim() == 2:
+                codes, scales, dequantized = fp8_blocks(tensor)
+                meant[key] = dequantized
+                stored[key] = codes
+                stored[key[: -len("weight")] + "weight_scale_inv"] = scales
+                quantized += 1
+            else:
+                meant[key] = tensor
+        held = os.path.join(root, name + ".dequantized")
+        shutil.rmtree(held, ignore_errors=True)
+        shutil.copytree(out, held)
+        safetensors.torch.save_file(meant, os.path.join(held, "model.safetensors"), metadata={"format": "pt"})
+        reference = model_class.from_pretrained(held, dtype=torch.float32, attn_implementation="eager").eval()
+        shutil.rmtree(held)
+        logits, last, cases = outputs(reference, tokens, prompts)
+        if min(min(c["top2_gaps"]) for c in cases) > MIN_GAP:
+            break
+    else:
+        sys.exit(f"{name}: no seed in 50 gives greedy top-2 gaps above {MIN_GAP}")
+    safetensors.torch.save_file(stored, path, metadata={"format": "pt"})
+    config = json.load(open(os.path.join(out, "config.json")))
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": [FP8_BLOCK, FP8_BLOCK]}
+    json.dump(config, open(os.path.join(out, "config.json"), "w"), indent=2)
+    logits.tofile(os.path.join(out, "logits.f32"))
+    last.tofile(os.path.join(out, "last_logits.f32"))
+    with open(os.path.join(out, "reference.json"), "w") as f:
+        json.dump({"vocab_size": VOCAB, "cases": cases, "yarn": yarn_numbers(reference),
+                   "quantized_modules": quantized}, f)
+    with open(os.path.join(out, "tokens.json"), "w") as f:
+        json.dump({"tokens": tokens[0].tolist(), "seed": seed + attempt}, f)
+    print(name, "seed", seed + attempt, quantized, "FP8 modules")
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    root = os.path.abspath(sys.argv[1])
+    generator = torch.Generator().manual_seed(7)
+    tokens = torch.randint(3, VOCAB, (1, SEQUENCE_LENGTH), generator=generator)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=generator).tolist() for n in PROMPT_LENGTHS]
+    for name, (model_class, make_config) in VARIANTS.items():
+        out = os.path.join(root, name)
+        seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+        for attempt in range(50):
+            model = random_model(model_class, make_config(), seed + attempt)
+            logits, last, cases = outputs(model, tokens, prompts)
+            if min(min(c["top2_gaps"]) for c in cases) > MIN_GAP:
+                break
+        else:
+            sys.exit(f"{name}: no seed in 50 gives greedy top-2 gaps above {MIN_GAP}")
+        shutil.rmtree(out, ignore_errors=True)
+        model.save_pretrained(out)
+        logits.tofile(os.path.join(out, "logits.f32"))
+        last.tofile(os.path.join(out, "last_logits.f32"))
+        with open(os.path.join(out, "reference.json"), "w") as f:
+            json.dump({"vocab_size": VOCAB, "cases": cases, "yarn": yarn_numbers(model)}, f)
+        with open(os.path.join(out, "tokens.json"), "w") as f:
+            json.dump({"tokens": tokens[0].tolist(), "seed": seed + attempt, "transformers": transformers.__version__,
+                       "torch": torch.__version__}, f)
+        print(name, "seed", seed + attempt, sorted(os.listdir(out)))
+
+    make_fp8(root, "deepseek_v3_fp8", tokens, prompts)
+    with open(os.path.join(root, "yarn_reference.json"), "w") as f:
+        json.dump(yarn_reference(), f)
+
+    # The V3 model with one layer's kv_b_proj missing.
+    broken = os.path.join(root, "deepseek_v3_no_kv_b")
+    shutil.rmtree(broken, ignore_errors=True)
+    shutil.copytree(os.path.join(root, "deepseek_v3"), broken)
+    path = os.path.join(broken, "model.safetensors")
+    tensors = safetensors.torch.load_file(path)
+    del tensors["model.layers.1.self_attn.kv_b_proj.weight"]
+    safetensors.torch.save_file(tensors, path, metadata={"format": "pt"})
+
+
+if __name__ == "__main__":
+    main()
