@@ -15,7 +15,11 @@
 //     space: its Hessian is rank-deficient, so GPTQ/SparseGPT would move the
 //     rounding error into directions no calibration row of that expert covers, but
 //     later tokens routed to it may. It is compressed from its weights alone (RTN,
-//     magnitude pruning), as is an expert no calibration row reached;
+//     magnitude pruning), as is an expert no calibration row reached. The rule
+//     counts the gate/up input (hidden_size); a down_proj wider than that (Mixtral:
+//     14336 vs 4096) may still get fewer rows than its width, as a dense layer's
+//     may from a small calibration set. GPTQModel's rule is relative instead
+//     (meta.fallback: RTN below 0.5% of the calibration tokens);
 //   - the shared expert and a dense layer's MLP are ordinary modules (every row).
 #include <cstdint>
 #include <optional>
