@@ -9,8 +9,9 @@
 //     float ones (KL bound from a measured value) without being equal to them;
 //   - experts with too few or no rows fall back to RTN (exactly RTN's codes), are
 //     counted in the report and in the log, and the model loads and runs;
-//   - 2:4 pruning (SparseGPT on routed rows, magnitude without calibration) leaves
-//     every expert weight 2:4 after load and the routers untouched.
+//   - 2:4 pruning (SparseGPT on routed rows, magnitude without calibration, SparseGPT
+//     with GPTQ and fallback experts) leaves every expert weight 2:4 after load and
+//     the routers untouched; Wanda prunes each expert exactly by its own rows' norms.
 #include <gtest/gtest.h>
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
@@ -30,6 +31,7 @@
 #include "loader/architecture.h"
 #include "quant/compressor.h"
 #include "quant/gguf_writer.h"
+#include "quant/hessian.h"
 #include "test_util.h"
 
 namespace nibble::quant {
@@ -475,6 +477,46 @@ TEST(MoePrune, SparseGpt24OnRoutedRowsAndMagnitudeWithoutCalibration) {
     compress(source, options, {}, pruned_2_4_settings("magnitude"), out / "magnitude");
     expect_pruned_2_4(source, open_model(out / "magnitude"));
   }
+}
+
+// Wanda's column norms per expert come from its routed rows too (unstructured 50%).
+TEST(MoePrune, WandaPrunesEachExpertByTheNormsOfItsOwnRows) {
+  const ModelSource source = open_model(kModels / "mixtral_moe");
+  testing::TempDir out;
+  CompressionOptions options;
+  options.prune = PruneMethod::Wanda;
+  options.sparsity = SparsitySpec::unstructured(0.5);
+  CheckpointSettings settings = pruned_2_4_settings("wanda");
+  settings.sparsity_structure = "unstructured";
+  const Compressed run = compress(
+      source, options,
+      calibration_runs(kCalibrationRuns, kCalibrationLength, static_cast<std::int32_t>(source.config.vocab_size)),
+      settings, out / "wanda");
+  EXPECT_EQ(run.report.expert_fallbacks, 0);
+  // Each expert module is exactly Wanda with the norms of the inputs the observer saw
+  // for it (its routed rows; down_proj: its own gate/up's activation on them).
+  const ModelSource written = open_model(out / "wanda");
+  const ModelConfig& config = source.config;
+  const Architecture& arch = architecture_of(config.architecture);
+  kernels::CpuBackend backend(1);
+  for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
+    for (std::int64_t e = 0; e < config.moe.num_experts; ++e) {
+      for (const auto role : {TensorRole::ExpertGate, TensorRole::ExpertUp, TensorRole::ExpertDown}) {
+        const std::string module = arch.expert_module(role, layer, e);
+        const std::string group = arch.expert_module(
+            role == TensorRole::ExpertDown ? TensorRole::ExpertDown : TensorRole::ExpertGate, layer, e);
+        const auto original = source.weights->load(module + ".weight");
+        const auto rows = original.shape[0], cols = original.shape[1];
+        const auto& seen = run.observed.by_module.at(group);
+        Hessian hessian(cols);
+        hessian.add(seen.inputs, seen.rows, backend);
+        const auto expected = prune_wanda(floats(original), rows, cols, hessian.column_norms(), options.sparsity);
+        EXPECT_EQ(floats(written.weights->load(module + ".weight")), expected) << module;
+      }
+    }
+  }
+  const auto logits = logits_of(written, sequence_tokens(source.path));
+  EXPECT_TRUE(std::ranges::all_of(logits, [](float v) { return std::isfinite(v); }));
 }
 
 // SparseGPT and GPTQ in one sweep, with calibration so short that some experts fall
