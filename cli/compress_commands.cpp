@@ -44,6 +44,7 @@ struct CompressFlags {
   std::string calib;
   std::int64_t calib_samples = 128;
   std::int64_t seq_len = 512;
+  std::int64_t expert_min_rows = 0;
   double damp = 0.01;
   int threads = 0;
   bool json = false;
@@ -88,6 +89,11 @@ void add_common_flags(CLI::App* cmd, CompressFlags& flags) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--calib-samples", flags.calib_samples, "Calibration runs")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--seq-len", flags.seq_len, "Tokens per calibration run")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--expert-min-rows", flags.expert_min_rows,
+                  "Mixture of experts: an expert routed fewer calibration tokens is compressed from its weights "
+                  "alone (RTN / magnitude); 0: the hidden size")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--threads", flags.threads, "Worker threads (0: one per core)")->capture_default_str();
   cmd->add_flag("--json", flags.json, "Print the report as JSON");
 }
@@ -130,6 +136,7 @@ void run_compression(const CompressFlags& flags, quant::CompressionOptions optio
     calibration = quant::read_calibration_runs(flags.calib, *tokenizer, flags.calib_samples, flags.seq_len);
   }
   settings.tool_version = NIBBLE_VERSION;
+  options.expert_min_rows = flags.expert_min_rows;
   kernels::CpuBackend backend(flags.threads);
   std::unique_ptr<quant::ModuleWriter> writer_owner;
   if (gguf) {
@@ -154,6 +161,10 @@ void run_compression(const CompressFlags& flags, quant::CompressionOptions optio
                       {"input_bytes", in_bytes},
                       {"output_bytes", out_bytes},
                       {"proxy_loss", report.proxy_loss}};
+  if (report.experts > 0) {
+    json["experts"] = report.experts;
+    json["expert_fallbacks"] = report.expert_fallbacks;  // too few calibration tokens: RTN / magnitude
+  }
   // How group scales were chosen, in words: the log says what --calib did for RTN.
   std::string scales;
   if (options.quantize != quant::QuantMethod::None) {
@@ -174,6 +185,10 @@ void run_compression(const CompressFlags& flags, quant::CompressionOptions optio
                 static_cast<double>(out_bytes) / (1 << 20));
     if (!scales.empty()) {
       std::printf("scales: %s; embeddings: %s\n", scales.c_str(), json["embeddings"].get<std::string>().c_str());
+    }
+    if (report.experts > 0) {
+      std::printf("experts: %lld, %lld of them from their weights alone (too few calibration tokens routed)\n",
+                  static_cast<long long>(report.experts), static_cast<long long>(report.expert_fallbacks));
     }
   }
 }

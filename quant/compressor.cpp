@@ -11,6 +11,7 @@
 #include "common/half.h"
 #include "engine/decoder_model.h"
 #include "loader/architecture.h"
+#include "quant/moe_calibration.h"
 
 namespace nibble::quant {
 namespace {
@@ -214,6 +215,16 @@ class LayerCompressor {
   const CalibrationObserver& observer_;
 };
 
+// What an expert with too few calibration rows gets instead: the same format from
+// its weights alone (GPTQ -> RTN; SparseGPT, Wanda -> magnitude).
+CompressionOptions weights_only(const CompressionOptions& options) {
+  CompressionOptions out = options;
+  if (out.quantize == QuantMethod::Gptq) out.quantize = QuantMethod::Rtn;
+  if (out.prune != PruneMethod::None) out.prune = PruneMethod::Magnitude;
+  out.rtn_importance = false;
+  return out;
+}
+
 // The shape of linear module `module` as the config implies it.
 std::array<std::int64_t, 2> module_shape(const ModelConfig& config, const std::string& module) {
   const auto shape = linear_module_shape(config, module);
@@ -224,17 +235,10 @@ std::array<std::int64_t, 2> module_shape(const ModelConfig& config, const std::s
 // Methods that need no activations: every module of every layer, from its weights alone.
 void compress_weights_only(const ModelSource& source, LayerCompressor& compressor, const Progress& progress) {
   const auto& config = source.config;
-  const Architecture& arch = architecture_of(config.architecture);
   for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
-    for (const auto& name : arch.names) {
-      const std::string module = arch.module(name.role, layer);
-      const auto shape = linear_module_shape(config, module);
-      // Fused tensors (Phi-3's qkv_proj) are compressed as the parts the loader splits them into.
-      if (!shape || name.role == TensorRole::TokenEmbedding || name.role == TensorRole::LmHead ||
-          !fused_parts(name.role).empty()) {
-        continue;
-      }
-      Module loaded = load_module(*source.weights, module, (*shape)[0], (*shape)[1], false);
+    for (const auto& module : compressible_modules(config, layer)) {
+      const auto shape = module_shape(config, module);
+      Module loaded = load_module(*source.weights, module, shape[0], shape[1], false);
       compressor.compress_one(loaded, nullptr);
     }
     if (progress) progress("compressing layers", layer + 1, config.num_layers);
@@ -246,8 +250,12 @@ void compress_weights_only(const ModelSource& source, LayerCompressor& compresso
 // compressed inside the hook that sees that input, before the modules run, and
 // the model continues on the compressed weights: so o is calibrated through the
 // compressed q/k/v, and the next layer through the whole compressed layer.
-void compress_with_calibration(const ModelSource& source, const CalibrationRuns& calibration,
-                               kernels::Backend& backend, LayerCompressor& compressor, CompressionReport& report,
+// A MoE layer's experts are compressed the same way, each in the hook that sees
+// the rows its router sent it; `fallback` compresses the experts with too few rows
+// (ExpertCalibration) from their weights alone.
+void compress_with_calibration(const ModelSource& source, const CompressionOptions& options,
+                               const CalibrationRuns& calibration, kernels::Backend& backend,
+                               LayerCompressor& compressor, LayerCompressor& fallback, CompressionReport& report,
                                const Progress& progress) {
   const auto& config = source.config;
   if (!backend.host_visible_memory()) fail("compression runs on the CPU backend");
@@ -280,8 +288,11 @@ void compress_with_calibration(const ModelSource& source, const CalibrationRuns&
   engine::PagedKvCache cache = model.one_layer_cache(blocks, kBlockSize);
   // The current layer's compressed weights, which the model runs until the layer ends.
   std::vector<std::vector<float>> compressed;
+  ExpertCalibration experts(config, options.expert_min_rows);
   model.set_linear_input_hook(
       [&](std::span<const std::string> modules, const float* x, std::int64_t rows, std::int64_t cols) {
+        const auto use = experts.classify(modules, rows);
+        if (use == ExpertCalibration::Use::Skip) return;  // a router runs as it is
         std::vector<Module> loaded;
         loaded.reserve(modules.size());
         for (const auto& name : modules) {
@@ -290,7 +301,10 @@ void compress_with_calibration(const ModelSource& source, const CalibrationRuns&
         }
         std::vector<Module*> group;
         for (auto& module : loaded) group.push_back(&module);
-        compressor.compress(group, std::span(x, static_cast<std::size_t>(rows * cols)), rows);
+        // A fallback expert is replaced too, so the rows it did get see the weights
+        // the engine will run, and the next layer's inputs stay exact.
+        (use == ExpertCalibration::Use::Calibrated ? compressor : fallback)
+            .compress(group, std::span(x, static_cast<std::size_t>(rows * cols)), rows);
         for (auto& module : loaded) {
           compressed.push_back(std::move(module.weights));
           model.replace_linear(module.name, compressed.back().data());
@@ -300,10 +314,22 @@ void compress_with_calibration(const ModelSource& source, const CalibrationRuns&
   const auto start = std::chrono::steady_clock::now();
   for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
     model.run_layer(layer, cache);
+    // Experts no calibration row reached never saw the hook.
+    for (const auto& name : experts.finish_layer(layer)) {
+      const auto shape = module_shape(config, name);
+      Module loaded = load_module(*source.weights, name, shape[0], shape[1], false);
+      fallback.compress_one(loaded, nullptr);
+    }
     compressed.clear();  // the layer never runs again
     if (progress) progress("compressing layers", layer + 1, config.num_layers);
     spdlog::debug("compress_layer layer={} modules={} seconds={:.2f}", layer, report.modules,
                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  report.experts = experts.experts();
+  report.expert_fallbacks = experts.fallbacks();
+  if (report.experts > 0) {
+    spdlog::info("compress_moe experts={} calibrated={} fallback={} min_rows={}", report.experts,
+                 report.experts - report.expert_fallbacks, report.expert_fallbacks, experts.min_rows());
   }
 }
 
@@ -352,9 +378,9 @@ CompressionReport compress_model(const ModelSource& source, const CompressionOpt
     fail("{} is already quantized ({}); compress the unquantized model instead", source.path.string(),
          quant_method_name(source.quantization->method));
   }
-  // Experts need their calibration tokens routed to them (issue 18): not done yet.
-  if (config.moe.enabled()) {
-    fail("compressing mixture-of-experts models ({}) is not supported yet", config.architecture);
+  if (config.moe.enabled() && !writer.writes_experts()) {
+    fail("this output format cannot hold a mixture-of-experts model's experts ({}); write a Hugging Face folder",
+         config.architecture);
   }
   // kv_b_proj runs as per-head matrices built at load, not as a linear layer a hook sees.
   if (config.mla) fail("compressing latent-attention models ({}) is not supported yet", config.architecture);
@@ -364,9 +390,12 @@ CompressionReport compress_model(const ModelSource& source, const CompressionOpt
   if (options.prune != PruneMethod::None && !options.sparsity.active()) fail("pruning needs a sparsity");
   CompressionReport report;
   LayerCompressor compressor(config, options, backend, writer, report, observer);
+  const CompressionOptions fallback_options = weights_only(options);
+  const CalibrationObserver no_observer;  // the fallback compresses from weights, not inputs
+  LayerCompressor fallback(config, fallback_options, backend, writer, report, no_observer);
   if (options.needs_calibration()) {
     if (calibration.empty()) fail("this method needs calibration data (--calib)");
-    compress_with_calibration(source, calibration, backend, compressor, report, progress);
+    compress_with_calibration(source, options, calibration, backend, compressor, fallback, report, progress);
   } else {
     spdlog::info("compress_start layers={} calibration_tokens=0 runs=0", config.num_layers);
     compress_weights_only(source, compressor, progress);

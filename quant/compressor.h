@@ -47,6 +47,11 @@ struct CompressionOptions {
   // embedding lookup dequantizes a row; the lm_head runs the quantized GEMM.
   bool quantize_embeddings = false;
   int embedding_bits = 0;  // their bits when not spec.bits (0: spec.bits); the writer's settings must agree
+  // Mixture of experts: an expert routed fewer calibration rows than this is
+  // compressed from its weights alone (GPTQ -> RTN, SparseGPT/Wanda -> magnitude);
+  // 0: the hidden size, the fewest rows that can span the expert's input
+  // (quant/moe_calibration.h says why).
+  std::int64_t expert_min_rows = 0;
 
   // Whether the method needs activations (GPTQ, Wanda, SparseGPT) or only weights.
   bool needs_calibration() const;
@@ -65,6 +70,10 @@ struct CompressionReport {
   std::int64_t calibration_tokens = 0;
   double seconds = 0;
   double proxy_loss = 0;  // sum over modules of the sweep's loss (0 for RTN/magnitude/Wanda)
+  // Mixture of experts, with calibration: routed experts over all sparse layers,
+  // and how many of them were compressed from their weights alone (too few rows).
+  std::int64_t experts = 0;
+  std::int64_t expert_fallbacks = 0;
 };
 
 // Compresses every linear module of every decoder layer of `source` (and the
@@ -72,6 +81,8 @@ struct CompressionReport {
 // to the writer) and adds it to `writer`; the caller finish()es it. Modules the
 // writer wants in GGUF blocks (writer.block_type) are encoded with that type's
 // BlockCodec: GPTQ's sweep or round-to-nearest.
+// Mixture-of-experts layers: each routed expert is compressed on the calibration
+// rows the model's router sends it (quant/moe_calibration.h); routers stay float.
 // Throws nibble::Error for unsupported models (not Llama-family), missing
 // calibration when the method needs it, or bad options.
 CompressionReport compress_model(const ModelSource& source, const CompressionOptions& options,

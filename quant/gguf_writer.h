@@ -61,6 +61,7 @@ class GgufWriter : public ModuleWriter {
   void add_pruned(const std::string& module, std::span<const float> weights, std::int64_t rows,
                   std::int64_t cols) override;
   bool reads_gguf_source() const override { return true; }  // and HF folders
+  bool writes_experts() const override { return false; }  // 3-D ffn_*_exps tensors: not written yet
   // Writes the file (under a temporary name, renamed when complete).
   void finish() override;
 

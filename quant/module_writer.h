@@ -36,6 +36,9 @@ class ModuleWriter {
   // Whether the writer can copy the rest of the model from a GGUF source (the HF
   // folder writers copy safetensors files).
   virtual bool reads_gguf_source() const { return false; }
+  // Whether the format can hold a mixture-of-experts model's per-expert modules
+  // (GGUF stacks a layer's experts into 3-D tensors, which the GGUF writer does not write yet).
+  virtual bool writes_experts() const { return true; }
   virtual void finish() = 0;
 };
 
