@@ -287,33 +287,48 @@ void unpack_chunk(const BlockLayout& w, std::int64_t n, std::int64_t k0, std::in
 // acc += one 64-weight step times activation row `x` at input `at`: the integer dot
 // product per lane, scaled by step x the activation scale, less offset x the
 // activation lane sum. Every path runs exactly this, in input order.
-[[gnu::always_inline]] inline __m512 dot_step(__m512 acc, __m512i codes, __m512 step, __m512 offset,
-                                             const std::int8_t* x_codes, const float* x_scales, const float* x_sums) {
-  const __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, _mm512_loadu_si512(x_codes));
-  const __m512 scale = _mm512_mul_ps(step, _mm512_loadu_ps(x_scales));
-  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc);
-  return _mm512_fnmadd_ps(offset, _mm512_loadu_ps(x_sums), acc);
+[[gnu::always_inline]] inline __m512 dot_step(__m512 acc, __m512i codes, __m512 step, __m512 offset, __m512i x_codes,
+                                             __m512 x_scales, __m512 x_sums) {
+  const __m512i dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, x_codes);
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), _mm512_mul_ps(step, x_scales), acc);
+  return _mm512_fnmadd_ps(offset, x_sums, acc);
 }
 
-// out[r] += the dot product of one unpacked chunk with activation rows r0..r0+Rows.
-template <int Rows>
-[[gnu::always_inline]] inline void dot_chunk(const Unpacked& u, std::int64_t len, const BlockActivations& x,
-                                             std::int64_t r0, std::int64_t k0, float* out) {
-  __m512 acc[Rows];
-  for (auto& a : acc) a = _mm512_setzero_ps();
+[[gnu::always_inline]] inline __m512 dot_step(__m512 acc, __m512i codes, __m512 step, __m512 offset,
+                                             const std::int8_t* x_codes, const float* x_scales, const float* x_sums) {
+  return dot_step(acc, codes, step, offset, _mm512_loadu_si512(x_codes), _mm512_loadu_ps(x_scales),
+                  _mm512_loadu_ps(x_sums));
+}
+
+// out[o * rows + r] += the dot product of unpacked chunk u[o] with activation row
+// r0 + r, for Outs chunks and Rows rows: each activation vector loaded once feeds
+// every chunk, each weight vector every row.
+template <int Outs, int Rows>
+[[gnu::always_inline]] inline void dot_chunk(const Unpacked* u, std::int64_t len, const BlockActivations& x,
+                                             std::int64_t r0, std::int64_t k0, float* out, std::int64_t rows) {
+  __m512 acc[Outs][Rows];
+  for (auto& row : acc)
+    for (auto& a : row) a = _mm512_setzero_ps();
   const std::int8_t* codes = x.codes + r0 * x.ldx + k0;
   const std::int64_t lane0 = (r0 * x.ldx + k0) / kUnpackLane;
   const std::int64_t lane_stride = x.ldx / kUnpackLane;
   for (std::int64_t i = 0; i < len; i += kBlockStep) {
-    const __m512i wc = _mm512_load_si512(u.codes + i);
-    const __m512 ws = _mm512_load_ps(u.step + i / kUnpackLane);
-    const __m512 wo = _mm512_load_ps(u.offset + i / kUnpackLane);
+    __m512i wc[Outs];
+    __m512 ws[Outs], wo[Outs];
+    for (int o = 0; o < Outs; ++o) {
+      wc[o] = _mm512_load_si512(u[o].codes + i);
+      ws[o] = _mm512_load_ps(u[o].step + i / kUnpackLane);
+      wo[o] = _mm512_load_ps(u[o].offset + i / kUnpackLane);
+    }
     for (int r = 0; r < Rows; ++r) {
       const std::int64_t lane = lane0 + r * lane_stride + i / kUnpackLane;
-      acc[r] = dot_step(acc[r], wc, ws, wo, codes + r * x.ldx + i, x.lane_scales + lane, x.lane_sums + lane);
+      const __m512i xc = _mm512_loadu_si512(codes + r * x.ldx + i);
+      const __m512 xs = _mm512_loadu_ps(x.lane_scales + lane), xu = _mm512_loadu_ps(x.lane_sums + lane);
+      for (int o = 0; o < Outs; ++o) acc[o][r] = dot_step(acc[o][r], wc[o], ws[o], wo[o], xc, xs, xu);
     }
   }
-  for (int r = 0; r < Rows; ++r) out[r] += _mm512_reduce_add_ps(acc[r]);
+  for (int o = 0; o < Outs; ++o)
+    for (int r = 0; r < Rows; ++r) out[o * rows + r] += _mm512_reduce_add_ps(acc[o][r]);
 }
 
 // One activation row (decode): weights decoded straight into registers, several
@@ -382,13 +397,20 @@ void block_int8_linear(const BlockLayout& w, const BlockActivations& x, std::int
       const std::int64_t len = std::min(kChunk, x.ldx - k0);
       for (std::int64_t i = 0; i < nb; ++i) unpack_chunk<Block>(w, n0 + i, k0, valid, len, u[i]);
       for (std::int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-        for (std::int64_t i = 0; i < nb; ++i) {
+        for (std::int64_t i = 0; i < nb; i += 2) {
           float* out = partial + i * rows + r0;
-          switch (std::min<std::int64_t>(kRowBlock, rows - r0)) {
-            case 4: dot_chunk<4>(u[i], len, x, r0, k0, out); break;
-            case 3: dot_chunk<3>(u[i], len, x, r0, k0, out); break;
-            case 2: dot_chunk<2>(u[i], len, x, r0, k0, out); break;
-            default: dot_chunk<1>(u[i], len, x, r0, k0, out); break;
+          const auto run = [&]<int Outs>() {
+            switch (std::min<std::int64_t>(kRowBlock, rows - r0)) {
+              case 4: dot_chunk<Outs, 4>(u + i, len, x, r0, k0, out, rows); break;
+              case 3: dot_chunk<Outs, 3>(u + i, len, x, r0, k0, out, rows); break;
+              case 2: dot_chunk<Outs, 2>(u + i, len, x, r0, k0, out, rows); break;
+              default: dot_chunk<Outs, 1>(u + i, len, x, r0, k0, out, rows); break;
+            }
+          };
+          if (i + 1 < nb) {
+            run.template operator()<2>();
+          } else {
+            run.template operator()<1>();
           }
         }
       }
