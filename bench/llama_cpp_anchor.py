@@ -153,9 +153,36 @@ def speed_of(args, model):
     return {k: statistics.median(v) for k, v in samples.items()}, samples, load
 
 
+def copy_gbps(threads, megabytes=512):
+    """Bytes read plus written per second by `threads` threads copying cold arrays
+    (numpy releases the GIL while it copies): the bandwidth decode's weight reads
+    are compared with, measured in the same run."""
+    import threading
+    import numpy as np
+    n = megabytes << 20
+    src, dst = np.ones(n, dtype=np.uint8), np.zeros(n, dtype=np.uint8)
+    part = n // threads
+    best = 0.0
+    for _ in range(5):
+        workers = [threading.Thread(target=np.copyto, args=(dst[i * part:(i + 1) * part], src[i * part:(i + 1) * part]))
+                   for i in range(threads)]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, 2 * n / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def speed(args):
     files = args.bench_files or [os.path.join(args.models, f"{NAME}.{args.bench_type}.gguf")]
-    return {os.path.basename(f): dict(zip(("median", "samples", "load"), speed_of(args, f))) for f in files}
+    out = {}
+    for f in files:
+        median, samples, load = speed_of(args, f)
+        out[os.path.basename(f)] = {"median": median, "samples": samples, "load": load,
+                                    "file_bytes": os.path.getsize(os.path.realpath(f)), "copy_gbps": copy_gbps(args.threads)}
+    return out
 
 
 def main():
@@ -237,6 +264,10 @@ def main():
             for test in ("pp512", "tg128"):
                 lv, pv, nv, fv = (s[f"{w}_{test}"] for w in ("llama", "llama_passive", "nibble", "nibble_float"))
                 print(f"| {test} | {lv:.1f} | {pv:.1f} | {nv:.1f} | {fv:.1f} | {nv / lv:.2f}, {nv / pv:.2f} |")
+            # Decode reads every weight once per token (the file's bytes, near enough).
+            traffic = s["nibble_tg128"] * r["file_bytes"] / 1e9
+            print(f"\nnibble decode weight traffic {traffic:.2f} GB/s (read) against a {args.threads}-thread copy "
+                  f"of {r['copy_gbps']:.2f} GB/s (read + written) in the same run: {traffic / r['copy_gbps']:.2f}x")
 
 
 if __name__ == "__main__":
