@@ -6,7 +6,7 @@ import sys
 
 d = json.load(sys.stdin)
 steps = max(1, len(d["tokens"]))
-line = f"{sys.argv[1]:<28} decode {d['decode_tokens_per_second']:8.1f} tok/s"
+line = f"{sys.argv[1]:<42} decode {d['decode_tokens_per_second']:8.1f} tok/s"
 for kind, c in sorted(d.get("collectives", {}).items()):
     line += (f"  {kind}: {c['calls'] / steps:.0f}/step {c['bytes'] / steps / 1024:.1f} KiB/step "
              f"{1e6 * c['seconds'] / steps:.0f} us/step")

@@ -74,14 +74,17 @@ void run_generate_worker(const GenerateOptions& options, kernels::Backend& backe
 void run_generate(const GenerateOptions& options, kernels::Backend& backend, ParallelGroup* group);
 
 void run_generate(const GenerateOptions& options) {
-  const auto backend_owner = make_backend(options.device, options.threads, options.activations);
+  const ParallelSizes sizes{options.tensor_parallel_size, options.pipeline_parallel_size,
+                            options.pipeline_micro_batches};
+  const auto backend_owner = make_backend(rank_device(options.device, sizes), options.threads, options.activations);
   auto group = join_parallel_group(
-      {options.tensor_parallel_size, options.pipeline_parallel_size, options.pipeline_micro_batches},
+      sizes,
       fmt::format("nibble {} generate model={} device={} threads={} int8_activations={} expand_quantized={} tp={} "
                   "pp={} micro_batches={}",
                   NIBBLE_VERSION, options.model, options.device, options.threads, options.activations.use_int8(),
                   options.expand_quantized, options.tensor_parallel_size, options.pipeline_parallel_size,
-                  options.pipeline_micro_batches));
+                  options.pipeline_micro_batches),
+      *backend_owner);
   try {
     if (group && !group->leader()) {
       run_generate_worker(options, *backend_owner, *group);

@@ -6,14 +6,48 @@
 
 #include "common/error.h"
 #include "engine/pipeline_stage.h"
+#include "kernels/backend_factory.h"
 
 #ifdef NIBBLE_WITH_MPI
 #include "dist/mpi_communicator.h"
 #endif
+#ifdef NIBBLE_WITH_NCCL
+#include "dist/nccl_communicator.h"
+#endif
 
 namespace nibble::cli {
 
+#ifdef NIBBLE_WITH_MPI
+namespace {
+
+// `host_group` as a group that moves `backend`'s memory: itself for CPU ranks,
+// for GPU ranks an NCCL communicator over the same ranks on the backend's
+// stream, bootstrapped over `host_group` (which is not needed afterwards).
+std::unique_ptr<dist::Communicator> on_backend(std::unique_ptr<dist::Communicator> host_group,
+                                               kernels::Backend& backend, std::chrono::milliseconds deadline) {
+  if (backend.host_visible_memory()) return host_group;
+#ifdef NIBBLE_WITH_NCCL
+  auto* stream = static_cast<CUstream_st*>(kernels::work_stream(backend));
+  return dist::make_nccl_communicator(*host_group, backend.device().index, stream, deadline);
+#else
+  (void)deadline;
+  fail("ranks on the {} backend need NCCL, which this build lacks (it comes with the CUDA backend)", backend.name());
+#endif
+}
+
+}  // namespace
+#endif
+
+std::string rank_device(const std::string& device, ParallelSizes sizes) {
+  if (device != "cuda" || sizes.ranks() == 1) return device;
+#ifdef NIBBLE_WITH_MPI
+  if (const auto local = dist::launcher_local_rank()) return fmt::format("cuda:{}", *local);
+#endif
+  return device;
+}
+
 std::optional<ParallelGroup> join_parallel_group(ParallelSizes sizes, const std::string& identity,
+                                                 kernels::Backend& backend,
                                                  std::chrono::milliseconds collective_timeout) {
   if (sizes.tensor < 1) fail("--tensor-parallel-size must be at least 1, got {}", sizes.tensor);
   if (sizes.pipeline < 1) fail("--pipeline-parallel-size must be at least 1, got {}", sizes.pipeline);
@@ -23,6 +57,7 @@ std::optional<ParallelGroup> join_parallel_group(ParallelSizes sizes, const std:
   const int ranks = sizes.ranks();
 #ifndef NIBBLE_WITH_MPI
   (void)identity;
+  (void)backend;
   (void)collective_timeout;
   fail("a model split over {} ranks needs a build with Open MPI (libopenmpi-dev; cmake -DNIBBLE_MPI=ON)", ranks);
 #else
@@ -55,11 +90,14 @@ std::optional<ParallelGroup> join_parallel_group(ParallelSizes sizes, const std:
   // split() is collective over the world: every rank makes both, in this order.
   auto tensor = group.world->split(group.stage(), group.tensor_rank());
   auto pipeline = group.world->split(group.tensor_rank(), group.stage());
-  if (sizes.tensor > 1) group.tensor = std::move(tensor);
-  if (sizes.pipeline > 1) group.pipeline = std::move(pipeline);
-  spdlog::info("parallel_group_joined rank={} size={} tensor_rank={} stage={} tensor={} pipeline={} engine={}",
-               group.rank(), group.size(), group.tensor_rank(), group.stage(), sizes.tensor, sizes.pipeline,
-               group.world->engine());
+  // Every rank makes the tensor group's NCCL communicator before the pipeline
+  // group's: each creation waits for the group's other ranks.
+  if (sizes.tensor > 1) group.tensor = on_backend(std::move(tensor), backend, collective_timeout);
+  if (sizes.pipeline > 1) group.pipeline = on_backend(std::move(pipeline), backend, collective_timeout);
+  const dist::Communicator* forward = group.tensor ? group.tensor.get() : group.pipeline.get();
+  spdlog::info("parallel_group_joined rank={} size={} tensor_rank={} stage={} tensor={} pipeline={} engine={} "
+               "device={}", group.rank(), group.size(), group.tensor_rank(), group.stage(), sizes.tensor,
+               sizes.pipeline, forward->engine(), backend.device().name());
   return group;
 #endif
 }

@@ -15,6 +15,7 @@
 #include "cli/forwarding_model.h"
 #include "dist/communicator.h"
 #include "engine/model.h"
+#include "kernels/backend.h"
 #include "loader/model_source.h"
 #include "loader/tensor_shard.h"
 
@@ -51,12 +52,21 @@ struct ParallelGroup {
   bool leader() const { return rank() == 0; }
 };
 
+// The device this rank runs on: `device` as given, except that a bare "cuda" on
+// a rank of a split model becomes cuda:<the rank's local index on its machine,
+// from the launcher>, so a machine's ranks drive one GPU each. "cuda:N" names
+// the GPU itself and wins.
+std::string rank_device(const std::string& device, ParallelSizes sizes);
+
 // Nothing when both sizes are 1. Otherwise the MPI world, which must have
 // exactly tensor x pipeline ranks, and `identity` (what must agree across ranks:
 // version, model, flags) compared: any difference is refused on every rank with
 // both values. `collective_timeout` bounds every collective of the forward.
+// The tensor and pipeline groups move `backend`'s memory: MPI for CPU ranks,
+// NCCL on the backend's stream for GPU ranks (its unique id sent over MPI);
+// the plans and the world stay on MPI.
 std::optional<ParallelGroup> join_parallel_group(
-    ParallelSizes sizes, const std::string& identity,
+    ParallelSizes sizes, const std::string& identity, kernels::Backend& backend,
     std::chrono::milliseconds collective_timeout = std::chrono::seconds(30));
 
 // Rank 0's model when the model is split. A collective that times out (a peer

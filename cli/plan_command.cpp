@@ -115,10 +115,11 @@ std::string serve_command(const PlanOptions& options, const scheduler::PlanInput
   return command;
 }
 
-// What of that command this build cannot run yet (docs/parallel.md), or "".
+// What is unproven about that command in this build (docs/parallel.md), or "".
 std::string command_caveat(const scheduler::MemoryPlan& plan) {
   if (!plan.on_gpu || plan.parallelism.gpus() == 1) return "";
-  return "tensor and pipeline parallelism run on CPU ranks today; GPU ranks are not wired yet (docs/parallel.md)";
+  return "GPU ranks (NCCL) are wired but have not run on a GPU yet: check with scripts/gpu-tp-check first "
+         "(docs/parallel.md)";
 }
 
 nlohmann::json plan_json(const PlanOptions& options, const PlannedModel& model, const scheduler::PlanInputs& inputs,

@@ -248,15 +248,17 @@ void run_serve(const ServeOptions& options) {
   // Before any thread starts (the backend's pool among them), so SIGTERM reaches only its waiter.
   ShutdownSignal shutdown;
   // Then a device that cannot run here fails before the port is taken.
-  const auto backend_owner = make_backend(options.device, options.threads, options.activations);
+  const ParallelSizes sizes{options.tensor_parallel_size, options.pipeline_parallel_size,
+                            options.pipeline_micro_batches};
+  const auto backend_owner = make_backend(rank_device(options.device, sizes), options.threads, options.activations);
   auto group = join_parallel_group(
-      {options.tensor_parallel_size, options.pipeline_parallel_size, options.pipeline_micro_batches},
+      sizes,
       fmt::format("nibble {} serve model={} device={} threads={} int8_activations={} kv={} block_size={} tp={} pp={} "
                   "micro_batches={}",
                   NIBBLE_VERSION, options.model, options.device, options.threads, options.activations.use_int8(),
                   options.kv_cache_dtype, options.block_size, options.tensor_parallel_size,
                   options.pipeline_parallel_size, options.pipeline_micro_batches),
-      to_ms(options.collective_timeout));
+      *backend_owner, to_ms(options.collective_timeout));
   try {
     if (group && !group->leader()) {
       run_serve_worker(options, *backend_owner, *group, shutdown);

@@ -61,6 +61,9 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string_view engine() const = 0;  // "mpi", "nccl", "single"
+  // True when the buffers every collective takes are device memory (NCCL's), false
+  // for host memory (MPI's, the one-rank identity's).
+  virtual bool device_memory() const { return false; }
 
   // In place: every rank ends with the element-wise reduction of all ranks' data.
   // All ranks get bit-identical results.

@@ -2,6 +2,7 @@
 
 #include <mpi.h>
 
+#include <charconv>
 #include <climits>
 #include <cstdlib>
 #include <string>
@@ -247,6 +248,19 @@ bool launched_by_mpi() {
     if (std::getenv(name) != nullptr) return true;
   }
   return false;
+}
+
+std::optional<int> launcher_local_rank() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
+    const char* value = std::getenv(name);
+    if (value == nullptr) continue;
+    const std::string_view text(value);
+    int rank = -1;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), rank);
+    if (error != std::errc() || end != text.data() + text.size() || rank < 0) fail("{}={} is not a local rank", name, text);
+    return rank;
+  }
+  return std::nullopt;
 }
 
 std::unique_ptr<Communicator> make_mpi_world(std::chrono::milliseconds deadline) {

@@ -5,6 +5,7 @@
 // that died or hung turns into a CollectiveTimeout on the others, never a hang.
 #include <chrono>
 #include <memory>
+#include <optional>
 
 #include "dist/communicator.h"
 
@@ -14,6 +15,12 @@ namespace nibble::dist {
 // PMIx server such as a LeaderWorkerSet launcher's), so MPI_COMM_WORLD holds the
 // other ranks.
 bool launched_by_mpi();
+
+// This process's index among the ranks the launcher started on its machine
+// (Open MPI's OMPI_COMM_WORLD_LOCAL_RANK, MPICH's MPI_LOCALRANKID, Slurm's
+// SLURM_LOCALID): which of the machine's GPUs a rank drives. Nothing when no
+// launcher said.
+std::optional<int> launcher_local_rank();
 
 // MPI_COMM_WORLD. Initializes MPI on the first call (threads: one at a time, from
 // any thread) and finalizes it at exit. `deadline` bounds every collective.

@@ -54,6 +54,7 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string_view engine() const override { return "nccl"; }
+  bool device_memory() const override { return true; }
 
   void all_reduce(void* data, std::int64_t count, DType dtype, ReduceOp op) override {
     count_call(Collective::AllReduce, count, dtype);

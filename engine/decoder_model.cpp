@@ -56,6 +56,15 @@ float embedding_scale_of(const Architecture& arch, const ModelConfig& config) {
   return scale;
 }
 
+// The model hands a group pointers into the backend's memory (the workspace, its
+// logits buffers): a host-memory group (MPI) cannot read a GPU's, nor NCCL the host's.
+void check_group_memory(const dist::Communicator* group, const kernels::Backend& backend, std::string_view kind) {
+  if (group == nullptr || group->device_memory() == !backend.host_visible_memory()) return;
+  fail("the {} parallel group's {} collectives move {} memory, but the {} backend computes in {} memory", kind,
+       group->engine(), group->device_memory() ? "device" : "host", backend.name(),
+       backend.host_visible_memory() ? "host" : "device");
+}
+
 }  // namespace
 
 void DecoderLayer::forward(const StepContext& step, Workspace& ws, std::int64_t hidden) const {
@@ -109,12 +118,7 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
       (shard_ && (shard_->size != tensor_group_->size() || shard_->rank != tensor_group_->rank()))) {
     fail("tensor parallelism needs this rank's shard layout and its group, and they must agree on rank and size");
   }
-  if (tensor_group_ != nullptr && !backend.host_visible_memory()) {
-    // The sums and the logits gather go through host memory (MPI); GPU ranks
-    // will sum on the device through NCCL (dist/nccl_communicator.h).
-    fail("tensor parallelism runs on CPU ranks only for now; the {} backend's memory is not host memory",
-         backend.name());
-  }
+  check_group_memory(tensor_group_, backend, "tensor");
   if (shard_ && config_.moe.enabled()) {
     fail("tensor parallelism of mixture-of-experts layers is not supported yet ({})", config_.architecture);
   }
@@ -136,10 +140,7 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
     fail("pipeline parallelism needs this rank's stage and its group, agreeing on stage and size, "
          "with layers inside the model's {}", config_.num_layers);
   }
-  if (pipeline_group_ != nullptr && !backend.host_visible_memory()) {
-    fail("pipeline parallelism runs on CPU ranks only for now; the {} backend's memory is not host memory",
-         backend.name());
-  }
+  check_group_memory(pipeline_group_, backend, "pipeline");
   const bool first_stage = !stage_ || stage_->first();
   const bool last_stage = !stage_ || stage_->last();
   first_layer_ = stage_ ? stage_->first_layer : 0;
@@ -264,7 +265,9 @@ void DecoderModel::forward_pipelined(std::span<const BatchEntry> batch, PagedKvC
   if (stage.first() && static_cast<std::int64_t>(logits.size()) < total_out * vocab) {
     fail("forward: logits buffer too small");
   }
-  if (stage.last()) stage_logits_.resize(static_cast<std::size_t>(total_out * vocab));
+  // The last stage's logits of every micro-batch, in the backend's memory (the
+  // pipeline group moves that memory); stage 0 receives them there too.
+  float* stage_logits = stage.last() || stage.first() ? scratch(stage_logits_, total_out * vocab) : nullptr;
   // Every stage cuts the step the same way (the same plan, the same arithmetic).
   // Stage s receives micro-batch m once it is done with m - 1, so while it runs
   // m, stage s - 1 runs m + 1: with M micro-batches over S stages a step takes
@@ -285,51 +288,51 @@ void DecoderModel::forward_pipelined(std::span<const BatchEntry> batch, PagedKvC
       continue;
     }
     const std::int64_t part = output_rows();
-    head(part, std::span(stage_logits_).subspan(static_cast<std::size_t>(out * vocab), static_cast<std::size_t>(part * vocab)));
+    head_into(part, stage_logits + out * vocab);
     out += part;
   }
   // The last stage sends every micro-batch's logits at once, after it has received
   // the last micro-batch: stage 0 is sending micro-batches until then, and two
   // stages each waiting for the other to receive would never finish.
-  if (stage.last()) pipeline_group_->send(stage_logits_.data(), total_out * vocab, DType::F32, 0);
-  if (stage.first()) pipeline_group_->recv(logits.data(), total_out * vocab, DType::F32, stage.stages - 1);
+  if (stage.last()) pipeline_group_->send(stage_logits, total_out * vocab, DType::F32, 0);
+  if (stage.first()) {
+    pipeline_group_->recv(stage_logits, total_out * vocab, DType::F32, stage.stages - 1);
+    backend_.download(stage_logits_, 0, static_cast<std::size_t>(total_out * vocab) * sizeof(float), logits.data());
+  }
 }
 
 void DecoderModel::head(std::int64_t out_rows, std::span<float> logits) {
+  // Where the host reads the backend's memory, the logits go straight into `logits`.
+  if (backend_.host_visible_memory()) {
+    head_into(out_rows, logits.data());
+    return;
+  }
+  const kernels::Buffer& device_logits = workspace_.logits(backend_, out_rows * config_.vocab_size);
+  head_into(out_rows, device_logits.data<float>());
+  backend_.download(device_logits, 0, static_cast<std::size_t>(out_rows * config_.vocab_size) * sizeof(float),
+                    logits.data());
+}
+
+void DecoderModel::head_into(std::int64_t out_rows, float* out) {
   const auto d = config_.hidden_size;
-  const auto vocab = config_.vocab_size;
   Workspace& ws = workspace_;
   // The rows whose logits are wanted, normalized side by side so lm_head runs once over them.
-  std::int64_t out = 0;
+  std::int64_t row = 0;
   for (const auto& segment : segments_) {
     const bool all = segment.logits == Logits::AllRows;
     const std::int64_t first = all ? segment.first_row : segment.first_row + segment.rows - 1;
     const std::int64_t count = all ? segment.rows : 1;
-    final_norm_.run(backend_, ws.x() + first * d, count, d, ws.h() + out * d);
-    out += count;
+    final_norm_.run(backend_, ws.x() + first * d, count, d, ws.h() + row * d);
+    row += count;
   }
   if (shard_) {
-    gather_logits(out_rows, logits);
-    // The gathered logits are in host memory, which the backend reads (checked at load).
-    if (config_.final_logit_softcapping > 0) {
-      backend_.soft_cap(logits.data(), out_rows * vocab, static_cast<float>(config_.final_logit_softcapping));
-    }
-    return;
+    gather_logits(out_rows, out);
+  } else {
+    lm_head_.run(backend_, ws.h(), out_rows, out, hook_);
   }
-  // Where the host reads the backend's memory, lm_head writes straight into `logits`.
-  if (backend_.host_visible_memory()) {
-    lm_head_.run(backend_, ws.h(), out_rows, logits.data(), hook_);
-    if (config_.final_logit_softcapping > 0) {
-      backend_.soft_cap(logits.data(), out_rows * vocab, static_cast<float>(config_.final_logit_softcapping));
-    }
-    return;
-  }
-  const kernels::Buffer& device_logits = ws.logits(backend_, out_rows * vocab);
-  lm_head_.run(backend_, ws.h(), out_rows, device_logits.data<float>(), hook_);
   if (config_.final_logit_softcapping > 0) {
-    backend_.soft_cap(device_logits.data<float>(), out_rows * vocab, static_cast<float>(config_.final_logit_softcapping));
+    backend_.soft_cap(out, out_rows * config_.vocab_size, static_cast<float>(config_.final_logit_softcapping));
   }
-  backend_.download(device_logits, 0, static_cast<std::size_t>(out_rows * vocab) * sizeof(float), logits.data());
 }
 
 void DecoderModel::begin_layers(std::span<const BatchEntry> batch) {
@@ -365,36 +368,32 @@ void DecoderModel::embed() {
   if (embedding_scale_ != 1.0f) backend_.scale(workspace_.x(), values, embedding_scale_);
 }
 
-void DecoderModel::gather_logits(std::int64_t out_rows, std::span<float> logits) {
-  // This rank's logits [out_rows, lm_head rows] (its vocabulary, plus the zero
-  // row's 0 when lm_head is the tied embedding), on the host.
+void DecoderModel::gather_logits(std::int64_t out_rows, float* out) {
+  // This rank's logits [out_rows, lm_head rows]: its vocabulary, plus the zero
+  // row's 0 when lm_head is the tied embedding.
   const std::int64_t local_width = lm_head_.rows();
   const std::int64_t stride = shard_->vocab_stride;
-  local_logits_.resize(static_cast<std::size_t>(out_rows * local_width));
-  if (backend_.host_visible_memory()) {
-    lm_head_.run(backend_, workspace_.h(), out_rows, local_logits_.data(), hook_);
-  } else {
-    const kernels::Buffer& device = workspace_.logits(backend_, out_rows * local_width);
-    lm_head_.run(backend_, workspace_.h(), out_rows, device.data<float>(), hook_);
-    backend_.download(device, 0, local_logits_.size() * sizeof(float), local_logits_.data());
-  }
+  float* local = scratch(local_logits_, out_rows * local_width);
+  lm_head_.run(backend_, workspace_.h(), out_rows, local, hook_);
   // Every rank sends `stride` columns per row (the last rank's share may be
-  // shorter: padding), rank after rank; the vocabulary is the ranks' shares in order.
-  send_logits_.assign(static_cast<std::size_t>(out_rows * stride), 0.0f);
-  for (std::int64_t r = 0; r < out_rows; ++r) {
-    std::copy_n(local_logits_.begin() + r * local_width, shard_->vocab, send_logits_.begin() + r * stride);
-  }
+  // shorter: its padding is never read), rank after rank; the vocabulary is the
+  // ranks' shares in order. All of it stays in the backend's memory.
+  float* send = scratch(send_logits_, out_rows * stride);
+  backend_.copy_columns(local, out_rows, local_width, 0, shard_->vocab, send, stride, 0);
   const auto ranks = static_cast<std::int64_t>(shard_->size);
-  gathered_logits_.resize(static_cast<std::size_t>(ranks * out_rows * stride));
-  tensor_group_->all_gather(send_logits_.data(), gathered_logits_.data(), out_rows * stride, DType::F32);
+  float* gathered = scratch(gathered_logits_, ranks * out_rows * stride);
+  tensor_group_->all_gather(send, gathered, out_rows * stride, DType::F32);
   const std::int64_t vocab = config_.vocab_size;
   for (std::int64_t rank = 0; rank < ranks; ++rank) {
     const std::int64_t first = rank * stride;
-    const std::int64_t width = std::min(stride, vocab - first);
-    for (std::int64_t r = 0; r < out_rows; ++r) {
-      std::copy_n(gathered_logits_.begin() + (rank * out_rows + r) * stride, width, logits.begin() + r * vocab + first);
-    }
+    backend_.copy_columns(gathered + rank * out_rows * stride, out_rows, stride, 0, std::min(stride, vocab - first),
+                          out, vocab, first);
   }
+}
+
+float* DecoderModel::scratch(kernels::Buffer& buffer, std::int64_t elements) {
+  if (buffer.numel() < elements) buffer = backend_.allocate(DType::F32, {elements});
+  return buffer.data<float>();
 }
 
 PagedKvCache DecoderModel::one_layer_cache(std::int32_t num_blocks, std::int32_t block_size) const {

@@ -82,14 +82,20 @@ class DecoderModel final : public Model {
   // Final norm and lm_head over the rows whose logits are wanted, into `logits`
   // [out_rows, vocab] in host memory.
   void head(std::int64_t out_rows, std::span<float> logits);
+  // The same into `out` [out_rows, vocab] in the backend's memory (soft-capped):
+  // what head() downloads, and what a last pipeline stage sends to stage 0.
+  void head_into(std::int64_t out_rows, float* out);
   // Pipeline parallelism: the batch in micro-batches through this stage.
   void forward_pipelined(std::span<const BatchEntry> batch, PagedKvCache& cache, std::span<float> logits);
   // The step's tokens into the residual stream (a vocabulary-parallel lookup and
   // sum under tensor parallelism).
   void embed();
   // Tensor parallelism: lm_head over this rank's vocabulary, then every rank's
-  // share gathered into `logits` [out_rows, vocab] on every rank.
-  void gather_logits(std::int64_t out_rows, std::span<float> logits);
+  // share gathered into `out` [out_rows, vocab] (the backend's memory) on every rank.
+  void gather_logits(std::int64_t out_rows, float* out);
+  // `elements` floats of the backend's memory in `buffer`, grown when too small
+  // and otherwise reused between steps.
+  float* scratch(kernels::Buffer& buffer, std::int64_t elements);
 
   ModelConfig config_;        // the whole model's (layer indices are the whole model's)
   ModelConfig stage_config_;  // what config() shows: config_ with this stage's layer count
@@ -115,9 +121,13 @@ class DecoderModel final : public Model {
   std::vector<std::int32_t> positions_;
   std::vector<StepSegment> segments_;
   std::vector<TokenId> local_tokens_;  // tensor parallelism: tokens as this rank's vocabulary rows
-  std::vector<float> local_logits_, send_logits_, gathered_logits_;
+  // In the backend's memory, so the collectives run where the ranks compute (host
+  // memory over MPI, device memory over NCCL): tensor parallelism's lm_head
+  // output, its share padded to the common stride, every rank's shares; a
+  // pipeline stage's logits of every micro-batch (sent by the last stage,
+  // received by the first).
+  kernels::Buffer local_logits_, send_logits_, gathered_logits_, stage_logits_;
   std::vector<std::int64_t> entry_rows_;  // pipeline parallelism: rows of each batch entry
-  std::vector<float> stage_logits_;       // the last stage's logits of every micro-batch
 };
 
 }  // namespace nibble::engine

@@ -39,4 +39,12 @@ std::unique_ptr<Backend> make_backend(const BackendChoice& choice) {
 #endif
 }
 
+void* work_stream(const Backend& backend) {
+#ifdef NIBBLE_WITH_CUDA
+  if (const auto* cuda = dynamic_cast<const cuda::CudaBackend*>(&backend)) return cuda->stream();
+#endif
+  (void)backend;
+  return nullptr;
+}
+
 }  // namespace nibble::kernels

@@ -27,5 +27,9 @@ struct BackendChoice {
 bool cuda_compiled();
 // Throws DeviceUnavailable with one clear message when the device cannot be used.
 std::unique_ptr<Backend> make_backend(const BackendChoice& choice);
+// The queue `backend`'s device work runs on in order (a CudaBackend's
+// cudaStream_t), for collectives between GPU ranks to run in order with its
+// kernels; null for a backend whose work runs as it is called (the CPU).
+void* work_stream(const Backend& backend);
 
 }  // namespace nibble::kernels
