@@ -207,6 +207,7 @@ ModelShape deepseek_from_json(const ConfigFields& f) {
     mtp.embedding += 2 * vocab * hidden;
   }
   shape.mtp_parameters = mtp.total();
+  shape.tp_replicated_parameters = layers * ((q_rank ? hidden * *q_rank : 0) + hidden * (kv_rank + qk_rope));
   // The one cached latent row a token and layer (MlaConfig::latent_width(), what the engine's cache holds).
   shape.kv_elements_per_token = layers * (kv_rank + qk_rope);
   shape.attention_width = q_width + kv_rank + qk_rope + heads * (qk_nope + v_dim);

@@ -109,7 +109,13 @@ MemoryPlan evaluate(const ModelShape& shape, const PlanInputs& in, const Paralle
   const auto devices = static_cast<double>(layout.gpus());
   const double device_budget = gpu ? static_cast<double>(gpu->bytes_per_gpu) * gpu->utilization
                                    : static_cast<double>(std::get<CpuMemory>(in.memory).budget_bytes);
-  const double device_weights = static_cast<double>(plan.weight_bytes) / devices;
+  // Tensor ranks each hold the replicated parameters whole: only stages divide them.
+  const double replicated = std::min(
+      1.0, static_cast<double>(shape.parameters.norms_and_biases + shape.tp_replicated_parameters) /
+               static_cast<double>(std::max<std::int64_t>(shape.parameters.total(), 1)));
+  const double device_weights = static_cast<double>(plan.weight_bytes) *
+                                ((1.0 - replicated) / devices + replicated / static_cast<double>(layout.pipeline));
+  plan.device_weight_bytes = static_cast<std::uint64_t>(std::ceil(device_weights));
   const double device_kv_per_token = static_cast<double>(plan.kv_bytes_per_token) /
                                      static_cast<double>(layout.pipeline) * kv_share_per_rank(shape, layout.tensor);
   const double device_needed = device_weights + tokens * device_kv_per_token + workspace;
