@@ -48,6 +48,7 @@ struct Slice {
   std::int64_t first = 0;
   std::int64_t count = 0;
   bool zero_row = false;  // the embedding's row for tokens another rank owns
+  std::int64_t whole = 0;  // the split dimension's full extent
 };
 
 // A tensor as rank `layout.rank` reads it. Quantized modules are sliced in their
@@ -59,6 +60,7 @@ class ShardedWeightSource final : public WeightSource {
                       const TensorShardLayout& layout)
       : inner_(std::move(inner)),
         arch_(arch),
+        full_(full),
         layout_(layout),
         head_dim_(full.head_dim),
         // o_proj's input per head: v_head_dim under MLA (whose head_dim is q/k's width).
@@ -69,17 +71,22 @@ class ShardedWeightSource final : public WeightSource {
   std::vector<StoredTensorInfo> list() const override {
     std::vector<StoredTensorInfo> infos = inner_->list();
     for (auto& info : infos) {
-      const Slice slice = slice_of(module_of(info.name));
-      if (slice.split == Split::Whole || info.shape.empty()) continue;
+      Slice slice = slice_of(module_of(info.name));
+      // A packed part of a quantized module (GPTQ's qweight, scales, qzeros; FP8's
+      // weight_scale_inv): its layout is the format's, so only its bytes are scaled.
+      const bool packed_part = slice.split == Split::Whole;
+      if (const auto dot = info.name.rfind('.'); packed_part && dot != std::string::npos) {
+        slice = slice_of(info.name.substr(0, dot));
+      }
+      if (slice.split == Split::Whole || info.shape.empty() || slice.whole <= 0) continue;
+      const std::int64_t kept = slice.count + (slice.zero_row ? 1 : 0);
+      info.stored_bytes = static_cast<std::uint64_t>(static_cast<double>(info.stored_bytes) *
+                                                     static_cast<double>(kept) / static_cast<double>(slice.whole));
+      if (packed_part) continue;
       // Rows are the outer dimension of every matrix, input columns the inner; a
       // GGUF layer's stacked experts [experts, rows, cols] split each expert's rows.
       const std::size_t rows_dim = info.shape.size() >= 2 ? info.shape.size() - 2 : 0;
-      const std::size_t dim = slice.split == Split::Rows ? rows_dim : info.shape.size() - 1;
-      const auto whole = info.shape[dim];
-      if (whole <= 0) continue;
-      info.shape[dim] = slice.count + (slice.zero_row ? 1 : 0);
-      info.stored_bytes = static_cast<std::uint64_t>(static_cast<double>(info.stored_bytes) *
-                                                     static_cast<double>(info.shape[dim]) / static_cast<double>(whole));
+      info.shape[slice.split == Split::Rows ? rows_dim : info.shape.size() - 1] = kept;
     }
     return infos;
   }
@@ -132,30 +139,37 @@ class ShardedWeightSource final : public WeightSource {
     const auto ref = arch_.parse_module(module);
     if (!ref) return {};
     const TensorShardLayout& l = layout_;
+    const ModelConfig& c = full_;
+    const std::int64_t expert = c.moe.expert_intermediate_size, shared = c.moe.shared_expert_intermediate_size;
     switch (ref->role) {
       // q_proj, or MLA's q_b_proj: the rank's heads. (MLA's q_a_proj, kv_a_proj_with_mqa
       // and their norms are whole: every head reads the one latent.)
       case TensorRole::Query:
-      case TensorRole::QueryB: return {Split::Rows, l.first_q_head * head_dim_, l.q_heads * head_dim_};
-      case TensorRole::KvB: return {Split::Rows, l.first_q_head * kv_b_head_rows_, l.q_heads * kv_b_head_rows_};
+      case TensorRole::QueryB:
+        return {Split::Rows, l.first_q_head * head_dim_, l.q_heads * head_dim_, false, c.num_heads * head_dim_};
+      case TensorRole::KvB:
+        return {Split::Rows, l.first_q_head * kv_b_head_rows_, l.q_heads * kv_b_head_rows_, false,
+                c.num_heads * kv_b_head_rows_};
       case TensorRole::Key:
-      case TensorRole::Value: return {Split::Rows, l.first_kv_head * head_dim_, l.kv_heads * head_dim_};
+      case TensorRole::Value:
+        return {Split::Rows, l.first_kv_head * head_dim_, l.kv_heads * head_dim_, false, c.num_kv_heads * head_dim_};
       case TensorRole::AttentionOutput:
-        return {Split::Cols, l.first_q_head * output_head_dim_, l.q_heads * output_head_dim_};
+        return {Split::Cols, l.first_q_head * output_head_dim_, l.q_heads * output_head_dim_, false,
+                c.num_heads * output_head_dim_};
       case TensorRole::Gate:
-      case TensorRole::Up: return {Split::Rows, l.first_intermediate, l.intermediate};
-      case TensorRole::Down: return {Split::Cols, l.first_intermediate, l.intermediate};
+      case TensorRole::Up: return {Split::Rows, l.first_intermediate, l.intermediate, false, c.intermediate_size};
+      case TensorRole::Down: return {Split::Cols, l.first_intermediate, l.intermediate, false, c.intermediate_size};
       // Every routed expert and the shared expert split like the dense MLP; the
       // router and the shared expert's sigmoid gate are whole, so every rank
       // routes the same tokens to the same experts.
       case TensorRole::ExpertGate:
-      case TensorRole::ExpertUp: return {Split::Rows, l.first_expert_intermediate, l.expert_intermediate};
-      case TensorRole::ExpertDown: return {Split::Cols, l.first_expert_intermediate, l.expert_intermediate};
+      case TensorRole::ExpertUp: return {Split::Rows, l.first_expert_intermediate, l.expert_intermediate, false, expert};
+      case TensorRole::ExpertDown: return {Split::Cols, l.first_expert_intermediate, l.expert_intermediate, false, expert};
       case TensorRole::SharedGate:
-      case TensorRole::SharedUp: return {Split::Rows, l.first_shared_intermediate, l.shared_intermediate};
-      case TensorRole::SharedDown: return {Split::Cols, l.first_shared_intermediate, l.shared_intermediate};
-      case TensorRole::TokenEmbedding: return {Split::Rows, l.first_vocab, l.vocab, true};
-      case TensorRole::LmHead: return {Split::Rows, l.first_vocab, l.vocab};
+      case TensorRole::SharedUp: return {Split::Rows, l.first_shared_intermediate, l.shared_intermediate, false, shared};
+      case TensorRole::SharedDown: return {Split::Cols, l.first_shared_intermediate, l.shared_intermediate, false, shared};
+      case TensorRole::TokenEmbedding: return {Split::Rows, l.first_vocab, l.vocab, true, c.vocab_size};
+      case TensorRole::LmHead: return {Split::Rows, l.first_vocab, l.vocab, false, c.vocab_size};
       default: return {};
     }
   }
@@ -199,6 +213,7 @@ class ShardedWeightSource final : public WeightSource {
 
   std::unique_ptr<WeightSource> inner_;
   const Architecture& arch_;
+  ModelConfig full_;
   TensorShardLayout layout_;
   std::int64_t head_dim_;
   std::int64_t output_head_dim_;

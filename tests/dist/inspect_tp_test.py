@@ -5,7 +5,8 @@ at most total / N + replicated + 5 %; the latent KV cache is whole on every rank
 grouped-query attention's splits by key/value head.
 
 Run by ctest with NIBBLE_BIN, NIBBLE_TINY_MOE_DIR and NIBBLE_TINY_DEEPSEEK_DIR set
-(the tiny_moe_models and tiny_deepseek_models fixtures: float32 safetensors).
+(the tiny_moe_models and tiny_deepseek_models fixtures: float32 safetensors, a
+GPTQ Qwen2-MoE and DeepSeek-V3 in FP8 blocks).
 """
 import json
 import os
@@ -17,6 +18,9 @@ BIN = os.environ["NIBBLE_BIN"]
 MODELS = {
     "mixtral_moe": os.path.join(os.environ["NIBBLE_TINY_MOE_DIR"], "mixtral_moe"),
     "qwen2_moe_shared": os.path.join(os.environ["NIBBLE_TINY_MOE_DIR"], "qwen2_moe_shared"),
+    # Packed parts (qweight, scales, qzeros; weight_scale_inv) count by their module's split.
+    "qwen2_moe_gptq": os.path.join(os.environ["NIBBLE_TINY_MOE_DIR"], "qwen2_moe_gptq"),
+    "deepseek_v3_fp8": os.path.join(os.environ["NIBBLE_TINY_DEEPSEEK_DIR"], "deepseek_v3_fp8"),
     "deepseek_v3": os.path.join(os.environ["NIBBLE_TINY_DEEPSEEK_DIR"], "deepseek_v3"),
     "deepseek_v2": os.path.join(os.environ["NIBBLE_TINY_DEEPSEEK_DIR"], "deepseek_v2"),
 }
