@@ -48,15 +48,16 @@ void validate(const ModelShape& shape, const PlanInputs& in) {
   }
 }
 
-// Tensor-parallel sizes within one node that split the heads evenly: each rank gets
-// whole query heads and whole KV heads (or, with fewer KV heads than ranks, a
-// replicated one).
+// Tensor-parallel sizes within one node that serve can take (loader/tensor_shard.h):
+// each rank gets whole query heads and whole KV heads (or, with fewer KV heads than
+// ranks, a replicated one) and an equal slice of every MLP and expert width.
 std::vector<std::int64_t> tensor_parallel_sizes(const ModelShape& shape, std::int64_t gpus_per_node) {
   std::vector<std::int64_t> sizes;
   for (std::int64_t tp = 1; tp <= gpus_per_node; ++tp) {
     const bool heads_split = shape.num_attention_heads % tp == 0;
     const bool kv_split = shape.num_kv_heads % tp == 0 || tp % shape.num_kv_heads == 0;
-    if (heads_split && kv_split) sizes.push_back(tp);
+    const bool widths_split = std::ranges::all_of(shape.tp_split_widths, [tp](std::int64_t w) { return w % tp == 0; });
+    if (heads_split && kv_split && widths_split) sizes.push_back(tp);
   }
   return sizes;
 }

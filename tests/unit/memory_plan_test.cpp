@@ -278,6 +278,18 @@ TEST(MemoryPlan, GpuCountsSplitIntoTensorParallelThenPipeline) {
   expect_error([&] { layout("llama-2-7b", 8 * 33); }, {"32 layers"});
 }
 
+// The planner picks only splits serve takes: every MLP and expert width divides too.
+TEST(MemoryPlan, TensorParallelSizesDivideTheMlpAndExpertWidthsAsServeRequires) {
+  ModelShape shape = example_shape("llama-2-7b");
+  EXPECT_EQ(shape.tp_split_widths, (std::vector<std::int64_t>{11008}));
+  shape.tp_split_widths = {11008, 1410};  // 1410 = 2 x 705: only 2 of 8 divides both
+  const Parallelism picked = plan_memory(shape, on_gpus(1000 * kGB, 8)).parallelism;
+  EXPECT_EQ(picked.tensor, 2);
+  EXPECT_EQ(picked.pipeline, 4);
+  // DeepSeek-V3: the dense layers' 18432, each expert's 2048 and the shared expert's 2048.
+  EXPECT_EQ(example_shape("deepseek-v3").tp_split_widths, (std::vector<std::int64_t>{18432, 2048, 2048}));
+}
+
 // ---- The 1.2 x rule and the alternatives
 
 TEST(MemoryPlan, BudgetBelow1_2TimesTheWeightsIsRefusedWithNumbersAndAnAlternativeThatFits) {
