@@ -40,6 +40,8 @@ nlohmann::json tensor_parallel_shares(const std::string& model_path, int size, s
                      {"q_heads", layout.q_heads},
                      {"kv_heads", layout.kv_heads},
                      {"intermediate", layout.intermediate},
+                     {"expert_intermediate", layout.expert_intermediate},
+                     {"shared_expert_intermediate", layout.shared_intermediate},
                      {"vocab", layout.vocab}});
   }
   return ranks;
@@ -190,6 +192,14 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
                 100.0 * rank["fraction_of_whole"].get<double>(), human_bytes(rank["kv_bytes_per_token_f32"].get<double>()).c_str(),
                 rank["q_heads"].get<long long>(), rank["kv_heads"].get<long long>(), rank["intermediate"].get<long long>(),
                 rank["vocab"].get<long long>());
+    if (c.moe.enabled()) {
+      std::printf("          every one of %lld experts at width %lld, shared expert %lld; routers whole\n",
+                  static_cast<long long>(c.moe.num_experts), rank["expert_intermediate"].get<long long>(),
+                  rank["shared_expert_intermediate"].get<long long>());
+    }
+    if (c.mla) {
+      std::printf("          latent attention: its heads split; q_a/kv_a projections and the latent KV cache whole\n");
+    }
   }
   if (!stages.is_null()) {
     std::printf("pipeline       %d stages (up to %lld)%s\n", pipeline_parallel_size, static_cast<long long>(c.num_layers),

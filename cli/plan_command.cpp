@@ -155,6 +155,7 @@ nlohmann::json plan_json(const PlanOptions& options, const PlannedModel& model, 
       {"tensor_parallel", plan.parallelism.tensor},
       {"pipeline_parallel", plan.parallelism.pipeline},
       {"gpus", plan.on_gpu ? nlohmann::json(plan.parallelism.gpus()) : nlohmann::json()},
+      {"device_weight_bytes", plan.device_weight_bytes},
       {"device_bytes_needed", plan.device_bytes_needed},
       {"device_budget_bytes", plan.device_budget_bytes},
       {"kv_token_capacity", plan.kv_token_capacity},
@@ -189,8 +190,13 @@ void print_table(const PlanOptions& options, const PlannedModel& model, const sc
   if (plan.on_gpu) {
     fmt::print("layout         {} GPUs: tensor parallel {} x pipeline {}\n", plan.parallelism.gpus(),
                plan.parallelism.tensor, plan.parallelism.pipeline);
-    fmt::print("per GPU        needs {} of {} usable\n", bytes(plan.device_bytes_needed),
-               bytes(plan.device_budget_bytes));
+    // Per rank as serve splits it: the replicated weights whole on every tensor rank,
+    // and an MLA model's latent KV cache whole on each (its heads alone are split).
+    fmt::print("per GPU        needs {} of {} usable (weights {}{})\n", bytes(plan.device_bytes_needed),
+               bytes(plan.device_budget_bytes), bytes(plan.device_weight_bytes),
+               model.shape.attention_kind == AttentionKind::LatentMla && plan.parallelism.tensor > 1
+                   ? "; the latent KV cache is whole on every tensor rank"
+                   : "");
   }
   fmt::print("total          {} of {} usable ({:.2f} x the weights; at least {:.1f} x)\n", bytes(plan.total_bytes),
              bytes(plan.budget_bytes), plan.budget_to_weights, scheduler::kMinBudgetToWeights);

@@ -119,12 +119,6 @@ DecoderModel::DecoderModel(const ModelSource& source, kernels::Backend& backend,
     fail("tensor parallelism needs this rank's shard layout and its group, and they must agree on rank and size");
   }
   check_group_memory(tensor_group_, backend, "tensor");
-  if (shard_ && config_.moe.enabled()) {
-    fail("tensor parallelism of mixture-of-experts layers is not supported yet ({})", config_.architecture);
-  }
-  if (shard_ && config_.mla) {
-    fail("tensor parallelism of multi-head latent attention ({}) is not supported yet", config_.architecture);
-  }
   if (config_.extra_predict_layers > 0) {
     // DeepSeek-V3's multi-token-prediction layers (numbered after the decoder's)
     // serve speculative decoding, which this engine does not run: their tensors stay unread.

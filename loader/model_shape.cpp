@@ -65,8 +65,8 @@ struct Dimensions {
 ModelShape shape_with(const Dimensions& d) {
   return {.architecture = d.architecture, .num_layers = d.layers, .hidden_size = d.hidden, .vocab_size = d.vocab,
           .num_attention_heads = d.heads, .num_kv_heads = d.kv_heads, .max_position_embeddings = d.max_positions,
-          .attention_kind = d.attention, .parameters = {}, .mtp_parameters = 0, .kv_elements_per_token = 0,
-          .attention_width = 0, .mlp_width = 0};
+          .attention_kind = d.attention, .parameters = {}, .mtp_parameters = 0, .tp_replicated_parameters = 0,
+          .tp_split_widths = {}, .kv_elements_per_token = 0, .attention_width = 0, .mlp_width = 0};
 }
 
 // The Llama family (Llama, Mistral, Qwen2) in the terms both config.json and the
@@ -97,6 +97,7 @@ ModelShape llama_family_shape(const LlamaDims& d) {
   shape.kv_elements_per_token = d.num_layers * 2 * kv_dim;
   shape.attention_width = q_dim + 2 * kv_dim;
   shape.mlp_width = d.intermediate;
+  shape.tp_split_widths = {d.intermediate};
   return shape;
 }
 
@@ -143,6 +144,7 @@ ModelShape opt_from_json(const ConfigFields& f) {
   shape.kv_elements_per_token = layers * 2 * hidden;
   shape.attention_width = 3 * hidden;
   shape.mlp_width = ffn;
+  shape.tp_split_widths = {ffn};
   return shape;
 }
 
@@ -207,10 +209,14 @@ ModelShape deepseek_from_json(const ConfigFields& f) {
     mtp.embedding += 2 * vocab * hidden;
   }
   shape.mtp_parameters = mtp.total();
+  shape.tp_replicated_parameters = layers * ((q_rank ? hidden * *q_rank : 0) + hidden * (kv_rank + qk_rope));
   // The one cached latent row a token and layer (MlaConfig::latent_width(), what the engine's cache holds).
   shape.kv_elements_per_token = layers * (kv_rank + qk_rope);
   shape.attention_width = q_width + kv_rank + qk_rope + heads * (qk_nope + v_dim);
   shape.mlp_width = std::max(dense_intermediate, (active + shared) * expert_intermediate);
+  if (routed == 0 || first_dense > 0 || moe_every > 1) shape.tp_split_widths.push_back(dense_intermediate);
+  if (routed > 0) shape.tp_split_widths.push_back(expert_intermediate);
+  if (routed > 0 && shared > 0) shape.tp_split_widths.push_back(shared * expert_intermediate);
   return shape;
 }
 
@@ -318,6 +324,13 @@ ModelShape model_shape_from_config(const ModelConfig& config) {
   }
   shape.mlp_width = std::max(config.intermediate_size, moe.experts_per_token * moe.expert_intermediate_size +
                                                            moe.shared_expert_intermediate_size);
+  shape.tp_split_widths = {moe.expert_intermediate_size};
+  if (moe.shared_expert_intermediate_size > 0) shape.tp_split_widths.push_back(moe.shared_expert_intermediate_size);
+  for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
+    if (moe.sparse_layer(layer)) continue;
+    shape.tp_split_widths.push_back(config.intermediate_size);
+    break;
+  }
   return shape;
 }
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -48,6 +49,14 @@ struct ModelShape {
   // only serves speculative decoding, which nibble does not run, and the published
   // 671B excludes it (671B + 14B MTP = the 685B on the model card).
   std::int64_t mtp_parameters = 0;
+  // Parameters every tensor-parallel rank holds whole besides norms_and_biases (which
+  // include the MoE routers): MLA's q_a_proj and kv_a_proj_with_mqa, which produce
+  // the one latent every head reads (loader/tensor_shard.h).
+  std::int64_t tp_replicated_parameters = 0;
+  // The MLP widths a tensor-parallel size must divide, as serve splits them
+  // (loader/tensor_shard.h): the dense intermediate where a layer is dense, each
+  // routed expert's and the shared expert's.
+  std::vector<std::int64_t> tp_split_widths;
   // KV-cache elements per token over all layers: layers x 2 x kv_heads x head_dim for
   // MHA/GQA, layers x (kv_lora_rank + qk_rope_head_dim) for MLA's latent cache.
   std::int64_t kv_elements_per_token = 0;

@@ -13,14 +13,30 @@ namespace nibble {
 
 namespace {
 
+// Whether some layer runs the dense MLP (whose intermediate_size then splits):
+// Mixtral has none, DeepSeek its first_k_dense_replace layers.
+bool has_dense_mlp(const ModelConfig& c) {
+  for (std::int64_t layer = 0; layer < c.num_layers; ++layer) {
+    if (!c.moe.sparse_layer(layer)) return true;
+  }
+  return false;
+}
+
 std::string why_not(const ModelConfig& c, int size) {
-  if (c.mla && size > 1) return "multi-head latent attention is not split across ranks yet";
   if (c.num_heads % size != 0) return fmt::format("{} query heads do not divide by {}", c.num_heads, size);
   if (c.num_kv_heads >= size ? c.num_kv_heads % size != 0 : size % c.num_kv_heads != 0) {
     return fmt::format("{} key/value heads neither divide by {} nor divide it", c.num_kv_heads, size);
   }
-  if (c.intermediate_size % size != 0) {
+  if (has_dense_mlp(c) && c.intermediate_size % size != 0) {
     return fmt::format("intermediate_size {} does not divide by {}", c.intermediate_size, size);
+  }
+  if (c.moe.enabled() && c.moe.expert_intermediate_size % size != 0) {
+    return fmt::format("the experts' moe_intermediate_size {} does not divide by {}", c.moe.expert_intermediate_size,
+                       size);
+  }
+  if (c.moe.shared_expert_intermediate_size % size != 0) {
+    return fmt::format("the shared expert's width {} does not divide by {}", c.moe.shared_expert_intermediate_size,
+                       size);
   }
   return {};
 }
@@ -32,6 +48,7 @@ struct Slice {
   std::int64_t first = 0;
   std::int64_t count = 0;
   bool zero_row = false;  // the embedding's row for tokens another rank owns
+  std::int64_t whole = 0;  // the split dimension's full extent
 };
 
 // A tensor as rank `layout.rank` reads it. Quantized modules are sliced in their
@@ -41,20 +58,35 @@ class ShardedWeightSource final : public WeightSource {
  public:
   ShardedWeightSource(std::unique_ptr<WeightSource> inner, const Architecture& arch, const ModelConfig& full,
                       const TensorShardLayout& layout)
-      : inner_(std::move(inner)), arch_(arch), layout_(layout), head_dim_(full.head_dim) {}
+      : inner_(std::move(inner)),
+        arch_(arch),
+        full_(full),
+        layout_(layout),
+        head_dim_(full.head_dim),
+        // o_proj's input per head: v_head_dim under MLA (whose head_dim is q/k's width).
+        output_head_dim_(full.mla ? full.mla->v_head_dim : full.head_dim),
+        // kv_b_proj's rows per head: W_UK's then W_UV's.
+        kv_b_head_rows_(full.mla ? full.mla->qk_nope_head_dim + full.mla->v_head_dim : 0) {}
 
   std::vector<StoredTensorInfo> list() const override {
     std::vector<StoredTensorInfo> infos = inner_->list();
     for (auto& info : infos) {
-      const Slice slice = slice_of(module_of(info.name));
-      if (slice.split == Split::Whole || info.shape.empty()) continue;
-      // Rows are the outer dimension of every layout; input columns the inner.
-      const std::size_t dim = slice.split == Split::Rows ? 0 : info.shape.size() - 1;
-      const auto whole = info.shape[dim];
-      if (whole <= 0) continue;
-      info.shape[dim] = slice.count + (slice.zero_row ? 1 : 0);
+      Slice slice = slice_of(module_of(info.name));
+      // A packed part of a quantized module (GPTQ's qweight, scales, qzeros; FP8's
+      // weight_scale_inv): its layout is the format's, so only its bytes are scaled.
+      const bool packed_part = slice.split == Split::Whole;
+      if (const auto dot = info.name.rfind('.'); packed_part && dot != std::string::npos) {
+        slice = slice_of(info.name.substr(0, dot));
+      }
+      if (slice.split == Split::Whole || info.shape.empty() || slice.whole <= 0) continue;
+      const std::int64_t kept = slice.count + (slice.zero_row ? 1 : 0);
       info.stored_bytes = static_cast<std::uint64_t>(static_cast<double>(info.stored_bytes) *
-                                                     static_cast<double>(info.shape[dim]) / static_cast<double>(whole));
+                                                     static_cast<double>(kept) / static_cast<double>(slice.whole));
+      if (packed_part) continue;
+      // Rows are the outer dimension of every matrix, input columns the inner; a
+      // GGUF layer's stacked experts [experts, rows, cols] split each expert's rows.
+      const std::size_t rows_dim = info.shape.size() >= 2 ? info.shape.size() - 2 : 0;
+      info.shape[slice.split == Split::Rows ? rows_dim : info.shape.size() - 1] = kept;
     }
     return infos;
   }
@@ -107,16 +139,37 @@ class ShardedWeightSource final : public WeightSource {
     const auto ref = arch_.parse_module(module);
     if (!ref) return {};
     const TensorShardLayout& l = layout_;
+    const ModelConfig& c = full_;
+    const std::int64_t expert = c.moe.expert_intermediate_size, shared = c.moe.shared_expert_intermediate_size;
     switch (ref->role) {
-      case TensorRole::Query: return {Split::Rows, l.first_q_head * head_dim_, l.q_heads * head_dim_};
+      // q_proj, or MLA's q_b_proj: the rank's heads. (MLA's q_a_proj, kv_a_proj_with_mqa
+      // and their norms are whole: every head reads the one latent.)
+      case TensorRole::Query:
+      case TensorRole::QueryB:
+        return {Split::Rows, l.first_q_head * head_dim_, l.q_heads * head_dim_, false, c.num_heads * head_dim_};
+      case TensorRole::KvB:
+        return {Split::Rows, l.first_q_head * kv_b_head_rows_, l.q_heads * kv_b_head_rows_, false,
+                c.num_heads * kv_b_head_rows_};
       case TensorRole::Key:
-      case TensorRole::Value: return {Split::Rows, l.first_kv_head * head_dim_, l.kv_heads * head_dim_};
-      case TensorRole::AttentionOutput: return {Split::Cols, l.first_q_head * head_dim_, l.q_heads * head_dim_};
+      case TensorRole::Value:
+        return {Split::Rows, l.first_kv_head * head_dim_, l.kv_heads * head_dim_, false, c.num_kv_heads * head_dim_};
+      case TensorRole::AttentionOutput:
+        return {Split::Cols, l.first_q_head * output_head_dim_, l.q_heads * output_head_dim_, false,
+                c.num_heads * output_head_dim_};
       case TensorRole::Gate:
-      case TensorRole::Up: return {Split::Rows, l.first_intermediate, l.intermediate};
-      case TensorRole::Down: return {Split::Cols, l.first_intermediate, l.intermediate};
-      case TensorRole::TokenEmbedding: return {Split::Rows, l.first_vocab, l.vocab, true};
-      case TensorRole::LmHead: return {Split::Rows, l.first_vocab, l.vocab};
+      case TensorRole::Up: return {Split::Rows, l.first_intermediate, l.intermediate, false, c.intermediate_size};
+      case TensorRole::Down: return {Split::Cols, l.first_intermediate, l.intermediate, false, c.intermediate_size};
+      // Every routed expert and the shared expert split like the dense MLP; the
+      // router and the shared expert's sigmoid gate are whole, so every rank
+      // routes the same tokens to the same experts.
+      case TensorRole::ExpertGate:
+      case TensorRole::ExpertUp: return {Split::Rows, l.first_expert_intermediate, l.expert_intermediate, false, expert};
+      case TensorRole::ExpertDown: return {Split::Cols, l.first_expert_intermediate, l.expert_intermediate, false, expert};
+      case TensorRole::SharedGate:
+      case TensorRole::SharedUp: return {Split::Rows, l.first_shared_intermediate, l.shared_intermediate, false, shared};
+      case TensorRole::SharedDown: return {Split::Cols, l.first_shared_intermediate, l.shared_intermediate, false, shared};
+      case TensorRole::TokenEmbedding: return {Split::Rows, l.first_vocab, l.vocab, true, c.vocab_size};
+      case TensorRole::LmHead: return {Split::Rows, l.first_vocab, l.vocab, false, c.vocab_size};
       default: return {};
     }
   }
@@ -160,8 +213,11 @@ class ShardedWeightSource final : public WeightSource {
 
   std::unique_ptr<WeightSource> inner_;
   const Architecture& arch_;
+  ModelConfig full_;
   TensorShardLayout layout_;
   std::int64_t head_dim_;
+  std::int64_t output_head_dim_;
+  std::int64_t kv_b_head_rows_;
 };
 
 }  // namespace
@@ -169,19 +225,13 @@ class ShardedWeightSource final : public WeightSource {
 TensorShardLayout plan_tensor_shard(const ModelConfig& c, int rank, int size) {
   if (size < 1) fail("tensor-parallel size must be at least 1, got {}", size);
   if (rank < 0 || rank >= size) fail("rank {} is outside a tensor-parallel group of {}", rank, size);
-  if (c.mla && size > 1) {
-    // Every head reads the one latent and kv_b_proj's per-head matrices would split
-    // with the heads; not done yet. Layers split across stages need none of that.
-    fail("tensor parallelism of multi-head latent attention ({}) is not supported yet: use --tensor-parallel-size 1 "
-         "(--pipeline-parallel-size splits its layers)",
-         c.architecture);
-  }
-  if (c.num_heads <= 0 || c.num_kv_heads <= 0 || c.intermediate_size <= 0 || c.vocab_size <= 0) {
+  if (c.num_heads <= 0 || c.num_kv_heads <= 0 || (has_dense_mlp(c) && c.intermediate_size <= 0) ||
+      c.vocab_size <= 0) {
     fail("the model's config has no heads, MLP width or vocabulary to split");
   }
   if (const std::string reason = why_not(c, size); !reason.empty()) {
-    fail("tensor-parallel size {} cannot split this model: {} (query heads and intermediate_size must divide by "
-         "the size, and key/value heads divide by it or divide it); sizes that work: {}",
+    fail("tensor-parallel size {} cannot split this model: {} (query heads, intermediate_size and the experts' "
+         "widths must divide by the size, and key/value heads divide by it or divide it); sizes that work: {}",
          size, reason, workable_tensor_parallel_sizes(c));
   }
   TensorShardLayout l;
@@ -200,6 +250,12 @@ TensorShardLayout plan_tensor_shard(const ModelConfig& c, int rank, int size) {
   }
   l.intermediate = c.intermediate_size / size;
   l.first_intermediate = rank * l.intermediate;
+  if (c.moe.enabled()) {
+    l.expert_intermediate = c.moe.expert_intermediate_size / size;
+    l.first_expert_intermediate = rank * l.expert_intermediate;
+  }
+  l.shared_intermediate = c.moe.shared_expert_intermediate_size / size;
+  l.first_shared_intermediate = rank * l.shared_intermediate;
   l.vocab_stride = (c.vocab_size + size - 1) / size;
   l.first_vocab = std::min<std::int64_t>(rank * l.vocab_stride, c.vocab_size);
   l.vocab = std::min<std::int64_t>(l.vocab_stride, c.vocab_size - l.first_vocab);
@@ -224,6 +280,8 @@ ModelSource shard_model_source(ModelSource full, const TensorShardLayout& layout
   full.config.num_heads = layout.q_heads;
   full.config.num_kv_heads = layout.kv_heads;
   full.config.intermediate_size = layout.intermediate;
+  if (full.config.moe.enabled()) full.config.moe.expert_intermediate_size = layout.expert_intermediate;
+  full.config.moe.shared_expert_intermediate_size = layout.shared_intermediate;
   return full;
 }
 

@@ -3,10 +3,15 @@
 // column-parallel q/k/v and gate/up (each rank computes its heads and its slice
 // of the MLP's width), row-parallel o and down (each rank reads its slice of the
 // input and the ranks' outputs are summed), and a vocabulary-parallel embedding
-// and lm_head. The rank's model is an ordinary, narrower model: its config has
-// its heads and width, its weights are slices of the file's, and every format
-// is sliced in its stored form (quantized codes and file blocks are never
-// widened). The engine adds the sums and the gather (DecoderModel).
+// and lm_head. Mixture-of-experts layers split every expert the same way (each
+// rank runs every chosen expert over its slice of the expert's width; the router
+// is replicated), and latent attention (MLA) splits its heads alone: q, kv_b_proj's
+// per-head rows and o_proj by heads, while the one latent every head reads
+// (kv_a_proj_with_mqa, its norm, q_a_proj) and so the latent KV cache are whole on
+// every rank. The rank's model is an ordinary, narrower model: its config has its
+// heads and widths, its weights are slices of the file's, and every format is
+// sliced in its stored form (quantized codes and file blocks are never widened).
+// The engine adds the sums and the gather (DecoderModel).
 #include <cstdint>
 #include <string>
 
@@ -23,6 +28,9 @@ struct TensorShardLayout {
   // otherwise one head, shared (replicated) by the ranks whose query heads use it.
   std::int64_t first_kv_head = 0, kv_heads = 0;
   std::int64_t first_intermediate = 0, intermediate = 0;
+  // Each routed expert's width and the shared expert's (0 without MoE / a shared expert).
+  std::int64_t first_expert_intermediate = 0, expert_intermediate = 0;
+  std::int64_t first_shared_intermediate = 0, shared_intermediate = 0;
   // This rank's rows of the vocabulary: ceil(vocab / size) each, the last rank
   // the rest. The embedding gets one more, all-zero row for tokens other ranks
   // own, so a lookup is local and the ranks' results sum to the full row.
@@ -33,19 +41,19 @@ struct TensorShardLayout {
 };
 
 // The split of `config` for `rank` of `size` ranks. Throws nibble::Error stating
-// the rule and the sizes that would work when the heads or the MLP width do not
-// divide (query heads and intermediate size by `size`; key/value heads by
-// `size`, or `size` by them).
+// the rule and the sizes that would work when the heads or the MLP widths do not
+// divide (query heads, intermediate size and the experts' widths by `size`;
+// key/value heads by `size`, or `size` by them).
 TensorShardLayout plan_tensor_shard(const ModelConfig& config, int rank, int size);
 
 // The tensor-parallel sizes (1..max_size) `config` can be split into.
 std::string workable_tensor_parallel_sizes(const ModelConfig& config, int max_size = 16);
 
 // `full` as rank layout.rank sees it: the config narrowed (num_heads,
-// num_kv_heads, intermediate_size; vocab_size stays whole, it is what the
-// sampler sees) and the weights wrapped so that every tensor reads as this
-// rank's slice. Tensors the split does not name (norms, QK-norms) are whole on
-// every rank.
+// num_kv_heads, intermediate_size, the experts' widths; vocab_size stays whole,
+// it is what the sampler sees) and the weights wrapped so that every tensor reads
+// as this rank's slice. Tensors the split does not name (norms, QK-norms, routers,
+// MLA's latent projections) are whole on every rank.
 ModelSource shard_model_source(ModelSource full, const TensorShardLayout& layout);
 
 }  // namespace nibble

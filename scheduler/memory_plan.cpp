@@ -48,15 +48,16 @@ void validate(const ModelShape& shape, const PlanInputs& in) {
   }
 }
 
-// Tensor-parallel sizes within one node that split the heads evenly: each rank gets
-// whole query heads and whole KV heads (or, with fewer KV heads than ranks, a
-// replicated one).
+// Tensor-parallel sizes within one node that serve can take (loader/tensor_shard.h):
+// each rank gets whole query heads and whole KV heads (or, with fewer KV heads than
+// ranks, a replicated one) and an equal slice of every MLP and expert width.
 std::vector<std::int64_t> tensor_parallel_sizes(const ModelShape& shape, std::int64_t gpus_per_node) {
   std::vector<std::int64_t> sizes;
   for (std::int64_t tp = 1; tp <= gpus_per_node; ++tp) {
     const bool heads_split = shape.num_attention_heads % tp == 0;
     const bool kv_split = shape.num_kv_heads % tp == 0 || tp % shape.num_kv_heads == 0;
-    if (heads_split && kv_split) sizes.push_back(tp);
+    const bool widths_split = std::ranges::all_of(shape.tp_split_widths, [tp](std::int64_t w) { return w % tp == 0; });
+    if (heads_split && kv_split && widths_split) sizes.push_back(tp);
   }
   return sizes;
 }
@@ -109,7 +110,13 @@ MemoryPlan evaluate(const ModelShape& shape, const PlanInputs& in, const Paralle
   const auto devices = static_cast<double>(layout.gpus());
   const double device_budget = gpu ? static_cast<double>(gpu->bytes_per_gpu) * gpu->utilization
                                    : static_cast<double>(std::get<CpuMemory>(in.memory).budget_bytes);
-  const double device_weights = static_cast<double>(plan.weight_bytes) / devices;
+  // Tensor ranks each hold the replicated parameters whole: only stages divide them.
+  const double replicated = std::min(
+      1.0, static_cast<double>(shape.parameters.norms_and_biases + shape.tp_replicated_parameters) /
+               static_cast<double>(std::max<std::int64_t>(shape.parameters.total(), 1)));
+  const double device_weights = static_cast<double>(plan.weight_bytes) *
+                                ((1.0 - replicated) / devices + replicated / static_cast<double>(layout.pipeline));
+  plan.device_weight_bytes = static_cast<std::uint64_t>(std::ceil(device_weights));
   const double device_kv_per_token = static_cast<double>(plan.kv_bytes_per_token) /
                                      static_cast<double>(layout.pipeline) * kv_share_per_rank(shape, layout.tensor);
   const double device_needed = device_weights + tokens * device_kv_per_token + workspace;

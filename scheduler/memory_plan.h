@@ -85,13 +85,16 @@ struct MemoryPlan {
   // GPU, fp32 on the CPU engine), plus fp32 logits and sampler probabilities for one
   // row per sequence. Attention scores are not materialized (tiled attention).
   std::uint64_t workspace_bytes = 0;
-  // Summed over devices: weights split evenly, KV split by pipeline stage and by KV
+  // Summed over devices: weights split evenly but for the replicated parts, KV split by pipeline stage and by KV
   // head under tensor parallelism (an MLA latent is whole on every TP rank), and a
   // workspace on every device.
   std::uint64_t total_bytes = 0;
   std::uint64_t budget_bytes = 0;  // usable memory over all devices
   double budget_to_weights = 0;
   Parallelism parallelism;  // 1 x 1 on the CPU
+  // Weights on each device: the split parts' share of their stage, plus what every
+  // tensor rank holds whole (norms, routers, MLA's latent projections).
+  std::uint64_t device_weight_bytes = 0;
   std::uint64_t device_bytes_needed = 0;  // on each GPU (or the CPU)
   std::uint64_t device_budget_bytes = 0;
   std::int64_t kv_token_capacity = 0;  // tokens of KV cache that fit beside weights and workspace

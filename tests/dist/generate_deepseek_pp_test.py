@@ -1,5 +1,5 @@
-"""DeepSeek-V3 (latent attention, MoE) over pipeline stages under mpirun, and
-tensor parallelism refused by name.
+"""DeepSeek-V3 (latent attention, MoE) over pipeline stages and over tensor ranks
+under mpirun, and a tensor-parallel split it cannot take refused by name.
 
 Run by ctest with NIBBLE_BIN, MPIEXEC and NIBBLE_TINY_DEEPSEEK_DIR set (the tiny
 models tests/reference/make_tiny_deepseek_models.py writes; they have no
@@ -53,12 +53,29 @@ class DeepseekPipelineGenerate(unittest.TestCase):
         self.assertEqual(split_out["tokens"], json.loads(alone.stdout)["tokens"])
         self.assertGreater(split_out["collectives"]["send"]["calls"], 0)
 
-    def test_tensor_parallelism_is_refused_on_every_rank_by_name(self):
-        refused = run([MPIEXEC, "-np", "2", BIN, *ARGS, "-m", self.model, "--tensor-parallel-size", "2"])
+    def test_two_tensor_ranks_generate_what_one_rank_does(self):
+        # Each rank runs 2 of the 4 heads over the whole latent and half of every expert.
+        # Float activations: int8 ones would quantize each rank's share of o_proj's and
+        # down_proj's input by its own scale, which is not one rank's arithmetic.
+        alone = run([BIN, *ARGS, "-m", self.model, "--float-activations"])
+        self.assertEqual(alone.returncode, 0, alone.stderr)
+        split = run([MPIEXEC, "-np", "2", BIN, *ARGS, "-m", self.model, "--float-activations",
+                     "--tensor-parallel-size", "2"])
+        self.assertEqual(split.returncode, 0, split.stderr)
+        split_out = json.loads(split.stdout)
+        self.assertEqual(split_out["tensor_parallel_size"], 2)
+        self.assertEqual(split_out["tokens"], json.loads(alone.stdout)["tokens"])
+        self.assertGreater(split_out["collectives"]["all_reduce"]["calls"], 0)
+
+    def test_an_uneven_head_split_is_refused_on_every_rank_by_name(self):
+        # 4 heads over 3 ranks: refused before loading on every rank (no rank waits
+        # in a collective for the others), with the sizes that work.
+        refused = run([MPIEXEC, "-np", "3", BIN, *ARGS, "-m", self.model, "--tensor-parallel-size", "3"])
         self.assertNotEqual(refused.returncode, 0)
-        for rank in (0, 1):
-            self.assertIn(f"error on rank {rank}: tensor parallelism of multi-head latent attention", refused.stderr)
-        self.assertIn("--tensor-parallel-size 1", refused.stderr)
+        for rank in (0, 1, 2):
+            self.assertIn(f"error on rank {rank}: tensor-parallel size 3 cannot split this model: 4 query heads "
+                          "do not divide by 3", refused.stderr)
+        self.assertIn("sizes that work: 1, 2, 4", refused.stderr)
 
 
 if __name__ == "__main__":

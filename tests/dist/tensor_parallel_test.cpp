@@ -10,7 +10,17 @@
 // SmolLM2-135M Q4_1 GGUF: 9 query heads, 3 key/value heads, width 1536, 30
 // layers, its quantized codes sliced; N = 3) or "gptq_actorder" (GPTQModel's
 // 4-bit act-order checkpoint of a tiny Llama in tests/quant/fixtures: each
-// row-parallel share keeps its columns' g_idx; N = 2).
+// row-parallel share keeps its columns' g_idx; N = 2). Mixture-of-experts and
+// latent attention, from the tiny_moe_models / tiny_deepseek_models fixtures
+// (NIBBLE_TINY_MOE_DIR, NIBBLE_TINY_DEEPSEEK_DIR): "mixtral_moe" (4 experts of
+// width 48, every layer sparse), "mixtral_moe_gguf" (the same model as llama.cpp
+// writes it, its stacked ffn_gate_exps in Q8_0 blocks), "qwen2_moe_shared" (8
+// experts of width 16 and a gated shared expert of width 24, q/k/v biases, one
+// dense layer), "qwen2_moe_gptq" (GPTQ 4-bit group 32 experts and shared expert,
+// sliced in stored form), "deepseek_v3" (MLA with a low-rank query, 4 heads,
+// sigmoid group-limited routing, a shared expert) and "deepseek_v2" (MLA with a
+// plain q_proj, softmax routing, two shared experts) and "deepseek_v3_fp8" (V3 in
+// DeepSeek's FP8 format, 16x16 block scales); N = 2 or 4.
 // NIBBLE_PP (default 1) splits the layers into that many pipeline stages, each
 // on N / NIBBLE_PP tensor ranks (rank r: tensor rank r % T of stage r / T, as
 // cli/parallel_group.h lays them out). Only stage 0 gets the logits back, so
@@ -20,9 +30,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -62,8 +74,19 @@ std::string model_kind() {
   return kind != nullptr ? kind : "stories";
 }
 
+// A fixture model under the directory `env` names (set by ctest).
+std::filesystem::path fixture(const char* env, const std::string& name) {
+  const char* dir = std::getenv(env);
+  if (dir == nullptr) throw std::runtime_error(std::string(env) + " is not set");
+  return std::filesystem::path(dir) / name;
+}
+
 ModelSource open_source(const testing::TempDir& dir) {
-  if (model_kind() == "smollm2") {
+  const std::string kind = model_kind();
+  if (kind == "mixtral_moe_gguf") return open_model(fixture("NIBBLE_TINY_MOE_DIR", "mixtral_moe") / "model.gguf");
+  if (kind.find("_moe") != std::string::npos) return open_model(fixture("NIBBLE_TINY_MOE_DIR", kind));
+  if (kind.starts_with("deepseek")) return open_model(fixture("NIBBLE_TINY_DEEPSEEK_DIR", kind));
+  if (kind == "smollm2") {
     return open_model(std::filesystem::path(NIBBLE_MODEL_CACHE) / "SmolLM2-135M-Instruct.Q4_1.gguf");
   }
   if (model_kind() == "gptq_actorder") {
@@ -147,6 +170,10 @@ TEST(TensorParallel, TheShardIsTheLayoutOfThisRank) {
   EXPECT_EQ(m.shard.config().num_heads * tensor_size(), m.full.config().num_heads);
   EXPECT_EQ(m.shard.config().intermediate_size * tensor_size(), m.full.config().intermediate_size);
   EXPECT_EQ(m.shard.config().vocab_size, m.full.config().vocab_size) << "the sampler sees the whole vocabulary";
+  const MoeConfig& moe = m.shard.config().moe;
+  EXPECT_EQ(moe.num_experts, m.full.config().moe.num_experts) << "every rank runs every expert";
+  EXPECT_EQ(moe.expert_intermediate_size * tensor_size(), m.full.config().moe.expert_intermediate_size);
+  EXPECT_EQ(moe.shared_expert_intermediate_size * tensor_size(), m.full.config().moe.shared_expert_intermediate_size);
   // The stages' layers add up to the model's, each stage holding at least one.
   std::int64_t layers = m.shard.config().num_layers;
   EXPECT_GE(layers, 1);
@@ -237,12 +264,32 @@ TEST(TensorParallel, BatchedStepsMatchTheSingleRankModel) {
   }
 }
 
+// Bytes of the tensors every tensor rank holds whole besides the norms: the
+// routers (and DeepSeek-V3's correction bias), Qwen2-MoE's shared-expert gate and
+// MLA's latent projections with their norms. Counted at float32 whatever they are
+// stored as (the binder may widen them).
+double replicated_beyond_norms(const WeightSource& weights) {
+  double bytes = 0;
+  for (const auto& info : weights.list()) {
+    const std::string& n = info.name;
+    const bool router = n.ends_with("mlp.gate.weight") || n.ends_with("block_sparse_moe.gate.weight") ||
+                        n.find("ffn_gate_inp") != std::string::npos || n.find("e_score_correction_bias") != std::string::npos;
+    const bool latent = n.find("q_a_") != std::string::npos || n.find("kv_a_") != std::string::npos;
+    if (!router && !latent && n.find("shared_expert_gate") == std::string::npos) continue;
+    double numel = 1;
+    for (const auto d : info.shape) numel *= static_cast<double>(d);
+    bytes += std::max(4 * numel, static_cast<double>(info.stored_bytes));
+  }
+  return bytes;
+}
+
 TEST(TensorParallel, EachRankHoldsItsShareOfTheWeights) {
   Models& m = models();
   const ModelConfig& c = m.full.config();
   // Replicated on every tensor rank: the norms (two per layer and the final one)
-  // and the embedding's zero row, in float32.
-  const double replicated = static_cast<double>((2 * c.num_layers + 1) * c.hidden_size * 4 + c.hidden_size * 4);
+  // and the embedding's zero row, in float32, and the routers and latent projections.
+  const double replicated = static_cast<double>((2 * c.num_layers + 1) * c.hidden_size * 4 + c.hidden_size * 4) +
+                            replicated_beyond_norms(*m.full_source.weights);
   const double total = static_cast<double>(m.full.weight_memory().total);
   const double bound = total / tensor_size() + replicated + 0.05 * total / tensor_size();
   const auto held = static_cast<double>(m.shard.weight_memory().total);

@@ -276,9 +276,12 @@ TEST_P(DeepseekReference, YarnNumbersAreTransformers) {
   EXPECT_FLOAT_EQ(mla_softmax_scale(config), static_cast<float>(yarn["softmax_scale"].get<double>()));
 }
 
-TEST_P(DeepseekReference, TensorParallelismIsRefusedByName) {
-  testing::expect_error([&] { plan_tensor_shard(model_->config(), 0, 2); },
-                        {"latent attention", "--tensor-parallel-size 1"});
+// Tensor parallelism splits the 4 heads (tests/dist runs the split against one
+// rank); a split that leaves ranks unequal heads is refused with the sizes that work.
+TEST_P(DeepseekReference, TensorParallelismSplitsTheHeadsAndRefusesUnevenOnes) {
+  EXPECT_EQ(plan_tensor_shard(model_->config(), 1, 2).q_heads, 2);
+  testing::expect_error([&] { plan_tensor_shard(model_->config(), 0, 3); },
+                        {"4 query heads do not divide by 3", "sizes that work: 1, 2, 4"});
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyModels, DeepseekReference,

@@ -239,13 +239,31 @@ TEST(MemoryPlan, MlaLatentIsWholeOnEveryTensorParallelRankWhileGqaSplits) {
     PlanInputs in = on_gpus(1000 * kGB, gpus, 8);
     in.context = 100000;
     const MemoryPlan plan = plan_memory(example_shape(name), in);
-    const double weights_per_gpu = static_cast<double>(plan.weight_bytes) / static_cast<double>(gpus);
+    const double weights_per_gpu = static_cast<double>(plan.device_weight_bytes);
     const double kv_on_one_gpu = static_cast<double>(plan.device_bytes_needed) - weights_per_gpu -
                                  static_cast<double>(plan.workspace_bytes);
     return kv_on_one_gpu / (100000.0 * static_cast<double>(plan.kv_bytes_per_token));
   };
   EXPECT_NEAR(device_kv("deepseek-v3", 8), 1.0, 1e-6);
   EXPECT_NEAR(device_kv("llama-2-70b", 8), 1.0 / 8, 1e-6);
+}
+
+// What serve holds per tensor rank (loader/tensor_shard.h): the split parts' share
+// plus the replicated ones whole. DeepSeek-V3's q_a_proj and kv_a_proj_with_mqa
+// (61 x 7168 x (1536 + 576) = 0.92B parameters) are on every one of 8 ranks.
+TEST(MemoryPlan, EachTensorRankHoldsTheReplicatedWeightsWhole) {
+  const ModelShape shape = example_shape("deepseek-v3");
+  EXPECT_EQ(shape.tp_replicated_parameters, 61LL * 7168 * (1536 + 576));
+  const MemoryPlan plan = plan_memory(shape, on_gpus(141 * kGB, 8, 8));
+  const auto total = static_cast<double>(shape.parameters.total());
+  const double replicated =
+      static_cast<double>(shape.tp_replicated_parameters + shape.parameters.norms_and_biases) / total;
+  const auto weights = static_cast<double>(plan.weight_bytes);
+  EXPECT_NEAR(static_cast<double>(plan.device_weight_bytes), weights * ((1 - replicated) / 8 + replicated), 1.0);
+  EXPECT_GT(static_cast<double>(plan.device_weight_bytes), weights / 8 * 1.005);
+  // A dense model's replicated part is its norms alone: close to an even split.
+  const MemoryPlan llama = plan_memory(example_shape("llama-2-70b"), on_gpus(80 * kGB, 8, 8));
+  EXPECT_LT(static_cast<double>(llama.device_weight_bytes), static_cast<double>(llama.weight_bytes) / 8 * 1.001);
 }
 
 TEST(MemoryPlan, GpuCountsSplitIntoTensorParallelThenPipeline) {
@@ -258,6 +276,18 @@ TEST(MemoryPlan, GpuCountsSplitIntoTensorParallelThenPipeline) {
   EXPECT_EQ(layout("llama-2-7b", 6).tensor, 2);  // 6 does not divide 32 heads
   EXPECT_EQ(layout("llama-2-7b", 6).pipeline, 3);
   expect_error([&] { layout("llama-2-7b", 8 * 33); }, {"32 layers"});
+}
+
+// The planner picks only splits serve takes: every MLP and expert width divides too.
+TEST(MemoryPlan, TensorParallelSizesDivideTheMlpAndExpertWidthsAsServeRequires) {
+  ModelShape shape = example_shape("llama-2-7b");
+  EXPECT_EQ(shape.tp_split_widths, (std::vector<std::int64_t>{11008}));
+  shape.tp_split_widths = {11008, 1410};  // 1410 = 2 x 705: only 2 of 8 divides both
+  const Parallelism picked = plan_memory(shape, on_gpus(1000 * kGB, 8)).parallelism;
+  EXPECT_EQ(picked.tensor, 2);
+  EXPECT_EQ(picked.pipeline, 4);
+  // DeepSeek-V3: the dense layers' 18432, each expert's 2048 and the shared expert's 2048.
+  EXPECT_EQ(example_shape("deepseek-v3").tp_split_widths, (std::vector<std::int64_t>{18432, 2048, 2048}));
 }
 
 // ---- The 1.2 x rule and the alternatives

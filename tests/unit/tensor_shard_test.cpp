@@ -5,7 +5,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <array>
 #include <functional>
+#include <map>
 #include <random>
 #include <string>
 
@@ -13,6 +15,7 @@
 #include "common/half.h"
 #include "common/quantized_matrix.h"
 #include "loader/tensor_shard.h"
+#include "loader/weight_source.h"
 #include "random_quantized.h"
 
 namespace nibble {
@@ -161,6 +164,183 @@ TEST(QuantizedSlices, TheZeroRowDecodesToZerosAndLeavesTheOthers) {
     blocks.blocks.assign(blocks.block_row_bytes(), std::byte{0x11});
     const QuantizedMatrix z = append_zero_row(blocks);
     for (std::int64_t k = 0; k < z.cols; ++k) ASSERT_EQ(z.value(1, k), 0.0f) << block_format_info(format).name;
+  }
+}
+
+// Mixtral-like: every layer sparse (its intermediate_size is the experts'), or
+// Qwen2-MoE-like with a shared expert and a dense layer.
+ModelConfig moe_config(std::int64_t expert_width, std::int64_t shared_width) {
+  ModelConfig c = config(4, 2, 48, 128);
+  c.architecture = shared_width > 0 ? "Qwen2MoeForCausalLM" : "MixtralForCausalLM";
+  c.moe.num_experts = 4;
+  c.moe.experts_per_token = 2;
+  c.moe.expert_intermediate_size = expert_width;
+  c.moe.shared_expert_intermediate_size = shared_width;
+  return c;
+}
+
+// DeepSeek-V3-like latent attention (head_dim is q/k's width, num_kv_heads num_heads).
+ModelConfig mla_config(std::int64_t heads) {
+  ModelConfig c = config(heads, heads, 48, 128);
+  c.architecture = "DeepseekV3ForCausalLM";
+  c.mla = MlaConfig{24, 16, 16, 8, 12, true};
+  c.head_dim = 24;
+  return c;
+}
+
+TEST(TensorShardPlan, EveryExpertAndTheSharedExpertSplitLikeTheDenseMlp) {
+  const ModelConfig c = moe_config(16, 24);
+  for (int rank = 0; rank < 2; ++rank) {
+    const auto l = plan_tensor_shard(c, rank, 2);
+    EXPECT_EQ(l.expert_intermediate, 8);
+    EXPECT_EQ(l.first_expert_intermediate, 8 * rank);
+    EXPECT_EQ(l.shared_intermediate, 12);
+    EXPECT_EQ(l.first_shared_intermediate, 12 * rank);
+  }
+  EXPECT_EQ(workable_tensor_parallel_sizes(c), "1, 2, 4");
+  const std::string message = error_of([&] { plan_tensor_shard(moe_config(6, 0), 0, 4); });
+  EXPECT_NE(message.find("moe_intermediate_size 6 does not divide by 4"), std::string::npos) << message;
+  EXPECT_NE(message.find("sizes that work: 1, 2"), std::string::npos) << message;
+  EXPECT_NE(error_of([&] { plan_tensor_shard(moe_config(16, 10), 0, 4); }).find("shared expert's width 10"),
+            std::string::npos);
+  // Every layer sparse: the dense intermediate_size is not split and does not limit.
+  ModelConfig mixtral = moe_config(16, 0);
+  mixtral.intermediate_size = 6;
+  EXPECT_EQ(plan_tensor_shard(mixtral, 1, 4).expert_intermediate, 4);
+}
+
+TEST(TensorShardPlan, LatentAttentionSplitsItsHeadsAndRefusesUnevenOnes) {
+  const auto l = plan_tensor_shard(mla_config(4), 1, 2);
+  EXPECT_EQ(l.q_heads, 2);
+  EXPECT_EQ(l.first_q_head, 2);
+  const std::string message = error_of([&] { plan_tensor_shard(mla_config(4), 0, 3); });
+  EXPECT_NE(message.find("4 query heads do not divide by 3"), std::string::npos) << message;
+  EXPECT_NE(message.find("sizes that work: 1, 2, 4"), std::string::npos) << message;
+}
+
+// Float32 tensors [rows, cols] whose value at (r, c) is 1000 r + c, and quantized
+// modules as given: what a sharded source reads of them is checked by position.
+class FakeWeights final : public WeightSource {
+ public:
+  std::map<std::string, std::array<std::int64_t, 2>> plain;
+  std::map<std::string, QuantizedMatrix> quantized;
+
+  std::vector<StoredTensorInfo> list() const override { return {}; }
+  bool contains(const std::string& name) const override { return plain.contains(name); }
+  bool has_quantized(const std::string& module) const override { return quantized.contains(module); }
+  std::uint64_t file_bytes() const override { return 0; }
+  TensorView load(const std::string& name) const override {
+    const auto [rows, cols] = plain.at(name);
+    std::vector<float> values(static_cast<std::size_t>(rows * cols));
+    for (std::int64_t r = 0; r < rows; ++r) {
+      for (std::int64_t c = 0; c < cols; ++c) values[static_cast<std::size_t>(r * cols + c)] = static_cast<float>(1000 * r + c);
+    }
+    std::vector<std::byte> bytes(values.size() * sizeof(float));
+    std::memcpy(bytes.data(), values.data(), bytes.size());
+    return make_owned_tensor(name, DType::F32, {rows, cols}, std::move(bytes));
+  }
+  std::optional<QuantizedMatrix> load_quantized(const std::string& module) const override {
+    const auto it = quantized.find(module);
+    if (it == quantized.end()) return std::nullopt;
+    return it->second;
+  }
+};
+
+float at(const TensorView& t, std::int64_t r, std::int64_t c) {
+  float v = 0;
+  std::memcpy(&v, t.bytes.data() + static_cast<std::size_t>(r * t.shape[1] + c) * sizeof(float), sizeof(float));
+  return v;
+}
+
+ModelSource fake_source(const ModelConfig& c, std::unique_ptr<FakeWeights> weights) {
+  ModelSource source;
+  source.config = c;
+  source.weights = std::move(weights);
+  return source;
+}
+
+TEST(TensorShardSource, ExpertsSplitTheirWidthAndTheRouterStaysWhole) {
+  const ModelConfig c = moe_config(16, 24);
+  auto weights = std::make_unique<FakeWeights>();
+  const std::string mlp = "model.layers.0.mlp.";
+  weights->plain = {{mlp + "gate.weight", {4, 256}},
+                    {mlp + "experts.3.up_proj.weight", {16, 256}},
+                    {mlp + "experts.3.down_proj.weight", {256, 16}},
+                    {mlp + "shared_expert.gate_proj.weight", {24, 256}},
+                    {mlp + "shared_expert.down_proj.weight", {256, 24}},
+                    {mlp + "shared_expert_gate.weight", {1, 256}}};
+  const ModelSource shard = shard_model_source(fake_source(c, std::move(weights)), plan_tensor_shard(c, 1, 2));
+  EXPECT_EQ(shard.config.moe.expert_intermediate_size, 8);
+  EXPECT_EQ(shard.config.moe.shared_expert_intermediate_size, 12);
+  EXPECT_EQ(shard.config.moe.num_experts, 4);
+  const TensorView router = shard.weights->load(mlp + "gate.weight");
+  EXPECT_EQ(router.shape, (std::vector<std::int64_t>{4, 256})) << "every rank routes alike";
+  EXPECT_EQ(shard.weights->load(mlp + "shared_expert_gate.weight").shape, (std::vector<std::int64_t>{1, 256}));
+  const TensorView up = shard.weights->load(mlp + "experts.3.up_proj.weight");
+  EXPECT_EQ(up.shape, (std::vector<std::int64_t>{8, 256}));
+  EXPECT_EQ(at(up, 0, 5), 8000.0f + 5);  // rank 1: rows 8..15
+  const TensorView down = shard.weights->load(mlp + "experts.3.down_proj.weight");
+  EXPECT_EQ(down.shape, (std::vector<std::int64_t>{256, 8}));
+  EXPECT_EQ(at(down, 2, 0), 2008.0f);  // input columns 8..15
+  const TensorView shared_down = shard.weights->load(mlp + "shared_expert.down_proj.weight");
+  EXPECT_EQ(shared_down.shape, (std::vector<std::int64_t>{256, 12}));
+  EXPECT_EQ(at(shared_down, 0, 0), 12.0f);
+  EXPECT_EQ(shard.weights->load(mlp + "shared_expert.gate_proj.weight").shape, (std::vector<std::int64_t>{12, 256}));
+}
+
+TEST(TensorShardSource, LatentAttentionSplitsHeadsAndKeepsTheLatentWhole) {
+  const ModelConfig c = mla_config(4);  // q/k head 24 (16 nope + 8 rope), v head 12
+  auto weights = std::make_unique<FakeWeights>();
+  const std::string attn = "model.layers.0.self_attn.";
+  weights->plain = {{attn + "q_a_proj.weight", {24, 256}},
+                    {attn + "q_b_proj.weight", {4 * 24, 24}},
+                    {attn + "kv_a_proj_with_mqa.weight", {24, 256}},
+                    {attn + "kv_b_proj.weight", {4 * (16 + 12), 16}},
+                    {attn + "o_proj.weight", {256, 4 * 12}}};
+  const ModelSource shard = shard_model_source(fake_source(c, std::move(weights)), plan_tensor_shard(c, 1, 2));
+  EXPECT_EQ(shard.config.num_heads, 2);
+  EXPECT_EQ(shard.config.mla->latent_width(), 24) << "the cache keeps the whole latent";
+  EXPECT_EQ(shard.weights->load(attn + "q_a_proj.weight").shape, (std::vector<std::int64_t>{24, 256}));
+  EXPECT_EQ(shard.weights->load(attn + "kv_a_proj_with_mqa.weight").shape, (std::vector<std::int64_t>{24, 256}));
+  const TensorView q_b = shard.weights->load(attn + "q_b_proj.weight");
+  EXPECT_EQ(q_b.shape, (std::vector<std::int64_t>{48, 24}));
+  EXPECT_EQ(at(q_b, 0, 0), 48000.0f);  // heads 2 and 3
+  const TensorView kv_b = shard.weights->load(attn + "kv_b_proj.weight");
+  EXPECT_EQ(kv_b.shape, (std::vector<std::int64_t>{56, 16}));
+  EXPECT_EQ(at(kv_b, 0, 0), 56000.0f);  // head 2's W_UK rows first
+  const TensorView o = shard.weights->load(attn + "o_proj.weight");
+  EXPECT_EQ(o.shape, (std::vector<std::int64_t>{256, 24}));
+  EXPECT_EQ(at(o, 1, 0), 1024.0f);  // input columns of heads 2 and 3: v heads of 12
+}
+
+TEST(TensorShardSource, QuantizedExpertsSliceStoredAndAMisalignedBlockSplitIsRefusedByFormat) {
+  ModelConfig c = moe_config(64, 0);
+  c.hidden_size = 32;
+  std::mt19937 rng(11);
+  auto weights = std::make_unique<FakeWeights>();
+  const std::string expert = "model.layers.0.block_sparse_moe.experts.2.";
+  QuantizedMatrix down;  // [hidden 32, width 64] in Q5_0's 32-weight blocks
+  down.name = expert + "w2";
+  down.rows = 32;
+  down.cols = 64;
+  down.block_format = BlockFormat::Q5_0;
+  down.blocks.resize(static_cast<std::size_t>(down.rows) * down.block_row_bytes());
+  for (auto& b : down.blocks) b = static_cast<std::byte>(rng() % 100);  // small finite fp16 scales
+  weights->quantized = {{expert + "w1", testing::random_quantized(rng, {64, 32, 4, 32})}, {expert + "w2", down}};
+  const QuantizedMatrix whole_gate = weights->quantized.at(expert + "w1");
+  const QuantizedMatrix whole_down = down;
+  auto two = std::make_unique<FakeWeights>(*weights);
+  // Two ranks: 32 columns each, whole blocks; the gate's rows are its stored rows.
+  const ModelSource half = shard_model_source(fake_source(c, std::move(two)), plan_tensor_shard(c, 1, 2));
+  expect_slice_of(*half.weights->load_quantized(expert + "w1"), whole_gate, 32, 0);
+  expect_slice_of(*half.weights->load_quantized(expert + "w2"), whole_down, 0, 32);
+  // Four ranks: 16 columns each would cut Q5_0 blocks: refused on every rank, by format.
+  for (int rank = 0; rank < 4; ++rank) {
+    auto four = std::make_unique<FakeWeights>(*weights);
+    const ModelSource quarter = shard_model_source(fake_source(c, std::move(four)), plan_tensor_shard(c, rank, 4));
+    const std::string message = error_of([&] { (void)quarter.weights->load_quantized(expert + "w2"); });
+    EXPECT_NE(message.find("Q5_0"), std::string::npos) << "rank " << rank << ": " << message;
+    EXPECT_NE(message.find(expert + "w2"), std::string::npos) << message;
   }
 }
 
