@@ -192,17 +192,19 @@ struct Q3KBlock {
   static constexpr nibble::BlockFormat kFormat = nibble::BlockFormat::Q3_K;
   static constexpr int kElements = 256;
   static constexpr int kBytes = 110;
+  // Sub-block i's signed 6-bit scale (-32..31) from the 12 packed bytes `s`.
+  static int sub_scale(const std::uint8_t* s, int i) {
+    const int low = (i < 8 ? s[i] : s[i - 8] >> 4) & 15;
+    const int high = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+    return (low | (high << 4)) - 32;
+  }
   static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
     const std::uint8_t* hmask = b;
     const std::uint8_t* qs = b + 32;
     const std::uint8_t* s = b + 96;
     const float d = block_half(b + 108);
     float scale[16];
-    for (int i = 0; i < 16; ++i) {
-      const int low = (i < 8 ? s[i] : s[i - 8] >> 4) & 15;
-      const int high = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
-      scale[i] = d * static_cast<float>((low | (high << 4)) - 32);
-    }
+    for (int i = 0; i < 16; ++i) scale[i] = d * static_cast<float>(sub_scale(s, i));
     for (int h = 0; h < 2; ++h) {
       for (int sh = 0; sh < 4; ++sh) {
         float* o = out + 128 * h + 32 * sh;
@@ -237,9 +239,7 @@ struct Q3KBlock {
       }
     }
     for (int i = 0; i < 16; ++i) {
-      const int low = (i < 8 ? s[i] : s[i - 8] >> 4) & 15;
-      const int high = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
-      const float sc = d * static_cast<float>((low | (high << 4)) - 32);
+      const float sc = d * static_cast<float>(sub_scale(s, i));
       unpack_lanes(step, offset, 4 * i, 4, sc, 4.0f * sc);
     }
   }
@@ -356,14 +356,17 @@ struct Iq4XsBlock {
   static constexpr nibble::BlockFormat kFormat = nibble::BlockFormat::IQ4_XS;
   static constexpr int kElements = 256;
   static constexpr int kBytes = 136;
-  static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
-    const float d = block_half(b);
+  // Sub-block i's signed 6-bit scale (-32..31): low 4 bits in scales_l, high 2 in scales_h.
+  static int sub_scale(const std::uint8_t* b, int i) {
     const std::uint32_t scales_h = static_cast<std::uint32_t>(b[2]) | (static_cast<std::uint32_t>(b[3]) << 8);
     const std::uint8_t* scales_l = b + 4;
+    return static_cast<int>(((scales_l[i / 2] >> (4 * (i % 2))) & 15) | (((scales_h >> (2 * i)) & 3u) << 4)) - 32;
+  }
+  static void decode(const std::uint8_t* __restrict b, float* __restrict out) {
+    const float d = block_half(b);
     const std::uint8_t* qs = b + 8;
     for (int i = 0; i < 8; ++i) {
-      const int ls = ((scales_l[i / 2] >> (4 * (i % 2))) & 15) | (((scales_h >> (2 * i)) & 3u) << 4);
-      const float dl = d * static_cast<float>(ls - 32);
+      const float dl = d * static_cast<float>(sub_scale(b, i));
       float level[16];
       for (int v = 0; v < 16; ++v) level[v] = dl * kIq4Levels[v];
       for (int j = 0; j < 16; ++j) {
@@ -375,12 +378,9 @@ struct Iq4XsBlock {
   static void unpack(const std::uint8_t* __restrict b, std::uint8_t* __restrict codes, float* __restrict step,
                      float* __restrict offset) {
     const float d = block_half(b);
-    const std::uint32_t scales_h = static_cast<std::uint32_t>(b[2]) | (static_cast<std::uint32_t>(b[3]) << 8);
-    const std::uint8_t* scales_l = b + 4;
     const std::uint8_t* qs = b + 8;
     for (int i = 0; i < 8; ++i) {
-      const int ls = ((scales_l[i / 2] >> (4 * (i % 2))) & 15) | (((scales_h >> (2 * i)) & 3u) << 4);
-      const float dl = d * static_cast<float>(ls - 32);
+      const float dl = d * static_cast<float>(sub_scale(b, i));
       for (int j = 0; j < 16; ++j) {
         codes[32 * i + j] = kIq4Codes[qs[16 * i + j] & 15];
         codes[32 * i + j + 16] = kIq4Codes[qs[16 * i + j] >> 4];

@@ -17,6 +17,7 @@
 
 #include "common/block_decode_impl.h"
 #include "kernels/cpu/int8_activations.h"
+#include "kernels/cpu/int8_round_impl.h"
 #include "kernels/cpu/quant_layout.h"
 
 
@@ -52,7 +53,6 @@ struct Unpacked {
 // the padded row zero.
 void quantize_block_activations(const float* x, std::int64_t rows, std::int64_t cols, std::int64_t ldx,
                                 std::int8_t* codes, float* lane_scales, float* lane_sums) {
-  const __m512 sign = _mm512_set1_ps(-0.0f);
   const __m256i ones = _mm256_set1_epi8(1);
   const std::int64_t lanes_per_row = ldx / kUnpackLane;
   for (std::int64_t r = 0; r < rows; ++r) {
@@ -63,31 +63,19 @@ void quantize_block_activations(const float* x, std::int64_t rows, std::int64_t 
     for (std::int64_t p = 0; p < ldx; p += kActivationBlock) {
       const std::int64_t lane = p / kUnpackLane;
       constexpr int kLanes = kActivationBlock / kUnpackLane;
+      // Past cols (the row's padding) the block is empty: codes, scale and sums zero.
       const std::int64_t n = std::clamp<std::int64_t>(cols - p, 0, kActivationBlock);
-      if (n == 0) {
-        std::memset(cr + p, 0, kActivationBlock);
-        std::fill(sr + lane, sr + lane + kLanes, 0.0f);
-        std::fill(ur + lane, ur + lane + kLanes, 0.0f);
-        continue;
-      }
-      const auto lo = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u);
-      const auto hi = static_cast<__mmask16>(n >= 32 ? 0xFFFF : n > 16 ? (1u << (n - 16)) - 1u : 0u);
-      const __m512 a = _mm512_maskz_loadu_ps(lo, xr + p);
-      const __m512 b = _mm512_maskz_loadu_ps(hi, xr + p + 16);
-      const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(a, a), _mm512_setzero_ps(), _CMP_EQ_OQ) &
-                               _mm512_cmp_ps_mask(_mm512_sub_ps(b, b), _mm512_setzero_ps(), _CMP_EQ_OQ);
-      if (finite != 0xFFFF) {
+      const RoundedBlock rounded = round_block(xr + p, n);
+      if (!rounded.finite) {
         // NaN or infinity: NaN scales poison this row's output, as the float path's would be.
         std::memset(cr + p, 0, kActivationBlock);
         std::fill(sr + lane, sr + lane + kLanes, std::numeric_limits<float>::quiet_NaN());
         std::fill(ur + lane, ur + lane + kLanes, std::numeric_limits<float>::quiet_NaN());
         continue;
       }
-      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, a), _mm512_andnot_ps(sign, b)));
-      const float scale = amax / 127.0f;
-      const __m512 inverse = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-      const __m128i qa = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(a, inverse)));
-      const __m128i qb = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(b, inverse)));
+      const float scale = rounded.scale;
+      const __m128i qa = _mm512_cvtsepi32_epi8(rounded.low);
+      const __m128i qb = _mm512_cvtsepi32_epi8(rounded.high);
       const __m256i q = _mm256_set_m128i(qb, qa);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(cr + p), q);
       // Sum of each lane's four codes: ones (u8) times codes (s8) on the dot-product unit.

@@ -8,6 +8,7 @@
 #include "kernels/cpu/int8_activations.h"
 #include "kernels/cpu/linear_kernels.h"
 #include "kernels/cpu/packed_impl.h"
+#include "kernels/cpu/int8_round_impl.h"
 
 namespace {
 
@@ -42,7 +43,6 @@ void quantize_activations(const nibble::kernels::cpu::QuantLayout& w, const floa
   const std::int64_t ldx = w.packed_cols();
   const std::int64_t blocks = activation_blocks(w);
   const __m128i order = plane_order<Bits>();
-  const __m512 sign = _mm512_set1_ps(-0.0f);
   for (std::int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * ldx;
     std::int8_t* cr = codes + r * ldx;
@@ -54,29 +54,18 @@ void quantize_activations(const nibble::kernels::cpu::QuantLayout& w, const floa
       for (std::int64_t p = w.group_unit_begin[static_cast<std::size_t>(g)] * w.codes_per_unit; p < end;
            p += kActivationBlock, ++block) {
         const std::int64_t n = std::min<std::int64_t>(kActivationBlock, end - p);
-        const auto lo = static_cast<__mmask16>(n >= 16 ? 0xFFFF : (1u << n) - 1u);
-        const auto hi = static_cast<__mmask16>(n >= 32 ? 0xFFFF : n > 16 ? (1u << (n - 16)) - 1u : 0u);
-        const __m512 a = _mm512_maskz_loadu_ps(lo, xr + p);
-        const __m512 b = _mm512_maskz_loadu_ps(hi, xr + p + 16);
-        const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_sub_ps(a, a), _mm512_setzero_ps(), _CMP_EQ_OQ) &
-                                 _mm512_cmp_ps_mask(_mm512_sub_ps(b, b), _mm512_setzero_ps(), _CMP_EQ_OQ);
-        if (finite != 0xFFFF) {
-          // inf - inf and NaN - NaN are NaN: this block poisons its row's output.
+        const RoundedBlock q = round_block(xr + p, n);
+        if (!q.finite) {
+          // This block poisons its row's output.
           sr[block] = std::numeric_limits<float>::quiet_NaN();
           group_sum = std::numeric_limits<float>::quiet_NaN();
           std::memset(cr + p, 0, static_cast<std::size_t>(n));
           continue;
         }
-        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, a), _mm512_andnot_ps(sign, b)));
-        const float scale = amax / 127.0f;
-        const __m512 inverse = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-        // Round to nearest even (the default MXCSR mode), as std::nearbyint does.
-        const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inverse));
-        const __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inverse));
-        group_sum += scale * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
-        _mm_mask_storeu_epi8(cr + p, lo, _mm_shuffle_epi8(_mm512_cvtsepi32_epi8(qa), order));
-        _mm_mask_storeu_epi8(cr + p + 16, hi, _mm_shuffle_epi8(_mm512_cvtsepi32_epi8(qb), order));
-        sr[block] = scale;
+        group_sum += q.scale * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q.low, q.high)));
+        _mm_mask_storeu_epi8(cr + p, q.low_mask, _mm_shuffle_epi8(_mm512_cvtsepi32_epi8(q.low), order));
+        _mm_mask_storeu_epi8(cr + p + 16, q.high_mask, _mm_shuffle_epi8(_mm512_cvtsepi32_epi8(q.high), order));
+        sr[block] = q.scale;
       }
       group_sums[r * w.groups + g] = group_sum;
     }

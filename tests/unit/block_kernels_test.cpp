@@ -51,6 +51,18 @@ double magnitude(const std::vector<float>& x, const std::vector<float>& w, std::
   return largest;
 }
 
+// The case file's block tensor as the loader hands it to a backend: kept packed.
+QuantizedMatrix block_matrix(BlockFormat format, const GgufTensor& w) {
+  QuantizedMatrix m;
+  m.name = block_format_info(format).name;
+  m.rows = w.shape[0];
+  m.cols = w.shape[1];
+  m.block_format = format;
+  m.blocks.assign(w.data.begin(), w.data.end());
+  m.stored_bytes = w.data.size();
+  return m;
+}
+
 class BlockKernels : public ::testing::TestWithParam<int> {};
 
 TEST_P(BlockKernels, MatchGgufPyDequantizationAndAFloat64MatmulOnEveryIsa) {
@@ -74,13 +86,7 @@ TEST_P(BlockKernels, MatchGgufPyDequantizationAndAFloat64MatmulOnEveryIsa) {
         << info.name << " element " << i << ": " << widened[i] << " vs " << w_ref[i];
   }
 
-  QuantizedMatrix m;
-  m.name = info.name;
-  m.rows = n;
-  m.cols = k;
-  m.block_format = format;
-  m.blocks.assign(w.data.begin(), w.data.end());
-  m.stored_bytes = w.data.size();
+  const QuantizedMatrix m = block_matrix(format, w);
   kernels::CpuBackend backend(2);
   const auto weights = backend.prepare_linear(m);
   // Kept packed: the blocks are the resident bytes, nothing widened beside them.
@@ -114,6 +120,21 @@ std::vector<double> int8_rounded(const std::vector<float>& x, std::int64_t k) {
     for (std::size_t i = b0; i < b1; ++i) amax = std::max(amax, std::abs(x[i]));
     const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
     for (std::size_t i = b0; i < b1; ++i) out[i] = std::nearbyint(x[i] * inverse) * static_cast<double>(amax / 127.0f);
+  }
+  return out;
+}
+
+// x ([rows][k]) rounded as the int8 path rounds it, times w ([n][k]) in float64.
+std::vector<float> int8_reference(const std::vector<float>& x, const std::vector<float>& w, std::int64_t rows,
+                                  std::int64_t n, std::int64_t k) {
+  const std::vector<double> xq = int8_rounded(x, k);
+  std::vector<float> out(static_cast<std::size_t>(rows * n));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t j = 0; j < n; ++j) {
+      double sum = 0;
+      for (std::int64_t i = 0; i < k; ++i) sum += xq[static_cast<std::size_t>(r * k + i)] * w[static_cast<std::size_t>(j * k + i)];
+      out[static_cast<std::size_t>(r * n + j)] = static_cast<float>(sum);
+    }
   }
   return out;
 }
@@ -156,24 +177,10 @@ TEST_P(BlockKernels, Int8ActivationsMatchGgufPyWeightsTimesRoundedInputs) {
   const auto w_ref = floats(file, "w_ref");
   const auto x = floats(file, "x");
   const std::int64_t max_rows = static_cast<std::int64_t>(x.size()) / k;
-  QuantizedMatrix m;
-  m.name = info.name;
-  m.rows = n;
-  m.cols = k;
-  m.block_format = format;
-  m.blocks.assign(w.data.begin(), w.data.end());
-  m.stored_bytes = w.data.size();
+  const QuantizedMatrix m = block_matrix(format, w);
   const auto weights = int8.prepare_linear(m);
 
-  const std::vector<double> xq = int8_rounded(x, k);
-  std::vector<float> expected(static_cast<std::size_t>(max_rows * n));
-  for (std::int64_t r = 0; r < max_rows; ++r) {
-    for (std::int64_t j = 0; j < n; ++j) {
-      double sum = 0;
-      for (std::int64_t i = 0; i < k; ++i) sum += xq[static_cast<std::size_t>(r * k + i)] * w_ref[static_cast<std::size_t>(j * k + i)];
-      expected[static_cast<std::size_t>(r * n + j)] = static_cast<float>(sum);
-    }
-  }
+  const std::vector<float> expected = int8_reference(x, w_ref, max_rows, n, k);
   const double scale = magnitude(x, w_ref, max_rows, n, k);
   std::vector<float> all(static_cast<std::size_t>(max_rows * n), NAN);
   int8.linear(x.data(), max_rows, *weights, nullptr, all.data());
@@ -230,15 +237,7 @@ TEST_P(BlockKernels, Int8ActivationsOnLongRowsMatchTheDecodedWeights) {
   const auto weights = int8.prepare_linear(m);
   constexpr std::int64_t kMaxRows = 9;
   const auto x = testing::random_floats(rng, static_cast<std::size_t>(kMaxRows * k));
-  const std::vector<double> xq = int8_rounded(x, k);
-  std::vector<float> expected(static_cast<std::size_t>(kMaxRows * n));
-  for (std::int64_t r = 0; r < kMaxRows; ++r) {
-    for (std::int64_t j = 0; j < n; ++j) {
-      double sum = 0;
-      for (std::int64_t i = 0; i < k; ++i) sum += xq[static_cast<std::size_t>(r * k + i)] * w[static_cast<std::size_t>(j * k + i)];
-      expected[static_cast<std::size_t>(r * n + j)] = static_cast<float>(sum);
-    }
-  }
+  const std::vector<float> expected = int8_reference(x, w, kMaxRows, n, k);
   const double scale = magnitude(x, w, kMaxRows, n, k);
   for (const std::int64_t rows : {1, 4, 9}) {
     std::vector<float> y(static_cast<std::size_t>(rows * n), NAN);
