@@ -28,6 +28,7 @@
 #include "loader/model_source.h"
 #include "loader/tensor_shard.h"
 #include "scheduler/generate.h"
+#include "greedy_runs.h"
 #include "test_util.h"
 
 namespace nibble::engine {
@@ -139,19 +140,11 @@ TEST_P(DeepseekReference, LastPositionLogitsMatchTransformersOnFivePrompts) {
   }
 }
 
-std::vector<TokenId> greedy_alone(Model& model, const std::vector<TokenId>& prompt) {
-  scheduler::SequenceRequest request;
-  request.prompt = prompt;
-  request.sampling.temperature = 0;
-  request.max_tokens = kGreedyTokens;
-  return scheduler::generate(model, request).tokens;
-}
-
 TEST_P(DeepseekReference, ThirtyTwoGreedyTokensAreTransformersOnFivePrompts) {
   for (const auto& reference_case : reference_["cases"]) {
     const auto expected = reference_case["greedy_ids"].get<std::vector<TokenId>>();
     ASSERT_EQ(expected.size(), kGreedyTokens);
-    EXPECT_EQ(greedy_alone(*model_, reference_case["prompt_ids"].get<std::vector<TokenId>>()), expected)
+    EXPECT_EQ(testing::greedy_alone(*model_, reference_case["prompt_ids"].get<std::vector<TokenId>>(), kGreedyTokens), expected)
         << "prompt " << reference_case["prompt_ids"].dump();
   }
 }
@@ -160,58 +153,15 @@ TEST_P(DeepseekReference, ThirtyTwoGreedyTokensAreTransformersOnFivePrompts) {
 // out shuffled, prompts prefilled 3 tokens a step while others decode, joining at
 // different steps): each sequence's greedy tokens must be the ones it gets alone.
 TEST_P(DeepseekReference, ABatchedPagedChunkedRunEqualsEachSequenceAlone) {
-  constexpr std::int32_t kBlock = 4;
-  constexpr std::int64_t kChunk = 3;
-  struct Sequence {
-    std::vector<TokenId> prompt, out;
-    std::int64_t join = 0, position = 0;
-    std::vector<std::int32_t> blocks;
-  };
-  std::vector<Sequence> sequences;
+  std::vector<std::vector<TokenId>> prompts;
   for (const auto& reference_case : reference_["cases"]) {
-    sequences.push_back({reference_case["prompt_ids"].get<std::vector<TokenId>>(), {},
-                         static_cast<std::int64_t>(sequences.size() % 3), 0, {}});
+    prompts.push_back(reference_case["prompt_ids"].get<std::vector<TokenId>>());
   }
-  std::vector<std::int32_t> free(256);
-  std::iota(free.begin(), free.end(), 0);
-  std::shuffle(free.begin(), free.end(), std::mt19937(11));
-  PagedKvCache cache = model_->make_kv_cache(static_cast<std::int32_t>(free.size()), kBlock);
-  const auto vocab = static_cast<std::size_t>(model_->vocab_size());
-  std::vector<float> logits;
-  for (std::int64_t step = 0;; ++step) {
-    std::vector<BatchEntry> batch;
-    std::vector<Sequence*> members;
-    std::vector<std::vector<TokenId>> tokens(sequences.size());
-    for (std::size_t i = 0; i < sequences.size(); ++i) {
-      auto& s = sequences[i];
-      const auto prompt_length = static_cast<std::int64_t>(s.prompt.size());
-      if (step < s.join || s.out.size() >= kGreedyTokens) continue;
-      if (s.position < prompt_length) {
-        const auto take = std::min(kChunk, prompt_length - s.position);
-        tokens[i].assign(s.prompt.begin() + s.position, s.prompt.begin() + s.position + take);
-      } else {
-        tokens[i] = {s.out.back()};
-      }
-      while (static_cast<std::int64_t>(s.blocks.size()) * kBlock <
-             s.position + static_cast<std::int64_t>(tokens[i].size())) {
-        s.blocks.push_back(free.back());
-        free.pop_back();
-      }
-      batch.push_back({tokens[i], s.position, s.blocks, Logits::LastRow});
-      members.push_back(&s);
-    }
-    if (batch.empty()) break;
-    logits.resize(batch.size() * vocab);
-    model_->forward_batch(batch, cache, logits);
-    for (std::size_t b = 0; b < members.size(); ++b) {
-      Sequence& s = *members[b];
-      s.position += static_cast<std::int64_t>(batch[b].tokens.size());
-      if (s.position < static_cast<std::int64_t>(s.prompt.size())) continue;
-      const auto row = std::span(logits).subspan(b * vocab, vocab);
-      s.out.push_back(static_cast<TokenId>(std::max_element(row.begin(), row.end()) - row.begin()));
-    }
+  const auto batched = testing::greedy_batched_paged(*model_, prompts, kGreedyTokens);
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(batched[i], testing::greedy_alone(*model_, prompts[i], kGreedyTokens))
+        << "prompt of " << prompts[i].size();
   }
-  for (auto& s : sequences) EXPECT_EQ(s.out, greedy_alone(*model_, s.prompt)) << "prompt of " << s.prompt.size();
 }
 
 // The cache holds [c_kv ; k_rope] per token and layer, nothing per head; the
