@@ -46,6 +46,9 @@ import torch
 import transformers
 from transformers import DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM
 
+# The same reference outputs (logits, greedy tokens with their top-2 gaps) as the MoE fixtures.
+from make_tiny_moe_models import outputs  # noqa: E402
+
 VOCAB = 128
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3,
               num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8,
@@ -54,7 +57,6 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, moe_interm
               eos_token_id=None, tie_word_embeddings=False)
 SEQUENCE_LENGTH = 40
 PROMPT_LENGTHS = [1, 4, 7, 12, 20]
-GREEDY_TOKENS = 32
 MIN_GAP = 1e-3
 
 
@@ -89,30 +91,6 @@ def random_model(model_class, config, seed):
             if name.endswith("e_score_correction_bias"):
                 buffer.normal_(0, 0.1)  # zero would hide a bias read or applied wrongly
     return model
-
-
-def greedy(model, prompt):
-    """GREEDY_TOKENS argmax tokens (one full forward per step) and each step's top-2 gap."""
-    ids, gaps = list(prompt), []
-    with torch.no_grad():
-        for _ in range(GREEDY_TOKENS):
-            logits = model(torch.tensor([ids])).logits[0, -1].double()
-            top = torch.topk(logits, 2).values
-            gaps.append(float(top[0] - top[1]))
-            ids.append(int(torch.argmax(logits)))
-    return ids[len(prompt):], gaps
-
-
-def outputs(model, tokens, prompts):
-    """(all-position logits, last-position logits per prompt, cases) of `model`."""
-    with torch.no_grad():
-        logits = model(tokens).logits[0].float().numpy().astype("<f4")
-        last = np.stack([model(torch.tensor([p])).logits[0, -1].float().numpy() for p in prompts]).astype("<f4")
-    cases = []
-    for p in prompts:
-        ids, gaps = greedy(model, p)
-        cases.append({"prompt_ids": p, "greedy_ids": ids, "top2_gaps": gaps})
-    return logits, last, cases
 
 
 def yarn_numbers(model):
