@@ -9,6 +9,7 @@
 
 #include "engine/model.h"
 #include "engine/paged_kv_cache.h"
+#include "engine/rope.h"
 #include "kernels/backend.h"
 
 namespace nibble::engine {
@@ -92,5 +93,19 @@ class Workspace {
   kernels::Buffer latent_query_, latent_out_;
   std::vector<kernels::AttentionSegment> attention_segments_;
 };
+
+// Calls rows_of(first_row, rows, table) over the step's rows with the RoPE table
+// each needs: all rows at once unless the table depends on each sequence's length
+// (LongRoPE), then sequence by sequence.
+template <typename RowsOf>
+void for_each_rope_run(const StepContext& step, const RopeTables& rope, RowsOf&& rows_of) {
+  if (!rope.by_length()) {
+    rows_of(std::int64_t{0}, step.rows, rope.for_length(0));
+    return;
+  }
+  for (const auto& segment : step.segments) {
+    rows_of(segment.first_row, segment.rows, rope.for_length(segment.start + segment.rows));
+  }
+}
 
 }  // namespace nibble::engine

@@ -57,14 +57,7 @@ void AttentionBlock::rotate(const StepContext& step, Workspace& ws) const {
     step.backend.rope(ws.k() + first * shape_.kv_heads * head_dim, rows, shape_.kv_heads, head_dim, positions,
                       table.inv_freq, table.scale);
   };
-  // One table for all rows unless it depends on each sequence's length (LongRoPE).
-  if (!rope_.by_length()) {
-    rows_of(0, step.rows, rope_.for_length(0));
-    return;
-  }
-  for (const auto& segment : step.segments) {
-    rows_of(segment.first_row, segment.rows, rope_.for_length(segment.start + segment.rows));
-  }
+  for_each_rope_run(step, rope_, rows_of);
 }
 
 void AttentionBlock::forward(const StepContext& step, Workspace& ws, const float* input, float* out) const {

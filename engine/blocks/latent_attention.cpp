@@ -125,13 +125,7 @@ void LatentAttentionBlock::rotate(const StepContext& step, Workspace& ws) const 
     step.backend.rope(ws.k() + first * latent + mla_.kv_lora_rank, rows, 1, latent, positions, table.inv_freq,
                       table.scale, pairs_);
   };
-  if (!rope_.by_length()) {
-    rows_of(0, step.rows, rope_.for_length(0));
-    return;
-  }
-  for (const auto& segment : step.segments) {
-    rows_of(segment.first_row, segment.rows, rope_.for_length(segment.start + segment.rows));
-  }
+  for_each_rope_run(step, rope_, rows_of);
 }
 
 void LatentAttentionBlock::forward(const StepContext& step, Workspace& ws, const float* input, float* out) const {
