@@ -32,6 +32,7 @@
 #include "loader/tensor_shard.h"
 #include "quant/gguf_file_writer.h"
 #include "scheduler/generate.h"
+#include "tokenizer/tokenizer.h"
 #include "greedy_runs.h"
 #include "test_util.h"
 
@@ -307,6 +308,22 @@ TEST(DeepseekGguf, TheConfigIsTheHfConfig) {
     EXPECT_EQ(gguf.moe.sparse_layers, hf.moe.sparse_layers);
     EXPECT_EQ(gguf.extra_predict_layers, 0);
   }
+}
+
+// The converter's vocabulary (tokens, merges, specials from the tiny tokenizer.json)
+// tokenizes and decodes as the Hugging Face folder's tokenizer does.
+TEST(DeepseekGguf, TheTokenizerIsTheFolders) {
+  const auto folder = kModels / "deepseek_v3_gguf";
+  const auto from_gguf = load_tokenizer(folder / "model.gguf");
+  const auto from_json = load_tokenizer(folder);
+  ASSERT_EQ(from_gguf->vocab_size(), 128u);
+  for (const std::string text : {"the cat sat on the mat", "In 1984, it rained.\nThen: ok!", "<|endoftext|>x"}) {
+    const auto ids = from_json->encode(text, false);
+    EXPECT_GT(ids.size(), 1u);
+    EXPECT_EQ(from_gguf->encode(text, false), ids) << text;
+    EXPECT_EQ(from_gguf->decode(ids, false), text);
+  }
+  EXPECT_EQ(from_gguf->eos_ids(), from_json->eos_ids());
 }
 
 // Older converters kept kv_b_proj whole (attn_kv_b) and wrote the per-head sizes as
