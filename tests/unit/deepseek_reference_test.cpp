@@ -367,8 +367,8 @@ TEST(DeepseekGguf, AWholeKvBLoadsAsTheSplitOne) {
   EXPECT_EQ(logits_a, logits_b);
 }
 
-// A deepseek2 file that cannot be the model it claims fails by name when opened.
-class DeepseekGgufBadInput : public ::testing::Test {
+// Edited copies of the V3 f32 file.
+class DeepseekGgufCopy : public ::testing::Test {
  protected:
   // The V3 f32 file with its metadata edited by `edit`, without tensor `drop`, and
   // tensor `cut` cut to its first `cut_shape` elements.
@@ -391,6 +391,24 @@ class DeepseekGgufBadInput : public ::testing::Test {
   }
   testing::TempDir dir_;
 };
+
+// llama.cpp counts multi-token-prediction layers in block_count: with
+// nextn_predict_layers 1 the file's last layer is one, not loaded, and said so.
+using DeepseekGgufNextn = DeepseekGgufCopy;
+TEST_F(DeepseekGgufNextn, TheLastBlocksArePredictionLayersLeftUnread) {
+  const auto path = copy_with([](quant::GgufFileWriter& w) { w.set("deepseek2.nextn_predict_layers", std::uint32_t{1}); });
+  const ModelSource source = open_model(path);
+  EXPECT_EQ(source.config.num_layers, 2);
+  EXPECT_EQ(source.config.extra_predict_layers, 1);
+  EXPECT_EQ(source.config.moe.sparse_layers, (std::vector<bool>{false, true}));
+  kernels::CpuBackend backend(1);
+  DecoderModel model(source, backend);
+  EXPECT_EQ(model.config().num_layers, 2);
+  EXPECT_EQ(model.make_kv_cache(8, 4).bytes_per_token(), 2u * (16 + 8) * 4);
+}
+
+// A deepseek2 file that cannot be the model it claims fails by name when opened.
+using DeepseekGgufBadInput = DeepseekGgufCopy;
 
 TEST_F(DeepseekGgufBadInput, AMissingKvLoraRankIsNamed) {
   const auto path = copy_with([](quant::GgufFileWriter& w) { w.erase("deepseek2.attention.kv_lora_rank"); });
