@@ -183,36 +183,41 @@ constexpr std::array kQwen3MoeNames{
 // DeepSeek-V2/V3: multi-head latent attention (a low-rank query, or a plain
 // q_proj when q_lora_rank is null; one compressed kv latent per token), dense MLPs
 // in the first first_k_dense_replace layers and routed experts with shared ones
-// (no gate on them) after. No GGUF names yet: llama.cpp's deepseek2 files are not read.
+// (no gate on them) after. llama.cpp writes both as "deepseek2" under these GGUF
+// names; its converter splits kv_b_proj into attn_k_b (W_UK transposed) and
+// attn_v_b (older files keep the whole attn_kv_b), which the GGUF reader joins back
+// into kv_b_proj (loader/gguf_mla.h), so neither half is a role here.
 constexpr std::array kDeepseekNames{
-    TensorName{TensorRole::TokenEmbedding, "model.embed_tokens", ""},
-    TensorName{TensorRole::FinalNorm, "model.norm", ""},
-    TensorName{TensorRole::LmHead, "lm_head", ""},
-    TensorName{TensorRole::AttentionNorm, "input_layernorm", ""},
-    TensorName{TensorRole::Query, "self_attn.q_proj", ""},
-    TensorName{TensorRole::QueryA, "self_attn.q_a_proj", ""},
-    TensorName{TensorRole::QueryANorm, "self_attn.q_a_layernorm", ""},
-    TensorName{TensorRole::QueryB, "self_attn.q_b_proj", ""},
-    TensorName{TensorRole::KvA, "self_attn.kv_a_proj_with_mqa", ""},
-    TensorName{TensorRole::KvANorm, "self_attn.kv_a_layernorm", ""},
-    TensorName{TensorRole::KvB, "self_attn.kv_b_proj", ""},
-    TensorName{TensorRole::AttentionOutput, "self_attn.o_proj", ""},
-    TensorName{TensorRole::MlpNorm, "post_attention_layernorm", ""},
-    TensorName{TensorRole::Gate, "mlp.gate_proj", ""},
-    TensorName{TensorRole::Up, "mlp.up_proj", ""},
-    TensorName{TensorRole::Down, "mlp.down_proj", ""},
-    TensorName{TensorRole::Router, "mlp.gate", ""},
-    TensorName{TensorRole::RouterBias, "mlp.gate.e_score_correction_bias", ""},
-    TensorName{TensorRole::ExpertGate, "mlp.experts.{}.gate_proj", ""},
-    TensorName{TensorRole::ExpertUp, "mlp.experts.{}.up_proj", ""},
-    TensorName{TensorRole::ExpertDown, "mlp.experts.{}.down_proj", ""},
-    TensorName{TensorRole::SharedGate, "mlp.shared_experts.gate_proj", ""},
-    TensorName{TensorRole::SharedUp, "mlp.shared_experts.up_proj", ""},
-    TensorName{TensorRole::SharedDown, "mlp.shared_experts.down_proj", ""},
+    TensorName{TensorRole::TokenEmbedding, "model.embed_tokens", "token_embd"},
+    TensorName{TensorRole::FinalNorm, "model.norm", "output_norm"},
+    TensorName{TensorRole::LmHead, "lm_head", "output"},
+    TensorName{TensorRole::AttentionNorm, "input_layernorm", "attn_norm"},
+    TensorName{TensorRole::Query, "self_attn.q_proj", "attn_q"},
+    TensorName{TensorRole::QueryA, "self_attn.q_a_proj", "attn_q_a"},
+    TensorName{TensorRole::QueryANorm, "self_attn.q_a_layernorm", "attn_q_a_norm"},
+    TensorName{TensorRole::QueryB, "self_attn.q_b_proj", "attn_q_b"},
+    TensorName{TensorRole::KvA, "self_attn.kv_a_proj_with_mqa", "attn_kv_a_mqa"},
+    TensorName{TensorRole::KvANorm, "self_attn.kv_a_layernorm", "attn_kv_a_norm"},
+    TensorName{TensorRole::KvB, "self_attn.kv_b_proj", "attn_kv_b"},
+    TensorName{TensorRole::AttentionOutput, "self_attn.o_proj", "attn_output"},
+    TensorName{TensorRole::MlpNorm, "post_attention_layernorm", "ffn_norm"},
+    TensorName{TensorRole::Gate, "mlp.gate_proj", "ffn_gate"},
+    TensorName{TensorRole::Up, "mlp.up_proj", "ffn_up"},
+    TensorName{TensorRole::Down, "mlp.down_proj", "ffn_down"},
+    TensorName{TensorRole::Router, "mlp.gate", "ffn_gate_inp"},
+    // GGUF "blk.N.exp_probs_b.bias"; the Hugging Face name has no suffix (a buffer).
+    TensorName{TensorRole::RouterBias, "mlp.gate.e_score_correction_bias", "exp_probs_b"},
+    TensorName{TensorRole::ExpertGate, "mlp.experts.{}.gate_proj", "ffn_gate_exps"},
+    TensorName{TensorRole::ExpertUp, "mlp.experts.{}.up_proj", "ffn_up_exps"},
+    TensorName{TensorRole::ExpertDown, "mlp.experts.{}.down_proj", "ffn_down_exps"},
+    TensorName{TensorRole::SharedGate, "mlp.shared_experts.gate_proj", "ffn_gate_shexp"},
+    TensorName{TensorRole::SharedUp, "mlp.shared_experts.up_proj", "ffn_up_shexp"},
+    TensorName{TensorRole::SharedDown, "mlp.shared_experts.down_proj", "ffn_down_shexp"},
 };
 
-constexpr Architecture deepseek(std::string_view hf_architecture, std::string_view model_type) {
-  Architecture entry{hf_architecture, model_type, "", false, false, false, MlpActivation::Silu, kDeepseekNames};
+constexpr Architecture deepseek(std::string_view hf_architecture, std::string_view model_type,
+                                std::string_view gguf_name) {
+  Architecture entry{hf_architecture, model_type, gguf_name, false, false, false, MlpActivation::Silu, kDeepseekNames};
   entry.latent_attention = true;
   return entry;
 }
@@ -240,8 +245,10 @@ constexpr std::array kArchitectures{
                  kQwen2MoeNames, true},
     Architecture{"Qwen3MoeForCausalLM", "qwen3_moe", "qwen3moe", false, true, false, MlpActivation::Silu,
                  kQwen3MoeNames, true},
-    deepseek("DeepseekV2ForCausalLM", "deepseek_v2"),
-    deepseek("DeepseekV3ForCausalLM", "deepseek_v3"),
+    // llama.cpp writes V2 and V3 alike as "deepseek2"; the GGUF reader picks the V3
+    // entry for sigmoid expert gating (expert_gating_func 2), V3's routing.
+    deepseek("DeepseekV2ForCausalLM", "deepseek_v2", "deepseek2"),
+    deepseek("DeepseekV3ForCausalLM", "deepseek_v3", ""),
 };
 
 // "mlp.experts.{}.up_proj" split around its index placeholder; nullopt for names without one.
@@ -386,6 +393,8 @@ std::optional<HfTensor> hf_tensor_of_gguf(const Architecture& architecture, std:
   for (const auto& name : architecture.names) {
     // A 3-D expert tensor stands for many modules: gguf_expert_tensor().
     if (!is_global(name.role) && !is_expert_role(name.role) && !name.gguf.empty() && part == name.gguf) {
+      // A tensor that is no module's weight keeps its Hugging Face name whole.
+      if (name.role == TensorRole::RouterBias) return HfTensor{fmt::format("model.layers.{}.{}", layer, name.hf), name.role};
       return HfTensor{fmt::format("model.layers.{}.{}.{}", layer, name.hf, suffix), name.role};
     }
   }

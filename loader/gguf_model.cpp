@@ -13,6 +13,7 @@
 #include "common/half.h"
 #include "common/mapped_file.h"
 #include "loader/architecture.h"
+#include "loader/gguf_mla.h"
 
 namespace nibble {
 namespace {
@@ -23,6 +24,8 @@ const Architecture& arch_info(const GgufFile& gguf) {
   if (arch == "llama" && gguf.find_int("llama.expert_count").value_or(0) > 0) {
     return architecture_of("MixtralForCausalLM");
   }
+  // llama.cpp writes DeepSeek-V2 and V3 alike as "deepseek2".
+  if (arch == "deepseek2") return architecture_of(deepseek_architecture_of(gguf));
   if (const Architecture* entry = find_gguf_architecture(arch)) return *entry;
   fail("{}: GGUF architecture '{}' is not supported (supported: {})", gguf.path().string(), arch,
        supported_gguf_architectures());
@@ -269,11 +272,16 @@ class GgufWeights final : public WeightSource {
     const Architecture& arch = arch_info(*gguf_);
     for (const auto& tensor : gguf_->tensors()) {
       if (const auto experts = gguf_expert_tensor(arch, tensor.name)) {
-        add_experts(arch, tensor, *experts);
+        add_experts(arch, tensor, *experts, config.moe.num_experts);
         continue;
       }
+      if (arch.latent_attention && tensor.name.ends_with(kKeyB)) {
+        add_split_kv_b(arch, tensor, config);
+        continue;
+      }
+      if (arch.latent_attention && tensor.name.ends_with(kValueB)) continue;  // read with its attn_k_b
       const auto hf = hf_tensor_of_gguf(arch, tensor.name);
-      Entry entry{&tensor, 0, hf && arch.norm_weight_offset_one && is_norm(hf->role)};
+      Entry entry{&tensor, 0, hf && arch.norm_weight_offset_one && is_norm(hf->role), nullptr, {}};
       // Unknown tensors (rope_freqs, ...) stay visible under their GGUF names.
       std::string name = hf ? hf->name : tensor.name;
       if (hf && arch.gguf_rope_rows_interleaved && (hf->role == TensorRole::Query || hf->role == TensorRole::Key)) {
@@ -290,6 +298,11 @@ class GgufWeights final : public WeightSource {
     std::vector<StoredTensorInfo> out;
     out.reserve(entries_.size());
     for (const auto& [name, entry] : entries_) {
+      if (entry.value_b != nullptr) {
+        out.push_back({name, std::string(ggml_type_name(entry.tensor->type)), entry.joined_shape,
+                       static_cast<std::uint64_t>(entry.tensor->data.size() + entry.value_b->data.size())});
+        continue;
+      }
       out.push_back({name, std::string(ggml_type_name(entry.tensor->type)), entry.tensor->shape,
                      static_cast<std::uint64_t>(entry.tensor->data.size())});
     }
@@ -302,6 +315,9 @@ class GgufWeights final : public WeightSource {
     const auto it = entries_.find(name);
     if (it == entries_.end()) fail("{}: the GGUF file has no tensor for '{}'", gguf_->path().string(), name);
     const Entry& entry = it->second;
+    if (entry.value_b != nullptr) {
+      return make_owned_f32(name, entry.joined_shape, join_kv_b(*entry.tensor, *entry.value_b, *mla_, mla_heads_));
+    }
     if (entry.stored_plus_one) return minus_one(convert(name, *entry.tensor, gguf_));
     if (entry.rope_heads == 0) return convert(name, *entry.tensor, gguf_);
     auto reordered = std::make_shared<std::vector<std::byte>>(entry.tensor->data.size());
@@ -338,7 +354,8 @@ class GgufWeights final : public WeightSource {
 
   bool has_quantized(const std::string& module) const override {
     const auto it = entries_.find(module + ".weight");
-    return it != entries_.end() && is_quantized_type(it->second.tensor->type);
+    // A joined kv_b is float32 (load()), whatever its halves' type.
+    return it != entries_.end() && it->second.value_b == nullptr && is_quantized_type(it->second.tensor->type);
   }
 
   std::uint64_t file_bytes() const override { return gguf_->size(); }
@@ -348,14 +365,43 @@ class GgufWeights final : public WeightSource {
     const GgufTensor* tensor;
     std::int64_t rope_heads;  // > 0: rows to reorder from interleaved to halves, per this many heads
     bool stored_plus_one;     // a (1 + w) norm weight llama.cpp's converter stored as w + 1
+    // Set for a kv_b_proj llama.cpp stores split: `tensor` is attn_k_b, this attn_v_b,
+    // joined by load() into joined_shape.
+    const GgufTensor* value_b = nullptr;
+    std::vector<std::int64_t> joined_shape;
   };
+
+  static constexpr std::string_view kKeyB = ".attn_k_b.weight", kValueB = ".attn_v_b.weight";
+
+  // llama.cpp's converter writes DeepSeek's kv_b_proj as attn_k_b and attn_v_b
+  // (loader/gguf_mla.h); the pair stands for the Hugging Face kv_b_proj of its layer.
+  void add_split_kv_b(const Architecture& arch, const GgufTensor& k_b, const ModelConfig& config) {
+    const std::string stem = k_b.name.substr(0, k_b.name.size() - kKeyB.size());
+    const GgufTensor* v_b = gguf_->find_tensor(stem + std::string(kValueB));
+    if (v_b == nullptr) fail("{}: '{}' has no '{}{}' beside it", gguf_->path().string(), k_b.name, stem, kValueB);
+    if (!config.mla) fail("{}: '{}' in a model without latent attention", gguf_->path().string(), k_b.name);
+    const auto hf = hf_tensor_of_gguf(arch, stem + ".attn_kv_b.weight");
+    if (!hf) fail("{}: '{}' is not a layer's tensor", gguf_->path().string(), k_b.name);
+    mla_ = *config.mla;
+    mla_heads_ = config.num_heads;
+    Entry entry{&k_b, 0, false, v_b,
+                {config.num_heads * (mla_->qk_nope_head_dim + mla_->v_head_dim), mla_->kv_lora_rank}};
+    if (!entries_.emplace(hf->name, std::move(entry)).second) {
+      fail("{}: layer '{}' has both attn_kv_b and attn_k_b / attn_v_b", gguf_->path().string(), stem);
+    }
+  }
 
   // A 3-D expert tensor [experts, rows, cols] as one matrix per expert under its
   // Hugging Face name: expert e's rows are one contiguous run of the file (any
   // type: a row's blocks never straddle experts), viewed, not copied.
-  void add_experts(const Architecture& arch, const GgufTensor& tensor, const GgufExpertTensor& experts) {
+  void add_experts(const Architecture& arch, const GgufTensor& tensor, const GgufExpertTensor& experts,
+                   std::int64_t expected) {
     if (tensor.shape.size() != 3 || tensor.shape[0] <= 0 || tensor.data.size() % static_cast<std::size_t>(tensor.shape[0]) != 0) {
       fail("{}: expert tensor '{}' must be [experts, rows, cols]", gguf_->path().string(), tensor.name);
+    }
+    if (tensor.shape[0] != expected) {
+      fail("{}: expert tensor '{}' holds {} experts, the metadata says {}", gguf_->path().string(), tensor.name,
+           tensor.shape[0], expected);
     }
     const auto count = tensor.shape[0];
     const std::size_t bytes = tensor.data.size() / static_cast<std::size_t>(count);
@@ -366,7 +412,7 @@ class GgufWeights final : public WeightSource {
       part.shape = {tensor.shape[1], tensor.shape[2]};
       part.data = tensor.data.subspan(static_cast<std::size_t>(e) * bytes, bytes);
       const std::string name = arch.expert_module(experts.role, experts.layer, e) + ".weight";
-      if (!entries_.emplace(name, Entry{&part, 0, false}).second) {
+      if (!entries_.emplace(name, Entry{&part, 0, false, nullptr, {}}).second) {
         fail("{}: tensors '{}' map to the same name '{}'", gguf_->path().string(), part.name, name);
       }
     }
@@ -417,6 +463,8 @@ class GgufWeights final : public WeightSource {
   }
 
   std::shared_ptr<const GgufFile> gguf_;
+  std::optional<MlaConfig> mla_;  // what a split kv_b joins into
+  std::int64_t mla_heads_ = 0;
   std::deque<GgufTensor> expert_tensors_;  // per-expert views of 3-D tensors (stable addresses for entries_)
   std::map<std::string, Entry> entries_;
 };
@@ -514,10 +562,14 @@ ModelConfig config_from_gguf(const GgufFile& gguf) {
   config.num_kv_heads = gguf.find_int(prefix + "attention.head_count_kv").value_or(config.num_heads);
   if (config.num_heads <= 0) fail("{}: {}attention.head_count must be positive", gguf.path().string(), prefix);
   config.max_position_embeddings = gguf.get_int(prefix + "context_length");
-  head_dims_of(gguf, prefix, config);
   config.rms_norm_eps = gguf.get_float(prefix + "attention.layer_norm_rms_epsilon");
   config.rope_theta = gguf.find_float(prefix + "rope.freq_base").value_or(10000.0);
-  config.rope_scaling = rope_scaling_of(gguf, prefix, config);
+  if (arch.latent_attention) {
+    deepseek_from_gguf(gguf, prefix, config);  // head sizes, YaRN and routing in DeepSeek's own keys
+  } else {
+    head_dims_of(gguf, prefix, config);
+    config.rope_scaling = rope_scaling_of(gguf, prefix, config);
+  }
   config.vocab_size = vocab_size_of(gguf, prefix);
   config.tie_word_embeddings = gguf.find_tensor("output.weight") == nullptr;
   config.attention_bias = arch.attention_bias;
@@ -536,7 +588,7 @@ ModelConfig config_from_gguf(const GgufFile& gguf) {
   }
   config.torch_dtype = torch_dtype_of(gguf);
   if (config.model_type == "gemma2" || config.model_type == "gemma3_text") gemma_from_gguf(gguf, prefix, config);
-  if (arch.has(TensorRole::Router)) moe_from_gguf(gguf, prefix, arch, config);
+  if (arch.has(TensorRole::Router) && !arch.latent_attention) moe_from_gguf(gguf, prefix, arch, config);
   try {
     config.validate();
   } catch (const Error& e) {

@@ -12,8 +12,9 @@
 
 namespace nibble {
 
-// Supports general.architecture "llama" and "qwen2" (MistralForCausalLM GGUFs say
-// "llama"). Throws nibble::Error for other architectures or missing keys.
+// Supports the general.architecture names of the architecture table (MistralForCausalLM
+// and Mixtral GGUFs say "llama", DeepSeek-V2/V3 ones "deepseek2": loader/gguf_mla.h).
+// Throws nibble::Error for other architectures or missing keys.
 ModelConfig config_from_gguf(const GgufFile& gguf);
 
 // Weights under HF names. llama.cpp stores the q/k projections of "llama" models

@@ -21,10 +21,14 @@ shared experts:
                over the weights the file means (codes times scales)
   deepseek_v3_no_kv_b  deepseek_v3 without layer 1's kv_b_proj (a load must fail by name)
 
+  deepseek_v3_gguf, deepseek_v2_gguf (with LLAMA_CPP_SRC, scripts/get-llama-cpp's source
+               tree): the models in llama.cpp's deepseek2 GGUF, made by its own
+               converter (GGUF_VARIANTS below); *_q8_0 the same in Q8_0
+
 and OUT_DIR/yarn_reference.json: YaRN inverse frequencies and attention factors that
 transformers' _compute_yarn_parameters gives for a few settings (YARN_CASES).
 
-Usage: make_tiny_deepseek_models.py OUT_DIR
+Usage: make_tiny_deepseek_models.py OUT_DIR [LLAMA_CPP_SRC]
 Writes OUT_DIR/<name>/: the model (float32 safetensors), logits.f32 (float32
 [SEQUENCE_LENGTH, vocab] for tokens.json's sequence), reference.json ({"vocab_size",
 "cases": [{"prompt_ids", "greedy_ids", "top2_gaps"}], "yarn": {"inv_freq",
@@ -38,6 +42,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -65,13 +70,30 @@ def yarn(mscale, mscale_all_dim):
             "beta_fast": 32.0, "beta_slow": 1.0, "mscale": mscale, "mscale_all_dim": mscale_all_dim}
 
 
+V3 = dict(q_lora_rank=24, n_shared_experts=1, routed_scaling_factor=2.5, norm_topk_prob=True, rope_interleave=True)
+V2 = dict(q_lora_rank=None, n_shared_experts=2, routed_scaling_factor=1.5, norm_topk_prob=False,
+          topk_method="group_limited_greedy")
 VARIANTS = {
-    "deepseek_v3": (DeepseekV3ForCausalLM, lambda: DeepseekV3Config(
-        **COMMON, q_lora_rank=24, n_shared_experts=1, routed_scaling_factor=2.5, norm_topk_prob=True,
-        rope_interleave=True, rope_parameters=yarn(0.9, 1.1))),
-    "deepseek_v2": (DeepseekV2ForCausalLM, lambda: DeepseekV2Config(
-        **COMMON, q_lora_rank=None, n_shared_experts=2, routed_scaling_factor=1.5, norm_topk_prob=False,
-        topk_method="group_limited_greedy", rope_parameters=yarn(1.0, 0.8))),
+    "deepseek_v3": (DeepseekV3ForCausalLM, lambda: DeepseekV3Config(**COMMON, **V3, rope_parameters=yarn(0.9, 1.1))),
+    "deepseek_v2": (DeepseekV2ForCausalLM, lambda: DeepseekV2Config(**COMMON, **V2, rope_parameters=yarn(1.0, 0.8))),
+}
+# The same two models as llama.cpp's converter writes them ("deepseek2"), made only
+# when its source tree is given. Two differences from the models above, both what
+# published DeepSeek configs have: mscale equals mscale_all_dim (the converter keeps
+# only 0.1 * mscale_all_dim, as yarn_log_multiplier, and llama.cpp runs every
+# deepseek2 file as if the two were equal, so a file made from mscale != mscale_all_dim
+# means another model than its source), and scoring_func is named (the converter
+# writes expert_gating_func from it; without it llama.cpp assumes softmax). Each
+# folder holds the Hugging Face model with a tiny byte-level BPE tokenizer
+# (tiny_tokenizer()), transformers' outputs and model.gguf (--outtype f32, read back
+# bit-identical to the safetensors); <name>_q8_0/ holds the --outtype q8_0 file
+# (Q8_0 where rows split into 32-blocks, F16 elsewhere, as the converter decides)
+# with transformers' outputs over the weights gguf-py dequantizes from it.
+GGUF_VARIANTS = {
+    "deepseek_v3_gguf": (DeepseekV3ForCausalLM, lambda: DeepseekV3Config(
+        **COMMON, **V3, rope_parameters=yarn(1.1, 1.1), scoring_func="sigmoid")),
+    "deepseek_v2_gguf": (DeepseekV2ForCausalLM, lambda: DeepseekV2Config(
+        **COMMON, **V2, rope_parameters=yarn(0.8, 0.8), scoring_func="softmax")),
 }
 
 
@@ -196,8 +218,156 @@ def make_fp8(root, name, tokens, prompts):
     print(name, "seed", seed + attempt, quantized, "FP8 modules")
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def tiny_tokenizer(out):
+    """A byte-level BPE of VOCAB tokens for convert_hf_to_gguf.py (which needs a
+    tokenizer) and nibble's GGUF tokenizer: tests/tokenizer/data/gpt2's first 95
+    tokens (<|endoftext|> and printable ASCII), space and newline, then its merges
+    in order while they fit."""
+    with open(os.path.join(HERE, "..", "tokenizer", "data", "gpt2", "tokenizer.json")) as f:
+        spec = json.load(f)
+    vocab = {token: i for token, i in spec["model"]["vocab"].items() if i < 95}
+    for token in ("\u0120", "\u010a"):  # byte-level space and newline
+        vocab[token] = len(vocab)
+    merges = []
+    for merge in spec["model"]["merges"]:
+        a, b = merge.split(" ") if isinstance(merge, str) else merge
+        if len(vocab) < VOCAB and a in vocab and b in vocab and a + b not in vocab:
+            vocab[a + b] = len(vocab)
+            merges.append(f"{a} {b}")
+    spec["model"]["vocab"], spec["model"]["merges"] = vocab, merges
+    with open(os.path.join(out, "tokenizer.json"), "w") as f:
+        json.dump(spec, f)
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>",
+                   "eos_token": "<|endoftext|>"}, f)
+
+
+def convert(llama_cpp, model_dir, outfile, outtype):
+    """llama.cpp's convert_hf_to_gguf.py, run by llama_cpp_convert.py."""
+    subprocess.run([sys.executable, os.path.join(HERE, "llama_cpp_convert.py"), llama_cpp, model_dir,
+                    "--outfile", outfile, "--outtype", outtype], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+# Hugging Face name (per layer: after "model.layers.N.") -> llama.cpp's deepseek2
+# tensor (gguf-py's constants), for reading the files back independently of nibble.
+GGUF_GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+               "lm_head.weight": "output.weight"}
+GGUF_LAYER = {
+    "input_layernorm.weight": "attn_norm", "self_attn.q_proj.weight": "attn_q", "self_attn.q_a_proj.weight": "attn_q_a",
+    "self_attn.q_a_layernorm.weight": "attn_q_a_norm", "self_attn.q_b_proj.weight": "attn_q_b",
+    "self_attn.kv_a_proj_with_mqa.weight": "attn_kv_a_mqa", "self_attn.kv_a_layernorm.weight": "attn_kv_a_norm",
+    "self_attn.o_proj.weight": "attn_output", "post_attention_layernorm.weight": "ffn_norm",
+    "mlp.gate_proj.weight": "ffn_gate", "mlp.up_proj.weight": "ffn_up", "mlp.down_proj.weight": "ffn_down",
+    "mlp.gate.weight": "ffn_gate_inp", "mlp.shared_experts.gate_proj.weight": "ffn_gate_shexp",
+    "mlp.shared_experts.up_proj.weight": "ffn_up_shexp", "mlp.shared_experts.down_proj.weight": "ffn_down_shexp",
+}
+
+
+def read_gguf(path, like):
+    """The Hugging Face state dict `like` with every value as the GGUF at `path` holds
+    it (gguf-py's dequantization): experts out of the 3-D ffn_*_exps tensors, kv_b_proj
+    from attn_k_b (per head W_UK transposed) and attn_v_b. Also the number of
+    matrices stored quantized that nibble keeps packed: experts one each, the token
+    table too (it is bound like a linear layer), attn_k_b / attn_v_b not (they load
+    as kv_b_proj's float32)."""
+    import gguf
+    reader = gguf.GGUFReader(path)
+    stored, types = {}, {}
+    for t in reader.tensors:
+        shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+        stored[t.name] = torch.from_numpy(
+            np.array(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape))
+        types[t.name] = t.tensor_type
+    out, quantized = {}, 0
+    for key, value in like.items():
+        parts = key.split(".")
+        if key in GGUF_GLOBAL:
+            name = GGUF_GLOBAL[key]
+        elif key.endswith("e_score_correction_bias"):
+            name = f"blk.{parts[2]}.exp_probs_b.bias"
+        elif ".mlp.experts." in key:  # model.layers.L.mlp.experts.E.gate_proj.weight
+            name = f"blk.{parts[2]}.ffn_{parts[6][:-len('_proj')]}_exps.weight"
+            out[key] = stored[name][int(parts[5])]
+            quantized += types[name] == gguf.GGMLQuantizationType.Q8_0
+            continue
+        elif key.endswith("kv_b_proj.weight"):
+            k_b, v_b = stored[f"blk.{parts[2]}.attn_k_b.weight"], stored[f"blk.{parts[2]}.attn_v_b.weight"]
+            out[key] = torch.cat([k_b.transpose(1, 2), v_b], dim=1).reshape(value.shape)
+            continue
+        else:
+            name = f"blk.{parts[2]}.{GGUF_LAYER['.'.join(parts[3:])]}.weight"
+        out[key] = stored[name].reshape(value.shape)
+        quantized += types[name] == gguf.GGMLQuantizationType.Q8_0
+    return out, quantized
+
+
+def weights_model(model_class, config_dir, state):
+    """transformers' model of config_dir's config over the weights `state`."""
+    held = config_dir + ".weights"
+    shutil.rmtree(held, ignore_errors=True)
+    os.makedirs(held)
+    shutil.copy(os.path.join(config_dir, "config.json"), held)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(held, "model.safetensors"),
+                                metadata={"format": "pt"})
+    model = model_class.from_pretrained(held, dtype=torch.float32, attn_implementation="eager").eval()
+    shutil.rmtree(held)
+    return model
+
+
+def write_reference(out, model, logits, last, cases, tokens, seed, extra=None):
+    logits.tofile(os.path.join(out, "logits.f32"))
+    last.tofile(os.path.join(out, "last_logits.f32"))
+    with open(os.path.join(out, "reference.json"), "w") as f:
+        json.dump({"vocab_size": VOCAB, "cases": cases, "yarn": yarn_numbers(model), **(extra or {})}, f)
+    with open(os.path.join(out, "tokens.json"), "w") as f:
+        json.dump({"tokens": tokens[0].tolist(), "seed": seed, "transformers": transformers.__version__,
+                   "torch": torch.__version__}, f)
+
+
+def make_gguf(root, name, llama_cpp, tokens, prompts):
+    """GGUF_VARIANTS[name]: the model, its f32 and q8_0 GGUF files and the references;
+    redrawn until both references' greedy top-2 gaps are above MIN_GAP."""
+    model_class, make_config = GGUF_VARIANTS[name]
+    out, out_q8 = os.path.join(root, name), os.path.join(root, name + "_q8_0")
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    for attempt in range(50):
+        model = random_model(model_class, make_config(), seed + attempt)
+        logits, last, cases = outputs(model, tokens, prompts)
+        if min(min(c["top2_gaps"]) for c in cases) <= MIN_GAP:
+            continue
+        for folder in (out, out_q8):
+            shutil.rmtree(folder, ignore_errors=True)
+        model.save_pretrained(out)
+        tiny_tokenizer(out)
+        convert(llama_cpp, out, os.path.join(out, "model.gguf"), "f32")
+        # As saved (one tensor per expert), not model.state_dict() (transformers fuses experts in memory).
+        state = safetensors.torch.load_file(os.path.join(out, "model.safetensors"))
+        held, _ = read_gguf(os.path.join(out, "model.gguf"), state)
+        for key, value in state.items():
+            if not torch.equal(held[key], value):
+                sys.exit(f"{name}: the f32 GGUF does not hold {key} as the model has it")
+        os.makedirs(out_q8)
+        shutil.copy(os.path.join(out, "config.json"), out_q8)
+        convert(llama_cpp, out, os.path.join(out_q8, "model.gguf"), "q8_0")
+        held, quantized = read_gguf(os.path.join(out_q8, "model.gguf"), state)
+        dequantized = weights_model(model_class, out, held)
+        q8_logits, q8_last, q8_cases = outputs(dequantized, tokens, prompts)
+        if quantized > 0 and min(min(c["top2_gaps"]) for c in q8_cases) > MIN_GAP:
+            break
+    else:
+        sys.exit(f"{name}: no seed in 50 gives greedy top-2 gaps above {MIN_GAP}")
+    write_reference(out, model, logits, last, cases, tokens, seed + attempt)
+    write_reference(out_q8, dequantized, q8_logits, q8_last, q8_cases, tokens, seed + attempt,
+                    {"quantized_modules": quantized})
+    print(name, "seed", seed + attempt, quantized, "Q8_0 modules")
+
+
 def main() -> None:
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
     root = os.path.abspath(sys.argv[1])
     generator = torch.Generator().manual_seed(7)
@@ -225,6 +395,9 @@ def main() -> None:
         print(name, "seed", seed + attempt, sorted(os.listdir(out)))
 
     make_fp8(root, "deepseek_v3_fp8", tokens, prompts)
+    if len(sys.argv) == 3:
+        for name in GGUF_VARIANTS:
+            make_gguf(root, name, os.path.abspath(sys.argv[2]), tokens, prompts)
     with open(os.path.join(root, "yarn_reference.json"), "w") as f:
         json.dump(yarn_reference(), f)
 
