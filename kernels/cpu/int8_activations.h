@@ -38,27 +38,48 @@ using ActivationQuantizer = void (*)(const QuantLayout& w, const float* x, std::
                                      float* scales, float* group_sums);
 
 // Block-quantized weights (BlockLayout, GGUF's Q5_0 ... IQ4_XS) on int8 activations.
-// Activations stay in input order, rounded in blocks of kActivationBlock inputs,
-// and each row is padded with zeros to block_activation_ldx(cols) (whole vectors of
-// kBlockStep inputs). Beside the codes go two floats per run of four inputs (the
-// lanes of one vpdpbusd): the block's scale, and the scale times the four codes'
-// sum, which the weights' per-sub-block offsets multiply (see unpack in
+// Each row is rounded in blocks of kActivationBlock inputs (one float scale each)
+// and laid out twice:
+// - the codes in input order, padded with zeros to block_activation_ldx(cols)
+//   (whole vectors of kBlockStep inputs), which the single-row register path
+//   multiplies as the weights decode;
+// - the codes in sub-block tiles, padded to block_activation_tile_ldx(cols): every
+//   256 inputs as four vectors whose lane b holds inputs 16b + 4v .. 16b + 4v + 3 of
+//   vector v, so four vpdpbusd leave in lane b the exact integer dot product of the
+//   16-input sub-block b; the batched kernels read these (block_vnni.cpp says why).
+// Both paths take, per 16 inputs, the block's scale and the scale times the 16
+// codes' sum, which the weights' offsets multiply (see unpack in
 // common/block_decode_impl.h: weight = step * code - offset).
 constexpr std::int64_t kBlockStep = 64;
+constexpr std::int64_t kBlockTile = 256;
+constexpr std::int64_t kBlockSubBlock = 16;
 constexpr std::int64_t block_activation_ldx(std::int64_t cols) { return (cols + kBlockStep - 1) / kBlockStep * kBlockStep; }
+constexpr std::int64_t block_activation_tile_ldx(std::int64_t cols) {
+  return (cols + kBlockTile - 1) / kBlockTile * kBlockTile;
+}
 
 struct BlockActivations {
-  const std::int8_t* codes = nullptr;  // [rows][ldx]
-  const float* lane_scales = nullptr;  // [rows][ldx / 4]
-  const float* lane_sums = nullptr;    // [rows][ldx / 4]
+  const std::int8_t* codes = nullptr;       // [rows][ldx]
+  const std::int8_t* tile_codes = nullptr;  // [rows][tile_ldx]
+  const float* sub_scales = nullptr;       // [rows][tile_ldx / 16]
+  const float* sub_sums = nullptr;         // [rows][tile_ldx / 16]
   std::int64_t ldx = 0;
+  std::int64_t tile_ldx = 0;
   std::int64_t rows = 0;
 };
 
-// x: [rows][cols]. Writes codes [rows][ldx] and lane scales and sums [rows][ldx / 4].
-// A block holding NaN or infinity gets NaN scales (the row's output is NaN).
-using BlockActivationQuantizer = void (*)(const float* x, std::int64_t rows, std::int64_t cols, std::int64_t ldx,
-                                          std::int8_t* codes, float* lane_scales, float* lane_sums);
+// Where a quantizer writes rows [0, rows) of both layouts (sizes as above).
+struct BlockActivationOutput {
+  std::int8_t* codes;
+  std::int8_t* tile_codes;
+  float* sub_scales;
+  float* sub_sums;
+};
+
+// x: [rows][cols]. A block holding NaN or infinity gets NaN scales (the row's
+// output is NaN).
+using BlockActivationQuantizer = void (*)(const float* x, std::int64_t rows, std::int64_t cols,
+                                          const BlockActivationOutput& out);
 // y for output rows [n_begin, n_end) of every activation row; `scratch` holds
 // block_int8_scratch_floats(rows).
 using BlockInt8Kernel = void (*)(const BlockLayout& w, const BlockActivations& x, std::int64_t n_begin,

@@ -146,17 +146,23 @@ void quantize_input(LinearRunContext& context, const Int8KernelTable& table, con
   });
 }
 
-// Rounds x (input order) to int8 for the block kernels, rows split across the pool.
+// Rounds x to int8 for the block kernels, rows split across the pool. The codes'
+// two layouts (int8_activations.h) share one buffer: input order first, then tiles.
 BlockActivations quantize_block_input(LinearRunContext& context, const Int8KernelTable& table, const float* x,
                                       std::int64_t rows, std::int64_t cols) {
-  const std::int64_t ldx = block_activation_ldx(cols);
-  const std::int64_t lanes = ldx / 4;
-  context.activation_codes.resize(static_cast<std::size_t>(rows * ldx));
-  context.activation_scales.resize(static_cast<std::size_t>(rows * lanes));
-  context.group_sums.resize(static_cast<std::size_t>(rows * lanes));
+  const std::int64_t ldx = block_activation_ldx(cols), tile_ldx = block_activation_tile_ldx(cols);
+  const std::int64_t sub_blocks = tile_ldx / kBlockSubBlock;
+  context.activation_codes.resize(static_cast<std::size_t>(rows * (ldx + tile_ldx)));
+  context.activation_scales.resize(static_cast<std::size_t>(rows * sub_blocks));
+  context.group_sums.resize(static_cast<std::size_t>(rows * sub_blocks));
+  std::int8_t* codes = context.activation_codes.data();
+  std::int8_t* tile_codes = codes + rows * ldx;
+  float* scales = context.activation_scales.data();
+  float* sums = context.group_sums.data();
   const auto run = [&](std::int64_t begin, std::int64_t end) {
-    table.quantize_blocks(x + begin * cols, end - begin, cols, ldx, context.activation_codes.data() + begin * ldx,
-                          context.activation_scales.data() + begin * lanes, context.group_sums.data() + begin * lanes);
+    table.quantize_blocks(x + begin * cols, end - begin, cols,
+                          BlockActivationOutput{codes + begin * ldx, tile_codes + begin * tile_ldx,
+                                                scales + begin * sub_blocks, sums + begin * sub_blocks});
   };
   constexpr std::int64_t kRowsPerTask = 16;
   if (rows <= kRowsPerTask) {
@@ -166,8 +172,7 @@ BlockActivations quantize_block_input(LinearRunContext& context, const Int8Kerne
       run(task * kRowsPerTask, std::min(rows, (task + 1) * kRowsPerTask));
     });
   }
-  return BlockActivations{context.activation_codes.data(), context.activation_scales.data(), context.group_sums.data(),
-                          ldx, rows};
+  return BlockActivations{codes, tile_codes, scales, sums, ldx, tile_ldx, rows};
 }
 
 std::string offset_name(QuantizedMatrix::Offset offset) {

@@ -159,6 +159,12 @@ TEST_P(BlockKernels, UnpackedCodesStepsAndOffsetsAreTheDecodedWeights) {
           << " * " << int{codes[e]} << " - " << o << " vs " << decoded[e];
       nonzero_codes += codes[e] != 0 ? 1 : 0;
     }
+    // The int8 kernels apply steps and offsets once per 16-weight sub-block
+    // (kernels/cpu/block_vnni.cpp): every type's must be constant over aligned runs of 16.
+    for (std::size_t lane = 0; lane < lanes; ++lane) {
+      ASSERT_EQ(step[lane], step[lane - lane % 4]) << info.name << " lane " << lane;
+      ASSERT_EQ(offset[lane], offset[lane - lane % 4]) << info.name << " lane " << lane;
+    }
   }
   EXPECT_GT(nonzero_codes, 0);
 }
@@ -189,7 +195,8 @@ TEST_P(BlockKernels, Int8ActivationsMatchGgufPyWeightsTimesRoundedInputs) {
     int8.linear(x.data(), rows, *weights, nullptr, y.data());
     EXPECT_LE(testing::error_relative_to(y, std::span(expected).first(y.size()), scale), 2e-6)
         << info.name << " rows " << rows;
-    // A row's result does not depend on the rows beside it.
+    // A row's result does not depend on the rows beside it, nor on whether it is
+    // alone (the single-row register path ends each tile as the batched path does).
     for (std::size_t i = 0; i < y.size(); ++i) ASSERT_EQ(y[i], all[i]) << info.name << " rows " << rows << " output " << i;
   }
   // And differs from the float path's (the rounding is real).
