@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 import unittest
 
+from tiny_tokenizer import copy_with_tokenizer
+
 BIN = os.environ["NIBBLE_BIN"]
 MPIEXEC = os.environ["MPIEXEC"]
 MODEL = os.path.join(os.environ["NIBBLE_TINY_DEEPSEEK_DIR"], "deepseek_v3")
@@ -29,16 +31,7 @@ class DeepseekPipelineGenerate(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp()
-        cls.model = os.path.join(cls.dir, "deepseek_v3")
-        shutil.copytree(MODEL, cls.model)
-        vocab = {f"t{i}": i for i in range(128)}
-        tokenizer = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
-                     "pre_tokenizer": None, "post_processor": None, "decoder": None,
-                     "model": {"type": "BPE", "dropout": None, "unk_token": "t0", "continuing_subword_prefix": None,
-                               "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                               "ignore_merges": False, "vocab": vocab, "merges": []}}
-        with open(os.path.join(cls.model, "tokenizer.json"), "w") as f:
-            json.dump(tokenizer, f)
+        cls.model = copy_with_tokenizer(MODEL, os.path.join(cls.dir, "deepseek_v3"))
 
     @classmethod
     def tearDownClass(cls):
