@@ -226,6 +226,7 @@ std::vector<Alternative> find_alternatives(const ModelShape& shape, const PlanIn
     PlanInputs changed = in;
     changed.weights.bits = bits;
     changed.measured_weight_bytes.reset();
+    changed.rank_weight_bytes = nullptr;  // it maps the checkpoint as stored, not at `bits`
     if (bits_per_weight(changed.weights) >= refused.bits_per_weight) continue;
     const bool fits = keep_if_fits(changed, [&](const MemoryPlan& plan) {
       return fmt::format("with --bits {} ({:.2f} bits a weight, weights {}): {}", bits, plan.bits_per_weight,

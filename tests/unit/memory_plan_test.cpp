@@ -303,6 +303,32 @@ TEST(MemoryPlan, TensorParallelSizesDivideTheMlpAndExpertWidthsAsServeRequires) 
   EXPECT_EQ(v3.expert_width, 2048);
 }
 
+// The shard mapping's bytes per rank describe the checkpoint as stored: a --bits
+// alternative is planned from the parameter groups at those bits instead.
+TEST(MemoryPlan, ABitsAlternativeDoesNotReuseTheStoredCheckpointsBytesPerRank) {
+  const ModelShape shape = example_shape("deepseek-v3");
+  PlanInputs in = on_gpus(80 * kGB, 8, 8);
+  in.context = 8192;
+  in.measured_weight_bytes = 700 * kGB;
+  int calls = 0;
+  in.rank_weight_bytes = [&calls](const Parallelism& layout) {
+    ++calls;
+    return static_cast<std::uint64_t>(700 * kGB / static_cast<double>(layout.gpus()));
+  };
+  const MemoryPlan refused = plan_memory(shape, in);
+  EXPECT_FALSE(refused.fits);
+  EXPECT_GT(calls, 0);
+  EXPECT_EQ(refused.device_weight_bytes, static_cast<std::uint64_t>(700 * kGB / 8));
+  bool four_bits = false;
+  for (const auto& alternative : refused.alternatives) {
+    four_bits = four_bits || alternative.description.starts_with("with --bits 4");
+    if (alternative.inputs.weights.bits != in.weights.bits) {
+      EXPECT_FALSE(alternative.inputs.rank_weight_bytes);
+    }
+  }
+  EXPECT_TRUE(four_bits) << "671B at 4.25 bits fits 8 x 80 GB";
+}
+
 // Expert groups as serve takes them (loader/tensor_shard.h): the routed experts
 // divide by E, each expert's width by T; the most expert groups a group size allows.
 TEST(MemoryPlan, ExpertParallelSizesDivideTheRoutedExpertsAsServeRequires) {
