@@ -254,8 +254,8 @@ void add_generate_command(CLI::App& app) {
                   "Ranks the model is split across: run under `mpirun -np N` (docs/parallel.md)")
       ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_option("--pipeline-parallel-size", options->pipeline_parallel_size,
-                  "Stages the layers are split into, each on --tensor-parallel-size ranks: run under "
-                  "`mpirun -np T*P` (docs/parallel.md)")
+                  "Stages the layers are split into, each on --tensor-parallel-size x --expert-parallel-size "
+                  "ranks: run under `mpirun -np T*E*P` (docs/parallel.md)")
       ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_option("--expert-parallel-size", options->expert_parallel_size,
                   "Expert groups the routed experts are dealt out to, each of --tensor-parallel-size ranks: run "

@@ -64,8 +64,8 @@ struct ParallelGroup {
 // the GPU itself and wins.
 std::string rank_device(const std::string& device, ParallelSizes sizes);
 
-// Nothing when both sizes are 1. Otherwise the MPI world, which must have
-// exactly tensor x pipeline ranks, and `identity` (what must agree across ranks:
+// Nothing when every size is 1. Otherwise the MPI world, which must have exactly
+// tensor x expert x pipeline ranks, and `identity` (what must agree across ranks:
 // version, model, flags) compared: any difference is refused on every rank with
 // both values. `collective_timeout` bounds every collective of the forward.
 // The tensor and pipeline groups move `backend`'s memory: MPI for CPU ranks,

@@ -464,7 +464,8 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_option("--pipeline-parallel-size", options->pipeline_parallel_size,
                   "Stages the model's layers are split into (pipeline parallelism), each stage on "
-                  "--tensor-parallel-size ranks: start T x P processes with `mpirun -np T*P`")
+                  "--tensor-parallel-size x --expert-parallel-size ranks: start T x E x P processes with "
+                  "`mpirun -np T*E*P`")
       ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_option("--expert-parallel-size", options->expert_parallel_size,
                   "Expert groups the routed experts are dealt out to (expert parallelism), each of "
