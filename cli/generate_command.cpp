@@ -51,6 +51,7 @@ struct GenerateOptions {
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
   int pipeline_micro_batches = 1;
+  int expert_parallel_size = 1;
 };
 
 std::string read_text_file(const std::string& path) {
@@ -75,15 +76,15 @@ void run_generate(const GenerateOptions& options, kernels::Backend& backend, Par
 
 void run_generate(const GenerateOptions& options) {
   const ParallelSizes sizes{options.tensor_parallel_size, options.pipeline_parallel_size,
-                            options.pipeline_micro_batches};
+                            options.pipeline_micro_batches, options.expert_parallel_size};
   const auto backend_owner = make_backend(rank_device(options.device, sizes), options.threads, options.activations);
   auto group = join_parallel_group(
       sizes,
       fmt::format("nibble {} generate model={} device={} threads={} int8_activations={} expand_quantized={} tp={} "
-                  "pp={} micro_batches={}",
+                  "pp={} micro_batches={} ep={}",
                   NIBBLE_VERSION, options.model, options.device, options.threads, options.activations.use_int8(),
                   options.expand_quantized, options.tensor_parallel_size, options.pipeline_parallel_size,
-                  options.pipeline_micro_batches),
+                  options.pipeline_micro_batches, options.expert_parallel_size),
       *backend_owner);
   try {
     if (group && !group->leader()) {
@@ -176,6 +177,7 @@ void run_generate(const GenerateOptions& options, kernels::Backend& backend, Par
         {"backend", backend.name()},
         {"tensor_parallel_size", options.tensor_parallel_size},
         {"pipeline_parallel_size", options.pipeline_parallel_size},
+        {"expert_parallel_size", options.expert_parallel_size},
         {"prompt_tokens", request.prompt.size()},
         {"prompt_ids", request.prompt},
         {"tokens", result.tokens},
@@ -252,8 +254,12 @@ void add_generate_command(CLI::App& app) {
                   "Ranks the model is split across: run under `mpirun -np N` (docs/parallel.md)")
       ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_option("--pipeline-parallel-size", options->pipeline_parallel_size,
-                  "Stages the layers are split into, each on --tensor-parallel-size ranks: run under "
-                  "`mpirun -np T*P` (docs/parallel.md)")
+                  "Stages the layers are split into, each on --tensor-parallel-size x --expert-parallel-size "
+                  "ranks: run under `mpirun -np T*E*P` (docs/parallel.md)")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
+  cmd->add_option("--expert-parallel-size", options->expert_parallel_size,
+                  "Expert groups the routed experts are dealt out to, each of --tensor-parallel-size ranks: run "
+                  "under `mpirun -np T*E*P` (docs/parallel.md)")
       ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_option("--pipeline-micro-batches", options->pipeline_micro_batches,
                   "Groups each step's sequences pass the stages in (0: as many as stages; docs/parallel.md)")

@@ -2,7 +2,6 @@
 #include <fmt/format.h>
 
 #include <cstdio>
-#include <regex>
 
 #include <nlohmann/json.hpp>
 
@@ -25,13 +24,14 @@ std::string human_bytes(double bytes) {
   return fmt::format("{:.2f} {}", bytes, units[unit]);
 }
 
-// Each rank's share under tensor parallelism (loader/tensor_shard.h): the bytes
-// of weights it maps or keeps, as stored, and its KV cache per token.
-nlohmann::json tensor_parallel_shares(const std::string& model_path, int size, std::uint64_t whole_bytes) {
+// Each rank's share under tensor (and expert) parallelism (loader/tensor_shard.h):
+// the bytes of weights it maps or keeps, as stored, and its KV cache per token.
+nlohmann::json tensor_parallel_shares(const std::string& model_path, int tensor, int expert,
+                                      std::uint64_t whole_bytes) {
   nlohmann::json ranks = nlohmann::json::array();
-  for (int rank = 0; rank < size; ++rank) {
+  for (int rank = 0; rank < tensor * expert; ++rank) {
     ModelSource whole = open_model(model_path);
-    const TensorShardLayout layout = plan_tensor_shard(whole.config, rank, size);
+    const TensorShardLayout layout = plan_tensor_shard(whole.config, rank, tensor, expert);
     const engine::ModelStats share = engine::compute_model_stats(shard_model_source(std::move(whole), layout));
     ranks.push_back({{"rank", rank},
                      {"stored_bytes", share.stored_bytes},
@@ -40,6 +40,9 @@ nlohmann::json tensor_parallel_shares(const std::string& model_path, int size, s
                      {"q_heads", layout.q_heads},
                      {"kv_heads", layout.kv_heads},
                      {"intermediate", layout.intermediate},
+                     {"expert_rank", layout.expert_rank},
+                     {"first_expert", layout.first_expert},
+                     {"experts", layout.experts},
                      {"expert_intermediate", layout.expert_intermediate},
                      {"shared_expert_intermediate", layout.shared_intermediate},
                      {"vocab", layout.vocab}});
@@ -53,27 +56,14 @@ nlohmann::json tensor_parallel_shares(const std::string& model_path, int size, s
 // too when lm_head is tied to it) and its KV cache per token.
 nlohmann::json pipeline_stages(const ModelSource& source, int stages, const engine::ModelStats& stats) {
   const ModelConfig& c = source.config;
-  static const std::regex layer_name(R"((?:^|\.)(?:layers|blk)\.(\d+)\.)");
-  std::vector<std::uint64_t> layer_bytes(static_cast<std::size_t>(c.num_layers), 0);
-  std::uint64_t embedding = 0, head = 0;
-  for (const auto& info : source.weights->list()) {
-    std::smatch match;
-    if (std::regex_search(info.name, match, layer_name)) {
-      const auto layer = std::stoll(match[1].str());
-      if (layer >= 0 && layer < c.num_layers) layer_bytes[static_cast<std::size_t>(layer)] += info.stored_bytes;
-    } else if (info.name.find("embed") != std::string::npos || info.name.rfind("token_embd", 0) == 0) {
-      embedding += info.stored_bytes;
-    } else {
-      head += info.stored_bytes;  // final norm, lm_head ("output" in GGUF)
-    }
-  }
+  const std::vector<StoredTensorInfo> tensors = source.weights->list();
   nlohmann::json out = nlohmann::json::array();
   for (int s = 0; s < stages; ++s) {
     const engine::PipelineStage stage = engine::plan_pipeline_stage(c.num_layers, s, stages, 1);
     std::uint64_t bytes = 0;
-    for (auto l = stage.first_layer; l < stage.end_layer; ++l) bytes += layer_bytes[static_cast<std::size_t>(l)];
-    if (stage.first() || (stage.last() && c.tie_word_embeddings)) bytes += embedding;
-    if (stage.last()) bytes += head;
+    for (const auto& info : tensors) {
+      if (engine::stage_keeps(stage, info.name, c.tie_word_embeddings)) bytes += info.stored_bytes;
+    }
     out.push_back({{"stage", s},
                    {"first_layer", stage.first_layer},
                    {"end_layer", stage.end_layer},
@@ -85,14 +75,16 @@ nlohmann::json pipeline_stages(const ModelSource& source, int stages, const engi
   return out;
 }
 
-void run_inspect(const std::string& model_path, bool as_json, int tensor_parallel_size, int pipeline_parallel_size) {
+void run_inspect(const std::string& model_path, bool as_json, int tensor_parallel_size, int expert_parallel_size,
+                 int pipeline_parallel_size) {
   const ModelSource source = open_model(model_path);
   const ModelConfig& c = source.config;
   const engine::ModelStats stats = engine::compute_model_stats(source);
   const char* format = source.format == ModelFormat::Gguf ? "gguf" : "safetensors";
-  const nlohmann::json shares = tensor_parallel_size > 1
-                                    ? tensor_parallel_shares(model_path, tensor_parallel_size, stats.stored_bytes)
-                                    : nlohmann::json();
+  const nlohmann::json shares =
+      tensor_parallel_size * expert_parallel_size > 1
+          ? tensor_parallel_shares(model_path, tensor_parallel_size, expert_parallel_size, stats.stored_bytes)
+          : nlohmann::json();
   const nlohmann::json stages =
       pipeline_parallel_size > 1 ? pipeline_stages(source, pipeline_parallel_size, stats) : nlohmann::json();
   if (as_json) {
@@ -115,6 +107,10 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
         {"has_chat_template", source.chat_template.has_value()},
         {"quantization", source.quantization ? source.quantization->to_json() : nlohmann::json()},
         {"tensor_parallel_workable_sizes", workable_tensor_parallel_sizes(c)},
+        {"expert_parallel_workable_sizes",
+         c.moe.enabled() ? nlohmann::json(workable_expert_parallel_sizes(c, tensor_parallel_size)) : nlohmann::json()},
+        {"parallel", {{"tensor", tensor_parallel_size}, {"expert", expert_parallel_size},
+                      {"pipeline", pipeline_parallel_size}}},
     };
     if (!shares.is_null()) out["tensor_parallel"] = shares;
     if (!stages.is_null()) out["pipeline_parallel"] = stages;
@@ -185,6 +181,10 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
               human_bytes(static_cast<double>(stats.kv_bytes_per_token_f32)).c_str(),
               human_bytes(static_cast<double>(stats.kv_bytes_per_token_f16)).c_str());
   std::printf("tensor parallel %s ranks can split it\n", workable_tensor_parallel_sizes(c).c_str());
+  if (c.moe.enabled()) {
+    std::printf("expert parallel %s expert groups can split it (with tensor-parallel size %d)\n",
+                workable_expert_parallel_sizes(c, tensor_parallel_size).c_str(), tensor_parallel_size);
+  }
   for (const auto& rank : shares) {
     std::printf("  rank %d: weights %s (%.1f %% of the whole), kv %s per token in fp32; heads %lld (kv %lld), mlp %lld, "
                 "vocab %lld\n",
@@ -192,7 +192,14 @@ void run_inspect(const std::string& model_path, bool as_json, int tensor_paralle
                 100.0 * rank["fraction_of_whole"].get<double>(), human_bytes(rank["kv_bytes_per_token_f32"].get<double>()).c_str(),
                 rank["q_heads"].get<long long>(), rank["kv_heads"].get<long long>(), rank["intermediate"].get<long long>(),
                 rank["vocab"].get<long long>());
-    if (c.moe.enabled()) {
+    if (c.moe.enabled() && expert_parallel_size > 1) {
+      std::printf("          expert group %d: experts %lld-%lld of %lld at width %lld, shared expert %lld; routers "
+                  "whole\n",
+                  rank["expert_rank"].get<int>(), rank["first_expert"].get<long long>(),
+                  rank["first_expert"].get<long long>() + rank["experts"].get<long long>() - 1,
+                  static_cast<long long>(c.moe.num_experts), rank["expert_intermediate"].get<long long>(),
+                  rank["shared_expert_intermediate"].get<long long>());
+    } else if (c.moe.enabled()) {
       std::printf("          every one of %lld experts at width %lld, shared expert %lld; routers whole\n",
                   static_cast<long long>(c.moe.num_experts), rank["expert_intermediate"].get<long long>(),
                   rank["shared_expert_intermediate"].get<long long>());
@@ -226,12 +233,17 @@ void add_inspect_command(CLI::App& app) {
   cmd->add_option("--tensor-parallel-size", *tensor_parallel_size,
                   "Also show each rank's share of a split across N ranks (weights as stored, KV per token)")
       ->check(CLI::Range(1, 1024));
+  auto expert_parallel_size = std::make_shared<int>(1);
+  cmd->add_option("--expert-parallel-size", *expert_parallel_size,
+                  "With --tensor-parallel-size T: also show each of the T x E ranks' share when the routed experts "
+                  "are dealt out to E expert groups")
+      ->check(CLI::Range(1, 1024));
   auto pipeline_parallel_size = std::make_shared<int>(1);
   cmd->add_option("--pipeline-parallel-size", *pipeline_parallel_size,
                   "Also show each stage's layers, weights and KV per token when the layers are split into P stages")
       ->check(CLI::Range(1, 1024));
-  cmd->callback([model, as_json, tensor_parallel_size, pipeline_parallel_size] {
-    run_inspect(*model, *as_json, *tensor_parallel_size, *pipeline_parallel_size);
+  cmd->callback([model, as_json, tensor_parallel_size, expert_parallel_size, pipeline_parallel_size] {
+    run_inspect(*model, *as_json, *tensor_parallel_size, *expert_parallel_size, *pipeline_parallel_size);
   });
 }
 

@@ -51,6 +51,7 @@ std::optional<ParallelGroup> join_parallel_group(ParallelSizes sizes, const std:
                                                  std::chrono::milliseconds collective_timeout) {
   if (sizes.tensor < 1) fail("--tensor-parallel-size must be at least 1, got {}", sizes.tensor);
   if (sizes.pipeline < 1) fail("--pipeline-parallel-size must be at least 1, got {}", sizes.pipeline);
+  if (sizes.expert < 1) fail("--expert-parallel-size must be at least 1, got {}", sizes.expert);
   if (sizes.micro_batches < 0) fail("--pipeline-micro-batches must be at least 1, got {}", sizes.micro_batches);
   if (sizes.micro_batches == 0) sizes.micro_batches = sizes.pipeline;
   if (sizes.ranks() == 1) return std::nullopt;
@@ -62,8 +63,8 @@ std::optional<ParallelGroup> join_parallel_group(ParallelSizes sizes, const std:
   fail("a model split over {} ranks needs a build with Open MPI (libopenmpi-dev; cmake -DNIBBLE_MPI=ON)", ranks);
 #else
   if (!dist::launched_by_mpi()) {
-    fail("--tensor-parallel-size {} x --pipeline-parallel-size {} runs one process per rank: start it as "
-         "`mpirun -np {} nibble ...`", sizes.tensor, sizes.pipeline, ranks);
+    fail("--tensor-parallel-size {} x --expert-parallel-size {} x --pipeline-parallel-size {} runs one process per "
+         "rank: start it as `mpirun -np {} nibble ...`", sizes.tensor, sizes.expert, sizes.pipeline, ranks);
   }
   ParallelGroup group;
   group.sizes = sizes;
@@ -72,8 +73,8 @@ std::optional<ParallelGroup> join_parallel_group(ParallelSizes sizes, const std:
   // rank 0 ends the job through mpirun, a hung one fails its own liveness probe.
   group.plans = dist::make_mpi_world(std::chrono::hours(24 * 365));
   if (group.size() != ranks) {
-    fail("--tensor-parallel-size {} x --pipeline-parallel-size {} needs {} ranks but mpirun started {}; they must "
-         "be equal", sizes.tensor, sizes.pipeline, ranks, group.size());
+    fail("--tensor-parallel-size {} x --expert-parallel-size {} x --pipeline-parallel-size {} needs {} ranks but "
+         "mpirun started {}; they must be equal", sizes.tensor, sizes.expert, sizes.pipeline, ranks, group.size());
   }
   // Every rank compares rank 0's identity with its own; all learn whether any differed.
   std::string leader = identity;
@@ -92,12 +93,13 @@ std::optional<ParallelGroup> join_parallel_group(ParallelSizes sizes, const std:
   auto pipeline = group.world->split(group.tensor_rank(), group.stage());
   // Every rank makes the tensor group's NCCL communicator before the pipeline
   // group's: each creation waits for the group's other ranks.
-  if (sizes.tensor > 1) group.tensor = on_backend(std::move(tensor), backend, collective_timeout);
+  if (sizes.stage_ranks() > 1) group.tensor = on_backend(std::move(tensor), backend, collective_timeout);
   if (sizes.pipeline > 1) group.pipeline = on_backend(std::move(pipeline), backend, collective_timeout);
   const dist::Communicator* forward = group.tensor ? group.tensor.get() : group.pipeline.get();
-  spdlog::info("parallel_group_joined rank={} size={} tensor_rank={} stage={} tensor={} pipeline={} engine={} "
-               "device={}", group.rank(), group.size(), group.tensor_rank(), group.stage(), sizes.tensor,
-               sizes.pipeline, forward->engine(), backend.device().name());
+  spdlog::info("parallel_group_joined rank={} size={} tensor_rank={} expert_rank={} stage={} tensor={} expert={} "
+               "pipeline={} engine={} device={}", group.rank(), group.size(), group.tensor_rank() % sizes.tensor,
+               group.tensor_rank() / sizes.tensor, group.stage(), sizes.tensor, sizes.expert, sizes.pipeline,
+               forward->engine(), backend.device().name());
   return group;
 #endif
 }
@@ -125,13 +127,16 @@ ShardedModel shard_for(ModelSource source, ParallelGroup& group, engine::ModelOp
     spdlog::info("pipeline_stage rank={} stage={} of={} layers={}..{} micro_batches={}", group.rank(), stage.stage,
                  stage.stages, stage.first_layer, stage.end_layer - 1, stage.micro_batches);
   }
-  if (group.sizes.tensor == 1) return {std::move(source), options};
-  const TensorShardLayout layout = plan_tensor_shard(source.config, group.tensor_rank(), group.sizes.tensor);
+  if (group.sizes.stage_ranks() == 1) return {std::move(source), options};
+  const TensorShardLayout layout =
+      plan_tensor_shard(source.config, group.tensor_rank(), group.sizes.tensor, group.sizes.expert);
   options.tensor_shard = layout;
   options.tensor_group = group.tensor.get();
-  spdlog::info("tensor_parallel_shard rank={} q_heads={}+{} kv_heads={}+{} intermediate={}+{} vocab={}+{}",
+  spdlog::info("tensor_parallel_shard rank={} q_heads={}+{} kv_heads={}+{} intermediate={}+{} vocab={}+{} "
+               "experts={}+{} expert_intermediate={}+{}",
                group.rank(), layout.first_q_head, layout.q_heads, layout.first_kv_head, layout.kv_heads,
-               layout.first_intermediate, layout.intermediate, layout.first_vocab, layout.vocab);
+               layout.first_intermediate, layout.intermediate, layout.first_vocab, layout.vocab, layout.first_expert,
+               layout.experts, layout.first_expert_intermediate, layout.expert_intermediate);
   return {shard_model_source(std::move(source), layout), options};
 }
 

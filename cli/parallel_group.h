@@ -1,9 +1,10 @@
 #pragma once
-// `--tensor-parallel-size T --pipeline-parallel-size P`: this process is one of
-// the T x P ranks `mpirun -np T*P nibble ...` started. Rank r is tensor rank
-// r % T of pipeline stage r / T (a stage's tensor ranks are neighbours, which
-// keeps the chattier tensor collectives within a node when ranks fill nodes in
-// order). Joining checks the launch and that every rank runs the same build,
+// `--tensor-parallel-size T --expert-parallel-size E --pipeline-parallel-size P`:
+// this process is one of the T x E x P ranks `mpirun -np T*E*P nibble ...`
+// started. A stage's T x E ranks are neighbours and form its group (which keeps
+// the chattier per-layer collectives within a node when ranks fill nodes in
+// order): rank r is group rank r % (T E) of pipeline stage r / (T E), and group
+// rank g is tensor rank g % T of expert group g / T. Joining checks the launch and that every rank runs the same build,
 // model and settings before anything is loaded; then each rank opens its share
 // of the model: its heads and MLP slice (loader/tensor_shard.h), its layers
 // (engine/pipeline_stage.h). docs/parallel.md.
@@ -25,15 +26,19 @@ struct ParallelSizes {
   int tensor = 1;
   int pipeline = 1;
   int micro_batches = 1;  // pipeline micro-batches per step; 0: as many as stages
-  int ranks() const { return tensor * pipeline; }
+  int expert = 1;         // expert groups per stage, each holding num_experts / expert routed experts
+  int stage_ranks() const { return tensor * expert; }
+  int ranks() const { return stage_ranks() * pipeline; }
 };
 
 struct ParallelGroup {
   ParallelSizes sizes;
   // Every rank: what ends the job when a rank fails.
   std::unique_ptr<dist::Communicator> world;
-  // This stage's tensor ranks (null without tensor parallelism): the forward's
-  // sums and logit gathers. A peer that died or hung is found within the deadline.
+  // This stage's T x E ranks (null when that is one): the forward's sums (after
+  // attention, and after the MLP or the experts, whose partial outputs every rank
+  // adds its share to) and logit gathers. A peer that died or hung is found within
+  // the deadline.
   std::unique_ptr<dist::Communicator> tensor;
   // This tensor rank's stages in order (null without pipeline parallelism): the
   // residual stream from stage to stage, the logits back to stage 0.
@@ -47,8 +52,9 @@ struct ParallelGroup {
 
   int rank() const { return world->rank(); }
   int size() const { return world->size(); }
-  int tensor_rank() const { return rank() % sizes.tensor; }
-  int stage() const { return rank() / sizes.tensor; }
+  // This rank's place in its stage's group (the shard layout's rank).
+  int tensor_rank() const { return rank() % sizes.stage_ranks(); }
+  int stage() const { return rank() / sizes.stage_ranks(); }
   bool leader() const { return rank() == 0; }
 };
 
@@ -58,8 +64,8 @@ struct ParallelGroup {
 // the GPU itself and wins.
 std::string rank_device(const std::string& device, ParallelSizes sizes);
 
-// Nothing when both sizes are 1. Otherwise the MPI world, which must have
-// exactly tensor x pipeline ranks, and `identity` (what must agree across ranks:
+// Nothing when every size is 1. Otherwise the MPI world, which must have exactly
+// tensor x expert x pipeline ranks, and `identity` (what must agree across ranks:
 // version, model, flags) compared: any difference is refused on every rank with
 // both values. `collective_timeout` bounds every collective of the forward.
 // The tensor and pipeline groups move `backend`'s memory: MPI for CPU ranks,

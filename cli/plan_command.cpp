@@ -5,6 +5,10 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <tuple>
 #include <memory>
 #include <optional>
 #include <string>
@@ -14,6 +18,11 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "engine/model_stats.h"
+#include "engine/paged_kv_cache.h"
+#include "engine/split_weights.h"
+#include "loader/architecture.h"
+#include "loader/json_file.h"
+#include "loader/listed_weights.h"
 #include "loader/model_shape.h"
 #include "loader/model_source.h"
 #include "scheduler/byte_size.h"
@@ -50,16 +59,60 @@ struct PlannedModel {
   std::string path;
   ModelShape shape;
   std::optional<std::uint64_t> measured_weight_bytes;
+  // Where the engine runs the architecture: its config, and the model's tensors
+  // (the checkpoint's, or a config's listed as its checkpoint stores them), which
+  // serve's own functions size ranks and KV by.
+  std::optional<ModelConfig> config;
+  std::function<ModelSource()> open;
 };
 
+// A config.json as its checkpoint stores it: FP8 blocks where its
+// quantization_config says so (DeepSeek-V3), bfloat16 otherwise.
+ListedFormat listed_format(const nlohmann::json& config) {
+  const auto q = config.find("quantization_config");
+  if (q == config.end() || !q->is_object() || q->value("quant_method", "") != "fp8") return {};
+  const auto block = q->find("weight_block_size");
+  if (block == q->end() || !block->is_array() || block->size() != 2 || (*block)[0] != (*block)[1]) return {};
+  return {(*block)[0].get<std::int64_t>()};
+}
+
 // A config.json is planned from its shape; a real checkpoint (--model) from the
-// bytes its tensors take, unless --bits asks what another format would take.
+// bytes its tensors take, unless --bits asks what another format would take. A
+// config of an architecture the engine runs is listed as its checkpoint (without
+// --bits), so its bytes per rank come from the shard mapping too.
 PlannedModel read_model(const PlanOptions& options) {
-  if (!options.config.empty()) return {options.config, read_model_shape(options.config), std::nullopt};
+  if (!options.config.empty()) {
+    PlannedModel planned{options.config, read_model_shape(options.config), std::nullopt, std::nullopt, {}};
+    const std::filesystem::path path = options.config;
+    const nlohmann::json json = read_json_file(std::filesystem::is_directory(path) ? path / "config.json" : path);
+    const auto names = json.value("architectures", nlohmann::json::array());
+    const bool engine_runs = !names.empty() && names[0].is_string() &&
+                             find_hf_architecture(names[0].get<std::string>()) != nullptr;
+    if (options.bits_given || !engine_runs) return planned;
+    ModelConfig config = parse_hf_config(json);
+    const ListedFormat format = listed_format(json);
+    planned.open = [config, format] {
+      ModelSource source;
+      source.config = config;
+      source.weights = listed_weights(config, format);
+      return source;
+    };
+    planned.measured_weight_bytes = engine::compute_model_stats(planned.open()).stored_bytes;
+    planned.config = std::move(config);
+    return planned;
+  }
   const ModelSource source = open_model(options.model);
-  PlannedModel planned{options.model, model_shape_from_config(source.config), std::nullopt};
-  if (!options.bits_given) planned.measured_weight_bytes = engine::compute_model_stats(source).stored_bytes;
+  PlannedModel planned{options.model, model_shape_from_config(source.config), std::nullopt, source.config, {}};
+  if (!options.bits_given) {
+    planned.measured_weight_bytes = engine::compute_model_stats(source).stored_bytes;
+    planned.open = [path = options.model] { return open_model(path); };
+  }
   return planned;
+}
+
+engine::KvDtype kv_dtype_of(const scheduler::PlanInputs& inputs) {
+  return inputs.kv_bytes == 4 ? engine::KvDtype::Float32
+                              : inputs.kv_bytes == 2 ? engine::KvDtype::Float16 : engine::KvDtype::Int8;
 }
 
 scheduler::PlanInputs plan_inputs(const PlanOptions& options, const PlannedModel& model) {
@@ -68,6 +121,18 @@ scheduler::PlanInputs plan_inputs(const PlanOptions& options, const PlannedModel
   inputs.measured_weight_bytes = model.measured_weight_bytes;
   inputs.kv_bytes = options.kv_bits / 8;
   if (options.context_given) inputs.context = options.context;
+  if (model.config) inputs.kv_bytes_per_token = engine::kv_bytes_per_token(*model.config, kv_dtype_of(inputs));
+  if (model.open) {
+    // Serve's shard mapping, once per layout the search looks at.
+    auto cache = std::make_shared<std::map<std::tuple<std::int64_t, std::int64_t, std::int64_t>, std::uint64_t>>();
+    inputs.rank_weight_bytes = [open = model.open, cache](const scheduler::Parallelism& layout) {
+      const auto key = std::make_tuple(layout.tensor, layout.expert, layout.pipeline);
+      if (const auto it = cache->find(key); it != cache->end()) return it->second;
+      const engine::SplitSizes sizes{static_cast<int>(layout.tensor), static_cast<int>(layout.expert),
+                                     static_cast<int>(layout.pipeline)};
+      return (*cache)[key] = engine::max_rank_weight_bytes(open, sizes);
+    };
+  }
   inputs.concurrency = options.concurrency;
   inputs.max_batched_tokens = options.max_batched_tokens;
   if (!options.gpu_memory.empty()) {
@@ -106,6 +171,7 @@ std::string serve_command(const PlanOptions& options, const scheduler::PlanInput
   if (plan.on_gpu) {
     command += " --device cuda";
     if (plan.parallelism.tensor > 1) command += fmt::format(" --tensor-parallel-size {}", plan.parallelism.tensor);
+    if (plan.parallelism.expert > 1) command += fmt::format(" --expert-parallel-size {}", plan.parallelism.expert);
     if (plan.parallelism.pipeline > 1) command += fmt::format(" --pipeline-parallel-size {}", plan.parallelism.pipeline);
   } else {
     command += fmt::format(" --memory-budget {}", options.memory_budget);
@@ -153,6 +219,10 @@ nlohmann::json plan_json(const PlanOptions& options, const PlannedModel& model, 
       {"budget_bytes", plan.budget_bytes},
       {"budget_to_weights", plan.budget_to_weights},
       {"tensor_parallel", plan.parallelism.tensor},
+      {"expert_parallel", plan.parallelism.expert},
+      {"device_weight_bytes_from", inputs.rank_weight_bytes ? "shard mapping" : "estimate"},
+      {"kv_values_per_token_per_layer",
+       model.shape.kv_elements_per_token / std::max<std::int64_t>(model.shape.num_layers, 1)},
       {"pipeline_parallel", plan.parallelism.pipeline},
       {"gpus", plan.on_gpu ? nlohmann::json(plan.parallelism.gpus()) : nlohmann::json()},
       {"device_weight_bytes", plan.device_weight_bytes},
@@ -185,16 +255,27 @@ void print_table(const PlanOptions& options, const PlannedModel& model, const sc
   fmt::print("weights        {}, {}\n", bytes(plan.weight_bytes), weight_format(plan, inputs));
   fmt::print("kv cache       {} a token x {} tokens x {} sequences = {} ({}-bit)\n", bytes(plan.kv_bytes_per_token),
              plan.context, plan.concurrency, bytes(plan.kv_bytes_needed), inputs.kv_bytes * 8);
+  if (model.shape.attention_kind == AttentionKind::LatentMla) {
+    fmt::print("               latent: {} values a token per layer x {} layers ({} bytes a token{})\n",
+               model.shape.kv_elements_per_token / model.shape.num_layers, model.shape.num_layers,
+               plan.kv_bytes_per_token, inputs.kv_bytes_per_token ? ", as serve sizes its cache" : "");
+  }
   fmt::print("workspace      {} a device ({} batched tokens)\n", bytes(plan.workspace_bytes),
              inputs.max_batched_tokens);
   if (plan.on_gpu) {
-    fmt::print("layout         {} GPUs: tensor parallel {} x pipeline {}\n", plan.parallelism.gpus(),
-               plan.parallelism.tensor, plan.parallelism.pipeline);
+    fmt::print("layout         {} GPUs: tensor parallel {} x expert parallel {} x pipeline {}\n",
+               plan.parallelism.gpus(), plan.parallelism.tensor, plan.parallelism.expert, plan.parallelism.pipeline);
+    if (plan.parallelism.expert > 1) {
+      fmt::print("               each stage's {} GPUs split attention; {} expert groups of {} GPUs hold {} routed "
+                 "experts each\n",
+                 plan.parallelism.group(), plan.parallelism.expert, plan.parallelism.tensor,
+                 model.shape.routed_experts / plan.parallelism.expert);
+    }
     // Per rank as serve splits it: the replicated weights whole on every tensor rank,
     // and an MLA model's latent KV cache whole on each (its heads alone are split).
     fmt::print("per GPU        needs {} of {} usable (weights {}{})\n", bytes(plan.device_bytes_needed),
                bytes(plan.device_budget_bytes), bytes(plan.device_weight_bytes),
-               model.shape.attention_kind == AttentionKind::LatentMla && plan.parallelism.tensor > 1
+               model.shape.attention_kind == AttentionKind::LatentMla && plan.parallelism.group() > 1
                    ? "; the latent KV cache is whole on every tensor rank"
                    : "");
   }

@@ -79,6 +79,7 @@ struct ServeOptions {
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
   int pipeline_micro_batches = 1;
+  int expert_parallel_size = 1;
   double collective_timeout = 30;
 };
 
@@ -249,15 +250,15 @@ void run_serve(const ServeOptions& options) {
   ShutdownSignal shutdown;
   // Then a device that cannot run here fails before the port is taken.
   const ParallelSizes sizes{options.tensor_parallel_size, options.pipeline_parallel_size,
-                            options.pipeline_micro_batches};
+                            options.pipeline_micro_batches, options.expert_parallel_size};
   const auto backend_owner = make_backend(rank_device(options.device, sizes), options.threads, options.activations);
   auto group = join_parallel_group(
       sizes,
       fmt::format("nibble {} serve model={} device={} threads={} int8_activations={} kv={} block_size={} tp={} pp={} "
-                  "micro_batches={}",
+                  "micro_batches={} ep={}",
                   NIBBLE_VERSION, options.model, options.device, options.threads, options.activations.use_int8(),
                   options.kv_cache_dtype, options.block_size, options.tensor_parallel_size,
-                  options.pipeline_parallel_size, options.pipeline_micro_batches),
+                  options.pipeline_parallel_size, options.pipeline_micro_batches, options.expert_parallel_size),
       *backend_owner, to_ms(options.collective_timeout));
   try {
     if (group && !group->leader()) {
@@ -289,9 +290,12 @@ void run_serve(const ServeOptions& options, ShutdownSignal& shutdown, kernels::B
                                                                        : server::MetricsCompat::None);
   server::OpenAiApi api({api_key, options.public_probes, NIBBLE_VERSION, 1,
                          {options.readiness_stall_seconds, options.liveness_stall_seconds},
-                         options.tensor_parallel_size, options.pipeline_parallel_size},
+                         options.tensor_parallel_size, options.pipeline_parallel_size, options.expert_parallel_size},
                         metrics);
-  if (group != nullptr) metrics.set_parallel_ranks(options.tensor_parallel_size, options.pipeline_parallel_size);
+  if (group != nullptr) {
+    metrics.set_parallel_ranks(options.tensor_parallel_size, options.pipeline_parallel_size,
+                               options.expert_parallel_size);
+  }
   server::HttpLimits limits;
   limits.max_body_bytes = options.max_body_bytes;
   limits.header_timeout = to_ms(options.header_timeout);
@@ -460,7 +464,13 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_option("--pipeline-parallel-size", options->pipeline_parallel_size,
                   "Stages the model's layers are split into (pipeline parallelism), each stage on "
-                  "--tensor-parallel-size ranks: start T x P processes with `mpirun -np T*P`")
+                  "--tensor-parallel-size x --expert-parallel-size ranks: start T x E x P processes with "
+                  "`mpirun -np T*E*P`")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
+  cmd->add_option("--expert-parallel-size", options->expert_parallel_size,
+                  "Expert groups the routed experts are dealt out to (expert parallelism), each of "
+                  "--tensor-parallel-size ranks: a stage runs on T x E ranks, attention split over all of them; "
+                  "num_experts must divide by E. Start T x E x P processes (docs/parallel.md)")
       ->capture_default_str()->check(CLI::Range(1, 1024));
   cmd->add_option("--pipeline-micro-batches", options->pipeline_micro_batches,
                   "With --pipeline-parallel-size: groups each step's sequences go through the stages in, so "

@@ -23,6 +23,34 @@ PipelineStage plan_pipeline_stage(std::int64_t num_layers, int stage, int stages
   return out;
 }
 
+namespace {
+
+// The layer index of a "layers.N." or "blk.N." part of `name`, or -1 for a global tensor.
+std::int64_t layer_of(std::string_view name) {
+  for (const std::string_view key : {std::string_view("layers."), std::string_view("blk.")}) {
+    for (std::size_t at = name.find(key); at != std::string_view::npos; at = name.find(key, at + 1)) {
+      if (at > 0 && name[at - 1] != '.') continue;
+      std::int64_t layer = 0;
+      std::size_t i = at + key.size();
+      const std::size_t digits = i;
+      for (; i < name.size() && name[i] >= '0' && name[i] <= '9'; ++i) layer = layer * 10 + (name[i] - '0');
+      if (i > digits && i < name.size() && name[i] == '.') return layer;
+    }
+  }
+  return -1;
+}
+
+}  // namespace
+
+bool stage_keeps(const PipelineStage& stage, std::string_view name, bool tied_embedding) {
+  if (const std::int64_t layer = layer_of(name); layer >= 0) {
+    return layer >= stage.first_layer && layer < stage.end_layer;
+  }
+  const bool embedding = name.find("embed") != std::string_view::npos || name.starts_with("token_embd");
+  if (embedding) return stage.first() || (stage.last() && tied_embedding);
+  return stage.last();
+}
+
 std::vector<std::size_t> micro_batch_bounds(std::span<const std::int64_t> rows, int parts) {
   std::int64_t total = 0;
   for (const auto r : rows) total += r;

@@ -5,6 +5,7 @@
 // on every rank, so every stage cuts a step the same way without talking.
 #include <cstdint>
 #include <span>
+#include <string_view>
 #include <vector>
 
 namespace nibble::engine {
@@ -29,6 +30,12 @@ struct PipelineStage {
 // most layers any stage holds). Throws nibble::Error for more stages than
 // layers, a stage outside [0, stages) or fewer than one micro-batch.
 PipelineStage plan_pipeline_stage(std::int64_t num_layers, int stage, int stages, int micro_batches);
+
+// Whether stage `stage` keeps the stored tensor `name` ("model.layers.7.mlp...",
+// GGUF's "blk.7...."): its layers' tensors; the embedding on the first stage and,
+// when lm_head is tied to it, the last; every other global tensor (final norm,
+// lm_head) on the last. What DecoderModel binds, by name, for sizing a stage.
+bool stage_keeps(const PipelineStage& stage, std::string_view name, bool tied_embedding);
 
 // Cuts a step whose sequences have `rows` rows each (in order) into at most
 // `parts` runs of consecutive sequences with about equal rows; returns the

@@ -83,7 +83,19 @@ struct MoeConfig {
   // decoder_sparse_step; DeepSeek's first_k_dense_replace); empty: every layer.
   std::vector<bool> sparse_layers;
 
+  // Expert parallelism (loader/tensor_shard.h): this model holds and runs only the
+  // routed experts [first_held_expert(), + held_experts()), the rank's contiguous
+  // num_experts / expert_parallel_size of them. The router still scores all
+  // num_experts, so every rank routes every token alike. 1 / 0: every expert.
+  std::int64_t expert_parallel_size = 1;
+  std::int64_t expert_parallel_rank = 0;
+
   bool enabled() const { return num_experts > 0; }
+  std::int64_t held_experts() const { return num_experts / expert_parallel_size; }
+  std::int64_t first_held_expert() const { return expert_parallel_rank * held_experts(); }
+  bool holds_expert(std::int64_t expert) const {
+    return expert >= first_held_expert() && expert < first_held_expert() + held_experts();
+  }
   bool sparse_layer(std::int64_t layer) const {
     return enabled() && (sparse_layers.empty() || sparse_layers[static_cast<std::size_t>(layer)]);
   }

@@ -66,7 +66,7 @@ ModelShape shape_with(const Dimensions& d) {
   return {.architecture = d.architecture, .num_layers = d.layers, .hidden_size = d.hidden, .vocab_size = d.vocab,
           .num_attention_heads = d.heads, .num_kv_heads = d.kv_heads, .max_position_embeddings = d.max_positions,
           .attention_kind = d.attention, .parameters = {}, .mtp_parameters = 0, .tp_replicated_parameters = 0,
-          .tp_split_widths = {}, .kv_elements_per_token = 0, .attention_width = 0, .mlp_width = 0};
+          .tp_split_widths = {}, .routed_experts = 0, .expert_width = 0, .kv_elements_per_token = 0, .attention_width = 0, .mlp_width = 0};
 }
 
 // The Llama family (Llama, Mistral, Qwen2) in the terms both config.json and the
@@ -215,8 +215,11 @@ ModelShape deepseek_from_json(const ConfigFields& f) {
   shape.attention_width = q_width + kv_rank + qk_rope + heads * (qk_nope + v_dim);
   shape.mlp_width = std::max(dense_intermediate, (active + shared) * expert_intermediate);
   if (routed == 0 || first_dense > 0 || moe_every > 1) shape.tp_split_widths.push_back(dense_intermediate);
-  if (routed > 0) shape.tp_split_widths.push_back(expert_intermediate);
   if (routed > 0 && shared > 0) shape.tp_split_widths.push_back(shared * expert_intermediate);
+  if (routed > 0) {
+    shape.routed_experts = routed;
+    shape.expert_width = expert_intermediate;
+  }
   return shape;
 }
 
@@ -324,7 +327,9 @@ ModelShape model_shape_from_config(const ModelConfig& config) {
   }
   shape.mlp_width = std::max(config.intermediate_size, moe.experts_per_token * moe.expert_intermediate_size +
                                                            moe.shared_expert_intermediate_size);
-  shape.tp_split_widths = {moe.expert_intermediate_size};
+  shape.routed_experts = moe.num_experts;
+  shape.expert_width = moe.expert_intermediate_size;
+  shape.tp_split_widths.clear();
   if (moe.shared_expert_intermediate_size > 0) shape.tp_split_widths.push_back(moe.shared_expert_intermediate_size);
   for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
     if (moe.sparse_layer(layer)) continue;

@@ -53,10 +53,13 @@ struct ModelShape {
   // include the MoE routers): MLA's q_a_proj and kv_a_proj_with_mqa, which produce
   // the one latent every head reads (loader/tensor_shard.h).
   std::int64_t tp_replicated_parameters = 0;
-  // The MLP widths a tensor-parallel size must divide, as serve splits them
-  // (loader/tensor_shard.h): the dense intermediate where a layer is dense, each
-  // routed expert's and the shared expert's.
+  // The MLP widths every rank of a stage's tensor x expert group splits, as serve
+  // splits them (loader/tensor_shard.h): the dense intermediate where a layer is
+  // dense and the shared expert's. The routed experts' width splits over the tensor
+  // ranks alone (expert_width), their number over the expert groups.
   std::vector<std::int64_t> tp_split_widths;
+  std::int64_t routed_experts = 0;  // 0: a dense model
+  std::int64_t expert_width = 0;    // each routed expert's moe_intermediate_size
   // KV-cache elements per token over all layers: layers x 2 x kv_heads x head_dim for
   // MHA/GQA, layers x (kv_lora_rank + qk_rope_head_dim) for MLA's latent cache.
   std::int64_t kv_elements_per_token = 0;

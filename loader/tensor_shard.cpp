@@ -1,5 +1,6 @@
 #include "loader/tensor_shard.h"
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -22,7 +23,9 @@ bool has_dense_mlp(const ModelConfig& c) {
   return false;
 }
 
-std::string why_not(const ModelConfig& c, int size) {
+// Why `tensor` x `expert` ranks cannot split `c`, or "" when they can.
+std::string why_not(const ModelConfig& c, int tensor, int expert = 1) {
+  const int size = tensor * expert;
   if (c.num_heads % size != 0) return fmt::format("{} query heads do not divide by {}", c.num_heads, size);
   if (c.num_kv_heads >= size ? c.num_kv_heads % size != 0 : size % c.num_kv_heads != 0) {
     return fmt::format("{} key/value heads neither divide by {} nor divide it", c.num_kv_heads, size);
@@ -30,9 +33,9 @@ std::string why_not(const ModelConfig& c, int size) {
   if (has_dense_mlp(c) && c.intermediate_size % size != 0) {
     return fmt::format("intermediate_size {} does not divide by {}", c.intermediate_size, size);
   }
-  if (c.moe.enabled() && c.moe.expert_intermediate_size % size != 0) {
+  if (c.moe.enabled() && c.moe.expert_intermediate_size % tensor != 0) {
     return fmt::format("the experts' moe_intermediate_size {} does not divide by {}", c.moe.expert_intermediate_size,
-                       size);
+                       tensor);
   }
   if (c.moe.shared_expert_intermediate_size % size != 0) {
     return fmt::format("the shared expert's width {} does not divide by {}", c.moe.shared_expert_intermediate_size,
@@ -70,6 +73,8 @@ class ShardedWeightSource final : public WeightSource {
 
   std::vector<StoredTensorInfo> list() const override {
     std::vector<StoredTensorInfo> infos = inner_->list();
+    // Another expert group's experts are not this rank's to map (or to count).
+    std::erase_if(infos, [this](const StoredTensorInfo& info) { return !held(info.name); });
     for (auto& info : infos) {
       Slice slice = slice_of(module_of(info.name));
       // A packed part of a quantized module (GPTQ's qweight, scales, qzeros; FP8's
@@ -90,11 +95,14 @@ class ShardedWeightSource final : public WeightSource {
     }
     return infos;
   }
-  bool contains(const std::string& name) const override { return inner_->contains(name); }
-  bool has_quantized(const std::string& module) const override { return inner_->has_quantized(module); }
+  bool contains(const std::string& name) const override { return held(name) && inner_->contains(name); }
+  bool has_quantized(const std::string& module) const override {
+    return held(module) && inner_->has_quantized(module);
+  }
   std::uint64_t file_bytes() const override { return inner_->file_bytes(); }
 
   TensorView load(const std::string& name) const override {
+    check_held(name);
     TensorView tensor = inner_->load(name);
     const Slice slice = slice_of(module_of(name));
     if (slice.split == Split::Whole) return tensor;
@@ -113,6 +121,7 @@ class ShardedWeightSource final : public WeightSource {
   }
 
   std::optional<QuantizedMatrix> load_quantized(const std::string& module) const override {
+    check_held(module);
     auto matrix = inner_->load_quantized(module);
     if (!matrix) return matrix;
     const Slice slice = slice_of(module);
@@ -133,6 +142,28 @@ class ShardedWeightSource final : public WeightSource {
       if (name.ends_with(suffix)) return name.substr(0, name.size() - suffix.size());
     }
     return name;
+  }
+
+  // The routed expert a tensor or module name belongs to (a quantized module's
+  // packed parts, "...experts.3.up_proj.qweight", included); -1 for any other.
+  std::int64_t expert_of(const std::string& name) const {
+    if (const auto ref = arch_.parse_module(module_of(name))) return ref->expert;
+    const auto dot = name.rfind('.');
+    if (dot == std::string::npos) return -1;
+    const auto ref = arch_.parse_module(name.substr(0, dot));
+    return ref ? ref->expert : -1;
+  }
+
+  bool held(const std::string& name) const {
+    if (layout_.expert_size == 1) return true;
+    const std::int64_t expert = expert_of(name);
+    return expert < 0 || (expert >= layout_.first_expert && expert < layout_.first_expert + layout_.experts);
+  }
+
+  void check_held(const std::string& name) const {
+    if (held(name)) return;
+    fail("{}: expert {} belongs to another expert-parallel group; rank {} holds experts {}..{}", name,
+         expert_of(name), layout_.rank, layout_.first_expert, layout_.first_expert + layout_.experts - 1);
   }
 
   Slice slice_of(const std::string& module) const {
@@ -222,21 +253,44 @@ class ShardedWeightSource final : public WeightSource {
 
 }  // namespace
 
-TensorShardLayout plan_tensor_shard(const ModelConfig& c, int rank, int size) {
-  if (size < 1) fail("tensor-parallel size must be at least 1, got {}", size);
+TensorShardLayout plan_tensor_shard(const ModelConfig& c, int rank, int tensor_size, int expert_size) {
+  if (tensor_size < 1) fail("tensor-parallel size must be at least 1, got {}", tensor_size);
+  if (expert_size < 1) fail("expert-parallel size must be at least 1, got {}", expert_size);
+  const int size = tensor_size * expert_size;
   if (rank < 0 || rank >= size) fail("rank {} is outside a tensor-parallel group of {}", rank, size);
   if (c.num_heads <= 0 || c.num_kv_heads <= 0 || (has_dense_mlp(c) && c.intermediate_size <= 0) ||
       c.vocab_size <= 0) {
     fail("the model's config has no heads, MLP width or vocabulary to split");
   }
-  if (const std::string reason = why_not(c, size); !reason.empty()) {
-    fail("tensor-parallel size {} cannot split this model: {} (query heads, intermediate_size and the experts' "
-         "widths must divide by the size, and key/value heads divide by it or divide it); sizes that work: {}",
-         size, reason, workable_tensor_parallel_sizes(c));
+  if (expert_size > 1 && !c.moe.enabled()) {
+    fail("expert-parallel size {} needs a mixture-of-experts model, and {} has no routed experts", expert_size,
+         c.architecture);
+  }
+  if (expert_size > 1 && c.moe.num_experts % expert_size != 0) {
+    fail("expert-parallel size {} cannot split this model: {} routed experts do not divide by {} (every expert "
+         "group holds num_experts / size whole experts); expert-parallel sizes that work{}: {}",
+         expert_size, c.moe.num_experts, expert_size,
+         tensor_size > 1 ? fmt::format(" with tensor-parallel size {}", tensor_size) : "",
+         workable_expert_parallel_sizes(c, tensor_size));
+  }
+  if (const std::string reason = why_not(c, tensor_size, expert_size); !reason.empty()) {
+    if (expert_size == 1) {
+      fail("tensor-parallel size {} cannot split this model: {} (query heads, intermediate_size and the experts' "
+           "widths must divide by the size, and key/value heads divide by it or divide it); sizes that work: {}",
+           size, reason, workable_tensor_parallel_sizes(c));
+    }
+    fail("tensor-parallel size {} x expert-parallel size {} cannot split this model: {} (attention, the dense MLP "
+         "and the shared expert split over all {} ranks, each routed expert's width over the {} tensor ranks); "
+         "expert-parallel sizes that work with tensor-parallel size {}: {}",
+         tensor_size, expert_size, reason, size, tensor_size, tensor_size,
+         workable_expert_parallel_sizes(c, tensor_size));
   }
   TensorShardLayout l;
   l.rank = rank;
   l.size = size;
+  l.tensor_size = tensor_size;
+  l.expert_size = expert_size;
+  l.expert_rank = rank / tensor_size;
   l.q_heads = c.num_heads / size;
   l.first_q_head = rank * l.q_heads;
   if (c.num_kv_heads >= size) {
@@ -251,8 +305,11 @@ TensorShardLayout plan_tensor_shard(const ModelConfig& c, int rank, int size) {
   l.intermediate = c.intermediate_size / size;
   l.first_intermediate = rank * l.intermediate;
   if (c.moe.enabled()) {
-    l.expert_intermediate = c.moe.expert_intermediate_size / size;
-    l.first_expert_intermediate = rank * l.expert_intermediate;
+    // Within its expert group the rank is tensor rank rank % tensor_size.
+    l.expert_intermediate = c.moe.expert_intermediate_size / tensor_size;
+    l.first_expert_intermediate = (rank % tensor_size) * l.expert_intermediate;
+    l.experts = c.moe.num_experts / expert_size;
+    l.first_expert = l.expert_rank * l.experts;
   }
   l.shared_intermediate = c.moe.shared_expert_intermediate_size / size;
   l.first_shared_intermediate = rank * l.shared_intermediate;
@@ -261,6 +318,19 @@ TensorShardLayout plan_tensor_shard(const ModelConfig& c, int rank, int size) {
   l.vocab = std::min<std::int64_t>(l.vocab_stride, c.vocab_size - l.first_vocab);
   if (l.vocab <= 0) fail("tensor-parallel size {} leaves rank {} no vocabulary rows of {}", size, rank, c.vocab_size);
   return l;
+}
+
+std::string workable_expert_parallel_sizes(const ModelConfig& config, int tensor_size) {
+  std::string sizes;
+  if (config.num_heads <= 0 || config.num_kv_heads <= 0) return sizes;
+  for (std::int64_t size = 1; size <= std::max<std::int64_t>(config.moe.num_experts, 1); ++size) {
+    if (size > 1 && config.moe.num_experts % size != 0) continue;
+    const auto ranks = tensor_size * size;
+    if (!why_not(config, tensor_size, static_cast<int>(size)).empty()) continue;
+    if ((config.vocab_size + ranks - 1) / ranks * (ranks - 1) >= config.vocab_size) continue;
+    sizes += sizes.empty() ? fmt::format("{}", size) : fmt::format(", {}", size);
+  }
+  return sizes;
 }
 
 std::string workable_tensor_parallel_sizes(const ModelConfig& config, int max_size) {
@@ -280,7 +350,11 @@ ModelSource shard_model_source(ModelSource full, const TensorShardLayout& layout
   full.config.num_heads = layout.q_heads;
   full.config.num_kv_heads = layout.kv_heads;
   full.config.intermediate_size = layout.intermediate;
-  if (full.config.moe.enabled()) full.config.moe.expert_intermediate_size = layout.expert_intermediate;
+  if (full.config.moe.enabled()) {
+    full.config.moe.expert_intermediate_size = layout.expert_intermediate;
+    full.config.moe.expert_parallel_size = layout.expert_size;
+    full.config.moe.expert_parallel_rank = layout.expert_rank;
+  }
   full.config.moe.shared_expert_intermediate_size = layout.shared_intermediate;
   return full;
 }

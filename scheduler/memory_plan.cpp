@@ -48,18 +48,35 @@ void validate(const ModelShape& shape, const PlanInputs& in) {
   }
 }
 
-// Tensor-parallel sizes within one node that serve can take (loader/tensor_shard.h):
-// each rank gets whole query heads and whole KV heads (or, with fewer KV heads than
-// ranks, a replicated one) and an equal slice of every MLP and expert width.
-std::vector<std::int64_t> tensor_parallel_sizes(const ModelShape& shape, std::int64_t gpus_per_node) {
-  std::vector<std::int64_t> sizes;
-  for (std::int64_t tp = 1; tp <= gpus_per_node; ++tp) {
-    const bool heads_split = shape.num_attention_heads % tp == 0;
-    const bool kv_split = shape.num_kv_heads % tp == 0 || tp % shape.num_kv_heads == 0;
-    const bool widths_split = std::ranges::all_of(shape.tp_split_widths, [tp](std::int64_t w) { return w % tp == 0; });
-    if (heads_split && kv_split && widths_split) sizes.push_back(tp);
+// Whether serve takes tensor x expert ranks a stage (loader/tensor_shard.h): each
+// of the group's ranks gets whole query heads and whole KV heads (or, with fewer KV
+// heads than ranks, a replicated one) and an equal slice of the dense and shared
+// MLP widths; each expert group an equal number of whole routed experts, split over
+// its tensor ranks.
+bool serve_takes(const ModelShape& shape, std::int64_t tp, std::int64_t ep) {
+  const std::int64_t group = tp * ep;
+  const bool heads_split = shape.num_attention_heads % group == 0;
+  const bool kv_split = shape.num_kv_heads % group == 0 || group % shape.num_kv_heads == 0;
+  const bool widths_split =
+      std::ranges::all_of(shape.tp_split_widths, [group](std::int64_t w) { return w % group == 0; });
+  const bool experts_split = shape.routed_experts == 0 ? ep == 1
+                                                       : shape.routed_experts % ep == 0 && shape.expert_width % tp == 0;
+  return heads_split && kv_split && widths_split && experts_split;
+}
+
+// The stage groups within one node serve can take, smallest first: for each size
+// the one with the most expert groups (whole experts run as fewer, wider matmuls
+// than every expert's slice on every rank, and need no tensor split of them).
+std::vector<Parallelism> stage_groups(const ModelShape& shape, std::int64_t gpus_per_node) {
+  std::vector<Parallelism> groups;
+  for (std::int64_t size = 1; size <= gpus_per_node; ++size) {
+    for (std::int64_t ep = size; ep >= 1; --ep) {
+      if (size % ep != 0 || !serve_takes(shape, size / ep, ep)) continue;
+      groups.push_back({size / ep, 1, ep});
+      break;
+    }
   }
-  return sizes;
+  return groups;
 }
 
 // The share of a token's KV one tensor-parallel rank holds.
@@ -73,8 +90,9 @@ std::string describe_memory(const PlanInputs& in, const Parallelism& layout) {
   if (const auto* gpu = std::get_if<GpuMemory>(&in.memory)) {
     // GPUs are sold in GB (an "80 GB" H100 is 74.51 GiB), so both are shown.
     const auto bytes = static_cast<double>(gpu->bytes_per_gpu);
-    return fmt::format("{} x {} ({:.1f} GB) GPUs (tp {} x pp {}, {:.2f} usable)", layout.gpus(), format_bytes(bytes),
-                       bytes / 1e9, layout.tensor, layout.pipeline, gpu->utilization);
+    const std::string experts = layout.expert > 1 ? fmt::format(" x ep {}", layout.expert) : "";
+    return fmt::format("{} x {} ({:.1f} GB) GPUs (tp {}{} x pp {}, {:.2f} usable)", layout.gpus(), format_bytes(bytes),
+                       bytes / 1e9, layout.tensor, experts, layout.pipeline, gpu->utilization);
   }
   const auto budget = static_cast<double>(std::get<CpuMemory>(in.memory).budget_bytes);
   return fmt::format("a {} memory budget", format_bytes(budget));
@@ -93,8 +111,8 @@ MemoryPlan evaluate(const ModelShape& shape, const PlanInputs& in, const Paralle
   plan.bits_per_weight = in.measured_weight_bytes ? 8.0 * static_cast<double>(plan.weight_bytes) /
                                                         static_cast<double>(shape.parameters.total())
                                                   : bits_per_weight(in.weights);
-  plan.kv_bytes_per_token =
-      static_cast<std::uint64_t>(shape.kv_elements_per_token) * static_cast<std::uint64_t>(in.kv_bytes);
+  plan.kv_bytes_per_token = in.kv_bytes_per_token.value_or(
+      static_cast<std::uint64_t>(shape.kv_elements_per_token) * static_cast<std::uint64_t>(in.kv_bytes));
   const double tokens = static_cast<double>(plan.context) * static_cast<double>(plan.concurrency);
   plan.kv_bytes_needed = static_cast<std::uint64_t>(tokens * static_cast<double>(plan.kv_bytes_per_token));
 
@@ -114,11 +132,14 @@ MemoryPlan evaluate(const ModelShape& shape, const PlanInputs& in, const Paralle
   const double replicated = std::min(
       1.0, static_cast<double>(shape.parameters.norms_and_biases + shape.tp_replicated_parameters) /
                static_cast<double>(std::max<std::int64_t>(shape.parameters.total(), 1)));
-  const double device_weights = static_cast<double>(plan.weight_bytes) *
-                                ((1.0 - replicated) / devices + replicated / static_cast<double>(layout.pipeline));
+  const double device_weights =
+      in.rank_weight_bytes && gpu != nullptr
+          ? static_cast<double>(in.rank_weight_bytes(layout))
+          : static_cast<double>(plan.weight_bytes) *
+                ((1.0 - replicated) / devices + replicated / static_cast<double>(layout.pipeline));
   plan.device_weight_bytes = static_cast<std::uint64_t>(std::ceil(device_weights));
   const double device_kv_per_token = static_cast<double>(plan.kv_bytes_per_token) /
-                                     static_cast<double>(layout.pipeline) * kv_share_per_rank(shape, layout.tensor);
+                                     static_cast<double>(layout.pipeline) * kv_share_per_rank(shape, layout.group());
   const double device_needed = device_weights + tokens * device_kv_per_token + workspace;
   plan.device_budget_bytes = static_cast<std::uint64_t>(device_budget);
   plan.device_bytes_needed = static_cast<std::uint64_t>(std::ceil(device_needed));
@@ -149,39 +170,42 @@ MemoryPlan evaluate(const ModelShape& shape, const PlanInputs& in, const Paralle
   return plan;
 }
 
-// The smallest layout that fits: tensor parallelism within a node first, then
-// pipeline stages of full tensor-parallel groups across nodes. When nothing fits,
+// The smallest layout that fits: a stage group within a node first (tensor x
+// expert), then pipeline stages of full groups across nodes. When nothing fits,
 // the largest layout tried (its refusal says by how much).
 MemoryPlan search_layout(const ModelShape& shape, const PlanInputs& in, const GpuMemory& gpu) {
-  const std::vector<std::int64_t> sizes = tensor_parallel_sizes(shape, gpu.gpus_per_node);
-  for (const std::int64_t tp : sizes) {
-    MemoryPlan plan = evaluate(shape, in, {tp, 1});
+  const std::vector<Parallelism> groups = stage_groups(shape, gpu.gpus_per_node);
+  for (const Parallelism& group : groups) {
+    MemoryPlan plan = evaluate(shape, in, group);
     if (plan.fits) return plan;
   }
-  const std::int64_t widest = sizes.back();
-  MemoryPlan plan = evaluate(shape, in, {widest, 1});
-  for (std::int64_t pp = 2; pp <= shape.num_layers && !plan.fits; ++pp) plan = evaluate(shape, in, {widest, pp});
+  Parallelism widest = groups.back();
+  MemoryPlan plan = evaluate(shape, in, widest);
+  for (widest.pipeline = 2; widest.pipeline <= shape.num_layers && !plan.fits; ++widest.pipeline) {
+    plan = evaluate(shape, in, widest);
+  }
   return plan;
 }
 
-// A given GPU count as the widest tensor parallelism that divides it, the rest as
+// A given GPU count as the widest stage group that divides it, the rest as
 // pipeline stages.
 Parallelism layout_for(const ModelShape& shape, const GpuMemory& gpu, std::int64_t gpus) {
-  std::int64_t tp = 1;
-  for (const std::int64_t size : tensor_parallel_sizes(shape, gpu.gpus_per_node)) {
-    if (gpus % size == 0) tp = size;
+  Parallelism layout;
+  for (const Parallelism& group : stage_groups(shape, gpu.gpus_per_node)) {
+    if (gpus % group.group() == 0) layout = group;
   }
-  if (gpus / tp > shape.num_layers) {
-    fail("{} GPUs cannot be split into tp {} x pipeline stages: {} has only {} layers", gpus, tp, shape.architecture,
-         shape.num_layers);
+  layout.pipeline = gpus / layout.group();
+  if (layout.pipeline > shape.num_layers) {
+    fail("{} GPUs cannot be split into tp {} x ep {} x pipeline stages: {} has only {} layers", gpus, layout.tensor,
+         layout.expert, shape.architecture, shape.num_layers);
   }
-  return {tp, gpus / tp};
+  return layout;
 }
 
 MemoryPlan plan_without_alternatives(const ModelShape& shape, const PlanInputs& in) {
   validate(shape, in);
   const auto* gpu = std::get_if<GpuMemory>(&in.memory);
-  if (gpu == nullptr) return evaluate(shape, in, {1, 1});
+  if (gpu == nullptr) return evaluate(shape, in, {});
   if (!gpu->gpus) return search_layout(shape, in, *gpu);
   return evaluate(shape, in, layout_for(shape, *gpu, *gpu->gpus));
 }
@@ -202,6 +226,7 @@ std::vector<Alternative> find_alternatives(const ModelShape& shape, const PlanIn
     PlanInputs changed = in;
     changed.weights.bits = bits;
     changed.measured_weight_bytes.reset();
+    changed.rank_weight_bytes = nullptr;  // it maps the checkpoint as stored, not at `bits`
     if (bits_per_weight(changed.weights) >= refused.bits_per_weight) continue;
     const bool fits = keep_if_fits(changed, [&](const MemoryPlan& plan) {
       return fmt::format("with --bits {} ({:.2f} bits a weight, weights {}): {}", bits, plan.bits_per_weight,

@@ -8,6 +8,7 @@
 // usable budget is below 1.2 x the weight bytes is refused even when the arithmetic
 // below would squeeze it in.
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <variant>
@@ -48,6 +49,16 @@ struct CpuMemory {
   std::uint64_t budget_bytes = 0;  // all of it usable
 };
 
+struct Parallelism {
+  std::int64_t tensor = 1;    // GPUs splitting every layer (heads, MLP columns), within a node
+  std::int64_t pipeline = 1;  // stages holding consecutive layers, across nodes
+  // Expert groups the routed experts are dealt out to (expert parallelism): a stage
+  // runs on tensor x expert GPUs, attention split over all of them (loader/tensor_shard.h).
+  std::int64_t expert = 1;
+  std::int64_t group() const { return tensor * expert; }
+  std::int64_t gpus() const { return group() * pipeline; }
+};
+
 struct PlanInputs {
   WeightFormat weights;
   // The tensor bytes of a real checkpoint (`nibble plan --model`) instead of the
@@ -58,13 +69,14 @@ struct PlanInputs {
   std::int64_t concurrency = 1;        // sequences whose KV is resident at once
   std::int64_t max_batched_tokens = 2048;  // tokens one step processes (prefill chunk + decodes)
   std::variant<GpuMemory, CpuMemory> memory = CpuMemory{};
+  // Where the engine runs the architecture, serve's own numbers instead of the
+  // estimates from the shape: the bytes the most loaded rank of a layout maps, as
+  // the shard mapping computes them (engine/split_weights.h), and the KV bytes per
+  // token of the whole model at the planned KV precision (engine::kv_bytes_per_token).
+  std::function<std::uint64_t(const Parallelism&)> rank_weight_bytes;
+  std::optional<std::uint64_t> kv_bytes_per_token;
 };
 
-struct Parallelism {
-  std::int64_t tensor = 1;    // GPUs splitting every layer (heads, MLP columns), within a node
-  std::int64_t pipeline = 1;  // stages holding consecutive layers, across nodes
-  std::int64_t gpus() const { return tensor * pipeline; }
-};
 
 // A change to the inputs that makes the plan fit, said as the flag that does it.
 struct Alternative {

@@ -141,8 +141,9 @@ ServerMetrics::ServerMetrics(const std::string& model, MetricsCompat compat)
   weight_bytes_ = &family(prometheus::BuildGauge(), "nibble_model_weight_bytes",
                           "Bytes of model weights held, by storage format.", model, r);
   parallel_ranks_ = &family(prometheus::BuildGauge(), "nibble_parallel_ranks",
-                            "Ranks the model is split across, by kind (tensor, pipeline); 1 each unsplit.", model, r);
+                            "Ranks the model is split across, by kind (tensor, expert, pipeline); 1 each unsplit.", model, r);
   parallel_ranks_->Add({{"kind", "tensor"}}).Set(1);
+  parallel_ranks_->Add({{"kind", "expert"}}).Set(1);
   parallel_ranks_->Add({{"kind", "pipeline"}}).Set(1);
   collective_calls_ = &family(prometheus::BuildCounter(), "nibble_collective_calls_total",
                               "Collectives this rank ran between the ranks of a split model, by kind.", model, r);
@@ -201,8 +202,9 @@ void ServerMetrics::set_model(double load_seconds, const std::map<std::string, s
   }
 }
 
-void ServerMetrics::set_parallel_ranks(int tensor, int pipeline) {
+void ServerMetrics::set_parallel_ranks(int tensor, int pipeline, int expert) {
   parallel_ranks_->Add({{"kind", "tensor"}}).Set(tensor);
+  parallel_ranks_->Add({{"kind", "expert"}}).Set(expert);
   parallel_ranks_->Add({{"kind", "pipeline"}}).Set(pipeline);
 }
 

@@ -53,7 +53,7 @@ class ServerMetrics {
   void set_load(const scheduler::SchedulerLoad& load);
   void set_step_loop(const scheduler::StepLoopHealth& health);
   // A model split across ranks: how many by kind ("tensor", "pipeline"), once.
-  void set_parallel_ranks(int tensor, int pipeline);
+  void set_parallel_ranks(int tensor, int pipeline, int expert = 1);
   // This rank's collectives so far (cumulative; the counters advance by the
   // difference), from the thread that runs them.
   void observe_collectives(const dist::CollectiveStats& stats);

@@ -180,7 +180,12 @@ void OpenAiApi::route(const HttpRequest& request, HttpExchange& exchange,
   if (request.path == "/version") {
     return exchange.respond(json_response(
         200, {{"version", options_.version},
-              {"parallel", {{"tensor", options_.tensor_parallel_size}, {"pipeline", options_.pipeline_parallel_size}}}}));
+              {"parallel",
+               {{"tensor", options_.tensor_parallel_size},
+                {"expert", options_.expert_parallel_size},
+                {"pipeline", options_.pipeline_parallel_size},
+                {"ranks", options_.tensor_parallel_size * options_.expert_parallel_size *
+                              options_.pipeline_parallel_size}}}}));
   }
   if (request.path == "/openapi.json") return openapi(exchange);
   if (route->path == "/v1/models") return models(request.path, exchange);

@@ -36,6 +36,7 @@ struct ApiOptions {
   // How the model is split across ranks, for /version.
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
+  int expert_parallel_size = 1;
 };
 
 class OpenAiApi final : public HttpHandler {

@@ -24,8 +24,10 @@ MoeBlock::MoeBlock(WeightBinder& binder, const Architecture& arch, const ModelCo
       router_(config.moe, correction_bias(binder, arch, config, layer)),
       gate_(binder.linear(arch.module(TensorRole::Router, layer), config.moe.num_experts, config.hidden_size)) {
   const MoeConfig& moe = config.moe;
-  experts_.reserve(static_cast<std::size_t>(moe.num_experts));
-  for (std::int64_t e = 0; e < moe.num_experts; ++e) {
+  // Under expert parallelism only this rank's experts are bound (and so mapped).
+  first_expert_ = moe.first_held_expert();
+  experts_.reserve(static_cast<std::size_t>(moe.held_experts()));
+  for (std::int64_t e = first_expert_; e < first_expert_ + moe.held_experts(); ++e) {
     experts_.emplace_back(binder, arch.activation,
                           GatedMlp::Modules{arch.expert_module(TensorRole::ExpertGate, layer, e),
                                             arch.expert_module(TensorRole::ExpertUp, layer, e),
@@ -41,10 +43,12 @@ MoeBlock::MoeBlock(WeightBinder& binder, const Architecture& arch, const ModelCo
       shared_gate_ = binder.linear(arch.module(TensorRole::SharedExpertGate, layer), 1, config.hidden_size);
     }
   }
-  rows_of_.resize(experts_.size());
-  weights_of_.resize(experts_.size());
-  tokens_per_expert_.assign(experts_.size(), 0);
-  tokens_total_.assign(experts_.size(), 0);
+  // Routing and its counts cover every expert, held or not: every rank routes alike.
+  const auto all = static_cast<std::size_t>(moe.num_experts);
+  rows_of_.resize(all);
+  weights_of_.resize(all);
+  tokens_per_expert_.assign(all, 0);
+  tokens_total_.assign(all, 0);
 }
 
 Linear* MoeBlock::find(const std::string& module) {
@@ -65,7 +69,7 @@ std::int64_t MoeBlock::stacked_width() const {
 void MoeBlock::forward(const StepContext& step, Workspace& ws, const float* input, float* out) const {
   kernels::Backend& backend = step.backend;
   const std::int64_t rows = step.rows;
-  const auto experts = static_cast<std::int64_t>(experts_.size());
+  const auto experts = static_cast<std::int64_t>(rows_of_.size());
   const std::int64_t k = router_.top_k();
   // Route: the logits come to the host (rows x experts floats), the choice is made there.
   gate_.run(backend, input, rows, ws.router().data<float>(), step.hook);
@@ -76,7 +80,7 @@ void MoeBlock::forward(const StepContext& step, Workspace& ws, const float* inpu
   router_.route(logits_, rows, choices_, weights_);
 
   // Group the rows by expert (ascending row order within each).
-  for (std::size_t e = 0; e < experts_.size(); ++e) {
+  for (std::size_t e = 0; e < rows_of_.size(); ++e) {
     rows_of_[e].clear();
     weights_of_[e].clear();
   }
@@ -91,11 +95,15 @@ void MoeBlock::forward(const StepContext& step, Workspace& ws, const float* inpu
 
   float* sum = ws.moe_sum();
   backend.fill_zero(sum, rows * hidden_);
-  for (std::size_t e = 0; e < experts_.size(); ++e) {
+  const auto held = static_cast<std::int64_t>(experts_.size());
+  for (std::size_t e = 0; e < rows_of_.size(); ++e) {
     const auto& ids = rows_of_[e];
     tokens_per_expert_[e] = static_cast<std::int64_t>(ids.size());
     tokens_total_[e] += tokens_per_expert_[e];
     if (ids.empty()) continue;  // an expert no token chose costs nothing
+    // Expert parallelism: another rank's expert; its share arrives in the layer's sum.
+    const std::int64_t local = static_cast<std::int64_t>(e) - first_expert_;
+    if (local < 0 || local >= held) continue;
     const auto count = static_cast<std::int64_t>(ids.size());
     // Every row routed here (a lone decode token): run straight on the input.
     const float* x = input;
@@ -103,7 +111,7 @@ void MoeBlock::forward(const StepContext& step, Workspace& ws, const float* inpu
       backend.gather_rows(input, hidden_, ids, ws.expert_in());
       x = ws.expert_in();
     }
-    experts_[e].run(backend, step.hook, ws, x, count, ws.expert_out());
+    experts_[static_cast<std::size_t>(local)].run(backend, step.hook, ws, x, count, ws.expert_out());
     backend.scatter_add_rows(ws.expert_out(), hidden_, ids, weights_of_[e], sum);
   }
   if (shared_) {

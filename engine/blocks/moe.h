@@ -12,6 +12,11 @@
 // backend's quantized kernels are reused as they are), experts with none cost
 // nothing, and the outputs are scatter-added back with their weights. The
 // routing itself (MoeRouter) runs on the host over the downloaded router logits.
+//
+// Under expert parallelism (MoeConfig::expert_parallel_size) the block binds and
+// runs only its rank's experts; it still routes every token over every expert,
+// exactly as the other ranks do, and the layer's all-reduce adds the other ranks'
+// experts' shares (DecoderModel; docs/parallel.md).
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -36,7 +41,8 @@ class MoeBlock {
   // Module `module`'s matrix (router, an expert's, the shared expert's), or nullptr.
   Linear* find(const std::string& module);
   std::int64_t stacked_width() const;
-  std::int64_t experts() const { return static_cast<std::int64_t>(experts_.size()); }
+  // Every routed expert the router scores (this rank may hold only some: first_expert_ on).
+  std::int64_t experts() const { return static_cast<std::int64_t>(rows_of_.size()); }
   // How many of the last forward()'s tokens each expert ran (load imbalance).
   std::span<const std::int64_t> last_tokens_per_expert() const { return tokens_per_expert_; }
   // The same summed over every forward() since load.
@@ -46,7 +52,8 @@ class MoeBlock {
   std::int64_t hidden_;
   MoeRouter router_;
   Linear gate_;  // the router's linear layer [experts, hidden]
-  std::vector<GatedMlp> experts_;
+  std::vector<GatedMlp> experts_;  // the held experts: experts_[i] is expert first_expert_ + i
+  std::int64_t first_expert_ = 0;
   std::optional<GatedMlp> shared_;
   std::optional<Linear> shared_gate_;
 

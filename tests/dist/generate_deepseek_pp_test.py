@@ -1,5 +1,6 @@
-"""DeepSeek-V3 (latent attention, MoE) over pipeline stages and over tensor ranks
-under mpirun, and a tensor-parallel split it cannot take refused by name.
+"""DeepSeek-V3 (latent attention, MoE) over pipeline stages, over tensor ranks and
+over expert groups under mpirun, and tensor- and expert-parallel splits it cannot
+take refused by name.
 
 Run by ctest with NIBBLE_BIN, MPIEXEC and NIBBLE_TINY_DEEPSEEK_DIR set (the tiny
 models tests/reference/make_tiny_deepseek_models.py writes; they have no
@@ -13,6 +14,8 @@ import shutil
 import subprocess
 import tempfile
 import unittest
+
+from tiny_tokenizer import copy_with_tokenizer
 
 BIN = os.environ["NIBBLE_BIN"]
 MPIEXEC = os.environ["MPIEXEC"]
@@ -28,16 +31,7 @@ class DeepseekPipelineGenerate(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp()
-        cls.model = os.path.join(cls.dir, "deepseek_v3")
-        shutil.copytree(MODEL, cls.model)
-        vocab = {f"t{i}": i for i in range(128)}
-        tokenizer = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
-                     "pre_tokenizer": None, "post_processor": None, "decoder": None,
-                     "model": {"type": "BPE", "dropout": None, "unk_token": "t0", "continuing_subword_prefix": None,
-                               "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                               "ignore_merges": False, "vocab": vocab, "merges": []}}
-        with open(os.path.join(cls.model, "tokenizer.json"), "w") as f:
-            json.dump(tokenizer, f)
+        cls.model = copy_with_tokenizer(MODEL, os.path.join(cls.dir, "deepseek_v3"))
 
     @classmethod
     def tearDownClass(cls):
@@ -66,6 +60,28 @@ class DeepseekPipelineGenerate(unittest.TestCase):
         self.assertEqual(split_out["tensor_parallel_size"], 2)
         self.assertEqual(split_out["tokens"], json.loads(alone.stdout)["tokens"])
         self.assertGreater(split_out["collectives"]["all_reduce"]["calls"], 0)
+
+    def test_two_expert_groups_of_two_tensor_ranks_generate_what_one_rank_does(self):
+        # Expert parallelism: each pair of tensor ranks holds 4 of the 8 routed experts
+        # (each at half its width), attention over all 4 ranks, one all-reduce per layer.
+        alone = run([BIN, *ARGS, "-m", self.model, "--float-activations"])
+        self.assertEqual(alone.returncode, 0, alone.stderr)
+        split = run([MPIEXEC, "-np", "4", BIN, *ARGS, "-m", self.model, "--float-activations",
+                     "--tensor-parallel-size", "2", "--expert-parallel-size", "2"])
+        self.assertEqual(split.returncode, 0, split.stderr)
+        split_out = json.loads(split.stdout)
+        self.assertEqual(split_out["expert_parallel_size"], 2)
+        self.assertEqual(split_out["tokens"], json.loads(alone.stdout)["tokens"])
+        self.assertGreater(split_out["collectives"]["all_reduce"]["calls"], 0)
+
+    def test_an_uneven_expert_split_is_refused_on_every_rank_by_name(self):
+        # 8 routed experts over 3 expert groups: refused before loading, on every rank.
+        refused = run([MPIEXEC, "-np", "3", BIN, *ARGS, "-m", self.model, "--expert-parallel-size", "3"])
+        self.assertNotEqual(refused.returncode, 0)
+        for rank in (0, 1, 2):
+            self.assertIn(f"error on rank {rank}: expert-parallel size 3 cannot split this model: 8 routed "
+                          "experts do not divide by 3", refused.stderr)
+        self.assertIn("expert-parallel sizes that work: 1, 2, 4", refused.stderr)
 
     def test_an_uneven_head_split_is_refused_on_every_rank_by_name(self):
         # 4 heads over 3 ranks: refused before loading on every rank (no rank waits

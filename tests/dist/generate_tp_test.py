@@ -50,8 +50,8 @@ class TensorParallelGenerate(unittest.TestCase):
     def test_the_rank_count_must_match_the_flag(self):
         refused = run([MPIEXEC, "-np", "2", BIN, *ARGS, "--tensor-parallel-size", "3"])
         self.assertNotEqual(refused.returncode, 0)
-        self.assertIn("--tensor-parallel-size 3 x --pipeline-parallel-size 1 needs 3 ranks but mpirun started 2",
-                      refused.stderr)
+        self.assertIn("--tensor-parallel-size 3 x --expert-parallel-size 1 x --pipeline-parallel-size 1 needs 3 "
+                      "ranks but mpirun started 2", refused.stderr)
 
     def test_three_pipeline_stages_generate_what_one_rank_does(self):
         alone = run([BIN, *ARGS])

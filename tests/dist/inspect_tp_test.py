@@ -72,6 +72,39 @@ class InspectTensorParallelShares(unittest.TestCase):
                         if "n_routed_experts" in config or "num_experts" in config or "num_local_experts" in config:
                             self.assertGreater(share["expert_intermediate"], 0)
 
+    def test_an_expert_parallel_rank_holds_only_its_groups_experts(self):
+        # --tensor-parallel-size 2 --expert-parallel-size 2: rank r holds the routed
+        # experts of group r // 2 (half of them, each at half its width) and a quarter
+        # of everything else split: its expert bytes are the group's experts / 2.
+        for name in ("mixtral_moe", "qwen2_moe_gptq", "deepseek_v3_fp8"):
+            model = MODELS[name]
+            tensors = tensor_bytes(model)
+            with self.subTest(model=name):
+                out = json.loads(inspect(model, 2, "--expert-parallel-size", "2", "--json"))
+                shares = out["tensor_parallel"]
+                self.assertEqual(len(shares), 4)
+                experts = out["config"].get("n_routed_experts") or out["config"].get("num_experts") or \
+                    out["config"]["num_local_experts"]
+                expert_bytes = sum(b for n, b in tensors.items() if ".experts." in n)
+                other = sum(tensors.values()) - expert_bytes
+                replicated = sum(b for n, b in tensors.items() if any(part in n for part in REPLICATED))
+                for rank, share in enumerate(shares):
+                    self.assertEqual(share["expert_rank"], rank // 2)
+                    self.assertEqual(share["first_expert"], rank // 2 * experts // 2)
+                    self.assertEqual(share["experts"], experts // 2)
+                    # Only this group's experts, each at half its width: a quarter of all of them.
+                    held_experts = sum(b for n, b in tensors.items() if ".experts." in n and
+                                       share["first_expert"] <= int(n.split(".experts.")[1].split(".")[0]) <
+                                       share["first_expert"] + share["experts"])
+                    self.assertAlmostEqual(held_experts / 2, expert_bytes / 4, delta=0.01 * expert_bytes)
+                    self.assertLessEqual(share["stored_bytes"], expert_bytes / 4 + other / 4 + replicated +
+                                         0.05 * sum(tensors.values()) / 4, share)
+                    self.assertGreaterEqual(share["stored_bytes"], 0.99 * expert_bytes / 4, share)
+        refused = subprocess.run([BIN, "inspect", "-m", MODELS["deepseek_v3"], "--expert-parallel-size", "3"],
+                                 capture_output=True, text=True, timeout=120)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("8 routed experts do not divide by 3", refused.stderr)
+
     def test_the_table_names_what_stays_whole(self):
         text = inspect(MODELS["deepseek_v3"], 2)
         self.assertIn("rank 1: weights", text)

@@ -25,6 +25,11 @@
 // on N / NIBBLE_PP tensor ranks (rank r: tensor rank r % T of stage r / T, as
 // cli/parallel_group.h lays them out). Only stage 0 gets the logits back, so
 // the comparisons run there; the other stages run the same steps.
+// NIBBLE_EP (default 1) deals the routed experts out to that many expert groups
+// (expert parallelism): a stage's N / NIBBLE_PP ranks are then NIBBLE_EP groups of
+// tensor ranks, attention and the shared expert split over all of them, each
+// routed expert held by one group only and split over its tensor ranks (rank g of
+// a stage: tensor rank g % T of expert group g / T, as cli/parallel_group.h).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -64,9 +69,16 @@ int pipeline_size() {
   const char* pp = std::getenv("NIBBLE_PP");
   return pp != nullptr ? std::atoi(pp) : 1;
 }
-int tensor_size() { return world().size() / pipeline_size(); }
-int stage() { return world().rank() / tensor_size(); }
-int tensor_rank() { return world().rank() % tensor_size(); }
+int expert_size() {
+  const char* ep = std::getenv("NIBBLE_EP");
+  return ep != nullptr ? std::atoi(ep) : 1;
+}
+// A stage's ranks: tensor_size() x expert_size() of them.
+int group_size() { return world().size() / pipeline_size(); }
+int tensor_size() { return group_size() / expert_size(); }
+int stage() { return world().rank() / group_size(); }
+// This rank's place in its stage's group (the shard layout's rank).
+int group_rank() { return world().rank() % group_size(); }
 // The ranks that get logits: the comparisons run there.
 bool receives_logits() { return stage() == 0; }
 
@@ -101,17 +113,17 @@ struct Models {
   explicit Models(bool int8_activations = false)
       : full_source(open_source(dir)),
         // split() is collective: every rank makes both groups, in this order.
-        tensor_group(world().split(stage(), tensor_rank())),
-        pipeline_group(world().split(tensor_rank(), stage())),
-        layout(plan_tensor_shard(full_source.config, tensor_rank(), tensor_size())),
-        shard_source(tensor_size() > 1 ? shard_model_source(open_source(dir), layout) : open_source(dir)),
+        tensor_group(world().split(stage(), group_rank())),
+        pipeline_group(world().split(group_rank(), stage())),
+        layout(plan_tensor_shard(full_source.config, group_rank(), tensor_size(), expert_size())),
+        shard_source(group_size() > 1 ? shard_model_source(open_source(dir), layout) : open_source(dir)),
         backend(kernels::CpuBackendOptions{1, int8_activations}),
         full(full_source, backend),
         shard(shard_source, backend, options()) {}
 
   ModelOptions options() {
     ModelOptions o;
-    if (tensor_size() > 1) {
+    if (group_size() > 1) {
       o.tensor_shard = layout;
       o.tensor_group = tensor_group.get();
     }
@@ -173,14 +185,32 @@ TokenId argmax(std::span<const float> row) {
 
 TEST(TensorParallel, TheShardIsTheLayoutOfThisRank) {
   Models& m = models();
-  EXPECT_EQ(tensor_size() * pipeline_size(), world().size());
-  EXPECT_EQ(m.shard.config().num_heads * tensor_size(), m.full.config().num_heads);
-  EXPECT_EQ(m.shard.config().intermediate_size * tensor_size(), m.full.config().intermediate_size);
+  EXPECT_EQ(tensor_size() * expert_size() * pipeline_size(), world().size());
+  EXPECT_EQ(m.shard.config().num_heads * group_size(), m.full.config().num_heads);
+  EXPECT_EQ(m.shard.config().intermediate_size * group_size(), m.full.config().intermediate_size);
   EXPECT_EQ(m.shard.config().vocab_size, m.full.config().vocab_size) << "the sampler sees the whole vocabulary";
   const MoeConfig& moe = m.shard.config().moe;
-  EXPECT_EQ(moe.num_experts, m.full.config().moe.num_experts) << "every rank runs every expert";
+  EXPECT_EQ(moe.num_experts, m.full.config().moe.num_experts) << "every rank routes over every expert";
   EXPECT_EQ(moe.expert_intermediate_size * tensor_size(), m.full.config().moe.expert_intermediate_size);
-  EXPECT_EQ(moe.shared_expert_intermediate_size * tensor_size(), m.full.config().moe.shared_expert_intermediate_size);
+  EXPECT_EQ(moe.shared_expert_intermediate_size * group_size(), m.full.config().moe.shared_expert_intermediate_size);
+  if (moe.enabled()) {
+    // Every expert is held by exactly one expert group, by each of its tensor ranks.
+    EXPECT_EQ(moe.held_experts() * expert_size(), moe.num_experts);
+    std::vector<std::int32_t> holders(static_cast<std::size_t>(moe.num_experts), 0);
+    for (std::int64_t e = 0; e < moe.num_experts; ++e) holders[static_cast<std::size_t>(e)] = moe.holds_expert(e) ? 1 : 0;
+    m.tensor_group->all_reduce(holders.data(), static_cast<std::int64_t>(holders.size()), DType::I32,
+                               dist::ReduceOp::Sum);
+    for (std::int64_t e = 0; e < moe.num_experts; ++e) {
+      EXPECT_EQ(holders[static_cast<std::size_t>(e)], tensor_size()) << "expert " << e;
+    }
+    // A rank does not even see another group's experts' tensors.
+    for (const auto& info : m.shard_source.weights->list()) {
+      const auto at = info.name.find(".experts.");
+      if (at == std::string::npos) continue;
+      const std::int64_t expert = std::atoll(info.name.c_str() + at + 9);
+      EXPECT_TRUE(moe.holds_expert(expert)) << info.name << " is listed on rank " << world().rank();
+    }
+  }
   // The stages' layers add up to the model's, each stage holding at least one.
   std::int64_t layers = m.shard.config().num_layers;
   EXPECT_GE(layers, 1);
@@ -327,10 +357,20 @@ TEST(TensorParallel, EachRankHoldsItsShareOfTheWeights) {
   const ModelConfig& c = m.full.config();
   // Replicated on every tensor rank: the norms (two per layer and the final one)
   // and the embedding's zero row, in float32, and the routers and latent projections.
-  const double replicated = static_cast<double>((2 * c.num_layers + 1) * c.hidden_size * 4 + c.hidden_size * 4) +
-                            replicated_beyond_norms(*m.full_source.weights);
+  double replicated = static_cast<double>((2 * c.num_layers + 1) * c.hidden_size * 4 + c.hidden_size * 4) +
+                      replicated_beyond_norms(*m.full_source.weights);
+  // Fewer key/value heads than ranks (Qwen3-MoE's 2 over 2 x 2 ranks): each rank
+  // keeps one whole head, 1 / num_kv_heads of k_proj and v_proj rather than 1 / N.
+  if (c.num_kv_heads < group_size()) {
+    for (const auto& info : m.full_source.weights->list()) {
+      if (info.name.find("k_proj") == std::string::npos && info.name.find("v_proj") == std::string::npos) continue;
+      replicated += static_cast<double>(info.stored_bytes) * (1.0 / c.num_kv_heads - 1.0 / group_size());
+    }
+  }
   const double total = static_cast<double>(m.full.weight_memory().total);
-  const double bound = total / tensor_size() + replicated + 0.05 * total / tensor_size();
+  // Under expert parallelism too: a rank holds num_experts / E experts at 1 / T of
+  // their width, 1 / (T E) of the experts like every other split tensor.
+  const double bound = total / group_size() + replicated + 0.05 * total / group_size();
   const auto held = static_cast<double>(m.shard.weight_memory().total);
   EXPECT_GT(held, 0.0);
   if (pipeline_size() == 1) {
@@ -343,14 +383,14 @@ TEST(TensorParallel, EachRankHoldsItsShareOfTheWeights) {
   if (c.tie_word_embeddings) {
     for (const auto& info : m.full_source.weights->list()) {
       if (info.name.find("embed_tokens") != std::string::npos || info.name == "token_embd.weight") {
-        tied = 1.1 * static_cast<double>(info.stored_bytes) / tensor_size();
+        tied = 1.1 * static_cast<double>(info.stored_bytes) / group_size();
       }
     }
   }
   double stages = held;
   m.pipeline_group->all_reduce(&stages, 1, DType::F64, dist::ReduceOp::Sum);
-  EXPECT_LE(stages, bound + tied) << "the stages of tensor rank " << tensor_rank() << " hold " << stages;
-  EXPECT_LE(held, 0.8 * total / tensor_size()) << "stage " << stage() << " holds layers of other stages";
+  EXPECT_LE(stages, bound + tied) << "the stages of group rank " << group_rank() << " hold " << stages;
+  EXPECT_LE(held, 0.8 * total / group_size()) << "stage " << stage() << " holds layers of other stages";
 }
 
 }  // namespace

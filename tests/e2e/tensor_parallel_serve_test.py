@@ -57,7 +57,8 @@ class TheSplitIsVisible(unittest.TestCase):
         with tempfile.TemporaryDirectory(prefix="nibble-e2e-model-") as tmp:
             server = NibbleServer(convert_stories260k(tmp)).start()
             try:
-                self.assertEqual(server.get("/version").json()["parallel"], {"tensor": TENSOR, "pipeline": PIPELINE})
+                self.assertEqual(server.get("/version").json()["parallel"],
+                                 {"tensor": TENSOR, "expert": 1, "pipeline": PIPELINE, "ranks": TENSOR * PIPELINE})
                 self.assertEqual(metric(server.metrics(), "nibble_parallel_ranks", kind="tensor"), TENSOR)
                 self.assertEqual(metric(server.metrics(), "nibble_parallel_ranks", kind="pipeline"), PIPELINE)
                 answer = server.post("/v1/completions", {"model": "stories260K", "prompt": "Once upon a time",

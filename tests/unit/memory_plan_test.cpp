@@ -10,9 +10,15 @@
 #include <limits>
 #include <string>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "engine/model_stats.h"
+#include "engine/paged_kv_cache.h"
+#include "engine/split_weights.h"
+#include "loader/listed_weights.h"
 #include "loader/model_shape.h"
+#include "loader/tensor_shard.h"
 #include "loader/model_source.h"
 #include "scheduler/byte_size.h"
 #include "scheduler/memory_plan.h"
@@ -218,7 +224,9 @@ TEST(MemoryPlan, DeepSeekV3InFp8FitsEightH200ButNotEightH100) {
     h200.weights.group_size = group_size;
     const MemoryPlan fits = plan_memory(shape, h200);
     EXPECT_TRUE(fits.fits) << fits.refusal;
-    EXPECT_EQ(fits.parallelism.tensor, 8);
+    // 256 routed experts: 8 expert groups of one GPU each, attention over all 8.
+    EXPECT_EQ(fits.parallelism.expert, 8);
+    EXPECT_EQ(fits.parallelism.tensor, 1);
 
     PlanInputs h100 = on_gpus(80 * kGB, 8, 8);
     h100.weights.group_size = group_size;
@@ -227,10 +235,11 @@ TEST(MemoryPlan, DeepSeekV3InFp8FitsEightH200ButNotEightH100) {
     EXPECT_FALSE(refused.alternatives.empty());
     expect_every_alternative_fits(shape, refused);
   }
-  // Left to choose, it takes a second node of H100s: tp 8 x pp 2.
+  // Left to choose, it takes a second node of H100s: ep 8 x pp 2.
   const MemoryPlan picked = plan_memory(shape, on_gpus(80 * kGB, std::nullopt, 8));
   ASSERT_TRUE(picked.fits) << picked.refusal;
-  EXPECT_EQ(picked.parallelism.tensor, 8);
+  EXPECT_EQ(picked.parallelism.group(), 8);
+  EXPECT_EQ(picked.parallelism.expert, 8);
   EXPECT_EQ(picked.parallelism.pipeline, 2);
 }
 
@@ -286,8 +295,55 @@ TEST(MemoryPlan, TensorParallelSizesDivideTheMlpAndExpertWidthsAsServeRequires) 
   const Parallelism picked = plan_memory(shape, on_gpus(1000 * kGB, 8)).parallelism;
   EXPECT_EQ(picked.tensor, 2);
   EXPECT_EQ(picked.pipeline, 4);
-  // DeepSeek-V3: the dense layers' 18432, each expert's 2048 and the shared expert's 2048.
-  EXPECT_EQ(example_shape("deepseek-v3").tp_split_widths, (std::vector<std::int64_t>{18432, 2048, 2048}));
+  // DeepSeek-V3: the dense layers' 18432 and the shared expert's 2048 split over the
+  // whole group; each routed expert's 2048 over its tensor ranks.
+  const ModelShape v3 = example_shape("deepseek-v3");
+  EXPECT_EQ(v3.tp_split_widths, (std::vector<std::int64_t>{18432, 2048}));
+  EXPECT_EQ(v3.routed_experts, 256);
+  EXPECT_EQ(v3.expert_width, 2048);
+}
+
+// The shard mapping's bytes per rank describe the checkpoint as stored: a --bits
+// alternative is planned from the parameter groups at those bits instead.
+TEST(MemoryPlan, ABitsAlternativeDoesNotReuseTheStoredCheckpointsBytesPerRank) {
+  const ModelShape shape = example_shape("deepseek-v3");
+  PlanInputs in = on_gpus(80 * kGB, 8, 8);
+  in.context = 8192;
+  in.measured_weight_bytes = 700 * kGB;
+  int calls = 0;
+  in.rank_weight_bytes = [&calls](const Parallelism& layout) {
+    ++calls;
+    return static_cast<std::uint64_t>(700 * kGB / static_cast<double>(layout.gpus()));
+  };
+  const MemoryPlan refused = plan_memory(shape, in);
+  EXPECT_FALSE(refused.fits);
+  EXPECT_GT(calls, 0);
+  EXPECT_EQ(refused.device_weight_bytes, static_cast<std::uint64_t>(700 * kGB / 8));
+  bool four_bits = false;
+  for (const auto& alternative : refused.alternatives) {
+    four_bits = four_bits || alternative.description.starts_with("with --bits 4");
+    if (alternative.inputs.weights.bits != in.weights.bits) {
+      EXPECT_FALSE(alternative.inputs.rank_weight_bytes);
+    }
+  }
+  EXPECT_TRUE(four_bits) << "671B at 4.25 bits fits 8 x 80 GB";
+}
+
+// Expert groups as serve takes them (loader/tensor_shard.h): the routed experts
+// divide by E, each expert's width by T; the most expert groups a group size allows.
+TEST(MemoryPlan, ExpertParallelSizesDivideTheRoutedExpertsAsServeRequires) {
+  ModelShape shape = example_shape("deepseek-v3");
+  shape.routed_experts = 12;  // 8 does not divide 12: 4 expert groups of 2 tensor ranks
+  const Parallelism picked = plan_memory(shape, on_gpus(1000 * kGB, 8)).parallelism;
+  EXPECT_EQ(picked.expert, 4);
+  EXPECT_EQ(picked.tensor, 2);
+  shape.expert_width = 2047;  // and an odd expert width leaves no tensor split of it: ep 4 alone
+  const Parallelism odd = plan_memory(shape, on_gpus(1000 * kGB, 8)).parallelism;
+  EXPECT_EQ(odd.expert, 4);
+  EXPECT_EQ(odd.tensor, 1);
+  EXPECT_EQ(odd.pipeline, 2);
+  // A dense model has no expert groups.
+  EXPECT_EQ(plan_memory(example_shape("llama-2-70b"), on_gpus(1000 * kGB, 8)).parallelism.expert, 1);
 }
 
 // ---- The 1.2 x rule and the alternatives
@@ -485,7 +541,9 @@ TEST(PlanCommand, KvBitsCoverTheServersCpuCacheDtypes) {
   };
   EXPECT_EQ(kv_bytes_per_token(32), 2 * 524288);
   EXPECT_EQ(kv_bytes_per_token(16), 524288);
-  EXPECT_EQ(kv_bytes_per_token(8), 524288 / 2);
+  // Serve's int8 cache keeps a float scale per position, layer and key/value head
+  // (engine::kv_bytes_per_token, which the planner asks for an engine architecture).
+  EXPECT_EQ(kv_bytes_per_token(8), 524288 / 2 + 32 * 2 * 32 * 4);
   EXPECT_NE(run_nibble("plan --config " + example("llama-2-7b").string() + " --memory-budget 1TB --kv-bits 4").exit_code,
             0);
 }
@@ -537,6 +595,51 @@ TEST(DefaultKvBudget, IsTheSmallerOfEveryContextFilledAndTheWeightsAndNeverWraps
     EXPECT_EQ(default_kv_budget(kMiB, 16, sequences, huge, 512 * kMiB), 512 * kMiB) << sequences;
   }
   EXPECT_EQ(default_kv_budget(std::numeric_limits<std::uint64_t>::max(), 1, huge, huge, 0), 256 * kMiB);
+}
+
+// Issue 18's layouts for DeepSeek-V3 (671B, FP8 128x128 blocks, 256 routed experts,
+// MLA): on 8 x H200 (141 GB) and on 16 x H100 (80 GB, nodes of 8), `nibble plan`
+// proposes an expert-parallel layout serve takes, and the weights it puts on each
+// GPU are what serve's shard mapping gives the most loaded rank of that layout,
+// over the tensors the FP8 checkpoint stores (listed from the config.json).
+TEST(PlanCommand, DeepSeekV3ExpertParallelPlansAreTheLayoutsServeSplitsAndSizes) {
+  const json config = example_json("deepseek-v3");
+  const ModelConfig model = parse_hf_config(config);
+  const auto open = [&] {
+    ModelSource source;
+    source.config = model;
+    source.weights = listed_weights(model, {128});
+    return source;
+  };
+  for (const auto& [memory, gpus] : {std::pair<std::string, int>{"141GB", 8}, {"80GB", 16}}) {
+    const CommandResult run = run_nibble("plan --config " + example("deepseek-v3").string() + " --gpu-memory " +
+                                         memory + " --gpus " + std::to_string(gpus) +
+                                         " --gpus-per-node 8 --context 32768 --concurrency 8 --json");
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    const json plan = json::parse(run.output);
+    EXPECT_TRUE(plan["fits"].get<bool>()) << plan["refusal"];
+    const int tp = plan["tensor_parallel"], ep = plan["expert_parallel"], pp = plan["pipeline_parallel"];
+    SCOPED_TRACE(fmt::format("{} GPUs: tp {} x ep {} x pp {}", gpus, tp, ep, pp));
+    EXPECT_EQ(tp * ep * pp, gpus);
+    EXPECT_EQ(tp * ep, 8) << "a stage's group within one node";
+    EXPECT_GT(ep, 1) << "256 routed experts are dealt out";
+    // Serve takes it: every rank's share plans without a refusal.
+    for (int rank = 0; rank < tp * ep; ++rank) EXPECT_NO_THROW(plan_tensor_shard(model, rank, tp, ep));
+    EXPECT_EQ(plan["device_weight_bytes_from"], "shard mapping");
+    EXPECT_EQ(plan["device_weight_bytes"].get<std::uint64_t>(), engine::max_rank_weight_bytes(open, {tp, ep, pp}));
+    EXPECT_EQ(plan["weight_bytes"].get<std::uint64_t>(), engine::compute_model_stats(open()).stored_bytes);
+    // The latent cache, 576 values a token and layer, sized by serve's own function.
+    EXPECT_EQ(plan["kv_values_per_token_per_layer"], 576);
+    EXPECT_EQ(plan["kv_bytes_per_token"].get<std::uint64_t>(),
+              engine::kv_bytes_per_token(model, engine::KvDtype::Float16));
+    EXPECT_EQ(plan["kv_bytes_per_token"].get<std::uint64_t>(), 61u * 576 * 2);
+    EXPECT_GT(plan["kv_token_capacity"].get<std::int64_t>(), 32768 * 8);
+    std::string command = fmt::format("mpirun -np {} nibble serve -m CHECKPOINT --device cuda", gpus);
+    if (tp > 1) command += fmt::format(" --tensor-parallel-size {}", tp);
+    command += fmt::format(" --expert-parallel-size {}", ep);
+    if (pp > 1) command += fmt::format(" --pipeline-parallel-size {}", pp);
+    EXPECT_EQ(plan["command"].get<std::string>().substr(0, command.size()), command);
+  }
 }
 
 }  // namespace

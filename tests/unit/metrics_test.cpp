@@ -97,7 +97,7 @@ TEST(ServerMetrics, EverySeriesCarriesTheModelLabelAndHelp) {
 
 TEST(ServerMetrics, CollectivesAdvanceByWhatRanSinceTheLastObservation) {
   ServerMetrics metrics("m");
-  metrics.set_parallel_ranks(4, 1);
+  metrics.set_parallel_ranks(4, 1, 2);
   dist::CollectiveStats stats;
   stats[dist::Collective::AllReduce] = {10, 4000, 0.5};
   metrics.observe_collectives(stats);
@@ -107,6 +107,7 @@ TEST(ServerMetrics, CollectivesAdvanceByWhatRanSinceTheLastObservation) {
   const std::string text = metrics.exposition();
   EXPECT_EQ(sample(text, "nibble_parallel_ranks{model=\"m\",kind=\"tensor\"}"), 4);
   EXPECT_EQ(sample(text, "nibble_parallel_ranks{model=\"m\",kind=\"pipeline\"}"), 1);
+  EXPECT_EQ(sample(text, "nibble_parallel_ranks{model=\"m\",kind=\"expert\"}"), 2);
   EXPECT_EQ(sample(text, "nibble_collective_calls_total{model=\"m\",collective=\"all_reduce\"}"), 25);
   EXPECT_EQ(sample(text, "nibble_collective_bytes_total{model=\"m\",collective=\"all_reduce\"}"), 10000);
   EXPECT_DOUBLE_EQ(sample(text, "nibble_collective_seconds_total{model=\"m\",collective=\"all_reduce\"}"), 1.25);

@@ -78,7 +78,7 @@ TEST_F(OpenAiApiTest, WhileLoadingHealthAndTheApiSay503WithRetryAfter) {
   // What does not need the model answers at once.
   EXPECT_EQ(call(api, "GET", "/metrics").status, 200);
   EXPECT_EQ(json::parse(call(api, "GET", "/version").body),
-            json({{"version", "1.2.3"}, {"parallel", {{"tensor", 1}, {"pipeline", 1}}}}));
+            json({{"version", "1.2.3"}, {"parallel", {{"tensor", 1}, {"expert", 1}, {"pipeline", 1}, {"ranks", 1}}}}));
 
   // Loading is alive: liveness only fails on a stalled step loop.
   const auto live = call(api, "GET", "/health/live");

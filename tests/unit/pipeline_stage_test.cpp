@@ -76,5 +76,24 @@ TEST(PipelineStage, MicroBatchesCoverTheStepInBalancedRuns) {
   EXPECT_EQ(micro_batch_bounds(std::vector<std::int64_t>{}, 3), (std::vector<std::size_t>{0}));
 }
 
+// What DecoderModel binds on a stage, by tensor name: inspect and the planner count
+// a stage's bytes with it.
+TEST(PipelineStage, EachStageKeepsItsLayersAndTheEndsKeepTheTables) {
+  const PipelineStage first = plan_pipeline_stage(5, 0, 2, 1);  // layers 0-2
+  const PipelineStage last = plan_pipeline_stage(5, 1, 2, 1);   // layers 3-4
+  EXPECT_TRUE(stage_keeps(first, "model.layers.2.mlp.experts.7.up_proj.weight", false));
+  EXPECT_FALSE(stage_keeps(last, "model.layers.2.mlp.experts.7.up_proj.weight", false));
+  EXPECT_TRUE(stage_keeps(last, "model.layers.3.self_attn.q_a_proj.weight_scale_inv", false));
+  EXPECT_TRUE(stage_keeps(last, "blk.4.attn_q.weight", false));
+  EXPECT_FALSE(stage_keeps(first, "model.layers.12.mlp.gate.weight", false)) << "layer 12, not 1 or 2";
+  EXPECT_FALSE(stage_keeps(last, "model.layers.5.eh_proj.weight", false)) << "past the decoder (MTP)";
+  EXPECT_TRUE(stage_keeps(first, "model.embed_tokens.weight", false));
+  EXPECT_FALSE(stage_keeps(last, "model.embed_tokens.weight", false));
+  EXPECT_TRUE(stage_keeps(last, "model.embed_tokens.weight", true)) << "a tied lm_head";
+  EXPECT_TRUE(stage_keeps(last, "lm_head.weight", false));
+  EXPECT_TRUE(stage_keeps(last, "model.norm.weight", false));
+  EXPECT_FALSE(stage_keeps(first, "model.norm.weight", false));
+}
+
 }  // namespace
 }  // namespace nibble::engine

@@ -3,6 +3,8 @@
 // sharded model itself runs across ranks in tests/dist.
 #include <gtest/gtest.h>
 
+#include <fmt/format.h>
+
 #include <cmath>
 #include <cstring>
 #include <array>
@@ -209,6 +211,42 @@ TEST(TensorShardPlan, EveryExpertAndTheSharedExpertSplitLikeTheDenseMlp) {
   EXPECT_EQ(plan_tensor_shard(mixtral, 1, 4).expert_intermediate, 4);
 }
 
+TEST(TensorShardPlan, ExpertParallelDealsOutContiguousExpertsEachSplitOverItsGroup) {
+  const ModelConfig c = moe_config(16, 24);  // 4 experts, 4 query heads, 2 key/value heads
+  // 2 tensor ranks x 2 expert groups: rank 3 is tensor rank 1 of expert group 1.
+  const auto l = plan_tensor_shard(c, 3, 2, 2);
+  EXPECT_EQ(l.size, 4);
+  EXPECT_EQ(l.expert_rank, 1);
+  EXPECT_EQ(l.first_expert, 2);
+  EXPECT_EQ(l.experts, 2);
+  EXPECT_EQ(l.expert_intermediate, 8);  // each held expert over the group's 2 tensor ranks
+  EXPECT_EQ(l.first_expert_intermediate, 8);
+  EXPECT_EQ(l.shared_intermediate, 6);  // the shared expert, like attention, over all 4 ranks
+  EXPECT_EQ(l.first_shared_intermediate, 18);
+  EXPECT_EQ(l.q_heads, 1);
+  EXPECT_EQ(l.first_q_head, 3);
+  const auto first = plan_tensor_shard(c, 0, 1, 4);
+  EXPECT_EQ(first.experts, 1);
+  EXPECT_EQ(first.expert_intermediate, 16) << "one rank per group: whole experts";
+  EXPECT_EQ(workable_expert_parallel_sizes(c), "1, 2, 4");
+  EXPECT_EQ(workable_expert_parallel_sizes(c, 2), "1, 2") << "2 x 4 ranks would split 4 query heads 8 ways";
+}
+
+TEST(TensorShardPlan, AnUnevenExpertSplitIsRefusedWithTheRuleAndTheSizesThatWork) {
+  const ModelConfig c = moe_config(16, 24);
+  std::string message = error_of([&] { plan_tensor_shard(c, 0, 1, 3); });
+  EXPECT_NE(message.find("expert-parallel size 3 cannot split this model: 4 routed experts do not divide by 3"),
+            std::string::npos) << message;
+  EXPECT_NE(message.find("sizes that work: 1, 2, 4"), std::string::npos) << message;
+  message = error_of([&] { plan_tensor_shard(c, 0, 2, 4); });
+  EXPECT_NE(message.find("tensor-parallel size 2 x expert-parallel size 4 cannot split this model: 4 query heads do "
+                         "not divide by 8"), std::string::npos) << message;
+  EXPECT_NE(message.find("expert-parallel sizes that work with tensor-parallel size 2: 1, 2"), std::string::npos)
+      << message;
+  message = error_of([&] { plan_tensor_shard(config(4, 2, 48, 128), 0, 1, 2); });
+  EXPECT_NE(message.find("needs a mixture-of-experts model"), std::string::npos) << message;
+}
+
 TEST(TensorShardPlan, LatentAttentionSplitsItsHeadsAndRefusesUnevenOnes) {
   const auto l = plan_tensor_shard(mla_config(4), 1, 2);
   EXPECT_EQ(l.q_heads, 2);
@@ -225,7 +263,13 @@ class FakeWeights final : public WeightSource {
   std::map<std::string, std::array<std::int64_t, 2>> plain;
   std::map<std::string, QuantizedMatrix> quantized;
 
-  std::vector<StoredTensorInfo> list() const override { return {}; }
+  std::vector<StoredTensorInfo> list() const override {
+    std::vector<StoredTensorInfo> infos;
+    for (const auto& [name, shape] : plain) {
+      infos.push_back({name, "F32", {shape[0], shape[1]}, static_cast<std::uint64_t>(shape[0] * shape[1] * 4)});
+    }
+    return infos;
+  }
   bool contains(const std::string& name) const override { return plain.contains(name); }
   bool has_quantized(const std::string& module) const override { return quantized.contains(module); }
   std::uint64_t file_bytes() const override { return 0; }
@@ -286,6 +330,37 @@ TEST(TensorShardSource, ExpertsSplitTheirWidthAndTheRouterStaysWhole) {
   EXPECT_EQ(shared_down.shape, (std::vector<std::int64_t>{256, 12}));
   EXPECT_EQ(at(shared_down, 0, 0), 12.0f);
   EXPECT_EQ(shard.weights->load(mlp + "shared_expert.gate_proj.weight").shape, (std::vector<std::int64_t>{12, 256}));
+}
+
+TEST(TensorShardSource, AnExpertParallelRankSeesOnlyItsGroupsExperts) {
+  const ModelConfig c = moe_config(16, 24);
+  auto weights = std::make_unique<FakeWeights>();
+  const std::string mlp = "model.layers.0.mlp.";
+  weights->plain = {{mlp + "gate.weight", {4, 256}}, {mlp + "shared_expert.up_proj.weight", {24, 256}}};
+  for (int e = 0; e < 4; ++e) weights->plain[fmt::format("{}experts.{}.up_proj.weight", mlp, e)] = {16, 256};
+  // Tensor rank 0 of expert group 1 of 2 x 2: experts 2 and 3, rows 0..7 of each.
+  const ModelSource shard = shard_model_source(fake_source(c, std::move(weights)), plan_tensor_shard(c, 2, 2, 2));
+  EXPECT_EQ(shard.config.moe.num_experts, 4) << "the router scores every expert";
+  EXPECT_EQ(shard.config.moe.first_held_expert(), 2);
+  EXPECT_EQ(shard.config.moe.held_experts(), 2);
+  std::vector<std::string> listed;
+  std::uint64_t bytes = 0;
+  for (const auto& info : shard.weights->list()) {
+    listed.push_back(info.name);
+    bytes += info.stored_bytes;
+  }
+  EXPECT_EQ(listed, (std::vector<std::string>{mlp + "experts.2.up_proj.weight", mlp + "experts.3.up_proj.weight",
+                                              mlp + "gate.weight", mlp + "shared_expert.up_proj.weight"}));
+  // Two experts at half their rows, the router whole, a quarter of the shared expert.
+  EXPECT_EQ(bytes, (2u * 8 * 256 + 4 * 256 + 6 * 256) * 4);
+  EXPECT_FALSE(shard.weights->contains(mlp + "experts.1.up_proj.weight"));
+  EXPECT_TRUE(shard.weights->contains(mlp + "experts.3.up_proj.weight"));
+  const TensorView up = shard.weights->load(mlp + "experts.3.up_proj.weight");
+  EXPECT_EQ(up.shape, (std::vector<std::int64_t>{8, 256}));
+  EXPECT_EQ(at(up, 1, 0), 1000.0f);
+  const std::string message = error_of([&] { shard.weights->load(mlp + "experts.0.up_proj.weight"); });
+  EXPECT_NE(message.find("expert 0 belongs to another expert-parallel group; rank 2 holds experts 2..3"),
+            std::string::npos) << message;
 }
 
 TEST(TensorShardSource, LatentAttentionSplitsHeadsAndKeepsTheLatentWhole) {
