@@ -39,11 +39,13 @@ class ScaleSearch {
         best_error_(group_error(values, start, maxq_, importance)) {}
 
   // Offers scale (rounded to fp16 here) with zero point `zero` (clamped to what
-  // the spec may store); kept when its error is strictly lower.
+  // the spec may store); kept when its error is strictly lower. Symmetric scales may
+  // be negative (see search_group); asymmetric ones are positive, the zero point
+  // already places the grid.
   void offer(float scale, int zero) {
-    if (!(scale > 0.0f) || !std::isfinite(scale)) return;
+    if (!std::isfinite(scale) || scale == 0.0f || (scale < 0.0f && !spec_.sym)) return;
     GroupParams p;
-    p.scale = std::max(round_to_f16(scale), kSmallestF16);
+    p.scale = std::copysign(std::max(std::abs(round_to_f16(scale)), kSmallestF16), scale);
     if (std::isinf(p.scale)) return;
     p.zero = spec_.sym ? (maxq_ + 1) / 2 : std::clamp(zero, spec_.min_zero, maxq_);
     const double error = group_error(values_, p, maxq_, importance_);
@@ -105,14 +107,31 @@ GroupParams search_group(std::span<const float> values, std::span<const float> i
   if (low == 0.0f && high == 0.0f) return start;  // every candidate is exact
   ScaleSearch search(values, importance, spec, start);
   const int maxq = spec.maxq();
+  // Symmetric without activation statistics, squared weight error is a poor
+  // stand-in for the output error: clipping a group's extremes (and least squares,
+  // which pulls the scale the same way) saves error on its many small weights but
+  // cost KL on SmolLM2 (RTN 4-bit g32, docs/perf/2026-12-07-quality-table.md: KL
+  // mean 0.378 with clipping and refinement, 0.352 with neither; llama.cpp's Q4_0,
+  // which never clips, 0.358). So that search only chooses where the extremes land
+  // (either end, either sign). Asymmetric, clipping and refinement help even
+  // unweighted (0.305 with, 0.351 without: the integer zero point needs them to
+  // follow the range), and with importance (RTN --calib, GPTQ's H_jj) the weighted
+  // error is the output's, so both always run.
+  const bool keep_extremes = spec.sym && importance.empty();
   if (spec.sym) {
-    // amax / t: t = half - 1 puts +amax on the top code, t = half puts -amax on the
-    // bottom one (the full range, as llama.cpp's Q4_0), larger t clip the extremes.
+    // The grid scale * (code - half) spans -half..half-1 steps: one more step below
+    // zero than above. A negative scale mirrors it (-(half-1)..half steps), so either
+    // sign of the group's extreme can take the long side, as llama.cpp's Q4_0 does
+    // with scale = extreme / -half. Each sign is offered at amax / t: t = half - 1
+    // puts amax on the short end, t = half on the long end (the full range), larger
+    // t clip the extremes for a finer step.
     const float amax = std::max(-low, high);
-    const double half = (maxq + 1) / 2, first = half - 1, last = half / 0.65;
+    const double half = (maxq + 1) / 2, first = half - 1, last = keep_extremes ? half : half / 0.65;
     constexpr int kSteps = 24;
     for (int k = 0; k < kSteps; ++k) {
-      search.offer(static_cast<float>(amax / (first + (last - first) * k / (kSteps - 1))), 0);
+      const auto scale = static_cast<float>(amax / (first + (last - first) * k / (kSteps - 1)));
+      search.offer(scale, 0);
+      search.offer(-scale, 0);
     }
   } else {
     // Each end of the range clipped on its own, the zero point the one nearest the
@@ -126,7 +145,7 @@ GroupParams search_group(std::span<const float> values, std::span<const float> i
       }
     }
   }
-  search.refine();
+  if (!keep_extremes) search.refine();
   return search.best();
 }
 

@@ -19,9 +19,15 @@
 // evaluated exactly as readers dequantize (fp16 scale, clamped codes). The grid
 // clips the range (a finer step that saturates outliers) and, symmetric, uses the
 // full code range: the extreme weight may land on -2^(bits-1) or on 2^(bits-1) - 1
-// exactly, where min-max scaling leaves it half a step off. Each grid winner is
-// refined by least squares on its codes. The min-max fit is a candidate, so the
-// search never does worse than it on the weighted error.
+// exactly, where min-max scaling leaves it half a step off, and the scale may be
+// negative, which mirrors the grid so the extreme takes the long end (-2^(bits-1)
+// steps) whatever its sign, as llama.cpp's Q4_0 (scale = extreme / -8). Every
+// reader computes scale * (code - zero), so a negative scale needs no format
+// change. Each grid winner is refined by least squares on its codes. A symmetric
+// group searched without importance keeps its extremes (no clipping, no
+// refinement): measured, unweighted error is a poor proxy there
+// (group_quantizer.cpp). The min-max fit is a candidate, so the search never does
+// worse than it on the weighted error.
 #include <cstdint>
 #include <span>
 
@@ -52,7 +58,7 @@ struct QuantSpec {
 };
 
 struct GroupParams {
-  float scale = 1.0f;  // already representable in fp16
+  float scale = 1.0f;  // already representable in fp16; negative only symmetric (a mirrored grid)
   int zero = 0;        // in [0, maxq]
 };
 
