@@ -24,12 +24,13 @@
 // steps) whatever its sign, as llama.cpp's Q4_0 (scale = extreme / -8). Every
 // reader computes scale * (code - zero), so a negative scale needs no format
 // change. Each grid winner is refined by least squares on its codes. A symmetric
-// group searched without importance keeps its extremes (no clipping, no
-// refinement): measured, unweighted error is a poor proxy there
-// (group_quantizer.cpp). The min-max fit is a candidate, so the search never does
-// worse than it on the weighted error.
+// group given no importance is searched with importance |w_i| (magnitude_importance;
+// measured, plain squared error is a poor proxy there, group_quantizer.cpp). The
+// min-max fit is a candidate, so the search never does worse than it on the
+// weighted error it minimizes.
 #include <cstdint>
 #include <span>
+#include <vector>
 
 namespace nibble::quant {
 
@@ -70,9 +71,13 @@ struct GroupParams {
 GroupParams fit_group(std::span<const float> values, const QuantSpec& spec, std::span<const float> importance = {});
 
 // sum_i h_i (w_i - dequantize_code(quantize_code(w_i)))^2 (h_i = 1 when `importance`
-// is empty): the error fit_group's search minimizes.
+// is empty): the error fit_group's search minimizes (for a symmetric group given no
+// importance, with magnitude_importance's weights).
 double group_error(std::span<const float> values, const GroupParams& params, int maxq,
                    std::span<const float> importance = {});
+
+// |w_i|: the weights of a symmetric search given no importance.
+std::vector<float> magnitude_importance(std::span<const float> values);
 
 inline int quantize_code(float w, const GroupParams& p, int maxq);
 inline float dequantize_code(int code, const GroupParams& p) {
