@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <string>
 
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 #include "common/error.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "loader/model_source.h"
+#include "quant/bit_allocation.h"
 #include "quant/calibration.h"
 #include "quant/compressor.h"
 #include "quant/gguf_writer.h"
@@ -31,6 +33,7 @@ struct CompressFlags {
   std::string then_quantize;  // prune only: "gptq" or "rtn"
   std::string format;         // quantize only: "gptq", "compressed-tensors" or "gguf"
   std::string gguf_type;      // --format gguf: the recipe (Q4_K, Q4_K_M, ...)
+  double target_bpw = 0;      // --format gguf: a mix chosen from data instead (0: none)
   int bits = 4;
   std::int64_t group_size = 128;
   bool asym = false;
@@ -139,9 +142,39 @@ void run_compression(const CompressFlags& flags, quant::CompressionOptions optio
   options.expert_min_rows = flags.expert_min_rows;
   kernels::CpuBackend backend(flags.threads);
   std::unique_ptr<quant::ModuleWriter> writer_owner;
+  nlohmann::json allocation_json;
   if (gguf) {
-    writer_owner = std::make_unique<quant::GgufWriter>(source, flags.out, quant::GgufRecipe::parse(flags.gguf_type),
-                                                       NIBBLE_VERSION);
+    quant::GgufRecipe recipe = quant::GgufRecipe::parse(flags.target_bpw > 0 ? "Q4_K" : flags.gguf_type);
+    if (flags.target_bpw > 0) {
+      // Each module's cost at each type from the float model's calibration inputs,
+      // then the greedy mix (quant/bit_allocation.h); the token embedding and output
+      // keep Q4_K's rule (Q6_K, or Q8_0 for rows that are not whole 256-blocks).
+      const auto costs = quant::measure_block_costs(source, calibration, backend, 64, progress_bar());
+      const quant::Allocation allocation = quant::allocate_bits(costs, flags.target_bpw);
+      std::map<std::string, int> counts;
+      for (const auto& module : costs) {
+        const auto type = allocation.types.at(module.module);
+        ++counts[std::string(ggml_type_name(type))];
+        std::string errors;
+        for (const auto& option : module.options) {
+          errors += fmt::format(" {}={:.4g}", ggml_type_name(option.type), option.error);
+        }
+        // The choice and what it was made from, on stderr (stdout may be --json).
+        std::fprintf(stderr, "target_bpw module=%s type=%s weighted_error:%s\n", module.module.c_str(),
+                     std::string(ggml_type_name(type)).c_str(), errors.c_str());
+      }
+      std::string mix;
+      for (const auto& [type, n] : counts) mix += fmt::format("{}{} x{}", mix.empty() ? "" : ", ", type, n);
+      std::fprintf(stderr, "target_bpw target=%g achieved=%.4f modules=%zu mix=\"%s\"\n", flags.target_bpw,
+                   allocation.bits_per_weight, costs.size(), mix.c_str());
+      allocation_json = {{"target_bpw", flags.target_bpw}, {"achieved_bpw", allocation.bits_per_weight},
+                         {"mix", mix}, {"types", nlohmann::json::object()}};
+      for (const auto& [module, type] : allocation.types) {
+        allocation_json["types"][module] = std::string(ggml_type_name(type));
+      }
+      recipe.module_types = allocation.types;
+    }
+    writer_owner = std::make_unique<quant::GgufWriter>(source, flags.out, std::move(recipe), NIBBLE_VERSION);
   } else {
     writer_owner = std::make_unique<quant::CheckpointWriter>(source, flags.out, settings);
   }
@@ -161,6 +194,7 @@ void run_compression(const CompressFlags& flags, quant::CompressionOptions optio
                       {"input_bytes", in_bytes},
                       {"output_bytes", out_bytes},
                       {"proxy_loss", report.proxy_loss}};
+  if (!allocation_json.is_null()) json["allocation"] = allocation_json;
   if (report.experts > 0) {
     json["experts"] = report.experts;
     json["expert_fallbacks"] = report.expert_fallbacks;  // too few calibration tokens: RTN / magnitude
@@ -185,6 +219,10 @@ void run_compression(const CompressFlags& flags, quant::CompressionOptions optio
                 static_cast<double>(out_bytes) / (1 << 20));
     if (!scales.empty()) {
       std::printf("scales: %s; embeddings: %s\n", scales.c_str(), json["embeddings"].get<std::string>().c_str());
+    }
+    if (!allocation_json.is_null()) {
+      std::printf("target %.3g bits per weight: %.4f over the layers' linear modules (%s)\n", flags.target_bpw,
+                  allocation_json["achieved_bpw"].get<double>(), allocation_json["mix"].get<std::string>().c_str());
     }
     if (report.experts > 0) {
       std::printf("experts: %lld, %lld of them from their weights alone (too few calibration tokens routed)\n",
@@ -220,18 +258,29 @@ void fill_quantization(const CompressFlags& flags, quant::CompressionOptions& op
 void add_quantize_command(CLI::App& app) {
   auto flags = std::make_shared<CompressFlags>();
   flags->method = "gptq";
-  flags->format = "gptq";
+  // compressed-tensors by default: its symmetric modules store no zero point, so a
+  // 4-bit g32 folder is 4.5 bits per weight like llama.cpp's Q4_0, where GPTQ's v1
+  // layout stores a 4-bit zero point per group even when symmetric (4.625). The
+  // default folder (quantized embedding) is nibble's to serve in either format;
+  // --format gptq remains for AutoGPTQ/GPTQModel/vLLM-GPTQ readers.
+  flags->format = "compressed-tensors";
   CLI::App* cmd = app.add_subcommand("quantize", "Quantize a model's linear layers (GPTQ or round-to-nearest)");
   add_common_flags(cmd, *flags);
   cmd->add_option("--method", flags->method, "gptq or rtn")->check(CLI::IsMember({"gptq", "rtn"}))->capture_default_str();
   add_quantization_flags(cmd, *flags);
   cmd->add_option("--format", flags->format,
-                  "Checkpoint layout: gptq (AutoGPTQ/GPTQModel), compressed-tensors, or gguf (one llama.cpp file)")
+                  "Checkpoint layout: compressed-tensors (llm-compressor; symmetric stores no zero points), gptq "
+                  "(AutoGPTQ/GPTQModel v1: a zero point per group even when symmetric), or gguf (one llama.cpp file)")
       ->check(CLI::IsMember({"gptq", "compressed-tensors", "gguf"}))
       ->capture_default_str();
   cmd->add_option("--type", flags->gguf_type,
                   "--format gguf: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K or the mix Q4_K_M "
                   "(--bits/--group-size/--asym do not apply)");
+  cmd->add_option("--target-bpw", flags->target_bpw,
+                  "--format gguf, instead of --type: average bits per weight over the layers' linear modules; each "
+                  "module's type (Q4_K..Q8_0, or Q4_0..Q8_0 for rows not of 256-blocks) chosen by its activation-"
+                  "weighted error on the --calib text, more bits where they save the most error per byte")
+      ->check(CLI::PositiveNumber);
   cmd->add_flag("--keep-embeddings", flags->keep_embeddings,
                 "Keep the token embedding and lm_head unquantized (by default they are quantized like the layers; "
                 "transformers, GPTQModel and vLLM read a quantized embedding from neither format, nibble from both)");
@@ -261,7 +310,13 @@ void add_quantize_command(CLI::App& app) {
     settings.format =
         flags->format == "gptq" ? quant::CheckpointFormat::Gptq : quant::CheckpointFormat::CompressedTensors;
     if (settings.format == quant::CheckpointFormat::Gptq) options.spec.min_zero = 1;  // v1 stores zero - 1
-    if (gguf != !flags->gguf_type.empty()) fail("--type goes with --format gguf, and it needs one");
+    if (flags->target_bpw > 0) {
+      if (!gguf) fail("--target-bpw goes with --format gguf");
+      if (!flags->gguf_type.empty()) fail("--target-bpw chooses the types itself: leave out --type");
+      if (flags->calib.empty()) fail("--target-bpw measures each module's error on calibration text: pass --calib FILE");
+    } else if (gguf != !flags->gguf_type.empty()) {
+      fail("--type goes with --format gguf, and it needs one (or --target-bpw)");
+    }
     if (gguf) {
       if (flags->act_order || flags->static_groups) fail("GGUF blocks are contiguous: no --act-order/--static-groups");
       // Group-aware order: whole blocks by their largest H_jj (GPTQ only).

@@ -245,6 +245,43 @@ void compress_weights_only(const ModelSource& source, LayerCompressor& compresso
   }
 }
 
+// The calibration runs as one engine batch, each run its own sequence from
+// position 0 with its own block table in a one-layer KV cache.
+struct CalibrationBatch {
+  std::vector<engine::BatchEntry> entries;
+  std::vector<std::vector<std::int32_t>> tables;
+  std::int32_t blocks = 0;
+  std::int64_t tokens = 0;
+  static constexpr std::int32_t kBlockSize = 16;
+
+  CalibrationBatch(const ModelConfig& config, const CalibrationRuns& calibration) {
+    for (const auto& run : calibration) {
+      if (run.empty()) continue;
+      for (const auto id : run) {
+        if (id < 0 || id >= config.vocab_size) {
+          fail("calibration token id {} is outside the model's vocabulary of {}", id, config.vocab_size);
+        }
+      }
+      auto& table = tables.emplace_back();
+      for (std::size_t i = 0; i < (run.size() + kBlockSize - 1) / kBlockSize; ++i) table.push_back(blocks++);
+      tokens += static_cast<std::int64_t>(run.size());
+    }
+    if (tokens == 0) fail("the calibration set holds no tokens");
+    // After the tables: entries point into them.
+    std::size_t next_table = 0;
+    for (const auto& run : calibration) {
+      if (!run.empty()) entries.push_back({run, 0, tables[next_table++], engine::Logits::LastRow});
+    }
+  }
+};
+
+engine::DecoderModel calibration_model(const ModelSource& source, kernels::Backend& backend) {
+  if (!backend.host_visible_memory()) fail("compression runs on the CPU backend");
+  engine::ModelOptions model_options;
+  model_options.sparse = kernels::SparseChoice::Dense;  // the kernels the compressed weights will run on
+  return engine::DecoderModel(source, backend, model_options);
+}
+
 // Runs the serving engine's own model over the calibration runs one layer at a
 // time. Each group of modules that reads one input (q/k/v, o, gate/up, down) is
 // compressed inside the hook that sees that input, before the modules run, and
@@ -258,34 +295,13 @@ void compress_with_calibration(const ModelSource& source, const CompressionOptio
                                LayerCompressor& compressor, LayerCompressor& fallback, CompressionReport& report,
                                const Progress& progress) {
   const auto& config = source.config;
-  if (!backend.host_visible_memory()) fail("compression runs on the CPU backend");
-  constexpr std::int32_t kBlockSize = 16;
-  std::vector<engine::BatchEntry> batch;
-  std::vector<std::vector<std::int32_t>> tables;
-  std::int32_t blocks = 0;
-  for (const auto& run : calibration) {
-    if (run.empty()) continue;
-    for (const auto id : run) {
-      if (id < 0 || id >= config.vocab_size) {
-        fail("calibration token id {} is outside the model's vocabulary of {}", id, config.vocab_size);
-      }
-    }
-    auto& table = tables.emplace_back();
-    for (std::size_t i = 0; i < (run.size() + kBlockSize - 1) / kBlockSize; ++i) table.push_back(blocks++);
-    report.calibration_tokens += static_cast<std::int64_t>(run.size());
-  }
-  if (report.calibration_tokens == 0) fail("the calibration set holds no tokens");
-  std::size_t next_table = 0;
-  for (const auto& run : calibration) {
-    if (!run.empty()) batch.push_back({run, 0, tables[next_table++], engine::Logits::LastRow});
-  }
+  const CalibrationBatch batch(config, calibration);
+  report.calibration_tokens += batch.tokens;
   spdlog::info("compress_start layers={} calibration_tokens={} runs={}", config.num_layers, report.calibration_tokens,
-               batch.size());
+               batch.entries.size());
 
-  engine::ModelOptions model_options;
-  model_options.sparse = kernels::SparseChoice::Dense;  // the kernels the compressed weights will run on
-  engine::DecoderModel model(source, backend, model_options);
-  engine::PagedKvCache cache = model.one_layer_cache(blocks, kBlockSize);
+  engine::DecoderModel model = calibration_model(source, backend);
+  engine::PagedKvCache cache = model.one_layer_cache(batch.blocks, CalibrationBatch::kBlockSize);
   // The current layer's compressed weights, which the model runs until the layer ends.
   std::vector<std::vector<float>> compressed;
   ExpertCalibration experts(config, options.expert_min_rows);
@@ -310,7 +326,7 @@ void compress_with_calibration(const ModelSource& source, const CompressionOptio
           model.replace_linear(module.name, compressed.back().data());
         }
       });
-  model.begin_layers(batch);
+  model.begin_layers(batch.entries);
   const auto start = std::chrono::steady_clock::now();
   for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
     model.run_layer(layer, cache);
@@ -359,6 +375,29 @@ void compress_embeddings(const ModelSource& source, const CompressionOptions& op
 }
 
 }  // namespace
+
+std::vector<float> load_module_weights(const ModelSource& source, const std::string& module) {
+  const auto shape = module_shape(source.config, module);
+  return load_module(*source.weights, module, shape[0], shape[1], false).weights;
+}
+
+void observe_calibration(const ModelSource& source, const CalibrationRuns& calibration, kernels::Backend& backend,
+                         const CalibrationObserver& observer, const Progress& progress) {
+  const auto& config = source.config;
+  if (config.moe.enabled()) fail("observing calibration inputs of a mixture-of-experts model is not supported");
+  const CalibrationBatch batch(config, calibration);
+  engine::DecoderModel model = calibration_model(source, backend);
+  engine::PagedKvCache cache = model.one_layer_cache(batch.blocks, CalibrationBatch::kBlockSize);
+  model.set_linear_input_hook(
+      [&](std::span<const std::string> modules, const float* x, std::int64_t rows, std::int64_t cols) {
+        observer(modules, std::span(x, static_cast<std::size_t>(rows * cols)), rows);
+      });
+  model.begin_layers(batch.entries);
+  for (std::int64_t layer = 0; layer < config.num_layers; ++layer) {
+    model.run_layer(layer, cache);
+    if (progress) progress("measuring layers", layer + 1, config.num_layers);
+  }
+}
 
 bool CompressionOptions::needs_calibration() const {
   return quantize == QuantMethod::Gptq || prune == PruneMethod::Wanda || prune == PruneMethod::SparseGpt ||

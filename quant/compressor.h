@@ -90,4 +90,14 @@ CompressionReport compress_model(const ModelSource& source, const CompressionOpt
                                  ModuleWriter& writer, const Progress& progress = {},
                                  const CalibrationObserver& observer = {});
 
+// A decoder layer's linear module ("model.layers.3.mlp.up_proj") as float32
+// [rows, cols], rows and cols as the config implies.
+std::vector<float> load_module_weights(const ModelSource& source, const std::string& module);
+
+// The float model (nothing compressed) over the calibration runs, layer by layer:
+// `observer` sees each group of modules' inputs, as compress_model's observer does
+// but without compression upstream. Dense models only.
+void observe_calibration(const ModelSource& source, const CalibrationRuns& calibration, kernels::Backend& backend,
+                         const CalibrationObserver& observer, const Progress& progress = {});
+
 }  // namespace nibble::quant

@@ -46,13 +46,22 @@ GgmlType fallback(GgmlType type, std::int64_t cols) {
 GgufRecipe GgufRecipe::parse(const std::string& name) {
   std::string known;
   for (const auto& entry : kRecipes) {
-    if (entry.name == name) return GgufRecipe{name, entry.base, entry.mixed};
+    if (entry.name == name) return GgufRecipe{name, entry.base, entry.mixed, {}};
     known += fmt::format("{}{}", known.empty() ? "" : ", ", entry.name);
   }
   fail("unknown GGUF type '{}' (choose one of {})", name, known);
 }
 
 std::uint32_t GgufRecipe::file_type() const {
+  if (!module_types.empty()) {
+    std::map<GgmlType, int> counts;
+    for (const auto& [module, type] : module_types) ++counts[type];
+    const auto most = std::max_element(counts.begin(), counts.end(),
+                                       [](const auto& a, const auto& b) { return a.second < b.second; });
+    for (const auto& entry : kRecipes) {
+      if (!entry.mixed && entry.base == most->first) return entry.file_type;
+    }
+  }
   for (const auto& entry : kRecipes) {
     if (entry.name == name) return entry.file_type;
   }
@@ -114,6 +123,9 @@ GgufWriter::~GgufWriter() = default;
 
 std::optional<GgmlType> GgufWriter::block_type(const std::string& module, std::int64_t /*rows*/,
                                                std::int64_t cols) const {
+  if (const auto chosen = state_->recipe.module_types.find(module); chosen != state_->recipe.module_types.end()) {
+    return chosen->second;
+  }
   const auto ref = state_->arch->parse_module(module);
   if (!ref) fail("'{}' is not a module of {}", module, state_->source->config.architecture);
   const GgmlType type = state_->recipe.type_for(ref->role, ref->layer, state_->source->config.num_layers, cols,

@@ -22,6 +22,7 @@
 // are not whole 32-blocks stays F16, and such a linear module is refused.
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,6 +37,10 @@ struct GgufRecipe {
   std::string name = "Q4_K";  // as given to --type
   GgmlType base = GgmlType::Q4_K;
   bool mixed = false;  // Q4_K_M
+  // --target-bpw: each linear module's type, chosen from data (bit_allocation.h);
+  // they override the rule for those modules. The token embedding and output keep
+  // the rule's types, and general.file_type is that of the type most modules got.
+  std::map<std::string, GgmlType> module_types;
 
   // Throws nibble::Error naming the accepted recipes for anything else.
   static GgufRecipe parse(const std::string& name);

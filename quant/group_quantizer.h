@@ -19,11 +19,18 @@
 // evaluated exactly as readers dequantize (fp16 scale, clamped codes). The grid
 // clips the range (a finer step that saturates outliers) and, symmetric, uses the
 // full code range: the extreme weight may land on -2^(bits-1) or on 2^(bits-1) - 1
-// exactly, where min-max scaling leaves it half a step off. Each grid winner is
-// refined by least squares on its codes. The min-max fit is a candidate, so the
-// search never does worse than it on the weighted error.
+// exactly, where min-max scaling leaves it half a step off, and the scale may be
+// negative, which mirrors the grid so the extreme takes the long end (-2^(bits-1)
+// steps) whatever its sign, as llama.cpp's Q4_0 (scale = extreme / -8). Every
+// reader computes scale * (code - zero), so a negative scale needs no format
+// change. Each grid winner is refined by least squares on its codes. A symmetric
+// group given no importance is searched with importance |w_i| (magnitude_importance;
+// measured, plain squared error is a poor proxy there, group_quantizer.cpp). The
+// min-max fit is a candidate, so the search never does worse than it on the
+// weighted error it minimizes.
 #include <cstdint>
 #include <span>
+#include <vector>
 
 namespace nibble::quant {
 
@@ -52,7 +59,7 @@ struct QuantSpec {
 };
 
 struct GroupParams {
-  float scale = 1.0f;  // already representable in fp16
+  float scale = 1.0f;  // already representable in fp16; negative only symmetric (a mirrored grid)
   int zero = 0;        // in [0, maxq]
 };
 
@@ -64,9 +71,13 @@ struct GroupParams {
 GroupParams fit_group(std::span<const float> values, const QuantSpec& spec, std::span<const float> importance = {});
 
 // sum_i h_i (w_i - dequantize_code(quantize_code(w_i)))^2 (h_i = 1 when `importance`
-// is empty): the error fit_group's search minimizes.
+// is empty): the error fit_group's search minimizes (for a symmetric group given no
+// importance, with magnitude_importance's weights).
 double group_error(std::span<const float> values, const GroupParams& params, int maxq,
                    std::span<const float> importance = {});
+
+// |w_i|: the weights of a symmetric search given no importance.
+std::vector<float> magnitude_importance(std::span<const float> values);
 
 inline int quantize_code(float w, const GroupParams& p, int maxq);
 inline float dequantize_code(int code, const GroupParams& p) {

@@ -123,7 +123,7 @@ def main():
         if not (args.reuse and os.path.exists(folder)):
             report = run([args.nibble, "quantize", "--model", args.base, "--out", folder, "--method", "gptq",
                           "--bits", str(bits), "--calib", args.calib_ids, "--calib-samples", str(runs),
-                          "--seq-len", "256", "--json", "--keep-embeddings"] + flags)
+                          "--seq-len", "256", "--json", "--keep-embeddings", "--format", "gptq"] + flags)
             print(f"{name}: quantized in {report['seconds']:.1f} s, peak {report['peak_rss_bytes'] >> 20} MiB")
         ids, ours = nibble_logits(args, folder)
         kernel, dequant = transformers_logits(tools, torch, folder, ids, bits)

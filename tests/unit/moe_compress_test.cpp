@@ -325,17 +325,28 @@ TEST_P(MoeQuantize, GptqCalibratesEachExpertOnItsRoutedRowsAndStaysCloseToFloat)
   std::printf("%s: mean KL %.3e, relative error %.3e\n", GetParam().c_str(), kl, relative);
   EXPECT_LT(kl, kMaxMeanKl);
   EXPECT_GT(relative, 1e-4);  // float runs agree within 1e-6 (moe_reference_test): quantization happened
-  // GPTQ from each expert's own rows beats rounding the same weights without them.
-  CompressionOptions rtn = gptq_4bit();
-  rtn.quantize = QuantMethod::Rtn;
-  CheckpointSettings rtn_settings = gptq_settings();
-  rtn_settings.method = "rtn";
-  compress(source_, rtn, {}, rtn_settings, out_ / "rtn");
-  const double rtn_kl =
-      mean_kl(want, logits_of(open_model(out_ / "rtn"), tokens), static_cast<std::size_t>(config.vocab_size));
-  RecordProperty("rtn_mean_kl", fmt::format("{:.3e}", rtn_kl));
-  std::printf("%s: RTN mean KL %.3e\n", GetParam().c_str(), rtn_kl);
-  EXPECT_LT(kl, rtn_kl);
+  // GPTQ from each expert's own rows beats rounding the same weights without them
+  // (min-max scales, GPTQ's reference rounding), and is no more than a little behind
+  // RTN's data-free scale search: on these random-weight experts (a few routed rows
+  // each) GPTQ has little to gain, and since the symmetric search may mirror its grid
+  // (negative scales) that RTN is as good as GPTQ on mixtral_moe (KL 0.0567 vs 0.0590;
+  // before, 0.0968 vs 0.0779). Trained weights keep the strict ordering
+  // (quant_quality_stories260k: GPTQ 0.12, RTN 0.20).
+  const auto rtn_kl = [&](ScaleChoice scales, const std::string& name) {
+    CompressionOptions rtn = gptq_4bit();
+    rtn.quantize = QuantMethod::Rtn;
+    rtn.spec.scales = scales;
+    CheckpointSettings rtn_settings = gptq_settings();
+    rtn_settings.method = "rtn";
+    compress(source_, rtn, {}, rtn_settings, out_ / name);
+    const double value =
+        mean_kl(want, logits_of(open_model(out_ / name), tokens), static_cast<std::size_t>(config.vocab_size));
+    RecordProperty(name + "_mean_kl", fmt::format("{:.3e}", value));
+    std::printf("%s: %s mean KL %.3e\n", GetParam().c_str(), name.c_str(), value);
+    return value;
+  };
+  EXPECT_LT(kl, rtn_kl(ScaleChoice::MinMax, "rtn_minmax"));
+  EXPECT_LT(kl, 1.1 * rtn_kl(ScaleChoice::Search, "rtn"));
 }
 
 INSTANTIATE_TEST_SUITE_P(TinyMoe, MoeQuantize, ::testing::Values("mixtral_moe", "qwen2_moe_shared", "qwen3_moe_qknorm"));
