@@ -1,6 +1,7 @@
 #include "engine/blocks/moe.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numeric>
 
@@ -42,9 +43,18 @@ MoeBlock::MoeBlock(WeightBinder& binder, const Architecture& arch, const ModelCo
     }
   }
   rows_of_.resize(experts_.size());
+  first_routed_.resize(experts_.size());
   weights_of_.resize(experts_.size());
   tokens_per_expert_.assign(experts_.size(), 0);
   tokens_total_.assign(experts_.size(), 0);
+}
+
+Workspace::Widths MoeBlock::widths(const ModelConfig& config, Workspace::Widths base) {
+  if (config.moe.enabled()) {
+    base.routed_per_row = config.moe.experts_per_token;
+    base.expert_ffn = config.moe.expert_intermediate_size;
+  }
+  return base;
 }
 
 Linear* MoeBlock::find(const std::string& module) {
@@ -89,22 +99,16 @@ void MoeBlock::forward(const StepContext& step, Workspace& ws, const float* inpu
     }
   }
 
+  for (std::size_t e = 0; e < experts_.size(); ++e) {
+    tokens_per_expert_[e] = static_cast<std::int64_t>(rows_of_[e].size());
+    tokens_total_[e] += tokens_per_expert_[e];
+  }
   float* sum = ws.moe_sum();
   backend.fill_zero(sum, rows * hidden_);
-  for (std::size_t e = 0; e < experts_.size(); ++e) {
-    const auto& ids = rows_of_[e];
-    tokens_per_expert_[e] = static_cast<std::int64_t>(ids.size());
-    tokens_total_[e] += tokens_per_expert_[e];
-    if (ids.empty()) continue;  // an expert no token chose costs nothing
-    const auto count = static_cast<std::int64_t>(ids.size());
-    // Every row routed here (a lone decode token): run straight on the input.
-    const float* x = input;
-    if (count != rows) {
-      backend.gather_rows(input, hidden_, ids, ws.expert_in());
-      x = ws.expert_in();
-    }
-    experts_[e].run(backend, step.hook, ws, x, count, ws.expert_out());
-    backend.scatter_add_rows(ws.expert_out(), hidden_, ids, weights_of_[e], sum);
+  if (grouped_ && !step.hook) {
+    run_experts_grouped(backend, ws, input, rows, sum);
+  } else {
+    run_experts_one_by_one(backend, step.hook, ws, input, rows, sum);
   }
   if (shared_) {
     shared_->run(backend, step.hook, ws, input, rows, ws.expert_out());
@@ -123,6 +127,73 @@ void MoeBlock::forward(const StepContext& step, Workspace& ws, const float* inpu
   }
   // `out` may be `input`, read until here.
   backend.slice_columns(sum, rows, hidden_, 0, hidden_, out);
+}
+
+void MoeBlock::run_experts_one_by_one(kernels::Backend& backend, const LinearInputHook& hook, Workspace& ws,
+                                      const float* input, std::int64_t rows, float* sum) const {
+  for (std::size_t e = 0; e < experts_.size(); ++e) {
+    const auto& ids = rows_of_[e];
+    if (ids.empty()) continue;  // an expert no token chose costs nothing
+    const auto count = static_cast<std::int64_t>(ids.size());
+    // Every row routed here (a lone decode token): run straight on the input.
+    const float* x = input;
+    if (count != rows) {
+      backend.gather_rows(input, hidden_, ids, ws.expert_in());
+      x = ws.expert_in();
+    }
+    experts_[e].run(backend, hook, ws, x, count, ws.expert_out());
+    backend.scatter_add_rows(ws.expert_out(), hidden_, ids, weights_of_[e], sum);
+  }
+}
+
+void MoeBlock::run_experts_grouped(kernels::Backend& backend, Workspace& ws, const float* input, std::int64_t rows,
+                                   float* sum) const {
+  // Expert e's routed rows are rows [first_routed_[e], + its count) of every
+  // routed buffer; experts without tokens take none, so the rows are contiguous
+  // and one activation call covers them all.
+  if (ws.routed_gate() == nullptr) fail("internal error: the workspace has no routed-expert buffers (MoeBlock::widths)");
+  const std::int64_t width = experts_.front().width();
+  const auto at = [](float* buffer, std::int64_t row, std::int64_t row_width) { return buffer + row * row_width; };
+  jobs_.clear();
+  std::int64_t routed = 0;
+  for (std::size_t e = 0; e < experts_.size(); ++e) {
+    first_routed_[e] = routed;
+    const auto count = static_cast<std::int64_t>(rows_of_[e].size());
+    if (count == 0) continue;
+    const float* x = input;  // every row routed here: read in place, as one by one
+    if (count != rows) {
+      backend.gather_rows(input, hidden_, rows_of_[e], at(ws.routed(), routed, hidden_));
+      x = at(ws.routed(), routed, hidden_);
+    }
+    const std::array<float*, 2> gate_up{at(ws.routed_gate(), routed, width), at(ws.routed_up(), routed, width)};
+    experts_[e].gate_up().append_jobs(x, count, gate_up, at(ws.routed_stacked(), routed, 2 * width), jobs_);
+    routed += count;
+  }
+  backend.grouped_linear(jobs_);
+  for (std::size_t e = 0; e < experts_.size(); ++e) {
+    const auto count = static_cast<std::int64_t>(rows_of_[e].size());
+    if (count == 0) continue;
+    const std::int64_t first = first_routed_[e];
+    const std::array<float*, 2> gate_up{at(ws.routed_gate(), first, width), at(ws.routed_up(), first, width)};
+    experts_[e].gate_up().split_outputs(backend, count, gate_up, at(ws.routed_stacked(), first, 2 * width));
+  }
+  gated_activation(backend, experts_.front().activation(), ws.routed_gate(), ws.routed_up(), routed * width,
+                   ws.routed_gate());
+  // The gathered inputs are read; the outputs take their place.
+  jobs_.clear();
+  for (std::size_t e = 0; e < experts_.size(); ++e) {
+    const auto count = static_cast<std::int64_t>(rows_of_[e].size());
+    if (count == 0) continue;
+    const std::int64_t first = first_routed_[e];
+    jobs_.push_back(experts_[e].down().job(at(ws.routed_gate(), first, width), count, at(ws.routed(), first, hidden_)));
+  }
+  backend.grouped_linear(jobs_);
+  // Expert by expert, in the order the one-by-one path adds them, so every sum
+  // rounds the same.
+  for (std::size_t e = 0; e < experts_.size(); ++e) {
+    if (rows_of_[e].empty()) continue;
+    backend.scatter_add_rows(at(ws.routed(), first_routed_[e], hidden_), hidden_, rows_of_[e], weights_of_[e], sum);
+  }
 }
 
 }  // namespace nibble::engine
