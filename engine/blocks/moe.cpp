@@ -151,7 +151,9 @@ void MoeBlock::run_experts_grouped(kernels::Backend& backend, Workspace& ws, con
   // Expert e's routed rows are rows [first_routed_[e], + its count) of every
   // routed buffer; experts without tokens take none, so the rows are contiguous
   // and one activation call covers them all.
-  if (ws.routed_gate() == nullptr) fail("internal error: the workspace has no routed-expert buffers (MoeBlock::widths)");
+  if (ws.routed_gate() == nullptr) {
+    fail("internal error: the workspace has no routed-expert buffers (MoeBlock::widths)");
+  }
   const std::int64_t width = experts_.front().width();
   const auto at = [](float* buffer, std::int64_t row, std::int64_t row_width) { return buffer + row * row_width; };
   jobs_.clear();
@@ -185,7 +187,8 @@ void MoeBlock::run_experts_grouped(kernels::Backend& backend, Workspace& ws, con
     const auto count = static_cast<std::int64_t>(rows_of_[e].size());
     if (count == 0) continue;
     const std::int64_t first = first_routed_[e];
-    jobs_.push_back(experts_[e].down().job(at(ws.routed_gate(), first, width), count, at(ws.routed(), first, hidden_)));
+    jobs_.push_back(
+        experts_[e].down().job(at(ws.routed_gate(), first, width), count, at(ws.routed(), first, hidden_)));
   }
   backend.grouped_linear(jobs_);
   // Expert by expert, in the order the one-by-one path adds them, so every sum

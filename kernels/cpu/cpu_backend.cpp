@@ -208,7 +208,8 @@ void CpuBackend::grouped_linear(std::span<const GroupedLinearJob> jobs) {
   for (std::size_t i = 0; i < jobs.size(); ++i) {
     const GroupedLinearJob& job = jobs[i];
     if (job.rows <= 0) continue;  // an expert no token chose
-    linear_calls_.push_back(cpu_weights(*job.weights).prepare(context, linear_inputs_[i], job.x, job.rows, job.bias, job.y));
+    linear_calls_.push_back(
+        cpu_weights(*job.weights).prepare(context, linear_inputs_[i], job.x, job.rows, job.bias, job.y));
   }
   cpu::run_calls(context, linear_calls_, linear_splits_);
 }

@@ -44,8 +44,7 @@ class CpuBackend final : public Backend {
   void linear(const float* x, std::int64_t rows, const LinearWeights& w, const float* bias, float* y) override;
   void linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) override;
   // Every job's input prepared in turn, then all their (job, output-column run)
-  // tasks in one parallel_for, each job's share of the tasks by its work
-  // (cpu::run_calls).
+  // tasks in one parallel_for, the largest runs first (cpu::run_calls).
   void grouped_linear(std::span<const GroupedLinearJob> jobs) override;
   void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                 float* y) override;

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 
 #include "common/error.h"
@@ -342,36 +341,40 @@ void CpuLinearWeights::run(LinearRunContext& context, LinearInputs& inputs, std:
 }
 
 void run_calls(LinearRunContext& context, std::span<const LinearCall> calls, std::vector<CallSplit>& splits) {
-  double total_work = 0;
   std::int64_t scratch = 0;
-  for (const LinearCall& call : calls) {
-    total_work += call.work;
-    scratch = std::max(scratch, call.scratch_floats);
-  }
-  // A lone call is cut into `wanted` runs of whole alignments; in a group each
-  // call gets its share of them by work, and at least one.
+  for (const LinearCall& call : calls) scratch = std::max(scratch, call.scratch_floats);
+  // Each call is cut as it would be alone: kTasksPerThread runs per thread, whole
+  // alignments each. Coarser runs for a group (one per expert, say) were measured
+  // slower: a run's weights stop fitting in L2 between its passes over the rows.
   const std::int64_t wanted = kTasksPerThread * context.pool.size();
-  splits.resize(calls.size() + 1);
-  std::int64_t tasks = 0;
+  splits.resize(calls.size());
   for (std::size_t c = 0; c < calls.size(); ++c) {
     const LinearCall& call = calls[c];
-    const double share = calls.size() == 1 || total_work <= 0 ? 1.0 : call.work / total_work;
-    const std::int64_t chunks = std::max<std::int64_t>(1, std::llround(share * static_cast<double>(wanted)));
     const std::int64_t align = call.alignment;
     const std::int64_t per_task =
-        std::max<std::int64_t>(align, ((call.units + chunks - 1) / chunks + align - 1) / align * align);
-    splits[c] = {tasks, per_task};
-    tasks += (call.units + per_task - 1) / per_task;
+        std::max<std::int64_t>(align, ((call.units + wanted - 1) / wanted + align - 1) / align * align);
+    const double task_work =
+        call.work * static_cast<double>(per_task) / static_cast<double>(std::max<std::int64_t>(call.units, 1));
+    splits[c] = {0, per_task, c, task_work};
   }
-  splits[calls.size()] = {tasks, 0};
+  // The largest runs are claimed first and the small ones fill the end, so the
+  // threads finish together (longest-processing-time-first order).
+  std::stable_sort(splits.begin(), splits.end(),
+                   [](const CallSplit& a, const CallSplit& b) { return a.task_work > b.task_work; });
+  std::int64_t tasks = 0;
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    splits[i].first_task = tasks;
+    const std::int64_t units = calls[splits[i].call].units;
+    tasks += (units + splits[i].per_task - 1) / splits[i].per_task;
+  }
   context.pool.parallel_for(tasks, [&](std::int64_t task, int worker) {
-    const auto c = static_cast<std::size_t>(
-        std::upper_bound(splits.begin(), splits.end(), task,
-                         [](std::int64_t t, const CallSplit& split) { return t < split.first_task; }) -
-        splits.begin() - 1);
-    const LinearCall& call = calls[c];
-    const std::int64_t begin = (task - splits[c].first_task) * splits[c].per_task;
-    call.weights->run_units(call, begin, std::min(call.units, begin + splits[c].per_task),
+    const auto later = [](std::int64_t t, const CallSplit& split) { return t < split.first_task; };
+    const auto i =
+        static_cast<std::size_t>(std::upper_bound(splits.begin(), splits.end(), task, later) - splits.begin() - 1);
+    const CallSplit& split = splits[i];
+    const LinearCall& call = calls[split.call];
+    const std::int64_t begin = (task - split.first_task) * split.per_task;
+    call.weights->run_units(call, begin, std::min(call.units, begin + split.per_task),
                             worker_buffer(context, worker, scratch).data());
   });
 }

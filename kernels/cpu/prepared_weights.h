@@ -48,13 +48,16 @@ struct LinearCall {
   std::int64_t units = 0;           // output columns, or tiles of kLanes columns
   std::int64_t alignment = 1;       // a range of units starts at a multiple of this
   std::int64_t scratch_floats = 0;  // per thread
-  double work = 0;                  // weight bytes read times row blocks: balances grouped calls
+  double work = 0;                  // weight bytes read times passes of kMaxRowBlock rows: orders grouped runs
 };
 
-// How run_calls cut call c: tasks [first_task, next call's first_task), per_task units each.
+// How run_calls cut call `call`: tasks [first_task, the next split's first_task),
+// per_task units each, task_work the work of one.
 struct CallSplit {
   std::int64_t first_task = 0;
   std::int64_t per_task = 0;
+  std::size_t call = 0;
+  double task_work = 0;
 };
 
 class CpuLinearWeights : public LinearWeights {
@@ -70,12 +73,13 @@ class CpuLinearWeights : public LinearWeights {
            std::int64_t rows, const float* bias, float* y) const;
 };
 
-// Runs the units of every prepared call in one parallel_for: each call is cut in
-// ranges (about kTasksPerThread x threads tasks in all, a call's share in
-// proportion to its work, at least one), so several small layers (a mixture's
-// experts over their few rows each) fill the threads together instead of one
-// fork-join each. Each output is computed by the same kernel on the same inputs
-// whatever the cut, so results equal running the calls one by one.
+// Runs the units of every prepared call in one parallel_for: each call cut into
+// runs as it would be alone, the runs of all calls claimed largest first, so
+// several small layers (a mixture's experts over their few rows each) fill the
+// threads together with one fork-join instead of one each, and no thread idles
+// at one layer's end while another finishes it. Each output is computed by the
+// same kernel on the same inputs as alone, so results equal running the calls
+// one by one.
 void run_calls(LinearRunContext& context, std::span<const LinearCall> calls, std::vector<CallSplit>& splits);
 
 std::unique_ptr<CpuLinearWeights> make_dense_weights(const Matrix& dense);
