@@ -1,16 +1,21 @@
 // One mixture-of-experts layer (engine/blocks/moe.h) against a dense gated MLP with
-// the same active parameters (intermediate width k x expert width), both on random
-// fp16 weights held in memory, at 1, 16 and 64 tokens in the same run. The MoE
-// layer reads k of E experts for one token but more of them as tokens are added;
-// the dense MLP reads all of its weights every time.
+// the same active parameters (intermediate width k x expert width), at 1, 16 and
+// 64 tokens in the same run, for fp16, 4-bit GPTQ-style (g128, zero points) and
+// GGUF Q4_K experts (Q5_0 where the inputs are not a multiple of 256), random and
+// held in memory. The MoE layer runs both ways: its experts one by one (each its
+// own linear calls, the path before grouping) and grouped (one grouped_linear call
+// for all experts' gate/up, one for their down projections). Samples of the three
+// are interleaved (one of each per repeat), so load from other processes hits them
+// alike. The MoE layer reads k of E experts for one token but more of them as
+// tokens are added; the dense MLP reads all of its weights every time.
 //
 //   moe_layer_bench [--threads 2] [--hidden 1024] [--expert-width 1408] [--experts 8] [--top-k 2]
-//                   [--tokens 1,16,64] [--repeats 30]
+//                   [--tokens 1,16,64] [--formats f16,int4,q4_k] [--repeats 30]
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
+#include <fstream>
 #include <random>
 #include <sstream>
 #include <string>
@@ -19,57 +24,42 @@
 #include <CLI/CLI.hpp>
 
 #include "common/error.h"
-#include "common/half.h"
 #include "engine/blocks/mlp.h"
 #include "engine/blocks/moe.h"
 #include "engine/paged_kv_cache.h"
 #include "engine/weight_binder.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/unit/random_moe_weights.h"
 
 namespace {
 
 using namespace nibble;
+using testing::ExpertFormat;
 
-// Random fp16 matrices (and norm-free vectors) for any module the config implies,
-// plus a dense MLP "dense.{gate,up,down}_proj" of width `dense_width`.
-class RandomWeights final : public WeightSource {
- public:
-  RandomWeights(const ModelConfig& config, std::int64_t dense_width) : config_(config), dense_width_(dense_width) {}
-  std::vector<StoredTensorInfo> list() const override { return {}; }
-  bool contains(const std::string&) const override { return true; }
-  TensorView load(const std::string& name) const override {
-    const std::string module = name.substr(0, name.rfind('.'));
-    std::array<std::int64_t, 2> shape{};
-    if (module.starts_with("dense.")) {
-      shape = module == "dense.down_proj" ? std::array{config_.hidden_size, dense_width_}
-                                          : std::array{dense_width_, config_.hidden_size};
-    } else if (const auto implied = linear_module_shape(config_, module)) {
-      shape = *implied;
-    } else {
-      fail("no tensor '{}'", name);
-    }
-    std::mt19937 rng(static_cast<std::uint32_t>(std::hash<std::string>{}(name)));
-    std::normal_distribution<float> normal(0.0f, 0.05f);
-    const std::int64_t count = shape[0] * shape[1];
-    std::vector<std::byte> bytes(static_cast<std::size_t>(count) * 2);
-    for (std::int64_t i = 0; i < count; ++i) {
-      const std::uint16_t half = f32_to_f16(normal(rng));
-      std::memcpy(bytes.data() + 2 * i, &half, 2);
-    }
-    return make_owned_tensor(name, DType::F16, {shape[0], shape[1]}, std::move(bytes));
-  }
-  std::uint64_t file_bytes() const override { return 0; }
-
- private:
-  ModelConfig config_;
-  std::int64_t dense_width_;
-};
-
-std::vector<std::int64_t> parse_list(const std::string& text) {
-  std::vector<std::int64_t> out;
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
   std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');) out.push_back(std::stoll(item));
+  for (std::string item; std::getline(in, item, ',');) out.push_back(item);
   return out;
+}
+
+ExpertFormat format_named(const std::string& name) {
+  if (name == "f16") return ExpertFormat::F16;
+  if (name == "int4") return ExpertFormat::Int4;
+  if (name == "q4_k") return ExpertFormat::Q4K;
+  fail("unknown format '{}' (f16, int4, q4_k)", name);
+}
+
+double median(std::vector<double> samples) {
+  std::ranges::sort(samples);
+  return samples[samples.size() / 2];
+}
+
+std::string load_average() {
+  std::ifstream in("/proc/loadavg");
+  std::string one, five, fifteen;
+  in >> one >> five >> fifteen;
+  return in ? fmt::format("{} {} {}", one, five, fifteen) : "unknown";
 }
 
 }  // namespace
@@ -78,13 +68,14 @@ int main(int argc, char** argv) {
   CLI::App app{"MoE layer vs a dense MLP of equal active parameters"};
   int threads = 2, repeats = 30;
   std::int64_t hidden = 1024, width = 1408, experts = 8, top_k = 2;
-  std::string tokens_text = "1,16,64";
+  std::string tokens_text = "1,16,64", formats_text = "f16,int4,q4_k";
   app.add_option("--threads", threads);
   app.add_option("--hidden", hidden);
   app.add_option("--expert-width", width);
   app.add_option("--experts", experts);
   app.add_option("--top-k", top_k);
   app.add_option("--tokens", tokens_text);
+  app.add_option("--formats", formats_text);
   app.add_option("--repeats", repeats);
   CLI11_PARSE(app, argc, argv);
   try {
@@ -105,48 +96,64 @@ int main(int argc, char** argv) {
     config.validate();
     const Architecture& arch = architecture_of(config.architecture);
     const std::int64_t dense_width = top_k * width;
-    RandomWeights weights(config, dense_width);
-    kernels::CpuBackend backend(threads);
-    engine::WeightBinder binder(weights, config, backend, engine::ModelOptions{});
-    const engine::MoeBlock moe(binder, arch, config, 0);
-    const engine::GatedMlp dense(binder, arch.activation, {"dense.gate_proj", "dense.up_proj", "dense.down_proj"},
-                                 dense_width, hidden);
-    const auto token_counts = parse_list(tokens_text);
+    std::vector<std::int64_t> token_counts;
+    for (const auto& item : split_list(tokens_text)) token_counts.push_back(std::stoll(item));
     const std::int64_t most = *std::ranges::max_element(token_counts);
-    engine::Workspace ws(engine::Workspace::Widths{hidden, hidden, hidden, std::max(dense_width, width), 0, experts});
-    ws.reserve(backend, most);
-    engine::PagedKvCache cache(backend, config, 1, 16);
-    std::vector<std::int32_t> positions(static_cast<std::size_t>(most), 0);
+    kernels::CpuBackend backend(threads);
+    fmt::print("MoE: {} experts, top-{}, expert width {}, hidden {}; dense MLP width {} (same active parameters); "
+               "{}; load average {}\n",
+               experts, top_k, width, hidden, dense_width, backend.name(), load_average());
     std::mt19937 rng(3);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::vector<float> input(static_cast<std::size_t>(most * hidden));
     for (auto& x : input) x = normal(rng);
     const engine::LinearInputHook no_hook;
-    fmt::print("MoE: {} experts, top-{}, expert width {}, hidden {} (fp16); dense MLP width {} (same active "
-               "parameters); {} threads\n",
-               experts, top_k, width, hidden, dense_width, threads);
-    fmt::print("{:>7} {:>12} {:>12} {:>8} {:>15}\n", "tokens", "moe us", "dense us", "ratio", "experts active");
-    for (const std::int64_t rows : token_counts) {
-      const engine::StepContext step{backend, cache, rows, std::span(positions).first(static_cast<std::size_t>(rows)), {},
-                                     no_hook};
-      const auto time = [&](auto&& run) {
-        std::vector<double> samples;
-        for (int r = 0; r < repeats + 3; ++r) {
-          std::copy(input.begin(), input.end(), ws.h());
+    for (const auto& format_name : split_list(formats_text)) {
+      const testing::RandomMoeWeights weights(config, format_named(format_name), dense_width);
+      engine::WeightBinder binder(weights, config, backend, engine::ModelOptions{});
+      engine::MoeBlock moe(binder, arch, config, 0);
+      const engine::GatedMlp dense(binder, arch.activation, {"dense.gate_proj", "dense.up_proj", "dense.down_proj"},
+                                   dense_width, hidden);
+      const std::int64_t stacked = std::max(moe.stacked_width(), dense.stacked_width());
+      engine::Workspace ws(engine::MoeBlock::widths(
+          config, engine::Workspace::Widths{hidden, hidden, hidden, std::max(dense_width, width), stacked, experts}));
+      ws.reserve(backend, most);
+      engine::PagedKvCache cache(backend, config, 1, 16);
+      std::vector<std::int32_t> positions(static_cast<std::size_t>(most), 0);
+      fmt::print("\n{} experts (an expert's down_proj: {})\n", format_name,
+                 moe.find(arch.expert_module(TensorRole::ExpertDown, 0, 0))->weights->describe());
+      fmt::print("{:>7} {:>13} {:>11} {:>10} {:>11} {:>11} {:>9} {:>8} {:>13}\n", "tokens", "one-by-one us",
+                 "grouped us", "dense us", "1-by-1/dense", "grouped/dense", "speedup", "active", "expert bytes");
+      for (const std::int64_t rows : token_counts) {
+        const engine::StepContext step{backend, cache, rows, std::span(positions).first(static_cast<std::size_t>(rows)),
+                                       {}, no_hook};
+        const auto sample = [&](auto&& run) {
+          std::copy(input.begin(), input.begin() + rows * hidden, ws.h());
           const auto start = std::chrono::steady_clock::now();
           run();
-          const auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-          if (r >= 3) samples.push_back(seconds);  // warm-up first
+          return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() * 1e6;
+        };
+        std::vector<double> one_by_one, grouped, dense_us;
+        for (int r = 0; r < repeats + 3; ++r) {
+          moe.set_grouped_experts(false);
+          const double a = sample([&] { moe.forward(step, ws, ws.h(), ws.h()); });
+          moe.set_grouped_experts(true);
+          const double b = sample([&] { moe.forward(step, ws, ws.h(), ws.h()); });
+          const double c = sample([&] { dense.forward(step, ws, ws.h(), ws.h()); });
+          if (r < 3) continue;  // warm-up
+          one_by_one.push_back(a);
+          grouped.push_back(b);
+          dense_us.push_back(c);
         }
-        std::ranges::sort(samples);
-        return samples[samples.size() / 2] * 1e6;  // median
-      };
-      const double moe_us = time([&] { moe.forward(step, ws, ws.h(), ws.h()); });
-      const auto counts = moe.last_tokens_per_expert();
-      const auto active = std::ranges::count_if(counts, [](std::int64_t c) { return c > 0; });
-      const double dense_us = time([&] { dense.forward(step, ws, ws.h(), ws.h()); });
-      fmt::print("{:>7} {:>12.1f} {:>12.1f} {:>8.2f} {:>12}/{}\n", rows, moe_us, dense_us, moe_us / dense_us, active,
-                 experts);
+        const double a = median(one_by_one), b = median(grouped), c = median(dense_us);
+        const auto counts = moe.last_tokens_per_expert();
+        const auto active = std::ranges::count_if(counts, [](std::int64_t n) { return n > 0; });
+        // Every expert has the same size, so the fraction of expert bytes a step
+        // reads is the fraction of experts with tokens.
+        fmt::print("{:>7} {:>13.1f} {:>11.1f} {:>10.1f} {:>11.2f} {:>11.2f} {:>8.2f}x {:>5}/{:<2} {:>12.0f}%\n", rows,
+                   a, b, c, a / c, b / c, a / b, active, experts,
+                   100.0 * static_cast<double>(active) / static_cast<double>(experts));
+      }
     }
   } catch (const nibble::Error& e) {
     fmt::print(stderr, "moe_layer_bench: {}\n", e.what());

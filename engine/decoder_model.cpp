@@ -41,9 +41,10 @@ std::int64_t tensors_past_layer(const WeightSource& weights, std::int64_t layers
 
 // The activations one step needs for `config`'s layers.
 Workspace::Widths workspace_widths(const ModelConfig& config, std::int64_t stacked_width) {
-  return LatentAttentionBlock::widths(config, Workspace::Widths{config.hidden_size, config.q_dim(), config.kv_dim(),
-                                                                config.widest_ffn(), stacked_width,
-                                                                config.moe.num_experts});
+  return MoeBlock::widths(config,
+                          LatentAttentionBlock::widths(config, Workspace::Widths{config.hidden_size, config.q_dim(),
+                                                                                 config.kv_dim(), config.widest_ffn(),
+                                                                                 stacked_width, config.moe.num_experts}));
 }
 
 // sqrt(hidden_size) as Hugging Face's Gemma computes it: a float32 tensor cast to

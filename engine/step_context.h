@@ -57,6 +57,10 @@ class Workspace {
     // and the attention output over the latent [rows, heads * kv_lora_rank].
     std::int64_t latent_query = 0;
     std::int64_t latent_out = 0;
+    // A MoE layer's experts run grouped (MoeBlock::widths; 0: none): the rows
+    // routed per token (top-k) and an expert's intermediate width.
+    std::int64_t routed_per_row = 0;
+    std::int64_t expert_ffn = 0;
   };
   explicit Workspace(const Widths& widths) : widths_(widths) {}
 
@@ -77,6 +81,11 @@ class Workspace {
   float* expert_in() const { return expert_in_.data<float>(); }   // one expert's gathered rows [rows, hidden]
   float* expert_out() const { return expert_out_.data<float>(); }  // its outputs [rows, hidden]
   float* moe_sum() const { return moe_sum_.data<float>(); }        // the weighted sum [rows, hidden]
+  // Every routed (token, expert) pair of a step, expert by expert (R = rows x routed_per_row):
+  float* routed() const { return routed_.data<float>(); }  // gathered inputs, then outputs [R, hidden]
+  float* routed_stacked() const { return routed_stacked_.data<float>(); }  // stacked gate|up [R, 2 x expert_ffn]
+  float* routed_gate() const { return routed_gate_.data<float>(); }        // [R, expert_ffn]
+  float* routed_up() const { return routed_up_.data<float>(); }            // [R, expert_ffn]
   // MLA (allocated only when its widths are set):
   float* latent_query() const { return latent_query_.data<float>(); }  // [rows, widths.latent_query]
   float* latent_out() const { return latent_out_.data<float>(); }      // [rows, widths.latent_out]
@@ -90,6 +99,7 @@ class Workspace {
   std::int64_t rows_ = 0;
   kernels::Buffer x_, h_, q_, k_, v_, attn_, gate_, up_, stacked_, logits_;
   kernels::Buffer router_, expert_in_, expert_out_, moe_sum_;
+  kernels::Buffer routed_, routed_stacked_, routed_gate_, routed_up_;
   kernels::Buffer latent_query_, latent_out_;
   std::vector<kernels::AttentionSegment> attention_segments_;
 };

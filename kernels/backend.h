@@ -103,6 +103,16 @@ struct AttentionSegment {
   float* out = nullptr;
 };
 
+// One linear layer of a grouped_linear call: y [rows, weights->rows()] =
+// x [rows, weights->cols()] W^T (+ bias, may be null).
+struct GroupedLinearJob {
+  const LinearWeights* weights = nullptr;
+  const float* x = nullptr;
+  std::int64_t rows = 0;
+  const float* bias = nullptr;
+  float* y = nullptr;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -150,6 +160,16 @@ class Backend {
   virtual void linear(const float* x, std::int64_t rows, const LinearWeights& w, const float* bias, float* y) = 0;
   // The same for a dense matrix viewed in place (no preparation).
   virtual void linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) = 0;
+  // Independent linear layers as one op (a mixture's experts, each over the few
+  // rows routed to it): the same results, bit for bit, as one linear() per job;
+  // jobs with no rows cost nothing. No job's y may overlap another job's x or y.
+  // The default runs the jobs one by one; a backend overrides it to spread every
+  // job's output tiles over its threads at once, one fork-join for all of them.
+  virtual void grouped_linear(std::span<const GroupedLinearJob> jobs) {
+    for (const GroupedLinearJob& job : jobs) {
+      if (job.rows > 0) linear(job.x, job.rows, *job.weights, job.bias, job.y);
+    }
+  }
   // y = x / rms(x) * weight, row by row; x and y may alias.
   virtual void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                         float* y) = 0;

@@ -13,6 +13,10 @@ void Linear::run(kernels::Backend& backend, const float* x, std::int64_t rows, f
   backend.linear(x, rows, *weights, bias.empty() ? nullptr : bias.data<const float>(), y);
 }
 
+kernels::GroupedLinearJob Linear::job(const float* x, std::int64_t rows, float* y) const {
+  return {weights.get(), x, rows, bias.empty() ? nullptr : bias.data<const float>(), y};
+}
+
 LinearGroup::LinearGroup(std::vector<std::string> modules, std::vector<std::int64_t> widths, std::vector<Linear> linears)
     : modules_(std::move(modules)), widths_(std::move(widths)), linears_(std::move(linears)) {
   if (modules_.size() != widths_.size() || (linears_.size() != 1 && linears_.size() != modules_.size())) {
@@ -38,6 +42,21 @@ void LinearGroup::run(kernels::Backend& backend, const float* x, std::int64_t ro
     return;
   }
   linears_.front().run(backend, x, rows, scratch, {});
+  split_outputs(backend, rows, outputs, scratch);
+}
+
+void LinearGroup::append_jobs(const float* x, std::int64_t rows, std::span<float* const> outputs, float* scratch,
+                              std::vector<kernels::GroupedLinearJob>& jobs) const {
+  if (stacked()) {
+    jobs.push_back(linears_.front().job(x, rows, scratch));
+    return;
+  }
+  for (std::size_t i = 0; i < linears_.size(); ++i) jobs.push_back(linears_[i].job(x, rows, outputs[i]));
+}
+
+void LinearGroup::split_outputs(kernels::Backend& backend, std::int64_t rows, std::span<float* const> outputs,
+                                const float* scratch) const {
+  if (!stacked()) return;
   const std::int64_t width = total_width();
   std::int64_t first = 0;
   for (std::size_t i = 0; i < widths_.size(); ++i) {

@@ -6,6 +6,7 @@
 // results are the same either way.
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,8 @@ struct Linear {
   std::int64_t cols() const { return weights->cols(); }
   // y [rows, this->rows()] = x [rows, cols()] W^T (+ bias).
   void run(kernels::Backend& backend, const float* x, std::int64_t rows, float* y, const LinearInputHook& hook) const;
+  // The same as one job of a Backend::grouped_linear call (no hook).
+  kernels::GroupedLinearJob job(const float* x, std::int64_t rows, float* y) const;
 };
 
 class LinearGroup {
@@ -35,6 +38,14 @@ class LinearGroup {
   // the columns apart.
   void run(kernels::Backend& backend, const float* x, std::int64_t rows, std::span<float* const> outputs,
            float* scratch, const LinearInputHook& hook) const;
+  // run() in two parts, for a caller that runs several groups' layers in one
+  // Backend::grouped_linear call (MoeBlock's experts), without the hook: the jobs
+  // (a stacked matrix writes to `scratch`), then, after the call, the stacked
+  // output's columns split into `outputs` (nothing to do when not stacked).
+  void append_jobs(const float* x, std::int64_t rows, std::span<float* const> outputs, float* scratch,
+                   std::vector<kernels::GroupedLinearJob>& jobs) const;
+  void split_outputs(kernels::Backend& backend, std::int64_t rows, std::span<float* const> outputs,
+                     const float* scratch) const;
   std::int64_t total_width() const;
   bool stacked() const { return linears_.size() == 1 && widths_.size() > 1; }
   // The module's own matrix; nullptr when it is not in the group. Throws when the

@@ -12,6 +12,18 @@ LinearGroup bind_gate_up(WeightBinder& binder, const GatedMlp::Modules& names, s
 
 }  // namespace
 
+void gated_activation(kernels::Backend& backend, MlpActivation activation, const float* gate, const float* up,
+                      std::int64_t n, float* out) {
+  switch (activation) {
+    case MlpActivation::Silu:
+      backend.swiglu(gate, up, n, out);
+      break;
+    case MlpActivation::GeluTanh:
+      backend.geglu_tanh(gate, up, n, out);
+      break;
+  }
+}
+
 GatedMlp::GatedMlp(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, std::int64_t layer)
     : GatedMlp(binder, arch.activation,
                Modules{arch.module(TensorRole::Gate, layer), arch.module(TensorRole::Up, layer),
@@ -34,14 +46,7 @@ void GatedMlp::run(kernels::Backend& backend, const LinearInputHook& hook, Works
                    std::int64_t rows, float* out) const {
   const std::array<float*, 2> gate_up{ws.gate(), ws.up()};
   gate_up_.run(backend, input, rows, gate_up, ws.stacked(), hook);
-  switch (activation_) {
-    case MlpActivation::Silu:
-      backend.swiglu(ws.gate(), ws.up(), rows * width_, ws.gate());
-      break;
-    case MlpActivation::GeluTanh:
-      backend.geglu_tanh(ws.gate(), ws.up(), rows * width_, ws.gate());
-      break;
-  }
+  gated_activation(backend, activation_, ws.gate(), ws.up(), rows * width_, ws.gate());
   down_.run(backend, ws.gate(), rows, out, hook);
 }
 

@@ -11,6 +11,10 @@
 
 namespace nibble::engine {
 
+// out = act(gate) * up over n values (out may be gate).
+void gated_activation(kernels::Backend& backend, MlpActivation activation, const float* gate, const float* up,
+                      std::int64_t n, float* out);
+
 class GatedMlp {
  public:
   GatedMlp(WeightBinder& binder, const Architecture& arch, const ModelConfig& config, std::int64_t layer);
@@ -31,6 +35,13 @@ class GatedMlp {
   // Module `module`'s matrix, or nullptr when this block has no such module.
   Linear* find(const std::string& module);
   std::int64_t stacked_width() const { return gate_up_.stacked() ? gate_up_.total_width() : 0; }
+  // Its parts, for a caller that runs several MLPs' layers in grouped calls
+  // (MoeBlock): gate and up (in that order) read the input, down reads
+  // act(gate) * up.
+  const LinearGroup& gate_up() const { return gate_up_; }
+  const Linear& down() const { return down_; }
+  MlpActivation activation() const { return activation_; }
+  std::int64_t width() const { return width_; }
 
  private:
   std::int64_t width_;

@@ -1,6 +1,7 @@
 #include "engine/blocks/moe.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numeric>
 
@@ -49,6 +50,15 @@ MoeBlock::MoeBlock(WeightBinder& binder, const Architecture& arch, const ModelCo
   weights_of_.resize(all);
   tokens_per_expert_.assign(all, 0);
   tokens_total_.assign(all, 0);
+  first_routed_.resize(experts_.size());
+}
+
+Workspace::Widths MoeBlock::widths(const ModelConfig& config, Workspace::Widths base) {
+  if (config.moe.enabled()) {
+    base.routed_per_row = config.moe.experts_per_token;
+    base.expert_ffn = config.moe.expert_intermediate_size;
+  }
+  return base;
 }
 
 Linear* MoeBlock::find(const std::string& module) {
@@ -93,26 +103,16 @@ void MoeBlock::forward(const StepContext& step, Workspace& ws, const float* inpu
     }
   }
 
+  for (std::size_t e = 0; e < rows_of_.size(); ++e) {
+    tokens_per_expert_[e] = static_cast<std::int64_t>(rows_of_[e].size());
+    tokens_total_[e] += tokens_per_expert_[e];
+  }
   float* sum = ws.moe_sum();
   backend.fill_zero(sum, rows * hidden_);
-  const auto held = static_cast<std::int64_t>(experts_.size());
-  for (std::size_t e = 0; e < rows_of_.size(); ++e) {
-    const auto& ids = rows_of_[e];
-    tokens_per_expert_[e] = static_cast<std::int64_t>(ids.size());
-    tokens_total_[e] += tokens_per_expert_[e];
-    if (ids.empty()) continue;  // an expert no token chose costs nothing
-    // Expert parallelism: another rank's expert; its share arrives in the layer's sum.
-    const std::int64_t local = static_cast<std::int64_t>(e) - first_expert_;
-    if (local < 0 || local >= held) continue;
-    const auto count = static_cast<std::int64_t>(ids.size());
-    // Every row routed here (a lone decode token): run straight on the input.
-    const float* x = input;
-    if (count != rows) {
-      backend.gather_rows(input, hidden_, ids, ws.expert_in());
-      x = ws.expert_in();
-    }
-    experts_[static_cast<std::size_t>(local)].run(backend, step.hook, ws, x, count, ws.expert_out());
-    backend.scatter_add_rows(ws.expert_out(), hidden_, ids, weights_of_[e], sum);
+  if (grouped_ && !step.hook) {
+    run_experts_grouped(backend, ws, input, rows, sum);
+  } else {
+    run_experts_one_by_one(backend, step.hook, ws, input, rows, sum);
   }
   if (shared_) {
     shared_->run(backend, step.hook, ws, input, rows, ws.expert_out());
@@ -131,6 +131,79 @@ void MoeBlock::forward(const StepContext& step, Workspace& ws, const float* inpu
   }
   // `out` may be `input`, read until here.
   backend.slice_columns(sum, rows, hidden_, 0, hidden_, out);
+}
+
+void MoeBlock::run_experts_one_by_one(kernels::Backend& backend, const LinearInputHook& hook, Workspace& ws,
+                                      const float* input, std::int64_t rows, float* sum) const {
+  for (std::size_t i = 0; i < experts_.size(); ++i) {
+    const std::size_t e = routed_index(i);
+    const auto& ids = rows_of_[e];
+    if (ids.empty()) continue;  // an expert no token chose costs nothing
+    const auto count = static_cast<std::int64_t>(ids.size());
+    // Every row routed here (a lone decode token): run straight on the input.
+    const float* x = input;
+    if (count != rows) {
+      backend.gather_rows(input, hidden_, ids, ws.expert_in());
+      x = ws.expert_in();
+    }
+    experts_[i].run(backend, hook, ws, x, count, ws.expert_out());
+    backend.scatter_add_rows(ws.expert_out(), hidden_, ids, weights_of_[e], sum);
+  }
+}
+
+void MoeBlock::run_experts_grouped(kernels::Backend& backend, Workspace& ws, const float* input, std::int64_t rows,
+                                   float* sum) const {
+  // Held expert i's routed rows are rows [first_routed_[i], + its count) of every
+  // routed buffer; experts without tokens take none, so the rows are contiguous
+  // and one activation call covers them all.
+  if (ws.routed_gate() == nullptr) {
+    fail("internal error: the workspace has no routed-expert buffers (MoeBlock::widths)");
+  }
+  const std::int64_t width = experts_.front().width();
+  const auto at = [](float* buffer, std::int64_t row, std::int64_t row_width) { return buffer + row * row_width; };
+  jobs_.clear();
+  std::int64_t routed = 0;
+  for (std::size_t i = 0; i < experts_.size(); ++i) {
+    const std::size_t e = routed_index(i);
+    first_routed_[i] = routed;
+    const auto count = static_cast<std::int64_t>(rows_of_[e].size());
+    if (count == 0) continue;
+    const float* x = input;  // every row routed here: read in place, as one by one
+    if (count != rows) {
+      backend.gather_rows(input, hidden_, rows_of_[e], at(ws.routed(), routed, hidden_));
+      x = at(ws.routed(), routed, hidden_);
+    }
+    const std::array<float*, 2> gate_up{at(ws.routed_gate(), routed, width), at(ws.routed_up(), routed, width)};
+    experts_[i].gate_up().append_jobs(x, count, gate_up, at(ws.routed_stacked(), routed, 2 * width), jobs_);
+    routed += count;
+  }
+  backend.grouped_linear(jobs_);
+  for (std::size_t i = 0; i < experts_.size(); ++i) {
+    const auto count = static_cast<std::int64_t>(rows_of_[routed_index(i)].size());
+    if (count == 0) continue;
+    const std::int64_t first = first_routed_[i];
+    const std::array<float*, 2> gate_up{at(ws.routed_gate(), first, width), at(ws.routed_up(), first, width)};
+    experts_[i].gate_up().split_outputs(backend, count, gate_up, at(ws.routed_stacked(), first, 2 * width));
+  }
+  gated_activation(backend, experts_.front().activation(), ws.routed_gate(), ws.routed_up(), routed * width,
+                   ws.routed_gate());
+  // The gathered inputs are read; the outputs take their place.
+  jobs_.clear();
+  for (std::size_t i = 0; i < experts_.size(); ++i) {
+    const auto count = static_cast<std::int64_t>(rows_of_[routed_index(i)].size());
+    if (count == 0) continue;
+    const std::int64_t first = first_routed_[i];
+    jobs_.push_back(
+        experts_[i].down().job(at(ws.routed_gate(), first, width), count, at(ws.routed(), first, hidden_)));
+  }
+  backend.grouped_linear(jobs_);
+  // Expert by expert, in the order the one-by-one path adds them, so every sum
+  // rounds the same.
+  for (std::size_t i = 0; i < experts_.size(); ++i) {
+    const std::size_t e = routed_index(i);
+    if (rows_of_[e].empty()) continue;
+    backend.scatter_add_rows(at(ws.routed(), first_routed_[i], hidden_), hidden_, rows_of_[e], weights_of_[e], sum);
+  }
 }
 
 }  // namespace nibble::engine

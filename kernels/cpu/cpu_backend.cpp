@@ -194,9 +194,24 @@ std::unique_ptr<LinearWeights> CpuBackend::prepare_linear(const QuantizedMatrix&
 }
 
 void CpuBackend::linear(const float* x, std::int64_t rows, const LinearWeights& w, const float* bias, float* y) {
-  cpu::LinearRunContext context{*pool_,          cpu::active_isa(),  int8_activations_,  packed_input_,
-                                group_sums_,     activation_codes_,  activation_scales_, linear_scratch_};
-  cpu_weights(w).run(context, x, rows, bias, y);
+  cpu::LinearRunContext context{*pool_, cpu::active_isa(), int8_activations_, linear_scratch_};
+  if (linear_inputs_.empty()) linear_inputs_.resize(1);
+  cpu_weights(w).run(context, linear_inputs_.front(), linear_splits_, x, rows, bias, y);
+}
+
+void CpuBackend::grouped_linear(std::span<const GroupedLinearJob> jobs) {
+  cpu::LinearRunContext context{*pool_, cpu::active_isa(), int8_activations_, linear_scratch_};
+  // Grown before any is filled: a job's prepared input must not move while the
+  // later jobs are prepared.
+  if (linear_inputs_.size() < jobs.size()) linear_inputs_.resize(jobs.size());
+  linear_calls_.clear();
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    const GroupedLinearJob& job = jobs[i];
+    if (job.rows <= 0) continue;  // an expert no token chose
+    linear_calls_.push_back(
+        cpu_weights(*job.weights).prepare(context, linear_inputs_[i], job.x, job.rows, job.bias, job.y));
+  }
+  cpu::run_calls(context, linear_calls_, linear_splits_);
 }
 
 void CpuBackend::linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) {

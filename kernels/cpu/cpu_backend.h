@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/prepared_weights.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace nibble::kernels {
@@ -42,6 +43,9 @@ class CpuBackend final : public Backend {
   std::unique_ptr<LinearWeights> prepare_linear(const QuantizedMatrix& quantized) override;
   void linear(const float* x, std::int64_t rows, const LinearWeights& w, const float* bias, float* y) override;
   void linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) override;
+  // Every job's input prepared in turn, then all their (job, output-column run)
+  // tasks in one parallel_for, the largest runs first (cpu::run_calls).
+  void grouped_linear(std::span<const GroupedLinearJob> jobs) override;
   void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                 float* y) override;
   void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
@@ -77,10 +81,10 @@ class CpuBackend final : public Backend {
   std::vector<float> rope_inv_freq_;          // and their scaled cos/sin [row, inv_freq.size()]
   float rope_scale_ = 1.0f;
   std::vector<float> rope_cos_, rope_sin_;
-  std::vector<float> packed_input_;
-  std::vector<float> group_sums_;
-  std::vector<std::int8_t> activation_codes_;
-  std::vector<float> activation_scales_;
+  // Prepared linear inputs: [0] for linear(), one per job of a grouped_linear().
+  std::vector<cpu::LinearInputs> linear_inputs_;
+  std::vector<cpu::LinearCall> linear_calls_;
+  std::vector<cpu::CallSplit> linear_splits_;
 };
 
 }  // namespace nibble::kernels

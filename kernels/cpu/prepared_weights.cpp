@@ -19,22 +19,30 @@ namespace {
 constexpr std::int64_t kTasksPerThread = 4;
 constexpr std::int64_t kColumnAlignment = 16;
 
-// Runs body(begin, end, worker) over [0, count) cut into runs of `align`-multiples.
-template <typename Body>
-void split(ThreadPool& pool, std::int64_t count, std::int64_t align, Body&& body) {
-  const std::int64_t wanted = kTasksPerThread * pool.size();
-  const std::int64_t per_task = std::max<std::int64_t>(align, ((count + wanted - 1) / wanted + align - 1) / align * align);
-  const std::int64_t tasks = (count + per_task - 1) / per_task;
-  pool.parallel_for(tasks, [&](std::int64_t task, int worker) {
-    const std::int64_t begin = task * per_task;
-    body(begin, std::min(count, begin + per_task), worker);
-  });
-}
-
 std::vector<float>& worker_buffer(LinearRunContext& context, int worker, std::int64_t floats) {
   auto& buffer = context.worker_scratch[static_cast<std::size_t>(worker)];
   if (static_cast<std::int64_t>(buffer.size()) < floats) buffer.resize(static_cast<std::size_t>(floats));
   return buffer;
+}
+
+// The fields every call has; `bytes` is what the weights read per pass over the
+// rows. The kernels reuse a weight load for up to kMaxRowBlock rows, so the work
+// estimate counts passes of that many rows.
+LinearCall base_call(const CpuLinearWeights& w, const LinearRunContext& context, const float* x, std::int64_t ldx,
+                     std::int64_t rows, const float* bias, float* y, std::uint64_t bytes) {
+  LinearCall call;
+  call.weights = &w;
+  call.isa = context.isa;
+  call.args.x = x;
+  call.args.ldx = ldx;
+  call.args.rows = rows;
+  call.args.bias = bias;
+  call.args.y = y;
+  call.args.ldy = w.rows();
+  call.units = w.rows();
+  call.alignment = kColumnAlignment;
+  call.work = static_cast<double>(bytes) * static_cast<double>((rows + kMaxRowBlock - 1) / kMaxRowBlock);
+  return call;
 }
 
 class DenseWeights final : public CpuLinearWeights {
@@ -49,11 +57,14 @@ class DenseWeights final : public CpuLinearWeights {
     if (row < 0 || row >= m_.rows) fail("row {} outside a matrix of {} rows", row, m_.rows);
     for (std::int64_t k = 0; k < m_.cols; ++k) out[k] = matrix_element(m_, row * m_.cols + k);
   }
-  void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
-    const LinearKernel kernel = linear_kernel(m_.dtype, context.isa);
-    split(context.pool, m_.rows, kColumnAlignment, [&](std::int64_t begin, std::int64_t end, int) {
-      kernel(x, rows, m_.cols, m_.data, begin, end, bias, y, m_.rows);
-    });
+  LinearCall prepare(LinearRunContext& context, LinearInputs&, const float* x, std::int64_t rows, const float* bias,
+                     float* y) const override {
+    return base_call(*this, context, x, m_.cols, rows, bias, y,
+                     static_cast<std::uint64_t>(m_.rows * m_.cols) * dtype_size(m_.dtype));
+  }
+  void run_units(const LinearCall& call, std::int64_t begin, std::int64_t end, float*) const override {
+    linear_kernel(m_.dtype, call.isa)(call.args.x, call.args.rows, m_.cols, m_.data, begin, end, call.args.bias,
+                                      call.args.y, m_.rows);
   }
 
  private:
@@ -81,11 +92,12 @@ class CsrWeights final : public CpuLinearWeights {
       out[m_.columns[static_cast<std::size_t>(j)]] = matrix_element(values, j);
     }
   }
-  void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
-    const CsrKernel kernel = csr_kernel(m_, context.isa);
-    split(context.pool, m_.rows, kColumnAlignment, [&](std::int64_t begin, std::int64_t end, int) {
-      kernel(m_, x, rows, begin, end, bias, y, m_.rows);
-    });
+  LinearCall prepare(LinearRunContext& context, LinearInputs&, const float* x, std::int64_t rows, const float* bias,
+                     float* y) const override {
+    return base_call(*this, context, x, m_.cols, rows, bias, y, resident_bytes());
+  }
+  void run_units(const LinearCall& call, std::int64_t begin, std::int64_t end, float*) const override {
+    csr_kernel(m_, call.isa)(m_, call.args.x, call.args.rows, begin, end, call.args.bias, call.args.y, m_.rows);
   }
 
  private:
@@ -93,83 +105,83 @@ class CsrWeights final : public CpuLinearWeights {
 };
 
 // x in a layout's packed order: reordered only when the layout has a gather.
-const float* packed_input(LinearRunContext& context, const QuantLayout& w, const float* x, std::int64_t rows) {
+const float* packed_input(LinearInputs& inputs, const QuantLayout& w, const float* x, std::int64_t rows) {
   if (w.gather.empty()) return x;
   const std::int64_t packed = w.packed_cols();
-  context.packed_input.resize(static_cast<std::size_t>(rows * packed));
+  inputs.packed_input.resize(static_cast<std::size_t>(rows * packed));
   for (std::int64_t r = 0; r < rows; ++r) {
-    float* out = context.packed_input.data() + r * packed;
+    float* out = inputs.packed_input.data() + r * packed;
     const float* in = x + r * w.cols;
     for (std::int64_t p = 0; p < packed; ++p) {
       const std::int32_t col = w.gather[static_cast<std::size_t>(p)];
       out[p] = col < 0 ? 0.0f : in[col];
     }
   }
-  return context.packed_input.data();
+  return inputs.packed_input.data();
 }
 
 // The sum of packed x over each quantization group, once per call for all threads.
-void sum_groups(LinearRunContext& context, const QuantLayout& w, const float* xp, std::int64_t rows) {
+void sum_groups(LinearInputs& inputs, const QuantLayout& w, const float* xp, std::int64_t rows) {
   const std::int64_t packed = w.packed_cols();
-  context.group_sums.resize(static_cast<std::size_t>(rows * w.groups));
+  inputs.group_sums.resize(static_cast<std::size_t>(rows * w.groups));
   for (std::int64_t r = 0; r < rows; ++r) {
     for (std::int64_t g = 0; g < w.groups; ++g) {
       const float* begin = xp + r * packed + w.group_unit_begin[static_cast<std::size_t>(g)] * w.codes_per_unit;
       const float* end = xp + r * packed + w.group_unit_begin[static_cast<std::size_t>(g) + 1] * w.codes_per_unit;
       float sum = 0.0f;
       for (const float* v = begin; v != end; ++v) sum += *v;
-      context.group_sums[static_cast<std::size_t>(r * w.groups + g)] = sum;
+      inputs.group_sums[static_cast<std::size_t>(r * w.groups + g)] = sum;
     }
   }
 }
 
+// A decode step's few rows are not worth waking the pool for when rounding to int8.
+constexpr std::int64_t kRowsPerQuantizeTask = 16;
+
 // Rounds packed x to int8 (codes, block scales, group sums), rows split across the pool.
-void quantize_input(LinearRunContext& context, const Int8KernelTable& table, const QuantLayout& w,
-                    std::int64_t blocks, const float* xp, std::int64_t rows) {
+void quantize_input(LinearRunContext& context, LinearInputs& inputs, const Int8KernelTable& table,
+                    const QuantLayout& w, std::int64_t blocks, const float* xp, std::int64_t rows) {
   const std::int64_t packed = w.packed_cols();
-  context.activation_codes.resize(static_cast<std::size_t>(rows * packed));
-  context.activation_scales.resize(static_cast<std::size_t>(rows * blocks));
-  context.group_sums.resize(static_cast<std::size_t>(rows * w.groups));
+  inputs.activation_codes.resize(static_cast<std::size_t>(rows * packed));
+  inputs.activation_scales.resize(static_cast<std::size_t>(rows * blocks));
+  inputs.group_sums.resize(static_cast<std::size_t>(rows * w.groups));
   const ActivationQuantizer quantize = table.quantize[int8_bits_slot(w.bits)];
   const auto run = [&](std::int64_t begin, std::int64_t end) {
-    quantize(w, xp + begin * packed, end - begin, context.activation_codes.data() + begin * packed,
-             context.activation_scales.data() + begin * blocks, context.group_sums.data() + begin * w.groups);
+    quantize(w, xp + begin * packed, end - begin, inputs.activation_codes.data() + begin * packed,
+             inputs.activation_scales.data() + begin * blocks, inputs.group_sums.data() + begin * w.groups);
   };
-  // A decode step's few rows are not worth waking the pool for.
-  constexpr std::int64_t kRowsPerTask = 16;
-  if (rows <= kRowsPerTask) {
+  if (rows <= kRowsPerQuantizeTask) {
     run(0, rows);
     return;
   }
-  context.pool.parallel_for((rows + kRowsPerTask - 1) / kRowsPerTask, [&](std::int64_t task, int) {
-    run(task * kRowsPerTask, std::min(rows, (task + 1) * kRowsPerTask));
+  context.pool.parallel_for((rows + kRowsPerQuantizeTask - 1) / kRowsPerQuantizeTask, [&](std::int64_t task, int) {
+    run(task * kRowsPerQuantizeTask, std::min(rows, (task + 1) * kRowsPerQuantizeTask));
   });
 }
 
 // Rounds x to int8 for the block kernels, rows split across the pool. The codes'
 // two layouts (int8_activations.h) share one buffer: input order first, then tiles.
-BlockActivations quantize_block_input(LinearRunContext& context, const Int8KernelTable& table, const float* x,
-                                      std::int64_t rows, std::int64_t cols) {
+BlockActivations quantize_block_input(LinearRunContext& context, LinearInputs& inputs, const Int8KernelTable& table,
+                                      const float* x, std::int64_t rows, std::int64_t cols) {
   const std::int64_t ldx = block_activation_ldx(cols), tile_ldx = block_activation_tile_ldx(cols);
   const std::int64_t sub_blocks = tile_ldx / kBlockSubBlock;
-  context.activation_codes.resize(static_cast<std::size_t>(rows * (ldx + tile_ldx)));
-  context.activation_scales.resize(static_cast<std::size_t>(rows * sub_blocks));
-  context.group_sums.resize(static_cast<std::size_t>(rows * sub_blocks));
-  std::int8_t* codes = context.activation_codes.data();
+  inputs.activation_codes.resize(static_cast<std::size_t>(rows * (ldx + tile_ldx)));
+  inputs.activation_scales.resize(static_cast<std::size_t>(rows * sub_blocks));
+  inputs.group_sums.resize(static_cast<std::size_t>(rows * sub_blocks));
+  std::int8_t* codes = inputs.activation_codes.data();
   std::int8_t* tile_codes = codes + rows * ldx;
-  float* scales = context.activation_scales.data();
-  float* sums = context.group_sums.data();
+  float* scales = inputs.activation_scales.data();
+  float* sums = inputs.group_sums.data();
   const auto run = [&](std::int64_t begin, std::int64_t end) {
     table.quantize_blocks(x + begin * cols, end - begin, cols,
                           BlockActivationOutput{codes + begin * ldx, tile_codes + begin * tile_ldx,
                                                 scales + begin * sub_blocks, sums + begin * sub_blocks});
   };
-  constexpr std::int64_t kRowsPerTask = 16;
-  if (rows <= kRowsPerTask) {
+  if (rows <= kRowsPerQuantizeTask) {
     run(0, rows);
   } else {
-    context.pool.parallel_for((rows + kRowsPerTask - 1) / kRowsPerTask, [&](std::int64_t task, int) {
-      run(task * kRowsPerTask, std::min(rows, (task + 1) * kRowsPerTask));
+    context.pool.parallel_for((rows + kRowsPerQuantizeTask - 1) / kRowsPerQuantizeTask, [&](std::int64_t task, int) {
+      run(task * kRowsPerQuantizeTask, std::min(rows, (task + 1) * kRowsPerQuantizeTask));
     });
   }
   return BlockActivations{codes, tile_codes, scales, sums, ldx, tile_ldx, rows};
@@ -191,34 +203,33 @@ class QuantWeights final : public CpuLinearWeights {
                        w_.gather.empty() ? "" : " reordered", dtype_name(w_.scale_dtype));
   }
   void dequantize_row(std::int64_t row, float* out) const override { w_.dequantize_row(row, out); }
-  void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
+  LinearCall prepare(LinearRunContext& context, LinearInputs& inputs, const float* x, std::int64_t rows,
+                     const float* bias, float* y) const override {
     const Int8KernelTable* int8 =
         context.int8_activations && int8_layout_supported(w_) ? int8_kernel_table(context.isa) : nullptr;
-    const float* xp = packed_input(context, w_, x, rows);
-    PackedKernelArgs args;
-    QuantKernel kernel = nullptr;
+    const float* xp = packed_input(inputs, w_, x, rows);
+    LinearCall call = base_call(*this, context, nullptr, w_.packed_cols(), rows, bias, y, resident_bytes());
+    call.int8 = int8;
     if (int8 != nullptr) {
-      quantize_input(context, *int8, w_, activation_blocks_, xp, rows);
-      args.x_codes = context.activation_codes.data();
-      args.x_scales = context.activation_scales.data();
-      args.x_blocks = activation_blocks_;
-      kernel = int8_quant_kernel(*int8, w_);
+      quantize_input(context, inputs, *int8, w_, activation_blocks_, xp, rows);
+      call.args.x_codes = inputs.activation_codes.data();
+      call.args.x_scales = inputs.activation_scales.data();
+      call.args.x_blocks = activation_blocks_;
     } else {
-      sum_groups(context, w_, xp, rows);
-      args.x = xp;
-      kernel = quant_kernel(w_, context.isa);
+      sum_groups(inputs, w_, xp, rows);
+      call.args.x = xp;
     }
-    args.ldx = w_.packed_cols();
-    args.group_sums = context.group_sums.data();
-    args.rows = rows;
-    args.bias = bias;
-    args.y = y;
-    args.ldy = w_.rows;
-    split(context.pool, w_.tiles, 1, [&](std::int64_t begin, std::int64_t end, int worker) {
-      PackedKernelArgs mine = args;
-      mine.scratch = worker_buffer(context, worker, packed_scratch_floats(rows)).data();
-      kernel(w_, mine, begin, end);
-    });
+    call.args.group_sums = inputs.group_sums.data();
+    call.units = w_.tiles;
+    call.alignment = 1;
+    call.scratch_floats = packed_scratch_floats(rows);
+    return call;
+  }
+  void run_units(const LinearCall& call, std::int64_t begin, std::int64_t end, float* scratch) const override {
+    const QuantKernel kernel = call.int8 != nullptr ? int8_quant_kernel(*call.int8, w_) : quant_kernel(w_, call.isa);
+    PackedKernelArgs args = call.args;
+    args.scratch = scratch;
+    kernel(w_, args, begin, end);
   }
 
  private:
@@ -237,16 +248,15 @@ class Sparse24Weights final : public CpuLinearWeights {
     return fmt::format("int4 2:4-sparse {} groups zero-point scales {}", w_.groups, dtype_name(w_.scale_dtype));
   }
   void dequantize_row(std::int64_t row, float* out) const override { w_.dequantize_row(row, out); }
-  void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
-    const Sparse24Kernel kernel = sparse24_kernel(w_, context.isa);
-    PackedKernelArgs args;
-    args.x = x;
-    args.ldx = w_.cols;
-    args.rows = rows;
-    args.bias = bias;
-    args.y = y;
-    args.ldy = w_.rows;
-    split(context.pool, w_.tiles, 1, [&](std::int64_t begin, std::int64_t end, int) { kernel(w_, args, begin, end); });
+  LinearCall prepare(LinearRunContext& context, LinearInputs&, const float* x, std::int64_t rows, const float* bias,
+                     float* y) const override {
+    LinearCall call = base_call(*this, context, x, w_.cols, rows, bias, y, resident_bytes());
+    call.units = w_.tiles;
+    call.alignment = 1;
+    return call;
+  }
+  void run_units(const LinearCall& call, std::int64_t begin, std::int64_t end, float*) const override {
+    sparse24_kernel(w_, call.isa)(w_, call.args, begin, end);
   }
 
  private:
@@ -263,22 +273,26 @@ class BlockWeights final : public CpuLinearWeights {
   bool views_source() const override { return false; }
   std::string describe() const override { return fmt::format("{} blocks", block_format_info(w_.format).name); }
   void dequantize_row(std::int64_t row, float* out) const override { w_.dequantize_row(row, out); }
-  void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
-    const Int8KernelTable* int8 =
-        context.int8_activations && int8_block_supported(w_) ? int8_kernel_table(context.isa) : nullptr;
-    if (int8 != nullptr) {
-      const BlockActivations xq = quantize_block_input(context, *int8, x, rows, w_.cols);
-      const BlockInt8Kernel kernel = int8->block[static_cast<int>(w_.format)];
-      split(context.pool, w_.rows, kColumnAlignment, [&](std::int64_t begin, std::int64_t end, int worker) {
-        kernel(w_, xq, begin, end, bias, y, w_.rows,
-               worker_buffer(context, worker, block_int8_scratch_floats(rows)).data());
-      });
+  LinearCall prepare(LinearRunContext& context, LinearInputs& inputs, const float* x, std::int64_t rows,
+                     const float* bias, float* y) const override {
+    LinearCall call = base_call(*this, context, x, w_.cols, rows, bias, y, resident_bytes());
+    call.int8 = context.int8_activations && int8_block_supported(w_) ? int8_kernel_table(context.isa) : nullptr;
+    if (call.int8 != nullptr) {
+      call.int8_blocks = quantize_block_input(context, inputs, *call.int8, x, rows, w_.cols);
+      call.scratch_floats = block_int8_scratch_floats(rows);
+    } else {
+      call.scratch_floats = block_scratch_floats(rows);
+    }
+    return call;
+  }
+  void run_units(const LinearCall& call, std::int64_t begin, std::int64_t end, float* scratch) const override {
+    if (call.int8 != nullptr) {
+      call.int8->block[static_cast<int>(w_.format)](w_, call.int8_blocks, begin, end, call.args.bias, call.args.y,
+                                                     w_.rows, scratch);
       return;
     }
-    const BlockKernel kernel = block_kernel(w_, context.isa);
-    split(context.pool, w_.rows, kColumnAlignment, [&](std::int64_t begin, std::int64_t end, int worker) {
-      kernel(w_, x, rows, begin, end, bias, y, w_.rows, worker_buffer(context, worker, block_scratch_floats(rows)).data());
-    });
+    block_kernel(w_, call.isa)(w_, call.args.x, call.args.rows, begin, end, call.args.bias, call.args.y, w_.rows,
+                               scratch);
   }
 
  private:
@@ -299,21 +313,24 @@ class Fp8Weights final : public CpuLinearWeights {
     return fmt::format("fp8 e4m3, {} scale groups per row ({} scales)", w_.groups, dtype_name(w_.scale_dtype));
   }
   void dequantize_row(std::int64_t row, float* out) const override { w_.dequantize_row(row, out); }
-  void run(LinearRunContext& context, const float* x, std::int64_t rows, const float* bias, float* y) const override {
-    const Fp8Kernel kernel = linear_kernel_table(context.isa).fp8;
+  LinearCall prepare(LinearRunContext& context, LinearInputs& inputs, const float* x, std::int64_t rows,
+                     const float* bias, float* y) const override {
     const std::int64_t ldx = (w_.cols + kFp8Padding - 1) / kFp8Padding * kFp8Padding;
     const float* xp = x;
     if (ldx != w_.cols) {
-      context.packed_input.assign(static_cast<std::size_t>(rows * ldx), 0.0f);
+      inputs.packed_input.assign(static_cast<std::size_t>(rows * ldx), 0.0f);
       for (std::int64_t r = 0; r < rows; ++r) {
-        std::copy(x + r * w_.cols, x + (r + 1) * w_.cols, context.packed_input.data() + r * ldx);
+        std::copy(x + r * w_.cols, x + (r + 1) * w_.cols, inputs.packed_input.data() + r * ldx);
       }
-      xp = context.packed_input.data();
+      xp = inputs.packed_input.data();
     }
-    split(context.pool, w_.rows, kColumnAlignment, [&](std::int64_t begin, std::int64_t end, int worker) {
-      kernel(w_, xp, ldx, rows, begin, end, bias, y, w_.rows,
-             worker_buffer(context, worker, block_scratch_floats(rows)).data());
-    });
+    LinearCall call = base_call(*this, context, xp, ldx, rows, bias, y, resident_bytes());
+    call.scratch_floats = block_scratch_floats(rows);
+    return call;
+  }
+  void run_units(const LinearCall& call, std::int64_t begin, std::int64_t end, float* scratch) const override {
+    linear_kernel_table(call.isa).fp8(w_, call.args.x, call.args.ldx, call.args.rows, begin, end, call.args.bias,
+                                      call.args.y, w_.rows, scratch);
   }
 
  private:
@@ -321,6 +338,51 @@ class Fp8Weights final : public CpuLinearWeights {
 };
 
 }  // namespace
+
+void CpuLinearWeights::run(LinearRunContext& context, LinearInputs& inputs, std::vector<CallSplit>& splits,
+                           const float* x, std::int64_t rows, const float* bias, float* y) const {
+  const LinearCall call = prepare(context, inputs, x, rows, bias, y);
+  run_calls(context, std::span(&call, 1), splits);
+}
+
+void run_calls(LinearRunContext& context, std::span<const LinearCall> calls, std::vector<CallSplit>& splits) {
+  std::int64_t scratch = 0;
+  for (const LinearCall& call : calls) scratch = std::max(scratch, call.scratch_floats);
+  // Each call is cut as it would be alone: kTasksPerThread runs per thread, whole
+  // alignments each. Coarser runs for a group (one per expert, say) were measured
+  // slower: a run's weights stop fitting in L2 between its passes over the rows.
+  const std::int64_t wanted = kTasksPerThread * context.pool.size();
+  splits.resize(calls.size());
+  for (std::size_t c = 0; c < calls.size(); ++c) {
+    const LinearCall& call = calls[c];
+    const std::int64_t align = call.alignment;
+    const std::int64_t per_task =
+        std::max<std::int64_t>(align, ((call.units + wanted - 1) / wanted + align - 1) / align * align);
+    const double task_work =
+        call.work * static_cast<double>(per_task) / static_cast<double>(std::max<std::int64_t>(call.units, 1));
+    splits[c] = {0, per_task, c, task_work};
+  }
+  // The largest runs are claimed first and the small ones fill the end, so the
+  // threads finish together (longest-processing-time-first order).
+  std::stable_sort(splits.begin(), splits.end(),
+                   [](const CallSplit& a, const CallSplit& b) { return a.task_work > b.task_work; });
+  std::int64_t tasks = 0;
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    splits[i].first_task = tasks;
+    const std::int64_t units = calls[splits[i].call].units;
+    tasks += (units + splits[i].per_task - 1) / splits[i].per_task;
+  }
+  context.pool.parallel_for(tasks, [&](std::int64_t task, int worker) {
+    const auto later = [](std::int64_t t, const CallSplit& split) { return t < split.first_task; };
+    const auto i =
+        static_cast<std::size_t>(std::upper_bound(splits.begin(), splits.end(), task, later) - splits.begin() - 1);
+    const CallSplit& split = splits[i];
+    const LinearCall& call = calls[split.call];
+    const std::int64_t begin = (task - split.first_task) * split.per_task;
+    call.weights->run_units(call, begin, std::min(call.units, begin + split.per_task),
+                            worker_buffer(context, worker, scratch).data());
+  });
+}
 
 std::unique_ptr<CpuLinearWeights> make_dense_weights(const Matrix& dense) {
   (void)linear_kernel(dense.dtype, Isa::Scalar);  // rejects dtypes without a kernel now, not at the first call

@@ -58,6 +58,10 @@ class CudaBackend final : public Backend {
   std::unique_ptr<LinearWeights> prepare_linear(const QuantizedMatrix& quantized) override;
   void linear(const float* x, std::int64_t rows, const LinearWeights& w, const float* bias, float* y) override;
   void linear(const float* x, std::int64_t rows, const Matrix& w, const float* bias, float* y) override;
+  // grouped_linear is Backend's default: one linear() launch per job, in order on
+  // the stream (correct, not yet grouped). A grouped GEMM (one launch over every
+  // (job, tile), as vLLM's fused_moe does) is future work.
+
   void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                 float* y) override;
   void rope(float* x, std::int64_t rows, std::int64_t heads, std::int64_t head_dim,
