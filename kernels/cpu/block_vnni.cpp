@@ -246,10 +246,22 @@ struct Vec<Q5Block<kMin>> : PairVec<Q5Half<kMin>> {};
 template <>
 struct Vec<Iq4NlBlock> : PairVec<Iq4NlHalf> {};
 
-template <bool kHigh>
-struct Vec<Q45KBlock<kHigh>> {
+// Types whose block is a whole tile (the K-quants): a row is whole blocks, so the
+// partial-tile path never runs for them, and scales() is tile_scales() stored.
+template <typename Self>
+struct WholeTileVec {
   static constexpr bool kFast = true;
   static constexpr int kBlocks = 1;
+  static void scales(const std::uint8_t* b, const std::uint8_t*, float* step, float* offset) {
+    __m512 st, of;
+    Self::tile_scales(b, st, of);
+    _mm512_storeu_ps(step, st);
+    _mm512_storeu_ps(offset, of);
+  }
+};
+
+template <bool kHigh>
+struct Vec<Q45KBlock<kHigh>> : WholeTileVec<Vec<Q45KBlock<kHigh>>> {
   static void tile_scales(const std::uint8_t* b, __m512& step, __m512& offset) {
     alignas(32) float scale[8], min[8];
     k_scales_mins(b + 4, half_at(b), half_at(b + 2), scale, min);
@@ -257,12 +269,6 @@ struct Vec<Q45KBlock<kHigh>> {
     const __m512i twice = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     step = _mm512_permutexvar_ps(twice, _mm512_castps256_ps512(_mm256_load_ps(scale)));
     offset = _mm512_permutexvar_ps(twice, _mm512_castps256_ps512(_mm256_load_ps(min)));
-  }
-  static void scales(const std::uint8_t* b, const std::uint8_t*, float* step, float* offset) {
-    __m512 st, of;
-    tile_scales(b, st, of);
-    _mm512_storeu_ps(step, st);
-    _mm512_storeu_ps(offset, of);
   }
   template <typename Emit>
   static void each64(const std::uint8_t* b, const std::uint8_t*, Emit&& emit) {
@@ -285,21 +291,13 @@ struct Vec<Q45KBlock<kHigh>> {
 };
 
 template <>
-struct Vec<Q6KBlock> {
-  static constexpr bool kFast = true;
-  static constexpr int kBlocks = 1;
+struct Vec<Q6KBlock> : WholeTileVec<Vec<Q6KBlock>> {
   // Sub-block i (16 weights) steps d * scale[i], offsets 32 times that.
   static void tile_scales(const std::uint8_t* b, __m512& step, __m512& offset) {
     step = _mm512_mul_ps(
         _mm512_set1_ps(half_at(b + 208)),
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + 192)))));
     offset = _mm512_mul_ps(step, _mm512_set1_ps(32.0f));
-  }
-  static void scales(const std::uint8_t* b, const std::uint8_t*, float* step, float* offset) {
-    __m512 st, of;
-    tile_scales(b, st, of);
-    _mm512_storeu_ps(step, st);
-    _mm512_storeu_ps(offset, of);
   }
   template <typename Emit>
   static void each64(const std::uint8_t* b, const std::uint8_t*, Emit&& emit) {
