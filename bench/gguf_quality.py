@@ -16,27 +16,12 @@ all from the same F16 GGUF and the same calibration text.
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 
+from bench_run import number, run
+
 NAME = "SmolLM2-135M-Instruct"
-
-
-def run(cmd):
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
-    return proc.stdout + proc.stderr
-
-
-def number(pattern, text):
-    m = re.search(pattern, text)
-    if not m:
-        raise SystemExit(f"no match for {pattern!r} in:\n{text[-2000:]}")
-    return float(m.group(1))
 
 
 def main():

@@ -26,29 +26,14 @@ Results go to WORK/results.json as each row finishes (rerunning skips finished r
 import argparse
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import time
 
+from bench_run import number, run
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOL = "SmolLM2-135M-Instruct"
-
-
-def run(cmd, env=None):
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
-    return proc.stdout + proc.stderr
-
-
-def number(pattern, text):
-    m = re.search(pattern, text)
-    if not m:
-        raise SystemExit(f"no match for {pattern!r} in:\n{text[-2000:]}")
-    return float(m.group(1))
 
 
 def json_of(text):
