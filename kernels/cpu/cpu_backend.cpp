@@ -21,12 +21,13 @@ namespace {
 // hand-off costs about as much as that.
 constexpr std::int64_t kElementsPerTask = 16384;
 
-// GELU's tanh approximation in PyTorch's float32 order of operations.
-float gelu_tanh(float x) {
-  constexpr float kBeta = 0.7978845608028654f;  // sqrt(2 / pi)
-  constexpr float kKappa = 0.044715f;
-  const float inner = kBeta * (x + kKappa * (x * x * x));
-  return 0.5f * x * (1.0f + std::tanh(inner));
+// out = activation(gate) * up, in tasks of kElementsPerTask values.
+void run_gated(cpu::ThreadPool& pool, cpu::GatedKernel kernel, const float* gate, const float* up, std::int64_t n,
+               float* out) {
+  pool.parallel_for((n + kElementsPerTask - 1) / kElementsPerTask, [&](std::int64_t task, int) {
+    const std::int64_t first = task * kElementsPerTask;
+    kernel(gate + first, up + first, std::min(kElementsPerTask, n - first), out + first);
+  });
 }
 
 const cpu::CpuLinearWeights& cpu_weights(const LinearWeights& w) {
@@ -358,20 +359,11 @@ void CpuBackend::attention_batch(std::span<const AttentionSegment> segments, con
 }
 
 void CpuBackend::swiglu(const float* gate, const float* up, std::int64_t n, float* out) {
-  const cpu::SwigluKernel kernel = cpu::elementwise_kernel_table(cpu::active_isa()).swiglu;
-  pool_->parallel_for((n + kElementsPerTask - 1) / kElementsPerTask, [&](std::int64_t task, int) {
-    const std::int64_t first = task * kElementsPerTask;
-    kernel(gate + first, up + first, std::min(kElementsPerTask, n - first), out + first);
-  });
+  run_gated(*pool_, cpu::elementwise_kernel_table(cpu::active_isa()).swiglu, gate, up, n, out);
 }
 
 void CpuBackend::geglu_tanh(const float* gate, const float* up, std::int64_t n, float* out) {
-  // Scalar std::tanh on purpose: it is one op per MLP value next to a matrix
-  // product over the hidden size, and it matches PyTorch's formula term by term.
-  pool_->parallel_for((n + kElementsPerTask - 1) / kElementsPerTask, [&](std::int64_t task, int) {
-    const std::int64_t first = task * kElementsPerTask, last = std::min(n, first + kElementsPerTask);
-    for (std::int64_t i = first; i < last; ++i) out[i] = gelu_tanh(gate[i]) * up[i];
-  });
+  run_gated(*pool_, cpu::elementwise_kernel_table(cpu::active_isa()).geglu_tanh, gate, up, n, out);
 }
 
 void CpuBackend::add(const float* x, std::int64_t n, float* y) {

@@ -1,5 +1,5 @@
 #pragma once
-// The per-row and per-element ops of a transformer block (RMSNorm, SwiGLU), a
+// The per-row and per-element ops of a transformer block (RMSNorm, SwiGLU, GeGLU), a
 // vector at a time on each ISA (elementwise_impl.h). Batched steps run them over
 // every row of the step, where scalar code and libm's expf showed as a few
 // percent of the step.
@@ -13,11 +13,13 @@ namespace nibble::kernels::cpu {
 using RmsNormKernel = void (*)(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
                                float* y);
 // out = silu(gate) * up over n values; out may alias gate or up.
-using SwigluKernel = void (*)(const float* gate, const float* up, std::int64_t n, float* out);
+// out = gelu_tanh(gate) * up likewise (PyTorch's gelu(approximate="tanh"), Gemma's MLP).
+using GatedKernel = void (*)(const float* gate, const float* up, std::int64_t n, float* out);
 
 struct ElementwiseKernelTable {
   RmsNormKernel rms_norm;
-  SwigluKernel swiglu;
+  GatedKernel swiglu;
+  GatedKernel geglu_tanh;
 };
 
 const ElementwiseKernelTable& elementwise_kernels_scalar();

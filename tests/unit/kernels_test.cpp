@@ -414,20 +414,30 @@ TEST(CpuOps, ScaledAndSoftCappedAttentionMatchesTheReferenceOnEveryIsa) {
 TEST(CpuOps, GegluSoftCapAndScaleMatchTheReference) {
   std::mt19937 rng(std::random_device{}());
   CpuBackend backend(2);
-  for (const std::int64_t n : {1, 17, 40000}) {
-    auto gate = random_floats(rng, static_cast<std::size_t>(n), 6.0f);
-    const std::vector<float> extremes{-1000.0f, -20.0f, 0.0f, 20.0f, 1000.0f};
-    std::copy_n(extremes.begin(), std::min<std::size_t>(extremes.size(), gate.size()), gate.begin());
-    const auto up = random_floats(rng, static_cast<std::size_t>(n));
-    const auto expected = reference::geglu_tanh(gate, up);
-    const auto input = gate;
-    backend.geglu_tanh(gate.data(), up.data(), n, gate.data());  // in place, as the MLP runs it
-    for (std::size_t i = 0; i < gate.size(); ++i) {
-      // float32's 1 + tanh(inner) cancels for negative gates (as PyTorch's does), so
-      // the error is bounded by the size of gate * up, not of the small result.
-      ASSERT_LE(std::abs(gate[i] - expected[i]), 1e-6 * (std::abs(expected[i]) + std::abs(input[i] * up[i])))
-          << "n " << n << " at " << i << ": gate " << input[i];
+  for (const auto isa : supported_isas()) {
+    cpu::set_active_isa(isa);
+    for (const std::int64_t n : {1, 7, 17, 1000, 40000}) {
+      auto gate = random_floats(rng, static_cast<std::size_t>(n), 6.0f);
+      const std::vector<float> extremes{-1000.0f, -20.0f, -3.0f, 0.0f, 20.0f, 1000.0f, -1e20f};
+      std::copy_n(extremes.begin(), std::min<std::size_t>(extremes.size(), gate.size()), gate.begin());
+      const auto up = random_floats(rng, static_cast<std::size_t>(n));
+      const auto expected = reference::geglu_tanh(gate, up);
+      const auto input = gate;
+      backend.geglu_tanh(gate.data(), up.data(), n, gate.data());  // in place, as the MLP runs it
+      for (std::size_t i = 0; i < gate.size(); ++i) {
+        ASSERT_TRUE(std::isfinite(gate[i])) << cpu::isa_name(isa) << " n " << n << " at " << i;
+        // For negative gates the result is about g e^(2u): float32's rounding of u costs
+        // |2u| ulps of it (in PyTorch's float32 formula too), so the error is bounded by
+        // the size of gate * up, not of the small result.
+        ASSERT_LE(std::abs(gate[i] - expected[i]), 1e-6 * (std::abs(expected[i]) + std::abs(input[i] * up[i])))
+            << cpu::isa_name(isa) << " n " << n << " at " << i << ": gate " << input[i];
+      }
     }
+    std::vector<float> gate{NAN, 1.0f}, up{1.0f, 1.0f}, out(2);
+    backend.geglu_tanh(gate.data(), up.data(), 2, out.data());
+    EXPECT_TRUE(std::isnan(out[0])) << cpu::isa_name(isa);
+  }
+  for (const std::int64_t n : {1, 17, 40000}) {
 
     auto x = random_floats(rng, static_cast<std::size_t>(n), 100.0f);
     const auto capped = reference::soft_cap(x, 30.0f);
