@@ -434,6 +434,10 @@ BENCHMARK(BM_GgufLinear)
     ->ArgsProduct({{2048}, {8192}, {1, 16}, {kQ4_0, kQ8_0, kQ4_K, kQ6_K, kQ5_0}, {0, 1}})
     ->ArgsProduct({{576}, {1536}, {1, 512}, {kQ5_0}, {0, 1}})          // SmolLM2 Q4_K_M's gate/up, decode and pp512
     ->ArgsProduct({{640}, {262144}, {1}, {kQ8_0}, {0, 1}})             // Gemma 3 270M's tied lm_head (Q8_0)
+    // Gemma 3 270M Q4_K_M's gate/up at pp512 (640 inputs: two whole 256-input tiles
+    // and a half one), against whole-tile widths, per input.
+    ->ArgsProduct({{640, 768, 1024}, {2048}, {512}, {kQ5_0}, {1}})
+    ->ArgsProduct({{1024}, {2048}, {512}, {kQ4_K}, {1}})
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 BENCHMARK(BM_Fp8Linear)

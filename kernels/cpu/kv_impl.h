@@ -41,24 +41,37 @@ inline void prefetch_row(const Element* row, std::int64_t n) {
   for (std::size_t line = 0; line < n * sizeof(Element); line += 64) __builtin_prefetch(bytes + line, 0, 3);
 }
 
-// The ragged tails below go through the vector path on zero-padded copies, as in
-// dot_rows, so one conversion (the ISA's) widens every element.
-template <typename Format>
-inline float kv_dot(const float* q, const typename Format::Element* k, std::int64_t n) {
-  auto acc = V::zero();
+// q . k[j] for Keys key rows at once: one FMA chain per key, all sharing each load
+// of q. A single chain is latency-bound (a 256-wide head is 16 dependent FMAs per
+// key on AVX-512); several in flight keep both FMA ports busy. Each key's chain and
+// its final sum are the same whatever Keys, so a score does not depend on how the
+// positions were grouped. The ragged tails go through the vector path on
+// zero-padded copies, as in dot_rows, so one conversion (the ISA's) widens every
+// element.
+template <typename Format, int Keys>
+inline void kv_dots(const float* q, const typename Format::Element* const (&k)[Keys], std::int64_t n, float* out) {
+  typename V::reg acc[Keys];
+  for (auto& a : acc) a = V::zero();
   std::int64_t i = 0;
-  for (; i + V::kWidth <= n; i += V::kWidth) acc = V::fma(V::load(q + i), V::load(k + i, Format{}), acc);
-  if (i < n) {
-    typename Format::Element k_tail[V::kWidth] = {};
-    float q_tail[V::kWidth] = {};
-    for (std::int64_t t = i; t < n; ++t) {
-      k_tail[t - i] = k[t];
-      q_tail[t - i] = q[t];
-    }
-    acc = V::fma(V::load(q_tail), V::load(k_tail, Format{}), acc);
+  for (; i + V::kWidth <= n; i += V::kWidth) {
+    const auto qv = V::load(q + i);
+    for (int j = 0; j < Keys; ++j) acc[j] = V::fma(qv, V::load(k[j] + i, Format{}), acc[j]);
   }
-  return V::sum(acc);
+  if (i < n) {
+    float q_tail[V::kWidth] = {};
+    std::copy(q + i, q + n, q_tail);
+    const auto qv = V::load(q_tail);
+    for (int j = 0; j < Keys; ++j) {
+      typename Format::Element k_tail[V::kWidth] = {};
+      std::copy(k[j] + i, k[j] + n, k_tail);
+      acc[j] = V::fma(qv, V::load(k_tail, Format{}), acc[j]);
+    }
+  }
+  for (int j = 0; j < Keys; ++j) out[j] = V::sum(acc[j]);
 }
+
+// Key rows scored together by attend_head.
+constexpr int kKeysAtOnce = 8;
 
 // out[0, Vectors * kWidth) = sum over t of weights[t] * (row t's values). The
 // accumulators stay in registers across all positions: accumulating into `out`
@@ -126,12 +139,24 @@ void attend_head(const AttentionHeadArgs& a) {
   const auto [keys, values] = kv_arrays(kv, Format{});
   const std::int64_t head_offset = a.kv_head * a.head_dim;
   float* scores = a.scores;
+  const auto key_row = [&](std::int64_t t) { return keys + a.rows[t] * kv.stride + head_offset; };
+  std::int64_t t = a.first;
+  for (; t + kKeysAtOnce <= a.last + 1; t += kKeysAtOnce) {
+    const typename Format::Element* k[kKeysAtOnce];
+    for (int j = 0; j < kKeysAtOnce; ++j) {
+      k[j] = key_row(t + j);
+      if (t + j + kRowsAhead <= a.last) prefetch_row(key_row(t + j + kRowsAhead), a.head_dim);
+    }
+    kv_dots<Format, kKeysAtOnce>(a.q, k, a.head_dim, scores + t);
+  }
+  for (; t <= a.last; ++t) {
+    const typename Format::Element* k[1] = {key_row(t)};
+    kv_dots<Format, 1>(a.q, k, a.head_dim, scores + t);
+  }
   float max_score = -INFINITY;
-  for (std::int64_t t = a.first; t <= a.last; ++t) {
-    const std::int64_t r = a.rows[t];
-    if (t + kRowsAhead <= a.last) prefetch_row(keys + a.rows[t + kRowsAhead] * kv.stride + head_offset, a.head_dim);
-    float dot = kv_dot<Format>(a.q, keys + r * kv.stride + head_offset, a.head_dim);
-    if constexpr (kScaled) dot *= kv.key_scales[r * a.kv_heads + a.kv_head];
+  for (t = a.first; t <= a.last; ++t) {
+    float dot = scores[t];
+    if constexpr (kScaled) dot *= kv.key_scales[a.rows[t] * a.kv_heads + a.kv_head];
     scores[t] = dot * a.scale;
     if (a.softcap > 0) scores[t] = std::tanh(scores[t] / a.softcap) * a.softcap;
     max_score = std::max(max_score, scores[t]);
@@ -158,7 +183,7 @@ void attend_head(const AttentionHeadArgs& a) {
   }
   // The scores become each position's weight on its value row.
   const float norm = 1.0f / total;
-  for (std::int64_t t = a.first; t <= a.last; ++t) {
+  for (t = a.first; t <= a.last; ++t) {
     scores[t] *= norm;
     if constexpr (kScaled) scores[t] *= kv.value_scales[a.rows[t] * a.kv_heads + a.kv_head];
   }
