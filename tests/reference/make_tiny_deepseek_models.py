@@ -291,7 +291,8 @@ def llama2_tokenizer_json(model_file):
     for piece, score, kind in pieces:
         if kind != normal:
             continue
-        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece)) if piece[:i] in vocab and piece[i:] in vocab]
+        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece))
+                 if piece[:i] in vocab and piece[i:] in vocab]
         merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
     merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
     special = [i for i, (_, _, kind) in enumerate(pieces) if kind in (unknown, control)]
@@ -302,6 +303,8 @@ def llama2_tokenizer_json(model_file):
         return {"type": "Replace", "pattern": {"String": pattern}, "content": content}
 
     bos = pieces[proto.trainer_spec.bos_id][0]
+    bos_token = [{"SpecialToken": {"id": bos, "type_id": 0}}, {"SpecialToken": {"id": bos, "type_id": 1}}]
+    sequence = [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}]
     spec = {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": i, "content": pieces[i][0], "single_word": False, "lstrip": False, "rstrip": False,
@@ -309,9 +312,8 @@ def llama2_tokenizer_json(model_file):
         "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": space}, replace(" ", space)]},
         "pre_tokenizer": None,
         "post_processor": {"type": "TemplateProcessing",
-                           "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                           "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                                    {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                           "single": [bos_token[0], sequence[0]],
+                           "pair": [bos_token[0], sequence[0], bos_token[1], sequence[1]],
                            "special_tokens": {bos: {"id": bos, "ids": [vocab[bos]], "tokens": [bos]}}},
         "decoder": {"type": "Sequence", "decoders": [replace(space, " "), {"type": "ByteFallback"}, {"type": "Fuse"},
                                                       {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
