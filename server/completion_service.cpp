@@ -582,6 +582,9 @@ void add_choices(GenerationCall& call, const Tokenizer& tokenizer, const std::ve
       choice->index = static_cast<int>(p) * candidates_per_prompt + j;
       choice->prompt = p;
       choice->decoder = std::make_unique<IncrementalDecoder>(tokenizer);
+      // The text continues the prompt's: a SentencePiece space before the first
+      // token separates it from the prompt and is kept (echo's text is the two joined).
+      choice->decoder->follow(prompts[p]);
       choice->stop = std::make_unique<StopStringFilter>(options.stop);
       if (tool_calls) choice->tool_splitter = std::make_unique<ToolCallSplitter>(*tool_calls);
       if (echo) {

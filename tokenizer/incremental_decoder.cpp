@@ -6,6 +6,16 @@ namespace nibble {
 IncrementalDecoder::IncrementalDecoder(const Tokenizer& tokenizer, bool skip_special)
     : tokenizer_(tokenizer), skip_special_(skip_special) {}
 
+void IncrementalDecoder::follow(std::span<const TokenId> context) {
+  for (const TokenId id : context) {
+    if (skip_special_ && tokenizer_.is_special(id)) continue;
+    if (!tokenizer_.token_bytes(id).empty()) {
+      at_start_ = false;
+      return;
+    }
+  }
+}
+
 std::string IncrementalDecoder::push(TokenId id) {
   if (skip_special_ && tokenizer_.is_special(id)) return {};
   std::string bytes = tokenizer_.token_bytes(id);

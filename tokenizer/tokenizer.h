@@ -61,6 +61,11 @@ class Tokenizer {
 class IncrementalDecoder {
  public:
   explicit IncrementalDecoder(const Tokenizer& tokenizer, bool skip_special = true);
+  // The ids to come continue the text of `context` (a completion its prompt): a
+  // decoder that strips the leading space then keeps the first token's, as
+  // decode(context + ids) has it after decode(context). Nothing of the context is
+  // output. Call before the first push.
+  void follow(std::span<const TokenId> context);
   std::string push(TokenId id);  // text that became complete with this token
   std::string flush();           // whatever is left (invalid bytes become U+FFFD)
 

@@ -47,6 +47,11 @@ GEMMA_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 
+# The tiny random DeepSeek-V3 with the Llama 2 vocabulary and DeepSeek-V3's chat format
+# that tests/reference/make_tiny_deepseek_models.py writes (ctest fixture
+# tiny_deepseek_models); None where that fixture's folder is not given.
+TINY_DEEPSEEK = os.environ.get("NIBBLE_TINY_DEEPSEEK_DIR")
+
 READY_TIMEOUT_S = 60
 # A tensor-parallel run of the same tests (e2e_openai_sdk_tp2): the launcher
 # before the binary ("mpirun -np 2") and the flags after `serve`
@@ -305,6 +310,25 @@ class Gemma3Server:
     @classmethod
     def cleanup_model(cls):
         cls.model_tmp.cleanup()
+
+
+class DeepseekV3Server:
+    """Mixin: serves a folder of the fixture's (TINY_DEEPSEEK) tiny DeepSeek-V3 (latent
+    attention, YaRN, grouped routing over 8 experts plus a shared one) with its own
+    tokenizer and chat template: deepseek_v3_chat, or deepseek_v3_chat_fp8 (FP8 blocks)."""
+    server_args = ()
+    api_key = None
+    folder = "deepseek_v3_chat"
+
+    @classmethod
+    def start_server(cls):
+        cls.model_tmp = None
+        cls.model_name = cls.folder  # the folder's name
+        return NibbleServer(os.path.join(TINY_DEEPSEEK, cls.folder), *cls.server_args, api_key=cls.api_key).start()
+
+    @classmethod
+    def cleanup_model(cls):
+        pass
 
 
 class ServerTestCase(unittest.TestCase):

@@ -10,7 +10,8 @@ import openai
 
 import os
 
-from nibble_server import GEMMA3, Gemma3Server, ServerTestCase, SmolLM2Server, Stories260KServer
+from nibble_server import (GEMMA3, TINY_DEEPSEEK, DeepseekV3Server, Gemma3Server, ServerTestCase, SmolLM2Server,
+                           Stories260KServer)
 
 API_KEY = "e2e-secret-key"
 PROMPT = "Once upon a time"
@@ -295,6 +296,22 @@ class SmolLM2(OpenAIClientChecks, SmolLM2Server, ServerTestCase):
 @unittest.skipUnless(os.path.exists(GEMMA3), f"{GEMMA3} is missing: run scripts/get-gemma3-270m")
 class Gemma3(OpenAIClientChecks, Gemma3Server, ServerTestCase):
     token_ids = [2, 818, 5279, 529, 7001, 563]  # "<bos>The capital of France is"
+
+
+# DeepSeek-V3's architecture (multi-head latent attention with YaRN, sigmoid group-limited
+# routing, a shared expert, a dense first layer) through the same checks: the tiny random
+# model of the tiny_deepseek_models fixture (ctest e2e_openai_sdk_deepseek_v3 names its
+# folder in NIBBLE_TINY_DEEPSEEK_DIR), with the Llama 2 vocabulary and DeepSeek-V3's
+# <｜User｜>/<｜Assistant｜> chat format. Its text is noise, which no check reads.
+# DeepseekV3Fp8: the same model in DeepSeek-V3's FP8 checkpoint format (FP8 blocks).
+@unittest.skipUnless(TINY_DEEPSEEK, "NIBBLE_TINY_DEEPSEEK_DIR is not set (ctest e2e_openai_sdk_deepseek_v3 sets it)")
+class DeepseekV3(OpenAIClientChecks, DeepseekV3Server, ServerTestCase):
+    token_ids = [1, 9038, 2501, 263, 931, 29892, 727]  # "<s>Once upon a time, there"
+
+
+@unittest.skipUnless(TINY_DEEPSEEK, "NIBBLE_TINY_DEEPSEEK_DIR is not set (ctest e2e_openai_sdk_deepseek_v3 sets it)")
+class DeepseekV3Fp8(DeepseekV3):
+    folder = "deepseek_v3_chat_fp8"
 
 
 if __name__ == "__main__":

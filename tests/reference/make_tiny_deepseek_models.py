@@ -20,6 +20,15 @@ shared experts:
                projection and expert, kv_b_proj included; the reference is transformers
                over the weights the file means (codes times scales)
   deepseek_v3_no_kv_b  deepseek_v3 without layer 1's kv_b_proj (a load must fail by name)
+  deepseek_v3_chat  deepseek_v3's architecture over a real vocabulary, for `nibble serve`
+               and the OpenAI SDK suite (tests/e2e/openai_sdk_test.py, DeepseekV3): the
+               Llama 2 SentencePiece tokenizer (SHARED_DIR/models/llama2c-tokenizer, 32000
+               pieces) plus DeepSeek-V3's <｜User｜> / <｜Assistant｜> turn markers as added
+               special tokens, a chat template of DeepSeek-V3's shape, bfloat16 weights
+               (about 4 MB); no reference outputs (see make_chat_model)
+  deepseek_v3_chat_fp8  the same model as DeepSeek-V3 ships: every projection and expert
+               in FP8 blocks (e4m3 + float32 weight_scale_inv, as deepseek_v3_fp8), the
+               rest (embeddings, norms, routers, lm_head) in bfloat16
 
   deepseek_v3_gguf, deepseek_v2_gguf (with LLAMA_CPP_SRC, scripts/get-llama-cpp's source
                tree): the models in llama.cpp's deepseek2 GGUF, made by its own
@@ -29,6 +38,8 @@ and OUT_DIR/yarn_reference.json: YaRN inverse frequencies and attention factors 
 transformers' _compute_yarn_parameters gives for a few settings (YARN_CASES).
 
 Usage: make_tiny_deepseek_models.py OUT_DIR [LLAMA_CPP_SRC]
+(SHARED_DIR is $NIBBLE_SHARED_DIR, else the project's ../shared; without its Llama 2
+tokenizer deepseek_v3_chat is not made.)
 Writes OUT_DIR/<name>/: the model (float32 safetensors), logits.f32 (float32
 [SEQUENCE_LENGTH, vocab] for tokens.json's sequence), reference.json ({"vocab_size",
 "cases": [{"prompt_ids", "greedy_ids", "top2_gaps"}], "yarn": {"inv_freq",
@@ -245,6 +256,135 @@ def tiny_tokenizer(out):
                    "eos_token": "<|endoftext|>"}, f)
 
 
+# DeepSeek-V3's chat format (its tokenizer_config.json's template without the tool
+# calls): BOS, the system prompt, then <｜User｜>question<｜Assistant｜>answer<EOS>...
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% set ns = namespace(system='') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = message['content'] %}{% endif %}"
+    "{% endfor %}"
+    "{{ ns.system }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}{{ '<｜Assistant｜>' + message['content'] + eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
+)
+CHAT_MARKERS = ["<｜User｜>", "<｜Assistant｜>"]
+
+
+def llama2_tokenizer_json(model_file):
+    """Hugging Face's tokenizer.json for a SentencePiece BPE model file, as transformers'
+    LlamaConverter writes it (its SentencePieceExtractor's merges: every split of a
+    piece into two pieces, ranked by the piece's score), without the sentencepiece
+    package. Returns (tokenizer.json, the ids no text is made of: unk, control, bytes)."""
+    from transformers.convert_slow_tokenizer import import_protobuf
+    proto = import_protobuf().ModelProto()
+    with open(model_file, "rb") as f:
+        proto.ParseFromString(f.read())
+    normal, unknown, control, byte = 1, 2, 3, 6  # sentencepiece's ModelProto.SentencePiece.Type
+    pieces = [(p.piece, p.score, p.type) for p in proto.pieces]
+    vocab = {piece: i for i, (piece, _, _) in enumerate(pieces)}
+    merges = []
+    for piece, score, kind in pieces:
+        if kind != normal:
+            continue
+        local = [(piece[:i], piece[i:], score) for i in range(1, len(piece))
+                 if piece[:i] in vocab and piece[i:] in vocab]
+        merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    special = [i for i, (_, _, kind) in enumerate(pieces) if kind in (unknown, control)]
+    not_text = [i for i, (_, _, kind) in enumerate(pieces) if kind != normal]
+    space = "\u2581"
+
+    def replace(pattern, content):
+        return {"type": "Replace", "pattern": {"String": pattern}, "content": content}
+
+    bos = pieces[proto.trainer_spec.bos_id][0]
+    bos_token = [{"SpecialToken": {"id": bos, "type_id": 0}}, {"SpecialToken": {"id": bos, "type_id": 1}}]
+    sequence = [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}]
+    spec = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": pieces[i][0], "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for i in special],
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": space}, replace(" ", space)]},
+        "pre_tokenizer": None,
+        "post_processor": {"type": "TemplateProcessing",
+                           "single": [bos_token[0], sequence[0]],
+                           "pair": [bos_token[0], sequence[0], bos_token[1], sequence[1]],
+                           "special_tokens": {bos: {"id": bos, "ids": [vocab[bos]], "tokens": [bos]}}},
+        "decoder": {"type": "Sequence", "decoders": [replace(space, " "), {"type": "ByteFallback"}, {"type": "Fuse"},
+                                                      {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+        "model": {"type": "BPE", "dropout": None, "unk_token": pieces[proto.trainer_spec.unk_id][0],
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
+                  "byte_fallback": True, "ignore_merges": False, "vocab": vocab,
+                  "merges": [[left, right] for left, right, _ in merges]},
+    }
+    return spec, not_text
+
+
+def make_chat_model(root, shared):
+    """deepseek_v3_chat: deepseek_v3's architecture (MLA with YaRN, grouped sigmoid
+    routing, a shared expert) over the Llama 2 vocabulary plus DeepSeek-V3's two turn
+    markers, for `nibble serve` with text and chat requests. Random, so what it says
+    is noise, with one exception made on purpose: the lm_head rows of the tokens that
+    are no text (unk, BOS, EOS, the 256 byte-fallback pieces, the turn markers) are
+    zero, so their logit is exactly 0 while the largest of 32000 random logits is far
+    above it: greedy decoding only ever picks whole text pieces (a lone byte of a
+    UTF-8 character has no text of its own) and never ends early on EOS; sampling may
+    still pick any token. There is no transformers reference: deepseek_v3 is that
+    check, this model is for the serving paths."""
+    model_file = os.path.join(shared, "models", "llama2c-tokenizer", "tokenizer.model")
+    if not os.path.exists(model_file):
+        print(f"deepseek_v3_chat not made: no {model_file}")
+        return
+    spec, not_text = llama2_tokenizer_json(model_file)
+    base = len(spec["model"]["vocab"])  # the turn markers' ids follow the pieces'
+    for i, marker in enumerate(CHAT_MARKERS):
+        spec["added_tokens"].append({"id": base + i, "content": marker, "single_word": False, "lstrip": False,
+                                     "rstrip": False, "normalized": False, "special": True})
+    vocab_size = base + len(CHAT_MARKERS)
+    name = "deepseek_v3_chat"
+    out = os.path.join(root, name)
+    seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    config = DeepseekV3Config(**{**COMMON, "vocab_size": vocab_size, "eos_token_id": 2}, **V3,
+                              rope_parameters=yarn(0.9, 1.1))
+    model = random_model(DeepseekV3ForCausalLM, config, seed)
+    with torch.no_grad():
+        model.lm_head.weight[not_text + list(range(base, vocab_size))] = 0
+    shutil.rmtree(out, ignore_errors=True)
+    model.to(torch.bfloat16).save_pretrained(out)
+    with open(os.path.join(out, "tokenizer.json"), "w") as f:
+        json.dump(spec, f, ensure_ascii=False)
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
+                   "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None,
+                   "clean_up_tokenization_spaces": False, "legacy": True, "model_max_length": 256,
+                   "chat_template": CHAT_TEMPLATE}, f, ensure_ascii=False, indent=2)
+    print(name, "seed", seed, "vocab", vocab_size, sorted(os.listdir(out)))
+
+    fp8 = out + "_fp8"
+    shutil.rmtree(fp8, ignore_errors=True)
+    shutil.copytree(out, fp8)
+    path = os.path.join(fp8, "model.safetensors")
+    stored = safetensors.torch.load_file(path)
+    quantized = 0
+    for key, tensor in list(stored.items()):
+        if key.endswith("_proj.weight") and tensor.dim() == 2:
+            stored[key], stored[key[: -len("weight")] + "weight_scale_inv"], _ = fp8_blocks(tensor.float())
+            quantized += 1
+    safetensors.torch.save_file(stored, path, metadata={"format": "pt"})
+    with open(os.path.join(fp8, "config.json")) as f:
+        config = json.load(f)
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": [FP8_BLOCK, FP8_BLOCK]}
+    with open(os.path.join(fp8, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    print(name + "_fp8", quantized, "FP8 modules")
+
+
 def convert(llama_cpp, model_dir, outfile, outtype):
     """llama.cpp's convert_hf_to_gguf.py, run by llama_cpp_convert.py."""
     subprocess.run([sys.executable, os.path.join(HERE, "llama_cpp_convert.py"), llama_cpp, model_dir,
@@ -395,6 +535,7 @@ def main() -> None:
         print(name, "seed", seed + attempt, sorted(os.listdir(out)))
 
     make_fp8(root, "deepseek_v3_fp8", tokens, prompts)
+    make_chat_model(root, os.environ.get("NIBBLE_SHARED_DIR") or os.path.join(HERE, "..", "..", "..", "shared"))
     if len(sys.argv) == 3:
         for name in GGUF_VARIANTS:
             make_gguf(root, name, os.path.abspath(sys.argv[2]), tokens, prompts)

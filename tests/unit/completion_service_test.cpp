@@ -168,6 +168,33 @@ TEST_F(CompletionServiceTest, SeededChoicesAreReproducibleAndDistinct) {
   EXPECT_EQ(first["usage"]["completion_tokens"], 80);
 }
 
+TEST_F(CompletionServiceTest, TheTextContinuesThePromptWithItsFirstSpace) {
+  // The prompt is BOS + "Once"; the greedy text goes on " upon a time": its first
+  // token's SentencePiece space separates it from the prompt and is the text's (only
+  // a whole text's start drops it), so echo's prompt + text is the decode of all.
+  const auto ids = reference_greedy_ids();
+  const std::vector<TokenId> prompt = {1, ids[0]};
+  std::vector<TokenId> all = prompt;
+  for (std::size_t i = 1; i <= 5; ++i) all.push_back(ids[i]);
+  ASSERT_EQ(tokenizer_->token_bytes(ids[1]).front(), ' ');
+  const std::string whole = tokenizer_->decode(all, true);
+  const std::string head = tokenizer_->decode(prompt, true);
+  ASSERT_EQ(whole.rfind(head, 0), 0u);
+  const json body = run({{"prompt", prompt}, {"max_tokens", 5}, {"logprobs", 1}});
+  EXPECT_EQ(body["choices"][0]["text"], whole.substr(head.size()));
+  EXPECT_EQ(body["choices"][0]["logprobs"]["tokens"][0], tokenizer_->token_bytes(ids[1]));
+  EXPECT_EQ(run({{"prompt", prompt}, {"max_tokens", 5}, {"echo", true}})["choices"][0]["text"], whole);
+  // Streamed, the same text.
+  auto output = std::make_shared<CollectingOutput>();
+  service_->start(request({{"prompt", prompt}, {"max_tokens", 5}, {"stream", true}}), output);
+  output->wait();
+  std::string streamed;
+  for (const auto& chunk : output->chunks()) {
+    for (const auto& choice : chunk["choices"]) streamed += choice["text"].get<std::string>();
+  }
+  EXPECT_EQ(streamed, whole.substr(head.size()));
+}
+
 TEST_F(CompletionServiceTest, LogprobsCoverEveryToken) {
   const json body = run({{"logprobs", 3}, {"max_tokens", 10}});
   const json& lp = body["choices"][0]["logprobs"];

@@ -124,6 +124,34 @@ TEST_P(ReferenceTest, IncrementalDecodeEqualsFullDecode) {
   }
 }
 
+// A completion's text continues its prompt's: after follow(prefix), the streamed
+// rest is what decode(prefix + rest) adds to decode(prefix). A SentencePiece
+// decoder strips only the whole text's leading space, so a first completion token
+// "▁word" keeps its space (Llama 2's reference cases have such splits).
+TEST_P(ReferenceTest, IncrementalDecodeAfterAPromptContinuesIt) {
+  std::size_t kept_spaces = 0;
+  for (const Case& c : cases_) {
+    for (bool skip : {true, false}) {
+      const std::span<const TokenId> ids(c.ids_add_special);
+      const std::string whole = tokenizer_->decode(ids, skip);
+      for (std::size_t split = 0; split <= ids.size(); ++split) {
+        const std::string head = tokenizer_->decode(ids.first(split), skip);
+        if (!whole.starts_with(head)) continue;  // the split cuts a character: no text is the prompt's alone
+        IncrementalDecoder decoder(*tokenizer_, skip);
+        decoder.follow(ids.first(split));
+        std::string streamed;
+        for (const TokenId id : ids.subspan(split)) streamed += decoder.push(id);
+        streamed += decoder.flush();
+        EXPECT_EQ(streamed, whole.substr(head.size())) << c.text << " split at " << split;
+        if (!head.empty() && tokenizer_->strips_leading_space() && streamed.starts_with(' ')) ++kept_spaces;
+      }
+    }
+  }
+  if (GetParam().style == "llama2") {
+    EXPECT_GT(kept_spaces, 0U);
+  }
+}
+
 TEST_P(ReferenceTest, VocabularyLookups) {
   for (TokenId id : {0, 1, static_cast<TokenId>(tokenizer_->vocab_size() - 1)}) {
     const std::string token = tokenizer_->id_to_token(id);
