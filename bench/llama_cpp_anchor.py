@@ -16,7 +16,10 @@ With --exact: llama-perplexity also on each type's weights dequantized to F32
 activations as nibble does; on the quantized file itself its CPU kernels round
 activations to 8 bits (Q8_0/Q8_K) first, which moves PPL by most of a percent.
 Speed: rounds of llama-bench (-r 1; as shipped and with OMP_WAIT_POLICY=passive)
-and nibble generate alternate, medians kept.
+and nibble generate alternate, medians kept. Both warm up first, on the
+same work (llama-bench does by default; nibble generate --warmup): on this VM memory
+left untouched for a second reads several times slower, so a cold first pass would
+measure the host, not the kernels.
 Both tools get the same --threads. Timings belong here and in docs, never in tests.
 """
 import argparse
@@ -145,10 +148,10 @@ def speed_of(args, model):
         for who, flags in variants.items():
             samples[f"{who}_pp512"].append(nibble_json(
                 [args.nibble, "generate", "-m", model, "--prompt-ids", prompt, "--prefill-chunk", "512", "-n", "1",
-                 "-t", str(args.threads), "--json", *flags])["prefill_tokens_per_second"])
+                 "-t", str(args.threads), "--json", "--warmup", *flags])["prefill_tokens_per_second"])
             samples[f"{who}_tg128"].append(nibble_json(
                 [args.nibble, "generate", "-m", model, "--prompt-ids", "1", "-n", "129", "--ignore-eos",
-                 "-t", str(args.threads), "--json", *flags])["decode_tokens_per_second"])
+                 "-t", str(args.threads), "--json", "--warmup", *flags])["decode_tokens_per_second"])
     load.append(os.getloadavg()[0])
     return {k: statistics.median(v) for k, v in samples.items()}, samples, load
 

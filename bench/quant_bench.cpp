@@ -438,6 +438,7 @@ BENCHMARK(BM_GgufLinear)
     // and a half one), against whole-tile widths, per input.
     ->ArgsProduct({{640, 768, 1024}, {2048}, {512}, {kQ5_0}, {1}})
     ->ArgsProduct({{1024}, {2048}, {512}, {kQ4_K}, {1}})
+    ->ArgsProduct({{640}, {256}, {512}, {kQ8_0, kQ5_0}, {1}})        // Gemma's attn_v (Q8_0 in half the layers)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 BENCHMARK(BM_Fp8Linear)

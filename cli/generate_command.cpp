@@ -1,5 +1,6 @@
 // `nibble generate`: one prompt in, text out, streamed as it is produced.
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -48,6 +49,7 @@ struct GenerateOptions {
   bool ignore_eos = false;
   bool json = false;
   bool expand_quantized = false;
+  bool warmup = false;
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
   int pipeline_micro_batches = 1;
@@ -160,6 +162,15 @@ void run_generate(const GenerateOptions& options, kernels::Backend& backend, Par
   scheduler::GenerateOptions generate_options;
   generate_options.prefill_chunk = options.prefill_chunk;
   if (group != nullptr) generate_options.before_step = engine::plan_sender(*group->plans);
+  if (options.warmup) {
+    // The same prompt and one decode step, untimed and discarded, as llama-bench does
+    // before it measures: the weights have then just been read, as in a server
+    // that is serving. (On some VMs memory untouched for a second reads several
+    // times slower, and loading reads the weights seconds before the first step.)
+    scheduler::SequenceRequest warm = request;
+    warm.max_tokens = std::min<std::int64_t>(request.max_tokens, 2);
+    (void)scheduler::generate(model, warm, {}, {}, generate_options);
+  }
   const scheduler::GenerationResult result = scheduler::generate(model, request, on_token, {}, generate_options);
   const std::string rest = decoder.flush();
   text += rest;
@@ -264,6 +275,8 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--pipeline-micro-batches", options->pipeline_micro_batches,
                   "Groups each step's sequences pass the stages in (0: as many as stages; docs/parallel.md)")
       ->capture_default_str()->check(CLI::Range(0, 1024));
+  cmd->add_flag("--warmup", options->warmup,
+                "Run the prompt and one decode step once, untimed, before the timed run (as llama-bench does)");
   cmd->add_flag("--expand-quantized", options->expand_quantized,
                 "Expand quantized weights to float32 at load (a benchmark baseline; ~8x the weight memory)");
   cmd->callback([options] { run_generate(*options); });
