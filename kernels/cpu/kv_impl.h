@@ -136,7 +136,10 @@ void attend_head(const AttentionHeadArgs& a) {
   // and the softmax weight instead of every element.
   constexpr bool kScaled = std::is_same_v<Format, I8Codes>;
   const KvLayerView& kv = *a.kv;
-  const auto [keys, values] = kv_arrays(kv, Format{});
+  // Not a structured binding: clang before 16 cannot capture one in key_row.
+  const auto arrays = kv_arrays(kv, Format{});
+  const auto* const keys = arrays.first;
+  const auto* const values = arrays.second;
   const std::int64_t head_offset = a.kv_head * a.head_dim;
   float* scores = a.scores;
   const auto key_row = [&](std::int64_t t) { return keys + a.rows[t] * kv.stride + head_offset; };
