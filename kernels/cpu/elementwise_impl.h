@@ -38,7 +38,9 @@ void rms_norm_rows(const float* x, std::int64_t rows, std::int64_t dim, const fl
 }
 
 // silu(g) = g / (1 + e^-g); V::exp saturates, so very negative g give -0, not NaN.
-inline V::reg silu_vector(V::reg gate) { return V::div(gate, V::add(V::set1(1.0f), V::exp(V::mul(gate, V::set1(-1.0f))))); }
+inline V::reg silu_vector(V::reg gate) {
+  return V::div(gate, V::add(V::set1(1.0f), V::exp(V::mul(gate, V::set1(-1.0f)))));
+}
 
 // GELU's tanh approximation, 0.5 g (1 + tanh(u)) with u = sqrt(2/pi) (g + 0.044715 g^3),
 // as the equal g / (1 + e^(-2u)): one vector exp instead of a scalar tanh per value

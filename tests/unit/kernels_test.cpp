@@ -123,6 +123,34 @@ TEST(CpuOps, RmsNormSwigluAndEmbeddingMatchTheReference) {
   }
 }
 
+// A gated activation (out = act(gate) * up) on the active ISA against its float64
+// reference, at lengths that leave every tail of the 8- and 16-wide vectors, the
+// gates starting with `extremes`, run in place as the MLP runs it: every value
+// finite and within allowed(expected, gate, up) of the reference. A NaN gate gives
+// NaN, never a plausible number.
+template <typename Reference, typename Op, typename Allowed>
+void check_gated(std::mt19937& rng, float spread, const std::vector<float>& extremes, Reference reference, Op op,
+                 Allowed allowed) {
+  const std::string_view isa = cpu::isa_name(cpu::active_isa());
+  for (const std::int64_t n : {1, 7, 8, 15, 16, 17, 1000, 40000}) {
+    auto gate = random_floats(rng, static_cast<std::size_t>(n), spread);
+    std::copy_n(extremes.begin(), std::min<std::size_t>(extremes.size(), gate.size()), gate.begin());
+    const auto up = random_floats(rng, static_cast<std::size_t>(n));
+    const auto expected = reference(gate, up);
+    const auto input = gate;
+    op(gate.data(), up.data(), n, gate.data());
+    for (std::size_t i = 0; i < gate.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(gate[i])) << isa << " n " << n << " at " << i;
+      ASSERT_LE(std::abs(gate[i] - expected[i]), allowed(expected[i], input[i], up[i]))
+          << isa << " n " << n << " at " << i << ": gate " << input[i] << " gives " << gate[i] << " vs "
+          << expected[i];
+    }
+  }
+  std::vector<float> gate{NAN, 1.0f}, up{1.0f, 1.0f}, out(2);
+  op(gate.data(), up.data(), 2, out.data());
+  EXPECT_TRUE(std::isnan(out[0])) << isa;
+}
+
 TEST(CpuOps, RmsNormAndSwigluMatchTheReferenceOnEveryIsaAndLength) {
   // Lengths leave every tail of the 8- and 16-wide vectors; 40 rows of 576 split
   // over tasks; both ops run in place as the model calls them.
@@ -138,26 +166,12 @@ TEST(CpuOps, RmsNormAndSwigluMatchTheReferenceOnEveryIsaAndLength) {
       backend.rms_norm(x.data(), rows, dim, weight.data(), 1e-5f, x.data());
       EXPECT_LT(relative_error(x, expected), 1e-6) << cpu::isa_name(isa) << " " << rows << "x" << dim;
     }
-    for (const std::int64_t n : {1, 7, 8, 15, 16, 17, 1000, 40000}) {
-      auto gate = random_floats(rng, static_cast<std::size_t>(n), 8.0f);
-      // Saturating gates: e^-g overflows or vanishes; silu must still be -0 or g.
-      const std::vector<float> extremes{-1000.0f, -100.0f, -88.5f, 88.5f, 100.0f, 1000.0f, 0.0f};
-      std::copy_n(extremes.begin(), std::min<std::size_t>(extremes.size(), gate.size()), gate.begin());
-      const auto up = random_floats(rng, static_cast<std::size_t>(n));
-      const auto expected = reference::swiglu(gate, up);
-      backend.swiglu(gate.data(), up.data(), n, gate.data());
-      for (std::int64_t i = 0; i < n; ++i) {
-        const auto at = static_cast<std::size_t>(i);
-        ASSERT_TRUE(std::isfinite(gate[at])) << cpu::isa_name(isa) << " n " << n << " at " << i;
-        // Each value on its own, so small ones near a saturated gate count too.
-        ASSERT_LE(std::abs(gate[at] - expected[at]), 1e-6 * std::abs(expected[at]) + 1e-30)
-            << cpu::isa_name(isa) << " n " << n << " at " << i << ": " << gate[at] << " vs " << expected[at];
-      }
-    }
-    // A NaN gate gives NaN, never a plausible number.
-    std::vector<float> gate{NAN, 1.0f}, up{1.0f, 1.0f}, out(2);
-    backend.swiglu(gate.data(), up.data(), 2, out.data());
-    EXPECT_TRUE(std::isnan(out[0])) << cpu::isa_name(isa);
+    // Saturating gates: e^-g overflows or vanishes; silu must still be -0 or g. Each
+    // value on its own, so small ones near a saturated gate count too.
+    check_gated(
+        rng, 8.0f, {-1000.0f, -100.0f, -88.5f, 88.5f, 100.0f, 1000.0f, 0.0f}, reference::swiglu,
+        [&](const float* g, const float* u, std::int64_t n, float* out) { backend.swiglu(g, u, n, out); },
+        [](float expected, float, float) { return 1e-6 * std::abs(expected) + 1e-30; });
   }
 }
 
@@ -412,33 +426,20 @@ TEST(CpuOps, ScaledAndSoftCappedAttentionMatchesTheReferenceOnEveryIsa) {
 }
 
 TEST(CpuOps, GegluSoftCapAndScaleMatchTheReference) {
+  IsaGuard guard;
   std::mt19937 rng(std::random_device{}());
   CpuBackend backend(2);
   for (const auto isa : supported_isas()) {
     cpu::set_active_isa(isa);
-    for (const std::int64_t n : {1, 7, 17, 1000, 40000}) {
-      auto gate = random_floats(rng, static_cast<std::size_t>(n), 6.0f);
-      const std::vector<float> extremes{-1000.0f, -20.0f, -3.0f, 0.0f, 20.0f, 1000.0f, -1e20f};
-      std::copy_n(extremes.begin(), std::min<std::size_t>(extremes.size(), gate.size()), gate.begin());
-      const auto up = random_floats(rng, static_cast<std::size_t>(n));
-      const auto expected = reference::geglu_tanh(gate, up);
-      const auto input = gate;
-      backend.geglu_tanh(gate.data(), up.data(), n, gate.data());  // in place, as the MLP runs it
-      for (std::size_t i = 0; i < gate.size(); ++i) {
-        ASSERT_TRUE(std::isfinite(gate[i])) << cpu::isa_name(isa) << " n " << n << " at " << i;
-        // For negative gates the result is about g e^(2u): float32's rounding of u costs
-        // |2u| ulps of it (in PyTorch's float32 formula too), so the error is bounded by
-        // the size of gate * up, not of the small result.
-        ASSERT_LE(std::abs(gate[i] - expected[i]), 1e-6 * (std::abs(expected[i]) + std::abs(input[i] * up[i])))
-            << cpu::isa_name(isa) << " n " << n << " at " << i << ": gate " << input[i];
-      }
-    }
-    std::vector<float> gate{NAN, 1.0f}, up{1.0f, 1.0f}, out(2);
-    backend.geglu_tanh(gate.data(), up.data(), 2, out.data());
-    EXPECT_TRUE(std::isnan(out[0])) << cpu::isa_name(isa);
+    // For negative gates the result is about g e^(2u): float32's rounding of u costs
+    // |2u| ulps of it (in PyTorch's float32 formula too), so the error is bounded by
+    // the size of gate * up, not of the small result.
+    check_gated(
+        rng, 6.0f, {-1000.0f, -20.0f, -3.0f, 0.0f, 20.0f, 1000.0f, -1e20f}, reference::geglu_tanh,
+        [&](const float* g, const float* u, std::int64_t n, float* out) { backend.geglu_tanh(g, u, n, out); },
+        [](float expected, float gate, float up) { return 1e-6 * (std::abs(expected) + std::abs(gate * up)); });
   }
   for (const std::int64_t n : {1, 17, 40000}) {
-
     auto x = random_floats(rng, static_cast<std::size_t>(n), 100.0f);
     const auto capped = reference::soft_cap(x, 30.0f);
     backend.soft_cap(x.data(), n, 30.0f);
