@@ -144,6 +144,10 @@ class HttpServer::Impl {
   void stop_accepting();
   bool wait_until_idle(std::chrono::milliseconds timeout);
   void stop();
+  std::size_t open_connections() {
+    const std::lock_guard lock(mutex_);
+    return open_[0] + open_[1];
+  }
 
   // Sessions count the answers in progress, for draining.
   void busy_begin() {
@@ -662,6 +666,7 @@ std::uint16_t HttpServer::port() const { return impl_->main_.port; }
 std::optional<std::uint16_t> HttpServer::probe_port() const {
   return impl_->probe_ ? std::optional(impl_->probe_->port) : std::nullopt;
 }
+std::size_t HttpServer::open_connections() const { return impl_->open_connections(); }
 void HttpServer::stop_accepting() { impl_->stop_accepting(); }
 bool HttpServer::wait_until_idle(std::chrono::milliseconds timeout) { return impl_->wait_until_idle(timeout); }
 void HttpServer::stop() { impl_->stop(); }

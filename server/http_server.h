@@ -105,6 +105,9 @@ class HttpServer {
 
   std::uint16_t port() const;  // the bound port (useful with port 0)
   std::optional<std::uint16_t> probe_port() const;  // the probe listener's bound port, if any
+  // Connections admitted on either listener whose session is still alive (its
+  // memory not yet released); 0 once every client has gone and been cleaned up.
+  std::size_t open_connections() const;
 
   // Graceful shutdown, step 1: no new connections; idle keep-alive connections
   // close; connections with a request in flight close after their answer.

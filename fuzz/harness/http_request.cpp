@@ -6,7 +6,11 @@
 // smuggling, Expect: 100-continue, limits, pipelining, keep-alive) and how the
 // session turns a parse into an HttpRequest.
 // Checked: no crash/UB/leak in the server, every answer is an HTTP/1.x status
-// line, and the server keeps accepting connections after every input.
+// line, the server releases each connection's session once the client has gone,
+// and it keeps accepting connections after every input.
+// Waiting for that release also keeps each input's allocations and frees inside
+// its own run: libFuzzer re-runs any input that leaves more mallocs than frees
+// under a full LeakSanitizer scan, which took a quarter of the time before.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -19,6 +23,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "fuzz_util.h"
 #include "server/http_server.h"
@@ -117,5 +122,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   ::close(fd);
   if (!answer.empty() && answer.rfind("HTTP/1.", 0) != 0) nibble::fuzz::violated("an answer without a status line");
+  // The session goes once its last handler has run, which may be just after the
+  // socket closed; 5 s (the receive timeout) without that is a leaked session.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (server->open_connections() != 0) {
+    if (std::chrono::steady_clock::now() > deadline) nibble::fuzz::violated("the server kept a closed connection's session");
+    std::this_thread::yield();
+  }
   return 0;
 }

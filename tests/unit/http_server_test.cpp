@@ -258,6 +258,34 @@ TEST_F(HttpServerTest, AFloodOfIdleConnectionsDoesNotLockOutTheProbeListener) {
   EXPECT_EQ(exchange(main_port_of_another_server, http::verb::get, "/echo")["X-Probe"], "no");
 }
 
+// Each admitted connection counts until its session is released, from either
+// listener; the count goes back to 0 once the clients have gone, whether the
+// client closed first or the server did (a rejected request).
+TEST_F(HttpServerTest, OpenConnectionsCountsSessionsUntilTheyAreReleased) {
+  const auto wait_for_count = [&](std::size_t expected) {
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (server_->open_connections() != expected && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(1ms);
+    }
+    return server_->open_connections();
+  };
+  EXPECT_EQ(server_->open_connections(), 0U);
+  {
+    auto first = connect();
+    auto second = connect();
+    EXPECT_EQ(exchange(first, http::verb::get, "/echo").result_int(), 200);
+    EXPECT_EQ(exchange(second, http::verb::get, "/echo").result_int(), 200);
+    EXPECT_EQ(wait_for_count(2), 2U) << "kept-alive connections stay open";
+  }
+  EXPECT_EQ(wait_for_count(0), 0U) << "closed by the clients";
+  auto garbage = connect();
+  asio::write(garbage, asio::buffer(std::string("NOT HTTP\r\n\r\n")));
+  EXPECT_EQ(read_response(garbage).result_int(), 400);
+  garbage.shutdown(tcp::socket::shutdown_send);
+  EXPECT_TRUE(closed_by_server(garbage));
+  EXPECT_EQ(wait_for_count(0), 0U) << "closed by the server after a rejection";
+}
+
 TEST_F(HttpServerTest, ASlowClientIsClosedAfterTheHeaderTimeoutWithoutBlockingOthers) {
   auto slow = connect();
   asio::write(slow, asio::buffer(std::string("POST /echo HTTP/1.1\r\nHost: x\r\n")));  // and nothing more
