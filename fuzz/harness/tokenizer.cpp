@@ -48,7 +48,10 @@ std::unique_ptr<nibble::Tokenizer> load(const std::filesystem::path& path) {
 // invalid UTF-8 run, decode() replaces every byte of the run (as Hugging Face's
 // ByteFallback does) while the stream has already sent the valid start of it.
 void check_streaming(const nibble::Tokenizer& tokenizer, const std::vector<nibble::TokenId>& ids, bool whole_equal) {
+  const bool any_special =
+      std::any_of(ids.begin(), ids.end(), [&](nibble::TokenId id) { return tokenizer.is_special(id); });
   for (const bool skip : {true, false}) {
+    if (!skip && !any_special) break;  // skip_special changes nothing then: same pieces, same checks
     nibble::IncrementalDecoder decoder(tokenizer, skip);
     std::string streamed;
     for (const auto id : ids) {
@@ -70,8 +73,10 @@ void check_streaming(const nibble::Tokenizer& tokenizer, const std::vector<nibbl
 
 void encode_text(const Loaded& loaded, std::string_view text) {
   const auto& tokenizer = *loaded.tokenizer;
+  std::vector<nibble::TokenId> plain_ids;
   for (const bool add_special : {false, true}) {
     const auto ids = tokenizer.encode(text, add_special);
+    if (!add_special) plain_ids = ids;
     for (const auto id : ids) {
       if (id < 0 || static_cast<std::size_t>(id) >= tokenizer.vocab_size()) nibble::fuzz::violated("id out of vocab");
     }
@@ -84,7 +89,8 @@ void encode_text(const Loaded& loaded, std::string_view text) {
         nibble::fuzz::violated("byte-level BPE did not round-trip valid UTF-8");
       }
     }
-    check_streaming(tokenizer, ids, true);
+    // A tokenizer that adds nothing (SmolLM2's) gives the same ids: checked already.
+    if (!add_special || ids != plain_ids) check_streaming(tokenizer, ids, true);
   }
   // The whole text marked plain (untrusted): no special token may be matched in it.
   const nibble::TextRange everything{0, text.size()};
